@@ -1,0 +1,92 @@
+# dsv3 — build, test, demo. See README.md.
+#   make            bin/dsv3 and the tools
+#   make deps       install the Debian packages the build, tests and demos need
+#   make test       deps + build + the whole suite (unit tests + MPI tests)
+#   make demo       deps + build + train input/tiny.cfg on fortunes text
+#   make bench      benchmarks (numbers for notes, never pass/fail)
+#   make SAN=1 ...  AddressSanitizer + UBSan build (in build-san/, bin-san/)
+#   make CUDA=1     CUDA backend (arrives with its issue)
+
+SHELL := /bin/bash
+CC := mpicc
+PKGS := hdf5-openmpi libconfig hwloc openblas libpcre2-8 jansson
+# Debian packages: build, tests, demo. Kept in one place; `make deps` installs the missing ones.
+DEBS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
+        libconfig-dev libhwloc-dev hwloc libopenblas-dev libcmocka-dev libpcre2-dev libjansson-dev \
+        zlib1g-dev fortunes python3 python3-h5py python3-numpy gnuplot-nox numdiff
+
+ifeq ($(SAN),1)
+  BUILD := build-san
+  BIN := bin-san
+  SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+  BUILD := build
+  BIN := bin
+  SANFLAGS :=
+endif
+ifeq ($(CUDA),1)
+  $(error the CUDA backend is not built yet: see its issue; `make` builds the CPU reference)
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+GIT_REV := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+CFLAGS ?= -O2 -g -march=x86-64-v2
+CFLAGS += -std=c11 -D_GNU_SOURCE -Isrc -Wall -Wextra -Werror -fopenmp $(SANFLAGS) $(PKG_CFLAGS) \
+          -DDSV3_GIT_REV='"$(GIT_REV)"' -MMD -MP
+LDLIBS := $(PKG_LIBS) -lz -lm
+LDFLAGS += -fopenmp $(SANFLAGS)
+
+LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c src/model/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TOOL_SRC := $(wildcard tools/*.c)
+TOOLS := $(TOOL_SRC:tools/%.c=$(BIN)/%)
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test demo bench clean regression
+all: $(BIN)/dsv3 $(TOOLS) $(TESTS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libdsv3.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BIN)/dsv3: $(BUILD)/src/main.o $(BUILD)/libdsv3.a
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libdsv3.a
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdsv3.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing $$missing"; \
+	  SUDO=$$([ $$(id -u) -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@BIN=$(BIN) BUILD=$(BUILD) tests/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BIN)/dsv3
+	@tools/demo.sh $(BIN)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BIN=$(BIN) tools/bench.sh
+
+clean:
+	rm -rf build build-san bin bin-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

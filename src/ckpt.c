@@ -1,0 +1,890 @@
+/* ckpt.c — checkpoints in parallel HDF5: collective save in global shapes,
+ * load into any layout, atomic rename, keep-last-N, resume resolution. */
+#include "ckpt.h"
+
+#include <hdf5.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef DSV3_GIT_REV
+#define DSV3_GIT_REV "unknown"
+#endif
+
+enum { BUF_PARAM = 0, BUF_M = 1, BUF_V = 2 };
+
+static ckpt_stats g_stats;
+const ckpt_stats *ckpt_last_stats(void) { return &g_stats; }
+
+/* Bytes one rank moves per H5Dread/H5Dwrite call: below 2 GiB (HDF5 1.10 limit).
+ * DSV3_CKPT_SLAB_BYTES lowers it (tests exercise the slab loop). */
+static size_t env_size(const char *name, size_t dflt) {
+    const char *s = getenv(name);
+    if (!s || !*s) return dflt;
+    long long v = atoll(s);
+    return v > 0 ? (size_t)v : dflt;
+}
+static size_t slab_bytes(void) { return env_size("DSV3_CKPT_SLAB_BYTES", (size_t)1 << 30); }
+static size_t chunk_bytes(void) { return env_size("DSV3_CKPT_CHUNK_BYTES", (size_t)4 << 20); }
+
+static const char *base_name(const char *path) {
+    const char *b = strrchr(path, '/');
+    return b ? b + 1 : path;
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* Every rank returns the same status and the message of the lowest failing rank. */
+static int agree(MPI_Comm comm, int rc, char *err, int errlen) {
+    int rank, who, first;
+    MPI_Comm_rank(comm, &rank);
+    who = rc ? rank : INT_MAX;
+    MPI_Allreduce(&who, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first == INT_MAX) return 0;
+    MPI_Bcast(err, errlen, MPI_CHAR, first, comm);
+    return -1;
+}
+
+/* HDF5 prints its error stack by default; we report one line instead. */
+typedef struct {
+    H5E_auto2_t fn;
+    void *data;
+} h5quiet;
+static void quiet_on(h5quiet *q) {
+    H5Eget_auto2(H5E_DEFAULT, &q->fn, &q->data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+static void quiet_off(const h5quiet *q) { H5Eset_auto2(H5E_DEFAULT, q->fn, q->data); }
+
+typedef struct {
+    char msg[200];
+} h5why;
+static herr_t why_cb(unsigned n, const H5E_error2_t *e, void *data) {
+    if (n == 0) snprintf(((h5why *)data)->msg, sizeof ((h5why *)data)->msg, "%s", e->desc ? e->desc : "?");
+    return 0;
+}
+/* The innermost HDF5 error description (e.g. "data error detected by Fletcher32 checksum"). */
+static const char *h5_reason(h5why *w) {
+    snprintf(w->msg, sizeof w->msg, "unknown HDF5 error");
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, why_cb, w);
+    H5Eclear2(H5E_DEFAULT);
+    return w->msg;
+}
+
+/* ---- names and layout ---------------------------------------------------- */
+
+/* "model.layers.3.self_attn.q_a_proj.weight" -> "layers/3/self_attn/q_a_proj/weight",
+ * "lm_head.weight" -> "lm_head/weight". */
+static void rel_path(const char *name, char *out, size_t len) {
+    if (strncmp(name, "model.", 6) == 0) name += 6;
+    snprintf(out, len, "%s", name);
+    for (char *c = out; *c; c++)
+        if (*c == '.') *c = '/';
+}
+
+static void ds_path(const param_spec *t, int buf, char *out, size_t len) {
+    char rel[160];
+    rel_path(t->name, rel, sizeof rel);
+    static const char *root[3] = {"/model", "/optim/exp_avg", "/optim/exp_avg_sq"};
+    if (buf == BUF_PARAM && (t->flags & P_LORA))
+        snprintf(out, len, "/lora/%s", rel);
+    else
+        snprintf(out, len, "%s/%s", root[buf], rel);
+}
+
+/* Inverse of rel_path under /model or /lora. */
+static void hf_name(const char *rel, char *out, size_t len) {
+    if (strncmp(rel, "lm_head", 7) == 0)
+        snprintf(out, len, "%s", rel);
+    else
+        snprintf(out, len, "model.%s", rel);
+    for (char *c = out; *c; c++)
+        if (*c == '/') *c = '.';
+}
+
+static int trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
+static int64_t row_len(const param_spec *t) { return t->ndim >= 2 ? t->shape[t->ndim - 1] : 1; }
+
+/* Per-tensor view of the plan: segment, my member index in the segment's comm,
+ * where my shard of the segment starts in a shard-packed buffer. */
+typedef struct {
+    const plan *p;
+    const param_table *pt;
+    int *seg_of;      /* [pt->n] */
+    size_t *pbase;    /* [pt->nseg] packed offset of my shard of each segment */
+    /* compact (trainable-only) layouts */
+    size_t *ttoff;    /* [pt->n] trainable floats before tensor i in its segment */
+    size_t *tfbase;   /* [pt->nseg] trainable floats of the segments before s (full compact) */
+    size_t *tpbase;   /* [pt->nseg] packed offset of my trainable shard of segment s */
+} layout;
+
+static int member_of(const plan *p, int kind) { return kind == SEG_DENSE ? p->world_rank : p->dp_index; }
+
+static int layout_init(layout *L, const plan *p, char *err, int errlen) {
+    const param_table *pt = &p->params;
+    L->p = p;
+    L->pt = pt;
+    L->seg_of = malloc(sizeof(int) * (size_t)(pt->n ? pt->n : 1));
+    L->pbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
+    L->tfbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
+    L->tpbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
+    L->ttoff = calloc((size_t)(pt->n ? pt->n : 1), sizeof(size_t));
+    if (!L->seg_of || !L->pbase || !L->tfbase || !L->tpbase || !L->ttoff) {
+        snprintf(err, errlen, "checkpoint: out of memory");
+        return -1;
+    }
+    size_t acc = 0, tacc = 0, tf = 0;
+    for (int s = 0; s < pt->nseg; s++) {
+        int me = member_of(p, pt->seg[s].kind);
+        L->pbase[s] = acc;
+        L->tpbase[s] = tacc;
+        L->tfbase[s] = tf;
+        acc += p->shard[s].cnt[me];
+        tacc += p->shard[s].tcnt[me];
+        tf += p->shard[s].trainable;
+        size_t t = 0; /* tensors of a segment in layout order = table order */
+        for (int i = 0; i < pt->n; i++)
+            if (pt->t[i].group == pt->seg[s].group && pt->t[i].kind == pt->seg[s].kind) {
+                L->ttoff[i] = t;
+                if (trainable(&pt->t[i])) t += (size_t)pt->t[i].numel_local;
+            }
+    }
+    for (int i = 0; i < pt->n; i++) {
+        L->seg_of[i] = -1;
+        for (int s = 0; s < pt->nseg; s++)
+            if (pt->seg[s].group == pt->t[i].group && pt->seg[s].kind == pt->t[i].kind) L->seg_of[i] = s;
+        if (L->seg_of[i] < 0) {
+            snprintf(err, errlen, "checkpoint: tensor %s belongs to no segment", pt->t[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+static void layout_free(layout *L) {
+    free(L->seg_of);
+    free(L->pbase);
+    free(L->ttoff);
+    free(L->tfbase);
+    free(L->tpbase);
+}
+
+/* Elements [a, b) of tensor i (local layout, relative to the tensor) in the shard of `member`. */
+static void shard_part(const layout *L, int i, int member, int64_t *a, int64_t *b) {
+    const param_spec *t = &L->pt->t[i];
+    const param_segment *sg = &L->pt->seg[L->seg_of[i]];
+    const plan_shard *sh = &L->p->shard[L->seg_of[i]];
+    size_t t0 = t->offset - sg->offset, t1 = t0 + (size_t)t->numel_local;
+    size_t lo = sh->off[member] > t0 ? sh->off[member] : t0;
+    size_t hi = sh->off[member] + sh->cnt[member] < t1 ? sh->off[member] + sh->cnt[member] : t1;
+    *a = *b = 0;
+    if (hi > lo) {
+        *a = (int64_t)(lo - t0);
+        *b = (int64_t)(hi - t0);
+    }
+}
+
+/* Pointer to local element `a` of tensor i in a buffer of the given layout
+ * (packed: `a` must lie in my shard). */
+static float *buf_at(const layout *L, int i, float *buf, int lay, int64_t a) {
+    const param_spec *t = &L->pt->t[i];
+    if (lay == CKPT_FULL_LOCAL) return buf + t->offset + a;
+    int s = L->seg_of[i];
+    const param_segment *sg = &L->pt->seg[s];
+    const plan_shard *sh = &L->p->shard[s];
+    int me = member_of(L->p, sg->kind);
+    if (lay == CKPT_FULL_TRAINABLE) return buf + L->tfbase[s] + L->ttoff[i] + a;
+    if (lay == CKPT_SHARD_TRAINABLE) return buf + L->tpbase[s] + (L->ttoff[i] + (size_t)a - sh->toff[me]);
+    return buf + L->pbase[s] + (t->offset - sg->offset + (size_t)a - sh->off[me]);
+}
+
+/* First global row of this rank's local tensor (experts: my first expert). */
+static int64_t row0(const plan *p, const param_spec *t) {
+    return t->kind == SEG_EXPERT ? (int64_t)p->expert_first * t->shape[1] : 0;
+}
+
+/* Select global rows [r0, r1) (row = last dim) of tensor t in file space fs.
+ * A run of rows of a stacked [E, out, in] tensor is up to three blocks. */
+static int select_rows(hid_t fs, const param_spec *t, int64_t r0, int64_t r1) {
+    hsize_t st[3] = {0}, ct[3] = {0};
+    if (r1 <= r0) return H5Sselect_none(fs) < 0 ? -1 : 0;
+    if (t->ndim <= 2) {
+        st[0] = (hsize_t)r0;
+        ct[0] = (hsize_t)(r1 - r0);
+        ct[1] = t->ndim == 2 ? (hsize_t)t->shape[1] : 0;
+        return H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ? -1 : 0;
+    }
+    int64_t O = t->shape[1], r = r0;
+    H5S_seloper_t op = H5S_SELECT_SET;
+    while (r < r1) {
+        int64_t e = r / O, o = r % O, n;
+        if (o == 0 && r1 - r >= O) {
+            n = (r1 - r) / O * O;
+            st[0] = (hsize_t)e; st[1] = 0; ct[0] = (hsize_t)(n / O); ct[1] = (hsize_t)O;
+        } else {
+            n = (O - o) < (r1 - r) ? (O - o) : (r1 - r);
+            st[0] = (hsize_t)e; st[1] = (hsize_t)o; ct[0] = 1; ct[1] = (hsize_t)n;
+        }
+        st[2] = 0;
+        ct[2] = (hsize_t)t->shape[2];
+        if (H5Sselect_hyperslab(fs, op, st, NULL, ct, NULL) < 0) return -1;
+        op = H5S_SELECT_OR;
+        r += n;
+    }
+    return 0;
+}
+
+/* ---- attributes ---------------------------------------------------------- */
+
+static int attr_i64(hid_t loc, const char *name, int64_t v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = (a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &v) < 0) ? -1 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return rc;
+}
+
+static int attr_str(hid_t loc, const char *name, const char *s) {
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ty, strlen(s) + 1);
+    H5Tset_strpad(ty, H5T_STR_NULLTERM);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, ty, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = (a < 0 || H5Awrite(a, ty, s) < 0) ? -1 : 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(ty);
+    return rc;
+}
+
+static int read_attr_i64(hid_t loc, const char *name, int64_t *v) {
+    if (H5Aexists(loc, name) <= 0) return -1;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    int rc = (a < 0 || H5Aread(a, H5T_NATIVE_INT64, v) < 0) ? -1 : 0;
+    if (a >= 0) H5Aclose(a);
+    return rc;
+}
+
+#define MODEL_DIMS(X)                                                                                    \
+    X(vocab_size) X(hidden_size) X(intermediate_size) X(moe_intermediate_size) X(num_hidden_layers)     \
+    X(first_k_dense_replace) X(n_routed_experts) X(n_shared_experts) X(num_experts_per_tok) X(n_group)  \
+    X(topk_group) X(q_lora_rank) X(kv_lora_rank) X(qk_nope_head_dim) X(qk_rope_head_dim) X(v_head_dim) \
+    X(num_attention_heads) X(num_nextn_predict_layers)
+
+/* ---- file system ---------------------------------------------------------- */
+
+static int mkdir_p(const char *path) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *c = tmp + 1; *c; c++)
+        if (*c == '/') {
+            *c = 0;
+            if (mkdir(tmp, 0777) && errno != EEXIST) return -1;
+            *c = '/';
+        }
+    return (mkdir(tmp, 0777) && errno != EEXIST) ? -1 : 0;
+}
+
+static int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* "step_00000042.h5" -> 42 (tmp: ".h5.tmp"), else -1. */
+static int64_t step_of(const char *name, int tmp) {
+    if (strncmp(name, "step_", 5)) return -1;
+    const char *c = name + 5;
+    int64_t s = 0;
+    if (*c < '0' || *c > '9') return -1;
+    while (*c >= '0' && *c <= '9') s = s * 10 + (*c++ - '0');
+    return strcmp(c, tmp ? ".h5.tmp" : ".h5") ? -1 : s;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Keep the file of step `cur` and the keep-1 newest older ones; files of later
+ * steps (an abandoned branch before a resume) are never touched. Stale .tmp of
+ * other steps (crashed saves) are removed. */
+static void prune(const char *dir, int64_t cur, int keep) {
+    DIR *dp = opendir(dir);
+    if (!dp) return;
+    int64_t *older = NULL;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    char f[PATH_MAX + 320];
+    while ((e = readdir(dp))) {
+        int64_t s = step_of(e->d_name, 1);
+        if (s >= 0 && s != cur) {
+            snprintf(f, sizeof f, "%s/%s", dir, e->d_name);
+            unlink(f);
+            continue;
+        }
+        s = step_of(e->d_name, 0);
+        if (s < 0 || s >= cur) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *o = realloc(older, sizeof *older * (size_t)cap);
+            if (!o) break;
+            older = o;
+        }
+        older[n++] = s;
+    }
+    closedir(dp);
+    if (keep > 0) {
+        qsort(older, (size_t)n, sizeof *older, cmp_desc);
+        for (int i = keep - 1; i < n; i++) {
+            snprintf(f, sizeof f, "%s/step_%08lld.h5", dir, (long long)older[i]);
+            unlink(f);
+        }
+    }
+    free(older);
+}
+
+static int bad_layouts(int params_layout, int optim_layout, char *err, int errlen) {
+    if ((params_layout == CKPT_FULL_LOCAL || params_layout == CKPT_SHARD_PACKED) && optim_layout >= CKPT_FULL_LOCAL &&
+        optim_layout <= CKPT_SHARD_TRAINABLE)
+        return 0;
+    snprintf(err, errlen, "checkpoint: unknown buffer layout (params %d, moments %d)", params_layout, optim_layout);
+    return -1;
+}
+
+/* ---- save ------------------------------------------------------------------ */
+
+typedef struct {
+    hid_t file, lcpl, dxpl;
+    const layout *L;
+    char *err;
+    int errlen;
+    const char *fname;
+} wctx;
+
+static hid_t create_ds(const wctx *w, const param_spec *t, const char *path, h5why *why) {
+    hsize_t dims[3], chunk[3];
+    size_t cb = chunk_bytes();
+    int64_t R = row_len(t), rows = (int64_t)(cb / (sizeof(float) * (size_t)R));
+    if (rows < 1) rows = 1;
+    for (int k = 0; k < t->ndim; k++) dims[k] = chunk[k] = (hsize_t)t->shape[k];
+    if (t->ndim == 1) chunk[0] = (hsize_t)(t->shape[0] < rows ? t->shape[0] : rows);
+    if (t->ndim == 2) chunk[0] = (hsize_t)(t->shape[0] < rows ? t->shape[0] : rows);
+    if (t->ndim == 3) {
+        chunk[0] = 1;
+        chunk[1] = (hsize_t)(t->shape[1] < rows ? t->shape[1] : rows);
+    }
+    hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, t->ndim, chunk);
+    H5Pset_fletcher32(dcpl);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t ds = H5Dcreate2(w->file, path, H5T_IEEE_F32LE, sp, w->lcpl, dcpl, H5P_DEFAULT);
+    if (ds < 0) h5_reason(why); /* before the next call clears the error stack */
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    return ds;
+}
+
+/* Collective: every rank writes the rows of its shard, in the same number of
+ * calls (slabs below the per-call limit), empty selections included. */
+static int write_tensor(const wctx *w, int i, const float *buf, int lay, int which) {
+    const layout *L = w->L;
+    const plan *p = L->p;
+    const param_spec *t = &L->pt->t[i];
+    const plan_shard *sh = &p->shard[L->seg_of[i]];
+    char path[256];
+    h5why why;
+    ds_path(t, which, path, sizeof path);
+    hid_t ds = create_ds(w, t, path, &why);
+    if (ds < 0) {
+        snprintf(w->err, w->errlen, "checkpoint %s: cannot create dataset %s: %s", w->fname, path, why.msg);
+        return -1;
+    }
+    int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), maxrows = 0, a, b;
+    if (K < 1) K = 1;
+    for (int mbr = 0; mbr < sh->nmemb; mbr++) {
+        shard_part(L, i, mbr, &a, &b);
+        if ((b - a) / R > maxrows) maxrows = (b - a) / R;
+    }
+    shard_part(L, i, member_of(p, t->kind), &a, &b);
+    int rc = 0;
+    if (a % R || b % R) {
+        snprintf(w->err, w->errlen, "checkpoint: shard of %s is not row-aligned ([%lld, %lld), row %lld)", t->name,
+                 (long long)a, (long long)b, (long long)R);
+        rc = -1;
+        b = a; /* still take part in the collective calls */
+    }
+    int64_t ncalls = (maxrows + K - 1) / K, ra = a / R, rb = b / R, g0 = row0(p, t);
+    hid_t fs = H5Dget_space(ds);
+    static const float dummy[1] = {0};
+    for (int64_t c = 0; c < ncalls; c++) {
+        int64_t r0 = ra + c * K, r1 = r0 + K < rb ? r0 + K : rb;
+        if (r1 < r0) r1 = r0;
+        hsize_t n = (hsize_t)((r1 - r0) * R);
+        hid_t ms = H5Screate_simple(1, (hsize_t[]){n ? n : 1}, NULL);
+        const float *src = dummy;
+        if (n) src = buf_at(L, i, (float *)buf, lay, r0 * R);
+        else H5Sselect_none(ms);
+        if (select_rows(fs, t, g0 + r0, g0 + r1) < 0 ||
+            H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, w->dxpl, src) < 0) {
+            if (!rc) snprintf(w->err, w->errlen, "checkpoint %s: writing %s failed: %s", w->fname, path, h5_reason(&why));
+            rc = -1;
+        } else {
+            H5D_mpio_actual_io_mode_t mode;
+            if (H5Pget_mpio_actual_io_mode(w->dxpl, &mode) >= 0 && mode == H5D_MPIO_NO_COLLECTIVE && n)
+                g_stats.n_independent++;
+        }
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(ds);
+    g_stats.n_datasets++;
+    g_stats.bytes += (double)t->numel * sizeof(float);
+    return rc;
+}
+
+static int write_attrs(hid_t f, const plan *p, const deck *d, const ckpt_state *st, int has_optim) {
+    int rc = 0;
+    rc |= attr_i64(f, "format_version", CKPT_FORMAT_VERSION);
+    rc |= attr_str(f, "format", "dsv3 checkpoint");
+    rc |= attr_i64(f, "step", st->step);
+    rc |= attr_i64(f, "tokens_seen", st->tokens_seen);
+    rc |= attr_i64(f, "data_position", st->data_position);
+    rc |= attr_i64(f, "optim_t", st->optim_t);
+    rc |= attr_i64(f, "has_optim", has_optim);
+    rc |= attr_str(f, "deck", d->text ? d->text : "");
+    rc |= attr_str(f, "git_rev", DSV3_GIT_REV);
+    rc |= attr_i64(f, "world_size", p->world_size);
+    rc |= attr_i64(f, "ep", p->ep);
+    rc |= attr_i64(f, "zero_stage", p->zero_stage);
+#define W(k) rc |= attr_i64(f, #k, d->model.k);
+    MODEL_DIMS(W)
+#undef W
+    return rc;
+}
+
+int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float *params, int params_layout,
+              const float *m, const float *v, int optim_layout, const ckpt_state *st, char *err, int errlen) {
+    double t0 = MPI_Wtime();
+    memset(&g_stats, 0, sizeof g_stats);
+    err[0] = 0;
+    int rc = 0, full = 1;
+    const char *mode = d->checkpoint.save;
+    if (!output_dir) output_dir = d->run.output_dir;
+    if (!mode[0] || !strcmp(mode, "full")) full = 1;
+    else if (!strcmp(mode, "model")) full = 0;
+    else if (!strcmp(mode, "adapters")) {
+        snprintf(err, errlen, "checkpoint.save = \"adapters\" is not supported yet (it comes with LoRA); use \"full\" or \"model\"");
+        rc = -1;
+    } else {
+        snprintf(err, errlen, "checkpoint.save = \"%s\": expected \"full\" or \"model\"", mode);
+        rc = -1;
+    }
+    if (!rc && (!params || (full && (!m || !v)))) {
+        snprintf(err, errlen, "ckpt_save: %s buffer missing", !params ? "parameter" : "optimizer moment");
+        rc = -1;
+    }
+    if (!rc && bad_layouts(params_layout, optim_layout, err, errlen)) rc = -1;
+    char dir[PATH_MAX], fname[64], final[PATH_MAX + 64], tmp[PATH_MAX + 72];
+    snprintf(dir, sizeof dir, "%s/checkpoints", output_dir);
+    snprintf(fname, sizeof fname, "step_%08lld.h5", (long long)st->step);
+    snprintf(final, sizeof final, "%s/%s", dir, fname);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    if (!rc && p->world_rank == 0 && mkdir_p(dir)) {
+        snprintf(err, errlen, "checkpoint: cannot create %s: %s", dir, strerror(errno));
+        rc = -1;
+    }
+    if (agree(p->world, rc, err, errlen)) return -1;
+
+    layout L;
+    if (agree(p->world, layout_init(&L, p, err, errlen), err, errlen)) {
+        layout_free(&L);
+        return -1;
+    }
+    h5quiet q;
+    h5why why;
+    quiet_on(&q);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, p->world, MPI_INFO_NULL);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST); /* dense storage for a long deck attribute */
+    H5Pset_coll_metadata_write(fapl, 1);
+    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (file < 0) {
+        snprintf(err, errlen, "checkpoint: cannot create %s: %s", tmp, h5_reason(&why));
+        rc = -1;
+    }
+    H5Pclose(fapl);
+    if (agree(p->world, rc, err, errlen)) {
+        quiet_off(&q);
+        layout_free(&L);
+        return -1;
+    }
+    wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
+    H5Pset_create_intermediate_group(w.lcpl, 1);
+    H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
+    if (write_attrs(file, p, d, st, full)) {
+        snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
+        rc = -1;
+    }
+    const param_table *pt = &p->params;
+    for (int i = 0; i < pt->n; i++)
+        if (write_tensor(&w, i, params, params_layout, BUF_PARAM)) rc = -1;
+    for (int which = BUF_M; full && which <= BUF_V; which++)
+        for (int i = 0; i < pt->n; i++)
+            if (trainable(&pt->t[i]) && write_tensor(&w, i, which == BUF_M ? m : v, optim_layout, which)) rc = -1;
+    H5Pclose(w.lcpl);
+    H5Pclose(w.dxpl);
+    if (H5Fclose(file) < 0 && !rc) {
+        snprintf(err, errlen, "checkpoint %s: closing failed: %s", tmp, h5_reason(&why));
+        rc = -1;
+    }
+    quiet_off(&q);
+    layout_free(&L);
+    /* Data on disk before the rename makes it visible (each rank flushes its client's pages). */
+    if (!rc && fsync_path(tmp)) {
+        snprintf(err, errlen, "checkpoint: fsync %s: %s", tmp, strerror(errno));
+        rc = -1;
+    }
+    if (agree(p->world, rc, err, errlen)) {
+        if (p->world_rank == 0) unlink(tmp);
+        return -1;
+    }
+    if (p->world_rank == 0) {
+        char latest[PATH_MAX + 16], ltmp[PATH_MAX + 24];
+        snprintf(latest, sizeof latest, "%s/latest", dir);
+        snprintf(ltmp, sizeof ltmp, "%s/latest.tmp", dir);
+        FILE *lf = NULL;
+        if (rename(tmp, final)) {
+            snprintf(err, errlen, "checkpoint: rename %s -> %s: %s", tmp, final, strerror(errno));
+            rc = -1;
+        } else if (fsync_path(dir), !(lf = fopen(ltmp, "w")) || fprintf(lf, "%s\n", fname) < 0 || fflush(lf) ||
+                   fsync(fileno(lf))) {
+            snprintf(err, errlen, "checkpoint: writing %s: %s", ltmp, strerror(errno));
+            rc = -1;
+        }
+        if (lf && fclose(lf) && !rc) {
+            snprintf(err, errlen, "checkpoint: writing %s: %s", ltmp, strerror(errno));
+            rc = -1;
+        }
+        if (!rc && rename(ltmp, latest)) {
+            snprintf(err, errlen, "checkpoint: rename %s -> %s: %s", ltmp, latest, strerror(errno));
+            rc = -1;
+        }
+        if (!rc) {
+            fsync_path(dir);
+            prune(dir, st->step, d->checkpoint.keep);
+        }
+    }
+    rc = agree(p->world, rc, err, errlen);
+    g_stats.seconds = MPI_Wtime() - t0;
+    return rc;
+}
+
+/* ---- load ------------------------------------------------------------------ */
+
+static int link_exists(hid_t file, const char *path) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *c = buf + 1;; c++) {
+        if (*c == '/' || !*c) {
+            char save = *c;
+            *c = 0;
+            if (H5Lexists(file, buf, H5P_DEFAULT) <= 0) return 0;
+            if (!save) return 1;
+            *c = save;
+        }
+    }
+}
+
+/* Compares a dataset's shape to the tensor's; 0 = match, message otherwise. */
+static int check_shape(hid_t file, const param_spec *t, const char *path, const char *fname, const char *what,
+                       char *err, int errlen) {
+    if (!link_exists(file, path)) {
+        snprintf(err, errlen, "checkpoint %s: %s%s is missing (dataset %s; the deck's model has it)", fname, what,
+                 t->name, path);
+        return -1;
+    }
+    hid_t ds = H5Dopen2(file, path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "checkpoint %s: %s is not a dataset", fname, path);
+        return -1;
+    }
+    hid_t sp = H5Dget_space(ds);
+    hsize_t dims[8] = {0};
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd > 0 && nd <= 8) H5Sget_simple_extent_dims(sp, dims, NULL);
+    hid_t ty = H5Dget_type(ds);
+    int isfloat = H5Tget_class(ty) == H5T_FLOAT;
+    H5Tclose(ty);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    int same = nd == t->ndim;
+    for (int k = 0; same && k < nd; k++) same = dims[k] == (hsize_t)t->shape[k];
+    if (!same) {
+        char fs[96] = "[", ds_[96] = "[";
+        for (int k = 0; k < nd && k < 8; k++)
+            snprintf(fs + strlen(fs), sizeof fs - strlen(fs), "%s%llu", k ? "," : "", (unsigned long long)dims[k]);
+        for (int k = 0; k < t->ndim; k++)
+            snprintf(ds_ + strlen(ds_), sizeof ds_ - strlen(ds_), "%s%lld", k ? "," : "", (long long)t->shape[k]);
+        snprintf(err, errlen, "checkpoint %s: %s%s has shape %s], deck gives %s]", fname, what, t->name, fs, ds_);
+        return -1;
+    }
+    if (!isfloat) {
+        snprintf(err, errlen, "checkpoint %s: %s is not a float dataset", fname, path);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const param_table *pt;
+    const char *root;
+    char extra[160];
+} visit_ctx;
+
+static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void *data) {
+    (void)obj;
+    visit_ctx *v = data;
+    if (info->type != H5O_TYPE_DATASET || v->extra[0]) return 0;
+    char hf[160];
+    hf_name(name, hf, sizeof hf);
+    int i = params_find(v->pt, hf);
+    int lora = !strcmp(v->root, "/lora");
+    if (i < 0 || !(v->pt->t[i].flags & P_LORA) != !lora) snprintf(v->extra, sizeof v->extra, "%s", hf);
+    return 0;
+}
+
+/* Every tensor of the deck's model present with its shape, and nothing else under /model, /lora. */
+static int check_model(hid_t file, const param_table *pt, int want_optim, const char *fname, char *err, int errlen) {
+    char path[256];
+    for (int i = 0; i < pt->n; i++) {
+        ds_path(&pt->t[i], BUF_PARAM, path, sizeof path);
+        if (check_shape(file, &pt->t[i], path, fname, "", err, errlen)) return -1;
+    }
+    for (int which = BUF_M; want_optim && which <= BUF_V; which++)
+        for (int i = 0; i < pt->n; i++) {
+            if (!trainable(&pt->t[i])) continue;
+            ds_path(&pt->t[i], which, path, sizeof path);
+            if (check_shape(file, &pt->t[i], path, fname, which == BUF_M ? "exp_avg of " : "exp_avg_sq of ", err,
+                            errlen))
+                return -1;
+        }
+    static const char *roots[2] = {"/model", "/lora"};
+    for (int r = 0; r < 2; r++) {
+        if (H5Lexists(file, roots[r], H5P_DEFAULT) <= 0) continue;
+        visit_ctx v = {pt, roots[r], ""};
+        hid_t g = H5Gopen2(file, roots[r], H5P_DEFAULT);
+        if (g < 0) continue;
+        H5Ovisit2(g, H5_INDEX_NAME, H5_ITER_INC, visit_cb, &v, H5O_INFO_BASIC);
+        H5Gclose(g);
+        if (v.extra[0]) {
+            snprintf(err, errlen, "checkpoint %s: %s is in the file but not in the deck's model", fname, v.extra);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Independent reads: each rank reads its own selection; a checksum failure on
+ * one rank cannot leave the others waiting in a collective call. */
+static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, int which, hid_t dxpl,
+                       const char *fname, char *err, int errlen) {
+    const plan *p = L->p;
+    const param_spec *t = &L->pt->t[i];
+    char path[256];
+    h5why why;
+    ds_path(t, which, path, sizeof path);
+    int64_t a = 0, b = t->numel_local, R = row_len(t);
+    if (lay == CKPT_SHARD_PACKED || lay == CKPT_SHARD_TRAINABLE) shard_part(L, i, member_of(p, t->kind), &a, &b);
+    if (b <= a) return 0;
+    if (a % R || b % R) {
+        snprintf(err, errlen, "checkpoint: shard of %s is not row-aligned", t->name);
+        return -1;
+    }
+    hid_t ds = H5Dopen2(file, path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "checkpoint %s: cannot open dataset %s: %s", fname, path, h5_reason(&why));
+        return -1;
+    }
+    hid_t fs = H5Dget_space(ds);
+    int64_t K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), g0 = row0(p, t), rc = 0;
+    if (K < 1) K = 1;
+    for (int64_t r0 = a / R; r0 < b / R && !rc; r0 += K) {
+        int64_t r1 = r0 + K < b / R ? r0 + K : b / R;
+        hsize_t n = (hsize_t)((r1 - r0) * R);
+        hid_t ms = H5Screate_simple(1, &n, NULL);
+        if (select_rows(fs, t, g0 + r0, g0 + r1) < 0 ||
+            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf_at(L, i, buf, lay, r0 * R)) < 0) {
+            snprintf(err, errlen, "checkpoint %s: dataset %s is corrupted or unreadable: %s", fname, path,
+                     h5_reason(&why));
+            rc = -1;
+        }
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(ds);
+    return (int)rc;
+}
+
+static void zero_part(const layout *L, int i, float *buf, int lay) {
+    const param_spec *t = &L->pt->t[i];
+    int64_t a = 0, b = t->numel_local;
+    if (lay >= CKPT_FULL_TRAINABLE && !trainable(t)) return; /* no storage */
+    if (lay == CKPT_SHARD_PACKED || lay == CKPT_SHARD_TRAINABLE) shard_part(L, i, member_of(L->p, t->kind), &a, &b);
+    if (b > a) memset(buf_at(L, i, buf, lay, a), 0, sizeof(float) * (size_t)(b - a));
+}
+
+int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int params_layout, float *m,
+              float *v, int optim_layout, ckpt_state *st, char *err, int errlen) {
+    double t0 = MPI_Wtime();
+    memset(&g_stats, 0, sizeof g_stats);
+    (void)d; /* the model is the plan's table, built from the deck */
+    err[0] = 0;
+    int rc = 0;
+    const char *fname = base_name(path);
+    struct stat sb;
+    if (p->world_rank == 0 && stat(path, &sb)) {
+        snprintf(err, errlen, "checkpoint %s: %s", path, strerror(errno));
+        rc = -1;
+    }
+    if (!rc && (!params || (!m) != (!v))) {
+        snprintf(err, errlen, "ckpt_load: parameter buffer missing or only one moment buffer given");
+        rc = -1;
+    }
+    if (!rc && bad_layouts(params_layout, optim_layout, err, errlen)) rc = -1;
+    if (agree(p->world, rc, err, errlen)) return -1;
+    layout L;
+    if (agree(p->world, layout_init(&L, p, err, errlen), err, errlen)) {
+        layout_free(&L);
+        return -1;
+    }
+    h5quiet q;
+    h5why why;
+    quiet_on(&q);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_mpio(fapl, p->world, MPI_INFO_NULL);
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (file < 0) {
+        snprintf(err, errlen, "checkpoint %s: cannot open (truncated or not an HDF5 file?): %s", path,
+                 h5_reason(&why));
+        rc = -1;
+    }
+    H5Pclose(fapl);
+    if (agree(p->world, rc, err, errlen)) {
+        quiet_off(&q);
+        layout_free(&L);
+        return -1;
+    }
+    ckpt_state s;
+    memset(&s, 0, sizeof s);
+    int64_t ver = 0, has_optim = 0, ws = 0, ep = 0, zs = 0;
+    const char *missing = NULL;
+    if (read_attr_i64(file, "format_version", &ver)) missing = "format_version";
+    else if (read_attr_i64(file, "step", &s.step)) missing = "step";
+    else if (read_attr_i64(file, "tokens_seen", &s.tokens_seen)) missing = "tokens_seen";
+    else if (read_attr_i64(file, "data_position", &s.data_position)) missing = "data_position";
+    else if (read_attr_i64(file, "optim_t", &s.optim_t)) missing = "optim_t";
+    else if (read_attr_i64(file, "has_optim", &has_optim)) missing = "has_optim";
+    read_attr_i64(file, "world_size", &ws);
+    read_attr_i64(file, "ep", &ep);
+    read_attr_i64(file, "zero_stage", &zs);
+    if (missing) {
+        snprintf(err, errlen, "checkpoint %s: not a dsv3 checkpoint (no root attribute %s)", fname, missing);
+        rc = -1;
+    } else if (ver != CKPT_FORMAT_VERSION) {
+        snprintf(err, errlen, "checkpoint %s: format_version %lld, this dsv3 reads %d", fname, (long long)ver,
+                 CKPT_FORMAT_VERSION);
+        rc = -1;
+    }
+    s.has_optim = (int)has_optim;
+    s.world_size = (int)ws;
+    s.ep = (int)ep;
+    s.zero_stage = (int)zs;
+    const param_table *pt = &p->params;
+    int want_optim = m && has_optim;
+    if (!rc) rc = check_model(file, pt, want_optim, fname, err, errlen);
+    /* Collective-free from here until H5Fclose: reads are independent. */
+    if (agree(p->world, rc, err, errlen)) rc = -1;
+    if (!rc) {
+        hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
+        for (int i = 0; i < pt->n && !rc; i++) rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl,
+                                                              fname, err, errlen);
+        for (int which = BUF_M; m && which <= BUF_V && !rc; which++)
+            for (int i = 0; i < pt->n && !rc; i++) {
+                float *buf = which == BUF_M ? m : v;
+                if (want_optim && trainable(&pt->t[i]))
+                    rc = read_tensor(file, &L, i, buf, optim_layout, which, dxpl, fname, err, errlen);
+                else
+                    zero_part(&L, i, buf, optim_layout);
+            }
+        H5Pclose(dxpl);
+        for (int i = 0; i < pt->n; i++) {
+            g_stats.bytes += (double)pt->t[i].numel * sizeof(float);
+            g_stats.n_datasets++;
+            if (want_optim && trainable(&pt->t[i])) {
+                g_stats.bytes += 2.0 * (double)pt->t[i].numel * sizeof(float);
+                g_stats.n_datasets += 2;
+            }
+        }
+    }
+    H5Fclose(file);
+    quiet_off(&q);
+    layout_free(&L);
+    rc = agree(p->world, rc, err, errlen);
+    if (!rc && st) *st = s;
+    g_stats.seconds = MPI_Wtime() - t0;
+    return rc;
+}
+
+/* ---- resume ------------------------------------------------------------------ */
+
+int ckpt_resolve(const deck *d, char *path, int len, char *err, int errlen) {
+    struct stat sb;
+    path[0] = 0;
+    if (!d->run.resume[0]) return 0;
+    if (strcmp(d->run.resume, "auto")) {
+        if (stat(d->run.resume, &sb)) {
+            snprintf(err, errlen, "run.resume = \"%s\": %s", d->run.resume, strerror(errno));
+            return -1;
+        }
+        snprintf(path, len, "%s", d->run.resume);
+        return 0;
+    }
+    char latest[PATH_MAX], name[256] = "";
+    snprintf(latest, sizeof latest, "%s/checkpoints/latest", d->run.output_dir);
+    FILE *f = fopen(latest, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0; /* nothing saved yet: fresh start */
+        snprintf(err, errlen, "run.resume = \"auto\": %s: %s", latest, strerror(errno));
+        return -1;
+    }
+    if (!fgets(name, sizeof name, f)) name[0] = 0;
+    fclose(f);
+    name[strcspn(name, "\r\n")] = 0;
+    if (step_of(name, 0) < 0) {
+        snprintf(err, errlen, "run.resume = \"auto\": %s holds \"%s\", not a checkpoint file name", latest, name);
+        return -1;
+    }
+    if (snprintf(path, len, "%s/checkpoints/%s", d->run.output_dir, name) >= len) {
+        snprintf(err, errlen, "run.resume: path too long");
+        path[0] = 0;
+        return -1;
+    }
+    if (stat(path, &sb)) {
+        snprintf(err, errlen, "run.resume = \"auto\": %s names %s: %s", latest, path, strerror(errno));
+        path[0] = 0;
+        return -1;
+    }
+    return 0;
+}

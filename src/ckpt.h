@@ -1,0 +1,90 @@
+/* ckpt.h — checkpoints in parallel HDF5 (design §5).
+ *
+ * One file per checkpoint, <output_dir>/checkpoints/step_%08d.h5, written
+ * collectively over the plan's world communicator. Tensors are stored in
+ * their GLOBAL shapes (routed experts stacked [E, out, in]) at paths made
+ * from the HF names (dots -> slashes, "model." dropped):
+ *   /model/layers/3/self_attn/q_a_proj/weight      parameters and router biases
+ *   /model/lm_head/weight
+ *   /lora/layers/0/self_attn/q_a_proj/lora_A/weight  LoRA adapters (P_LORA)
+ *   /optim/exp_avg/<same relative path>            AdamW m, trainable tensors only
+ *   /optim/exp_avg_sq/<same relative path>         AdamW v
+ * so any rank count, EP and ZeRO stage can read any file: each rank selects
+ * the hyperslabs of its own layout. Root attributes: format_version, step,
+ * tokens_seen, data_position, optim_t, deck (resolved text), git_rev,
+ * world_size, ep, zero_stage, has_optim and the model dimensions.
+ *
+ * Writers: every element is written by exactly one rank, the owner of its
+ * ZeRO shard (dense segments over world, expert segments over the data comm),
+ * whatever the rank holds. Datasets are chunked with the Fletcher32 filter
+ * (parallel filtered writes, collective); every read verifies it.
+ *
+ * Atomic: step_X.h5.tmp is written and closed, fsync'd, then rank 0 renames
+ * it and replaces checkpoints/latest (one line: the file name) via
+ * latest.tmp + rename. A crash at any moment leaves the previous checkpoint
+ * and `latest` valid; a stale .tmp is overwritten by the next save.
+ */
+#ifndef DSV3_CKPT_H
+#define DSV3_CKPT_H
+
+#include <stdint.h>
+
+#include "deck.h"
+#include "plan.h"
+
+#define CKPT_FORMAT_VERSION 1
+
+/* How a rank holds a buffer (parameters, or both AdamW moments). */
+enum {
+    CKPT_FULL_LOCAL = 0,   /* p->params.total_local floats, the flat local layout (experts: my E/EP) */
+    CKPT_SHARD_PACKED = 1, /* p->shard_floats floats: my shard of each segment, segments in order */
+    /* Moments only, compact (trainable tensors only, as plan_shard toff/tcnt; LoRA runs): */
+    CKPT_FULL_TRAINABLE = 2,   /* every local trainable float, in layout order */
+    CKPT_SHARD_TRAINABLE = 3,  /* p->shard_trainable floats: my trainable shard of each segment, in order */
+};
+
+/* The layout matching a ZeRO stage: params packed at stage 3, moments at >= 1. */
+static inline int ckpt_params_layout(int zero_stage) { return zero_stage >= 3 ? CKPT_SHARD_PACKED : CKPT_FULL_LOCAL; }
+static inline int ckpt_optim_layout(int zero_stage) { return zero_stage >= 1 ? CKPT_SHARD_PACKED : CKPT_FULL_LOCAL; }
+
+typedef struct {
+    int64_t step;          /* optimizer steps done (the file is step_%08d of this) */
+    int64_t tokens_seen;
+    int64_t data_position; /* data loader cursor */
+    int64_t optim_t;       /* AdamW step count */
+    /* filled by ckpt_load (ignored by ckpt_save): */
+    int has_optim;         /* 0: model-only file; m and v were zeroed */
+    int world_size, ep, zero_stage; /* layout at save */
+} ckpt_state;
+
+/* Collective over p->world. Writes <d->run.output_dir>/checkpoints/step_%08d.h5
+ * (st->step), honouring d->checkpoint.save ("full": model + optim, "model":
+ * model only; m, v may then be NULL) and d->checkpoint.keep (0 = keep all).
+ * Returns 0, or -1 on every rank with the same message in err. */
+int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float *params, int params_layout,
+              const float *m, const float *v, int optim_layout, const ckpt_state *st, char *err, int errlen);
+
+/* Collective over p->world. Reads `path` into the caller's layout. m and v may
+ * be NULL (weights only, e.g. run.init_from); moments of untrained tensors
+ * (P_FROZEN, P_NOGRAD) are set to 0. Checks every tensor name and shape against
+ * the deck's model first, and every chunk's checksum while reading. Returns 0,
+ * or -1 on every rank with the same message in err. */
+int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int params_layout, float *m,
+              float *v, int optim_layout, ckpt_state *st, char *err, int errlen);
+
+/* run.resume: "" -> 0 with path "" (fresh start); "auto" -> the file named by
+ * <output_dir>/checkpoints/latest, or "" when there is none; anything else is
+ * a path that must exist. Not collective (file-system reads only). Returns 0 or
+ * -1 with err set. */
+int ckpt_resolve(const deck *d, char *path, int len, char *err, int errlen);
+
+/* Figures of the last ckpt_save/ckpt_load on this rank (benchmarks, tests). */
+typedef struct {
+    double seconds;        /* wall time of the call */
+    double bytes;          /* tensor bytes in the file (global, all datasets) */
+    int n_datasets;
+    int n_independent;     /* data writes HDF5 did not perform collectively (should be 0) */
+} ckpt_stats;
+const ckpt_stats *ckpt_last_stats(void);
+
+#endif

@@ -1,0 +1,197 @@
+/* mla.c — Multi-head Latent Attention (dsv3-spec §3): forward and backward. */
+#include "mla.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops.h"
+
+static float *mla_alloc(size_t n, const char *what) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "%s:%d: mla: out of memory for %s (%zu floats)\n", __FILE__, __LINE__, what, n);
+        abort();
+    }
+    return p;
+}
+
+static float *mla_zalloc(size_t n, const char *what) {
+    float *p = mla_alloc(n, what);
+    ops_zero(p, n);
+    return p;
+}
+
+size_t mla_cache_floats(const deck_model *m, int lora_r_sum, int B, int T) {
+    size_t N = (size_t)B * T;
+    size_t nh = m->num_attention_heads, dqk = m->qk_nope_head_dim + m->qk_rope_head_dim;
+    size_t dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
+    size_t per_tok = (ql > 0 ? 2 * ql + 1 : 0)  /* cq_raw, cq, rstd_q */
+                     + nh * dqk                 /* q */
+                     + 2 * kvl + 1              /* c_raw, c, rstd_kv */
+                     + nh * dqk + 2 * nh * dv   /* k, v, o */
+                     + nh                       /* lse */
+                     + (size_t)lora_r_sum;      /* LoRA caches */
+    return N * per_tok;
+}
+
+static int mla_lora_sum(const deck_model *m, const mla_layer *l) {
+    int s = l->kv_a.r + l->kv_b.r + l->o.r;
+    return s + (m->q_lora_rank > 0 ? l->q_a.r + l->q_b.r : l->q.r);
+}
+
+void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T) {
+    memset(c, 0, sizeof *c);
+    size_t N = (size_t)B * T;
+    size_t nh = m->num_attention_heads, dqk = m->qk_nope_head_dim + m->qk_rope_head_dim;
+    size_t dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
+    c->floats = mla_cache_floats(m, mla_lora_sum(m, l), B, T);
+    c->buf = mla_alloc(c->floats, "mla_cache");
+    c->B = B;
+    c->T = T;
+    float *p = c->buf;
+#define TAKE(field, n) (c->field = p, p += (n))
+    if (ql > 0) {
+        TAKE(cq_raw, N * ql);
+        TAKE(cq, N * ql);
+        TAKE(rstd_q, N);
+    }
+    TAKE(q, N * nh * dqk);
+    TAKE(c_raw, N * kvl);
+    TAKE(c, N * kvl);
+    TAKE(rstd_kv, N);
+    TAKE(k, N * nh * dqk);
+    TAKE(v, N * nh * dv);
+    TAKE(o, N * nh * dv);
+    TAKE(lse, N * nh);
+    if (ql > 0) {
+        if (l->q_a.r) TAKE(lc_q_a, N * l->q_a.r);
+        if (l->q_b.r) TAKE(lc_q_b, N * l->q_b.r);
+    } else if (l->q.r) {
+        TAKE(lc_q, N * l->q.r);
+    }
+    if (l->kv_a.r) TAKE(lc_kv_a, N * l->kv_a.r);
+    if (l->kv_b.r) TAKE(lc_kv_b, N * l->kv_b.r);
+    if (l->o.r) TAKE(lc_o, N * l->o.r);
+#undef TAKE
+    if ((size_t)(p - c->buf) != c->floats) {
+        fprintf(stderr, "%s:%d: mla_cache_alloc: layout %zu != mla_cache_floats %zu\n", __FILE__, __LINE__,
+                (size_t)(p - c->buf), c->floats);
+        abort();
+    }
+}
+
+void mla_cache_free(mla_cache *c) {
+    free(c->buf);
+    memset(c, 0, sizeof *c);
+}
+
+void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *out,
+                 const float *x, int B, int T) {
+    const int N = B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim;
+    const int dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
+    const int kva = kvl + dr, kvbw = dn + dv; /* kv_a / kv_b row widths */
+    const float eps = (float)m->rms_norm_eps;
+    if (c->B != B || c->T != T || T > rt->T) {
+        fprintf(stderr, "%s:%d: mla_forward: cache is for B=%d T=%d, rope table T=%d, called with B=%d T=%d\n",
+                __FILE__, __LINE__, c->B, c->T, rt->T, B, T);
+        abort();
+    }
+    c->x = x;
+
+    /* query path: q [N, nh, dqk] */
+    if (ql > 0) {
+        linear_forward(&l->q_a, c->cq_raw, x, c->lc_q_a, N);
+        ops_rmsnorm_forward(c->cq, c->rstd_q, c->cq_raw, l->q_a_norm, N, ql, eps);
+        linear_forward(&l->q_b, c->q, c->cq, c->lc_q_b, N);
+    } else {
+        linear_forward(&l->q, c->q, x, c->lc_q, N);
+    }
+
+    /* kv path: kv [N, kvl + dr] = [c | k_pe] */
+    float *kv = mla_alloc((size_t)N * kva, "mla kv_a output");
+    linear_forward(&l->kv_a, kv, x, c->lc_kv_a, N);
+    ops_copy_cols(c->c_raw, kvl, kv, kva, 0, kvl, N);
+    ops_rmsnorm_forward(c->c, c->rstd_kv, c->c_raw, l->kv_a_norm, N, kvl, eps);
+    float *kvb = mla_alloc((size_t)N * nh * kvbw, "mla kv_b output"); /* [N, nh, dn+dv] */
+    linear_forward(&l->kv_b, kvb, c->c, c->lc_kv_b, N);
+
+    /* RoPE: q_pe of every head (in place in q), the shared k_pe (in place in kv) */
+    ops_rope_forward(c->q, nh * dqk, nh, dqk, dn, dr, rt->cos_t, rt->sin_t, B, T);
+    ops_rope_forward(kv, kva, 1, kva, kvl, dr, rt->cos_t, rt->sin_t, B, T);
+
+    /* assembly: k_h = [k_nope_h ; k_pe], v_h */
+    for (int h = 0; h < nh; h++) {
+        ops_copy_cols(c->k + (size_t)h * dqk, nh * dqk, kvb, nh * kvbw, h * kvbw, dn, N);
+        ops_copy_cols(c->k + (size_t)h * dqk + dn, nh * dqk, kv, kva, kvl, dr, N);
+        ops_copy_cols(c->v + (size_t)h * dv, nh * dv, kvb, nh * kvbw, h * kvbw + dn, dv, N);
+    }
+    free(kv);
+    free(kvb);
+
+    ops_attention_forward(c->o, c->lse, c->q, c->k, c->v, B, T, nh, dqk, dv, rope_softmax_scale(m));
+    linear_forward(&l->o, out, c->o, c->lc_o, N);
+}
+
+void mla_backward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *dx,
+                  const float *dout, int B, int T) {
+    const int N = B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim;
+    const int dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
+    const int kva = kvl + dr, kvbw = dn + dv;
+    if (c->B != B || c->T != T || !c->x) {
+        fprintf(stderr, "%s:%d: mla_backward: cache is for B=%d T=%d (forward run: %s), called with B=%d T=%d\n",
+                __FILE__, __LINE__, c->B, c->T, c->x ? "yes" : "no", B, T);
+        abort();
+    }
+    const float *x = c->x;
+
+    /* o_proj */
+    float *d_o = mla_zalloc((size_t)N * nh * dv, "mla d_o");
+    linear_backward(&l->o, d_o, dout, c->o, c->lc_o, N);
+
+    /* attention */
+    float *dq = mla_zalloc((size_t)N * nh * dqk, "mla dq");
+    float *dk = mla_zalloc((size_t)N * nh * dqk, "mla dk");
+    float *d_v = mla_zalloc((size_t)N * nh * dv, "mla dv");
+    ops_attention_backward(dq, dk, d_v, d_o, c->q, c->k, c->v, c->lse, B, T, nh, dqk, dv, rope_softmax_scale(m));
+    free(d_o);
+
+    /* disassembly: k_pe is shared by all heads, so its gradient sums over heads */
+    float *dkv = mla_zalloc((size_t)N * kva, "mla dkv");             /* [N, kvl + dr] */
+    float *dkvb = mla_zalloc((size_t)N * nh * kvbw, "mla dkvb");     /* [N, nh, dn+dv] */
+    for (int h = 0; h < nh; h++) {
+        ops_add_cols(dkv, kva, kvl, dk + (size_t)h * dqk + dn, nh * dqk, dr, N);
+        ops_add_cols(dkvb, nh * kvbw, h * kvbw, dk + (size_t)h * dqk, nh * dqk, dn, N);
+        ops_add_cols(dkvb, nh * kvbw, h * kvbw + dn, d_v + (size_t)h * dv, nh * dv, dv, N);
+    }
+    free(dk);
+    free(d_v);
+    ops_rope_backward(dkv, kva, 1, kva, kvl, dr, rt->cos_t, rt->sin_t, B, T);
+    ops_rope_backward(dq, nh * dqk, nh, dqk, dn, dr, rt->cos_t, rt->sin_t, B, T);
+
+    /* kv path */
+    float *dc = mla_zalloc((size_t)N * kvl, "mla dc");
+    linear_backward(&l->kv_b, dc, dkvb, c->c, c->lc_kv_b, N);
+    free(dkvb);
+    float *dc_raw = mla_zalloc((size_t)N * kvl, "mla dc_raw");
+    ops_rmsnorm_backward(dc_raw, l->g_kv_a_norm, dc, c->c_raw, l->kv_a_norm, c->rstd_kv, N, kvl);
+    ops_add_cols(dkv, kva, 0, dc_raw, kvl, kvl, N);
+    free(dc);
+    free(dc_raw);
+    linear_backward(&l->kv_a, dx, dkv, x, c->lc_kv_a, N);
+    free(dkv);
+
+    /* query path */
+    if (ql > 0) {
+        float *dcq = mla_zalloc((size_t)N * ql, "mla dcq");
+        linear_backward(&l->q_b, dcq, dq, c->cq, c->lc_q_b, N);
+        float *dcq_raw = mla_zalloc((size_t)N * ql, "mla dcq_raw");
+        ops_rmsnorm_backward(dcq_raw, l->g_q_a_norm, dcq, c->cq_raw, l->q_a_norm, c->rstd_q, N, ql);
+        linear_backward(&l->q_a, dx, dcq_raw, x, c->lc_q_a, N);
+        free(dcq);
+        free(dcq_raw);
+    } else {
+        linear_backward(&l->q, dx, dq, x, c->lc_q, N);
+    }
+    free(dq);
+}

@@ -1,0 +1,605 @@
+/* model.c — DeepSeek-V3 assembled: embedding, decoder blocks, final norm,
+ * lm_head, MTP modules; forward and backward over one micro-batch.
+ *
+ * Tokens of a micro-batch are flattened to N = B*T rows; attention and the
+ * balance loss see the B sequences. Every block keeps what its backward needs
+ * (or only its input, with activation checkpointing, and recomputes).
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops.h"
+#include "../plan.h"
+#include "linear.h"
+#include "mla.h"
+#include "mlp.h"
+#include "moe.h"
+#include "rope.h"
+
+typedef struct {
+    int layer;                        /* HF layer number */
+    int is_moe, is_mtp;
+    float *in_norm, *g_in_norm;       /* [H] input_layernorm */
+    float *post_norm, *g_post_norm;   /* [H] post_attention_layernorm */
+    mla_layer attn;
+    mlp_layer mlp;
+    moe_layer moe;
+    int moe_slot;                     /* index into the model's MoE slots, -1 dense */
+    /* MTP only (spec §6) */
+    float *enorm, *g_enorm, *hnorm, *g_hnorm, *head_norm, *g_head_norm; /* [H] */
+    linear eh_proj;                   /* [H, 2H] */
+    /* saved activations */
+    mla_cache ac;
+    mlp_cache mc;
+    moe_cache ec;
+    int cached;                       /* component caches hold this micro-batch */
+    float *x_in;                      /* [N,H] block input */
+    float *xn1, *rstd1;               /* [N,H], [N] after input_layernorm */
+    float *x_mid;                     /* [N,H] residual after attention */
+    float *xn2, *rstd2;               /* [N,H], [N] after post_attention_layernorm */
+    float *x_out;                     /* [N,H] block output (MTP: feeds the next depth and the head) */
+    /* MTP saved activations */
+    int32_t *e_ids, *mtp_targets;     /* [N] */
+    float *e, *en, *e_rstd, *hn, *h_rstd, *cat, *eh_cache; /* [N,H] ×3 + [N] ×2 + [N,2H] + lora */
+    float *z, *z_rstd;                /* [N,H], [N] shared_head.norm output */
+} block;
+
+struct model {
+    const deck *d;
+    const deck_model *cfg;
+    param_table pt;
+    int own_pt;
+    float *params, *grads;            /* flat local layout */
+    int ep, ep_first, ep_local;       /* EP size, routed experts held */
+    MPI_Comm ep_comm;
+    float *embed, *g_embed;           /* [V,H] */
+    float *final_norm, *g_final_norm; /* [H] */
+    linear lm_head;                   /* [V,H] */
+    int nblocks;                      /* L + D */
+    block *blk;
+    int n_moe;
+    int *moe_block;                   /* [n_moe] block index */
+    int64_t *counts;                  /* [n_moe, E] */
+    rope_table rope;
+    int B, T, N;                      /* current allocation */
+    float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
+    float *logits, *dlogits;          /* [N,V] */
+    float *lm_cache;                  /* lm_head LoRA cache (unused: no LoRA on the head) */
+    float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
+    int checkpointing;
+};
+
+/* ---------- binding tensors by HF name ---------- */
+
+static float *bind(model *m, const char *name, float **g, int required) {
+    int i = params_find(&m->pt, name);
+    if (i < 0) {
+        if (required) {
+            fprintf(stderr, "dsv3: internal error: tensor %s missing from the table\n", name);
+            abort();
+        }
+        if (g) *g = NULL;
+        return NULL;
+    }
+    const param_spec *s = &m->pt.t[i];
+    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) ? NULL : m->grads + s->offset;
+    return m->params + s->offset;
+}
+
+static void bind_linear(model *m, linear *l, int layer, const char *module, int in, int out) {
+    char name[160];
+    memset(l, 0, sizeof *l);
+    l->in = in;
+    l->out = out;
+    if (layer >= 0)
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, module);
+    else
+        snprintf(name, sizeof name, "%s.weight", module);
+    l->w = bind(m, name, &l->g, 1);
+    if (layer < 0) return;
+    snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
+    l->A = bind(m, name, &l->gA, 0);
+    if (l->A) {
+        snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", layer, module);
+        l->B = bind(m, name, &l->gB, 1);
+        l->r = m->d->lora.r;
+        l->scaling = (float)(m->d->lora.alpha / m->d->lora.r);
+    }
+}
+
+static float *bind_norm(model *m, int layer, const char *what, float **g) {
+    char name[160];
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, what);
+    return bind(m, name, g, 1);
+}
+
+static void bind_block(model *m, block *b) {
+    const deck_model *c = m->cfg;
+    int L = b->layer, H = c->hidden_size, nh = c->num_attention_heads;
+    int qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    b->in_norm = bind_norm(m, L, "input_layernorm", &b->g_in_norm);
+    b->post_norm = bind_norm(m, L, "post_attention_layernorm", &b->g_post_norm);
+    mla_layer *a = &b->attn;
+    memset(a, 0, sizeof *a);
+    if (c->q_lora_rank > 0) {
+        bind_linear(m, &a->q_a, L, "self_attn.q_a_proj", H, c->q_lora_rank);
+        a->q_a_norm = bind_norm(m, L, "self_attn.q_a_layernorm", &a->g_q_a_norm);
+        bind_linear(m, &a->q_b, L, "self_attn.q_b_proj", c->q_lora_rank, nh * qk);
+    } else {
+        bind_linear(m, &a->q, L, "self_attn.q_proj", H, nh * qk);
+    }
+    bind_linear(m, &a->kv_a, L, "self_attn.kv_a_proj_with_mqa", H, c->kv_lora_rank + c->qk_rope_head_dim);
+    a->kv_a_norm = bind_norm(m, L, "self_attn.kv_a_layernorm", &a->g_kv_a_norm);
+    bind_linear(m, &a->kv_b, L, "self_attn.kv_b_proj", c->kv_lora_rank,
+                nh * (c->qk_nope_head_dim + c->v_head_dim));
+    bind_linear(m, &a->o, L, "self_attn.o_proj", nh * c->v_head_dim, H);
+    if (!b->is_moe) {
+        bind_linear(m, &b->mlp.gate, L, "mlp.gate_proj", H, c->intermediate_size);
+        bind_linear(m, &b->mlp.up, L, "mlp.up_proj", H, c->intermediate_size);
+        bind_linear(m, &b->mlp.down, L, "mlp.down_proj", c->intermediate_size, H);
+    } else {
+        moe_layer *e = &b->moe;
+        char name[160];
+        memset(e, 0, sizeof *e);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", L);
+        e->gate_w = bind(m, name, &e->gate_g, 1);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", L);
+        e->bias = bind(m, name, NULL, 1);
+        int Is = c->moe_intermediate_size * c->n_shared_experts;
+        e->has_shared = c->n_shared_experts > 0;
+        if (e->has_shared) {
+            bind_linear(m, &e->sh_gate, L, "mlp.shared_experts.gate_proj", H, Is);
+            bind_linear(m, &e->sh_up, L, "mlp.shared_experts.up_proj", H, Is);
+            bind_linear(m, &e->sh_down, L, "mlp.shared_experts.down_proj", Is, H);
+        }
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.weight", L);
+        e->eg = bind(m, name, &e->geg, 1);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.weight", L);
+        e->eu = bind(m, name, &e->geu, 1);
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", L);
+        e->ed = bind(m, name, &e->ged, 1);
+        e->e_first = m->ep_first;
+        e->e_local = m->ep_local;
+    }
+    if (b->is_mtp) {
+        b->enorm = bind_norm(m, L, "enorm", &b->g_enorm);
+        b->hnorm = bind_norm(m, L, "hnorm", &b->g_hnorm);
+        b->head_norm = bind_norm(m, L, "shared_head.norm", &b->g_head_norm);
+        bind_linear(m, &b->eh_proj, L, "eh_proj", 2 * H, H);
+    }
+}
+
+/* ---------- creation ---------- */
+
+int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen) {
+    model *m = calloc(1, sizeof *m);
+    const deck_model *c = &d->model;
+    m->d = d;
+    m->cfg = c;
+    int ep = p ? p->ep : 1;
+    if (params_build(&m->pt, d, ep, err, errlen)) {
+        free(m);
+        return -1;
+    }
+    m->ep = ep;
+    m->ep_local = c->n_routed_experts / ep;
+    m->ep_first = p ? p->expert_first : 0;
+    m->ep_comm = p ? p->expert : MPI_COMM_SELF;
+    m->checkpointing = d->parallel.activation_checkpointing;
+    m->params = calloc(m->pt.total_local, sizeof *m->params);
+    m->grads = calloc(m->pt.total_local, sizeof *m->grads);
+    if (!m->params || !m->grads) {
+        snprintf(err, errlen, "out of memory allocating %zu parameters", m->pt.total_local);
+        model_free(m);
+        return -1;
+    }
+    int H = c->hidden_size;
+    m->embed = bind(m, "model.embed_tokens.weight", &m->g_embed, 1);
+    m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
+    memset(&m->lm_head, 0, sizeof m->lm_head);
+    m->lm_head.in = H;
+    m->lm_head.out = c->vocab_size;
+    m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
+
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
+    m->nblocks = L + D;
+    m->blk = calloc((size_t)m->nblocks, sizeof *m->blk);
+    m->moe_block = calloc((size_t)m->nblocks, sizeof *m->moe_block);
+    for (int i = 0; i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        b->layer = i;
+        b->is_mtp = i >= L;
+        b->is_moe = b->is_mtp || i >= c->first_k_dense_replace;
+        b->moe_slot = b->is_moe ? m->n_moe : -1;
+        if (b->is_moe) m->moe_block[m->n_moe++] = i;
+        bind_block(m, b);
+    }
+    m->counts = calloc((size_t)(m->n_moe ? m->n_moe : 1) * c->n_routed_experts, sizeof *m->counts);
+    if (rope_table_build(&m->rope, c, d->train.seq_len)) {
+        snprintf(err, errlen, "cannot build the RoPE table for seq_len %d", d->train.seq_len);
+        model_free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+static void free_acts(model *m) {
+    for (int i = 0; i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        if (b->cached) {
+            mla_cache_free(&b->ac);
+            if (b->is_moe)
+                moe_cache_free(&b->ec);
+            else
+                mlp_cache_free(&b->mc);
+            b->cached = 0;
+        }
+        free(b->x_in), free(b->xn1), free(b->rstd1), free(b->x_mid), free(b->xn2), free(b->rstd2);
+        free(b->x_out), free(b->e_ids), free(b->mtp_targets), free(b->e), free(b->en), free(b->e_rstd);
+        free(b->hn), free(b->h_rstd), free(b->cat), free(b->eh_cache), free(b->z), free(b->z_rstd);
+        b->x_in = b->xn1 = b->rstd1 = b->x_mid = b->xn2 = b->rstd2 = b->x_out = NULL;
+        b->e = b->en = b->e_rstd = b->hn = b->h_rstd = b->cat = b->eh_cache = b->z = b->z_rstd = NULL;
+        b->e_ids = b->mtp_targets = NULL;
+    }
+    free(m->x_final), free(m->rstd_final), free(m->h_final), free(m->logits), free(m->dlogits);
+    free(m->dx), free(m->tmp), free(m->dh_final);
+    m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
+    m->N = 0;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    free_acts(m);
+    rope_table_free(&m->rope);
+    free(m->blk);
+    free(m->moe_block);
+    free(m->counts);
+    free(m->params);
+    free(m->grads);
+    params_free(&m->pt);
+    free(m);
+}
+
+#define FALLOC(n) ((float *)calloc((size_t)(n), sizeof(float)))
+
+/* Saved activations for B×T tokens (grow only when the shape changes). */
+static void alloc_acts(model *m, int B, int T) {
+    if (m->N == B * T && m->B == B) return;
+    free_acts(m);
+    const deck_model *c = m->cfg;
+    size_t N = (size_t)B * T, H = c->hidden_size, V = c->vocab_size;
+    m->B = B, m->T = T, m->N = (int)N;
+    for (int i = 0; i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        b->x_in = FALLOC(N * H), b->xn1 = FALLOC(N * H), b->rstd1 = FALLOC(N);
+        b->x_mid = FALLOC(N * H), b->xn2 = FALLOC(N * H), b->rstd2 = FALLOC(N);
+        if (b->is_mtp) {
+            b->x_out = FALLOC(N * H);
+            b->e_ids = calloc(N, sizeof *b->e_ids), b->mtp_targets = calloc(N, sizeof *b->mtp_targets);
+            b->e = FALLOC(N * H), b->en = FALLOC(N * H), b->e_rstd = FALLOC(N);
+            b->hn = FALLOC(N * H), b->h_rstd = FALLOC(N), b->cat = FALLOC(N * 2 * H);
+            b->eh_cache = FALLOC(N * (linear_cache_floats(&b->eh_proj) + 1));
+            b->z = FALLOC(N * H), b->z_rstd = FALLOC(N);
+        }
+    }
+    m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
+    m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
+    m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H);
+}
+
+/* ---------- one decoder block ---------- */
+
+/* x: [N,H] block input, out: [N,H]. Saves x_in, norms and component caches. */
+static void block_forward(model *m, block *b, float *out, const float *x, int recompute, double *bal,
+                          float bal_scale) {
+    const deck_model *c = m->cfg;
+    int B = m->B, T = m->T, N = m->N, H = c->hidden_size;
+    float eps = (float)c->rms_norm_eps;
+    if (!b->cached) {
+        mla_cache_alloc(&b->ac, c, &b->attn, B, T);
+        if (b->is_moe)
+            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, (int)(moe_rows_expected(N, c->num_experts_per_tok) + N));
+        else
+            mlp_cache_alloc(&b->mc, &b->mlp, N);
+        b->cached = 1;
+    }
+    if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
+    ops_rmsnorm_forward(b->xn1, b->rstd1, b->x_in, b->in_norm, N, H, eps);
+    mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T);     /* tmp = attn(xn1) */
+    ops_copy(b->x_mid, b->x_in, (size_t)N * H);
+    ops_add(b->x_mid, m->tmp, (size_t)N * H);                              /* x_mid = x + attn */
+    ops_rmsnorm_forward(b->xn2, b->rstd2, b->x_mid, b->post_norm, N, H, eps);
+    if (b->is_moe) {
+        int64_t scratch[1024];
+        int64_t *cnt = m->counts + (size_t)b->moe_slot * c->n_routed_experts;
+        int64_t *tmpc = NULL;
+        if (recompute) { /* a recompute must not count tokens twice */
+            tmpc = c->n_routed_experts <= 1024 ? scratch : calloc(c->n_routed_experts, sizeof *tmpc);
+            cnt = tmpc;
+        }
+        double bl = 0.0;
+        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale);
+        if (!recompute && bal) *bal += bl;
+        if (tmpc && tmpc != scratch) free(tmpc);
+    } else {
+        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N);
+    }
+    ops_copy(out, b->x_mid, (size_t)N * H);
+    ops_add(out, m->tmp, (size_t)N * H);                                   /* out = x_mid + ffn */
+}
+
+/* dx: [N,H] in: gradient w.r.t. the block output; out: w.r.t. the block input. */
+static void block_backward(model *m, block *b, float *dx) {
+    const deck_model *c = m->cfg;
+    int B = m->B, T = m->T, N = m->N, H = c->hidden_size;
+    float *t = m->tmp;
+    ops_zero(t, (size_t)N * H);
+    if (b->is_moe)
+        moe_backward(c, &b->moe, &b->ec, m->ep_comm, t, dx);
+    else
+        mlp_backward(&b->mlp, &b->mc, t, dx, N);
+    ops_rmsnorm_backward(dx, b->g_post_norm, t, b->x_mid, b->post_norm, b->rstd2, N, H); /* dx = d x_mid */
+    ops_zero(t, (size_t)N * H);
+    mla_backward(c, &b->attn, &m->rope, &b->ac, t, dx, B, T);
+    ops_rmsnorm_backward(dx, b->g_in_norm, t, b->x_in, b->in_norm, b->rstd1, N, H);      /* dx = d x_in */
+}
+
+static void block_release(block *b, int is_moe) {
+    if (!b->cached) return;
+    mla_cache_free(&b->ac);
+    if (is_moe)
+        moe_cache_free(&b->ec);
+    else
+        mlp_cache_free(&b->mc);
+    b->cached = 0;
+}
+
+/* ---------- the whole model ---------- */
+
+void model_step(model *m, const model_batch *bt, model_scales sc, int backward, model_sums *sums) {
+    const deck_model *c = m->cfg;
+    int B = bt->B, T = bt->T, H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
+    alloc_acts(m, B, T);
+    int N = m->N;
+    float eps = (float)c->rms_norm_eps;
+    double bal = 0.0;
+
+    /* forward: embedding → blocks → final norm → head */
+    float *x = m->x_final; /* residual stream, ends as the last block's output */
+    ops_embedding_forward(x, m->embed, bt->tokens, N, V, H);
+    for (int l = 0; l < L; l++) {
+        block *b = &m->blk[l];
+        block_forward(m, b, x, x, 0, &bal, sc.bal);
+        if (m->checkpointing && backward) block_release(b, b->is_moe);
+    }
+    ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
+    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
+    sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
+    if (backward) ops_cross_entropy_backward(m->dlogits, m->logits, bt->targets, N, V, sc.lm);
+
+    /* MTP depths k = 1..D: predict tokens[i+k+1] from block(eh_proj[enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
+    const float *hprev = m->h_final;
+    for (int k = 1; k <= D; k++) {
+        block *b = &m->blk[L + k - 1];
+        for (int s = 0; s < B; s++) /* host-side index shifts of token ids (not tensor math) */
+            for (int t = 0; t < T; t++) {
+                int i = s * T + t, ok = t + k < T;
+                b->e_ids[i] = ok ? bt->tokens[i + k] : 0;
+                b->mtp_targets[i] = ok ? bt->targets[i + k] : -100;
+            }
+        ops_embedding_forward(b->e, m->embed, b->e_ids, N, V, H);
+        ops_rmsnorm_forward(b->en, b->e_rstd, b->e, b->enorm, N, H, eps);
+        ops_rmsnorm_forward(b->hn, b->h_rstd, hprev, b->hnorm, N, H, eps);
+        ops_zero(b->cat, (size_t)N * 2 * H); /* cat = [en ; hn], embedding first (spec §6) */
+        ops_add_cols(b->cat, 2 * H, 0, b->en, H, H, N);
+        ops_add_cols(b->cat, 2 * H, H, b->hn, H, H, N);
+        linear_forward(&b->eh_proj, b->x_out, b->cat, b->eh_cache, N);
+        block_forward(m, b, b->x_out, b->x_out, 0, &bal, sc.bal);
+        ops_rmsnorm_forward(b->z, b->z_rstd, b->x_out, b->head_norm, N, H, eps);
+        linear_forward(&m->lm_head, m->logits, b->z, NULL, N); /* logits reused: main ones are consumed */
+        int64_t cnt = 0;
+        sums->mtp_sum[k - 1] += ops_cross_entropy_forward(NULL, &cnt, m->logits, b->mtp_targets, N, V);
+        hprev = b->x_out;
+        if (!backward) continue;
+        (void)cnt; /* the MTP count is known globally from the targets (train.c) */
+    }
+    sums->bal_sum += bal;
+    if (!backward) {
+        if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N); /* restore main logits */
+        return;
+    }
+
+    /* backward of the MTP depths, last first; dh flows into h^{k-1} */
+    ops_zero(m->dh_final, (size_t)N * H);
+    float *dnext = NULL; /* d x_out of depth k from depth k+1 */
+    for (int k = D; k >= 1; k--) {
+        block *b = &m->blk[L + k - 1];
+        float *dx = m->dx;
+        ops_zero(dx, (size_t)N * H);
+        if (dnext) ops_add(dx, dnext, (size_t)N * H);
+        /* head: recompute logits of this depth, CE backward, lm_head backward into dz */
+        linear_forward(&m->lm_head, m->logits, b->z, NULL, N);
+        float *dlog = m->dlogits; /* the main dlogits are recomputed after the MTP depths */
+        ops_cross_entropy_backward(dlog, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
+        float *dz = m->tmp;
+        ops_zero(dz, (size_t)N * H);
+        linear_backward(&m->lm_head, dz, dlog, b->z, NULL, N);
+        ops_rmsnorm_backward(dx, b->g_head_norm, dz, b->x_out, b->head_norm, b->z_rstd, N, H);
+        if (!b->cached) { /* activation checkpointing: recompute the block from its input */
+            linear_forward(&b->eh_proj, b->x_in, b->cat, b->eh_cache, N);
+            float *o = malloc((size_t)N * H * sizeof *o);
+            block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
+            free(o);
+        }
+        block_backward(m, b, dx);                          /* dx = d eh_proj output */
+        float *dcat = malloc((size_t)N * 2 * H * sizeof *dcat);
+        ops_zero(dcat, (size_t)N * 2 * H);
+        linear_backward(&b->eh_proj, dcat, dx, b->cat, b->eh_cache, N);
+        float *den = m->tmp, *dhn = dx;
+        ops_copy_cols(den, H, dcat, 2 * H, 0, H, N);
+        ops_copy_cols(dhn, H, dcat, 2 * H, H, H, N);
+        free(dcat);
+        float *de = malloc((size_t)N * H * sizeof *de);
+        ops_zero(de, (size_t)N * H);
+        ops_rmsnorm_backward(de, b->g_enorm, den, b->e, b->enorm, b->e_rstd, N, H);
+        if (m->g_embed) ops_embedding_backward(m->g_embed, de, b->e_ids, N, V, H);
+        free(de);
+        /* d h^{k-1}: into the previous depth's output, or the main model's final hidden */
+        const float *hp = k == 1 ? m->h_final : m->blk[L + k - 2].x_out;
+        float *dh = k == 1 ? m->dh_final : malloc((size_t)N * H * sizeof *dh);
+        if (k > 1) ops_zero(dh, (size_t)N * H);
+        ops_rmsnorm_backward(dh, b->g_hnorm, dhn, hp, b->hnorm, b->h_rstd, N, H);
+        if (k > 1) {
+            if (dnext) free(dnext);
+            dnext = dh;
+        } else if (dnext) {
+            free(dnext);
+            dnext = NULL;
+        }
+        if (m->checkpointing) block_release(b, 1);
+    }
+
+    /* main head backward */
+    float *dx = m->dx;
+    ops_zero(dx, (size_t)N * H);
+    if (D > 0) { /* the MTP loop reused the logits buffer: restore main dlogits */
+        linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
+        ops_cross_entropy_backward(m->dlogits, m->logits, bt->targets, N, V, sc.lm);
+    }
+    float *dh = m->dh_final; /* MTP contribution already in */
+    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N);
+    /* x_final holds the last block's output: final norm backward needs it */
+    ops_rmsnorm_backward(dx, m->g_final_norm, dh, x, m->final_norm, m->rstd_final, N, H);
+    for (int l = L - 1; l >= 0; l--) {
+        block *b = &m->blk[l];
+        if (!b->cached) { /* recompute from the saved block input */
+            float *o = malloc((size_t)N * H * sizeof *o);
+            block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
+            free(o);
+        }
+        block_backward(m, b, dx);
+        if (m->checkpointing) block_release(b, b->is_moe);
+    }
+    if (m->g_embed) ops_embedding_backward(m->g_embed, dx, bt->tokens, N, V, H);
+}
+
+/* ---------- accessors ---------- */
+
+const param_table *model_params(const model *m) { return &m->pt; }
+float *model_param_buffer(model *m) { return m->params; }
+float *model_grad_buffer(model *m) { return m->grads; }
+const float *model_logits(const model *m) { return m->logits; }
+int model_n_moe(const model *m) { return m->n_moe; }
+int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m->cfg->n_routed_experts; }
+float *model_router_bias(model *m, int i) { return m->blk[m->moe_block[i]].moe.bias; }
+int model_moe_layer_index(const model *m, int i) { return m->blk[m->moe_block[i]].layer; }
+void model_reset_counts(model *m) {
+    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = 0.0;
+    memset(m->counts, 0, (size_t)(m->n_moe ? m->n_moe : 1) * m->cfg->n_routed_experts * sizeof *m->counts);
+}
+
+float *model_tensor(model *m, const char *name, float **grad) {
+    int i = params_find(&m->pt, name);
+    if (i < 0) return NULL;
+    const param_spec *s = &m->pt.t[i];
+    if (grad) *grad = m->grads + s->offset;
+    return m->params + s->offset;
+}
+
+void model_zero_grad(model *m) { ops_zero(m->grads, m->pt.total_local); }
+
+static uint64_t name_key(const char *s) { /* FNV-1a of the HF name: the init stream of a tensor */
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+void model_init_weights(model *m, uint64_t seed) {
+    float std = (float)m->cfg->initializer_range;
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_spec *s = &m->pt.t[i];
+        float *w = m->params + s->offset;
+        size_t n = (size_t)s->numel_local;
+        /* global index of the first local element: experts start at e_first */
+        uint64_t first = (s->flags & P_EXPERT) ? (uint64_t)m->ep_first * (uint64_t)(s->numel / s->shape[0]) : 0;
+        const char *nm = s->name;
+        size_t len = strlen(nm);
+        if (s->ndim == 1 && strstr(nm, "e_score_correction_bias"))
+            ops_fill(w, n, 0.0f);
+        else if (s->ndim == 1)
+            ops_fill(w, n, 1.0f); /* norms */
+        else if (s->flags & P_LORA) {
+            if (len > 14 && strcmp(nm + len - 14, ".lora_A.weight") == 0)
+                ops_fill_uniform(w, n, seed, name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
+            else
+                ops_fill(w, n, 0.0f);
+        } else
+            ops_fill_normal(w, n, seed, name_key(nm), first, std);
+    }
+}
+
+int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
+    int64_t n = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t + k < T; t++) n += targets[b * T + t + k] != -100;
+    return n;
+}
+
+void model_memory(const model *m, double *params, double *grads, double *acts) {
+    *params = (double)m->pt.total_local * sizeof(float);
+    *grads = (double)m->pt.total_local * sizeof(float);
+    double a = 0.0;
+    if (m->N) {
+        const deck_model *c = m->cfg;
+        double N = m->N, H = c->hidden_size, V = c->vocab_size;
+        for (int i = 0; i < m->nblocks; i++) {
+            const block *b = &m->blk[i];
+            a += 4.0 * (4 * N * H + 2 * N); /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
+            if (b->is_mtp) a += 4.0 * (6 * N * H + 3 * N + 2 * N * H) + 8.0 * N;
+            if (b->cached || !m->checkpointing) {
+                const mla_layer *l = &b->attn;
+                int rs = l->q_a.r + l->q_b.r + l->q.r + l->kv_a.r + l->kv_b.r + l->o.r;
+                a += 4.0 * mla_cache_floats(c, rs, m->B, m->T);
+                a += b->is_moe ? 4.0 * moe_cache_floats(c, &b->moe, m->ep, m->N, b->ec.r_cap)
+                              : 4.0 * mlp_cache_floats(&b->mlp, m->N);
+            }
+        }
+        a += 4.0 * (N * H * 5 + N + 2 * N * V);
+    }
+    *acts = a;
+}
+
+double model_comm_seconds(const model *m) {
+    double s = 0.0;
+    for (int i = 0; i < m->nblocks; i++)
+        if (m->blk[i].is_moe) s += m->blk[i].ec.comm_seconds;
+    return s;
+}
+
+double model_flops_per_token(const deck *d) {
+    const deck_model *c = &d->model;
+    param_table pt;
+    char err[256];
+    if (params_build(&pt, d, 1, err, sizeof err)) return 0.0;
+    double f = 0.0;
+    for (int i = 0; i < pt.n; i++) {
+        const param_spec *s = &pt.t[i];
+        if (s->ndim < 2 || strstr(s->name, "embed_tokens")) continue; /* norms, biases, lookups */
+        double n = (double)s->numel;
+        if (s->flags & P_EXPERT) n *= (double)c->num_experts_per_tok / (double)c->n_routed_experts;
+        f += ((s->flags & P_FROZEN) ? 4.0 : 6.0) * n;
+        if (strcmp(s->name, "lm_head.weight") == 0) f += 6.0 * n * c->num_nextn_predict_layers; /* MTP heads */
+    }
+    params_free(&pt);
+    double T = d->train.seq_len, nh = c->num_attention_heads;
+    double qk = c->qk_nope_head_dim + c->qk_rope_head_dim, v = c->v_head_dim;
+    double layers = c->num_hidden_layers + c->num_nextn_predict_layers;
+    f += layers * 3.0 * 2.0 * nh * (qk + v) * (T + 1) / 2.0;
+    return f;
+}

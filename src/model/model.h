@@ -1,0 +1,81 @@
+/* model.h — the whole DeepSeek-V3 model: embedding, decoder layers (MLA +
+ * dense MLP or MoE), final norm, lm_head, and D MTP modules; forward and
+ * backward over a micro-batch of B sequences of T tokens.
+ *
+ * Parameters and gradients live in flat buffers laid out by the param table
+ * (params.h); every component holds pointers into them, bound by HF name.
+ */
+#ifndef DSV3_MODEL_H
+#define DSV3_MODEL_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "../deck.h"
+#include "params.h"
+
+struct plan;
+typedef struct model model;
+
+typedef struct {
+    const int32_t *tokens;  /* [B, T] input ids */
+    const int32_t *targets; /* [B, T] id to predict after tokens[b,t] (already shifted), -100 = ignore */
+    int B, T;
+} model_batch;
+
+#define MODEL_MAX_MTP 8
+
+typedef struct {
+    double lm_sum;          /* sum of -log p over counted targets */
+    double mtp_sum[MODEL_MAX_MTP]; /* per MTP depth k-1: CE sums */
+    double bal_sum;         /* sum over MoE layers and sequences of the balance loss */
+    int64_t lm_count;       /* counted targets */
+} model_sums;
+
+/* Loss scales the caller gives so that gradients are those of the global mean:
+ * lm: 1/global_lm_count; mtp[k-1]: lambda/D/global count of depth-k targets;
+ * bal: 1/global_sequences. */
+typedef struct {
+    float lm, mtp[MODEL_MAX_MTP], bal;
+} model_scales;
+
+/* Targets of MTP depth k for a [B,T] batch: targets[b, t+k] (-100 past the end). Host-side. */
+int64_t model_count_targets(const int32_t *targets, int B, int T, int k);
+/* Bytes this model allocated: parameters, gradients, saved activations (after a step). */
+void model_memory(const model *m, double *params, double *grads, double *acts);
+
+/* Builds the model for this rank. p == NULL: one rank, EP=1, no ZeRO. */
+int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen);
+void model_free(model *m);
+const param_table *model_params(const model *m);
+float *model_param_buffer(model *m);   /* flat local parameters */
+float *model_grad_buffer(model *m);    /* flat local gradients (same layout) */
+/* Pointer to a tensor's local data by HF name (NULL if absent); *grad gets its gradient. */
+float *model_tensor(model *m, const char *hf_name, float **grad);
+/* Counter-based init: every value is a pure function of (seed, tensor name, global element index),
+ * so any rank count gives the same weights. Norm weights 1, router bias 0, LoRA B 0. */
+void model_init_weights(model *m, uint64_t seed);
+void model_zero_grad(model *m);
+/* Forward (and backward when `backward`) over one micro-batch; adds to *sums. */
+void model_step(model *m, const model_batch *b, model_scales sc, int backward, model_sums *sums);
+/* Logits [B*T, V] of the main head from the last model_step. */
+const float *model_logits(const model *m);
+/* Per-expert token counts of MoE layer slot i (0..n_moe-1) accumulated since the last reset
+ * (local tokens, all experts [E]); n_moe layers including MTP blocks. */
+int model_n_moe(const model *m);
+int64_t *model_expert_counts(model *m, int i);
+float *model_router_bias(model *m, int i);
+int model_moe_layer_index(const model *m, int i); /* HF layer number of slot i */
+void model_reset_counts(model *m);
+/* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
+double model_comm_seconds(const model *m);
+
+/* Training FLOPs per token (forward + backward = 3× forward) for the deck's
+ * model and seq_len: 2 per multiply-add of every matmul a token goes through
+ * (dense linears, router, top-k routed + shared experts, lm_head, MTP) plus
+ * causal attention (QKᵀ and PV over the (T+1)/2 keys a token sees on average).
+ * Frozen weights (LoRA) still cost their forward and input-gradient GEMMs, so
+ * they count 4 instead of 6 per parameter. */
+double model_flops_per_token(const deck *d);
+
+#endif

@@ -1,0 +1,312 @@
+/* moe.c — MoE layer: router, group-limited top-k, expert-parallel dispatch,
+ * per-expert SwiGLU, combine, shared experts; forward and backward. */
+#include "moe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ops.h"
+
+#define MOE_DIE(...)                                                                                             \
+    do {                                                                                                         \
+        fprintf(stderr, "moe.c:%d: ", __LINE__);                                                                 \
+        fprintf(stderr, __VA_ARGS__);                                                                            \
+        fputc('\n', stderr);                                                                                     \
+        MPI_Abort(MPI_COMM_WORLD, 1);                                                                            \
+    } while (0)
+
+size_t moe_rows_expected(int N, int K) { return (size_t)N * K; }
+
+size_t moe_rows_bound(int N, int K, int e_local, int ep) {
+    return (size_t)ep * N * (size_t)(K < e_local ? K : e_local);
+}
+
+static size_t row_bufs_floats(int r_cap, int H, int I) { return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1); }
+
+static mlp_layer shared_of(const moe_layer *l) { return (mlp_layer){l->sh_gate, l->sh_up, l->sh_down}; }
+
+size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
+    size_t E = (size_t)m->n_routed_experts, K = (size_t)m->num_experts_per_tok, H = (size_t)m->hidden_size;
+    size_t I = (size_t)m->moe_intermediate_size, N = (size_t)n_cap, G = (size_t)l->e_local;
+    if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, (int)K, l->e_local, ep);
+    size_t f = N * H + 2 * N * E          /* x, s, dl */
+               + N * K * 6                /* idx, w, topk_u, pos, src, dw */
+               + E + 4 * (size_t)ep + (size_t)ep * G + G /* counts */
+               + 2 * N * K * H + N * H    /* xs, ys, tmp */
+               + row_bufs_floats(r_cap, (int)H, (int)I);
+    if (l->has_shared) {
+        mlp_layer sh = shared_of(l);
+        f += mlp_cache_floats(&sh, n_cap);
+    }
+    return f;
+}
+
+static void *zalloc(size_t n, size_t sz) { return calloc(n ? n : 1, sz); }
+
+static int alloc_rows(moe_cache *c, int r_cap) {
+    size_t R = (size_t)r_cap, H = (size_t)c->H, I = (size_t)c->I_;
+    c->r_cap = r_cap;
+    c->perm = zalloc(R, sizeof(int));
+    c->xr = zalloc(R * H, sizeof(float));
+    c->xe = zalloc(R * H, sizeof(float));
+    c->ye = zalloc(R * H, sizeof(float));
+    c->ge = zalloc(R * I, sizeof(float));
+    c->ue = zalloc(R * I, sizeof(float));
+    c->he = zalloc(R * I, sizeof(float));
+    c->dge = zalloc(R * I, sizeof(float));
+    c->due = zalloc(R * I, sizeof(float));
+    c->dhe = zalloc(R * I, sizeof(float));
+    return (c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe) ? 0 : -1;
+}
+
+static void free_rows(moe_cache *c) {
+    free(c->perm);
+    free(c->xr);
+    free(c->xe);
+    free(c->ye);
+    free(c->ge);
+    free(c->ue);
+    free(c->he);
+    free(c->dge);
+    free(c->due);
+    free(c->dhe);
+    c->perm = NULL;
+    c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
+    c->r_cap = 0;
+}
+
+int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
+    memset(c, 0, sizeof *c);
+    c->E = m->n_routed_experts;
+    c->K = m->num_experts_per_tok;
+    c->H = m->hidden_size;
+    c->I_ = m->moe_intermediate_size;
+    c->Is = m->n_shared_experts * m->moe_intermediate_size;
+    c->e_local = l->e_local;
+    c->ep = ep;
+    c->n_cap = n_cap;
+    if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
+    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, G = (size_t)c->e_local;
+    c->x = zalloc(N * H, sizeof(float));
+    c->s = zalloc(N * E, sizeof(float));
+    c->dl = zalloc(N * E, sizeof(float));
+    c->idx = zalloc(N * K, sizeof(int));
+    c->w = zalloc(N * K, sizeof(float));
+    c->topk_u = zalloc(N * K, sizeof(int));
+    c->pos = zalloc(N * K, sizeof(int));
+    c->src = zalloc(N * K, sizeof(int));
+    c->dw = zalloc(N * K, sizeof(float));
+    c->ecnt = zalloc(E, sizeof(int));
+    c->scnt = zalloc((size_t)ep, sizeof(int));
+    c->soff = zalloc((size_t)ep, sizeof(int));
+    c->rcnt = zalloc((size_t)ep, sizeof(int));
+    c->roff = zalloc((size_t)ep, sizeof(int));
+    c->rcnt_e = zalloc((size_t)ep * G, sizeof(int));
+    c->lcnt = zalloc(G, sizeof(int));
+    c->xs = zalloc(N * K * H, sizeof(float));
+    c->ys = zalloc(N * K * H, sizeof(float));
+    c->tmp = zalloc(N * H, sizeof(float));
+    int bad = !(c->x && c->s && c->dl && c->idx && c->w && c->topk_u && c->pos && c->src && c->dw && c->ecnt &&
+                c->scnt && c->soff && c->rcnt && c->roff && c->rcnt_e && c->lcnt && c->xs && c->ys && c->tmp);
+    if (!bad) bad = alloc_rows(c, r_cap) != 0;
+    if (!bad && l->has_shared) {
+        mlp_layer sh = shared_of(l);
+        bad = mlp_cache_alloc(&c->sh, &sh, n_cap) != 0;
+    }
+    if (bad) {
+        fprintf(stderr, "moe.c: out of memory for the MoE cache (%d tokens, %d rows, %zu floats)\n", n_cap, r_cap,
+                moe_cache_floats(m, l, ep, n_cap, r_cap));
+        moe_cache_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+void moe_cache_free(moe_cache *c) {
+    free(c->x);
+    free(c->s);
+    free(c->dl);
+    free(c->idx);
+    free(c->w);
+    free(c->topk_u);
+    free(c->pos);
+    free(c->src);
+    free(c->dw);
+    free(c->ecnt);
+    free(c->scnt);
+    free(c->soff);
+    free(c->rcnt);
+    free(c->roff);
+    free(c->rcnt_e);
+    free(c->lcnt);
+    free(c->xs);
+    free(c->ys);
+    free(c->tmp);
+    free_rows(c);
+    mlp_cache_free(&c->sh);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- routing ---- */
+
+void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const float *x, int B, int T,
+               double *bal_loss, float bal_scale) {
+    int N = B * T, E = c->E, K = c->K, H = c->H;
+    if (N > c->n_cap) MOE_DIE("%d tokens exceed the MoE cache capacity %d", N, c->n_cap);
+    c->N = N;
+    c->B = B;
+    c->T = T;
+    c->bal_scale = bal_scale;
+    ops_copy(c->x, x, (size_t)N * H);
+    ops_matmul(c->s, x, l->gate_w, N, H, E, 0.0f); /* logits [N,E], fp32 */
+    ops_sigmoid(c->s, c->s, (size_t)N * E);
+    ops_moe_route(c->idx, c->w, c->s, l->bias, N, E, K, m->n_group, m->topk_group, m->norm_topk_prob,
+                  (float)m->routed_scaling_factor);
+    if (m->aux_loss_alpha > 0.0 && N > 0) {
+        /* eq. 18: TopK over the unbiased scores, no group limit */
+        ops_moe_route(c->topk_u, NULL, c->s, NULL, N, E, K, 1, 1, 0, 1.0f);
+        double v = m->aux_loss_alpha * ops_moe_balance(c->s, c->topk_u, B, T, E, K);
+        if (bal_loss) *bal_loss += v;
+    }
+}
+
+void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, float *dx) {
+    int N = c->N, E = c->E, K = c->K, H = c->H;
+    ops_zero(c->dl, (size_t)N * E);
+    ops_moe_route_backward(c->dl, c->dw, c->s, c->idx, N, E, K, m->norm_topk_prob, (float)m->routed_scaling_factor);
+    if (m->aux_loss_alpha > 0.0 && c->bal_scale != 0.0f)
+        ops_moe_balance_backward(c->dl, c->s, c->topk_u, c->B, c->T, E, K,
+                                 (float)(m->aux_loss_alpha * c->bal_scale));
+    ops_matmul_backward(dx, l->gate_g, c->dl, c->x, l->gate_w, N, H, E);
+}
+
+/* ---- dispatch / experts / combine ---- */
+
+static void check_comm(const moe_cache *c, const moe_layer *l, MPI_Comm comm) {
+    int size, rank;
+    MPI_Comm_size(comm, &size);
+    MPI_Comm_rank(comm, &rank);
+    if (size != c->ep || l->e_local * size != c->E || l->e_first != rank * l->e_local || l->e_local != c->e_local)
+        MOE_DIE("expert layout mismatch: comm size %d (cache EP %d), rank %d, e_first %d, e_local %d, E %d", size,
+                c->ep, rank, l->e_first, l->e_local, c->E);
+}
+
+/* Rows of H floats: counts in rows, so N·K·H may exceed INT_MAX. */
+static void exchange(moe_cache *c, const float *send, const int *scnt, const int *soff, float *recv,
+                     const int *rcnt, const int *roff, int H, MPI_Comm comm) {
+    double t0 = MPI_Wtime();
+    MPI_Datatype row;
+    MPI_Type_contiguous(H, MPI_FLOAT, &row);
+    MPI_Type_commit(&row);
+    int rc = MPI_Alltoallv(send, scnt, soff, row, recv, rcnt, roff, row, comm);
+    MPI_Type_free(&row);
+    if (rc != MPI_SUCCESS) MOE_DIE("MPI_Alltoallv of expert rows failed (%d)", rc);
+    c->comm_seconds += MPI_Wtime() - t0;
+}
+
+void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float *out) {
+    check_comm(c, l, comm);
+    int N = c->N, K = c->K, H = c->H, I = c->I_, E = c->E, G = c->e_local, P = c->ep;
+    ops_moe_sort(c->pos, c->src, c->ecnt, c->idx, N, K, E);
+    /* ecnt is [P, G] in destination order: send each rank the counts for its experts */
+    double t0 = MPI_Wtime();
+    if (MPI_Alltoall(c->ecnt, G, MPI_INT, c->rcnt_e, G, MPI_INT, comm) != MPI_SUCCESS)
+        MOE_DIE("MPI_Alltoall of expert counts failed");
+    c->comm_seconds += MPI_Wtime() - t0;
+    int so = 0, ro = 0;
+    for (int r = 0; r < P; r++) {
+        int s = 0, q = 0;
+        for (int g = 0; g < G; g++) {
+            s += c->ecnt[r * G + g];
+            q += c->rcnt_e[r * G + g];
+        }
+        c->scnt[r] = s;
+        c->soff[r] = so;
+        c->rcnt[r] = q;
+        c->roff[r] = ro;
+        so += s;
+        ro += q;
+    }
+    for (int g = 0; g < G; g++) {
+        c->lcnt[g] = 0;
+        for (int r = 0; r < P; r++) c->lcnt[g] += c->rcnt_e[r * G + g];
+    }
+    c->R = ro;
+    if (c->R > c->r_cap) { /* dropless: grow rather than drop */
+        free_rows(c);
+        if (alloc_rows(c, c->R) != 0) MOE_DIE("out of memory growing the expert row buffers to %d rows", c->R);
+        c->grow_events++;
+    }
+    int R = c->R;
+    ops_gather_rows(c->xs, c->x, c->src, N * K, H);
+    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
+    ops_moe_perm(c->perm, c->rcnt_e, P, G);
+    ops_gather_rows(c->xe, c->xr, c->perm, R, H); /* expert-major */
+    ops_grouped_matmul(c->ge, c->xe, l->eg, c->lcnt, G, H, I);
+    ops_grouped_matmul(c->ue, c->xe, l->eu, c->lcnt, G, H, I);
+    ops_swiglu_forward(c->he, c->ge, I, c->ue, I, R, I);
+    ops_grouped_matmul(c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    ops_scatter_rows(c->xr, c->ye, c->perm, R, H); /* back to source-major */
+    exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, H, comm);
+    ops_moe_combine(out, c->ys, c->pos, c->w, N, K, H, 0.0f);
+}
+
+void moe_experts_backward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float *dx, const float *dout) {
+    check_comm(c, l, comm);
+    int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, R = c->R;
+    size_t RI = (size_t)R * I;
+    ops_zero(c->dw, (size_t)N * K);
+    ops_moe_combine_backward(c->xs, c->dw, dout, c->ys, c->pos, c->w, N, K, H); /* xs = dys */
+    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
+    ops_gather_rows(c->ye, c->xr, c->perm, R, H); /* ye = dy per expert */
+    ops_zero(c->dhe, RI);
+    ops_grouped_matmul_backward(c->dhe, l->ged, c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    ops_zero(c->dge, RI);
+    ops_zero(c->due, RI);
+    ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, R, I);
+    ops_zero(c->xr, (size_t)R * H); /* xr = dx per expert row */
+    ops_grouped_matmul_backward(c->xr, l->geg, c->dge, c->xe, l->eg, c->lcnt, G, H, I);
+    ops_grouped_matmul_backward(c->xr, l->geu, c->due, c->xe, l->eu, c->lcnt, G, H, I);
+    ops_scatter_rows(c->ye, c->xr, c->perm, R, H);
+    exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, H, comm);
+    if (dx) ops_moe_combine(dx, c->xs, c->pos, NULL, N, K, H, 1.0f);
+}
+
+/* ---- the layer ---- */
+
+void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out,
+                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale) {
+    moe_route(m, l, c, x, B, T, bal_loss, bal_scale);
+    moe_experts_forward(l, c, ep_comm, out);
+    if (counts)
+        for (int e = 0; e < c->E; e++) counts[e] += c->ecnt[e];
+    if (l->has_shared) {
+        mlp_layer sh = shared_of(l);
+        mlp_forward(&sh, &c->sh, c->tmp, x, c->N);
+        ops_add(out, c->tmp, (size_t)c->N * c->H);
+    }
+}
+
+void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx,
+                  const float *dout) {
+    if (l->has_shared) {
+        mlp_layer sh = shared_of(l);
+        mlp_backward(&sh, &c->sh, dx, dout, c->N);
+    }
+    moe_experts_backward(l, c, ep_comm, dx, dout);
+    moe_route_backward(m, l, c, dx);
+}
+
+void moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
+    ops_moe_bias_update(bias, counts, E, gamma);
+}
+
+double moe_load_imbalance(const int64_t *counts, int E) {
+    int64_t sum = 0, mx = 0;
+    for (int e = 0; e < E; e++) {
+        sum += counts[e];
+        if (counts[e] > mx) mx = counts[e];
+    }
+    return sum > 0 ? (double)mx * E / (double)sum : 1.0;
+}

@@ -1,0 +1,117 @@
+/* moe.h — DeepSeek-V3 MoE layer (dsv3-spec §5) with expert parallelism.
+ *
+ *   logits = x·gate.weightᵀ (fp32), s = σ(logits)          moe_route
+ *   group-limited top-k on s + bias → idx, weights w
+ *   dispatch rows to the ranks owning their experts        moe_experts_forward
+ *   (MPI_Alltoall of counts, MPI_Alltoallv of rows), SwiGLU per expert,
+ *   return rows (reverse Alltoallv), out = Σ_k w·y
+ *   out += shared_experts(x)                               moe_forward
+ *
+ * Expert parallel (design §3): tokens stay on their rank; this rank owns the
+ * routed experts [e_first, e_first + e_local), e_first = ep_rank·e_local,
+ * e_local·EP = E. Dropless. Every rank takes part in every collective, even
+ * with no tokens or no rows for its experts. Routing (router + selection) and
+ * expert computation are separate functions so a device backend can replace
+ * each one.
+ *
+ * Training extras: per-expert token counts (caller sums over ranks, then
+ * moe_bias_update), the sequence-wise balance loss (spec §5 eqs. 17–20) and
+ * the load imbalance.
+ */
+#ifndef DSV3_MOE_H
+#define DSV3_MOE_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../deck.h"
+#include "linear.h"
+#include "mlp.h"
+
+typedef struct {
+    float *gate_w, *gate_g;      /* router [E,H]; gate_g NULL when frozen */
+    float *bias;                 /* e_score_correction_bias [E], selection only, no gradient */
+    linear sh_gate, sh_up, sh_down; /* shared experts, width n_shared_experts·moe_intermediate_size */
+    int has_shared;
+    float *eg, *eu, *ed;         /* local routed experts: gate/up [e_local,I,H], down [e_local,H,I] */
+    float *geg, *geu, *ged;      /* their gradients (NULL when frozen) */
+    int e_first, e_local;
+} moe_layer;
+
+/* Saved activations + scratch. Capacities: n_cap local tokens (B·T) and
+ * r_cap rows received for the local experts. The rows a rank receives depend
+ * on the routing: on average N·K (moe_rows_expected), at most
+ * EP·N·min(K, e_local) when every token of every rank picks this rank
+ * (moe_rows_bound). If a step receives more than r_cap rows the row buffers
+ * are reallocated (grow_events counts that; log it), so a dropless step never
+ * fails for lack of a bound. Ints are counted as floats in the sizes. */
+typedef struct {
+    int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
+    int grow_events;             /* times the row buffers had to grow */
+    double comm_seconds;         /* wall time in the expert Alltoall/Alltoallv calls (accumulates;
+                                    the caller zeroes it; moe_cache_alloc sets 0) */
+    /* state of the last forward, used by the backward */
+    int N, B, T, R;              /* tokens, sequences, tokens per sequence, rows received */
+    float bal_scale;
+    float *x;                    /* [N,H] input copy */
+    float *s;                    /* [N,E] sigmoid router scores */
+    int *idx;                    /* [N,K] chosen experts (global ids) */
+    float *w;                    /* [N,K] routing weights */
+    int *topk_u;                 /* [N,K] top-K over unbiased s (balance loss) */
+    int *pos;                    /* [N,K] send row of (t,k) */
+    int *src;                    /* [N·K] token of send row j */
+    int *ecnt;                   /* [E] rows this rank sends to each expert */
+    int *scnt, *soff, *rcnt, *roff; /* [EP] rows sent to / received from each rank, offsets */
+    int *rcnt_e;                 /* [EP, e_local] rows received per source and local expert */
+    int *lcnt;                   /* [e_local] rows per local expert */
+    int *perm;                   /* [r_cap] expert-major row j = received row perm[j] */
+    float *xs, *ys;              /* [N·K,H] send rows / expert outputs returned (saved) */
+    float *xr, *xe, *ye;         /* [r_cap,H] received rows (scratch), expert-major inputs (saved), scratch */
+    float *ge, *ue, *he;         /* [r_cap,I] expert gate, up, swiglu (saved) */
+    float *dge, *due, *dhe;      /* [r_cap,I] backward scratch */
+    float *dw;                   /* [N,K] ∂L/∂w */
+    float *dl;                   /* [N,E] ∂L/∂logits */
+    float *tmp;                  /* [N,H] shared-expert output */
+    mlp_cache sh;                /* shared experts */
+} moe_cache;
+
+/* Mean rows a rank receives per step for N local tokens (balanced routing): N·K. */
+size_t moe_rows_expected(int N, int K);
+/* Worst case: EP·N·min(K, e_local) (every rank's N tokens all pick this rank). */
+size_t moe_rows_bound(int N, int K, int e_local, int ep);
+/* Floats moe_cache_alloc allocates (n_cap tokens, r_cap rows; r_cap 0 = moe_rows_bound). */
+size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
+/* 0 on success, -1 (message on stderr) when out of memory. */
+int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
+void moe_cache_free(moe_cache *c);
+
+/* Full layer: out[N,H] = routed + shared, N = B·T local tokens (B may be 0).
+ * counts [E] (may be NULL) += local tokens routed to each expert this call.
+ * bal_loss (may be NULL) += α·Σ_b Σ_i f_i·P_i over the B sequences (α =
+ * m->aux_loss_alpha; 0 = off); the backward adds bal_scale·∂(that)/∂ to the
+ * router gradient (e.g. 1/global_sequences). Collective over ep_comm. */
+void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out,
+                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale);
+/* dx[N,H] += ∂L/∂x given dout = ∂L/∂out; router, routed-expert and shared
+ * gradients accumulate. Uses the last moe_forward on c. Collective. */
+void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx,
+                  const float *dout);
+
+/* The parts, for a backend that replaces one of them.
+ * moe_route: c->x, s, idx, w (and topk_u, *bal_loss when α > 0) for N = B·T tokens. */
+void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const float *x, int B, int T,
+               double *bal_loss, float bal_scale);
+/* dx += router path, from c->dw (set by moe_experts_backward) and the balance loss; gate_g accumulates. */
+void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, float *dx);
+/* out[N,H] = Σ_k w·expert_k(x) (overwritten), from the routing in c. Collective. */
+void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out);
+/* c->dw = ∂L/∂w; dx += routed-expert path; expert gradients accumulate. Collective. */
+void moe_experts_backward(const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx, const float *dout);
+
+/* b_i += γ·sign(mean_j c_j − c_i), counts summed over the whole batch (spec §5). */
+void moe_bias_update(float *bias, const int64_t *counts, int E, float gamma);
+/* max_i c_i / mean_i c_i (1 when no tokens). */
+double moe_load_imbalance(const int64_t *counts, int E);
+
+#endif

@@ -1,0 +1,155 @@
+/* params.c — enumerate DeepSeek-V3 tensors with HF names, shapes and flags. */
+#include "params.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int add(param_table *pt, int group, int kind, int flags, int ndim, int64_t a, int64_t b,
+               int64_t c, const char *fmt, ...) {
+    if (pt->n == pt->cap) {
+        pt->cap = pt->cap ? 2 * pt->cap : 256;
+        pt->t = realloc(pt->t, (size_t)pt->cap * sizeof *pt->t);
+        if (!pt->t) return -1;
+    }
+    param_spec *s = &pt->t[pt->n++];
+    memset(s, 0, sizeof *s);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = ndim;
+    s->shape[0] = a;
+    s->shape[1] = b;
+    s->shape[2] = c;
+    s->numel = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
+    s->numel_local = (kind == SEG_EXPERT) ? s->numel / a * (a / pt->ep) : s->numel;
+    s->group = group;
+    s->kind = kind;
+    s->flags = flags;
+    return 0;
+}
+
+/* LoRA targets are matched as "self_attn.q_a_proj" etc. */
+static int lora_targeted(const deck *d, const char *module) {
+    if (!d->lora.enabled) return 0;
+    for (int i = 0; i < d->lora.n_targets; i++)
+        if (strcmp(d->lora.targets[i], module) == 0) return 1;
+    return 0;
+}
+
+/* A linear [out, in] with an optional LoRA pair right after it. */
+static void linear(param_table *pt, const deck *d, int g, int layer, int is_mtp, const char *module,
+                   int64_t out, int64_t in) {
+    int frozen = d->lora.enabled ? P_FROZEN : 0;
+    add(pt, g, SEG_DENSE, frozen, 2, out, in, 0, "model.layers.%d.%s.weight", layer, module);
+    if (!is_mtp && lora_targeted(d, module)) {
+        add(pt, g, SEG_DENSE, P_LORA, 2, d->lora.r, in, 0, "model.layers.%d.%s.lora_A.weight", layer, module);
+        add(pt, g, SEG_DENSE, P_LORA, 2, out, d->lora.r, 0, "model.layers.%d.%s.lora_B.weight", layer, module);
+    }
+}
+
+static void norm(param_table *pt, const deck *d, int g, const char *fmt, int layer, int64_t n) {
+    char name[128];
+    snprintf(name, sizeof name, fmt, layer);
+    add(pt, g, SEG_DENSE, P_NODECAY | (d->lora.enabled ? P_FROZEN : 0), 1, n, 0, 0, "%s", name);
+}
+
+static void decoder_layer(param_table *pt, const deck *d, int layer, int is_mtp, int moe) {
+    const deck_model *m = &d->model;
+    int g = layer + 1, frozen = d->lora.enabled ? P_FROZEN : 0;
+    int64_t H = m->hidden_size, nh = m->num_attention_heads;
+    int64_t qk = m->qk_nope_head_dim + m->qk_rope_head_dim;
+    norm(pt, d, g, "model.layers.%d.input_layernorm.weight", layer, H);
+    if (m->q_lora_rank > 0) {
+        linear(pt, d, g, layer, is_mtp, "self_attn.q_a_proj", m->q_lora_rank, H);
+        norm(pt, d, g, "model.layers.%d.self_attn.q_a_layernorm.weight", layer, m->q_lora_rank);
+        linear(pt, d, g, layer, is_mtp, "self_attn.q_b_proj", nh * qk, m->q_lora_rank);
+    } else {
+        linear(pt, d, g, layer, is_mtp, "self_attn.q_proj", nh * qk, H);
+    }
+    linear(pt, d, g, layer, is_mtp, "self_attn.kv_a_proj_with_mqa", m->kv_lora_rank + m->qk_rope_head_dim, H);
+    norm(pt, d, g, "model.layers.%d.self_attn.kv_a_layernorm.weight", layer, m->kv_lora_rank);
+    linear(pt, d, g, layer, is_mtp, "self_attn.kv_b_proj", nh * (m->qk_nope_head_dim + m->v_head_dim),
+           m->kv_lora_rank);
+    linear(pt, d, g, layer, is_mtp, "self_attn.o_proj", H, nh * m->v_head_dim);
+    norm(pt, d, g, "model.layers.%d.post_attention_layernorm.weight", layer, H);
+    if (!moe) {
+        linear(pt, d, g, layer, is_mtp, "mlp.gate_proj", m->intermediate_size, H);
+        linear(pt, d, g, layer, is_mtp, "mlp.up_proj", m->intermediate_size, H);
+        linear(pt, d, g, layer, is_mtp, "mlp.down_proj", H, m->intermediate_size);
+        return;
+    }
+    int64_t E = m->n_routed_experts, I = m->moe_intermediate_size;
+    add(pt, g, SEG_DENSE, frozen, 2, E, H, 0, "model.layers.%d.mlp.gate.weight", layer);
+    add(pt, g, SEG_DENSE, P_NOGRAD | P_NODECAY, 1, E, 0, 0, "model.layers.%d.mlp.gate.e_score_correction_bias",
+        layer);
+    if (m->n_shared_experts > 0) {
+        int64_t Is = I * m->n_shared_experts;
+        linear(pt, d, g, layer, is_mtp, "mlp.shared_experts.gate_proj", Is, H);
+        linear(pt, d, g, layer, is_mtp, "mlp.shared_experts.up_proj", Is, H);
+        linear(pt, d, g, layer, is_mtp, "mlp.shared_experts.down_proj", H, Is);
+    }
+    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, I, H, "model.layers.%d.mlp.experts.gate_proj.weight", layer);
+    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, I, H, "model.layers.%d.mlp.experts.up_proj.weight", layer);
+    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, H, I, "model.layers.%d.mlp.experts.down_proj.weight", layer);
+}
+
+int params_build(param_table *pt, const deck *d, int ep, char *err, int errlen) {
+    const deck_model *m = &d->model;
+    memset(pt, 0, sizeof *pt);
+    pt->ep = ep;
+    if (ep < 1 || m->n_routed_experts % ep) {
+        snprintf(err, errlen, "n_routed_experts %d not divisible by expert_parallel %d", m->n_routed_experts, ep);
+        return -1;
+    }
+    int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, frozen = d->lora.enabled ? P_FROZEN : 0;
+    int64_t V = m->vocab_size, H = m->hidden_size;
+    pt->n_groups = L + D + 2;
+    add(pt, 0, SEG_DENSE, frozen, 2, V, H, 0, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) decoder_layer(pt, d, l, 0, l >= m->first_k_dense_replace);
+    for (int k = 0; k < D; k++) {
+        int layer = L + k, g = layer + 1;
+        norm(pt, d, g, "model.layers.%d.enorm.weight", layer, H);
+        norm(pt, d, g, "model.layers.%d.hnorm.weight", layer, H);
+        add(pt, g, SEG_DENSE, frozen, 2, H, 2 * H, 0, "model.layers.%d.eh_proj.weight", layer);
+        decoder_layer(pt, d, layer, 1, 1);
+        norm(pt, d, g, "model.layers.%d.shared_head.norm.weight", layer, H);
+    }
+    add(pt, L + D + 1, SEG_DENSE, P_NODECAY | frozen, 1, H, 0, 0, "model.norm.weight");
+    add(pt, L + D + 1, SEG_DENSE, frozen, 2, V, H, 0, "lm_head.weight");
+
+    /* Offsets: for each group its dense segment, then its expert segment. */
+    pt->seg = calloc((size_t)2 * pt->n_groups, sizeof *pt->seg);
+    size_t off = 0;
+    for (int g = 0; g < pt->n_groups; g++)
+        for (int kind = 0; kind < 2; kind++) {
+            param_segment s = {g, kind, off, 0};
+            for (int i = 0; i < pt->n; i++)
+                if (pt->t[i].group == g && pt->t[i].kind == kind) {
+                    pt->t[i].offset = off;
+                    off += (size_t)pt->t[i].numel_local;
+                }
+            s.numel = off - s.offset;
+            if (s.numel) pt->seg[pt->nseg++] = s;
+        }
+    pt->total_local = off;
+    for (int i = 0; i < pt->n; i++) {
+        pt->n_params += (pt->t[i].flags & P_LORA) ? 0 : pt->t[i].numel;
+        if (!(pt->t[i].flags & (P_FROZEN | P_NOGRAD))) pt->n_trainable += pt->t[i].numel;
+    }
+    return 0;
+}
+
+void params_free(param_table *pt) {
+    free(pt->t);
+    free(pt->seg);
+    memset(pt, 0, sizeof *pt);
+}
+
+int params_find(const param_table *pt, const char *name) {
+    for (int i = 0; i < pt->n; i++)
+        if (strcmp(pt->t[i].name, name) == 0) return i;
+    return -1;
+}

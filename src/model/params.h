@@ -1,0 +1,69 @@
+/* params.h — the table of model tensors, named by their Hugging Face names.
+ *
+ * One table, built from the deck alone, serves the model (pointer binding),
+ * the plan (--dry-run memory and parameter counts), the optimizer (decay
+ * flags, ZeRO slices) and checkpoints (dataset paths, global shapes).
+ *
+ * Memory (design §4): the tensors are laid out in one flat float buffer,
+ * grouped into segments. A segment is (group, kind): group 0 = embedding,
+ * 1..L = decoder layers 0..L-1, L+1..L+D = MTP layers, L+D+1 = final norm and
+ * lm_head; kind DENSE (replicated, ZeRO-sharded over world) or EXPERT (routed
+ * experts, each rank holds E/EP of them, ZeRO-sharded over the data comm).
+ * A segment is contiguous, so a ZeRO-3 gather is one call per segment.
+ */
+#ifndef DSV3_PARAMS_H
+#define DSV3_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "../deck.h"
+
+enum {
+    P_NODECAY = 1 << 0,   /* norms, router bias: no weight decay */
+    P_EXPERT = 1 << 1,    /* routed experts stacked [E, out, in]; rank holds [E/EP, out, in] */
+    P_NOGRAD = 1 << 2,    /* model state not trained by gradient (e_score_correction_bias) */
+    P_FROZEN = 1 << 3,    /* base weight frozen (LoRA runs) */
+    P_LORA = 1 << 4,      /* LoRA adapter tensor */
+};
+
+enum { SEG_DENSE = 0, SEG_EXPERT = 1 };
+
+typedef struct {
+    char name[128];       /* HF name; stacked experts: model.layers.3.mlp.experts.gate_proj.weight */
+    int ndim;
+    int64_t shape[3];     /* global shape, [out, in] for linears, [E, out, in] for stacked experts */
+    int64_t numel;        /* global element count */
+    int64_t numel_local;  /* elements this rank holds unsharded (experts: E/EP of them) */
+    int group;            /* see above */
+    int kind;             /* SEG_DENSE | SEG_EXPERT */
+    int flags;
+    size_t offset;        /* floats from the start of the flat buffer (local layout) */
+} param_spec;
+
+typedef struct {
+    int group, kind;
+    size_t offset, numel; /* local floats in the flat buffer */
+} param_segment;
+
+typedef struct {
+    int n, cap;
+    param_spec *t;
+    int nseg;
+    param_segment *seg;
+    int n_groups;         /* L + D + 2 */
+    size_t total_local;   /* floats in the flat buffer of one rank (unsharded) */
+    int64_t n_params;     /* global parameters (no MTP copies of embed/head) */
+    int64_t n_trainable;  /* global trainable parameters */
+    int ep;               /* expert-parallel size the local layout was built for */
+} param_table;
+
+/* Builds the table for the deck's model with EP-way expert split (ep >= 1).
+ * LoRA tensors are added when d->lora.enabled. Returns 0 or -1 with err set. */
+int params_build(param_table *pt, const deck *d, int ep, char *err, int errlen);
+void params_free(param_table *pt);
+/* Index of a tensor by HF name, or -1. */
+int params_find(const param_table *pt, const char *name);
+/* Layer group helpers */
+static inline int params_group_of_layer(int layer) { return layer + 1; }
+
+#endif

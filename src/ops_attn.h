@@ -1,0 +1,70 @@
+/* ops_attn.h — attention-side primitives: RMSNorm, RoPE, causal attention,
+ * embedding, cross-entropy (CPU reference in ops_cpu_attn.c).
+ *
+ * Conventions as in ops.h: row-major activations, backward functions
+ * ACCUMULATE (+=) into input and weight gradients unless stated otherwise.
+ * A batch is B sequences of T tokens stored as B*T consecutive rows; the
+ * position of row r is p = r % T (positions restart in every sequence).
+ */
+#ifndef DSV3_OPS_ATTN_H
+#define DSV3_OPS_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- RMSNorm (dsv3-spec §2): y = w ⊙ (x · rstd), rstd = 1/sqrt(mean(x²) + eps).
+ * HF order: normalise in fp32, then multiply by w. Rows are contiguous [T, C]. */
+void ops_rmsnorm_forward(float *y /*[T,C]*/, float *rstd /*[T]*/, const float *x /*[T,C]*/, const float *w /*[C]*/,
+                         int T, int C, float eps);
+/* dx += ∂L/∂x ; dw += ∂L/∂w (dw may be NULL: frozen). Deterministic (no reductions across threads). */
+void ops_rmsnorm_backward(float *dx /*[T,C]*/, float *dw /*[C]*/, const float *dy /*[T,C]*/, const float *x,
+                          const float *w, const float *rstd /*[T]*/, int T, int C);
+
+/* ---- RoPE, interleaved pairs (dsv3-spec §4), in place.
+ * Row r (of B*T rows, row stride `row_stride` floats) holds `nh` heads at
+ * r*row_stride + h*head_stride; the rotary block is [off, off+dr) inside each
+ * head. Pair i = (x[2i], x[2i+1]) rotates by θ = p·f_i, with cos/sin read
+ * from tables [T_max, dr/2] at row p = r % T (T <= T_max). */
+void ops_rope_forward(float *x, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                      const float *sin_t, int B, int T);
+/* Backward of the rotation (rotate the gradient by −θ), in place on dx. */
+void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                       const float *sin_t, int B, int T);
+
+/* ---- Causal multi-head attention (dsv3-spec §3.5).
+ * q, k: [B*T, nh, dqk]; v: [B*T, nh, dv]; out: [B*T, nh, dv] (heads contiguous per token).
+ * S = scale·q·kᵀ, masked s > t, softmax over s in fp32, out = P·v.
+ * The forward keeps only the row log-sum-exp lse [B, nh, T] (natural log of
+ * Σ exp(S)); the backward recomputes P from q, k and lse block by block
+ * (flash-style), so no [T, T] tensor is stored. Parallel over B·nh. */
+static inline size_t ops_attention_cache_floats(int B, int T, int nh) { return (size_t)B * nh * T; }
+void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                           int nh, int dqk, int dv, float scale);
+/* dq, dk, dv += gradients given dout. */
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale);
+
+/* ---- Embedding: y[n,:] = E[ids[n], :]. Returns 0, or -1 after printing the
+ * first out-of-range id (that row is zeroed). */
+int ops_embedding_forward(float *y /*[N,H]*/, const float *E /*[V,H]*/, const int32_t *ids /*[N]*/, int N, int V,
+                          int H);
+/* dE[ids[n], :] += dy[n, :]. Deterministic: threads split the H columns and every
+ * thread adds the tokens in order n = 0..N-1. Out-of-range ids are skipped. */
+void ops_embedding_backward(float *dE /*[V,H]*/, const float *dy /*[N,H]*/, const int32_t *ids, int N, int V,
+                            int H);
+
+/* ---- Cross-entropy over logits [N, V], targets [N] (OPS_IGNORE_INDEX = skip).
+ * Forward returns Σ over counted rows of −log softmax(logits)[target] (double,
+ * summed in row order: deterministic); row_loss[N] (may be NULL) gets each
+ * row's value (0 for ignored rows); *count (may be NULL) the counted rows.
+ * A target outside [0, V) other than the ignore index is an error: message on
+ * stderr and the return value is NAN. */
+#define OPS_IGNORE_INDEX (-100)
+double ops_cross_entropy_forward(float *row_loss, int64_t *count, const float *logits, const int32_t *targets, int N,
+                                 int V);
+/* dlogits = (softmax(logits) − onehot(target))·scale for counted rows, 0 for
+ * ignored rows. WRITES (does not accumulate); dlogits may alias logits. */
+void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
+                                float scale);
+
+#endif

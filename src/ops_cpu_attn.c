@@ -1,0 +1,318 @@
+/* ops_cpu_attn.c — CPU reference of ops_attn.h (OpenBLAS + OpenMP). */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_attn.h"
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+void ops_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int T, int C, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)T * C > 65536)
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *yt = y + (size_t)t * C;
+        double ss = 0.0;
+        for (int i = 0; i < C; i++) ss += (double)xt[i] * xt[i];
+        float var = (float)(ss / C);
+        float r = 1.0f / sqrtf(var + eps);
+        rstd[t] = r;
+        for (int i = 0; i < C; i++) yt[i] = w[i] * (xt[i] * r);
+    }
+}
+
+void ops_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const float *rstd,
+                          int T, int C) {
+    /* y_i = w_i·x_i·r, r = (mean x² + eps)^-1/2:
+     * dx_i = r·w_i·dy_i − r³·x_i·(1/C)·Σ_j w_j·dy_j·x_j ;  dw_i = Σ_t dy_i·x_i·r */
+#pragma omp parallel for schedule(static) if ((size_t)T * C > 65536)
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C, *gt = dy + (size_t)t * C;
+        float *dxt = dx + (size_t)t * C;
+        float r = rstd[t];
+        double dot = 0.0;
+        for (int i = 0; i < C; i++) dot += (double)w[i] * gt[i] * xt[i];
+        float c = (float)(dot / C) * r * r * r;
+        for (int i = 0; i < C; i++) dxt[i] += r * w[i] * gt[i] - c * xt[i];
+    }
+    if (!dw) return;
+    /* Column blocks per thread, tokens in order: deterministic for any thread count. */
+    enum { CB = 64 };
+    int nb = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if ((size_t)T * C > 65536)
+    for (int b = 0; b < nb; b++) {
+        int i0 = b * CB, i1 = i0 + CB < C ? i0 + CB : C;
+        float acc[CB];
+        for (int i = i0; i < i1; i++) acc[i - i0] = 0.0f;
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + (size_t)t * C, *gt = dy + (size_t)t * C;
+            float r = rstd[t];
+            for (int i = i0; i < i1; i++) acc[i - i0] += gt[i] * xt[i] * r;
+        }
+        for (int i = i0; i < i1; i++) dw[i] += acc[i - i0];
+    }
+}
+
+/* --------------------------------------------------------------------- RoPE */
+
+static void rope_apply(float *x, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                       const float *sin_t, int B, int T, float sign) {
+    int half = dr / 2;
+    int rows = B * T;
+#pragma omp parallel for schedule(static) if ((size_t)rows * nh * dr > 65536)
+    for (int r = 0; r < rows; r++) {
+        int p = r % T;
+        const float *c = cos_t + (size_t)p * half, *s = sin_t + (size_t)p * half;
+        for (int h = 0; h < nh; h++) {
+            float *v = x + (size_t)r * row_stride + (size_t)h * head_stride + off;
+            for (int i = 0; i < half; i++) {
+                float a = v[2 * i], b = v[2 * i + 1], ci = c[i], si = sign * s[i];
+                v[2 * i] = a * ci - b * si;
+                v[2 * i + 1] = a * si + b * ci;
+            }
+        }
+    }
+}
+
+void ops_rope_forward(float *x, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                      const float *sin_t, int B, int T) {
+    rope_apply(x, row_stride, nh, head_stride, off, dr, cos_t, sin_t, B, T, 1.0f);
+}
+
+void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                       const float *sin_t, int B, int T) {
+    /* The rotation is orthogonal: its transpose is the rotation by −θ. */
+    rope_apply(dx, row_stride, nh, head_stride, off, dr, cos_t, sin_t, B, T, -1.0f);
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* Query rows per block: the scratch is [ATT_BQ, T] per thread, and a block
+ * only multiplies against keys [0, i1) (causal), which skips about half the work. */
+enum { ATT_BQ = 64 };
+
+/* OpenBLAS (pthread build) would start its own threads inside every call made
+ * from our OpenMP threads; when we parallelise over (b,h) we run BLAS single-threaded. */
+static int blas_single_begin(int parallel) {
+    if (!parallel) return 0;
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+static void blas_single_end(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
+void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                           int nh, int dqk, int dv, float scale) {
+    if (B <= 0 || T <= 0 || nh <= 0) return;
+    const int ldq = nh * dqk, ldv = nh * dv;
+    const int nbh = B * nh;
+    const int par = nbh > 1 && omp_get_max_threads() > 1;
+    int saved = blas_single_begin(par);
+#pragma omp parallel if (par)
+    {
+        float *S = malloc((size_t)ATT_BQ * T * sizeof *S); /* [bq, i1] with row stride T */
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < nbh; bh++) {
+            int b = bh / nh, h = bh % nh;
+            const float *Q = q + (size_t)b * T * ldq + (size_t)h * dqk;
+            const float *K = k + (size_t)b * T * ldq + (size_t)h * dqk;
+            const float *V = v + (size_t)b * T * ldv + (size_t)h * dv;
+            float *O = out + (size_t)b * T * ldv + (size_t)h * dv;
+            float *L = lse + (size_t)bh * T;
+            for (int i0 = 0; i0 < T; i0 += ATT_BQ) {
+                int bq = T - i0 < ATT_BQ ? T - i0 : ATT_BQ, i1 = i0 + bq;
+                /* S[bq, i1] = scale · Q[i0:i1] · K[0:i1]ᵀ */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Q + (size_t)i0 * ldq, ldq,
+                            K, ldq, 0.0f, S, T);
+                for (int r = 0; r < bq; r++) {
+                    float *s = S + (size_t)r * T;
+                    int n = i0 + r + 1; /* keys 0..t */
+                    float mx = -INFINITY;
+                    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+                    float sum = 0.0f;
+                    for (int j = 0; j < n; j++) {
+                        s[j] = expf(s[j] - mx);
+                        sum += s[j];
+                    }
+                    float inv = 1.0f / sum;
+                    for (int j = 0; j < n; j++) s[j] *= inv;
+                    for (int j = n; j < i1; j++) s[j] = 0.0f;
+                    L[i0 + r] = mx + logf(sum);
+                }
+                /* O[i0:i1] = P · V[0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dv, i1, 1.0f, S, T, V, ldv, 0.0f,
+                            O + (size_t)i0 * ldv, ldv);
+            }
+        }
+        free(S);
+    }
+    blas_single_end(saved);
+}
+
+void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale) {
+    if (B <= 0 || T <= 0 || nh <= 0) return;
+    const int ldq = nh * dqk, ldv = nh * dvd;
+    const int nbh = B * nh;
+    const int par = nbh > 1 && omp_get_max_threads() > 1;
+    int saved = blas_single_begin(par);
+    /* Every (b,h) owns disjoint slices of dq, dk, dv: no races, fixed order. */
+#pragma omp parallel if (par)
+    {
+        float *P = malloc((size_t)ATT_BQ * T * sizeof *P);  /* [bq, i1], stride T */
+        float *dP = malloc((size_t)ATT_BQ * T * sizeof *dP); /* [bq, i1], stride T */
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < nbh; bh++) {
+            int b = bh / nh, h = bh % nh;
+            size_t oq = (size_t)b * T * ldq + (size_t)h * dqk, ov = (size_t)b * T * ldv + (size_t)h * dvd;
+            const float *Q = q + oq, *K = k + oq, *V = v + ov, *dO = dout + ov;
+            float *dQ = dq + oq, *dK = dk + oq, *dV = dv + ov;
+            const float *L = lse + (size_t)bh * T;
+            for (int i0 = 0; i0 < T; i0 += ATT_BQ) {
+                int bq = T - i0 < ATT_BQ ? T - i0 : ATT_BQ, i1 = i0 + bq;
+                const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldv;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Qb, ldq, K, ldq, 0.0f, P, T);
+                /* dP = dO · Vᵀ */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dvd, 1.0f, dOb, ldv, V, ldv, 0.0f, dP,
+                            T);
+                for (int r = 0; r < bq; r++) {
+                    float *p = P + (size_t)r * T, *g = dP + (size_t)r * T;
+                    int n = i0 + r + 1;
+                    float l = L[i0 + r];
+                    float D = 0.0f;
+                    for (int j = 0; j < n; j++) {
+                        p[j] = expf(p[j] - l);
+                        D += p[j] * g[j];
+                    }
+                    /* dS (w.r.t. the scaled scores) times scale = dscores w.r.t. q·k */
+                    for (int j = 0; j < n; j++) g[j] = p[j] * (g[j] - D) * scale;
+                    for (int j = n; j < i1; j++) p[j] = g[j] = 0.0f;
+                }
+                /* dQ[i0:i1] += dS · K[0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dqk, i1, 1.0f, dP, T, K, ldq, 1.0f,
+                            dQ + (size_t)i0 * ldq, ldq);
+                /* dK[0:i1] += dSᵀ · Q[i0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dqk, bq, 1.0f, dP, T, Qb, ldq, 1.0f, dK, ldq);
+                /* dV[0:i1] += Pᵀ · dO[i0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dvd, bq, 1.0f, P, T, dOb, ldv, 1.0f, dV, ldv);
+            }
+        }
+        free(P);
+        free(dP);
+    }
+    blas_single_end(saved);
+}
+
+/* ---------------------------------------------------------------- embedding */
+
+int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {
+    int bad = -1;
+#pragma omp parallel for schedule(static) if ((size_t)N * H > 65536)
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (size_t)n * H;
+        int32_t id = ids[n];
+        if (id < 0 || id >= V) {
+            memset(yn, 0, (size_t)H * sizeof *yn);
+#pragma omp critical(ops_embed_bad)
+            if (bad < 0 || n < bad) bad = n;
+        } else {
+            memcpy(yn, E + (size_t)id * H, (size_t)H * sizeof *yn);
+        }
+    }
+    if (bad >= 0) {
+        fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)ids[bad],
+                bad, V);
+        return -1;
+    }
+    return 0;
+}
+
+void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {
+    enum { CB = 256 };
+    int nb = (H + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if ((size_t)N * H > 65536)
+    for (int b = 0; b < nb; b++) {
+        int c0 = b * CB, c1 = c0 + CB < H ? c0 + CB : H;
+        for (int n = 0; n < N; n++) {
+            int32_t id = ids[n];
+            if (id < 0 || id >= V) continue;
+            float *d = dE + (size_t)id * H;
+            const float *g = dy + (size_t)n * H;
+            for (int c = c0; c < c1; c++) d[c] += g[c];
+        }
+    }
+}
+
+/* ------------------------------------------------------------ cross-entropy */
+
+/* max and log Σ exp(x − max) of one row; the sum runs in double */
+static void ce_row_stats(const float *x, int V, float *mx_out, float *lse_out) {
+    float mx = -INFINITY;
+    for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    double s = 0.0;
+    for (int j = 0; j < V; j++) s += expf(x[j] - mx);
+    *mx_out = mx;
+    *lse_out = mx + (float)log(s);
+}
+
+double ops_cross_entropy_forward(float *row_loss, int64_t *count, const float *logits, const int32_t *targets, int N,
+                                 int V) {
+    double *rl = malloc((size_t)(N > 0 ? N : 1) * sizeof *rl);
+    int bad = -1;
+#pragma omp parallel for schedule(static) if ((size_t)N * V > 65536)
+    for (int n = 0; n < N; n++) {
+        int32_t tg = targets[n];
+        rl[n] = 0.0;
+        if (tg == OPS_IGNORE_INDEX) continue;
+        if (tg < 0 || tg >= V) {
+#pragma omp critical(ops_ce_bad)
+            if (bad < 0 || n < bad) bad = n;
+            continue;
+        }
+        const float *x = logits + (size_t)n * V;
+        float mx, lse;
+        ce_row_stats(x, V, &mx, &lse);
+        rl[n] = (double)lse - (double)x[tg];
+    }
+    double sum = 0.0;
+    int64_t cnt = 0;
+    for (int n = 0; n < N; n++) { /* row order: the same sum for any thread count */
+        if (row_loss) row_loss[n] = (float)rl[n];
+        if (targets[n] != OPS_IGNORE_INDEX) {
+            sum += rl[n];
+            cnt++;
+        }
+    }
+    free(rl);
+    if (count) *count = cnt;
+    if (bad >= 0) {
+        fprintf(stderr, "ops_cross_entropy_forward: target %d at row %d outside [0, %d) and not %d\n",
+                (int)targets[bad], bad, V, OPS_IGNORE_INDEX);
+        return NAN;
+    }
+    return sum;
+}
+
+void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
+                                float scale) {
+#pragma omp parallel for schedule(static) if ((size_t)N * V > 65536)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        int32_t tg = targets[n];
+        if (tg < 0 || tg >= V) { /* ignored (or invalid, reported by the forward) */
+            memset(d, 0, (size_t)V * sizeof *d);
+            continue;
+        }
+        float mx, lse;
+        ce_row_stats(x, V, &mx, &lse);
+        /* each element is read before it is written: dlogits may alias logits */
+        for (int j = 0; j < V; j++) d[j] = expf(x[j] - lse) * scale;
+        d[tg] -= scale;
+    }
+}

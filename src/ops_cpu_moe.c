@@ -1,0 +1,333 @@
+/* ops_cpu_moe.c — CPU reference of the feed-forward-side ops in ops_moe.h.
+ *
+ * Parallel loops split over independent rows (tokens, sequences); every
+ * output element is written by one thread in a fixed order, so results do not
+ * depend on the thread count.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+
+static void *xmalloc(size_t n, const char *what) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "ops_cpu_moe.c: out of memory allocating %zu bytes for %s\n", n, what);
+        abort();
+    }
+    return p;
+}
+
+static inline float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* ---- SwiGLU ---- */
+
+void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int I) {
+#pragma omp parallel for if ((size_t)T * I > 65536)
+    for (int t = 0; t < T; t++) {
+        const float *gt = g + (size_t)t * gs, *ut = u + (size_t)t * us;
+        float *ht = h + (size_t)t * I;
+        for (int i = 0; i < I; i++) ht[i] = gt[i] * sigmoidf_(gt[i]) * ut[i];
+    }
+}
+
+void ops_swiglu_backward(float *dg, int dgs, float *du, int dus, const float *dh, const float *g, int gs,
+                         const float *u, int us, int T, int I) {
+#pragma omp parallel for if ((size_t)T * I > 65536)
+    for (int t = 0; t < T; t++) {
+        const float *gt = g + (size_t)t * gs, *ut = u + (size_t)t * us, *dht = dh + (size_t)t * I;
+        float *dgt = dg + (size_t)t * dgs, *dut = du + (size_t)t * dus;
+        for (int i = 0; i < I; i++) {
+            float sg = sigmoidf_(gt[i]);
+            float silu = gt[i] * sg;
+            /* silu'(z) = σ(z)·(1 + z·(1 − σ(z))) */
+            dgt[i] += dht[i] * ut[i] * sg * (1.0f + gt[i] * (1.0f - sg));
+            dut[i] += dht[i] * silu;
+        }
+    }
+}
+
+void ops_sigmoid(float *y, const float *x, size_t n) {
+#pragma omp parallel for simd if (n > 65536)
+    for (size_t i = 0; i < n; i++) y[i] = sigmoidf_(x[i]);
+}
+
+/* ---- Routing ---- */
+
+/* One token. sc [E], keep [E], gscore [ng] are scratch. */
+static void route_token(int *idx, float *w, const float *s, const float *bias, int E, int K, int ng, int kg,
+                        int norm, float scale, float *sc, unsigned char *keep, float *gscore) {
+    for (int e = 0; e < E; e++) sc[e] = s[e] + (bias ? bias[e] : 0.0f);
+    if (ng > 1) {
+        int gsz = E / ng;
+        for (int g = 0; g < ng; g++) {
+            float m1 = -INFINITY, m2 = -INFINITY;
+            for (int e = g * gsz; e < (g + 1) * gsz; e++) {
+                float v = sc[e];
+                if (v > m1) {
+                    m2 = m1;
+                    m1 = v;
+                } else if (v > m2) {
+                    m2 = v;
+                }
+            }
+            gscore[g] = gsz >= 2 ? m1 + m2 : m1;
+        }
+        memset(keep, 0, (size_t)E);
+        for (int j = 0; j < kg; j++) {
+            int best = -1;
+            for (int g = 0; g < ng; g++) /* keep[g*gsz] marks a kept group */
+                if (!keep[g * gsz] && (best < 0 || gscore[g] > gscore[best])) best = g;
+            if (best < 0) break;
+            memset(keep + (size_t)best * gsz, 1, (size_t)gsz);
+        }
+    } else {
+        memset(keep, 1, (size_t)E);
+    }
+    /* Experts outside the kept groups are excluded: the −inf mask of spec §10.1. */
+    double S = 0.0;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (keep[e] && (best < 0 || sc[e] > sc[best])) best = e;
+        if (best < 0) {
+            fprintf(stderr, "ops_moe_route: fewer than K=%d experts in the kept groups\n", K);
+            abort();
+        }
+        idx[k] = best;
+        keep[best] = 0;
+        S += s[best];
+    }
+    if (w) {
+        float inv = norm ? (float)(1.0 / S) : 1.0f;
+        for (int k = 0; k < K; k++) w[k] = s[idx[k]] * inv * scale;
+    }
+}
+
+void ops_moe_route(int *idx, float *w, const float *s, const float *bias, int T, int E, int K, int n_group,
+                   int topk_group, int norm, float scale) {
+    if (n_group < 1 || E % n_group || K > E || (n_group > 1 && K > topk_group * (E / n_group))) {
+        fprintf(stderr, "ops_moe_route: bad routing shape E=%d K=%d n_group=%d topk_group=%d\n", E, K, n_group,
+                topk_group);
+        abort();
+    }
+#pragma omp parallel if (T > 64)
+    {
+        float *sc = xmalloc((size_t)E * sizeof *sc, "route scratch");
+        unsigned char *keep = xmalloc((size_t)E, "route scratch");
+        float *gscore = xmalloc((size_t)n_group * sizeof *gscore, "route scratch");
+#pragma omp for
+        for (int t = 0; t < T; t++)
+            route_token(idx + (size_t)t * K, w ? w + (size_t)t * K : NULL, s + (size_t)t * E, bias, E, K, n_group,
+                        topk_group, norm, scale, sc, keep, gscore);
+        free(sc);
+        free(keep);
+        free(gscore);
+    }
+}
+
+void ops_moe_route_backward(float *dlogits, const float *dw, const float *s, const int *idx, int T, int E, int K,
+                            int norm, float scale) {
+#pragma omp parallel for if (T > 64)
+    for (int t = 0; t < T; t++) {
+        const float *st = s + (size_t)t * E, *dwt = dw + (size_t)t * K;
+        const int *it = idx + (size_t)t * K;
+        float *dl = dlogits + (size_t)t * E;
+        double S = 0.0, a = 0.0;
+        for (int k = 0; k < K; k++) {
+            S += st[it[k]];
+            a += (double)dwt[k] * st[it[k]];
+        }
+        for (int k = 0; k < K; k++) {
+            float sj = st[it[k]];
+            /* w_j = scale·s_j/S: ∂L/∂s_j = scale·(dw_j − Σ_k dw_k s_k/S)/S */
+            double ds = norm ? scale * ((double)dwt[k] - a / S) / S : (double)scale * dwt[k];
+            dl[it[k]] += (float)(ds * sj * (1.0f - sj));
+        }
+    }
+}
+
+/* ---- Balance loss ---- */
+
+/* f [E] of one sequence (counts of the unbiased top-K, scaled). */
+static void balance_f(double *f, const int *topk, int T, int E, int K) {
+    memset(f, 0, (size_t)E * sizeof *f);
+    for (size_t j = 0; j < (size_t)T * K; j++) f[topk[j]] += 1.0;
+    double c = (double)E / ((double)K * T);
+    for (int e = 0; e < E; e++) f[e] *= c;
+}
+
+double ops_moe_balance(const float *s, const int *topk, int B, int T, int E, int K) {
+    if (B <= 0 || T <= 0) return 0.0;
+    double *val = xmalloc((size_t)B * sizeof *val, "balance");
+#pragma omp parallel if (B > 1)
+    {
+        double *f = xmalloc((size_t)E * sizeof *f, "balance"), *P = xmalloc((size_t)E * sizeof *P, "balance");
+#pragma omp for
+        for (int b = 0; b < B; b++) {
+            const float *sb = s + (size_t)b * T * E;
+            balance_f(f, topk + (size_t)b * T * K, T, E, K);
+            memset(P, 0, (size_t)E * sizeof *P);
+            for (int t = 0; t < T; t++) {
+                const float *st = sb + (size_t)t * E;
+                double S = 0.0;
+                for (int e = 0; e < E; e++) S += st[e];
+                for (int e = 0; e < E; e++) P[e] += st[e] / S;
+            }
+            double v = 0.0;
+            for (int e = 0; e < E; e++) v += f[e] * P[e] / T;
+            val[b] = v;
+        }
+        free(f);
+        free(P);
+    }
+    double sum = 0.0;
+    for (int b = 0; b < B; b++) sum += val[b];
+    free(val);
+    return sum;
+}
+
+void ops_moe_balance_backward(float *dlogits, const float *s, const int *topk, int B, int T, int E, int K,
+                              float coef) {
+    if (B <= 0 || T <= 0) return;
+#pragma omp parallel if (B > 1)
+    {
+        double *g = xmalloc((size_t)E * sizeof *g, "balance");
+#pragma omp for
+        for (int b = 0; b < B; b++) {
+            balance_f(g, topk + (size_t)b * T * K, T, E, K);
+            for (int e = 0; e < E; e++) g[e] *= (double)coef / T; /* ∂L/∂s'_{t,e} */
+            for (int t = 0; t < T; t++) {
+                size_t r = (size_t)b * T + t;
+                const float *st = s + r * E;
+                float *dl = dlogits + r * E;
+                double S = 0.0, a = 0.0;
+                for (int e = 0; e < E; e++) S += st[e];
+                for (int e = 0; e < E; e++) a += g[e] * st[e];
+                a /= S;
+                /* s' = s/S: ∂L/∂s_e = (g_e − Σ_j g_j s'_j)/S */
+                for (int e = 0; e < E; e++) dl[e] += (float)((g[e] - a) / S * st[e] * (1.0f - st[e]));
+            }
+        }
+        free(g);
+    }
+}
+
+/* ---- Dispatch bookkeeping ---- */
+
+void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
+    memset(cnt, 0, (size_t)E * sizeof *cnt);
+    for (size_t j = 0; j < (size_t)N * K; j++) cnt[idx[j]]++;
+    int *off = xmalloc((size_t)E * sizeof *off, "sort");
+    int o = 0;
+    for (int e = 0; e < E; e++) {
+        off[e] = o;
+        o += cnt[e];
+    }
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            int p = off[idx[(size_t)t * K + k]]++;
+            pos[(size_t)t * K + k] = p;
+            src[p] = t;
+        }
+    free(off);
+}
+
+int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
+    int *base = xmalloc((size_t)P * G * sizeof *base, "perm");
+    int o = 0;
+    for (int r = 0; r < P; r++)
+        for (int g = 0; g < G; g++) {
+            base[r * G + g] = o;
+            o += rcnt[r * G + g];
+        }
+    int j = 0;
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < P; r++)
+            for (int i = 0; i < rcnt[r * G + g]; i++) perm[j++] = base[r * G + g] + i;
+    free(base);
+    return j;
+}
+
+/* ---- Rows ---- */
+
+void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)idx[i] * C, (size_t)C * sizeof *dst);
+}
+
+void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof *dst);
+}
+
+void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
+#pragma omp parallel for if ((size_t)N * C > 65536)
+    for (int t = 0; t < N; t++) {
+        float *o = out + (size_t)t * C;
+        if (beta == 0.0f)
+            memset(o, 0, (size_t)C * sizeof *o);
+        else if (beta != 1.0f)
+            for (int c = 0; c < C; c++) o[c] *= beta;
+        for (int k = 0; k < K; k++) {
+            const float *yk = y + (size_t)pos[(size_t)t * K + k] * C;
+            float wk = w ? w[(size_t)t * K + k] : 1.0f;
+            for (int c = 0; c < C; c++) o[c] += wk * yk[c];
+        }
+    }
+}
+
+void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
+                              const float *w, int N, int K, int C) {
+#pragma omp parallel for if ((size_t)N * C > 65536)
+    for (int t = 0; t < N; t++) {
+        const float *d = dout + (size_t)t * C;
+        for (int k = 0; k < K; k++) {
+            size_t p = (size_t)pos[(size_t)t * K + k];
+            float wk = w[(size_t)t * K + k];
+            float *dyk = dy + p * C;
+            for (int c = 0; c < C; c++) dyk[c] = wk * d[c];
+            if (dw) {
+                const float *yk = y + p * C;
+                double a = 0.0;
+                for (int c = 0; c < C; c++) a += (double)d[c] * yk[c];
+                dw[(size_t)t * K + k] += (float)a;
+            }
+        }
+    }
+}
+
+/* ---- Grouped matmul ---- */
+
+void ops_grouped_matmul(float *y, const float *x, const float *w, const int *cnt, int G, int in, int out) {
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        ops_matmul(y + r * out, x + r * in, w + (size_t)g * out * in, cnt[g], in, out, 0.0f);
+        r += (size_t)cnt[g];
+    }
+}
+
+void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                 const int *cnt, int G, int in, int out) {
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        ops_matmul_backward(dx ? dx + r * in : NULL, dw ? dw + (size_t)g * out * in : NULL, dy + r * out,
+                            x + r * in, w + (size_t)g * out * in, cnt[g], in, out);
+        r += (size_t)cnt[g];
+    }
+}
+
+/* ---- Bias update ---- */
+
+void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
+    if (E <= 0) return;
+    double mean = 0.0;
+    for (int e = 0; e < E; e++) mean += (double)counts[e];
+    mean /= E;
+    for (int e = 0; e < E; e++) {
+        double d = mean - (double)counts[e];
+        bias[e] += d > 0 ? gamma : d < 0 ? -gamma : 0.0f;
+    }
+}

@@ -1,0 +1,91 @@
+/* ops_moe.h — feed-forward-side primitives: SwiGLU, sigmoid router scores,
+ * group-limited top-k routing (dsv3-spec §5), the sequence-wise balance loss,
+ * grouped (per-expert) matmuls, and row gather/scatter for dispatch/combine.
+ * CPU reference in ops_cpu_moe.c.
+ *
+ * Conventions as in ops.h: row-major activations, backward functions
+ * ACCUMULATE (+=) into input and weight gradients unless stated otherwise.
+ * Every op is deterministic: each output element is computed by one thread in
+ * a fixed order (no float atomics), so results are bitwise reproducible for
+ * any OpenMP thread count.
+ */
+#ifndef DSV3_OPS_MOE_H
+#define DSV3_OPS_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- SwiGLU: h[t,i] = silu(g[t,i])·u[t,i], silu(z) = z·σ(z).
+ * g and u have row strides gs and us (a fused gate/up output [T,2I] is
+ * g = gu, u = gu + I, gs = us = 2I, n = I); h is contiguous [T,n]. */
+void ops_swiglu_forward(float *h /*[T,n]*/, const float *g, int gs, const float *u, int us, int T, int n);
+/* dg += dh·u·silu'(g), du += dh·silu(g); dg/du have row strides dgs/dus. */
+void ops_swiglu_backward(float *dg, int dgs, float *du, int dus, const float *dh /*[T,n]*/, const float *g, int gs,
+                         const float *u, int us, int T, int n);
+
+/* ---- Router scores: y = σ(x) elementwise (y may equal x). */
+void ops_sigmoid(float *y, const float *x, size_t n);
+
+/* ---- Group-limited top-k routing (dsv3-spec §5 steps 2–5).
+ * s [T,E] are the sigmoid scores. Selection uses sc = s + bias (bias [E] or
+ * NULL): with n_group > 1 the E experts form n_group groups of E/n_group, a
+ * group's score is the sum of its 2 largest sc (1 if the group has 1 expert),
+ * the topk_group best groups are kept and all other experts are excluded
+ * (the −inf mask of spec §10.1), then the K best remaining sc are chosen.
+ * idx[t,0..K) lists them by descending sc (ties: lower index first).
+ * Weights (w may be NULL) use the unbiased scores:
+ *   w[t,k] = scale·s[t,idx]/Σ_k' s[t,idx_k'] if norm, else scale·s[t,idx].
+ * Requires K <= topk_group·E/n_group and n_group | E. */
+void ops_moe_route(int *idx /*[T,K]*/, float *w /*[T,K]*/, const float *s /*[T,E]*/, const float *bias /*[E]*/,
+                   int T, int E, int K, int n_group, int topk_group, int norm, float scale);
+/* Backward of the weights into the router logits (s = σ(logits)); the
+ * selection itself is not differentiable: dlogits[t,e] += ∂L/∂logit. */
+void ops_moe_route_backward(float *dlogits /*[T,E]*/, const float *dw /*[T,K]*/, const float *s /*[T,E]*/,
+                            const int *idx /*[T,K]*/, int T, int E, int K, int norm, float scale);
+
+/* ---- Sequence-wise balance loss (spec §5, TR eqs. 17–20), without α.
+ * B sequences of T rows. topk [B*T,K] is the plain top-K over the UNBIASED
+ * scores (ops_moe_route with bias NULL, n_group 1). Per sequence
+ *   f_i = E/(K·T)·Σ_t 1[i ∈ topk_t],  P_i = (1/T)·Σ_t s_{t,i}/Σ_j s_{t,j};
+ * returns Σ_b Σ_i f_i·P_i (to the host). */
+double ops_moe_balance(const float *s /*[B*T,E]*/, const int *topk /*[B*T,K]*/, int B, int T, int E, int K);
+/* dlogits += coef·∂(Σ_b Σ_i f_i P_i)/∂logits with f treated as a constant. */
+void ops_moe_balance_backward(float *dlogits /*[B*T,E]*/, const float *s, const int *topk, int B, int T, int E,
+                              int K, float coef);
+
+/* ---- Dispatch bookkeeping. Sorts the N·K (token, slot) pairs by expert,
+ * stably (token order within an expert): the send buffer row of pair (t,k)
+ * is pos[t,k]; src[j] is the token of send row j; cnt[e] rows go to expert e
+ * (rows of expert e are contiguous, experts in increasing order). */
+void ops_moe_sort(int *pos /*[N,K]*/, int *src /*[N*K]*/, int *cnt /*[E]*/, const int *idx /*[N,K]*/, int N, int K,
+                  int E);
+/* Permutation from the received layout (source rank major: for each source
+ * r, its rows for local experts 0..G-1 in order, rcnt[r,g] rows each) to the
+ * expert-major layout (for each expert g, the rows from sources 0..P-1):
+ * expert-major row j is received row perm[j]. Returns the row count. */
+int ops_moe_perm(int *perm, const int *rcnt /*[P,G]*/, int P, int G);
+
+/* ---- Rows by index lists (C = row width). */
+void ops_gather_rows(float *dst /*[n,C]*/, const float *src, const int *idx /*[n]*/, int n, int C); /* dst[i]=src[idx[i]] */
+void ops_scatter_rows(float *dst, const float *src /*[n,C]*/, const int *idx /*[n]*/, int n, int C); /* dst[idx[i]]=src[i] */
+/* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1). */
+void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K]*/, const float *w /*[N,K]*/,
+                     int N, int K, int C, float beta);
+/* Backward of the combine: dy[pos[t,k]] = w[t,k]·dout[t] (OVERWRITES those
+ * rows), dw[t,k] += dout[t]·y[pos[t,k]] (dw may be NULL). */
+void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout /*[N,C]*/, const float *y,
+                              const int *pos, const float *w, int N, int K, int C);
+
+/* ---- Grouped matmul over experts: rows of x come in G consecutive blocks of
+ * cnt[g] rows; block g is multiplied by w[g] ([out,in]): y = x·w[g]ᵀ. */
+void ops_grouped_matmul(float *y /*[R,out]*/, const float *x /*[R,in]*/, const float *w /*[G,out,in]*/,
+                        const int *cnt /*[G]*/, int G, int in, int out);
+/* dx += dy·w[g] ; dw[g] += dyᵀ·x (dx or dw may be NULL). */
+void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                 const int *cnt, int G, int in, int out);
+
+/* ---- Auxiliary-loss-free bias update (spec §5): b_i += γ·sign(mean_j c_j − c_i),
+ * counts summed over the whole batch (all ranks); sign(0) = 0. */
+void ops_moe_bias_update(float *bias /*[E]*/, const int64_t *counts /*[E]*/, int E, float gamma);
+
+#endif

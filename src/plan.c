@@ -1,0 +1,509 @@
+/* plan.c — the layout: communicators, expert ownership, ZeRO row-aligned
+ * shards, hwloc binding and the per-rank memory estimate (design §3, §4).
+ *
+ * plan_layout() is the pure part (deck + size + rank -> everything but MPI),
+ * plan_build() adds the communicators and hwloc. Every check in
+ * plan_layout() depends on the deck and the world size only, so all ranks
+ * fail alike without talking to each other. */
+#include "plan.h"
+
+#include <hwloc.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define GiB (1024.0 * 1024.0 * 1024.0)
+
+/* ---------------------------------------------------------------- shards */
+
+static size_t row_len(const param_spec *t) { return (size_t)(t->ndim > 1 ? t->shape[t->ndim - 1] : 1); }
+
+/* Tensors of segment `seg` in layout order (params.c assigns offsets in table order). */
+static int seg_tensors(const param_table *pt, int seg, int *idx) {
+    const param_segment *s = &pt->seg[seg];
+    int n = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->t[i].group == s->group && pt->t[i].kind == s->kind && pt->t[i].numel_local > 0) idx[n++] = i;
+    return n;
+}
+
+/* Trainable floats of the segment that lie before segment offset x. */
+static size_t trainable_before(const param_table *pt, const param_segment *s, const int *idx, int n, size_t x) {
+    size_t acc = 0;
+    for (int j = 0; j < n; j++) {
+        const param_spec *t = &pt->t[idx[j]];
+        size_t a = t->offset - s->offset, len = (size_t)t->numel_local;
+        if (!plan_param_trainable(t) || x <= a) continue;
+        acc += (x - a < len) ? x - a : len;
+    }
+    return acc;
+}
+
+int plan_shard_segment(plan_shard *sh, const param_table *pt, int seg, int nmemb) {
+    const param_segment *s = &pt->seg[seg];
+    memset(sh, 0, sizeof *sh);
+    sh->nmemb = nmemb;
+    sh->off = calloc((size_t)nmemb, sizeof(size_t));
+    sh->cnt = calloc((size_t)nmemb, sizeof(size_t));
+    sh->toff = calloc((size_t)nmemb, sizeof(size_t));
+    sh->tcnt = calloc((size_t)nmemb, sizeof(size_t));
+    size_t *bound = calloc((size_t)nmemb + 1, sizeof(size_t)); /* member k owns [bound[k], bound[k+1]) */
+    int *idx = malloc((size_t)(pt->n > 0 ? pt->n : 1) * sizeof(int));
+    if (!sh->off || !sh->cnt || !sh->toff || !sh->tcnt || !bound || !idx) {
+        free(bound);
+        free(idx);
+        plan_shard_free(sh);
+        return -1;
+    }
+    int nt = seg_tensors(pt, seg, idx);
+    size_t N = s->numel;
+    bound[0] = 0;
+    bound[nmemb] = N;
+    int j = 0; /* targets increase with k, so the tensor cursor only moves forward */
+    for (int k = 1; k < nmemb; k++) {
+        size_t target = N / (size_t)nmemb * (size_t)k + N % (size_t)nmemb * (size_t)k / (size_t)nmemb;
+        while (j < nt - 1 && pt->t[idx[j]].offset - s->offset + (size_t)pt->t[idx[j]].numel_local <= target) j++;
+        size_t b = N;
+        if (nt > 0) {
+            const param_spec *t = &pt->t[idx[j]];
+            size_t a = t->offset - s->offset, len = (size_t)t->numel_local, r = row_len(t);
+            size_t rel = target > a ? target - a : 0;
+            size_t rows = (rel + r / 2) / r; /* nearest row boundary */
+            b = a + rows * r;
+            if (b > a + len) b = a + len;
+        }
+        if (b < bound[k - 1]) b = bound[k - 1];
+        bound[k] = b;
+    }
+    for (int k = 0; k < nmemb; k++) {
+        sh->off[k] = bound[k];
+        sh->cnt[k] = bound[k + 1] - bound[k];
+        sh->toff[k] = trainable_before(pt, s, idx, nt, bound[k]);
+    }
+    sh->trainable = trainable_before(pt, s, idx, nt, N);
+    for (int k = 0; k < nmemb; k++) sh->tcnt[k] = (k + 1 < nmemb ? sh->toff[k + 1] : sh->trainable) - sh->toff[k];
+    free(bound);
+    free(idx);
+    return 0;
+}
+
+void plan_shard_free(plan_shard *s) {
+    free(s->off);
+    free(s->cnt);
+    free(s->toff);
+    free(s->tcnt);
+    memset(s, 0, sizeof *s);
+}
+
+int plan_shard_owner(const plan_shard *s, size_t o) {
+    int lo = 0, hi = s->nmemb - 1; /* the last member with off <= o owns o */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (s->off[mid] <= o) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo; /* an empty shard shares its offset with the next member, which wins */
+}
+
+MPI_Comm plan_seg_comm(const plan *p, int seg) {
+    return p->params.seg[seg].kind == SEG_EXPERT ? p->data : p->world;
+}
+
+int plan_seg_member(const plan *p, int seg) {
+    return p->params.seg[seg].kind == SEG_EXPERT ? p->dp_index : p->world_rank;
+}
+
+/* ----------------------------------------------------------- activations */
+
+/* Saved floats per token of one decoder layer (every tensor its backward
+ * reads). H hidden, nh heads, qk = dn+dr, k top-k, I expert width.
+ *   MLA   x (layer input)             H
+ *         input_layernorm out + rstd  H + 1
+ *         q_a out, q_a_layernorm out  2*q_lora_rank + 1   (q_lora_rank > 0)
+ *         q after RoPE                nh*qk
+ *         kv_a out (c ; k_pe)         kv_lora_rank + dr
+ *         kv_a_layernorm out + rstd   kv_lora_rank + 1
+ *         k assembled, v              nh*qk + nh*dv
+ *         attention lse, output       nh + nh*dv            (flash-style: no [T,T])
+ *         LoRA x·Aᵀ per target        r each (+ in-sized dropout mask if dropout > 0)
+ *         residual after attention    H
+ *         post_attention_layernorm    H + 1
+ *   MLP   gate, up, silu(gate)*up     3*intermediate_size
+ *   MoE   router scores               E
+ *         top-k ids and weights       2*k
+ *         dispatched rows (received)  k*H
+ *         expert gate, up, act        3*k*I
+ *         expert outputs (combine in) k*H
+ *         shared gate, up, act        3*I*n_shared
+ * The layer output is the next layer's input x and is counted there. */
+double plan_act_layer_floats(const deck *d, int moe, int lora) {
+    const deck_model *m = &d->model;
+    double H = m->hidden_size, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim,
+           dv = m->v_head_dim, qr = m->q_lora_rank, kr = m->kv_lora_rank, qk = dn + dr;
+    double f = H + (H + 1);
+    f += qr > 0 ? 2 * qr + 1 : 0;
+    f += nh * qk;
+    f += (kr + dr) + (kr + 1);
+    f += nh * qk + nh * dv;
+    f += nh + nh * dv;
+    if (lora && d->lora.enabled) {
+        struct { const char *name; double in; } tg[] = {
+            {"self_attn.q_a_proj", H},  {"self_attn.q_b_proj", qr}, {"self_attn.q_proj", H},
+            {"self_attn.kv_a_proj_with_mqa", H}, {"self_attn.kv_b_proj", kr}, {"self_attn.o_proj", nh * dv}};
+        for (int i = 0; i < d->lora.n_targets; i++)
+            for (size_t j = 0; j < sizeof tg / sizeof tg[0]; j++)
+                if (strcmp(d->lora.targets[i], tg[j].name) == 0 && (qr > 0) != (j == 2))
+                    f += d->lora.r + (d->lora.dropout > 0 ? tg[j].in : 0);
+    }
+    f += H + (H + 1);
+    if (!moe) return f + 3.0 * m->intermediate_size;
+    double k = m->num_experts_per_tok, I = m->moe_intermediate_size;
+    f += m->n_routed_experts + 2 * k;
+    f += k * H + 3 * k * I + k * H;
+    f += 3 * I * m->n_shared_experts;
+    return f;
+}
+
+double plan_act_bytes(const deck *d) {
+    const deck_model *m = &d->model;
+    double T = (double)d->train.micro_batch * d->train.seq_len;
+    double es = strcmp(d->train.dtype, "bf16") == 0 ? 2 : 4;
+    double H = m->hidden_size;
+    int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, k0 = m->first_k_dense_replace;
+    double all = 0, biggest = 0;
+    for (int l = 0; l < L + D; l++) {
+        int moe = l >= k0 && m->n_routed_experts > 0;
+        double f = plan_act_layer_floats(d, moe, l < L);
+        all += f;
+        if (f > biggest) biggest = f;
+    }
+    /* MTP block extras per depth: shifted embedding H, enorm/hnorm outputs =
+     * eh_proj input 2H + 2 rstd, shared_head.norm output H + 1. */
+    double mtp = D * (H + 2 * H + 2 + H + 1);
+    /* With checkpointing: the L+D layer inputs stay, one layer is recomputed. */
+    double layers = d->parallel.activation_checkpointing ? (L + D) * H + biggest : all;
+    /* Backward scratch: residual-stream gradient (2H) and one layer's gradients. */
+    double scratch = 2 * H + biggest;
+    double head = H + 1; /* final norm output + rstd */
+    double act = T * es * (layers + mtp + scratch + head);
+    /* One fp32 [T, V] logits/dlogits buffer, reused by the MTP heads, + per-token loss. */
+    act += T * 4.0 * ((double)m->vocab_size + 1);
+    return act;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+/* Floats of tensor t inside [lo, hi) of its segment. */
+static size_t overlap(const param_spec *t, const param_segment *s, size_t lo, size_t hi) {
+    size_t a = t->offset - s->offset, b = a + (size_t)t->numel_local;
+    if (lo < a) lo = a;
+    if (hi > b) hi = b;
+    return hi > lo ? hi - lo : 0;
+}
+
+plan_memory plan_memory_estimate(const deck *d, const plan *p) {
+    plan_memory mem = {0};
+    const param_table *pt = &p->params;
+    int bf16 = strcmp(d->train.dtype, "bf16") == 0;
+    int z = p->zero_stage;
+    double trainable_local = 0;
+    for (int si = 0; si < pt->nseg; si++) {
+        const param_segment *s = &pt->seg[si];
+        int me = s->kind == SEG_EXPERT ? p->dp_index : p->world_rank;
+        size_t lo = p->shard ? p->shard[si].off[me] : 0, hi = lo + (p->shard ? p->shard[si].cnt[me] : 0);
+        for (int i = 0; i < pt->n; i++) {
+            const param_spec *t = &pt->t[i];
+            if (t->group != s->group || t->kind != s->kind) continue;
+            int tr = plan_param_trainable(t);
+            double bytes = (t->flags & P_NOGRAD) ? 4 : tr ? (bf16 ? 6 : 4) : (bf16 ? 2 : 4);
+            double n = z >= 3 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
+            mem.params += n * bytes;
+            if (tr) trainable_local += (double)t->numel_local;
+        }
+    }
+    if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
+    mem.grads = 4.0 * (z >= 2 ? (double)p->shard_trainable + (double)p->reduce_floats : trainable_local);
+    mem.optim = 8.0 * (z >= 1 ? (double)p->shard_trainable : trainable_local);
+    mem.acts = plan_act_bytes(d);
+    mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
+    mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
+    return mem;
+}
+
+/* ---------------------------------------------------------------- layout */
+
+static void plan_init(plan *p) {
+    memset(p, 0, sizeof *p);
+    p->world = p->node = p->expert = p->data = MPI_COMM_NULL;
+}
+
+static int fail(char *err, int errlen, const char *msg) {
+    snprintf(err, errlen, "%s", msg);
+    return -1;
+}
+
+int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errlen) {
+    char msg[512];
+    plan_init(p);
+    const deck_model *m = &d->model;
+    int ep = d->parallel.expert_parallel, E = m->n_routed_experts;
+    int mb = d->train.micro_batch, gb = d->train.global_batch;
+    /* Layout checks: the deck module checks these too; repeated here so a
+     * plan can never be built from an inconsistent deck. */
+    if (size < 1 || rank < 0 || rank >= size) {
+        snprintf(msg, sizeof msg, "plan: rank %d outside world size %d", rank, size);
+        return fail(err, errlen, msg);
+    }
+    if (ep < 1 || size % ep) {
+        snprintf(msg, sizeof msg, "parallel.expert_parallel = %d does not divide the world size %d", ep, size);
+        return fail(err, errlen, msg);
+    }
+    if (E % ep) {
+        snprintf(msg, sizeof msg, "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d", E,
+                 ep);
+        return fail(err, errlen, msg);
+    }
+    if (d->parallel.zero_stage < 0 || d->parallel.zero_stage > 3) {
+        snprintf(msg, sizeof msg, "parallel.zero_stage = %d is outside 0..3", d->parallel.zero_stage);
+        return fail(err, errlen, msg);
+    }
+    if (mb < 1 || gb < 1 || d->train.seq_len < 1) {
+        snprintf(msg, sizeof msg, "train.micro_batch = %d, train.global_batch = %d, train.seq_len = %d must be >= 1",
+                 mb, gb, d->train.seq_len);
+        return fail(err, errlen, msg);
+    }
+    if ((int64_t)gb % ((int64_t)mb * size)) {
+        snprintf(msg, sizeof msg,
+                 "train.global_batch = %d is not divisible by train.micro_batch x world size = %d x %d", gb, mb,
+                 size);
+        return fail(err, errlen, msg);
+    }
+    p->world_rank = rank;
+    p->world_size = size;
+    p->ep = ep;
+    p->ep_index = rank % ep;
+    p->dp = size / ep;
+    p->dp_index = rank / ep;
+    p->experts_per_rank = E / ep;
+    p->expert_first = p->ep_index * (E / ep);
+    p->zero_stage = d->parallel.zero_stage;
+    p->micro_batch = mb;
+    p->grad_accum = gb / (mb * size);
+    p->node_rank = 0;
+    p->node_size = 1;
+    p->n_nodes = 1;
+    snprintf(p->cpuset, sizeof p->cpuset, "-");
+    if (params_build(&p->params, d, ep, msg, sizeof msg)) {
+        params_free(&p->params);
+        return fail(err, errlen, msg);
+    }
+    const param_table *pt = &p->params;
+    p->shard = calloc((size_t)(pt->nseg > 0 ? pt->nseg : 1), sizeof *p->shard);
+    if (!p->shard) return fail(err, errlen, "plan: out of memory");
+    size_t gd = 0, ge = 0, rd = 0, re = 0;
+    for (int si = 0; si < pt->nseg; si++) {
+        int expert = pt->seg[si].kind == SEG_EXPERT;
+        if (plan_shard_segment(&p->shard[si], pt, si, expert ? p->dp : size))
+            return fail(err, errlen, "plan: out of memory");
+        int me = expert ? p->dp_index : rank;
+        p->shard_floats += p->shard[si].cnt[me];
+        p->shard_trainable += p->shard[si].tcnt[me];
+        size_t n = pt->seg[si].numel, t = p->shard[si].trainable;
+        if (expert) {
+            if (n > ge) ge = n;
+            if (t > re) re = t;
+        } else {
+            if (n > gd) gd = n;
+            if (t > rd) rd = t;
+        }
+    }
+    p->gather_floats = gd + ge;
+    p->reduce_floats = rd + re;
+    int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
+    int dense = m->first_k_dense_replace < L ? m->first_k_dense_replace : L;
+    p->n_moe_layers = E > 0 ? (L - dense) + D : 0;
+    if (p->n_moe_layers > 0)
+        p->dispatch_floats = (size_t)mb * (size_t)d->train.seq_len * (size_t)m->num_experts_per_tok *
+                             (size_t)m->hidden_size;
+    p->mem = plan_memory_estimate(d, p);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- hwloc */
+
+/* My share of the node's cores: node-local rank r of n gets cores
+ * [r*c/n, (r+1)*c/n), or one (shared) core when ranks outnumber cores.
+ * Binds when allowed: OMPI binding policy not "none" and DSV3_BIND != 0. */
+static void plan_hwloc(plan *p) {
+    hwloc_topology_t topo;
+    snprintf(p->cpuset, sizeof p->cpuset, "unknown");
+    if (hwloc_topology_init(&topo)) return;
+    if (hwloc_topology_load(topo)) {
+        hwloc_topology_destroy(topo);
+        return;
+    }
+    hwloc_obj_type_t type = HWLOC_OBJ_CORE;
+    int c = hwloc_get_nbobjs_by_type(topo, type);
+    if (c <= 0) {
+        type = HWLOC_OBJ_PU;
+        c = hwloc_get_nbobjs_by_type(topo, type);
+    }
+    if (c > 0) {
+        int r = p->node_rank, n = p->node_size;
+        int lo = (int)((int64_t)r * c / n), hi = (int)((int64_t)(r + 1) * c / n);
+        if (hi <= lo) hi = lo + 1;
+        hwloc_bitmap_t set = hwloc_bitmap_alloc();
+        for (int i = lo; i < hi; i++) {
+            hwloc_obj_t o = hwloc_get_obj_by_type(topo, type, (unsigned)i);
+            if (o && o->cpuset) hwloc_bitmap_or(set, set, o->cpuset);
+        }
+        p->ncores = hi - lo;
+        hwloc_bitmap_list_snprintf(p->cpuset, sizeof p->cpuset, set);
+        const char *pol = getenv("OMPI_MCA_hwloc_base_binding_policy"), *env = getenv("DSV3_BIND");
+        int allowed = !(pol && strcmp(pol, "none") == 0) && !(env && strcmp(env, "0") == 0);
+        p->bound = 0;
+        if (allowed) p->bound = hwloc_set_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) == 0 ? 1 : -1;
+        hwloc_bitmap_free(set);
+    }
+    hwloc_topology_destroy(topo);
+}
+
+/* ----------------------------------------------------------------- build */
+
+int plan_build(plan *p, const deck *d, MPI_Comm world, char *err, int errlen) {
+    int size, rank;
+    MPI_Comm_size(world, &size);
+    MPI_Comm_rank(world, &rank);
+    char msg[512] = "";
+    /* Deterministic: the same on every rank, so no agreement is needed. */
+    if (plan_layout(p, d, size, rank, msg, sizeof msg)) {
+        int oom = strstr(msg, "out of memory") != NULL, any = 0;
+        MPI_Allreduce(&oom, &any, 1, MPI_INT, MPI_MAX, world); /* keep collectives matched */
+        plan_free(p);
+        snprintf(err, errlen, "%s", msg);
+        return -1;
+    }
+    int zero = 0, any = 0;
+    MPI_Allreduce(&zero, &any, 1, MPI_INT, MPI_MAX, world);
+    if (any) { /* another rank ran out of memory: fail alike */
+        plan_free(p);
+        snprintf(err, errlen, "plan: out of memory on some rank");
+        return -1;
+    }
+    MPI_Comm_dup(world, &p->world);
+    MPI_Comm_split_type(p->world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &p->node);
+    MPI_Comm_rank(p->node, &p->node_rank);
+    MPI_Comm_size(p->node, &p->node_size);
+    /* Nodes are numbered by their lowest world rank (node rank 0, key = rank). */
+    int leader = p->node_rank == 0, before = 0;
+    MPI_Exscan(&leader, &before, 1, MPI_INT, MPI_SUM, p->world);
+    if (rank == 0) before = 0; /* Exscan leaves rank 0's result undefined */
+    p->node_index = before;
+    MPI_Bcast(&p->node_index, 1, MPI_INT, 0, p->node);
+    MPI_Allreduce(&leader, &p->n_nodes, 1, MPI_INT, MPI_SUM, p->world);
+    MPI_Comm_split(p->world, p->dp_index, rank, &p->expert); /* rank order = ep_index */
+    MPI_Comm_split(p->world, p->ep_index, rank, &p->data);   /* rank order = dp_index */
+    if (gethostname(p->host, sizeof p->host)) snprintf(p->host, sizeof p->host, "unknown");
+    p->host[sizeof p->host - 1] = 0;
+    plan_hwloc(p);
+    return 0;
+}
+
+void plan_free(plan *p) {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) {
+        MPI_Comm *c[] = {&p->world, &p->node, &p->expert, &p->data};
+        for (int i = 0; i < 4; i++)
+            if (*c[i] != MPI_COMM_NULL) MPI_Comm_free(c[i]);
+    }
+    if (p->shard)
+        for (int i = 0; i < p->params.nseg; i++) plan_shard_free(&p->shard[i]);
+    free(p->shard);
+    params_free(&p->params);
+    plan_init(p);
+}
+
+/* ----------------------------------------------------------------- print */
+
+typedef struct {
+    char host[64];
+    char cpuset[128];
+    int node_index, dp_index, ep_index, first, per, bound, ncores;
+    double mem[6];
+} rank_row;
+
+static const char *thousands(char *buf, size_t n, int64_t v) {
+    char tmp[32];
+    int len = snprintf(tmp, sizeof tmp, "%lld", (long long)(v < 0 ? -v : v)), o = 0;
+    if (v < 0 && o < (int)n - 1) buf[o++] = '-';
+    for (int i = 0; i < len && o < (int)n - 1; i++) {
+        if (i > 0 && (len - i) % 3 == 0 && o < (int)n - 1) buf[o++] = ',';
+        buf[o++] = tmp[i];
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+void plan_print(const plan *p, const deck *d, FILE *out) {
+    rank_row me;
+    memset(&me, 0, sizeof me);
+    snprintf(me.host, sizeof me.host, "%s", p->host);
+    snprintf(me.cpuset, sizeof me.cpuset, "%s", p->cpuset);
+    me.node_index = p->node_index;
+    me.dp_index = p->dp_index;
+    me.ep_index = p->ep_index;
+    me.first = p->expert_first;
+    me.per = p->experts_per_rank;
+    me.bound = p->bound;
+    me.ncores = p->ncores;
+    double mv[6] = {p->mem.params, p->mem.grads, p->mem.optim, p->mem.acts, p->mem.comm, p->mem.total};
+    memcpy(me.mem, mv, sizeof mv);
+    rank_row *all = NULL;
+    if (p->world_rank == 0) all = calloc((size_t)p->world_size, sizeof *all);
+    MPI_Gather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, 0, p->world);
+    if (p->world_rank != 0) return;
+    if (!all) {
+        fprintf(out, "dsv3: plan: out of memory printing the plan\n");
+        return;
+    }
+    const deck_model *m = &d->model;
+    char a[40], b[40];
+    fprintf(out, "plan: world %d ranks on %d node%s, expert parallel %d: %d expert group%s of %d, data parallel %d\n",
+            p->world_size, p->n_nodes, p->n_nodes == 1 ? "" : "s", p->ep, p->dp, p->dp == 1 ? "" : "s", p->ep,
+            p->dp);
+    fprintf(out, "plan: ZeRO stage %d, micro-batch %d, gradient accumulation %d, global batch %d, seq_len %d, "
+                 "dtype %s, activation checkpointing %s\n",
+            p->zero_stage, p->micro_batch, p->grad_accum, d->train.global_batch, d->train.seq_len, d->train.dtype,
+            d->parallel.activation_checkpointing ? "on" : "off");
+    fprintf(out, "plan: parameters %s total, %s trainable\n", thousands(a, sizeof a, p->params.n_params),
+            thousands(b, sizeof b, p->params.n_trainable));
+    if (p->n_moe_layers > 0)
+        fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
+                p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
+                p->n_moe_layers);
+    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8s %8s %8s %8s %8s %9s\n", "rank", "node", "group", "expert",
+            "experts", "cpuset", "params", "grads", "optim", "acts", "comm", "total GiB");
+    double mx[6] = {0}, sum = 0;
+    for (int r = 0; r < p->world_size; r++) {
+        rank_row *x = &all[r];
+        char node[96], ex[32], cpu[160];
+        snprintf(node, sizeof node, "%.64s#%d", x->host, x->node_index);
+        if (x->per > 0) snprintf(ex, sizeof ex, "e%d-e%d", x->first, x->first + x->per - 1);
+        else snprintf(ex, sizeof ex, "-");
+        snprintf(cpu, sizeof cpu, "%.128s%s", x->cpuset, x->bound == 1 ? " bound" : x->bound < 0 ? " bind-failed" : "");
+        fprintf(out, "%5d  %-24s %5d %6d  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", r, node, x->dp_index,
+                x->ep_index, ex, cpu, x->mem[0] / GiB, x->mem[1] / GiB, x->mem[2] / GiB, x->mem[3] / GiB,
+                x->mem[4] / GiB, x->mem[5] / GiB);
+        for (int c = 0; c < 6; c++)
+            if (x->mem[c] > mx[c]) mx[c] = x->mem[c];
+        sum += x->mem[5];
+    }
+    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
+            mx[0] / GiB, mx[1] / GiB, mx[2] / GiB, mx[3] / GiB, mx[4] / GiB, mx[5] / GiB);
+    fprintf(out, "plan: memory estimate per rank (GPU): max %.2f GiB = %.1f GB; all ranks %.1f GiB\n", mx[5] / GiB,
+            mx[5] / 1e9, sum / GiB);
+    free(all);
+}

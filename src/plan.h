@@ -1,0 +1,124 @@
+/* plan.h — the layout, computed once from deck + world size (design §1.4, §3).
+ *
+ * The real run and --dry-run use the same plan, so the memory estimate cannot
+ * drift from what the run allocates.
+ *
+ * Ranks: rank = dp_index * EP + ep_index. An expert group (EP consecutive
+ * ranks) splits the routed experts; the data communicator joins ranks with
+ * the same ep_index.
+ *
+ * ZeRO shards are row-aligned: a segment of the flat parameter buffer
+ * (params.h) is a sequence of rows (a row = the last dimension of a tensor,
+ * 1 element for a 1-D tensor), and each member of the segment's communicator
+ * (world for dense segments, data for expert segments) owns a contiguous run
+ * of whole rows of near-equal size. Every shard of every tensor is therefore
+ * a simple hyperslab (checkpoints) and a contiguous range (collectives).
+ */
+#ifndef DSV3_PLAN_H
+#define DSV3_PLAN_H
+
+#include <mpi.h>
+#include <stdio.h>
+
+#include "deck.h"
+#include "model/params.h"
+
+typedef struct {
+    int nmemb;            /* members of the comm that shards this segment */
+    size_t *off, *cnt;    /* [nmemb] floats, relative to the segment start */
+    /* The same split seen in the segment's trainable floats only (tensors
+     * without P_FROZEN/P_NOGRAD, concatenated in layout order): member k owns
+     * trainable floats [toff[k], toff[k]+tcnt[k]). Gradient and optimizer
+     * buffers of LoRA runs are this compact layout (whole rows too). */
+    size_t *toff, *tcnt;  /* [nmemb] */
+    size_t trainable;     /* trainable floats in the segment */
+} plan_shard;
+
+typedef struct {
+    double params, grads, optim, acts, comm, total; /* bytes per rank */
+} plan_memory;
+
+typedef struct plan {
+    MPI_Comm world, node, expert, data;  /* owned (MPI_COMM_NULL until built) */
+    int world_rank, world_size;
+    int node_rank, node_size, node_index, n_nodes;
+    int ep, ep_index;                    /* expert comm size / my rank in it */
+    int dp, dp_index;                    /* data comm size / my rank in it */
+    int experts_per_rank, expert_first;  /* routed experts owned: [first, first+per_rank) */
+    int zero_stage;
+    int micro_batch, grad_accum;         /* global_batch = micro_batch * grad_accum * world_size */
+    param_table params;                  /* local tensor layout (experts: my E/EP) */
+    plan_shard *shard;                   /* [params.nseg] */
+    size_t shard_floats;                 /* floats of all segments I own under ZeRO (dense+expert) */
+    plan_memory mem;                     /* estimate for this rank */
+    char cpuset[128];                    /* hwloc: the cores this rank is bound to */
+    /* added by plan.c */
+    char host[64];                       /* hostname of my node */
+    int ncores;                          /* cores in my cpuset share (0 = unknown) */
+    int bound;                           /* 1 bound to cpuset, 0 binding not allowed, -1 bind failed */
+    int n_moe_layers;                    /* MoE layers incl. MTP (each has E/EP experts here) */
+    size_t shard_trainable;              /* trainable floats of all segments I own (compact layout) */
+    size_t gather_floats;                /* ZeRO-3 gather buffer: largest dense + largest expert segment */
+    size_t reduce_floats;                /* ZeRO-2/3 reduce buffer: largest dense + largest expert trainable */
+    size_t dispatch_floats;              /* MoE dispatch rows, per direction: tokens*top_k*hidden */
+} plan;
+
+/* Validates the layout against world size and builds communicators, ownership,
+ * shards and the memory estimate. Allocates no model memory. Collective over
+ * `world`; every rank returns the same status and message. */
+int plan_build(plan *p, const deck *d, MPI_Comm world, char *err, int errlen);
+/* Rank 0 prints the plan of every rank (gathered) plus totals. Collective. */
+void plan_print(const plan *p, const deck *d, FILE *out);
+void plan_free(plan *p);
+
+/* Which member of the segment's comm owns the float at segment offset `o`. */
+int plan_shard_owner(const plan_shard *s, size_t o);
+
+/* ---- added by plan.c ---- */
+
+/* The pure part of plan_build: validation, ownership, grad accumulation,
+ * param table, shards and memory estimate for rank `rank` of `size`, without
+ * MPI (communicators stay MPI_COMM_NULL, no hwloc). Same messages as
+ * plan_build. Tests and tools use it to look at any rank of any layout. */
+int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errlen);
+
+/* Row-aligned split of segment `seg` of `pt` into `nmemb` contiguous shards
+ * of near-equal floats (boundaries at the row boundary nearest to k*N/nmemb).
+ * Fills s (allocates off/cnt/toff/tcnt). Returns 0 or -1 (no memory). */
+int plan_shard_segment(plan_shard *s, const param_table *pt, int seg, int nmemb);
+void plan_shard_free(plan_shard *s);
+
+/* The communicator that shards segment `seg` (world or data) and my index in it. */
+MPI_Comm plan_seg_comm(const plan *p, int seg);
+int plan_seg_member(const plan *p, int seg);
+
+/* Trainable = gets a gradient and optimizer state. */
+static inline int plan_param_trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
+
+/* Memory estimate per rank, bytes (design §4), from the same numbers the run
+ * allocates (plan fields above). Categories:
+ *  params  stage<3: every local tensor unsharded; stage 3: my shard of every
+ *          segment + gather_floats. Bytes per float: fp32 4; bf16: frozen 2,
+ *          trainable 4 (fp32 master) + 2 (bf16 copy), P_NOGRAD state 4; the
+ *          stage-3 gather buffer holds compute copies (bf16 2, fp32 4).
+ *  grads   fp32, trainable only. stage<2 all local trainable; stage>=2 my
+ *          trainable shard + reduce_floats (full-segment reduce buffers).
+ *  optim   AdamW m and v, fp32, trainable only: stage>=1 my trainable shard,
+ *          else all local trainable.
+ *  acts    plan_act_bytes(): saved activations of one micro-batch.
+ *  comm    MoE dispatch/combine send+recv rows: 2 * dispatch_floats * 4.
+ *          (ZeRO buffers are counted once, under params and grads.)
+ *  total   the sum. */
+plan_memory plan_memory_estimate(const deck *d, const plan *p);
+
+/* Floats saved per token by one decoder layer's forward for its backward
+ * (the tensors are enumerated in plan.c). moe: the FFN is MoE (else dense
+ * MLP); lora: count LoRA caches for the deck's targets. */
+double plan_act_layer_floats(const deck *d, int moe, int lora);
+/* Bytes of activations kept for one micro-batch (micro_batch * seq_len tokens)
+ * on one rank: every layer's saved tensors, or with activation checkpointing
+ * the layer inputs plus one layer's working set; plus the head and loss
+ * buffers. Element size: 2 bytes for bf16, 4 for fp32; logits fp32. */
+double plan_act_bytes(const deck *d);
+
+#endif

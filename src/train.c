@@ -1,0 +1,388 @@
+/* train.c — the step loop over the plan's communicators.
+ *
+ * The global batch of step s is the samples (s, 0..G-1) of the loader,
+ * whatever the rank count (design §1.2): rank r takes G/W consecutive
+ * indices and runs them as grad_accum micro-batches. Loss scales use global
+ * target counts known before the backward, so the summed gradient is that of
+ * the global mean loss on any layout.
+ *
+ * ZeRO (design §3): dense segments reduce over world, expert segments over
+ * the data communicator. Stage 0 all-reduces gradients and every rank updates
+ * everything; stage 1 all-reduces, updates its shard and all-gathers the
+ * parameters; stage 2 reduce-scatters gradients into its shard instead.
+ * Shards are row-aligned (plan.h), so each is one contiguous range.
+ */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "ckpt.h"
+#include "data.h"
+#include "log.h"
+#include "model/model.h"
+#include "model/moe.h" /* moe_bias_update */
+#include "ops.h"
+#include "optim.h"
+
+/* Set by SIGUSR1/SIGTERM (the batch system's warning): finish the step, save, exit 0. */
+static volatile sig_atomic_t stop_requested = 0;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static double now(void) { return MPI_Wtime(); }
+
+static int mkdir_p(const char *path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return (mkdir(tmp, 0755) && errno != EEXIST) ? -1 : 0;
+}
+
+/* Every rank agrees on failure: returns non-zero on all ranks if any failed. */
+static int any_failed(MPI_Comm c, int failed) {
+    int f = failed;
+    MPI_Allreduce(MPI_IN_PLACE, &f, 1, MPI_INT, MPI_MAX, c);
+    return f;
+}
+
+typedef struct {
+    const deck *d;
+    plan *p;
+    model *m;
+    data_loader *train, *valid;
+    float *mo, *vo;      /* AdamW moments: full local (stage 0) or shard-packed */
+    float *gshard;       /* stage >= 2: my shard of the reduced gradients, packed */
+    size_t optim_n;
+    int64_t step;        /* optimizer steps done */
+    int64_t tokens;
+    int32_t *tok, *tgt;  /* [accum, mb, T] this rank's samples of the step */
+    double t_reduce;
+} trainer;
+
+/* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
+static void load_samples(trainer *t, data_loader *L, int64_t step, int n_local) {
+    int T = t->d->train.seq_len;
+    int64_t first = (int64_t)t->p->world_rank * n_local;
+    for (int i = 0; i < n_local; i++)
+        data_sample(L, step, first + i, t->tok + (size_t)i * T, t->tgt + (size_t)i * T);
+}
+
+/* Global target counts: main head and each MTP depth. */
+static void global_counts(trainer *t, int n_local, int64_t *cnt /*[1+D]*/) {
+    int T = t->d->train.seq_len, D = t->d->model.num_nextn_predict_layers;
+    for (int k = 0; k <= D; k++) cnt[k] = model_count_targets(t->tgt, n_local, T, k);
+    MPI_Allreduce(MPI_IN_PLACE, cnt, 1 + D, MPI_INT64_T, MPI_SUM, t->p->world);
+}
+
+static model_scales make_scales(const deck *d, const int64_t *cnt, int64_t global_seqs) {
+    model_scales sc;
+    memset(&sc, 0, sizeof sc);
+    int D = d->model.num_nextn_predict_layers;
+    sc.lm = cnt[0] ? 1.0f / (float)cnt[0] : 0.0f;
+    for (int k = 1; k <= D; k++)
+        sc.mtp[k - 1] = cnt[k] ? (float)(d->model.mtp_loss_weight / D / (double)cnt[k]) : 0.0f;
+    sc.bal = 1.0f / (float)global_seqs;
+    return sc;
+}
+
+/* Loss terms from the summed micro-batch sums (allreduced). */
+static void losses(const deck *d, const model_sums *s, const int64_t *cnt, int64_t global_seqs, double *lm,
+                   double *mtp, double *bal) {
+    int D = d->model.num_nextn_predict_layers;
+    *lm = cnt[0] ? s->lm_sum / (double)cnt[0] : 0.0;
+    *mtp = 0.0;
+    for (int k = 1; k <= D; k++)
+        if (cnt[k]) *mtp += d->model.mtp_loss_weight / D * s->mtp_sum[k - 1] / (double)cnt[k];
+    *bal = s->bal_sum / (double)global_seqs;
+}
+
+static void allreduce_sums(MPI_Comm c, model_sums *s) {
+    double v[2 + MODEL_MAX_MTP];
+    v[0] = s->lm_sum;
+    v[1] = s->bal_sum;
+    memcpy(v + 2, s->mtp_sum, sizeof s->mtp_sum);
+    MPI_Allreduce(MPI_IN_PLACE, v, 2 + MODEL_MAX_MTP, MPI_DOUBLE, MPI_SUM, c);
+    s->lm_sum = v[0];
+    s->bal_sum = v[1];
+    memcpy(s->mtp_sum, v + 2, sizeof s->mtp_sum);
+}
+
+/* Reduce gradients per the ZeRO stage; returns the global sum of squares of
+ * the reduced gradients, every element counted once (by its shard owner). */
+static double reduce_grads(trainer *t) {
+    plan *p = t->p;
+    const param_table *pt = &p->params;
+    float *g = model_grad_buffer(t->m);
+    int stage = p->zero_stage;
+    double ss = 0.0;
+    size_t packed = 0;
+    double t0 = now();
+    for (int s = 0; s < pt->nseg; s++) {
+        const param_segment *sg = &pt->seg[s];
+        const plan_shard *sh = &p->shard[s];
+        MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
+        int me;
+        MPI_Comm_rank(c, &me);
+        float *gs = g + sg->offset;
+        if (stage < 2) {
+            MPI_Allreduce(MPI_IN_PLACE, gs, (int)sg->numel, MPI_FLOAT, MPI_SUM, c);
+            ss += ops_sumsq(gs + sh->off[me], sh->cnt[me]);
+        } else {
+            int *counts = malloc((size_t)sh->nmemb * sizeof *counts);
+            for (int r = 0; r < sh->nmemb; r++) counts[r] = (int)sh->cnt[r];
+            MPI_Reduce_scatter(gs, t->gshard + packed, counts, MPI_FLOAT, MPI_SUM, c);
+            free(counts);
+            ss += ops_sumsq(t->gshard + packed, sh->cnt[me]);
+        }
+        packed += sh->cnt[me];
+    }
+    MPI_Allreduce(MPI_IN_PLACE, &ss, 1, MPI_DOUBLE, MPI_SUM, p->world);
+    t->t_reduce += now() - t0;
+    return ss;
+}
+
+/* AdamW on what this rank owns, then re-assemble full parameters (stage >= 1). */
+static void update(trainer *t, double lr, float scale) {
+    plan *p = t->p;
+    const param_table *pt = &p->params;
+    float *w = model_param_buffer(t->m), *g = model_grad_buffer(t->m);
+    int64_t step_t = t->step + 1;
+    if (p->zero_stage == 0) {
+        optim_step(t->d, pt, w, g, t->mo, t->vo, 0, pt->total_local, step_t, lr, scale);
+        return;
+    }
+    size_t packed = 0;
+    double t0 = now();
+    for (int s = 0; s < pt->nseg; s++) {
+        const param_segment *sg = &pt->seg[s];
+        const plan_shard *sh = &p->shard[s];
+        MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
+        int me;
+        MPI_Comm_rank(c, &me);
+        size_t lo = sg->offset + sh->off[me], n = sh->cnt[me];
+        const float *gp = p->zero_stage >= 2 ? t->gshard + packed : g + lo;
+        optim_step(t->d, pt, w + lo, gp, t->mo + packed, t->vo + packed, lo, lo + n, step_t, lr, scale);
+        packed += n;
+        int *counts = malloc((size_t)sh->nmemb * sizeof *counts), *displs = malloc((size_t)sh->nmemb * sizeof *displs);
+        for (int r = 0; r < sh->nmemb; r++) counts[r] = (int)sh->cnt[r], displs[r] = (int)sh->off[r];
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, w + sg->offset, counts, displs, MPI_FLOAT, c);
+        free(counts);
+        free(displs);
+    }
+    t->t_reduce += now() - t0;
+}
+
+/* Aux-loss-free balancing: global per-expert counts, the same update on every rank. */
+static double bias_update(trainer *t) {
+    model *m = t->m;
+    int n = model_n_moe(m), E = t->d->model.n_routed_experts;
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        int64_t *c = model_expert_counts(m, i);
+        MPI_Allreduce(MPI_IN_PLACE, c, E, MPI_INT64_T, MPI_SUM, t->p->world);
+        double mx = 0, sum = 0;
+        for (int e = 0; e < E; e++) mx = c[e] > mx ? (double)c[e] : mx, sum += (double)c[e];
+        if (sum > 0) worst = fmax(worst, mx / (sum / E));
+        if (t->d->model.bias_update_rate > 0)
+            moe_bias_update(model_router_bias(m, i), c, E, (float)t->d->model.bias_update_rate);
+    }
+    model_reset_counts(m);
+    return worst;
+}
+
+/* Mean validation loss over validation.batches global batches (forward only). */
+static double validate(trainer *t) {
+    const deck *d = t->d;
+    int T = d->train.seq_len, mb = d->train.micro_batch, n_local = mb * t->p->grad_accum;
+    model_sums s;
+    memset(&s, 0, sizeof s);
+    int64_t cnt = 0;
+    model_scales sc;
+    memset(&sc, 0, sizeof sc);
+    for (int b = 0; b < d->validation.batches; b++) {
+        load_samples(t, t->valid, b, n_local);
+        for (int a = 0; a < t->p->grad_accum; a++) {
+            model_batch bt = {t->tok + (size_t)a * mb * T, t->tgt + (size_t)a * mb * T, mb, T};
+            model_step(t->m, &bt, sc, 0, &s);
+        }
+        cnt += model_count_targets(t->tgt, n_local, T, 0);
+    }
+    model_reset_counts(t->m);
+    MPI_Allreduce(MPI_IN_PLACE, &s.lm_sum, 1, MPI_DOUBLE, MPI_SUM, t->p->world);
+    MPI_Allreduce(MPI_IN_PLACE, &cnt, 1, MPI_INT64_T, MPI_SUM, t->p->world);
+    return cnt ? s.lm_sum / (double)cnt : NAN;
+}
+
+static int save(trainer *t, char *err, int errlen) {
+    ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->step};
+    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), CKPT_FULL_LOCAL, t->mo, t->vo,
+                     ckpt_optim_layout(t->p->zero_stage), &st, err, errlen);
+}
+
+int train_run(const deck *d, plan *p) {
+    char err[1024] = "";
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.d = d;
+    t.p = p;
+    int rank = p->world_rank, T = d->train.seq_len, mb = d->train.micro_batch;
+    int n_local = mb * p->grad_accum; /* this rank's samples per step */
+    int64_t G = d->train.global_batch;
+    int failed = 0;
+
+    /* 1. inputs first: data, output directory, checkpoint to resume (before any model memory) */
+    failed = data_open(&t.train, d, 0, T, err, sizeof err) != 0;
+    if (!failed && d->validation.every > 0) failed = data_open(&t.valid, d, 1, T, err, sizeof err) != 0;
+    if (!failed && rank == 0 && mkdir_p(d->run.output_dir)) {
+        snprintf(err, sizeof err, "cannot create run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
+        failed = 1;
+    }
+    char resume[4096] = "";
+    if (!failed && d->run.resume[0]) failed = ckpt_resolve(d, resume, sizeof resume, err, sizeof err) != 0;
+    if (any_failed(p->world, failed)) {
+        if (err[0]) fprintf(stderr, "dsv3: error: %s\n", err);
+        goto out;
+    }
+
+    /* 2. model, optimizer, buffers */
+    failed = model_create(&t.m, d, p, err, sizeof err) != 0;
+    if (any_failed(p->world, failed)) {
+        if (err[0]) fprintf(stderr, "dsv3: error: %s\n", err);
+        goto out;
+    }
+    const param_table *pt = &p->params;
+    t.optim_n = p->zero_stage >= 1 ? p->shard_floats : pt->total_local;
+    t.mo = calloc(t.optim_n + 1, sizeof *t.mo);
+    t.vo = calloc(t.optim_n + 1, sizeof *t.vo);
+    if (p->zero_stage >= 2) t.gshard = calloc(p->shard_floats + 1, sizeof *t.gshard);
+    t.tok = calloc((size_t)n_local * T, sizeof *t.tok);
+    t.tgt = calloc((size_t)n_local * T, sizeof *t.tgt);
+    model_init_weights(t.m, (uint64_t)d->run.seed);
+    if (resume[0]) {
+        ckpt_state st;
+        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), CKPT_FULL_LOCAL, t.mo, t.vo,
+                           ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+        if (any_failed(p->world, failed)) {
+            if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+            goto out;
+        }
+        t.step = st.step;
+        t.tokens = st.tokens_seen;
+        data_set_position(t.train, st.data_position);
+        if (rank == 0) printf("dsv3: resumed from %s at step %lld\n", resume, (long long)t.step);
+    }
+    log_ctx lg;
+    failed = log_open(&lg, rank, d->run.output_dir, t.step, err, sizeof err) != 0;
+    if (any_failed(p->world, failed)) {
+        if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+        goto out;
+    }
+    if (rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/deck.cfg", d->run.output_dir); /* archive the resolved deck */
+        FILE *f = fopen(path, "w");
+        if (f) {
+            fputs(d->text ? d->text : "", f);
+            fclose(f);
+        }
+        printf("dsv3: %s | %d ranks, EP %d, DP %d, ZeRO %d | %lld parameters (%lld trainable) | global batch %lld "
+               "x %d tokens, %d micro-batches of %d per rank\n",
+               d->run.mode, p->world_size, p->ep, p->dp, p->zero_stage, (long long)pt->n_params,
+               (long long)pt->n_trainable, (long long)G, T, p->grad_accum, mb);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    /* 3. the loop */
+    double t_start = now();
+    int64_t first_step = t.step;
+    while (t.step < d->run.steps) {
+        double t0 = now();
+        t.t_reduce = 0.0;
+        load_samples(&t, t.train, t.step, n_local);
+        int64_t cnt[1 + MODEL_MAX_MTP];
+        global_counts(&t, n_local, cnt);
+        model_scales sc = make_scales(d, cnt, G);
+        model_sums sums;
+        memset(&sums, 0, sizeof sums);
+        model_zero_grad(t.m);
+        for (int a = 0; a < p->grad_accum; a++) {
+            model_batch bt = {t.tok + (size_t)a * mb * T, t.tgt + (size_t)a * mb * T, mb, T};
+            model_step(t.m, &bt, sc, 1, &sums);
+        }
+        allreduce_sums(p->world, &sums);
+        double lm, mtp, bal;
+        losses(d, &sums, cnt, G, &lm, &mtp, &bal);
+        double gnorm = sqrt(reduce_grads(&t));
+        double clip = d->optimizer.grad_clip;
+        float scale = (clip > 0 && gnorm > clip) ? (float)(clip / (gnorm + 1e-6)) : 1.0f;
+        double lr = optim_lr(d, t.step);
+        update(&t, lr, scale);
+        double imb = bias_update(&t);
+        t.step++;
+        t.tokens += G * T;
+        data_set_position(t.train, t.step);
+        double val = NAN;
+        if (t.valid && d->validation.every > 0 && t.step % d->validation.every == 0) val = validate(&t);
+        double dt = now() - t0;
+        if (t.step == first_step + 1 && rank == 0) {
+            double pa, ga, aa;
+            model_memory(t.m, &pa, &ga, &aa);
+            double opt = 2.0 * t.optim_n * sizeof(float) + (t.gshard ? p->shard_floats * sizeof(float) : 0);
+            printf("dsv3: memory per rank (GiB) allocated: params %.3f grads %.3f optim %.3f acts %.3f = %.3f | "
+                   "planned: params %.3f grads %.3f optim %.3f acts %.3f comm %.3f = %.3f\n",
+                   pa / 1073741824.0, ga / 1073741824.0, opt / 1073741824.0, aa / 1073741824.0,
+                   (pa + ga + opt + aa) / 1073741824.0, p->mem.params / 1073741824.0,
+                   p->mem.grads / 1073741824.0, p->mem.optim / 1073741824.0, p->mem.acts / 1073741824.0,
+                   p->mem.comm / 1073741824.0, p->mem.total / 1073741824.0);
+        }
+        double a2a = model_comm_seconds(t.m);
+        MPI_Allreduce(MPI_IN_PLACE, &a2a, 1, MPI_DOUBLE, MPI_MAX, p->world);
+        double elapsed = now() - t_start;
+        log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
+                       dt, a2a, t.t_reduce,
+                       elapsed / (double)(t.step - first_step) * (double)(d->run.steps - t.step)};
+        int show = d->run.log_every <= 1 || t.step % d->run.log_every == 0 || t.step == d->run.steps;
+        log_step(&lg, &row, d->run.steps, show); /* the csv keeps every row */
+        int stop = stop_requested;
+        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, p->world);
+        int every = d->checkpoint.every;
+        if (stop || (every > 0 && t.step % every == 0) || (every > 0 && t.step == d->run.steps)) {
+            failed = save(&t, err, sizeof err) != 0;
+            if (any_failed(p->world, failed)) {
+                if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+                break;
+            }
+            if (rank == 0) printf("dsv3: checkpoint step_%08lld.h5 written\n", (long long)t.step);
+        }
+        if (stop) {
+            if (rank == 0) printf("dsv3: stop requested by signal: checkpoint written at step %lld, exiting\n",
+                                  (long long)t.step);
+            break;
+        }
+    }
+    log_close(&lg);
+out:
+    model_free(t.m);
+    data_close(t.train);
+    if (t.valid) data_close(t.valid);
+    free(t.mo), free(t.vo), free(t.gshard), free(t.tok), free(t.tgt);
+    return failed;
+}

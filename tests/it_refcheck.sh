@@ -1,0 +1,65 @@
+#!/bin/bash
+# The model against Hugging Face transformers: bin/dsv3-refcheck on the committed
+# fixture (tests/fixtures/hf_tiny.h5, made by tools/reference/make_fixture.py)
+# must pass; a copy with one weight tensor perturbed must fail; a copy with a
+# dataset removed must fail with a message naming it.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+FIX=tests/fixtures/hf_tiny.h5
+[ -f "$FIX" ] || { echo "FAIL: fixture $FIX is missing (it is committed; regenerate with tools/reference/make_fixture.py)"; exit 1; }
+[ -x "$BIN/dsv3-refcheck" ] || { echo "FAIL: $BIN/dsv3-refcheck not built"; exit 1; }
+
+echo "== reference fixture"
+"$BIN/dsv3-refcheck" "$FIX" || { echo "FAIL: dsv3-refcheck does not match the reference"; exit 1; }
+
+PY=/usr/bin/python3
+if ! "$PY" -c 'import h5py, numpy' 2>/dev/null; then
+    echo "SKIPPED the negative checks: $PY has no h5py/numpy (Debian python3-h5py)"
+    exit 0
+fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+echo "== one weight perturbed by 1% must fail"
+cp "$FIX" "$TMP/perturbed.h5"
+"$PY" - "$TMP/perturbed.h5" <<'EOF' || exit 1
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    d = f["weights/model.layers.1.self_attn.kv_b_proj.weight"]
+    d[...] = d[...] * 1.01
+EOF
+"$BIN/dsv3-refcheck" "$TMP/perturbed.h5" >"$TMP/perturbed.log" 2>&1
+rc=$?
+cat "$TMP/perturbed.log"
+[ $rc -eq 1 ] || { echo "FAIL: perturbed weight: exit $rc, expected 1"; exit 1; }
+grep -q 'FAIL$' "$TMP/perturbed.log" || { echo "FAIL: perturbed weight: no failing comparison reported"; exit 1; }
+
+echo "== a missing dataset must be named"
+cp "$FIX" "$TMP/missing.h5"
+"$PY" - "$TMP/missing.h5" <<'EOF' || exit 1
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    del f["weights/model.layers.2.mlp.experts.5.up_proj.weight"]
+EOF
+"$BIN/dsv3-refcheck" "$TMP/missing.h5" >"$TMP/missing.log" 2>&1
+rc=$?
+cat "$TMP/missing.log"
+[ $rc -eq 1 ] || { echo "FAIL: missing dataset: exit $rc, expected 1"; exit 1; }
+grep -q 'missing dataset /weights/model.layers.2.mlp.experts.5.up_proj.weight' "$TMP/missing.log" ||
+    { echo "FAIL: missing dataset not named"; exit 1; }
+
+echo "== a wrongly shaped dataset must be named"
+cp "$FIX" "$TMP/shape.h5"
+"$PY" - "$TMP/shape.h5" <<'EOF' || exit 1
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "r+") as f:
+    del f["expected/logits"]
+    f["expected/logits"] = np.zeros((1, 2, 3), np.float32)
+EOF
+"$BIN/dsv3-refcheck" "$TMP/shape.h5" >"$TMP/shape.log" 2>&1
+rc=$?
+cat "$TMP/shape.log"
+[ $rc -eq 1 ] || { echo "FAIL: wrong shape: exit $rc, expected 1"; exit 1; }
+grep -q 'dataset /expected/logits has shape \[1,2,3\]' "$TMP/shape.log" || { echo "FAIL: wrong shape not named"; exit 1; }
+echo "PASS"

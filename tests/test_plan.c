@@ -1,0 +1,362 @@
+/* test_plan.c — the layout plan (src/plan.c) and the comm wrappers at one
+ * rank: ownership, row-aligned shards, validation messages, the memory
+ * estimate and its accounting identities, LoRA parameter counts for the
+ * reference SFT layout (24 ranks, EP 8, looked at rank by rank through
+ * plan_layout without MPI). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <mpi.h>
+
+#include "../src/comm.h"
+#include "../src/plan.h"
+
+/* DeepSeek-V3 671B dims with the reference LoRA SFT settings (input/sft.cfg). */
+static void deck_v3(deck *d) {
+    memset(d, 0, sizeof *d);
+    deck_model *m = &d->model;
+    m->vocab_size = 129280;
+    m->hidden_size = 7168;
+    m->intermediate_size = 18432;
+    m->moe_intermediate_size = 2048;
+    m->num_hidden_layers = 61;
+    m->first_k_dense_replace = 3;
+    m->n_routed_experts = 256;
+    m->n_shared_experts = 1;
+    m->num_experts_per_tok = 8;
+    m->n_group = 8;
+    m->topk_group = 4;
+    m->q_lora_rank = 1536;
+    m->kv_lora_rank = 512;
+    m->qk_nope_head_dim = 128;
+    m->qk_rope_head_dim = 64;
+    m->v_head_dim = 128;
+    m->num_attention_heads = 128;
+    m->num_nextn_predict_layers = 1;
+    d->parallel.expert_parallel = 8;
+    d->parallel.zero_stage = 3;
+    d->parallel.activation_checkpointing = true;
+    d->train.micro_batch = 1;
+    d->train.global_batch = 24;
+    d->train.seq_len = 4096;
+    snprintf(d->train.dtype, DECK_STR, "bf16");
+    d->lora.enabled = true;
+    d->lora.r = 16;
+    d->lora.alpha = 32;
+    const char *tg[] = {"self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa",
+                        "self_attn.kv_b_proj", "self_attn.o_proj"};
+    d->lora.n_targets = 5;
+    for (int i = 0; i < 5; i++) snprintf(d->lora.targets[i], DECK_STR, "%s", tg[i]);
+}
+
+/* A small DeepSeek-V3-shaped model, full training in fp32. */
+static void deck_tiny(deck *d) {
+    memset(d, 0, sizeof *d);
+    deck_model *m = &d->model;
+    m->vocab_size = 256;
+    m->hidden_size = 64;
+    m->intermediate_size = 128;
+    m->moe_intermediate_size = 32;
+    m->num_hidden_layers = 3;
+    m->first_k_dense_replace = 1;
+    m->n_routed_experts = 8;
+    m->n_shared_experts = 1;
+    m->num_experts_per_tok = 2;
+    m->n_group = 2;
+    m->topk_group = 1;
+    m->q_lora_rank = 32;
+    m->kv_lora_rank = 16;
+    m->qk_nope_head_dim = 16;
+    m->qk_rope_head_dim = 8;
+    m->v_head_dim = 16;
+    m->num_attention_heads = 4;
+    m->num_nextn_predict_layers = 1;
+    d->parallel.expert_parallel = 1;
+    d->parallel.zero_stage = 0;
+    d->train.micro_batch = 1;
+    d->train.global_batch = 24;
+    d->train.seq_len = 32;
+    snprintf(d->train.dtype, DECK_STR, "fp32");
+}
+
+static int expert_row_len(const param_spec *t) { return (int)(t->ndim > 1 ? t->shape[t->ndim - 1] : 1); }
+
+/* Every shard of every segment: contiguous cover, whole rows, near-equal, compact view consistent. */
+static void check_shards(const plan *p) {
+    const param_table *pt = &p->params;
+    for (int si = 0; si < pt->nseg; si++) {
+        const param_segment *s = &pt->seg[si];
+        const plan_shard *sh = &p->shard[si];
+        int n = sh->nmemb;
+        assert_int_equal(n, s->kind == SEG_EXPERT ? p->dp : p->world_size);
+        size_t maxrow = 1, trainable = 0;
+        for (int i = 0; i < pt->n; i++) {
+            const param_spec *t = &pt->t[i];
+            if (t->group != s->group || t->kind != s->kind) continue;
+            if ((size_t)expert_row_len(t) > maxrow) maxrow = (size_t)expert_row_len(t);
+            if (plan_param_trainable(t)) trainable += (size_t)t->numel_local;
+            /* a boundary inside the tensor falls on a row boundary */
+            size_t a = t->offset - s->offset, b = a + (size_t)t->numel_local;
+            for (int k = 0; k < n; k++)
+                if (sh->off[k] > a && sh->off[k] < b) assert_int_equal((sh->off[k] - a) % (size_t)expert_row_len(t), 0);
+        }
+        assert_int_equal(sh->trainable, trainable);
+        size_t at = 0, tat = 0;
+        double ideal = (double)s->numel / n;
+        for (int k = 0; k < n; k++) {
+            assert_int_equal(sh->off[k], at);
+            assert_int_equal(sh->toff[k], tat);
+            at += sh->cnt[k];
+            tat += sh->tcnt[k];
+            double dev = (double)sh->cnt[k] - ideal;
+            assert_true(dev <= (double)maxrow + 1 && dev >= -(double)maxrow - 1);
+            if (sh->cnt[k]) {
+                assert_int_equal(plan_shard_owner(sh, sh->off[k]), k);
+                assert_int_equal(plan_shard_owner(sh, sh->off[k] + sh->cnt[k] - 1), k);
+            }
+            /* compact count = trainable floats inside [off, off+cnt) */
+            size_t tc = 0;
+            for (int i = 0; i < pt->n; i++) {
+                const param_spec *t = &pt->t[i];
+                if (t->group != s->group || t->kind != s->kind || !plan_param_trainable(t)) continue;
+                size_t a = t->offset - s->offset, b = a + (size_t)t->numel_local;
+                size_t lo = sh->off[k] > a ? sh->off[k] : a, hi = sh->off[k] + sh->cnt[k] < b ? sh->off[k] + sh->cnt[k] : b;
+                if (hi > lo) tc += hi - lo;
+            }
+            assert_int_equal(sh->tcnt[k], tc);
+        }
+        assert_int_equal(at, s->numel);
+        assert_int_equal(tat, sh->trainable);
+    }
+}
+
+static void test_sft_layout(void **state) {
+    (void)state;
+    deck d;
+    deck_v3(&d);
+    char err[512];
+    double sum_params = 0;
+    size_t sum_trainable = 0, sum_dense = 0, sum_expert = 0;
+    for (int r = 0; r < 24; r++) {
+        plan p;
+        assert_int_equal(plan_layout(&p, &d, 24, r, err, sizeof err), 0);
+        assert_int_equal(p.ep, 8);
+        assert_int_equal(p.dp, 3);
+        assert_int_equal(p.ep_index, r % 8);
+        assert_int_equal(p.dp_index, r / 8);
+        assert_int_equal(p.experts_per_rank, 32);
+        assert_int_equal(p.expert_first, (r % 8) * 32);
+        assert_int_equal(p.grad_accum, 1);
+        assert_int_equal(p.n_moe_layers, 59);
+        assert_int_equal(p.params.n_trainable, 97006592);
+        if (r == 0 || r == 23) check_shards(&p);
+        for (int si = 0; si < p.params.nseg; si++) {
+            int me = p.params.seg[si].kind == SEG_EXPERT ? p.dp_index : r;
+            if (p.params.seg[si].kind == SEG_EXPERT) sum_expert += p.shard[si].cnt[me];
+            else sum_dense += p.shard[si].cnt[me];
+        }
+        sum_trainable += p.shard_trainable;
+        /* stage 3: params = shard bytes + bf16 gather buffer */
+        sum_params += p.mem.params - 2.0 * (double)p.gather_floats;
+        /* categories add up */
+        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.comm);
+        /* LoRA: grads and optimizer state only for adapters, tiny */
+        assert_true(p.mem.optim < 1e9);
+        plan_free(&p);
+    }
+    /* Every float is owned once: dense over 24 ranks, experts over each data comm. */
+    plan p;
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), 0);
+    size_t dense = 0, expert = 0;
+    double bytes = 0;
+    for (int si = 0; si < p.params.nseg; si++)
+        *(p.params.seg[si].kind == SEG_EXPERT ? &expert : &dense) += p.params.seg[si].numel;
+    for (int i = 0; i < p.params.n; i++) {
+        const param_spec *t = &p.params.t[i];
+        bytes += (double)t->numel * ((t->flags & P_NOGRAD) ? 4 : plan_param_trainable(t) ? 6 : 2);
+    }
+    assert_int_equal(sum_dense, dense);
+    assert_int_equal(sum_expert, expert * 8); /* 8 expert groups' worth: each data comm covers one ep slice */
+    assert_int_equal(sum_trainable, (size_t)p.params.n_trainable);
+    assert_true(sum_params == bytes);
+    /* 671B + 11.6B MTP unique parameters, bf16, over 24 ranks: about 57 GB of shards */
+    assert_true(bytes / 24 > 55e9 && bytes / 24 < 58e9);
+    plan_free(&p);
+}
+
+static void test_shards_tiny(void **state) {
+    (void)state;
+    deck d;
+    deck_tiny(&d);
+    char err[512];
+    int eps[] = {1, 2, 4, 8};
+    for (int size = 1; size <= 40; size++)
+        for (int e = 0; e < 4; e++) {
+            if (size % eps[e]) continue;
+            d.parallel.expert_parallel = eps[e];
+            d.train.global_batch = size * 2;
+            plan p;
+            assert_int_equal(plan_layout(&p, &d, size, size - 1, err, sizeof err), 0);
+            assert_int_equal(p.grad_accum, 2);
+            check_shards(&p);
+            plan_free(&p);
+        }
+}
+
+static void test_validation(void **state) {
+    (void)state;
+    deck d;
+    deck_v3(&d);
+    char err[512];
+    plan p;
+    d.parallel.expert_parallel = 5;
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "parallel.expert_parallel = 5 does not divide the world size 24"));
+    d.parallel.expert_parallel = 3; /* divides 24, not 256 */
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "n_routed_experts = 256 is not divisible"));
+    deck_v3(&d);
+    d.parallel.zero_stage = 4;
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "zero_stage = 4"));
+    deck_v3(&d);
+    d.train.global_batch = 36;
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "train.global_batch = 36 is not divisible"));
+    deck_v3(&d);
+    d.train.micro_batch = 0;
+    assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "micro_batch = 0"));
+    /* plan_build fails alike at one rank, leaves nothing to free */
+    deck_tiny(&d);
+    d.parallel.expert_parallel = 2;
+    assert_int_equal(plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err), -1);
+    assert_non_null(strstr(err, "does not divide the world size 1"));
+    assert_true(p.world == MPI_COMM_NULL && p.expert == MPI_COMM_NULL && p.shard == NULL);
+    plan_free(&p);
+}
+
+static void test_memory(void **state) {
+    (void)state;
+    deck d;
+    deck_v3(&d);
+    d.lora.enabled = false; /* full fine-tune: every stage saves something */
+    snprintf(d.train.dtype, DECK_STR, "fp32");
+    char err[512];
+    plan_memory m[4];
+    for (int z = 0; z < 4; z++) {
+        d.parallel.zero_stage = z;
+        plan p;
+        assert_int_equal(plan_layout(&p, &d, 24, 5, err, sizeof err), 0);
+        m[z] = p.mem;
+        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.comm);
+        /* comm: MoE dispatch+combine rows, tokens*top-k*hidden*4 bytes*2 */
+        assert_true(p.mem.comm == 4096.0 * 8 * 7168 * 4 * 2);
+        plan_free(&p);
+    }
+    assert_true(m[1].optim < m[0].optim / 3 && m[1].params == m[0].params && m[1].grads == m[0].grads);
+    assert_true(m[2].grads < m[1].grads / 2 && m[2].optim == m[1].optim);
+    assert_true(m[3].params < m[2].params / 2 && m[3].grads == m[2].grads);
+    assert_true(m[0].total > m[1].total && m[1].total > m[2].total && m[2].total > m[3].total);
+    /* activations: linear in tokens, smaller with checkpointing */
+    deck_v3(&d);
+    double a1 = plan_act_bytes(&d);
+    d.train.micro_batch = 2;
+    assert_true(plan_act_bytes(&d) == 2 * a1);
+    d.train.micro_batch = 1;
+    d.parallel.activation_checkpointing = false;
+    assert_true(plan_act_bytes(&d) > 5 * a1);
+    /* a MoE layer saves more than a dense one; LoRA adds r floats per target */
+    assert_true(plan_act_layer_floats(&d, 1, 0) > plan_act_layer_floats(&d, 0, 0));
+    assert_true(plan_act_layer_floats(&d, 1, 1) == plan_act_layer_floats(&d, 1, 0) + 5 * 16);
+}
+
+static void test_build_world(void **state) {
+    (void)state;
+    deck d;
+    deck_tiny(&d);
+    char err[512];
+    plan p;
+    assert_int_equal(plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err), 0);
+    int n;
+    MPI_Comm_size(p.world, &n);
+    assert_int_equal(n, 1);
+    MPI_Comm_size(p.node, &n);
+    assert_int_equal(n, 1);
+    MPI_Comm_size(p.expert, &n);
+    assert_int_equal(n, 1);
+    MPI_Comm_size(p.data, &n);
+    assert_int_equal(n, 1);
+    assert_int_equal(p.n_nodes, 1);
+    assert_int_equal(p.node_index, 0);
+    assert_int_equal(p.experts_per_rank, 8);
+    assert_true(strlen(p.cpuset) > 0 && strcmp(p.cpuset, "unknown") != 0);
+    assert_true(p.ncores >= 1);
+    FILE *f = tmpfile();
+    plan_print(&p, &d, f);
+    rewind(f);
+    char buf[8192];
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    buf[got] = 0;
+    fclose(f);
+    assert_non_null(strstr(buf, "world 1 ranks on 1 node"));
+    assert_non_null(strstr(buf, "e0-e7"));
+    assert_non_null(strstr(buf, "parameters "));
+    assert_non_null(strstr(buf, "total GiB"));
+    /* comm wrappers at one rank: identity, in both paths */
+    for (int si = 0; si < p.params.nseg; si++) {
+        size_t N = p.params.seg[si].numel;
+        float *full = malloc(N * sizeof *full), *mine = malloc(N * sizeof *mine), *back = malloc(N * sizeof *back);
+        for (size_t i = 0; i < N; i++) full[i] = (float)(i % 1000);
+        for (int pass = 0; pass < 2; pass++) {
+            size_t old = comm_set_chunk_limit(pass ? 7 : 0);
+            memset(mine, 0, N * sizeof *mine);
+            memset(back, 0, N * sizeof *back);
+            assert_int_equal(comm_zero_reduce_scatter(&p, si, 0, full, mine), 0);
+            assert_memory_equal(mine, full, N * sizeof *full);
+            assert_int_equal(comm_zero_allgather(&p, si, 0, mine, back), 0);
+            assert_memory_equal(back, full, N * sizeof *full);
+            comm_set_chunk_limit(old);
+        }
+        free(full);
+        free(mine);
+        free(back);
+    }
+    assert_true(comm_allreduce_sum_double(2.5, p.world) == 2.5);
+    plan_free(&p);
+    assert_true(p.world == MPI_COMM_NULL);
+}
+
+/* Thousands separators and the trainable count for a bf16 LoRA run with EP 1. */
+static void test_lora_ep1(void **state) {
+    (void)state;
+    deck d;
+    deck_v3(&d);
+    d.parallel.expert_parallel = 1;
+    d.train.global_batch = 1;
+    char err[512];
+    plan p;
+    assert_int_equal(plan_layout(&p, &d, 1, 0, err, sizeof err), 0);
+    assert_int_equal(p.params.n_trainable, 97006592);
+    assert_int_equal(p.experts_per_rank, 256);
+    /* no ZeRO effect at one rank: stage 3 shard = everything */
+    assert_int_equal(p.shard_floats, p.params.total_local);
+    plan_free(&p);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sft_layout),  cmocka_unit_test(test_shards_tiny), cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_memory),      cmocka_unit_test(test_build_world), cmocka_unit_test(test_lora_ep1),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,14 @@
+#!/bin/bash
+# make demo: train input/tiny.cfg on English text from Debian's fortunes
+# package with 2 MPI ranks (EP=2), printing the falling loss.
+set -euo pipefail
+BIN=${1:-bin}
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export OMPI_MCA_hwloc_base_binding_policy=none
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+NP=${NP:-2}
+echo "make demo: mpirun -np $NP $BIN/dsv3 input/tiny.cfg parallel.expert_parallel=$NP ${DEMO_ARGS:-}"
+mpirun -np "$NP" "$BIN/dsv3" input/tiny.cfg parallel.expert_parallel="$NP" ${DEMO_ARGS:-}
+echo "make demo: loss curve in runs/tiny/metrics.csv"

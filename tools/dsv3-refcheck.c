@@ -1,0 +1,522 @@
+/* dsv3-refcheck — check the model against an independent implementation.
+ *
+ *   bin/dsv3-refcheck FIXTURE.h5
+ *
+ * The fixture (written by tools/reference/make_fixture.py with Hugging Face
+ * transformers) holds a DeepSeek-V3 config.json, weights by HF name, a batch,
+ * and what transformers computed: logits, loss, every gradient, and the losses
+ * after 3 AdamW steps. This tool builds the model from the fixture's own config
+ * (MTP off, balance loss off, bias updates off, constant LR, no clipping),
+ * loads the weights, repeats the computation in fp32 and compares:
+ *   logits relative L2 error <= 1e-5, |loss diff| <= 1e-5,
+ *   every gradient tensor's relative L2 error <= 1e-4 (routed experts: per expert),
+ *   each step loss within 1e-5.
+ * Exit 0 when all hold, 1 on a mismatch or a bad fixture, 2 on usage errors.
+ *
+ * Fixture conventions (see make_fixture.py): /inputs/labels are HF labels,
+ * shifted inside the model (target of position t is labels[t+1]); routed
+ * experts are stored per expert (model.layers.L.mlp.experts.E.gate_proj.weight)
+ * and copied into the model's stacked [E, out, in] tensors; step_losses[k] is
+ * the loss after k+1 optimizer steps on the same batch.
+ */
+#include <hdf5.h>
+#include <jansson.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/deck.h"
+#include "../src/model/model.h"
+#include "../src/model/params.h"
+#include "../src/optim.h"
+
+#define TOL_LOGITS 1e-5
+#define TOL_LOSS 1e-5
+#define TOL_GRAD 1e-4
+#define TOL_STEP 1e-5
+#define MAX_STEPS 64
+
+static const char *g_file = "";
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dsv3-refcheck: %s: ", g_file);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    MPI_Finalize();
+    exit(1);
+}
+
+/* ---------- HDF5 helpers ---------- */
+
+static int ds_exists(hid_t f, const char *path) {
+    /* check every component: H5Lexists on a path with a missing group is an error */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *s = strchr(buf + 1, '/');; s = strchr(s + 1, '/')) {
+        if (s) *s = 0;
+        if (H5Lexists(f, buf, H5P_DEFAULT) <= 0) return 0;
+        if (!s) return 1;
+        *s = '/';
+    }
+}
+
+/* Reads dataset `path` of exactly `ndim` dims `dims` (converted to `mtype`) into out. */
+static void read_ds(hid_t f, const char *path, hid_t mtype, int ndim, const hsize_t *dims, void *out) {
+    if (!ds_exists(f, path)) die("missing dataset %s", path);
+    hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
+    if (d < 0) die("cannot open dataset %s", path);
+    hid_t sp = H5Dget_space(d);
+    int nd = H5Sget_simple_extent_ndims(sp);
+    hsize_t got[8] = {0};
+    if (nd >= 0 && nd <= 8) H5Sget_simple_extent_dims(sp, got, NULL);
+    int ok = nd == ndim;
+    for (int i = 0; ok && i < nd; i++) ok = got[i] == dims[i];
+    if (!ok) {
+        char want[128] = "", have[128] = "";
+        for (int i = 0; i < ndim; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
+        for (int i = 0; i < nd && i < 8; i++)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%llu", i ? "," : "", (unsigned long long)got[i]);
+        die("dataset %s has shape [%s], expected [%s]", path, have, want);
+    }
+    if (H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) die("cannot read dataset %s", path);
+    H5Sclose(sp);
+    H5Dclose(d);
+}
+
+/* Shape of a dataset (up to 3 dims); returns ndim. */
+static int ds_shape(hid_t f, const char *path, hsize_t *dims) {
+    if (!ds_exists(f, path)) die("missing dataset %s", path);
+    hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d);
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd < 0 || nd > 3) die("dataset %s has %d dimensions", path, nd);
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return nd;
+}
+
+static double attr_double(hid_t f, const char *name) {
+    if (H5Aexists(f, name) <= 0) die("missing root attribute %s", name);
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+    double v = 0;
+    if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) die("root attribute %s is not a number", name);
+    H5Aclose(a);
+    return v;
+}
+
+/* String attribute (variable- or fixed-length); malloc'd. */
+static char *attr_string(hid_t f, const char *name) {
+    if (H5Aexists(f, name) <= 0) die("missing root attribute %s", name);
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT), t = H5Aget_type(a);
+    if (H5Tget_class(t) != H5T_STRING) die("root attribute %s is not a string", name);
+    char *out;
+    if (H5Tis_variable_str(t) > 0) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(t));
+        char *p = NULL;
+        if (H5Aread(a, mt, &p) < 0 || !p) die("cannot read root attribute %s", name);
+        out = strdup(p);
+        H5free_memory(p);
+        H5Tclose(mt);
+    } else {
+        size_t n = H5Tget_size(t);
+        out = calloc(n + 1, 1);
+        hid_t mt = H5Tcopy(t);
+        if (H5Aread(a, mt, out) < 0) die("cannot read root attribute %s", name);
+        H5Tclose(mt);
+    }
+    H5Tclose(t);
+    H5Aclose(a);
+    return out;
+}
+
+/* ---------- config.json -> deck text ---------- */
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (b->n + (size_t)k + 1 > b->cap) {
+        b->cap = 2 * (b->n + (size_t)k + 1);
+        b->s = realloc(b->s, b->cap);
+    }
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->n, (size_t)k + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)k;
+}
+
+/* libconfig float literal: always with '.' or an exponent, so the deck sees a float */
+static void fmt_float(char *buf, size_t n, double v) {
+    snprintf(buf, n, "%.17g", v);
+    if (!strpbrk(buf, ".eEn")) snprintf(buf + strlen(buf), n - strlen(buf), ".0");
+}
+
+static json_t *cfg_get(json_t *cfg, const char *key) {
+    json_t *v = json_object_get(cfg, key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+static long long cfg_int(json_t *cfg, const char *key, int required, long long dflt) {
+    json_t *v = cfg_get(cfg, key);
+    if (!v) {
+        if (required) die("config.json has no \"%s\"", key);
+        return dflt;
+    }
+    if (json_is_integer(v)) return json_integer_value(v);
+    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) return (long long)json_real_value(v);
+    die("config.json \"%s\" is not an integer", key);
+    return 0;
+}
+
+static double cfg_num(json_t *cfg, const char *key, int required, double dflt) {
+    json_t *v = cfg_get(cfg, key);
+    if (!v) {
+        if (required) die("config.json has no \"%s\"", key);
+        return dflt;
+    }
+    if (!json_is_number(v)) die("config.json \"%s\" is not a number", key);
+    return json_number_value(v);
+}
+
+static const char *cfg_str(json_t *cfg, const char *key, const char *dflt) {
+    json_t *v = cfg_get(cfg, key);
+    if (!v) return dflt;
+    if (!json_is_string(v)) die("config.json \"%s\" is not a string", key);
+    return json_string_value(v);
+}
+
+static int cfg_bool(json_t *cfg, const char *key, int dflt) {
+    json_t *v = cfg_get(cfg, key);
+    if (!v) return dflt;
+    if (!json_is_boolean(v)) die("config.json \"%s\" is not a boolean", key);
+    return json_is_true(v);
+}
+
+/* Maps an HF DeepSeek-V3 config.json (rope in `rope_scaling` + `rope_theta`, as the
+ * official checkpoints have it, or in `rope_parameters`, as transformers >= 5 writes
+ * it) to the deck's model group, refusing features dsv3 does not implement. */
+static void config_to_deck(sbuf *b, json_t *cfg) {
+    static const char *ints[] = {"vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",
+                                 "num_hidden_layers", "first_k_dense_replace", "n_routed_experts",
+                                 "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
+                                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                                 "num_attention_heads", "max_position_embeddings"};
+    char f[64];
+    const char *mt = cfg_str(cfg, "model_type", "deepseek_v3");
+    if (strcmp(mt, "deepseek_v3") != 0) die("config.json model_type \"%s\" is not deepseek_v3", mt);
+    if (strcmp(cfg_str(cfg, "hidden_act", "silu"), "silu") != 0) die("config.json hidden_act must be \"silu\"");
+    if (strcmp(cfg_str(cfg, "scoring_func", "sigmoid"), "sigmoid") != 0)
+        die("config.json scoring_func must be \"sigmoid\"");
+    if (strcmp(cfg_str(cfg, "topk_method", "noaux_tc"), "noaux_tc") != 0)
+        die("config.json topk_method must be \"noaux_tc\"");
+    if (cfg_bool(cfg, "tie_word_embeddings", 0)) die("config.json tie_word_embeddings must be false");
+    if (cfg_bool(cfg, "attention_bias", 0)) die("config.json attention_bias must be false");
+    if (!cfg_bool(cfg, "rope_interleave", 1))
+        die("config.json rope_interleave=false (plain rotate-half) is not DeepSeek's RoPE (spec §4)");
+    if (cfg_int(cfg, "moe_layer_freq", 0, 1) != 1) die("config.json moe_layer_freq must be 1");
+    long long nh = cfg_int(cfg, "num_attention_heads", 1, 0);
+    if (cfg_int(cfg, "num_key_value_heads", 0, nh) != nh)
+        die("config.json num_key_value_heads must equal num_attention_heads");
+    double eps = cfg_num(cfg, "rms_norm_eps", 0, 1e-6);
+    if (eps != 1e-6)
+        fprintf(stderr, "dsv3-refcheck: warning: rms_norm_eps %g: HF's q_a/kv_a norms use 1e-6 regardless\n", eps);
+
+    sb_add(b, "model = {\n");
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+        sb_add(b, "  %s = %lld;\n", ints[i], cfg_int(cfg, ints[i], 1, 0));
+    sb_add(b, "  q_lora_rank = %lld;\n", cfg_int(cfg, "q_lora_rank", 0, 0)); /* null: plain q_proj */
+    fmt_float(f, sizeof f, cfg_num(cfg, "routed_scaling_factor", 0, 1.0));
+    sb_add(b, "  routed_scaling_factor = %s;\n", f);
+    sb_add(b, "  norm_topk_prob = %s;\n", cfg_bool(cfg, "norm_topk_prob", 1) ? "true" : "false");
+    fmt_float(f, sizeof f, eps);
+    sb_add(b, "  rms_norm_eps = %s;\n", f);
+    fmt_float(f, sizeof f, cfg_num(cfg, "initializer_range", 0, 0.02));
+    sb_add(b, "  initializer_range = %s;\n", f);
+    sb_add(b, "  bos_token_id = %lld;\n  eos_token_id = %lld;\n", cfg_int(cfg, "bos_token_id", 0, 0),
+           json_is_array(cfg_get(cfg, "eos_token_id")) ? 1LL : cfg_int(cfg, "eos_token_id", 0, 1));
+
+    /* rope */
+    json_t *rp = cfg_get(cfg, "rope_parameters");
+    if (!rp) rp = cfg_get(cfg, "rope_scaling");
+    if (rp && !json_is_object(rp)) die("config.json rope_parameters/rope_scaling is not an object");
+    double theta = cfg_num(cfg, "rope_theta", 0, rp ? cfg_num(rp, "rope_theta", 0, 10000.0) : 10000.0);
+    const char *type = rp ? cfg_str(rp, "rope_type", cfg_str(rp, "type", "default")) : "default";
+    fmt_float(f, sizeof f, theta);
+    sb_add(b, "  rope_theta = %s;\n", f);
+    if (strcmp(type, "yarn") == 0) {
+        long long orig = cfg_int(rp, "original_max_position_embeddings", 1, 0);
+        double factor = cfg_num(rp, "factor", 0, (double)cfg_int(cfg, "max_position_embeddings", 1, 0) / orig);
+        if (cfg_get(rp, "attention_factor")) die("config.json rope attention_factor is not supported");
+        if (!cfg_bool(rp, "truncate", 1)) die("config.json rope truncate=false is not supported");
+        double bf = cfg_num(rp, "beta_fast", 0, 32.0), bs = cfg_num(rp, "beta_slow", 0, 1.0);
+        if (bf == 0) bf = 32.0; /* HF: `or 32` */
+        if (bs == 0) bs = 1.0;
+        char ff[64], fbf[64], fbs[64], fm[64], fma[64];
+        fmt_float(ff, sizeof ff, factor);
+        fmt_float(fbf, sizeof fbf, bf);
+        fmt_float(fbs, sizeof fbs, bs);
+        fmt_float(fm, sizeof fm, cfg_num(rp, "mscale", 0, 0.0)); /* absent = 0, as HF treats it */
+        fmt_float(fma, sizeof fma, cfg_num(rp, "mscale_all_dim", 0, 0.0));
+        sb_add(b,
+               "  rope_scaling = { type = \"yarn\"; factor = %s; original_max_position_embeddings = %lld;\n"
+               "                   beta_fast = %s; beta_slow = %s; mscale = %s; mscale_all_dim = %s; };\n",
+               ff, orig, fbf, fbs, fm, fma);
+    } else if (strcmp(type, "default") == 0) {
+        sb_add(b, "  rope_scaling = { type = \"none\"; };\n");
+    } else {
+        die("config.json rope type \"%s\" is not supported (yarn or default)", type);
+    }
+    /* the reference has none of these: MTP, balance loss, bias updates off */
+    sb_add(b, "  num_nextn_predict_layers = 0;\n  aux_loss_alpha = 0.0;\n  bias_update_rate = 0.0;\n};\n");
+}
+
+/* ---------- comparisons ---------- */
+
+static double rel_l2(const float *a, const float *ref, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)a[i] - (double)ref[i];
+        d += e * e;
+        r += (double)ref[i] * ref[i];
+    }
+    if (r == 0) return d == 0 ? 0 : INFINITY;
+    return sqrt(d / r);
+}
+
+typedef struct {
+    char name[256];
+    double err;
+} gerr;
+
+static int gerr_cmp(const void *a, const void *b) {
+    double x = ((const gerr *)a)->err, y = ((const gerr *)b)->err;
+    return (x < y) - (x > y);
+}
+
+/* name of expert e's tensor in the checkpoint: "...mlp.experts.gate_proj.weight" -> "...mlp.experts.E.gate_proj.weight" */
+static void expert_name(char *out, size_t n, const char *stacked, int e) {
+    const char *p = strstr(stacked, ".experts.");
+    size_t k = (size_t)(p - stacked) + strlen(".experts.");
+    snprintf(out, n, "%.*s%d.%s", (int)k, stacked, e, stacked + k);
+}
+
+static double step_loss(model *m, const model_batch *bt, model_scales sc, int backward) {
+    model_sums s;
+    memset(&s, 0, sizeof s);
+    if (backward) model_zero_grad(m);
+    model_step(m, bt, sc, backward, &s);
+    return s.lm_count ? s.lm_sum / (double)s.lm_count : NAN;
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: dsv3-refcheck FIXTURE.h5   (written by tools/reference/make_fixture.py)\n");
+        MPI_Finalize();
+        return 2;
+    }
+    g_file = argv[1];
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our messages name the dataset; no HDF5 stack dumps */
+    hid_t f = H5Fopen(g_file, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) die("cannot open as HDF5");
+
+    /* config and optimizer settings */
+    char *cfg_text = attr_string(f, "config");
+    json_error_t jerr;
+    json_t *cfg = json_loads(cfg_text, 0, &jerr);
+    if (!cfg || !json_is_object(cfg)) die("root attribute config: JSON error at line %d: %s", jerr.line, jerr.text);
+    hsize_t idims[3];
+    if (ds_shape(f, "/inputs/input_ids", idims) != 2) die("dataset /inputs/input_ids must be [B,T]");
+    int B = (int)idims[0], T = (int)idims[1];
+    int nsteps = H5Aexists(f, "steps") > 0 ? (int)attr_double(f, "steps") : 3;
+    if (nsteps < 0 || nsteps > MAX_STEPS) die("root attribute steps = %d out of range", nsteps);
+
+    sbuf dk = {0};
+    config_to_deck(&dk, cfg);
+    char lr[64], b1[64], b2[64], ep[64], wd[64];
+    fmt_float(lr, sizeof lr, attr_double(f, "lr"));
+    fmt_float(b1, sizeof b1, attr_double(f, "beta1"));
+    fmt_float(b2, sizeof b2, attr_double(f, "beta2"));
+    fmt_float(ep, sizeof ep, attr_double(f, "eps"));
+    fmt_float(wd, sizeof wd, attr_double(f, "weight_decay"));
+    sb_add(&dk,
+           "optimizer = { type = \"adamw\"; lr = %s; beta1 = %s; beta2 = %s; eps = %s; weight_decay = %s;"
+           " grad_clip = 0.0; };\n"
+           "schedule = { type = \"constant\"; warmup_steps = 0; };\n"
+           "train = { micro_batch = %d; global_batch = %d; seq_len = %d; dtype = \"fp32\"; };\n"
+           "run = { steps = %d; };\n",
+           lr, b1, b2, ep, wd, B, B, T, nsteps > 0 ? nsteps : 1);
+    deck d;
+    char err[1024];
+    if (deck_load_string(&d, dk.s, "fixture config", 0, NULL, 1, err, sizeof err))
+        die("deck built from the config is rejected: %s\n--- deck ---\n%s", err, dk.s);
+    const deck_model *c = &d.model;
+    int V = c->vocab_size, E = c->n_routed_experts;
+
+    /* inputs; targets[b,t] = labels[b,t+1] (HF shifts inside the model) */
+    size_t N = (size_t)B * T;
+    int32_t *ids = malloc(N * sizeof *ids), *labels = malloc(N * sizeof *labels), *tgt = malloc(N * sizeof *tgt);
+    read_ds(f, "/inputs/input_ids", H5T_NATIVE_INT32, 2, idims, ids);
+    read_ds(f, "/inputs/labels", H5T_NATIVE_INT32, 2, idims, labels);
+    int64_t count = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (ids[i] < 0 || ids[i] >= V) die("/inputs/input_ids[%zu] = %d outside the vocabulary [0,%d)", i, ids[i], V);
+        int t = (int)(i % T);
+        tgt[i] = t + 1 < T ? labels[i + 1] : -100;
+        if (tgt[i] != -100 && (tgt[i] < 0 || tgt[i] >= V)) die("/inputs/labels[%zu] = %d is neither -100 nor a token", i + 1, tgt[i]);
+        count += tgt[i] != -100;
+    }
+    if (!count) die("/inputs/labels has no counted targets");
+
+    /* fail fast (before allocating) when the weights are not this config's */
+    hsize_t edims[3];
+    if (ds_shape(f, "/weights/model.embed_tokens.weight", edims) != 2 || edims[0] != (hsize_t)V ||
+        edims[1] != (hsize_t)c->hidden_size)
+        die("dataset /weights/model.embed_tokens.weight is not [vocab_size=%d, hidden_size=%d] of the config", V,
+            c->hidden_size);
+    model *m;
+    if (model_create(&m, &d, NULL, err, sizeof err)) die("model_create: %s", err);
+    const param_table *pt = model_params(m);
+
+    /* weights by HF name; stacked experts from their per-expert tensors */
+    char path[512], nm[256];
+    int n_loaded = 0;
+    for (int i = 0; i < pt->n; i++) {
+        const param_spec *s = &pt->t[i];
+        if (s->flags & P_LORA) continue;
+        float *w = model_tensor(m, s->name, NULL);
+        if (s->flags & P_EXPERT) {
+            hsize_t dims[2] = {(hsize_t)s->shape[1], (hsize_t)s->shape[2]};
+            for (int e = 0; e < E; e++) {
+                expert_name(nm, sizeof nm, s->name, e);
+                snprintf(path, sizeof path, "/weights/%s", nm);
+                read_ds(f, path, H5T_NATIVE_FLOAT, 2, dims, w + (size_t)e * dims[0] * dims[1]);
+                n_loaded++;
+            }
+        } else {
+            hsize_t dims[3] = {(hsize_t)s->shape[0], (hsize_t)s->shape[1], (hsize_t)s->shape[2]};
+            snprintf(path, sizeof path, "/weights/%s", s->name);
+            read_ds(f, path, H5T_NATIVE_FLOAT, s->ndim, dims, w);
+            n_loaded++;
+        }
+    }
+    H5G_info_t gi;
+    if (H5Gget_info_by_name(f, "/weights", &gi, H5P_DEFAULT) < 0) die("missing group /weights");
+    if ((int)gi.nlinks != n_loaded)
+        die("/weights holds %llu tensors, the config's model has %d: the config does not describe these weights",
+            (unsigned long long)gi.nlinks, n_loaded);
+
+    /* expected values */
+    hsize_t ldims[3] = {(hsize_t)B, (hsize_t)T, (hsize_t)V}, one[3] = {1, 1, 1}, sdims = (hsize_t)nsteps;
+    float *ref_logits = malloc(N * V * sizeof *ref_logits), ref_loss = 0, ref_steps[MAX_STEPS];
+    read_ds(f, "/expected/logits", H5T_NATIVE_FLOAT, 3, ldims, ref_logits);
+    int lnd = ds_shape(f, "/expected/loss", one); /* a scalar, or [1] */
+    if (lnd > 1 || one[0] != 1) die("dataset /expected/loss must be a scalar");
+    read_ds(f, "/expected/loss", H5T_NATIVE_FLOAT, lnd, one, &ref_loss);
+    read_ds(f, "/expected/step_losses", H5T_NATIVE_FLOAT, 1, &sdims, ref_steps);
+
+    printf("dsv3-refcheck %s\n  model: V=%d H=%d layers=%d (%d dense) heads=%d q_lora=%d kv_lora=%d experts=%d "
+           "(groups %d, keep %d, top-%d) shared=%d rope=%s; batch %dx%d, %lld counted targets\n",
+           g_file, V, c->hidden_size, c->num_hidden_layers, c->first_k_dense_replace, c->num_attention_heads,
+           c->q_lora_rank, c->kv_lora_rank, E, c->n_group, c->topk_group, c->num_experts_per_tok,
+           c->n_shared_experts, c->rope_scaling_type, B, T, (long long)count);
+
+    /* forward + backward */
+    model_batch bt = {.tokens = ids, .targets = tgt, .B = B, .T = T};
+    model_scales sc;
+    memset(&sc, 0, sizeof sc);
+    sc.lm = (float)(1.0 / (double)count);
+    double loss = step_loss(m, &bt, sc, 1);
+    int fails = 0;
+    double e_log = rel_l2(model_logits(m), ref_logits, N * V);
+    fails += !(e_log <= TOL_LOGITS);
+    printf("  logits      rel L2 error %.3e  (tol %.0e)  %s\n", e_log, TOL_LOGITS, e_log <= TOL_LOGITS ? "ok" : "FAIL");
+    double e_loss = fabs(loss - ref_loss);
+    fails += !(e_loss <= TOL_LOSS);
+    printf("  loss        %.7f vs %.7f  |diff| %.3e  (tol %.0e)  %s\n", loss, (double)ref_loss, e_loss, TOL_LOSS,
+           e_loss <= TOL_LOSS ? "ok" : "FAIL");
+
+    /* gradients, one entry per checkpoint tensor */
+    gerr *ge = calloc((size_t)n_loaded, sizeof *ge);
+    int ng = 0, gfail = 0;
+    size_t maxn = 0;
+    for (int i = 0; i < pt->n; i++) maxn = (size_t)pt->t[i].numel > maxn ? (size_t)pt->t[i].numel : maxn;
+    float *buf = malloc(maxn * sizeof *buf);
+    for (int i = 0; i < pt->n; i++) {
+        const param_spec *s = &pt->t[i];
+        if (s->flags & (P_LORA | P_NOGRAD)) continue; /* router bias: a buffer, no gradient */
+        float *g = NULL;
+        model_tensor(m, s->name, &g);
+        int ne = (s->flags & P_EXPERT) ? E : 1;
+        for (int e = 0; e < ne; e++) {
+            size_t n = (size_t)s->numel / ne;
+            hsize_t dims[3] = {(hsize_t)s->shape[0], (hsize_t)s->shape[1], (hsize_t)s->shape[2]};
+            if (s->flags & P_EXPERT) {
+                expert_name(nm, sizeof nm, s->name, e);
+                dims[0] = (hsize_t)s->shape[1];
+                dims[1] = (hsize_t)s->shape[2];
+            } else {
+                snprintf(nm, sizeof nm, "%s", s->name);
+            }
+            snprintf(path, sizeof path, "/expected/grads/%s", nm);
+            read_ds(f, path, H5T_NATIVE_FLOAT, (s->flags & P_EXPERT) ? 2 : s->ndim, dims, buf);
+            snprintf(ge[ng].name, sizeof ge[ng].name, "%s", nm);
+            ge[ng].err = rel_l2(g + (size_t)e * n, buf, n);
+            gfail += !(ge[ng].err <= TOL_GRAD);
+            ng++;
+        }
+    }
+    qsort(ge, (size_t)ng, sizeof *ge, gerr_cmp);
+    fails += gfail;
+    printf("  gradients   %d tensors, worst rel L2 error %.3e  (tol %.0e)  %s\n", ng, ng ? ge[0].err : 0.0, TOL_GRAD,
+           gfail ? "FAIL" : "ok");
+    for (int i = 0; i < ng && (i < 5 || ge[i].err > TOL_GRAD); i++)
+        printf("      %.3e  %s%s\n", ge[i].err, ge[i].name, ge[i].err > TOL_GRAD ? "  FAIL" : "");
+
+    /* AdamW steps on the same batch; step_losses[k] = loss after k+1 steps */
+    optim_state os;
+    if (optim_init(&os, pt->total_local)) die("out of memory for the optimizer state");
+    float *w = model_param_buffer(m), *g = model_grad_buffer(m);
+    for (int k = 0; k < nsteps; k++) {
+        if (k > 0) step_loss(m, &bt, sc, 1);
+        os.t++;
+        optim_step(&d, pt, w, g, os.m, os.v, 0, pt->total_local, os.t, optim_lr(&d, k), 1.0f);
+        double l = step_loss(m, &bt, sc, 0), e = fabs(l - ref_steps[k]);
+        fails += !(e <= TOL_STEP);
+        printf("  step %d      loss %.7f vs %.7f  |diff| %.3e  (tol %.0e)  %s\n", k + 1, l, (double)ref_steps[k], e,
+               TOL_STEP, e <= TOL_STEP ? "ok" : "FAIL");
+    }
+    printf("dsv3-refcheck: %s\n", fails ? "FAIL" : "PASS");
+
+    optim_free(&os);
+    free(buf);
+    free(ge);
+    free(ref_logits);
+    free(ids);
+    free(labels);
+    free(tgt);
+    model_free(m);
+    deck_free(&d);
+    free(dk.s);
+    json_decref(cfg);
+    free(cfg_text);
+    H5Fclose(f);
+    MPI_Finalize();
+    return fails ? 1 : 0;
+}
