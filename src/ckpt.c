@@ -209,35 +209,38 @@ static int64_t row0(const plan *p, const param_spec *t) {
     return t->kind == SEG_EXPERT ? (int64_t)p->expert_first * t->shape[1] : 0;
 }
 
-/* Select global rows [r0, r1) (row = last dim) of tensor t in file space fs.
- * A run of rows of a stacked [E, out, in] tensor is up to three blocks. */
-static int select_rows(hid_t fs, const param_spec *t, int64_t r0, int64_t r1) {
-    hsize_t st[3] = {0}, ct[3] = {0};
-    if (r1 <= r0) return H5Sselect_none(fs) < 0 ? -1 : 0;
+/* The next piece of global rows [*r, r1) (row = last dim) that is ONE hyperslab
+ * of at most K rows: for a stacked [E, out, in] tensor, a partial expert or a
+ * run of whole experts. Memory and file selections then have the same shape,
+ * which keeps HDF5 on its fast path (a 1-D memory space against a 2-D/3-D file
+ * selection makes it map chunks element by element). Returns rows in the piece. */
+static int64_t next_piece(const param_spec *t, int64_t *r, int64_t r1, int64_t K, hsize_t st[3], hsize_t ct[3]) {
+    int64_t n = r1 - *r < K ? r1 - *r : K;
+    if (n <= 0) return 0;
     if (t->ndim <= 2) {
-        st[0] = (hsize_t)r0;
-        ct[0] = (hsize_t)(r1 - r0);
-        ct[1] = t->ndim == 2 ? (hsize_t)t->shape[1] : 0;
-        return H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ? -1 : 0;
-    }
-    int64_t O = t->shape[1], r = r0;
-    H5S_seloper_t op = H5S_SELECT_SET;
-    while (r < r1) {
-        int64_t e = r / O, o = r % O, n;
-        if (o == 0 && r1 - r >= O) {
-            n = (r1 - r) / O * O;
+        st[0] = (hsize_t)*r; st[1] = 0;
+        ct[0] = (hsize_t)n; ct[1] = t->ndim == 2 ? (hsize_t)t->shape[1] : 0;
+    } else {
+        int64_t O = t->shape[1], e = *r / O, o = *r % O;
+        if (o == 0 && n >= O) {
+            n = n / O * O;
             st[0] = (hsize_t)e; st[1] = 0; ct[0] = (hsize_t)(n / O); ct[1] = (hsize_t)O;
         } else {
-            n = (O - o) < (r1 - r) ? (O - o) : (r1 - r);
+            if (n > O - o) n = O - o;
             st[0] = (hsize_t)e; st[1] = (hsize_t)o; ct[0] = 1; ct[1] = (hsize_t)n;
         }
         st[2] = 0;
         ct[2] = (hsize_t)t->shape[2];
-        if (H5Sselect_hyperslab(fs, op, st, NULL, ct, NULL) < 0) return -1;
-        op = H5S_SELECT_OR;
-        r += n;
     }
-    return 0;
+    *r += n;
+    return n;
+}
+
+static int64_t count_pieces(const param_spec *t, int64_t r0, int64_t r1, int64_t K) {
+    hsize_t st[3], ct[3];
+    int64_t n = 0;
+    while (next_piece(t, &r0, r1, K, st, ct)) n++;
+    return n;
 }
 
 /* ---- attributes ---------------------------------------------------------- */
@@ -410,12 +413,8 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         snprintf(w->err, w->errlen, "checkpoint %s: cannot create dataset %s: %s", w->fname, path, why.msg);
         return -1;
     }
-    int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), maxrows = 0, a, b;
+    int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), a, b;
     if (K < 1) K = 1;
-    for (int mbr = 0; mbr < sh->nmemb; mbr++) {
-        shard_part(L, i, mbr, &a, &b);
-        if ((b - a) / R > maxrows) maxrows = (b - a) / R;
-    }
     shard_part(L, i, member_of(p, t->kind), &a, &b);
     int rc = 0;
     if (a % R || b % R) {
@@ -424,19 +423,31 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         rc = -1;
         b = a; /* still take part in the collective calls */
     }
-    int64_t ncalls = (maxrows + K - 1) / K, ra = a / R, rb = b / R, g0 = row0(p, t);
+    int64_t ncalls = 0, g0 = row0(p, t), r = g0 + a / R, rend = g0 + b / R;
+    for (int mbr = 0; mbr < sh->nmemb; mbr++) { /* every rank makes as many calls as the busiest member */
+        int64_t x, y, n;
+        shard_part(L, i, mbr, &x, &y);
+        n = count_pieces(t, g0 + x / R, g0 + y / R, K); /* g0 only shifts whole experts: same pieces */
+        if (n > ncalls) ncalls = n;
+    }
     hid_t fs = H5Dget_space(ds);
     static const float dummy[1] = {0};
     for (int64_t c = 0; c < ncalls; c++) {
-        int64_t r0 = ra + c * K, r1 = r0 + K < rb ? r0 + K : rb;
-        if (r1 < r0) r1 = r0;
-        hsize_t n = (hsize_t)((r1 - r0) * R);
-        hid_t ms = H5Screate_simple(1, (hsize_t[]){n ? n : 1}, NULL);
+        hsize_t st[3], ct[3], one = 1;
+        int64_t r0 = r, n = next_piece(t, &r, rend, K, st, ct);
+        hid_t ms;
         const float *src = dummy;
-        if (n) src = buf_at(L, i, (float *)buf, lay, r0 * R);
-        else H5Sselect_none(ms);
-        if (select_rows(fs, t, g0 + r0, g0 + r1) < 0 ||
-            H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, w->dxpl, src) < 0) {
+        herr_t sel;
+        if (n) {
+            ms = H5Screate_simple(t->ndim, ct, NULL);
+            src = buf_at(L, i, (float *)buf, lay, (r0 - g0) * R);
+            sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
+        } else {
+            ms = H5Screate_simple(1, &one, NULL);
+            H5Sselect_none(ms);
+            sel = H5Sselect_none(fs);
+        }
+        if (sel < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, w->dxpl, src) < 0) {
             if (!rc) snprintf(w->err, w->errlen, "checkpoint %s: writing %s failed: %s", w->fname, path, h5_reason(&why));
             rc = -1;
         } else {
@@ -719,17 +730,18 @@ static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, 
     hid_t fs = H5Dget_space(ds);
     int64_t K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), g0 = row0(p, t), rc = 0;
     if (K < 1) K = 1;
-    for (int64_t r0 = a / R; r0 < b / R && !rc; r0 += K) {
-        int64_t r1 = r0 + K < b / R ? r0 + K : b / R;
-        hsize_t n = (hsize_t)((r1 - r0) * R);
-        hid_t ms = H5Screate_simple(1, &n, NULL);
-        if (select_rows(fs, t, g0 + r0, g0 + r1) < 0 ||
-            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf_at(L, i, buf, lay, r0 * R)) < 0) {
+    int64_t r = g0 + a / R, rend = g0 + b / R, r0 = r;
+    hsize_t st[3], ct[3];
+    while (!rc && next_piece(t, &r, rend, K, st, ct)) {
+        hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
+        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
+            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf_at(L, i, buf, lay, (r0 - g0) * R)) < 0) {
             snprintf(err, errlen, "checkpoint %s: dataset %s is corrupted or unreadable: %s", fname, path,
                      h5_reason(&why));
             rc = -1;
         }
         H5Sclose(ms);
+        r0 = r;
     }
     H5Sclose(fs);
     H5Dclose(ds);

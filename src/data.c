@@ -161,11 +161,9 @@ int data_mmidx_open(data_mmidx *m, const char *prefix, char *err, int errlen) {
     if (ndocidx < 1) { seterr(err, errlen, "%s: no document index (count 0)", ip); goto fail; }
     m->n_seq = (int64_t)nseq;
     m->n_doc = (int64_t)ndocidx - 1;
-    /* header is 34 bytes: arrays are unaligned, copy-free access needs memcpy-safe reads;
-     * x86-64 and aarch64 tolerate unaligned loads, and the pointers are only read here. */
-    m->sizes = (const int32_t *)(const void *)(h + MM_HEADER);
-    m->pointers = (const int64_t *)(const void *)(h + MM_HEADER + nseq * 4);
-    m->doc_idx = (const int64_t *)(const void *)(h + MM_HEADER + nseq * 12);
+    m->sizes = h + MM_HEADER;
+    m->pointers = h + MM_HEADER + nseq * 4;
+    m->doc_idx = h + MM_HEADER + nseq * 12;
     int64_t off = 0;
     for (int64_t i = 0; i < m->n_seq; i++) {
         int32_t s; int64_t p;
@@ -284,6 +282,14 @@ out:
     return rc;
 }
 
+void data_mmidx_writer_abort(data_mmidx_writer *w) {
+    if (!w) return;
+    fclose(w->bin);
+    unlink(w->tmp_bin);
+    free(w->sizes);
+    free(w);
+}
+
 /* ---- loader ---- */
 
 static int64_t src_token(const data_loader *L, const data_source *s, int64_t i) {
@@ -349,11 +355,10 @@ static int open_source(data_loader *L, data_source *s, const deck *d, char *err,
                 return -1;
             }
             for (int64_t i = 0; i < s->tok.n_seq; i++) {
-                int32_t a, b;
-                memcpy(&a, &s->tok.sizes[i], 4);
-                memcpy(&b, &s->mask.sizes[i], 4);
+                int64_t a = data_mmidx_size(&s->tok, i), b = data_mmidx_size(&s->mask, i);
                 if (a != b) {
-                    seterr(err, errlen, "%s.idx: sample %lld has %d mask entries for %d tokens", mp, (long long)i, b, a);
+                    seterr(err, errlen, "%s.idx: sample %lld has %lld mask entries for %lld tokens", mp, (long long)i,
+                           (long long)b, (long long)a);
                     return -1;
                 }
             }
@@ -480,17 +485,6 @@ static void fill_window(const data_loader *L, const data_source *s, int64_t star
     }
 }
 
-static int64_t seq_size(const data_mmidx *m, int64_t i) {
-    int32_t s;
-    memcpy(&s, &m->sizes[i], 4);
-    return s;
-}
-static int64_t seq_start(const data_mmidx *m, int64_t i) {
-    int64_t p;
-    memcpy(&p, &m->pointers[i], 8);
-    return p / m->itemsize;
-}
-
 /* SFT: conversations from `first` on, whole ones while they fit (pack), the first
  * one truncated if it alone is longer than the window. */
 static void fill_sft(const data_loader *L, const data_source *s, int64_t first, int32_t *tokens, int32_t *targets) {
@@ -499,7 +493,7 @@ static void fill_sft(const data_loader *L, const data_source *s, int64_t first, 
     int t = 0;
     for (int64_t k = 0; k < s->tok.n_seq && t < T; k++) {
         int64_t c = (first + k) % s->tok.n_seq;
-        int64_t len = seq_size(&s->tok, c), st = seq_start(&s->tok, c);
+        int64_t len = data_mmidx_size(&s->tok, c), st = data_mmidx_start(&s->tok, c);
         if (len == 0) continue;
         if (k > 0 && t + len > T + 1) break; /* next whole conversation does not fit */
         int64_t use = len < T + 1 - t ? len : T + 1 - t;

@@ -29,6 +29,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "deck.h"
 
 #define DATA_IGNORE (-100) /* target value for positions that do not count in the loss */
@@ -68,11 +69,24 @@ typedef struct {
     int dtype;                         /* Megatron DType code: 1 uint8, 4 int32, 8 uint16 */
     int itemsize;
     int64_t n_seq, n_doc;              /* n_doc = documents (index entries - 1) */
-    const int32_t *sizes;              /* [n_seq] tokens per sequence */
-    const int64_t *pointers;           /* [n_seq] byte offsets into .bin */
-    const int64_t *doc_idx;            /* [n_doc+1] */
+    /* arrays inside the .idx map; the 34-byte header leaves them unaligned, so read
+     * them only through the accessors below */
+    const void *sizes;                 /* int32 [n_seq] tokens per sequence */
+    const void *pointers;              /* int64 [n_seq] byte offsets into .bin */
+    const void *doc_idx;               /* int64 [n_doc+1] */
     int64_t n_tokens;                  /* sum of sizes */
 } data_mmidx;
+
+static inline int64_t data_mmidx_size(const data_mmidx *m, int64_t i) { /* tokens of sequence i */
+    int32_t v;
+    memcpy(&v, (const char *)m->sizes + 4 * i, 4);
+    return v;
+}
+static inline int64_t data_mmidx_start(const data_mmidx *m, int64_t i) { /* first token of sequence i */
+    int64_t v;
+    memcpy(&v, (const char *)m->pointers + 8 * i, 8);
+    return v / m->itemsize;
+}
 
 /* Maps PREFIX.idx + PREFIX.bin and checks the structure: header, version, dtype,
  * exact .idx size, contiguous pointers, .bin size = total tokens * itemsize,
@@ -89,11 +103,14 @@ static inline int64_t data_mmidx_token(const data_mmidx *m, int64_t i) {
     }
 }
 
-/* Writer for PREFIX.bin/.idx: documents appended one at a time (one sequence each). */
+/* Writer for PREFIX.bin/.idx: documents appended one at a time (one sequence each),
+ * written to *.tmp files renamed into place by close. */
 typedef struct data_mmidx_writer data_mmidx_writer;
 int data_mmidx_writer_open(data_mmidx_writer **w, const char *prefix, int dtype, char *err, int errlen);
 int data_mmidx_writer_add(data_mmidx_writer *w, const void *items, int64_t n); /* n items of dtype */
 int data_mmidx_writer_close(data_mmidx_writer *w, char *err, int errlen);     /* writes .idx */
+/* Gives up: removes the temporary files, leaves any existing PREFIX.bin/.idx untouched. */
+void data_mmidx_writer_abort(data_mmidx_writer *w);
 
 /* The counter-based hash used for the sample order (exposed for tests/tools). */
 uint64_t data_hash(uint64_t seed, uint64_t purpose, uint64_t a, uint64_t b);

@@ -778,22 +778,6 @@ static int check_layout(const ctx *c, deck *d, int world)
         return fail(c, "train.seq_len", NULL, "train.seq_len = %d exceeds model.max_position_embeddings = %d",
                     d->train.seq_len, m->max_position_embeddings);
 
-    /* layout */
-    int ep = d->parallel.expert_parallel;
-    if (world % ep)
-        return fail(c, "parallel.expert_parallel", NULL,
-                    "parallel.expert_parallel = %d does not divide the world size %d", ep, world);
-    if (m->n_routed_experts % ep)
-        return fail(c, "parallel.expert_parallel", NULL,
-                    "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d",
-                    m->n_routed_experts, ep);
-    long long per_step = (long long)d->train.micro_batch * world;
-    if (d->train.global_batch == 0 && per_step <= INT_MAX) d->train.global_batch = (int)per_step;
-    if (d->train.global_batch % per_step)
-        return fail(c, "train.global_batch", NULL,
-                    "train.global_batch = %d is not divisible by train.micro_batch x world size = %d x %d = %lld",
-                    d->train.global_batch, d->train.micro_batch, world, per_step);
-
     /* LoRA and checkpoints */
     if (!strcmp(d->checkpoint.save, "adapters") && !d->lora.enabled)
         return fail(c, "checkpoint.save", NULL, "checkpoint.save = \"adapters\" needs lora.enabled = true");
@@ -821,6 +805,22 @@ static int check_layout(const ctx *c, deck *d, int world)
     if (d->validation.every > 0 && d->validation.n_valid == 0)
         return fail(c, "validation.every", NULL, "validation.every = %d needs validation.valid sources",
                     d->validation.every);
+
+    /* layout for this world size: last, so deck-only errors come first */
+    int ep = d->parallel.expert_parallel;
+    if (world % ep)
+        return fail(c, "parallel.expert_parallel", NULL,
+                    "parallel.expert_parallel = %d does not divide the world size %d", ep, world);
+    if (m->n_routed_experts % ep)
+        return fail(c, "parallel.expert_parallel", NULL,
+                    "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d",
+                    m->n_routed_experts, ep);
+    long long per_step = (long long)d->train.micro_batch * world;
+    if (d->train.global_batch == 0 && per_step <= INT_MAX) d->train.global_batch = (int)per_step;
+    if (d->train.global_batch % per_step)
+        return fail(c, "train.global_batch", NULL,
+                    "train.global_batch = %d is not divisible by train.micro_batch x world size = %d x %d = %lld",
+                    d->train.global_batch, d->train.micro_batch, world, per_step);
     return 0;
 }
 

@@ -15,6 +15,10 @@ typedef struct {
     double max_imbalance;/* max over MoE layers of (max load / mean load) */
     double t_step, t_a2a, t_reduce; /* seconds: step, MoE all-to-all, gradient reduction */
     double eta_s;        /* seconds left */
+    int n_moe;           /* MoE layers (incl. MTP) below */
+    const int *moe_layer;          /* [n_moe] HF layer numbers */
+    const double *layer_imbalance; /* [n_moe] max load / mean load of this step */
+    double mem_allocated;          /* bytes allocated per rank (model + optimizer) */
 } log_row;
 
 typedef struct {

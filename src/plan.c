@@ -6,6 +6,7 @@
  * plan_layout() depends on the deck and the world size only, so all ranks
  * fail alike without talking to each other. */
 #include "plan.h"
+#include "model/model.h" /* model_flops_per_token */
 
 #include <hwloc.h>
 #include <limits.h>
@@ -226,8 +227,13 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
     mem.grads = 4.0 * (z >= 2 ? (double)p->shard_trainable + (double)p->reduce_floats : trainable_local);
     mem.optim = 8.0 * (z >= 1 ? (double)p->shard_trainable : trainable_local);
-    mem.acts = plan_act_bytes(d);
-    mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
+    if (bf16) { /* the GPU layout: bf16 activations, fp32 MoE dispatch rows */
+        mem.acts = plan_act_bytes(d);
+        mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
+    } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
+        mem.acts = model_act_bytes(d, p->ep, d->train.micro_batch, d->train.seq_len);
+        mem.comm = 0.0;
+    }
     mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
     return mem;
 }
@@ -319,8 +325,24 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
             if (t > rd) rd = t;
         }
     }
-    p->gather_floats = gd + ge;
-    p->reduce_floats = rd + re;
+    /* ZeRO workspaces as model.c opens them: the embedding group and the
+     * final-norm/lm_head group stay open for the whole step (the MTP heads use
+     * both), plus one decoder-layer group at a time; gradients also need the
+     * reduce-scatter scratch of the largest shard. */
+    {
+        int G = pt->n_groups;
+        size_t *glen = calloc((size_t)G, sizeof *glen), big = 0, maxshard = 0;
+        for (int si = 0; si < pt->nseg; si++) {
+            glen[pt->seg[si].group] += pt->seg[si].numel;
+            int me = pt->seg[si].kind == SEG_EXPERT ? p->dp_index : rank;
+            if (p->shard[si].cnt[me] > maxshard) maxshard = p->shard[si].cnt[me];
+        }
+        for (int g = 1; g < G - 1; g++) big = glen[g] > big ? glen[g] : big;
+        p->gather_floats = glen[0] + glen[G - 1] + big;
+        p->reduce_floats = p->gather_floats + maxshard;
+        free(glen);
+        (void)gd, (void)ge, (void)rd, (void)re;
+    }
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
     int dense = m->first_k_dense_replace < L ? m->first_k_dense_replace : L;
     p->n_moe_layers = E > 0 ? (L - dense) + D : 0;
@@ -480,12 +502,21 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
             d->parallel.activation_checkpointing ? "on" : "off");
     fprintf(out, "plan: parameters %s total, %s trainable\n", thousands(a, sizeof a, p->params.n_params),
             thousands(b, sizeof b, p->params.n_trainable));
+    fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", model_flops_per_token(d));
     if (p->n_moe_layers > 0)
         fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
                 p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
                 p->n_moe_layers);
+    /* GiB for real models, MiB for the small decks that run here */
+    double U = GiB;
+    const char *un = "GiB";
+    for (int r = 0; r < p->world_size; r++)
+        if (all[r].mem[5] > U) break;
+        else if (r == p->world_size - 1) U = 1048576.0, un = "MiB";
+    char tot[16];
+    snprintf(tot, sizeof tot, "total %s", un);
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8s %8s %8s %8s %8s %9s\n", "rank", "node", "group", "expert",
-            "experts", "cpuset", "params", "grads", "optim", "acts", "comm", "total GiB");
+            "experts", "cpuset", "params", "grads", "optim", "acts", "comm", tot);
     double mx[6] = {0}, sum = 0;
     for (int r = 0; r < p->world_size; r++) {
         rank_row *x = &all[r];
@@ -495,15 +526,16 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
         else snprintf(ex, sizeof ex, "-");
         snprintf(cpu, sizeof cpu, "%.128s%s", x->cpuset, x->bound == 1 ? " bound" : x->bound < 0 ? " bind-failed" : "");
         fprintf(out, "%5d  %-24s %5d %6d  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", r, node, x->dp_index,
-                x->ep_index, ex, cpu, x->mem[0] / GiB, x->mem[1] / GiB, x->mem[2] / GiB, x->mem[3] / GiB,
-                x->mem[4] / GiB, x->mem[5] / GiB);
+                x->ep_index, ex, cpu, x->mem[0] / U, x->mem[1] / U, x->mem[2] / U, x->mem[3] / U, x->mem[4] / U,
+                x->mem[5] / U);
         for (int c = 0; c < 6; c++)
             if (x->mem[c] > mx[c]) mx[c] = x->mem[c];
         sum += x->mem[5];
     }
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
-            mx[0] / GiB, mx[1] / GiB, mx[2] / GiB, mx[3] / GiB, mx[4] / GiB, mx[5] / GiB);
-    fprintf(out, "plan: memory estimate per rank (GPU): max %.2f GiB = %.1f GB; all ranks %.1f GiB\n", mx[5] / GiB,
-            mx[5] / 1e9, sum / GiB);
+            mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U, mx[5] / U);
+    fprintf(out, "plan: memory estimate per rank (%s): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
+            strcmp(d->train.dtype, "bf16") == 0 ? "GPU layout, bf16" : "CPU, fp32", mx[5] / U, un, mx[5] / 1e9,
+            sum / U, un);
     free(all);
 }

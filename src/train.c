@@ -24,10 +24,11 @@
 #include <time.h>
 
 #include "ckpt.h"
+#include "comm.h"
 #include "data.h"
 #include "log.h"
 #include "model/model.h"
-#include "model/moe.h" /* moe_bias_update */
+#include "model/moe.h" /* moe_load_imbalance */
 #include "ops.h"
 #include "optim.h"
 
@@ -65,7 +66,6 @@ typedef struct {
     model *m;
     data_loader *train, *valid;
     float *mo, *vo;      /* AdamW moments: full local (stage 0) or shard-packed */
-    float *gshard;       /* stage >= 2: my shard of the reduced gradients, packed */
     size_t optim_n;
     int64_t step;        /* optimizer steps done */
     int64_t tokens;
@@ -122,46 +122,43 @@ static void allreduce_sums(MPI_Comm c, model_sums *s) {
 }
 
 /* Reduce gradients per the ZeRO stage; returns the global sum of squares of
- * the reduced gradients, every element counted once (by its shard owner). */
+ * the reduced gradients, every element counted once (by its shard owner).
+ * Stages 0/1 all-reduce here; at stage 2/3 model_step already reduce-scattered
+ * each group into this rank's packed shard as its backward finished. */
 static double reduce_grads(trainer *t) {
     plan *p = t->p;
     const param_table *pt = &p->params;
     float *g = model_grad_buffer(t->m);
-    int stage = p->zero_stage;
     double ss = 0.0;
-    size_t packed = 0;
     double t0 = now();
-    for (int s = 0; s < pt->nseg; s++) {
-        const param_segment *sg = &pt->seg[s];
-        const plan_shard *sh = &p->shard[s];
-        MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
-        int me;
-        MPI_Comm_rank(c, &me);
-        float *gs = g + sg->offset;
-        if (stage < 2) {
+    if (p->zero_stage >= 2) {
+        ss = ops_sumsq(g, p->shard_floats);
+    } else {
+        for (int s = 0; s < pt->nseg; s++) {
+            const param_segment *sg = &pt->seg[s];
+            const plan_shard *sh = &p->shard[s];
+            MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
+            int me;
+            MPI_Comm_rank(c, &me);
+            float *gs = g + sg->offset;
             MPI_Allreduce(MPI_IN_PLACE, gs, (int)sg->numel, MPI_FLOAT, MPI_SUM, c);
             ss += ops_sumsq(gs + sh->off[me], sh->cnt[me]);
-        } else {
-            int *counts = malloc((size_t)sh->nmemb * sizeof *counts);
-            for (int r = 0; r < sh->nmemb; r++) counts[r] = (int)sh->cnt[r];
-            MPI_Reduce_scatter(gs, t->gshard + packed, counts, MPI_FLOAT, MPI_SUM, c);
-            free(counts);
-            ss += ops_sumsq(t->gshard + packed, sh->cnt[me]);
         }
-        packed += sh->cnt[me];
     }
     MPI_Allreduce(MPI_IN_PLACE, &ss, 1, MPI_DOUBLE, MPI_SUM, p->world);
     t->t_reduce += now() - t0;
     return ss;
 }
 
-/* AdamW on what this rank owns, then re-assemble full parameters (stage >= 1). */
+/* AdamW on what this rank owns; stages 1/2 then all-gather full parameters
+ * (stage 3 keeps only its shard: model_step gathers groups when it needs them). */
 static void update(trainer *t, double lr, float scale) {
     plan *p = t->p;
     const param_table *pt = &p->params;
     float *w = model_param_buffer(t->m), *g = model_grad_buffer(t->m);
     int64_t step_t = t->step + 1;
-    if (p->zero_stage == 0) {
+    int z = p->zero_stage;
+    if (z == 0) {
         optim_step(t->d, pt, w, g, t->mo, t->vo, 0, pt->total_local, step_t, lr, scale);
         return;
     }
@@ -174,20 +171,18 @@ static void update(trainer *t, double lr, float scale) {
         int me;
         MPI_Comm_rank(c, &me);
         size_t lo = sg->offset + sh->off[me], n = sh->cnt[me];
-        const float *gp = p->zero_stage >= 2 ? t->gshard + packed : g + lo;
-        optim_step(t->d, pt, w + lo, gp, t->mo + packed, t->vo + packed, lo, lo + n, step_t, lr, scale);
+        float *wp = z >= 3 ? w + packed : w + lo;
+        const float *gp = z >= 2 ? g + packed : g + lo;
+        optim_step(t->d, pt, wp, gp, t->mo + packed, t->vo + packed, lo, lo + n, step_t, lr, scale);
         packed += n;
-        int *counts = malloc((size_t)sh->nmemb * sizeof *counts), *displs = malloc((size_t)sh->nmemb * sizeof *displs);
-        for (int r = 0; r < sh->nmemb; r++) counts[r] = (int)sh->cnt[r], displs[r] = (int)sh->off[r];
-        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, w + sg->offset, counts, displs, MPI_FLOAT, c);
-        free(counts);
-        free(displs);
+        if (z < 3) comm_zero_allgather(p, s, 0, w + lo, w + sg->offset);
     }
     t->t_reduce += now() - t0;
 }
 
-/* Aux-loss-free balancing: global per-expert counts, the same update on every rank. */
-static double bias_update(trainer *t) {
+/* Aux-loss-free balancing: global per-expert counts, the same update on every rank.
+ * imb[i] gets layer i's max load / mean load; returns the worst. */
+static double bias_update(trainer *t, double *imb) {
     model *m = t->m;
     int n = model_n_moe(m), E = t->d->model.n_routed_experts;
     double worst = 0.0;
@@ -196,9 +191,9 @@ static double bias_update(trainer *t) {
         MPI_Allreduce(MPI_IN_PLACE, c, E, MPI_INT64_T, MPI_SUM, t->p->world);
         double mx = 0, sum = 0;
         for (int e = 0; e < E; e++) mx = c[e] > mx ? (double)c[e] : mx, sum += (double)c[e];
+        imb[i] = moe_load_imbalance(c, E);
         if (sum > 0) worst = fmax(worst, mx / (sum / E));
-        if (t->d->model.bias_update_rate > 0)
-            moe_bias_update(model_router_bias(m, i), c, E, (float)t->d->model.bias_update_rate);
+        if (t->d->model.bias_update_rate > 0) model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
     }
     model_reset_counts(m);
     return worst;
@@ -229,7 +224,7 @@ static double validate(trainer *t) {
 
 static int save(trainer *t, char *err, int errlen) {
     ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->step};
-    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), CKPT_FULL_LOCAL, t->mo, t->vo,
+    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), ckpt_params_layout(t->p->zero_stage), t->mo, t->vo,
                      ckpt_optim_layout(t->p->zero_stage), &st, err, errlen);
 }
 
@@ -268,13 +263,12 @@ int train_run(const deck *d, plan *p) {
     t.optim_n = p->zero_stage >= 1 ? p->shard_floats : pt->total_local;
     t.mo = calloc(t.optim_n + 1, sizeof *t.mo);
     t.vo = calloc(t.optim_n + 1, sizeof *t.vo);
-    if (p->zero_stage >= 2) t.gshard = calloc(p->shard_floats + 1, sizeof *t.gshard);
     t.tok = calloc((size_t)n_local * T, sizeof *t.tok);
     t.tgt = calloc((size_t)n_local * T, sizeof *t.tgt);
     model_init_weights(t.m, (uint64_t)d->run.seed);
     if (resume[0]) {
         ckpt_state st;
-        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), CKPT_FULL_LOCAL, t.mo, t.vo,
+        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), t.mo, t.vo,
                            ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
         if (any_failed(p->world, failed)) {
             if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
@@ -311,6 +305,11 @@ int train_run(const deck *d, plan *p) {
     sigaction(SIGTERM, &sa, NULL);
 
     /* 3. the loop */
+    int n_moe = model_n_moe(t.m);
+    double *layer_imb = calloc((size_t)n_moe + 1, sizeof *layer_imb);
+    int *layer_id = calloc((size_t)n_moe + 1, sizeof *layer_id);
+    for (int i = 0; i < n_moe; i++) layer_id[i] = model_moe_layer_index(t.m, i);
+    double mem_alloc = 0.0;
     double t_start = now();
     int64_t first_step = t.step;
     while (t.step < d->run.steps) {
@@ -327,6 +326,7 @@ int train_run(const deck *d, plan *p) {
             model_batch bt = {t.tok + (size_t)a * mb * T, t.tgt + (size_t)a * mb * T, mb, T};
             model_step(t.m, &bt, sc, 1, &sums);
         }
+        double a2a = model_comm_seconds(t.m); /* before bias_update resets the counters */
         allreduce_sums(p->world, &sums);
         double lm, mtp, bal;
         losses(d, &sums, cnt, G, &lm, &mtp, &bal);
@@ -335,30 +335,33 @@ int train_run(const deck *d, plan *p) {
         float scale = (clip > 0 && gnorm > clip) ? (float)(clip / (gnorm + 1e-6)) : 1.0f;
         double lr = optim_lr(d, t.step);
         update(&t, lr, scale);
-        double imb = bias_update(&t);
+        double imb = bias_update(&t, layer_imb);
         t.step++;
         t.tokens += G * T;
         data_set_position(t.train, t.step);
         double val = NAN;
         if (t.valid && d->validation.every > 0 && t.step % d->validation.every == 0) val = validate(&t);
         double dt = now() - t0;
-        if (t.step == first_step + 1 && rank == 0) {
+        if (t.step == first_step + 1) {
             double pa, ga, aa;
             model_memory(t.m, &pa, &ga, &aa);
-            double opt = 2.0 * t.optim_n * sizeof(float) + (t.gshard ? p->shard_floats * sizeof(float) : 0);
-            printf("dsv3: memory per rank (GiB) allocated: params %.3f grads %.3f optim %.3f acts %.3f = %.3f | "
-                   "planned: params %.3f grads %.3f optim %.3f acts %.3f comm %.3f = %.3f\n",
-                   pa / 1073741824.0, ga / 1073741824.0, opt / 1073741824.0, aa / 1073741824.0,
-                   (pa + ga + opt + aa) / 1073741824.0, p->mem.params / 1073741824.0,
-                   p->mem.grads / 1073741824.0, p->mem.optim / 1073741824.0, p->mem.acts / 1073741824.0,
-                   p->mem.comm / 1073741824.0, p->mem.total / 1073741824.0);
+            double opt = 2.0 * t.optim_n * sizeof(float);
+            mem_alloc = pa + ga + aa + opt;
+            double tot = pa + ga + opt + aa, ratio = p->mem.total > 0 ? tot / p->mem.total : 0.0;
+            double MiB = 1048576.0;
+            if (rank == 0)
+                printf("dsv3: memory per rank (MiB) allocated: params %.2f grads %.2f optim %.2f acts %.2f = %.2f | "
+                       "planned (--dry-run): params %.2f grads %.2f optim %.2f acts %.2f comm %.2f = %.2f | "
+                       "ratio %.3f\n",
+                       pa / MiB, ga / MiB, opt / MiB, aa / MiB, tot / MiB, p->mem.params / MiB, p->mem.grads / MiB,
+                       p->mem.optim / MiB, p->mem.acts / MiB, p->mem.comm / MiB, p->mem.total / MiB, ratio);
         }
-        double a2a = model_comm_seconds(t.m);
         MPI_Allreduce(MPI_IN_PLACE, &a2a, 1, MPI_DOUBLE, MPI_MAX, p->world);
         double elapsed = now() - t_start;
         log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
                        dt, a2a, t.t_reduce,
-                       elapsed / (double)(t.step - first_step) * (double)(d->run.steps - t.step)};
+                       elapsed / (double)(t.step - first_step) * (double)(d->run.steps - t.step),
+                       n_moe, layer_id, layer_imb, mem_alloc};
         int show = d->run.log_every <= 1 || t.step % d->run.log_every == 0 || t.step == d->run.steps;
         log_step(&lg, &row, d->run.steps, show); /* the csv keeps every row */
         int stop = stop_requested;
@@ -379,10 +382,12 @@ int train_run(const deck *d, plan *p) {
         }
     }
     log_close(&lg);
+    free(layer_imb);
+    free(layer_id);
 out:
     model_free(t.m);
     data_close(t.train);
     if (t.valid) data_close(t.valid);
-    free(t.mo), free(t.vo), free(t.gshard), free(t.tok), free(t.tgt);
+    free(t.mo), free(t.vo), free(t.tok), free(t.tgt);
     return failed;
 }

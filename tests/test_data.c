@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "data.h"
+#include "tokenizer.h"
 
 static char tmpdir[256];
 
@@ -440,12 +441,151 @@ static void test_bad_input(void **state) {
     expect_error(&d, 0, "good.mask.idx: cannot open");
 }
 
+/* ---- files written by bin/dsv3-prep, read back by the loader ---- */
+
+static int find_prep(char *prep, size_t pn, char *tok, size_t tn) {
+    const char *bin = getenv("BIN");
+    snprintf(prep, pn, "%s/dsv3-prep", bin && *bin ? bin : "bin");
+    const char *sh = getenv("DSV3_SHARED");
+    const char *cands[] = {sh, "../shared", "/work/shared"};
+    for (int i = 0; i < 3; i++) {
+        if (!cands[i]) continue;
+        snprintf(tok, tn, "%s/data/tokenizer-deepseek-v3/tokenizer.json", cands[i]);
+        if (access(tok, R_OK) == 0) return access(prep, X_OK) == 0;
+    }
+    return 0;
+}
+
+static void test_prep_readback(void **state) {
+    (void)state;
+    char prep[512], tokp[1024];
+    if (!find_prep(prep, sizeof prep, tokp, sizeof tokp)) {
+        print_message("skip: needs bin/dsv3-prep and the DeepSeek-V3 tokenizer (DSV3_SHARED or ../shared)\n");
+        skip();
+    }
+    static const char *docs[] = {"The quick brown fox jumps over the lazy dog.", "深度求索 DeepSeek-V3 是一个混合专家模型。",
+                                 "emoji 😀👍🏽 and digits 1234567", "a\r\nb\r\n\r\nc", "short"};
+    char in[300], pre[300], cmd[4096];
+    path_in(in, sizeof in, "docs.jsonl");
+    path_in(pre, sizeof pre, "prep_pt");
+    FILE *f = fopen(in, "w");
+    for (int r = 0; r < 40; r++)
+        for (size_t i = 0; i < 5; i++) {
+            fputs("{\"text\": \"", f);
+            for (const char *p = docs[i]; *p; p++) {
+                if (*p == '\r') fputs("\\r", f);
+                else if (*p == '\n') fputs("\\n", f);
+                else fputc(*p, f);
+            }
+            fputs("\"}\n", f);
+        }
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s' pretrain --tokenizer '%s' --input '%s' --output '%s' 2>/dev/null", prep, tokp, in, pre);
+    assert_int_equal(system(cmd), 0);
+    deck d;
+    base_deck(&d, "megatron", 129280);
+    assert_true(strlen(tokp) < sizeof d.data.tokenizer);
+    memcpy(d.data.tokenizer, tokp, strlen(tokp) + 1);
+    add_source(&d, 0, pre, 1.0);
+    data_loader *L;
+    char err[512];
+    const int T = 24;
+    if (data_open(&L, &d, 0, T, err, sizeof err)) fail_msg("%s", err);
+    /* the stream is the documents' ids + EOS, in input order */
+    tok_tokenizer *t;
+    assert_int_equal(tok_load(&t, tokp, err, sizeof err), 0);
+    tok_ctx *c = tok_ctx_new(t);
+    tok_ids all = {0};
+    for (int r = 0; r < 40; r++)
+        for (size_t i = 0; i < 5; i++) {
+            assert_int_equal(tok_encode(c, docs[i], strlen(docs[i]), &all), 0);
+            tok_ids_push(&all, 1);
+        }
+    data_mmidx m;
+    assert_int_equal(data_mmidx_open(&m, pre, err, sizeof err), 0);
+    assert_int_equal(m.dtype, 4);
+    assert_int_equal(m.n_doc, 200);
+    assert_int_equal(m.n_tokens, (int64_t)all.n);
+    for (size_t i = 0; i < all.n; i++) assert_int_equal(data_mmidx_token(&m, (int64_t)i), all.ids[i]);
+    data_mmidx_close(&m);
+    assert_int_equal(data_total_tokens(L), (int64_t)all.n);
+    int32_t tok[24], tgt[24];
+    for (int s = 0; s < 20; s++) {
+        data_sample(L, s, 3, tok, tgt);
+        int found = 0;
+        for (size_t w = 0; w + 1 < all.n && !found; w += (size_t)T)
+            found = !memcmp(&all.ids[w], tok, (all.n - w < (size_t)T ? all.n - w : (size_t)T) * sizeof *tok);
+        assert_true(found);
+    }
+    data_close(L);
+    /* a model vocabulary smaller than the tokenizer's is refused up front */
+    d.model.vocab_size = 1000;
+    expect_error(&d, 0, "tokenizer has 128815 ids but model.vocab_size is 1000");
+
+    /* sft: the counted targets of a padded sample are the answer's ids then EOS */
+    char sin[300], spre[300];
+    path_in(sin, sizeof sin, "sft.jsonl");
+    path_in(spre, sizeof spre, "prep_sft");
+    f = fopen(sin, "w");
+    fputs("{\"instruction\": \"Name a colour.\", \"input\": \"\", \"output\": \"Blue, like the sky.\"}\n", f);
+    fputs("{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Capital of France?\"},"
+          " {\"role\": \"assistant\", \"content\": \"Paris.\"}]}\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s' sft --tokenizer '%s' --template deepseek-v3 --input '%s' --output '%s' 2>/dev/null", prep,
+             tokp, sin, spre);
+    assert_int_equal(system(cmd), 0);
+    base_deck(&d, "sft", 129280);
+    add_source(&d, 0, spre, 1.0);
+    const int TS = 64;
+    if (data_open(&L, &d, 0, TS, err, sizeof err)) fail_msg("%s", err);
+    const char *answers[2] = {"Blue, like the sky.", "Paris."};
+    int seen[2] = {0, 0};
+    for (int s = 0; s < 16; s++) {
+        int32_t st[64], sg[64], counted[64];
+        data_sample(L, s, 0, st, sg);
+        assert_int_equal(st[0], 0); /* bos */
+        int nc = 0;
+        for (int k = 0; k < TS; k++)
+            if (sg[k] != DATA_IGNORE) counted[nc++] = sg[k];
+        int matched = 0;
+        for (int a = 0; a < 2; a++) {
+            tok_ids v = {0};
+            tok_encode(c, answers[a], strlen(answers[a]), &v);
+            tok_ids_push(&v, 1);
+            if ((size_t)nc == v.n && !memcmp(counted, v.ids, v.n * sizeof *counted)) { matched = 1; seen[a]++; }
+            tok_ids_free(&v);
+        }
+        assert_true(matched);
+    }
+    assert_true(seen[0] > 0 && seen[1] > 0);
+    data_close(L);
+    tok_ids_free(&all);
+    tok_ctx_free(c);
+    tok_free(t);
+}
+
+static void test_bad_tokenizer(void **state) {
+    (void)state;
+    char p[300], tk[300];
+    write_megatron("tokbad", p, sizeof p, 4, 4, 20);
+    path_in(tk, sizeof tk, "wordpiece.json");
+    const char *wp = "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}";
+    write_file(tk, wp, strlen(wp));
+    deck d;
+    base_deck(&d, "megatron", 50000);
+    assert_true(strlen(tk) < sizeof d.data.tokenizer);
+    memcpy(d.data.tokenizer, tk, strlen(tk) + 1);
+    add_source(&d, 0, p, 1);
+    expect_error(&d, 0, "wordpiece.json: unsupported tokenizer: model.type \"WordPiece\"");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_windows),   cmocka_unit_test(test_text_short_file_pads),
         cmocka_unit_test(test_u32_and_mixture), cmocka_unit_test(test_rank_invariance),
         cmocka_unit_test(test_megatron_roundtrip), cmocka_unit_test(test_sft_masks),
-        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_bad_input),    cmocka_unit_test(test_bad_tokenizer),
+        cmocka_unit_test(test_prep_readback),
     };
     return cmocka_run_group_tests_name("data", tests, setup, teardown);
 }

@@ -468,6 +468,23 @@ static void test_float_exact(void **state)
     deck_free(&d);
 }
 
+static void test_string_escapes(void **state)
+{
+    (void)state;
+    deck d;
+    assert_int_equal(deck_load_string(&d, "run = { output_dir = \"a\\\"b\\\\c\\td\"; };", "s.cfg", 0, NULL, 1, err,
+                                      sizeof err), 0);
+    assert_string_equal(d.run.output_dir, "a\"b\\c\td");
+    round_trip(&d, 1);
+    deck_free(&d);
+    char longv[320] = "run.output_dir=";
+    memset(longv + 15, 'x', 280);
+    longv[295] = 0;
+    char *ov[] = {longv};
+    assert_int_equal(deck_load_string(&d, "", "s.cfg", 1, ov, 1, err, sizeof err), -1);
+    assert_non_null(strstr(err, "run.output_dir: string longer than 255 characters"));
+}
+
 /* Every shipped deck loads, round-trips through --print-deck, and has the values
  * the issue asks for. */
 static void test_shipped_decks(void **state)
@@ -525,7 +542,7 @@ static void test_shipped_decks(void **state)
     assert_int_equal(deck_load(&d, path, 0, NULL, 1, NULL, err, sizeof err), -1);
     assert_non_null(strstr(err, "sft.cfg:19: parallel.expert_parallel = 8 does not divide the world size 1"));
     assert_int_equal(deck_load(&d, path, 0, NULL, 16, NULL, err, sizeof err), -1);
-    assert_non_null(strstr(err, "sft.cfg:26: train.global_batch = 24 is not divisible"));
+    assert_non_null(strstr(err, "sft.cfg:27: train.global_batch = 24 is not divisible"));
 
     /* the model presets: included by a wrapper deck next to them */
     const char *presets[] = {"deepseek-v3.cfg", "deepseek-v3.1.cfg"};
@@ -586,6 +603,7 @@ int main(void)
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_include),
         cmocka_unit_test(test_float_exact),
+        cmocka_unit_test(test_string_escapes),
         cmocka_unit_test(test_shipped_decks),
     };
     return cmocka_run_group_tests_name("deck", tests, setup_tmp, teardown_tmp);

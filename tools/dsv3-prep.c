@@ -140,9 +140,25 @@ static char *utf8_lossy(const char *s, size_t n, size_t *out_n) {
 }
 
 static void write_ids(FILE *f, const tok_ids *v) {
-    fputs("{\"ids\": [", f);
-    for (size_t i = 0; i < v->n; i++) fprintf(f, i ? ", %d" : "%d", v->ids[i]);
-    fputs("]}\n", f);
+    static char *buf;
+    static size_t cap;
+    if (cap < v->n * 13 + 16) {
+        cap = v->n * 13 + 16;
+        buf = realloc(buf, cap);
+    }
+    size_t o = 0;
+    memcpy(buf, "{\"ids\": [", 9);
+    o = 9;
+    for (size_t i = 0; i < v->n; i++) { /* ids are >= 0 */
+        if (i) { buf[o++] = ','; buf[o++] = ' '; }
+        char tmp[12];
+        int k = 0;
+        uint32_t x = (uint32_t)v->ids[i];
+        do { tmp[k++] = (char)('0' + x % 10); x /= 10; } while (x);
+        while (k) buf[o++] = tmp[--k];
+    }
+    memcpy(buf + o, "]}\n", 3);
+    fwrite(buf, 1, o + 3, f);
 }
 
 /* ---------------- encode / decode ---------------- */
@@ -220,7 +236,11 @@ static int cmd_encode(const opts *o, tok_tokenizer *t, bool decode) {
 /* ---------------- pretrain ---------------- */
 
 typedef struct {
-    char *text; size_t len;
+    char *raw; size_t len;   /* a JSON line (parsed in the parallel region) or the document text */
+    bool json;
+    const char *path; long lineno;
+    const char *bad;         /* parse error (JSON lines) */
+    size_t text_bytes;
     tok_ids ids;
 } doc;
 
@@ -230,7 +250,6 @@ typedef struct {
     bool jsonl;
     long lineno;
     char *line; size_t cap;
-    int eof;
 } reader;
 
 static bool is_jsonl(const char *p) {
@@ -238,27 +257,20 @@ static bool is_jsonl(const char *p) {
     return (n > 6 && !strcmp(p + n - 6, ".jsonl")) || (n > 5 && !strcmp(p + n - 5, ".json"));
 }
 
-/* next document of the current file: 1 got one, 0 end of file, -1 stop on error */
-static int next_doc(reader *r, const opts *o, doc *d, long *bad) {
+/* next raw document of the current file: 1 got one, 0 end of file */
+static int next_doc(reader *r, const opts *o, doc *d) {
+    ssize_t n;
+    d->path = r->path;
+    d->json = r->jsonl;
+    d->bad = NULL;
     if (r->jsonl) {
-        ssize_t n;
         while ((n = getline(&r->line, &r->cap, r->f)) > 0) {
             r->lineno++;
             if (n == 1 && r->line[0] == '\n') continue;
-            json_error_t je;
-            json_t *j = json_loadb(r->line, (size_t)n, JSON_ALLOW_NUL | JSON_DISABLE_EOF_CHECK, &je);
-            json_t *tx = json_object_get(j, "text");
-            if (!j || !json_is_string(tx)) {
-                fprintf(stderr, "\ndsv3-prep pretrain: %s:%ld: %s\n", r->path, r->lineno, j ? "no \"text\" string" : je.text);
-                json_decref(j);
-                (*bad)++;
-                if (!o->skip_errors) return -1;
-                continue;
-            }
-            d->len = json_string_length(tx);
-            d->text = malloc(d->len + 1);
-            memcpy(d->text, json_string_value(tx), d->len + 1);
-            json_decref(j);
+            d->raw = malloc((size_t)n + 1);
+            memcpy(d->raw, r->line, (size_t)n + 1);
+            d->len = (size_t)n;
+            d->lineno = r->lineno;
             return 1;
         }
         return 0;
@@ -266,15 +278,14 @@ static int next_doc(reader *r, const opts *o, doc *d, long *bad) {
     /* plain text: whole file, or up to a separator line */
     size_t cap = 1 << 12, len = 0;
     char *buf = malloc(cap);
-    ssize_t n;
-    bool any = false;
+    d->lineno = r->lineno + 1;
     while ((n = getline(&r->line, &r->cap, r->f)) > 0) {
-        any = true;
+        r->lineno++;
         if (o->separator) {
             size_t l = (size_t)n;
             if (l && r->line[l - 1] == '\n') l--;
             if (l == strlen(o->separator) && !memcmp(r->line, o->separator, l)) {
-                if (len == 0) continue;
+                if (len == 0) { d->lineno = r->lineno + 1; continue; }
                 break;
             }
         }
@@ -285,17 +296,46 @@ static int next_doc(reader *r, const opts *o, doc *d, long *bad) {
         memcpy(buf + len, r->line, (size_t)n);
         len += (size_t)n;
     }
-    if (!any || len == 0) { free(buf); return 0; }
+    if (len == 0) { free(buf); return 0; }
     buf[len] = 0;
-    d->text = buf;
+    d->raw = buf;
     d->len = len;
     return 1;
+}
+
+/* parse (JSON lines) and encode one document, EOS appended; 0 ok, -1 out of memory */
+static int encode_doc(tok_ctx *c, doc *d, int32_t eos) {
+    d->ids.n = 0;
+    const char *text = d->raw;
+    size_t len = d->len;
+    json_t *j = NULL;
+    if (d->json) {
+        json_error_t je;
+        j = json_loadb(d->raw, d->len, JSON_ALLOW_NUL | JSON_DISABLE_EOF_CHECK, &je);
+        json_t *tx = json_object_get(j, "text");
+        if (!j || !json_is_string(tx)) {
+            d->bad = j ? "no \"text\" string" : "not valid JSON";
+            json_decref(j);
+            return 0;
+        }
+        text = json_string_value(tx);
+        len = json_string_length(tx);
+    }
+    d->text_bytes = len;
+    int rc = tok_encode(c, text, len, &d->ids) || tok_ids_push(&d->ids, eos);
+    json_decref(j);
+    return rc ? -1 : 0;
 }
 
 static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
     if (!o->n_inputs || !o->output) { fprintf(stderr, "dsv3-prep pretrain: --input and --output are required\n"); return 2; }
     int32_t eos;
     if (special_id(t, o->tokenizer, "eos_token", &eos)) return 1;
+    for (int i = 0; i < o->n_inputs; i++)
+        if (access(o->inputs[i], R_OK) != 0) {
+            fprintf(stderr, "dsv3-prep pretrain: %s: cannot open: %s\n", o->inputs[i], strerror(errno));
+            return 1;
+        }
     int dtype = tok_vocab_size(t) > 65535 ? 4 : 8;
     int threads = o->threads > 0 ? o->threads : omp_get_num_procs();
     char err[512];
@@ -303,7 +343,7 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
     if (data_mmidx_writer_open(&w, o->output, dtype, err, sizeof err)) { fprintf(stderr, "dsv3-prep: %s\n", err); return 1; }
     tok_ctx **ctx = calloc((size_t)threads, sizeof *ctx);
     for (int i = 0; i < threads; i++) ctx[i] = tok_ctx_new(t);
-    enum { BATCH = 2048 };
+    enum { BATCH = 4096 };
     doc *batch = calloc(BATCH, sizeof *batch);
     long n_docs = 0, bad = 0;
     int64_t n_tokens = 0;
@@ -313,10 +353,10 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
     bool tty = isatty(2);
     int rc = 0;
     for (;;) {
-        /* read a batch (sequential), encode it (parallel), write in order */
+        /* read a batch of raw documents (sequential), parse + encode it (parallel), write in order */
         int nb = 0;
         size_t batch_bytes = 0;
-        while (nb < BATCH && batch_bytes < (64u << 20)) {
+        while (nb < BATCH && batch_bytes < (32u << 20)) {
             if (!r.f) {
                 if (fi == o->n_inputs) break;
                 r.path = o->inputs[fi++];
@@ -325,24 +365,24 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
                 r.lineno = 0;
                 if (!r.f) { fprintf(stderr, "dsv3-prep pretrain: %s: cannot open: %s\n", r.path, strerror(errno)); rc = 1; goto out; }
             }
-            int g = next_doc(&r, o, &batch[nb], &bad);
-            if (g < 0) { rc = 1; goto out; }
-            if (g == 0) { fclose(r.f); r.f = NULL; continue; }
+            if (!next_doc(&r, o, &batch[nb])) { fclose(r.f); r.f = NULL; continue; }
             batch_bytes += batch[nb].len;
             nb++;
         }
         if (nb == 0) break;
         int fail = 0;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : fail)
-        for (int i = 0; i < nb; i++) {
-            tok_ctx *c = ctx[omp_get_thread_num()];
-            batch[i].ids.n = 0;
-            fail |= tok_encode(c, batch[i].text, batch[i].len, &batch[i].ids) != 0;
-            fail |= tok_ids_push(&batch[i].ids, eos) != 0;
-        }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) reduction(| : fail)
+        for (int i = 0; i < nb; i++) fail |= encode_doc(ctx[omp_get_thread_num()], &batch[i], eos) != 0;
         if (fail) { fprintf(stderr, "dsv3-prep pretrain: out of memory\n"); rc = 1; goto out; }
         for (int i = 0; i < nb; i++) {
-            tok_ids *v = &batch[i].ids;
+            doc *d = &batch[i];
+            if (d->bad) {
+                fprintf(stderr, "%sdsv3-prep pretrain: %s:%ld: %s\n", tty ? "\n" : "", d->path, d->lineno, d->bad);
+                bad++;
+                if (!o->skip_errors) { rc = 1; goto out; }
+                continue;
+            }
+            tok_ids *v = &d->ids;
             if (dtype == 8) { /* narrow in place */
                 uint16_t *u = (uint16_t *)(void *)v->ids;
                 for (size_t k = 0; k < v->n; k++) u[k] = (uint16_t)v->ids[k];
@@ -353,12 +393,14 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
                 goto out;
             }
             n_tokens += (int64_t)v->n;
-            bytes += (double)batch[i].len;
-            free(batch[i].text);
-            batch[i].text = NULL;
-            tok_ids_free(v);
+            bytes += (double)d->text_bytes;
+            n_docs++;
         }
-        n_docs += nb;
+        for (int i = 0; i < nb; i++) {
+            free(batch[i].raw);
+            batch[i].raw = NULL;
+            tok_ids_free(&batch[i].ids);
+        }
         double tn = now();
         if (tn - last > 1.0) {
             last = tn;
@@ -366,19 +408,19 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
                     n_docs, (long long)n_tokens, bytes / 1e6, bytes / 1e6 / (tn - t0), tty ? "" : "\n");
         }
     }
+    if (n_docs == 0) { fprintf(stderr, "dsv3-prep pretrain: no documents in the input\n"); rc = 1; goto out; }
     if (data_mmidx_writer_close(w, err, sizeof err)) { w = NULL; fprintf(stderr, "dsv3-prep: %s\n", err); rc = 1; goto out; }
     w = NULL;
     double dt = now() - t0;
-    if (n_docs == 0) { fprintf(stderr, "dsv3-prep pretrain: no documents in the input\n"); rc = 1; goto out; }
     fprintf(stderr, "%sdsv3-prep pretrain: %ld documents, %lld tokens (%s), %.2f MB in %.2f s = %.2f MB/s on %d threads -> %s.bin/.idx\n",
             tty ? "\r" : "", n_docs, (long long)n_tokens, dtype == 4 ? "int32" : "uint16", bytes / 1e6, dt,
             bytes / 1e6 / (dt > 0 ? dt : 1e-9), threads, o->output);
     if (bad) fprintf(stderr, "dsv3-prep pretrain: %ld malformed line(s) skipped\n", bad);
 out:
-    if (w) data_mmidx_writer_close(w, err, sizeof err);
+    if (w) data_mmidx_writer_abort(w); /* failed: nothing half-written, an older dataset stays intact */
     if (r.f) fclose(r.f);
     free(r.line);
-    for (int i = 0; i < BATCH; i++) { free(batch[i].text); tok_ids_free(&batch[i].ids); }
+    for (int i = 0; i < BATCH; i++) { free(batch[i].raw); tok_ids_free(&batch[i].ids); }
     free(batch);
     for (int i = 0; i < threads; i++) tok_ctx_free(ctx[i]);
     free(ctx);
@@ -544,12 +586,17 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
     }
     fclose(in);
     free(line); free(m8); free(u16);
-    int e1 = data_mmidx_writer_close(w, err, sizeof err);
-    if (e1) fprintf(stderr, "dsv3-prep: %s\n", err);
-    int e2 = data_mmidx_writer_close(wm, err, sizeof err);
-    if (e2) fprintf(stderr, "dsv3-prep: %s\n", err);
-    if (e1 || e2) rc = 1;
     if (!rc && samples == 0) { fprintf(stderr, "dsv3-prep sft: no samples in %s\n", o->inputs[0]); rc = 1; }
+    if (rc) { /* stopped: nothing half-written, an older dataset stays intact */
+        data_mmidx_writer_abort(w);
+        data_mmidx_writer_abort(wm);
+    } else {
+        int e1 = data_mmidx_writer_close(w, err, sizeof err);
+        if (e1) fprintf(stderr, "dsv3-prep: %s\n", err);
+        int e2 = data_mmidx_writer_close(wm, err, sizeof err);
+        if (e2) fprintf(stderr, "dsv3-prep: %s\n", err);
+        if (e1 || e2) rc = 1;
+    }
     fprintf(stderr,
             "dsv3-prep sft: %ld samples, %lld tokens (%lld trained), %ld truncated to %d tokens, %ld dropped "
             "(no assistant token left), %ld malformed line(s)%s, %.2f s -> %s.bin/.idx + .mask.bin/.idx\n",

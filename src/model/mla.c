@@ -91,7 +91,8 @@ void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, 
     const int N = B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim;
     const int dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
     const int kva = kvl + dr, kvbw = dn + dv; /* kv_a / kv_b row widths */
-    const float eps = (float)m->rms_norm_eps;
+    /* q_a_layernorm and kv_a_layernorm use the RMSNorm default 1e-6, not the config value (spec §2) */
+    const float eps = 1e-6f;
     if (c->B != B || c->T != T || T > rt->T) {
         fprintf(stderr, "%s:%d: mla_forward: cache is for B=%d T=%d, rope table T=%d, called with B=%d T=%d\n",
                 __FILE__, __LINE__, c->B, c->T, rt->T, B, T);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../comm.h"
 #include "../ops.h"
 #include "../plan.h"
 #include "linear.h"
@@ -51,9 +52,21 @@ typedef struct {
 struct model {
     const deck *d;
     const deck_model *cfg;
+    const plan *p;                    /* NULL: one rank, no ZeRO */
+    int zero;                         /* ZeRO stage */
     param_table pt;
-    int own_pt;
-    float *params, *grads;            /* flat local layout */
+    float *params, *grads;            /* flat local layout (params: stage < 3, grads: stage < 2) */
+    /* ZeRO (design §3): a group's dense and expert segments are contiguous,
+     * [goff[g], goff[g]+glen[g]) of the flat layout. Stage 3 keeps only the
+     * packed shard pshard and all-gathers a group into gp[g] around its use;
+     * stage >= 2 accumulates a group's gradients in gg[g] during its backward
+     * and reduce-scatters them into the packed shard gshard right after. */
+    size_t *goff, *glen;              /* [n_groups] */
+    float **gp, **gg;                 /* [n_groups] open workspaces (or views of params/grads) */
+    float *pshard, *gshard, *rs_tmp;  /* packed shards; reduce-scatter scratch */
+    size_t *seg_packed;               /* [nseg] offset of segment s in the packed shard */
+    size_t rs_n;                      /* floats of rs_tmp */
+    double ws_bytes[2], ws_peak[2];   /* open ZeRO workspaces (params, grads): now / high-water mark */
     int ep, ep_first, ep_local;       /* EP size, routed experts held */
     MPI_Comm ep_comm;
     float *embed, *g_embed;           /* [V,H] */
@@ -71,7 +84,10 @@ struct model {
     float *lm_cache;                  /* lm_head LoRA cache (unused: no LoRA on the head) */
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     int checkpointing;
+    double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
 };
+
+static double base_act_bytes(const deck_model *c, const block *blk, int nblocks, int B, int T);
 
 /* ---------- binding tensors by HF name ---------- */
 
@@ -86,8 +102,9 @@ static float *bind(model *m, const char *name, float **g, int required) {
         return NULL;
     }
     const param_spec *s = &m->pt.t[i];
-    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) ? NULL : m->grads + s->offset;
-    return m->params + s->offset;
+    size_t o = s->offset - m->goff[s->group];
+    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->gg[s->group] ? NULL : m->gg[s->group] + o;
+    return m->gp[s->group] ? m->gp[s->group] + o : NULL;
 }
 
 static void bind_linear(model *m, linear *l, int layer, const char *module, int in, int out) {
@@ -103,7 +120,7 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
     if (layer < 0) return;
     snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
     l->A = bind(m, name, &l->gA, 0);
-    if (l->A) {
+    if (params_find(&m->pt, name) >= 0) {
         snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", layer, module);
         l->B = bind(m, name, &l->gB, 1);
         l->r = m->d->lora.r;
@@ -173,6 +190,72 @@ static void bind_block(model *m, block *b) {
     }
 }
 
+/* Points the components of group g at its open workspaces. */
+static void rebind(model *m, int g) {
+    int L = m->cfg->num_hidden_layers, D = m->cfg->num_nextn_predict_layers;
+    if (g == 0) {
+        m->embed = bind(m, "model.embed_tokens.weight", &m->g_embed, 1);
+    } else if (g == L + D + 1) {
+        m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
+        m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
+    } else {
+        bind_block(m, &m->blk[g - 1]);
+    }
+}
+
+/* ---------- ZeRO-3 parameter gathers and ZeRO-2/3 gradient flushes ---------- */
+
+static void ws_track(model *m, int grads, double bytes) {
+    m->ws_bytes[grads] += bytes;
+    if (m->ws_bytes[grads] > m->ws_peak[grads]) m->ws_peak[grads] = m->ws_bytes[grads];
+}
+
+/* Stage 3: all-gather group g's parameters from the shards (collective). */
+static void open_params(model *m, int g) {
+    if (m->zero < 3 || m->gp[g]) return;
+    m->gp[g] = malloc((m->glen[g] + 1) * sizeof(float));
+    if (!m->gp[g]) comm_fatal("out of memory gathering parameter group %d (%zu floats)", g, m->glen[g]);
+    ws_track(m, 0, 4.0 * m->glen[g]);
+    for (int s = 0; s < m->pt.nseg; s++)
+        if (m->pt.seg[s].group == g)
+            comm_zero_allgather(m->p, s, 0, m->pshard + m->seg_packed[s],
+                                m->gp[g] + (m->pt.seg[s].offset - m->goff[g]));
+    rebind(m, g);
+}
+
+static void close_params(model *m, int g) {
+    if (m->zero < 3 || !m->gp[g]) return;
+    free(m->gp[g]);
+    m->gp[g] = NULL;
+    ws_track(m, 0, -4.0 * m->glen[g]);
+}
+
+/* Stage >= 2: a zeroed full-gradient workspace for group g. */
+static void open_grads(model *m, int g) {
+    if (m->zero < 2 || m->gg[g]) return;
+    m->gg[g] = calloc(m->glen[g] + 1, sizeof(float));
+    if (!m->gg[g]) comm_fatal("out of memory for the gradients of group %d (%zu floats)", g, m->glen[g]);
+    ws_track(m, 1, 4.0 * m->glen[g]);
+    rebind(m, g);
+}
+
+/* Stage >= 2: reduce-scatter group g's gradients into my shard (collective), free them. */
+static void flush_grads(model *m, int g) {
+    if (m->zero < 2 || !m->gg[g]) return;
+    const plan *p = m->p;
+    for (int s = 0; s < m->pt.nseg; s++) {
+        const param_segment *sg = &m->pt.seg[s];
+        if (sg->group != g) continue;
+        size_t n = p->shard[s].cnt[sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank];
+        comm_zero_reduce_scatter(p, s, 0, m->gg[g] + (sg->offset - m->goff[g]), m->rs_tmp);
+        ops_add(m->gshard + m->seg_packed[s], m->rs_tmp, n);
+    }
+    free(m->gg[g]);
+    m->gg[g] = NULL;
+    ws_track(m, 1, -4.0 * m->glen[g]);
+    rebind(m, g);
+}
+
 /* ---------- creation ---------- */
 
 int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen) {
@@ -190,20 +273,52 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
     m->ep_first = p ? p->expert_first : 0;
     m->ep_comm = p ? p->expert : MPI_COMM_SELF;
     m->checkpointing = d->parallel.activation_checkpointing;
-    m->params = calloc(m->pt.total_local, sizeof *m->params);
-    m->grads = calloc(m->pt.total_local, sizeof *m->grads);
-    if (!m->params || !m->grads) {
+    m->p = p;
+    m->zero = p ? p->zero_stage : 0;
+    int G = m->pt.n_groups;
+    m->goff = calloc((size_t)G, sizeof *m->goff);
+    m->glen = calloc((size_t)G, sizeof *m->glen);
+    m->gp = calloc((size_t)G, sizeof *m->gp);
+    m->gg = calloc((size_t)G, sizeof *m->gg);
+    m->seg_packed = calloc((size_t)m->pt.nseg + 1, sizeof *m->seg_packed);
+    for (int g = 0; g < G; g++) m->goff[g] = (size_t)-1;
+    size_t packed = 0, max_shard = 0;
+    for (int s = 0; s < m->pt.nseg; s++) {
+        const param_segment *sg = &m->pt.seg[s];
+        if (m->goff[sg->group] == (size_t)-1) m->goff[sg->group] = sg->offset;
+        m->glen[sg->group] += sg->numel;
+        m->seg_packed[s] = packed;
+        if (p) {
+            size_t n = p->shard[s].cnt[sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank];
+            packed += n;
+            max_shard = n > max_shard ? n : max_shard;
+        }
+    }
+    for (int g = 0; g < G; g++)
+        if (m->goff[g] == (size_t)-1) m->goff[g] = 0;
+    int fail = 0;
+    if (m->zero >= 3)
+        fail |= !(m->pshard = calloc(packed + 1, sizeof *m->pshard));
+    else
+        fail |= !(m->params = calloc(m->pt.total_local, sizeof *m->params));
+    m->rs_n = m->zero >= 2 ? max_shard : 0;
+    if (m->zero >= 2)
+        fail |= !(m->gshard = calloc(packed + 1, sizeof *m->gshard)) || !(m->rs_tmp = calloc(max_shard + 1, 4));
+    else
+        fail |= !(m->grads = calloc(m->pt.total_local, sizeof *m->grads));
+    if (fail) {
         snprintf(err, errlen, "out of memory allocating %zu parameters", m->pt.total_local);
         model_free(m);
         return -1;
     }
+    for (int g = 0; g < G; g++) { /* without sharding every group is always open */
+        if (m->params) m->gp[g] = m->params + m->goff[g];
+        if (m->grads) m->gg[g] = m->grads + m->goff[g];
+    }
     int H = c->hidden_size;
-    m->embed = bind(m, "model.embed_tokens.weight", &m->g_embed, 1);
-    m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
     memset(&m->lm_head, 0, sizeof m->lm_head);
     m->lm_head.in = H;
     m->lm_head.out = c->vocab_size;
-    m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
 
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
     m->nblocks = L + D;
@@ -216,8 +331,8 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
         b->is_moe = b->is_mtp || i >= c->first_k_dense_replace;
         b->moe_slot = b->is_moe ? m->n_moe : -1;
         if (b->is_moe) m->moe_block[m->n_moe++] = i;
-        bind_block(m, b);
     }
+    for (int g = 0; g < G; g++) rebind(m, g);
     m->counts = calloc((size_t)(m->n_moe ? m->n_moe : 1) * c->n_routed_experts, sizeof *m->counts);
     if (rope_table_build(&m->rope, c, d->train.seq_len)) {
         snprintf(err, errlen, "cannot build the RoPE table for seq_len %d", d->train.seq_len);
@@ -250,6 +365,7 @@ static void free_acts(model *m) {
     free(m->dx), free(m->tmp), free(m->dh_final);
     m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
     m->N = 0;
+    m->act_now = 0.0;
 }
 
 void model_free(model *m) {
@@ -259,8 +375,14 @@ void model_free(model *m) {
     free(m->blk);
     free(m->moe_block);
     free(m->counts);
+    if (m->zero >= 3)
+        for (int g = 0; g < m->pt.n_groups; g++) free(m->gp[g]);
+    if (m->zero >= 2)
+        for (int g = 0; g < m->pt.n_groups; g++) free(m->gg[g]);
     free(m->params);
     free(m->grads);
+    free(m->pshard), free(m->gshard), free(m->rs_tmp);
+    free(m->goff), free(m->glen), free(m->gp), free(m->gg), free(m->seg_packed);
     params_free(&m->pt);
     free(m);
 }
@@ -290,6 +412,50 @@ static void alloc_acts(model *m, int B, int T) {
     m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
     m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
     m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H);
+    m->act_now = base_act_bytes(c, m->blk, m->nblocks, B, T);
+    if (m->act_now > m->act_peak) m->act_peak = m->act_now;
+}
+
+/* ---------- activation memory: one formula for the run and the plan ---------- */
+
+static int moe_row_cap(const deck_model *c, int N) { return (int)(moe_rows_expected(N, c->num_experts_per_tok) + N); }
+
+/* Bytes of a block's component caches for N = B*T tokens. */
+static double block_cache_bytes(const deck_model *c, const block *b, int ep, int B, int T) {
+    const mla_layer *l = &b->attn;
+    int rs = l->q_a.r + l->q_b.r + l->q.r + l->kv_a.r + l->kv_b.r + l->o.r, N = B * T;
+    double f = (double)mla_cache_floats(c, rs, B, T);
+    f += b->is_moe ? (double)moe_cache_floats(c, &b->moe, ep, N, moe_row_cap(c, N))
+                   : (double)mlp_cache_floats(&b->mlp, N);
+    return 4.0 * f;
+}
+
+/* Bytes alloc_acts allocates: per-block saved tensors, MTP extras, head and scratch. */
+static double base_act_bytes(const deck_model *c, const block *blk, int nblocks, int B, int T) {
+    double N = (double)B * T, H = c->hidden_size, V = c->vocab_size, f = 0.0;
+    for (int i = 0; i < nblocks; i++) {
+        f += 4 * N * H + 2 * N; /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
+        if (blk[i].is_mtp)
+            f += N * H + 2 * N /* x_out, e_ids, mtp_targets (int32) */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
+                 2 * N * H + N * (double)(linear_cache_floats(&blk[i].eh_proj) + 1) + N * H + N; /* cat, eh, z */
+    }
+    f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
+    return 4.0 * f;
+}
+
+/* Peak: base + every block's caches, or with activation checkpointing the
+ * larger of the MTP blocks' caches (kept from their forward to their backward,
+ * which runs first) and the largest main block's (recomputed one at a time). */
+static double peak_act_bytes(const deck_model *c, const block *blk, int nblocks, int L, int ckpt, int ep, int B,
+                             int T) {
+    double all = 0.0, mtp = 0.0, biggest = 0.0;
+    for (int i = 0; i < nblocks; i++) {
+        double x = block_cache_bytes(c, &blk[i], ep, B, T);
+        all += x;
+        if (i >= L) mtp += x;
+        else if (x > biggest) biggest = x;
+    }
+    return base_act_bytes(c, blk, nblocks, B, T) + (ckpt ? fmax(mtp, biggest) : all);
 }
 
 /* ---------- one decoder block ---------- */
@@ -303,10 +469,12 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     if (!b->cached) {
         mla_cache_alloc(&b->ac, c, &b->attn, B, T);
         if (b->is_moe)
-            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, (int)(moe_rows_expected(N, c->num_experts_per_tok) + N));
+            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, moe_row_cap(c, N));
         else
             mlp_cache_alloc(&b->mc, &b->mlp, N);
         b->cached = 1;
+        m->act_now += block_cache_bytes(c, b, m->ep, B, T);
+        if (m->act_now > m->act_peak) m->act_peak = m->act_now;
     }
     if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
     ops_rmsnorm_forward(b->xn1, b->rstd1, b->x_in, b->in_norm, N, H, eps);
@@ -349,8 +517,9 @@ static void block_backward(model *m, block *b, float *dx) {
     ops_rmsnorm_backward(dx, b->g_in_norm, t, b->x_in, b->in_norm, b->rstd1, N, H);      /* dx = d x_in */
 }
 
-static void block_release(block *b, int is_moe) {
+static void block_release(model *m, block *b, int is_moe) {
     if (!b->cached) return;
+    m->act_now -= block_cache_bytes(m->cfg, b, m->ep, m->B, m->T);
     mla_cache_free(&b->ac);
     if (is_moe)
         moe_cache_free(&b->ec);
@@ -371,13 +540,18 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     double bal = 0.0;
 
     /* forward: embedding → blocks → final norm → head */
+    int G = L + D + 1; /* group of the final norm and lm_head */
     float *x = m->x_final; /* residual stream, ends as the last block's output */
+    open_params(m, 0);
     ops_embedding_forward(x, m->embed, bt->tokens, N, V, H);
     for (int l = 0; l < L; l++) {
         block *b = &m->blk[l];
+        open_params(m, l + 1);
         block_forward(m, b, x, x, 0, &bal, sc.bal);
-        if (m->checkpointing && backward) block_release(b, b->is_moe);
+        close_params(m, l + 1);
+        if (m->checkpointing && backward) block_release(m, b, b->is_moe);
     }
+    open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
     linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
     sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
@@ -387,6 +561,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     const float *hprev = m->h_final;
     for (int k = 1; k <= D; k++) {
         block *b = &m->blk[L + k - 1];
+        open_params(m, L + k);
         for (int s = 0; s < B; s++) /* host-side index shifts of token ids (not tensor math) */
             for (int t = 0; t < T; t++) {
                 int i = s * T + t, ok = t + k < T;
@@ -405,6 +580,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         linear_forward(&m->lm_head, m->logits, b->z, NULL, N); /* logits reused: main ones are consumed */
         int64_t cnt = 0;
         sums->mtp_sum[k - 1] += ops_cross_entropy_forward(NULL, &cnt, m->logits, b->mtp_targets, N, V);
+        close_params(m, L + k);
         hprev = b->x_out;
         if (!backward) continue;
         (void)cnt; /* the MTP count is known globally from the targets (train.c) */
@@ -412,8 +588,12 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     sums->bal_sum += bal;
     if (!backward) {
         if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N); /* restore main logits */
+        close_params(m, G);
+        close_params(m, 0);
         return;
     }
+    open_grads(m, 0);
+    open_grads(m, G);
 
     /* backward of the MTP depths, last first; dh flows into h^{k-1} */
     ops_zero(m->dh_final, (size_t)N * H);
@@ -426,6 +606,8 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         /* head: recompute logits of this depth, CE backward, lm_head backward into dz */
         linear_forward(&m->lm_head, m->logits, b->z, NULL, N);
         float *dlog = m->dlogits; /* the main dlogits are recomputed after the MTP depths */
+        open_params(m, L + k);
+        open_grads(m, L + k);
         ops_cross_entropy_backward(dlog, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
         float *dz = m->tmp;
         ops_zero(dz, (size_t)N * H);
@@ -462,7 +644,9 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
             free(dnext);
             dnext = NULL;
         }
-        if (m->checkpointing) block_release(b, 1);
+        if (m->checkpointing) block_release(m, b, 1);
+        flush_grads(m, L + k);
+        close_params(m, L + k);
     }
 
     /* main head backward */
@@ -478,22 +662,30 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     ops_rmsnorm_backward(dx, m->g_final_norm, dh, x, m->final_norm, m->rstd_final, N, H);
     for (int l = L - 1; l >= 0; l--) {
         block *b = &m->blk[l];
+        open_params(m, l + 1);
+        open_grads(m, l + 1);
         if (!b->cached) { /* recompute from the saved block input */
             float *o = malloc((size_t)N * H * sizeof *o);
             block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
             free(o);
         }
         block_backward(m, b, dx);
-        if (m->checkpointing) block_release(b, b->is_moe);
+        if (m->checkpointing) block_release(m, b, b->is_moe);
+        flush_grads(m, l + 1);
+        close_params(m, l + 1);
     }
     if (m->g_embed) ops_embedding_backward(m->g_embed, dx, bt->tokens, N, V, H);
+    flush_grads(m, G);
+    flush_grads(m, 0);
+    close_params(m, G);
+    close_params(m, 0);
 }
 
 /* ---------- accessors ---------- */
 
 const param_table *model_params(const model *m) { return &m->pt; }
-float *model_param_buffer(model *m) { return m->params; }
-float *model_grad_buffer(model *m) { return m->grads; }
+float *model_param_buffer(model *m) { return m->zero >= 3 ? m->pshard : m->params; }
+float *model_grad_buffer(model *m) { return m->zero >= 2 ? m->gshard : m->grads; }
 const float *model_logits(const model *m) { return m->logits; }
 int model_n_moe(const model *m) { return m->n_moe; }
 int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m->cfg->n_routed_experts; }
@@ -506,13 +698,16 @@ void model_reset_counts(model *m) {
 
 float *model_tensor(model *m, const char *name, float **grad) {
     int i = params_find(&m->pt, name);
-    if (i < 0) return NULL;
+    if (i < 0 || !m->params || !m->grads) return NULL; /* sharded: no full copy */
     const param_spec *s = &m->pt.t[i];
     if (grad) *grad = m->grads + s->offset;
     return m->params + s->offset;
 }
 
-void model_zero_grad(model *m) { ops_zero(m->grads, m->pt.total_local); }
+void model_zero_grad(model *m) {
+    if (m->grads) ops_zero(m->grads, m->pt.total_local);
+    if (m->gshard) ops_zero(m->gshard, m->p->shard_floats);
+}
 
 static uint64_t name_key(const char *s) { /* FNV-1a of the HF name: the init stream of a tensor */
     uint64_t h = 1469598103934665603ULL;
@@ -520,28 +715,69 @@ static uint64_t name_key(const char *s) { /* FNV-1a of the HF name: the init str
     return h;
 }
 
-void model_init_weights(model *m, uint64_t seed) {
+/* Fills local elements [a, b) of tensor s (a, b relative to the tensor) at dst. */
+static void init_range(const model *m, const param_spec *s, float *dst, size_t a, size_t b, uint64_t seed) {
     float std = (float)m->cfg->initializer_range;
+    size_t n = b - a;
+    /* global index of local element a: routed experts start at e_first */
+    uint64_t first = ((s->flags & P_EXPERT) ? (uint64_t)m->ep_first * (uint64_t)(s->numel / s->shape[0]) : 0) + a;
+    const char *nm = s->name;
+    size_t len = strlen(nm);
+    if (s->ndim == 1 && strstr(nm, "e_score_correction_bias"))
+        ops_fill(dst, n, 0.0f);
+    else if (s->ndim == 1)
+        ops_fill(dst, n, 1.0f); /* norms */
+    else if (s->flags & P_LORA) {
+        if (len > 14 && strcmp(nm + len - 14, ".lora_A.weight") == 0)
+            ops_fill_uniform(dst, n, seed, name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
+        else
+            ops_fill(dst, n, 0.0f);
+    } else
+        ops_fill_normal(dst, n, seed, name_key(nm), first, std);
+}
+
+void model_init_weights(model *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         const param_spec *s = &m->pt.t[i];
-        float *w = m->params + s->offset;
-        size_t n = (size_t)s->numel_local;
-        /* global index of the first local element: experts start at e_first */
-        uint64_t first = (s->flags & P_EXPERT) ? (uint64_t)m->ep_first * (uint64_t)(s->numel / s->shape[0]) : 0;
-        const char *nm = s->name;
-        size_t len = strlen(nm);
-        if (s->ndim == 1 && strstr(nm, "e_score_correction_bias"))
-            ops_fill(w, n, 0.0f);
-        else if (s->ndim == 1)
-            ops_fill(w, n, 1.0f); /* norms */
-        else if (s->flags & P_LORA) {
-            if (len > 14 && strcmp(nm + len - 14, ".lora_A.weight") == 0)
-                ops_fill_uniform(w, n, seed, name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
-            else
-                ops_fill(w, n, 0.0f);
-        } else
-            ops_fill_normal(w, n, seed, name_key(nm), first, std);
+        if (m->params) {
+            init_range(m, s, m->params + s->offset, 0, (size_t)s->numel_local, seed);
+            continue;
+        }
+        /* ZeRO-3: only the part of the tensor inside my shard of its segment */
+        for (int k = 0; k < m->pt.nseg; k++) {
+            const param_segment *sg = &m->pt.seg[k];
+            if (sg->group != s->group || sg->kind != s->kind) continue;
+            int me = sg->kind == SEG_EXPERT ? m->p->dp_index : m->p->world_rank;
+            size_t lo = sg->offset + m->p->shard[k].off[me], hi = lo + m->p->shard[k].cnt[me];
+            size_t a = s->offset > lo ? s->offset : lo, b = s->offset + (size_t)s->numel_local;
+            if (b > hi) b = hi;
+            if (b > a) init_range(m, s, m->pshard + m->seg_packed[k] + (a - lo), a - s->offset, b - s->offset, seed);
+        }
     }
+}
+
+/* Router bias update of MoE slot i from global counts: every rank applies it
+ * to the copy it holds (the full bias, or under ZeRO-3 its shard's part). */
+void model_bias_update(model *m, int i, const int64_t *counts, float gamma) {
+    int E = m->cfg->n_routed_experts;
+    if (m->params) {
+        moe_bias_update(m->blk[m->moe_block[i]].moe.bias, counts, E, gamma);
+        return;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", m->blk[m->moe_block[i]].layer);
+    const param_spec *s = &m->pt.t[params_find(&m->pt, name)];
+    float *full = calloc((size_t)E, sizeof *full); /* the update of every element, then keep mine */
+    moe_bias_update(full, counts, E, gamma);
+    for (int k = 0; k < m->pt.nseg; k++) {
+        const param_segment *sg = &m->pt.seg[k];
+        if (sg->group != s->group || sg->kind != SEG_DENSE) continue;
+        size_t lo = sg->offset + m->p->shard[k].off[m->p->world_rank], hi = lo + m->p->shard[k].cnt[m->p->world_rank];
+        size_t a = s->offset > lo ? s->offset : lo, b = s->offset + (size_t)E;
+        if (b > hi) b = hi;
+        if (b > a) ops_add(m->pshard + m->seg_packed[k] + (a - lo), full + (a - s->offset), b - a);
+    }
+    free(full);
 }
 
 int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
@@ -552,27 +788,11 @@ int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
 }
 
 void model_memory(const model *m, double *params, double *grads, double *acts) {
-    *params = (double)m->pt.total_local * sizeof(float);
-    *grads = (double)m->pt.total_local * sizeof(float);
-    double a = 0.0;
-    if (m->N) {
-        const deck_model *c = m->cfg;
-        double N = m->N, H = c->hidden_size, V = c->vocab_size;
-        for (int i = 0; i < m->nblocks; i++) {
-            const block *b = &m->blk[i];
-            a += 4.0 * (4 * N * H + 2 * N); /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
-            if (b->is_mtp) a += 4.0 * (6 * N * H + 3 * N + 2 * N * H) + 8.0 * N;
-            if (b->cached || !m->checkpointing) {
-                const mla_layer *l = &b->attn;
-                int rs = l->q_a.r + l->q_b.r + l->q.r + l->kv_a.r + l->kv_b.r + l->o.r;
-                a += 4.0 * mla_cache_floats(c, rs, m->B, m->T);
-                a += b->is_moe ? 4.0 * moe_cache_floats(c, &b->moe, m->ep, m->N, b->ec.r_cap)
-                              : 4.0 * mlp_cache_floats(&b->mlp, m->N);
-            }
-        }
-        a += 4.0 * (N * H * 5 + N + 2 * N * V);
-    }
-    *acts = a;
+    /* ZeRO workspaces (gathered groups, full-gradient groups) count at their high-water mark */
+    double shard = m->p ? 4.0 * (double)m->p->shard_floats : 0.0;
+    *params = (m->params ? 4.0 * (double)m->pt.total_local : shard) + m->ws_peak[0];
+    *grads = (m->grads ? 4.0 * (double)m->pt.total_local : shard + 4.0 * (double)m->rs_n) + m->ws_peak[1];
+    *acts = m->act_peak;
 }
 
 double model_comm_seconds(const model *m) {
@@ -602,4 +822,31 @@ double model_flops_per_token(const deck *d) {
     double layers = c->num_hidden_layers + c->num_nextn_predict_layers;
     f += layers * 3.0 * 2.0 * nh * (qk + v) * (T + 1) / 2.0;
     return f;
+}
+
+double model_act_bytes(const deck *d, int ep, int B, int T) {
+    model t;
+    memset(&t, 0, sizeof t);
+    char err[256];
+    t.d = d;
+    t.cfg = &d->model;
+    if (params_build(&t.pt, d, ep, err, sizeof err)) return 0.0;
+    t.ep = ep;
+    t.ep_local = d->model.n_routed_experts / ep;
+    int G = t.pt.n_groups, L = d->model.num_hidden_layers;
+    t.goff = calloc((size_t)G, sizeof *t.goff);
+    t.gp = calloc((size_t)G, sizeof *t.gp); /* all NULL: binding records shapes only */
+    t.gg = calloc((size_t)G, sizeof *t.gg);
+    t.nblocks = L + d->model.num_nextn_predict_layers;
+    t.blk = calloc((size_t)t.nblocks, sizeof *t.blk);
+    for (int i = 0; i < t.nblocks; i++) {
+        t.blk[i].layer = i;
+        t.blk[i].is_mtp = i >= L;
+        t.blk[i].is_moe = t.blk[i].is_mtp || i >= d->model.first_k_dense_replace;
+        bind_block(&t, &t.blk[i]);
+    }
+    double bytes = peak_act_bytes(&d->model, t.blk, t.nblocks, L, d->parallel.activation_checkpointing, ep, B, T);
+    free(t.blk), free(t.goff), free(t.gp), free(t.gg);
+    params_free(&t.pt);
+    return bytes;
 }

@@ -48,8 +48,11 @@ void model_memory(const model *m, double *params, double *grads, double *acts);
 int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen);
 void model_free(model *m);
 const param_table *model_params(const model *m);
-float *model_param_buffer(model *m);   /* flat local parameters */
-float *model_grad_buffer(model *m);    /* flat local gradients (same layout) */
+/* Parameters: the flat local layout, or under ZeRO-3 this rank's packed shard
+ * (plan.h). Gradients: the flat local layout, or under ZeRO-2/3 the packed
+ * shard, already reduced over the data/world communicators by model_step. */
+float *model_param_buffer(model *m);
+float *model_grad_buffer(model *m);
 /* Pointer to a tensor's local data by HF name (NULL if absent); *grad gets its gradient. */
 float *model_tensor(model *m, const char *hf_name, float **grad);
 /* Counter-based init: every value is a pure function of (seed, tensor name, global element index),
@@ -64,7 +67,9 @@ const float *model_logits(const model *m);
  * (local tokens, all experts [E]); n_moe layers including MTP blocks. */
 int model_n_moe(const model *m);
 int64_t *model_expert_counts(model *m, int i);
-float *model_router_bias(model *m, int i);
+float *model_router_bias(model *m, int i); /* NULL under ZeRO-3 */
+/* Aux-loss-free bias update of slot i from counts summed over all ranks (spec §5). */
+void model_bias_update(model *m, int i, const int64_t *counts, float gamma);
 int model_moe_layer_index(const model *m, int i); /* HF layer number of slot i */
 void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
@@ -77,5 +82,9 @@ double model_comm_seconds(const model *m);
  * Frozen weights (LoRA) still cost their forward and input-gradient GEMMs, so
  * they count 4 instead of 6 per parameter. */
 double model_flops_per_token(const deck *d);
+/* Peak bytes of saved activations and scratch the CPU model allocates for a
+ * micro-batch of B x T tokens with EP-way experts: the same formula the run
+ * measures itself by (plan.c uses it for --dry-run). */
+double model_act_bytes(const deck *d, int ep, int B, int T);
 
 #endif

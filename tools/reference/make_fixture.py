@@ -211,8 +211,12 @@ def check_rope(model):
     # inverse frequencies: HF vs the spec formula, for this config and for the 671B test values
     rp = getattr(cfg, "rope_parameters", None) or dict(getattr(cfg, "rope_scaling"), rope_theta=cfg.rope_theta)
     hf_inv = model.model.rotary_emb.inv_freq.double().numpy()
-    ref = spec_yarn_inv_freq(cfg.qk_rope_head_dim, rp["rope_theta"], rp["factor"],
-                             rp["original_max_position_embeddings"], rp["beta_fast"], rp["beta_slow"])
+    if rp.get("rope_type", rp.get("type")) == "yarn":
+        ref = spec_yarn_inv_freq(cfg.qk_rope_head_dim, rp["rope_theta"], rp["factor"],
+                                 rp["original_max_position_embeddings"], rp["beta_fast"], rp["beta_slow"])
+    else:  # plain RoPE (developer variants only)
+        d = cfg.qk_rope_head_dim
+        ref = np.array([rp["rope_theta"] ** (-2.0 * i / d) for i in range(d // 2)])
     if not np.allclose(hf_inv, ref, rtol=1e-6, atol=0):
         raise SystemExit(f"make_fixture: HF YaRN inv_freq {hf_inv} != spec {ref}")
     if abs(model.model.rotary_emb.attention_scaling - 1.0) > 1e-12:
@@ -375,7 +379,18 @@ def main():
     ap.add_argument("-o", "--output", default=os.path.join(here, "..", "..", "tests", "fixtures", "hf_tiny.h5"))
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--min-margin", type=float, default=5e-4)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a config field (developer variants, e.g. q_lora_rank=null); not for the "
+                         "committed fixture")
+    ap.add_argument("--rope", metavar="JSON", help="replace the rope parameters, e.g. '{\"rope_type\": \"default\", "
+                                                   "\"rope_theta\": 10000.0}'")
     args = ap.parse_args()
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        TINY[k] = json.loads(v)
+    if args.rope:
+        ROPE.clear()
+        ROPE.update(json.loads(args.rope))
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 

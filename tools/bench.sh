@@ -1,0 +1,40 @@
+#!/bin/bash
+# make bench: figures for notes, never pass/fail.
+#  1. sgemm GFLOP/s of this machine (OpenBLAS, 1 and 2 threads)
+#  2. dsv3 training tokens/s on input/tiny.cfg at np=1 (2 threads) and np=2 (1 thread each),
+#     achieved FLOP/s = tokens/s × model FLOPs/token, as a fraction of the measured sgemm rate
+#  3. the same step in PyTorch + transformers (when installed), same config, batch, threads
+# Both dsv3 and torch run with MTP and the balance loss off (transformers has neither).
+set -uo pipefail
+BIN=${BIN:-bin}
+cd "$(dirname "$0")/.."
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none
+STEPS=${BENCH_STEPS:-40}
+OUT=${BENCH_DIR:-runs/bench}
+COMMON="run.steps=$STEPS schedule.warmup_steps=2 checkpoint.every=0 run.log_every=$STEPS model.num_nextn_predict_layers=0 model.aux_loss_alpha=0.0"
+echo "== sgemm (OpenBLAS) =="
+S1=$(OMP_NUM_THREADS=1 $BIN/dsv3-sgemm 1024 2 | tee /dev/stderr | awk '{print $3}')
+S2=$(OMP_NUM_THREADS=2 $BIN/dsv3-sgemm 1024 2 | tee /dev/stderr | awk '{print $3}')
+# median tokens/s of the second half of the run (the first steps warm caches)
+median_tps() { awk -F, -v n="$STEPS" 'NR>1 && $1>n/2 {print $9}' "$1" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+FLOPS=$($BIN/dsv3 --dry-run input/tiny.cfg $COMMON 2>/dev/null | awk -F'[ :]+' '/FLOPs per token/ {for(i=1;i<=NF;i++) if ($i ~ /^[0-9.e+]+$/) v=$i} END{print v}')
+echo "== dsv3 tiny deck ($STEPS steps, MTP off, balance loss off); model FLOPs/token (fwd+bwd): $FLOPS =="
+OMP_NUM_THREADS=2 mpirun -np 1 $BIN/dsv3 input/tiny.cfg $COMMON run.output_dir=$OUT/np1 >/dev/null || exit 1
+T1=$(median_tps $OUT/np1/metrics.csv)
+OMP_NUM_THREADS=1 mpirun -np 2 $BIN/dsv3 input/tiny.cfg $COMMON parallel.expert_parallel=2 run.output_dir=$OUT/np2 >/dev/null || exit 1
+T2=$(median_tps $OUT/np2/metrics.csv)
+A2A=$(awk -F, 'NR>1 {s+=$12; a+=$13; r+=$14} END{printf "all-to-all %.1f%%, gradient reduction %.1f%% of step time", 100*a/s, 100*r/s}' $OUT/np2/metrics.csv)
+awk -v t1="$T1" -v t2="$T2" -v f="$FLOPS" -v s1="$S1" -v s2="$S2" 'BEGIN{
+  printf "dsv3 np=1 (2 threads): %.0f tok/s, %.2f GFLOP/s = %.1f%% of 2-thread sgemm (%.1f GFLOP/s)\n", t1, t1*f/1e9, 100*t1*f/1e9/s2, s2;
+  printf "dsv3 np=2 (1 thread each): %.0f tok/s, %.2f GFLOP/s = %.1f%% of 2x1-thread sgemm (%.1f GFLOP/s)\n", t2, t2*f/1e9, 100*t2*f/1e9/(2*s1), 2*s1 }'
+echo "dsv3 np=2 breakdown: $A2A"
+echo "== PyTorch reference (same config, batch, 2 threads) =="
+if python3 -c "import torch, transformers" 2>/dev/null; then
+  TORCH=$($BIN/dsv3 --print-deck input/tiny.cfg $COMMON | python3 tools/reference/bench_torch.py 2 10)
+  echo "$TORCH"
+  TT=$(echo "$TORCH" | awk '/tok\/s/ {print $2}')
+  awk -v a="$T1" -v b="$T2" -v t="$TT" 'BEGIN{ if (t>0) printf "ratio dsv3/torch: np=1 %.2fx, np=2 %.2fx\n", a/t, b/t }'
+else
+  echo "torch: SKIP (pip install torch transformers to compare)"
+fi
