@@ -380,12 +380,12 @@ static hid_t create_ds(const wctx *w, const param_spec *t, const char *path, h5w
     int64_t R = row_len(t), rows = (int64_t)(cb / (sizeof(float) * (size_t)R));
     if (rows < 1) rows = 1;
     for (int k = 0; k < t->ndim; k++) dims[k] = chunk[k] = (hsize_t)t->shape[k];
-    if (t->ndim == 1) chunk[0] = (hsize_t)(t->shape[0] < rows ? t->shape[0] : rows);
-    if (t->ndim == 2) chunk[0] = (hsize_t)(t->shape[0] < rows ? t->shape[0] : rows);
-    if (t->ndim == 3) {
-        chunk[0] = 1;
-        chunk[1] = (hsize_t)(t->shape[1] < rows ? t->shape[1] : rows);
-    }
+    /* Rows per chunk: near-equal chunks, so the partial edge chunk (stored at
+     * full size) wastes less than one row per chunk. */
+    int ax = t->ndim == 3 ? 1 : 0;
+    int64_t n = t->shape[ax], nchunks = (n + rows - 1) / rows;
+    chunk[ax] = (hsize_t)((n + nchunks - 1) / nchunks);
+    if (t->ndim == 3) chunk[0] = 1;
     hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, t->ndim, chunk);

@@ -38,7 +38,11 @@ int log_open(log_ctx *l, int rank, const char *dir, int64_t resume_step, char *e
     if (rank != 0) return 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/metrics.csv", dir);
-    if (resume_step > 0 && truncate_rows(path, resume_step) == 0 && (l->csv = fopen(path, "a"))) return 0;
+    FILE *old = resume_step > 0 ? fopen(path, "r") : NULL; /* a resumed run continues its own csv */
+    if (old) {
+        fclose(old);
+        if (truncate_rows(path, resume_step) == 0 && (l->csv = fopen(path, "a"))) return 0;
+    }
     l->csv = fopen(path, "w");
     if (!l->csv) {
         snprintf(err, errlen, "cannot write %s", path);

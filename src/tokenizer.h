@@ -36,11 +36,14 @@ tok_ctx *tok_ctx_new(const tok_tokenizer *t);
 void tok_ctx_free(tok_ctx *c);
 
 /* Appends the ids of text[0..len) to out. Returns 0, or -1 (out of memory). Invalid
- * UTF-8 is encoded byte-wise like any other bytes. */
+ * UTF-8 sequences are replaced by U+FFFD first (as a Python/Rust string would hold
+ * them); NUL bytes are ordinary bytes. Thread-safe with one ctx per thread. */
 int tok_encode(tok_ctx *c, const char *text, size_t len, tok_ids *out);
 
 /* Bytes of ids[0..n) as a malloc'd NUL-terminated buffer (*len without the NUL);
- * NULL if an id is out of range. */
+ * NULL if an id is out of range. Special tokens are kept (skip_special_tokens=False);
+ * the bytes may be invalid UTF-8 when ids cut a character (callers wanting text
+ * replace such sequences by U+FFFD, as `tokenizers` does). */
 char *tok_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, size_t *len);
 
 int tok_ids_push(tok_ids *v, int32_t id);

@@ -12,6 +12,7 @@ export OMPI_MCA_rmaps_base_oversubscribe=${OMPI_MCA_rmaps_base_oversubscribe:-1}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 export OMPI_MCA_hwloc_base_binding_policy=${OMPI_MCA_hwloc_base_binding_policy:-none}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
 export CMOCKA_MESSAGE_OUTPUT=stdout
 export HDF5_USE_FILE_LOCKING=FALSE
 pass=0 fail=0 skip=0 failed=()
