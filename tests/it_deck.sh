@@ -58,7 +58,7 @@ mk ep5       's/^  expert_parallel = 1; .*/  expert_parallel = 5;/'
 mk ep3       's/^  expert_parallel = 1; .*/  expert_parallel = 3;/'
 mk batch     's/^  micro_batch = 2;/  micro_batch = 5;/'
 mk adapters  's/^  save = "full";/  save = "adapters";/'
-mk syntax    's/^  steps = 300;/  steps = ;/'
+mk syntax    's/^  steps = [0-9]*;/  steps = ;/'
 mk noinc     's|^@include "models/tiny.cfg"|@include "models/nope.cfg"|'
 sed 's/^  n_group = 4; .*/  n_group = 3;/' input/models/tiny.cfg >"$T/in/models/tiny_badgroup.cfg"
 sed 's|models/tiny.cfg|models/tiny_badgroup.cfg|' input/tiny.cfg >"$T/in/badgroup.cfg"
