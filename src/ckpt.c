@@ -346,7 +346,7 @@ static void prune(const char *dir, int64_t cur, int keep) {
         older[n++] = s;
     }
     closedir(dp);
-    if (keep > 0) {
+    if (keep > 0 && n > 0) {
         qsort(older, (size_t)n, sizeof *older, cmp_desc);
         for (int i = keep - 1; i < n; i++) {
             snprintf(f, sizeof f, "%s/step_%08lld.h5", dir, (long long)older[i]);

