@@ -1,4 +1,4 @@
-/* log.c — progress line and metrics.csv. */
+/* log.c — progress line, metrics.csv and TensorBoard scalars (tb.c). */
 #include "log.h"
 
 #include <math.h>
@@ -35,6 +35,8 @@ static int truncate_rows(const char *path, int64_t keep) {
 int log_open(log_ctx *l, int rank, const char *dir, int64_t resume_step, char *err, int errlen) {
     memset(l, 0, sizeof *l);
     l->rank = rank;
+    snprintf(l->dir, sizeof l->dir, "%s", dir);
+    l->resume_step = resume_step;
     if (rank != 0) return 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/metrics.csv", dir);
@@ -51,6 +53,61 @@ int log_open(log_ctx *l, int rank, const char *dir, int64_t resume_step, char *e
     fputs(HEADER, l->csv);
     fflush(l->csv);
     return 0;
+}
+
+int log_open_tb(log_ctx *l, const char *tbdir, char *err, int errlen) {
+    if (l->rank != 0 || !tbdir || !tbdir[0]) return 0;
+    char path[4200];
+    if (tbdir[0] == '/')
+        snprintf(path, sizeof path, "%s", tbdir);
+    else if (snprintf(path, sizeof path, "%s/%s", l->dir, tbdir) >= (int)sizeof path) {
+        snprintf(err, errlen, "logging.tensorboard: path too long");
+        return -1;
+    }
+    if (tb_open(&l->tb, path, err, errlen)) return -1;
+    if (l->resume_step > 0 && tb_start(&l->tb, l->resume_step)) {
+        snprintf(err, errlen, "logging.tensorboard: write error on %s", l->tb.path);
+        tb_close(&l->tb);
+        return -1;
+    }
+    l->tb_on = 1;
+    return 0;
+}
+
+/* One Event per step with every scalar of the row. */
+static void tb_row(log_ctx *l, const log_row *r) {
+    enum { FIXED = 16, MAXL = 64 };
+    const char *tags[FIXED + MAXL];
+    double vals[FIXED + MAXL];
+    char names[MAXL][40];
+    int n = 0;
+#define PUT(t, v) (tags[n] = (t), vals[n] = (v), n++)
+    PUT("loss", r->loss);
+    PUT("lm_loss", r->lm_loss);
+    PUT("mtp_loss", r->mtp_loss);
+    PUT("aux_loss", r->aux_loss);
+    PUT("lr", r->lr);
+    PUT("grad_norm", r->grad_norm);
+    PUT("tokens", (double)r->tokens);
+    PUT("tok_per_s", r->tok_per_s);
+    if (!isnan(r->val_loss)) PUT("val_loss", r->val_loss);
+    PUT("max_imbalance", r->max_imbalance);
+    PUT("t_step", r->t_step);
+    PUT("t_a2a", r->t_a2a);
+    PUT("t_reduce", r->t_reduce);
+    PUT("memory/allocated_MiB", r->mem_allocated / 1048576.0);
+    PUT("eta_s", r->eta_s);
+    for (int i = 0; i < r->n_moe && i < MAXL && r->moe_layer && r->layer_imbalance; i++) {
+        snprintf(names[i], sizeof names[i], "moe_imbalance/layer_%d", r->moe_layer[i]);
+        PUT(names[i], r->layer_imbalance[i]);
+    }
+#undef PUT
+    if (tb_scalars(&l->tb, r->step, n, tags, vals)) {
+        fprintf(stderr, "dsv3: warning: logging.tensorboard: write error on %s; TensorBoard logging stopped\n",
+                l->tb.path);
+        tb_close(&l->tb);
+        l->tb_on = 0;
+    }
 }
 
 static void fmt_eta(char *s, size_t n, double sec) {
@@ -83,9 +140,12 @@ void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show) {
         fprintf(l->csv, "%.4f,%.4f,%.4f,%.4f\n", r->max_imbalance, r->t_step, r->t_a2a, r->t_reduce);
         fflush(l->csv);
     }
+    if (l->tb_on) tb_row(l, r);
 }
 
 void log_close(log_ctx *l) {
     if (l->csv) fclose(l->csv);
     l->csv = NULL;
+    if (l->tb_on) tb_close(&l->tb);
+    l->tb_on = 0;
 }

@@ -1,10 +1,19 @@
-/* log.h — what a run tells its user: the progress line on rank 0 and
- * <output_dir>/metrics.csv (TensorBoard events come with their issue). */
+/* log.h — what a run tells its user, all from rank 0: the progress line (with
+ * ETA), <output_dir>/metrics.csv and, when logging.tensorboard is set,
+ * TensorBoard event files (tb.h).
+ *
+ * TensorBoard tags: every metrics.csv column under its header name ("loss",
+ * "lm_loss", ..., "t_reduce"; "val_loss" only at evaluated steps), plus
+ * "moe_imbalance/layer_<L>" (max load / mean load of MoE layer L, HF layer
+ * number; MTP layers follow the main ones), "memory/allocated_MiB" (per rank:
+ * model + optimizer + activations) and "eta_s". */
 #ifndef DSV3_LOG_H
 #define DSV3_LOG_H
 
 #include <stdint.h>
 #include <stdio.h>
+
+#include "tb.h"
 
 typedef struct {
     int64_t step;        /* 1-based optimizer step just finished */
@@ -24,12 +33,22 @@ typedef struct {
 typedef struct {
     FILE *csv;
     int rank;
+    char dir[4096];      /* run.output_dir */
+    int64_t resume_step; /* step the run started from */
+    int tb_on;
+    tb_writer tb;
 } log_ctx;
 
 /* Rank 0 opens <dir>/metrics.csv (append when resuming at step > 0, keeping the
  * rows up to that step). Returns 0 or -1 with err set. */
 int log_open(log_ctx *l, int rank, const char *dir, int64_t resume_step, char *err, int errlen);
-/* Appends the csv row; prints the progress line when `show`. */
+/* Rank 0 opens TensorBoard event files in `tbdir` (logging.tensorboard): a
+ * relative path is taken under run.output_dir (the `dir` of log_open), an
+ * absolute one as is; "" = off. Each run writes a new events file; a resumed
+ * run marks its start step so TensorBoard drops the stale steps of the earlier
+ * files. Call right after log_open. Returns 0 or -1 with err set. */
+int log_open_tb(log_ctx *l, const char *tbdir, char *err, int errlen);
+/* Appends the csv row (and the TensorBoard scalars); prints the progress line when `show`. */
 void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show);
 void log_close(log_ctx *l);
 

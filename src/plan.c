@@ -327,20 +327,27 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     }
     /* ZeRO workspaces as model.c opens them: the embedding group and the
      * final-norm/lm_head group stay open for the whole step (the MTP heads use
-     * both), plus one decoder-layer group at a time; gradients also need the
+     * both), plus one decoder-layer group at a time. Gradients need only the
+     * trainable part of a group (frozen LoRA base weights have none) and the
      * reduce-scatter scratch of the largest shard. */
     {
         int G = pt->n_groups;
-        size_t *glen = calloc((size_t)G, sizeof *glen), big = 0, maxshard = 0;
+        size_t *glen = calloc((size_t)G, sizeof *glen), *tlen = calloc((size_t)G, sizeof *tlen);
+        size_t big = 0, tbig = 0, maxshard = 0;
         for (int si = 0; si < pt->nseg; si++) {
             glen[pt->seg[si].group] += pt->seg[si].numel;
+            tlen[pt->seg[si].group] += p->shard[si].trainable;
             int me = pt->seg[si].kind == SEG_EXPERT ? p->dp_index : rank;
-            if (p->shard[si].cnt[me] > maxshard) maxshard = p->shard[si].cnt[me];
+            if (p->shard[si].tcnt[me] > maxshard) maxshard = p->shard[si].tcnt[me];
         }
-        for (int g = 1; g < G - 1; g++) big = glen[g] > big ? glen[g] : big;
+        for (int g = 1; g < G - 1; g++) {
+            big = glen[g] > big ? glen[g] : big;
+            tbig = tlen[g] > tbig ? tlen[g] : tbig;
+        }
         p->gather_floats = glen[0] + glen[G - 1] + big;
-        p->reduce_floats = p->gather_floats + maxshard;
+        p->reduce_floats = tlen[0] + tlen[G - 1] + tbig + maxshard;
         free(glen);
+        free(tlen);
         (void)gd, (void)ge, (void)rd, (void)re;
     }
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
