@@ -65,7 +65,8 @@ int log_open_tb(log_ctx *l, const char *tbdir, char *err, int errlen) {
         return -1;
     }
     if (tb_open(&l->tb, path, err, errlen)) return -1;
-    if (l->resume_step > 0 && tb_start(&l->tb, l->resume_step)) {
+    /* steps from resume_step+1 on are (re)written by this run: stale ones of older files are dropped */
+    if (tb_start(&l->tb, l->resume_step + 1)) {
         snprintf(err, errlen, "logging.tensorboard: write error on %s", l->tb.path);
         tb_close(&l->tb);
         return -1;

@@ -44,9 +44,9 @@ typedef struct {
 int log_open(log_ctx *l, int rank, const char *dir, int64_t resume_step, char *err, int errlen);
 /* Rank 0 opens TensorBoard event files in `tbdir` (logging.tensorboard): a
  * relative path is taken under run.output_dir (the `dir` of log_open), an
- * absolute one as is; "" = off. Each run writes a new events file; a resumed
- * run marks its start step so TensorBoard drops the stale steps of the earlier
- * files. Call right after log_open. Returns 0 or -1 with err set. */
+ * absolute one as is; "" = off. Each run writes a new events file that begins
+ * with a SessionLog START at its first step, so TensorBoard drops the stale
+ * steps of earlier files (a resumed or restarted run). Call right after log_open. Returns 0 or -1 with err set. */
 int log_open_tb(log_ctx *l, const char *tbdir, char *err, int errlen);
 /* Appends the csv row (and the TensorBoard scalars); prints the progress line when `show`. */
 void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show);

@@ -156,9 +156,14 @@ int tb_open(tb_writer *w, const char *dir, char *err, int errlen) {
     char host[256] = "localhost";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
-    snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s.%ld", dir, (long long)time(NULL), host,
-             (long)getpid());
-    w->f = fopen(w->path, "wb");
+    long long t = (long long)time(NULL);
+    /* never overwrite: a second writer in the same second and process gets a suffix (sorts after) */
+    for (int k = 0; k < 100 && !w->f; k++) {
+        int len = snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s.%ld", dir, t, host, (long)getpid());
+        if (k) snprintf(w->path + len, sizeof w->path - (size_t)len, ".%d", k);
+        w->f = fopen(w->path, "wbx");
+        if (!w->f && errno != EEXIST) break;
+    }
     if (!w->f) {
         snprintf(err, errlen, "logging.tensorboard: cannot write %s: %s", w->path, strerror(errno));
         return -1;

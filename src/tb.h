@@ -24,7 +24,7 @@ typedef struct {
 /* Creates dir (and parents) and a new event file with the file_version event.
  * Returns 0 or -1 with err set. */
 int tb_open(tb_writer *w, const char *dir, char *err, int errlen);
-/* Marks a (re)start at `step`: TensorBoard discards older events with step >= it. */
+/* Marks a (re)start whose first step is `step`: readers drop earlier events with step >= it. */
 int tb_start(tb_writer *w, int64_t step);
 /* One Event at `step` holding n scalar values; flushed so a live reader sees it. */
 int tb_scalars(tb_writer *w, int64_t step, int n, const char *const *tags, const double *vals);
