@@ -136,14 +136,13 @@ static double reduce_grads(trainer *t) {
         ss = ops_sumsq(g, p->shard_floats);
     } else {
         for (int s = 0; s < pt->nseg; s++) {
-            const param_segment *sg = &pt->seg[s];
-            const plan_shard *sh = &p->shard[s];
-            MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
-            int me;
-            MPI_Comm_rank(c, &me);
-            float *gs = g + sg->offset;
-            MPI_Allreduce(MPI_IN_PLACE, gs, (int)sg->numel, MPI_FLOAT, MPI_SUM, c);
-            ss += ops_sumsq(gs + sh->off[me], sh->cnt[me]);
+            float *gs = g + pt->seg[s].offset;
+            size_t n = pt->seg[s].numel;
+            for (size_t o = 0; o < n; o += (size_t)1 << 30) /* MPI counts are int: chunks below 2^31 */
+                MPI_Allreduce(MPI_IN_PLACE, gs + o, (int)(n - o < ((size_t)1 << 30) ? n - o : (size_t)1 << 30),
+                              MPI_FLOAT, MPI_SUM, plan_seg_comm(p, s));
+            int me = plan_seg_member(p, s);
+            ss += ops_sumsq(gs + p->shard[s].off[me], p->shard[s].cnt[me]);
         }
     }
     MPI_Allreduce(MPI_IN_PLACE, &ss, 1, MPI_DOUBLE, MPI_SUM, p->world);
@@ -167,11 +166,8 @@ static void update(trainer *t, double lr, float scale) {
     double t0 = now();
     for (int s = 0; s < pt->nseg; s++) {
         const param_segment *sg = &pt->seg[s];
-        const plan_shard *sh = &p->shard[s];
-        MPI_Comm c = sg->kind == SEG_DENSE ? p->world : p->data;
-        int me;
-        MPI_Comm_rank(c, &me);
-        size_t lo = sg->offset + sh->off[me], n = sh->cnt[me];
+        int me = plan_seg_member(p, s);
+        size_t lo = sg->offset + p->shard[s].off[me], n = p->shard[s].cnt[me];
         float *wp = z >= 3 ? w + packed : w + lo;
         const float *gp = z >= 2 ? g + packed : g + lo;
         optim_step(t->d, pt, wp, gp, t->mo + packed, t->vo + packed, lo, lo + n, step_t, lr, scale);
