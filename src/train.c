@@ -53,11 +53,18 @@ static int mkdir_p(const char *path) {
     return (mkdir(tmp, 0755) && errno != EEXIST) ? -1 : 0;
 }
 
-/* Every rank agrees on failure: returns non-zero on all ranks if any failed. */
-static int any_failed(MPI_Comm c, int failed) {
-    int f = failed;
-    MPI_Allreduce(MPI_IN_PLACE, &f, 1, MPI_INT, MPI_MAX, c);
-    return f;
+/* Every rank agrees on failure: non-zero on all ranks if any failed; the
+ * message of the lowest failing rank is printed once, by rank 0. */
+static int agree_failed(MPI_Comm c, int failed, char *err, int errlen) {
+    int rank, size, who;
+    MPI_Comm_rank(c, &rank);
+    MPI_Comm_size(c, &size);
+    who = failed ? rank : size;
+    MPI_Allreduce(MPI_IN_PLACE, &who, 1, MPI_INT, MPI_MIN, c);
+    if (who == size) return 0;
+    MPI_Bcast(err, errlen, MPI_CHAR, who, c);
+    if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err[0] ? err : "failed");
+    return 1;
 }
 
 typedef struct {
@@ -288,15 +295,13 @@ int train_run(const deck *d, plan *p) {
     }
     char resume[4096] = "";
     if (!failed && d->run.resume[0]) failed = ckpt_resolve(d, resume, sizeof resume, err, sizeof err) != 0;
-    if (any_failed(p->world, failed)) {
-        if (err[0]) fprintf(stderr, "dsv3: error: %s\n", err);
+    if (agree_failed(p->world, failed, err, sizeof err)) {
         goto out;
     }
 
     /* 2. model, optimizer, buffers */
     failed = model_create(&t.m, d, p, err, sizeof err) != 0;
-    if (any_failed(p->world, failed)) {
-        if (err[0]) fprintf(stderr, "dsv3: error: %s\n", err);
+    if (agree_failed(p->world, failed, err, sizeof err)) {
         goto out;
     }
     const param_table *pt = &p->params;
@@ -310,8 +315,7 @@ int train_run(const deck *d, plan *p) {
         ckpt_state st;
         failed = ckpt_load(p, d, resume, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), t.mo, t.vo,
                            ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
-        if (any_failed(p->world, failed)) {
-            if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+        if (agree_failed(p->world, failed, err, sizeof err)) {
             goto out;
         }
         t.step = st.step;
@@ -321,8 +325,7 @@ int train_run(const deck *d, plan *p) {
     }
     log_ctx lg;
     failed = log_open(&lg, rank, d->run.output_dir, t.step, err, sizeof err) != 0;
-    if (any_failed(p->world, failed)) {
-        if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+    if (agree_failed(p->world, failed, err, sizeof err)) {
         goto out;
     }
     if (rank == 0) {
@@ -413,8 +416,7 @@ int train_run(const deck *d, plan *p) {
         int every = d->checkpoint.every;
         if (stop || (every > 0 && t.step % every == 0) || (every > 0 && t.step == d->run.steps)) {
             failed = save(&t, err, sizeof err) != 0;
-            if (any_failed(p->world, failed)) {
-                if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err);
+            if (agree_failed(p->world, failed, err, sizeof err)) {
                 break;
             }
             if (rank == 0) printf("dsv3: checkpoint step_%08lld.h5 written\n", (long long)t.step);
