@@ -18,7 +18,7 @@ BLAS_LIBS := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
 # Debian packages: build, tests, demo. Kept in one place; `make deps` installs the missing ones.
 DEBS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
         libconfig-dev libhwloc-dev hwloc libopenblas-openmp-dev libcmocka-dev libpcre2-dev libjansson-dev \
-        zlib1g-dev fortunes python3 python3-h5py python3-numpy gnuplot-nox numdiff
+        zlib1g-dev fortunes python3 python3-h5py python3-numpy gnuplot-nox numdiff slurm-wlm munge
 
 ifeq ($(SAN),1)
   BUILD := build-san
@@ -90,6 +90,10 @@ demo: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BIN=$(BIN) tools/bench.sh
+
+regression: deps
+	@$(MAKE) --no-print-directory all
+	@regression/run
 
 clean:
 	rm -rf build build-san bin bin-san

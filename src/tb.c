@@ -182,7 +182,7 @@ int tb_start(tb_writer *w, int64_t step) {
     pbuf s = {0};
     pb_key(&s, 1, WT_VARINT); /* SessionLog.status = START (1) */
     pb_varint(&s, 1);
-    int rc = s.oom ? -1 : write_event(w, step, 6, &s);
+    int rc = s.oom ? -1 : write_event(w, step, 7, &s);
     free(s.p);
     return rc;
 }

@@ -7,7 +7,7 @@
  * little endian, masked_crc = ((crc >> 15) | (crc << 17)) + 0xa282ead8, crc32c =
  * Castagnoli. Event fields used: wall_time=1 (double), step=2 (int64),
  * file_version=3 ("brain.Event:2", first event only), summary=5 (Summary: value=1
- * repeated Value{tag=1 string, simple_value=2 float}), session_log=6
+ * repeated Value{tag=1 string, simple_value=2 float}), session_log=7
  * (SessionLog{status=1}: START marks a restart so readers drop stale steps). */
 #ifndef DSV3_TB_H
 #define DSV3_TB_H

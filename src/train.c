@@ -325,6 +325,7 @@ int train_run(const deck *d, plan *p) {
     }
     log_ctx lg;
     failed = log_open(&lg, rank, d->run.output_dir, t.step, err, sizeof err) != 0;
+    if (!failed) failed = log_open_tb(&lg, d->logging.tensorboard, err, sizeof err) != 0;
     if (agree_failed(p->world, failed, err, sizeof err)) {
         goto out;
     }

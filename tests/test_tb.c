@@ -116,7 +116,7 @@ static void parse_event(const uint8_t *p, size_t n, event *e) {
                     parse_value(p + j, VL, e);
                     j += VL;
                 }
-            } else if (field == 6) {
+            } else if (field == 7) {
                 size_t j = i;
                 assert_int_equal(varint(p, &j), 1 << 3 | 0);
                 e->session_start = varint(p, &j) == 1;
