@@ -37,10 +37,10 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 GIT_REV := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
 CFLAGS ?= -O2 -g -march=x86-64-v2
-CFLAGS += -std=c11 -D_GNU_SOURCE -Isrc -Wall -Wextra -Werror -fopenmp $(SANFLAGS) $(PKG_CFLAGS) $(BLAS_CFLAGS) \
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Isrc -Wall -Wextra -Werror -fopenmp $(SANFLAGS) $(PKG_CFLAGS) $(BLAS_CFLAGS) \
           -DDSV3_GIT_REV='"$(GIT_REV)"' -MMD -MP
 LDLIBS := $(PKG_LIBS) $(BLAS_LIBS) -lz -lm
-LDFLAGS += -fopenmp $(SANFLAGS)
+override LDFLAGS += -fopenmp $(SANFLAGS)
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c src/model/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

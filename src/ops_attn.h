@@ -67,4 +67,10 @@ double ops_cross_entropy_forward(float *row_loss, int64_t *count, const float *l
 void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
                                 float scale);
 
+/* Forward and backward in one pass (one exp per logit): returns what
+ * ops_cross_entropy_forward returns and writes what ops_cross_entropy_backward
+ * writes; dlogits may alias logits. For training steps. */
+double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logits, const int32_t *targets, int N,
+                               int V, float scale);
+
 #endif

@@ -316,3 +316,48 @@ void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32
         d[tg] -= scale;
     }
 }
+
+double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logits, const int32_t *targets, int N,
+                               int V, float scale) {
+    double *rl = malloc((size_t)(N > 0 ? N : 1) * sizeof *rl);
+    int bad = -1;
+#pragma omp parallel for schedule(static) if ((size_t)N * V > 65536)
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        int32_t tg = targets[n];
+        rl[n] = 0.0;
+        if (tg < 0 || tg >= V) {
+            if (tg != OPS_IGNORE_INDEX) {
+#pragma omp critical(ops_ce_bad)
+                if (bad < 0 || n < bad) bad = n;
+            }
+            memset(d, 0, (size_t)V * sizeof *d);
+            continue;
+        }
+        float mx = -INFINITY, xt = x[tg]; /* read before d (which may alias x) is written */
+        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < V; j++) {
+            float e = expf(x[j] - mx); /* one exp per logit: kept in d, normalised below */
+            s += e;
+            d[j] = e;
+        }
+        float k = (float)((double)scale / s);
+        for (int j = 0; j < V; j++) d[j] *= k;
+        d[tg] -= scale;
+        rl[n] = (double)mx + log(s) - (double)xt;
+    }
+    double sum = 0.0;
+    int64_t cnt = 0;
+    for (int n = 0; n < N; n++) /* row order: the same sum for any thread count */
+        if (targets[n] != OPS_IGNORE_INDEX) sum += rl[n], cnt++;
+    free(rl);
+    if (count) *count = cnt;
+    if (bad >= 0) {
+        fprintf(stderr, "ops_cross_entropy_fused: target %d at row %d outside [0, %d) and not %d\n",
+                (int)targets[bad], bad, V, OPS_IGNORE_INDEX);
+        return NAN;
+    }
+    return sum;
+}

@@ -554,8 +554,10 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
     linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
-    sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
-    if (backward) ops_cross_entropy_backward(m->dlogits, m->logits, bt->targets, N, V, sc.lm);
+    if (backward) /* dlogits stay in m->dlogits until the head's backward (MTP uses m->logits only) */
+        sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, bt->targets, N, V, sc.lm);
+    else
+        sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
 
     /* MTP depths k = 1..D: predict tokens[i+k+1] from block(eh_proj[enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
     const float *hprev = m->h_final;
@@ -605,10 +607,10 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         if (dnext) ops_add(dx, dnext, (size_t)N * H);
         /* head: recompute logits of this depth, CE backward, lm_head backward into dz */
         linear_forward(&m->lm_head, m->logits, b->z, NULL, N);
-        float *dlog = m->dlogits; /* the main dlogits are recomputed after the MTP depths */
+        float *dlog = m->logits; /* in place: the main dlogits wait in m->dlogits */
         open_params(m, L + k);
         open_grads(m, L + k);
-        ops_cross_entropy_backward(dlog, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
+        ops_cross_entropy_fused(dlog, NULL, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
         float *dz = m->tmp;
         ops_zero(dz, (size_t)N * H);
         linear_backward(&m->lm_head, dz, dlog, b->z, NULL, N);
@@ -652,10 +654,6 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     /* main head backward */
     float *dx = m->dx;
     ops_zero(dx, (size_t)N * H);
-    if (D > 0) { /* the MTP loop reused the logits buffer: restore main dlogits */
-        linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
-        ops_cross_entropy_backward(m->dlogits, m->logits, bt->targets, N, V, sc.lm);
-    }
     float *dh = m->dh_final; /* MTP contribution already in */
     linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N);
     /* x_final holds the last block's output: final norm backward needs it */

@@ -61,7 +61,7 @@ void model_init_weights(model *m, uint64_t seed);
 void model_zero_grad(model *m);
 /* Forward (and backward when `backward`) over one micro-batch; adds to *sums. */
 void model_step(model *m, const model_batch *b, model_scales sc, int backward, model_sums *sums);
-/* Logits [B*T, V] of the main head from the last model_step. */
+/* Logits [B*T, V] of the main head from the last model_step (forward-only, or MTP off). */
 const float *model_logits(const model *m);
 /* Per-expert token counts of MoE layer slot i (0..n_moe-1) accumulated since the last reset
  * (local tokens, all experts [E]); n_moe layers including MTP blocks. */
