@@ -68,10 +68,12 @@ dsv3_job() {
     # successor for hands-off restarts: queued now, starts when this job ends for any reason
     local next=""
     if [ "${DSV3_CHAIN:-0}" -gt 0 ] && [ "$job" != nojob ]; then
-        # the successor writes its output where this job does (StdOut with our id -> %j)
+        # the successor writes its output where this job does: StdOut with our id -> %j, in the
+        # file name only and only where the id stands alone (the directory may hold any digits)
         local so
         so=$(scontrol show job "$job" 2>/dev/null | sed -n 's/^ *StdOut=//p' | head -n1)
-        next=$(sbatch --parsable --dependency=afterany:"$job" ${so:+--output="${so//$job/%j}"} \
+        [ -n "$so" ] && so="$(dirname "$so")/$(basename "$so" | sed -E "s/(^|[^0-9])$job([^0-9]|\$)/\1%j\2/g")"
+        next=$(sbatch --parsable --dependency=afterany:"$job" ${so:+--output="$so"} \
                --export=ALL,DSV3_CHAIN=$((DSV3_CHAIN - 1)),DSV3_CHAIN_CHILD=1,DSV3_HOME="$DSV3_HOME" \
                "${DSV3_JOBSCRIPT:-$0}" "$deck" "$@") && dsv3_log "queued successor $next (afterany:$job)"
     fi
