@@ -1,11 +1,7 @@
 #!/bin/bash
 # Bad input reaching the trainer (data, checkpoints): one "dsv3: error" line
 # naming the file or dataset, a non-zero exit on every rank, no hang, at np=1 and 4.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
-OUT=$(mktemp -d /tmp/dsv3-bad.XXXXXX)
-trap 'rm -rf "$OUT"' EXIT
+. "$(dirname "$0")/lib.sh"
 fail=0
 printf 'abc' >"$OUT/trunc.u32"
 printf '\001\000\000\000\000\001\000\000' >"$OUT/big.u32" # ids 1 and 256 (vocab is 256)

@@ -3,11 +3,7 @@
 # np=1, then at np 2, 4, 8, 24 over EP {1,2,4,8}, ZeRO {0,1,2,3} and activation
 # checkpointing on/off: every
 # step's loss within 1e-5 relative of the np=1 run. Prints the matrix.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
-OUT=$(mktemp -d /tmp/dsv3-inv.XXXXXX)
-trap 'rm -rf "$OUT"' EXIT
+. "$(dirname "$0")/lib.sh"
 COMMON="run.steps=10 schedule.warmup_steps=2 checkpoint.every=0 train.micro_batch=1 train.global_batch=24 run.log_every=100"
 run() { # name np ep zero [checkpointing]
     timeout 300 mpirun -np "$2" "$BIN/dsv3" input/tiny.cfg $COMMON parallel.expert_parallel="$3" \

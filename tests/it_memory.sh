@@ -2,11 +2,7 @@
 # Memory (issue 4): the bytes a run allocates per rank match what the plan
 # (the same numbers --dry-run prints) predicts within 10%, for ZeRO 0..3 with
 # and without activation checkpointing; and --dry-run prints that plan.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
-OUT=$(mktemp -d /tmp/dsv3-mem.XXXXXX)
-trap 'rm -rf "$OUT"' EXIT
+. "$(dirname "$0")/lib.sh"
 fail=0
 for z in 0 1 2 3; do
     for ac in false true; do
