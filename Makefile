@@ -39,7 +39,7 @@ GIT_REV := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(s
 CFLAGS ?= -O2 -g -march=x86-64-v2
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Isrc -Wall -Wextra -Werror -fopenmp $(SANFLAGS) $(PKG_CFLAGS) $(BLAS_CFLAGS) \
           -DDSV3_GIT_REV='"$(GIT_REV)"' -MMD -MP
-LDLIBS := $(PKG_LIBS) $(BLAS_LIBS) -lz -lm
+LDLIBS := $(PKG_LIBS) $(BLAS_LIBS) -lz -lmvec -lm
 override LDFLAGS += -fopenmp $(SANFLAGS)
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c src/model/*.c))

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops_attn.h"
+#include "ops_cpu_simd.h"
 
 /* ------------------------------------------------------------------ RMSNorm */
 
@@ -135,6 +136,7 @@ void ops_attention_forward(float *out, float *lse, const float *q, const float *
                     float mx = -INFINITY;
                     for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
                     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
                     for (int j = 0; j < n; j++) {
                         s[j] = expf(s[j] - mx);
                         sum += s[j];
@@ -185,6 +187,7 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                     int n = i0 + r + 1;
                     float l = L[i0 + r];
                     float D = 0.0f;
+#pragma omp simd reduction(+ : D)
                     for (int j = 0; j < n; j++) {
                         p[j] = expf(p[j] - l);
                         D += p[j] * g[j];
@@ -337,12 +340,10 @@ double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logi
         }
         float mx = -INFINITY, xt = x[tg]; /* read before d (which may alias x) is written */
         for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+#pragma omp simd
+        for (int j = 0; j < V; j++) d[j] = expf(x[j] - mx); /* one exp per logit, normalised below */
         double s = 0.0;
-        for (int j = 0; j < V; j++) {
-            float e = expf(x[j] - mx); /* one exp per logit: kept in d, normalised below */
-            s += e;
-            d[j] = e;
-        }
+        for (int j = 0; j < V; j++) s += d[j];
         float k = (float)((double)scale / s);
         for (int j = 0; j < V; j++) d[j] *= k;
         d[tg] -= scale;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "ops_cpu_simd.h"
 
 static void *xmalloc(size_t n, const char *what) {
     void *p = malloc(n ? n : 1);
@@ -29,6 +30,7 @@ void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us
     for (int t = 0; t < T; t++) {
         const float *gt = g + (size_t)t * gs, *ut = u + (size_t)t * us;
         float *ht = h + (size_t)t * I;
+#pragma omp simd
         for (int i = 0; i < I; i++) ht[i] = gt[i] * sigmoidf_(gt[i]) * ut[i];
     }
 }
@@ -39,6 +41,7 @@ void ops_swiglu_backward(float *dg, int dgs, float *du, int dus, const float *dh
     for (int t = 0; t < T; t++) {
         const float *gt = g + (size_t)t * gs, *ut = u + (size_t)t * us, *dht = dh + (size_t)t * I;
         float *dgt = dg + (size_t)t * dgs, *dut = du + (size_t)t * dus;
+#pragma omp simd
         for (int i = 0; i < I; i++) {
             float sg = sigmoidf_(gt[i]);
             float silu = gt[i] * sg;
