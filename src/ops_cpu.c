@@ -34,6 +34,7 @@ void ops_add_cols(float *dst, int ds, int off, const float *src, int ss, int n, 
     for (int r = 0; r < rows; r++) {
         float *d = dst + (size_t)r * ds + off;
         const float *s = src + (size_t)r * ss;
+#pragma omp simd
         for (int i = 0; i < n; i++) d[i] += s[i];
     }
 }

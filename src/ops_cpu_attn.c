@@ -17,10 +17,12 @@ void ops_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, 
         const float *xt = x + (size_t)t * C;
         float *yt = y + (size_t)t * C;
         double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
         for (int i = 0; i < C; i++) ss += (double)xt[i] * xt[i];
         float var = (float)(ss / C);
         float r = 1.0f / sqrtf(var + eps);
         rstd[t] = r;
+#pragma omp simd
         for (int i = 0; i < C; i++) yt[i] = w[i] * (xt[i] * r);
     }
 }
@@ -35,8 +37,10 @@ void ops_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
         float *dxt = dx + (size_t)t * C;
         float r = rstd[t];
         double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
         for (int i = 0; i < C; i++) dot += (double)w[i] * gt[i] * xt[i];
         float c = (float)(dot / C) * r * r * r;
+#pragma omp simd
         for (int i = 0; i < C; i++) dxt[i] += r * w[i] * gt[i] - c * xt[i];
     }
     if (!dw) return;
@@ -51,6 +55,7 @@ void ops_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
         for (int t = 0; t < T; t++) {
             const float *xt = x + (size_t)t * C, *gt = dy + (size_t)t * C;
             float r = rstd[t];
+#pragma omp simd
             for (int i = i0; i < i1; i++) acc[i - i0] += gt[i] * xt[i] * r;
         }
         for (int i = i0; i < i1; i++) dw[i] += acc[i - i0];

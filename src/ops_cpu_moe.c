@@ -277,6 +277,7 @@ void ops_moe_combine(float *out, const float *y, const int *pos, const float *w,
         for (int k = 0; k < K; k++) {
             const float *yk = y + (size_t)pos[(size_t)t * K + k] * C;
             float wk = w ? w[(size_t)t * K + k] : 1.0f;
+#pragma omp simd
             for (int c = 0; c < C; c++) o[c] += wk * yk[c];
         }
     }
@@ -291,10 +292,12 @@ void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const flo
             size_t p = (size_t)pos[(size_t)t * K + k];
             float wk = w[(size_t)t * K + k];
             float *dyk = dy + p * C;
+#pragma omp simd
             for (int c = 0; c < C; c++) dyk[c] = wk * d[c];
             if (dw) {
                 const float *yk = y + p * C;
                 double a = 0.0;
+#pragma omp simd reduction(+ : a)
                 for (int c = 0; c < C; c++) a += (double)d[c] * yk[c];
                 dw[(size_t)t * K + k] += (float)a;
             }
