@@ -310,7 +310,18 @@ int train_run(const deck *d, plan *p) {
     t.vo = calloc(t.optim_n + 1, sizeof *t.vo);
     t.tok = calloc((size_t)n_local * T, sizeof *t.tok);
     t.tgt = calloc((size_t)n_local * T, sizeof *t.tgt);
+    failed = !t.mo || !t.vo || !t.tok || !t.tgt;
+    if (failed) snprintf(err, sizeof err, "out of memory for the optimizer state (%zu floats) and batch", t.optim_n);
+    if (agree_failed(p->world, failed, err, sizeof err)) goto out;
     model_init_weights(t.m, (uint64_t)d->run.seed);
+    if (!resume[0] && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
+        ckpt_state st;
+        failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), NULL,
+                           NULL, ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+        if (agree_failed(p->world, failed, err, sizeof err)) goto out;
+        if (rank == 0) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
+                              (long long)st.step);
+    }
     if (resume[0]) {
         ckpt_state st;
         failed = ckpt_load(p, d, resume, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), t.mo, t.vo,

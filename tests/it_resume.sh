@@ -6,7 +6,8 @@
 #  2. another rank count: a checkpoint written at np=8 (EP=8, ZeRO-3) resumed at
 #     np=4 (EP=4, ZeRO-1) and np=1: loss within 1e-5 relative of the np=8 run
 #  3. SIGUSR1 through mpirun and SIGTERM to the ranks: finish the step, save, exit 0
-#  4. a deck whose model differs from the checkpoint: refused, naming the tensor
+#  4. run.init_from loads the weights of a checkpoint into a fresh run (step 0)
+#  5. a deck whose model differs from the checkpoint: refused, naming the tensor
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -69,7 +70,18 @@ for sig in USR1 TERM; do
     [ $rc -eq 0 ] && [ -n "$last" ] && [ -f "$d/checkpoints/$last" ] || { echo "FAIL: SIG$sig"; tail -5 "$d.log"; fail=1; }
 done
 
-echo "== 4. model shape mismatch is refused"
+echo "== 4. run.init_from: weights of a checkpoint (np=2, ZeRO-2) into a fresh run at np=2, ZeRO-3"
+timeout 120 mpirun -np 2 "$BIN/dsv3" input/tiny.cfg $COMMON parallel.expert_parallel=2 parallel.zero_stage=3 run.steps=2 \
+    checkpoint.every=0 run.init_from="$OUT/full/checkpoints/step_00000020.h5" run.output_dir="$OUT/init" >"$OUT/init.log" 2>&1 \
+    || { echo "FAIL: init_from run"; tail -3 "$OUT/init.log"; fail=1; }
+grep 'weights from' "$OUT/init.log"
+# step 1 of the new run starts from the trained weights: its loss is that of step 21, not of a fresh model
+l_new=$(awk -F, '$1==1 {print $3}' "$OUT/init/metrics.csv"); l_fresh=$(awk -F, '$1==1 {print $3}' "$OUT/full/metrics.csv")
+l_trained=$(awk -F, '$1==20 {print $3}' "$OUT/full/metrics.csv")
+echo "lm loss at step 1: fresh $l_fresh, from the step-20 weights $l_new (step 20 of that run: $l_trained)"
+awk -v a="$l_new" -v f="$l_fresh" -v t="$l_trained" 'BEGIN { exit !(a < f - 0.5 && a < t + 0.5) }' || { echo "FAIL: init_from did not load the weights"; fail=1; }
+
+echo "== 5. model shape mismatch is refused"
 out=$(timeout 120 mpirun -np 1 "$BIN/dsv3" input/tiny.cfg $COMMON run.steps=20 model.moe_intermediate_size=48 \
     run.resume="$OUT/full/checkpoints/step_00000010.h5" run.output_dir="$OUT/bad" 2>&1); rc=$?
 echo "$out" | grep 'dsv3: error' | head -2
