@@ -81,7 +81,6 @@ struct model {
     int B, T, N;                      /* current allocation */
     float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
     float *logits, *dlogits;          /* [N,V] */
-    float *lm_cache;                  /* lm_head LoRA cache (unused: no LoRA on the head) */
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     int checkpointing;
     double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
