@@ -2,6 +2,7 @@
 # Bad input reaching the trainer (data, checkpoints): one "dsv3: error" line
 # naming the file or dataset, a non-zero exit on every rank, no hang, at np=1 and 4.
 . "$(dirname "$0")/lib.sh"
+scratch_dir
 fail=0
 printf 'abc' >"$OUT/trunc.u32"
 printf '\001\000\000\000\000\001\000\000' >"$OUT/big.u32" # ids 1 and 256 (vocab is 256)

@@ -2,6 +2,7 @@
 # Faults (issue 4): killing one rank mid-run ends the whole job within a
 # bounded time with a non-zero status (MPI aborts the job; nothing hangs).
 . "$(dirname "$0")/lib.sh"
+scratch_dir
 timeout 120 mpirun -np 4 "$BIN/dsv3" input/tiny.cfg parallel.expert_parallel=4 run.steps=100000 \
     schedule.warmup_steps=2 checkpoint.every=0 run.output_dir="$OUT/run" >"$OUT/log" 2>&1 &
 job=$!

@@ -4,6 +4,7 @@
 # checkpointing on/off: every
 # step's loss within 1e-5 relative of the np=1 run. Prints the matrix.
 . "$(dirname "$0")/lib.sh"
+scratch_dir
 COMMON="run.steps=10 schedule.warmup_steps=2 checkpoint.every=0 train.micro_batch=1 train.global_batch=24 run.log_every=100"
 run() { # name np ep zero [checkpointing]
     timeout 300 mpirun -np "$2" "$BIN/dsv3" input/tiny.cfg $COMMON parallel.expert_parallel="$3" \

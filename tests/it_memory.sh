@@ -3,6 +3,7 @@
 # (the same numbers --dry-run prints) predicts within 10%, for ZeRO 0..3 with
 # and without activation checkpointing; and --dry-run prints that plan.
 . "$(dirname "$0")/lib.sh"
+scratch_dir
 fail=0
 for z in 0 1 2 3; do
     for ac in false true; do

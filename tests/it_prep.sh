@@ -3,15 +3,8 @@
 # independent numpy reader (and Megatron-LM's own IndexedDataset when megatron-core is
 # installed), sft -> tokens + masks for Alpaca and messages lines checked against the
 # DeepSeek-V3 chat template, malformed-line handling (stop/skip), truncation count.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
-SHARED=${DSV3_SHARED:-}
-[ -z "$SHARED" ] && for c in ../shared /work/shared; do [ -d "$c/data/tokenizer-deepseek-v3" ] && SHARED=$c && break; done
-TD=$SHARED/data/tokenizer-deepseek-v3
-if [ -z "$SHARED" ] || [ ! -r "$TD/tokenizer.json" ]; then
-    echo "skip: DeepSeek-V3 tokenizer not found (set DSV3_SHARED or provide ../shared)"; exit 77
-fi
+. "$(dirname "$0")/lib.sh"
+need_tokenizer
 [ -x "$BIN/dsv3-prep" ] || { echo "FAIL: $BIN/dsv3-prep not built"; exit 1; }
 PY=/usr/bin/python3
 W=$(mktemp -d /tmp/dsv3_it_prep_XXXXXX)

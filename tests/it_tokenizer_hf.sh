@@ -2,15 +2,8 @@
 # dsv3-prep encode/decode against the Hugging Face `tokenizers` library (the authority) on
 # multilingual text, emoji, whitespace runs, digits, CRLF, special tokens and random Unicode.
 # Optional: skips when python3 lacks `tokenizers` or the DeepSeek-V3 tokenizer is absent.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
-SHARED=${DSV3_SHARED:-}
-[ -z "$SHARED" ] && for c in ../shared /work/shared; do [ -d "$c/data/tokenizer-deepseek-v3" ] && SHARED=$c && break; done
-TD=$SHARED/data/tokenizer-deepseek-v3
-if [ -z "$SHARED" ] || [ ! -r "$TD/tokenizer.json" ]; then
-    echo "skip: DeepSeek-V3 tokenizer not found (set DSV3_SHARED or provide ../shared)"; exit 77
-fi
+. "$(dirname "$0")/lib.sh"
+need_tokenizer
 if ! python3 -c 'import tokenizers' 2>/dev/null; then
     echo "skip: python3 has no Hugging Face tokenizers (pip install tokenizers)"; exit 77
 fi
