@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error.h"
+
 #ifndef DSV3_GIT_REV
 #define DSV3_GIT_REV "unknown"
 #endif
@@ -42,15 +44,7 @@ static const char *base_name(const char *path) {
 /* ---- errors ------------------------------------------------------------ */
 
 /* Every rank returns the same status and the message of the lowest failing rank. */
-static int agree(MPI_Comm comm, int rc, char *err, int errlen) {
-    int rank, who, first;
-    MPI_Comm_rank(comm, &rank);
-    who = rc ? rank : INT_MAX;
-    MPI_Allreduce(&who, &first, 1, MPI_INT, MPI_MIN, comm);
-    if (first == INT_MAX) return 0;
-    MPI_Bcast(err, errlen, MPI_CHAR, first, comm);
-    return -1;
-}
+static int agree(comm_t comm, int rc, char *err, int errlen) { return error_agree(comm, rc != 0, err, errlen) ? -1 : 0; }
 
 /* HDF5 prints its error stack by default; we report one line instead. */
 typedef struct {
@@ -112,97 +106,7 @@ static void hf_name(const char *rel, char *out, size_t len) {
 static int trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
 static int64_t row_len(const param_spec *t) { return t->ndim >= 2 ? t->shape[t->ndim - 1] : 1; }
 
-/* Per-tensor view of the plan: segment, my member index in the segment's comm,
- * where my shard of the segment starts in a shard-packed buffer. */
-typedef struct {
-    const plan *p;
-    const param_table *pt;
-    int *seg_of;      /* [pt->n] */
-    size_t *pbase;    /* [pt->nseg] packed offset of my shard of each segment */
-    /* compact (trainable-only) layouts */
-    size_t *ttoff;    /* [pt->n] trainable floats before tensor i in its segment */
-    size_t *tfbase;   /* [pt->nseg] trainable floats of the segments before s (full compact) */
-    size_t *tpbase;   /* [pt->nseg] packed offset of my trainable shard of segment s */
-} layout;
-
 static int member_of(const plan *p, int kind) { return kind == SEG_DENSE ? p->world_rank : p->dp_index; }
-
-static int layout_init(layout *L, const plan *p, char *err, int errlen) {
-    const param_table *pt = &p->params;
-    L->p = p;
-    L->pt = pt;
-    L->seg_of = malloc(sizeof(int) * (size_t)(pt->n ? pt->n : 1));
-    L->pbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
-    L->tfbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
-    L->tpbase = malloc(sizeof(size_t) * (size_t)(pt->nseg ? pt->nseg : 1));
-    L->ttoff = calloc((size_t)(pt->n ? pt->n : 1), sizeof(size_t));
-    if (!L->seg_of || !L->pbase || !L->tfbase || !L->tpbase || !L->ttoff) {
-        snprintf(err, errlen, "checkpoint: out of memory");
-        return -1;
-    }
-    size_t acc = 0, tacc = 0, tf = 0;
-    for (int s = 0; s < pt->nseg; s++) {
-        int me = member_of(p, pt->seg[s].kind);
-        L->pbase[s] = acc;
-        L->tpbase[s] = tacc;
-        L->tfbase[s] = tf;
-        acc += p->shard[s].cnt[me];
-        tacc += p->shard[s].tcnt[me];
-        tf += p->shard[s].trainable;
-        size_t t = 0; /* tensors of a segment in layout order = table order */
-        for (int i = 0; i < pt->n; i++)
-            if (pt->t[i].group == pt->seg[s].group && pt->t[i].kind == pt->seg[s].kind) {
-                L->ttoff[i] = t;
-                if (trainable(&pt->t[i])) t += (size_t)pt->t[i].numel_local;
-            }
-    }
-    for (int i = 0; i < pt->n; i++) {
-        L->seg_of[i] = -1;
-        for (int s = 0; s < pt->nseg; s++)
-            if (pt->seg[s].group == pt->t[i].group && pt->seg[s].kind == pt->t[i].kind) L->seg_of[i] = s;
-        if (L->seg_of[i] < 0) {
-            snprintf(err, errlen, "checkpoint: tensor %s belongs to no segment", pt->t[i].name);
-            return -1;
-        }
-    }
-    return 0;
-}
-static void layout_free(layout *L) {
-    free(L->seg_of);
-    free(L->pbase);
-    free(L->ttoff);
-    free(L->tfbase);
-    free(L->tpbase);
-}
-
-/* Elements [a, b) of tensor i (local layout, relative to the tensor) in the shard of `member`. */
-static void shard_part(const layout *L, int i, int member, int64_t *a, int64_t *b) {
-    const param_spec *t = &L->pt->t[i];
-    const param_segment *sg = &L->pt->seg[L->seg_of[i]];
-    const plan_shard *sh = &L->p->shard[L->seg_of[i]];
-    size_t t0 = t->offset - sg->offset, t1 = t0 + (size_t)t->numel_local;
-    size_t lo = sh->off[member] > t0 ? sh->off[member] : t0;
-    size_t hi = sh->off[member] + sh->cnt[member] < t1 ? sh->off[member] + sh->cnt[member] : t1;
-    *a = *b = 0;
-    if (hi > lo) {
-        *a = (int64_t)(lo - t0);
-        *b = (int64_t)(hi - t0);
-    }
-}
-
-/* Pointer to local element `a` of tensor i in a buffer of the given layout
- * (packed: `a` must lie in my shard). */
-static float *buf_at(const layout *L, int i, float *buf, int lay, int64_t a) {
-    const param_spec *t = &L->pt->t[i];
-    if (lay == CKPT_FULL_LOCAL) return buf + t->offset + a;
-    int s = L->seg_of[i];
-    const param_segment *sg = &L->pt->seg[s];
-    const plan_shard *sh = &L->p->shard[s];
-    int me = member_of(L->p, sg->kind);
-    if (lay == CKPT_FULL_TRAINABLE) return buf + L->tfbase[s] + L->ttoff[i] + a;
-    if (lay == CKPT_SHARD_TRAINABLE) return buf + L->tpbase[s] + (L->ttoff[i] + (size_t)a - sh->toff[me]);
-    return buf + L->pbase[s] + (t->offset - sg->offset + (size_t)a - sh->off[me]);
-}
 
 /* First global row of this rank's local tensor (experts: my first expert). */
 static int64_t row0(const plan *p, const param_spec *t) {
@@ -357,8 +261,8 @@ static void prune(const char *dir, int64_t cur, int keep) {
 }
 
 static int bad_layouts(int params_layout, int optim_layout, char *err, int errlen) {
-    if ((params_layout == CKPT_FULL_LOCAL || params_layout == CKPT_SHARD_PACKED) && optim_layout >= CKPT_FULL_LOCAL &&
-        optim_layout <= CKPT_SHARD_TRAINABLE)
+    if ((params_layout == ZERO_FULL_LOCAL || params_layout == ZERO_SHARD_PACKED) && optim_layout >= ZERO_FULL_LOCAL &&
+        optim_layout <= ZERO_SHARD_TRAINABLE)
         return 0;
     snprintf(err, errlen, "checkpoint: unknown buffer layout (params %d, moments %d)", params_layout, optim_layout);
     return -1;
@@ -368,7 +272,7 @@ static int bad_layouts(int params_layout, int optim_layout, char *err, int errle
 
 typedef struct {
     hid_t file, lcpl, dxpl;
-    const layout *L;
+    const zero_map *L;
     char *err;
     int errlen;
     const char *fname;
@@ -401,7 +305,7 @@ static hid_t create_ds(const wctx *w, const param_spec *t, const char *path, h5w
 /* Collective: every rank writes the rows of its shard, in the same number of
  * calls (slabs below the per-call limit), empty selections included. */
 static int write_tensor(const wctx *w, int i, const float *buf, int lay, int which) {
-    const layout *L = w->L;
+    const zero_map *L = w->L;
     const plan *p = L->p;
     const param_spec *t = &L->pt->t[i];
     const plan_shard *sh = &p->shard[L->seg_of[i]];
@@ -415,7 +319,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
     }
     int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), a, b;
     if (K < 1) K = 1;
-    shard_part(L, i, member_of(p, t->kind), &a, &b);
+    zero_tensor_part(L, i, member_of(p, t->kind), &a, &b);
     int rc = 0;
     if (a % R || b % R) {
         snprintf(w->err, w->errlen, "checkpoint: shard of %s is not row-aligned ([%lld, %lld), row %lld)", t->name,
@@ -426,7 +330,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
     int64_t ncalls = 0, g0 = row0(p, t), r = g0 + a / R, rend = g0 + b / R;
     for (int mbr = 0; mbr < sh->nmemb; mbr++) { /* every rank makes as many calls as the busiest member */
         int64_t x, y, n;
-        shard_part(L, i, mbr, &x, &y);
+        zero_tensor_part(L, i, mbr, &x, &y);
         n = count_pieces(t, g0 + x / R, g0 + y / R, K); /* g0 only shifts whole experts: same pieces */
         if (n > ncalls) ncalls = n;
     }
@@ -440,7 +344,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         herr_t sel;
         if (n) {
             ms = H5Screate_simple(t->ndim, ct, NULL);
-            src = buf_at(L, i, (float *)buf, lay, (r0 - g0) * R);
+            src = zero_at(L, i, (float *)buf, lay, (r0 - g0) * R);
             sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
         } else {
             ms = H5Screate_simple(1, &one, NULL);
@@ -486,7 +390,7 @@ static int write_attrs(hid_t f, const plan *p, const deck *d, const ckpt_state *
 
 int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float *params, int params_layout,
               const float *m, const float *v, int optim_layout, const ckpt_state *st, char *err, int errlen) {
-    double t0 = MPI_Wtime();
+    double t0 = comm_wtime();
     memset(&g_stats, 0, sizeof g_stats);
     err[0] = 0;
     int rc = 0, full = 1;
@@ -517,16 +421,16 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     }
     if (agree(p->world, rc, err, errlen)) return -1;
 
-    layout L;
-    if (agree(p->world, layout_init(&L, p, err, errlen), err, errlen)) {
-        layout_free(&L);
+    zero_map L;
+    if (agree(p->world, zero_map_init(&L, p, err, errlen), err, errlen)) {
+        zero_map_free(&L);
         return -1;
     }
     h5quiet q;
     h5why why;
     quiet_on(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, MPI_INFO_NULL);
+    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST); /* dense storage for a long deck attribute */
     H5Pset_coll_metadata_write(fapl, 1);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
@@ -537,7 +441,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     H5Pclose(fapl);
     if (agree(p->world, rc, err, errlen)) {
         quiet_off(&q);
-        layout_free(&L);
+        zero_map_free(&L);
         return -1;
     }
     wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
@@ -560,7 +464,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         rc = -1;
     }
     quiet_off(&q);
-    layout_free(&L);
+    zero_map_free(&L);
     /* Data on disk before the rename makes it visible (each rank flushes its client's pages). */
     if (!rc && fsync_path(tmp)) {
         snprintf(err, errlen, "checkpoint: fsync %s: %s", tmp, strerror(errno));
@@ -597,7 +501,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         }
     }
     rc = agree(p->world, rc, err, errlen);
-    g_stats.seconds = MPI_Wtime() - t0;
+    g_stats.seconds = comm_wtime() - t0;
     return rc;
 }
 
@@ -708,7 +612,7 @@ static int check_model(hid_t file, const param_table *pt, int want_optim, const 
 
 /* Independent reads: each rank reads its own selection; a checksum failure on
  * one rank cannot leave the others waiting in a collective call. */
-static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, int which, hid_t dxpl,
+static int read_tensor(hid_t file, const zero_map *L, int i, float *buf, int lay, int which, hid_t dxpl,
                        const char *fname, char *err, int errlen) {
     const plan *p = L->p;
     const param_spec *t = &L->pt->t[i];
@@ -716,7 +620,7 @@ static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, 
     h5why why;
     ds_path(t, which, path, sizeof path);
     int64_t a = 0, b = t->numel_local, R = row_len(t);
-    if (lay == CKPT_SHARD_PACKED || lay == CKPT_SHARD_TRAINABLE) shard_part(L, i, member_of(p, t->kind), &a, &b);
+    if (lay == ZERO_SHARD_PACKED || lay == ZERO_SHARD_TRAINABLE) zero_tensor_part(L, i, member_of(p, t->kind), &a, &b);
     if (b <= a) return 0;
     if (a % R || b % R) {
         snprintf(err, errlen, "checkpoint: shard of %s is not row-aligned", t->name);
@@ -735,7 +639,7 @@ static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, 
     while (!rc && next_piece(t, &r, rend, K, st, ct)) {
         hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
         if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, buf_at(L, i, buf, lay, (r0 - g0) * R)) < 0) {
+            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, zero_at(L, i, buf, lay, (r0 - g0) * R)) < 0) {
             snprintf(err, errlen, "checkpoint %s: dataset %s is corrupted or unreadable: %s", fname, path,
                      h5_reason(&why));
             rc = -1;
@@ -748,17 +652,17 @@ static int read_tensor(hid_t file, const layout *L, int i, float *buf, int lay, 
     return (int)rc;
 }
 
-static void zero_part(const layout *L, int i, float *buf, int lay) {
+static void zero_part(const zero_map *L, int i, float *buf, int lay) {
     const param_spec *t = &L->pt->t[i];
     int64_t a = 0, b = t->numel_local;
-    if (lay >= CKPT_FULL_TRAINABLE && !trainable(t)) return; /* no storage */
-    if (lay == CKPT_SHARD_PACKED || lay == CKPT_SHARD_TRAINABLE) shard_part(L, i, member_of(L->p, t->kind), &a, &b);
-    if (b > a) memset(buf_at(L, i, buf, lay, a), 0, sizeof(float) * (size_t)(b - a));
+    if (lay >= ZERO_FULL_TRAINABLE && !trainable(t)) return; /* no storage */
+    if (lay == ZERO_SHARD_PACKED || lay == ZERO_SHARD_TRAINABLE) zero_tensor_part(L, i, member_of(L->p, t->kind), &a, &b);
+    if (b > a) memset(zero_at(L, i, buf, lay, a), 0, sizeof(float) * (size_t)(b - a));
 }
 
 int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int params_layout, float *m,
               float *v, int optim_layout, ckpt_state *st, char *err, int errlen) {
-    double t0 = MPI_Wtime();
+    double t0 = comm_wtime();
     memset(&g_stats, 0, sizeof g_stats);
     (void)d; /* the model is the plan's table, built from the deck */
     err[0] = 0;
@@ -775,16 +679,16 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     }
     if (!rc && bad_layouts(params_layout, optim_layout, err, errlen)) rc = -1;
     if (agree(p->world, rc, err, errlen)) return -1;
-    layout L;
-    if (agree(p->world, layout_init(&L, p, err, errlen), err, errlen)) {
-        layout_free(&L);
+    zero_map L;
+    if (agree(p->world, zero_map_init(&L, p, err, errlen), err, errlen)) {
+        zero_map_free(&L);
         return -1;
     }
     h5quiet q;
     h5why why;
     quiet_on(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, MPI_INFO_NULL);
+    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (file < 0) {
         snprintf(err, errlen, "checkpoint %s: cannot open (truncated or not an HDF5 file?): %s", path,
@@ -794,7 +698,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     H5Pclose(fapl);
     if (agree(p->world, rc, err, errlen)) {
         quiet_off(&q);
-        layout_free(&L);
+        zero_map_free(&L);
         return -1;
     }
     ckpt_state s;
@@ -852,10 +756,10 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     }
     H5Fclose(file);
     quiet_off(&q);
-    layout_free(&L);
+    zero_map_free(&L);
     rc = agree(p->world, rc, err, errlen);
     if (!rc && st) *st = s;
-    g_stats.seconds = MPI_Wtime() - t0;
+    g_stats.seconds = comm_wtime() - t0;
     return rc;
 }
 

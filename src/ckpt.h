@@ -31,21 +31,11 @@
 
 #include "deck.h"
 #include "plan.h"
+#include "zero.h"
 
 #define CKPT_FORMAT_VERSION 1
 
-/* How a rank holds a buffer (parameters, or both AdamW moments). */
-enum {
-    CKPT_FULL_LOCAL = 0,   /* p->params.total_local floats, the flat local layout (experts: my E/EP) */
-    CKPT_SHARD_PACKED = 1, /* p->shard_floats floats: my shard of each segment, segments in order */
-    /* Moments only, compact (trainable tensors only, as plan_shard toff/tcnt; LoRA runs): */
-    CKPT_FULL_TRAINABLE = 2,   /* every local trainable float, in layout order */
-    CKPT_SHARD_TRAINABLE = 3,  /* p->shard_trainable floats: my trainable shard of each segment, in order */
-};
-
-/* The layout matching a ZeRO stage: params packed at stage 3, moments at >= 1. */
-static inline int ckpt_params_layout(int zero_stage) { return zero_stage >= 3 ? CKPT_SHARD_PACKED : CKPT_FULL_LOCAL; }
-static inline int ckpt_optim_layout(int zero_stage) { return zero_stage >= 1 ? CKPT_SHARD_PACKED : CKPT_FULL_LOCAL; }
+/* Buffer layouts (parameters, AdamW moments): ZERO_FULL_LOCAL etc., zero.h. */
 
 typedef struct {
     int64_t step;          /* optimizer steps done (the file is step_%08d of this) */

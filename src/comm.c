@@ -1,9 +1,7 @@
-/* comm.c — MPI wrappers: fatal errors, scalar reductions, ZeRO
- * reduce-scatter / all-gather over row-aligned shards (plan.h). */
+/* comm.c — the MPI implementation of comm.h. */
 #include "comm.h"
 
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,62 +14,114 @@ size_t comm_set_chunk_limit(size_t floats) {
     return old;
 }
 
-void comm_fatal(const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    int init = 0, fin = 0, size = 1, rank = 0;
+/* ---- process and communicators ---- */
+
+int comm_running(void) {
+    int init = 0, fin = 0;
     MPI_Initialized(&init);
     MPI_Finalized(&fin);
-    if (init && !fin) {
-        MPI_Comm_size(MPI_COMM_WORLD, &size);
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    }
-    if (size > 1) fprintf(stderr, "dsv3: error: %s (rank %d)\n", msg, rank);
-    else fprintf(stderr, "dsv3: error: %s\n", msg);
-    fflush(stderr);
-    fflush(stdout);
-    if (init && !fin) MPI_Abort(MPI_COMM_WORLD, 1);
-    exit(1);
+    return init && !fin;
+}
+int comm_rank(comm_t c) {
+    int r = 0;
+    MPI_Comm_rank(c, &r);
+    return r;
+}
+int comm_size(comm_t c) {
+    int n = 1;
+    MPI_Comm_size(c, &n);
+    return n;
+}
+double comm_wtime(void) { return MPI_Wtime(); }
+void comm_abort(int code) {
+    if (comm_running()) MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code);
+}
+void comm_barrier(comm_t c) { MPI_Barrier(c); }
+void comm_dup(comm_t c, comm_t *out) { MPI_Comm_dup(c, out); }
+void comm_split(comm_t c, int color, int key, comm_t *out) { MPI_Comm_split(c, color, key, out); }
+void comm_split_node(comm_t c, int key, comm_t *out) {
+    MPI_Comm_split_type(c, MPI_COMM_TYPE_SHARED, key, MPI_INFO_NULL, out);
+}
+void comm_free(comm_t *c) {
+    if (*c != MPI_COMM_NULL && comm_running()) MPI_Comm_free(c);
+    *c = MPI_COMM_NULL;
 }
 
-double comm_allreduce_sum_double(double x, MPI_Comm c) {
+/* ---- small reductions ---- */
+
+double comm_sum_double(double x, comm_t c) {
     double y = 0;
     MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, c);
     return y;
 }
-
-void comm_allreduce_sum_doubles(double *x, int n, MPI_Comm c) {
+double comm_max_double(double x, comm_t c) {
+    double y = 0;
+    MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_MAX, c);
+    return y;
+}
+void comm_sum_doubles(double *x, int n, comm_t c) {
     if (n > 0) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, c);
 }
+void comm_sum_i64(int64_t *x, int n, comm_t c) {
+    if (n > 0) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_INT64_T, MPI_SUM, c);
+}
+int comm_sum_int(int x, comm_t c) {
+    int y = 0;
+    MPI_Allreduce(&x, &y, 1, MPI_INT, MPI_SUM, c);
+    return y;
+}
+int comm_max_int(int x, comm_t c) {
+    int y = 0;
+    MPI_Allreduce(&x, &y, 1, MPI_INT, MPI_MAX, c);
+    return y;
+}
+int comm_exscan_sum_int(int x, comm_t c) {
+    int y = 0;
+    MPI_Exscan(&x, &y, 1, MPI_INT, MPI_SUM, c);
+    return comm_rank(c) == 0 ? 0 : y; /* Exscan leaves rank 0's result undefined */
+}
+void comm_minmax_u64(uint64_t x, comm_t c, uint64_t *lo, uint64_t *hi) {
+    MPI_Allreduce(&x, lo, 1, MPI_UINT64_T, MPI_MIN, c);
+    MPI_Allreduce(&x, hi, 1, MPI_UINT64_T, MPI_MAX, c);
+}
+int comm_lowest(comm_t c, int failed) {
+    int who = failed ? comm_rank(c) : INT_MAX, first = INT_MAX;
+    MPI_Allreduce(&who, &first, 1, MPI_INT, MPI_MIN, c);
+    return first == INT_MAX ? -1 : first;
+}
+void comm_bcast(void *buf, size_t bytes, int root, comm_t c) {
+    for (size_t o = 0; o < bytes; o += INT_MAX) /* byte counts are int */
+        MPI_Bcast((char *)buf + o, (int)(bytes - o < INT_MAX ? bytes - o : INT_MAX), MPI_BYTE, root, c);
+}
+void comm_gather_bytes(const void *send, void *recv, size_t bytes, int root, comm_t c) {
+    MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c);
+}
 
-/* Offsets/counts of the chosen layout; checks the communicator matches. */
-static int layout(const plan_shard *s, int compact, MPI_Comm c, const size_t **off, const size_t **cnt, int *me,
-                  int *small) {
-    int n;
-    MPI_Comm_size(c, &n);
-    MPI_Comm_rank(c, me);
-    if (n != s->nmemb) return -1;
-    *off = compact ? s->toff : s->off;
-    *cnt = compact ? s->tcnt : s->cnt;
-    size_t total = 0;
-    *small = 1;
-    for (int k = 0; k < n; k++) {
-        total += (*cnt)[k];
-        if ((*cnt)[k] > chunk_limit) *small = 0;
-    }
-    if (total > chunk_limit) *small = 0;
+/* ---- bulk data ---- */
+
+int comm_sum_floats(float *x, size_t n, comm_t c) {
+    const size_t chunk = (size_t)1 << 30; /* MPI counts are int: chunks below 2^31 */
+    for (size_t o = 0; o < n; o += chunk)
+        if (MPI_Allreduce(MPI_IN_PLACE, x + o, (int)(n - o < chunk ? n - o : chunk), MPI_FLOAT, MPI_SUM, c) !=
+            MPI_SUCCESS)
+            return -1;
     return 0;
 }
 
-int comm_reduce_scatter(const plan_shard *s, int compact, MPI_Comm c, const float *full, float *mine) {
-    const size_t *off, *cnt;
-    int me, small;
-    if (layout(s, compact, c, &off, &cnt, &me, &small)) return -1;
-    int n = s->nmemb;
-    if (small) {
+/* Whether every count (and the total) fits one MPI call. */
+static int small_layout(const size_t *cnt, int n) {
+    size_t total = 0;
+    for (int k = 0; k < n; k++) {
+        total += cnt[k];
+        if (cnt[k] > chunk_limit) return 0;
+    }
+    return total <= chunk_limit;
+}
+
+int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine) {
+    int n = comm_size(c), me = comm_rank(c);
+    if (small_layout(cnt, n)) {
         /* The members' ranges are consecutive from offset off[0] = 0. */
         int *rc = malloc((size_t)n * sizeof *rc);
         if (!rc) return -1;
@@ -91,12 +141,9 @@ int comm_reduce_scatter(const plan_shard *s, int compact, MPI_Comm c, const floa
     return 0;
 }
 
-int comm_allgather(const plan_shard *s, int compact, MPI_Comm c, const float *mine, float *full) {
-    const size_t *off, *cnt;
-    int me, small;
-    if (layout(s, compact, c, &off, &cnt, &me, &small)) return -1;
-    int n = s->nmemb;
-    if (small) {
+int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
+    int n = comm_size(c), me = comm_rank(c);
+    if (small_layout(cnt, n)) {
         int *rc = malloc((size_t)n * sizeof *rc), *dis = malloc((size_t)n * sizeof *dis);
         if (!rc || !dis) {
             free(rc);
@@ -122,10 +169,16 @@ int comm_allgather(const plan_shard *s, int compact, MPI_Comm c, const float *mi
     return 0;
 }
 
-int comm_zero_reduce_scatter(const plan *p, int seg, int compact, const float *full, float *mine) {
-    return comm_reduce_scatter(&p->shard[seg], compact, plan_seg_comm(p, seg), full, mine);
+int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
+    return MPI_Alltoall(send, n, MPI_INT, recv, n, MPI_INT, c) == MPI_SUCCESS ? 0 : -1;
 }
 
-int comm_zero_allgather(const plan *p, int seg, int compact, const float *mine, float *full) {
-    return comm_allgather(&p->shard[seg], compact, plan_seg_comm(p, seg), mine, full);
+int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
+                        const int *roff, int row, comm_t c) {
+    MPI_Datatype t;
+    MPI_Type_contiguous(row, MPI_FLOAT, &t);
+    MPI_Type_commit(&t);
+    int rc = MPI_Alltoallv(send, scnt, soff, t, recv, rcnt, roff, t, c);
+    MPI_Type_free(&t);
+    return rc == MPI_SUCCESS ? 0 : -1;
 }

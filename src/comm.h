@@ -1,45 +1,71 @@
-/* comm.h — the MPI calls of the trainer, in one place (design §3).
+/* comm.h — every MPI call of the trainer goes through here (design §3), so a
+ * GPU build swaps this one file pair for a NCCL flavour; only main.c keeps
+ * MPI_Init/Finalize. Other files see MPI only as the comm_t handle type.
  *
  * Reductions are deterministic: the same inputs on the same layout give the
- * same bits on every run (fixed collectives, no arrival-order sums). A later
- * GPU build gives the same functions a NCCL flavour.
+ * same bits on every run (fixed collectives, no arrival-order sums).
  *
- * ZeRO buffers: `full` is a whole segment in the layout its plan_shard
- * describes: the flat parameter layout (compact = 0, member k owns
- * [off[k], off[k]+cnt[k])) or the compact trainable-only layout (compact = 1,
- * [toff[k], toff[k]+tcnt[k])). `mine` is this rank's shard of it.
+ * Sharded buffers (ZeRO, zero.h): member k of c owns [off[k], off[k]+cnt[k])
+ * of `full` (consecutive ranges from 0); `mine` is this member's range.
+ * Functions returning int give 0 on success, -1 on an MPI or memory failure.
  */
 #ifndef DSV3_COMM_H
 #define DSV3_COMM_H
 
 #include <mpi.h>
 #include <stddef.h>
+#include <stdint.h>
 
-#include "plan.h"
+typedef MPI_Comm comm_t;
+#define COMM_NULL MPI_COMM_NULL
+#define COMM_SELF MPI_COMM_SELF
+#define COMM_WORLD MPI_COMM_WORLD
+#define COMM_INFO_NULL MPI_INFO_NULL /* for HDF5's MPI-IO file driver (ckpt.c) */
 
-/* Prints "dsv3: error: <message>" (plus the rank when there are several) on
- * stderr and ends the whole job: MPI_Abort(MPI_COMM_WORLD, 1), or exit(1)
- * when MPI is not running. */
-void comm_fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* ---- process and communicators ---- */
+int comm_running(void);              /* MPI initialised and not finalised */
+int comm_rank(comm_t c);
+int comm_size(comm_t c);
+double comm_wtime(void);
+void comm_abort(int code) __attribute__((noreturn)); /* MPI_Abort(world), or exit without MPI */
+void comm_barrier(comm_t c);
+void comm_dup(comm_t c, comm_t *out);
+void comm_split(comm_t c, int color, int key, comm_t *out);
+void comm_split_node(comm_t c, int key, comm_t *out); /* ranks sharing memory (one node) */
+void comm_free(comm_t *c);                            /* no-op on COMM_NULL or after finalize */
 
-/* Sum of x over c, the same value on every member. */
-double comm_allreduce_sum_double(double x, MPI_Comm c);
-/* In place, n values. */
-void comm_allreduce_sum_doubles(double *x, int n, MPI_Comm c);
+/* ---- small reductions and broadcasts (the same result on every member) ---- */
+double comm_sum_double(double x, comm_t c);
+double comm_max_double(double x, comm_t c);
+void comm_sum_doubles(double *x, int n, comm_t c);   /* in place */
+void comm_sum_i64(int64_t *x, int n, comm_t c);      /* in place */
+int comm_sum_int(int x, comm_t c);
+int comm_max_int(int x, comm_t c);
+int comm_exscan_sum_int(int x, comm_t c);            /* sum over lower ranks (0 on rank 0) */
+void comm_minmax_u64(uint64_t x, comm_t c, uint64_t *lo, uint64_t *hi);
+/* Lowest rank of c that passed failed != 0, or -1 if none (error.h builds on it). */
+int comm_lowest(comm_t c, int failed);
+void comm_bcast(void *buf, size_t bytes, int root, comm_t c);
+/* Root receives size(c) blocks of `bytes` in rank order (recv ignored elsewhere). */
+void comm_gather_bytes(const void *send, void *recv, size_t bytes, int root, comm_t c);
 
-/* Sums `full` over c and leaves this member's shard of the sum in `mine`
- * (MPI_Reduce_scatter with the row-aligned counts). `full` is not changed. */
-int comm_reduce_scatter(const plan_shard *s, int compact, MPI_Comm c, const float *full, float *mine);
-/* Rebuilds `full` on every member from the members' shards (MPI_Allgatherv). */
-int comm_allgather(const plan_shard *s, int compact, MPI_Comm c, const float *mine, float *full);
-
-/* The same for segment `seg` of a plan: over world (dense) or data (expert). */
-int comm_zero_reduce_scatter(const plan *p, int seg, int compact, const float *full, float *mine);
-int comm_zero_allgather(const plan *p, int seg, int compact, const float *mine, float *full);
+/* ---- bulk data ---- */
+/* In-place float sum of n floats (chunked below 2^31 elements). */
+int comm_sum_floats(float *x, size_t n, comm_t c);
+/* Sums `full` over c and leaves this member's range of the sum in `mine`
+ * (MPI_Reduce_scatter; per-member rooted reduces above the chunk limit). */
+int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine);
+/* Rebuilds `full` on every member from the members' ranges (MPI_Allgatherv; broadcasts above the limit). */
+int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full);
+/* MoE dispatch/combine: n ints to and from every member. */
+int comm_alltoall_int(const int *send, int *recv, int n, comm_t c);
+/* Rows of `row` floats to and from every member; counts and offsets in rows,
+ * so rows*row may exceed INT_MAX. */
+int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
+                        const int *roff, int row, comm_t c);
 
 /* Largest element count passed to one MPI call (default INT_MAX); larger
- * segments go through a chunked path (per-member MPI_Reduce / MPI_Bcast).
- * Tests lower it to exercise that path. Returns the previous value. */
+ * ranges go through the chunked path. Tests lower it. Returns the old value. */
 size_t comm_set_chunk_limit(size_t floats);
 
 #endif

@@ -9,15 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "ops.h"
 #include "ops_cpu_simd.h"
 
 static void *xmalloc(size_t n, const char *what) {
     void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "ops_cpu_moe.c: out of memory allocating %zu bytes for %s\n", n, what);
-        abort();
-    }
+    if (!p) error_one("out of memory allocating %zu bytes for %s", n, what);
     return p;
 }
 
@@ -95,10 +93,7 @@ static void route_token(int *idx, float *w, const float *s, const float *bias, i
         int best = -1;
         for (int e = 0; e < E; e++)
             if (keep[e] && (best < 0 || sc[e] > sc[best])) best = e;
-        if (best < 0) {
-            fprintf(stderr, "ops_moe_route: fewer than K=%d experts in the kept groups\n", K);
-            abort();
-        }
+        DSV3_CHECK(best >= 0, "ops_moe_route: fewer than K=%d experts in the kept groups", K);
         idx[k] = best;
         keep[best] = 0;
         S += s[best];
@@ -112,9 +107,7 @@ static void route_token(int *idx, float *w, const float *s, const float *bias, i
 void ops_moe_route(int *idx, float *w, const float *s, const float *bias, int T, int E, int K, int n_group,
                    int topk_group, int norm, float scale) {
     if (n_group < 1 || E % n_group || K > E || (n_group > 1 && K > topk_group * (E / n_group))) {
-        fprintf(stderr, "ops_moe_route: bad routing shape E=%d K=%d n_group=%d topk_group=%d\n", E, K, n_group,
-                topk_group);
-        abort();
+        error_one("ops_moe_route: bad routing shape E=%d K=%d n_group=%d topk_group=%d", E, K, n_group, topk_group);
     }
 #pragma omp parallel if (T > 64)
     {

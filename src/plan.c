@@ -108,14 +108,6 @@ int plan_shard_owner(const plan_shard *s, size_t o) {
     return lo; /* an empty shard shares its offset with the next member, which wins */
 }
 
-MPI_Comm plan_seg_comm(const plan *p, int seg) {
-    return p->params.seg[seg].kind == SEG_EXPERT ? p->data : p->world;
-}
-
-int plan_seg_member(const plan *p, int seg) {
-    return p->params.seg[seg].kind == SEG_EXPERT ? p->dp_index : p->world_rank;
-}
-
 /* ----------------------------------------------------------- activations */
 
 /* Saved floats per token of one decoder layer (every tensor its backward
@@ -242,7 +234,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
 
 static void plan_init(plan *p) {
     memset(p, 0, sizeof *p);
-    p->world = p->node = p->expert = p->data = MPI_COMM_NULL;
+    p->world = p->node = p->expert = p->data = COMM_NULL;
 }
 
 static int fail(char *err, int errlen, const char *msg) {
@@ -401,39 +393,33 @@ static void plan_hwloc(plan *p) {
 
 /* ----------------------------------------------------------------- build */
 
-int plan_build(plan *p, const deck *d, MPI_Comm world, char *err, int errlen) {
-    int size, rank;
-    MPI_Comm_size(world, &size);
-    MPI_Comm_rank(world, &rank);
+int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen) {
+    int size = comm_size(world), rank = comm_rank(world);
     char msg[512] = "";
     /* Deterministic: the same on every rank, so no agreement is needed. */
     if (plan_layout(p, d, size, rank, msg, sizeof msg)) {
-        int oom = strstr(msg, "out of memory") != NULL, any = 0;
-        MPI_Allreduce(&oom, &any, 1, MPI_INT, MPI_MAX, world); /* keep collectives matched */
+        int oom = strstr(msg, "out of memory") != NULL;
+        comm_max_int(oom, world); /* keep collectives matched */
         plan_free(p);
         snprintf(err, errlen, "%s", msg);
         return -1;
     }
-    int zero = 0, any = 0;
-    MPI_Allreduce(&zero, &any, 1, MPI_INT, MPI_MAX, world);
-    if (any) { /* another rank ran out of memory: fail alike */
+    if (comm_max_int(0, world)) { /* another rank ran out of memory: fail alike */
         plan_free(p);
         snprintf(err, errlen, "plan: out of memory on some rank");
         return -1;
     }
-    MPI_Comm_dup(world, &p->world);
-    MPI_Comm_split_type(p->world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &p->node);
-    MPI_Comm_rank(p->node, &p->node_rank);
-    MPI_Comm_size(p->node, &p->node_size);
+    comm_dup(world, &p->world);
+    comm_split_node(p->world, rank, &p->node);
+    p->node_rank = comm_rank(p->node);
+    p->node_size = comm_size(p->node);
     /* Nodes are numbered by their lowest world rank (node rank 0, key = rank). */
-    int leader = p->node_rank == 0, before = 0;
-    MPI_Exscan(&leader, &before, 1, MPI_INT, MPI_SUM, p->world);
-    if (rank == 0) before = 0; /* Exscan leaves rank 0's result undefined */
-    p->node_index = before;
-    MPI_Bcast(&p->node_index, 1, MPI_INT, 0, p->node);
-    MPI_Allreduce(&leader, &p->n_nodes, 1, MPI_INT, MPI_SUM, p->world);
-    MPI_Comm_split(p->world, p->dp_index, rank, &p->expert); /* rank order = ep_index */
-    MPI_Comm_split(p->world, p->ep_index, rank, &p->data);   /* rank order = dp_index */
+    int leader = p->node_rank == 0;
+    p->node_index = comm_exscan_sum_int(leader, p->world);
+    comm_bcast(&p->node_index, sizeof p->node_index, 0, p->node);
+    p->n_nodes = comm_sum_int(leader, p->world);
+    comm_split(p->world, p->dp_index, rank, &p->expert); /* rank order = ep_index */
+    comm_split(p->world, p->ep_index, rank, &p->data);   /* rank order = dp_index */
     if (gethostname(p->host, sizeof p->host)) snprintf(p->host, sizeof p->host, "unknown");
     p->host[sizeof p->host - 1] = 0;
     plan_hwloc(p);
@@ -441,13 +427,8 @@ int plan_build(plan *p, const deck *d, MPI_Comm world, char *err, int errlen) {
 }
 
 void plan_free(plan *p) {
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (!fin) {
-        MPI_Comm *c[] = {&p->world, &p->node, &p->expert, &p->data};
-        for (int i = 0; i < 4; i++)
-            if (*c[i] != MPI_COMM_NULL) MPI_Comm_free(c[i]);
-    }
+    comm_t *c[] = {&p->world, &p->node, &p->expert, &p->data};
+    for (int i = 0; i < 4; i++) comm_free(c[i]);
     if (p->shard)
         for (int i = 0; i < p->params.nseg; i++) plan_shard_free(&p->shard[i]);
     free(p->shard);
@@ -492,7 +473,7 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     memcpy(me.mem, mv, sizeof mv);
     rank_row *all = NULL;
     if (p->world_rank == 0) all = calloc((size_t)p->world_size, sizeof *all);
-    MPI_Gather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, 0, p->world);
+    comm_gather_bytes(&me, all, sizeof me, 0, p->world);
     if (p->world_rank != 0) return;
     if (!all) {
         fprintf(out, "dsv3: plan: out of memory printing the plan\n");

@@ -17,8 +17,9 @@
 #ifndef DSV3_PLAN_H
 #define DSV3_PLAN_H
 
-#include <mpi.h>
 #include <stdio.h>
+
+#include "comm.h"
 
 #include "deck.h"
 #include "model/params.h"
@@ -39,7 +40,7 @@ typedef struct {
 } plan_memory;
 
 typedef struct plan {
-    MPI_Comm world, node, expert, data;  /* owned (MPI_COMM_NULL until built) */
+    comm_t world, node, expert, data;    /* owned (COMM_NULL until built) */
     int world_rank, world_size;
     int node_rank, node_size, node_index, n_nodes;
     int ep, ep_index;                    /* expert comm size / my rank in it */
@@ -66,7 +67,7 @@ typedef struct plan {
 /* Validates the layout against world size and builds communicators, ownership,
  * shards and the memory estimate. Allocates no model memory. Collective over
  * `world`; every rank returns the same status and message. */
-int plan_build(plan *p, const deck *d, MPI_Comm world, char *err, int errlen);
+int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen);
 /* Rank 0 prints the plan of every rank (gathered) plus totals. Collective. */
 void plan_print(const plan *p, const deck *d, FILE *out);
 void plan_free(plan *p);
@@ -78,7 +79,7 @@ int plan_shard_owner(const plan_shard *s, size_t o);
 
 /* The pure part of plan_build: validation, ownership, grad accumulation,
  * param table, shards and memory estimate for rank `rank` of `size`, without
- * MPI (communicators stay MPI_COMM_NULL, no hwloc). Same messages as
+ * MPI (communicators stay COMM_NULL, no hwloc). Same messages as
  * plan_build. Tests and tools use it to look at any rank of any layout. */
 int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errlen);
 
@@ -87,10 +88,6 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
  * Fills s (allocates off/cnt/toff/tcnt). Returns 0 or -1 (no memory). */
 int plan_shard_segment(plan_shard *s, const param_table *pt, int seg, int nmemb);
 void plan_shard_free(plan_shard *s);
-
-/* The communicator that shards segment `seg` (world or data) and my index in it. */
-MPI_Comm plan_seg_comm(const plan *p, int seg);
-int plan_seg_member(const plan *p, int seg);
 
 /* Trainable = gets a gradient and optimizer state. */
 static inline int plan_param_trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }

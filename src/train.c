@@ -26,11 +26,13 @@
 #include "ckpt.h"
 #include "comm.h"
 #include "data.h"
+#include "error.h"
 #include "log.h"
 #include "model/model.h"
 #include "model/moe.h" /* moe_load_imbalance */
 #include "ops.h"
 #include "optim.h"
+#include "zero.h"
 
 /* Set by SIGUSR1/SIGTERM (the batch system's warning): finish the step, save, exit 0. */
 static volatile sig_atomic_t stop_requested = 0;
@@ -39,7 +41,7 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
-static double now(void) { return MPI_Wtime(); }
+static double now(void) { return comm_wtime(); }
 
 static int mkdir_p(const char *path) {
     char tmp[4096];
@@ -51,20 +53,6 @@ static int mkdir_p(const char *path) {
             *p = '/';
         }
     return (mkdir(tmp, 0755) && errno != EEXIST) ? -1 : 0;
-}
-
-/* Every rank agrees on failure: non-zero on all ranks if any failed; the
- * message of the lowest failing rank is printed once, by rank 0. */
-static int agree_failed(MPI_Comm c, int failed, char *err, int errlen) {
-    int rank, size, who;
-    MPI_Comm_rank(c, &rank);
-    MPI_Comm_size(c, &size);
-    who = failed ? rank : size;
-    MPI_Allreduce(MPI_IN_PLACE, &who, 1, MPI_INT, MPI_MIN, c);
-    if (who == size) return 0;
-    MPI_Bcast(err, errlen, MPI_CHAR, who, c);
-    if (rank == 0) fprintf(stderr, "dsv3: error: %s\n", err[0] ? err : "failed");
-    return 1;
 }
 
 typedef struct {
@@ -93,7 +81,7 @@ static void load_samples(trainer *t, data_loader *L, int64_t step, int n_local) 
 static void global_counts(trainer *t, int n_local, int64_t *cnt /*[1+D]*/) {
     int T = t->d->train.seq_len, D = t->d->model.num_nextn_predict_layers;
     for (int k = 0; k <= D; k++) cnt[k] = model_count_targets(t->tgt, n_local, T, k);
-    MPI_Allreduce(MPI_IN_PLACE, cnt, 1 + D, MPI_INT64_T, MPI_SUM, t->p->world);
+    comm_sum_i64(cnt, 1 + D, t->p->world);
 }
 
 static model_scales make_scales(const deck *d, const int64_t *cnt, int64_t global_seqs) {
@@ -118,70 +106,30 @@ static void losses(const deck *d, const model_sums *s, const int64_t *cnt, int64
     *bal = s->bal_sum / (double)global_seqs;
 }
 
-static void allreduce_sums(MPI_Comm c, model_sums *s) {
+static void allreduce_sums(comm_t c, model_sums *s) {
     double v[2 + MODEL_MAX_MTP];
     v[0] = s->lm_sum;
     v[1] = s->bal_sum;
     memcpy(v + 2, s->mtp_sum, sizeof s->mtp_sum);
-    MPI_Allreduce(MPI_IN_PLACE, v, 2 + MODEL_MAX_MTP, MPI_DOUBLE, MPI_SUM, c);
+    comm_sum_doubles(v, 2 + MODEL_MAX_MTP, c);
     s->lm_sum = v[0];
     s->bal_sum = v[1];
     memcpy(s->mtp_sum, v + 2, sizeof s->mtp_sum);
 }
 
-/* Reduce gradients per the ZeRO stage; returns the global sum of squares of
- * the reduced gradients, every element counted once (by its shard owner).
- * Stages 0/1 all-reduce here; at stage 2/3 model_step already reduce-scattered
- * each group into this rank's packed shard as its backward finished. */
+/* Gradients reduced per the ZeRO stage (zero.c); returns the global sum of squares. */
 static double reduce_grads(trainer *t) {
-    plan *p = t->p;
-    const param_table *pt = &p->params;
-    float *g = model_grad_buffer(t->m);
-    double ss = 0.0;
     double t0 = now();
-    if (p->zero_stage >= 2) {
-        ss = ops_sumsq(g, p->shard_floats);
-    } else {
-        for (int s = 0; s < pt->nseg; s++) {
-            float *gs = g + pt->seg[s].offset;
-            size_t n = pt->seg[s].numel;
-            for (size_t o = 0; o < n; o += (size_t)1 << 30) /* MPI counts are int: chunks below 2^31 */
-                MPI_Allreduce(MPI_IN_PLACE, gs + o, (int)(n - o < ((size_t)1 << 30) ? n - o : (size_t)1 << 30),
-                              MPI_FLOAT, MPI_SUM, plan_seg_comm(p, s));
-            int me = plan_seg_member(p, s);
-            ss += ops_sumsq(gs + p->shard[s].off[me], p->shard[s].cnt[me]);
-        }
-    }
-    MPI_Allreduce(MPI_IN_PLACE, &ss, 1, MPI_DOUBLE, MPI_SUM, p->world);
+    double ss = zero_reduce_grads(model_zero(t->m));
     t->t_reduce += now() - t0;
     return ss;
 }
 
-/* AdamW on what this rank owns; stages 1/2 then all-gather full parameters
- * (stage 3 keeps only its shard: model_step gathers groups when it needs them). */
+/* AdamW on what this rank owns, then the all-gathers of stages 1/2 (zero.c). */
 static void update(trainer *t, double lr, float scale) {
-    plan *p = t->p;
-    const param_table *pt = &p->params;
-    float *w = model_param_buffer(t->m), *g = model_grad_buffer(t->m);
-    int64_t step_t = t->step + 1;
-    int z = p->zero_stage;
-    if (z == 0) {
-        optim_step(t->d, pt, w, g, t->mo, t->vo, 0, pt->total_local, step_t, lr, scale);
-        return;
-    }
-    size_t packed = 0;
     double t0 = now();
-    for (int s = 0; s < pt->nseg; s++) {
-        const param_segment *sg = &pt->seg[s];
-        int me = plan_seg_member(p, s);
-        size_t lo = sg->offset + p->shard[s].off[me], n = p->shard[s].cnt[me];
-        float *wp = z >= 3 ? w + packed : w + lo;
-        const float *gp = z >= 2 ? g + packed : g + lo;
-        optim_step(t->d, pt, wp, gp, t->mo + packed, t->vo + packed, lo, lo + n, step_t, lr, scale);
-        packed += n;
-        if (z < 3) comm_zero_allgather(p, s, 0, w + lo, w + sg->offset);
-    }
-    t->t_reduce += now() - t0;
+    zero_update(model_zero(t->m), t->d, t->mo, t->vo, t->step + 1, lr, scale);
+    if (t->p->zero_stage > 0) t->t_reduce += now() - t0;
 }
 
 /* Aux-loss-free balancing: global per-expert counts, the same update on every rank.
@@ -192,7 +140,7 @@ static double bias_update(trainer *t, double *imb) {
     double worst = 0.0;
     for (int i = 0; i < n; i++) {
         int64_t *c = model_expert_counts(m, i);
-        MPI_Allreduce(MPI_IN_PLACE, c, E, MPI_INT64_T, MPI_SUM, t->p->world);
+        comm_sum_i64(c, E, t->p->world);
         double mx = 0, sum = 0;
         for (int e = 0; e < E; e++) mx = c[e] > mx ? (double)c[e] : mx, sum += (double)c[e];
         imb[i] = moe_load_imbalance(c, E);
@@ -209,9 +157,8 @@ static double bias_update(trainer *t, double *imb) {
             const unsigned char *b = (const unsigned char *)model_router_bias(m, i);
             for (size_t k = 0; k < (size_t)E * sizeof(float); k++) h = (h ^ b[k]) * 1099511628211ULL;
         }
-        MPI_Allreduce(&h, &lo, 1, MPI_UINT64_T, MPI_MIN, t->p->world);
-        MPI_Allreduce(&h, &hi, 1, MPI_UINT64_T, MPI_MAX, t->p->world);
-        if (lo != hi) comm_fatal("router biases differ across ranks after step %lld", (long long)t->step + 1);
+        comm_minmax_u64(h, t->p->world, &lo, &hi);
+        if (lo != hi) error_one("router biases differ across ranks after step %lld", (long long)t->step + 1);
         t->bias_checks++;
     }
     return worst;
@@ -235,8 +182,8 @@ static double validate(trainer *t) {
         cnt += model_count_targets(t->tgt, n_local, T, 0);
     }
     model_reset_counts(t->m);
-    MPI_Allreduce(MPI_IN_PLACE, &s.lm_sum, 1, MPI_DOUBLE, MPI_SUM, t->p->world);
-    MPI_Allreduce(MPI_IN_PLACE, &cnt, 1, MPI_INT64_T, MPI_SUM, t->p->world);
+    s.lm_sum = comm_sum_double(s.lm_sum, t->p->world);
+    comm_sum_i64(&cnt, 1, t->p->world);
     return cnt ? s.lm_sum / (double)cnt : NAN;
 }
 
@@ -266,8 +213,8 @@ static double unigram_entropy(trainer *t, int64_t *ntok) {
 
 static int save(trainer *t, char *err, int errlen) {
     ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->step};
-    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), ckpt_params_layout(t->p->zero_stage), t->mo, t->vo,
-                     ckpt_optim_layout(t->p->zero_stage), &st, err, errlen);
+    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
+                     zero_optim_layout(t->p->zero_stage), &st, err, errlen);
 }
 
 int train_run(const deck *d, plan *p) {
@@ -295,13 +242,13 @@ int train_run(const deck *d, plan *p) {
     }
     char resume[4096] = "";
     if (!failed && d->run.resume[0]) failed = ckpt_resolve(d, resume, sizeof resume, err, sizeof err) != 0;
-    if (agree_failed(p->world, failed, err, sizeof err)) {
+    if (error_all(p->world, failed, err, sizeof err)) {
         goto out;
     }
 
     /* 2. model, optimizer, buffers */
     failed = model_create(&t.m, d, p, err, sizeof err) != 0;
-    if (agree_failed(p->world, failed, err, sizeof err)) {
+    if (error_all(p->world, failed, err, sizeof err)) {
         goto out;
     }
     const param_table *pt = &p->params;
@@ -312,21 +259,21 @@ int train_run(const deck *d, plan *p) {
     t.tgt = calloc((size_t)n_local * T, sizeof *t.tgt);
     failed = !t.mo || !t.vo || !t.tok || !t.tgt;
     if (failed) snprintf(err, sizeof err, "out of memory for the optimizer state (%zu floats) and batch", t.optim_n);
-    if (agree_failed(p->world, failed, err, sizeof err)) goto out;
+    if (error_all(p->world, failed, err, sizeof err)) goto out;
     model_init_weights(t.m, (uint64_t)d->run.seed);
     if (!resume[0] && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
         ckpt_state st;
-        failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), NULL,
-                           NULL, ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
-        if (agree_failed(p->world, failed, err, sizeof err)) goto out;
+        failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
+                           NULL, zero_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+        if (error_all(p->world, failed, err, sizeof err)) goto out;
         if (rank == 0) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
                               (long long)st.step);
     }
     if (resume[0]) {
         ckpt_state st;
-        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), ckpt_params_layout(p->zero_stage), t.mo, t.vo,
-                           ckpt_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
-        if (agree_failed(p->world, failed, err, sizeof err)) {
+        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), zero_params_layout(p->zero_stage), t.mo, t.vo,
+                           zero_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+        if (error_all(p->world, failed, err, sizeof err)) {
             goto out;
         }
         t.step = st.step;
@@ -337,7 +284,7 @@ int train_run(const deck *d, plan *p) {
     log_ctx lg;
     failed = log_open(&lg, rank, d->run.output_dir, t.step, err, sizeof err) != 0;
     if (!failed) failed = log_open_tb(&lg, d->logging.tensorboard, err, sizeof err) != 0;
-    if (agree_failed(p->world, failed, err, sizeof err)) {
+    if (error_all(p->world, failed, err, sizeof err)) {
         goto out;
     }
     if (rank == 0) {
@@ -415,7 +362,7 @@ int train_run(const deck *d, plan *p) {
                        pa / MiB, ga / MiB, opt / MiB, aa / MiB, tot / MiB, p->mem.params / MiB, p->mem.grads / MiB,
                        p->mem.optim / MiB, p->mem.acts / MiB, p->mem.comm / MiB, p->mem.total / MiB, ratio);
         }
-        MPI_Allreduce(MPI_IN_PLACE, &a2a, 1, MPI_DOUBLE, MPI_MAX, p->world);
+        a2a = comm_max_double(a2a, p->world);
         double elapsed = now() - t_start;
         log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
                        dt, a2a, t.t_reduce,
@@ -423,12 +370,11 @@ int train_run(const deck *d, plan *p) {
                        n_moe, layer_id, layer_imb, mem_alloc};
         int show = d->run.log_every <= 1 || t.step % d->run.log_every == 0 || t.step == d->run.steps;
         log_step(&lg, &row, d->run.steps, show); /* the csv keeps every row */
-        int stop = stop_requested;
-        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, p->world);
+        int stop = comm_max_int(stop_requested, p->world);
         int every = d->checkpoint.every;
         if (stop || (every > 0 && t.step % every == 0) || (every > 0 && t.step == d->run.steps)) {
             failed = save(&t, err, sizeof err) != 0;
-            if (agree_failed(p->world, failed, err, sizeof err)) {
+            if (error_all(p->world, failed, err, sizeof err)) {
                 break;
             }
             if (rank == 0) printf("dsv3: checkpoint step_%08lld.h5 written\n", (long long)t.step);

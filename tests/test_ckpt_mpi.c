@@ -116,9 +116,9 @@ static int seg_of(const param_table *pt, const param_spec *t) {
 /* Floats a buffer of layout `lay` holds on this rank. */
 static size_t lay_size(const plan *p, int lay) {
     size_t n = 0;
-    if (lay == CKPT_FULL_LOCAL) return p->params.total_local;
-    if (lay == CKPT_SHARD_PACKED) return p->shard_floats;
-    if (lay == CKPT_SHARD_TRAINABLE) return p->shard_trainable;
+    if (lay == ZERO_FULL_LOCAL) return p->params.total_local;
+    if (lay == ZERO_SHARD_PACKED) return p->shard_floats;
+    if (lay == ZERO_SHARD_TRAINABLE) return p->shard_trainable;
     for (int s = 0; s < p->params.nseg; s++) n += p->shard[s].trainable;
     return n;
 }
@@ -143,10 +143,10 @@ static void fill(const plan *p, float *buf, int lay, int which) {
                 float x = (which && !tr) ? 0.0f : val(which, i, g0 + k);
                 size_t o = rel + (size_t)k;
                 int mine = o >= sh->off[me] && o < sh->off[me] + sh->cnt[me];
-                if (lay == CKPT_FULL_LOCAL) buf[t->offset + k] = x;
-                else if (lay == CKPT_SHARD_PACKED && mine) buf[pbase + o - sh->off[me]] = x;
-                else if (lay == CKPT_FULL_TRAINABLE && tr) buf[tfull + toff + k] = x;
-                else if (lay == CKPT_SHARD_TRAINABLE && tr && mine) buf[tbase + toff + k - sh->toff[me]] = x;
+                if (lay == ZERO_FULL_LOCAL) buf[t->offset + k] = x;
+                else if (lay == ZERO_SHARD_PACKED && mine) buf[pbase + o - sh->off[me]] = x;
+                else if (lay == ZERO_FULL_TRAINABLE && tr) buf[tfull + toff + k] = x;
+                else if (lay == ZERO_SHARD_TRAINABLE && tr && mine) buf[tbase + toff + k - sh->toff[me]] = x;
             }
             if (tr) toff += (size_t)t->numel_local;
         }
@@ -194,8 +194,8 @@ static int bufs_check(const plan *p, const bufs *got, int wl, int ol, int with_o
     return ok;
 }
 
-static const int WL[4] = {CKPT_FULL_LOCAL, CKPT_FULL_LOCAL, CKPT_FULL_LOCAL, CKPT_SHARD_PACKED};
-static const int OL[4] = {CKPT_FULL_LOCAL, CKPT_SHARD_PACKED, CKPT_SHARD_PACKED, CKPT_SHARD_PACKED};
+static const int WL[4] = {ZERO_FULL_LOCAL, ZERO_FULL_LOCAL, ZERO_FULL_LOCAL, ZERO_SHARD_PACKED};
+static const int OL[4] = {ZERO_FULL_LOCAL, ZERO_SHARD_PACKED, ZERO_SHARD_PACKED, ZERO_SHARD_PACKED};
 
 static int save_as(const char *dir, int ep, int zero, int lora, int64_t step, int wl, int ol, char *err) {
     deck d;
@@ -276,11 +276,11 @@ static void test_lora_compact(void **state) {
     char dir[300], file[400], err[512] = "";
     sub_dir(dir, sizeof dir, "lora");
     int ep = g_size >= 2 ? 2 : 1;
-    assert_int_equal(save_as(dir, ep, 1, 1, 5, CKPT_FULL_LOCAL, CKPT_SHARD_TRAINABLE, err), 0);
+    assert_int_equal(save_as(dir, ep, 1, 1, 5, ZERO_FULL_LOCAL, ZERO_SHARD_TRAINABLE, err), 0);
     path_of(file, sizeof file, dir, 5);
-    assert_true(load_check(file, 1, 0, 1, CKPT_FULL_LOCAL, CKPT_FULL_TRAINABLE, 5, err));
-    assert_true(load_check(file, g_size, 3, 1, CKPT_SHARD_PACKED, CKPT_SHARD_TRAINABLE, 5, err));
-    assert_true(load_check(file, 1, 2, 1, CKPT_FULL_LOCAL, CKPT_SHARD_PACKED, 5, err)); /* zeros for frozen */
+    assert_true(load_check(file, 1, 0, 1, ZERO_FULL_LOCAL, ZERO_FULL_TRAINABLE, 5, err));
+    assert_true(load_check(file, g_size, 3, 1, ZERO_SHARD_PACKED, ZERO_SHARD_TRAINABLE, 5, err));
+    assert_true(load_check(file, 1, 2, 1, ZERO_FULL_LOCAL, ZERO_SHARD_PACKED, 5, err)); /* zeros for frozen */
     if (g_rank == 0) {
         hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
         assert_true(f >= 0);
@@ -298,7 +298,7 @@ static void test_lora_compact(void **state) {
     tiny_deck(&d, dir, 1, 0, 0);
     assert_int_equal(make_plan(&p, &d), 0);
     bufs b;
-    bufs_make(&b, &p, CKPT_FULL_LOCAL, CKPT_FULL_LOCAL, 0);
+    bufs_make(&b, &p, ZERO_FULL_LOCAL, ZERO_FULL_LOCAL, 0);
     assert_int_equal(ckpt_load(&p, &d, file, b.w, 0, NULL, NULL, 0, NULL, err, sizeof err), -1);
     if (g_rank == 0) printf("lora file into plain deck: %s\n", err);
     assert_non_null(strstr(err, "lora_A.weight is in the file but not in the deck's model"));
@@ -311,7 +311,7 @@ static void test_layout_and_attrs(void **state) {
     (void)state;
     char dir[300], file[400], err[512] = "";
     sub_dir(dir, sizeof dir, "attrs");
-    assert_int_equal(save_as(dir, 1, 0, 0, 3, CKPT_FULL_LOCAL, CKPT_FULL_LOCAL, err), 0);
+    assert_int_equal(save_as(dir, 1, 0, 0, 3, ZERO_FULL_LOCAL, ZERO_FULL_LOCAL, err), 0);
     path_of(file, sizeof file, dir, 3);
     if (g_rank == 0) {
         hid_t f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -378,7 +378,7 @@ static void test_model_only(void **state) {
     snprintf(d.checkpoint.save, sizeof d.checkpoint.save, "model");
     assert_int_equal(make_plan(&p, &d), 0);
     bufs b;
-    bufs_make(&b, &p, CKPT_FULL_LOCAL, CKPT_SHARD_PACKED, 1);
+    bufs_make(&b, &p, ZERO_FULL_LOCAL, ZERO_SHARD_PACKED, 1);
     ckpt_state st = {.step = 4};
     assert_int_equal(ckpt_save(&p, &d, NULL, b.w, 0, NULL, NULL, 1, &st, err, sizeof err), 0);
     path_of(file, sizeof file, dir, 4);
@@ -387,7 +387,7 @@ static void test_model_only(void **state) {
     assert_int_equal(ckpt_load(&p, &d, file, b.w, 0, b.m, b.v, 1, &got, err, sizeof err), 0);
     assert_int_equal(got.has_optim, 0);
     bufs want;
-    bufs_make(&want, &p, CKPT_FULL_LOCAL, CKPT_SHARD_PACKED, 1);
+    bufs_make(&want, &p, ZERO_FULL_LOCAL, ZERO_SHARD_PACKED, 1);
     int ok = memcmp(b.w, want.w, sizeof(float) * b.nw) == 0;
     for (size_t k = 0; k < b.nm; k++) ok = ok && b.m[k] == 0 && b.v[k] == 0;
     assert_true(all_ok(ok));
@@ -453,7 +453,7 @@ static void test_crash_tmp_and_keep(void **state) {
     assert_int_equal(ckpt_resolve(&d, got, sizeof got, err, sizeof err), 0);
     path_of(file, sizeof file, dir, 4);
     assert_string_equal(got, file);
-    assert_true(load_check(got, g_size, 3, 0, CKPT_SHARD_PACKED, CKPT_SHARD_PACKED, 4, err));
+    assert_true(load_check(got, g_size, 3, 0, ZERO_SHARD_PACKED, ZERO_SHARD_PACKED, 4, err));
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
@@ -513,7 +513,7 @@ static void test_corruption_truncation(void **state) {
     (void)state;
     char dir[300], file[400], bad[400], err[512] = "";
     sub_dir(dir, sizeof dir, "corrupt");
-    assert_int_equal(save_as(dir, g_size, 3, 0, 9, CKPT_SHARD_PACKED, CKPT_SHARD_PACKED, err), 0);
+    assert_int_equal(save_as(dir, g_size, 3, 0, 9, ZERO_SHARD_PACKED, ZERO_SHARD_PACKED, err), 0);
     path_of(file, sizeof file, dir, 9);
     assert_true(load_check(file, 1, 0, 0, 0, 0, 9, err));
     snprintf(bad, sizeof bad, "%s/bad.h5", dir);
@@ -584,7 +584,7 @@ static int cli(int argc, char **argv) {
     if (getenv("CKPT_SCALE")) g_scale = atoi(getenv("CKPT_SCALE")) > 0 ? atoi(getenv("CKPT_SCALE")) : 1;
     if (argc >= 6 && !strcmp(argv[1], "save")) {
         int ep = atoi(argv[3]), z = atoi(argv[4]), lora = argc > 6;
-        int rc = save_as(argv[2], ep, z, lora, atoll(argv[5]), ckpt_params_layout(z), ckpt_optim_layout(z), err);
+        int rc = save_as(argv[2], ep, z, lora, atoll(argv[5]), zero_params_layout(z), zero_optim_layout(z), err);
         if (g_rank == 0) printf("%s np=%d ep=%d zero=%d: %s (%.3f s, %.0f bytes)\n", rc ? "FAIL" : "saved", g_size,
                                 ep, z, rc ? err : "ok", ckpt_last_stats()->seconds, ckpt_last_stats()->bytes);
         return rc ? 1 : 0;
@@ -593,7 +593,7 @@ static int cli(int argc, char **argv) {
         int ep = atoi(argv[3]), z = atoi(argv[4]), lora = argc > 5;
         const char *b = strrchr(argv[2], '_');
         int64_t step = b ? atoll(b + 1) : 0;
-        int ok = load_check(argv[2], ep, z, lora, ckpt_params_layout(z), ckpt_optim_layout(z), step, err);
+        int ok = load_check(argv[2], ep, z, lora, zero_params_layout(z), zero_optim_layout(z), step, err);
         if (g_rank == 0)
             printf("%s np=%d ep=%d zero=%d %s %s(%.3f s, %.0f bytes)\n", ok ? "OK" : "FAIL", g_size, ep, z, argv[2],
                    ok ? "" : err, ckpt_last_stats()->seconds, ckpt_last_stats()->bytes);

@@ -15,6 +15,7 @@
 #include <mpi.h>
 
 #include "../src/comm.h"
+#include "../src/zero.h"
 #include "../src/model/model.h"
 #include "../src/plan.h"
 
@@ -327,9 +328,9 @@ static void test_build_world(void **state) {
             size_t old = comm_set_chunk_limit(pass ? 7 : 0);
             memset(mine, 0, N * sizeof *mine);
             memset(back, 0, N * sizeof *back);
-            assert_int_equal(comm_zero_reduce_scatter(&p, si, 0, full, mine), 0);
+            assert_int_equal(zero_seg_reduce_scatter(&p, si, 0, full, mine), 0);
             assert_memory_equal(mine, full, N * sizeof *full);
-            assert_int_equal(comm_zero_allgather(&p, si, 0, mine, back), 0);
+            assert_int_equal(zero_seg_allgather(&p, si, 0, mine, back), 0);
             assert_memory_equal(back, full, N * sizeof *full);
             comm_set_chunk_limit(old);
         }
@@ -337,7 +338,7 @@ static void test_build_world(void **state) {
         free(mine);
         free(back);
     }
-    assert_true(comm_allreduce_sum_double(2.5, p.world) == 2.5);
+    assert_true(comm_sum_double(2.5, p.world) == 2.5);
     plan_free(&p);
     assert_true(p.world == MPI_COMM_NULL);
 }

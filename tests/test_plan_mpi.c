@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../src/comm.h"
+#include "../src/zero.h"
 #include "../src/plan.h"
 
 static int nfail, nchecks, wrank;
@@ -172,7 +173,7 @@ static void check_shards(const plan *p) {
     CHECK(agree_u64(h, p->world), "shards differ between ranks");
     unsigned long long mine[2] = {0, 0}, sum[2], want[2] = {0, 0}; /* dense over world, expert over data */
     for (int si = 0; si < pt->nseg; si++) {
-        int ex = pt->seg[si].kind == SEG_EXPERT, me = plan_seg_member(p, si);
+        int ex = pt->seg[si].kind == SEG_EXPERT, me = zero_seg_member(p, si);
         mine[ex] += p->shard[si].cnt[me];
         want[ex] += pt->seg[si].numel;
         /* contiguous, whole cover */
@@ -200,8 +201,8 @@ static void check_collectives(const plan *p) {
         for (int si = 0; si < pt->nseg; si++)
             for (int compact = 0; compact < 2; compact++) {
                 const plan_shard *s = &p->shard[si];
-                MPI_Comm c = plan_seg_comm(p, si);
-                int me = plan_seg_member(p, si), n = s->nmemb, csize;
+                MPI_Comm c = zero_seg_comm(p, si);
+                int me = zero_seg_member(p, si), n = s->nmemb, csize;
                 MPI_Comm_size(c, &csize);
                 CHECK(csize == n, "segment %d: comm of %d for %d members", si, csize, n);
                 size_t N = compact ? s->trainable : pt->seg[si].numel;
@@ -209,11 +210,11 @@ static void check_collectives(const plan *p) {
                 float *full = malloc((N + 1) * sizeof *full), *back = calloc(N + 1, sizeof *back);
                 float *mine = malloc((cnt + 1) * sizeof *mine);
                 for (size_t i = 0; i < N; i++) full[i] = (float)((me + 1) * (int)(i % 7 + 1));
-                int e1 = comm_zero_reduce_scatter(p, si, compact, full, mine);
+                int e1 = zero_seg_reduce_scatter(p, si, compact, full, mine);
                 int bad = 0;
                 for (size_t i = 0; i < cnt; i++)
                     bad += mine[i] != (float)(n * (n + 1) / 2 * (int)((off + i) % 7 + 1));
-                int e2 = comm_zero_allgather(p, si, compact, mine, back);
+                int e2 = zero_seg_allgather(p, si, compact, mine, back);
                 for (size_t i = 0; i < N; i++) bad += back[i] != (float)(n * (n + 1) / 2 * (int)(i % 7 + 1));
                 CHECK(e1 == 0 && e2 == 0 && bad == 0, "segment %d compact %d limit %d: %d wrong floats", si, compact,
                       limit, bad);
@@ -223,7 +224,7 @@ static void check_collectives(const plan *p) {
             }
         comm_set_chunk_limit(old);
     }
-    double s = comm_allreduce_sum_double(wrank + 1.0, p->world);
+    double s = comm_sum_double(wrank + 1.0, p->world);
     CHECK(s == p->world_size * (p->world_size + 1) / 2.0, "allreduce %g", s);
 }
 

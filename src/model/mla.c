@@ -1,6 +1,8 @@
 /* mla.c — Multi-head Latent Attention (dsv3-spec §3): forward and backward. */
 #include "mla.h"
 
+#include "../error.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,10 +11,7 @@
 
 static float *mla_alloc(size_t n, const char *what) {
     float *p = malloc((n ? n : 1) * sizeof *p);
-    if (!p) {
-        fprintf(stderr, "%s:%d: mla: out of memory for %s (%zu floats)\n", __FILE__, __LINE__, what, n);
-        abort();
-    }
+    if (!p) error_one("mla: out of memory for %s (%zu floats)", what, n);
     return p;
 }
 
@@ -74,11 +73,8 @@ void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int 
     if (l->kv_b.r) TAKE(lc_kv_b, N * l->kv_b.r);
     if (l->o.r) TAKE(lc_o, N * l->o.r);
 #undef TAKE
-    if ((size_t)(p - c->buf) != c->floats) {
-        fprintf(stderr, "%s:%d: mla_cache_alloc: layout %zu != mla_cache_floats %zu\n", __FILE__, __LINE__,
-                (size_t)(p - c->buf), c->floats);
-        abort();
-    }
+    DSV3_CHECK((size_t)(p - c->buf) == c->floats, "mla_cache_alloc: layout %zu != mla_cache_floats %zu",
+               (size_t)(p - c->buf), c->floats);
 }
 
 void mla_cache_free(mla_cache *c) {
@@ -93,11 +89,8 @@ void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, 
     const int kva = kvl + dr, kvbw = dn + dv; /* kv_a / kv_b row widths */
     /* q_a_layernorm and kv_a_layernorm use the RMSNorm default 1e-6, not the config value (spec §2) */
     const float eps = 1e-6f;
-    if (c->B != B || c->T != T || T > rt->T) {
-        fprintf(stderr, "%s:%d: mla_forward: cache is for B=%d T=%d, rope table T=%d, called with B=%d T=%d\n",
-                __FILE__, __LINE__, c->B, c->T, rt->T, B, T);
-        abort();
-    }
+    DSV3_CHECK(c->B == B && c->T == T && T <= rt->T,
+               "mla_forward: cache is for B=%d T=%d, rope table T=%d, called with B=%d T=%d", c->B, c->T, rt->T, B, T);
     c->x = x;
 
     /* query path: q [N, nh, dqk] */
@@ -139,11 +132,9 @@ void mla_backward(const deck_model *m, const mla_layer *l, const rope_table *rt,
     const int N = B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim;
     const int dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
     const int kva = kvl + dr, kvbw = dn + dv;
-    if (c->B != B || c->T != T || !c->x) {
-        fprintf(stderr, "%s:%d: mla_backward: cache is for B=%d T=%d (forward run: %s), called with B=%d T=%d\n",
-                __FILE__, __LINE__, c->B, c->T, c->x ? "yes" : "no", B, T);
-        abort();
-    }
+    DSV3_CHECK(c->B == B && c->T == T && c->x,
+               "mla_backward: cache is for B=%d T=%d (forward run: %s), called with B=%d T=%d", c->B, c->T,
+               c->x ? "yes" : "no", B, T);
     const float *x = c->x;
 
     /* o_proj */

@@ -1,6 +1,8 @@
 /* mlp.c — dense SwiGLU MLP, forward and backward. */
 #include "mlp.h"
 
+#include "../error.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -50,10 +52,7 @@ void mlp_cache_free(mlp_cache *c) {
 }
 
 static void check_n(const mlp_cache *c, int N) {
-    if (N > c->n_cap) {
-        fprintf(stderr, "mlp.c: %d tokens exceed the cache capacity %d\n", N, c->n_cap);
-        abort();
-    }
+    DSV3_CHECK(N <= c->n_cap, "mlp: %d tokens exceed the cache capacity %d", N, c->n_cap);
 }
 
 void mlp_forward(const mlp_layer *l, mlp_cache *c, float *out, const float *x, int N) {

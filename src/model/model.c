@@ -13,8 +13,10 @@
 #include <string.h>
 
 #include "../comm.h"
+#include "../error.h"
 #include "../ops.h"
 #include "../plan.h"
+#include "../zero.h"
 #include "linear.h"
 #include "mla.h"
 #include "mlp.h"
@@ -53,22 +55,10 @@ struct model {
     const deck *d;
     const deck_model *cfg;
     const plan *p;                    /* NULL: one rank, no ZeRO */
-    int zero;                         /* ZeRO stage */
     param_table pt;
-    float *params, *grads;            /* flat local layout (params: stage < 3, grads: stage < 2) */
-    /* ZeRO (design §3): a group's dense and expert segments are contiguous,
-     * [goff[g], goff[g]+glen[g]) of the flat layout. Stage 3 keeps only the
-     * packed shard pshard and all-gathers a group into gp[g] around its use;
-     * stage >= 2 accumulates a group's gradients in gg[g] during its backward
-     * and reduce-scatters them into the packed shard gshard right after. */
-    size_t *goff, *glen;              /* [n_groups] */
-    float **gp, **gg;                 /* [n_groups] open workspaces (or views of params/grads) */
-    float *pshard, *gshard, *rs_tmp;  /* packed shards; reduce-scatter scratch */
-    size_t *seg_packed;               /* [nseg] offset of segment s in the packed shard */
-    size_t rs_n;                      /* floats of rs_tmp */
-    double ws_bytes[2], ws_peak[2];   /* open ZeRO workspaces (params, grads): now / high-water mark */
+    zero_state z;                     /* parameters, gradients and their ZeRO stage (zero.h) */
     int ep, ep_first, ep_local;       /* EP size, routed experts held */
-    MPI_Comm ep_comm;
+    comm_t ep_comm;
     float *embed, *g_embed;           /* [V,H] */
     float *final_norm, *g_final_norm; /* [H] */
     linear lm_head;                   /* [V,H] */
@@ -76,7 +66,9 @@ struct model {
     block *blk;
     int n_moe;
     int *moe_block;                   /* [n_moe] block index */
-    int64_t *counts;                  /* [n_moe, E] */
+    int64_t *counts;                  /* [n_moe, E] host: tokens routed per expert */
+    int64_t *count_scratch;           /* [E] host: counts of a recompute (discarded) */
+    float *e_scratch;                 /* [E] a router-bias update under ZeRO-3 */
     rope_table rope;
     int B, T, N;                      /* current allocation */
     float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
@@ -93,17 +85,14 @@ static double base_act_bytes(const deck_model *c, const block *blk, int nblocks,
 static float *bind(model *m, const char *name, float **g, int required) {
     int i = params_find(&m->pt, name);
     if (i < 0) {
-        if (required) {
-            fprintf(stderr, "dsv3: internal error: tensor %s missing from the table\n", name);
-            abort();
-        }
+        DSV3_CHECK(!required, "internal error: tensor %s missing from the table", name);
         if (g) *g = NULL;
         return NULL;
     }
     const param_spec *s = &m->pt.t[i];
-    size_t o = s->offset - m->goff[s->group];
-    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->gg[s->group] ? NULL : m->gg[s->group] + o;
-    return m->gp[s->group] ? m->gp[s->group] + o : NULL;
+    size_t o = s->offset - m->z.goff[s->group];
+    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->z.gg[s->group] ? NULL : m->z.gg[s->group] + o;
+    return m->z.gp[s->group] ? m->z.gp[s->group] + o : NULL;
 }
 
 static void bind_linear(model *m, linear *l, int layer, const char *module, int in, int out) {
@@ -202,57 +191,17 @@ static void rebind(model *m, int g) {
     }
 }
 
-/* ---------- ZeRO-3 parameter gathers and ZeRO-2/3 gradient flushes ---------- */
+/* ---------- ZeRO-3 gathers and ZeRO-2/3 flushes (zero.c), then rebinding ---------- */
 
-static void ws_track(model *m, int grads, double bytes) {
-    m->ws_bytes[grads] += bytes;
-    if (m->ws_bytes[grads] > m->ws_peak[grads]) m->ws_peak[grads] = m->ws_bytes[grads];
-}
-
-/* Stage 3: all-gather group g's parameters from the shards (collective). */
 static void open_params(model *m, int g) {
-    if (m->zero < 3 || m->gp[g]) return;
-    m->gp[g] = malloc((m->glen[g] + 1) * sizeof(float));
-    if (!m->gp[g]) comm_fatal("out of memory gathering parameter group %d (%zu floats)", g, m->glen[g]);
-    ws_track(m, 0, 4.0 * m->glen[g]);
-    for (int s = 0; s < m->pt.nseg; s++)
-        if (m->pt.seg[s].group == g)
-            comm_zero_allgather(m->p, s, 0, m->pshard + m->seg_packed[s],
-                                m->gp[g] + (m->pt.seg[s].offset - m->goff[g]));
-    rebind(m, g);
+    if (zero_open_params(&m->z, g)) rebind(m, g);
 }
-
-static void close_params(model *m, int g) {
-    if (m->zero < 3 || !m->gp[g]) return;
-    free(m->gp[g]);
-    m->gp[g] = NULL;
-    ws_track(m, 0, -4.0 * m->glen[g]);
-}
-
-/* Stage >= 2: a zeroed full-gradient workspace for group g. */
+static void close_params(model *m, int g) { zero_close_params(&m->z, g); }
 static void open_grads(model *m, int g) {
-    if (m->zero < 2 || m->gg[g]) return;
-    m->gg[g] = calloc(m->glen[g] + 1, sizeof(float));
-    if (!m->gg[g]) comm_fatal("out of memory for the gradients of group %d (%zu floats)", g, m->glen[g]);
-    ws_track(m, 1, 4.0 * m->glen[g]);
-    rebind(m, g);
+    if (zero_open_grads(&m->z, g)) rebind(m, g);
 }
-
-/* Stage >= 2: reduce-scatter group g's gradients into my shard (collective), free them. */
 static void flush_grads(model *m, int g) {
-    if (m->zero < 2 || !m->gg[g]) return;
-    const plan *p = m->p;
-    for (int s = 0; s < m->pt.nseg; s++) {
-        const param_segment *sg = &m->pt.seg[s];
-        if (sg->group != g) continue;
-        size_t n = p->shard[s].cnt[sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank];
-        comm_zero_reduce_scatter(p, s, 0, m->gg[g] + (sg->offset - m->goff[g]), m->rs_tmp);
-        ops_add(m->gshard + m->seg_packed[s], m->rs_tmp, n);
-    }
-    free(m->gg[g]);
-    m->gg[g] = NULL;
-    ws_track(m, 1, -4.0 * m->glen[g]);
-    rebind(m, g);
+    if (zero_flush_grads(&m->z, g)) rebind(m, g);
 }
 
 /* ---------- creation ---------- */
@@ -270,50 +219,14 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
     m->ep = ep;
     m->ep_local = c->n_routed_experts / ep;
     m->ep_first = p ? p->expert_first : 0;
-    m->ep_comm = p ? p->expert : MPI_COMM_SELF;
+    m->ep_comm = p ? p->expert : COMM_SELF;
     m->checkpointing = d->parallel.activation_checkpointing;
     m->p = p;
-    m->zero = p ? p->zero_stage : 0;
-    int G = m->pt.n_groups;
-    m->goff = calloc((size_t)G, sizeof *m->goff);
-    m->glen = calloc((size_t)G, sizeof *m->glen);
-    m->gp = calloc((size_t)G, sizeof *m->gp);
-    m->gg = calloc((size_t)G, sizeof *m->gg);
-    m->seg_packed = calloc((size_t)m->pt.nseg + 1, sizeof *m->seg_packed);
-    for (int g = 0; g < G; g++) m->goff[g] = (size_t)-1;
-    size_t packed = 0, max_shard = 0;
-    for (int s = 0; s < m->pt.nseg; s++) {
-        const param_segment *sg = &m->pt.seg[s];
-        if (m->goff[sg->group] == (size_t)-1) m->goff[sg->group] = sg->offset;
-        m->glen[sg->group] += sg->numel;
-        m->seg_packed[s] = packed;
-        if (p) {
-            size_t n = p->shard[s].cnt[sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank];
-            packed += n;
-            max_shard = n > max_shard ? n : max_shard;
-        }
-    }
-    for (int g = 0; g < G; g++)
-        if (m->goff[g] == (size_t)-1) m->goff[g] = 0;
-    int fail = 0;
-    if (m->zero >= 3)
-        fail |= !(m->pshard = calloc(packed + 1, sizeof *m->pshard));
-    else
-        fail |= !(m->params = calloc(m->pt.total_local, sizeof *m->params));
-    m->rs_n = m->zero >= 2 ? max_shard : 0;
-    if (m->zero >= 2)
-        fail |= !(m->gshard = calloc(packed + 1, sizeof *m->gshard)) || !(m->rs_tmp = calloc(max_shard + 1, 4));
-    else
-        fail |= !(m->grads = calloc(m->pt.total_local, sizeof *m->grads));
-    if (fail) {
-        snprintf(err, errlen, "out of memory allocating %zu parameters", m->pt.total_local);
+    if (zero_create(&m->z, &m->pt, p, err, errlen)) {
         model_free(m);
         return -1;
     }
-    for (int g = 0; g < G; g++) { /* without sharding every group is always open */
-        if (m->params) m->gp[g] = m->params + m->goff[g];
-        if (m->grads) m->gg[g] = m->grads + m->goff[g];
-    }
+    int G = m->pt.n_groups;
     int H = c->hidden_size;
     memset(&m->lm_head, 0, sizeof m->lm_head);
     m->lm_head.in = H;
@@ -323,7 +236,7 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
     m->nblocks = L + D;
     m->blk = calloc((size_t)m->nblocks, sizeof *m->blk);
     m->moe_block = calloc((size_t)m->nblocks, sizeof *m->moe_block);
-    for (int i = 0; i < m->nblocks; i++) {
+    for (int i = 0; m->blk && m->moe_block && i < m->nblocks; i++) {
         block *b = &m->blk[i];
         b->layer = i;
         b->is_mtp = i >= L;
@@ -331,8 +244,15 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
         b->moe_slot = b->is_moe ? m->n_moe : -1;
         if (b->is_moe) m->moe_block[m->n_moe++] = i;
     }
-    for (int g = 0; g < G; g++) rebind(m, g);
+    for (int g = 0; m->blk && g < G; g++) rebind(m, g);
     m->counts = calloc((size_t)(m->n_moe ? m->n_moe : 1) * c->n_routed_experts, sizeof *m->counts);
+    m->count_scratch = calloc((size_t)c->n_routed_experts, sizeof *m->count_scratch);
+    m->e_scratch = calloc((size_t)c->n_routed_experts, sizeof *m->e_scratch);
+    if (!m->blk || !m->moe_block || !m->counts || !m->count_scratch || !m->e_scratch) {
+        snprintf(err, errlen, "out of memory for the model's block table");
+        model_free(m);
+        return -1;
+    }
     if (rope_table_build(&m->rope, c, d->train.seq_len)) {
         snprintf(err, errlen, "cannot build the RoPE table for seq_len %d", d->train.seq_len);
         model_free(m);
@@ -373,15 +293,8 @@ void model_free(model *m) {
     rope_table_free(&m->rope);
     free(m->blk);
     free(m->moe_block);
-    free(m->counts);
-    if (m->zero >= 3)
-        for (int g = 0; g < m->pt.n_groups; g++) free(m->gp[g]);
-    if (m->zero >= 2)
-        for (int g = 0; g < m->pt.n_groups; g++) free(m->gg[g]);
-    free(m->params);
-    free(m->grads);
-    free(m->pshard), free(m->gshard), free(m->rs_tmp);
-    free(m->goff), free(m->glen), free(m->gp), free(m->gg), free(m->seg_packed);
+    free(m->counts), free(m->count_scratch), free(m->e_scratch);
+    zero_destroy(&m->z);
     params_free(&m->pt);
     free(m);
 }
@@ -482,17 +395,11 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     ops_add(b->x_mid, m->tmp, (size_t)N * H);                              /* x_mid = x + attn */
     ops_rmsnorm_forward(b->xn2, b->rstd2, b->x_mid, b->post_norm, N, H, eps);
     if (b->is_moe) {
-        int64_t scratch[1024];
-        int64_t *cnt = m->counts + (size_t)b->moe_slot * c->n_routed_experts;
-        int64_t *tmpc = NULL;
-        if (recompute) { /* a recompute must not count tokens twice */
-            tmpc = c->n_routed_experts <= 1024 ? scratch : calloc(c->n_routed_experts, sizeof *tmpc);
-            cnt = tmpc;
-        }
+        /* a recompute must not count tokens twice: its counts go to scratch */
+        int64_t *cnt = recompute ? m->count_scratch : m->counts + (size_t)b->moe_slot * c->n_routed_experts;
         double bl = 0.0;
         moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale);
         if (!recompute && bal) *bal += bl;
-        if (tmpc && tmpc != scratch) free(tmpc);
     } else {
         mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N);
     }
@@ -681,8 +588,9 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
 /* ---------- accessors ---------- */
 
 const param_table *model_params(const model *m) { return &m->pt; }
-float *model_param_buffer(model *m) { return m->zero >= 3 ? m->pshard : m->params; }
-float *model_grad_buffer(model *m) { return m->zero >= 2 ? m->gshard : m->grads; }
+float *model_param_buffer(model *m) { return zero_param_buffer(&m->z); }
+float *model_grad_buffer(model *m) { return zero_grad_buffer(&m->z); }
+zero_state *model_zero(model *m) { return &m->z; }
 const float *model_logits(const model *m) { return m->logits; }
 int model_n_moe(const model *m) { return m->n_moe; }
 int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m->cfg->n_routed_experts; }
@@ -695,16 +603,13 @@ void model_reset_counts(model *m) {
 
 float *model_tensor(model *m, const char *name, float **grad) {
     int i = params_find(&m->pt, name);
-    if (i < 0 || !m->params || !m->grads) return NULL; /* sharded: no full copy */
+    if (i < 0 || !m->z.params || !m->z.grads) return NULL; /* sharded: no full copy */
     const param_spec *s = &m->pt.t[i];
-    if (grad) *grad = m->grads + s->offset;
-    return m->params + s->offset;
+    if (grad) *grad = m->z.grads + s->offset;
+    return m->z.params + s->offset;
 }
 
-void model_zero_grad(model *m) {
-    if (m->grads) ops_zero(m->grads, m->pt.total_local);
-    if (m->gshard) ops_zero(m->gshard, m->p->shard_floats);
-}
+void model_zero_grad(model *m) { zero_zero_grad(&m->z); }
 
 static uint64_t name_key(const char *s) { /* FNV-1a of the HF name: the init stream of a tensor */
     uint64_t h = 1469598103934665603ULL;
@@ -736,20 +641,13 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
 void model_init_weights(model *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         const param_spec *s = &m->pt.t[i];
-        if (m->params) {
-            init_range(m, s, m->params + s->offset, 0, (size_t)s->numel_local, seed);
+        if (m->z.params) {
+            init_range(m, s, m->z.params + s->offset, 0, (size_t)s->numel_local, seed);
             continue;
         }
-        /* ZeRO-3: only the part of the tensor inside my shard of its segment */
-        for (int k = 0; k < m->pt.nseg; k++) {
-            const param_segment *sg = &m->pt.seg[k];
-            if (sg->group != s->group || sg->kind != s->kind) continue;
-            int me = sg->kind == SEG_EXPERT ? m->p->dp_index : m->p->world_rank;
-            size_t lo = sg->offset + m->p->shard[k].off[me], hi = lo + m->p->shard[k].cnt[me];
-            size_t a = s->offset > lo ? s->offset : lo, b = s->offset + (size_t)s->numel_local;
-            if (b > hi) b = hi;
-            if (b > a) init_range(m, s, m->pshard + m->seg_packed[k] + (a - lo), a - s->offset, b - s->offset, seed);
-        }
+        int64_t a, b; /* ZeRO-3: only the part of the tensor inside my shard */
+        zero_my_part(&m->z.map, i, &a, &b);
+        if (b > a) init_range(m, s, zero_at(&m->z.map, i, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)a, (size_t)b, seed);
     }
 }
 
@@ -757,24 +655,21 @@ void model_init_weights(model *m, uint64_t seed) {
  * to the copy it holds (the full bias, or under ZeRO-3 its shard's part). */
 void model_bias_update(model *m, int i, const int64_t *counts, float gamma) {
     int E = m->cfg->n_routed_experts;
-    if (m->params) {
-        moe_bias_update(m->blk[m->moe_block[i]].moe.bias, counts, E, gamma);
+    float *bias = m->blk[m->moe_block[i]].moe.bias;
+    if (m->z.params) {
+        moe_bias_update(bias, counts, E, gamma);
         return;
     }
-    char name[160];
+    char name[160]; /* ZeRO-3: the update of every element, then keep my shard's part */
     snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", m->blk[m->moe_block[i]].layer);
-    const param_spec *s = &m->pt.t[params_find(&m->pt, name)];
-    float *full = calloc((size_t)E, sizeof *full); /* the update of every element, then keep mine */
+    int t = params_find(&m->pt, name);
+    DSV3_CHECK(t >= 0, "internal error: router bias %s missing", name);
+    float *full = m->e_scratch;
+    ops_zero(full, (size_t)E);
     moe_bias_update(full, counts, E, gamma);
-    for (int k = 0; k < m->pt.nseg; k++) {
-        const param_segment *sg = &m->pt.seg[k];
-        if (sg->group != s->group || sg->kind != SEG_DENSE) continue;
-        size_t lo = sg->offset + m->p->shard[k].off[m->p->world_rank], hi = lo + m->p->shard[k].cnt[m->p->world_rank];
-        size_t a = s->offset > lo ? s->offset : lo, b = s->offset + (size_t)E;
-        if (b > hi) b = hi;
-        if (b > a) ops_add(m->pshard + m->seg_packed[k] + (a - lo), full + (a - s->offset), b - a);
-    }
-    free(full);
+    int64_t a, b;
+    zero_my_part(&m->z.map, t, &a, &b);
+    if (b > a) ops_add(zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), full + a, (size_t)(b - a));
 }
 
 int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
@@ -785,10 +680,7 @@ int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
 }
 
 void model_memory(const model *m, double *params, double *grads, double *acts) {
-    /* ZeRO workspaces (gathered groups, full-gradient groups) count at their high-water mark */
-    double shard = m->p ? 4.0 * (double)m->p->shard_floats : 0.0;
-    *params = (m->params ? 4.0 * (double)m->pt.total_local : shard) + m->ws_peak[0];
-    *grads = (m->grads ? 4.0 * (double)m->pt.total_local : shard + 4.0 * (double)m->rs_n) + m->ws_peak[1];
+    zero_memory(&m->z, params, grads);
     *acts = m->act_peak;
 }
 
@@ -831,9 +723,9 @@ double model_act_bytes(const deck *d, int ep, int B, int T) {
     t.ep = ep;
     t.ep_local = d->model.n_routed_experts / ep;
     int G = t.pt.n_groups, L = d->model.num_hidden_layers;
-    t.goff = calloc((size_t)G, sizeof *t.goff);
-    t.gp = calloc((size_t)G, sizeof *t.gp); /* all NULL: binding records shapes only */
-    t.gg = calloc((size_t)G, sizeof *t.gg);
+    t.z.goff = calloc((size_t)G, sizeof *t.z.goff);
+    t.z.gp = calloc((size_t)G, sizeof *t.z.gp); /* all NULL: binding records shapes only */
+    t.z.gg = calloc((size_t)G, sizeof *t.z.gg);
     t.nblocks = L + d->model.num_nextn_predict_layers;
     t.blk = calloc((size_t)t.nblocks, sizeof *t.blk);
     for (int i = 0; i < t.nblocks; i++) {
@@ -843,7 +735,7 @@ double model_act_bytes(const deck *d, int ep, int B, int T) {
         bind_block(&t, &t.blk[i]);
     }
     double bytes = peak_act_bytes(&d->model, t.blk, t.nblocks, L, d->parallel.activation_checkpointing, ep, B, T);
-    free(t.blk), free(t.goff), free(t.gp), free(t.gg);
+    free(t.blk), free(t.z.goff), free(t.z.gp), free(t.z.gg);
     params_free(&t.pt);
     return bytes;
 }

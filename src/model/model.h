@@ -8,10 +8,10 @@
 #ifndef DSV3_MODEL_H
 #define DSV3_MODEL_H
 
-#include <mpi.h>
 #include <stdint.h>
 
 #include "../deck.h"
+#include "../zero.h"
 #include "params.h"
 
 struct plan;
@@ -53,6 +53,8 @@ const param_table *model_params(const model *m);
  * shard, already reduced over the data/world communicators by model_step. */
 float *model_param_buffer(model *m);
 float *model_grad_buffer(model *m);
+/* The parameter/gradient buffers and their ZeRO stage (the optimizer step, zero.h). */
+zero_state *model_zero(model *m);
 /* Pointer to a tensor's local data by HF name (NULL if absent); *grad gets its gradient. */
 float *model_tensor(model *m, const char *hf_name, float **grad);
 /* Counter-based init: every value is a pure function of (seed, tensor name, global element index),

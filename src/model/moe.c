@@ -6,15 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../comm.h"
+#include "../error.h"
 #include "../ops.h"
-
-#define MOE_DIE(...)                                                                                             \
-    do {                                                                                                         \
-        fprintf(stderr, "moe.c:%d: ", __LINE__);                                                                 \
-        fprintf(stderr, __VA_ARGS__);                                                                            \
-        fputc('\n', stderr);                                                                                     \
-        MPI_Abort(MPI_COMM_WORLD, 1);                                                                            \
-    } while (0)
 
 size_t moe_rows_expected(int N, int K) { return (size_t)N * K; }
 
@@ -153,7 +147,7 @@ void moe_cache_free(moe_cache *c) {
 void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const float *x, int B, int T,
                double *bal_loss, float bal_scale) {
     int N = B * T, E = c->E, K = c->K, H = c->H;
-    if (N > c->n_cap) MOE_DIE("%d tokens exceed the MoE cache capacity %d", N, c->n_cap);
+    if (N > c->n_cap) error_one("%d tokens exceed the MoE cache capacity %d", N, c->n_cap);
     c->N = N;
     c->B = B;
     c->T = T;
@@ -183,37 +177,29 @@ void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, f
 
 /* ---- dispatch / experts / combine ---- */
 
-static void check_comm(const moe_cache *c, const moe_layer *l, MPI_Comm comm) {
-    int size, rank;
-    MPI_Comm_size(comm, &size);
-    MPI_Comm_rank(comm, &rank);
+static void check_comm(const moe_cache *c, const moe_layer *l, comm_t comm) {
+    int size = comm_size(comm), rank = comm_rank(comm);
     if (size != c->ep || l->e_local * size != c->E || l->e_first != rank * l->e_local || l->e_local != c->e_local)
-        MOE_DIE("expert layout mismatch: comm size %d (cache EP %d), rank %d, e_first %d, e_local %d, E %d", size,
+        error_one("expert layout mismatch: comm size %d (cache EP %d), rank %d, e_first %d, e_local %d, E %d", size,
                 c->ep, rank, l->e_first, l->e_local, c->E);
 }
 
 /* Rows of H floats: counts in rows, so N·K·H may exceed INT_MAX. */
 static void exchange(moe_cache *c, const float *send, const int *scnt, const int *soff, float *recv,
-                     const int *rcnt, const int *roff, int H, MPI_Comm comm) {
-    double t0 = MPI_Wtime();
-    MPI_Datatype row;
-    MPI_Type_contiguous(H, MPI_FLOAT, &row);
-    MPI_Type_commit(&row);
-    int rc = MPI_Alltoallv(send, scnt, soff, row, recv, rcnt, roff, row, comm);
-    MPI_Type_free(&row);
-    if (rc != MPI_SUCCESS) MOE_DIE("MPI_Alltoallv of expert rows failed (%d)", rc);
-    c->comm_seconds += MPI_Wtime() - t0;
+                     const int *rcnt, const int *roff, int H, comm_t comm) {
+    double t0 = comm_wtime();
+    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, H, comm)) error_one("all-to-all of expert rows failed");
+    c->comm_seconds += comm_wtime() - t0;
 }
 
-void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float *out) {
+void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, E = c->E, G = c->e_local, P = c->ep;
     ops_moe_sort(c->pos, c->src, c->ecnt, c->idx, N, K, E);
     /* ecnt is [P, G] in destination order: send each rank the counts for its experts */
-    double t0 = MPI_Wtime();
-    if (MPI_Alltoall(c->ecnt, G, MPI_INT, c->rcnt_e, G, MPI_INT, comm) != MPI_SUCCESS)
-        MOE_DIE("MPI_Alltoall of expert counts failed");
-    c->comm_seconds += MPI_Wtime() - t0;
+    double t0 = comm_wtime();
+    if (comm_alltoall_int(c->ecnt, c->rcnt_e, G, comm)) error_one("all-to-all of expert counts failed");
+    c->comm_seconds += comm_wtime() - t0;
     int so = 0, ro = 0;
     for (int r = 0; r < P; r++) {
         int s = 0, q = 0;
@@ -235,7 +221,7 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float 
     c->R = ro;
     if (c->R > c->r_cap) { /* dropless: grow rather than drop */
         free_rows(c);
-        if (alloc_rows(c, c->R) != 0) MOE_DIE("out of memory growing the expert row buffers to %d rows", c->R);
+        if (alloc_rows(c, c->R) != 0) error_one("out of memory growing the expert row buffers to %d rows", c->R);
         c->grow_events++;
     }
     int R = c->R;
@@ -252,7 +238,7 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float 
     ops_moe_combine(out, c->ys, c->pos, c->w, N, K, H, 0.0f);
 }
 
-void moe_experts_backward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float *dx, const float *dout) {
+void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, R = c->R;
     size_t RI = (size_t)R * I;
@@ -275,7 +261,7 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, MPI_Comm comm, float
 
 /* ---- the layer ---- */
 
-void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out,
+void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out,
                  const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale) {
     moe_route(m, l, c, x, B, T, bal_loss, bal_scale);
     moe_experts_forward(l, c, ep_comm, out);
@@ -288,7 +274,7 @@ void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm
     }
 }
 
-void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx,
+void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx,
                   const float *dout) {
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);

@@ -21,10 +21,10 @@
 #ifndef DSV3_MOE_H
 #define DSV3_MOE_H
 
-#include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../comm.h"
 #include "../deck.h"
 #include "linear.h"
 #include "mlp.h"
@@ -91,11 +91,11 @@ void moe_cache_free(moe_cache *c);
  * bal_loss (may be NULL) += α·Σ_b Σ_i f_i·P_i over the B sequences (α =
  * m->aux_loss_alpha; 0 = off); the backward adds bal_scale·∂(that)/∂ to the
  * router gradient (e.g. 1/global_sequences). Collective over ep_comm. */
-void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out,
+void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out,
                  const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale);
 /* dx[N,H] += ∂L/∂x given dout = ∂L/∂out; router, routed-expert and shared
  * gradients accumulate. Uses the last moe_forward on c. Collective. */
-void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx,
+void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx,
                   const float *dout);
 
 /* The parts, for a backend that replaces one of them.
@@ -105,9 +105,9 @@ void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const floa
 /* dx += router path, from c->dw (set by moe_experts_backward) and the balance loss; gate_g accumulates. */
 void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, float *dx);
 /* out[N,H] = Σ_k w·expert_k(x) (overwritten), from the routing in c. Collective. */
-void moe_experts_forward(const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *out);
+void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out);
 /* c->dw = ∂L/∂w; dx += routed-expert path; expert gradients accumulate. Collective. */
-void moe_experts_backward(const moe_layer *l, moe_cache *c, MPI_Comm ep_comm, float *dx, const float *dout);
+void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx, const float *dout);
 
 /* b_i += γ·sign(mean_j c_j − c_i), counts summed over the whole batch (spec §5). */
 void moe_bias_update(float *bias, const int64_t *counts, int E, float gamma);

@@ -1,0 +1,286 @@
+/* zero.c — ZeRO stages 0-3: shard map, group gathers/flushes, gradient
+ * reduction and the sharded update (zero.h). */
+#include "zero.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "ops.h"
+#include "optim.h"
+
+comm_t zero_seg_comm(const plan *p, int seg) { return p->params.seg[seg].kind == SEG_EXPERT ? p->data : p->world; }
+int zero_seg_member(const plan *p, int seg) {
+    return p->params.seg[seg].kind == SEG_EXPERT ? p->dp_index : p->world_rank;
+}
+int zero_seg_reduce_scatter(const plan *p, int seg, int compact, const float *full, float *mine) {
+    const plan_shard *sh = &p->shard[seg];
+    comm_t c = zero_seg_comm(p, seg);
+    if (comm_size(c) != sh->nmemb) return -1;
+    return comm_reduce_scatter(compact ? sh->toff : sh->off, compact ? sh->tcnt : sh->cnt, c, full, mine);
+}
+
+int zero_seg_allgather(const plan *p, int seg, int compact, const float *mine, float *full) {
+    const plan_shard *sh = &p->shard[seg];
+    comm_t c = zero_seg_comm(p, seg);
+    if (comm_size(c) != sh->nmemb) return -1;
+    return comm_allgather(compact ? sh->toff : sh->off, compact ? sh->tcnt : sh->cnt, c, mine, full);
+}
+
+static int member_of(const plan *p, int kind) { return kind == SEG_DENSE ? p->world_rank : p->dp_index; }
+static int trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
+
+/* ------------------------------------------------------------ shard map */
+
+int zero_map_init(zero_map *z, const plan *p, char *err, int errlen) {
+    const param_table *pt = &p->params;
+    memset(z, 0, sizeof *z);
+    z->p = p;
+    z->pt = pt;
+    size_t n = (size_t)(pt->n ? pt->n : 1), ns = (size_t)(pt->nseg ? pt->nseg : 1);
+    z->seg_of = malloc(sizeof(int) * n);
+    z->pbase = malloc(sizeof(size_t) * ns);
+    z->tfbase = malloc(sizeof(size_t) * ns);
+    z->tpbase = malloc(sizeof(size_t) * ns);
+    z->ttoff = calloc(n, sizeof(size_t));
+    if (!z->seg_of || !z->pbase || !z->tfbase || !z->tpbase || !z->ttoff) {
+        snprintf(err, errlen, "out of memory for the ZeRO shard map");
+        return -1;
+    }
+    size_t acc = 0, tacc = 0, tf = 0;
+    for (int s = 0; s < pt->nseg; s++) {
+        int me = member_of(p, pt->seg[s].kind);
+        z->pbase[s] = acc;
+        z->tpbase[s] = tacc;
+        z->tfbase[s] = tf;
+        acc += p->shard[s].cnt[me];
+        tacc += p->shard[s].tcnt[me];
+        tf += p->shard[s].trainable;
+        size_t t = 0; /* tensors of a segment in layout order = table order */
+        for (int i = 0; i < pt->n; i++)
+            if (pt->t[i].group == pt->seg[s].group && pt->t[i].kind == pt->seg[s].kind) {
+                z->ttoff[i] = t;
+                if (trainable(&pt->t[i])) t += (size_t)pt->t[i].numel_local;
+            }
+    }
+    for (int i = 0; i < pt->n; i++) {
+        z->seg_of[i] = -1;
+        for (int s = 0; s < pt->nseg; s++)
+            if (pt->seg[s].group == pt->t[i].group && pt->seg[s].kind == pt->t[i].kind) z->seg_of[i] = s;
+        if (z->seg_of[i] < 0) {
+            snprintf(err, errlen, "tensor %s belongs to no ZeRO segment", pt->t[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void zero_map_free(zero_map *z) {
+    free(z->seg_of), free(z->pbase), free(z->ttoff), free(z->tfbase), free(z->tpbase);
+    memset(z, 0, sizeof *z);
+}
+
+void zero_tensor_part(const zero_map *z, int i, int member, int64_t *a, int64_t *b) {
+    const param_spec *t = &z->pt->t[i];
+    const param_segment *sg = &z->pt->seg[z->seg_of[i]];
+    const plan_shard *sh = &z->p->shard[z->seg_of[i]];
+    size_t t0 = t->offset - sg->offset, t1 = t0 + (size_t)t->numel_local;
+    size_t lo = sh->off[member] > t0 ? sh->off[member] : t0;
+    size_t hi = sh->off[member] + sh->cnt[member] < t1 ? sh->off[member] + sh->cnt[member] : t1;
+    *a = *b = 0;
+    if (hi > lo) {
+        *a = (int64_t)(lo - t0);
+        *b = (int64_t)(hi - t0);
+    }
+}
+
+void zero_my_part(const zero_map *z, int i, int64_t *a, int64_t *b) {
+    zero_tensor_part(z, i, member_of(z->p, z->pt->t[i].kind), a, b);
+}
+
+float *zero_at(const zero_map *z, int i, float *buf, int lay, int64_t a) {
+    const param_spec *t = &z->pt->t[i];
+    if (lay == ZERO_FULL_LOCAL) return buf + t->offset + a;
+    int s = z->seg_of[i];
+    const param_segment *sg = &z->pt->seg[s];
+    const plan_shard *sh = &z->p->shard[s];
+    int me = member_of(z->p, sg->kind);
+    if (lay == ZERO_FULL_TRAINABLE) return buf + z->tfbase[s] + z->ttoff[i] + a;
+    if (lay == ZERO_SHARD_TRAINABLE) return buf + z->tpbase[s] + (z->ttoff[i] + (size_t)a - sh->toff[me]);
+    return buf + z->pbase[s] + (t->offset - sg->offset + (size_t)a - sh->off[me]);
+}
+
+/* ------------------------------------------------- model buffers, groups */
+
+int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, int errlen) {
+    memset(z, 0, sizeof *z);
+    z->p = p;
+    z->pt = pt;
+    z->stage = p ? p->zero_stage : 0;
+    int G = pt->n_groups;
+    z->goff = calloc((size_t)G + 1, sizeof *z->goff);
+    z->glen = calloc((size_t)G + 1, sizeof *z->glen);
+    z->gp = calloc((size_t)G + 1, sizeof *z->gp);
+    z->gg = calloc((size_t)G + 1, sizeof *z->gg);
+    if (!z->goff || !z->glen || !z->gp || !z->gg) {
+        snprintf(err, errlen, "out of memory for the ZeRO group table");
+        return -1;
+    }
+    if (p && zero_map_init(&z->map, p, err, errlen)) return -1;
+    for (int g = 0; g < G; g++) z->goff[g] = (size_t)-1;
+    size_t max_shard = 0;
+    for (int s = 0; s < pt->nseg; s++) {
+        const param_segment *sg = &pt->seg[s];
+        if (z->goff[sg->group] == (size_t)-1) z->goff[sg->group] = sg->offset;
+        z->glen[sg->group] += sg->numel;
+        if (p) {
+            size_t n = p->shard[s].cnt[zero_seg_member(p, s)];
+            max_shard = n > max_shard ? n : max_shard;
+        }
+    }
+    for (int g = 0; g < G; g++)
+        if (z->goff[g] == (size_t)-1) z->goff[g] = 0;
+    size_t packed = p ? p->shard_floats : 0;
+    int fail = 0;
+    if (z->stage >= 3)
+        fail |= !(z->pshard = calloc(packed + 1, sizeof *z->pshard));
+    else
+        fail |= !(z->params = calloc(pt->total_local, sizeof *z->params));
+    z->rs_n = z->stage >= 2 ? max_shard : 0;
+    if (z->stage >= 2)
+        fail |= !(z->gshard = calloc(packed + 1, sizeof *z->gshard)) || !(z->rs_tmp = calloc(max_shard + 1, 4));
+    else
+        fail |= !(z->grads = calloc(pt->total_local, sizeof *z->grads));
+    if (fail) {
+        snprintf(err, errlen, "out of memory allocating %zu parameters", pt->total_local);
+        return -1;
+    }
+    for (int g = 0; g < G; g++) { /* without sharding every group is always open */
+        if (z->params) z->gp[g] = z->params + z->goff[g];
+        if (z->grads) z->gg[g] = z->grads + z->goff[g];
+    }
+    return 0;
+}
+
+void zero_destroy(zero_state *z) {
+    if (z->gp && z->stage >= 3)
+        for (int g = 0; g < z->pt->n_groups; g++) free(z->gp[g]);
+    if (z->gg && z->stage >= 2)
+        for (int g = 0; g < z->pt->n_groups; g++) free(z->gg[g]);
+    free(z->params), free(z->grads), free(z->pshard), free(z->gshard), free(z->rs_tmp);
+    free(z->goff), free(z->glen), free(z->gp), free(z->gg);
+    if (z->p) zero_map_free(&z->map);
+    memset(z, 0, sizeof *z);
+}
+
+static void ws_track(zero_state *z, int grads, double bytes) {
+    z->ws_bytes[grads] += bytes;
+    if (z->ws_bytes[grads] > z->ws_peak[grads]) z->ws_peak[grads] = z->ws_bytes[grads];
+}
+
+int zero_open_params(zero_state *z, int g) {
+    if (z->stage < 3 || z->gp[g]) return 0;
+    z->gp[g] = malloc((z->glen[g] + 1) * sizeof(float));
+    if (!z->gp[g]) error_one("out of memory gathering parameter group %d (%zu floats)", g, z->glen[g]);
+    ws_track(z, 0, 4.0 * z->glen[g]);
+    const plan *p = z->p;
+    for (int s = 0; s < z->pt->nseg; s++) {
+        const param_segment *sg = &z->pt->seg[s];
+        if (sg->group != g) continue;
+        int rc = zero_seg_allgather(p, s, 0, z->pshard + z->map.pbase[s], z->gp[g] + (sg->offset - z->goff[g]));
+        DSV3_CHECK(rc == 0, "all-gather of parameter group %d failed", g);
+    }
+    return 1;
+}
+
+int zero_close_params(zero_state *z, int g) {
+    if (z->stage < 3 || !z->gp[g]) return 0;
+    free(z->gp[g]);
+    z->gp[g] = NULL;
+    ws_track(z, 0, -4.0 * z->glen[g]);
+    return 1;
+}
+
+int zero_open_grads(zero_state *z, int g) {
+    if (z->stage < 2 || z->gg[g]) return 0;
+    z->gg[g] = calloc(z->glen[g] + 1, sizeof(float));
+    if (!z->gg[g]) error_one("out of memory for the gradients of group %d (%zu floats)", g, z->glen[g]);
+    ws_track(z, 1, 4.0 * z->glen[g]);
+    return 1;
+}
+
+int zero_flush_grads(zero_state *z, int g) {
+    if (z->stage < 2 || !z->gg[g]) return 0;
+    const plan *p = z->p;
+    for (int s = 0; s < z->pt->nseg; s++) {
+        const param_segment *sg = &z->pt->seg[s];
+        if (sg->group != g) continue;
+        size_t n = p->shard[s].cnt[zero_seg_member(p, s)];
+        int rc = zero_seg_reduce_scatter(p, s, 0, z->gg[g] + (sg->offset - z->goff[g]), z->rs_tmp);
+        DSV3_CHECK(rc == 0, "reduce-scatter of gradient group %d failed", g);
+        ops_add(z->gshard + z->map.pbase[s], z->rs_tmp, n);
+    }
+    free(z->gg[g]);
+    z->gg[g] = NULL;
+    ws_track(z, 1, -4.0 * z->glen[g]);
+    return 1;
+}
+
+float *zero_param_buffer(zero_state *z) { return z->stage >= 3 ? z->pshard : z->params; }
+float *zero_grad_buffer(zero_state *z) { return z->stage >= 2 ? z->gshard : z->grads; }
+
+void zero_zero_grad(zero_state *z) {
+    if (z->grads) ops_zero(z->grads, z->pt->total_local);
+    if (z->gshard) ops_zero(z->gshard, z->p->shard_floats);
+}
+
+void zero_memory(const zero_state *z, double *params, double *grads) {
+    /* workspaces (gathered groups, full-gradient groups) count at their high-water mark */
+    double shard = z->p ? 4.0 * (double)z->p->shard_floats : 0.0;
+    *params = (z->params ? 4.0 * (double)z->pt->total_local : shard) + z->ws_peak[0];
+    *grads = (z->grads ? 4.0 * (double)z->pt->total_local : shard + 4.0 * (double)z->rs_n) + z->ws_peak[1];
+}
+
+/* ------------------------------------------------------ optimizer step */
+
+double zero_reduce_grads(zero_state *z) {
+    const plan *p = z->p;
+    const param_table *pt = z->pt;
+    float *g = zero_grad_buffer(z);
+    double ss = 0.0;
+    if (z->stage >= 2) {
+        ss = ops_sumsq(g, p->shard_floats);
+    } else {
+        for (int s = 0; s < pt->nseg; s++) {
+            float *gs = g + pt->seg[s].offset;
+            DSV3_CHECK(comm_sum_floats(gs, pt->seg[s].numel, zero_seg_comm(p, s)) == 0,
+                       "all-reduce of gradient segment %d failed", s);
+            int me = zero_seg_member(p, s);
+            ss += ops_sumsq(gs + p->shard[s].off[me], p->shard[s].cnt[me]);
+        }
+    }
+    return comm_sum_double(ss, p->world);
+}
+
+void zero_update(zero_state *z, const deck *d, float *m, float *v, int64_t step_t, double lr, float scale) {
+    const plan *p = z->p;
+    const param_table *pt = z->pt;
+    float *w = zero_param_buffer(z), *g = zero_grad_buffer(z);
+    if (z->stage == 0) {
+        optim_step(d, pt, w, g, m, v, 0, pt->total_local, step_t, lr, scale);
+        return;
+    }
+    for (int s = 0; s < pt->nseg; s++) {
+        const param_segment *sg = &pt->seg[s];
+        int me = zero_seg_member(p, s);
+        size_t packed = z->map.pbase[s], lo = sg->offset + p->shard[s].off[me], n = p->shard[s].cnt[me];
+        float *wp = z->stage >= 3 ? w + packed : w + lo;
+        const float *gp = z->stage >= 2 ? g + packed : g + lo;
+        optim_step(d, pt, wp, gp, m + packed, v + packed, lo, lo + n, step_t, lr, scale);
+        if (z->stage < 3) {
+            int rc = zero_seg_allgather(p, s, 0, w + lo, w + sg->offset);
+            DSV3_CHECK(rc == 0, "all-gather of updated parameter segment %d failed", s);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+/* zero.h — ZeRO in one place (design §3): the shard map that model, train
+ * and ckpt all use, the stage-3 parameter gathers and stage-2/3 gradient
+ * flushes around each layer group, gradient reduction by stage and the
+ * sharded AdamW update.
+ *
+ * Layouts of a buffer (parameters, gradients, AdamW moments):
+ *   ZERO_FULL_LOCAL       p->params.total_local floats: the flat local layout
+ *                         (params.h; routed experts: my E/EP)
+ *   ZERO_SHARD_PACKED     p->shard_floats: my shard of each segment, in order
+ *   ZERO_FULL_TRAINABLE   every local trainable float, in layout order
+ *   ZERO_SHARD_TRAINABLE  p->shard_trainable: my trainable shard of each segment
+ * Dense segments are sharded over world, expert segments over the data comm;
+ * shards are row-aligned and contiguous (plan.h).
+ */
+#ifndef DSV3_ZERO_H
+#define DSV3_ZERO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "comm.h"
+#include "plan.h"
+
+enum { ZERO_FULL_LOCAL = 0, ZERO_SHARD_PACKED = 1, ZERO_FULL_TRAINABLE = 2, ZERO_SHARD_TRAINABLE = 3 };
+
+/* The layout a ZeRO stage keeps: parameters packed at stage 3, moments at >= 1. */
+static inline int zero_params_layout(int stage) { return stage >= 3 ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL; }
+static inline int zero_optim_layout(int stage) { return stage >= 1 ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL; }
+
+/* The communicator that shards segment `seg` (world or data) and my index in it. */
+comm_t zero_seg_comm(const plan *p, int seg);
+int zero_seg_member(const plan *p, int seg);
+
+/* Sums segment `seg` of a full buffer over its comm and leaves my shard of the
+ * sum in `mine` / rebuilds the full segment from the shards. compact = 0: the
+ * flat layout (plan_shard off/cnt); 1: trainable floats only (toff/tcnt).
+ * Collective over the segment's comm; 0 or -1. */
+int zero_seg_reduce_scatter(const plan *p, int seg, int compact, const float *full, float *mine);
+int zero_seg_allgather(const plan *p, int seg, int compact, const float *mine, float *full);
+
+/* ---- the shard map: where every tensor lives in each layout ---- */
+typedef struct {
+    const plan *p;
+    const param_table *pt;
+    int *seg_of;    /* [pt->n] segment of tensor i */
+    size_t *pbase;  /* [pt->nseg] packed offset of my shard of segment s */
+    size_t *ttoff;  /* [pt->n] trainable floats before tensor i in its segment */
+    size_t *tfbase; /* [pt->nseg] trainable floats of the segments before s */
+    size_t *tpbase; /* [pt->nseg] packed offset of my trainable shard of segment s */
+} zero_map;
+
+int zero_map_init(zero_map *z, const plan *p, char *err, int errlen);
+void zero_map_free(zero_map *z);
+/* Elements [a, b) of tensor i (local layout, relative to the tensor) in the
+ * shard of `member` of its segment's comm (a == b: none). */
+void zero_tensor_part(const zero_map *z, int i, int member, int64_t *a, int64_t *b);
+/* My part of tensor i (member = me). */
+void zero_my_part(const zero_map *z, int i, int64_t *a, int64_t *b);
+/* Pointer to local element `a` of tensor i in buf of layout `lay` (shard
+ * layouts: `a` must lie in my shard). */
+float *zero_at(const zero_map *z, int i, float *buf, int lay, int64_t a);
+
+/* ---- the model's parameter and gradient buffers under a stage ---- */
+typedef struct {
+    const plan *p;   /* NULL: one rank, no sharding */
+    int stage;
+    const param_table *pt;
+    zero_map map;    /* valid when p != NULL */
+    float *params;   /* [total_local] flat local layout (stage < 3) */
+    float *grads;    /* [total_local] (stage < 2) */
+    float *pshard;   /* [shard_floats] packed parameter shard (stage 3) */
+    float *gshard;   /* [shard_floats] packed gradient shard (stage >= 2) */
+    float *rs_tmp;   /* [rs_n] reduce-scatter landing buffer (stage >= 2) */
+    size_t rs_n;
+    /* Layer group g is [goff[g], goff[g]+glen[g]) of the flat layout; gp[g]/gg[g]
+     * are its open parameter/gradient workspaces (views of params/grads below
+     * the sharding stage, gathered/zeroed copies around use above it). */
+    size_t *goff, *glen;
+    float **gp, **gg;
+    double ws_bytes[2], ws_peak[2]; /* open workspaces (params, grads): now / high-water mark */
+} zero_state;
+
+/* p == NULL: one rank (every group always open). pt: the local layout. */
+int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, int errlen);
+void zero_destroy(zero_state *z);
+/* Stage 3: all-gather group g's parameters into gp[g] (collective over its
+ * segments' comms). Returns 1 when gp[g] changed (callers rebind), else 0. */
+int zero_open_params(zero_state *z, int g);
+int zero_close_params(zero_state *z, int g);
+/* Stage >= 2: a zeroed full-gradient workspace gg[g]; flush reduce-scatters it
+ * into my shard and frees it (collective). Return 1 when gg[g] changed. */
+int zero_open_grads(zero_state *z, int g);
+int zero_flush_grads(zero_state *z, int g);
+/* The buffers the optimizer and checkpoints see (stage-dependent layouts). */
+float *zero_param_buffer(zero_state *z);
+float *zero_grad_buffer(zero_state *z);
+void zero_zero_grad(zero_state *z);
+/* Bytes held: parameters and gradients incl. workspaces at their peak. */
+void zero_memory(const zero_state *z, double *params, double *grads);
+
+/* ---- the optimizer step under a stage (train.c) ---- */
+/* Reduces gradients per stage (0/1: all-reduce each segment over its comm;
+ * 2/3: already reduce-scattered by the flushes) and returns the global sum of
+ * squares, every element counted once, by its shard owner. Collective. */
+double zero_reduce_grads(zero_state *z);
+/* AdamW on what this rank owns (moments m, v in zero_optim_layout), then
+ * stages 1/2 all-gather the updated parameters. Collective for stage >= 1. */
+void zero_update(zero_state *z, const deck *d, float *m, float *v, int64_t step_t, double lr, float scale);
+
+#endif
