@@ -15,12 +15,13 @@
  */
 #include "deck.h"
 
+#include "comm.h"
+
 #include <errno.h>
 #include <float.h>
 #include <libconfig.h>
 #include <limits.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -1035,9 +1036,8 @@ static char *read_deck_file(const char *path, size_t *len, char *err, int errlen
 int deck_load(deck *d, const char *path, int n_over, char **over, int world_size, void *mpi_comm, char *err,
               int errlen)
 {
-    MPI_Comm comm = mpi_comm ? *(MPI_Comm *)mpi_comm : MPI_COMM_NULL;
-    int rank = 0;
-    if (mpi_comm) MPI_Comm_rank(comm, &rank);
+    comm_t comm = mpi_comm ? *(comm_t *)mpi_comm : COMM_NULL;
+    int rank = mpi_comm ? comm_rank(comm) : 0;
     size_t len = 0;
     char *buf = NULL;
     long long hdr[2] = {0, 0}; /* status, bytes */
@@ -1051,7 +1051,7 @@ int deck_load(deck *d, const char *path, int n_over, char **over, int world_size
         }
     }
     if (mpi_comm) {
-        MPI_Bcast(hdr, 2, MPI_LONG_LONG, 0, comm);
+        comm_bcast(hdr, sizeof hdr, 0, comm);
         if (hdr[1] > INT_MAX) { /* decks are kilobytes; refuse rather than split */
             snprintf(err, errlen, "%s: resolved deck too large", path);
             free(buf);
@@ -1059,7 +1059,13 @@ int deck_load(deck *d, const char *path, int n_over, char **over, int world_size
             return -1;
         }
         if (rank != 0) buf = malloc((size_t)hdr[1]);
-        MPI_Bcast(buf, (int)hdr[1], MPI_CHAR, 0, comm);
+        if (comm_max_int(buf == NULL, comm)) { /* every rank stops alike */
+            snprintf(err, errlen, "%s: out of memory for the resolved deck", path);
+            free(buf);
+            memset(d, 0, sizeof *d);
+            return -1;
+        }
+        comm_bcast(buf, (size_t)hdr[1], 0, comm);
     }
     int rc;
     if (hdr[0]) {

@@ -10,49 +10,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define DECK_STR 256
-#define DECK_MAX_SOURCES 16
-#define DECK_MAX_TARGETS 16
+#include "model/config.h" /* deck_model, deck_lora, DECK_STR */
 
-typedef struct {
-    /* model.* — Hugging Face DeepSeek-V3 config names (dsv3-spec.md §1) */
-    int vocab_size;
-    int hidden_size;
-    int intermediate_size;      /* dense MLP */
-    int moe_intermediate_size;  /* per routed/shared expert */
-    int num_hidden_layers;
-    int first_k_dense_replace;  /* layers [0, k) are dense */
-    int n_routed_experts;
-    int n_shared_experts;
-    int num_experts_per_tok;
-    int n_group;
-    int topk_group;
-    double routed_scaling_factor;
-    bool norm_topk_prob;
-    int q_lora_rank;            /* 0 = plain q_proj */
-    int kv_lora_rank;
-    int qk_nope_head_dim;
-    int qk_rope_head_dim;
-    int v_head_dim;
-    int num_attention_heads;
-    double rms_norm_eps;
-    double rope_theta;
-    int max_position_embeddings;
-    char rope_scaling_type[DECK_STR]; /* "yarn" | "none" */
-    double rope_factor;
-    int rope_original_max_position_embeddings;
-    double rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
-    int num_nextn_predict_layers; /* MTP depth D, 0 = off */
-    int bos_token_id, eos_token_id;
-    double initializer_range;   /* init std */
-    /* training-only model fields */
-    double mtp_loss_weight;     /* lambda */
-    double aux_loss_alpha;      /* sequence-wise balance loss alpha, 0 = off */
-    double bias_update_rate;    /* gamma of the aux-loss-free bias update, 0 = off */
-    /* model.quantization_config of the HF checkpoint (import/init_from) */
-    char quant_method[DECK_STR];    /* "" (none) | "fp8" (e4m3, 128x128 blocks) */
-    char quant_scale_fmt[DECK_STR]; /* "" (fp32 scales) | "ue8m0" (V3.1: powers of two) */
-} deck_model;
+#define DECK_MAX_SOURCES 16
 
 typedef struct {
     char mode[DECK_STR];        /* "pretrain" | "finetune" | "sft" */
@@ -76,15 +36,6 @@ typedef struct {
     int seq_len;
     char dtype[DECK_STR];       /* "fp32" | "bf16" */
 } deck_train;
-
-typedef struct {
-    bool enabled;
-    int r;
-    double alpha;
-    double dropout;
-    int n_targets;
-    char targets[DECK_MAX_TARGETS][DECK_STR]; /* e.g. "self_attn.q_a_proj" */
-} deck_lora;
 
 typedef struct {
     char type[DECK_STR];        /* "adamw" */
@@ -129,7 +80,7 @@ typedef struct {
     bool csv;
 } deck_logging;
 
-typedef struct {
+typedef struct deck {
     deck_run run;
     deck_model model;
     deck_parallel parallel;
@@ -151,7 +102,7 @@ typedef struct {
  * On any error every rank gets the same message in `err` and a non-zero return;
  * nothing is allocated beyond the deck itself. */
 int deck_load(deck *d, const char *path, int n_over, char **over, int world_size,
-              void *mpi_comm /* MPI_Comm*, NULL = single process */, char *err, int errlen);
+              void *comm /* comm_t* (comm.h), NULL = single process */, char *err, int errlen);
 
 /* Same from a text already in memory (tests, checkpoint decks). */
 int deck_load_string(deck *d, const char *text, const char *name, int n_over, char **over,
@@ -162,5 +113,10 @@ int deck_load_string(deck *d, const char *text, const char *name, int n_over, ch
 char *deck_print(const deck *d);
 
 void deck_free(deck *d);
+
+/* What the model needs of a deck (model/config.h). */
+static inline model_opts deck_model_opts(const deck *d) {
+    return (model_opts){&d->model, &d->lora, d->train.seq_len, d->parallel.activation_checkpointing};
+}
 
 #endif

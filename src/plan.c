@@ -6,7 +6,8 @@
  * plan_layout() depends on the deck and the world size only, so all ranks
  * fail alike without talking to each other. */
 #include "plan.h"
-#include "model/model.h" /* model_flops_per_token */
+#include "deck.h"
+#include "model/cost.h"
 
 #include <hwloc.h>
 #include <limits.h>
@@ -110,80 +111,16 @@ int plan_shard_owner(const plan_shard *s, size_t o) {
 
 /* ----------------------------------------------------------- activations */
 
-/* Saved floats per token of one decoder layer (every tensor its backward
- * reads). H hidden, nh heads, qk = dn+dr, k top-k, I expert width.
- *   MLA   x (layer input)             H
- *         input_layernorm out + rstd  H + 1
- *         q_a out, q_a_layernorm out  2*q_lora_rank + 1   (q_lora_rank > 0)
- *         q after RoPE                nh*qk
- *         kv_a out (c ; k_pe)         kv_lora_rank + dr
- *         kv_a_layernorm out + rstd   kv_lora_rank + 1
- *         k assembled, v              nh*qk + nh*dv
- *         attention lse, output       nh + nh*dv            (flash-style: no [T,T])
- *         LoRA x·Aᵀ per target        r each (+ in-sized dropout mask if dropout > 0)
- *         residual after attention    H
- *         post_attention_layernorm    H + 1
- *   MLP   gate, up, silu(gate)*up     3*intermediate_size
- *   MoE   router scores               E
- *         top-k ids and weights       2*k
- *         dispatched rows (received)  k*H
- *         expert gate, up, act        3*k*I
- *         expert outputs (combine in) k*H
- *         shared gate, up, act        3*I*n_shared
- * The layer output is the next layer's input x and is counted there. */
+/* The formulas live in model/cost.c (one place for the plan and the run). */
 double plan_act_layer_floats(const deck *d, int moe, int lora) {
-    const deck_model *m = &d->model;
-    double H = m->hidden_size, nh = m->num_attention_heads, dn = m->qk_nope_head_dim, dr = m->qk_rope_head_dim,
-           dv = m->v_head_dim, qr = m->q_lora_rank, kr = m->kv_lora_rank, qk = dn + dr;
-    double f = H + (H + 1);
-    f += qr > 0 ? 2 * qr + 1 : 0;
-    f += nh * qk;
-    f += (kr + dr) + (kr + 1);
-    f += nh * qk + nh * dv;
-    f += nh + nh * dv;
-    if (lora && d->lora.enabled) {
-        struct { const char *name; double in; } tg[] = {
-            {"self_attn.q_a_proj", H},  {"self_attn.q_b_proj", qr}, {"self_attn.q_proj", H},
-            {"self_attn.kv_a_proj_with_mqa", H}, {"self_attn.kv_b_proj", kr}, {"self_attn.o_proj", nh * dv}};
-        for (int i = 0; i < d->lora.n_targets; i++)
-            for (size_t j = 0; j < sizeof tg / sizeof tg[0]; j++)
-                if (strcmp(d->lora.targets[i], tg[j].name) == 0 && (qr > 0) != (j == 2))
-                    f += d->lora.r + (d->lora.dropout > 0 ? tg[j].in : 0);
-    }
-    f += H + (H + 1);
-    if (!moe) return f + 3.0 * m->intermediate_size;
-    double k = m->num_experts_per_tok, I = m->moe_intermediate_size;
-    f += m->n_routed_experts + 2 * k;
-    f += k * H + 3 * k * I + k * H;
-    f += 3 * I * m->n_shared_experts;
-    return f;
+    model_opts o = deck_model_opts(d);
+    return cost_gpu_layer_floats(&o, moe, lora);
 }
 
 double plan_act_bytes(const deck *d) {
-    const deck_model *m = &d->model;
-    double T = (double)d->train.micro_batch * d->train.seq_len;
+    model_opts o = deck_model_opts(d);
     double es = strcmp(d->train.dtype, "bf16") == 0 ? 2 : 4;
-    double H = m->hidden_size;
-    int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, k0 = m->first_k_dense_replace;
-    double all = 0, biggest = 0;
-    for (int l = 0; l < L + D; l++) {
-        int moe = l >= k0 && m->n_routed_experts > 0;
-        double f = plan_act_layer_floats(d, moe, l < L);
-        all += f;
-        if (f > biggest) biggest = f;
-    }
-    /* MTP block extras per depth: shifted embedding H, enorm/hnorm outputs =
-     * eh_proj input 2H + 2 rstd, shared_head.norm output H + 1. */
-    double mtp = D * (H + 2 * H + 2 + H + 1);
-    /* With checkpointing: the L+D layer inputs stay, one layer is recomputed. */
-    double layers = d->parallel.activation_checkpointing ? (L + D) * H + biggest : all;
-    /* Backward scratch: residual-stream gradient (2H) and one layer's gradients. */
-    double scratch = 2 * H + biggest;
-    double head = H + 1; /* final norm output + rstd */
-    double act = T * es * (layers + mtp + scratch + head);
-    /* One fp32 [T, V] logits/dlogits buffer, reused by the MTP heads, + per-token loss. */
-    act += T * 4.0 * ((double)m->vocab_size + 1);
-    return act;
+    return cost_gpu_act_bytes(&o, (double)d->train.micro_batch * d->train.seq_len, es);
 }
 
 /* ---------------------------------------------------------------- memory */
@@ -223,7 +160,8 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
         mem.acts = plan_act_bytes(d);
         mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
     } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
-        mem.acts = model_act_bytes(d, p->ep, d->train.micro_batch, d->train.seq_len);
+        model_opts o = deck_model_opts(d);
+        mem.acts = cost_act_bytes(&o, p->ep, d->train.micro_batch, d->train.seq_len);
         mem.comm = 0.0;
     }
     mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
@@ -293,7 +231,7 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->node_size = 1;
     p->n_nodes = 1;
     snprintf(p->cpuset, sizeof p->cpuset, "-");
-    if (params_build(&p->params, d, ep, msg, sizeof msg)) {
+    if (params_build(&p->params, &d->model, &d->lora, ep, msg, sizeof msg)) {
         params_free(&p->params);
         return fail(err, errlen, msg);
     }
@@ -490,7 +428,8 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
             d->parallel.activation_checkpointing ? "on" : "off");
     fprintf(out, "plan: parameters %s total, %s trainable\n", thousands(a, sizeof a, p->params.n_params),
             thousands(b, sizeof b, p->params.n_trainable));
-    fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", model_flops_per_token(d));
+    model_opts o = deck_model_opts(d);
+    fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", cost_flops_per_token(&o));
     if (p->n_moe_layers > 0)
         fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
                 p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,

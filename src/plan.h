@@ -21,7 +21,7 @@
 
 #include "comm.h"
 
-#include "deck.h"
+typedef struct deck deck; /* deck.h */
 #include "model/params.h"
 
 typedef struct {

@@ -247,7 +247,8 @@ int train_run(const deck *d, plan *p) {
     }
 
     /* 2. model, optimizer, buffers */
-    failed = model_create(&t.m, d, p, err, sizeof err) != 0;
+    model_opts mo = deck_model_opts(d);
+    failed = model_create(&t.m, &mo, p, err, sizeof err) != 0;
     if (error_all(p->world, failed, err, sizeof err)) {
         goto out;
     }

@@ -52,7 +52,8 @@ static void setup(fixture *f, int D, int ckpt) {
     char text[4096], err[512];
     snprintf(text, sizeof text, DECK, D, ckpt ? "true" : "false");
     assert_int_equal(deck_load_string(&f->d, text, "test_model", 0, NULL, 1, err, sizeof err), 0);
-    assert_int_equal(model_create(&f->m, &f->d, NULL, err, sizeof err), 0);
+    model_opts mo = deck_model_opts(&f->d);
+    assert_int_equal(model_create(&f->m, &mo, NULL, err, sizeof err), 0);
     model_init_weights(f->m, 7);
     /* non-trivial router biases: selection-only, must not change gradients' correctness */
     for (int i = 0; i < model_n_moe(f->m); i++) {

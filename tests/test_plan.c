@@ -15,7 +15,9 @@
 #include <mpi.h>
 
 #include "../src/comm.h"
+#include "../src/deck.h"
 #include "../src/zero.h"
+#include "../src/model/cost.h"
 #include "../src/model/model.h"
 #include "../src/plan.h"
 
@@ -260,7 +262,8 @@ static void test_memory(void **state) {
         assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.comm);
         /* fp32 is the CPU model: its own activation accounting, which holds the MoE dispatch rows */
         assert_true(p.mem.comm == 0.0);
-        assert_true(p.mem.acts == model_act_bytes(&d, p.ep, d.train.micro_batch, d.train.seq_len));
+        model_opts mo = deck_model_opts(&d);
+        assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, d.train.micro_batch, d.train.seq_len));
         assert_true(p.mem.acts > 0.0);
         plan_free(&p);
     }

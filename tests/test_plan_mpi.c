@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../src/comm.h"
+#include "../src/deck.h"
 #include "../src/zero.h"
 #include "../src/plan.h"
 

@@ -389,7 +389,8 @@ int main(int argc, char **argv) {
         die("dataset /weights/model.embed_tokens.weight is not [vocab_size=%d, hidden_size=%d] of the config", V,
             c->hidden_size);
     model *m;
-    if (model_create(&m, &d, NULL, err, sizeof err)) die("model_create: %s", err);
+    model_opts mo = deck_model_opts(&d);
+    if (model_create(&m, &mo, NULL, err, sizeof err)) die("model_create: %s", err);
     const param_table *pt = model_params(m);
 
     /* weights by HF name; stacked experts from their per-expert tensors */

@@ -14,7 +14,7 @@
 
 #include <stddef.h>
 
-#include "../deck.h"
+#include "config.h"
 #include "linear.h"
 #include "rope.h"
 

@@ -17,7 +17,9 @@
 #include "../ops.h"
 #include "../plan.h"
 #include "../zero.h"
+#include "cost.h"
 #include "linear.h"
+#include "lora.h"
 #include "mla.h"
 #include "mlp.h"
 #include "moe.h"
@@ -52,7 +54,7 @@ typedef struct {
 } block;
 
 struct model {
-    const deck *d;
+    model_opts o;                     /* config, LoRA settings, seq_len, checkpointing */
     const deck_model *cfg;
     const plan *p;                    /* NULL: one rank, no ZeRO */
     param_table pt;
@@ -77,8 +79,6 @@ struct model {
     int checkpointing;
     double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
 };
-
-static double base_act_bytes(const deck_model *c, const block *blk, int nblocks, int B, int T);
 
 /* ---------- binding tensors by HF name ---------- */
 
@@ -111,8 +111,8 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
     if (params_find(&m->pt, name) >= 0) {
         snprintf(name, sizeof name, "model.layers.%d.%s.lora_B.weight", layer, module);
         l->B = bind(m, name, &l->gB, 1);
-        l->r = m->d->lora.r;
-        l->scaling = (float)(m->d->lora.alpha / m->d->lora.r);
+        l->r = m->o.lora->r;
+        l->scaling = lora_scaling(m->o.lora);
     }
 }
 
@@ -206,13 +206,17 @@ static void flush_grads(model *m, int g) {
 
 /* ---------- creation ---------- */
 
-int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen) {
+int model_create(model **out, const model_opts *o, const struct plan *p, char *err, int errlen) {
     model *m = calloc(1, sizeof *m);
-    const deck_model *c = &d->model;
-    m->d = d;
+    if (!m) {
+        snprintf(err, errlen, "out of memory for the model");
+        return -1;
+    }
+    const deck_model *c = o->cfg;
+    m->o = *o;
     m->cfg = c;
     int ep = p ? p->ep : 1;
-    if (params_build(&m->pt, d, ep, err, errlen)) {
+    if (params_build(&m->pt, o->cfg, o->lora, ep, err, errlen)) {
         free(m);
         return -1;
     }
@@ -220,7 +224,7 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
     m->ep_local = c->n_routed_experts / ep;
     m->ep_first = p ? p->expert_first : 0;
     m->ep_comm = p ? p->expert : COMM_SELF;
-    m->checkpointing = d->parallel.activation_checkpointing;
+    m->checkpointing = o->checkpointing;
     m->p = p;
     if (zero_create(&m->z, &m->pt, p, err, errlen)) {
         model_free(m);
@@ -253,8 +257,8 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
         model_free(m);
         return -1;
     }
-    if (rope_table_build(&m->rope, c, d->train.seq_len)) {
-        snprintf(err, errlen, "cannot build the RoPE table for seq_len %d", d->train.seq_len);
+    if (rope_table_build(&m->rope, c, o->seq_len)) {
+        snprintf(err, errlen, "cannot build the RoPE table for seq_len %d", o->seq_len);
         model_free(m);
         return -1;
     }
@@ -324,50 +328,8 @@ static void alloc_acts(model *m, int B, int T) {
     m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
     m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
     m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H);
-    m->act_now = base_act_bytes(c, m->blk, m->nblocks, B, T);
+    m->act_now = cost_base_act_bytes(&m->o, B, T);
     if (m->act_now > m->act_peak) m->act_peak = m->act_now;
-}
-
-/* ---------- activation memory: one formula for the run and the plan ---------- */
-
-static int moe_row_cap(const deck_model *c, int N) { return (int)(moe_rows_expected(N, c->num_experts_per_tok) + N); }
-
-/* Bytes of a block's component caches for N = B*T tokens. */
-static double block_cache_bytes(const deck_model *c, const block *b, int ep, int B, int T) {
-    const mla_layer *l = &b->attn;
-    int rs = l->q_a.r + l->q_b.r + l->q.r + l->kv_a.r + l->kv_b.r + l->o.r, N = B * T;
-    double f = (double)mla_cache_floats(c, rs, B, T);
-    f += b->is_moe ? (double)moe_cache_floats(c, &b->moe, ep, N, moe_row_cap(c, N))
-                   : (double)mlp_cache_floats(&b->mlp, N);
-    return 4.0 * f;
-}
-
-/* Bytes alloc_acts allocates: per-block saved tensors, MTP extras, head and scratch. */
-static double base_act_bytes(const deck_model *c, const block *blk, int nblocks, int B, int T) {
-    double N = (double)B * T, H = c->hidden_size, V = c->vocab_size, f = 0.0;
-    for (int i = 0; i < nblocks; i++) {
-        f += 4 * N * H + 2 * N; /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
-        if (blk[i].is_mtp)
-            f += N * H + 2 * N /* x_out, e_ids, mtp_targets (int32) */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
-                 2 * N * H + N * (double)(linear_cache_floats(&blk[i].eh_proj) + 1) + N * H + N; /* cat, eh, z */
-    }
-    f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
-    return 4.0 * f;
-}
-
-/* Peak: base + every block's caches, or with activation checkpointing the
- * larger of the MTP blocks' caches (kept from their forward to their backward,
- * which runs first) and the largest main block's (recomputed one at a time). */
-static double peak_act_bytes(const deck_model *c, const block *blk, int nblocks, int L, int ckpt, int ep, int B,
-                             int T) {
-    double all = 0.0, mtp = 0.0, biggest = 0.0;
-    for (int i = 0; i < nblocks; i++) {
-        double x = block_cache_bytes(c, &blk[i], ep, B, T);
-        all += x;
-        if (i >= L) mtp += x;
-        else if (x > biggest) biggest = x;
-    }
-    return base_act_bytes(c, blk, nblocks, B, T) + (ckpt ? fmax(mtp, biggest) : all);
 }
 
 /* ---------- one decoder block ---------- */
@@ -381,11 +343,11 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     if (!b->cached) {
         mla_cache_alloc(&b->ac, c, &b->attn, B, T);
         if (b->is_moe)
-            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, moe_row_cap(c, N));
+            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, cost_moe_row_cap(c, N));
         else
             mlp_cache_alloc(&b->mc, &b->mlp, N);
         b->cached = 1;
-        m->act_now += block_cache_bytes(c, b, m->ep, B, T);
+        m->act_now += cost_block_cache_bytes(&m->o, b->layer, m->ep, B, T);
         if (m->act_now > m->act_peak) m->act_peak = m->act_now;
     }
     if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
@@ -425,7 +387,7 @@ static void block_backward(model *m, block *b, float *dx) {
 
 static void block_release(model *m, block *b, int is_moe) {
     if (!b->cached) return;
-    m->act_now -= block_cache_bytes(m->cfg, b, m->ep, m->B, m->T);
+    m->act_now -= cost_block_cache_bytes(&m->o, b->layer, m->ep, m->B, m->T);
     mla_cache_free(&b->ac);
     if (is_moe)
         moe_cache_free(&b->ec);
@@ -689,53 +651,4 @@ double model_comm_seconds(const model *m) {
     for (int i = 0; i < m->nblocks; i++)
         if (m->blk[i].is_moe) s += m->blk[i].ec.comm_seconds;
     return s;
-}
-
-double model_flops_per_token(const deck *d) {
-    const deck_model *c = &d->model;
-    param_table pt;
-    char err[256];
-    if (params_build(&pt, d, 1, err, sizeof err)) return 0.0;
-    double f = 0.0;
-    for (int i = 0; i < pt.n; i++) {
-        const param_spec *s = &pt.t[i];
-        if (s->ndim < 2 || strstr(s->name, "embed_tokens")) continue; /* norms, biases, lookups */
-        double n = (double)s->numel;
-        if (s->flags & P_EXPERT) n *= (double)c->num_experts_per_tok / (double)c->n_routed_experts;
-        f += ((s->flags & P_FROZEN) ? 4.0 : 6.0) * n;
-        if (strcmp(s->name, "lm_head.weight") == 0) f += 6.0 * n * c->num_nextn_predict_layers; /* MTP heads */
-    }
-    params_free(&pt);
-    double T = d->train.seq_len, nh = c->num_attention_heads;
-    double qk = c->qk_nope_head_dim + c->qk_rope_head_dim, v = c->v_head_dim;
-    double layers = c->num_hidden_layers + c->num_nextn_predict_layers;
-    f += layers * 3.0 * 2.0 * nh * (qk + v) * (T + 1) / 2.0;
-    return f;
-}
-
-double model_act_bytes(const deck *d, int ep, int B, int T) {
-    model t;
-    memset(&t, 0, sizeof t);
-    char err[256];
-    t.d = d;
-    t.cfg = &d->model;
-    if (params_build(&t.pt, d, ep, err, sizeof err)) return 0.0;
-    t.ep = ep;
-    t.ep_local = d->model.n_routed_experts / ep;
-    int G = t.pt.n_groups, L = d->model.num_hidden_layers;
-    t.z.goff = calloc((size_t)G, sizeof *t.z.goff);
-    t.z.gp = calloc((size_t)G, sizeof *t.z.gp); /* all NULL: binding records shapes only */
-    t.z.gg = calloc((size_t)G, sizeof *t.z.gg);
-    t.nblocks = L + d->model.num_nextn_predict_layers;
-    t.blk = calloc((size_t)t.nblocks, sizeof *t.blk);
-    for (int i = 0; i < t.nblocks; i++) {
-        t.blk[i].layer = i;
-        t.blk[i].is_mtp = i >= L;
-        t.blk[i].is_moe = t.blk[i].is_mtp || i >= d->model.first_k_dense_replace;
-        bind_block(&t, &t.blk[i]);
-    }
-    double bytes = peak_act_bytes(&d->model, t.blk, t.nblocks, L, d->parallel.activation_checkpointing, ep, B, T);
-    free(t.blk), free(t.z.goff), free(t.z.gp), free(t.z.gg);
-    params_free(&t.pt);
-    return bytes;
 }

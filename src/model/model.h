@@ -10,8 +10,8 @@
 
 #include <stdint.h>
 
-#include "../deck.h"
 #include "../zero.h"
+#include "config.h"
 #include "params.h"
 
 struct plan;
@@ -44,8 +44,9 @@ int64_t model_count_targets(const int32_t *targets, int B, int T, int k);
 /* Bytes this model allocated: parameters, gradients, saved activations (after a step). */
 void model_memory(const model *m, double *params, double *grads, double *acts);
 
-/* Builds the model for this rank. p == NULL: one rank, EP=1, no ZeRO. */
-int model_create(model **out, const deck *d, const struct plan *p, char *err, int errlen);
+/* Builds the model for this rank (deck_model_opts(d) from a deck). p == NULL:
+ * one rank, EP=1, no ZeRO. 0, or -1 with err set. */
+int model_create(model **out, const model_opts *o, const struct plan *p, char *err, int errlen);
 void model_free(model *m);
 const param_table *model_params(const model *m);
 /* Parameters: the flat local layout, or under ZeRO-3 this rank's packed shard
@@ -77,16 +78,6 @@ void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
 double model_comm_seconds(const model *m);
 
-/* Training FLOPs per token (forward + backward = 3× forward) for the deck's
- * model and seq_len: 2 per multiply-add of every matmul a token goes through
- * (dense linears, router, top-k routed + shared experts, lm_head, MTP) plus
- * causal attention (QKᵀ and PV over the (T+1)/2 keys a token sees on average).
- * Frozen weights (LoRA) still cost their forward and input-gradient GEMMs, so
- * they count 4 instead of 6 per parameter. */
-double model_flops_per_token(const deck *d);
-/* Peak bytes of saved activations and scratch the CPU model allocates for a
- * micro-batch of B x T tokens with EP-way experts: the same formula the run
- * measures itself by (plan.c uses it for --dry-run). */
-double model_act_bytes(const deck *d, int ep, int B, int T);
+/* FLOPs and activation bytes of a config: cost.h. */
 
 #endif

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "../comm.h"
-#include "../deck.h"
+#include "config.h"
 #include "linear.h"
 #include "mlp.h"
 

@@ -1,6 +1,8 @@
 /* params.c — enumerate DeepSeek-V3 tensors with HF names, shapes and flags. */
 #include "params.h"
 
+#include "lora.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,32 +33,30 @@ static int add(param_table *pt, int group, int kind, int flags, int ndim, int64_
     return 0;
 }
 
-/* LoRA targets are matched as "self_attn.q_a_proj" etc. */
-static int lora_targeted(const deck *d, const char *module) {
-    if (!d->lora.enabled) return 0;
-    for (int i = 0; i < d->lora.n_targets; i++)
-        if (strcmp(d->lora.targets[i], module) == 0) return 1;
-    return 0;
-}
+/* What the table is built from (a copy: model config and LoRA settings). */
+typedef struct {
+    deck_model model;
+    deck_lora lora;
+} cfg;
 
 /* A linear [out, in] with an optional LoRA pair right after it. */
-static void linear(param_table *pt, const deck *d, int g, int layer, int is_mtp, const char *module,
+static void linear(param_table *pt, const cfg *d, int g, int layer, int is_mtp, const char *module,
                    int64_t out, int64_t in) {
     int frozen = d->lora.enabled ? P_FROZEN : 0;
     add(pt, g, SEG_DENSE, frozen, 2, out, in, 0, "model.layers.%d.%s.weight", layer, module);
-    if (!is_mtp && lora_targeted(d, module)) {
+    if (lora_rank_of(&d->lora, module, is_mtp) > 0) {
         add(pt, g, SEG_DENSE, P_LORA, 2, d->lora.r, in, 0, "model.layers.%d.%s.lora_A.weight", layer, module);
         add(pt, g, SEG_DENSE, P_LORA, 2, out, d->lora.r, 0, "model.layers.%d.%s.lora_B.weight", layer, module);
     }
 }
 
-static void norm(param_table *pt, const deck *d, int g, const char *fmt, int layer, int64_t n) {
+static void norm(param_table *pt, const cfg *d, int g, const char *fmt, int layer, int64_t n) {
     char name[128];
     snprintf(name, sizeof name, fmt, layer);
     add(pt, g, SEG_DENSE, P_NODECAY | (d->lora.enabled ? P_FROZEN : 0), 1, n, 0, 0, "%s", name);
 }
 
-static void decoder_layer(param_table *pt, const deck *d, int layer, int is_mtp, int moe) {
+static void decoder_layer(param_table *pt, const cfg *d, int layer, int is_mtp, int moe) {
     const deck_model *m = &d->model;
     int g = layer + 1, frozen = d->lora.enabled ? P_FROZEN : 0;
     int64_t H = m->hidden_size, nh = m->num_attention_heads;
@@ -96,7 +96,10 @@ static void decoder_layer(param_table *pt, const deck *d, int layer, int is_mtp,
     add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, H, I, "model.layers.%d.mlp.experts.down_proj.weight", layer);
 }
 
-int params_build(param_table *pt, const deck *d, int ep, char *err, int errlen) {
+int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen) {
+    static const deck_lora no_lora;
+    cfg c = {*model, lora ? *lora : no_lora};
+    const cfg *d = &c;
     const deck_model *m = &d->model;
     memset(pt, 0, sizeof *pt);
     pt->ep = ep;
@@ -122,6 +125,11 @@ int params_build(param_table *pt, const deck *d, int ep, char *err, int errlen) 
 
     /* Offsets: for each group its dense segment, then its expert segment. */
     pt->seg = calloc((size_t)2 * pt->n_groups, sizeof *pt->seg);
+    if (!pt->seg || !pt->t) {
+        snprintf(err, errlen, "out of memory for the tensor table");
+        params_free(pt);
+        return -1;
+    }
     size_t off = 0;
     for (int g = 0; g < pt->n_groups; g++)
         for (int kind = 0; kind < 2; kind++) {

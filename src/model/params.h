@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "../deck.h"
+#include "config.h"
 
 enum {
     P_NODECAY = 1 << 0,   /* norms, router bias: no weight decay */
@@ -57,9 +57,10 @@ typedef struct {
     int ep;               /* expert-parallel size the local layout was built for */
 } param_table;
 
-/* Builds the table for the deck's model with EP-way expert split (ep >= 1).
- * LoRA tensors are added when d->lora.enabled. Returns 0 or -1 with err set. */
-int params_build(param_table *pt, const deck *d, int ep, char *err, int errlen);
+/* Builds the table for the model with EP-way expert split (ep >= 1). LoRA
+ * tensors are added for lora's targets when lora && lora->enabled (lora.h).
+ * Returns 0 or -1 with err set. */
+int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen);
 void params_free(param_table *pt);
 /* Index of a tensor by HF name, or -1. */
 int params_find(const param_table *pt, const char *name);

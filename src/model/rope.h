@@ -10,7 +10,7 @@
 #ifndef DSV3_ROPE_H
 #define DSV3_ROPE_H
 
-#include "../deck.h"
+#include "config.h"
 
 typedef struct {
     int T;           /* rows (positions 0..T-1) */

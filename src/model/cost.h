@@ -1,0 +1,43 @@
+/* cost.h — what a model costs, from its config alone (one formula each,
+ * used by the plan for --dry-run and by the run that measures itself):
+ * training FLOPs per token, the CPU model's exact activation and scratch
+ * bytes, and the GPU-layout activation estimate.
+ */
+#ifndef DSV3_MODEL_COST_H
+#define DSV3_MODEL_COST_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+/* Training FLOPs per token (forward + backward = 3x forward) at seq_len: 2 per
+ * multiply-add of every matmul a token goes through (dense linears, router,
+ * top-k routed + shared experts, lm_head, MTP heads) plus causal attention
+ * (QK^T and PV over the (T+1)/2 keys a token sees on average). Frozen weights
+ * (LoRA) still cost their forward and input-gradient GEMMs: 4 instead of 6
+ * per parameter. 0 when the config is invalid. */
+double cost_flops_per_token(const model_opts *o);
+
+/* ---- the CPU model's own accounting (exact: the run allocates this) ---- */
+/* Rows a MoE layer's expert buffers hold before they grow (dropless). */
+int cost_moe_row_cap(const deck_model *c, int N);
+/* Bytes of one block's component caches (MLA + MLP or MoE) for B x T tokens. */
+double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int T);
+/* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
+ * MTP extras, head, logits and backward scratch. */
+double cost_base_act_bytes(const model_opts *o, int B, int T);
+/* Peak: base + every block's caches, or with activation checkpointing the MTP
+ * blocks' caches (kept from their forward to their backward, which runs
+ * first) or the largest main block's (recomputed one at a time), whichever
+ * is larger. */
+double cost_act_bytes(const model_opts *o, int ep, int B, int T);
+
+/* ---- the GPU layout estimate (bf16 decks, --dry-run) ---- */
+/* Floats saved per token by one decoder layer for its backward (moe: MoE FFN,
+ * else dense MLP; lora: count the adapters' x*A^T caches). */
+double cost_gpu_layer_floats(const model_opts *o, int moe, int lora);
+/* Bytes of activations kept for one micro-batch of `tokens` tokens with
+ * elem_bytes per element (logits fp32). */
+double cost_gpu_act_bytes(const model_opts *o, double tokens, double elem_bytes);
+
+#endif
