@@ -90,6 +90,8 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
         }
     }
     f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
+    f += N * H;                                     /* recomputed block output */
+    if (nblocks > L) f += 4 * N * H;                /* MTP backward scratch: dcat [N,2H], de, dh */
     return 4.0 * f;
 }
 

@@ -23,6 +23,7 @@
 #include "mla.h"
 #include "mlp.h"
 #include "moe.h"
+#include "mtp.h"
 #include "rope.h"
 
 typedef struct {
@@ -34,9 +35,7 @@ typedef struct {
     mlp_layer mlp;
     moe_layer moe;
     int moe_slot;                     /* index into the model's MoE slots, -1 dense */
-    /* MTP only (spec §6) */
-    float *enorm, *g_enorm, *hnorm, *g_hnorm, *head_norm, *g_head_norm; /* [H] */
-    linear eh_proj;                   /* [H, 2H] */
+    mtp_layer mtp;                    /* MTP blocks only (spec §6): enorm, hnorm, eh_proj, shared_head.norm */
     /* saved activations */
     mla_cache ac;
     mlp_cache mc;
@@ -47,10 +46,7 @@ typedef struct {
     float *x_mid;                     /* [N,H] residual after attention */
     float *xn2, *rstd2;               /* [N,H], [N] after post_attention_layernorm */
     float *x_out;                     /* [N,H] block output (MTP: feeds the next depth and the head) */
-    /* MTP saved activations */
-    int32_t *e_ids, *mtp_targets;     /* [N] */
-    float *e, *en, *e_rstd, *hn, *h_rstd, *cat, *eh_cache; /* [N,H] ×3 + [N] ×2 + [N,2H] + lora */
-    float *z, *z_rstd;                /* [N,H], [N] shared_head.norm output */
+    mtp_cache tc;                     /* MTP saved activations */
 } block;
 
 struct model {
@@ -76,6 +72,8 @@ struct model {
     float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
     float *logits, *dlogits;          /* [N,V] */
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
+    float *recomp;                    /* [N,H] output of a recomputed block (discarded) */
+    float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
     int checkpointing;
     double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
 };
@@ -171,10 +169,11 @@ static void bind_block(model *m, block *b) {
         e->e_local = m->ep_local;
     }
     if (b->is_mtp) {
-        b->enorm = bind_norm(m, L, "enorm", &b->g_enorm);
-        b->hnorm = bind_norm(m, L, "hnorm", &b->g_hnorm);
-        b->head_norm = bind_norm(m, L, "shared_head.norm", &b->g_head_norm);
-        bind_linear(m, &b->eh_proj, L, "eh_proj", 2 * H, H);
+        mtp_layer *t = &b->mtp;
+        t->enorm = bind_norm(m, L, "enorm", &t->g_enorm);
+        t->hnorm = bind_norm(m, L, "hnorm", &t->g_hnorm);
+        t->head_norm = bind_norm(m, L, "shared_head.norm", &t->g_head_norm);
+        bind_linear(m, &t->eh_proj, L, "eh_proj", 2 * H, H);
     }
 }
 
@@ -278,15 +277,17 @@ static void free_acts(model *m) {
             b->cached = 0;
         }
         free(b->x_in), free(b->xn1), free(b->rstd1), free(b->x_mid), free(b->xn2), free(b->rstd2);
-        free(b->x_out), free(b->e_ids), free(b->mtp_targets), free(b->e), free(b->en), free(b->e_rstd);
-        free(b->hn), free(b->h_rstd), free(b->cat), free(b->eh_cache), free(b->z), free(b->z_rstd);
+        free(b->x_out);
         b->x_in = b->xn1 = b->rstd1 = b->x_mid = b->xn2 = b->rstd2 = b->x_out = NULL;
-        b->e = b->en = b->e_rstd = b->hn = b->h_rstd = b->cat = b->eh_cache = b->z = b->z_rstd = NULL;
-        b->e_ids = b->mtp_targets = NULL;
+        mtp_cache *t = &b->tc;
+        free(t->e_ids), free(t->targets), free(t->e), free(t->en), free(t->e_rstd);
+        free(t->hn), free(t->h_rstd), free(t->cat), free(t->eh_cache), free(t->z), free(t->z_rstd);
+        memset(t, 0, sizeof *t);
     }
     free(m->x_final), free(m->rstd_final), free(m->h_final), free(m->logits), free(m->dlogits);
-    free(m->dx), free(m->tmp), free(m->dh_final);
+    free(m->dx), free(m->tmp), free(m->dh_final), free(m->recomp), free(m->dcat), free(m->de), free(m->dh_mtp);
     m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
+    m->recomp = m->dcat = m->de = m->dh_mtp = NULL;
     m->N = 0;
     m->act_now = 0.0;
 }
@@ -317,17 +318,20 @@ static void alloc_acts(model *m, int B, int T) {
         b->x_in = FALLOC(N * H), b->xn1 = FALLOC(N * H), b->rstd1 = FALLOC(N);
         b->x_mid = FALLOC(N * H), b->xn2 = FALLOC(N * H), b->rstd2 = FALLOC(N);
         if (b->is_mtp) {
+            mtp_cache *t = &b->tc;
             b->x_out = FALLOC(N * H);
-            b->e_ids = calloc(N, sizeof *b->e_ids), b->mtp_targets = calloc(N, sizeof *b->mtp_targets);
-            b->e = FALLOC(N * H), b->en = FALLOC(N * H), b->e_rstd = FALLOC(N);
-            b->hn = FALLOC(N * H), b->h_rstd = FALLOC(N), b->cat = FALLOC(N * 2 * H);
-            b->eh_cache = FALLOC(N * (linear_cache_floats(&b->eh_proj) + 1));
-            b->z = FALLOC(N * H), b->z_rstd = FALLOC(N);
+            t->e_ids = calloc(N, sizeof *t->e_ids), t->targets = calloc(N, sizeof *t->targets);
+            t->e = FALLOC(N * H), t->en = FALLOC(N * H), t->e_rstd = FALLOC(N);
+            t->hn = FALLOC(N * H), t->h_rstd = FALLOC(N), t->cat = FALLOC(N * 2 * H);
+            t->eh_cache = FALLOC(N * (linear_cache_floats(&b->mtp.eh_proj) + 1));
+            t->z = FALLOC(N * H), t->z_rstd = FALLOC(N);
         }
     }
     m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
     m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
-    m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H);
+    m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H), m->recomp = FALLOC(N * H);
+    if (m->nblocks > c->num_hidden_layers)
+        m->dcat = FALLOC(N * 2 * H), m->de = FALLOC(N * H), m->dh_mtp = FALLOC(N * H);
     m->act_now = cost_base_act_bytes(&m->o, B, T);
     if (m->act_now > m->act_peak) m->act_peak = m->act_now;
 }
@@ -427,33 +431,18 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     else
         sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
 
-    /* MTP depths k = 1..D: predict tokens[i+k+1] from block(eh_proj[enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
+    /* MTP depths k = 1..D (mtp.c): predict tokens[i+k+1] from the block over eh_proj([enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
     const float *hprev = m->h_final;
     for (int k = 1; k <= D; k++) {
         block *b = &m->blk[L + k - 1];
         open_params(m, L + k);
-        for (int s = 0; s < B; s++) /* host-side index shifts of token ids (not tensor math) */
-            for (int t = 0; t < T; t++) {
-                int i = s * T + t, ok = t + k < T;
-                b->e_ids[i] = ok ? bt->tokens[i + k] : 0;
-                b->mtp_targets[i] = ok ? bt->targets[i + k] : -100;
-            }
-        ops_embedding_forward(b->e, m->embed, b->e_ids, N, V, H);
-        ops_rmsnorm_forward(b->en, b->e_rstd, b->e, b->enorm, N, H, eps);
-        ops_rmsnorm_forward(b->hn, b->h_rstd, hprev, b->hnorm, N, H, eps);
-        ops_zero(b->cat, (size_t)N * 2 * H); /* cat = [en ; hn], embedding first (spec §6) */
-        ops_add_cols(b->cat, 2 * H, 0, b->en, H, H, N);
-        ops_add_cols(b->cat, 2 * H, H, b->hn, H, H, N);
-        linear_forward(&b->eh_proj, b->x_out, b->cat, b->eh_cache, N);
+        mtp_shift(b->tc.e_ids, b->tc.targets, bt->tokens, bt->targets, B, T, k);
+        mtp_input_forward(&b->mtp, &b->tc, m->embed, hprev, b->x_out, N, H, V, eps);
         block_forward(m, b, b->x_out, b->x_out, 0, &bal, sc.bal);
-        ops_rmsnorm_forward(b->z, b->z_rstd, b->x_out, b->head_norm, N, H, eps);
-        linear_forward(&m->lm_head, m->logits, b->z, NULL, N); /* logits reused: main ones are consumed */
-        int64_t cnt = 0;
-        sums->mtp_sum[k - 1] += ops_cross_entropy_forward(NULL, &cnt, m->logits, b->mtp_targets, N, V);
+        /* logits reused: the main ones are consumed */
+        sums->mtp_sum[k - 1] += mtp_head_forward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, N, H, V, eps);
         close_params(m, L + k);
         hprev = b->x_out;
-        if (!backward) continue;
-        (void)cnt; /* the MTP count is known globally from the targets (train.c) */
     }
     sums->bal_sum += bal;
     if (!backward) {
@@ -467,53 +456,25 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
 
     /* backward of the MTP depths, last first; dh flows into h^{k-1} */
     ops_zero(m->dh_final, (size_t)N * H);
-    float *dnext = NULL; /* d x_out of depth k from depth k+1 */
     for (int k = D; k >= 1; k--) {
         block *b = &m->blk[L + k - 1];
         float *dx = m->dx;
         ops_zero(dx, (size_t)N * H);
-        if (dnext) ops_add(dx, dnext, (size_t)N * H);
-        /* head: recompute logits of this depth, CE backward, lm_head backward into dz */
-        linear_forward(&m->lm_head, m->logits, b->z, NULL, N);
-        float *dlog = m->logits; /* in place: the main dlogits wait in m->dlogits */
+        if (k < D) ops_add(dx, m->dh_mtp, (size_t)N * H); /* d x_out of depth k from depth k+1 */
         open_params(m, L + k);
         open_grads(m, L + k);
-        ops_cross_entropy_fused(dlog, NULL, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
-        float *dz = m->tmp;
-        ops_zero(dz, (size_t)N * H);
-        linear_backward(&m->lm_head, dz, dlog, b->z, NULL, N);
-        ops_rmsnorm_backward(dx, b->g_head_norm, dz, b->x_out, b->head_norm, b->z_rstd, N, H);
+        /* the main dlogits wait in m->dlogits; this depth's go through m->logits */
+        mtp_head_backward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, m->tmp, dx, sc.mtp[k - 1], N, H, V);
         if (!b->cached) { /* activation checkpointing: recompute the block from its input */
-            linear_forward(&b->eh_proj, b->x_in, b->cat, b->eh_cache, N);
-            float *o = malloc((size_t)N * H * sizeof *o);
-            block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
-            free(o);
+            mtp_input_recompute(&b->mtp, &b->tc, b->x_in, N);
+            block_forward(m, b, m->recomp, b->x_in, 1, NULL, sc.bal);
         }
-        block_backward(m, b, dx);                          /* dx = d eh_proj output */
-        float *dcat = malloc((size_t)N * 2 * H * sizeof *dcat);
-        ops_zero(dcat, (size_t)N * 2 * H);
-        linear_backward(&b->eh_proj, dcat, dx, b->cat, b->eh_cache, N);
-        float *den = m->tmp, *dhn = dx;
-        ops_copy_cols(den, H, dcat, 2 * H, 0, H, N);
-        ops_copy_cols(dhn, H, dcat, 2 * H, H, H, N);
-        free(dcat);
-        float *de = malloc((size_t)N * H * sizeof *de);
-        ops_zero(de, (size_t)N * H);
-        ops_rmsnorm_backward(de, b->g_enorm, den, b->e, b->enorm, b->e_rstd, N, H);
-        if (m->g_embed) ops_embedding_backward(m->g_embed, de, b->e_ids, N, V, H);
-        free(de);
+        block_backward(m, b, dx); /* dx = d eh_proj output */
         /* d h^{k-1}: into the previous depth's output, or the main model's final hidden */
         const float *hp = k == 1 ? m->h_final : m->blk[L + k - 2].x_out;
-        float *dh = k == 1 ? m->dh_final : malloc((size_t)N * H * sizeof *dh);
+        float *dh = k == 1 ? m->dh_final : m->dh_mtp; /* dh_mtp was consumed above */
         if (k > 1) ops_zero(dh, (size_t)N * H);
-        ops_rmsnorm_backward(dh, b->g_hnorm, dhn, hp, b->hnorm, b->h_rstd, N, H);
-        if (k > 1) {
-            if (dnext) free(dnext);
-            dnext = dh;
-        } else if (dnext) {
-            free(dnext);
-            dnext = NULL;
-        }
+        mtp_input_backward(&b->mtp, &b->tc, dx, hp, m->g_embed, dh, m->dcat, m->tmp, m->de, N, H, V);
         if (m->checkpointing) block_release(m, b, 1);
         flush_grads(m, L + k);
         close_params(m, L + k);
@@ -530,11 +491,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         block *b = &m->blk[l];
         open_params(m, l + 1);
         open_grads(m, l + 1);
-        if (!b->cached) { /* recompute from the saved block input */
-            float *o = malloc((size_t)N * H * sizeof *o);
-            block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
-            free(o);
-        }
+        if (!b->cached) block_forward(m, b, m->recomp, b->x_in, 1, NULL, sc.bal); /* recompute from the saved input */
         block_backward(m, b, dx);
         if (m->checkpointing) block_release(m, b, b->is_moe);
         flush_grads(m, l + 1);
