@@ -1,6 +1,7 @@
 # dsv3 — build, test, demo. See README.md.
 #   make            bin/dsv3 and the tools
-#   make deps       install the Debian packages the build, tests and demos need
+#   make deps       install the Debian packages the build, tests and demos need, and the
+#                   test virtualenv .venv (pinned Python clients, tools/reference/requirements-test.txt)
 #   make test       deps + build + the whole suite (unit tests + MPI tests)
 #   make demo       deps + build + train input/tiny.cfg on fortunes text
 #   make bench      benchmarks (numbers for notes, never pass/fail)
@@ -18,7 +19,16 @@ BLAS_LIBS := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
 # Debian packages: build, tests, demo. Kept in one place; `make deps` installs the missing ones.
 DEBS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
         libconfig-dev libhwloc-dev hwloc libopenblas-openmp-dev libcmocka-dev libpcre2-dev libjansson-dev \
-        zlib1g-dev fortunes python3 python3-h5py python3-numpy gnuplot-nox numdiff slurm-wlm munge
+        zlib1g-dev fortunes python3 python3-h5py python3-numpy python3-venv gnuplot-nox numdiff slurm-wlm munge
+# The project virtualenv (git-ignored): Debian's python3 with the pinned light
+# Python clients the tests check dsv3 against (tokenizers, tensorboard, h5py,
+# safetensors, numpy; not torch). `make deps` creates it and installs the pins
+# with the venv's pip; quiet once its stamp matches the pins. PyPI unreachable:
+# a loud warning and $(VENV)/.pypi-unreachable, and the tests needing it skip loudly.
+VENV := .venv
+VENV_PYTHON := /usr/bin/python3
+VENV_REQS := tools/reference/requirements-test.txt
+VENV_IMPORTS := tokenizers tensorboard.backend.event_processing.event_accumulator safetensors.numpy numpy h5py
 
 ifeq ($(SAN),1)
   BUILD := build-san
@@ -77,6 +87,25 @@ deps:
 	  SUDO=$$([ $$(id -u) -eq 0 ] || echo sudo); \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@v=$(VENV); imports="import $$(echo $(VENV_IMPORTS) | sed 's/ /, /g')"; \
+	if [ -x $$v/bin/python ] && cmp -s $(VENV_REQS) $$v/.requirements && $$v/bin/python -c "$$imports" 2>/dev/null; then exit 0; fi; \
+	echo "make deps: Python test clients into $$v/ (pins: $(VENV_REQS))"; \
+	[ -x $$v/bin/python ] || $(VENV_PYTHON) -m venv $$v || { echo "make deps: $(VENV_PYTHON) -m venv $$v failed (Debian package python3-venv)"; exit 1; }; \
+	rm -f $$v/.requirements $$v/.pypi-unreachable; \
+	pip="$$v/bin/python -m pip --disable-pip-version-check --require-virtualenv"; \
+	if $$pip install -q -r $(VENV_REQS) >$$v/pip.log 2>&1 && $$v/bin/python -c "$$imports" >>$$v/pip.log 2>&1; then \
+	  cp $(VENV_REQS) $$v/.requirements; \
+	elif ! $$pip index versions --retries 1 --timeout 20 idna >/dev/null 2>&1; then \
+	  { date -u +%FT%TZ; tail -n 3 $$v/pip.log; } >$$v/.pypi-unreachable; \
+	  echo "################################################################################"; \
+	  echo "##  make deps: WARNING: the Python package index is UNREACHABLE: $$v/ lacks"; \
+	  echo "##  the pinned test clients ($(VENV_REQS)). The tests that need them"; \
+	  echo "##  (it_tensorboard, it_tokenizer_hf, it_ckpt_h5py) will SKIP, NOT CHECKED."; \
+	  echo "##  Rerun make deps with network access (pip log: $$v/pip.log)."; \
+	  echo "################################################################################"; \
+	else \
+	  tail -n 20 $$v/pip.log; echo "make deps: pip install -r $(VENV_REQS) into $$v failed (the index is reachable)"; exit 1; \
 	fi
 
 test: deps

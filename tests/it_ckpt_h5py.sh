@@ -1,15 +1,14 @@
 #!/bin/bash
 # A checkpoint written by dsv3 (np=2, EP=2, ZeRO-3) opened with the usual
-# tools: h5ls -r shows the HF-named layout, Debian's h5py reads global
-# shapes, root attributes and every value of several tensors, recomputed
-# from the deterministic fill of test_ckpt_mpi.
-set -u
-cd "$(dirname "$0")/.."
+# tools: h5ls -r shows the HF-named layout, h5py (PyPI's, from the project
+# virtualenv: make deps; tests/lib.sh need_venv) reads global shapes, root
+# attributes and every value of several tensors, recomputed from the
+# deterministic fill of test_ckpt_mpi.
+. "$(dirname "$0")/lib.sh"
 BUILD=${BUILD:-build}
 T=$BUILD/tests/test_ckpt_mpi
-PY=/usr/bin/python3
 [ -x "$T" ] || { echo "skip: $T not built (run make)"; exit 77; }
-$PY -c 'import h5py, numpy' 2>/dev/null || { echo "skip: /usr/bin/python3 has no h5py/numpy (apt-get install python3-h5py)"; exit 77; }
+need_venv h5py numpy
 export HDF5_USE_FILE_LOCKING=FALSE OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
 W=$(mktemp -d "${TMPDIR:-/tmp}/it_ckpt_h5py.XXXXXX")
 trap 'rm -rf "$W"' EXIT
@@ -31,7 +30,7 @@ if command -v h5ls >/dev/null; then
 else
     echo "note  h5ls not installed (hdf5-tools): layout listing not checked"
 fi
-$PY - "$F" "$W/names.txt" <<'PYEOF' || fail=1
+"$PY" - "$F" "$W/names.txt" <<'PYEOF' || fail=1
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r")
 index = {}

@@ -2,16 +2,11 @@
 # TensorBoard events read back by TensorBoard's own reader (EventAccumulator):
 # every metrics.csv column is a scalar with the csv's values at every step,
 # plus per-layer MoE imbalance and memory; a resumed run's event file makes
-# the reader drop the stale steps. Skips when the pip package is absent.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${BIN:-bin}
+# the reader drop the stale steps. TensorBoard from the project virtualenv
+# (make deps; tests/lib.sh need_venv).
+. "$(dirname "$0")/lib.sh"
 DSV3=${DSV3:-$BIN/dsv3}
-PY=${TB_PYTHON:-python3}
-if ! "$PY" -c 'import tensorboard.backend.event_processing.event_accumulator' 2>/dev/null; then
-    echo "SKIP: python package tensorboard not installed for $PY (pip install tensorboard)"
-    exit 77
-fi
+need_venv tensorboard.backend.event_processing.event_accumulator
 [ -x "$DSV3" ] || { echo "missing $DSV3"; exit 1; }
 TMP=$(mktemp -d /tmp/dsv3_it_tb.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT

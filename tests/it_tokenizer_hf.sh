@@ -1,16 +1,15 @@
 #!/bin/bash
 # dsv3-prep encode/decode against the Hugging Face `tokenizers` library (the authority) on
 # multilingual text, emoji, whitespace runs, digits, CRLF, special tokens and random Unicode.
-# Optional: skips when python3 lacks `tokenizers` or the DeepSeek-V3 tokenizer is absent.
+# `tokenizers` from the project virtualenv (make deps; tests/lib.sh need_venv); skips
+# when the DeepSeek-V3 tokenizer is absent.
 . "$(dirname "$0")/lib.sh"
 need_tokenizer
-if ! python3 -c 'import tokenizers' 2>/dev/null; then
-    echo "skip: python3 has no Hugging Face tokenizers (pip install tokenizers)"; exit 77
-fi
+need_venv tokenizers
 [ -x "$BIN/dsv3-prep" ] || { echo "FAIL: $BIN/dsv3-prep not built"; exit 1; }
 W=$(mktemp -d /tmp/dsv3_it_tok_XXXXXX)
 trap 'rm -rf "$W"' EXIT
-python3 - "$W/texts.jsonl" <<'EOF'
+"$PY" - "$W/texts.jsonl" <<'EOF'
 import json, random, sys
 random.seed(20240601)
 texts = [
@@ -41,7 +40,7 @@ with open(sys.argv[1], "w") as f:
 EOF
 "$BIN/dsv3-prep" encode --tokenizer "$TD/tokenizer.json" < "$W/texts.jsonl" > "$W/ours.jsonl" || { echo "FAIL: encode"; exit 1; }
 "$BIN/dsv3-prep" decode --tokenizer "$TD/tokenizer.json" < "$W/ours.jsonl" > "$W/dec.jsonl" || { echo "FAIL: decode"; exit 1; }
-python3 - "$TD/tokenizer.json" "$W/texts.jsonl" "$W/ours.jsonl" "$W/dec.jsonl" "$TD/golden-encodings.json" <<'EOF'
+"$PY" - "$TD/tokenizer.json" "$W/texts.jsonl" "$W/ours.jsonl" "$W/dec.jsonl" "$TD/golden-encodings.json" <<'EOF'
 import json, sys
 from tokenizers import Tokenizer
 tk = Tokenizer.from_file(sys.argv[1])
