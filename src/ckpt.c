@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -24,6 +27,8 @@ enum { BUF_PARAM = 0, BUF_M = 1, BUF_V = 2 };
 
 static ckpt_stats g_stats;
 const ckpt_stats *ckpt_last_stats(void) { return &g_stats; }
+static int g_h5_broken;
+int ckpt_io_broken(void) { return g_h5_broken; }
 
 /* Bytes one rank moves per H5Dread/H5Dwrite call: below 2 GiB (HDF5 1.10 limit).
  * DSV3_CKPT_SLAB_BYTES lowers it (tests exercise the slab loop). */
@@ -268,7 +273,87 @@ static int bad_layouts(int params_layout, int optim_layout, char *err, int errle
     return -1;
 }
 
+/* ---- save watchdog --------------------------------------------------------- */
+
+/* Parallel HDF5 cannot recover from an I/O error inside a collective call: a
+ * full disk can leave one rank failed and another waiting in HDF5's own
+ * barrier. The ranks agree after every dataset (a stuck call is the only
+ * hang left); a save that makes no progress for checkpoint.stall_timeout
+ * seconds ends the job with a message instead of hanging it. */
+static char wd_msg[1536];
+static char wd_tmp[PATH_MAX + 72];
+static int wd_unlink;
+static void wd_fire(int sig) {
+    (void)sig;
+    ssize_t n = write(2, wd_msg, strlen(wd_msg)); /* async-signal-safe from here on */
+    (void)n;
+    if (wd_unlink) unlink(wd_tmp);
+    comm_abort(1);
+}
+static void wd_arm(int seconds) {
+    struct itimerval it = {{0, 0}, {seconds, 0}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+static void wd_start(const plan *p, const deck *d, const char *fname, const char *tmp) {
+    int s = d->checkpoint.stall_timeout;
+    if (s <= 0) return;
+    /* rank 0 speaks first; the others only if rank 0 itself is not stuck */
+    snprintf(wd_msg, sizeof wd_msg, "dsv3: error: checkpoint %s: no progress for %d s (checkpoint.stall_timeout); "
+             "a rank is stuck in parallel HDF5/MPI-IO (disk full or I/O error?): aborting the job\n", fname,
+             s + (p->world_rank ? 5 : 0));
+    snprintf(wd_tmp, sizeof wd_tmp, "%s", tmp);
+    wd_unlink = p->world_rank == 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = wd_fire;
+    sigaction(SIGALRM, &sa, NULL);
+    wd_arm(s + (p->world_rank ? 5 : 0));
+}
+static void wd_progress(const plan *p, const deck *d, const char *last_err) {
+    int s = d->checkpoint.stall_timeout;
+    if (s <= 0) return;
+    if (last_err && last_err[0]) { /* say what this rank saw, should it hang next */
+        size_t k = strlen(wd_msg);
+        if (k > 0 && wd_msg[k - 1] == '\n' && !strstr(wd_msg, "; last I/O error"))
+            snprintf(wd_msg + k - 1, sizeof wd_msg - k + 1, "; last I/O error on this rank: %.600s\n", last_err);
+    }
+    wd_arm(s + (p->world_rank ? 5 : 0));
+}
+static void wd_stop(void) {
+    struct itimerval it = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    signal(SIGALRM, SIG_DFL);
+}
+
 /* ---- save ------------------------------------------------------------------ */
+
+double ckpt_file_bytes(const plan *p, const deck *d, int with_optim) {
+    const param_table *pt = &p->params;
+    double data = 0.0, n = 0.0;
+    for (int i = 0; i < pt->n; i++) {
+        const param_spec *t = &pt->t[i];
+        data += 4.0 * (double)t->numel;
+        n += 1;
+        if (with_optim && trainable(t)) data += 8.0 * (double)t->numel, n += 2;
+    }
+    /* Fletcher32 (4 bytes a chunk), object headers and B-trees (~4 KiB a
+     * dataset), the deck attribute and the superblock. */
+    double chunks = data / (double)chunk_bytes() + n;
+    return data + 4.0 * chunks + 4096.0 * n + (d->text ? (double)strlen(d->text) : 0.0) + 65536.0;
+}
+
+/* Rank 0, before the file is created: the checkpoint must fit on the disk. */
+static int space_check(const char *dir, const char *fname, double need, char *err, int errlen) {
+    const char *skip = getenv("DSV3_CKPT_NO_SPACE_CHECK"); /* fault tests: reach a full disk mid-write */
+    if (skip && strcmp(skip, "1") == 0) return 0;
+    struct statvfs sv;
+    if (statvfs(dir, &sv)) return 0; /* unknown: the write itself will tell */
+    double avail = (double)sv.f_bavail * (double)sv.f_frsize;
+    if (avail >= need) return 0;
+    snprintf(err, errlen, "checkpoint %s needs about %.1f MB but only %.1f MB are free in %s: not written "
+             "(free space, or lower checkpoint.keep)", fname, need / 1e6, avail / 1e6, dir);
+    return -1;
+}
 
 typedef struct {
     hid_t file, lcpl, dxpl;
@@ -313,8 +398,9 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
     h5why why;
     ds_path(t, which, path, sizeof path);
     hid_t ds = create_ds(w, t, path, &why);
-    if (ds < 0) {
-        snprintf(w->err, w->errlen, "checkpoint %s: cannot create dataset %s: %s", w->fname, path, why.msg);
+    if (ds < 0) snprintf(w->err, w->errlen, "checkpoint %s: cannot create dataset %s: %s", w->fname, path, why.msg);
+    if (comm_max_int(ds < 0, p->world)) { /* creation is collective: all stop together */
+        if (ds >= 0) H5Dclose(ds);
         return -1;
     }
     int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), a, b;
@@ -419,6 +505,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         snprintf(err, errlen, "checkpoint: cannot create %s: %s", dir, strerror(errno));
         rc = -1;
     }
+    if (!rc && p->world_rank == 0) rc = space_check(dir, fname, ckpt_file_bytes(p, d, full), err, errlen);
     if (agree(p->world, rc, err, errlen)) return -1;
 
     zero_map L;
@@ -444,6 +531,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         zero_map_free(&L);
         return -1;
     }
+    wd_start(p, d, fname, tmp);
     wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
     H5Pset_create_intermediate_group(w.lcpl, 1);
     H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
@@ -451,16 +539,30 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
         rc = -1;
     }
+    /* The ranks agree after every dataset and stop at the first failure
+     * (a full disk, an I/O error): no rank waits in a collective the others left. */
     const param_table *pt = &p->params;
-    for (int i = 0; i < pt->n; i++)
-        if (write_tensor(&w, i, params, params_layout, BUF_PARAM)) rc = -1;
-    for (int which = BUF_M; full && which <= BUF_V; which++)
-        for (int i = 0; i < pt->n; i++)
-            if (trainable(&pt->t[i]) && write_tensor(&w, i, which == BUF_M ? m : v, optim_layout, which)) rc = -1;
+    rc = agree(p->world, rc, err, errlen);
+    for (int i = 0; !rc && i < pt->n; i++) {
+        int e = write_tensor(&w, i, params, params_layout, BUF_PARAM);
+        wd_progress(p, d, e ? err : NULL);
+        rc = agree(p->world, e, err, errlen);
+    }
+    for (int which = BUF_M; !rc && full && which <= BUF_V; which++)
+        for (int i = 0; !rc && i < pt->n; i++)
+            if (trainable(&pt->t[i])) {
+                int e = write_tensor(&w, i, which == BUF_M ? m : v, optim_layout, which);
+                wd_progress(p, d, e ? err : NULL);
+                rc = agree(p->world, e, err, errlen);
+            }
     H5Pclose(w.lcpl);
     H5Pclose(w.dxpl);
-    if (H5Fclose(file) < 0 && !rc) {
-        snprintf(err, errlen, "checkpoint %s: closing failed: %s", tmp, h5_reason(&why));
+    if (H5Fclose(file) < 0) {
+        /* HDF5 1.10 leaves a file whose close failed (e.g. ENOSPC flushing
+         * metadata) half torn down: closing it again, or HDF5's own shutdown
+         * at MPI_Finalize, crashes. Remember it: main ends without them. */
+        g_h5_broken = 1;
+        if (!rc) snprintf(err, errlen, "checkpoint %s: closing failed: %s", tmp, h5_reason(&why));
         rc = -1;
     }
     quiet_off(&q);
@@ -470,7 +572,9 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         snprintf(err, errlen, "checkpoint: fsync %s: %s", tmp, strerror(errno));
         rc = -1;
     }
-    if (agree(p->world, rc, err, errlen)) {
+    rc = agree(p->world, rc, err, errlen);
+    wd_stop();
+    if (rc) {
         if (p->world_rank == 0) unlink(tmp);
         return -1;
     }
@@ -494,6 +598,10 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         if (!rc && rename(ltmp, latest)) {
             snprintf(err, errlen, "checkpoint: rename %s -> %s: %s", ltmp, latest, strerror(errno));
             rc = -1;
+        }
+        if (rc) { /* a failed save leaves what was there: `latest` and the kept files */
+            unlink(ltmp);
+            unlink(final);
         }
         if (!rc) {
             fsync_path(dir);

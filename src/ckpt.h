@@ -76,5 +76,11 @@ typedef struct {
     int n_independent;     /* data writes HDF5 did not perform collectively (should be 0) */
 } ckpt_stats;
 const ckpt_stats *ckpt_last_stats(void);
+/* Bytes a checkpoint file of this plan takes on disk (estimate with a margin
+ * for HDF5's metadata); ckpt_save refuses to start when less is free. */
+double ckpt_file_bytes(const plan *p, const deck *d, int with_optim);
+/* 1 once an HDF5 file could not be closed (HDF5 1.10 cannot shut down
+ * cleanly after that): main.c then ends without MPI_Finalize. */
+int ckpt_io_broken(void);
 
 #endif

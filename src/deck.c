@@ -182,6 +182,7 @@ static const deck_key KEYS[] = {
     F("optimizer.eps", optimizer.eps, 1e-8, 0, NOMAX, OPEN_LO),
     F("optimizer.weight_decay", optimizer.weight_decay, 0.1, 0, NOMAX, 0),
     F("optimizer.grad_clip", optimizer.grad_clip, 1.0, 0, NOMAX, 0),
+    I("optimizer.max_skipped_steps", optimizer.max_skipped_steps, 10, 0, INT_MAX),
 
     G("schedule"),
     S("schedule.type", schedule.type, "cosine", E_SCHED, 0),
@@ -204,6 +205,7 @@ static const deck_key KEYS[] = {
     I("checkpoint.every", checkpoint.every, 0, 0, INT_MAX),
     I("checkpoint.keep", checkpoint.keep, 0, 0, INT_MAX),
     S("checkpoint.save", checkpoint.save, "full", E_SAVE, 0),
+    I("checkpoint.stall_timeout", checkpoint.stall_timeout, 600, 0, INT_MAX),
 
     G("logging"),
     S("logging.tensorboard", logging.tensorboard, "", NULL, 0),

@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     char type[DECK_STR];        /* "adamw" */
     double lr, beta1, beta2, eps, weight_decay, grad_clip; /* grad_clip 0 = off */
+    int max_skipped_steps;      /* consecutive non-finite steps skipped before the run stops */
 } deck_optimizer;
 
 typedef struct {
@@ -73,6 +74,7 @@ typedef struct {
     int every;                  /* 0 = never */
     int keep;                   /* keep the last N, 0 = all */
     char save[DECK_STR];        /* "full" | "model" | "adapters" */
+    int stall_timeout;          /* seconds a save may make no progress before the job is aborted, 0 = never */
 } deck_checkpoint;
 
 typedef struct {

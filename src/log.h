@@ -28,6 +28,7 @@ typedef struct {
     const int *moe_layer;          /* [n_moe] HF layer numbers */
     const double *layer_imbalance; /* [n_moe] max load / mean load of this step */
     double mem_allocated;          /* bytes allocated per rank (model + optimizer) */
+    int64_t skipped;               /* steps skipped so far for a non-finite loss or gradient norm */
 } log_row;
 
 typedef struct {

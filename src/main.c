@@ -10,8 +10,10 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "deck.h"
 #include "plan.h"
 #include "train.h"
@@ -54,6 +56,12 @@ static void finish(int code)
 {
     fflush(stdout);
     fflush(stderr);
+    /* After a checkpoint file HDF5 could not close (a full disk), HDF5's
+     * shutdown inside MPI_Finalize would crash: every rank leaves at once
+     * instead, with the error already reported (ckpt.h). */
+    int broken = ckpt_io_broken(), any = 0;
+    MPI_Allreduce(&broken, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) _exit(code ? code : 1);
     MPI_Finalize();
     exit(code);
 }

@@ -67,6 +67,9 @@ typedef struct {
     int32_t *tok, *tgt;  /* [accum, mb, T] this rank's samples of the step */
     double t_reduce;
     int64_t bias_checks; /* steps at which the router biases were verified identical on all ranks */
+    int64_t optim_t;     /* AdamW updates applied (steps minus skipped steps) */
+    int64_t skipped;     /* steps skipped for a non-finite loss or gradient norm, in all */
+    int consecutive;     /* ... in a row, up to this step */
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
@@ -128,13 +131,14 @@ static double reduce_grads(trainer *t) {
 /* AdamW on what this rank owns, then the all-gathers of stages 1/2 (zero.c). */
 static void update(trainer *t, double lr, float scale) {
     double t0 = now();
-    zero_update(model_zero(t->m), t->d, t->mo, t->vo, t->step + 1, lr, scale);
+    zero_update(model_zero(t->m), t->d, t->mo, t->vo, t->optim_t + 1, lr, scale);
+    t->optim_t++;
     if (t->p->zero_stage > 0) t->t_reduce += now() - t0;
 }
 
 /* Aux-loss-free balancing: global per-expert counts, the same update on every rank.
  * imb[i] gets layer i's max load / mean load; returns the worst. */
-static double bias_update(trainer *t, double *imb) {
+static double bias_update(trainer *t, double *imb, int apply) {
     model *m = t->m;
     int n = model_n_moe(m), E = t->d->model.n_routed_experts;
     double worst = 0.0;
@@ -145,7 +149,7 @@ static double bias_update(trainer *t, double *imb) {
         for (int e = 0; e < E; e++) mx = c[e] > mx ? (double)c[e] : mx, sum += (double)c[e];
         imb[i] = moe_load_imbalance(c, E);
         if (sum > 0) worst = fmax(worst, mx / (sum / E));
-        if (t->d->model.bias_update_rate > 0) model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
+        if (apply && t->d->model.bias_update_rate > 0) model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
     }
     model_reset_counts(m);
     /* Every rank holds the full biases below ZeRO-3: they must stay bitwise
@@ -212,7 +216,18 @@ static double unigram_entropy(trainer *t, int64_t *ntok) {
 }
 
 static int save(trainer *t, char *err, int errlen) {
-    ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->step};
+    /* Never from non-finite state: the weights are checked first (one pass). */
+    float *w = model_param_buffer(t->m);
+    const plan *p = t->p;
+    size_t n = p->zero_stage >= 3 ? p->shard_floats : p->params.total_local;
+    double ss = ops_sumsq(w, n);
+    if (p->zero_stage >= 3) ss = comm_sum_double(ss, p->world);
+    if (!isfinite(ss)) {
+        snprintf(err, errlen, "step %lld: the weights hold non-finite values: no checkpoint written (the last good "
+                 "one stays)", (long long)t->step);
+        return -1;
+    }
+    ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t};
     return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
                      zero_optim_layout(t->p->zero_stage), &st, err, errlen);
 }
@@ -278,6 +293,8 @@ int train_run(const deck *d, plan *p) {
             goto out;
         }
         t.step = st.step;
+        t.optim_t = st.optim_t;
+        t.skipped = st.step - st.optim_t;
         t.tokens = st.tokens_seen;
         data_set_position(t.train, st.data_position);
         if (rank == 0) printf("dsv3: resumed from %s at step %lld\n", resume, (long long)t.step);
@@ -341,8 +358,19 @@ int train_run(const deck *d, plan *p) {
         double clip = d->optimizer.grad_clip;
         float scale = (clip > 0 && gnorm > clip) ? (float)(clip / (gnorm + 1e-6)) : 1.0f;
         double lr = optim_lr(d, t.step);
-        update(&t, lr, scale);
-        double imb = bias_update(&t, layer_imb);
+        /* Non-finite loss or gradient norm (Megatron's and DeepSpeed's check):
+         * no update, no bias update; agreed, though every rank computed the
+         * same reduced values. */
+        int bad = comm_max_int(!isfinite(lm + mtp + bal) || !isfinite(gnorm), p->world);
+        t.consecutive = bad ? t.consecutive + 1 : 0;
+        t.skipped += bad;
+        if (!bad) update(&t, lr, scale);
+        double imb = bias_update(&t, layer_imb, !bad);
+        if (bad && rank == 0)
+            fprintf(stderr, "dsv3: warning: step %lld: non-finite %s (loss %g, grad norm %g): update skipped (%d in a "
+                    "row, optimizer.max_skipped_steps = %d)\n", (long long)t.step + 1,
+                    isfinite(lm + mtp + bal) ? "gradient norm" : "loss", lm + mtp + bal, gnorm, t.consecutive,
+                    d->optimizer.max_skipped_steps);
         t.step++;
         t.tokens += G * T;
         data_set_position(t.train, t.step);
@@ -368,9 +396,20 @@ int train_run(const deck *d, plan *p) {
         log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
                        dt, a2a, t.t_reduce,
                        elapsed / (double)(t.step - first_step) * (double)(d->run.steps - t.step),
-                       n_moe, layer_id, layer_imb, mem_alloc};
+                       n_moe, layer_id, layer_imb, mem_alloc, t.skipped};
         int show = d->run.log_every <= 1 || t.step % d->run.log_every == 0 || t.step == d->run.steps;
         log_step(&lg, &row, d->run.steps, show); /* the csv keeps every row */
+        if (t.consecutive > d->optimizer.max_skipped_steps) {
+            char last[64] = "";
+            if (t.step > t.consecutive && d->checkpoint.every > 0)
+                snprintf(last, sizeof last, "; resume from a checkpoint before step %lld", (long long)(t.step - t.consecutive + 1));
+            snprintf(err, sizeof err, "step %lld: %d steps in a row with a non-finite loss or gradient norm "
+                     "(optimizer.max_skipped_steps = %d): stopping without a checkpoint%s", (long long)t.step,
+                     t.consecutive, d->optimizer.max_skipped_steps, last);
+            failed = 1;
+            error_all(p->world, failed, err, sizeof err);
+            break;
+        }
         int stop = comm_max_int(stop_requested, p->world);
         int every = d->checkpoint.every;
         if (stop || (every > 0 && t.step % every == 0) || (every > 0 && t.step == d->run.steps)) {

@@ -187,7 +187,7 @@ static void test_log_rows(void **st) {
         assert_int_equal(log_open_tb(&l, "tb", err, sizeof err), 0);
         for (int s = pass ? 3 : 1; s <= 4; s++) {
             log_row r = {s, 4.0 - 0.1 * s, 3.0, 0.9, 0.1, 1e-3, 1.0, 1024 * s, 5000, s == 4 ? 2.5 : NAN, 2.5,
-                         0.1, 0.01, 0.02, 1.0, 2, layers, imb, 2.0 * 1048576.0};
+                         0.1, 0.01, 0.02, 1.0, 2, layers, imb, 2.0 * 1048576.0, 0};
             log_step(&l, &r, 4, 0);
         }
         log_close(&l);
