@@ -76,6 +76,7 @@ struct model {
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     int checkpointing;
     double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
+    ops_arena scratch;                /* components' temporaries (model_scratch_floats) */
 };
 
 static double base_act_bytes(const deck_model *c, const block *blk, int nblocks, int B, int T);
@@ -105,6 +106,7 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
     else
         snprintf(name, sizeof name, "%s.weight", module);
     l->w = bind(m, name, &l->g, 1);
+    l->W = (ops_weight){OPS_F32, l->w, NULL, out, in};
     if (layer < 0) return;
     snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
     l->A = bind(m, name, &l->gA, 0);
@@ -186,6 +188,7 @@ static void rebind(model *m, int g) {
     } else if (g == L + D + 1) {
         m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
         m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
+        m->lm_head.W = (ops_weight){OPS_F32, m->lm_head.w, NULL, m->lm_head.out, m->lm_head.in};
     } else {
         bind_block(m, &m->blk[g - 1]);
     }
@@ -258,6 +261,12 @@ int model_create(model **out, const deck *d, const struct plan *p, char *err, in
         model_free(m);
         return -1;
     }
+    if (ops_arena_create(&m->scratch, model_scratch_floats(d, ep, d->train.micro_batch, d->train.seq_len))) {
+        snprintf(err, errlen, "out of memory for the scratch arena (%zu floats)",
+                 model_scratch_floats(d, ep, d->train.micro_batch, d->train.seq_len));
+        model_free(m);
+        return -1;
+    }
     *out = m;
     return 0;
 }
@@ -291,6 +300,7 @@ void model_free(model *m) {
     if (!m) return;
     free_acts(m);
     rope_table_free(&m->rope);
+    ops_arena_destroy(&m->scratch);
     free(m->blk);
     free(m->moe_block);
     free(m->counts), free(m->count_scratch), free(m->e_scratch);
@@ -324,7 +334,12 @@ static void alloc_acts(model *m, int B, int T) {
     m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
     m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
     m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H);
-    m->act_now = base_act_bytes(c, m->blk, m->nblocks, B, T);
+    size_t sf = model_scratch_floats(m->d, m->ep, B, T); /* a larger batch than planned: a larger arena */
+    if (sf > m->scratch.cap) {
+        ops_arena_destroy(&m->scratch);
+        if (ops_arena_create(&m->scratch, sf)) error_one("out of memory for the scratch arena (%zu floats)", sf);
+    }
+    m->act_now = base_act_bytes(c, m->blk, m->nblocks, B, T) + 4.0 * (double)m->scratch.cap;
     if (m->act_now > m->act_peak) m->act_peak = m->act_now;
 }
 
@@ -390,7 +405,7 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     }
     if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
     ops_rmsnorm_forward(b->xn1, b->rstd1, b->x_in, b->in_norm, N, H, eps);
-    mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T);     /* tmp = attn(xn1) */
+    mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T, &m->scratch); /* tmp = attn(xn1) */
     ops_copy(b->x_mid, b->x_in, (size_t)N * H);
     ops_add(b->x_mid, m->tmp, (size_t)N * H);                              /* x_mid = x + attn */
     ops_rmsnorm_forward(b->xn2, b->rstd2, b->x_mid, b->post_norm, N, H, eps);
@@ -398,10 +413,10 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
         /* a recompute must not count tokens twice: its counts go to scratch */
         int64_t *cnt = recompute ? m->count_scratch : m->counts + (size_t)b->moe_slot * c->n_routed_experts;
         double bl = 0.0;
-        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale);
+        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale, &m->scratch);
         if (!recompute && bal) *bal += bl;
     } else {
-        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N);
+        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N, &m->scratch);
     }
     ops_copy(out, b->x_mid, (size_t)N * H);
     ops_add(out, m->tmp, (size_t)N * H);                                   /* out = x_mid + ffn */
@@ -414,12 +429,12 @@ static void block_backward(model *m, block *b, float *dx) {
     float *t = m->tmp;
     ops_zero(t, (size_t)N * H);
     if (b->is_moe)
-        moe_backward(c, &b->moe, &b->ec, m->ep_comm, t, dx);
+        moe_backward(c, &b->moe, &b->ec, m->ep_comm, t, dx, &m->scratch);
     else
-        mlp_backward(&b->mlp, &b->mc, t, dx, N);
+        mlp_backward(&b->mlp, &b->mc, t, dx, N, &m->scratch);
     ops_rmsnorm_backward(dx, b->g_post_norm, t, b->x_mid, b->post_norm, b->rstd2, N, H); /* dx = d x_mid */
     ops_zero(t, (size_t)N * H);
-    mla_backward(c, &b->attn, &m->rope, &b->ac, t, dx, B, T);
+    mla_backward(c, &b->attn, &m->rope, &b->ac, t, dx, B, T, &m->scratch);
     ops_rmsnorm_backward(dx, b->g_in_norm, t, b->x_in, b->in_norm, b->rstd1, N, H);      /* dx = d x_in */
 }
 
@@ -459,7 +474,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     }
     open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
-    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
+    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch);
     if (backward) /* dlogits stay in m->dlogits until the head's backward (MTP uses m->logits only) */
         sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, bt->targets, N, V, sc.lm);
     else
@@ -482,10 +497,10 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         ops_zero(b->cat, (size_t)N * 2 * H); /* cat = [en ; hn], embedding first (spec §6) */
         ops_add_cols(b->cat, 2 * H, 0, b->en, H, H, N);
         ops_add_cols(b->cat, 2 * H, H, b->hn, H, H, N);
-        linear_forward(&b->eh_proj, b->x_out, b->cat, b->eh_cache, N);
+        linear_forward(&b->eh_proj, b->x_out, b->cat, b->eh_cache, N, &m->scratch);
         block_forward(m, b, b->x_out, b->x_out, 0, &bal, sc.bal);
         ops_rmsnorm_forward(b->z, b->z_rstd, b->x_out, b->head_norm, N, H, eps);
-        linear_forward(&m->lm_head, m->logits, b->z, NULL, N); /* logits reused: main ones are consumed */
+        linear_forward(&m->lm_head, m->logits, b->z, NULL, N, &m->scratch); /* logits reused: main ones are consumed */
         int64_t cnt = 0;
         sums->mtp_sum[k - 1] += ops_cross_entropy_forward(NULL, &cnt, m->logits, b->mtp_targets, N, V);
         close_params(m, L + k);
@@ -495,7 +510,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     }
     sums->bal_sum += bal;
     if (!backward) {
-        if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N); /* restore main logits */
+        if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch); /* restore main logits */
         close_params(m, G);
         close_params(m, 0);
         return;
@@ -512,17 +527,17 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         ops_zero(dx, (size_t)N * H);
         if (dnext) ops_add(dx, dnext, (size_t)N * H);
         /* head: recompute logits of this depth, CE backward, lm_head backward into dz */
-        linear_forward(&m->lm_head, m->logits, b->z, NULL, N);
+        linear_forward(&m->lm_head, m->logits, b->z, NULL, N, &m->scratch);
         float *dlog = m->logits; /* in place: the main dlogits wait in m->dlogits */
         open_params(m, L + k);
         open_grads(m, L + k);
         ops_cross_entropy_fused(dlog, NULL, m->logits, b->mtp_targets, N, V, sc.mtp[k - 1]);
         float *dz = m->tmp;
         ops_zero(dz, (size_t)N * H);
-        linear_backward(&m->lm_head, dz, dlog, b->z, NULL, N);
+        linear_backward(&m->lm_head, dz, dlog, b->z, NULL, N, &m->scratch);
         ops_rmsnorm_backward(dx, b->g_head_norm, dz, b->x_out, b->head_norm, b->z_rstd, N, H);
         if (!b->cached) { /* activation checkpointing: recompute the block from its input */
-            linear_forward(&b->eh_proj, b->x_in, b->cat, b->eh_cache, N);
+            linear_forward(&b->eh_proj, b->x_in, b->cat, b->eh_cache, N, &m->scratch);
             float *o = malloc((size_t)N * H * sizeof *o);
             block_forward(m, b, o, b->x_in, 1, NULL, sc.bal);
             free(o);
@@ -530,7 +545,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         block_backward(m, b, dx);                          /* dx = d eh_proj output */
         float *dcat = malloc((size_t)N * 2 * H * sizeof *dcat);
         ops_zero(dcat, (size_t)N * 2 * H);
-        linear_backward(&b->eh_proj, dcat, dx, b->cat, b->eh_cache, N);
+        linear_backward(&b->eh_proj, dcat, dx, b->cat, b->eh_cache, N, &m->scratch);
         float *den = m->tmp, *dhn = dx;
         ops_copy_cols(den, H, dcat, 2 * H, 0, H, N);
         ops_copy_cols(dhn, H, dcat, 2 * H, H, H, N);
@@ -561,7 +576,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     float *dx = m->dx;
     ops_zero(dx, (size_t)N * H);
     float *dh = m->dh_final; /* MTP contribution already in */
-    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N);
+    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N, &m->scratch);
     /* x_final holds the last block's output: final norm backward needs it */
     ops_rmsnorm_backward(dx, m->g_final_norm, dh, x, m->final_norm, m->rstd_final, N, H);
     for (int l = L - 1; l >= 0; l--) {
@@ -735,7 +750,27 @@ double model_act_bytes(const deck *d, int ep, int B, int T) {
         bind_block(&t, &t.blk[i]);
     }
     double bytes = peak_act_bytes(&d->model, t.blk, t.nblocks, L, d->parallel.activation_checkpointing, ep, B, T);
+    bytes += 4.0 * (double)model_scratch_floats(d, ep, B, T); /* the scratch arena (alloc_acts counts it too) */
     free(t.blk), free(t.z.goff), free(t.z.gp), free(t.z.gg);
     params_free(&t.pt);
     return bytes;
+}
+
+/* Peak floats of the components' scratch (ops_arena) for B sequences of T
+ * tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
+ * and the lm_head (LoRA rank d->lora.r on every adaptable linear: an upper
+ * bound). A pure function of the deck; model_create sizes m->scratch with it. */
+size_t model_scratch_floats(const deck *d, int ep, int B, int T) {
+    const deck_model *c = &d->model;
+    int N = B * T, r = d->lora.enabled ? d->lora.r : 0;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
+    (void)ep; /* the routed experts work in their cache, not the arena */
+    size_t f = mla_scratch_floats(c, r, B, T), x;
+    if (c->first_k_dense_replace > 0 &&
+        (x = mlp_scratch_floats(c->hidden_size, c->intermediate_size, r, N)) > f)
+        f = x;
+    if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, N)) > f) f = x;
+    if (D > 0 && (x = linear_scratch_floats(c->hidden_size, 0, N)) > f) f = x; /* eh_proj: no LoRA in MTP */
+    if ((x = linear_scratch_floats(c->vocab_size, 0, N)) > f) f = x;           /* lm_head: no LoRA */
+    return f;
 }

@@ -8,6 +8,7 @@
 #ifndef DSV3_MODEL_H
 #define DSV3_MODEL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../deck.h"
@@ -88,5 +89,8 @@ double model_flops_per_token(const deck *d);
  * micro-batch of B x T tokens with EP-way experts: the same formula the run
  * measures itself by (plan.c uses it for --dry-run). */
 double model_act_bytes(const deck *d, int ep, int B, int T);
+/* Floats of the components' scratch arena for B x T tokens (the max over the
+ * components' *_scratch_floats); included in model_act_bytes. */
+size_t model_scratch_floats(const deck *d, int ep, int B, int T);
 
 #endif
