@@ -118,7 +118,8 @@ void deck_free(deck *d);
 
 /* What the model needs of a deck (model/config.h). */
 static inline model_opts deck_model_opts(const deck *d) {
-    return (model_opts){&d->model, &d->lora, d->train.seq_len, d->parallel.activation_checkpointing};
+    return (model_opts){&d->model, &d->lora, d->train.seq_len, d->train.micro_batch,
+                        d->parallel.activation_checkpointing};
 }
 
 #endif

@@ -17,6 +17,71 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- Memory (design §2). Every float * an op takes is DEVICE memory; the
+ * CPU backend's device memory is host memory, a CUDA backend's is not, so
+ * model code never dereferences a tensor and never calls malloc/free: it
+ * allocates here. Integer arrays say in ops_attn.h / ops_moe.h whether they
+ * live on the host (the host reads or writes them: routing counts, MPI
+ * counts) or on the device (index lists ops read: routing, positions).
+ * Scalars returned by value (ops_sumsq, losses) come back to the host. */
+
+/* Zeroed device memory of `bytes` bytes (0 allowed); NULL when out of memory. */
+void *ops_alloc(size_t bytes);
+void ops_free(void *p); /* NULL is a no-op */
+void ops_memset0(void *p, size_t bytes);                         /* device bytes = 0 */
+void ops_to_host(void *dst, const void *src, size_t bytes);      /* device → host */
+void ops_to_device(void *dst, const void *src, size_t bytes);    /* host → device */
+/* Zeroed host memory (arrays the host reads/writes: routing counts, staging); NULL when out of memory. */
+void *ops_host_alloc(size_t bytes);
+void ops_host_free(void *p);
+
+/* Scratch arena (llm.c's one-allocation idea): one device block, carved by
+ * bump allocation with stack discipline. Components take their temporaries
+ * from it and give them back before they return, so a forward/backward
+ * allocates nothing; each component states its peak (*_scratch_floats) and
+ * the model sizes the arena as the max over its components (model.c).
+ * Memory from the arena is NOT zeroed. Every take is rounded up to
+ * OPS_ARENA_ALIGN floats (64 bytes), and so are the size functions
+ * (ops_arena_round). A take that does not fit ends the job (error_one): an
+ * undersized arena is an internal error, never a silent overflow. */
+#define OPS_ARENA_ALIGN 16
+typedef struct {
+    float *base;
+    size_t cap, used, peak; /* floats */
+} ops_arena;
+static inline size_t ops_arena_round(size_t floats) {
+    return (floats + OPS_ARENA_ALIGN - 1) / OPS_ARENA_ALIGN * OPS_ARENA_ALIGN;
+}
+int ops_arena_create(ops_arena *a, size_t floats); /* 0, or -1 when out of memory (a zeroed) */
+void ops_arena_destroy(ops_arena *a);
+float *ops_arena_take(ops_arena *a, size_t floats);
+static inline size_t ops_arena_mark(const ops_arena *a) { return a->used; }
+void ops_arena_release(ops_arena *a, size_t mark); /* give back everything taken since mark */
+
+/* ---- Weight storage. Frozen weights may be stored in a narrower type; the
+ * model holds an ops_weight and never looks inside. Trainable weights are F32.
+ *   OPS_F32       data float [out, in]
+ *   OPS_BF16      data uint16_t [out, in], the upper 16 bits of an fp32
+ *   OPS_FP8_E4M3  data uint8_t [out, in], e4m3 (1 sign, 4 exponent bits with
+ *                 bias 7, 3 mantissa bits, subnormals, 0x7F/0xFF NaN, no inf;
+ *                 max 448), value = e4m3 · scale[r/128, c/128]: one F32 scale
+ *                 per 128x128 block, [ceil(out/128), ceil(in/128)], edge
+ *                 blocks included (HF's weight_scale_inv). */
+typedef enum { OPS_F32 = 0, OPS_BF16, OPS_FP8_E4M3 } ops_dtype;
+#define OPS_FP8_BLOCK 128
+typedef struct {
+    ops_dtype dtype;
+    void *data;         /* device */
+    const float *scale; /* device; FP8 only: [ceil(out/128), ceil(in/128)] */
+    int out, in;
+} ops_weight;
+float ops_e4m3_to_f32(uint8_t v);   /* exact (host helper, the reference decode) */
+float ops_bf16_to_f32(uint16_t v);  /* exact */
+/* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly ops_matmul. */
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta);
+/* dx[T,in] += dy[T,out]·W. Frozen storage: no dW. F32 is exactly ops_matmul_backward(dx, NULL, ...). */
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T);
+
 /* y[T,out] = x[T,in]·W[out,in]ᵀ  (beta=0: overwrite, beta=1: accumulate) */
 void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta);
 /* dx[T,in] += dy[T,out]·W ; dW[out,in] += dyᵀ·x  (either output may be NULL) */

@@ -5,6 +5,12 @@
  * ACCUMULATE (+=) into input and weight gradients unless stated otherwise.
  * A batch is B sequences of T tokens stored as B*T consecutive rows; the
  * position of row r is p = r % T (positions restart in every sequence).
+ *
+ * Where integer arrays live (ops.h memory section): token ids and targets
+ * are DEVICE memory (the CPU backend's device memory is the host's; a device
+ * backend's model_step copies the host batch over with ops_to_device). The
+ * int64 counts written through pointers (*count) and the double sums
+ * returned are HOST values.
  */
 #ifndef DSV3_OPS_ATTN_H
 #define DSV3_OPS_ATTN_H
@@ -46,7 +52,7 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
 
 /* ---- Embedding: y[n,:] = E[ids[n], :]. Returns 0, or -1 after printing the
  * first out-of-range id (that row is zeroed). */
-int ops_embedding_forward(float *y /*[N,H]*/, const float *E /*[V,H]*/, const int32_t *ids /*[N]*/, int N, int V,
+int ops_embedding_forward(float *y /*[N,H]*/, const float *E /*[V,H]*/, const int32_t *ids /*[N] device*/, int N, int V,
                           int H);
 /* dE[ids[n], :] += dy[n, :]. Deterministic: threads split the H columns and every
  * thread adds the tokens in order n = 0..N-1. Out-of-range ids are skipped. */
@@ -60,8 +66,8 @@ void ops_embedding_backward(float *dE /*[V,H]*/, const float *dy /*[N,H]*/, cons
  * A target outside [0, V) other than the ignore index is an error: message on
  * stderr and the return value is NAN. */
 #define OPS_IGNORE_INDEX (-100)
-double ops_cross_entropy_forward(float *row_loss, int64_t *count, const float *logits, const int32_t *targets, int N,
-                                 int V);
+double ops_cross_entropy_forward(float *row_loss, int64_t *count /*host*/, const float *logits,
+                                 const int32_t *targets /*[N] device*/, int N, int V);
 /* dlogits = (softmax(logits) − onehot(target))·scale for counted rows, 0 for
  * ignored rows. WRITES (does not accumulate); dlogits may alias logits. */
 void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N, int V,

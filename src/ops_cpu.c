@@ -1,9 +1,72 @@
 /* ops_cpu.c — CPU reference of the core ops in ops.h (OpenBLAS + OpenMP). */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "ops.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ARENA_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define ARENA_POISON(p, n) ((void)(p), (void)(n))
+#define ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/* ---- memory: on the CPU, device memory is host memory ---- */
+
+void *ops_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+void ops_free(void *p) { free(p); }
+void ops_memset0(void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+void ops_to_host(void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+}
+void ops_to_device(void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+}
+void *ops_host_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+void ops_host_free(void *p) { free(p); }
+
+int ops_arena_create(ops_arena *a, size_t floats) {
+    memset(a, 0, sizeof *a);
+    size_t cap = ops_arena_round(floats);
+    if (cap == 0) return 0; /* an empty arena: only takes of 0 floats */
+    a->base = aligned_alloc(OPS_ARENA_ALIGN * sizeof(float), cap * sizeof(float));
+    if (!a->base) return -1;
+    a->cap = cap;
+    ARENA_POISON(a->base, cap * sizeof(float)); /* under ASan a read past a take is caught */
+    return 0;
+}
+
+void ops_arena_destroy(ops_arena *a) {
+    if (a->base) ARENA_UNPOISON(a->base, a->cap * sizeof(float));
+    free(a->base);
+    memset(a, 0, sizeof *a);
+}
+
+float *ops_arena_take(ops_arena *a, size_t floats) {
+    size_t n = ops_arena_round(floats);
+    if (n == 0) return a->base ? a->base + a->used : NULL;
+    if (n > a->cap - a->used)
+        error_one("scratch arena too small (internal error): need %zu floats, have %zu (capacity %zu, %zu in use)",
+                  a->used + n, a->cap, a->cap, a->used);
+    float *p = a->base + a->used;
+    a->used += n;
+    if (a->used > a->peak) a->peak = a->used;
+    ARENA_UNPOISON(p, floats * sizeof(float)); /* the rounding tail stays poisoned */
+    return p;
+}
+
+void ops_arena_release(ops_arena *a, size_t mark) {
+    DSV3_CHECK(mark <= a->used, "scratch arena: release to %zu above the %zu floats in use", mark, a->used);
+    ARENA_POISON(a->base + mark, (a->used - mark) * sizeof(float));
+    a->used = mark;
+}
 
 void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta) {
     if (T == 0 || out == 0) return;
@@ -112,4 +175,104 @@ void ops_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t 
 
 void ops_fill(float *x, size_t n, float value) {
     for (size_t i = 0; i < n; i++) x[i] = value;
+}
+
+/* ---- weight storage: exact dequantisation, then sgemm by row tiles ---- */
+
+float ops_bf16_to_f32(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float ops_e4m3_to_f32(uint8_t v) {
+    int s = v >> 7, e = (v >> 3) & 15, m = v & 7;
+    if (e == 15 && m == 7) return NAN;
+    float a = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10); /* m/8·2^-6, (1+m/8)·2^(e-7) */
+    return s ? -a : a;
+}
+
+/* Rows of W dequantised at a time: the whole weight when it fits in 2^24
+ * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
+ * arguments, so a bf16 weight holding fp32-representable values gives the
+ * F32 result bitwise — else tiles of a multiple of 128 rows (FP8 blocks). */
+static int tile_rows(const ops_weight *w) {
+    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
+    if ((size_t)w->out * in <= budget) return w->out;
+    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+}
+
+/* rows [r0, r0+n) of w as fp32 into t [n, in] */
+static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
+    int in = w->in, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    float lut[256];
+    if (w->dtype == OPS_FP8_E4M3)
+        for (int i = 0; i < 256; i++) lut[i] = ops_e4m3_to_f32((uint8_t)i);
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (int r = 0; r < n; r++) {
+        size_t row = (size_t)(r0 + r) * in;
+        float *d = t + (size_t)r * in;
+        if (w->dtype == OPS_BF16) {
+            const uint16_t *q = (const uint16_t *)w->data + row;
+            for (int c = 0; c < in; c++) d[c] = ops_bf16_to_f32(q[c]);
+        } else {
+            const uint8_t *q = (const uint8_t *)w->data + row;
+            const float *sc = w->scale + (size_t)((r0 + r) / OPS_FP8_BLOCK) * nb;
+            for (int c = 0; c < in; c++) d[c] = lut[q[c]] * sc[c / OPS_FP8_BLOCK];
+        }
+    }
+}
+
+static float *tile_buffer(const ops_weight *w, int rows) {
+    size_t n = (size_t)rows * w->in;
+    float *t = malloc((n ? n : 1) * sizeof *t);
+    if (!t) error_one("ops_matmul_w: out of memory for a %zu-float dequantisation tile", n);
+    return t;
+}
+
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta) {
+    int in = w->in, out = w->out;
+    if (w->dtype == OPS_F32) {
+        ops_matmul(y, x, (const float *)w->data, T, in, out, beta);
+        return;
+    }
+    DSV3_CHECK(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "ops_matmul_w: bad weight dtype %d",
+               (int)w->dtype);
+    if (T == 0 || out == 0) return;
+    if (in == 0) {
+        if (beta == 0.0f)
+            for (int t = 0; t < T; t++) memset(y + (size_t)t * out, 0, (size_t)out * sizeof *y);
+        return;
+    }
+    int tr = tile_rows(w);
+    float *tile = tile_buffer(w, tr);
+    for (int r0 = 0; r0 < out; r0 += tr) {
+        int n = out - r0 < tr ? out - r0 : tr;
+        dequant_rows(tile, w, r0, n);
+        /* y[:, r0:r0+n] = x · tileᵀ */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, in, 1.0f, x, in, tile, in, beta, y + r0, out);
+    }
+    free(tile);
+}
+
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T) {
+    int in = w->in, out = w->out;
+    if (w->dtype == OPS_F32) {
+        ops_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, T, in, out);
+        return;
+    }
+    DSV3_CHECK(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
+               "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
+    if (!dx || T == 0 || in == 0 || out == 0) return;
+    int tr = tile_rows(w);
+    float *tile = tile_buffer(w, tr);
+    for (int r0 = 0; r0 < out; r0 += tr) {
+        int n = out - r0 < tr ? out - r0 : tr;
+        dequant_rows(tile, w, r0, n);
+        /* dx[T,in] += dy[:, r0:r0+n] · tile[n,in] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, dx, in);
+    }
+    free(tile);
 }

@@ -8,6 +8,14 @@
  * Every op is deterministic: each output element is computed by one thread in
  * a fixed order (no float atomics), so results are bitwise reproducible for
  * any OpenMP thread count.
+ *
+ * Where integer arrays live (ops.h memory section): index lists the ops read
+ * or write per row — idx, topk, pos, src, perm, gather/scatter idx — are
+ * DEVICE memory. Counts the host needs to size messages and loops — the
+ * per-expert cnt of ops_moe_sort (sent with MPI_Alltoall), rcnt of
+ * ops_moe_perm, cnt of the grouped matmuls (one GEMM per expert), the int64
+ * counts of the bias update (all-reduced on the host) — are HOST memory;
+ * a device backend copies the small cnt of ops_moe_sort back itself.
  */
 #ifndef DSV3_OPS_MOE_H
 #define DSV3_OPS_MOE_H
@@ -36,19 +44,19 @@ void ops_sigmoid(float *y, const float *x, size_t n);
  * Weights (w may be NULL) use the unbiased scores:
  *   w[t,k] = scale·s[t,idx]/Σ_k' s[t,idx_k'] if norm, else scale·s[t,idx].
  * Requires K <= topk_group·E/n_group and n_group | E. */
-void ops_moe_route(int *idx /*[T,K]*/, float *w /*[T,K]*/, const float *s /*[T,E]*/, const float *bias /*[E]*/,
+void ops_moe_route(int *idx /*[T,K] device*/, float *w /*[T,K]*/, const float *s /*[T,E]*/, const float *bias /*[E]*/,
                    int T, int E, int K, int n_group, int topk_group, int norm, float scale);
 /* Backward of the weights into the router logits (s = σ(logits)); the
  * selection itself is not differentiable: dlogits[t,e] += ∂L/∂logit. */
 void ops_moe_route_backward(float *dlogits /*[T,E]*/, const float *dw /*[T,K]*/, const float *s /*[T,E]*/,
-                            const int *idx /*[T,K]*/, int T, int E, int K, int norm, float scale);
+                            const int *idx /*[T,K] device*/, int T, int E, int K, int norm, float scale);
 
 /* ---- Sequence-wise balance loss (spec §5, TR eqs. 17–20), without α.
  * B sequences of T rows. topk [B*T,K] is the plain top-K over the UNBIASED
  * scores (ops_moe_route with bias NULL, n_group 1). Per sequence
  *   f_i = E/(K·T)·Σ_t 1[i ∈ topk_t],  P_i = (1/T)·Σ_t s_{t,i}/Σ_j s_{t,j};
  * returns Σ_b Σ_i f_i·P_i (to the host). */
-double ops_moe_balance(const float *s /*[B*T,E]*/, const int *topk /*[B*T,K]*/, int B, int T, int E, int K);
+double ops_moe_balance(const float *s /*[B*T,E]*/, const int *topk /*[B*T,K] device*/, int B, int T, int E, int K);
 /* dlogits += coef·∂(Σ_b Σ_i f_i P_i)/∂logits with f treated as a constant. */
 void ops_moe_balance_backward(float *dlogits /*[B*T,E]*/, const float *s, const int *topk, int B, int T, int E,
                               int K, float coef);
@@ -57,18 +65,18 @@ void ops_moe_balance_backward(float *dlogits /*[B*T,E]*/, const float *s, const 
  * stably (token order within an expert): the send buffer row of pair (t,k)
  * is pos[t,k]; src[j] is the token of send row j; cnt[e] rows go to expert e
  * (rows of expert e are contiguous, experts in increasing order). */
-void ops_moe_sort(int *pos /*[N,K]*/, int *src /*[N*K]*/, int *cnt /*[E]*/, const int *idx /*[N,K]*/, int N, int K,
-                  int E);
+void ops_moe_sort(int *pos /*[N,K] device*/, int *src /*[N*K] device*/, int *cnt /*[E] HOST*/,
+                  const int *idx /*[N,K] device*/, int N, int K, int E);
 /* Permutation from the received layout (source rank major: for each source
  * r, its rows for local experts 0..G-1 in order, rcnt[r,g] rows each) to the
  * expert-major layout (for each expert g, the rows from sources 0..P-1):
  * expert-major row j is received row perm[j]. Returns the row count. */
-int ops_moe_perm(int *perm, const int *rcnt /*[P,G]*/, int P, int G);
+int ops_moe_perm(int *perm /*[R] device*/, const int *rcnt /*[P,G] HOST*/, int P, int G);
 
-/* ---- Rows by index lists (C = row width). */
+/* ---- Rows by index lists (C = row width); idx is device memory. */
 void ops_gather_rows(float *dst /*[n,C]*/, const float *src, const int *idx /*[n]*/, int n, int C); /* dst[i]=src[idx[i]] */
 void ops_scatter_rows(float *dst, const float *src /*[n,C]*/, const int *idx /*[n]*/, int n, int C); /* dst[idx[i]]=src[i] */
-/* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1). */
+/* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1); pos device. */
 void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K]*/, const float *w /*[N,K]*/,
                      int N, int K, int C, float beta);
 /* Backward of the combine: dy[pos[t,k]] = w[t,k]·dout[t] (OVERWRITES those
@@ -77,7 +85,7 @@ void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout 
                               const int *pos, const float *w, int N, int K, int C);
 
 /* ---- Grouped matmul over experts: rows of x come in G consecutive blocks of
- * cnt[g] rows; block g is multiplied by w[g] ([out,in]): y = x·w[g]ᵀ. */
+ * cnt[g] rows; block g is multiplied by w[g] ([out,in]): y = x·w[g]ᵀ. cnt is HOST memory. */
 void ops_grouped_matmul(float *y /*[R,out]*/, const float *x /*[R,in]*/, const float *w /*[G,out,in]*/,
                         const int *cnt /*[G]*/, int G, int in, int out);
 /* dx += dy·w[g] ; dw[g] += dyᵀ·x (dx or dw may be NULL). */
@@ -86,6 +94,6 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
 
 /* ---- Auxiliary-loss-free bias update (spec §5): b_i += γ·sign(mean_j c_j − c_i),
  * counts summed over the whole batch (all ranks); sign(0) = 0. */
-void ops_moe_bias_update(float *bias /*[E]*/, const int64_t *counts /*[E]*/, int E, float gamma);
+void ops_moe_bias_update(float *bias /*[E]*/, const int64_t *counts /*[E] HOST*/, int E, float gamma);
 
 #endif

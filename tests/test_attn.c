@@ -369,6 +369,7 @@ typedef struct {
     mla_layer l;
     rope_table rt;
     mla_cache c;
+    ops_arena a; /* scratch, exactly mla_scratch_floats */
     float *x, *out, *R;
     int B, T;
     float *bufs[64];
@@ -395,30 +396,33 @@ static void mla_lin(mla_ctx *t, linear *L, int in, int out, int r) {
     }
 }
 
+/* lora 0: none; 1: rank 2 on q_a and o; 2: rank 2 on every projection */
 static void mla_setup(mla_ctx *t, int ql, int lora) {
     memset(t, 0, sizeof *t);
     int H = 24, nh = 3, dn = 4, dr = 6, dv = 5, kvl = 7;
     tiny_model(&t->m, H, nh, dn, dr, dv, ql, kvl);
     t->B = 2, t->T = 6;
-    int dqk = dn + dr, r = lora ? 2 : 0;
+    int dqk = dn + dr, r = lora ? 2 : 0, r2 = lora == 2 ? r : 0;
     if (ql > 0) {
         mla_lin(t, &t->l.q_a, H, ql, r);
-        mla_lin(t, &t->l.q_b, ql, nh * dqk, 0);
+        mla_lin(t, &t->l.q_b, ql, nh * dqk, r2);
         t->l.q_a_norm = mla_buf(t, ql, 0.3f);
         for (int i = 0; i < ql; i++) t->l.q_a_norm[i] += 1.0f;
         t->l.g_q_a_norm = mla_buf(t, ql, 0);
     } else {
-        mla_lin(t, &t->l.q, H, nh * dqk, 0);
+        mla_lin(t, &t->l.q, H, nh * dqk, r2);
     }
-    mla_lin(t, &t->l.kv_a, H, kvl + dr, 0);
-    mla_lin(t, &t->l.kv_b, kvl, nh * (dn + dv), 0);
+    mla_lin(t, &t->l.kv_a, H, kvl + dr, r2);
+    mla_lin(t, &t->l.kv_b, kvl, nh * (dn + dv), r2);
     mla_lin(t, &t->l.o, nh * dv, H, r);
     t->l.kv_a_norm = mla_buf(t, kvl, 0.3f);
     for (int i = 0; i < kvl; i++) t->l.kv_a_norm[i] += 1.0f;
     t->l.g_kv_a_norm = mla_buf(t, kvl, 0);
     assert_int_equal(rope_table_build(&t->rt, &t->m, t->T), 0);
     mla_cache_alloc(&t->c, &t->m, &t->l, t->B, t->T);
-    assert_int_equal(t->c.floats, mla_cache_floats(&t->m, lora ? 2 * r : 0, t->B, t->T));
+    int rsum = lora == 2 ? (ql > 0 ? 5 : 4) * r : lora ? (ql > 0 ? 2 : 1) * r : 0;
+    assert_int_equal(t->c.floats, mla_cache_floats(&t->m, rsum, t->B, t->T));
+    assert_int_equal(ops_arena_create(&t->a, mla_scratch_floats(&t->m, r, t->B, t->T)), 0);
     size_t n = (size_t)t->B * t->T * H;
     t->x = mla_buf(t, n, 1.0f);
     t->out = mla_buf(t, n, 0);
@@ -427,13 +431,14 @@ static void mla_setup(mla_ctx *t, int ql, int lora) {
 
 static void mla_teardown(mla_ctx *t) {
     mla_cache_free(&t->c);
+    ops_arena_destroy(&t->a);
     rope_table_free(&t->rt);
     for (int i = 0; i < t->nbuf; i++) free(t->bufs[i]);
 }
 
 static double mla_loss(void *p) {
     mla_ctx *t = p;
-    mla_forward(&t->m, &t->l, &t->rt, &t->c, t->out, t->x, t->B, t->T);
+    mla_forward(&t->m, &t->l, &t->rt, &t->c, t->out, t->x, t->B, t->T, &t->a);
     return dot_fd(t->out, t->R, (size_t)t->B * t->T * t->m.hidden_size);
 }
 
@@ -539,7 +544,10 @@ static void mla_check(int ql, int lora) {
     free(ref);
 
     float *dx = fzeros(n);
-    mla_backward(&t->m, &t->l, &t->rt, &t->c, dx, t->R, t->B, t->T);
+    mla_backward(&t->m, &t->l, &t->rt, &t->c, dx, t->R, t->B, t->T, &t->a);
+    assert_true(t->a.used == 0 && t->a.peak <= t->a.cap);
+    if (lora != 1) /* LoRA on every projection or none: the size function is attained exactly */
+        assert_int_equal(t->a.peak, mla_scratch_floats(&t->m, lora ? 2 : 0, t->B, t->T));
     const double h = 1e-2, tol = 5e-3;
     const int mc = 60;
     fd_check("mla dx", t->x, dx, n, mla_loss, t, mc, h, tol);
@@ -576,6 +584,11 @@ static void test_mla_lora(void **state) {
     (void)state;
     mla_check(8, 1);
 }
+static void test_mla_lora_all(void **state) {
+    (void)state;
+    mla_check(8, 2);
+    mla_check(0, 2);
+}
 
 /* Changing token t0 of sequence 1 changes nothing before t0 in it, and nothing in sequence 0. */
 static void test_mla_causal(void **state) {
@@ -607,7 +620,7 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),        cmocka_unit_test(test_yarn_671b),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_embedding),   cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_mla_qlora),     cmocka_unit_test(test_mla_plain_q), cmocka_unit_test(test_mla_lora),
-        cmocka_unit_test(test_mla_causal),
+        cmocka_unit_test(test_mla_causal),    cmocka_unit_test(test_mla_lora_all),
     };
     return cmocka_run_group_tests_name("attn", tests, NULL, NULL);
 }

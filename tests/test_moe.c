@@ -118,12 +118,13 @@ static void test_swiglu_fd(void **st) {
 typedef struct {
     mlp_layer l;
     mlp_cache c;
+    ops_arena a;
     float *x, *out, *r;
     int N, H;
 } mlp_ctx;
 static double mlp_loss(void *p) {
     mlp_ctx *c = p;
-    mlp_forward(&c->l, &c->c, c->out, c->x, c->N);
+    mlp_forward(&c->l, &c->c, c->out, c->x, c->N, &c->a);
     return dotd(c->out, c->r, (size_t)c->N * c->H);
 }
 
@@ -141,10 +142,13 @@ static void test_mlp_fd(void **st) {
     c.l.down = (linear){.w = frand((size_t)H * I, -0.3f, 0.3f), .g = fzeros((size_t)H * I), .in = I, .out = H};
     assert_int_equal(mlp_cache_alloc(&c.c, &c.l, N), 0);
     assert_true(mlp_cache_floats(&c.l, N) == (size_t)N * (H + 6 * I + 2));
+    /* scratch: exactly what mlp_scratch_floats says (any more would end the test) */
+    assert_int_equal(ops_arena_create(&c.a, mlp_scratch_floats(H, I, 2, N)), 0);
     c.x = frand((size_t)N * H, -1, 1), c.out = fzeros((size_t)N * H), c.r = frand((size_t)N * H, -1, 1);
     float *dx = fzeros((size_t)N * H);
     mlp_loss(&c);
-    mlp_backward(&c.l, &c.c, dx, c.r, N);
+    mlp_backward(&c.l, &c.c, dx, c.r, N, &c.a);
+    assert_true(c.a.used == 0 && c.a.peak > 0 && c.a.peak <= c.a.cap);
     fd_check("mlp dx", c.x, dx, (size_t)N * H, mlp_loss, &c, 1e-3, 2e-3, 2e-4);
     fd_check("mlp gate", c.l.gate.w, c.l.gate.g, (size_t)I * H, mlp_loss, &c, 1e-3, 2e-3, 2e-4);
     fd_check("mlp up", c.l.up.w, c.l.up.g, (size_t)I * H, mlp_loss, &c, 1e-3, 2e-3, 2e-4);
@@ -152,6 +156,7 @@ static void test_mlp_fd(void **st) {
     fd_check("mlp up.B", c.l.up.B, c.l.up.gB, (size_t)I * 2, mlp_loss, &c, 1e-3, 2e-3, 2e-4);
     fd_check("mlp down", c.l.down.w, c.l.down.g, (size_t)H * I, mlp_loss, &c, 1e-3, 2e-3, 2e-4);
     mlp_cache_free(&c.c);
+    ops_arena_destroy(&c.a);
     free(c.x), free(c.out), free(c.r), free(dx);
     free(c.l.gate.w), free(c.l.gate.g), free(c.l.up.w), free(c.l.up.g), free(c.l.up.A), free(c.l.up.gA);
     free(c.l.up.B), free(c.l.up.gB), free(c.l.down.w), free(c.l.down.g);
@@ -344,6 +349,7 @@ typedef struct {
     moe_fix f;
     moe_layer l;
     moe_cache c;
+    ops_arena a;
     float *x, *out, *r;
     int *idx0, *tk0;
     int B, T;
@@ -354,7 +360,7 @@ static double moe_loss(void *p) {
     moe_ctx *c = p;
     int N = c->B * c->T;
     double bal = 0;
-    moe_forward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, c->out, c->x, c->B, c->T, NULL, &bal, c->bal_scale);
+    moe_forward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, c->out, c->x, c->B, c->T, NULL, &bal, c->bal_scale, &c->a);
     if (memcmp(c->c.idx, c->idx0, (size_t)N * c->f.K * sizeof(int))) return NAN;
     if (c->f.m.aux_loss_alpha > 0 && memcmp(c->c.topk_u, c->tk0, (size_t)N * c->f.K * sizeof(int))) return NAN;
     return (c->r ? dotd(c->out, c->r, (size_t)N * c->f.H) : 0.0) + c->bal_scale * bal;
@@ -370,6 +376,7 @@ static void moe_setup(moe_ctx *c, int B, int T, double alpha, int with_r) {
     int N = B * T;
     assert_int_equal(moe_cache_alloc(&c->c, &c->f.m, &c->l, 1, N, 0), 0);
     assert_int_equal(c->c.r_cap, N * 3);
+    assert_int_equal(ops_arena_create(&c->a, moe_scratch_floats(&c->f.m, 0, N)), 0);
     c->x = frand((size_t)N * c->f.H, -1.5f, 1.5f), c->out = fzeros((size_t)N * c->f.H);
     c->r = with_r ? frand((size_t)N * c->f.H, -1, 1) : NULL;
     c->idx0 = malloc((size_t)N * 3 * sizeof(int) + 4), c->tk0 = malloc((size_t)N * 3 * sizeof(int) + 4);
@@ -377,6 +384,7 @@ static void moe_setup(moe_ctx *c, int B, int T, double alpha, int with_r) {
 
 static void moe_teardown(moe_ctx *c) {
     moe_cache_free(&c->c);
+    ops_arena_destroy(&c->a);
     fx_free(&c->f);
     free(c->x), free(c->out), free(c->r), free(c->idx0), free(c->tk0);
 }
@@ -387,7 +395,8 @@ static float *moe_grads(moe_ctx *c) {
     double bal = 0;
     int64_t counts[8] = {0};
     fx_zero_grads(&c->f);
-    moe_forward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, c->out, c->x, c->B, c->T, counts, &bal, c->bal_scale);
+    moe_forward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, c->out, c->x, c->B, c->T, counts, &bal, c->bal_scale,
+                &c->a);
     memcpy(c->idx0, c->c.idx, (size_t)N * 3 * sizeof(int));
     memcpy(c->tk0, c->c.topk_u, (size_t)N * 3 * sizeof(int));
     int64_t tot = 0;
@@ -395,7 +404,7 @@ static float *moe_grads(moe_ctx *c) {
     assert_int_equal(tot, (int64_t)N * 3);
     float *dout = c->r ? c->r : fzeros((size_t)N * H);
     float *dx = fzeros((size_t)N * H);
-    moe_backward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, dx, dout);
+    moe_backward(&c->f.m, &c->l, &c->c, MPI_COMM_SELF, dx, dout, &c->a);
     if (!c->r) free(dout);
     return dx;
 }
@@ -435,7 +444,7 @@ static void test_moe_balance_fd(void **st) {
     /* α = 0 switches it off */
     f->m.aux_loss_alpha = 0;
     double bal = 0;
-    moe_forward(&f->m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, c.B, c.T, NULL, &bal, 1.0f);
+    moe_forward(&f->m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, c.B, c.T, NULL, &bal, 1.0f, &c.a);
     assert_true(bal == 0.0);
     free(dx);
     moe_teardown(&c);
@@ -448,7 +457,7 @@ static void test_moe_forward_reference(void **st) {
     moe_setup(&c, 2, 6, 0.0, 1);
     moe_fix *f = &c.f;
     int N = c.B * c.T, H = f->H, I = f->I, E = f->E;
-    moe_forward(&f->m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, c.B, c.T, NULL, NULL, 0.0f);
+    moe_forward(&f->m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, c.B, c.T, NULL, NULL, 0.0f, &c.a);
     for (int t = 0; t < N; t++) {
         const float *xt = c.x + (size_t)t * H;
         float s[8];
@@ -489,8 +498,11 @@ static void test_moe_zero_tokens(void **st) {
     float out[1] = {0}, dx[1] = {0}, x[1] = {0};
     double bal = 0;
     int64_t counts[8] = {0};
-    moe_forward(&f.m, &l, &c, MPI_COMM_SELF, out, x, 0, 4, counts, &bal, 1.0f);
-    moe_backward(&f.m, &l, &c, MPI_COMM_SELF, dx, out);
+    ops_arena a;
+    assert_int_equal(ops_arena_create(&a, moe_scratch_floats(&f.m, 0, 0)), 0);
+    moe_forward(&f.m, &l, &c, MPI_COMM_SELF, out, x, 0, 4, counts, &bal, 1.0f, &a);
+    moe_backward(&f.m, &l, &c, MPI_COMM_SELF, dx, out, &a);
+    ops_arena_destroy(&a);
     assert_true(bal == 0.0 && dx[0] == 0.0f);
     for (int e = 0; e < 8; e++) assert_int_equal(counts[e], 0);
     moe_cache_free(&c);
@@ -535,9 +547,11 @@ static void test_moe_determinism(void **st) {
         rng = 777;
         c.x = frand((size_t)N * H, -1, 1), c.out = fzeros((size_t)N * H), c.r = frand((size_t)N * H, -1, 1);
         double bal = 0;
-        moe_forward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, B, T, NULL, &bal, c.bal_scale);
+        assert_int_equal(ops_arena_create(&c.a, moe_scratch_floats(&c.f.m, 0, N)), 0);
+        moe_forward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, B, T, NULL, &bal, c.bal_scale, &c.a);
         float *dx = fzeros((size_t)N * H);
-        moe_backward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, dx, c.r);
+        moe_backward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, dx, c.r, &c.a);
+        ops_arena_destroy(&c.a);
         size_t EH = 16 * 32, EIH = 16 * 24 * 32;
         if (run == 0) {
             ref_out = c.out, c.out = NULL, ref_dx = dx, dx = NULL;

@@ -75,8 +75,12 @@ static void run_case(const char *name, int bias_mode, const int *Bs, int T) {
     float *outr = calloc((size_t)Ng * H + 1, 4), *dxr = calloc((size_t)Ng * H + 1, 4);
     int64_t cntr[16] = {0};
     double balr = 0;
-    moe_forward(&fr.m, &lr, &cr, MPI_COMM_SELF, outr, xg, Bg, T, cntr, &balr, bal_scale);
-    moe_backward(&fr.m, &lr, &cr, MPI_COMM_SELF, dxr, rg);
+    ops_arena ar, ae; /* scratch: exactly moe_scratch_floats */
+    if (ops_arena_create(&ar, moe_scratch_floats(&fr.m, 0, Ng)) ||
+        ops_arena_create(&ae, moe_scratch_floats(&fe.m, 0, N)))
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    moe_forward(&fr.m, &lr, &cr, MPI_COMM_SELF, outr, xg, Bg, T, cntr, &balr, bal_scale, &ar);
+    moe_backward(&fr.m, &lr, &cr, MPI_COMM_SELF, dxr, rg, &ar);
 
     /* expert parallel: my tokens, my experts; row buffers sized for balanced routing */
     moe_layer le = fx_layer(&fe, e_first, e_local);
@@ -85,11 +89,11 @@ static void run_case(const char *name, int bias_mode, const int *Bs, int T) {
     float *out = calloc((size_t)N * H + 1, 4), *dx = calloc((size_t)N * H + 1, 4);
     int64_t cnt[16] = {0}, cnts[16];
     double bal = 0, bals;
-    moe_forward(&fe.m, &le, &ce, MPI_COMM_WORLD, out, xg + (size_t)n0 * H, B, T, cnt, &bal, bal_scale);
-    moe_backward(&fe.m, &le, &ce, MPI_COMM_WORLD, dx, rg + (size_t)n0 * H);
+    moe_forward(&fe.m, &le, &ce, MPI_COMM_WORLD, out, xg + (size_t)n0 * H, B, T, cnt, &bal, bal_scale, &ae);
+    moe_backward(&fe.m, &le, &ce, MPI_COMM_WORLD, dx, rg + (size_t)n0 * H, &ae);
     /* twice: a second step on the same cache gives the same output */
     float *out2 = calloc((size_t)N * H + 1, 4);
-    moe_forward(&fe.m, &le, &ce, MPI_COMM_WORLD, out2, xg + (size_t)n0 * H, B, T, NULL, NULL, bal_scale);
+    moe_forward(&fe.m, &le, &ce, MPI_COMM_WORLD, out2, xg + (size_t)n0 * H, B, T, NULL, NULL, bal_scale, &ae);
 
     if (rank == 0) printf("case %s (EP=%d, rows received by rank 0: %d, grow events %d)\n", name, P, ce.R,
                           ce.grow_events);
@@ -124,6 +128,7 @@ static void run_case(const char *name, int bias_mode, const int *Bs, int T) {
     free(full), free(gg), free(gs[0]), free(gs[1]), free(gs[2]);
     free(out), free(out2), free(dx), free(outr), free(dxr), free(xg), free(rg);
     moe_cache_free(&ce), moe_cache_free(&cr);
+    ops_arena_destroy(&ae), ops_arena_destroy(&ar);
     fx_free(&fr), fx_free(&fe);
 }
 

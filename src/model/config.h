@@ -61,12 +61,14 @@ typedef struct {
     char targets[DECK_MAX_TARGETS][DECK_STR]; /* e.g. "self_attn.q_a_proj" */
 } deck_lora;
 
-/* A model instance: config, adapters, the longest sequence (RoPE table) and
- * whether blocks keep only their input and recompute (activation checkpointing). */
+/* A model instance: config, adapters, the longest sequence (RoPE table), the
+ * micro-batch it is planned for and whether blocks keep only their input and
+ * recompute (activation checkpointing). */
 typedef struct {
     const deck_model *cfg;
     const deck_lora *lora;
     int seq_len;
+    int micro_batch;    /* sequences per micro-batch: sizes the scratch arena */
     int checkpointing;
 } model_opts;
 

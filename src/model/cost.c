@@ -92,7 +92,21 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
     f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
     f += N * H;                                     /* recomputed block output */
     if (nblocks > L) f += 4 * N * H;                /* MTP backward scratch: dcat [N,2H], de, dh */
+    f += (double)cost_scratch_floats(o, B, T);      /* the components' scratch arena */
     return 4.0 * f;
+}
+
+size_t cost_scratch_floats(const model_opts *o, int B, int T) {
+    const deck_model *c = o->cfg;
+    int N = B * T, r = o->lora && o->lora->enabled ? o->lora->r : 0;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
+    size_t f = mla_scratch_floats(c, r, B, T), x;
+    if (c->first_k_dense_replace > 0 && (x = mlp_scratch_floats(c->hidden_size, c->intermediate_size, r, N)) > f)
+        f = x;
+    if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, N)) > f) f = x;
+    if (D > 0 && (x = linear_scratch_floats(c->hidden_size, 0, N)) > f) f = x; /* eh_proj: no LoRA in MTP */
+    if ((x = linear_scratch_floats(c->vocab_size, 0, N)) > f) f = x;           /* lm_head: no LoRA */
+    return f;
 }
 
 double cost_act_bytes(const model_opts *o, int ep, int B, int T) {

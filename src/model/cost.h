@@ -23,8 +23,12 @@ double cost_flops_per_token(const model_opts *o);
 int cost_moe_row_cap(const deck_model *c, int N);
 /* Bytes of one block's component caches (MLA + MLP or MoE) for B x T tokens. */
 double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int T);
+/* Peak floats of the components' scratch arena (ops_arena) for B sequences of
+ * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
+ * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
+size_t cost_scratch_floats(const model_opts *o, int B, int T);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
- * MTP extras, head, logits and backward scratch. */
+ * MTP extras, head, logits, backward scratch and the scratch arena. */
 double cost_base_act_bytes(const model_opts *o, int B, int T);
 /* Peak: base + every block's caches, or with activation checkpointing the MTP
  * blocks' caches (kept from their forward to their backward, which runs

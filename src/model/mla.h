@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "../ops.h"
 #include "config.h"
 #include "linear.h"
 #include "rope.h"
@@ -51,12 +52,17 @@ size_t mla_cache_floats(const deck_model *m, int lora_r_sum, int B, int T);
 /* Allocates the cache for layer l (its LoRA ranks); aborts with a message on OOM. */
 void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T);
 void mla_cache_free(mla_cache *c);
+/* Peak floats mla_forward/mla_backward take from the scratch arena (their
+ * linears' LoRA temporaries included) for B sequences of T tokens, when every
+ * projection carries LoRA rank lora_r (0 = none): an upper bound for any
+ * subset of adapted projections. A pure function of the config. */
+size_t mla_scratch_floats(const deck_model *m, int lora_r, int B, int T);
 
 /* out[B*T, H] = MLA(x); rt must cover T positions. Saves activations in c (and a pointer to x). */
 void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *out,
-                 const float *x, int B, int T);
+                 const float *x, int B, int T, ops_arena *scratch);
 /* dx[B*T, H] += ∂L/∂x given dout; weight, norm and LoRA gradients accumulate. */
 void mla_backward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *dx,
-                  const float *dout, int B, int T);
+                  const float *dout, int B, int T, ops_arena *scratch);
 
 #endif

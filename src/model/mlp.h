@@ -28,11 +28,15 @@ size_t mlp_cache_floats(const mlp_layer *l, int n_cap);
 /* 0 on success, -1 (message on stderr) when out of memory. */
 int mlp_cache_alloc(mlp_cache *c, const mlp_layer *l, int n_cap);
 void mlp_cache_free(mlp_cache *c);
+/* Peak floats mlp_forward/mlp_backward take from the scratch arena for N
+ * tokens, hidden H, width I, every linear with LoRA rank lora_r (0 = none;
+ * an upper bound for fewer adapted linears). A pure function of the config. */
+size_t mlp_scratch_floats(int H, int I, int lora_r, int N);
 
 /* out[N,H] = down(silu(gate(x))·up(x)); N <= n_cap. out must not alias x. */
-void mlp_forward(const mlp_layer *l, mlp_cache *c, float *out, const float *x, int N);
+void mlp_forward(const mlp_layer *l, mlp_cache *c, float *out, const float *x, int N, ops_arena *scratch);
 /* dx[N,H] += ∂L/∂x (dx may be NULL); weight (and LoRA) gradients accumulate.
  * Uses the activations of the last mlp_forward on this cache. */
-void mlp_backward(const mlp_layer *l, mlp_cache *c, float *dx, const float *dout, int N);
+void mlp_backward(const mlp_layer *l, mlp_cache *c, float *dx, const float *dout, int N, ops_arena *scratch);
 
 #endif

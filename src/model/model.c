@@ -76,6 +76,7 @@ struct model {
     float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
     int checkpointing;
     double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
+    ops_arena scratch;                /* components' temporaries (model_scratch_floats) */
 };
 
 /* ---------- binding tensors by HF name ---------- */
@@ -103,6 +104,7 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
     else
         snprintf(name, sizeof name, "%s.weight", module);
     l->w = bind(m, name, &l->g, 1);
+    l->W = (ops_weight){OPS_F32, l->w, NULL, out, in};
     if (layer < 0) return;
     snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
     l->A = bind(m, name, &l->gA, 0);
@@ -185,6 +187,7 @@ static void rebind(model *m, int g) {
     } else if (g == L + D + 1) {
         m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
         m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
+        m->lm_head.W = (ops_weight){OPS_F32, m->lm_head.w, NULL, m->lm_head.out, m->lm_head.in};
     } else {
         bind_block(m, &m->blk[g - 1]);
     }
@@ -261,6 +264,12 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
         model_free(m);
         return -1;
     }
+    if (ops_arena_create(&m->scratch, cost_scratch_floats(o, o->micro_batch, o->seq_len))) {
+        snprintf(err, errlen, "out of memory for the scratch arena (%zu floats)",
+                 cost_scratch_floats(o, o->micro_batch, o->seq_len));
+        model_free(m);
+        return -1;
+    }
     *out = m;
     return 0;
 }
@@ -296,6 +305,7 @@ void model_free(model *m) {
     if (!m) return;
     free_acts(m);
     rope_table_free(&m->rope);
+    ops_arena_destroy(&m->scratch);
     free(m->blk);
     free(m->moe_block);
     free(m->counts), free(m->count_scratch), free(m->e_scratch);
@@ -332,7 +342,12 @@ static void alloc_acts(model *m, int B, int T) {
     m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H), m->recomp = FALLOC(N * H);
     if (m->nblocks > c->num_hidden_layers)
         m->dcat = FALLOC(N * 2 * H), m->de = FALLOC(N * H), m->dh_mtp = FALLOC(N * H);
-    m->act_now = cost_base_act_bytes(&m->o, B, T);
+    size_t sf = cost_scratch_floats(&m->o, B, T); /* a larger batch than planned: a larger arena */
+    if (sf > m->scratch.cap) {
+        ops_arena_destroy(&m->scratch);
+        if (ops_arena_create(&m->scratch, sf)) error_one("out of memory for the scratch arena (%zu floats)", sf);
+    }
+    m->act_now = cost_base_act_bytes(&m->o, B, T); /* includes the scratch arena */
     if (m->act_now > m->act_peak) m->act_peak = m->act_now;
 }
 
@@ -356,7 +371,7 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     }
     if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
     ops_rmsnorm_forward(b->xn1, b->rstd1, b->x_in, b->in_norm, N, H, eps);
-    mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T);     /* tmp = attn(xn1) */
+    mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T, &m->scratch); /* tmp = attn(xn1) */
     ops_copy(b->x_mid, b->x_in, (size_t)N * H);
     ops_add(b->x_mid, m->tmp, (size_t)N * H);                              /* x_mid = x + attn */
     ops_rmsnorm_forward(b->xn2, b->rstd2, b->x_mid, b->post_norm, N, H, eps);
@@ -364,10 +379,10 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
         /* a recompute must not count tokens twice: its counts go to scratch */
         int64_t *cnt = recompute ? m->count_scratch : m->counts + (size_t)b->moe_slot * c->n_routed_experts;
         double bl = 0.0;
-        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale);
+        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, T, cnt, &bl, bal_scale, &m->scratch);
         if (!recompute && bal) *bal += bl;
     } else {
-        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N);
+        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N, &m->scratch);
     }
     ops_copy(out, b->x_mid, (size_t)N * H);
     ops_add(out, m->tmp, (size_t)N * H);                                   /* out = x_mid + ffn */
@@ -380,12 +395,12 @@ static void block_backward(model *m, block *b, float *dx) {
     float *t = m->tmp;
     ops_zero(t, (size_t)N * H);
     if (b->is_moe)
-        moe_backward(c, &b->moe, &b->ec, m->ep_comm, t, dx);
+        moe_backward(c, &b->moe, &b->ec, m->ep_comm, t, dx, &m->scratch);
     else
-        mlp_backward(&b->mlp, &b->mc, t, dx, N);
+        mlp_backward(&b->mlp, &b->mc, t, dx, N, &m->scratch);
     ops_rmsnorm_backward(dx, b->g_post_norm, t, b->x_mid, b->post_norm, b->rstd2, N, H); /* dx = d x_mid */
     ops_zero(t, (size_t)N * H);
-    mla_backward(c, &b->attn, &m->rope, &b->ac, t, dx, B, T);
+    mla_backward(c, &b->attn, &m->rope, &b->ac, t, dx, B, T, &m->scratch);
     ops_rmsnorm_backward(dx, b->g_in_norm, t, b->x_in, b->in_norm, b->rstd1, N, H);      /* dx = d x_in */
 }
 
@@ -425,7 +440,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     }
     open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
-    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N);
+    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch);
     if (backward) /* dlogits stay in m->dlogits until the head's backward (MTP uses m->logits only) */
         sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, bt->targets, N, V, sc.lm);
     else
@@ -437,16 +452,17 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         block *b = &m->blk[L + k - 1];
         open_params(m, L + k);
         mtp_shift(b->tc.e_ids, b->tc.targets, bt->tokens, bt->targets, B, T, k);
-        mtp_input_forward(&b->mtp, &b->tc, m->embed, hprev, b->x_out, N, H, V, eps);
+        mtp_input_forward(&b->mtp, &b->tc, m->embed, hprev, b->x_out, N, H, V, eps, &m->scratch);
         block_forward(m, b, b->x_out, b->x_out, 0, &bal, sc.bal);
         /* logits reused: the main ones are consumed */
-        sums->mtp_sum[k - 1] += mtp_head_forward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, N, H, V, eps);
+        sums->mtp_sum[k - 1] += mtp_head_forward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, N, H, V, eps,
+                                                 &m->scratch);
         close_params(m, L + k);
         hprev = b->x_out;
     }
     sums->bal_sum += bal;
     if (!backward) {
-        if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N); /* restore main logits */
+        if (D > 0) linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch); /* restore main logits */
         close_params(m, G);
         close_params(m, 0);
         return;
@@ -464,9 +480,10 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         open_params(m, L + k);
         open_grads(m, L + k);
         /* the main dlogits wait in m->dlogits; this depth's go through m->logits */
-        mtp_head_backward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, m->tmp, dx, sc.mtp[k - 1], N, H, V);
+        mtp_head_backward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, m->tmp, dx, sc.mtp[k - 1], N, H, V,
+                          &m->scratch);
         if (!b->cached) { /* activation checkpointing: recompute the block from its input */
-            mtp_input_recompute(&b->mtp, &b->tc, b->x_in, N);
+            mtp_input_recompute(&b->mtp, &b->tc, b->x_in, N, &m->scratch);
             block_forward(m, b, m->recomp, b->x_in, 1, NULL, sc.bal);
         }
         block_backward(m, b, dx); /* dx = d eh_proj output */
@@ -474,7 +491,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         const float *hp = k == 1 ? m->h_final : m->blk[L + k - 2].x_out;
         float *dh = k == 1 ? m->dh_final : m->dh_mtp; /* dh_mtp was consumed above */
         if (k > 1) ops_zero(dh, (size_t)N * H);
-        mtp_input_backward(&b->mtp, &b->tc, dx, hp, m->g_embed, dh, m->dcat, m->tmp, m->de, N, H, V);
+        mtp_input_backward(&b->mtp, &b->tc, dx, hp, m->g_embed, dh, m->dcat, m->tmp, m->de, N, H, V, &m->scratch);
         if (m->checkpointing) block_release(m, b, 1);
         flush_grads(m, L + k);
         close_params(m, L + k);
@@ -484,7 +501,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     float *dx = m->dx;
     ops_zero(dx, (size_t)N * H);
     float *dh = m->dh_final; /* MTP contribution already in */
-    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N);
+    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N, &m->scratch);
     /* x_final holds the last block's output: final norm backward needs it */
     ops_rmsnorm_backward(dx, m->g_final_norm, dh, x, m->final_norm, m->rstd_final, N, H);
     for (int l = L - 1; l >= 0; l--) {

@@ -8,6 +8,7 @@
 #ifndef DSV3_MODEL_H
 #define DSV3_MODEL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../zero.h"

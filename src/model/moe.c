@@ -3,7 +3,6 @@
 #include "moe.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "../comm.h"
@@ -36,38 +35,60 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     return f;
 }
 
-static void *zalloc(size_t n, size_t sz) { return calloc(n ? n : 1, sz); }
+size_t moe_scratch_floats(const deck_model *m, int lora_r, int N) {
+    if (m->n_shared_experts <= 0) return 0; /* routing and experts use the cache only */
+    return mlp_scratch_floats(m->hidden_size, m->n_shared_experts * m->moe_intermediate_size, lora_r, N);
+}
 
-static int alloc_rows(moe_cache *c, int r_cap) {
+/* n elements of sz bytes: device (dev_alloc) or host (host_alloc) memory, zeroed */
+static void *dev_alloc(size_t n, size_t sz) { return ops_alloc(n * sz); }
+static void *host_alloc(size_t n, size_t sz) { return ops_host_alloc(n * sz); }
+
+static int rows_alloc(moe_cache *c, int r_cap) {
     size_t R = (size_t)r_cap, H = (size_t)c->H, I = (size_t)c->I_;
     c->r_cap = r_cap;
-    c->perm = zalloc(R, sizeof(int));
-    c->xr = zalloc(R * H, sizeof(float));
-    c->xe = zalloc(R * H, sizeof(float));
-    c->ye = zalloc(R * H, sizeof(float));
-    c->ge = zalloc(R * I, sizeof(float));
-    c->ue = zalloc(R * I, sizeof(float));
-    c->he = zalloc(R * I, sizeof(float));
-    c->dge = zalloc(R * I, sizeof(float));
-    c->due = zalloc(R * I, sizeof(float));
-    c->dhe = zalloc(R * I, sizeof(float));
+    c->perm = dev_alloc(R, sizeof(int));
+    c->xr = dev_alloc(R * H, sizeof(float));
+    c->xe = dev_alloc(R * H, sizeof(float));
+    c->ye = dev_alloc(R * H, sizeof(float));
+    c->ge = dev_alloc(R * I, sizeof(float));
+    c->ue = dev_alloc(R * I, sizeof(float));
+    c->he = dev_alloc(R * I, sizeof(float));
+    c->dge = dev_alloc(R * I, sizeof(float));
+    c->due = dev_alloc(R * I, sizeof(float));
+    c->dhe = dev_alloc(R * I, sizeof(float));
     return (c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe) ? 0 : -1;
 }
 
-static void free_rows(moe_cache *c) {
-    free(c->perm);
-    free(c->xr);
-    free(c->xe);
-    free(c->ye);
-    free(c->ge);
-    free(c->ue);
-    free(c->he);
-    free(c->dge);
-    free(c->due);
-    free(c->dhe);
+static void rows_free(moe_cache *c) {
+    ops_free(c->perm);
+    ops_free(c->xr);
+    ops_free(c->xe);
+    ops_free(c->ye);
+    ops_free(c->ge);
+    ops_free(c->ue);
+    ops_free(c->he);
+    ops_free(c->dge);
+    ops_free(c->due);
+    ops_free(c->dhe);
     c->perm = NULL;
     c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
     c->r_cap = 0;
+}
+
+/* The one allocation left on the step path, and why: the layer is dropless,
+ * so the rows a rank receives depend on the routing of this step. The cache
+ * is sized for the expected rows (moe_row_cap in model.c: N·K + N); the bound
+ * that would make this function unnecessary is EP·N·min(K, e_local) rows
+ * (moe_rows_bound), EP times the expected count at K <= e_local — too much
+ * memory to hold for every layer. So the row buffers grow here when a step
+ * receives more rows than r_cap (grow_events counts it; rare after the
+ * first steps, and the grown size is kept). */
+void moe_rows_reserve(moe_cache *c, int rows) {
+    if (rows <= c->r_cap) return;
+    rows_free(c);
+    if (rows_alloc(c, rows) != 0) error_one("out of memory growing the expert row buffers to %d rows", rows);
+    c->grow_events++;
 }
 
 int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
@@ -82,28 +103,28 @@ int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int e
     c->n_cap = n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
     size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, G = (size_t)c->e_local;
-    c->x = zalloc(N * H, sizeof(float));
-    c->s = zalloc(N * E, sizeof(float));
-    c->dl = zalloc(N * E, sizeof(float));
-    c->idx = zalloc(N * K, sizeof(int));
-    c->w = zalloc(N * K, sizeof(float));
-    c->topk_u = zalloc(N * K, sizeof(int));
-    c->pos = zalloc(N * K, sizeof(int));
-    c->src = zalloc(N * K, sizeof(int));
-    c->dw = zalloc(N * K, sizeof(float));
-    c->ecnt = zalloc(E, sizeof(int));
-    c->scnt = zalloc((size_t)ep, sizeof(int));
-    c->soff = zalloc((size_t)ep, sizeof(int));
-    c->rcnt = zalloc((size_t)ep, sizeof(int));
-    c->roff = zalloc((size_t)ep, sizeof(int));
-    c->rcnt_e = zalloc((size_t)ep * G, sizeof(int));
-    c->lcnt = zalloc(G, sizeof(int));
-    c->xs = zalloc(N * K * H, sizeof(float));
-    c->ys = zalloc(N * K * H, sizeof(float));
-    c->tmp = zalloc(N * H, sizeof(float));
+    c->x = dev_alloc(N * H, sizeof(float));
+    c->s = dev_alloc(N * E, sizeof(float));
+    c->dl = dev_alloc(N * E, sizeof(float));
+    c->idx = dev_alloc(N * K, sizeof(int));
+    c->w = dev_alloc(N * K, sizeof(float));
+    c->topk_u = dev_alloc(N * K, sizeof(int));
+    c->pos = dev_alloc(N * K, sizeof(int));
+    c->src = dev_alloc(N * K, sizeof(int));
+    c->dw = dev_alloc(N * K, sizeof(float));
+    c->ecnt = host_alloc(E, sizeof(int));
+    c->scnt = host_alloc((size_t)ep, sizeof(int));
+    c->soff = host_alloc((size_t)ep, sizeof(int));
+    c->rcnt = host_alloc((size_t)ep, sizeof(int));
+    c->roff = host_alloc((size_t)ep, sizeof(int));
+    c->rcnt_e = host_alloc((size_t)ep * G, sizeof(int));
+    c->lcnt = host_alloc(G, sizeof(int));
+    c->xs = dev_alloc(N * K * H, sizeof(float));
+    c->ys = dev_alloc(N * K * H, sizeof(float));
+    c->tmp = dev_alloc(N * H, sizeof(float));
     int bad = !(c->x && c->s && c->dl && c->idx && c->w && c->topk_u && c->pos && c->src && c->dw && c->ecnt &&
                 c->scnt && c->soff && c->rcnt && c->roff && c->rcnt_e && c->lcnt && c->xs && c->ys && c->tmp);
-    if (!bad) bad = alloc_rows(c, r_cap) != 0;
+    if (!bad) bad = rows_alloc(c, r_cap) != 0;
     if (!bad && l->has_shared) {
         mlp_layer sh = shared_of(l);
         bad = mlp_cache_alloc(&c->sh, &sh, n_cap) != 0;
@@ -118,26 +139,26 @@ int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int e
 }
 
 void moe_cache_free(moe_cache *c) {
-    free(c->x);
-    free(c->s);
-    free(c->dl);
-    free(c->idx);
-    free(c->w);
-    free(c->topk_u);
-    free(c->pos);
-    free(c->src);
-    free(c->dw);
-    free(c->ecnt);
-    free(c->scnt);
-    free(c->soff);
-    free(c->rcnt);
-    free(c->roff);
-    free(c->rcnt_e);
-    free(c->lcnt);
-    free(c->xs);
-    free(c->ys);
-    free(c->tmp);
-    free_rows(c);
+    ops_free(c->x);
+    ops_free(c->s);
+    ops_free(c->dl);
+    ops_free(c->idx);
+    ops_free(c->w);
+    ops_free(c->topk_u);
+    ops_free(c->pos);
+    ops_free(c->src);
+    ops_free(c->dw);
+    ops_host_free(c->ecnt);
+    ops_host_free(c->scnt);
+    ops_host_free(c->soff);
+    ops_host_free(c->rcnt);
+    ops_host_free(c->roff);
+    ops_host_free(c->rcnt_e);
+    ops_host_free(c->lcnt);
+    ops_free(c->xs);
+    ops_free(c->ys);
+    ops_free(c->tmp);
+    rows_free(c);
     mlp_cache_free(&c->sh);
     memset(c, 0, sizeof *c);
 }
@@ -219,11 +240,7 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
         for (int r = 0; r < P; r++) c->lcnt[g] += c->rcnt_e[r * G + g];
     }
     c->R = ro;
-    if (c->R > c->r_cap) { /* dropless: grow rather than drop */
-        free_rows(c);
-        if (alloc_rows(c, c->R) != 0) error_one("out of memory growing the expert row buffers to %d rows", c->R);
-        c->grow_events++;
-    }
+    moe_rows_reserve(c, c->R); /* dropless: grow rather than drop */
     int R = c->R;
     ops_gather_rows(c->xs, c->x, c->src, N * K, H);
     exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
@@ -262,23 +279,24 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *
 /* ---- the layer ---- */
 
 void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out,
-                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale) {
+                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale,
+                 ops_arena *scratch) {
     moe_route(m, l, c, x, B, T, bal_loss, bal_scale);
     moe_experts_forward(l, c, ep_comm, out);
     if (counts)
         for (int e = 0; e < c->E; e++) counts[e] += c->ecnt[e];
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
-        mlp_forward(&sh, &c->sh, c->tmp, x, c->N);
+        mlp_forward(&sh, &c->sh, c->tmp, x, c->N, scratch);
         ops_add(out, c->tmp, (size_t)c->N * c->H);
     }
 }
 
 void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx,
-                  const float *dout) {
+                  const float *dout, ops_arena *scratch) {
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
-        mlp_backward(&sh, &c->sh, dx, dout, c->N);
+        mlp_backward(&sh, &c->sh, dx, dout, c->N, scratch);
     }
     moe_experts_backward(l, c, ep_comm, dx, dout);
     moe_route_backward(m, l, c, dx);

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "../comm.h"
+#include "../ops.h"
 #include "config.h"
 #include "linear.h"
 #include "mlp.h"
@@ -44,8 +45,12 @@ typedef struct {
  * on the routing: on average N·K (moe_rows_expected), at most
  * EP·N·min(K, e_local) when every token of every rank picks this rank
  * (moe_rows_bound). If a step receives more than r_cap rows the row buffers
- * are reallocated (grow_events counts that; log it), so a dropless step never
- * fails for lack of a bound. Ints are counted as floats in the sizes. */
+ * are reallocated (moe_rows_reserve; grow_events counts that; log it), so a
+ * dropless step never fails for lack of a bound. Ints are counted as floats
+ * in the sizes. Memory (ops.h): floats and the index lists idx, topk_u, pos,
+ * src, perm are device memory (ops_alloc); the counts ecnt, scnt, soff, rcnt,
+ * roff, rcnt_e, lcnt are host memory (ops_host_alloc): MPI and the host loops
+ * read them. */
 typedef struct {
     int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
     int grow_events;             /* times the row buffers had to grow */
@@ -85,6 +90,14 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
 /* 0 on success, -1 (message on stderr) when out of memory. */
 int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
 void moe_cache_free(moe_cache *c);
+/* Makes the row buffers hold at least `rows` received rows (grows them,
+ * counting grow_events; aborts the job when out of memory). Called by
+ * moe_experts_forward: dropless routing decides the rows per step. */
+void moe_rows_reserve(moe_cache *c, int rows);
+/* Peak floats moe_forward/moe_backward take from the scratch arena for N
+ * local tokens (the shared experts' LoRA temporaries; routing and the routed
+ * experts work in the cache), every shared linear with LoRA rank lora_r. */
+size_t moe_scratch_floats(const deck_model *m, int lora_r, int N);
 
 /* Full layer: out[N,H] = routed + shared, N = B·T local tokens (B may be 0).
  * counts [E] (may be NULL) += local tokens routed to each expert this call.
@@ -92,11 +105,12 @@ void moe_cache_free(moe_cache *c);
  * m->aux_loss_alpha; 0 = off); the backward adds bal_scale·∂(that)/∂ to the
  * router gradient (e.g. 1/global_sequences). Collective over ep_comm. */
 void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out,
-                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale);
+                 const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale,
+                 ops_arena *scratch);
 /* dx[N,H] += ∂L/∂x given dout = ∂L/∂out; router, routed-expert and shared
  * gradients accumulate. Uses the last moe_forward on c. Collective. */
 void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx,
-                  const float *dout);
+                  const float *dout, ops_arena *scratch);
 
 /* The parts, for a backend that replaces one of them.
  * moe_route: c->x, s, idx, w (and topk_u, *bal_loss when α > 0) for N = B·T tokens. */

@@ -17,24 +17,24 @@ void mtp_shift(int32_t *ids, int32_t *tgt, const int32_t *tokens, const int32_t 
 /* ---- input: [enorm(E[ids]) ; hnorm(h)] -> eh_proj ---- */
 
 void mtp_input_forward(const mtp_layer *l, mtp_cache *c, const float *embed, const float *hprev, float *x, int N,
-                       int H, int V, float eps) {
+                       int H, int V, float eps, ops_arena *scratch) {
     ops_embedding_forward(c->e, embed, c->e_ids, N, V, H);
     ops_rmsnorm_forward(c->en, c->e_rstd, c->e, l->enorm, N, H, eps);
     ops_rmsnorm_forward(c->hn, c->h_rstd, hprev, l->hnorm, N, H, eps);
     ops_zero(c->cat, (size_t)N * 2 * H); /* cat = [en ; hn], embedding first (spec §6) */
     ops_add_cols(c->cat, 2 * H, 0, c->en, H, H, N);
     ops_add_cols(c->cat, 2 * H, H, c->hn, H, H, N);
-    linear_forward(&l->eh_proj, x, c->cat, c->eh_cache, N);
+    linear_forward(&l->eh_proj, x, c->cat, c->eh_cache, N, scratch);
 }
 
-void mtp_input_recompute(const mtp_layer *l, mtp_cache *c, float *x, int N) {
-    linear_forward(&l->eh_proj, x, c->cat, c->eh_cache, N);
+void mtp_input_recompute(const mtp_layer *l, mtp_cache *c, float *x, int N, ops_arena *scratch) {
+    linear_forward(&l->eh_proj, x, c->cat, c->eh_cache, N, scratch);
 }
 
 void mtp_input_backward(const mtp_layer *l, mtp_cache *c, float *dx, const float *hprev, float *g_embed, float *dh,
-                        float *dcat, float *den, float *de, int N, int H, int V) {
+                        float *dcat, float *den, float *de, int N, int H, int V, ops_arena *scratch) {
     ops_zero(dcat, (size_t)N * 2 * H);
-    linear_backward(&l->eh_proj, dcat, dx, c->cat, c->eh_cache, N);
+    linear_backward(&l->eh_proj, dcat, dx, c->cat, c->eh_cache, N, scratch);
     float *dhn = dx; /* dx is consumed: reuse it for d hn */
     ops_copy_cols(den, H, dcat, 2 * H, 0, H, N);
     ops_copy_cols(dhn, H, dcat, 2 * H, H, H, N);
@@ -47,18 +47,18 @@ void mtp_input_backward(const mtp_layer *l, mtp_cache *c, float *dx, const float
 /* ---- head: shared_head.norm -> lm_head -> cross-entropy ---- */
 
 double mtp_head_forward(const mtp_layer *l, mtp_cache *c, const linear *lm_head, const float *x_out, float *logits,
-                        int N, int H, int V, float eps) {
+                        int N, int H, int V, float eps, ops_arena *scratch) {
     ops_rmsnorm_forward(c->z, c->z_rstd, x_out, l->head_norm, N, H, eps);
-    linear_forward(lm_head, logits, c->z, NULL, N);
+    linear_forward(lm_head, logits, c->z, NULL, N, scratch);
     int64_t cnt = 0; /* the count is known globally from the targets (train.c) */
     return ops_cross_entropy_forward(NULL, &cnt, logits, c->targets, N, V);
 }
 
 void mtp_head_backward(const mtp_layer *l, mtp_cache *c, const linear *lm_head, const float *x_out, float *logits,
-                       float *dz, float *dx, float scale, int N, int H, int V) {
-    linear_forward(lm_head, logits, c->z, NULL, N);
+                       float *dz, float *dx, float scale, int N, int H, int V, ops_arena *scratch) {
+    linear_forward(lm_head, logits, c->z, NULL, N, scratch);
     ops_cross_entropy_fused(logits, NULL, logits, c->targets, N, V, scale); /* in place: dlogits */
     ops_zero(dz, (size_t)N * H);
-    linear_backward(lm_head, dz, logits, c->z, NULL, N);
+    linear_backward(lm_head, dz, logits, c->z, NULL, N, scratch);
     ops_rmsnorm_backward(dx, l->g_head_norm, dz, x_out, l->head_norm, c->z_rstd, N, H);
 }

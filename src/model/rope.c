@@ -3,8 +3,9 @@
 
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+#include "../ops.h"
 
 static int rope_is_yarn(const deck_model *m) { return strcmp(m->rope_scaling_type, "yarn") == 0; }
 
@@ -52,6 +53,39 @@ float rope_softmax_scale(const deck_model *m) {
     return (float)scale;
 }
 
+/* Device tables (rope_table_alloc) and their host staging copy (staging_alloc):
+ * the tables are computed on the host in double, then copied over. */
+typedef struct {
+    double *f;               /* [half] */
+    float *cos_t, *sin_t;    /* [T, half] */
+    float *inv_freq;         /* [half] */
+} rope_staging;
+
+static int rope_table_alloc(rope_table *rt, int T, int half) {
+    rt->cos_t = ops_alloc((size_t)T * half * sizeof *rt->cos_t);
+    rt->sin_t = ops_alloc((size_t)T * half * sizeof *rt->sin_t);
+    rt->inv_freq = ops_alloc((size_t)half * sizeof *rt->inv_freq);
+    return rt->cos_t && rt->sin_t && rt->inv_freq ? 0 : -1;
+}
+
+static void staging_free(rope_staging *h) {
+    ops_host_free(h->f);
+    ops_host_free(h->cos_t);
+    ops_host_free(h->sin_t);
+    ops_host_free(h->inv_freq);
+    memset(h, 0, sizeof *h);
+}
+
+static int staging_alloc(rope_staging *h, int T, int half) {
+    h->f = ops_host_alloc((size_t)half * sizeof *h->f);
+    h->cos_t = ops_host_alloc((size_t)T * half * sizeof *h->cos_t);
+    h->sin_t = ops_host_alloc((size_t)T * half * sizeof *h->sin_t);
+    h->inv_freq = ops_host_alloc((size_t)half * sizeof *h->inv_freq);
+    if (h->f && h->cos_t && h->sin_t && h->inv_freq) return 0;
+    staging_free(h);
+    return -1;
+}
+
 int rope_table_build(rope_table *rt, const deck_model *m, int T) {
     memset(rt, 0, sizeof *rt);
     int dim = m->qk_rope_head_dim;
@@ -65,26 +99,27 @@ int rope_table_build(rope_table *rt, const deck_model *m, int T) {
         return -1;
     }
     int half = dim / 2;
-    double *f = malloc((size_t)half * sizeof *f);
-    rt->cos_t = malloc((size_t)T * half * sizeof *rt->cos_t);
-    rt->sin_t = malloc((size_t)T * half * sizeof *rt->sin_t);
-    rt->inv_freq = malloc((size_t)half * sizeof *rt->inv_freq);
-    if (!f || !rt->cos_t || !rt->sin_t || !rt->inv_freq) {
-        free(f);
+    rope_staging h = {0};
+    if (staging_alloc(&h, T, half) || rope_table_alloc(rt, T, half)) {
+        staging_free(&h);
         rope_table_free(rt);
         fprintf(stderr, "rope_table_build: out of memory for T=%d\n", T);
         return -1;
     }
+    double *f = h.f;
     rope_inv_freq(f, m);
     double af = rope_attention_factor(m);
-    for (int i = 0; i < half; i++) rt->inv_freq[i] = (float)f[i];
+    for (int i = 0; i < half; i++) h.inv_freq[i] = (float)f[i];
     for (int p = 0; p < T; p++)
         for (int i = 0; i < half; i++) {
             double a = p * f[i];
-            rt->cos_t[(size_t)p * half + i] = (float)(cos(a) * af);
-            rt->sin_t[(size_t)p * half + i] = (float)(sin(a) * af);
+            h.cos_t[(size_t)p * half + i] = (float)(cos(a) * af);
+            h.sin_t[(size_t)p * half + i] = (float)(sin(a) * af);
         }
-    free(f);
+    ops_to_device(rt->cos_t, h.cos_t, (size_t)T * half * sizeof *h.cos_t);
+    ops_to_device(rt->sin_t, h.sin_t, (size_t)T * half * sizeof *h.sin_t);
+    ops_to_device(rt->inv_freq, h.inv_freq, (size_t)half * sizeof *h.inv_freq);
+    staging_free(&h);
     rt->T = T;
     rt->half = half;
     rt->attention_factor = af;
@@ -92,8 +127,8 @@ int rope_table_build(rope_table *rt, const deck_model *m, int T) {
 }
 
 void rope_table_free(rope_table *rt) {
-    free(rt->cos_t);
-    free(rt->sin_t);
-    free(rt->inv_freq);
+    ops_free(rt->cos_t);
+    ops_free(rt->sin_t);
+    ops_free(rt->inv_freq);
     memset(rt, 0, sizeof *rt);
 }

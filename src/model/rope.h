@@ -15,6 +15,7 @@
 typedef struct {
     int T;           /* rows (positions 0..T-1) */
     int half;        /* dr/2 pairs */
+    /* device memory (ops_alloc), computed on the host and copied over */
     float *cos_t;    /* [T, half] cos(p·f'_i)·attention_factor */
     float *sin_t;    /* [T, half] sin(p·f'_i)·attention_factor */
     float *inv_freq; /* [half] f'_i (stored float, computed in double) */

@@ -1,0 +1,292 @@
+/* test_weight.c — ops.h memory section and weight storage: the scratch arena
+ * (bump/mark/release, alignment, overflow ends the job), e4m3 and bf16
+ * decoding, and ops_matmul_w / ops_matmul_w_backward_dx for F32, bf16 and
+ * FP8 (e4m3 + 128x128 block scales) against exact references. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../src/model/linear.h"
+#include "../src/ops.h"
+
+static uint64_t rng = 12345;
+static double urand(void) { /* [0,1) */
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
+}
+static float *frand(size_t n, float lo, float hi) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)urand();
+    return p;
+}
+
+/* ------------------------------------------------------------ memory */
+
+static void test_alloc_zeroed(void **st) {
+    (void)st;
+    size_t n = 1000;
+    unsigned char *p = ops_alloc(n), *h = ops_host_alloc(n), *q = malloc(n);
+    assert_non_null(p), assert_non_null(h);
+    for (size_t i = 0; i < n; i++) assert_int_equal(p[i] | h[i], 0);
+    for (size_t i = 0; i < n; i++) h[i] = (unsigned char)(i * 7);
+    ops_to_device(p, h, n);
+    ops_to_host(q, p, n);
+    assert_memory_equal(q, h, n);
+    ops_memset0(p, n);
+    ops_to_host(q, p, n);
+    for (size_t i = 0; i < n; i++) assert_int_equal(q[i], 0);
+    ops_free(p), ops_host_free(h), free(q);
+    ops_free(NULL), ops_host_free(NULL);
+    void *z = ops_alloc(0);
+    assert_non_null(z);
+    ops_free(z);
+}
+
+static void test_arena(void **st) {
+    (void)st;
+    ops_arena a;
+    assert_int_equal(ops_arena_create(&a, 100), 0);
+    assert_int_equal(a.cap, ops_arena_round(100));
+    assert_int_equal(a.cap % OPS_ARENA_ALIGN, 0);
+    float *p = ops_arena_take(&a, 3);
+    size_t m = ops_arena_mark(&a);
+    assert_int_equal(m, OPS_ARENA_ALIGN);
+    float *q = ops_arena_take(&a, 17);
+    assert_true((uintptr_t)p % 64 == 0 && (uintptr_t)q % 64 == 0);
+    assert_ptr_equal(q, p + OPS_ARENA_ALIGN);
+    assert_int_equal(a.used, 3 * OPS_ARENA_ALIGN);
+    for (int i = 0; i < 17; i++) q[i] = (float)i;
+    ops_arena_release(&a, m);
+    assert_int_equal(a.used, OPS_ARENA_ALIGN);
+    assert_int_equal(a.peak, 3 * OPS_ARENA_ALIGN);
+    float *r = ops_arena_take(&a, 5); /* stack discipline: the same memory again */
+    assert_ptr_equal(r, q);
+    ops_arena_release(&a, 0);
+    assert_int_equal(a.used, 0);
+    assert_non_null(ops_arena_take(&a, a.cap)); /* exactly full is fine */
+    ops_arena_release(&a, 0);
+    ops_arena_destroy(&a);
+    assert_null(a.base);
+    /* an empty arena serves takes of 0 floats */
+    assert_int_equal(ops_arena_create(&a, 0), 0);
+    assert_int_equal(a.cap, 0);
+    (void)ops_arena_take(&a, 0);
+    ops_arena_destroy(&a);
+}
+
+/* A take past the capacity ends the process with a message (error_one), in a child. */
+static void test_arena_overflow_ends_job(void **st) {
+    (void)st;
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(4);
+        ops_arena a;
+        if (ops_arena_create(&a, 32)) _exit(3);
+        ops_arena_take(&a, 16);
+        ops_arena_take(&a, 17); /* 16 + 32 > 32 */
+        _exit(0);               /* not reached */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+}
+
+/* ------------------------------------------------------------ decoding */
+
+static double e4m3_ref(int v) { /* straight from the bit layout, in double */
+    int s = (v >> 7) & 1, e = (v >> 3) & 15, m = v & 7;
+    if (e == 15 && m == 7) return NAN;
+    double a = e == 0 ? (m / 8.0) * pow(2.0, -6) : (1.0 + m / 8.0) * pow(2.0, e - 7);
+    return s ? -a : a;
+}
+
+static void test_e4m3_all_codes(void **st) {
+    (void)st;
+    int nan = 0;
+    for (int v = 0; v < 256; v++) {
+        float got = ops_e4m3_to_f32((uint8_t)v);
+        double want = e4m3_ref(v);
+        if (isnan(want)) {
+            assert_true(isnan(got));
+            nan++;
+            continue;
+        }
+        assert_false(isinf(got));
+        assert_true((double)got == want);
+        assert_int_equal(signbit(got) != 0, (v & 0x80) != 0);
+    }
+    assert_int_equal(nan, 2); /* 0x7F and 0xFF only */
+    assert_true(isnan(ops_e4m3_to_f32(0x7F)) && isnan(ops_e4m3_to_f32(0xFF)));
+    assert_true(ops_e4m3_to_f32(0x7E) == 448.0f);
+    assert_true(ops_e4m3_to_f32(0xFE) == -448.0f);
+    assert_true(ops_e4m3_to_f32(0x08) == 0x1p-6f);  /* smallest normal */
+    assert_true(ops_e4m3_to_f32(0x01) == 0x1p-9f);  /* smallest subnormal */
+    assert_true(ops_e4m3_to_f32(0x07) == 0.875f * 0x1p-6f); /* largest subnormal */
+    assert_true(ops_e4m3_to_f32(0x38) == 1.0f);
+    assert_true(ops_e4m3_to_f32(0x00) == 0.0f && ops_e4m3_to_f32(0x80) == 0.0f && signbit(ops_e4m3_to_f32(0x80)));
+}
+
+static uint16_t to_bf16(float f) { /* truncation: f must already be bf16-representable to round-trip */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+static void test_bf16_decode(void **st) {
+    (void)st;
+    assert_true(ops_bf16_to_f32(0x3F80) == 1.0f);
+    assert_true(ops_bf16_to_f32(0xC000) == -2.0f);
+    assert_true(isinf(ops_bf16_to_f32(0x7F80)));
+    assert_true(ops_bf16_to_f32(0x0001) == 0x1p-133f); /* a subnormal */
+    for (int i = 0; i < 1000; i++) {
+        float f = (float)(urand() * 200 - 100);
+        float b = ops_bf16_to_f32(to_bf16(f));
+        assert_true(fabsf(b - f) <= fabsf(f) * 0x1p-7f);
+        assert_true(ops_bf16_to_f32(to_bf16(b)) == b);
+    }
+}
+
+/* ------------------------------------------------------------ matmuls */
+
+static void test_matmul_w_f32_is_matmul(void **st) {
+    (void)st;
+    int T = 7, in = 33, out = 150;
+    float *x = frand((size_t)T * in, -1, 1), *w = frand((size_t)out * in, -1, 1);
+    float *y0 = frand((size_t)T * out, -1, 1), *y1 = malloc((size_t)T * out * 4);
+    memcpy(y1, y0, (size_t)T * out * 4);
+    ops_weight W = {OPS_F32, w, NULL, out, in};
+    ops_matmul(y0, x, w, T, in, out, 1.0f);
+    ops_matmul_w(y1, x, &W, T, 1.0f);
+    assert_memory_equal(y0, y1, (size_t)T * out * 4);
+    float *dy = frand((size_t)T * out, -1, 1), *d0 = frand((size_t)T * in, -1, 1), *d1 = malloc((size_t)T * in * 4);
+    memcpy(d1, d0, (size_t)T * in * 4);
+    ops_matmul_backward(d0, NULL, dy, x, w, T, in, out);
+    ops_matmul_w_backward_dx(d1, dy, &W, T);
+    assert_memory_equal(d0, d1, (size_t)T * in * 4);
+    free(x), free(w), free(y0), free(y1), free(dy), free(d0), free(d1);
+}
+
+/* bf16 weights that are exactly representable: the product equals the F32 one bitwise. */
+static void test_matmul_w_bf16(void **st) {
+    (void)st;
+    int T = 9, in = 70, out = 200; /* two row tiles, the second partial */
+    size_t n = (size_t)out * in;
+    float *w = frand(n, -1, 1), *x = frand((size_t)T * in, -1, 1);
+    uint16_t *wb = malloc(n * sizeof *wb);
+    for (size_t i = 0; i < n; i++) {
+        wb[i] = to_bf16(w[i]);
+        w[i] = ops_bf16_to_f32(wb[i]);
+    }
+    ops_weight W = {OPS_BF16, wb, NULL, out, in};
+    float *y0 = malloc((size_t)T * out * 4), *y1 = malloc((size_t)T * out * 4);
+    for (int beta = 0; beta <= 1; beta++) {
+        for (size_t i = 0; i < (size_t)T * out; i++) y0[i] = y1[i] = beta ? (float)i * 0.01f : NAN;
+        ops_matmul(y0, x, w, T, in, out, (float)beta);
+        ops_matmul_w(y1, x, &W, T, (float)beta);
+        assert_memory_equal(y0, y1, (size_t)T * out * 4);
+    }
+    /* backward: dx += dy·W against a double reference (tiles accumulate in another order) */
+    float *dy = frand((size_t)T * out, -1, 1), *dx = frand((size_t)T * in, -1, 1);
+    double *ref = malloc((size_t)T * in * sizeof *ref);
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < in; c++) {
+            double s = dx[(size_t)t * in + c];
+            for (int o = 0; o < out; o++) s += (double)dy[(size_t)t * out + o] * w[(size_t)o * in + c];
+            ref[(size_t)t * in + c] = s;
+        }
+    ops_matmul_w_backward_dx(dx, dy, &W, T);
+    for (size_t i = 0; i < (size_t)T * in; i++) assert_true(fabs(dx[i] - ref[i]) <= 1e-5 * (1 + fabs(ref[i])));
+    /* a linear holding the bf16 weight gives the F32 linear's forward bitwise */
+    linear lf = {.w = w, .in = in, .out = out}, lb = {.in = in, .out = out, .W = W};
+    ops_arena a;
+    assert_int_equal(ops_arena_create(&a, 0), 0);
+    linear_forward(&lf, y0, x, NULL, T, &a);
+    linear_forward(&lb, y1, x, NULL, T, &a);
+    assert_memory_equal(y0, y1, (size_t)T * out * 4);
+    ops_arena_destroy(&a);
+    free(w), free(x), free(wb), free(y0), free(y1), free(dy), free(dx), free(ref);
+}
+
+/* FP8 with shapes that are not multiples of 128 (edge blocks) against a naive dequantised double reference. */
+static void fp8_check(int T, int in, int out) {
+    int rb = (out + 127) / 128, cb = (in + 127) / 128;
+    size_t n = (size_t)out * in;
+    uint8_t *q = malloc(n);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t v;
+        do v = (uint8_t)(urand() * 256); while ((v & 0x7F) == 0x7F); /* every code but NaN */
+        q[i] = v;
+    }
+    float *scale = malloc((size_t)rb * cb * sizeof *scale);
+    for (int b = 0; b < rb * cb; b++) scale[b] = ldexpf(1.0f + 0.37f * (float)b, -3 - b); /* distinct per block */
+    float *x = frand((size_t)T * in, -1, 1);
+    ops_weight W = {OPS_FP8_E4M3, q, scale, out, in};
+    double *wd = malloc(n * sizeof *wd);
+    for (int r = 0; r < out; r++)
+        for (int c = 0; c < in; c++)
+            wd[(size_t)r * in + c] = e4m3_ref(q[(size_t)r * in + c]) * (double)scale[(r / 128) * cb + c / 128];
+    float *y = malloc((size_t)T * out * 4);
+    ops_matmul_w(y, x, &W, T, 0.0f);
+    double maxe = 0;
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < out; o++) {
+            double s = 0, sa = 0;
+            for (int c = 0; c < in; c++) {
+                s += (double)x[(size_t)t * in + c] * wd[(size_t)o * in + c];
+                sa += fabs((double)x[(size_t)t * in + c] * wd[(size_t)o * in + c]);
+            }
+            double e = fabs(y[(size_t)t * out + o] - s) / (sa + 1e-30);
+            if (e > maxe) maxe = e;
+        }
+    printf("  fp8 forward out=%d in=%d: max error %.2e of sum|x*w|\n", out, in, maxe);
+    assert_true(maxe < 1e-5);
+    float *dy = frand((size_t)T * out, -1, 1), *dx = calloc((size_t)T * in, 4);
+    ops_matmul_w_backward_dx(dx, dy, &W, T);
+    maxe = 0;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < in; c++) {
+            double s = 0, sa = 0;
+            for (int o = 0; o < out; o++) {
+                s += (double)dy[(size_t)t * out + o] * wd[(size_t)o * in + c];
+                sa += fabs((double)dy[(size_t)t * out + o] * wd[(size_t)o * in + c]);
+            }
+            double e = fabs(dx[(size_t)t * in + c] - s) / (sa + 1e-30);
+            if (e > maxe) maxe = e;
+        }
+    printf("  fp8 backward dx: max error %.2e of sum|dy*w|\n", maxe);
+    assert_true(maxe < 1e-5);
+    free(q), free(scale), free(x), free(wd), free(y), free(dy), free(dx);
+}
+
+static void test_matmul_w_fp8(void **st) {
+    (void)st;
+    fp8_check(6, 300, 200);
+}
+
+/* A weight over the 2^24-float dequantisation budget goes in row tiles (1920 + 180 rows here). */
+static void test_matmul_w_fp8_tiled(void **st) {
+    (void)st;
+    fp8_check(2, 8200, 2100);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_alloc_zeroed),       cmocka_unit_test(test_arena),
+        cmocka_unit_test(test_arena_overflow_ends_job), cmocka_unit_test(test_e4m3_all_codes),
+        cmocka_unit_test(test_bf16_decode),        cmocka_unit_test(test_matmul_w_f32_is_matmul),
+        cmocka_unit_test(test_matmul_w_bf16),      cmocka_unit_test(test_matmul_w_fp8),
+        cmocka_unit_test(test_matmul_w_fp8_tiled),
+    };
+    return cmocka_run_group_tests_name("weight", tests, NULL, NULL);
+}
