@@ -3,7 +3,10 @@
 #include "data.h"
 #include "tokenizer.h"
 
+#include "comm.h"
+
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -66,6 +69,58 @@ static inline uint64_t below(uint64_t r, uint64_t n) {
 
 /* ---- files ---- */
 
+/* Data files are mapped (terabytes of tokens): a file truncated or replaced
+ * while the run reads it raises SIGBUS on the next read past its new end.
+ * The handler names the file and ends the job instead of dying on a bare
+ * "Bus error". */
+#define MAX_MAPS 256
+static struct {
+    const char *base;
+    size_t size;
+    char path[240];
+} g_maps[MAX_MAPS];
+static char g_sigbus_msg[512];
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
+    (void)sig, (void)ctx;
+    const char *a = (const char *)si->si_addr, *path = "a mapped data file";
+    for (int i = 0; i < MAX_MAPS; i++)
+        if (g_maps[i].base && a >= g_maps[i].base && a < g_maps[i].base + g_maps[i].size) path = g_maps[i].path;
+    /* async-signal-safe: build the line by hand */
+    const char *parts[] = {"dsv3: error: ", path, " shrank while the run was reading it (truncated or replaced "
+                           "during the run?): aborting the job\n"};
+    size_t n = 0;
+    for (int k = 0; k < 3; k++)
+        for (const char *c = parts[k]; *c && n + 1 < sizeof g_sigbus_msg; c++) g_sigbus_msg[n++] = *c;
+    ssize_t w = write(2, g_sigbus_msg, n);
+    (void)w;
+    comm_abort(1);
+}
+
+static void track_map(const void *base, size_t size, const char *path) {
+    static int installed;
+    if (!installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_sigbus;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGBUS, &sa, NULL);
+        installed = 1;
+    }
+    for (int i = 0; i < MAX_MAPS; i++)
+        if (!g_maps[i].base) {
+            g_maps[i].base = base;
+            g_maps[i].size = size;
+            snprintf(g_maps[i].path, sizeof g_maps[i].path, "%s", path);
+            return;
+        }
+}
+
+static void untrack_map(const void *base) {
+    for (int i = 0; i < MAX_MAPS; i++)
+        if (g_maps[i].base == base) g_maps[i].base = NULL;
+}
+
 static int map_file(const char *path, void **map, size_t *size, char *err, int errlen) {
     *map = NULL; *size = 0;
     int fd = open(path, O_RDONLY);
@@ -82,13 +137,14 @@ static int map_file(const char *path, void **map, size_t *size, char *err, int e
             seterr(err, errlen, "%s: cannot map: %s", path, strerror(errno)); close(fd); return -1;
         }
         *map = p;
+        track_map(p, *size, path);
     }
     close(fd);
     return 0;
 }
 
 static void unmap(void **map, size_t *size) {
-    if (*map) munmap(*map, *size);
+    if (*map) untrack_map(*map), munmap(*map, *size);
     *map = NULL; *size = 0;
 }
 

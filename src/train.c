@@ -255,6 +255,12 @@ int train_run(const deck *d, plan *p) {
         snprintf(err, sizeof err, "cannot create run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
         failed = 1;
     }
+    struct stat out_st; /* the output directory, to notice it vanish during the run */
+    memset(&out_st, 0, sizeof out_st);
+    if (!failed && rank == 0 && stat(d->run.output_dir, &out_st)) {
+        snprintf(err, sizeof err, "cannot stat run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
+        failed = 1;
+    }
     char resume[4096] = "";
     if (!failed && d->run.resume[0]) failed = ckpt_resolve(d, resume, sizeof resume, err, sizeof err) != 0;
     if (error_all(p->world, failed, err, sizeof err)) {
@@ -406,6 +412,18 @@ int train_run(const deck *d, plan *p) {
             snprintf(err, sizeof err, "step %lld: %d steps in a row with a non-finite loss or gradient norm "
                      "(optimizer.max_skipped_steps = %d): stopping without a checkpoint%s", (long long)t.step,
                      t.consecutive, d->optimizer.max_skipped_steps, last);
+            failed = 1;
+            error_all(p->world, failed, err, sizeof err);
+            break;
+        }
+        /* run.output_dir removed or replaced under the run: metrics and
+         * checkpoints would go nowhere (or somewhere new); stop instead. */
+        struct stat now_st;
+        int gone = rank == 0 && (stat(d->run.output_dir, &now_st) || now_st.st_ino != out_st.st_ino ||
+                                 now_st.st_dev != out_st.st_dev);
+        if (comm_max_int(gone, p->world)) {
+            snprintf(err, sizeof err, "step %lld: run.output_dir '%s' was removed or replaced during the run: "
+                     "stopping (nothing more is written there)", (long long)t.step, d->run.output_dir);
             failed = 1;
             error_all(p->world, failed, err, sizeof err);
             break;
