@@ -23,6 +23,10 @@
  *                 every main forward) to the MTP backward (before any main
  *                 recompute). block->cached says "holds this micro-batch's
  *                 values", not "allocated".
+ * The MTP e_ids/targets (int32, written by the host: mtp_shift) take 4-byte
+ * slots of the base region: right for the CPU backend, where device memory
+ * is host memory; a device backend must move them to host memory (as the
+ * MoE counts are) and cost.c with them.
  * The MoE layers' host counts are one small host allocation each
  * (moe_cache_host_create); rows beyond a MoE layer's planned capacity are
  * the one allocation on the step path (moe_rows_reserve, exceptional).
