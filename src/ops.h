@@ -48,11 +48,16 @@ void ops_host_free(void *p);
 typedef struct {
     float *base;
     size_t cap, used, peak; /* floats */
+    int owned;              /* base came from ops_arena_create (ops_arena_destroy frees it) */
 } ops_arena;
 static inline size_t ops_arena_round(size_t floats) {
     return (floats + OPS_ARENA_ALIGN - 1) / OPS_ARENA_ALIGN * OPS_ARENA_ALIGN;
 }
 int ops_arena_create(ops_arena *a, size_t floats); /* 0, or -1 when out of memory (a zeroed) */
+/* An arena over `floats` floats of device memory the caller owns (a region of
+ * a larger allocation; floats a multiple of OPS_ARENA_ALIGN, mem aligned to
+ * 16 bytes at least): allocates nothing, and ops_arena_destroy frees nothing. */
+void ops_arena_init_at(ops_arena *a, float *mem, size_t floats);
 void ops_arena_destroy(ops_arena *a);
 float *ops_arena_take(ops_arena *a, size_t floats);
 static inline size_t ops_arena_mark(const ops_arena *a) { return a->used; }

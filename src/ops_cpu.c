@@ -39,13 +39,23 @@ int ops_arena_create(ops_arena *a, size_t floats) {
     a->base = aligned_alloc(OPS_ARENA_ALIGN * sizeof(float), cap * sizeof(float));
     if (!a->base) return -1;
     a->cap = cap;
+    a->owned = 1;
     ARENA_POISON(a->base, cap * sizeof(float)); /* under ASan a read past a take is caught */
     return 0;
 }
 
+void ops_arena_init_at(ops_arena *a, float *mem, size_t floats) {
+    DSV3_CHECK(floats % OPS_ARENA_ALIGN == 0 && (floats == 0 || mem),
+               "ops_arena_init_at: %zu floats is not a multiple of %d (or no memory)", floats, OPS_ARENA_ALIGN);
+    memset(a, 0, sizeof *a);
+    a->base = floats ? mem : NULL;
+    a->cap = floats;
+    if (a->base) ARENA_POISON(a->base, floats * sizeof(float));
+}
+
 void ops_arena_destroy(ops_arena *a) {
     if (a->base) ARENA_UNPOISON(a->base, a->cap * sizeof(float));
-    free(a->base);
+    if (a->owned) free(a->base);
     memset(a, 0, sizeof *a);
 }
 

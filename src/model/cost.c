@@ -109,10 +109,9 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
     return f;
 }
 
-double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
+double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T) {
     const deck_model *c = o->cfg;
     int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers;
-    if (ep < 1 || c->n_routed_experts % ep) return 0.0;
     double all = 0.0, mtp = 0.0, biggest = 0.0;
     for (int i = 0; i < nblocks; i++) {
         double x = cost_block_cache_bytes(o, i, ep, B, T);
@@ -120,7 +119,20 @@ double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
         if (i >= L) mtp += x;
         else if (x > biggest) biggest = x;
     }
-    return cost_base_act_bytes(o, B, T) + (o->checkpointing ? fmax(mtp, biggest) : all);
+    return o->checkpointing ? fmax(mtp, biggest) : all;
+}
+
+double cost_host_act_bytes(const model_opts *o, int ep) {
+    const deck_model *c = o->cfg;
+    int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers, n_moe = 0;
+    for (int i = 0; i < nblocks; i++) n_moe += i >= L || i >= c->first_k_dense_replace;
+    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, c->n_routed_experts / ep, ep);
+}
+
+double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
+    const deck_model *c = o->cfg;
+    if (ep < 1 || c->n_routed_experts % ep) return 0.0;
+    return cost_base_act_bytes(o, B, T) + cost_cache_region_bytes(o, ep, B, T) + cost_host_act_bytes(o, ep);
 }
 
 /* ------------------------------------------------ GPU layout estimate */

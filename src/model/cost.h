@@ -21,8 +21,18 @@ double cost_flops_per_token(const model_opts *o);
 /* ---- the CPU model's own accounting (exact: the run allocates this) ---- */
 /* Rows a MoE layer's expert buffers hold before they grow (dropless). */
 int cost_moe_row_cap(const deck_model *c, int N);
-/* Bytes of one block's component caches (MLA + MLP or MoE) for B x T tokens. */
+/* Bytes of one block's component caches (MLA + MLP or MoE; device memory,
+ * the MoE layer's host counts excluded) for B x T tokens: its slot in the
+ * model's activation buffer. */
 double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int T);
+/* Bytes of the activation buffer's cache region: every block's slot, or with
+ * activation checkpointing max(the MTP blocks' slots, the largest main
+ * block's slot) — all main blocks share one slot (recomputed one at a time)
+ * and the MTP slots overlap it (their caches live from the MTP forward to the
+ * MTP backward, which runs before any main recompute). */
+double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T);
+/* Host bytes of the MoE layers' routing counts (moe_cache_host_ints each). */
+double cost_host_act_bytes(const model_opts *o, int ep);
 /* Peak floats of the components' scratch arena (ops_arena) for B sequences of
  * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
  * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
@@ -30,10 +40,9 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
  * MTP extras, head, logits, backward scratch and the scratch arena. */
 double cost_base_act_bytes(const model_opts *o, int B, int T);
-/* Peak: base + every block's caches, or with activation checkpointing the MTP
- * blocks' caches (kept from their forward to their backward, which runs
- * first) or the largest main block's (recomputed one at a time), whichever
- * is larger. */
+/* What the model allocates for activations (model.c: acts_create): the
+ * activation buffer (base + cache region) and the host counts. 0 when EP
+ * does not divide the experts. */
 double cost_act_bytes(const model_opts *o, int ep, int B, int T);
 
 /* ---- the GPU layout estimate (bf16 decks, --dry-run) ---- */

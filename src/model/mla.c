@@ -59,14 +59,13 @@ static int mla_lora_sum(const deck_model *m, const mla_layer *l) {
     return s + (m->q_lora_rank > 0 ? l->q_a.r + l->q_b.r : l->q.r);
 }
 
-void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T) {
+size_t mla_cache_bind(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T, float *mem) {
     memset(c, 0, sizeof *c);
     size_t N = (size_t)B * T;
     size_t nh = m->num_attention_heads, dqk = m->qk_nope_head_dim + m->qk_rope_head_dim;
     size_t dv = m->v_head_dim, ql = m->q_lora_rank, kvl = m->kv_lora_rank;
     c->floats = mla_cache_floats(m, mla_lora_sum(m, l), B, T);
-    c->buf = ops_alloc(c->floats * sizeof *c->buf);
-    if (!c->buf) error_one("mla: out of memory for the attention cache (%zu floats)", c->floats);
+    c->buf = mem;
     c->B = B;
     c->T = T;
     float *p = c->buf;
@@ -94,12 +93,21 @@ void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int 
     if (l->kv_b.r) TAKE(lc_kv_b, N * l->kv_b.r);
     if (l->o.r) TAKE(lc_o, N * l->o.r);
 #undef TAKE
-    DSV3_CHECK((size_t)(p - c->buf) == c->floats, "mla_cache_alloc: layout %zu != mla_cache_floats %zu",
+    DSV3_CHECK((size_t)(p - c->buf) == c->floats, "mla_cache_bind: layout %zu != mla_cache_floats %zu",
                (size_t)(p - c->buf), c->floats);
+    return c->floats;
+}
+
+void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T) {
+    size_t floats = mla_cache_floats(m, mla_lora_sum(m, l), B, T);
+    float *buf = ops_alloc(floats * sizeof *buf);
+    if (!buf) error_one("mla: out of memory for the attention cache (%zu floats)", floats);
+    mla_cache_bind(c, m, l, B, T, buf);
+    c->own = buf;
 }
 
 void mla_cache_free(mla_cache *c) {
-    ops_free(c->buf);
+    ops_free(c->own);
     memset(c, 0, sizeof *c);
 }
 

@@ -25,10 +25,12 @@ typedef struct {
     float *kv_a_norm, *g_kv_a_norm;     /* [kv_lora_rank]; g NULL when frozen */
 } mla_layer;
 
-/* Activations saved by the forward for the backward (one allocation, `buf`). */
+/* Activations saved by the forward for the backward: one region `buf`,
+ * carved below (bound to the caller's memory, or owned: mla_cache_alloc). */
 typedef struct {
     const float *x;   /* the forward input (NOT copied: the caller keeps it alive until backward) */
-    float *buf;       /* owns everything below */
+    float *buf;       /* holds everything below */
+    float *own;       /* buf when mla_cache_alloc allocated it (mla_cache_free frees it), else NULL */
     size_t floats;    /* size of buf */
     int B, T;
     float *cq_raw;    /* [B*T, q_lora_rank] q_a output (q_lora_rank > 0) */
@@ -49,6 +51,10 @@ typedef struct {
  * the LoRA ranks of this layer's adapted projections (0 without LoRA; 5·r when
  * q_a, q_b, kv_a, kv_b, o all carry rank r). */
 size_t mla_cache_floats(const deck_model *m, int lora_r_sum, int B, int T);
+/* Binds the cache for layer l (its LoRA ranks) to mem, which holds at least
+ * mla_cache_floats(m, <l's rank sum>, B, T) floats; allocates nothing.
+ * Returns the floats it carved (exactly that size). */
+size_t mla_cache_bind(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T, float *mem);
 /* Allocates the cache for layer l (its LoRA ranks); aborts with a message on OOM. */
 void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T);
 void mla_cache_free(mla_cache *c);

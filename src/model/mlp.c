@@ -18,40 +18,44 @@ size_t mlp_scratch_floats(int H, int I, int lora_r, int N) {
     return gu > d ? gu : d; /* the three linears run one after another */
 }
 
-static float *buf_alloc(size_t n) { return ops_alloc(n * sizeof(float)); }
-
-int mlp_cache_alloc(mlp_cache *c, const mlp_layer *l, int n_cap) {
+size_t mlp_cache_bind(mlp_cache *c, const mlp_layer *l, int n_cap, float *mem) {
     size_t N = (size_t)n_cap, H = (size_t)l->gate.in, I = (size_t)l->gate.out;
     *c = (mlp_cache){.n_cap = n_cap, .H = (int)H, .I_ = (int)I};
-    c->x = buf_alloc(N * H);
-    c->g = buf_alloc(N * I);
-    c->u = buf_alloc(N * I);
-    c->h = buf_alloc(N * I);
-    c->dh = buf_alloc(N * I);
-    c->dg = buf_alloc(N * I);
-    c->du = buf_alloc(N * I);
-    c->lg = buf_alloc(N * linear_cache_floats(&l->gate));
-    c->lu = buf_alloc(N * linear_cache_floats(&l->up));
-    c->ld = buf_alloc(N * linear_cache_floats(&l->down));
-    if (!c->x || !c->g || !c->u || !c->h || !c->dh || !c->dg || !c->du || !c->lg || !c->lu || !c->ld) {
-        fprintf(stderr, "mlp.c: out of memory for the MLP cache (%d tokens, H=%zu, I=%zu)\n", n_cap, H, I);
-        mlp_cache_free(c);
+    float *p = mem;
+#define TAKE(field, n) (c->field = p, p += (n))
+#define TAKE_LORA(field, lin) (c->field = (lin)->r ? p : NULL, p += N * linear_cache_floats(lin)) /* NULL: r = 0 */
+    TAKE(x, N * H);
+    TAKE(g, N * I);
+    TAKE(u, N * I);
+    TAKE(h, N * I);
+    TAKE_LORA(lg, &l->gate);
+    TAKE_LORA(lu, &l->up);
+    TAKE_LORA(ld, &l->down);
+    TAKE(dh, N * I);
+    TAKE(dg, N * I);
+    TAKE(du, N * I);
+#undef TAKE
+#undef TAKE_LORA
+    size_t used = (size_t)(p - mem), want = mlp_cache_floats(l, n_cap);
+    DSV3_CHECK(used == want, "mlp_cache_bind: layout %zu != mlp_cache_floats %zu", used, want);
+    return used;
+}
+
+int mlp_cache_alloc(mlp_cache *c, const mlp_layer *l, int n_cap) {
+    size_t floats = mlp_cache_floats(l, n_cap);
+    float *buf = ops_alloc(floats * sizeof *buf);
+    if (!buf) {
+        fprintf(stderr, "mlp.c: out of memory for the MLP cache (%d tokens, %zu floats)\n", n_cap, floats);
+        *c = (mlp_cache){0};
         return -1;
     }
+    mlp_cache_bind(c, l, n_cap, buf);
+    c->own = buf;
     return 0;
 }
 
 void mlp_cache_free(mlp_cache *c) {
-    ops_free(c->x);
-    ops_free(c->g);
-    ops_free(c->u);
-    ops_free(c->h);
-    ops_free(c->dh);
-    ops_free(c->dg);
-    ops_free(c->du);
-    ops_free(c->lg);
-    ops_free(c->lu);
-    ops_free(c->ld);
+    ops_free(c->own);
     *c = (mlp_cache){0};
 }
 

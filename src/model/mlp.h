@@ -17,6 +17,7 @@ typedef struct {
 /* Saved activations of one forward (for N <= n_cap tokens) and backward scratch. */
 typedef struct {
     int n_cap, H, I_; /* I_: intermediate width (I is a macro under <complex.h>) */
+    float *own;          /* the region mlp_cache_alloc allocated (mlp_cache_free frees it); NULL when bound */
     float *x;            /* [N,H] copy of the input */
     float *g, *u, *h;    /* [N,I] gate(x), up(x), silu(g)·u */
     float *lg, *lu, *ld; /* [N,r] LoRA caches of gate/up/down (NULL when r = 0) */
@@ -25,7 +26,11 @@ typedef struct {
 
 /* Floats mlp_cache_alloc allocates for n_cap tokens: n_cap·(H + 6·I + r_gate + r_up + r_down). */
 size_t mlp_cache_floats(const mlp_layer *l, int n_cap);
-/* 0 on success, -1 (message on stderr) when out of memory. */
+/* Binds the cache to mem (mlp_cache_floats(l, n_cap) floats, carved in the
+ * order of the fields above: x, g, u, h, lg, lu, ld, dh, dg, du); allocates
+ * nothing. Returns the floats carved (exactly mlp_cache_floats). */
+size_t mlp_cache_bind(mlp_cache *c, const mlp_layer *l, int n_cap, float *mem);
+/* One allocation of mlp_cache_floats, bound. 0 on success, -1 (message on stderr) when out of memory. */
 int mlp_cache_alloc(mlp_cache *c, const mlp_layer *l, int n_cap);
 void mlp_cache_free(mlp_cache *c);
 /* Peak floats mlp_forward/mlp_backward take from the scratch arena for N

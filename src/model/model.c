@@ -4,12 +4,39 @@
  * Tokens of a micro-batch are flattened to N = B*T rows; attention and the
  * balance loss see the B sequences. Every block keeps what its backward needs
  * (or only its input, with activation checkpointing, and recomputes).
+ *
+ * Memory (design §4, llm.c style): all activations, their backward scratch
+ * and the components' scratch arena are carved from ONE device allocation,
+ * the activation buffer, laid out once by acts_create for the micro-batch
+ * shape from the sizes cost.c computes (cost_act_bytes is exactly what is
+ * allocated):
+ *   base region   the scratch arena (cost_scratch_floats), every block's
+ *                 input and norms, the MTP blocks' extras, final norm, head,
+ *                 logits/dlogits and backward scratch (cost_base_act_bytes)
+ *   cache region  the component caches (MLA + MLP or MoE) of every block, one
+ *                 slot each (cost_block_cache_bytes). With activation
+ *                 checkpointing all main blocks share one slot at the region
+ *                 start and the MTP blocks' slots are laid out from the region
+ *                 start too (cost_cache_region_bytes): a main block's cache is
+ *                 valid only from its (re)computation to its backward, which
+ *                 follows at once; the MTP caches from the MTP forward (after
+ *                 every main forward) to the MTP backward (before any main
+ *                 recompute). block->cached says "holds this micro-batch's
+ *                 values", not "allocated".
+ * The MTP e_ids/targets (int32, written by the host: mtp_shift) take 4-byte
+ * slots of the base region: right for the CPU backend, where device memory
+ * is host memory; a device backend must move them to host memory (as the
+ * MoE counts are) and cost.c with them.
+ * The MoE layers' host counts are one small host allocation each
+ * (moe_cache_host_create); rows beyond a MoE layer's planned capacity are
+ * the one allocation on the step path (moe_rows_reserve, exceptional).
+ * A forward/backward allocates nothing; a new micro-batch shape re-creates
+ * the buffer (alloc_acts: not in the steady state).
  */
 #include "model.h"
 
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "../comm.h"
@@ -40,7 +67,7 @@ typedef struct {
     mla_cache ac;
     mlp_cache mc;
     moe_cache ec;
-    int cached;                       /* component caches hold this micro-batch */
+    int cached;                       /* the component caches hold this micro-batch's values */
     float *x_in;                      /* [N,H] block input */
     float *xn1, *rstd1;               /* [N,H], [N] after input_layernorm */
     float *x_mid;                     /* [N,H] residual after attention */
@@ -68,15 +95,17 @@ struct model {
     int64_t *count_scratch;           /* [E] host: counts of a recompute (discarded) */
     float *e_scratch;                 /* [E] a router-bias update under ZeRO-3 */
     rope_table rope;
-    int B, T, N;                      /* current allocation */
+    int B, T, N;                      /* shape the activation buffer is laid out for (N = 0: none) */
+    float *acts;                      /* the activation buffer (ops_alloc), act_floats floats */
+    size_t act_floats;
     float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
     float *logits, *dlogits;          /* [N,V] */
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     float *recomp;                    /* [N,H] output of a recomputed block (discarded) */
     float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
     int checkpointing;
-    double act_now, act_peak;         /* bytes of saved activations: now / high-water mark */
-    ops_arena scratch;                /* components' temporaries (model_scratch_floats) */
+    double act_peak;                  /* bytes of activations allocated (buffer + host counts), high-water mark */
+    ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
 };
 
 /* ---------- binding tensors by HF name ---------- */
@@ -206,10 +235,112 @@ static void flush_grads(model *m, int g) {
     if (zero_flush_grads(&m->z, g)) rebind(m, g);
 }
 
+/* ---------- the activation buffer (see the top of the file) ---------- */
+
+static size_t block_cache_floats(const model *m, int i, int B, int T) {
+    return (size_t)(cost_block_cache_bytes(&m->o, i, m->ep, B, T) / 4.0);
+}
+
+static void acts_destroy(model *m) {
+    for (int i = 0; m->blk && i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        mla_cache_free(&b->ac); /* bound: frees nothing */
+        mlp_cache_free(&b->mc); /* bound: frees nothing */
+        moe_cache_free(&b->ec); /* its host counts, and rows grown past the plan */
+        b->cached = 0;
+        b->x_in = b->xn1 = b->rstd1 = b->x_mid = b->xn2 = b->rstd2 = b->x_out = NULL;
+        memset(&b->tc, 0, sizeof b->tc);
+    }
+    ops_arena_destroy(&m->scratch); /* wraps the buffer: frees nothing */
+    ops_free(m->acts);
+    m->acts = NULL;
+    m->act_floats = 0;
+    m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
+    m->recomp = m->dcat = m->de = m->dh_mtp = NULL;
+    m->B = m->T = m->N = 0;
+}
+
+/* Allocates the activation buffer for B×T tokens and carves it (layout at the
+ * top of the file); 0, or -1 when out of memory (nothing left allocated). */
+static int acts_create(model *m, int B, int T) {
+    const deck_model *c = m->cfg;
+    size_t N = (size_t)B * T, H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_hidden_layers;
+    size_t sf = cost_scratch_floats(&m->o, B, T);
+    size_t base = (size_t)(cost_base_act_bytes(&m->o, B, T) / 4.0);
+    size_t region = (size_t)(cost_cache_region_bytes(&m->o, m->ep, B, T) / 4.0);
+    m->acts = ops_alloc((base + region) * sizeof(float));
+    if (!m->acts) return -1;
+    m->act_floats = base + region;
+    m->B = B, m->T = T, m->N = (int)N;
+    /* base region */
+    float *p = m->acts;
+#define TAKE(ptr, n) ((ptr) = p, p += (n))
+#define TAKE_I32(ptr, n) ((ptr) = (int32_t *)(void *)p, p += (n)) /* int32 in 4-byte slots */
+    ops_arena_init_at(&m->scratch, p, sf);
+    p += sf;
+    for (int i = 0; i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        TAKE(b->x_in, N * H), TAKE(b->xn1, N * H), TAKE(b->rstd1, N);
+        TAKE(b->x_mid, N * H), TAKE(b->xn2, N * H), TAKE(b->rstd2, N);
+        if (b->is_mtp) {
+            mtp_cache *t = &b->tc;
+            TAKE(b->x_out, N * H);
+            TAKE_I32(t->e_ids, N), TAKE_I32(t->targets, N);
+            TAKE(t->e, N * H), TAKE(t->en, N * H), TAKE(t->e_rstd, N);
+            TAKE(t->hn, N * H), TAKE(t->h_rstd, N), TAKE(t->cat, N * 2 * H);
+            TAKE(t->eh_cache, N * (linear_cache_floats(&b->mtp.eh_proj) + 1));
+            TAKE(t->z, N * H), TAKE(t->z_rstd, N);
+        }
+    }
+    TAKE(m->x_final, N * H), TAKE(m->rstd_final, N), TAKE(m->h_final, N * H);
+    TAKE(m->logits, N * V), TAKE(m->dlogits, N * V);
+    TAKE(m->dx, N * H), TAKE(m->tmp, N * H), TAKE(m->dh_final, N * H), TAKE(m->recomp, N * H);
+    if (m->nblocks > L) TAKE(m->dcat, N * 2 * H), TAKE(m->de, N * H), TAKE(m->dh_mtp, N * H);
+#undef TAKE
+#undef TAKE_I32
+    DSV3_CHECK((size_t)(p - m->acts) == base, "acts_create: base layout %zu != cost_base_act_bytes %zu floats",
+               (size_t)(p - m->acts), base);
+    /* cache region: a slot per block, or (checkpointing) one shared main slot and the MTP slots, both from the start */
+    float *r0 = m->acts + base;
+    size_t run = 0, run_mtp = 0, end = 0, host = 0;
+    for (int i = 0; i < m->nblocks; i++) {
+        block *b = &m->blk[i];
+        size_t want = block_cache_floats(m, i, B, T), at;
+        if (!m->checkpointing)
+            at = run, run += want;
+        else if (b->is_mtp)
+            at = run_mtp, run_mtp += want;
+        else
+            at = 0;
+        float *slot = r0 + at;
+        size_t got = mla_cache_bind(&b->ac, c, &b->attn, B, T, slot);
+        if (b->is_moe) {
+            if (moe_cache_host_create(&b->ec, c, &b->moe, m->ep)) {
+                acts_destroy(m);
+                return -1;
+            }
+            host += moe_cache_host_ints(c->n_routed_experts, b->moe.e_local, m->ep) * sizeof(int);
+            got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N), slot + got);
+        } else {
+            got += mlp_cache_bind(&b->mc, &b->mlp, (int)N, slot + got);
+        }
+        DSV3_CHECK(got == want, "acts_create: block %d caches %zu floats != cost_block_cache_bytes %zu", i, got, want);
+        if (at + got > end) end = at + got;
+        b->cached = 0;
+    }
+    DSV3_CHECK(end == region, "acts_create: cache region %zu != cost_cache_region_bytes %zu floats", end, region);
+    double bytes = (double)m->act_floats * sizeof(float) + (double)host;
+    DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
+               cost_act_bytes(&m->o, m->ep, B, T));
+    if (bytes > m->act_peak) m->act_peak = bytes;
+    return 0;
+}
+
 /* ---------- creation ---------- */
 
 int model_create(model **out, const model_opts *o, const struct plan *p, char *err, int errlen) {
-    model *m = calloc(1, sizeof *m);
+    model *m = ops_host_alloc(sizeof *m);
     if (!m) {
         snprintf(err, errlen, "out of memory for the model");
         return -1;
@@ -219,7 +350,7 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     m->cfg = c;
     int ep = p ? p->ep : 1;
     if (params_build(&m->pt, o->cfg, o->lora, ep, err, errlen)) {
-        free(m);
+        ops_host_free(m);
         return -1;
     }
     m->ep = ep;
@@ -240,8 +371,8 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
 
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
     m->nblocks = L + D;
-    m->blk = calloc((size_t)m->nblocks, sizeof *m->blk);
-    m->moe_block = calloc((size_t)m->nblocks, sizeof *m->moe_block);
+    m->blk = ops_host_alloc((size_t)m->nblocks * sizeof *m->blk);
+    m->moe_block = ops_host_alloc((size_t)m->nblocks * sizeof *m->moe_block);
     for (int i = 0; m->blk && m->moe_block && i < m->nblocks; i++) {
         block *b = &m->blk[i];
         b->layer = i;
@@ -251,9 +382,9 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
         if (b->is_moe) m->moe_block[m->n_moe++] = i;
     }
     for (int g = 0; m->blk && g < G; g++) rebind(m, g);
-    m->counts = calloc((size_t)(m->n_moe ? m->n_moe : 1) * c->n_routed_experts, sizeof *m->counts);
-    m->count_scratch = calloc((size_t)c->n_routed_experts, sizeof *m->count_scratch);
-    m->e_scratch = calloc((size_t)c->n_routed_experts, sizeof *m->e_scratch);
+    m->counts = ops_host_alloc((size_t)(m->n_moe ? m->n_moe : 1) * c->n_routed_experts * sizeof *m->counts);
+    m->count_scratch = ops_host_alloc((size_t)c->n_routed_experts * sizeof *m->count_scratch);
+    m->e_scratch = ops_alloc((size_t)c->n_routed_experts * sizeof *m->e_scratch); /* device: ops write it */
     if (!m->blk || !m->moe_block || !m->counts || !m->count_scratch || !m->e_scratch) {
         snprintf(err, errlen, "out of memory for the model's block table");
         model_free(m);
@@ -264,9 +395,9 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
         model_free(m);
         return -1;
     }
-    if (ops_arena_create(&m->scratch, cost_scratch_floats(o, o->micro_batch, o->seq_len))) {
-        snprintf(err, errlen, "out of memory for the scratch arena (%zu floats)",
-                 cost_scratch_floats(o, o->micro_batch, o->seq_len));
+    if (o->micro_batch > 0 && o->seq_len > 0 && acts_create(m, o->micro_batch, o->seq_len)) {
+        snprintf(err, errlen, "out of memory for the activations (%.1f MiB)",
+                 cost_act_bytes(o, m->ep, o->micro_batch, o->seq_len) / 1048576.0);
         model_free(m);
         return -1;
     }
@@ -274,81 +405,25 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     return 0;
 }
 
-static void free_acts(model *m) {
-    for (int i = 0; i < m->nblocks; i++) {
-        block *b = &m->blk[i];
-        if (b->cached) {
-            mla_cache_free(&b->ac);
-            if (b->is_moe)
-                moe_cache_free(&b->ec);
-            else
-                mlp_cache_free(&b->mc);
-            b->cached = 0;
-        }
-        free(b->x_in), free(b->xn1), free(b->rstd1), free(b->x_mid), free(b->xn2), free(b->rstd2);
-        free(b->x_out);
-        b->x_in = b->xn1 = b->rstd1 = b->x_mid = b->xn2 = b->rstd2 = b->x_out = NULL;
-        mtp_cache *t = &b->tc;
-        free(t->e_ids), free(t->targets), free(t->e), free(t->en), free(t->e_rstd);
-        free(t->hn), free(t->h_rstd), free(t->cat), free(t->eh_cache), free(t->z), free(t->z_rstd);
-        memset(t, 0, sizeof *t);
-    }
-    free(m->x_final), free(m->rstd_final), free(m->h_final), free(m->logits), free(m->dlogits);
-    free(m->dx), free(m->tmp), free(m->dh_final), free(m->recomp), free(m->dcat), free(m->de), free(m->dh_mtp);
-    m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
-    m->recomp = m->dcat = m->de = m->dh_mtp = NULL;
-    m->N = 0;
-    m->act_now = 0.0;
-}
-
 void model_free(model *m) {
     if (!m) return;
-    free_acts(m);
+    acts_destroy(m);
     rope_table_free(&m->rope);
-    ops_arena_destroy(&m->scratch);
-    free(m->blk);
-    free(m->moe_block);
-    free(m->counts), free(m->count_scratch), free(m->e_scratch);
+    ops_host_free(m->blk);
+    ops_host_free(m->moe_block);
+    ops_host_free(m->counts), ops_host_free(m->count_scratch), ops_free(m->e_scratch);
     zero_destroy(&m->z);
     params_free(&m->pt);
-    free(m);
+    ops_host_free(m);
 }
 
-#define FALLOC(n) ((float *)calloc((size_t)(n), sizeof(float)))
-
-/* Saved activations for B×T tokens (grow only when the shape changes). */
+/* Saved activations for B×T tokens: re-created only when the shape changes
+ * (model_create lays them out for micro_batch × seq_len). */
 static void alloc_acts(model *m, int B, int T) {
-    if (m->N == B * T && m->B == B) return;
-    free_acts(m);
-    const deck_model *c = m->cfg;
-    size_t N = (size_t)B * T, H = c->hidden_size, V = c->vocab_size;
-    m->B = B, m->T = T, m->N = (int)N;
-    for (int i = 0; i < m->nblocks; i++) {
-        block *b = &m->blk[i];
-        b->x_in = FALLOC(N * H), b->xn1 = FALLOC(N * H), b->rstd1 = FALLOC(N);
-        b->x_mid = FALLOC(N * H), b->xn2 = FALLOC(N * H), b->rstd2 = FALLOC(N);
-        if (b->is_mtp) {
-            mtp_cache *t = &b->tc;
-            b->x_out = FALLOC(N * H);
-            t->e_ids = calloc(N, sizeof *t->e_ids), t->targets = calloc(N, sizeof *t->targets);
-            t->e = FALLOC(N * H), t->en = FALLOC(N * H), t->e_rstd = FALLOC(N);
-            t->hn = FALLOC(N * H), t->h_rstd = FALLOC(N), t->cat = FALLOC(N * 2 * H);
-            t->eh_cache = FALLOC(N * (linear_cache_floats(&b->mtp.eh_proj) + 1));
-            t->z = FALLOC(N * H), t->z_rstd = FALLOC(N);
-        }
-    }
-    m->x_final = FALLOC(N * H), m->rstd_final = FALLOC(N), m->h_final = FALLOC(N * H);
-    m->logits = FALLOC(N * V), m->dlogits = FALLOC(N * V);
-    m->dx = FALLOC(N * H), m->tmp = FALLOC(N * H), m->dh_final = FALLOC(N * H), m->recomp = FALLOC(N * H);
-    if (m->nblocks > c->num_hidden_layers)
-        m->dcat = FALLOC(N * 2 * H), m->de = FALLOC(N * H), m->dh_mtp = FALLOC(N * H);
-    size_t sf = cost_scratch_floats(&m->o, B, T); /* a larger batch than planned: a larger arena */
-    if (sf > m->scratch.cap) {
-        ops_arena_destroy(&m->scratch);
-        if (ops_arena_create(&m->scratch, sf)) error_one("out of memory for the scratch arena (%zu floats)", sf);
-    }
-    m->act_now = cost_base_act_bytes(&m->o, B, T); /* includes the scratch arena */
-    if (m->act_now > m->act_peak) m->act_peak = m->act_now;
+    if (m->N && m->N == B * T && m->B == B) return;
+    acts_destroy(m);
+    if (acts_create(m, B, T))
+        error_one("out of memory for the activations (%.1f MiB)", cost_act_bytes(&m->o, m->ep, B, T) / 1048576.0);
 }
 
 /* ---------- one decoder block ---------- */
@@ -359,16 +434,6 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     const deck_model *c = m->cfg;
     int B = m->B, T = m->T, N = m->N, H = c->hidden_size;
     float eps = (float)c->rms_norm_eps;
-    if (!b->cached) {
-        mla_cache_alloc(&b->ac, c, &b->attn, B, T);
-        if (b->is_moe)
-            moe_cache_alloc(&b->ec, c, &b->moe, m->ep, N, cost_moe_row_cap(c, N));
-        else
-            mlp_cache_alloc(&b->mc, &b->mlp, N);
-        b->cached = 1;
-        m->act_now += cost_block_cache_bytes(&m->o, b->layer, m->ep, B, T);
-        if (m->act_now > m->act_peak) m->act_peak = m->act_now;
-    }
     if (x != b->x_in) ops_copy(b->x_in, x, (size_t)N * H);
     ops_rmsnorm_forward(b->xn1, b->rstd1, b->x_in, b->in_norm, N, H, eps);
     mla_forward(c, &b->attn, &m->rope, &b->ac, m->tmp, b->xn1, B, T, &m->scratch); /* tmp = attn(xn1) */
@@ -386,6 +451,7 @@ static void block_forward(model *m, block *b, float *out, const float *x, int re
     }
     ops_copy(out, b->x_mid, (size_t)N * H);
     ops_add(out, m->tmp, (size_t)N * H);                                   /* out = x_mid + ffn */
+    b->cached = 1;
 }
 
 /* dx: [N,H] in: gradient w.r.t. the block output; out: w.r.t. the block input. */
@@ -404,16 +470,8 @@ static void block_backward(model *m, block *b, float *dx) {
     ops_rmsnorm_backward(dx, b->g_in_norm, t, b->x_in, b->in_norm, b->rstd1, N, H);      /* dx = d x_in */
 }
 
-static void block_release(model *m, block *b, int is_moe) {
-    if (!b->cached) return;
-    m->act_now -= cost_block_cache_bytes(&m->o, b->layer, m->ep, m->B, m->T);
-    mla_cache_free(&b->ac);
-    if (is_moe)
-        moe_cache_free(&b->ec);
-    else
-        mlp_cache_free(&b->mc);
-    b->cached = 0;
-}
+/* The block's cache slot may be overwritten from here on (checkpointing: shared slots). */
+static void block_invalidate(block *b) { b->cached = 0; }
 
 /* ---------- the whole model ---------- */
 
@@ -436,7 +494,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         open_params(m, l + 1);
         block_forward(m, b, x, x, 0, &bal, sc.bal);
         close_params(m, l + 1);
-        if (m->checkpointing && backward) block_release(m, b, b->is_moe);
+        if (m->checkpointing) block_invalidate(b); /* the next main block reuses the slot */
     }
     open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
@@ -492,7 +550,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         float *dh = k == 1 ? m->dh_final : m->dh_mtp; /* dh_mtp was consumed above */
         if (k > 1) ops_zero(dh, (size_t)N * H);
         mtp_input_backward(&b->mtp, &b->tc, dx, hp, m->g_embed, dh, m->dcat, m->tmp, m->de, N, H, V, &m->scratch);
-        if (m->checkpointing) block_release(m, b, 1);
+        if (m->checkpointing) block_invalidate(b); /* main recomputes overwrite the MTP slots */
         flush_grads(m, L + k);
         close_params(m, L + k);
     }
@@ -510,7 +568,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         open_grads(m, l + 1);
         if (!b->cached) block_forward(m, b, m->recomp, b->x_in, 1, NULL, sc.bal); /* recompute from the saved input */
         block_backward(m, b, dx);
-        if (m->checkpointing) block_release(m, b, b->is_moe);
+        if (m->checkpointing) block_invalidate(b);
         flush_grads(m, l + 1);
         close_params(m, l + 1);
     }

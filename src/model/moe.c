@@ -21,11 +21,10 @@ static mlp_layer shared_of(const moe_layer *l) { return (mlp_layer){l->sh_gate, 
 
 size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
     size_t E = (size_t)m->n_routed_experts, K = (size_t)m->num_experts_per_tok, H = (size_t)m->hidden_size;
-    size_t I = (size_t)m->moe_intermediate_size, N = (size_t)n_cap, G = (size_t)l->e_local;
+    size_t I = (size_t)m->moe_intermediate_size, N = (size_t)n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, (int)K, l->e_local, ep);
     size_t f = N * H + 2 * N * E          /* x, s, dl */
                + N * K * 6                /* idx, w, topk_u, pos, src, dw */
-               + E + 4 * (size_t)ep + (size_t)ep * G + G /* counts */
                + 2 * N * K * H + N * H    /* xs, ys, tmp */
                + row_bufs_floats(r_cap, (int)H, (int)I);
     if (l->has_shared) {
@@ -35,18 +34,22 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     return f;
 }
 
+size_t moe_cache_host_ints(int E, int e_local, int ep) {
+    return (size_t)E + 4 * (size_t)ep + (size_t)ep * e_local + (size_t)e_local; /* ecnt, scnt..roff, rcnt_e, lcnt */
+}
+
 size_t moe_scratch_floats(const deck_model *m, int lora_r, int N) {
     if (m->n_shared_experts <= 0) return 0; /* routing and experts use the cache only */
     return mlp_scratch_floats(m->hidden_size, m->n_shared_experts * m->moe_intermediate_size, lora_r, N);
 }
 
-/* n elements of sz bytes: device (dev_alloc) or host (host_alloc) memory, zeroed */
+/* Row buffers beyond the planned capacity (moe_rows_reserve): n elements of sz bytes, device memory, zeroed. */
 static void *dev_alloc(size_t n, size_t sz) { return ops_alloc(n * sz); }
-static void *host_alloc(size_t n, size_t sz) { return ops_host_alloc(n * sz); }
 
 static int rows_alloc(moe_cache *c, int r_cap) {
     size_t R = (size_t)r_cap, H = (size_t)c->H, I = (size_t)c->I_;
     c->r_cap = r_cap;
+    c->rows_owned = 1;
     c->perm = dev_alloc(R, sizeof(int));
     c->xr = dev_alloc(R * H, sizeof(float));
     c->xe = dev_alloc(R * H, sizeof(float));
@@ -60,30 +63,36 @@ static int rows_alloc(moe_cache *c, int r_cap) {
     return (c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe) ? 0 : -1;
 }
 
+/* Frees grown row buffers (rows_owned); bound ones belong to the caller's region. */
 static void rows_free(moe_cache *c) {
-    ops_free(c->perm);
-    ops_free(c->xr);
-    ops_free(c->xe);
-    ops_free(c->ye);
-    ops_free(c->ge);
-    ops_free(c->ue);
-    ops_free(c->he);
-    ops_free(c->dge);
-    ops_free(c->due);
-    ops_free(c->dhe);
+    if (c->rows_owned) {
+        ops_free(c->perm);
+        ops_free(c->xr);
+        ops_free(c->xe);
+        ops_free(c->ye);
+        ops_free(c->ge);
+        ops_free(c->ue);
+        ops_free(c->he);
+        ops_free(c->dge);
+        ops_free(c->due);
+        ops_free(c->dhe);
+    }
     c->perm = NULL;
     c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
     c->r_cap = 0;
+    c->rows_owned = 0;
 }
 
 /* The one allocation left on the step path, and why: the layer is dropless,
  * so the rows a rank receives depend on the routing of this step. The cache
- * is sized for the expected rows (moe_row_cap in model.c: N·K + N); the bound
- * that would make this function unnecessary is EP·N·min(K, e_local) rows
- * (moe_rows_bound), EP times the expected count at K <= e_local — too much
- * memory to hold for every layer. So the row buffers grow here when a step
- * receives more rows than r_cap (grow_events counts it; rare after the
- * first steps, and the grown size is kept). */
+ * is sized (and bound, moe_cache_bind) for the expected rows (cost_moe_row_cap
+ * in cost.c: N·K + N); the bound that would make this function unnecessary is
+ * EP·N·min(K, e_local) rows (moe_rows_bound), EP times the expected count at
+ * K <= e_local — too much memory to hold for every layer. So when a step
+ * receives more rows than r_cap the row buffers move to their own, larger
+ * allocation here (the exceptional path: grow_events counts it; the grown
+ * size is kept until moe_cache_free; it is not part of the planned
+ * activation bytes). */
 void moe_rows_reserve(moe_cache *c, int rows) {
     if (rows <= c->r_cap) return;
     rows_free(c);
@@ -91,8 +100,29 @@ void moe_rows_reserve(moe_cache *c, int rows) {
     c->grow_events++;
 }
 
-int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
+int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l, int ep) {
+    int E = m->n_routed_experts, G = l->e_local;
+    int *h = ops_host_alloc(moe_cache_host_ints(E, G, ep) * sizeof *h);
+    if (!h) return -1;
+    c->host = h;
+    c->ecnt = h, h += E;
+    c->scnt = h, h += ep;
+    c->soff = h, h += ep;
+    c->rcnt = h, h += ep;
+    c->roff = h, h += ep;
+    c->rcnt_e = h, h += (size_t)ep * G;
+    c->lcnt = h, h += G;
+    return 0;
+}
+
+size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap,
+                      float *mem) {
+    DSV3_CHECK(c->host && !c->rows_owned && !c->own, "moe_cache_bind: no host counts, or the cache owns memory");
+    moe_cache keep = *c; /* the host counts (moe_cache_host_create) stay */
     memset(c, 0, sizeof *c);
+    c->host = keep.host;
+    c->ecnt = keep.ecnt, c->scnt = keep.scnt, c->soff = keep.soff, c->rcnt = keep.rcnt, c->roff = keep.roff;
+    c->rcnt_e = keep.rcnt_e, c->lcnt = keep.lcnt;
     c->E = m->n_routed_experts;
     c->K = m->num_experts_per_tok;
     c->H = m->hidden_size;
@@ -102,64 +132,62 @@ int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int e
     c->ep = ep;
     c->n_cap = n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
-    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, G = (size_t)c->e_local;
-    c->x = dev_alloc(N * H, sizeof(float));
-    c->s = dev_alloc(N * E, sizeof(float));
-    c->dl = dev_alloc(N * E, sizeof(float));
-    c->idx = dev_alloc(N * K, sizeof(int));
-    c->w = dev_alloc(N * K, sizeof(float));
-    c->topk_u = dev_alloc(N * K, sizeof(int));
-    c->pos = dev_alloc(N * K, sizeof(int));
-    c->src = dev_alloc(N * K, sizeof(int));
-    c->dw = dev_alloc(N * K, sizeof(float));
-    c->ecnt = host_alloc(E, sizeof(int));
-    c->scnt = host_alloc((size_t)ep, sizeof(int));
-    c->soff = host_alloc((size_t)ep, sizeof(int));
-    c->rcnt = host_alloc((size_t)ep, sizeof(int));
-    c->roff = host_alloc((size_t)ep, sizeof(int));
-    c->rcnt_e = host_alloc((size_t)ep * G, sizeof(int));
-    c->lcnt = host_alloc(G, sizeof(int));
-    c->xs = dev_alloc(N * K * H, sizeof(float));
-    c->ys = dev_alloc(N * K * H, sizeof(float));
-    c->tmp = dev_alloc(N * H, sizeof(float));
-    int bad = !(c->x && c->s && c->dl && c->idx && c->w && c->topk_u && c->pos && c->src && c->dw && c->ecnt &&
-                c->scnt && c->soff && c->rcnt && c->roff && c->rcnt_e && c->lcnt && c->xs && c->ys && c->tmp);
-    if (!bad) bad = rows_alloc(c, r_cap) != 0;
-    if (!bad && l->has_shared) {
+    c->r_cap = r_cap;
+    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, I = (size_t)c->I_;
+    size_t R = (size_t)r_cap;
+    float *p = mem;
+#define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
+    TAKE(x, float, N * H);
+    TAKE(s, float, N * E);
+    TAKE(dl, float, N * E);
+    TAKE(idx, int, N * K);
+    TAKE(w, float, N * K);
+    TAKE(topk_u, int, N * K);
+    TAKE(pos, int, N * K);
+    TAKE(src, int, N * K);
+    TAKE(dw, float, N * K);
+    TAKE(xs, float, N * K * H);
+    TAKE(ys, float, N * K * H);
+    TAKE(tmp, float, N * H);
+    TAKE(perm, int, R);
+    TAKE(xr, float, R * H);
+    TAKE(xe, float, R * H);
+    TAKE(ye, float, R * H);
+    TAKE(ge, float, R * I);
+    TAKE(ue, float, R * I);
+    TAKE(he, float, R * I);
+    TAKE(dge, float, R * I);
+    TAKE(due, float, R * I);
+    TAKE(dhe, float, R * I);
+#undef TAKE
+    if (l->has_shared) {
         mlp_layer sh = shared_of(l);
-        bad = mlp_cache_alloc(&c->sh, &sh, n_cap) != 0;
+        p += mlp_cache_bind(&c->sh, &sh, n_cap, p);
     }
-    if (bad) {
+    size_t used = (size_t)(p - mem), want = moe_cache_floats(m, l, ep, n_cap, r_cap);
+    DSV3_CHECK(used == want, "moe_cache_bind: layout %zu != moe_cache_floats %zu", used, want);
+    return used;
+}
+
+int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap) {
+    memset(c, 0, sizeof *c);
+    size_t floats = moe_cache_floats(m, l, ep, n_cap, r_cap);
+    float *buf = moe_cache_host_create(c, m, l, ep) ? NULL : ops_alloc(floats * sizeof *buf);
+    if (!buf) {
         fprintf(stderr, "moe.c: out of memory for the MoE cache (%d tokens, %d rows, %zu floats)\n", n_cap, r_cap,
-                moe_cache_floats(m, l, ep, n_cap, r_cap));
+                floats);
         moe_cache_free(c);
         return -1;
     }
+    moe_cache_bind(c, m, l, ep, n_cap, r_cap, buf);
+    c->own = buf;
     return 0;
 }
 
 void moe_cache_free(moe_cache *c) {
-    ops_free(c->x);
-    ops_free(c->s);
-    ops_free(c->dl);
-    ops_free(c->idx);
-    ops_free(c->w);
-    ops_free(c->topk_u);
-    ops_free(c->pos);
-    ops_free(c->src);
-    ops_free(c->dw);
-    ops_host_free(c->ecnt);
-    ops_host_free(c->scnt);
-    ops_host_free(c->soff);
-    ops_host_free(c->rcnt);
-    ops_host_free(c->roff);
-    ops_host_free(c->rcnt_e);
-    ops_host_free(c->lcnt);
-    ops_free(c->xs);
-    ops_free(c->ys);
-    ops_free(c->tmp);
     rows_free(c);
-    mlp_cache_free(&c->sh);
+    ops_free(c->own);
+    ops_host_free(c->host);
     memset(c, 0, sizeof *c);
 }
 

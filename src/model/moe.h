@@ -45,17 +45,22 @@ typedef struct {
  * on the routing: on average N·K (moe_rows_expected), at most
  * EP·N·min(K, e_local) when every token of every rank picks this rank
  * (moe_rows_bound). If a step receives more than r_cap rows the row buffers
- * are reallocated (moe_rows_reserve; grow_events counts that; log it), so a
- * dropless step never fails for lack of a bound. Ints are counted as floats
- * in the sizes. Memory (ops.h): floats and the index lists idx, topk_u, pos,
- * src, perm are device memory (ops_alloc); the counts ecnt, scnt, soff, rcnt,
- * roff, rcnt_e, lcnt are host memory (ops_host_alloc): MPI and the host loops
- * read them. */
+ * move to their own allocation (moe_rows_reserve; grow_events counts that;
+ * log it), so a dropless step never fails for lack of a bound. Memory
+ * (ops.h): floats and the index lists idx, topk_u, pos, src, perm are device
+ * memory, carved in one region (moe_cache_bind: the caller's memory, e.g. the
+ * model's activation buffer; ints take 4-byte slots, counted as floats in
+ * moe_cache_floats); the counts ecnt, scnt, soff, rcnt, roff, rcnt_e, lcnt
+ * are host memory, one ops_host_alloc (moe_cache_host_create,
+ * moe_cache_host_ints): MPI and the host loops read them. */
 typedef struct {
     int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
     int grow_events;             /* times the row buffers had to grow */
+    int rows_owned;              /* the row buffers (perm .. dhe) are a grown allocation of their own */
+    float *own;                  /* the region moe_cache_alloc allocated, NULL when bound to the caller's */
+    int *host;                   /* the host counts' allocation (moe_cache_host_create) */
     double comm_seconds;         /* wall time in the expert Alltoall/Alltoallv calls (accumulates;
-                                    the caller zeroes it; moe_cache_alloc sets 0) */
+                                    the caller zeroes it; moe_cache_bind sets 0) */
     /* state of the last forward, used by the backward */
     int N, B, T, R;              /* tokens, sequences, tokens per sequence, rows received */
     float bal_scale;
@@ -85,10 +90,20 @@ typedef struct {
 size_t moe_rows_expected(int N, int K);
 /* Worst case: EP·N·min(K, e_local) (every rank's N tokens all pick this rank). */
 size_t moe_rows_bound(int N, int K, int e_local, int ep);
-/* Floats moe_cache_alloc allocates (n_cap tokens, r_cap rows; r_cap 0 = moe_rows_bound). */
+/* Device floats of the cache region (n_cap tokens, r_cap rows; r_cap 0 = moe_rows_bound). */
 size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
-/* 0 on success, -1 (message on stderr) when out of memory. */
+/* Host ints of the counts (E experts, e_local of them here, EP ranks). */
+size_t moe_cache_host_ints(int E, int e_local, int ep);
+/* Allocates the host counts (once per cache; kept by moe_cache_bind). 0, or -1 when out of memory. */
+int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l, int ep);
+/* Binds the device arrays to mem (moe_cache_floats floats, carved in the
+ * order of the fields above, then the shared experts' mlp_cache); needs
+ * moe_cache_host_create first; allocates nothing. Returns the floats carved. */
+size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap,
+                      float *mem);
+/* Host counts + one device allocation, bound. 0 on success, -1 (message on stderr) when out of memory. */
 int moe_cache_alloc(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
+/* Frees what the cache owns: moe_cache_alloc's region, grown rows, the host counts. */
 void moe_cache_free(moe_cache *c);
 /* Makes the row buffers hold at least `rows` received rows (grows them,
  * counting grow_events; aborts the job when out of memory). Called by
