@@ -204,9 +204,12 @@ static void test_shape_change(void **state) {
         model_sums s;
         memset(&s, 0, sizeof s);
         model_batch one = {a.tok, a.tgt, 1, T}; /* the first sequence alone */
+        char err[256];
+        assert_int_equal(model_reshape(a.m, 1, T, err, sizeof err), 0);
         model_step(a.m, &one, a.sc, 1, &s);
         model_step(a.m, &one, a.sc, 0, &s);
         model_reset_counts(a.m);
+        assert_int_equal(model_reshape(a.m, 2, T, err, sizeof err), 0);
         assert_true(loss(&a, 1) == l0);
         const float *g1 = model_grad_buffer(a.m);
         for (size_t i = 0; i < pt->total_local; i++)

@@ -31,7 +31,7 @@
  * (moe_cache_host_create); rows beyond a MoE layer's planned capacity are
  * the one allocation on the step path (moe_rows_reserve, exceptional).
  * A forward/backward allocates nothing; a new micro-batch shape re-creates
- * the buffer (alloc_acts: not in the steady state).
+ * the buffer (model_reshape, between steps: never inside one).
  */
 #include "model.h"
 
@@ -417,13 +417,15 @@ void model_free(model *m) {
     ops_host_free(m);
 }
 
-/* Saved activations for B×T tokens: re-created only when the shape changes
- * (model_create lays them out for micro_batch × seq_len). */
-static void alloc_acts(model *m, int B, int T) {
-    if (m->N && m->N == B * T && m->B == B) return;
+int model_reshape(model *m, int B, int T, char *err, int errlen) {
+    if (m->N && m->N == B * T && m->B == B) return 0;
     acts_destroy(m);
-    if (acts_create(m, B, T))
-        error_one("out of memory for the activations (%.1f MiB)", cost_act_bytes(&m->o, m->ep, B, T) / 1048576.0);
+    if (acts_create(m, B, T)) {
+        snprintf(err, errlen, "out of memory for the activations of a %dx%d micro-batch (%.1f MiB)", B, T,
+                 cost_act_bytes(&m->o, m->ep, B, T) / 1048576.0);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---------- one decoder block ---------- */
@@ -479,7 +481,8 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     const deck_model *c = m->cfg;
     int B = bt->B, T = bt->T, H = c->hidden_size, V = c->vocab_size;
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
-    alloc_acts(m, B, T);
+    DSV3_CHECK(m->N == B * T && m->B == B, "model_step: a %dx%d micro-batch, activations laid out for %dx%d "
+               "(model_reshape first)", B, T, m->B, m->T);
     int N = m->N;
     float eps = (float)c->rms_norm_eps;
     double bal = 0.0;

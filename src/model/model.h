@@ -63,7 +63,12 @@ float *model_tensor(model *m, const char *hf_name, float **grad);
  * so any rank count gives the same weights. Norm weights 1, router bias 0, LoRA B 0. */
 void model_init_weights(model *m, uint64_t seed);
 void model_zero_grad(model *m);
-/* Forward (and backward when `backward`) over one micro-batch; adds to *sums. */
+/* Lays the activations out for B x T micro-batches (model_create does it for
+ * micro_batch x seq_len): the only allocation of activations, between steps.
+ * 0, or -1 with err set. */
+int model_reshape(model *m, int B, int T, char *err, int errlen);
+/* Forward (and backward when `backward`) over one micro-batch of the shape the
+ * activations are laid out for (model_reshape); adds to *sums. Allocates nothing. */
 void model_step(model *m, const model_batch *b, model_scales sc, int backward, model_sums *sums);
 /* Logits [B*T, V] of the main head from the last model_step (forward-only, or MTP off). */
 const float *model_logits(const model *m);
