@@ -912,3 +912,314 @@ int ckpt_resolve(const deck *d, char *path, int len, char *err, int errlen) {
     }
     return 0;
 }
+
+/* ---- streaming single-tensor I/O (dsv3-import, dsv3-export) --------------- */
+
+/* bf16 in HDF5: a custom float type (design §5), so h5py/h5dump and
+ * ckpt_load's H5Dread into floats convert it themselves. */
+static hid_t bf16_type(void) {
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    H5Tset_fields(t, 15, 7, 8, 0, 7);
+    H5Tset_offset(t, 0);
+    H5Tset_precision(t, 16);
+    H5Tset_size(t, 2);
+    H5Tset_ebias(t, 127);
+    return t;
+}
+
+struct ckpt_out {
+    hid_t file, bf16;
+    int use_bf16;
+    char path[4096], tmp[4200];
+    h5quiet q;
+};
+
+int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, char *err, int errlen) {
+    ckpt_out *o = calloc(1, sizeof *o);
+    if (!o) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    snprintf(o->path, sizeof o->path, "%s", path);
+    snprintf(o->tmp, sizeof o->tmp, "%s.tmp", path);
+    o->use_bf16 = use_bf16;
+    o->bf16 = bf16_type();
+    quiet_on(&o->q);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    h5why why;
+    if (o->file < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
+        quiet_off(&o->q);
+        H5Tclose(o->bf16);
+        free(o);
+        return -1;
+    }
+    int rc = 0;
+    rc |= attr_i64(o->file, "format_version", CKPT_FORMAT_VERSION);
+    rc |= attr_str(o->file, "format", "dsv3 checkpoint");
+    rc |= attr_i64(o->file, "step", 0);
+    rc |= attr_i64(o->file, "tokens_seen", 0);
+    rc |= attr_i64(o->file, "data_position", 0);
+    rc |= attr_i64(o->file, "optim_t", 0);
+    rc |= attr_i64(o->file, "has_optim", 0);
+    rc |= attr_str(o->file, "deck", d->text ? d->text : "");
+    rc |= attr_str(o->file, "git_rev", DSV3_GIT_REV);
+    rc |= attr_i64(o->file, "world_size", 1);
+    rc |= attr_i64(o->file, "ep", 1);
+    rc |= attr_i64(o->file, "zero_stage", 0);
+#define W(k) rc |= attr_i64(o->file, #k, d->model.k);
+    MODEL_DIMS(W)
+#undef W
+    if (rc) {
+        snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+        ckpt_out_close(o, 1, NULL, 0);
+        return -1;
+    }
+    *out = o;
+    return 0;
+}
+
+int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) { return attr_str(o->file, name, value); }
+
+/* /model/<path of hf_name>; chunks of about chunk_bytes() along axis 0 (3-D: one slice). */
+int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
+    char rel[400], path[420];
+    rel_path(hf_name, rel, sizeof rel);
+    snprintf(path, sizeof path, "/model/%s", rel);
+    hsize_t dims[3], chunk[3];
+    size_t es = o->use_bf16 ? 2 : 4;
+    for (int k = 0; k < ndim; k++) dims[k] = chunk[k] = (hsize_t)shape[k];
+    int ax = ndim == 3 ? 1 : 0;
+    size_t rowb = es * (ndim >= 2 ? (size_t)shape[ndim - 1] : 1);
+    int64_t rows = (int64_t)(chunk_bytes() / (rowb ? rowb : 1));
+    if (rows < 1) rows = 1;
+    int64_t n = shape[ax] > 0 ? shape[ax] : 1, nch = (n + rows - 1) / rows;
+    chunk[ax] = (hsize_t)((n + nch - 1) / nch);
+    if (ndim == 3) chunk[0] = 1;
+    for (int k = 0; k < ndim; k++)
+        if (chunk[k] == 0) chunk[k] = 1;
+    hid_t sp = H5Screate_simple(ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl);
+    H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    hid_t ds = H5Dcreate2(o->file, path, o->use_bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
+    h5why why;
+    if (ds < 0) snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
+    H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(sp);
+    if (ds < 0) return -1;
+    H5Dclose(ds);
+    return 0;
+}
+
+/* Rows [row0, row0+nrows) along axis 0; data is bf16 bits (uint16) when the
+ * file is bf16, else float. */
+int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
+                   int errlen) {
+    char rel[400], path[420];
+    rel_path(hf_name, rel, sizeof rel);
+    snprintf(path, sizeof path, "/model/%s", rel);
+    h5why why;
+    hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
+        return -1;
+    }
+    hid_t fs = H5Dget_space(ds);
+    hsize_t dims[3] = {1, 1, 1}, st[3] = {0, 0, 0};
+    int nd = H5Sget_simple_extent_ndims(fs);
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    hsize_t ct[3] = {dims[0], dims[1], dims[2]};
+    if (nd >= 1) st[0] = (hsize_t)row0, ct[0] = (hsize_t)nrows;
+    int rc = 0;
+    if (nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0]) {
+        snprintf(err, errlen, "%s: rows [%lld, %lld) outside %s", o->tmp, (long long)row0, (long long)(row0 + nrows),
+                 path);
+        rc = -1;
+    }
+    if (!rc) {
+        hid_t ms = H5Screate_simple(nd, ct, NULL);
+        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
+            H5Dwrite(ds, o->use_bf16 ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
+            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
+            rc = -1;
+        }
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(ds);
+    return rc;
+}
+
+int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
+    h5why why;
+    int rc = failed ? -1 : 0;
+    if (H5Fclose(o->file) < 0) {
+        g_h5_broken = 1;
+        if (!rc && err) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
+        rc = -1;
+    }
+    quiet_off(&o->q);
+    H5Tclose(o->bf16);
+    if (!rc && fsync_path(o->tmp)) {
+        if (err) snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
+        rc = -1;
+    }
+    if (!rc && rename(o->tmp, o->path)) {
+        if (err) snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));
+        rc = -1;
+    }
+    if (rc) unlink(o->tmp); /* never a damaged file under the final name */
+    free(o);
+    return rc;
+}
+
+/* ---- reading one tensor at a time ---- */
+
+struct ckpt_in {
+    hid_t file, bf16;
+    char path[4096];
+    char *deck_text;
+    int n, cap;
+    ckpt_tensor_info *t;
+    h5quiet q;
+};
+
+typedef struct {
+    ckpt_in *r;
+    const char *root;
+    int fail;
+} tvisit_ctx;
+
+static herr_t tvisit_cb(hid_t g, const char *name, const H5O_info_t *info, void *op) {
+    tvisit_ctx *v = op;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    ckpt_in *r = v->r;
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 256;
+        ckpt_tensor_info *t = realloc(r->t, (size_t)cap * sizeof *t);
+        if (!t) return -1;
+        r->t = t, r->cap = cap;
+    }
+    ckpt_tensor_info *t = &r->t[r->n];
+    memset(t, 0, sizeof *t);
+    hf_name(name, t->name, sizeof t->name);
+    snprintf(t->path, sizeof t->path, "%s/%s", v->root, name);
+    t->is_lora = strcmp(v->root, "/lora") == 0;
+    hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+    if (ds < 0) return -1;
+    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    t->ndim = H5Sget_simple_extent_ndims(sp);
+    hsize_t dims[8] = {0};
+    if (t->ndim > 0 && t->ndim <= 3) H5Sget_simple_extent_dims(sp, dims, NULL);
+    for (int k = 0; k < t->ndim && k < 3; k++) t->shape[k] = (int64_t)dims[k];
+    t->is_bf16 = H5Tget_class(ty) == H5T_FLOAT && H5Tget_size(ty) == 2;
+    int ok = H5Tget_class(ty) == H5T_FLOAT && t->ndim >= 1 && t->ndim <= 3;
+    H5Tclose(ty), H5Sclose(sp), H5Dclose(ds);
+    if (!ok) {
+        v->fail = 1;
+        return -1;
+    }
+    r->n++;
+    return 0;
+}
+
+int ckpt_in_open(ckpt_in **out, const char *path, char *err, int errlen) {
+    ckpt_in *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    snprintf(r->path, sizeof r->path, "%s", path);
+    r->bf16 = bf16_type();
+    quiet_on(&r->q);
+    h5why why;
+    r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (r->file < 0) {
+        snprintf(err, errlen, "%s: not a readable HDF5 file: %s", path, h5_reason(&why));
+        ckpt_in_close(r);
+        return -1;
+    }
+    int64_t ver = 0;
+    if (read_attr_i64(r->file, "format_version", &ver) || ver != CKPT_FORMAT_VERSION) {
+        snprintf(err, errlen, "%s: not a dsv3 checkpoint (format_version %lld)", path, (long long)ver);
+        ckpt_in_close(r);
+        return -1;
+    }
+    if (H5Aexists(r->file, "deck") > 0) {
+        hid_t a = H5Aopen(r->file, "deck", H5P_DEFAULT), ty = H5Aget_type(a);
+        size_t n = H5Tget_size(ty);
+        r->deck_text = calloc(n + 1, 1);
+        if (!r->deck_text || H5Aread(a, ty, r->deck_text) < 0) {
+            free(r->deck_text);
+            r->deck_text = NULL;
+        }
+        H5Tclose(ty), H5Aclose(a);
+    }
+    static const char *roots[2] = {"/model", "/lora"};
+    for (int k = 0; k < 2; k++) {
+        if (H5Lexists(r->file, roots[k], H5P_DEFAULT) <= 0) continue;
+        tvisit_ctx v = {r, roots[k], 0};
+        hid_t g = H5Gopen2(r->file, roots[k], H5P_DEFAULT);
+        herr_t e = H5Ovisit(g, H5_INDEX_NAME, H5_ITER_INC, tvisit_cb, &v);
+        H5Gclose(g);
+        if (e < 0) {
+            snprintf(err, errlen, "%s: a dataset under %s is not a float tensor of 1-3 dimensions", path, roots[k]);
+            ckpt_in_close(r);
+            return -1;
+        }
+    }
+    *out = r;
+    return 0;
+}
+
+const char *ckpt_in_deck(const ckpt_in *r) { return r->deck_text; }
+int ckpt_in_count(const ckpt_in *r) { return r->n; }
+const ckpt_tensor_info *ckpt_in_tensor(const ckpt_in *r, int i) { return &r->t[i]; }
+
+int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err, int errlen) {
+    const ckpt_tensor_info *t = &r->t[i];
+    h5why why;
+    hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "%s: cannot open %s", r->path, t->path);
+        return -1;
+    }
+    hid_t fs = H5Dget_space(ds);
+    hsize_t st[3] = {(hsize_t)row0, 0, 0}, ct[3] = {(hsize_t)nrows, (hsize_t)t->shape[1], (hsize_t)t->shape[2]};
+    int rc = 0;
+    if (row0 < 0 || nrows < 0 || row0 + nrows > t->shape[0]) {
+        snprintf(err, errlen, "%s: rows [%lld, %lld) outside %s", r->path, (long long)row0, (long long)(row0 + nrows),
+                 t->path);
+        rc = -1;
+    } else {
+        hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
+        /* bf16 bits out of a bf16 dataset need no conversion; floats from either */
+        if (as_bf16 && !t->is_bf16) {
+            snprintf(err, errlen, "%s: %s is not bf16", r->path, t->path);
+            rc = -1;
+        } else if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
+                   H5Dread(ds, as_bf16 ? r->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0) {
+            snprintf(err, errlen, "%s: reading %s failed (checksum?): %s", r->path, t->path, h5_reason(&why));
+            rc = -1;
+        }
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(ds);
+    return rc;
+}
+
+void ckpt_in_close(ckpt_in *r) {
+    if (!r) return;
+    if (r->file >= 0 && r->file) H5Fclose(r->file);
+    quiet_off(&r->q);
+    H5Tclose(r->bf16);
+    free(r->deck_text);
+    free(r->t);
+    free(r);
+}

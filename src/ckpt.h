@@ -83,4 +83,40 @@ double ckpt_file_bytes(const plan *p, const deck *d, int with_optim);
  * cleanly after that): main.c then ends without MPI_Finalize. */
 int ckpt_io_broken(void);
 
+
+/* ---- streaming single-tensor I/O (dsv3-import, dsv3-export; one process) ----
+ * The same file format as ckpt_save, written one tensor (or a run of rows
+ * along axis 0: one routed expert of a stacked [E, out, in]) at a time, so a
+ * conversion holds one tensor in memory, never the model. The root attributes
+ * say step 0 and no optimizer state: the file starts a run with run.init_from.
+ * The file is written as <path>.tmp and renamed by a successful close. */
+typedef struct ckpt_out ckpt_out;
+/* use_bf16: datasets in bf16 (a custom HDF5 float type), written from bf16 bits. */
+int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, char *err, int errlen);
+/* A string attribute on the root (provenance). 0 or -1. */
+int ckpt_out_attr(ckpt_out *o, const char *name, const char *value);
+/* Creates /model/<path of hf_name> (global shape, 1-3 dims). */
+int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen);
+/* Rows [row0, row0+nrows) of axis 0: floats, or bf16 bits (uint16) for a bf16 file. */
+int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
+                   int errlen);
+/* failed = 0: close, fsync, rename into place; else (or on error) remove the .tmp. Frees o. */
+int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen);
+
+typedef struct {
+    char name[400];     /* HF name (stacked experts: model.layers.L.mlp.experts.gate_proj.weight) */
+    char path[420];     /* HDF5 dataset path */
+    int ndim;
+    int64_t shape[3];
+    int is_bf16, is_lora;
+} ckpt_tensor_info;
+typedef struct ckpt_in ckpt_in;
+int ckpt_in_open(ckpt_in **r, const char *path, char *err, int errlen);
+const char *ckpt_in_deck(const ckpt_in *r); /* the resolved deck the checkpoint was written with */
+int ckpt_in_count(const ckpt_in *r);
+const ckpt_tensor_info *ckpt_in_tensor(const ckpt_in *r, int i);
+/* Rows [row0, row0+nrows) of axis 0 as floats, or (as_bf16, bf16 datasets only) bf16 bits. */
+int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err, int errlen);
+void ckpt_in_close(ckpt_in *r);
+
 #endif
