@@ -1055,6 +1055,40 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
     return rc;
 }
 
+int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
+                        char *err, int errlen) {
+    char rel[400], path[420];
+    rel_path(hf_name, rel, sizeof rel);
+    snprintf(path, sizeof path, "/model/%s", rel);
+    h5why why;
+    hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
+        return -1;
+    }
+    hid_t fs = H5Dget_space(ds);
+    hsize_t dims[3] = {0, 0, 0};
+    int nd = H5Sget_simple_extent_ndims(fs), rc = 0;
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    hsize_t st[3] = {(hsize_t)e, (hsize_t)row0, 0}, ct[3] = {1, (hsize_t)nrows, dims[2]};
+    if (nd != 3 || e < 0 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]) {
+        snprintf(err, errlen, "%s: slice %lld rows [%lld, %lld) outside %s", o->tmp, (long long)e, (long long)row0,
+                 (long long)(row0 + nrows), path);
+        rc = -1;
+    } else {
+        hid_t ms = H5Screate_simple(3, ct, NULL);
+        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
+            H5Dwrite(ds, o->use_bf16 ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
+            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
+            rc = -1;
+        }
+        H5Sclose(ms);
+    }
+    H5Sclose(fs);
+    H5Dclose(ds);
+    return rc;
+}
+
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     h5why why;
     int rc = failed ? -1 : 0;
@@ -1211,6 +1245,34 @@ int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int 
     }
     H5Sclose(fs);
     H5Dclose(ds);
+    return rc;
+}
+
+int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
+                      int errlen) {
+    const ckpt_tensor_info *t = &r->t[i];
+    h5why why;
+    if (t->ndim != 3 || e < 0 || e >= t->shape[0] || row0 < 0 || nrows < 0 || row0 + nrows > t->shape[1] ||
+        (as_bf16 && !t->is_bf16)) {
+        snprintf(err, errlen, "%s: slice %lld rows [%lld, %lld) outside %s (or not bf16)", r->path, (long long)e,
+                 (long long)row0, (long long)(row0 + nrows), t->path);
+        return -1;
+    }
+    hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
+    if (ds < 0) {
+        snprintf(err, errlen, "%s: cannot open %s", r->path, t->path);
+        return -1;
+    }
+    hid_t fs = H5Dget_space(ds);
+    hsize_t st[3] = {(hsize_t)e, (hsize_t)row0, 0}, ct[3] = {1, (hsize_t)nrows, (hsize_t)t->shape[2]};
+    hid_t ms = H5Screate_simple(3, ct, NULL);
+    int rc = 0;
+    if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
+        H5Dread(ds, as_bf16 ? r->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0) {
+        snprintf(err, errlen, "%s: reading %s failed (checksum?): %s", r->path, t->path, h5_reason(&why));
+        rc = -1;
+    }
+    H5Sclose(ms), H5Sclose(fs), H5Dclose(ds);
     return rc;
 }
 

@@ -100,6 +100,9 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
 /* Rows [row0, row0+nrows) of axis 0: floats, or bf16 bits (uint16) for a bf16 file. */
 int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
                    int errlen);
+/* Rows [row0, row0+nrows) of slice e of a 3-D dataset (one routed expert's [out, in]). */
+int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
+                        char *err, int errlen);
 /* failed = 0: close, fsync, rename into place; else (or on error) remove the .tmp. Frees o. */
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen);
 
@@ -117,6 +120,9 @@ int ckpt_in_count(const ckpt_in *r);
 const ckpt_tensor_info *ckpt_in_tensor(const ckpt_in *r, int i);
 /* Rows [row0, row0+nrows) of axis 0 as floats, or (as_bf16, bf16 datasets only) bf16 bits. */
 int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err, int errlen);
+/* Rows [row0, row0+nrows) of slice e of a 3-D tensor (one routed expert). */
+int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
+                      int errlen);
 void ckpt_in_close(ckpt_in *r);
 
 #endif

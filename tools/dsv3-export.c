@@ -1,0 +1,360 @@
+/* dsv3-export — a dsv3 checkpoint as a Hugging Face model directory, or its
+ * LoRA adapters as a PEFT adapter directory.
+ *
+ *   dsv3-export [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR
+ *   dsv3-export --adapters [--dtype fp32|bf16] CKPT.h5 OUT_DIR
+ *
+ * Model: config.json (no quantization_config), model-0000k-of-0000n.safetensors
+ * shards with __metadata__ {"format":"pt"}, model.safetensors.index.json with
+ * metadata.total_size. BF16 by default; tensors the release keeps in F32 (the
+ * router's e_score_correction_bias) stay F32. Stacked experts are written per
+ * expert under their HF names. The MTP layer is kept under its HF names,
+ * including copies of the embedding and head as embed_tokens and
+ * shared_head.head (vLLM and SGLang use it for speculative decoding;
+ * transformers does not instantiate it and says "weights not used").
+ *
+ * Adapters: adapter_config.json and adapter_model.safetensors with keys
+ * base_model.model.<module>.lora_{A,B}.weight (F32 by default, as PEFT saves),
+ * layers 0..L-1 only. Every tensor's byte size is asserted on write: an empty
+ * adapter file (the ZeRO-3 failure of other stacks) cannot be produced.
+ *
+ * Streaming: a tensor is converted in row blocks through a fixed buffer.
+ * Files are written as *.tmp and renamed when complete.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../src/ckpt.h"
+#include "../src/deck.h"
+#include "../src/hfconfig.h"
+#include "../src/ops.h"
+#include "../src/safetensors.h"
+
+#define BUF_BYTES ((size_t)256 << 20)
+
+static int quiet;
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dsv3-export: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    MPI_Finalize();
+    exit(1);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* "5GB", "500MB", "200KB", bytes: decimal units, as transformers' max_shard_size. */
+static uint64_t parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    double mul = !strcasecmp(end, "GB") ? 1e9 : !strcasecmp(end, "MB") ? 1e6 : !strcasecmp(end, "KB") ? 1e3
+                 : !*end || !strcasecmp(end, "B") ? 1 : -1;
+    if (mul < 0 || v <= 0) die("--max-shard-size %s: expected e.g. 5GB, 500MB, 200KB or bytes", s);
+    return (uint64_t)(v * mul);
+}
+
+/* One output tensor: slice `e` (-1: whole) of checkpoint tensor `src`. */
+typedef struct {
+    char name[520];
+    int src, e, ndim, f32;
+    int64_t shape[3];
+    uint64_t bytes;
+    int shard;
+} otensor;
+
+static int write_file_atomic(const char *path, const char *text) {
+    char tmp[8300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    int bad = fputs(text, f) < 0 || fputc('\n', f) < 0 || fflush(f) || fsync(fileno(f));
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path)) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* Streams ckpt tensor src (slice e) into the writer under `name` as bf16 or f32. */
+static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, uint16_t *hb, double *done) {
+    char err[1024];
+    const ckpt_tensor_info *ci = ckpt_in_tensor(in, t->src);
+    int64_t rows = t->ndim >= 2 ? t->shape[0] : 1, cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->shape[0];
+    int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1));
+    if (per < 1) per = 1;
+    int raw_bf16 = !t->f32 && ci->is_bf16; /* bf16 file to bf16 tensor: the bits as stored */
+    uint64_t off = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += per) {
+        int64_t nr = rows - r0 < per ? rows - r0 : per;
+        size_t n = (size_t)(nr * cols);
+        int rc;
+        void *dst = raw_bf16 ? (void *)hb : (void *)fb;
+        if (ci->ndim == 3) { /* one expert's rows: read the slice then pick the rows */
+            rc = ckpt_in_read_slab(in, t->src, t->e, r0, nr, dst, raw_bf16, err, sizeof err);
+        } else if (ci->ndim == 1) {
+            rc = ckpt_in_read(in, t->src, 0, ci->shape[0], dst, raw_bf16, err, sizeof err);
+        } else {
+            rc = ckpt_in_read(in, t->src, r0, nr, dst, raw_bf16, err, sizeof err);
+        }
+        if (rc) die("%s", err);
+        const void *data = dst;
+        size_t es = t->f32 ? 4 : 2;
+        if (!t->f32 && !raw_bf16) {
+            for (size_t j = 0; j < n; j++) hb[j] = f32_to_bf16(fb[j]);
+            data = hb;
+        }
+        if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die("%s", err);
+        off += n * es;
+        *done += (double)(n * es);
+    }
+}
+
+static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_all, uint64_t max_shard) {
+    const deck_model *m = &d->model;
+    int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, nt = ckpt_in_count(in);
+    int cap = nt * (m->n_routed_experts + 1) + 4 * (D + 1), n = 0;
+    otensor *o = calloc((size_t)cap, sizeof *o);
+    int embed = -1, head = -1;
+    for (int i = 0; i < nt; i++) {
+        const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
+        if (ci->is_lora) continue;
+        if (!strcmp(ci->name, "model.embed_tokens.weight")) embed = i;
+        if (!strcmp(ci->name, "lm_head.weight")) head = i;
+        int f32 = f32_all || strstr(ci->name, "e_score_correction_bias") != NULL;
+        if (ci->ndim == 3) { /* model.layers.L.mlp.experts.<proj>.weight [E,out,in] -> per expert */
+            const char *proj = strstr(ci->name, ".experts.");
+            if (!proj) die("%s: a 3-D tensor that is not a stacked expert projection", ci->name);
+            for (int e = 0; e < ci->shape[0]; e++) {
+                otensor *t = &o[n++];
+                snprintf(t->name, sizeof t->name, "%.*s.experts.%d.%s", (int)(proj - ci->name), ci->name, e, proj + 9);
+                t->src = i, t->e = e, t->ndim = 2, t->f32 = f32;
+                t->shape[0] = ci->shape[1], t->shape[1] = ci->shape[2];
+            }
+            continue;
+        }
+        otensor *t = &o[n++];
+        snprintf(t->name, sizeof t->name, "%s", ci->name);
+        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32;
+        memcpy(t->shape, ci->shape, sizeof t->shape);
+    }
+    if (embed < 0 || head < 0) die("checkpoint has no model.embed_tokens.weight or lm_head.weight");
+    for (int k = 0; k < D; k++) { /* the MTP layer's own embedding and head, as the release has them */
+        int src[2] = {embed, head};
+        static const char *what[2] = {"embed_tokens.weight", "shared_head.head.weight"};
+        for (int j = 0; j < 2; j++) {
+            otensor *t = &o[n++];
+            const ckpt_tensor_info *ci = ckpt_in_tensor(in, src[j]);
+            snprintf(t->name, sizeof t->name, "model.layers.%d.%s", L + k, what[j]);
+            t->src = src[j], t->e = -1, t->ndim = 2, t->f32 = f32_all;
+            memcpy(t->shape, ci->shape, sizeof t->shape);
+        }
+    }
+    /* shards: tensors in order, a new shard when the next would pass max_shard */
+    uint64_t total = 0, cur = 0;
+    int nshard = 0;
+    for (int i = 0; i < n; i++) {
+        otensor *t = &o[i];
+        uint64_t ne = 1;
+        for (int k = 0; k < t->ndim; k++) ne *= (uint64_t)t->shape[k];
+        t->bytes = ne * (t->f32 ? 4 : 2);
+        if (nshard == 0 || (cur > 0 && cur + t->bytes > max_shard)) nshard++, cur = 0;
+        t->shard = nshard - 1;
+        cur += t->bytes;
+        total += t->bytes;
+    }
+    if (mkdir(dir, 0755) && errno != EEXIST) die("cannot create %s: %s", dir, strerror(errno));
+    char path[8400], err[1024], fname[64];
+    float *fb = malloc(BUF_BYTES);
+    uint16_t *hb = malloc(BUF_BYTES / 2);
+    if (!fb || !hb) die("out of memory for the conversion buffers");
+    double t0 = now(), done = 0, last = 0;
+    json_t *wm = json_object();
+    for (int s = 0; s < nshard; s++) {
+        snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", s + 1, nshard);
+        snprintf(path, sizeof path, "%s/%s.tmp", dir, fname);
+        st_writer *w;
+        if (st_writer_open(&w, path, err, sizeof err)) die("%s", err);
+        st_writer_meta(w, "format", "pt");
+        for (int i = 0; i < n; i++)
+            if (o[i].shard == s) {
+                if (st_writer_add(w, o[i].name, o[i].f32 ? ST_F32 : ST_BF16, o[i].ndim, o[i].shape)) die("%s: cannot add %s", path, o[i].name);
+                json_object_set_new(wm, o[i].name, json_string(fname));
+            }
+        if (st_writer_begin(w, err, sizeof err)) die("%s", err);
+        for (int i = 0; i < n; i++)
+            if (o[i].shard == s) {
+                put_tensor(in, w, &o[i], fb, hb, &done);
+                if (!quiet && now() - last > 1.0) {
+                    double r = done / 1e9 / (now() - t0);
+                    fprintf(stderr, "\rexport: shard %d/%d | %.2f/%.2f GB | %.2f GB/s", s + 1, nshard, done / 1e9,
+                            (double)total / 1e9, r);
+                    last = now();
+                }
+            }
+        if (st_writer_close(w, 1, err, sizeof err)) die("%s", err);
+        char final[8400];
+        snprintf(final, sizeof final, "%s/%s", dir, fname);
+        if (rename(path, final)) die("rename %s: %s", path, strerror(errno));
+    }
+    json_t *idx = json_object(), *meta = json_object();
+    json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
+    json_object_set_new(idx, "metadata", meta);
+    json_object_set_new(idx, "weight_map", wm);
+    char *itext = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (!itext || write_file_atomic(path, itext)) die("cannot write %s", path);
+    free(itext);
+    json_decref(idx);
+    char *cfg = hf_config_json(m, 0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!cfg || write_file_atomic(path, cfg)) die("cannot write %s", path);
+    free(cfg);
+    double secs = now() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (!quiet) fprintf(stderr, "\n");
+    printf("dsv3-export: %s: %d tensors in %d shard%s, %.3f GB (%s%s), %.1f s (%.2f GB/s), peak RSS %.1f MB\n", dir, n,
+           nshard, nshard == 1 ? "" : "s", (double)total / 1e9, f32_all ? "F32" : "BF16",
+           f32_all ? "" : "; e_score_correction_bias F32", secs, secs > 0 ? (double)total / 1e9 / secs : 0.0,
+           ru.ru_maxrss / 1024.0);
+    if (D > 0)
+        printf("dsv3-export: MTP layer %d written under its HF names (vLLM/SGLang speculative decoding); transformers "
+               "does not instantiate it and reports its weights as not used: expected, not a broken export\n", L);
+    free(o), free(fb), free(hb);
+}
+
+/* PEFT: base_model.model.<name>.lora_{A,B}.weight for layers < L, adapter_config.json. */
+static void export_adapters(ckpt_in *in, const deck *d, const char *dir, int bf16) {
+    if (!d->lora.enabled) die("the checkpoint's deck has lora.enabled = false: no adapters to export");
+    int nt = ckpt_in_count(in), L = d->model.num_hidden_layers, n = 0;
+    if (mkdir(dir, 0755) && errno != EEXIST) die("cannot create %s: %s", dir, strerror(errno));
+    char path[8400], err[1024];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors.tmp", dir);
+    st_writer *w;
+    if (st_writer_open(&w, path, err, sizeof err)) die("%s", err);
+    st_writer_meta(w, "format", "pt");
+    otensor *o = calloc((size_t)nt + 1, sizeof *o);
+    uint64_t total = 0;
+    for (int i = 0; i < nt; i++) {
+        const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
+        int layer = -1;
+        if (!ci->is_lora || sscanf(ci->name, "model.layers.%d.", &layer) != 1 || layer >= L) continue;
+        otensor *t = &o[n++];
+        snprintf(t->name, sizeof t->name, "base_model.model.%s", ci->name);
+        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = !bf16;
+        memcpy(t->shape, ci->shape, sizeof t->shape);
+        t->bytes = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * (bf16 ? 2 : 4);
+        if (ci->ndim != 2 || t->bytes == 0) die("%s: an adapter must be a non-empty 2-D tensor", ci->name);
+        if (st_writer_add(w, t->name, bf16 ? ST_BF16 : ST_F32, 2, t->shape)) die("cannot add %s", t->name);
+        total += t->bytes;
+    }
+    if (n == 0) die("the checkpoint holds no LoRA tensors (/lora): nothing to export");
+    if (st_writer_begin(w, err, sizeof err)) die("%s", err);
+    float *fb = malloc(BUF_BYTES);
+    uint16_t *hb = malloc(BUF_BYTES / 2);
+    double done = 0;
+    for (int i = 0; i < n; i++) put_tensor(in, w, &o[i], fb, hb, &done);
+    if (st_writer_close(w, 1, err, sizeof err)) die("%s", err); /* every tensor's byte size checked */
+    char final[8400];
+    snprintf(final, sizeof final, "%s/adapter_model.safetensors", dir);
+    if (rename(path, final)) die("rename %s: %s", path, strerror(errno));
+    /* adapter_config.json as PEFT writes it (sorted keys, indent 2); target modules by last name */
+    json_t *c = json_object(), *tm = json_array();
+    for (int k = 0; k < d->lora.n_targets; k++) {
+        const char *dot = strrchr(d->lora.targets[k], '.');
+        json_array_append_new(tm, json_string(dot ? dot + 1 : d->lora.targets[k]));
+    }
+    json_object_set_new(c, "peft_type", json_string("LORA"));
+    json_object_set_new(c, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(c, "base_model_name_or_path", json_string("deepseek-ai/DeepSeek-V3"));
+    json_object_set_new(c, "revision", json_null());
+    json_object_set_new(c, "inference_mode", json_true());
+    json_object_set_new(c, "r", json_integer(d->lora.r));
+    json_object_set_new(c, "lora_alpha", json_real(d->lora.alpha));
+    json_object_set_new(c, "lora_dropout", json_real(d->lora.dropout));
+    json_object_set_new(c, "target_modules", tm);
+    json_object_set_new(c, "bias", json_string("none"));
+    json_object_set_new(c, "fan_in_fan_out", json_false());
+    json_object_set_new(c, "use_rslora", json_false());
+    json_object_set_new(c, "use_dora", json_false());
+    json_object_set_new(c, "init_lora_weights", json_true());
+    json_object_set_new(c, "modules_to_save", json_null());
+    json_object_set_new(c, "layers_to_transform", json_null());
+    json_object_set_new(c, "layers_pattern", json_null());
+    json_object_set_new(c, "rank_pattern", json_object());
+    json_object_set_new(c, "alpha_pattern", json_object());
+    json_object_set_new(c, "lora_bias", json_false());
+    json_object_set_new(c, "exclude_modules", json_null());
+    char *text = json_dumps(c, JSON_INDENT(2) | JSON_SORT_KEYS);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (!text || write_file_atomic(path, text)) die("cannot write %s", path);
+    free(text);
+    json_decref(c);
+    printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n, L - 1,
+           (double)total / 1e6, bf16 ? "BF16" : "F32");
+    free(o), free(fb), free(hb);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    const char *ck = NULL, *dir = NULL, *dtype = NULL;
+    uint64_t max_shard = 5000000000ULL;
+    int adapters = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
+        else if (!strcmp(argv[i], "--max-shard-size") && i + 1 < argc) max_shard = parse_size(argv[++i]);
+        else if (!strncmp(argv[i], "--max-shard-size=", 17)) max_shard = parse_size(argv[i] + 17);
+        else if (!strcmp(argv[i], "--adapters")) adapters = 1;
+        else if (!strcmp(argv[i], "-q")) quiet = 1;
+        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-export [--adapters] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR)", argv[i]);
+        else if (!ck) ck = argv[i];
+        else if (!dir) dir = argv[i];
+        else die("extra argument %s", argv[i]);
+    }
+    if (!ck || !dir) die("usage: dsv3-export [--adapters] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR");
+    if (!dtype) dtype = adapters ? "fp32" : "bf16";
+    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected bf16 or fp32", dtype);
+    char err[2048];
+    ckpt_in *in;
+    if (ckpt_in_open(&in, ck, err, sizeof err)) die("%s", err);
+    const char *text = ckpt_in_deck(in);
+    if (!text) die("%s: no deck attribute", ck);
+    deck d;
+    char *over[] = {"parallel.expert_parallel=1", "parallel.zero_stage=0"}; /* the deck of a run on any layout */
+    if (deck_load_string(&d, text, ck, 2, over, 1, err, sizeof err)) die("%s: its deck: %s", ck, err);
+    if (adapters) export_adapters(in, &d, dir, !strcmp(dtype, "bf16"));
+    else export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard);
+    deck_free(&d);
+    ckpt_in_close(in);
+    MPI_Finalize();
+    return 0;
+}

@@ -1,0 +1,522 @@
+/* dsv3-import — a released Hugging Face DeepSeek-V3 checkpoint (safetensors
+ * shards, BF16/F16/F32 or FP8 e4m3 with 128x128 block scales) as a dsv3
+ * checkpoint that starts a run with run.init_from.
+ *
+ *   dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5
+ *
+ * - config.json becomes the deck's model group (written into the checkpoint;
+ *   --print-deck prints it as a deck file for @include); other architectures
+ *   are refused by name.
+ * - Every tensor is resolved through model.safetensors.index.json's weight_map
+ *   (a weight and its weight_scale_inv may sit in different shards), or a
+ *   single model.safetensors. Every shard header is validated first.
+ * - Every tensor of the files is accounted for before anything is written:
+ *   unmatched, missing and wrong-shape tensors are listed and a partial import
+ *   is refused.
+ * - Routed experts (model.layers.L.mlp.experts.E.<proj>.weight) become the
+ *   stacked [E, out, in] datasets; the MTP layer's embed_tokens and
+ *   shared_head.head must equal the main embedding and lm_head byte for byte
+ *   (dsv3 shares them, spec §6) and are stored once.
+ * - FP8: w = float(e4m3) * scale_inv[r/128][c/128] (edge blocks included),
+ *   the reference dequantization, exactly. scale_fmt "ue8m0": every scale must
+ *   be a power of two; the count that are not is reported. F8_E8M0 scales are
+ *   accepted.
+ * - Streaming: a fixed buffer of row blocks (multiples of 128 rows), never a
+ *   whole model or a whole large tensor in memory; peak RSS is printed.
+ * - Progress on stderr (tensors, GB, GB/s, ETA) and a summary at the end.
+ *
+ * The output is written as OUT.h5.tmp and renamed when complete.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "../src/ckpt.h"
+#include "../src/deck.h"
+#include "../src/hfconfig.h"
+#include "../src/model/params.h"
+#include "../src/ops.h"
+#include "../src/safetensors.h"
+
+#define BUF_BYTES ((size_t)256 << 20) /* conversion buffer: float rows of one block */
+
+static int quiet;
+
+static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dsv3-import: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    MPI_Finalize();
+    exit(1);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) free(s), s = NULL;
+    if (s) s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+/* ---- the files: shards and the name -> (shard, tensor) map ---- */
+
+typedef struct {
+    int nshard;
+    st_file *sh;
+    char **shard_name;
+    int n;          /* tensors over all shards */
+    int *ts, *ti;   /* [n] shard and index of tensor k */
+    char *used;     /* [n] accounted for */
+} source;
+
+static int src_find(const source *s, const char *name) {
+    for (int k = 0; k < s->n; k++)
+        if (strcmp(s->sh[s->ts[k]].t[s->ti[k]].name, name) == 0) return k;
+    return -1;
+}
+static const st_tensor *src_t(const source *s, int k) { return &s->sh[s->ts[k]].t[s->ti[k]]; }
+
+static void open_shards(source *s, const char *dir) {
+    char path[8192], err[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    json_error_t je;
+    json_t *idx = NULL;
+    FILE *probe = fopen(path, "rb");
+    if (probe) {
+        fclose(probe);
+        idx = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+        if (!idx) die("%s:%d: %s", path, je.line, je.text);
+    }
+    const char **names = NULL;
+    int nn = 0;
+    json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
+    if (idx && !json_is_object(wm)) die("%s: no weight_map object", path);
+    if (wm) { /* distinct shard files, in first-seen order */
+        names = calloc(json_object_size(wm) + 1, sizeof *names);
+        const char *key;
+        json_t *v;
+        json_object_foreach(wm, key, v) {
+            if (!json_is_string(v)) die("%s: weight_map[\"%s\"] is not a file name", path, key);
+            const char *fn = json_string_value(v);
+            if (strchr(fn, '/')) die("%s: weight_map[\"%s\"] = \"%s\" is not a file in %s", path, key, fn, dir);
+            int seen = 0;
+            for (int i = 0; i < nn && !seen; i++) seen = strcmp(names[i], fn) == 0;
+            if (!seen) names[nn++] = fn;
+        }
+    } else {
+        static const char *one = "model.safetensors";
+        names = &one;
+        nn = 1;
+    }
+    s->nshard = nn;
+    s->sh = calloc((size_t)nn, sizeof *s->sh);
+    s->shard_name = calloc((size_t)nn, sizeof *s->shard_name);
+    for (int i = 0; i < nn; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        s->shard_name[i] = strdup(names[i]);
+        if (st_open(&s->sh[i], path, err, sizeof err)) die("%s", err);
+        s->n += s->sh[i].n;
+    }
+    s->ts = calloc((size_t)s->n + 1, sizeof *s->ts);
+    s->ti = calloc((size_t)s->n + 1, sizeof *s->ti);
+    s->used = calloc((size_t)s->n + 1, 1);
+    int k = 0;
+    for (int i = 0; i < nn; i++)
+        for (int j = 0; j < s->sh[i].n; j++) s->ts[k] = i, s->ti[k] = j, k++;
+    if (wm) { /* the index and the shards must name the same tensors, each once */
+        const char *key;
+        json_t *v;
+        json_object_foreach(wm, key, v) {
+            int t = src_find(s, key);
+            if (t < 0) die("%s: weight_map names %s in %s, which does not hold it", path, key, json_string_value(v));
+            if (strcmp(s->shard_name[s->ts[t]], json_string_value(v)) != 0)
+                die("%s: weight_map puts %s in %s, but it is in %s", path, key, json_string_value(v),
+                    s->shard_name[s->ts[t]]);
+        }
+        for (k = 0; k < s->n; k++)
+            if (!json_object_get(wm, src_t(s, k)->name))
+                die("%s: %s holds %s, which the index does not list", path, s->shard_name[s->ts[k]], src_t(s, k)->name);
+        free(names);
+        json_decref(idx);
+    }
+    for (k = 0; k < s->n; k++) /* a name in two shards */
+        for (int j = k + 1; j < s->n; j++)
+            if (s->ts[j] != s->ts[k] && strcmp(src_t(s, k)->name, src_t(s, j)->name) == 0)
+                die("%s holds %s twice (%s and %s)", dir, src_t(s, k)->name, s->shard_name[s->ts[k]],
+                    s->shard_name[s->ts[j]]);
+}
+
+/* ---- conversion of one row block to float ---- */
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023, u;
+    if (e == 0) {
+        if (!m) u = s;
+        else { /* subnormal: m * 2^-24 */
+            float f = ldexpf((float)m, -24);
+            return s ? -f : f;
+        }
+    } else if (e == 31) u = s | 0x7f800000u | (m << 13);
+    else u = s | ((e + 112) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+static float scale_value(const unsigned char *p, st_dtype dt) {
+    if (dt == ST_F32) {
+        float f;
+        memcpy(&f, p, 4);
+        return f;
+    }
+    if (dt == ST_BF16) return ops_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+    /* F8_E8M0: 2^(e-127), 255 = NaN */
+    return p[0] == 255 ? NAN : ldexpf(1.0f, (int)p[0] - 127);
+}
+
+typedef struct {
+    int64_t tensors, pow2_bad, scales;
+    double bytes_in, bytes_out;
+    int64_t by_dtype[ST_NDTYPES];
+} stats;
+
+/* Converts rows [r0, r0+nr) of a 2-D (or 1-D) source tensor k to floats
+ * (FP8: scaled by its weight_scale_inv sk). */
+static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, float *out, unsigned char *raw,
+                    float *sbuf, int ue8m0, stats *stt) {
+    char err[1024];
+    const st_tensor *t = src_t(s, k);
+    int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : 1;
+    size_t es = (size_t)st_dtype_bits(t->dtype) / 8, n = (size_t)(nr * cols);
+    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) die("%s", err);
+    stt->bytes_in += (double)(n * es);
+    switch (t->dtype) {
+    case ST_F32: memcpy(out, raw, n * 4); break;
+    case ST_BF16:
+        for (size_t i = 0; i < n; i++) out[i] = ops_bf16_to_f32((uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8));
+        break;
+    case ST_F16:
+        for (size_t i = 0; i < n; i++) out[i] = f16_to_f32((uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8));
+        break;
+    case ST_F8_E4M3: {
+        const st_tensor *sc = src_t(s, sk);
+        int64_t sc_cols = sc->shape[1], sr0 = r0 / 128, snr = (nr + 127) / 128;
+        size_t ses = (size_t)st_dtype_bits(sc->dtype) / 8;
+        unsigned char *sraw = (unsigned char *)sbuf; /* scales fit before their float expansion */
+        if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses,
+                    sraw, err, sizeof err))
+            die("%s", err);
+        for (int64_t i = snr * sc_cols - 1; i >= 0; i--) { /* in place, back to front (4 >= ses bytes each) */
+            float v = scale_value(sraw + (size_t)i * ses, sc->dtype);
+            sbuf[i] = v;
+        }
+        for (int64_t i = 0; i < snr * sc_cols; i++) {
+            int ex;
+            float v = sbuf[i];
+            if (ue8m0 && !(isfinite(v) && v > 0 && frexpf(v, &ex) == 0.5f)) stt->pow2_bad++;
+            stt->scales++;
+        }
+        for (int64_t r = 0; r < nr; r++) {
+            const float *srow = sbuf + ((r0 + r) / 128 - sr0) * sc_cols;
+            for (int64_t c = 0; c < cols; c++)
+                out[r * cols + c] = ops_e4m3_to_f32(raw[r * cols + c]) * srow[c / 128];
+        }
+        break;
+    }
+    default: die("%s: dtype %s is not a weight dtype dsv3 imports", t->name, st_dtype_name(t->dtype));
+    }
+}
+
+/* ---- progress ---- */
+
+typedef struct {
+    double t0, last, total_bytes;
+    int64_t total_tensors;
+} progress;
+
+static void show(const progress *p, const stats *s, int final) {
+    if (quiet) return;
+    double t = now(), dt = t - p->t0, gb = s->bytes_in / 1e9, rate = dt > 0 ? gb / dt : 0;
+    double left = rate > 0 ? (p->total_bytes / 1e9 - gb) / rate : 0;
+    fprintf(stderr, "\rimport: tensors %lld/%lld | %.2f/%.2f GB | %.2f GB/s | ETA %02d:%02d:%02d%s",
+            (long long)s->tensors, (long long)p->total_tensors, gb, p->total_bytes / 1e9, rate, (int)(left / 3600),
+            (int)(left / 60) % 60, (int)left % 60, final ? "\n" : "");
+    fflush(stderr);
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    const char *dir = NULL, *out = NULL, *dtype = "fp32";
+    int print_deck = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
+        else if (!strcmp(argv[i], "--print-deck")) print_deck = 1;
+        else if (!strcmp(argv[i], "-q")) quiet = 1;
+        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5)", argv[i]);
+        else if (!dir) dir = argv[i];
+        else if (!out) out = argv[i];
+        else die("extra argument %s", argv[i]);
+    }
+    if (!dir || (!out && !print_deck)) die("usage: dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5");
+    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected fp32 or bf16", dtype);
+    int bf16 = !strcmp(dtype, "bf16");
+
+    /* 1. config.json -> deck */
+    char path[8192], err[2048];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *cfg = read_text(path);
+    if (!cfg) die("%s: %s", path, strerror(errno));
+    char *group = hf_config_model_group(cfg, path, -1, err, sizeof err);
+    if (!group) die("%s", err);
+    free(cfg);
+    if (print_deck) {
+        printf("# model of %s (dsv3-import --print-deck)\n%s", dir, group);
+        if (!out) {
+            MPI_Finalize();
+            return 0;
+        }
+    }
+    deck d;
+    char *text = malloc(strlen(group) + 64);
+    sprintf(text, "%s", group);
+    if (deck_load_string(&d, text, path, 0, NULL, 1, err, sizeof err)) die("%s", err);
+    free(text), free(group);
+    const deck_model *m = &d.model;
+    int ue8m0 = !strcmp(m->quant_scale_fmt, "ue8m0");
+
+    /* 2. what the model needs, what the files hold */
+    param_table pt;
+    if (params_build(&pt, m, NULL, 1, err, sizeof err)) die("%s", err);
+    source s;
+    memset(&s, 0, sizeof s);
+    open_shards(&s, dir);
+    int L = m->num_hidden_layers, E = m->n_routed_experts;
+    int *src_of = calloc((size_t)pt.n, sizeof *src_of), *scale_of = calloc((size_t)pt.n, sizeof *scale_of);
+    int **exp_of = calloc((size_t)pt.n, sizeof *exp_of), **exp_scale = calloc((size_t)pt.n, sizeof *exp_scale);
+    int problems = 0;
+    char name[600];
+#define PROBLEM(...) (problems++ < 40 ? fprintf(stderr, "dsv3-import: " __VA_ARGS__), fputc('\n', stderr) : 0)
+    for (int i = 0; i < pt.n; i++) {
+        const param_spec *t = &pt.t[i];
+        src_of[i] = scale_of[i] = -1;
+        if (t->flags & P_EXPERT) { /* stacked from per-expert tensors */
+            exp_of[i] = malloc(sizeof(int) * (size_t)E);
+            exp_scale[i] = malloc(sizeof(int) * (size_t)E);
+            const char *proj = strstr(t->name, ".experts.") + 9;
+            char pre[200];
+            snprintf(pre, sizeof pre, "%.*s", (int)(proj - t->name), t->name);
+            for (int e = 0; e < E; e++) {
+                snprintf(name, sizeof name, "%s%d.%s", pre, e, proj);
+                int k = src_find(&s, name);
+                exp_of[i][e] = k;
+                exp_scale[i][e] = -1;
+                if (k < 0) {
+                    PROBLEM("missing tensor %s", name);
+                    continue;
+                }
+                s.used[k] = 1;
+                const st_tensor *st = src_t(&s, k);
+                if (st->ndim != 2 || st->shape[0] != t->shape[1] || st->shape[1] != t->shape[2])
+                    PROBLEM("%s has shape [%lld,%lld], the config gives [%lld,%lld]", name, (long long)st->shape[0],
+                            (long long)(st->ndim > 1 ? st->shape[1] : 0), (long long)t->shape[1], (long long)t->shape[2]);
+                if (st->dtype == ST_F8_E4M3) {
+                    char sn[620];
+                    snprintf(sn, sizeof sn, "%s_scale_inv", name);
+                    int q = src_find(&s, sn);
+                    if (q < 0) PROBLEM("%s is F8_E4M3 but has no %s", name, sn);
+                    else s.used[q] = 1, exp_scale[i][e] = q;
+                }
+            }
+            continue;
+        }
+        int k = src_find(&s, t->name);
+        if (k < 0) {
+            PROBLEM("missing tensor %s (shape [%lld%s%lld])", t->name, (long long)t->shape[0], t->ndim > 1 ? "," : "",
+                    t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+            continue;
+        }
+        s.used[k] = 1;
+        src_of[i] = k;
+        const st_tensor *st = src_t(&s, k);
+        int same = st->ndim == t->ndim;
+        for (int j = 0; same && j < t->ndim; j++) same = st->shape[j] == t->shape[j];
+        if (!same)
+            PROBLEM("%s has shape [%lld%s%lld], the config gives [%lld%s%lld]", t->name, (long long)st->shape[0],
+                    st->ndim > 1 ? "," : "", st->ndim > 1 ? (long long)st->shape[1] : 0LL, (long long)t->shape[0],
+                    t->ndim > 1 ? "," : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+        if (st->dtype == ST_F8_E4M3) {
+            snprintf(name, sizeof name, "%s_scale_inv", t->name);
+            int q = src_find(&s, name);
+            if (q < 0) PROBLEM("%s is F8_E4M3 but has no %s", t->name, name);
+            else s.used[q] = 1, scale_of[i] = q;
+        }
+    }
+    /* scales: shape [ceil(out/128), ceil(in/128)], a float dtype */
+    for (int i = 0; i < pt.n; i++)
+        for (int e = 0; e < ((pt.t[i].flags & P_EXPERT) ? E : 1); e++) {
+            int w = (pt.t[i].flags & P_EXPERT) ? exp_of[i][e] : src_of[i];
+            int q = (pt.t[i].flags & P_EXPERT) ? exp_scale[i][e] : scale_of[i];
+            if (w < 0 || q < 0) continue;
+            const st_tensor *wt = src_t(&s, w), *sc = src_t(&s, q);
+            int64_t want0 = (wt->shape[0] + 127) / 128, want1 = wt->ndim > 1 ? (wt->shape[1] + 127) / 128 : 1;
+            if (sc->ndim != 2 || sc->shape[0] != want0 || sc->shape[1] != want1)
+                PROBLEM("%s: shape must be [%lld,%lld] (128x128 blocks of %s)", sc->name, (long long)want0,
+                        (long long)want1, wt->name);
+            if (sc->dtype != ST_F32 && sc->dtype != ST_BF16 && sc->dtype != ST_F8_E8M0)
+                PROBLEM("%s: scale dtype %s (F32, BF16 or F8_E8M0 expected)", sc->name, st_dtype_name(sc->dtype));
+        }
+    /* MTP copies of the embedding and head: stored once when identical */
+    int mtp_copies[2] = {-1, -1}, mtp_main[2] = {-1, -1};
+    for (int k = 0; k < m->num_nextn_predict_layers; k++) {
+        static const char *what[2] = {"embed_tokens.weight", "shared_head.head.weight"};
+        static const char *main_of[2] = {"model.embed_tokens.weight", "lm_head.weight"};
+        for (int j = 0; j < 2; j++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", L + k, what[j]);
+            int q = src_find(&s, name);
+            if (q < 0) continue; /* checkpoints that drop them are fine: dsv3 shares the main ones */
+            s.used[q] = 1;
+            if (k == 0) mtp_copies[j] = q, mtp_main[j] = src_find(&s, main_of[j]);
+        }
+    }
+    for (int k = 0; k < s.n; k++)
+        if (!s.used[k]) PROBLEM("%s (%s) is not a tensor of the config's model", src_t(&s, k)->name, s.shard_name[s.ts[k]]);
+    if (problems) die("%d problem%s above: nothing written (a partial import is refused)", problems,
+                      problems == 1 ? "" : "s");
+    for (int j = 0; j < 2; j++) {
+        int a = mtp_copies[j], b = mtp_main[j];
+        if (a < 0) continue;
+        const st_tensor *ta = src_t(&s, a), *tb = src_t(&s, b);
+        int same = ta->dtype == tb->dtype && st_bytes(ta) == st_bytes(tb);
+        unsigned char *x = malloc(BUF_BYTES / 2), *y = malloc(BUF_BYTES / 2);
+        for (uint64_t o = 0; same && o < st_bytes(ta); o += BUF_BYTES / 2) {
+            uint64_t n = st_bytes(ta) - o < BUF_BYTES / 2 ? st_bytes(ta) - o : BUF_BYTES / 2;
+            if (st_read(&s.sh[s.ts[a]], s.ti[a], o, n, x, err, sizeof err) ||
+                st_read(&s.sh[s.ts[b]], s.ti[b], o, n, y, err, sizeof err))
+                die("%s", err);
+            same = memcmp(x, y, n) == 0;
+        }
+        free(x), free(y);
+        if (!same)
+            die("%s differs from %s: dsv3's MTP module shares the main embedding and head (spec §6), so this "
+                "checkpoint cannot be trained as is; nothing written", ta->name, tb->name);
+        if (!quiet) fprintf(stderr, "import: %s is byte-identical to %s: stored once\n", ta->name, tb->name);
+    }
+
+    /* 3. write */
+    progress pr = {now(), 0, 0, 0};
+    for (int k = 0; k < s.n; k++) pr.total_bytes += (double)st_bytes(src_t(&s, k));
+    for (int j = 0; j < 2; j++)
+        if (mtp_copies[j] >= 0) pr.total_bytes -= (double)st_bytes(src_t(&s, mtp_copies[j]));
+    pr.total_tensors = s.n;
+    ckpt_out *o;
+    if (ckpt_out_open(&o, out, &d, bf16, err, sizeof err)) die("%s", err);
+    int fail = 0;
+    for (int i = 0; i < pt.n && !fail; i++) fail = ckpt_out_declare(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape, err, sizeof err);
+    snprintf(path, sizeof path, "dsv3-import %s (--dtype %s)", dir, dtype);
+    if (!fail) fail = ckpt_out_attr(o, "imported_from", path);
+    float *fb = malloc(BUF_BYTES), *sbuf = malloc(BUF_BYTES / 16 + 4096);
+    unsigned char *raw = malloc(BUF_BYTES);
+    uint16_t *hb = malloc(BUF_BYTES / 2);
+    if (!fb || !sbuf || !raw || !hb) die("out of memory for the %zu MB conversion buffers", 3 * BUF_BYTES >> 20);
+    stats stt;
+    memset(&stt, 0, sizeof stt);
+    for (int i = 0; i < pt.n && !fail; i++) {
+        const param_spec *t = &pt.t[i];
+        int ne = (t->flags & P_EXPERT) ? E : 1;
+        for (int e = 0; e < ne && !fail; e++) {
+            int k = (t->flags & P_EXPERT) ? exp_of[i][e] : src_of[i];
+            int q = (t->flags & P_EXPERT) ? exp_scale[i][e] : scale_of[i];
+            const st_tensor *st = src_t(&s, k);
+            int64_t rows = st->ndim >= 2 ? st->shape[0] : 1, cols = st->ndim >= 2 ? st->shape[1] : st->shape[0];
+            int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1)) / 128 * 128;
+            if (per < 128) per = 128; /* one block row of a very wide tensor */
+            if ((size_t)per * (size_t)cols * 4 > BUF_BYTES) die("%s: a 128-row block does not fit the buffer", st->name);
+            for (int64_t r0 = 0; r0 < rows && !fail; r0 += per) {
+                int64_t nr = rows - r0 < per ? rows - r0 : per;
+                if (st->ndim < 2) nr = 1; /* a 1-D tensor is one row */
+                convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
+                size_t n = (size_t)(nr * cols);
+                const void *data = fb;
+                if (bf16) {
+                    for (size_t j = 0; j < n; j++) hb[j] = f32_to_bf16(fb[j]);
+                    data = hb;
+                }
+                if (t->flags & P_EXPERT) { /* expert e, rows r0.. of its [out, in] */
+                    fail = ckpt_out_write_slab(o, t->name, e, r0, nr, data, err, sizeof err);
+                } else if (t->ndim < 2) {
+                    fail = ckpt_out_write(o, t->name, 0, t->shape[0], data, err, sizeof err);
+                } else {
+                    fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
+                }
+                stt.bytes_out += (double)n * (bf16 ? 2 : 4);
+                if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
+            }
+            stt.tensors++;
+            stt.by_dtype[st->dtype]++;
+            if (q >= 0) stt.tensors++, stt.by_dtype[src_t(&s, q)->dtype]++;
+        }
+    }
+    for (int j = 0; j < 2; j++)
+        if (mtp_copies[j] >= 0) stt.tensors++, stt.by_dtype[src_t(&s, mtp_copies[j])->dtype]++;
+    if (fail) {
+        ckpt_out_close(o, 1, NULL, 0);
+        die("%s: nothing written", err);
+    }
+    if (ckpt_out_close(o, 0, err, sizeof err)) die("%s", err);
+    show(&pr, &stt, 1);
+    double secs = now() - pr.t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("dsv3-import: %s -> %s: %lld tensors (", dir, out, (long long)stt.tensors);
+    int first = 1;
+    for (int t = 0; t < ST_NDTYPES; t++)
+        if (stt.by_dtype[t]) printf("%s%lld %s", first ? "" : ", ", (long long)stt.by_dtype[t], st_dtype_name(t)), first = 0;
+    printf("), %.3f GB read, %.3f GB written as %s, %.1f s (%.2f GB/s), peak RSS %.1f MB\n", stt.bytes_in / 1e9,
+           stt.bytes_out / 1e9, dtype, secs, secs > 0 ? stt.bytes_in / 1e9 / secs : 0.0, ru.ru_maxrss / 1024.0);
+    if (ue8m0)
+        printf("dsv3-import: scale_fmt ue8m0: %lld of %lld scales are not powers of two\n", (long long)stt.pow2_bad,
+               (long long)stt.scales);
+    if (m->num_nextn_predict_layers > 0)
+        printf("dsv3-import: MTP layer %d imported (enorm, hnorm, eh_proj, shared_head.norm, its decoder block)%s\n", L,
+               mtp_copies[0] >= 0 ? "; its embed_tokens and shared_head.head equal the main ones and are stored once" : "");
+    for (int i = 0; i < s.nshard; i++) st_close(&s.sh[i]), free(s.shard_name[i]);
+    free(s.sh), free(s.shard_name), free(s.ts), free(s.ti), free(s.used);
+    for (int i = 0; i < pt.n; i++) free(exp_of[i]), free(exp_scale[i]);
+    free(exp_of), free(exp_scale), free(src_of), free(scale_of), free(fb), free(sbuf), free(raw), free(hb);
+    params_free(&pt);
+    deck_free(&d);
+    MPI_Finalize();
+    return 0;
+}
