@@ -537,7 +537,7 @@ static void sb_json_str(sbuf *b, const char *s) {
 }
 
 static int writer_layout(st_writer *w, sbuf *h) {
-    qsort(w->t, (size_t)w->n, sizeof *w->t, cmp_write_order);
+    if (w->n) qsort(w->t, (size_t)w->n, sizeof *w->t, cmp_write_order);
     uint64_t off = 0;
     for (int i = 0; i < w->n; i++) {
         uint64_t nb = w->t[i].end;
@@ -582,7 +582,7 @@ static int writer_layout(st_writer *w, sbuf *h) {
     w->by_name = calloc(w->n ? (size_t)w->n : 1, sizeof *w->by_name);
     if (!w->got || !w->by_name) return werr(w, NULL, "out of memory%s", "");
     for (int i = 0; i < w->n; i++) w->by_name[i] = i;
-    qsort_r(w->by_name, (size_t)w->n, sizeof *w->by_name, cmp_by_name, w->t);
+    if (w->n) qsort_r(w->by_name, (size_t)w->n, sizeof *w->by_name, cmp_by_name, w->t);
     return 0;
 }
 
