@@ -56,7 +56,8 @@ int st_dtype_parse(const char *s) {
 /* ---- helpers ------------------------------------------------------------ */
 
 /* Writes "path: [tensor 'name': ]rule" into err; the name is printed with
- * non-printable bytes as \xNN and cut at 80 bytes, so the message stays one line. */
+ * non-printable bytes as \xNN and cut at 80 bytes, any other control byte
+ * becomes '?', so the message stays one line. */
 static int fail(char *err, int errlen, const char *path, const char *tensor, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static int fail(char *err, int errlen, const char *path, const char *tensor, const char *fmt, ...) {
@@ -79,6 +80,9 @@ static int fail(char *err, int errlen, const char *path, const char *tensor, con
     } else {
         snprintf(err, (size_t)errlen, "%s: %s", path, rule);
     }
+    /* jansson's messages quote the offending token, which may hold any byte */
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     return -1;
 }
 

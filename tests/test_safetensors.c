@@ -305,6 +305,7 @@ static void test_hostile(void **st) {
     expect_fail("{\"\xc0\xaf\":1}", -1, 0, "(InvalidHeader)");      /* overlong */
     expect_fail("{\"a\":", -1, 0, "header is not valid JSON");
     expect_fail("{}x", -1, 0, "header is not valid JSON");
+    expect_fail("{\"q\\\n\n\":1}", -1, 0, "header is not valid JSON"); /* jansson quotes the token, newline and all (found by the fuzzer) */
     {
         unsigned char b[11] = {3, 0, 0, 0, 0, 0, 0, 0, '{', '}', 0}; /* NUL padding is not whitespace */
         assert_int_equal(st_open_mem(&f, b, 11, "mem", err, sizeof err), -1);
