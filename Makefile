@@ -19,7 +19,8 @@ BLAS_LIBS := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
 # Debian packages: build, tests, demo. Kept in one place; `make deps` installs the missing ones.
 DEBS := build-essential pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools \
         libconfig-dev libhwloc-dev hwloc libopenblas-openmp-dev libcmocka-dev libpcre2-dev libjansson-dev \
-        zlib1g-dev fortunes python3 python3-h5py python3-numpy python3-venv gnuplot-nox numdiff slurm-wlm munge
+        zlib1g-dev fortunes python3 python3-h5py python3-numpy python3-venv gnuplot-nox numdiff slurm-wlm munge \
+        clang libclang-rt-14-dev
 # The project virtualenv (git-ignored): Debian's python3 with the pinned light
 # Python clients the tests check dsv3 against (tokenizers, tensorboard, h5py,
 # safetensors, numpy; not torch). `make deps` creates it and installs the pins
@@ -59,8 +60,19 @@ TOOLS := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test demo bench clean regression
+.PHONY: all deps test demo bench clean regression fuzz
 all: $(BIN)/dsv3 $(TOOLS) $(TESTS)
+
+# libFuzzer harness of the safetensors reader (tests/it_fuzz_safetensors.sh, a
+# long run in tools/bench.sh). clang, not mpicc: src/safetensors.c needs only
+# libc and jansson. Built by `make fuzz`, `make test` and `make bench`, not by
+# `make` (clang comes with `make deps`).
+FUZZ := build/fuzz/fuzz_safetensors
+fuzz: $(FUZZ)
+$(FUZZ): tools/fuzz/fuzz_safetensors.c src/safetensors.c src/safetensors.h
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -Isrc -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined $(filter %.c,$^) $(shell pkg-config --cflags --libs jansson) -o $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -109,7 +121,7 @@ deps:
 	fi
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(FUZZ)
 	@BIN=$(BIN) BUILD=$(BUILD) tests/run.sh
 
 demo: deps
@@ -117,7 +129,7 @@ demo: deps
 	@tools/demo.sh $(BIN)
 
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(FUZZ)
 	@BIN=$(BIN) tools/bench.sh
 
 regression: deps

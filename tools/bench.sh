@@ -4,6 +4,7 @@
 #  2. dsv3 training tokens/s on input/tiny.cfg at np=1 (2 threads) and np=2 (1 thread each),
 #     achieved FLOP/s = tokens/s × model FLOPs/token, as a fraction of the measured sgemm rate
 #  3. the same step in PyTorch + transformers (when installed), same config, batch, threads
+#  4. a 5-minute libFuzzer run of the safetensors reader: executions, crashes
 # Both dsv3 and torch run with MTP and the balance loss off (transformers has neither).
 set -uo pipefail
 BIN=${BIN:-bin}
@@ -53,6 +54,12 @@ if python3 -c "import torch, transformers" 2>/dev/null; then
     printf "ratio dsv3/torch, 2 cores: %.2fx (np=1, 2 threads), %.2fx (np=2, 1 thread each) vs torch 2 threads\n", b/t2, c/t2 } }'
 else
   echo "torch: SKIP (pip install torch transformers to compare)"
+fi
+echo "== safetensors reader fuzzing (libFuzzer, ASan+UBSan, ${BENCH_FUZZ_SECONDS:-300} s; tests/it_fuzz_safetensors.sh) =="
+if [ -x build/fuzz/fuzz_safetensors ]; then
+  FUZZ_SECONDS=${BENCH_FUZZ_SECONDS:-300} tests/it_fuzz_safetensors.sh | tail -n 3 || echo "fuzz_safetensors: CRASH (log above)"
+else
+  echo "fuzz_safetensors: SKIP (make fuzz; needs clang: make deps)"
 fi
 if [ "${BENCH_ALL:-0}" = 1 ]; then
   echo "== checkpoint I/O (tools/bench-ckpt.sh) =="; tools/bench-ckpt.sh
