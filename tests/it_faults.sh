@@ -13,7 +13,9 @@
 #   latest-missing run.resume=auto with `latest` naming a missing file
 . "$(dirname "$0")/lib.sh"
 scratch_dir
-trap 'pkill -9 -f "run.output_dir=$OUT" 2>/dev/null; umount "$OUT/full" 2>/dev/null; rm -rf "$OUT"' EXIT
+# a tmpfs is unmounted once the aborted ranks are gone (lazily if they linger)
+unmount() { umount "$1" 2>/dev/null || { sleep 2; umount "$1" 2>/dev/null; } || umount -l "$1" 2>/dev/null; }
+trap 'pkill -9 -f "run.output_dir=$OUT" 2>/dev/null; mountpoint -q "$OUT/full" && unmount "$OUT/full"; rm -rf "$OUT"' EXIT
 DSV3="$BIN/dsv3"
 DECK=input/tiny.cfg
 COMMON=(run.steps=10 schedule.warmup_steps=2 checkpoint.every=5 checkpoint.keep=3 checkpoint.stall_timeout=5)
@@ -88,7 +90,7 @@ for np in 1 4; do
         rm -rf "$OUT/full/run"
         DSV3_CKPT_NO_SPACE_CHECK=1 MPIX=DSV3_CKPT_NO_SPACE_CHECK run disk-full-io-np$np "$np" 60 run.output_dir="$OUT/full/run"
         verdict disk-full-io-np$np 1 "checkpoint" && resumes disk-full-io-np$np "$np" "$OUT/full/run" "$REF"
-        umount "$OUT/full"
+        unmount "$OUT/full"
     else
         echo "SKIP  disk-full-np$np: cannot mount a tmpfs here (needs root in a container that allows mount)"
     fi
@@ -110,7 +112,7 @@ for np in 1 4; do
     # a rank killed during a save (np 4 only: at np 1 it is the whole job)
     if [ "$np" = 4 ]; then
         d=$OUT/kill4
-        (DSV3_CKPT_SLAB_BYTES=256 timeout 60 mpirun -q -x DSV3_CKPT_SLAB_BYTES -np 4 "$DSV3" $DECK "${COMMON[@]}" \
+        (DSV3_CKPT_SLAB_BYTES=256 timeout 180 mpirun -q -x DSV3_CKPT_SLAB_BYTES -np 4 "$DSV3" $DECK "${COMMON[@]}" \
             $(layout 4) run.output_dir="$d" >"$OUT/kill-in-save.log" 2>&1; echo $? >"$OUT/kill.rc") &
         hit=0
         for _ in $(seq 1 3000); do
@@ -133,7 +135,7 @@ for np in 1 4; do
 
     # SIGTERM during a save: the step finishes, a checkpoint is written, exit 0
     d=$OUT/term$np
-    (DSV3_CKPT_SLAB_BYTES=256 timeout 60 mpirun -q -x DSV3_CKPT_SLAB_BYTES -np "$np" "$DSV3" $DECK "${COMMON[@]}" \
+    (DSV3_CKPT_SLAB_BYTES=256 timeout 180 mpirun -q -x DSV3_CKPT_SLAB_BYTES -np "$np" "$DSV3" $DECK "${COMMON[@]}" \
         $(layout "$np") run.output_dir="$d" run.steps=10 >"$OUT/term-in-save-np$np.log" 2>&1; echo $? >"$OUT/term$np.rc") &
     for _ in $(seq 1 3000); do
         [ -f "$d/checkpoints/step_00000005.h5.tmp" ] && { pkill -TERM -f "^$DSV3 .*run.output_dir=$d"; break; }
@@ -196,7 +198,7 @@ if mount -t tmpfs -o size=6m tmpfs "$OUT/full" 2>/dev/null; then
             >/dev/null 2>&1 && ok "disk-full-io-np2: latest still names step 5, no .tmp left" ||
             bad "disk-full-io-np2: latest or .tmp wrong: $(ls "$OUT/full/run/checkpoints")"
     fi
-    umount "$OUT/full"
+    unmount "$OUT/full"
 else
     echo "SKIP  disk-full-io-np2: cannot mount a tmpfs here"
 fi
