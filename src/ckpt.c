@@ -927,6 +927,13 @@ static hid_t bf16_type(void) {
     return t;
 }
 
+static int ds_is_bf16(hid_t ds) {
+    hid_t ty = H5Dget_type(ds);
+    int b = H5Tget_class(ty) == H5T_FLOAT && H5Tget_size(ty) == 2;
+    H5Tclose(ty);
+    return b;
+}
+
 struct ckpt_out {
     hid_t file, bf16;
     int use_bf16;
@@ -985,12 +992,14 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
 int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) { return attr_str(o->file, name, value); }
 
 /* /model/<path of hf_name>; chunks of about chunk_bytes() along axis 0 (3-D: one slice). */
-int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
+int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, int f32, char *err,
+                     int errlen) {
+    int bf16 = o->use_bf16 && !f32;
     char rel[400], path[420];
     rel_path(hf_name, rel, sizeof rel);
     snprintf(path, sizeof path, "/model/%s", rel);
     hsize_t dims[3], chunk[3];
-    size_t es = o->use_bf16 ? 2 : 4;
+    size_t es = bf16 ? 2 : 4;
     for (int k = 0; k < ndim; k++) dims[k] = chunk[k] = (hsize_t)shape[k];
     int ax = ndim == 3 ? 1 : 0;
     size_t rowb = es * (ndim >= 2 ? (size_t)shape[ndim - 1] : 1);
@@ -1007,7 +1016,7 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
     H5Pset_chunk(dcpl, ndim, chunk);
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
-    hid_t ds = H5Dcreate2(o->file, path, o->use_bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
+    hid_t ds = H5Dcreate2(o->file, path, bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
     h5why why;
     if (ds < 0) snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
     H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(sp);
@@ -1044,7 +1053,7 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
     if (!rc) {
         hid_t ms = H5Screate_simple(nd, ct, NULL);
         if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dwrite(ds, o->use_bf16 ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
+            H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
             snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
             rc = -1;
         }
@@ -1078,7 +1087,7 @@ int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row
     } else {
         hid_t ms = H5Screate_simple(3, ct, NULL);
         if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dwrite(ds, o->use_bf16 ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
+            H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
             snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
             rc = -1;
         }

@@ -95,9 +95,11 @@ typedef struct ckpt_out ckpt_out;
 int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, char *err, int errlen);
 /* A string attribute on the root (provenance). 0 or -1. */
 int ckpt_out_attr(ckpt_out *o, const char *name, const char *value);
-/* Creates /model/<path of hf_name> (global shape, 1-3 dims). */
-int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen);
-/* Rows [row0, row0+nrows) of axis 0: floats, or bf16 bits (uint16) for a bf16 file. */
+/* Creates /model/<path of hf_name> (global shape, 1-3 dims); f32 keeps this
+ * one in F32 in a bf16 file (the router bias, as the release has it). */
+int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, int f32, char *err,
+                     int errlen);
+/* Rows [row0, row0+nrows) of axis 0: bf16 bits (uint16) for a bf16 dataset, else floats. */
 int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
                    int errlen);
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (one routed expert's [out, in]). */

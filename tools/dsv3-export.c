@@ -89,6 +89,18 @@ typedef struct {
     int shard;
 } otensor;
 
+static int mkdir_p(const char *path) {
+    char tmp[8192];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *c = tmp + 1; *c; c++)
+        if (*c == '/') {
+            *c = 0;
+            if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+            *c = '/';
+        }
+    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+}
+
 static int write_file_atomic(const char *path, const char *text) {
     char tmp[8300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -190,7 +202,7 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         cur += t->bytes;
         total += t->bytes;
     }
-    if (mkdir(dir, 0755) && errno != EEXIST) die("cannot create %s: %s", dir, strerror(errno));
+    if (mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
     char path[8400], err[1024], fname[64];
     float *fb = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
@@ -255,7 +267,7 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
 static void export_adapters(ckpt_in *in, const deck *d, const char *dir, int bf16) {
     if (!d->lora.enabled) die("the checkpoint's deck has lora.enabled = false: no adapters to export");
     int nt = ckpt_in_count(in), L = d->model.num_hidden_layers, n = 0;
-    if (mkdir(dir, 0755) && errno != EEXIST) die("cannot create %s: %s", dir, strerror(errno));
+    if (mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
     char path[8400], err[1024];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors.tmp", dir);
     st_writer *w;

@@ -100,8 +100,9 @@ static int src_find(const source *s, const char *name) {
 static const st_tensor *src_t(const source *s, int k) { return &s->sh[s->ts[k]].t[s->ti[k]]; }
 
 static void open_shards(source *s, const char *dir) {
-    char path[8192], err[1024];
+    char path[8192], ipath[8192], err[1024];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    snprintf(ipath, sizeof ipath, "%s", path);
     json_error_t je;
     json_t *idx = NULL;
     FILE *probe = fopen(path, "rb");
@@ -151,14 +152,14 @@ static void open_shards(source *s, const char *dir) {
         json_t *v;
         json_object_foreach(wm, key, v) {
             int t = src_find(s, key);
-            if (t < 0) die("%s: weight_map names %s in %s, which does not hold it", path, key, json_string_value(v));
+            if (t < 0) die("%s: weight_map names %s in %s, which does not hold it", ipath, key, json_string_value(v));
             if (strcmp(s->shard_name[s->ts[t]], json_string_value(v)) != 0)
-                die("%s: weight_map puts %s in %s, but it is in %s", path, key, json_string_value(v),
+                die("%s: weight_map puts %s in %s, but it is in %s", ipath, key, json_string_value(v),
                     s->shard_name[s->ts[t]]);
         }
         for (k = 0; k < s->n; k++)
             if (!json_object_get(wm, src_t(s, k)->name))
-                die("%s: %s holds %s, which the index does not list", path, s->shard_name[s->ts[k]], src_t(s, k)->name);
+                die("%s: %s holds %s, which the index does not list", ipath, s->shard_name[s->ts[k]], src_t(s, k)->name);
         free(names);
         json_decref(idx);
     }
@@ -217,7 +218,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
                     float *sbuf, int ue8m0, stats *stt) {
     char err[1024];
     const st_tensor *t = src_t(s, k);
-    int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : 1;
+    int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1; /* 1-D: one row */
     size_t es = (size_t)st_dtype_bits(t->dtype) / 8, n = (size_t)(nr * cols);
     if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) die("%s", err);
     stt->bytes_in += (double)(n * es);
@@ -300,6 +301,9 @@ int main(int argc, char **argv) {
     if (!cfg) die("%s: %s", path, strerror(errno));
     char *group = hf_config_model_group(cfg, path, -1, err, sizeof err);
     if (!group) die("%s", err);
+    json_t *cj = json_loads(cfg, 0, NULL);
+    long long maxpos = json_integer_value(json_object_get(cj, "max_position_embeddings"));
+    json_decref(cj);
     free(cfg);
     if (print_deck) {
         printf("# model of %s (dsv3-import --print-deck)\n%s", dir, group);
@@ -309,8 +313,9 @@ int main(int argc, char **argv) {
         }
     }
     deck d;
-    char *text = malloc(strlen(group) + 64);
-    sprintf(text, "%s", group);
+    char *text = malloc(strlen(group) + 128); /* a deck for this model: sequences up to its positions */
+    sprintf(text, "%strain = { seq_len = %lld; micro_batch = 1; global_batch = 1; };\n", group,
+            maxpos > 0 && maxpos < 4096 ? maxpos : 4096);
     if (deck_load_string(&d, text, path, 0, NULL, 1, err, sizeof err)) die("%s", err);
     free(text), free(group);
     const deck_model *m = &d.model;
@@ -327,7 +332,16 @@ int main(int argc, char **argv) {
     int **exp_of = calloc((size_t)pt.n, sizeof *exp_of), **exp_scale = calloc((size_t)pt.n, sizeof *exp_scale);
     int problems = 0;
     char name[600];
-#define PROBLEM(...) (problems++ < 40 ? fprintf(stderr, "dsv3-import: " __VA_ARGS__), fputc('\n', stderr) : 0)
+    /* every problem is listed (up to 40); a single one is the one line of the error */
+    char first[2400] = "";
+#define PROBLEM(...)                                                                                           \
+    do {                                                                                                       \
+        if (!problems++) snprintf(first, sizeof first, __VA_ARGS__);                                          \
+        else {                                                                                                 \
+            if (problems == 2) fprintf(stderr, "dsv3-import: %s\n", first);                                   \
+            if (problems <= 40) fprintf(stderr, "dsv3-import: " __VA_ARGS__), fputc('\n', stderr);            \
+        }                                                                                                      \
+    } while (0)
     for (int i = 0; i < pt.n; i++) {
         const param_spec *t = &pt.t[i];
         src_of[i] = scale_of[i] = -1;
@@ -412,8 +426,8 @@ int main(int argc, char **argv) {
     }
     for (int k = 0; k < s.n; k++)
         if (!s.used[k]) PROBLEM("%s (%s) is not a tensor of the config's model", src_t(&s, k)->name, s.shard_name[s.ts[k]]);
-    if (problems) die("%d problem%s above: nothing written (a partial import is refused)", problems,
-                      problems == 1 ? "" : "s");
+    if (problems == 1) die("%s: nothing written (a partial import is refused)", first);
+    if (problems) die("%d problems above: nothing written (a partial import is refused)", problems);
     for (int j = 0; j < 2; j++) {
         int a = mtp_copies[j], b = mtp_main[j];
         if (a < 0) continue;
@@ -443,7 +457,8 @@ int main(int argc, char **argv) {
     ckpt_out *o;
     if (ckpt_out_open(&o, out, &d, bf16, err, sizeof err)) die("%s", err);
     int fail = 0;
-    for (int i = 0; i < pt.n && !fail; i++) fail = ckpt_out_declare(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape, err, sizeof err);
+    for (int i = 0; i < pt.n && !fail; i++) fail = ckpt_out_declare(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape,
+                                                               (pt.t[i].flags & P_NOGRAD) != 0, err, sizeof err);
     snprintf(path, sizeof path, "dsv3-import %s (--dtype %s)", dir, dtype);
     if (!fail) fail = ckpt_out_attr(o, "imported_from", path);
     float *fb = malloc(BUF_BYTES), *sbuf = malloc(BUF_BYTES / 16 + 4096);
@@ -469,7 +484,8 @@ int main(int argc, char **argv) {
                 convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
                 size_t n = (size_t)(nr * cols);
                 const void *data = fb;
-                if (bf16) {
+                int keep = (t->flags & P_NOGRAD) != 0; /* the router bias stays F32 */
+                if (bf16 && !keep) {
                     for (size_t j = 0; j < n; j++) hb[j] = f32_to_bf16(fb[j]);
                     data = hb;
                 }
@@ -480,7 +496,7 @@ int main(int argc, char **argv) {
                 } else {
                     fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
                 }
-                stt.bytes_out += (double)n * (bf16 ? 2 : 4);
+                stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
                 if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
             }
             stt.tensors++;
@@ -500,9 +516,9 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("dsv3-import: %s -> %s: %lld tensors (", dir, out, (long long)stt.tensors);
-    int first = 1;
+    int lead = 1;
     for (int t = 0; t < ST_NDTYPES; t++)
-        if (stt.by_dtype[t]) printf("%s%lld %s", first ? "" : ", ", (long long)stt.by_dtype[t], st_dtype_name(t)), first = 0;
+        if (stt.by_dtype[t]) printf("%s%lld %s", lead ? "" : ", ", (long long)stt.by_dtype[t], st_dtype_name(t)), lead = 0;
     printf("), %.3f GB read, %.3f GB written as %s, %.1f s (%.2f GB/s), peak RSS %.1f MB\n", stt.bytes_in / 1e9,
            stt.bytes_out / 1e9, dtype, secs, secs > 0 ? stt.bytes_in / 1e9 / secs : 0.0, ru.ru_maxrss / 1024.0);
     if (ue8m0)

@@ -28,11 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/ckpt.h"
 #include "../src/deck.h"
 #include "../src/hfconfig.h"
 #include "../src/model/model.h"
 #include "../src/model/params.h"
 #include "../src/optim.h"
+#include "../src/safetensors.h"
 
 #define TOL_LOGITS 1e-5
 #define TOL_LOSS 1e-5
@@ -206,10 +208,76 @@ static double step_loss(model *m, const model_batch *bt, model_scales sc, int ba
     return s.lm_count ? s.lm_sum / (double)s.lm_count : NAN;
 }
 
+/* --logits CKPT.h5 EXPECTED.safetensors: the logits of a dsv3 checkpoint (e.g.
+ * from dsv3-import) on the expected file's input_ids [B,T] against its logits
+ * [B,T,V] (transformers' forward of the same weights, fp32). */
+static int logits_mode(const char *ckpt, const char *expected) {
+    g_file = ckpt;
+    char err[2048];
+    ckpt_in *in;
+    if (ckpt_in_open(&in, ckpt, err, sizeof err)) die("%s", err);
+    st_file ex;
+    if (st_open(&ex, expected, err, sizeof err)) die("%s", err);
+    int ii = st_find(&ex, "input_ids"), li = st_find(&ex, "logits");
+    if (ii < 0 || li < 0 || ex.t[ii].ndim != 2 || ex.t[li].ndim != 3) die("%s: want input_ids [B,T] and logits [B,T,V]", expected);
+    int B = (int)ex.t[ii].shape[0], T = (int)ex.t[ii].shape[1], V = (int)ex.t[li].shape[2];
+    if (ex.t[ii].dtype != ST_I64 || ex.t[li].dtype != ST_F32) die("%s: input_ids must be I64, logits F32", expected);
+    char o1[64], o2[64], o3[64], *over[5] = {"parallel.expert_parallel=1", "parallel.zero_stage=0", o1, o2, o3};
+    snprintf(o1, sizeof o1, "train.micro_batch=%d", B);
+    snprintf(o2, sizeof o2, "train.global_batch=%d", B);
+    snprintf(o3, sizeof o3, "train.seq_len=%d", T);
+    deck d;
+    if (!ckpt_in_deck(in) || deck_load_string(&d, ckpt_in_deck(in), ckpt, 5, over, 1, err, sizeof err))
+        die("its deck: %s", ckpt_in_deck(in) ? err : "missing");
+    if (d.model.vocab_size != V) die("vocab %d, the expected logits have %d", d.model.vocab_size, V);
+    model *m;
+    model_opts mo = deck_model_opts(&d);
+    if (model_create(&m, &mo, NULL, err, sizeof err)) die("model_create: %s", err);
+    const param_table *pt = model_params(m);
+    int loaded = 0;
+    for (int i = 0; i < ckpt_in_count(in); i++) {
+        const ckpt_tensor_info *t = ckpt_in_tensor(in, i);
+        int k = params_find(pt, t->name);
+        if (k < 0) die("%s is not a tensor of its deck's model", t->name);
+        float *w = model_tensor(m, t->name, NULL);
+        if (ckpt_in_read(in, i, 0, t->shape[0], w, 0, err, sizeof err)) die("%s", err);
+        loaded++;
+    }
+    if (loaded != pt->n) die("%d tensors loaded, the model has %d", loaded, pt->n);
+    int64_t *ids64 = malloc(sizeof(int64_t) * (size_t)B * T);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
+    float *ref = malloc(sizeof(float) * (size_t)B * T * V);
+    if (st_read(&ex, ii, 0, st_bytes(&ex.t[ii]), ids64, err, sizeof err) ||
+        st_read(&ex, li, 0, st_bytes(&ex.t[li]), ref, err, sizeof err))
+        die("%s", err);
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)ids64[i];
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) tgt[b * T + t] = t + 1 < T ? tok[b * T + t + 1] : -100;
+    model_batch bt = {.tokens = tok, .targets = tgt, .B = B, .T = T};
+    model_scales sc;
+    memset(&sc, 0, sizeof sc);
+    model_sums s;
+    memset(&s, 0, sizeof s);
+    model_step(m, &bt, sc, 0, &s);
+    double e = rel_l2(model_logits(m), ref, (size_t)B * T * V);
+    int ok = e <= 1e-5;
+    printf("dsv3-refcheck --logits %s\n  %d tensors loaded; batch %dx%d, V=%d\n  logits      rel L2 error %.3e  (tol 1e-05)  %s\n"
+           "dsv3-refcheck: %s\n", ckpt, loaded, B, T, V, e, ok ? "ok" : "FAIL", ok ? "PASS" : "FAIL");
+    free(ids64), free(tok), free(tgt), free(ref);
+    model_free(m);
+    deck_free(&d);
+    st_close(&ex);
+    ckpt_in_close(in);
+    MPI_Finalize();
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
+    if (argc == 4 && !strcmp(argv[1], "--logits")) return logits_mode(argv[2], argv[3]);
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: dsv3-refcheck FIXTURE.h5   (written by tools/reference/make_fixture.py)\n");
+        fprintf(stderr, "usage: dsv3-refcheck FIXTURE.h5   (written by tools/reference/make_fixture.py)\n"
+                        "       dsv3-refcheck --logits CKPT.h5 EXPECTED.safetensors   (input_ids, logits)\n");
         MPI_Finalize();
         return 2;
     }
