@@ -176,5 +176,44 @@ def main():
     sys.exit(0 if ok else 1)
 
 
+
+def torch_checks(model_dir, logits_file, base_dir, adapter_dir):
+    """Optional (torch, transformers, peft installed): transformers loads our
+    export with no missing key (the MTP layer's keys are reported as
+    unexpected: it does not instantiate it) and gives the expected logits;
+    PEFT loads our adapter with warnings as errors."""
+    import io
+    import logging
+    import warnings
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    transformers.utils.logging.add_handler(h)
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    transformers.utils.logging.remove_handler(h)
+    report = buf.getvalue()
+    missing = [ln for ln in report.splitlines() if "MISSING" in ln or "MISMATCH" in ln]
+    assert not missing, missing[:3]
+    ex = load_file(logits_file)
+    with torch.no_grad():
+        lg = m(torch.tensor(ex["input_ids"])).logits.numpy()
+    err = float(np.linalg.norm(lg - ex["logits"]) / np.linalg.norm(ex["logits"]))
+    assert err < 1e-5, err
+    print(f"transformers {transformers.__version__} loads {model_dir}: no missing key, logits rel L2 {err:.2e}")
+    warnings.simplefilter("error")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    pm = PeftModel.from_pretrained(base, adapter_dir)
+    n = sum(1 for k, _ in pm.named_parameters() if "lora_" in k)
+    print(f"peft loads {adapter_dir} with warnings as errors: {n} LoRA tensors")
+    return True
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "torch":
+        sys.exit(0 if torch_checks(*sys.argv[2:6]) else 1)
     main()

@@ -66,6 +66,16 @@ if "$BIN/dsv3-export" --adapters "$OUT/lora/checkpoints/step_00000002.h5" "$OUT/
     chk adapters "$OUT/adapter" $((L * 2 * 2)) && ok "$(cat "$OUT/adapter.log")" || bad "adapter contents"
 else bad "adapter export"; cat "$OUT/adapter.log"; fi
 
+echo "== optional: transformers and PEFT read our files (a python with torch, transformers and peft: DSV3_TORCH_PYTHON)"
+TPY=${DSV3_TORCH_PYTHON:-python3}
+if "$TPY" -c "import torch, transformers, peft" 2>/dev/null; then
+    "$BIN/dsv3-export" -q --dtype fp32 "$OUT/lora/checkpoints/step_00000002.h5" "$OUT/lora-base" >/dev/null 2>&1
+    "$TPY" tests/interop_check.py torch "$OUT/exp-fp32-fp32" "$FX/expected_logits.safetensors" "$OUT/lora-base" \
+        "$OUT/adapter" 2>"$OUT/torch.err" && ok "transformers and PEFT checks" || { bad "transformers/PEFT"; tail -5 "$OUT/torch.err"; }
+else
+    echo "note  no torch/transformers/peft in $TPY: the optional load checks did not run"
+fi
+
 echo "== bad files: one line, non-zero exit, nothing written"
 for kind in truncated header-length overlap unknown-dtype missing-scale shape missing not-in-index; do
     src=$FX/bf16
