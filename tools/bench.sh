@@ -63,6 +63,7 @@ else
 fi
 if [ "${BENCH_ALL:-0}" = 1 ]; then
   echo "== checkpoint I/O (tools/bench-ckpt.sh) =="; tools/bench-ckpt.sh
+  echo "== HF import/export at real widths (tools/bench-import.sh) =="; tools/bench-import.sh
   echo "== tokenizer (tools/bench-tokenizer.sh) =="; tools/bench-tokenizer.sh
 else
   echo "(BENCH_ALL=1 make bench adds checkpoint write/read bandwidth vs dd and tokenizer MB/s vs HF tokenizers)"

@@ -248,10 +248,19 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
             if (ue8m0 && !(isfinite(v) && v > 0 && frexpf(v, &ex) == 0.5f)) stt->pow2_bad++;
             stt->scales++;
         }
+        static float lut[256]; /* e4m3 -> float: a table of the 256 codes (ops_e4m3_to_f32) */
+        static int lut_ready;
+        if (!lut_ready)
+            for (int c = 0; c < 256; c++) lut[c] = ops_e4m3_to_f32((uint8_t)c), lut_ready = 1;
         for (int64_t r = 0; r < nr; r++) {
             const float *srow = sbuf + ((r0 + r) / 128 - sr0) * sc_cols;
-            for (int64_t c = 0; c < cols; c++)
-                out[r * cols + c] = ops_e4m3_to_f32(raw[r * cols + c]) * srow[c / 128];
+            const unsigned char *q = raw + r * cols;
+            float *o = out + r * cols;
+            for (int64_t c0 = 0; c0 < cols; c0 += 128) { /* one scale per 128 columns */
+                int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
+                float sc = srow[c0 / 128];
+                for (int64_t c = c0; c < c1; c++) o[c] = lut[q[c]] * sc;
+            }
         }
         break;
     }
