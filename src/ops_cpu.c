@@ -189,6 +189,14 @@ void ops_fill(float *x, size_t n, float value) {
 
 /* ---- weight storage: exact dequantisation, then sgemm by row tiles ---- */
 
+uint16_t ops_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
 float ops_bf16_to_f32(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
     float f;

@@ -62,13 +62,6 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 /* "5GB", "500MB", "200KB", bytes: decimal units, as transformers' max_shard_size. */
 static uint64_t parse_size(const char *s) {
@@ -140,7 +133,7 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
         const void *data = dst;
         size_t es = t->f32 ? 4 : 2;
         if (!t->f32 && !raw_bf16) {
-            for (size_t j = 0; j < n; j++) hb[j] = f32_to_bf16(fb[j]);
+            for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
             data = hb;
         }
         if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die("%s", err);

@@ -187,13 +187,6 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
-static uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 static float scale_value(const unsigned char *p, st_dtype dt) {
     if (dt == ST_F32) {
@@ -495,7 +488,7 @@ int main(int argc, char **argv) {
                 const void *data = fb;
                 int keep = (t->flags & P_NOGRAD) != 0; /* the router bias stays F32 */
                 if (bf16 && !keep) {
-                    for (size_t j = 0; j < n; j++) hb[j] = f32_to_bf16(fb[j]);
+                    for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
                     data = hb;
                 }
                 if (t->flags & P_EXPERT) { /* expert e, rows r0.. of its [out, in] */
