@@ -9,6 +9,11 @@ system python). Run from anywhere:
     python3 tools/reference/make_fixture.py [-o tests/fixtures/hf_tiny.h5] [--seed 1234]
 
 then check with `bin/dsv3-refcheck tests/fixtures/hf_tiny.h5` and commit the file.
+The YaRN variant with mscale != mscale_all_dim (tests/fixtures/hf_tiny_mscale.h5):
+
+    python3 tools/reference/make_fixture.py -o tests/fixtures/hf_tiny_mscale.h5 --rope \
+      '{"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 256,
+        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 1.3}'
 
 Written with transformers 5.x (fused 3-D expert tensors) and also handles
 4.x (per-expert nn.Linear modules).
@@ -219,8 +224,15 @@ def check_rope(model):
         ref = np.array([rp["rope_theta"] ** (-2.0 * i / d) for i in range(d // 2)])
     if not np.allclose(hf_inv, ref, rtol=1e-6, atol=0):
         raise SystemExit(f"make_fixture: HF YaRN inv_freq {hf_inv} != spec {ref}")
-    if abs(model.model.rotary_emb.attention_scaling - 1.0) > 1e-12:
-        raise SystemExit("make_fixture: HF applies a cos/sin attention_factor != 1 (mscale != mscale_all_dim)")
+    # cos/sin attention factor: HF's equals the spec's mscale(f, mscale) / mscale(f, mscale_all_dim)
+    # (1 when the two are equal, as in the release; the mscale fixture makes them differ)
+    if rp.get("rope_type", rp.get("type")) == "yarn":
+        ms = lambda s_, m_: 1.0 if s_ <= 1 else 0.1 * m_ * math.log(s_) + 1.0
+        want = ms(rp["factor"], rp.get("mscale", 0) or 0) / ms(rp["factor"], rp.get("mscale_all_dim", 0) or 0) \
+            if rp.get("mscale") and rp.get("mscale_all_dim") else ms(rp["factor"], 1.0)
+        if abs(model.model.rotary_emb.attention_scaling - want) > 1e-9:
+            raise SystemExit(f"make_fixture: HF cos/sin attention_factor {model.model.rotary_emb.attention_scaling} "
+                             f"!= spec {want}")
     big = spec_yarn_inv_freq(64, 10000.0, 40.0, 4096, 32, 1)
     for i, v in {0: 1, 1: 0.74989421, 10: 0.056234133, 11: 0.039006927, 16: 0.0055, 22: 1.7782794e-4,
                  23: 3.3338036e-5, 31: 3.3338036e-6}.items():
