@@ -23,6 +23,12 @@ run() { # name, command...
     local t0=$SECONDS
     timeout ${TEST_TIMEOUT:-900} "$@" >"$LOG/$name.log" 2>&1
     local rc=$?
+    # a cmocka program passes with its skipped tests inside: count those as skips, by name
+    local sk
+    sk=$(sed -n 's/^\[  SKIPPED \] \(.*\)/\1/p' "$LOG/$name.log" | tr '\n' ' ')
+    if [ $rc -eq 0 ] && [ -n "$sk" ]; then
+        skip=$((skip+$(echo $sk | wc -w))); printf '  SKIP  %-40s cmocka tests skipped: %s(%s)\n' "$name" "$sk" "$(grep -m1 '^skip:' "$LOG/$name.log")"
+    fi
     if [ $rc -eq 0 ]; then pass=$((pass+1)); printf '  PASS  %-40s %3ds\n' "$name" $((SECONDS-t0))
     elif [ $rc -eq 77 ]; then skip=$((skip+1)); printf '  SKIP  %-40s %s\n' "$name" "$(tail -n1 "$LOG/$name.log")"
     else fail=$((fail+1)); failed+=("$name"); printf '  FAIL  %-40s (rc %d, log %s)\n' "$name" $rc "$LOG/$name.log"; tail -n 15 "$LOG/$name.log" | sed 's/^/        /'
@@ -31,6 +37,8 @@ run() { # name, command...
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
     case "$t" in *.o|*.d) continue;; esac
+    # test_moe_ep is an MPI test: it_moe_ep runs it at np 2 and 4 (alone it would compare EP=1 with itself)
+    case "$(basename "$t")" in test_moe_ep) continue;; esac
     run "$(basename "$t")" "$t"
 done
 for s in tests/it_*.sh; do
@@ -39,4 +47,6 @@ for s in tests/it_*.sh; do
     run "$(basename "$s" .sh)" "$s"
 done
 echo "dsv3 tests: $pass passed, $fail failed, $skip skipped${failed:+ (failed: ${failed[*]})}"
+# (a program whose cmocka tests were partly skipped is counted once as passed and
+# each skipped test once as skipped)
 [ $fail -eq 0 ]

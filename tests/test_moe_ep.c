@@ -6,9 +6,8 @@
  * experts of rank 0 (the other ranks receive no rows at all, and rank 0's
  * row buffers must grow); uneven token counts with one rank holding none.
  *
- * Run by tests/it_moe_ep.sh under mpirun -np 1, 2, 4; run directly (as the
- * unit-test runner does) it is a singleton MPI job and checks EP=1 against
- * the reference path. Exit 0 = pass. Failures are collected and reduced, never
+ * Run by tests/it_moe_ep.sh under mpirun -np 2 and 4 (tests/run.sh does not
+ * run it alone: one rank would compare EP=1 with itself). Exit 0 = pass. Failures are collected and reduced, never
  * raised inside a collective sequence, so a failing rank cannot hang the others.
  */
 #include <math.h>
