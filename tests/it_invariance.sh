@@ -1,8 +1,8 @@
 #!/bin/bash
 # Decomposition invariance (issue 4): input/tiny.cfg for 10 steps in fp32 at
 # np=1, then at np 2, 4, 8, 24 over EP {1,2,4,8}, ZeRO {0,1,2,3} and activation
-# checkpointing on/off: every
-# step's loss within 1e-5 relative of the np=1 run. Prints the matrix.
+# checkpointing on/off: every deterministic column of every step within its
+# bound (BOUNDS, near what is measured) of the np=1 run. Prints the matrix.
 . "$(dirname "$0")/lib.sh"
 scratch_dir
 COMMON="run.steps=10 schedule.warmup_steps=2 checkpoint.every=0 train.micro_batch=1 train.global_batch=24 run.log_every=100"
@@ -10,6 +10,13 @@ run() { # name np ep zero [checkpointing]
     timeout 300 mpirun -np "$2" "$BIN/dsv3" input/tiny.cfg $COMMON parallel.expert_parallel="$3" \
         parallel.zero_stage="$4" parallel.activation_checkpointing="${5:-false}" run.output_dir="$OUT/$1" >"$OUT/$1.log" 2>&1 || { echo "run $1 failed:"; tail -5 "$OUT/$1.log"; return 1; }
 }
+# Bounds per column, a few times the largest difference measured over this matrix
+# (2 cores, OpenBLAS Cooperlake/Haswell/Sandybridge): the runs agree to <1e-8
+# (grad_norm 3e-8) until a near-tie top-k decision flips with the summation
+# order, which happens at np 24 within these 10 steps: then loss 2.9e-7,
+# mtp_loss 1.3e-6, aux_loss 1.9e-6, grad_norm 9.9e-7, max_imbalance 9.2e-4
+# (token counts); lr, tokens and skipped are exact.
+BOUNDS="loss:1e-6 lm_loss:1e-6 mtp_loss:5e-6 aux_loss:1e-5 lr:0 tokens:0 grad_norm:5e-6 max_imbalance:5e-3 skipped:0"
 run base 1 1 0 || exit 1
 fail=0
 printf '%-6s %3s %3s %5s %5s %12s  %s\n' case np EP ZeRO ckpt "max rel" verdict
@@ -21,10 +28,24 @@ for c in "2 2 0" "2 1 3" "4 4 1" "4 2 2" "4 2 2 true" "8 8 3" "8 1 0" "8 2 1" "8
     if [ "$3" -lt 3 ] && ! grep -q "router biases bitwise identical on all $1 ranks (checked at 10 steps)" "$OUT/$name.log"; then
         echo "FAIL: $name did not confirm identical router biases"; fail=1
     fi
-    rel=$(awk -F, 'NR==FNR { if (FNR>1) b[$1]=$2; next } FNR>1 { d=$2-b[$1]; if (d<0) d=-d; r=d/(b[$1]<0?-b[$1]:b[$1]); if (r>m) m=r; n++ } END { if (n!=10) print "rows:" n; else printf "%.3e", m }' \
+    # every deterministic column (timings excluded) against np=1: the largest relative
+    # difference per column, then the verdict against the column's bound
+    res=$(awk -F, -v bounds="$BOUNDS" '
+        BEGIN { n = split(bounds, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); lim[kv[1]] = kv[2] } }
+        NR == FNR { if (FNR == 1) { for (i = 1; i <= NF; i++) col[i] = $i } else for (i = 2; i <= NF; i++) ref[$1, i] = $i; next }
+        FNR == 1 { next }
+        { rows++; for (i = 2; i <= NF; i++) { c = col[i]; if (!(c in lim) || $i == "" || ref[$1, i] == "") continue
+              d = $i - ref[$1, i]; if (d < 0) d = -d; a = ref[$1, i]; if (a < 0) a = -a
+              r = a > 0 ? d / a : d; if (r > m[c]) m[c] = r } }
+        END { bad = ""; worst = 0; wc = "-"
+              for (c in lim) { if (m[c] > lim[c]) bad = bad " " c "=" sprintf("%.2e", m[c])
+                  if (lim[c] > 0 && m[c] / lim[c] > worst) { worst = m[c] / lim[c]; wc = c } }
+              if (rows != 10) bad = bad " rows=" rows
+              printf "%.3e %s %s\n", m["loss"], wc "=" sprintf("%.2e", m[wc]) "/" lim[wc], (bad == "" ? "ok" : "FAIL:" bad) }' \
         "$OUT/base/metrics.csv" "$OUT/$name/metrics.csv")
-    ok=$(awk -v r="$rel" 'BEGIN { print (r ~ /^[0-9.e+-]+$/ && r+0 <= 1e-5) ? "ok" : "FAIL" }')
+    rel=${res%% *}; rest=${res#* }; worstc=${rest%% *}; ok=${rest#* }
     [ "$ok" = ok ] || fail=1
+    rel="$rel (nearest its bound: $worstc)"
     printf '%-6s %3s %3s %5s %5s %12s  %s\n' "" "$1" "$2" "$3" "${4:-no}" "$rel" "$ok"
 done
 exit $fail
