@@ -22,6 +22,7 @@
 
 #include "../src/deck.h"
 #include "../src/model/model.h"
+#include "../src/plan.h"
 
 static const char *DECK =
     "model = { vocab_size = 37; hidden_size = 16; intermediate_size = 24; moe_intermediate_size = 8;\n"
@@ -219,6 +220,51 @@ static void test_shape_change(void **state) {
     }
 }
 
+/* Counter-based init: the routed experts a rank holds under EP=2 get exactly
+ * the values the same experts get at EP=1 (every value is a function of the
+ * seed, the tensor name and the global index), and so do all other tensors. */
+static void test_init_independent_of_split(void **state) {
+    (void)state;
+    char text[4096], err[512];
+    snprintf(text, sizeof text, DECK, 1, "false");
+    deck d1, d2;
+    char *over[] = {"parallel.expert_parallel=2", "train.global_batch=4"}; /* 2 ranks x micro-batch 2 */
+    assert_int_equal(deck_load_string(&d1, text, "test_model", 0, NULL, 1, err, sizeof err), 0);
+    if (deck_load_string(&d2, text, "test_model", 2, over, 2, err, sizeof err)) fail_msg("deck: %s", err);
+    model_opts mo1 = deck_model_opts(&d1), mo2 = deck_model_opts(&d2);
+    model *whole;
+    assert_int_equal(model_create(&whole, &mo1, NULL, err, sizeof err), 0);
+    model_init_weights(whole, 7);
+    const param_table *pt = model_params(whole);
+    int experts_seen = 0;
+    for (int r = 0; r < 2; r++) {
+        plan p;
+        if (plan_layout(&p, &d2, 2, r, err, sizeof err)) fail_msg("plan_layout: %s", err);
+        model *part;
+        assert_int_equal(model_create(&part, &mo2, &p, err, sizeof err), 0);
+        model_init_weights(part, 7);
+        for (int i = 0; i < pt->n; i++) {
+            const param_spec *s = &pt->t[i];
+            const float *a = model_tensor(whole, s->name, NULL), *b = model_tensor(part, s->name, NULL);
+            assert_non_null(a);
+            assert_non_null(b);
+            size_t n = (size_t)s->numel, off = 0;
+            if (s->flags & P_EXPERT) { /* my half of the stacked [E, out, in] */
+                n = (size_t)s->numel / 2;
+                off = (size_t)r * n;
+                experts_seen++;
+            }
+            if (memcmp(a + off, b, n * sizeof *a)) fail_msg("%s differs at EP=2 rank %d", s->name, r);
+        }
+        model_free(part);
+        plan_free(&p);
+    }
+    assert_true(experts_seen > 0);
+    model_free(whole);
+    deck_free(&d1);
+    deck_free(&d2);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const struct CMUnitTest tests[] = {
@@ -228,6 +274,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_mtp_reaches_main_model),
         cmocka_unit_test(test_checkpointing_same_grads),
         cmocka_unit_test(test_shape_change),
+        cmocka_unit_test(test_init_independent_of_split),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     MPI_Finalize();
