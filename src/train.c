@@ -70,6 +70,7 @@ typedef struct {
     int64_t optim_t;     /* AdamW updates applied (steps minus skipped steps) */
     int64_t skipped;     /* steps skipped for a non-finite loss or gradient norm, in all */
     int consecutive;     /* ... in a row, up to this step */
+    float *bias_shadow;  /* [n_moe, E] ZeRO-3: the biases as the global counts say they must be */
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
@@ -149,7 +150,10 @@ static double bias_update(trainer *t, double *imb, int apply) {
         for (int e = 0; e < E; e++) mx = c[e] > mx ? (double)c[e] : mx, sum += (double)c[e];
         imb[i] = moe_load_imbalance(c, E);
         if (sum > 0) worst = fmax(worst, mx / (sum / E));
-        if (apply && t->d->model.bias_update_rate > 0) model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
+        if (apply && t->d->model.bias_update_rate > 0) {
+            model_bias_update(m, i, c, (float)t->d->model.bias_update_rate);
+            if (t->bias_shadow) moe_bias_update(t->bias_shadow + (size_t)i * E, c, E, (float)t->d->model.bias_update_rate);
+        }
     }
     model_reset_counts(m);
     /* Every rank holds the full biases below ZeRO-3: they must stay bitwise
@@ -163,6 +167,19 @@ static double bias_update(trainer *t, double *imb, int apply) {
         }
         comm_minmax_u64(h, t->p->world, &lo, &hi);
         if (lo != hi) error_one("router biases differ across ranks after step %lld", (long long)t->step + 1);
+        t->bias_checks++;
+    }
+    /* ZeRO-3: each bias is spread over the ranks' shards; assembled, it must
+     * equal the replicated shadow that every rank updates from the same counts. */
+    if (t->bias_shadow) {
+        float got[4096];
+        for (int i = 0; i < n; i++) {
+            DSV3_CHECK(E <= 4096, "more than 4096 routed experts");
+            model_router_bias_gather(m, i, got);
+            if (t->p->world_rank == 0 && memcmp(got, t->bias_shadow + (size_t)i * E, (size_t)E * sizeof *got))
+                error_one("router bias of MoE layer %d differs from the update its global counts give after step %lld "
+                          "(ZeRO-3 shards)", model_moe_layer_index(m, i), (long long)t->step + 1);
+        }
         t->bias_checks++;
     }
     return worst;
@@ -340,6 +357,12 @@ int train_run(const deck *d, plan *p) {
     int *layer_id = calloc((size_t)n_moe + 1, sizeof *layer_id);
     for (int i = 0; i < n_moe; i++) layer_id[i] = model_moe_layer_index(t.m, i);
     double mem_alloc = 0.0;
+    if (p->zero_stage >= 3 && p->world_size > 1 && n_moe > 0) { /* the shadow starts from the assembled biases */
+        int E = d->model.n_routed_experts;
+        t.bias_shadow = calloc((size_t)n_moe * E, sizeof *t.bias_shadow);
+        if (!t.bias_shadow) error_one("out of memory for the router-bias shadow");
+        for (int i = 0; i < n_moe; i++) model_router_bias_gather(t.m, i, t.bias_shadow + (size_t)i * E);
+    }
     double t_start = now();
     int64_t first_step = t.step;
     while (t.step < d->run.steps) {
@@ -453,6 +476,6 @@ out:
     model_free(t.m);
     data_close(t.train);
     if (t.valid) data_close(t.valid);
-    free(t.mo), free(t.vo), free(t.tok), free(t.tgt);
+    free(t.mo), free(t.vo), free(t.tok), free(t.tgt), free(t.bias_shadow);
     return failed;
 }
