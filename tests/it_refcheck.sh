@@ -2,7 +2,8 @@
 # The model against Hugging Face transformers: bin/dsv3-refcheck on the committed
 # fixture (tests/fixtures/hf_tiny.h5, made by tools/reference/make_fixture.py)
 # must pass, and so must tests/fixtures/hf_tiny_mscale.h5 (YaRN mscale !=
-# mscale_all_dim); a copy with one weight tensor perturbed must fail; a copy
+# mscale_all_dim) and tests/fixtures/hf_tiny_mtp.h5 (MTP depth 2 and the
+# balance loss against tools/reference/make_mtp_fixture.py); a copy with one weight tensor perturbed must fail; a copy
 # with a dataset removed must fail with a message naming it.
 set -u
 cd "$(dirname "$0")/.."
@@ -18,6 +19,12 @@ echo "== reference fixture"
 # mscale^2 against transformers
 echo "== reference fixture with mscale 0.707, mscale_all_dim 1.3"
 "$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_mscale.h5 || { echo "FAIL: the mscale fixture does not match"; exit 1; }
+
+# MTP (depth 2) and the sequence-wise balance loss against an independent
+# reference of the spec's equations (tools/reference/make_mtp_fixture.py):
+# transformers has neither, so the main fixture turns both off
+echo "== MTP depth 2 + balance loss fixture"
+"$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_mtp.h5 || { echo "FAIL: the MTP fixture does not match"; exit 1; }
 
 PY=${DSV3_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=/usr/bin/python3

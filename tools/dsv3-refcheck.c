@@ -200,12 +200,22 @@ static void expert_name(char *out, size_t n, const char *stacked, int e) {
     snprintf(out, n, "%.*s%d.%s", (int)k, stacked, e, stacked + k);
 }
 
+/* Target counts of the main head and each MTP depth; lambda/D weighting (train.c's). */
+static int64_t g_cnt[1 + MODEL_MAX_MTP];
+static int g_D;
+static double g_lambda;
+
+/* The total loss: lm + lambda/D * sum_k mtp_k + balance (mean over the B sequences). */
 static double step_loss(model *m, const model_batch *bt, model_scales sc, int backward) {
     model_sums s;
     memset(&s, 0, sizeof s);
     if (backward) model_zero_grad(m);
     model_step(m, bt, sc, backward, &s);
-    return s.lm_count ? s.lm_sum / (double)s.lm_count : NAN;
+    if (!s.lm_count) return NAN;
+    double l = s.lm_sum / (double)s.lm_count;
+    for (int k = 1; k <= g_D; k++)
+        if (g_cnt[k]) l += g_lambda / g_D * s.mtp_sum[k - 1] / (double)g_cnt[k];
+    return l + s.bal_sum / (double)bt->B;
 }
 
 /* --logits CKPT.h5 EXPECTED.safetensors: the logits of a dsv3 checkpoint (e.g.
@@ -288,8 +298,12 @@ int main(int argc, char **argv) {
 
     /* config and optimizer settings */
     char *cfg_text = attr_string(f, "config");
+    /* an MTP fixture (make_mtp_fixture.py) carries lambda and alpha: MTP depth from its config,
+     * the balance loss on; the transformers fixture has neither (both off) */
+    int mtp_fx = H5Aexists(f, "mtp_loss_weight") > 0;
+    double lambda = mtp_fx ? attr_double(f, "mtp_loss_weight") : 0.0, alpha = mtp_fx ? attr_double(f, "aux_loss_alpha") : 0.0;
     char cerr[512];
-    char *mg = hf_config_model_group(cfg_text, "root attribute config", 0, cerr, sizeof cerr);
+    char *mg = hf_config_model_group(cfg_text, "root attribute config", mtp_fx ? -1 : 0, cerr, sizeof cerr);
     if (!mg) die("%s", cerr);
     hsize_t idims[3];
     if (ds_shape(f, "/inputs/input_ids", idims) != 2) die("dataset /inputs/input_ids must be [B,T]");
@@ -298,8 +312,11 @@ int main(int argc, char **argv) {
     if (nsteps < 0 || nsteps > MAX_STEPS) die("root attribute steps = %d out of range", nsteps);
 
     sbuf dk = {0};
-    mg[strlen(mg) - 3] = 0; /* drop "};\n": the reference has no balance loss and no bias updates */
-    sb_add(&dk, "%s  aux_loss_alpha = 0.0;\n  bias_update_rate = 0.0;\n};\n", mg);
+    mg[strlen(mg) - 3] = 0; /* drop "};\n": the reference's loss terms; no bias updates */
+    char fl[64], fa[64];
+    fmt_float(fl, sizeof fl, lambda);
+    fmt_float(fa, sizeof fa, alpha);
+    sb_add(&dk, "%s  aux_loss_alpha = %s;\n  mtp_loss_weight = %s;\n  bias_update_rate = 0.0;\n};\n", mg, fa, fl);
     free(mg);
     char lr[64], b1[64], b2[64], ep[64], wd[64];
     fmt_float(lr, sizeof lr, attr_double(f, "lr"));
@@ -384,6 +401,7 @@ int main(int argc, char **argv) {
     read_ds(f, "/expected/loss", H5T_NATIVE_FLOAT, lnd, one, &ref_loss);
     read_ds(f, "/expected/step_losses", H5T_NATIVE_FLOAT, 1, &sdims, ref_steps);
 
+    if (g_D) printf("dsv3-refcheck: MTP depth %d (lambda %g) and the sequence-wise balance loss (alpha %g) on\n", g_D, lambda, alpha);
     printf("dsv3-refcheck %s\n  model: V=%d H=%d layers=%d (%d dense) heads=%d q_lora=%d kv_lora=%d experts=%d "
            "(groups %d, keep %d, top-%d) shared=%d rope=%s; batch %dx%d, %lld counted targets\n",
            g_file, V, c->hidden_size, c->num_hidden_layers, c->first_k_dense_replace, c->num_attention_heads,
@@ -395,9 +413,16 @@ int main(int argc, char **argv) {
     model_scales sc;
     memset(&sc, 0, sizeof sc);
     sc.lm = (float)(1.0 / (double)count);
-    double loss = step_loss(m, &bt, sc, 1);
+    g_D = c->num_nextn_predict_layers, g_lambda = lambda;
+    for (int k = 1; k <= g_D; k++) {
+        g_cnt[k] = model_count_targets(tgt, B, T, k);
+        sc.mtp[k - 1] = g_cnt[k] ? (float)(lambda / g_D / (double)g_cnt[k]) : 0.0f;
+    }
+    sc.bal = 1.0f / (float)B;
     int fails = 0;
+    step_loss(m, &bt, sc, 0); /* the main logits (with MTP, the heads' backward reuses that buffer) */
     double e_log = rel_l2(model_logits(m), ref_logits, N * V);
+    double loss = step_loss(m, &bt, sc, 1);
     fails += !(e_log <= TOL_LOGITS);
     printf("  logits      rel L2 error %.3e  (tol %.0e)  %s\n", e_log, TOL_LOGITS, e_log <= TOL_LOGITS ? "ok" : "FAIL");
     double e_loss = fabs(loss - ref_loss);
