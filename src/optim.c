@@ -60,3 +60,11 @@ void optim_step(const deck *d, const param_table *pt, float *w, const float *g, 
                   (int)t, grad_scale);
     }
 }
+
+void optim_step_tensor(const deck *d, const param_spec *ts, float *w, const float *g, float *m, float *v, size_t n,
+                       int64_t t, double lr, float grad_scale) {
+    const deck_optimizer *o = &d->optimizer;
+    if ((ts->flags & (P_FROZEN | P_NOGRAD)) || n == 0) return;
+    float wd = (ts->flags & P_NODECAY) ? 0.0f : (float)o->weight_decay;
+    ops_adamw(w, g, m, v, n, (float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps, wd, (int)t, grad_scale);
+}

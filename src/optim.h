@@ -25,4 +25,9 @@ void optim_free(optim_state *s);
 void optim_step(const deck *d, const param_table *pt, float *w, const float *g, float *m, float *v, size_t lo,
                 size_t hi, int64_t t, double lr, float grad_scale);
 
+/* AdamW on n floats of tensor `ts` alone (its decay flag): w, g, m, v point at
+ * the same element of the tensor in their own layouts (the compact LoRA path). */
+void optim_step_tensor(const deck *d, const param_spec *ts, float *w, const float *g, float *m, float *v, size_t n,
+                       int64_t t, double lr, float grad_scale);
+
 #endif

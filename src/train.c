@@ -246,7 +246,7 @@ static int save(trainer *t, char *err, int errlen) {
     }
     ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t};
     return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
-                     zero_optim_layout(t->p->zero_stage), &st, err, errlen);
+                     zero_state_optim_layout(model_zero(t->m)), &st, err, errlen);
 }
 
 int train_run(const deck *d, plan *p) {
@@ -291,7 +291,7 @@ int train_run(const deck *d, plan *p) {
         goto out;
     }
     const param_table *pt = &p->params;
-    t.optim_n = p->zero_stage >= 1 ? p->shard_floats : pt->total_local;
+    t.optim_n = zero_optim_floats(model_zero(t.m)); /* compact (trainable only) when LoRA freezes the base */
     t.mo = calloc(t.optim_n + 1, sizeof *t.mo);
     t.vo = calloc(t.optim_n + 1, sizeof *t.vo);
     t.tok = calloc((size_t)n_local * T, sizeof *t.tok);
@@ -303,7 +303,7 @@ int train_run(const deck *d, plan *p) {
     if (!resume[0] && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
         ckpt_state st;
         failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
-                           NULL, zero_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+                           NULL, zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) goto out;
         if (rank == 0) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
                               (long long)st.step);
@@ -311,7 +311,7 @@ int train_run(const deck *d, plan *p) {
     if (resume[0]) {
         ckpt_state st;
         failed = ckpt_load(p, d, resume, model_param_buffer(t.m), zero_params_layout(p->zero_stage), t.mo, t.vo,
-                           zero_optim_layout(p->zero_stage), &st, err, sizeof err) != 0;
+                           zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) {
             goto out;
         }

@@ -123,44 +123,78 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, 
     z->glen = calloc((size_t)G + 1, sizeof *z->glen);
     z->gp = calloc((size_t)G + 1, sizeof *z->gp);
     z->gg = calloc((size_t)G + 1, sizeof *z->gg);
-    if (!z->goff || !z->glen || !z->gp || !z->gg) {
+    z->gtoff = calloc((size_t)G + 1, sizeof *z->gtoff);
+    z->gtlen = calloc((size_t)G + 1, sizeof *z->gtlen);
+    if (!z->goff || !z->glen || !z->gp || !z->gg || !z->gtoff || !z->gtlen) {
         snprintf(err, errlen, "out of memory for the ZeRO group table");
         return -1;
     }
     if (p && zero_map_init(&z->map, p, err, errlen)) return -1;
-    for (int g = 0; g < G; g++) z->goff[g] = (size_t)-1;
-    size_t max_shard = 0;
+    if (p)
+        for (int i = 0; i < pt->n; i++)
+            if (pt->t[i].flags & P_FROZEN) z->compact = 1;
+    for (int g = 0; g < G; g++) z->goff[g] = z->gtoff[g] = (size_t)-1;
+    size_t max_shard = 0, max_tshard = 0;
     for (int s = 0; s < pt->nseg; s++) {
         const param_segment *sg = &pt->seg[s];
         if (z->goff[sg->group] == (size_t)-1) z->goff[sg->group] = sg->offset;
         z->glen[sg->group] += sg->numel;
         if (p) {
-            size_t n = p->shard[s].cnt[zero_seg_member(p, s)];
+            size_t n = p->shard[s].cnt[zero_seg_member(p, s)], tn = p->shard[s].tcnt[zero_seg_member(p, s)];
             max_shard = n > max_shard ? n : max_shard;
+            max_tshard = tn > max_tshard ? tn : max_tshard;
+            if (z->gtoff[sg->group] == (size_t)-1) z->gtoff[sg->group] = z->map.tfbase[s];
+            z->gtlen[sg->group] += p->shard[s].trainable;
+            z->tlocal += p->shard[s].trainable;
         }
     }
-    for (int g = 0; g < G; g++)
+    for (int g = 0; g < G; g++) {
         if (z->goff[g] == (size_t)-1) z->goff[g] = 0;
+        if (z->gtoff[g] == (size_t)-1) z->gtoff[g] = 0;
+    }
     size_t packed = p ? p->shard_floats : 0;
     int fail = 0;
     if (z->stage >= 3)
         fail |= !(z->pshard = calloc(packed + 1, sizeof *z->pshard));
     else
         fail |= !(z->params = calloc(pt->total_local, sizeof *z->params));
-    z->rs_n = z->stage >= 2 ? max_shard : 0;
-    if (z->stage >= 2)
-        fail |= !(z->gshard = calloc(packed + 1, sizeof *z->gshard)) || !(z->rs_tmp = calloc(max_shard + 1, 4));
-    else
-        fail |= !(z->grads = calloc(pt->total_local, sizeof *z->grads));
+    if (z->compact) { /* gradients of the trainable floats only (LoRA) */
+        z->rs_n = z->stage >= 2 ? max_tshard : 0;
+        if (z->stage >= 2)
+            fail |= !(z->gshard = calloc(p->shard_trainable + 1, sizeof *z->gshard)) ||
+                    !(z->rs_tmp = calloc(max_tshard + 1, 4));
+        else
+            fail |= !(z->grads = calloc(z->tlocal + 1, sizeof *z->grads));
+    } else {
+        z->rs_n = z->stage >= 2 ? max_shard : 0;
+        if (z->stage >= 2)
+            fail |= !(z->gshard = calloc(packed + 1, sizeof *z->gshard)) || !(z->rs_tmp = calloc(max_shard + 1, 4));
+        else
+            fail |= !(z->grads = calloc(pt->total_local, sizeof *z->grads));
+    }
     if (fail) {
         snprintf(err, errlen, "out of memory allocating %zu parameters", pt->total_local);
         return -1;
     }
     for (int g = 0; g < G; g++) { /* without sharding every group is always open */
         if (z->params) z->gp[g] = z->params + z->goff[g];
-        if (z->grads) z->gg[g] = z->grads + z->goff[g];
+        if (z->grads) z->gg[g] = z->grads + (z->compact ? z->gtoff[g] : z->goff[g]);
     }
     return 0;
+}
+
+size_t zero_grad_offset(const zero_state *z, int i) {
+    const param_spec *t = &z->pt->t[i];
+    if (!z->compact) return t->offset - z->goff[t->group];
+    int s = z->map.seg_of[i];
+    return z->map.tfbase[s] + z->map.ttoff[i] - z->gtoff[t->group];
+}
+
+int zero_state_optim_layout(const zero_state *z) { return zero_optim_layout(z->stage, z->compact); }
+
+size_t zero_optim_floats(const zero_state *z) {
+    if (z->compact) return z->stage >= 1 ? z->p->shard_trainable : z->tlocal;
+    return z->stage >= 1 ? z->p->shard_floats : z->pt->total_local;
 }
 
 void zero_destroy(zero_state *z) {
@@ -169,7 +203,7 @@ void zero_destroy(zero_state *z) {
     if (z->gg && z->stage >= 2)
         for (int g = 0; g < z->pt->n_groups; g++) free(z->gg[g]);
     free(z->params), free(z->grads), free(z->pshard), free(z->gshard), free(z->rs_tmp);
-    free(z->goff), free(z->glen), free(z->gp), free(z->gg);
+    free(z->goff), free(z->glen), free(z->gp), free(z->gg), free(z->gtoff), free(z->gtlen);
     if (z->p) zero_map_free(&z->map);
     memset(z, 0, sizeof *z);
 }
@@ -204,9 +238,10 @@ int zero_close_params(zero_state *z, int g) {
 
 int zero_open_grads(zero_state *z, int g) {
     if (z->stage < 2 || z->gg[g]) return 0;
-    z->gg[g] = calloc(z->glen[g] + 1, sizeof(float));
-    if (!z->gg[g]) error_one("out of memory for the gradients of group %d (%zu floats)", g, z->glen[g]);
-    ws_track(z, 1, 4.0 * z->glen[g]);
+    size_t len = z->compact ? z->gtlen[g] : z->glen[g];
+    z->gg[g] = calloc(len + 1, sizeof(float));
+    if (!z->gg[g]) error_one("out of memory for the gradients of group %d (%zu floats)", g, len);
+    ws_track(z, 1, 4.0 * len);
     return 1;
 }
 
@@ -216,6 +251,14 @@ int zero_flush_grads(zero_state *z, int g) {
     for (int s = 0; s < z->pt->nseg; s++) {
         const param_segment *sg = &z->pt->seg[s];
         if (sg->group != g) continue;
+        if (z->compact) { /* trainable floats only; every rank skips the same frozen segments */
+            if (p->shard[s].trainable == 0) continue;
+            size_t n = p->shard[s].tcnt[zero_seg_member(p, s)];
+            int rc = zero_seg_reduce_scatter(p, s, 1, z->gg[g] + (z->map.tfbase[s] - z->gtoff[g]), z->rs_tmp);
+            DSV3_CHECK(rc == 0, "reduce-scatter of gradient group %d failed", g);
+            ops_add(z->gshard + z->map.tpbase[s], z->rs_tmp, n);
+            continue;
+        }
         size_t n = p->shard[s].cnt[zero_seg_member(p, s)];
         int rc = zero_seg_reduce_scatter(p, s, 0, z->gg[g] + (sg->offset - z->goff[g]), z->rs_tmp);
         DSV3_CHECK(rc == 0, "reduce-scatter of gradient group %d failed", g);
@@ -223,7 +266,7 @@ int zero_flush_grads(zero_state *z, int g) {
     }
     free(z->gg[g]);
     z->gg[g] = NULL;
-    ws_track(z, 1, -4.0 * z->glen[g]);
+    ws_track(z, 1, -4.0 * (z->compact ? z->gtlen[g] : z->glen[g]));
     return 1;
 }
 
@@ -231,15 +274,17 @@ float *zero_param_buffer(zero_state *z) { return z->stage >= 3 ? z->pshard : z->
 float *zero_grad_buffer(zero_state *z) { return z->stage >= 2 ? z->gshard : z->grads; }
 
 void zero_zero_grad(zero_state *z) {
-    if (z->grads) ops_zero(z->grads, z->pt->total_local);
-    if (z->gshard) ops_zero(z->gshard, z->p->shard_floats);
+    if (z->grads) ops_zero(z->grads, z->compact ? z->tlocal : z->pt->total_local);
+    if (z->gshard) ops_zero(z->gshard, z->compact ? z->p->shard_trainable : z->p->shard_floats);
 }
 
 void zero_memory(const zero_state *z, double *params, double *grads) {
     /* workspaces (gathered groups, full-gradient groups) count at their high-water mark */
     double shard = z->p ? 4.0 * (double)z->p->shard_floats : 0.0;
     *params = (z->params ? 4.0 * (double)z->pt->total_local : shard) + z->ws_peak[0];
-    *grads = (z->grads ? 4.0 * (double)z->pt->total_local : shard + 4.0 * (double)z->rs_n) + z->ws_peak[1];
+    double gfull = 4.0 * (double)(z->compact ? z->tlocal : z->pt->total_local);
+    double gshard = z->compact ? 4.0 * (double)z->p->shard_trainable : shard;
+    *grads = (z->grads ? gfull : gshard + 4.0 * (double)z->rs_n) + z->ws_peak[1];
 }
 
 /* ------------------------------------------------------ optimizer step */
@@ -249,6 +294,21 @@ double zero_reduce_grads(zero_state *z) {
     const param_table *pt = z->pt;
     float *g = zero_grad_buffer(z);
     double ss = 0.0;
+    if (z->compact) {
+        if (z->stage >= 2)
+            ss = ops_sumsq(g, p->shard_trainable);
+        else
+            for (int s = 0; s < pt->nseg; s++) {
+                const plan_shard *sh = &p->shard[s];
+                if (sh->trainable == 0) continue;
+                float *gs = g + z->map.tfbase[s];
+                DSV3_CHECK(comm_sum_floats(gs, sh->trainable, zero_seg_comm(p, s)) == 0,
+                           "all-reduce of gradient segment %d failed", s);
+                int me = zero_seg_member(p, s);
+                ss += ops_sumsq(gs + sh->toff[me], sh->tcnt[me]);
+            }
+        return comm_sum_double(ss, p->world);
+    }
     if (z->stage >= 2) {
         ss = ops_sumsq(g, p->shard_floats);
     } else {
@@ -267,6 +327,31 @@ void zero_update(zero_state *z, const deck *d, float *m, float *v, int64_t step_
     const plan *p = z->p;
     const param_table *pt = z->pt;
     float *w = zero_param_buffer(z), *g = zero_grad_buffer(z);
+    if (z->compact) {
+        /* each trainable tensor's part I own: weights flat (or the flat packed
+         * shard at stage 3), gradients and moments compact */
+        int wl = zero_params_layout(z->stage), gl = z->stage >= 2 ? ZERO_SHARD_TRAINABLE : ZERO_FULL_TRAINABLE;
+        int ml = zero_optim_layout(z->stage, 1);
+        for (int i = 0; i < pt->n; i++) {
+            const param_spec *ts = &pt->t[i];
+            if (!trainable(ts)) continue;
+            int64_t a = 0, b = ts->numel_local;
+            if (z->stage >= 1) zero_my_part(&z->map, i, &a, &b);
+            if (b <= a) continue;
+            optim_step_tensor(d, ts, zero_at(&z->map, i, w, wl, a), zero_at(&z->map, i, g, gl, a),
+                              zero_at(&z->map, i, m, ml, a), zero_at(&z->map, i, v, ml, a), (size_t)(b - a), step_t,
+                              lr, scale);
+        }
+        if (z->stage == 1 || z->stage == 2)
+            for (int s = 0; s < pt->nseg; s++) {
+                const param_segment *sg = &pt->seg[s];
+                if (p->shard[s].trainable == 0) continue; /* frozen: unchanged everywhere */
+                size_t lo = sg->offset + p->shard[s].off[zero_seg_member(p, s)];
+                int rc = zero_seg_allgather(p, s, 0, w + lo, w + sg->offset);
+                DSV3_CHECK(rc == 0, "all-gather of updated parameter segment %d failed", s);
+            }
+        return;
+    }
     if (z->stage == 0) {
         optim_step(d, pt, w, g, m, v, 0, pt->total_local, step_t, lr, scale);
         return;

@@ -25,7 +25,11 @@ enum { ZERO_FULL_LOCAL = 0, ZERO_SHARD_PACKED = 1, ZERO_FULL_TRAINABLE = 2, ZERO
 
 /* The layout a ZeRO stage keeps: parameters packed at stage 3, moments at >= 1. */
 static inline int zero_params_layout(int stage) { return stage >= 3 ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL; }
-static inline int zero_optim_layout(int stage) { return stage >= 1 ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL; }
+/* compact (some tensor frozen, i.e. LoRA): the moments cover trainable floats only. */
+static inline int zero_optim_layout(int stage, int compact) {
+    if (compact) return stage >= 1 ? ZERO_SHARD_TRAINABLE : ZERO_FULL_TRAINABLE;
+    return stage >= 1 ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL;
+}
 
 /* The communicator that shards segment `seg` (world or data) and my index in it. */
 comm_t zero_seg_comm(const plan *p, int seg);
@@ -66,16 +70,23 @@ typedef struct {
     int stage;
     const param_table *pt;
     zero_map map;    /* valid when p != NULL */
+    /* compact = 1 when some tensor is P_FROZEN (LoRA) and a plan is given:
+     * gradients and AdamW moments then hold trainable floats only
+     * (ZERO_FULL_TRAINABLE below stage 2, ZERO_SHARD_TRAINABLE from 2 / 1);
+     * parameters keep the flat layouts. 0: every float (the original path). */
+    int compact;
+    size_t tlocal;   /* trainable local floats (compact: the stage-0/1 gradient size) */
     float *params;   /* [total_local] flat local layout (stage < 3) */
-    float *grads;    /* [total_local] (stage < 2) */
+    float *grads;    /* [total_local] (stage < 2; compact: [tlocal]) */
     float *pshard;   /* [shard_floats] packed parameter shard (stage 3) */
-    float *gshard;   /* [shard_floats] packed gradient shard (stage >= 2) */
+    float *gshard;   /* [shard_floats] packed gradient shard (stage >= 2; compact: [shard_trainable]) */
     float *rs_tmp;   /* [rs_n] reduce-scatter landing buffer (stage >= 2) */
     size_t rs_n;
     /* Layer group g is [goff[g], goff[g]+glen[g]) of the flat layout; gp[g]/gg[g]
      * are its open parameter/gradient workspaces (views of params/grads below
      * the sharding stage, gathered/zeroed copies around use above it). */
     size_t *goff, *glen;
+    size_t *gtoff, *gtlen; /* compact: group g's trainable floats [gtoff[g], +gtlen[g]) of ZERO_FULL_TRAINABLE */
     float **gp, **gg;
     double ws_bytes[2], ws_peak[2]; /* open workspaces (params, grads): now / high-water mark */
 } zero_state;
@@ -83,6 +94,11 @@ typedef struct {
 /* p == NULL: one rank (every group always open). pt: the local layout. */
 int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, int errlen);
 void zero_destroy(zero_state *z);
+/* Offset of tensor i's gradient within its group's gradient workspace gg[group]. */
+size_t zero_grad_offset(const zero_state *z, int i);
+/* The moments' layout and floats per rank for this state. */
+int zero_state_optim_layout(const zero_state *z);
+size_t zero_optim_floats(const zero_state *z);
 /* Stage 3: all-gather group g's parameters into gp[g] (collective over its
  * segments' comms). Returns 1 when gp[g] changed (callers rebind), else 0. */
 int zero_open_params(zero_state *z, int g);

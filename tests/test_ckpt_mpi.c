@@ -584,7 +584,7 @@ static int cli(int argc, char **argv) {
     if (getenv("CKPT_SCALE")) g_scale = atoi(getenv("CKPT_SCALE")) > 0 ? atoi(getenv("CKPT_SCALE")) : 1;
     if (argc >= 6 && !strcmp(argv[1], "save")) {
         int ep = atoi(argv[3]), z = atoi(argv[4]), lora = argc > 6;
-        int rc = save_as(argv[2], ep, z, lora, atoll(argv[5]), zero_params_layout(z), zero_optim_layout(z), err);
+        int rc = save_as(argv[2], ep, z, lora, atoll(argv[5]), zero_params_layout(z), zero_optim_layout(z, 0), err);
         if (g_rank == 0) printf("%s np=%d ep=%d zero=%d: %s (%.3f s, %.0f bytes)\n", rc ? "FAIL" : "saved", g_size,
                                 ep, z, rc ? err : "ok", ckpt_last_stats()->seconds, ckpt_last_stats()->bytes);
         return rc ? 1 : 0;
@@ -593,7 +593,7 @@ static int cli(int argc, char **argv) {
         int ep = atoi(argv[3]), z = atoi(argv[4]), lora = argc > 5;
         const char *b = strrchr(argv[2], '_');
         int64_t step = b ? atoll(b + 1) : 0;
-        int ok = load_check(argv[2], ep, z, lora, zero_params_layout(z), zero_optim_layout(z), step, err);
+        int ok = load_check(argv[2], ep, z, lora, zero_params_layout(z), zero_optim_layout(z, 0), step, err);
         if (g_rank == 0)
             printf("%s np=%d ep=%d zero=%d %s %s(%.3f s, %.0f bytes)\n", ok ? "OK" : "FAIL", g_size, ep, z, argv[2],
                    ok ? "" : err, ckpt_last_stats()->seconds, ckpt_last_stats()->bytes);

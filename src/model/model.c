@@ -119,7 +119,7 @@ static float *bind(model *m, const char *name, float **g, int required) {
     }
     const param_spec *s = &m->pt.t[i];
     size_t o = s->offset - m->z.goff[s->group];
-    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->z.gg[s->group] ? NULL : m->z.gg[s->group] + o;
+    if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->z.gg[s->group] ? NULL : m->z.gg[s->group] + zero_grad_offset(&m->z, i);
     return m->z.gp[s->group] ? m->z.gp[s->group] + o : NULL;
 }
 
