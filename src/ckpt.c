@@ -109,6 +109,17 @@ static void hf_name(const char *rel, char *out, size_t len) {
 }
 
 static int trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
+/* Which tensors a file holds: all (FILE_ALL); the LoRA tensors and the router
+ * biases, the model state a LoRA run changes (FILE_ADAPTERS: checkpoint.save =
+ * "adapters"); or a base model without adapters loaded into a LoRA deck
+ * (FILE_BASE: run.init_from of a pretrained or imported model; the adapters
+ * keep their initial values). */
+enum { FILE_ALL = 0, FILE_ADAPTERS = 1, FILE_BASE = 2 };
+static int in_file(const param_spec *t, int what) {
+    if (what == FILE_ADAPTERS) return (t->flags & (P_LORA | P_NOGRAD)) != 0;
+    if (what == FILE_BASE) return !(t->flags & P_LORA);
+    return 1;
+}
 static int64_t row_len(const param_spec *t) { return t->ndim >= 2 ? t->shape[t->ndim - 1] : 1; }
 
 static int member_of(const plan *p, int kind) { return kind == SEG_DENSE ? p->world_rank : p->dp_index; }
@@ -327,11 +338,12 @@ static void wd_stop(void) {
 
 /* ---- save ------------------------------------------------------------------ */
 
-double ckpt_file_bytes(const plan *p, const deck *d, int with_optim) {
+double ckpt_file_bytes(const plan *p, const deck *d, int with_optim, int adapters_only) {
     const param_table *pt = &p->params;
     double data = 0.0, n = 0.0;
     for (int i = 0; i < pt->n; i++) {
         const param_spec *t = &pt->t[i];
+        if (!in_file(t, adapters_only ? FILE_ADAPTERS : FILE_ALL)) continue;
         data += 4.0 * (double)t->numel;
         n += 1;
         if (with_optim && trainable(t)) data += 8.0 * (double)t->numel, n += 2;
@@ -454,8 +466,9 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
     return rc;
 }
 
-static int write_attrs(hid_t f, const plan *p, const deck *d, const ckpt_state *st, int has_optim) {
+static int write_attrs(hid_t f, const plan *p, const deck *d, const ckpt_state *st, int has_optim, int adapters) {
     int rc = 0;
+    rc |= attr_i64(f, "adapters_only", adapters);
     rc |= attr_i64(f, "format_version", CKPT_FORMAT_VERSION);
     rc |= attr_str(f, "format", "dsv3 checkpoint");
     rc |= attr_i64(f, "step", st->step);
@@ -479,14 +492,17 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     double t0 = comm_wtime();
     memset(&g_stats, 0, sizeof g_stats);
     err[0] = 0;
-    int rc = 0, full = 1;
+    int rc = 0, full = 1, adapters = 0;
     const char *mode = d->checkpoint.save;
     if (!output_dir) output_dir = d->run.output_dir;
     if (!mode[0] || !strcmp(mode, "full")) full = 1;
     else if (!strcmp(mode, "model")) full = 0;
     else if (!strcmp(mode, "adapters")) {
-        snprintf(err, errlen, "checkpoint.save = \"adapters\" is not supported yet (it comes with LoRA); use \"full\" or \"model\"");
-        rc = -1;
+        if (!d->lora.enabled) {
+            snprintf(err, errlen, "checkpoint.save = \"adapters\" needs lora.enabled = true");
+            rc = -1;
+        }
+        adapters = 1; /* the adapters, their AdamW moments and the run's state; the base stays where it came from */
     } else {
         snprintf(err, errlen, "checkpoint.save = \"%s\": expected \"full\" or \"model\"", mode);
         rc = -1;
@@ -505,7 +521,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         snprintf(err, errlen, "checkpoint: cannot create %s: %s", dir, strerror(errno));
         rc = -1;
     }
-    if (!rc && p->world_rank == 0) rc = space_check(dir, fname, ckpt_file_bytes(p, d, full), err, errlen);
+    if (!rc && p->world_rank == 0) rc = space_check(dir, fname, ckpt_file_bytes(p, d, full, adapters), err, errlen);
     if (agree(p->world, rc, err, errlen)) return -1;
 
     zero_map L;
@@ -535,7 +551,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
     H5Pset_create_intermediate_group(w.lcpl, 1);
     H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
-    if (write_attrs(file, p, d, st, full)) {
+    if (write_attrs(file, p, d, st, full, adapters)) {
         snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
         rc = -1;
     }
@@ -544,6 +560,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     const param_table *pt = &p->params;
     rc = agree(p->world, rc, err, errlen);
     for (int i = 0; !rc && i < pt->n; i++) {
+        if (!in_file(&pt->t[i], adapters ? FILE_ADAPTERS : FILE_ALL)) continue; /* the same decision on every rank */
         int e = write_tensor(&w, i, params, params_layout, BUF_PARAM);
         wd_progress(p, d, e ? err : NULL);
         rc = agree(p->world, e, err, errlen);
@@ -688,9 +705,20 @@ static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void
 }
 
 /* Every tensor of the deck's model present with its shape, and nothing else under /model, /lora. */
-static int check_model(hid_t file, const param_table *pt, int want_optim, const char *fname, char *err, int errlen) {
+static int check_model(hid_t file, const param_table *pt, int want_optim, int what, const char *fname,
+                       char *err, int errlen) {
     char path[256];
+    if (what == FILE_ADAPTERS) {
+        int any = 0;
+        for (int i = 0; i < pt->n; i++) any |= (pt->t[i].flags & P_LORA) != 0;
+        if (!any) {
+            snprintf(err, errlen, "checkpoint %s holds adapters only, and the deck's model has no LoRA adapters "
+                     "(lora.enabled)", fname);
+            return -1;
+        }
+    }
     for (int i = 0; i < pt->n; i++) {
+        if (!in_file(&pt->t[i], what)) continue;
         ds_path(&pt->t[i], BUF_PARAM, path, sizeof path);
         if (check_shape(file, &pt->t[i], path, fname, "", err, errlen)) return -1;
     }
@@ -811,7 +839,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     }
     ckpt_state s;
     memset(&s, 0, sizeof s);
-    int64_t ver = 0, has_optim = 0, ws = 0, ep = 0, zs = 0;
+    int64_t ver = 0, has_optim = 0, ws = 0, ep = 0, zs = 0, ad = 0;
     const char *missing = NULL;
     if (read_attr_i64(file, "format_version", &ver)) missing = "format_version";
     else if (read_attr_i64(file, "step", &s.step)) missing = "step";
@@ -822,6 +850,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     read_attr_i64(file, "world_size", &ws);
     read_attr_i64(file, "ep", &ep);
     read_attr_i64(file, "zero_stage", &zs);
+    read_attr_i64(file, "adapters_only", &ad); /* absent in older files: full */
     if (missing) {
         snprintf(err, errlen, "checkpoint %s: not a dsv3 checkpoint (no root attribute %s)", fname, missing);
         rc = -1;
@@ -834,16 +863,23 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     s.world_size = (int)ws;
     s.ep = (int)ep;
     s.zero_stage = (int)zs;
+    s.adapters_only = (int)ad;
     const param_table *pt = &p->params;
     int want_optim = m && has_optim;
-    if (!rc) rc = check_model(file, pt, want_optim, fname, err, errlen);
+    int what = s.adapters_only ? FILE_ADAPTERS : H5Lexists(file, "/lora", H5P_DEFAULT) > 0 ? FILE_ALL : FILE_BASE;
+    if (what == FILE_BASE && want_optim) {
+        for (int i = 0; i < pt->n; i++)
+            if (pt->t[i].flags & P_LORA) what = FILE_ALL; /* resuming LoRA state needs the adapters: say they are missing */
+    }
+    if (!rc) rc = check_model(file, pt, want_optim, what, fname, err, errlen);
     /* Collective-free from here until H5Fclose: reads are independent. */
     if (agree(p->world, rc, err, errlen)) rc = -1;
     if (!rc) {
         hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
         H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
-        for (int i = 0; i < pt->n && !rc; i++) rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl,
-                                                              fname, err, errlen);
+        for (int i = 0; i < pt->n && !rc; i++) /* adapters-only: the base tensors stay as they are */
+            if (in_file(&pt->t[i], what))
+                rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl, fname, err, errlen);
         for (int which = BUF_M; m && which <= BUF_V && !rc; which++)
             for (int i = 0; i < pt->n && !rc; i++) {
                 float *buf = which == BUF_M ? m : v;
@@ -869,6 +905,19 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     if (!rc && st) *st = s;
     g_stats.seconds = comm_wtime() - t0;
     return rc;
+}
+
+int ckpt_is_adapters_only(const char *path) {
+    h5quiet q;
+    quiet_on(&q);
+    int64_t ad = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f >= 0) {
+        read_attr_i64(f, "adapters_only", &ad);
+        H5Fclose(f);
+    }
+    quiet_off(&q);
+    return ad == 1;
 }
 
 /* ---- resume ------------------------------------------------------------------ */

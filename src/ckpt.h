@@ -44,6 +44,7 @@ typedef struct {
     int64_t optim_t;       /* AdamW step count */
     /* filled by ckpt_load (ignored by ckpt_save): */
     int has_optim;         /* 0: model-only file; m and v were zeroed */
+    int adapters_only;     /* 1: LoRA adapters (+ router biases) only; the base came from elsewhere */
     int world_size, ep, zero_stage; /* layout at save */
 } ckpt_state;
 
@@ -78,7 +79,10 @@ typedef struct {
 const ckpt_stats *ckpt_last_stats(void);
 /* Bytes a checkpoint file of this plan takes on disk (estimate with a margin
  * for HDF5's metadata); ckpt_save refuses to start when less is free. */
-double ckpt_file_bytes(const plan *p, const deck *d, int with_optim);
+double ckpt_file_bytes(const plan *p, const deck *d, int with_optim, int adapters_only);
+/* 1 when the checkpoint at path holds adapters only (checkpoint.save = "adapters"),
+ * 0 otherwise or when it cannot be read (ckpt_load then says why). One process. */
+int ckpt_is_adapters_only(const char *path);
 /* 1 once an HDF5 file could not be closed (HDF5 1.10 cannot shut down
  * cleanly after that): main.c then ends without MPI_Finalize. */
 int ckpt_io_broken(void);

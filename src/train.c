@@ -261,12 +261,7 @@ int train_run(const deck *d, plan *p) {
     int failed = 0;
 
     /* 1. inputs first: data, output directory, checkpoint to resume (before any model memory) */
-    if (strcmp(d->checkpoint.save, "adapters") == 0) {
-        snprintf(err, sizeof err, "%s: checkpoint.save = \"adapters\" is not supported yet (PEFT adapter export "
-                 "arrives with the LoRA issue); use \"full\" or \"model\"", d->path);
-        failed = 1;
-    }
-    if (!failed) failed = data_open(&t.train, d, 0, T, err, sizeof err) != 0;
+    failed = data_open(&t.train, d, 0, T, err, sizeof err) != 0;
     if (!failed && d->validation.every > 0) failed = data_open(&t.valid, d, 1, T, err, sizeof err) != 0;
     if (!failed && rank == 0 && mkdir_p(d->run.output_dir)) {
         snprintf(err, sizeof err, "cannot create run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
@@ -300,7 +295,10 @@ int train_run(const deck *d, plan *p) {
     if (failed) snprintf(err, sizeof err, "out of memory for the optimizer state (%zu floats) and batch", t.optim_n);
     if (error_all(p->world, failed, err, sizeof err)) goto out;
     model_init_weights(t.m, (uint64_t)d->run.seed);
-    if (!resume[0] && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
+    /* An adapters-only checkpoint (checkpoint.save = "adapters") resumes on top of
+     * the base the run started from: run.init_from again (or the same seeded init). */
+    int adapters_resume = resume[0] && ckpt_is_adapters_only(resume);
+    if ((!resume[0] || adapters_resume) && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
         ckpt_state st;
         failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
                            NULL, zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
