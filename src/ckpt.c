@@ -271,6 +271,13 @@ static void prune(const char *dir, int64_t cur, int keep) {
         for (int i = keep - 1; i < n; i++) {
             snprintf(f, sizeof f, "%s/step_%08lld.h5", dir, (long long)older[i]);
             unlink(f);
+            static const char *peft[] = {"adapter_model.safetensors", "adapter_config.json"}; /* its PEFT copy */
+            for (int k = 0; k < 2; k++) {
+                snprintf(f, sizeof f, "%s/checkpoint-%lld/%s", dir, (long long)older[i], peft[k]);
+                unlink(f);
+            }
+            snprintf(f, sizeof f, "%s/checkpoint-%lld", dir, (long long)older[i]);
+            rmdir(f);
         }
     }
     free(older);

@@ -32,6 +32,7 @@
 #include "model/moe.h" /* moe_load_imbalance */
 #include "ops.h"
 #include "optim.h"
+#include "peft.h"
 #include "zero.h"
 
 /* Set by SIGUSR1/SIGTERM (the batch system's warning): finish the step, save, exit 0. */
@@ -245,8 +246,19 @@ static int save(trainer *t, char *err, int errlen) {
         return -1;
     }
     ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t};
-    return ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
+    int rc = ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
                      zero_state_optim_layout(model_zero(t->m)), &st, err, errlen);
+    if (rc || !t->d->lora.enabled) return rc;
+    /* LoRA: a PEFT directory beside every checkpoint (checkpoints/checkpoint-<step>), written
+     * by rank 0 from the file just saved; the adapters are small */
+    int failed = 0;
+    if (p->world_rank == 0) {
+        char file[4200], dir[4200];
+        snprintf(file, sizeof file, "%s/checkpoints/step_%08lld.h5", t->d->run.output_dir, (long long)t->step);
+        snprintf(dir, sizeof dir, "%s/checkpoints/checkpoint-%lld", t->d->run.output_dir, (long long)t->step);
+        failed = peft_write(file, t->d, dir, 0, NULL, err, errlen) < 0;
+    }
+    return error_agree(p->world, failed, err, errlen) ? -1 : 0;
 }
 
 int train_run(const deck *d, plan *p) {

@@ -8,8 +8,11 @@
 #  3. dsv3-export --adapters of every stage's step-6 checkpoint: adapters written
 #  4. checkpoint.save = "adapters" on a base given by run.init_from: the files hold
 #     the adapters (+ moments, router biases) only, and resuming from the step-3
-#     one (on the same base) reproduces rows 4-6 bitwise at ZeRO 0 and 3
+#     one (on the same base) reproduces rows 4-6 bitwise at ZeRO 0 and 3; every save
+#     of a LoRA run also writes a PEFT directory checkpoints/checkpoint-<step> (pruned
+#     with its checkpoint by checkpoint.keep), read by the safetensors client
 . "$(dirname "$0")/lib.sh"
+need_venv safetensors numpy
 scratch_dir
 LORA=(input/tiny.cfg run.steps=6 schedule.warmup_steps=0 checkpoint.every=3 checkpoint.keep=0 lora.enabled=true
       'lora.targets=["self_attn.q_a_proj","self_attn.o_proj"]' run.mode=sft)
@@ -71,5 +74,16 @@ for z in 0 3; do
        grep -q "weights from $BASE" "$OUT/ar$z.log"; then
         echo "ZeRO $z: adapters-only file $sa bytes (base $sb); resumed on the base, rows 4-6 identical"
     else echo "FAIL: ZeRO $z adapters-only: $n rows, file $sa bytes (base $sb)"; fail=1; fi
+    ck=$OUT/a$z/checkpoints
+    if [ -s "$ck/checkpoint-3/adapter_model.safetensors" ] && [ -s "$ck/checkpoint-6/adapter_config.json" ] &&
+       "$PY" -c "import sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'np'); \
+assert len(f.keys()) == 12 and all(f.get_tensor(k).size for k in f.keys())" "$ck/checkpoint-6/adapter_model.safetensors" 2>/dev/null; then
+        echo "ZeRO $z: PEFT directories checkpoint-3 and checkpoint-6 written (12 tensors)"
+    else echo "FAIL: ZeRO $z: PEFT directories missing or wrong: $(ls "$ck")"; fail=1; fi
 done
+# checkpoint.keep prunes the PEFT copies with their checkpoints
+timeout 120 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" checkpoint.every=2 checkpoint.keep=2 run.output_dir="$OUT/k" \
+    parallel.expert_parallel=2 >"$OUT/k.log" 2>&1 || { echo "FAIL: keep run"; fail=1; }
+got=$(cd "$OUT/k/checkpoints" && ls -d checkpoint-* | tr '\n' ' ')
+[ "$got" = "checkpoint-4 checkpoint-6 " ] && echo "keep=2: PEFT directories $got" || { echo "FAIL: keep=2 left $got"; fail=1; }
 exit $fail

@@ -38,6 +38,7 @@
 #include "../src/deck.h"
 #include "../src/hfconfig.h"
 #include "../src/ops.h"
+#include "../src/peft.h"
 #include "../src/safetensors.h"
 
 #define BUF_BYTES ((size_t)256 << 20)
@@ -256,78 +257,6 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
     free(o), free(fb), free(hb);
 }
 
-/* PEFT: base_model.model.<name>.lora_{A,B}.weight for layers < L, adapter_config.json. */
-static void export_adapters(ckpt_in *in, const deck *d, const char *dir, int bf16) {
-    if (!d->lora.enabled) die("the checkpoint's deck has lora.enabled = false: no adapters to export");
-    int nt = ckpt_in_count(in), L = d->model.num_hidden_layers, n = 0;
-    if (mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
-    char path[8400], err[1024];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors.tmp", dir);
-    st_writer *w;
-    if (st_writer_open(&w, path, err, sizeof err)) die("%s", err);
-    st_writer_meta(w, "format", "pt");
-    otensor *o = calloc((size_t)nt + 1, sizeof *o);
-    uint64_t total = 0;
-    for (int i = 0; i < nt; i++) {
-        const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
-        int layer = -1;
-        if (!ci->is_lora || sscanf(ci->name, "model.layers.%d.", &layer) != 1 || layer >= L) continue;
-        otensor *t = &o[n++];
-        snprintf(t->name, sizeof t->name, "base_model.model.%s", ci->name);
-        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = !bf16;
-        memcpy(t->shape, ci->shape, sizeof t->shape);
-        t->bytes = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * (bf16 ? 2 : 4);
-        if (ci->ndim != 2 || t->bytes == 0) die("%s: an adapter must be a non-empty 2-D tensor", ci->name);
-        if (st_writer_add(w, t->name, bf16 ? ST_BF16 : ST_F32, 2, t->shape)) die("cannot add %s", t->name);
-        total += t->bytes;
-    }
-    if (n == 0) die("the checkpoint holds no LoRA tensors (/lora): nothing to export");
-    if (st_writer_begin(w, err, sizeof err)) die("%s", err);
-    float *fb = malloc(BUF_BYTES);
-    uint16_t *hb = malloc(BUF_BYTES / 2);
-    double done = 0;
-    for (int i = 0; i < n; i++) put_tensor(in, w, &o[i], fb, hb, &done);
-    if (st_writer_close(w, 1, err, sizeof err)) die("%s", err); /* every tensor's byte size checked */
-    char final[8400];
-    snprintf(final, sizeof final, "%s/adapter_model.safetensors", dir);
-    if (rename(path, final)) die("rename %s: %s", path, strerror(errno));
-    /* adapter_config.json as PEFT writes it (sorted keys, indent 2); target modules by last name */
-    json_t *c = json_object(), *tm = json_array();
-    for (int k = 0; k < d->lora.n_targets; k++) {
-        const char *dot = strrchr(d->lora.targets[k], '.');
-        json_array_append_new(tm, json_string(dot ? dot + 1 : d->lora.targets[k]));
-    }
-    json_object_set_new(c, "peft_type", json_string("LORA"));
-    json_object_set_new(c, "task_type", json_string("CAUSAL_LM"));
-    json_object_set_new(c, "base_model_name_or_path", json_string("deepseek-ai/DeepSeek-V3"));
-    json_object_set_new(c, "revision", json_null());
-    json_object_set_new(c, "inference_mode", json_true());
-    json_object_set_new(c, "r", json_integer(d->lora.r));
-    json_object_set_new(c, "lora_alpha", json_real(d->lora.alpha));
-    json_object_set_new(c, "lora_dropout", json_real(d->lora.dropout));
-    json_object_set_new(c, "target_modules", tm);
-    json_object_set_new(c, "bias", json_string("none"));
-    json_object_set_new(c, "fan_in_fan_out", json_false());
-    json_object_set_new(c, "use_rslora", json_false());
-    json_object_set_new(c, "use_dora", json_false());
-    json_object_set_new(c, "init_lora_weights", json_true());
-    json_object_set_new(c, "modules_to_save", json_null());
-    json_object_set_new(c, "layers_to_transform", json_null());
-    json_object_set_new(c, "layers_pattern", json_null());
-    json_object_set_new(c, "rank_pattern", json_object());
-    json_object_set_new(c, "alpha_pattern", json_object());
-    json_object_set_new(c, "lora_bias", json_false());
-    json_object_set_new(c, "exclude_modules", json_null());
-    char *text = json_dumps(c, JSON_INDENT(2) | JSON_SORT_KEYS);
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (!text || write_file_atomic(path, text)) die("cannot write %s", path);
-    free(text);
-    json_decref(c);
-    printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n, L - 1,
-           (double)total / 1e6, bf16 ? "BF16" : "F32");
-    free(o), free(fb), free(hb);
-}
-
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const char *ck = NULL, *dir = NULL, *dtype = NULL;
@@ -356,7 +285,13 @@ int main(int argc, char **argv) {
     deck d;
     char *over[] = {"parallel.expert_parallel=1", "parallel.zero_stage=0"}; /* the deck of a run on any layout */
     if (deck_load_string(&d, text, ck, 2, over, 1, err, sizeof err)) die("%s: its deck: %s", ck, err);
-    if (adapters) export_adapters(in, &d, dir, !strcmp(dtype, "bf16"));
+    if (adapters) { /* PEFT directory (src/peft.c) */
+        double bytes = 0;
+        int n = peft_write(ck, &d, dir, !strcmp(dtype, "bf16"), &bytes, err, sizeof err);
+        if (n < 0) die("%s", err);
+        printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n,
+               d.model.num_hidden_layers - 1, bytes / 1e6, strcmp(dtype, "bf16") ? "F32" : "BF16");
+    }
     else export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard);
     deck_free(&d);
     ckpt_in_close(in);
