@@ -96,5 +96,10 @@ dsv3_job() {
         steps=$(sed -n 's/^  steps = \([0-9]*\);$/\1/p' <<<"$resolved" | head -n1)
         if [ "$last" = "$steps" ]; then scancel "$next" && dsv3_log "run complete at step $last: successor $next cancelled"; fi
     fi
+    # LoRA runs (DSV3_VERIFY=1, sft-3x8.sbatch): the saved adapters checked after training
+    if [ $rc -eq 0 ] && [ "${DSV3_VERIFY:-0}" = 1 ]; then
+        "$(dirname "$DSV3")/dsv3-verify" "$out"; rc=$?
+        dsv3_log "dsv3-verify $out exited with $rc (adapter_debug_info.json)"
+    fi
     return $rc
 }

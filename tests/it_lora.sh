@@ -11,6 +11,8 @@
 #     one (on the same base) reproduces rows 4-6 bitwise at ZeRO 0 and 3; every save
 #     of a LoRA run also writes a PEFT directory checkpoints/checkpoint-<step> (pruned
 #     with its checkpoint by checkpoint.keep), read by the safetensors client
+#  5. dsv3-verify passes on a LoRA run directory and fails, naming the tensor, on
+#     doctored copies: an adapter zeroed, one tensor removed, a file truncated
 . "$(dirname "$0")/lib.sh"
 need_venv safetensors numpy
 scratch_dir
@@ -86,4 +88,27 @@ timeout 120 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" checkpoint.every=2 checkpoint.
     parallel.expert_parallel=2 >"$OUT/k.log" 2>&1 || { echo "FAIL: keep run"; fail=1; }
 got=$(cd "$OUT/k/checkpoints" && ls -d checkpoint-* | tr '\n' ' ')
 [ "$got" = "checkpoint-4 checkpoint-6 " ] && echo "keep=2: PEFT directories $got" || { echo "FAIL: keep=2 left $got"; fail=1; }
+echo "== 5. dsv3-verify"
+if "$BIN/dsv3-verify" "$OUT/a3" >"$OUT/verify.log" 2>&1 && [ -s "$OUT/a3/adapter_debug_info.json" ]; then
+    echo "$(tail -1 "$OUT/verify.log")"
+else echo "FAIL: dsv3-verify on a good run"; cat "$OUT/verify.log"; fail=1; fi
+doctor() { # name python-code: a copy of the run with one defect; dsv3-verify must fail naming it
+    rm -rf "$OUT/doc-$1"; cp -r "$OUT/a3" "$OUT/doc-$1"
+    "$PY" -c "$2" "$OUT/doc-$1/checkpoints" || { echo "FAIL: cannot doctor $1"; fail=1; return; }
+    if "$BIN/dsv3-verify" "$OUT/doc-$1" >"$OUT/doc-$1.log" 2>&1; then echo "FAIL: dsv3-verify passed on $1"; fail=1
+    else echo "$1: exit $?: $(grep dsv3-verify: "$OUT/doc-$1.log" | grep -v "bitwise equal\|: OK (" | tail -1 | cut -c1-170)"; fi
+}
+doctor zeroed 'import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1] + "/step_00000006.h5", "r+")
+d = f["lora/layers/1/self_attn/o_proj/lora_B/weight"]; d[...] = np.zeros(d.shape, np.float32)'
+doctor removed 'import sys, json, struct
+p = sys.argv[1] + "/checkpoint-3/adapter_model.safetensors"; b = open(p, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); data = b[8 + n:]
+k = sorted(x for x in h if x != "__metadata__")[0]; s, e = h.pop(k)["data_offsets"]
+for v in h.values():
+    if isinstance(v, dict) and "data_offsets" in v and v["data_offsets"][0] >= e: v["data_offsets"] = [o - (e - s) for o in v["data_offsets"]]
+j = json.dumps(h, separators=(",", ":")).encode(); j += b" " * (-len(j) % 8)
+open(p, "wb").write(struct.pack("<Q", len(j)) + j + data[:s] + data[e:])'
+doctor truncated 'import os, sys
+p = sys.argv[1] + "/checkpoint-6/adapter_model.safetensors"; os.truncate(p, os.path.getsize(p) - 100)'
 exit $fail

@@ -608,11 +608,6 @@ float *model_tensor(model *m, const char *name, float **grad) {
 
 void model_zero_grad(model *m) { zero_zero_grad(&m->z); }
 
-static uint64_t name_key(const char *s) { /* FNV-1a of the HF name: the init stream of a tensor */
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
 
 /* Fills local elements [a, b) of tensor s (a, b relative to the tensor) at dst. */
 static void init_range(const model *m, const param_spec *s, float *dst, size_t a, size_t b, uint64_t seed) {
@@ -628,11 +623,11 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
         ops_fill(dst, n, 1.0f); /* norms */
     else if (s->flags & P_LORA) {
         if (len > 14 && strcmp(nm + len - 14, ".lora_A.weight") == 0)
-            ops_fill_uniform(dst, n, seed, name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
+            ops_fill_uniform(dst, n, seed, params_name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
         else
             ops_fill(dst, n, 0.0f);
     } else
-        ops_fill_normal(dst, n, seed, name_key(nm), first, std);
+        ops_fill_normal(dst, n, seed, params_name_key(nm), first, std);
 }
 
 void model_init_weights(model *m, uint64_t seed) {

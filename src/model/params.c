@@ -161,3 +161,9 @@ int params_find(const param_table *pt, const char *name) {
         if (strcmp(pt->t[i].name, name) == 0) return i;
     return -1;
 }
+
+uint64_t params_name_key(const char *s) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}

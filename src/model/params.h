@@ -62,6 +62,8 @@ typedef struct {
  * Returns 0 or -1 with err set. */
 int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen);
 void params_free(param_table *pt);
+/* The init stream of a tensor (counter-based init, design §1.5): FNV-1a of its HF name. */
+uint64_t params_name_key(const char *name);
 /* Index of a tensor by HF name, or -1. */
 int params_find(const param_table *pt, const char *name);
 /* Layer group helpers */
