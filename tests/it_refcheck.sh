@@ -3,7 +3,8 @@
 # fixture (tests/fixtures/hf_tiny.h5, made by tools/reference/make_fixture.py)
 # must pass, and so must tests/fixtures/hf_tiny_mscale.h5 (YaRN mscale !=
 # mscale_all_dim) and tests/fixtures/hf_tiny_mtp.h5 (MTP depth 2 and the
-# balance loss against tools/reference/make_mtp_fixture.py); a copy with one weight tensor perturbed must fail; a copy
+# balance loss against tools/reference/make_mtp_fixture.py) and
+# tests/fixtures/hf_tiny_lora.h5 (LoRA against PEFT); a copy with one weight tensor perturbed must fail; a copy
 # with a dataset removed must fail with a message naming it.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,6 +26,12 @@ echo "== reference fixture with mscale 0.707, mscale_all_dim 1.3"
 # transformers has neither, so the main fixture turns both off
 echo "== MTP depth 2 + balance loss fixture"
 "$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_mtp.h5 || { echo "FAIL: the MTP fixture does not match"; exit 1; }
+
+# LoRA (r=4 on the five MLA projections, the base frozen) against PEFT itself
+# (tools/reference/make_lora_fixture.py): logits, loss, every LoRA gradient,
+# no gradient for the base, 3 AdamW steps over the adapters
+echo "== PEFT LoRA fixture"
+"$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora.h5 || { echo "FAIL: the PEFT LoRA fixture does not match"; exit 1; }
 
 PY=${DSV3_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=/usr/bin/python3

@@ -317,6 +317,15 @@ int main(int argc, char **argv) {
     fmt_float(fl, sizeof fl, lambda);
     fmt_float(fa, sizeof fa, alpha);
     sb_add(&dk, "%s  aux_loss_alpha = %s;\n  mtp_loss_weight = %s;\n  bias_update_rate = 0.0;\n};\n", mg, fa, fl);
+    /* a PEFT fixture (make_lora_fixture.py): the adapters, the base frozen */
+    int lora_fx = H5Aexists(f, "lora_r") > 0;
+    if (lora_fx) {
+        char *tg = attr_string(f, "lora_targets"), fal[64];
+        fmt_float(fal, sizeof fal, attr_double(f, "lora_alpha"));
+        sb_add(&dk, "lora = { enabled = true; r = %d; alpha = %s; dropout = 0.0; targets = %s; };\n",
+               (int)attr_double(f, "lora_r"), fal, tg); /* a JSON list of strings is a libconfig array */
+        free(tg);
+    }
     free(mg);
     char lr[64], b1[64], b2[64], ep[64], wd[64];
     fmt_float(lr, sizeof lr, attr_double(f, "lr"));
@@ -369,8 +378,7 @@ int main(int argc, char **argv) {
     int n_loaded = 0;
     for (int i = 0; i < pt->n; i++) {
         const param_spec *s = &pt->t[i];
-        if (s->flags & P_LORA) continue;
-        float *w = model_tensor(m, s->name, NULL);
+        float *w = model_tensor(m, s->name, NULL); /* LoRA fixtures hold the adapters too */
         if (s->flags & P_EXPERT) {
             hsize_t dims[2] = {(hsize_t)s->shape[1], (hsize_t)s->shape[2]};
             for (int e = 0; e < E; e++) {
@@ -432,15 +440,23 @@ int main(int argc, char **argv) {
 
     /* gradients, one entry per checkpoint tensor */
     gerr *ge = calloc((size_t)n_loaded, sizeof *ge);
+    int frozen_clean = 0;
     int ng = 0, gfail = 0;
     size_t maxn = 0;
     for (int i = 0; i < pt->n; i++) maxn = (size_t)pt->t[i].numel > maxn ? (size_t)pt->t[i].numel : maxn;
     float *buf = malloc(maxn * sizeof *buf);
     for (int i = 0; i < pt->n; i++) {
         const param_spec *s = &pt->t[i];
-        if (s->flags & (P_LORA | P_NOGRAD)) continue; /* router bias: a buffer, no gradient */
+        if (s->flags & P_NOGRAD) continue; /* router bias: a buffer, no gradient */
         float *g = NULL;
         model_tensor(m, s->name, &g);
+        if (lora_fx && (s->flags & P_FROZEN)) { /* the frozen base: no weight gradient is ever computed */
+            for (size_t q = 0; g && q < (size_t)s->numel_local; q++)
+                if (g[q] != 0.0f) die("the frozen %s got a gradient (element %zu = %g)", s->name, q, g[q]);
+            frozen_clean++;
+            continue;
+        }
+        if (!lora_fx && (s->flags & P_LORA)) continue;
         int ne = (s->flags & P_EXPERT) ? E : 1;
         for (int e = 0; e < ne; e++) {
             size_t n = (size_t)s->numel / ne;
@@ -464,6 +480,7 @@ int main(int argc, char **argv) {
     fails += gfail;
     printf("  gradients   %d tensors, worst rel L2 error %.3e  (tol %.0e)  %s\n", ng, ng ? ge[0].err : 0.0, TOL_GRAD,
            gfail ? "FAIL" : "ok");
+    if (lora_fx) printf("  frozen base %d tensors, no gradient computed (all zero)\n", frozen_clean);
     int shown = 0; /* the worst five, and failures up to a dozen */
     for (; shown < ng && (shown < 5 || (shown < 12 && ge[shown].err > TOL_GRAD)); shown++)
         printf("      %.3e  %s%s\n", ge[shown].err, ge[shown].name, ge[shown].err > TOL_GRAD ? "  FAIL" : "");

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""make_lora_fixture.py — LoRA on the tiny DeepseekV3 made with PEFT itself, for
+bin/dsv3-refcheck: logits, loss, every LoRA gradient and 3 AdamW steps over the
+adapters only (the base frozen: its gradients are never computed).
+
+Developers only (torch, transformers, peft). Reuses make_fixture.py's tiny model,
+weight init, routing checks and fixture layout. lora_B is seeded non-zero (PEFT
+starts it at zero, which would make every lora_A gradient zero and the check
+blind to A); r = 4, alpha = 8, dropout 0.
+
+    python3 tools/reference/make_lora_fixture.py [-o tests/fixtures/hf_tiny_lora.h5]
+    python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_mlp.h5 \\
+        --targets mlp.gate_proj,mlp.up_proj,mlp.down_proj,mlp.shared_experts.gate_proj
+
+Root attributes lora_r, lora_alpha, lora_targets (the deck's names) tell refcheck.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_fixture as mf  # noqa: E402
+
+torch, h5py, transformers = mf.torch, mf.h5py, mf.transformers
+from peft import LoraConfig, get_peft_model  # noqa: E402
+import peft  # noqa: E402
+
+R, ALPHA = 4, 8.0
+MLA = ["self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj",
+       "self_attn.o_proj"]
+
+
+def ckpt_name(n):
+    """PEFT parameter name -> dsv3/HF checkpoint name."""
+    n = n.replace("base_model.model.", "", 1).replace(".base_layer", "").replace(".default", "")
+    return n
+
+
+def build(seed, targets, min_margin):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    cfg = mf.make_config()
+    base = mf.DeepseekV3ForCausalLM(cfg).to(torch.float32)
+    base.train()
+    mf.init_weights(base, gen)
+    V, B, T = cfg.vocab_size, mf.B, mf.T
+    ids = torch.randint(2, V, (B, T), generator=gen)
+    labels = ids.clone()
+    labels[torch.rand(B, T, generator=gen) < 0.2] = -100
+    labels[1, T - 3:] = -100
+    # PEFT matches a module whose full name ends with ".<entry>": layer-qualified names keep
+    # "mlp.gate_proj" from also catching the shared experts' gate_proj
+    L = cfg.num_hidden_layers
+    names = [f"model.layers.{l}.{t}" for l in range(L) for t in targets]
+    present = {n for n, _ in base.named_modules()}
+    names = [n for n in names if n in present]
+    model = get_peft_model(base, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=names,
+                                            bias="none", init_lora_weights=True))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # non-zero, so lora_A gets gradients too
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    rec = mf.RouteRecorder(model)
+    out = model(input_ids=ids, labels=labels)
+    rec.first = False
+    out.loss.backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad != ("lora_" in n):
+            raise SystemExit(f"make_lora_fixture: {n}: requires_grad {p.requires_grad}")
+        if not p.requires_grad and p.grad is not None:
+            raise SystemExit(f"make_lora_fixture: the frozen {n} got a gradient")
+    weights = {}
+    for k, v in mf.hf_state(model.base_model.model).items():
+        weights[ckpt_name(k)] = v
+    grads = {ckpt_name(n): p.grad.detach().float().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": params, "weight_decay": mf.OPT["weight_decay"]}], lr=mf.OPT["lr"],
+                            betas=(mf.OPT["beta1"], mf.OPT["beta2"]), eps=mf.OPT["eps"], foreach=False)
+    steps = []
+    for k in range(mf.STEPS):
+        if k > 0:
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        with torch.no_grad():
+            steps.append(model(input_ids=ids, labels=labels).loss.item())
+    print(f"seed {seed}: {len(grads)} LoRA tensors, loss {out.loss.item():.6f}, steps {steps}, "
+          f"min routing margin {rec.min_margin:.3g} at {rec.where}")
+    if rec.min_margin < min_margin:
+        return None
+    return dict(cfg=cfg, ids=ids, labels=labels, logits=out.logits.detach().float().numpy(), loss=out.loss.item(),
+                weights=weights, grads=grads, steps=steps, seed=seed)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("-o", "--output", default=os.path.join(here, "..", "..", "tests", "fixtures", "hf_tiny_lora.h5"))
+    ap.add_argument("--targets", default=",".join(MLA))
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--min-margin", type=float, default=5e-4)
+    args = ap.parse_args()
+    targets = args.targets.split(",")
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    fx = None
+    for seed in range(args.seed, args.seed + 50):
+        fx = build(seed, targets, args.min_margin)
+        if fx:
+            break
+    if not fx:
+        raise SystemExit("make_lora_fixture: no seed in 50 gives routing margins above --min-margin")
+    tmp = args.output + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "dsv3-refcheck-fixture 1"
+        f.attrs["config"] = fx["cfg"].to_json_string(use_diff=False)
+        for k, v in mf.OPT.items():
+            f.attrs[k] = np.float64(v)
+        f.attrs["steps"] = np.int32(mf.STEPS)
+        f.attrs["seed"] = np.int64(fx["seed"])
+        f.attrs["lora_r"] = np.int64(R)
+        f.attrs["lora_alpha"] = np.float64(ALPHA)
+        f.attrs["lora_targets"] = json.dumps(targets)
+        f.attrs["generator"] = (f"tools/reference/make_lora_fixture.py; torch {torch.__version__}, "
+                                f"transformers {transformers.__version__}, peft {peft.__version__}")
+        f.attrs["notes"] = ("PEFT LoRA (r=4, alpha=8, dropout 0) on the frozen tiny base; lora_B seeded non-zero; "
+                            "expected/grads holds the LoRA tensors only; AdamW over the adapters")
+        for n, v in sorted(fx["weights"].items()):
+            f.create_dataset(f"weights/{n}", data=v.astype(np.float32))
+        f.create_dataset("inputs/input_ids", data=fx["ids"].numpy().astype(np.int32))
+        f.create_dataset("inputs/labels", data=fx["labels"].numpy().astype(np.int32))
+        f.create_dataset("expected/logits", data=fx["logits"].astype(np.float32))
+        f.create_dataset("expected/loss", data=np.float32(fx["loss"]))
+        for n, v in sorted(fx["grads"].items()):
+            f.create_dataset(f"expected/grads/{n}", data=v.astype(np.float32))
+        f.create_dataset("expected/step_losses", data=np.array(fx["steps"], dtype=np.float32))
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}: {len(fx['weights'])} tensors ({len(fx['grads'])} LoRA), loss {fx['loss']:.6f}")
+
+
+if __name__ == "__main__":
+    main()
