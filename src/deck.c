@@ -928,6 +928,9 @@ static int deck_parse(deck *d, const char *text, const char *name, const char *l
     }
     set_defaults(d);
     if (walk(&c, d, config_root_setting(&cfg), "")) goto out;
+    /* SFT trains nothing but the adapters (as PEFT): router-bias updates off
+     * unless the deck sets model.bias_update_rate itself */
+    if (!strcmp(d->run.mode, "sft") && !config_lookup(&cfg, "model.bias_update_rate")) d->model.bias_update_rate = 0.0;
     if (check_layout(&c, d, world)) goto out;
     d->text = write_tree(&cfg);
     if (!d->text) {
