@@ -66,6 +66,17 @@ if "$BIN/dsv3-export" --adapters "$OUT/lora/checkpoints/step_00000002.h5" "$OUT/
     chk adapters "$OUT/adapter" $((L * 2 * 2)) && ok "$(cat "$OUT/adapter.log")" || bad "adapter contents"
 else bad "adapter export"; cat "$OUT/adapter.log"; fi
 
+echo "== --merge-lora: W + (alpha/r) B*A, the LoRA model's logits without adapters"
+CK=$OUT/lora/checkpoints/step_00000002.h5
+"$BIN/dsv3-refcheck" --logits "$CK" "$OUT/lora-logits.safetensors" --write >/dev/null 2>&1 || bad "writing the LoRA model's logits"
+"$BIN/dsv3-export" -q --merge-lora --dtype fp32 "$CK" "$OUT/merged" >"$OUT/merge.log" 2>&1 &&
+    "$BIN/dsv3-import" -q "$OUT/merged" "$OUT/merged.h5" >/dev/null 2>&1 || { bad "merge/import"; cat "$OUT/merge.log"; }
+"$BIN/dsv3-export" -q --dtype fp32 "$CK" "$OUT/unmerged" >/dev/null 2>&1 && "$BIN/dsv3-import" -q "$OUT/unmerged" "$OUT/unmerged.h5" >/dev/null 2>&1
+if "$BIN/dsv3-refcheck" --logits "$OUT/merged.h5" "$OUT/lora-logits.safetensors" >"$OUT/m.log" 2>&1 &&
+   ! "$BIN/dsv3-refcheck" --logits "$OUT/unmerged.h5" "$OUT/lora-logits.safetensors" >"$OUT/u.log" 2>&1; then
+    ok "merged export = the LoRA model ($(grep 'rel L2' "$OUT/m.log" | sed 's/^ *//' | cut -c1-40)); the base alone is not ($(grep 'rel L2' "$OUT/u.log" | sed 's/^ *//' | cut -c1-40)); $(grep "adapters merged" "$OUT/merge.log")"
+else bad "merged logits"; cat "$OUT/m.log" "$OUT/u.log"; fi
+
 echo "== optional: transformers and PEFT read our files (a python with torch, transformers and peft: DSV3_TORCH_PYTHON)"
 TPY=${DSV3_TORCH_PYTHON:-python3}
 if "$TPY" -c "import torch, transformers, peft" 2>/dev/null; then

@@ -78,6 +78,7 @@ static uint64_t parse_size(const char *s) {
 typedef struct {
     char name[520];
     int src, e, ndim, f32;
+    int la, lb;       /* --merge-lora: its lora_A [r,in] and lora_B [out,r] tensors (-1: none) */
     int64_t shape[3];
     uint64_t bytes;
     int shard;
@@ -110,13 +111,34 @@ static int write_file_atomic(const char *path, const char *text) {
 }
 
 /* Streams ckpt tensor src (slice e) into the writer under `name` as bf16 or f32. */
+static float g_merge_scale; /* lora_alpha / r */
+
+/* W' = W + scale * B*A for rows [r0, r0+nr) of an [out,in] weight, in fp32 (then rounded by the caller). */
+static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, int64_t cols, float *w) {
+    char err[1024];
+    const ckpt_tensor_info *a = ckpt_in_tensor(in, t->la);
+    int64_t r = a->shape[0];
+    float *A = malloc(sizeof *A * (size_t)(r * cols)), *Bm = malloc(sizeof *Bm * (size_t)(nr * r));
+    if (!A || !Bm) die("out of memory merging %s", t->name);
+    if (ckpt_in_read(in, t->la, 0, r, A, 0, err, sizeof err) || ckpt_in_read(in, t->lb, r0, nr, Bm, 0, err, sizeof err))
+        die("%s", err);
+    for (int64_t i = 0; i < nr; i++)
+        for (int64_t k = 0; k < r; k++) {
+            float bk = g_merge_scale * Bm[i * r + k];
+            const float *ak = A + k * cols;
+            float *wi = w + i * cols;
+            for (int64_t c = 0; c < cols; c++) wi[c] += bk * ak[c];
+        }
+    free(A), free(Bm);
+}
+
 static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, uint16_t *hb, double *done) {
     char err[1024];
     const ckpt_tensor_info *ci = ckpt_in_tensor(in, t->src);
     int64_t rows = t->ndim >= 2 ? t->shape[0] : 1, cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->shape[0];
     int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1));
     if (per < 1) per = 1;
-    int raw_bf16 = !t->f32 && ci->is_bf16; /* bf16 file to bf16 tensor: the bits as stored */
+    int raw_bf16 = !t->f32 && ci->is_bf16 && t->la < 0; /* bf16 file to bf16 tensor: the bits as stored */
     uint64_t off = 0;
     for (int64_t r0 = 0; r0 < rows; r0 += per) {
         int64_t nr = rows - r0 < per ? rows - r0 : per;
@@ -131,6 +153,7 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
             rc = ckpt_in_read(in, t->src, r0, nr, dst, raw_bf16, err, sizeof err);
         }
         if (rc) die("%s", err);
+        if (t->la >= 0) merge_rows(in, t, r0, nr, cols, fb);
         const void *data = dst;
         size_t es = t->f32 ? 4 : 2;
         if (!t->f32 && !raw_bf16) {
@@ -143,12 +166,13 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
     }
 }
 
-static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_all, uint64_t max_shard) {
+static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_all, uint64_t max_shard, int merge) {
     const deck_model *m = &d->model;
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, nt = ckpt_in_count(in);
     int cap = nt * (m->n_routed_experts + 1) + 4 * (D + 1), n = 0;
     otensor *o = calloc((size_t)cap, sizeof *o);
-    int embed = -1, head = -1;
+    int embed = -1, head = -1, merged = 0;
+    for (int i = 0; i < cap; i++) o[i].la = o[i].lb = -1;
     for (int i = 0; i < nt; i++) {
         const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
         if (ci->is_lora) continue;
@@ -168,9 +192,23 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         }
         otensor *t = &o[n++];
         snprintf(t->name, sizeof t->name, "%s", ci->name);
-        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32;
+        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32, t->la = t->lb = -1;
         memcpy(t->shape, ci->shape, sizeof t->shape);
+        size_t len = strlen(ci->name);
+        if (merge && ci->ndim == 2 && len > 7 && !strcmp(ci->name + len - 7, ".weight")) { /* its adapters, if any */
+            char an[420], bn[420];
+            snprintf(an, sizeof an, "%.*s.lora_A.weight", (int)(len - 7), ci->name);
+            snprintf(bn, sizeof bn, "%.*s.lora_B.weight", (int)(len - 7), ci->name);
+            for (int q = 0; q < nt; q++) {
+                const ckpt_tensor_info *x = ckpt_in_tensor(in, q);
+                if (x->is_lora && !strcmp(x->name, an)) t->la = q;
+                if (x->is_lora && !strcmp(x->name, bn)) t->lb = q;
+            }
+            if ((t->la < 0) != (t->lb < 0)) die("%s: only one of lora_A / lora_B in the checkpoint", ci->name);
+            if (t->la >= 0) merged++;
+        }
     }
+    if (merge && !merged) die("--merge-lora: the checkpoint holds no LoRA adapters of its base weights");
     if (embed < 0 || head < 0) die("checkpoint has no model.embed_tokens.weight or lm_head.weight");
     for (int k = 0; k < D; k++) { /* the MTP layer's own embedding and head, as the release has them */
         int src[2] = {embed, head};
@@ -251,6 +289,9 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
            nshard, nshard == 1 ? "" : "s", (double)total / 1e9, f32_all ? "F32" : "BF16",
            f32_all ? "" : "; e_score_correction_bias F32", secs, secs > 0 ? (double)total / 1e9 / secs : 0.0,
            ru.ru_maxrss / 1024.0);
+    if (merged)
+        printf("dsv3-export: %d LoRA adapters merged: W + (%g/%d)*B*A in fp32, then %s\n", merged, d->lora.alpha, d->lora.r,
+               f32_all ? "stored F32" : "rounded to BF16");
     if (D > 0)
         printf("dsv3-export: MTP layer %d written under its HF names (vLLM/SGLang speculative decoding); transformers "
                "does not instantiate it and reports its weights as not used: expected, not a broken export\n", L);
@@ -261,20 +302,21 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const char *ck = NULL, *dir = NULL, *dtype = NULL;
     uint64_t max_shard = 5000000000ULL;
-    int adapters = 0;
+    int adapters = 0, merge = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
         else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
         else if (!strcmp(argv[i], "--max-shard-size") && i + 1 < argc) max_shard = parse_size(argv[++i]);
         else if (!strncmp(argv[i], "--max-shard-size=", 17)) max_shard = parse_size(argv[i] + 17);
         else if (!strcmp(argv[i], "--adapters")) adapters = 1;
+        else if (!strcmp(argv[i], "--merge-lora")) merge = 1;
         else if (!strcmp(argv[i], "-q")) quiet = 1;
-        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-export [--adapters] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR)", argv[i]);
+        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR)", argv[i]);
         else if (!ck) ck = argv[i];
         else if (!dir) dir = argv[i];
         else die("extra argument %s", argv[i]);
     }
-    if (!ck || !dir) die("usage: dsv3-export [--adapters] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR");
+    if (!ck || !dir) die("usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR");
     if (!dtype) dtype = adapters ? "fp32" : "bf16";
     if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected bf16 or fp32", dtype);
     char err[2048];
@@ -292,7 +334,11 @@ int main(int argc, char **argv) {
         printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n,
                d.model.num_hidden_layers - 1, bytes / 1e6, strcmp(dtype, "bf16") ? "F32" : "BF16");
     }
-    else export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard);
+    else {
+        if (merge && !d.lora.enabled) die("--merge-lora: the checkpoint's deck has lora.enabled = false");
+        g_merge_scale = merge ? (float)(d.lora.alpha / d.lora.r) : 0.0f;
+        export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard, merge);
+    }
     deck_free(&d);
     ckpt_in_close(in);
     MPI_Finalize();

@@ -221,17 +221,21 @@ static double step_loss(model *m, const model_batch *bt, model_scales sc, int ba
 /* --logits CKPT.h5 EXPECTED.safetensors: the logits of a dsv3 checkpoint (e.g.
  * from dsv3-import) on the expected file's input_ids [B,T] against its logits
  * [B,T,V] (transformers' forward of the same weights, fp32). */
-static int logits_mode(const char *ckpt, const char *expected) {
+static int logits_mode(const char *ckpt, const char *expected, int write) {
     g_file = ckpt;
     char err[2048];
     ckpt_in *in;
     if (ckpt_in_open(&in, ckpt, err, sizeof err)) die("%s", err);
     st_file ex;
-    if (st_open(&ex, expected, err, sizeof err)) die("%s", err);
-    int ii = st_find(&ex, "input_ids"), li = st_find(&ex, "logits");
-    if (ii < 0 || li < 0 || ex.t[ii].ndim != 2 || ex.t[li].ndim != 3) die("%s: want input_ids [B,T] and logits [B,T,V]", expected);
-    int B = (int)ex.t[ii].shape[0], T = (int)ex.t[ii].shape[1], V = (int)ex.t[li].shape[2];
-    if (ex.t[ii].dtype != ST_I64 || ex.t[li].dtype != ST_F32) die("%s: input_ids must be I64, logits F32", expected);
+    memset(&ex, 0, sizeof ex);
+    int ii = -1, li = -1, B = 2, T = 16, V = 0;
+    if (!write) {
+        if (st_open(&ex, expected, err, sizeof err)) die("%s", err);
+        ii = st_find(&ex, "input_ids"), li = st_find(&ex, "logits");
+        if (ii < 0 || li < 0 || ex.t[ii].ndim != 2 || ex.t[li].ndim != 3) die("%s: want input_ids [B,T] and logits [B,T,V]", expected);
+        B = (int)ex.t[ii].shape[0], T = (int)ex.t[ii].shape[1], V = (int)ex.t[li].shape[2];
+        if (ex.t[ii].dtype != ST_I64 || ex.t[li].dtype != ST_F32) die("%s: input_ids must be I64, logits F32", expected);
+    }
     char o1[64], o2[64], o3[64], *over[5] = {"parallel.expert_parallel=1", "parallel.zero_stage=0", o1, o2, o3};
     snprintf(o1, sizeof o1, "train.micro_batch=%d", B);
     snprintf(o2, sizeof o2, "train.global_batch=%d", B);
@@ -239,6 +243,7 @@ static int logits_mode(const char *ckpt, const char *expected) {
     deck d;
     if (!ckpt_in_deck(in) || deck_load_string(&d, ckpt_in_deck(in), ckpt, 5, over, 1, err, sizeof err))
         die("its deck: %s", ckpt_in_deck(in) ? err : "missing");
+    if (write) V = d.model.vocab_size;
     if (d.model.vocab_size != V) die("vocab %d, the expected logits have %d", d.model.vocab_size, V);
     model *m;
     model_opts mo = deck_model_opts(&d);
@@ -257,8 +262,10 @@ static int logits_mode(const char *ckpt, const char *expected) {
     int64_t *ids64 = malloc(sizeof(int64_t) * (size_t)B * T);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
     float *ref = malloc(sizeof(float) * (size_t)B * T * V);
-    if (st_read(&ex, ii, 0, st_bytes(&ex.t[ii]), ids64, err, sizeof err) ||
-        st_read(&ex, li, 0, st_bytes(&ex.t[li]), ref, err, sizeof err))
+    if (write) /* fixed token ids: a reference batch from this checkpoint */
+        for (int i = 0; i < B * T; i++) ids64[i] = (int64_t)((i * 7919 + 13) % V);
+    else if (st_read(&ex, ii, 0, st_bytes(&ex.t[ii]), ids64, err, sizeof err) ||
+             st_read(&ex, li, 0, st_bytes(&ex.t[li]), ref, err, sizeof err))
         die("%s", err);
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)ids64[i];
     for (int b = 0; b < B; b++)
@@ -269,6 +276,26 @@ static int logits_mode(const char *ckpt, const char *expected) {
     model_sums s;
     memset(&s, 0, sizeof s);
     model_step(m, &bt, sc, 0, &s);
+    if (write) {
+        st_writer *w;
+        int64_t sh_i[2] = {B, T}, sh_l[3] = {B, T, V};
+        if (st_writer_open(&w, expected, err, sizeof err)) die("%s", err);
+        st_writer_meta(w, "format", "pt");
+        st_writer_add(w, "input_ids", ST_I64, 2, sh_i);
+        st_writer_add(w, "logits", ST_F32, 3, sh_l);
+        if (st_writer_begin(w, err, sizeof err) ||
+            st_writer_put(w, "input_ids", 0, ids64, sizeof(int64_t) * (size_t)B * T, err, sizeof err) ||
+            st_writer_put(w, "logits", 0, model_logits(m), sizeof(float) * (size_t)B * T * V, err, sizeof err) ||
+            st_writer_close(w, 1, err, sizeof err))
+            die("%s", err);
+        printf("dsv3-refcheck --logits %s: %dx%d logits of this checkpoint written to %s\n", ckpt, B, T, expected);
+        free(ids64), free(tok), free(tgt), free(ref);
+        model_free(m);
+        deck_free(&d);
+        ckpt_in_close(in);
+        MPI_Finalize();
+        return 0;
+    }
     double e = rel_l2(model_logits(m), ref, (size_t)B * T * V);
     int ok = e <= 1e-5;
     printf("dsv3-refcheck --logits %s\n  %d tensors loaded; batch %dx%d, V=%d\n  logits      rel L2 error %.3e  (tol 1e-05)  %s\n"
@@ -284,10 +311,12 @@ static int logits_mode(const char *ckpt, const char *expected) {
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    if (argc == 4 && !strcmp(argv[1], "--logits")) return logits_mode(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--logits")) return logits_mode(argv[2], argv[3], 0);
+    if (argc == 5 && !strcmp(argv[1], "--logits") && !strcmp(argv[4], "--write")) return logits_mode(argv[2], argv[3], 1);
     if (argc != 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: dsv3-refcheck FIXTURE.h5   (written by tools/reference/make_fixture.py)\n"
-                        "       dsv3-refcheck --logits CKPT.h5 EXPECTED.safetensors   (input_ids, logits)\n");
+                        "       dsv3-refcheck --logits CKPT.h5 EXPECTED.safetensors [--write]   (input_ids, logits;\n"
+                        "       --write: this checkpoint's logits on fixed ids become EXPECTED)\n");
         MPI_Finalize();
         return 2;
     }
