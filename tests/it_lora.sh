@@ -88,6 +88,18 @@ timeout 120 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" checkpoint.every=2 checkpoint.
     parallel.expert_parallel=2 >"$OUT/k.log" 2>&1 || { echo "FAIL: keep run"; fail=1; }
 got=$(cd "$OUT/k/checkpoints" && ls -d checkpoint-* | tr '\n' ' ')
 [ "$got" = "checkpoint-4 checkpoint-6 " ] && echo "keep=2: PEFT directories $got" || { echo "FAIL: keep=2 left $got"; fail=1; }
+echo "== 4b. reshard: the ZeRO-3 adapters-only checkpoint of np 8 (EP 8) resumed at np 4 (EP 4, ZeRO 1)"
+A=("${LORA[@]}" checkpoint.save=\"adapters\" run.init_from="$BASE")
+timeout 200 mpirun -np 8 "$BIN/dsv3" "${A[@]}" parallel.expert_parallel=8 parallel.zero_stage=3 run.output_dir="$OUT/r8" \
+    >"$OUT/r8.log" 2>&1 &&
+timeout 200 mpirun -np 4 "$BIN/dsv3" "${A[@]}" parallel.expert_parallel=4 parallel.zero_stage=1 run.output_dir="$OUT/r4" \
+    run.resume="$OUT/r8/checkpoints/step_00000003.h5" >"$OUT/r4.log" 2>&1 || { echo "FAIL: reshard runs"; tail -3 "$OUT/r4.log"; fail=1; }
+rel=$(awk -F, 'NR==FNR { if (FNR>1) for (k=2;k<=5;k++) b[$1,k]=$k; next }
+               FNR>1 { for (k=2;k<=5;k++) { d=$k-b[$1,k]; if (d<0) d=-d; s=b[$1,k]<0?-b[$1,k]:b[$1,k]; r=s>0?d/s:d; if (r>m) m=r }; n++ }
+               END { if (n!=3) print "rows:" n; else printf "%.3e", m }' "$OUT/r8/metrics.csv" "$OUT/r4/metrics.csv")
+if awk -v r="$rel" 'BEGIN { exit !(r ~ /^[0-9.e+-]+$/ && r+0 <= 1e-6) }'; then echo "np 8 -> 4: steps 4-6 within $rel of the uninterrupted np 8 run"
+else echo "FAIL: reshard np 8 -> 4: $rel"; fail=1; fi
+
 echo "== 5. dsv3-verify"
 if "$BIN/dsv3-verify" "$OUT/a3" >"$OUT/verify.log" 2>&1 && [ -s "$OUT/a3/adapter_debug_info.json" ]; then
     echo "$(tail -1 "$OUT/verify.log")"
