@@ -177,7 +177,7 @@ def main():
 
 
 
-def torch_checks(model_dir, logits_file, base_dir, adapter_dir):
+def torch_checks(model_dir, logits_file, base_dir, adapter_dir, lora_logits=None):
     """Optional (torch, transformers, peft installed): transformers loads our
     export with no missing key (the MTP layer's keys are reported as
     unexpected: it does not instantiate it) and gives the expected logits;
@@ -209,11 +209,19 @@ def torch_checks(model_dir, logits_file, base_dir, adapter_dir):
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     pm = PeftModel.from_pretrained(base, adapter_dir)
     n = sum(1 for k, _ in pm.named_parameters() if "lora_" in k)
-    print(f"peft loads {adapter_dir} with warnings as errors: {n} LoRA tensors")
+    msg = ""
+    if lora_logits:  # dsv3's forward of the LoRA checkpoint (dsv3-refcheck --logits --write)
+        lx = load_file(lora_logits)
+        with torch.no_grad():
+            pl = pm(torch.tensor(lx["input_ids"])).logits.numpy()
+        e = float(np.linalg.norm(pl - lx["logits"]) / np.linalg.norm(lx["logits"]))
+        assert e < 1e-5, f"PEFT's logits differ from dsv3's by {e}"
+        msg = f", logits = dsv3's LoRA forward within {e:.2e}"
+    print(f"peft loads {adapter_dir} with warnings as errors: {n} LoRA tensors{msg}")
     return True
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "torch":
-        sys.exit(0 if torch_checks(*sys.argv[2:6]) else 1)
+        sys.exit(0 if torch_checks(*sys.argv[2:7]) else 1)
     main()

@@ -82,7 +82,7 @@ TPY=${DSV3_TORCH_PYTHON:-python3}
 if "$TPY" -c "import torch, transformers, peft" 2>/dev/null; then
     "$BIN/dsv3-export" -q --dtype fp32 "$OUT/lora/checkpoints/step_00000002.h5" "$OUT/lora-base" >/dev/null 2>&1
     "$TPY" tests/interop_check.py torch "$OUT/exp-fp32-fp32" "$FX/expected_logits.safetensors" "$OUT/lora-base" \
-        "$OUT/adapter" 2>"$OUT/torch.err" && ok "transformers and PEFT checks" || { bad "transformers/PEFT"; tail -5 "$OUT/torch.err"; }
+        "$OUT/adapter" "$OUT/lora-logits.safetensors" 2>"$OUT/torch.err" && ok "transformers and PEFT checks" || { bad "transformers/PEFT"; tail -5 "$OUT/torch.err"; }
 else
     echo "note  no torch/transformers/peft in $TPY: the optional load checks did not run"
 fi
