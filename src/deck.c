@@ -784,6 +784,10 @@ static int check_layout(const ctx *c, deck *d, int world)
     /* LoRA and checkpoints */
     if (!strcmp(d->checkpoint.save, "adapters") && !d->lora.enabled)
         return fail(c, "checkpoint.save", NULL, "checkpoint.save = \"adapters\" needs lora.enabled = true");
+    /* Accepting a dropout the model does not apply would train something other than the deck says. */
+    if (d->lora.dropout > 0)
+        return fail(c, "lora.dropout", NULL,
+                    "lora.dropout = %g: LoRA dropout is not implemented yet (set 0.0)", d->lora.dropout);
     if (d->lora.enabled && d->lora.n_targets == 0)
         return fail(c, "lora.enabled", NULL, "lora.enabled = true needs lora.targets");
     if (d->lora.enabled)
