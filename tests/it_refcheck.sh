@@ -32,6 +32,10 @@ echo "== MTP depth 2 + balance loss fixture"
 # no gradient for the base, 3 AdamW steps over the adapters
 echo "== PEFT LoRA fixture"
 "$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora.h5 || { echo "FAIL: the PEFT LoRA fixture does not match"; exit 1; }
+# and on the dense MLP, the shared experts' MLP and o_proj (hf_tiny_lora_mlp.h5; PEFT's
+# transformers-5 rewrite of deepseek_v3 MLP targets to the fused experts is off there)
+echo "== PEFT LoRA fixture, MLP targets"
+"$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora_mlp.h5 || { echo "FAIL: the PEFT LoRA MLP fixture does not match"; exit 1; }
 
 PY=${DSV3_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=/usr/bin/python3

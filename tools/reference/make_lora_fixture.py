@@ -10,7 +10,8 @@ blind to A); r = 4, alpha = 8, dropout 0.
 
     python3 tools/reference/make_lora_fixture.py [-o tests/fixtures/hf_tiny_lora.h5]
     python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_mlp.h5 \\
-        --targets mlp.gate_proj,mlp.up_proj,mlp.down_proj,mlp.shared_experts.gate_proj
+        --targets mlp.gate_proj,mlp.up_proj,mlp.down_proj,mlp.shared_experts.gate_proj,\\
+mlp.shared_experts.up_proj,mlp.shared_experts.down_proj,self_attn.o_proj
 
 Root attributes lora_r, lora_alpha, lora_targets (the deck's names) tell refcheck.
 """
@@ -58,8 +59,18 @@ def build(seed, targets, min_margin):
     names = [f"model.layers.{l}.{t}" for l in range(L) for t in targets]
     present = {n for n, _ in base.named_modules()}
     names = [n for n in names if n in present]
+    if any(t.startswith("mlp.") for t in targets):
+        # PEFT >= 0.19 on transformers 5 rewrites MLP targets of deepseek_v3 (its v4 -> v5 MoE compat map):
+        # gate_proj/up_proj/down_proj become LoRA on the fused routed experts, and the dense and shared
+        # experts' nn.Linear get none. The oracle wants PEFT's plain LoRA on exactly the named modules,
+        # so that rewrite is switched off here, and the wrapped set is asserted below.
+        import peft.utils.transformers_weight_conversion as twc
+        twc.convert_peft_config_for_transformers = lambda *a, **k: None
     model = get_peft_model(base, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=names,
                                             bias="none", init_lora_weights=True))
+    wrapped = {ckpt_name(n).rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    if wrapped != set(names):
+        raise SystemExit(f"make_lora_fixture: PEFT wrapped {sorted(wrapped)}, asked {sorted(names)}")
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:  # non-zero, so lora_A gets gradients too
