@@ -10,7 +10,9 @@
 #     the adapters (+ moments, router biases) only, and resuming from the step-3
 #     one (on the same base) reproduces rows 4-6 bitwise at ZeRO 0 and 3; every save
 #     of a LoRA run also writes a PEFT directory checkpoints/checkpoint-<step> (pruned
-#     with its checkpoint by checkpoint.keep), read by the safetensors client
+#     with its checkpoint by checkpoint.keep), read by the safetensors client; a
+#     rank killed (-9) inside the step-6 save leaves latest at step 3, and resuming
+#     from it reproduces rows 4-6 bitwise
 #  5. dsv3-verify passes on a LoRA run directory and fails, naming the tensor, on
 #     doctored copies: an adapter zeroed, one tensor removed, a file truncated
 . "$(dirname "$0")/lib.sh"
@@ -83,6 +85,28 @@ assert len(f.keys()) == 12 and all(f.get_tensor(k).size for k in f.keys())" "$ck
         echo "ZeRO $z: PEFT directories checkpoint-3 and checkpoint-6 written (12 tensors)"
     else echo "FAIL: ZeRO $z: PEFT directories missing or wrong: $(ls "$ck")"; fail=1; fi
 done
+echo "== 4c. kill -9 of one rank during the step-6 adapters-only save (ZeRO 3), then resume from latest"
+A=("${LORA[@]}" checkpoint.save=\"adapters\" run.init_from="$BASE" parallel.expert_parallel=2 parallel.zero_stage=3)
+d=$OUT/kill
+(DSV3_CKPT_SLAB_BYTES=256 timeout 120 mpirun -q -x DSV3_CKPT_SLAB_BYTES -np 2 "$BIN/dsv3" "${A[@]}" run.output_dir="$d" \
+    >"$OUT/kill.log" 2>&1; echo $? >"$OUT/kill.rc") &
+hit=0
+for _ in $(seq 1 3000); do
+    if [ -f "$d/checkpoints/step_00000006.h5.tmp" ]; then pkill -9 -f "^$BIN/dsv3 .*run.output_dir=$d" -n && hit=1; break; fi
+    [ -f "$OUT/kill.rc" ] && break
+    sleep 0.005
+done
+wait
+if [ "$hit" = 1 ]; then
+    rm -f "$d"/checkpoints/*.tmp # a killed rank cannot clean up
+    lat=$(cat "$d/checkpoints/latest")
+    timeout 120 mpirun -np 2 "$BIN/dsv3" "${A[@]}" run.output_dir="$OUT/kill-re" run.resume="$d/checkpoints/$lat" \
+        >"$OUT/kill-re.log" 2>&1 || { echo "FAIL: resume after kill -9"; tail -3 "$OUT/kill-re.log"; fail=1; }
+    if [ "$lat" = step_00000003.h5 ] && [ ! -e "$d/checkpoints/checkpoint-6" ] && [ "$(rows "$OUT/kill-re/metrics.csv" 4 6 | wc -l)" = 3 ] &&
+       diff <(rows "$OUT/a3/metrics.csv" 4 6) <(rows "$OUT/kill-re/metrics.csv" 4 6) >/dev/null; then
+        echo "kill -9 in the step-6 save (exit $(cat "$OUT/kill.rc")): latest names $lat, no checkpoint-6 PEFT copy; resumed rows 4-6 identical"
+    else echo "FAIL: kill -9: latest '$lat', PEFT dirs: $(ls "$d/checkpoints" | tr '\n' ' '), rows differ or missing"; fail=1; fi
+else echo "note: the step-6 save finished before the kill (exit $(cat "$OUT/kill.rc")); nothing to check"; fi
 # checkpoint.keep prunes the PEFT copies with their checkpoints
 timeout 120 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" checkpoint.every=2 checkpoint.keep=2 run.output_dir="$OUT/k" \
     parallel.expert_parallel=2 >"$OUT/k.log" 2>&1 || { echo "FAIL: keep run"; fail=1; }
