@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fsutil.h"
 
 #ifndef DSV3_GIT_REV
 #define DSV3_GIT_REV "unknown"
@@ -202,26 +203,6 @@ static int read_attr_i64(hid_t loc, const char *name, int64_t *v) {
     X(num_attention_heads) X(num_nextn_predict_layers)
 
 /* ---- file system ---------------------------------------------------------- */
-
-static int mkdir_p(const char *path) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *c = tmp + 1; *c; c++)
-        if (*c == '/') {
-            *c = 0;
-            if (mkdir(tmp, 0777) && errno != EEXIST) return -1;
-            *c = '/';
-        }
-    return (mkdir(tmp, 0777) && errno != EEXIST) ? -1 : 0;
-}
-
-static int fsync_path(const char *path) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
 
 /* "step_00000042.h5" -> 42 (tmp: ".h5.tmp"), else -1. */
 static int64_t step_of(const char *name, int tmp) {
@@ -524,7 +505,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     snprintf(fname, sizeof fname, "step_%08lld.h5", (long long)st->step);
     snprintf(final, sizeof final, "%s/%s", dir, fname);
     snprintf(tmp, sizeof tmp, "%s.tmp", final);
-    if (!rc && p->world_rank == 0 && mkdir_p(dir)) {
+    if (!rc && p->world_rank == 0 && fs_mkdir_p(dir)) {
         snprintf(err, errlen, "checkpoint: cannot create %s: %s", dir, strerror(errno));
         rc = -1;
     }
@@ -592,7 +573,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     quiet_off(&q);
     zero_map_free(&L);
     /* Data on disk before the rename makes it visible (each rank flushes its client's pages). */
-    if (!rc && fsync_path(tmp)) {
+    if (!rc && fs_fsync_path(tmp)) {
         snprintf(err, errlen, "checkpoint: fsync %s: %s", tmp, strerror(errno));
         rc = -1;
     }
@@ -603,32 +584,18 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
         return -1;
     }
     if (p->world_rank == 0) {
-        char latest[PATH_MAX + 16], ltmp[PATH_MAX + 24];
+        char latest[PATH_MAX + 16];
         snprintf(latest, sizeof latest, "%s/latest", dir);
-        snprintf(ltmp, sizeof ltmp, "%s/latest.tmp", dir);
-        FILE *lf = NULL;
         if (rename(tmp, final)) {
             snprintf(err, errlen, "checkpoint: rename %s -> %s: %s", tmp, final, strerror(errno));
             rc = -1;
-        } else if (fsync_path(dir), !(lf = fopen(ltmp, "w")) || fprintf(lf, "%s\n", fname) < 0 || fflush(lf) ||
-                   fsync(fileno(lf))) {
-            snprintf(err, errlen, "checkpoint: writing %s: %s", ltmp, strerror(errno));
+        } else if (fs_fsync_path(dir), fs_write_text(latest, fname)) {
+            snprintf(err, errlen, "checkpoint: writing %s: %s", latest, strerror(errno));
             rc = -1;
         }
-        if (lf && fclose(lf) && !rc) {
-            snprintf(err, errlen, "checkpoint: writing %s: %s", ltmp, strerror(errno));
-            rc = -1;
-        }
-        if (!rc && rename(ltmp, latest)) {
-            snprintf(err, errlen, "checkpoint: rename %s -> %s: %s", ltmp, latest, strerror(errno));
-            rc = -1;
-        }
-        if (rc) { /* a failed save leaves what was there: `latest` and the kept files */
-            unlink(ltmp);
-            unlink(final);
-        }
+        if (rc) unlink(final); /* a failed save leaves what was there: `latest` and the kept files */
         if (!rc) {
-            fsync_path(dir);
+            fs_fsync_path(dir);
             prune(dir, st->step, d->checkpoint.keep);
         }
     }
@@ -1081,10 +1048,11 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
     return 0;
 }
 
-/* Rows [row0, row0+nrows) along axis 0; data is bf16 bits (uint16) when the
- * file is bf16, else float. */
-int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
-                   int errlen) {
+/* Rows [row0, row0+nrows) of slice e of a 3-D dataset (e >= 0), or along the
+ * dataset's axis 0 (e < 0, any rank); data is bf16 bits (uint16) when the file
+ * is bf16, else float. */
+static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
+                     char *err, int errlen) {
     char rel[400], path[420];
     rel_path(hf_name, rel, sizeof rel);
     snprintf(path, sizeof path, "/model/%s", rel);
@@ -1095,15 +1063,19 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
         return -1;
     }
     hid_t fs = H5Dget_space(ds);
-    hsize_t dims[3] = {1, 1, 1}, st[3] = {0, 0, 0};
-    int nd = H5Sget_simple_extent_ndims(fs);
+    hsize_t dims[3] = {1, 1, 1};
+    int nd = H5Sget_simple_extent_ndims(fs), rc = 0;
     H5Sget_simple_extent_dims(fs, dims, NULL);
-    hsize_t ct[3] = {dims[0], dims[1], dims[2]};
-    if (nd >= 1) st[0] = (hsize_t)row0, ct[0] = (hsize_t)nrows;
-    int rc = 0;
-    if (nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0]) {
-        snprintf(err, errlen, "%s: rows [%lld, %lld) outside %s", o->tmp, (long long)row0, (long long)(row0 + nrows),
-                 path);
+    const int r = e >= 0; /* the row axis */
+    hsize_t st[3] = {0, 0, 0}, ct[3] = {dims[0], dims[1], dims[2]};
+    if (r) st[0] = (hsize_t)e, ct[0] = 1;
+    st[r] = (hsize_t)row0, ct[r] = (hsize_t)nrows;
+    if (r ? nd != 3 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]
+          : nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0]) {
+        char what[64] = "";
+        if (r) snprintf(what, sizeof what, "slice %lld ", (long long)e);
+        snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", o->tmp, what, (long long)row0,
+                 (long long)(row0 + nrows), path);
         rc = -1;
     }
     if (!rc) {
@@ -1120,38 +1092,14 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
     return rc;
 }
 
+int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
+                   int errlen) {
+    return out_write(o, hf_name, -1, row0, nrows, data, err, errlen);
+}
+
 int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
                         char *err, int errlen) {
-    char rel[400], path[420];
-    rel_path(hf_name, rel, sizeof rel);
-    snprintf(path, sizeof path, "/model/%s", rel);
-    h5why why;
-    hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
-    if (ds < 0) {
-        snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
-        return -1;
-    }
-    hid_t fs = H5Dget_space(ds);
-    hsize_t dims[3] = {0, 0, 0};
-    int nd = H5Sget_simple_extent_ndims(fs), rc = 0;
-    H5Sget_simple_extent_dims(fs, dims, NULL);
-    hsize_t st[3] = {(hsize_t)e, (hsize_t)row0, 0}, ct[3] = {1, (hsize_t)nrows, dims[2]};
-    if (nd != 3 || e < 0 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]) {
-        snprintf(err, errlen, "%s: slice %lld rows [%lld, %lld) outside %s", o->tmp, (long long)e, (long long)row0,
-                 (long long)(row0 + nrows), path);
-        rc = -1;
-    } else {
-        hid_t ms = H5Screate_simple(3, ct, NULL);
-        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
-            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
-            rc = -1;
-        }
-        H5Sclose(ms);
-    }
-    H5Sclose(fs);
-    H5Dclose(ds);
-    return rc;
+    return out_write(o, hf_name, e, row0, nrows, data, err, errlen);
 }
 
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
@@ -1164,7 +1112,7 @@ int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     }
     quiet_off(&o->q);
     H5Tclose(o->bf16);
-    if (!rc && fsync_path(o->tmp)) {
+    if (!rc && fs_fsync_path(o->tmp)) {
         if (err) snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
         rc = -1;
     }
@@ -1280,47 +1228,21 @@ const char *ckpt_in_deck(const ckpt_in *r) { return r->deck_text; }
 int ckpt_in_count(const ckpt_in *r) { return r->n; }
 const ckpt_tensor_info *ckpt_in_tensor(const ckpt_in *r, int i) { return &r->t[i]; }
 
-int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err, int errlen) {
+/* Rows [row0, row0+nrows) of slice e of a 3-D tensor (e >= 0), or along axis 0
+ * (e < 0); as bf16 bits (bf16 datasets only) or as floats. */
+static int in_read(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
+                   int errlen) {
     const ckpt_tensor_info *t = &r->t[i];
-    h5why why;
-    hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
-    if (ds < 0) {
-        snprintf(err, errlen, "%s: cannot open %s", r->path, t->path);
+    const int ax = e >= 0; /* the row axis */
+    if ((ax && (t->ndim != 3 || e >= t->shape[0])) || row0 < 0 || nrows < 0 || row0 + nrows > t->shape[ax]) {
+        char what[64] = "";
+        if (ax) snprintf(what, sizeof what, "slice %lld ", (long long)e);
+        snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", r->path, what, (long long)row0,
+                 (long long)(row0 + nrows), t->path);
         return -1;
     }
-    hid_t fs = H5Dget_space(ds);
-    hsize_t st[3] = {(hsize_t)row0, 0, 0}, ct[3] = {(hsize_t)nrows, (hsize_t)t->shape[1], (hsize_t)t->shape[2]};
-    int rc = 0;
-    if (row0 < 0 || nrows < 0 || row0 + nrows > t->shape[0]) {
-        snprintf(err, errlen, "%s: rows [%lld, %lld) outside %s", r->path, (long long)row0, (long long)(row0 + nrows),
-                 t->path);
-        rc = -1;
-    } else {
-        hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
-        /* bf16 bits out of a bf16 dataset need no conversion; floats from either */
-        if (as_bf16 && !t->is_bf16) {
-            snprintf(err, errlen, "%s: %s is not bf16", r->path, t->path);
-            rc = -1;
-        } else if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-                   H5Dread(ds, as_bf16 ? r->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0) {
-            snprintf(err, errlen, "%s: reading %s failed (checksum?): %s", r->path, t->path, h5_reason(&why));
-            rc = -1;
-        }
-        H5Sclose(ms);
-    }
-    H5Sclose(fs);
-    H5Dclose(ds);
-    return rc;
-}
-
-int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
-                      int errlen) {
-    const ckpt_tensor_info *t = &r->t[i];
-    h5why why;
-    if (t->ndim != 3 || e < 0 || e >= t->shape[0] || row0 < 0 || nrows < 0 || row0 + nrows > t->shape[1] ||
-        (as_bf16 && !t->is_bf16)) {
-        snprintf(err, errlen, "%s: slice %lld rows [%lld, %lld) outside %s (or not bf16)", r->path, (long long)e,
-                 (long long)row0, (long long)(row0 + nrows), t->path);
+    if (as_bf16 && !t->is_bf16) { /* bf16 bits out of a bf16 dataset need no conversion; floats from either */
+        snprintf(err, errlen, "%s: %s is not bf16", r->path, t->path);
         return -1;
     }
     hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
@@ -1328,9 +1250,11 @@ int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
         snprintf(err, errlen, "%s: cannot open %s", r->path, t->path);
         return -1;
     }
-    hid_t fs = H5Dget_space(ds);
-    hsize_t st[3] = {(hsize_t)e, (hsize_t)row0, 0}, ct[3] = {1, (hsize_t)nrows, (hsize_t)t->shape[2]};
-    hid_t ms = H5Screate_simple(3, ct, NULL);
+    hsize_t st[3] = {0, 0, 0}, ct[3] = {(hsize_t)t->shape[0], (hsize_t)t->shape[1], (hsize_t)t->shape[2]};
+    if (ax) st[0] = (hsize_t)e, ct[0] = 1;
+    st[ax] = (hsize_t)row0, ct[ax] = (hsize_t)nrows;
+    h5why why;
+    hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(t->ndim, ct, NULL);
     int rc = 0;
     if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
         H5Dread(ds, as_bf16 ? r->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0) {
@@ -1339,6 +1263,15 @@ int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
     }
     H5Sclose(ms), H5Sclose(fs), H5Dclose(ds);
     return rc;
+}
+
+int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err, int errlen) {
+    return in_read(r, i, -1, row0, nrows, dst, as_bf16, err, errlen);
+}
+
+int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
+                      int errlen) {
+    return in_read(r, i, e, row0, nrows, dst, as_bf16, err, errlen);
 }
 
 void ckpt_in_close(ckpt_in *r) {

@@ -12,32 +12,7 @@
 #include "ckpt.h"
 #include "ops.h"
 #include "safetensors.h"
-
-static int mkdir_p(const char *path) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *c = tmp + 1; *c; c++)
-        if (*c == '/') {
-            *c = 0;
-            if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-            *c = '/';
-        }
-    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
-}
-
-static int write_text(const char *path, const char *text) {
-    char tmp[4400];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    int bad = fputs(text, f) < 0 || fputc('\n', f) < 0 || fflush(f) || fsync(fileno(f));
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path)) {
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
+#include "fsutil.h"
 
 /* adapter_config.json as PEFT writes it (every LoraConfig field we set; target modules by last name). */
 static char *config_json(const deck *d) {
@@ -85,7 +60,7 @@ int peft_write(const char *ckpt, const deck *d, const char *dir, int bf16, doubl
     st_writer *w = NULL;
     float *fb = NULL;
     uint64_t total = 0;
-    if (mkdir_p(dir)) {
+    if (fs_mkdir_p(dir)) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         rc = -1;
     }
@@ -143,7 +118,7 @@ int peft_write(const char *ckpt, const deck *d, const char *dir, int bf16, doubl
     }
     char *text = rc ? NULL : config_json(d);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (!rc && (!text || write_text(path, text))) {
+    if (!rc && (!text || fs_write_text(path, text))) {
         snprintf(err, errlen, "cannot write %s", path);
         rc = -1;
     }

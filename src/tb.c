@@ -1,6 +1,7 @@
 /* tb.c — TensorBoard event files: TFRecord framing, crc32c and the few protobuf
  * fields of Event/Summary/SessionLog that scalars need (format in tb.h). */
 #include "tb.h"
+#include "fsutil.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -134,22 +135,9 @@ static int write_event(tb_writer *w, int64_t step, int field, const pbuf *payloa
     return rc;
 }
 
-static int mkdir_p(const char *dir) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s", dir) >= (int)sizeof tmp) return -1;
-    for (char *s = tmp + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(tmp, 0777) && errno != EEXIST) return -1;
-        *s = '/';
-    }
-    if (mkdir(tmp, 0777) && errno != EEXIST) return -1;
-    return 0;
-}
-
 int tb_open(tb_writer *w, const char *dir, char *err, int errlen) {
     memset(w, 0, sizeof *w);
-    if (mkdir_p(dir)) {
+    if (fs_mkdir_p(dir)) {
         snprintf(err, errlen, "logging.tensorboard: cannot create directory %s: %s", dir, strerror(errno));
         return -1;
     }

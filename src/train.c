@@ -34,6 +34,7 @@
 #include "optim.h"
 #include "peft.h"
 #include "zero.h"
+#include "fsutil.h"
 
 /* Set by SIGUSR1/SIGTERM (the batch system's warning): finish the step, save, exit 0. */
 static volatile sig_atomic_t stop_requested = 0;
@@ -43,18 +44,6 @@ static void on_signal(int sig) {
 }
 
 static double now(void) { return comm_wtime(); }
-
-static int mkdir_p(const char *path) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return (mkdir(tmp, 0755) && errno != EEXIST) ? -1 : 0;
-}
 
 typedef struct {
     const deck *d;
@@ -275,7 +264,7 @@ int train_run(const deck *d, plan *p) {
     /* 1. inputs first: data, output directory, checkpoint to resume (before any model memory) */
     failed = data_open(&t.train, d, 0, T, err, sizeof err) != 0;
     if (!failed && d->validation.every > 0) failed = data_open(&t.valid, d, 1, T, err, sizeof err) != 0;
-    if (!failed && rank == 0 && mkdir_p(d->run.output_dir)) {
+    if (!failed && rank == 0 && fs_mkdir_p(d->run.output_dir)) {
         snprintf(err, sizeof err, "cannot create run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
         failed = 1;
     }

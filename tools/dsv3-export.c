@@ -40,6 +40,7 @@
 #include "../src/ops.h"
 #include "../src/peft.h"
 #include "../src/safetensors.h"
+#include "../src/fsutil.h"
 
 #define BUF_BYTES ((size_t)256 << 20)
 
@@ -83,32 +84,6 @@ typedef struct {
     uint64_t bytes;
     int shard;
 } otensor;
-
-static int mkdir_p(const char *path) {
-    char tmp[8192];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *c = tmp + 1; *c; c++)
-        if (*c == '/') {
-            *c = 0;
-            if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-            *c = '/';
-        }
-    return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
-}
-
-static int write_file_atomic(const char *path, const char *text) {
-    char tmp[8300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    int bad = fputs(text, f) < 0 || fputc('\n', f) < 0 || fflush(f) || fsync(fileno(f));
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path)) {
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
 
 /* Streams ckpt tensor src (slice e) into the writer under `name` as bf16 or f32. */
 static float g_merge_scale; /* lora_alpha / r */
@@ -234,7 +209,7 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         cur += t->bytes;
         total += t->bytes;
     }
-    if (mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
+    if (fs_mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
     char path[8400], err[1024], fname[64];
     float *fb = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
@@ -274,12 +249,12 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
     json_object_set_new(idx, "weight_map", wm);
     char *itext = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    if (!itext || write_file_atomic(path, itext)) die("cannot write %s", path);
+    if (!itext || fs_write_text(path, itext)) die("cannot write %s", path);
     free(itext);
     json_decref(idx);
     char *cfg = hf_config_json(m, 0);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (!cfg || write_file_atomic(path, cfg)) die("cannot write %s", path);
+    if (!cfg || fs_write_text(path, cfg)) die("cannot write %s", path);
     free(cfg);
     double secs = now() - t0;
     struct rusage ru;
