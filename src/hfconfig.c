@@ -8,13 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *fmt, ...) {
+void hf_text_add(hf_text *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int k = vsnprintf(NULL, 0, fmt, ap);
@@ -35,8 +29,7 @@ static void sb_add(sbuf *b, const char *fmt, ...) {
     b->n += (size_t)k;
 }
 
-/* libconfig float literal: always with '.' or an exponent, so the deck sees a float */
-static void fmt_float(char *buf, size_t n, double v) {
+void hf_float_literal(char *buf, size_t n, double v) {
     snprintf(buf, n, "%.17g", v);
     if (!strpbrk(buf, ".eEn")) snprintf(buf + strlen(buf), n - strlen(buf), ".0");
 }
@@ -111,7 +104,7 @@ static int get_bool(ctx *x, json_t *cfg, const char *key, int dflt) {
 
 /* Rope in `rope_scaling` + `rope_theta` (the official checkpoints) or in
  * `rope_parameters` (transformers >= 5). */
-static void rope(ctx *x, sbuf *b, json_t *cfg) {
+static void rope(ctx *x, hf_text *b, json_t *cfg) {
     char f[64];
     json_t *rp = get(cfg, "rope_parameters");
     if (!rp) rp = get(cfg, "rope_scaling");
@@ -121,8 +114,8 @@ static void rope(ctx *x, sbuf *b, json_t *cfg) {
     }
     double theta = get_num(x, cfg, "rope_theta", 0, rp ? get_num(x, rp, "rope_theta", 0, 10000.0) : 10000.0);
     const char *type = rp ? get_str(x, rp, "rope_type", get_str(x, rp, "type", "default")) : "default";
-    fmt_float(f, sizeof f, theta);
-    sb_add(b, "  rope_theta = %s;\n", f);
+    hf_float_literal(f, sizeof f, theta);
+    hf_text_add(b, "  rope_theta = %s;\n", f);
     if (strcmp(type, "yarn") == 0) {
         long long orig = get_int(x, rp, "original_max_position_embeddings", 1, 1);
         double factor = get_num(x, rp, "factor", 0,
@@ -133,24 +126,24 @@ static void rope(ctx *x, sbuf *b, json_t *cfg) {
         if (bf == 0) bf = 32.0; /* HF: `or 32` */
         if (bs == 0) bs = 1.0;
         char ff[64], fbf[64], fbs[64], fm[64], fma[64];
-        fmt_float(ff, sizeof ff, factor);
-        fmt_float(fbf, sizeof fbf, bf);
-        fmt_float(fbs, sizeof fbs, bs);
-        fmt_float(fm, sizeof fm, get_num(x, rp, "mscale", 0, 0.0)); /* absent = 0, as HF treats it */
-        fmt_float(fma, sizeof fma, get_num(x, rp, "mscale_all_dim", 0, 0.0));
-        sb_add(b,
+        hf_float_literal(ff, sizeof ff, factor);
+        hf_float_literal(fbf, sizeof fbf, bf);
+        hf_float_literal(fbs, sizeof fbs, bs);
+        hf_float_literal(fm, sizeof fm, get_num(x, rp, "mscale", 0, 0.0)); /* absent = 0, as HF treats it */
+        hf_float_literal(fma, sizeof fma, get_num(x, rp, "mscale_all_dim", 0, 0.0));
+        hf_text_add(b,
                "  rope_scaling = { type = \"yarn\"; factor = %s; original_max_position_embeddings = %lld;\n"
                "                   beta_fast = %s; beta_slow = %s; mscale = %s; mscale_all_dim = %s; };\n",
                ff, orig, fbf, fbs, fm, fma);
     } else if (strcmp(type, "default") == 0) {
-        sb_add(b, "  rope_scaling = { type = \"none\"; };\n");
+        hf_text_add(b, "  rope_scaling = { type = \"none\"; };\n");
     } else {
         fail(x, "rope type \"%s\" is not supported (yarn or default)", type);
     }
 }
 
 /* quantization_config: DeepSeek's FP8 (e4m3, 128x128 blocks), V3.1's ue8m0 scales. */
-static void quant(ctx *x, sbuf *b, json_t *cfg) {
+static void quant(ctx *x, hf_text *b, json_t *cfg) {
     json_t *q = get(cfg, "quantization_config");
     if (!q) return;
     if (!json_is_object(q)) {
@@ -169,7 +162,7 @@ static void quant(ctx *x, sbuf *b, json_t *cfg) {
         fail(x, "quantization_config.weight_block_size must be [128, 128]");
     const char *sf = get_str(x, q, "scale_fmt", "");
     if (sf[0] && strcmp(sf, "ue8m0") != 0) fail(x, "quantization_config.scale_fmt \"%s\" is not supported", sf);
-    sb_add(b, "  quantization_config = { quant_method = \"fp8\";%s%s%s };\n", sf[0] ? " scale_fmt = \"" : "",
+    hf_text_add(b, "  quantization_config = { quant_method = \"fp8\";%s%s%s };\n", sf[0] ? " scale_fmt = \"" : "",
            sf, sf[0] ? "\";" : "");
 }
 
@@ -212,25 +205,25 @@ char *hf_config_model_group(const char *text, const char *path, int mtp, char *e
                                  "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
                                  "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                                  "num_attention_heads", "max_position_embeddings"};
-    sbuf b = {0};
+    hf_text b = {0};
     char f[64];
-    sb_add(&b, "model = {\n");
+    hf_text_add(&b, "model = {\n");
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
-        sb_add(&b, "  %s = %lld;\n", ints[i], get_int(&x, cfg, ints[i], 1, 0));
-    sb_add(&b, "  q_lora_rank = %lld;\n", get_int(&x, cfg, "q_lora_rank", 0, 0)); /* null: plain q_proj */
-    fmt_float(f, sizeof f, get_num(&x, cfg, "routed_scaling_factor", 0, 1.0));
-    sb_add(&b, "  routed_scaling_factor = %s;\n", f);
-    sb_add(&b, "  norm_topk_prob = %s;\n", get_bool(&x, cfg, "norm_topk_prob", 1) ? "true" : "false");
-    fmt_float(f, sizeof f, get_num(&x, cfg, "rms_norm_eps", 0, 1e-6));
-    sb_add(&b, "  rms_norm_eps = %s;\n", f);
-    fmt_float(f, sizeof f, get_num(&x, cfg, "initializer_range", 0, 0.02));
-    sb_add(&b, "  initializer_range = %s;\n", f);
-    sb_add(&b, "  bos_token_id = %lld;\n  eos_token_id = %lld;\n", get_int(&x, cfg, "bos_token_id", 0, 0),
+        hf_text_add(&b, "  %s = %lld;\n", ints[i], get_int(&x, cfg, ints[i], 1, 0));
+    hf_text_add(&b, "  q_lora_rank = %lld;\n", get_int(&x, cfg, "q_lora_rank", 0, 0)); /* null: plain q_proj */
+    hf_float_literal(f, sizeof f, get_num(&x, cfg, "routed_scaling_factor", 0, 1.0));
+    hf_text_add(&b, "  routed_scaling_factor = %s;\n", f);
+    hf_text_add(&b, "  norm_topk_prob = %s;\n", get_bool(&x, cfg, "norm_topk_prob", 1) ? "true" : "false");
+    hf_float_literal(f, sizeof f, get_num(&x, cfg, "rms_norm_eps", 0, 1e-6));
+    hf_text_add(&b, "  rms_norm_eps = %s;\n", f);
+    hf_float_literal(f, sizeof f, get_num(&x, cfg, "initializer_range", 0, 0.02));
+    hf_text_add(&b, "  initializer_range = %s;\n", f);
+    hf_text_add(&b, "  bos_token_id = %lld;\n  eos_token_id = %lld;\n", get_int(&x, cfg, "bos_token_id", 0, 0),
            json_is_array(get(cfg, "eos_token_id")) ? 1LL : get_int(&x, cfg, "eos_token_id", 0, 1));
     rope(&x, &b, cfg);
     quant(&x, &b, cfg);
     long long d = mtp >= 0 ? mtp : get_int(&x, cfg, "num_nextn_predict_layers", 0, 0);
-    sb_add(&b, "  num_nextn_predict_layers = %lld;\n};\n", d);
+    hf_text_add(&b, "  num_nextn_predict_layers = %lld;\n};\n", d);
     json_decref(cfg);
     if (b.oom && !x.bad) fail(&x, "out of memory");
     if (x.bad) {

@@ -5,7 +5,22 @@
 #ifndef DSV3_HFCONFIG_H
 #define DSV3_HFCONFIG_H
 
+#include <stddef.h>
+
 #include "deck.h"
+
+/* Deck text under construction: s is NUL-terminated; oom is set (and further
+ * adds ignored) when memory runs out. Start from {0}; free(s) after. */
+typedef struct {
+    char *s;
+    size_t n, cap;
+    int oom;
+} hf_text;
+void hf_text_add(hf_text *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* v as a libconfig float literal: always with '.' or an exponent, so a deck
+ * reads it as a float. */
+void hf_float_literal(char *buf, size_t n, double v);
 
 /* The text of a config.json (`path` names it in messages) as the libconfig
  * text `model = { ... };` (malloc'd), refusing architectures and features

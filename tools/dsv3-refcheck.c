@@ -142,34 +142,6 @@ static char *attr_string(hid_t f, const char *name) {
     return out;
 }
 
-/* ---------- config.json -> deck text ---------- */
-
-typedef struct {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (b->n + (size_t)k + 1 > b->cap) {
-        b->cap = 2 * (b->n + (size_t)k + 1);
-        b->s = realloc(b->s, b->cap);
-    }
-    va_start(ap, fmt);
-    vsnprintf(b->s + b->n, (size_t)k + 1, fmt, ap);
-    va_end(ap);
-    b->n += (size_t)k;
-}
-
-/* libconfig float literal: always with '.' or an exponent, so the deck sees a float */
-static void fmt_float(char *buf, size_t n, double v) {
-    snprintf(buf, n, "%.17g", v);
-    if (!strpbrk(buf, ".eEn")) snprintf(buf + strlen(buf), n - strlen(buf), ".0");
-}
-
 /* ---------- comparisons ---------- */
 
 static double rel_l2(const float *a, const float *ref, size_t n) {
@@ -340,29 +312,29 @@ int main(int argc, char **argv) {
     int nsteps = H5Aexists(f, "steps") > 0 ? (int)attr_double(f, "steps") : 3;
     if (nsteps < 0 || nsteps > MAX_STEPS) die("root attribute steps = %d out of range", nsteps);
 
-    sbuf dk = {0};
+    hf_text dk = {0};
     mg[strlen(mg) - 3] = 0; /* drop "};\n": the reference's loss terms; no bias updates */
     char fl[64], fa[64];
-    fmt_float(fl, sizeof fl, lambda);
-    fmt_float(fa, sizeof fa, alpha);
-    sb_add(&dk, "%s  aux_loss_alpha = %s;\n  mtp_loss_weight = %s;\n  bias_update_rate = 0.0;\n};\n", mg, fa, fl);
+    hf_float_literal(fl, sizeof fl, lambda);
+    hf_float_literal(fa, sizeof fa, alpha);
+    hf_text_add(&dk, "%s  aux_loss_alpha = %s;\n  mtp_loss_weight = %s;\n  bias_update_rate = 0.0;\n};\n", mg, fa, fl);
     /* a PEFT fixture (make_lora_fixture.py): the adapters, the base frozen */
     int lora_fx = H5Aexists(f, "lora_r") > 0;
     if (lora_fx) {
         char *tg = attr_string(f, "lora_targets"), fal[64];
-        fmt_float(fal, sizeof fal, attr_double(f, "lora_alpha"));
-        sb_add(&dk, "lora = { enabled = true; r = %d; alpha = %s; dropout = 0.0; targets = %s; };\n",
+        hf_float_literal(fal, sizeof fal, attr_double(f, "lora_alpha"));
+        hf_text_add(&dk, "lora = { enabled = true; r = %d; alpha = %s; dropout = 0.0; targets = %s; };\n",
                (int)attr_double(f, "lora_r"), fal, tg); /* a JSON list of strings is a libconfig array */
         free(tg);
     }
     free(mg);
     char lr[64], b1[64], b2[64], ep[64], wd[64];
-    fmt_float(lr, sizeof lr, attr_double(f, "lr"));
-    fmt_float(b1, sizeof b1, attr_double(f, "beta1"));
-    fmt_float(b2, sizeof b2, attr_double(f, "beta2"));
-    fmt_float(ep, sizeof ep, attr_double(f, "eps"));
-    fmt_float(wd, sizeof wd, attr_double(f, "weight_decay"));
-    sb_add(&dk,
+    hf_float_literal(lr, sizeof lr, attr_double(f, "lr"));
+    hf_float_literal(b1, sizeof b1, attr_double(f, "beta1"));
+    hf_float_literal(b2, sizeof b2, attr_double(f, "beta2"));
+    hf_float_literal(ep, sizeof ep, attr_double(f, "eps"));
+    hf_float_literal(wd, sizeof wd, attr_double(f, "weight_decay"));
+    hf_text_add(&dk,
            "optimizer = { type = \"adamw\"; lr = %s; beta1 = %s; beta2 = %s; eps = %s; weight_decay = %s;"
            " grad_clip = 0.0; };\n"
            "schedule = { type = \"constant\"; warmup_steps = 0; };\n"
@@ -371,6 +343,7 @@ int main(int argc, char **argv) {
            lr, b1, b2, ep, wd, B, B, T, nsteps > 0 ? nsteps : 1);
     deck d;
     char err[1024];
+    if (dk.oom) die("out of memory building the deck");
     if (deck_load_string(&d, dk.s, "fixture config", 0, NULL, 1, err, sizeof err))
         die("deck built from the config is rejected: %s\n--- deck ---\n%s", err, dk.s);
     const deck_model *c = &d.model;
