@@ -385,6 +385,35 @@ def build(seed, min_margin, verbose=True):
                 loss=loss.item(), grads=grads, step_losses=step_losses, margin=rec.min_margin)
 
 
+
+def write_fixture(path, *, config, seed, generator, notes, fx, step_losses, attrs=()):
+    """Writes the dsv3-refcheck fixture layout (read by tools/dsv3-refcheck.c) via path.tmp:
+    root attributes (format, config, OPT, steps, seed, then attrs, generator, notes), weights/,
+    inputs/, expected/ (logits, loss, grads/, step_losses). fx holds weights, ids, labels,
+    logits, loss and grads."""
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "dsv3-refcheck-fixture 1"
+        f.attrs["config"] = config
+        for k, v in OPT.items():
+            f.attrs[k] = np.float64(v)
+        f.attrs["steps"] = np.int32(STEPS)
+        f.attrs["seed"] = np.int64(seed)
+        for k, v in attrs:
+            f.attrs[k] = v
+        f.attrs["generator"] = generator
+        f.attrs["notes"] = notes
+        for n, v in sorted(fx["weights"].items()):
+            f.create_dataset(f"weights/{n}", data=v.astype(np.float32))
+        f.create_dataset("inputs/input_ids", data=fx["ids"].numpy().astype(np.int32))
+        f.create_dataset("inputs/labels", data=fx["labels"].numpy().astype(np.int32))
+        f.create_dataset("expected/logits", data=fx["logits"].astype(np.float32))
+        f.create_dataset("expected/loss", data=np.float32(fx["loss"]))
+        for n, v in sorted(fx["grads"].items()):
+            f.create_dataset(f"expected/grads/{n}", data=v.astype(np.float32))
+        f.create_dataset("expected/step_losses", data=np.array(step_losses, dtype=np.float32))
+    os.replace(tmp, path)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
@@ -444,31 +473,15 @@ def main():
         raise SystemExit("make_fixture: the written weights do not reproduce the expected logits")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = "dsv3-refcheck-fixture 1"
-        f.attrs["config"] = cfg.to_json_string(use_diff=False)
-        for k, v in OPT.items():
-            f.attrs[k] = np.float64(v)
-        f.attrs["steps"] = np.int32(STEPS)
-        f.attrs["seed"] = np.int64(fx["seed"])
-        f.attrs["generator"] = (f"tools/reference/make_fixture.py; torch {torch.__version__}, "
-                                f"transformers {transformers.__version__}, h5py {h5py.__version__}")
-        f.attrs["notes"] = ("labels in HF convention (shifted inside the model, -100 ignored); loss = mean CE over "
-                            "counted shifted labels; routed experts under per-expert checkpoint names; "
-                            "step_losses[k] = loss after k+1 AdamW steps (torch.optim.AdamW, decay on >=2-D weights "
-                            "only, no clipping, router biases fixed buffers); min routing margin "
-                            f"{fx['margin']:.3g}")
-        for n, v in sorted(fx["weights"].items()):
-            f.create_dataset(f"weights/{n}", data=v.astype(np.float32))
-        f.create_dataset("inputs/input_ids", data=fx["ids"].numpy().astype(np.int32))
-        f.create_dataset("inputs/labels", data=fx["labels"].numpy().astype(np.int32))
-        f.create_dataset("expected/logits", data=fx["logits"].astype(np.float32))
-        f.create_dataset("expected/loss", data=np.float32(fx["loss"]))
-        for n, v in sorted(fx["grads"].items()):
-            f.create_dataset(f"expected/grads/{n}", data=v.astype(np.float32))
-        f.create_dataset("expected/step_losses", data=np.array(fx["step_losses"], dtype=np.float32))
-    os.replace(tmp, args.output)
+    write_fixture(args.output, config=cfg.to_json_string(use_diff=False), seed=fx["seed"], fx=fx,
+                  step_losses=fx["step_losses"],
+                  generator=(f"tools/reference/make_fixture.py; torch {torch.__version__}, "
+                             f"transformers {transformers.__version__}, h5py {h5py.__version__}"),
+                  notes=("labels in HF convention (shifted inside the model, -100 ignored); loss = mean CE over "
+                         "counted shifted labels; routed experts under per-expert checkpoint names; "
+                         "step_losses[k] = loss after k+1 AdamW steps (torch.optim.AdamW, decay on >=2-D weights "
+                         "only, no clipping, router biases fixed buffers); min routing margin "
+                         f"{fx['margin']:.3g}"))
     n_par = sum(v.size for v in fx["weights"].values())
     print(f"wrote {args.output}: {len(fx['weights'])} tensors, {n_par} values, "
           f"{os.path.getsize(args.output)} bytes, loss {fx['loss']:.6f}")

@@ -125,31 +125,14 @@ def main():
             break
     if not fx:
         raise SystemExit("make_lora_fixture: no seed in 50 gives routing margins above --min-margin")
-    tmp = args.output + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = "dsv3-refcheck-fixture 1"
-        f.attrs["config"] = fx["cfg"].to_json_string(use_diff=False)
-        for k, v in mf.OPT.items():
-            f.attrs[k] = np.float64(v)
-        f.attrs["steps"] = np.int32(mf.STEPS)
-        f.attrs["seed"] = np.int64(fx["seed"])
-        f.attrs["lora_r"] = np.int64(R)
-        f.attrs["lora_alpha"] = np.float64(ALPHA)
-        f.attrs["lora_targets"] = json.dumps(targets)
-        f.attrs["generator"] = (f"tools/reference/make_lora_fixture.py; torch {torch.__version__}, "
-                                f"transformers {transformers.__version__}, peft {peft.__version__}")
-        f.attrs["notes"] = ("PEFT LoRA (r=4, alpha=8, dropout 0) on the frozen tiny base; lora_B seeded non-zero; "
-                            "expected/grads holds the LoRA tensors only; AdamW over the adapters")
-        for n, v in sorted(fx["weights"].items()):
-            f.create_dataset(f"weights/{n}", data=v.astype(np.float32))
-        f.create_dataset("inputs/input_ids", data=fx["ids"].numpy().astype(np.int32))
-        f.create_dataset("inputs/labels", data=fx["labels"].numpy().astype(np.int32))
-        f.create_dataset("expected/logits", data=fx["logits"].astype(np.float32))
-        f.create_dataset("expected/loss", data=np.float32(fx["loss"]))
-        for n, v in sorted(fx["grads"].items()):
-            f.create_dataset(f"expected/grads/{n}", data=v.astype(np.float32))
-        f.create_dataset("expected/step_losses", data=np.array(fx["steps"], dtype=np.float32))
-    os.replace(tmp, args.output)
+    mf.write_fixture(args.output, config=fx["cfg"].to_json_string(use_diff=False), seed=fx["seed"], fx=fx,
+                     step_losses=fx["steps"],
+                     attrs=[("lora_r", np.int64(R)), ("lora_alpha", np.float64(ALPHA)),
+                            ("lora_targets", json.dumps(targets))],
+                     generator=(f"tools/reference/make_lora_fixture.py; torch {torch.__version__}, "
+                                f"transformers {transformers.__version__}, peft {peft.__version__}"),
+                     notes=("PEFT LoRA (r=4, alpha=8, dropout 0) on the frozen tiny base; lora_B seeded non-zero; "
+                            "expected/grads holds the LoRA tensors only; AdamW over the adapters"))
     print(f"wrote {args.output}: {len(fx['weights'])} tensors ({len(fx['grads'])} LoRA), loss {fx['loss']:.6f}")
 
 

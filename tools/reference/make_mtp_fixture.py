@@ -182,31 +182,13 @@ def main():
         raise SystemExit("make_mtp_fixture: no seed in 50 gives routing margins above --min-margin")
     cfgd = json.loads(fx["cfg"].to_json_string(use_diff=False))
     cfgd["num_nextn_predict_layers"] = args.depth
-    tmp = args.output + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = "dsv3-refcheck-fixture 1"
-        f.attrs["config"] = json.dumps(cfgd)
-        for k, v in mf.OPT.items():
-            f.attrs[k] = np.float64(v)
-        f.attrs["steps"] = np.int32(mf.STEPS)
-        f.attrs["seed"] = np.int64(fx["seed"])
-        f.attrs["mtp_loss_weight"] = np.float64(LAMBDA)
-        f.attrs["aux_loss_alpha"] = np.float64(ALPHA)
-        f.attrs["generator"] = (f"tools/reference/make_mtp_fixture.py; torch {torch.__version__}, "
-                                f"transformers {transformers.__version__}, h5py {h5py.__version__}")
-        f.attrs["notes"] = (f"MTP depth {args.depth} and the sequence-wise balance loss written from dsv3-spec.md "
+    mf.write_fixture(args.output, config=json.dumps(cfgd), seed=fx["seed"], fx=fx, step_losses=fx["steps"],
+                     attrs=[("mtp_loss_weight", np.float64(LAMBDA)), ("aux_loss_alpha", np.float64(ALPHA))],
+                     generator=(f"tools/reference/make_mtp_fixture.py; torch {torch.__version__}, "
+                                f"transformers {transformers.__version__}, h5py {h5py.__version__}"),
+                     notes=(f"MTP depth {args.depth} and the sequence-wise balance loss written from dsv3-spec.md "
                             "§5-§6 on transformers' layers; loss = CE_main + lambda/D sum CE_k + L_bal; "
-                            f"min routing margin {fx['margin']:.3g}")
-        for n, v in sorted(fx["weights"].items()):
-            f.create_dataset(f"weights/{n}", data=v.astype(np.float32))
-        f.create_dataset("inputs/input_ids", data=fx["ids"].numpy().astype(np.int32))
-        f.create_dataset("inputs/labels", data=fx["labels"].numpy().astype(np.int32))
-        f.create_dataset("expected/logits", data=fx["logits"].astype(np.float32))
-        f.create_dataset("expected/loss", data=np.float32(fx["loss"]))
-        for n, v in sorted(fx["grads"].items()):
-            f.create_dataset(f"expected/grads/{n}", data=v.astype(np.float32))
-        f.create_dataset("expected/step_losses", data=np.array(fx["steps"], dtype=np.float32))
-    os.replace(tmp, args.output)
+                            f"min routing margin {fx['margin']:.3g}"))
     print(f"wrote {args.output}: {len(fx['weights'])} tensors, loss {fx['loss']:.6f}")
 
 
