@@ -16,6 +16,7 @@
 #include "deck.h"
 
 #include "comm.h"
+#include "model/lora.h"
 
 #include <errno.h>
 #include <float.h>
@@ -81,12 +82,7 @@ static const char *const E_FORMAT[] = {"text", "u32", "megatron", "sft", NULL};
 static const char *const E_SAVE[] = {"full", "model", "adapters", NULL};
 
 /* LoRA targets: module names relative to a decoder layer (HF / PEFT names). */
-static const char *const LORA_TARGETS[] = {
-    "self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.q_proj",
-    "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj", "self_attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-    "mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj",
-    NULL};
+#define LORA_TARGETS lora_target_names
 
 /* Order matters: deck_print follows it, groups before their keys. Model
  * defaults are DeepSeek-V3 671B (the Hugging Face config defaults). */
@@ -172,6 +168,7 @@ static const deck_key KEYS[] = {
     I("lora.r", lora.r, 16, 1, INT_MAX),
     F("lora.alpha", lora.alpha, 32.0, 0, NOMAX, OPEN_LO),
     F("lora.dropout", lora.dropout, 0.0, 0, 1, OPEN_HI),
+    B("lora.use_rslora", lora.use_rslora, 0),
     {.path = "lora.targets", .kind = K_TARGETS, .off = OFF(lora.targets), .cnt_off = OFF(lora.n_targets)},
 
     G("optimizer"),
@@ -784,10 +781,6 @@ static int check_layout(const ctx *c, deck *d, int world)
     /* LoRA and checkpoints */
     if (!strcmp(d->checkpoint.save, "adapters") && !d->lora.enabled)
         return fail(c, "checkpoint.save", NULL, "checkpoint.save = \"adapters\" needs lora.enabled = true");
-    /* Accepting a dropout the model does not apply would train something other than the deck says. */
-    if (d->lora.dropout > 0)
-        return fail(c, "lora.dropout", NULL,
-                    "lora.dropout = %g: LoRA dropout is not implemented yet (set 0.0)", d->lora.dropout);
     if (d->lora.enabled && d->lora.n_targets == 0)
         return fail(c, "lora.enabled", NULL, "lora.enabled = true needs lora.targets");
     if (d->lora.enabled)

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -152,4 +153,18 @@ void log_close(log_ctx *l) {
     l->csv = NULL;
     if (l->tb_on) tb_close(&l->tb);
     l->tb_on = 0;
+}
+
+int log_proc_rss(double *rss, double *hwm) {
+    *rss = *hwm = -1.0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        double kb;
+        if (sscanf(line, "VmRSS: %lf kB", &kb) == 1) *rss = kb * 1024.0;
+        if (sscanf(line, "VmHWM: %lf kB", &kb) == 1) *hwm = kb * 1024.0;
+    }
+    fclose(f);
+    return *rss >= 0 && *hwm >= 0 ? 0 : -1;
 }

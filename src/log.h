@@ -52,5 +52,8 @@ int log_open_tb(log_ctx *l, const char *tbdir, char *err, int errlen);
 /* Appends the csv row (and the TensorBoard scalars); prints the progress line when `show`. */
 void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show);
 void log_close(log_ctx *l);
+/* This process's resident set now and its high-water mark (VmRSS, VmHWM of
+ * /proc/self/status), bytes; -1 when the system does not say. */
+int log_proc_rss(double *rss, double *hwm);
 
 #endif

@@ -35,6 +35,27 @@ void ops_to_device(void *dst, const void *src, size_t bytes);    /* host → dev
 void *ops_host_alloc(size_t bytes);
 void ops_host_free(void *p);
 
+/* Memory accounting: every ops_alloc/ops_host_alloc is counted, charged to
+ * the category current at allocation time (ops_mem_category), so a run can
+ * compare what it really holds with the plan's estimate. The counters are
+ * per process (one rank); device and host memory are counted apart. */
+typedef enum {
+    OPS_MEM_OTHER = 0, /* metadata, tables, staging: not in the plan */
+    OPS_MEM_PARAMS,    /* weights, their shards and gather workspaces */
+    OPS_MEM_GRADS,     /* gradients, their shards and reduce workspaces */
+    OPS_MEM_OPTIM,     /* AdamW moments */
+    OPS_MEM_ACTS,      /* activation caches, scratch, routing rows and counts */
+    OPS_MEM_NCAT
+} ops_mem_cat;
+int ops_mem_category(int cat); /* sets the current category; returns the previous one */
+typedef struct {
+    double live[OPS_MEM_NCAT], peak[OPS_MEM_NCAT]; /* bytes now / high-water mark, device + host */
+    double live_total, peak_total;                 /* all categories together */
+    double device_peak, host_peak;                 /* high-water marks by memory kind */
+} ops_mem_stats;
+void ops_mem_get(ops_mem_stats *s);
+void ops_mem_reset_peaks(void); /* peaks := live (e.g. after loading, before the first step) */
+
 /* Scratch arena (llm.c's one-allocation idea): one device block, carved by
  * bump allocation with stack discipline. Components take their temporaries
  * from it and give them back before they return, so a forward/backward
@@ -113,6 +134,10 @@ void ops_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr,
 void ops_fill_normal(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float std);
 void ops_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound);
 void ops_fill(float *x, size_t n, float value);
+/* Inverted dropout with a counter-based mask (PEFT's nn.Dropout in training):
+ * y[i] = x[i]/(1-p) where u(seed, key, first+i) >= p, else 0. The same
+ * (seed, key, first) gives the same mask; y may alias x. */
+void ops_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uint64_t key, uint64_t first);
 
 #include "ops_attn.h"
 #include "ops_moe.h"

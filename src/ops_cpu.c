@@ -18,8 +18,88 @@
 
 /* ---- memory: on the CPU, device memory is host memory ---- */
 
-void *ops_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
-void ops_free(void *p) { free(p); }
+/* Counted allocations: a 64-byte header (keeps the 16-byte alignment calloc
+ * gives, and AVX-512 loads of the payload aligned where the header is) holds
+ * the size, category and kind, so a free uncharges exactly what was charged.
+ * Counters are updated atomically: OpenMP regions may allocate. */
+typedef struct {
+    size_t bytes;
+    int cat, host;
+    uint64_t magic;
+} mem_hdr;
+#define MEM_HDR 64
+#define MEM_MAGIC 0x64737633616c6c6fULL /* "dsv3allo" */
+static int mem_cat = OPS_MEM_OTHER;
+static size_t mem_live[2][OPS_MEM_NCAT], mem_peak[2][OPS_MEM_NCAT]; /* [host][cat] */
+static size_t mem_live_kind[2], mem_peak_kind[2], mem_live_all, mem_peak_all;
+
+static void peak_max(size_t *peak, size_t v) {
+    size_t old = __atomic_load_n(peak, __ATOMIC_RELAXED);
+    while (v > old && !__atomic_compare_exchange_n(peak, &old, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+static void *mem_get(size_t bytes, int host) {
+    /* Written, not just calloc'd: the pages are committed now, as a GPU's
+     * would be, so a run that does not fit fails at creation (not at the
+     * first unlucky routing), and peak RSS measures what was allocated. */
+    size_t n = MEM_HDR + (bytes ? bytes : 1);
+    char *raw = calloc(1, n);
+    if (!raw) return NULL;
+    for (size_t i = 0; i < n; i += 4096) ((volatile char *)raw)[i] = 0; /* one write per page (calloc's are lazy) */
+    mem_hdr *h = (mem_hdr *)raw;
+    int cat = __atomic_load_n(&mem_cat, __ATOMIC_RELAXED);
+    *h = (mem_hdr){bytes, cat, host, MEM_MAGIC};
+    peak_max(&mem_peak[host][cat], __atomic_add_fetch(&mem_live[host][cat], bytes, __ATOMIC_RELAXED));
+    peak_max(&mem_peak_kind[host], __atomic_add_fetch(&mem_live_kind[host], bytes, __ATOMIC_RELAXED));
+    peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
+    return raw + MEM_HDR;
+}
+
+static void mem_put(void *p, int host) {
+    if (!p) return;
+    mem_hdr *h = (mem_hdr *)((char *)p - MEM_HDR);
+    DSV3_CHECK(h->magic == MEM_MAGIC && h->host == host,
+               "%s of a pointer that %s did not allocate (internal error)", host ? "ops_host_free" : "ops_free",
+               host ? "ops_host_alloc" : "ops_alloc");
+    __atomic_sub_fetch(&mem_live[host][h->cat], h->bytes, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&mem_live_kind[host], h->bytes, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&mem_live_all, h->bytes, __ATOMIC_RELAXED);
+    h->magic = 0;
+    free(h);
+}
+
+void *ops_alloc(size_t bytes) { return mem_get(bytes, 0); }
+void ops_free(void *p) { mem_put(p, 0); }
+void *ops_host_alloc(size_t bytes) { return mem_get(bytes, 1); }
+void ops_host_free(void *p) { mem_put(p, 1); }
+
+int ops_mem_category(int cat) {
+    DSV3_CHECK(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_category: %d is not a category", cat);
+    return __atomic_exchange_n(&mem_cat, cat, __ATOMIC_RELAXED);
+}
+
+void ops_mem_get(ops_mem_stats *s) {
+    memset(s, 0, sizeof *s);
+    for (int c = 0; c < OPS_MEM_NCAT; c++) {
+        s->live[c] = (double)(mem_live[0][c] + mem_live[1][c]);
+        /* a category's device and host peaks may come at different times: their sum bounds it */
+        s->peak[c] = (double)(mem_peak[0][c] + mem_peak[1][c]);
+    }
+    s->live_total = (double)mem_live_all;
+    s->peak_total = (double)mem_peak_all;
+    s->device_peak = (double)mem_peak_kind[0];
+    s->host_peak = (double)mem_peak_kind[1];
+}
+
+void ops_mem_reset_peaks(void) {
+    for (int k = 0; k < 2; k++) {
+        for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
+        mem_peak_kind[k] = mem_live_kind[k];
+    }
+    mem_peak_all = mem_live_all;
+}
+
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
@@ -29,8 +109,6 @@ void ops_to_host(void *dst, const void *src, size_t bytes) {
 void ops_to_device(void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
-void *ops_host_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
-void ops_host_free(void *p) { free(p); }
 
 int ops_arena_create(ops_arena *a, size_t floats) {
     memset(a, 0, sizeof *a);
@@ -181,6 +259,12 @@ void ops_fill_normal(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t f
 void ops_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) x[i] = (float)((2.0 * u01(seed, key, first + i, 0) - 1.0) * bound);
+}
+
+void ops_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uint64_t key, uint64_t first) {
+    const float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++) y[i] = u01(seed, key, first + i, 0) >= (double)p ? x[i] * keep : 0.0f;
 }
 
 void ops_fill(float *x, size_t n, float value) {

@@ -32,7 +32,7 @@ static char *config_json(const deck *d) {
     json_object_set_new(c, "target_modules", tm);
     json_object_set_new(c, "bias", json_string("none"));
     json_object_set_new(c, "fan_in_fan_out", json_false());
-    json_object_set_new(c, "use_rslora", json_false());
+    json_object_set_new(c, "use_rslora", d->lora.use_rslora ? json_true() : json_false());
     json_object_set_new(c, "use_dora", json_false());
     json_object_set_new(c, "init_lora_weights", json_true());
     json_object_set_new(c, "modules_to_save", json_null());

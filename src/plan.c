@@ -138,7 +138,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     const param_table *pt = &p->params;
     int bf16 = strcmp(d->train.dtype, "bf16") == 0;
     int z = p->zero_stage;
-    double trainable_local = 0;
+    double state_local = 0; /* floats with gradient and AdamW slots when unsharded */
     for (int si = 0; si < pt->nseg; si++) {
         const param_segment *s = &pt->seg[si];
         int me = s->kind == SEG_EXPERT ? p->dp_index : p->world_rank;
@@ -150,12 +150,13 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
             double bytes = (t->flags & P_NOGRAD) ? 4 : tr ? (bf16 ? 6 : 4) : (bf16 ? 2 : 4);
             double n = z >= 3 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
             mem.params += n * bytes;
-            if (tr) trainable_local += (double)t->numel_local;
+            if (p->state_compact ? tr : 1) state_local += (double)t->numel_local;
         }
     }
     if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
-    mem.grads = 4.0 * (z >= 2 ? (double)p->shard_trainable + (double)p->reduce_floats : trainable_local);
-    mem.optim = 8.0 * (z >= 1 ? (double)p->shard_trainable : trainable_local);
+    double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
+    mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
+    mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
     if (bf16) { /* the GPU layout: bf16 activations, fp32 MoE dispatch rows */
         mem.acts = plan_act_bytes(d);
         mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
@@ -239,6 +240,8 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->shard = calloc((size_t)(pt->nseg > 0 ? pt->nseg : 1), sizeof *p->shard);
     if (!p->shard) return fail(err, errlen, "plan: out of memory");
     size_t gd = 0, ge = 0, rd = 0, re = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->t[i].flags & P_FROZEN) p->state_compact = 1;
     for (int si = 0; si < pt->nseg; si++) {
         int expert = pt->seg[si].kind == SEG_EXPERT;
         if (plan_shard_segment(&p->shard[si], pt, si, expert ? p->dp : size))
@@ -263,19 +266,23 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     {
         int G = pt->n_groups;
         size_t *glen = calloc((size_t)G, sizeof *glen), *tlen = calloc((size_t)G, sizeof *tlen);
-        size_t big = 0, tbig = 0, maxshard = 0;
+        size_t big = 0, tbig = 0, maxshard = 0, maxtshard = 0;
         for (int si = 0; si < pt->nseg; si++) {
             glen[pt->seg[si].group] += pt->seg[si].numel;
             tlen[pt->seg[si].group] += p->shard[si].trainable;
             int me = pt->seg[si].kind == SEG_EXPERT ? p->dp_index : rank;
-            if (p->shard[si].tcnt[me] > maxshard) maxshard = p->shard[si].tcnt[me];
+            if (p->shard[si].cnt[me] > maxshard) maxshard = p->shard[si].cnt[me];
+            if (p->shard[si].tcnt[me] > maxtshard) maxtshard = p->shard[si].tcnt[me];
         }
         for (int g = 1; g < G - 1; g++) {
             big = glen[g] > big ? glen[g] : big;
             tbig = tlen[g] > tbig ? tlen[g] : tbig;
         }
         p->gather_floats = glen[0] + glen[G - 1] + big;
-        p->reduce_floats = tlen[0] + tlen[G - 1] + tbig + maxshard;
+        /* without frozen tensors the gradient buffers keep the full layout (the
+         * router biases' slots included, zero), as zero.c allocates them */
+        p->reduce_floats = p->state_compact ? tlen[0] + tlen[G - 1] + tbig + maxtshard
+                                            : glen[0] + glen[G - 1] + big + maxshard;
         free(glen);
         free(tlen);
         (void)gd, (void)ge, (void)rd, (void)re;

@@ -60,7 +60,9 @@ typedef struct plan {
     int n_moe_layers;                    /* MoE layers incl. MTP (each has E/EP experts here) */
     size_t shard_trainable;              /* trainable floats of all segments I own (compact layout) */
     size_t gather_floats;                /* ZeRO-3 gather buffer: largest dense + largest expert segment */
-    size_t reduce_floats;                /* ZeRO-2/3 reduce buffer: largest dense + largest expert trainable */
+    size_t reduce_floats;                /* ZeRO-2/3 reduce buffers: open gradient groups + reduce-scatter scratch */
+    int state_compact;                   /* a frozen tensor exists (LoRA): gradients and moments of the
+                                          * trainable floats only; else the full layout (router-bias slots too) */
     size_t dispatch_floats;              /* MoE dispatch rows, per direction: tokens*top_k*hidden */
 } plan;
 
@@ -98,10 +100,12 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *          segment + gather_floats. Bytes per float: fp32 4; bf16: frozen 2,
  *          trainable 4 (fp32 master) + 2 (bf16 copy), P_NOGRAD state 4; the
  *          stage-3 gather buffer holds compute copies (bf16 2, fp32 4).
- *  grads   fp32, trainable only. stage<2 all local trainable; stage>=2 my
- *          trainable shard + reduce_floats (full-segment reduce buffers).
- *  optim   AdamW m and v, fp32, trainable only: stage>=1 my trainable shard,
- *          else all local trainable.
+ *  grads   fp32 state floats: with state_compact the trainable ones only,
+ *          else every float (the full layout keeps the router biases' slots).
+ *          stage<2 all local state floats; stage>=2 my state shard +
+ *          reduce_floats (open group buffers + reduce-scatter scratch).
+ *  optim   AdamW m and v, fp32, the same state floats: stage>=1 my shard,
+ *          else all local.
  *  acts    plan_act_bytes(): saved activations of one micro-batch.
  *  comm    MoE dispatch/combine send+recv rows: 2 * dispatch_floats * 4.
  *          (ZeRO buffers are counted once, under params and grads.)

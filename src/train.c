@@ -64,6 +64,66 @@ typedef struct {
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
+/* After the first step: what this rank really holds, counted by the ops
+ * allocator per category at its high-water mark, against the plan's estimate
+ * for this rank (the numbers --dry-run prints), and the process's peak RSS.
+ * Rank 0 prints its own categories and a row per rank; returns this rank's
+ * allocated bytes. Collective. */
+static double memory_report(trainer *t, double rss0) {
+    const plan *p = t->p;
+    ops_mem_stats st;
+    ops_mem_get(&st);
+    double rss, hwm;
+    log_proc_rss(&rss, &hwm);
+    const plan_memory *pm = &p->mem;
+    double alloc = st.peak[OPS_MEM_PARAMS] + st.peak[OPS_MEM_GRADS] + st.peak[OPS_MEM_OPTIM] + st.peak[OPS_MEM_ACTS];
+    /* per rank: planned, allocated, untracked (ops allocations outside the plan's categories), peak RSS, RSS
+     * growth, then each category planned/allocated */
+    enum { NV = 13 };
+    static const char *cname[4] = {"params", "grads", "optim", "acts"};
+    double mine[NV] = {pm->total, alloc, st.peak[OPS_MEM_OTHER], hwm, hwm >= 0 && rss0 >= 0 ? hwm - rss0 : -1.0,
+                       pm->params, st.peak[OPS_MEM_PARAMS], pm->grads, st.peak[OPS_MEM_GRADS],
+                       pm->optim, st.peak[OPS_MEM_OPTIM], pm->acts + pm->comm, st.peak[OPS_MEM_ACTS]};
+    int n = comm_size(p->world), rank = comm_rank(p->world);
+    double *all = rank == 0 ? malloc(sizeof mine * (size_t)n) : NULL;
+    comm_gather_bytes(mine, all, sizeof mine, 0, p->world);
+    if (rank == 0) {
+        const double MiB = 1048576.0;
+        printf("dsv3: memory per rank (MiB) allocated: params %.2f grads %.2f optim %.2f acts %.2f = %.2f | "
+               "planned (--dry-run): params %.2f grads %.2f optim %.2f acts %.2f comm %.2f = %.2f | ratio %.3f\n",
+               st.peak[OPS_MEM_PARAMS] / MiB, st.peak[OPS_MEM_GRADS] / MiB, st.peak[OPS_MEM_OPTIM] / MiB,
+               st.peak[OPS_MEM_ACTS] / MiB, alloc / MiB, pm->params / MiB, pm->grads / MiB, pm->optim / MiB,
+               pm->acts / MiB, pm->comm / MiB, pm->total / MiB, pm->total > 0 ? alloc / pm->total : 0.0);
+        double lo = INFINITY, hi = 0.0;
+        int exact = 0;
+        for (int r = 0; all && r < n; r++) {
+            double *v = all + NV * r, q = v[0] > 0 ? v[1] / v[0] : 0.0;
+            lo = fmin(lo, q), hi = fmax(hi, q);
+            char diff[256] = "";
+            size_t k = 0;
+            for (int c = 0; c < 4; c++)
+                if (v[5 + 2 * c] != v[6 + 2 * c] && k < sizeof diff)
+                    k += (size_t)snprintf(diff + k, sizeof diff - k, "  %s %+.0f B%s", cname[c], v[6 + 2 * c] - v[5 + 2 * c],
+                                          /* the only acts allocation outside the planned buffer (moe.c) */
+                                          c == 3 && v[6 + 2 * c] > v[5 + 2 * c]
+                                              ? " (dropless MoE rows grown past the planned capacity: routing imbalance)"
+                                              : "");
+            exact += !diff[0];
+            if (n <= 32 || r == 0 || r == n - 1 || diff[0])
+                printf("dsv3: memory rank %3d: planned %10.2f MiB  allocated %10.2f MiB  ratio %.4f  untracked %8.2f MiB"
+                       "  peak RSS %9.1f MiB (+%.1f MiB during setup and the step)%s%s\n",
+                       r, v[0] / MiB, v[1] / MiB, q, v[2] / MiB, v[3] / MiB, v[4] / MiB,
+                       diff[0] ? "  allocated - planned:" : "", diff);
+        }
+        if (all)
+            printf("dsv3: memory: allocated/planned over %d ranks: min %.4f max %.4f; every category equal to the plan "
+                   "on %d of %d ranks\n", n, lo, hi, exact, n);
+        fflush(stdout);
+    }
+    free(all);
+    return alloc;
+}
+
 static void load_samples(trainer *t, data_loader *L, int64_t step, int n_local) {
     int T = t->d->train.seq_len;
     int64_t first = (int64_t)t->p->world_rank * n_local;
@@ -187,7 +247,8 @@ static double validate(trainer *t) {
     for (int b = 0; b < d->validation.batches; b++) {
         load_samples(t, t->valid, b, n_local);
         for (int a = 0; a < t->p->grad_accum; a++) {
-            model_batch bt = {t->tok + (size_t)a * mb * T, t->tgt + (size_t)a * mb * T, mb, T};
+            model_batch bt = {.tokens = t->tok + (size_t)a * mb * T, .targets = t->tgt + (size_t)a * mb * T, .B = mb,
+                              .T = T}; /* evaluation: no dropout */
             model_step(t->m, &bt, sc, 0, &s);
         }
         cnt += model_count_targets(t->tgt, n_local, T, 0);
@@ -281,6 +342,8 @@ int train_run(const deck *d, plan *p) {
     }
 
     /* 2. model, optimizer, buffers */
+    double rss0, hwm0; /* what the process holds before the model: MPI, HDF5, the deck, the data maps */
+    log_proc_rss(&rss0, &hwm0);
     model_opts mo = deck_model_opts(d);
     failed = model_create(&t.m, &mo, p, err, sizeof err) != 0;
     if (error_all(p->world, failed, err, sizeof err)) {
@@ -288,8 +351,10 @@ int train_run(const deck *d, plan *p) {
     }
     const param_table *pt = &p->params;
     t.optim_n = zero_optim_floats(model_zero(t.m)); /* compact (trainable only) when LoRA freezes the base */
-    t.mo = calloc(t.optim_n + 1, sizeof *t.mo);
-    t.vo = calloc(t.optim_n + 1, sizeof *t.vo);
+    int cat = ops_mem_category(OPS_MEM_OPTIM);
+    t.mo = ops_alloc(t.optim_n * sizeof *t.mo);
+    t.vo = ops_alloc(t.optim_n * sizeof *t.vo);
+    ops_mem_category(cat);
     t.tok = calloc((size_t)n_local * T, sizeof *t.tok);
     t.tgt = calloc((size_t)n_local * T, sizeof *t.tgt);
     failed = !t.mo || !t.vo || !t.tok || !t.tgt;
@@ -375,7 +440,9 @@ int train_run(const deck *d, plan *p) {
         memset(&sums, 0, sizeof sums);
         model_zero_grad(t.m);
         for (int a = 0; a < p->grad_accum; a++) {
-            model_batch bt = {t.tok + (size_t)a * mb * T, t.tgt + (size_t)a * mb * T, mb, T};
+            model_batch bt = {.tokens = t.tok + (size_t)a * mb * T, .targets = t.tgt + (size_t)a * mb * T, .B = mb, .T = T,
+                              .dropout = 1, .seed = (uint64_t)d->run.seed, .step = t.step,
+                              .sample0 = (int64_t)p->world_rank * n_local + (int64_t)a * mb}; /* as load_samples */
             model_step(t.m, &bt, sc, 1, &sums);
         }
         double a2a = model_comm_seconds(t.m); /* before bias_update resets the counters */
@@ -405,20 +472,7 @@ int train_run(const deck *d, plan *p) {
         double val = NAN;
         if (t.valid && d->validation.every > 0 && t.step % d->validation.every == 0) val = validate(&t);
         double dt = now() - t0;
-        if (t.step == first_step + 1) {
-            double pa, ga, aa;
-            model_memory(t.m, &pa, &ga, &aa);
-            double opt = 2.0 * t.optim_n * sizeof(float);
-            mem_alloc = pa + ga + aa + opt;
-            double tot = pa + ga + opt + aa, ratio = p->mem.total > 0 ? tot / p->mem.total : 0.0;
-            double MiB = 1048576.0;
-            if (rank == 0)
-                printf("dsv3: memory per rank (MiB) allocated: params %.2f grads %.2f optim %.2f acts %.2f = %.2f | "
-                       "planned (--dry-run): params %.2f grads %.2f optim %.2f acts %.2f comm %.2f = %.2f | "
-                       "ratio %.3f\n",
-                       pa / MiB, ga / MiB, opt / MiB, aa / MiB, tot / MiB, p->mem.params / MiB, p->mem.grads / MiB,
-                       p->mem.optim / MiB, p->mem.acts / MiB, p->mem.comm / MiB, p->mem.total / MiB, ratio);
-        }
+        if (t.step == first_step + 1) mem_alloc = memory_report(&t, rss0);
         a2a = comm_max_double(a2a, p->world);
         double elapsed = now() - t_start;
         log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
@@ -475,6 +529,6 @@ out:
     model_free(t.m);
     data_close(t.train);
     if (t.valid) data_close(t.valid);
-    free(t.mo), free(t.vo), free(t.tok), free(t.tgt), free(t.bias_shadow);
+    ops_free(t.mo), ops_free(t.vo), free(t.tok), free(t.tgt), free(t.bias_shadow);
     return failed;
 }

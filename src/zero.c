@@ -153,25 +153,20 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, 
         if (z->gtoff[g] == (size_t)-1) z->gtoff[g] = 0;
     }
     size_t packed = p ? p->shard_floats : 0;
-    int fail = 0;
+    int fail = 0, cat = ops_mem_category(OPS_MEM_PARAMS);
     if (z->stage >= 3)
-        fail |= !(z->pshard = calloc(packed + 1, sizeof *z->pshard));
+        fail |= !(z->pshard = ops_alloc(packed * sizeof *z->pshard));
     else
-        fail |= !(z->params = calloc(pt->total_local, sizeof *z->params));
-    if (z->compact) { /* gradients of the trainable floats only (LoRA) */
-        z->rs_n = z->stage >= 2 ? max_tshard : 0;
-        if (z->stage >= 2)
-            fail |= !(z->gshard = calloc(p->shard_trainable + 1, sizeof *z->gshard)) ||
-                    !(z->rs_tmp = calloc(max_tshard + 1, 4));
-        else
-            fail |= !(z->grads = calloc(z->tlocal + 1, sizeof *z->grads));
-    } else {
-        z->rs_n = z->stage >= 2 ? max_shard : 0;
-        if (z->stage >= 2)
-            fail |= !(z->gshard = calloc(packed + 1, sizeof *z->gshard)) || !(z->rs_tmp = calloc(max_shard + 1, 4));
-        else
-            fail |= !(z->grads = calloc(pt->total_local, sizeof *z->grads));
-    }
+        fail |= !(z->params = ops_alloc(pt->total_local * sizeof *z->params));
+    ops_mem_category(OPS_MEM_GRADS);
+    size_t gfull = z->compact ? z->tlocal : pt->total_local; /* LoRA: gradients of the trainable floats only */
+    size_t gshard = z->compact ? p->shard_trainable : packed;
+    z->rs_n = z->stage >= 2 ? (z->compact ? max_tshard : max_shard) : 0;
+    if (z->stage >= 2)
+        fail |= !(z->gshard = ops_alloc(gshard * sizeof *z->gshard)) || !(z->rs_tmp = ops_alloc(z->rs_n * 4));
+    else
+        fail |= !(z->grads = ops_alloc(gfull * sizeof *z->grads));
+    ops_mem_category(cat);
     if (fail) {
         snprintf(err, errlen, "out of memory allocating %zu parameters", pt->total_local);
         return -1;
@@ -199,25 +194,21 @@ size_t zero_optim_floats(const zero_state *z) {
 
 void zero_destroy(zero_state *z) {
     if (z->gp && z->stage >= 3)
-        for (int g = 0; g < z->pt->n_groups; g++) free(z->gp[g]);
+        for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gp[g]);
     if (z->gg && z->stage >= 2)
-        for (int g = 0; g < z->pt->n_groups; g++) free(z->gg[g]);
-    free(z->params), free(z->grads), free(z->pshard), free(z->gshard), free(z->rs_tmp);
+        for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gg[g]);
+    ops_free(z->params), ops_free(z->grads), ops_free(z->pshard), ops_free(z->gshard), ops_free(z->rs_tmp);
     free(z->goff), free(z->glen), free(z->gp), free(z->gg), free(z->gtoff), free(z->gtlen);
     if (z->p) zero_map_free(&z->map);
     memset(z, 0, sizeof *z);
 }
 
-static void ws_track(zero_state *z, int grads, double bytes) {
-    z->ws_bytes[grads] += bytes;
-    if (z->ws_bytes[grads] > z->ws_peak[grads]) z->ws_peak[grads] = z->ws_bytes[grads];
-}
-
 int zero_open_params(zero_state *z, int g) {
     if (z->stage < 3 || z->gp[g]) return 0;
-    z->gp[g] = malloc((z->glen[g] + 1) * sizeof(float));
+    int cat = ops_mem_category(OPS_MEM_PARAMS);
+    z->gp[g] = ops_alloc(z->glen[g] * sizeof(float));
+    ops_mem_category(cat);
     if (!z->gp[g]) error_one("out of memory gathering parameter group %d (%zu floats)", g, z->glen[g]);
-    ws_track(z, 0, 4.0 * z->glen[g]);
     const plan *p = z->p;
     for (int s = 0; s < z->pt->nseg; s++) {
         const param_segment *sg = &z->pt->seg[s];
@@ -230,18 +221,18 @@ int zero_open_params(zero_state *z, int g) {
 
 int zero_close_params(zero_state *z, int g) {
     if (z->stage < 3 || !z->gp[g]) return 0;
-    free(z->gp[g]);
+    ops_free(z->gp[g]);
     z->gp[g] = NULL;
-    ws_track(z, 0, -4.0 * z->glen[g]);
     return 1;
 }
 
 int zero_open_grads(zero_state *z, int g) {
     if (z->stage < 2 || z->gg[g]) return 0;
     size_t len = z->compact ? z->gtlen[g] : z->glen[g];
-    z->gg[g] = calloc(len + 1, sizeof(float));
+    int cat = ops_mem_category(OPS_MEM_GRADS);
+    z->gg[g] = ops_alloc(len * sizeof(float));
+    ops_mem_category(cat);
     if (!z->gg[g]) error_one("out of memory for the gradients of group %d (%zu floats)", g, len);
-    ws_track(z, 1, 4.0 * len);
     return 1;
 }
 
@@ -264,9 +255,8 @@ int zero_flush_grads(zero_state *z, int g) {
         DSV3_CHECK(rc == 0, "reduce-scatter of gradient group %d failed", g);
         ops_add(z->gshard + z->map.pbase[s], z->rs_tmp, n);
     }
-    free(z->gg[g]);
+    ops_free(z->gg[g]);
     z->gg[g] = NULL;
-    ws_track(z, 1, -4.0 * (z->compact ? z->gtlen[g] : z->glen[g]));
     return 1;
 }
 
@@ -278,14 +268,6 @@ void zero_zero_grad(zero_state *z) {
     if (z->gshard) ops_zero(z->gshard, z->compact ? z->p->shard_trainable : z->p->shard_floats);
 }
 
-void zero_memory(const zero_state *z, double *params, double *grads) {
-    /* workspaces (gathered groups, full-gradient groups) count at their high-water mark */
-    double shard = z->p ? 4.0 * (double)z->p->shard_floats : 0.0;
-    *params = (z->params ? 4.0 * (double)z->pt->total_local : shard) + z->ws_peak[0];
-    double gfull = 4.0 * (double)(z->compact ? z->tlocal : z->pt->total_local);
-    double gshard = z->compact ? 4.0 * (double)z->p->shard_trainable : shard;
-    *grads = (z->grads ? gfull : gshard + 4.0 * (double)z->rs_n) + z->ws_peak[1];
-}
 
 /* ------------------------------------------------------ optimizer step */
 

@@ -88,7 +88,6 @@ typedef struct {
     size_t *goff, *glen;
     size_t *gtoff, *gtlen; /* compact: group g's trainable floats [gtoff[g], +gtlen[g]) of ZERO_FULL_TRAINABLE */
     float **gp, **gg;
-    double ws_bytes[2], ws_peak[2]; /* open workspaces (params, grads): now / high-water mark */
 } zero_state;
 
 /* p == NULL: one rank (every group always open). pt: the local layout. */
@@ -111,8 +110,6 @@ int zero_flush_grads(zero_state *z, int g);
 float *zero_param_buffer(zero_state *z);
 float *zero_grad_buffer(zero_state *z);
 void zero_zero_grad(zero_state *z);
-/* Bytes held: parameters and gradients incl. workspaces at their peak. */
-void zero_memory(const zero_state *z, double *params, double *grads);
 
 /* ---- the optimizer step under a stage (train.c) ---- */
 /* Reduces gradients per stage (0/1: all-reduce each segment over its comm;

@@ -84,7 +84,8 @@ for np in 1 24; do
     expect_error $np 1 "parallel.expert_parallel = 5 does not divide the world size $np" --check "$D/ep5.cfg"
     expect_error $np 1 "train.global_batch = 48 is not divisible by train.micro_batch x world size = 5 x $np" --check "$D/batch.cfg"
     [ $both = 1 ] && expect_error $np 1 "checkpoint.save = \"adapters\" needs lora.enabled = true" --check "$D/adapters.cfg"
-    [ $both = 1 ] && expect_error $np 1 "lora.dropout = 0.1: LoRA dropout is not implemented yet (set 0.0)" --check input/sft-tiny.cfg lora.dropout=0.1
+    [ $both = 1 ] && expect_error $np 1 "override 'lora.dropout=1.0': lora.dropout = 1.0 is out of range [0, 1)" --check input/sft-tiny.cfg lora.dropout=1.0
+    [ $both = 1 ] && expect_error $np 1 "lora.use_rslora: expected a bool (true or false), found an int" --check input/sft-tiny.cfg lora.use_rslora=1
     [ $both = 1 ] && expect_error $np 1 "model.n_routed_experts = 8 is not divisible by model.n_group = 3" --check "$D/badgroup.cfg"
     expect_error $np 1 "$D/syntax.cfg:$(line $D/syntax.cfg 'steps = ;'): syntax error" --check "$D/syntax.cfg"
     [ $both = 1 ] && expect_error $np 1 "cannot open include file '$D/models/nope.cfg'" --check "$D/noinc.cfg"

@@ -1,5 +1,7 @@
 #!/bin/bash
-# LoRA (frozen base, compact trainable-only gradients and AdamW moments, zero.h):
+# LoRA (frozen base, compact trainable-only gradients and AdamW moments, zero.h),
+# with LoRA dropout 0.1 (counter-based masks keyed by step and global sample:
+# layout-invariant and resumed exactly) and rsLoRA scaling throughout:
 #  1. layout invariance: 6 steps at np=1 (EP 1, ZeRO 0), np=2 (EP 2, ZeRO 1),
 #     np=4 (EP 2, ZeRO 2), np=4 (EP 4, ZeRO 3): loss columns within 1e-6
 #     relative of np=1 (measured ~1e-8)
@@ -19,7 +21,7 @@
 need_venv safetensors numpy
 scratch_dir
 LORA=(input/tiny.cfg run.steps=6 schedule.warmup_steps=0 checkpoint.every=3 checkpoint.keep=0 lora.enabled=true
-      'lora.targets=["self_attn.q_a_proj","self_attn.o_proj"]' run.mode=sft)
+      'lora.targets=["self_attn.q_a_proj","self_attn.o_proj"]' run.mode=sft lora.dropout=0.1 lora.use_rslora=true)
 fail=0
 # non-timing columns of rows a..b
 rows() { awk -F, -v a="$2" -v b="$3" 'NR>1 && $1>=a && $1<=b {print $1,$2,$3,$4,$5,$6,$7,$8,$10,$11}' "$1"; }

@@ -4,7 +4,8 @@
 # must pass, and so must tests/fixtures/hf_tiny_mscale.h5 (YaRN mscale !=
 # mscale_all_dim) and tests/fixtures/hf_tiny_mtp.h5 (MTP depth 2 and the
 # balance loss against tools/reference/make_mtp_fixture.py) and
-# tests/fixtures/hf_tiny_lora.h5 (LoRA against PEFT); a copy with one weight tensor perturbed must fail; a copy
+# tests/fixtures/hf_tiny_lora{,_mlp,_rs}.h5 (LoRA against PEFT: MLA targets, MLP targets,
+# use_rslora); a copy with one weight tensor perturbed must fail; a copy
 # with a dataset removed must fail with a message naming it.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ echo "== PEFT LoRA fixture"
 # transformers-5 rewrite of deepseek_v3 MLP targets to the fused experts is off there)
 echo "== PEFT LoRA fixture, MLP targets"
 "$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora_mlp.h5 || { echo "FAIL: the PEFT LoRA MLP fixture does not match"; exit 1; }
+# and with use_rslora (scaling alpha/sqrt(r) = 4 where alpha/r = 2): hf_tiny_lora_rs.h5
+echo "== PEFT LoRA fixture, use_rslora"
+"$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora_rs.h5 || { echo "FAIL: the PEFT rsLoRA fixture does not match"; exit 1; }
 
 PY=${DSV3_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=/usr/bin/python3

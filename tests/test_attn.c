@@ -422,7 +422,7 @@ static void mla_setup(mla_ctx *t, int ql, int lora) {
     mla_cache_alloc(&t->c, &t->m, &t->l, t->B, t->T);
     int rsum = lora == 2 ? (ql > 0 ? 5 : 4) * r : lora ? (ql > 0 ? 2 : 1) * r : 0;
     assert_int_equal(t->c.floats, mla_cache_floats(&t->m, rsum, t->B, t->T));
-    assert_int_equal(ops_arena_create(&t->a, mla_scratch_floats(&t->m, r, t->B, t->T)), 0);
+    assert_int_equal(ops_arena_create(&t->a, mla_scratch_floats(&t->m, r, 0, t->B, t->T)), 0);
     size_t n = (size_t)t->B * t->T * H;
     t->x = mla_buf(t, n, 1.0f);
     t->out = mla_buf(t, n, 0);
@@ -547,7 +547,7 @@ static void mla_check(int ql, int lora) {
     mla_backward(&t->m, &t->l, &t->rt, &t->c, dx, t->R, t->B, t->T, &t->a);
     assert_true(t->a.used == 0 && t->a.peak <= t->a.cap);
     if (lora != 1) /* LoRA on every projection or none: the size function is attained exactly */
-        assert_int_equal(t->a.peak, mla_scratch_floats(&t->m, lora ? 2 : 0, t->B, t->T));
+        assert_int_equal(t->a.peak, mla_scratch_floats(&t->m, lora ? 2 : 0, 0, t->B, t->T));
     const double h = 1e-2, tol = 5e-3;
     const int mc = 60;
     fd_check("mla dx", t->x, dx, n, mla_loss, t, mc, h, tol);

@@ -2,7 +2,11 @@
  * checks of the total loss L = lm + λ/D·Σ_k mtp_k + balance through every
  * tensor kind, MTP on (depth 1 and 2) and off, activation checkpointing
  * giving the same gradients, and the counter-based init being
- * independent of the expert split.
+ * independent of the expert split. LoRA adapters with dropout and rsLoRA
+ * scaling: finite differences through the adapters (the mask is
+ * counter-based, so a repeated forward draws it again), the mask applied,
+ * reproducible, keyed by step and sample, and recomputed identically under
+ * activation checkpointing.
  *
  * Routing selection is not differentiable, so the FD model routes every token
  * to all experts (top-k = E): router gradients still flow through the weights
@@ -47,11 +51,17 @@ typedef struct {
     int32_t tok[B * T], tgt[B * T];
     model_scales sc;
     int D;
+    int dropout;      /* model_batch.dropout of every step */
+    int lora;         /* adapters on (the frozen MTP layers then have nothing to check) */
+    int64_t step, sample0;
 } fixture;
 
-static void setup(fixture *f, int D, int ckpt) {
+/* `extra` is appended to the deck (a lora group); dropout sets model_batch.dropout. */
+static void setup_x(fixture *f, int D, int ckpt, const char *extra, int dropout) {
     char text[4096], err[512];
-    snprintf(text, sizeof text, DECK, D, ckpt ? "true" : "false");
+    int n = snprintf(text, sizeof text, DECK, D, ckpt ? "true" : "false");
+    snprintf(text + n, sizeof text - (size_t)n, "%s", extra);
+    f->dropout = dropout, f->step = 3, f->sample0 = 5, f->lora = extra[0] != 0;
     assert_int_equal(deck_load_string(&f->d, text, "test_model", 0, NULL, 1, err, sizeof err), 0);
     model_opts mo = deck_model_opts(&f->d);
     assert_int_equal(model_create(&f->m, &mo, NULL, err, sizeof err), 0);
@@ -62,6 +72,14 @@ static void setup(fixture *f, int D, int ckpt) {
         for (int e = 0; e < 4; e++) b[e] = 0.01f * (float)e;
     }
     uint64_t x = 12345;
+    /* lora_B starts at zero (PEFT): give it values so that lora_A gets gradients */
+    const param_table *pt = model_params(f->m);
+    for (int i = 0; i < pt->n; i++)
+        if (strstr(pt->t[i].name, "lora_B"))
+            for (int64_t j = 0; j < pt->t[i].numel_local; j++) {
+                x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+                model_param_buffer(f->m)[pt->t[i].offset + j] = 0.5f * ((float)(x >> 40) / 16777216.0f - 0.5f);
+            }
     for (int i = 0; i < B * T; i++) {
         x = x * 6364136223846793005ULL + 1442695040888963407ULL;
         f->tok[i] = (int32_t)((x >> 33) % 37);
@@ -77,6 +95,8 @@ static void setup(fixture *f, int D, int ckpt) {
     f->sc.bal = 1.0f / B;
 }
 
+static void setup(fixture *f, int D, int ckpt) { setup_x(f, D, ckpt, "", 0); }
+
 static void teardown(fixture *f) {
     model_free(f->m);
     deck_free(&f->d);
@@ -86,7 +106,8 @@ static void teardown(fixture *f) {
 static double loss(fixture *f, int backward) {
     model_sums s;
     memset(&s, 0, sizeof s);
-    model_batch bt = {f->tok, f->tgt, B, T};
+    model_batch bt = {.tokens = f->tok, .targets = f->tgt, .B = B, .T = T, .dropout = f->dropout, .seed = 11,
+                      .step = f->step, .sample0 = f->sample0};
     if (backward) model_zero_grad(f->m);
     model_step(f->m, &bt, f->sc, backward, &s);
     model_reset_counts(f->m);
@@ -129,7 +150,7 @@ static void check_grads(fixture *f) {
     }
     print_message("    %d entries checked (%d in MTP layers), worst error %.2e of the tensor's max |grad|\n", checked,
                   mtp_checked, worst);
-    if (f->D > 0) assert_true(mtp_checked > 30);
+    if (f->D > 0 && !f->lora) assert_true(mtp_checked > 30);
     free(g0);
 }
 
@@ -204,7 +225,7 @@ static void test_shape_change(void **state) {
         memcpy(g0, model_grad_buffer(a.m), pt->total_local * sizeof *g0);
         model_sums s;
         memset(&s, 0, sizeof s);
-        model_batch one = {a.tok, a.tgt, 1, T}; /* the first sequence alone */
+        model_batch one = {.tokens = a.tok, .targets = a.tgt, .B = 1, .T = T}; /* the first sequence alone */
         char err[256];
         assert_int_equal(model_reshape(a.m, 1, T, err, sizeof err), 0);
         model_step(a.m, &one, a.sc, 1, &s);
@@ -265,6 +286,47 @@ static void test_init_independent_of_split(void **state) {
     deck_free(&d2);
 }
 
+static const char *LORA_DROP =
+    "lora = { enabled = true; r = 2; alpha = 3.0; dropout = 0.3; use_rslora = true;\n"
+    "  targets = [\"self_attn.q_a_proj\", \"self_attn.q_b_proj\", \"self_attn.kv_a_proj_with_mqa\",\n"
+    "             \"self_attn.kv_b_proj\", \"self_attn.o_proj\", \"mlp.gate_proj\", \"mlp.up_proj\",\n"
+    "             \"mlp.down_proj\", \"mlp.shared_experts.gate_proj\", \"mlp.shared_experts.down_proj\"]; };\n";
+
+/* Finite differences through every adapter kind with dropout on (MTP depth 1). */
+static void test_fd_lora_dropout(void **state) {
+    (void)state;
+    fixture f;
+    setup_x(&f, 1, 0, LORA_DROP, 1);
+    check_grads(&f);
+    teardown(&f);
+}
+
+/* The mask is applied (the loss moves), reproducible, keyed by the step and by
+ * the rows' global sample index, off in evaluation, and drawn again
+ * identically when activation checkpointing recomputes a block. */
+static void test_lora_dropout_mask(void **state) {
+    (void)state;
+    fixture a, b;
+    setup_x(&a, 1, 0, LORA_DROP, 1);
+    setup_x(&b, 1, 1, LORA_DROP, 1);
+    double l1 = loss(&a, 1), lck = loss(&b, 1), l1again = loss(&a, 1);
+    assert_true(l1 == lck && l1 == l1again);
+    const param_table *pt = model_params(a.m);
+    const float *ga = model_grad_buffer(a.m), *gb = model_grad_buffer(b.m);
+    for (size_t i = 0; i < pt->total_local; i++)
+        if (ga[i] != gb[i]) fail_msg("gradient %zu differs with activation checkpointing: %g vs %g", i, ga[i], gb[i]);
+    a.dropout = 0;
+    double off = loss(&a, 0);
+    a.dropout = 1, a.step = 4;
+    double next = loss(&a, 0);
+    a.step = 3, a.sample0 = 6;
+    double shifted = loss(&a, 0);
+    print_message("    loss: dropout %.9f, off %.9f, next step %.9f, other samples %.9f\n", l1, off, next, shifted);
+    assert_true(off != l1 && next != l1 && shifted != l1);
+    teardown(&a);
+    teardown(&b);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const struct CMUnitTest tests[] = {
@@ -275,6 +337,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_checkpointing_same_grads),
         cmocka_unit_test(test_shape_change),
         cmocka_unit_test(test_init_independent_of_split),
+        cmocka_unit_test(test_fd_lora_dropout),
+        cmocka_unit_test(test_lora_dropout_mask),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     MPI_Finalize();

@@ -143,7 +143,7 @@ static void test_mlp_fd(void **st) {
     assert_int_equal(mlp_cache_alloc(&c.c, &c.l, N), 0);
     assert_true(mlp_cache_floats(&c.l, N) == (size_t)N * (H + 6 * I + 2));
     /* scratch: exactly what mlp_scratch_floats says (any more would end the test) */
-    assert_int_equal(ops_arena_create(&c.a, mlp_scratch_floats(H, I, 2, N)), 0);
+    assert_int_equal(ops_arena_create(&c.a, mlp_scratch_floats(H, I, 2, 0, N)), 0);
     c.x = frand((size_t)N * H, -1, 1), c.out = fzeros((size_t)N * H), c.r = frand((size_t)N * H, -1, 1);
     float *dx = fzeros((size_t)N * H);
     mlp_loss(&c);
@@ -376,7 +376,7 @@ static void moe_setup(moe_ctx *c, int B, int T, double alpha, int with_r) {
     int N = B * T;
     assert_int_equal(moe_cache_alloc(&c->c, &c->f.m, &c->l, 1, N, 0), 0);
     assert_int_equal(c->c.r_cap, N * 3);
-    assert_int_equal(ops_arena_create(&c->a, moe_scratch_floats(&c->f.m, 0, N)), 0);
+    assert_int_equal(ops_arena_create(&c->a, moe_scratch_floats(&c->f.m, 0, 0, N)), 0);
     c->x = frand((size_t)N * c->f.H, -1.5f, 1.5f), c->out = fzeros((size_t)N * c->f.H);
     c->r = with_r ? frand((size_t)N * c->f.H, -1, 1) : NULL;
     c->idx0 = malloc((size_t)N * 3 * sizeof(int) + 4), c->tk0 = malloc((size_t)N * 3 * sizeof(int) + 4);
@@ -499,7 +499,7 @@ static void test_moe_zero_tokens(void **st) {
     double bal = 0;
     int64_t counts[8] = {0};
     ops_arena a;
-    assert_int_equal(ops_arena_create(&a, moe_scratch_floats(&f.m, 0, 0)), 0);
+    assert_int_equal(ops_arena_create(&a, moe_scratch_floats(&f.m, 0, 0, 0)), 0);
     moe_forward(&f.m, &l, &c, MPI_COMM_SELF, out, x, 0, 4, counts, &bal, 1.0f, &a);
     moe_backward(&f.m, &l, &c, MPI_COMM_SELF, dx, out, &a);
     ops_arena_destroy(&a);
@@ -547,7 +547,7 @@ static void test_moe_determinism(void **st) {
         rng = 777;
         c.x = frand((size_t)N * H, -1, 1), c.out = fzeros((size_t)N * H), c.r = frand((size_t)N * H, -1, 1);
         double bal = 0;
-        assert_int_equal(ops_arena_create(&c.a, moe_scratch_floats(&c.f.m, 0, N)), 0);
+        assert_int_equal(ops_arena_create(&c.a, moe_scratch_floats(&c.f.m, 0, 0, N)), 0);
         moe_forward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, c.out, c.x, B, T, NULL, &bal, c.bal_scale, &c.a);
         float *dx = fzeros((size_t)N * H);
         moe_backward(&c.f.m, &c.l, &c.c, MPI_COMM_SELF, dx, c.r, &c.a);

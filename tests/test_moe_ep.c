@@ -75,8 +75,8 @@ static void run_case(const char *name, int bias_mode, const int *Bs, int T) {
     int64_t cntr[16] = {0};
     double balr = 0;
     ops_arena ar, ae; /* scratch: exactly moe_scratch_floats */
-    if (ops_arena_create(&ar, moe_scratch_floats(&fr.m, 0, Ng)) ||
-        ops_arena_create(&ae, moe_scratch_floats(&fe.m, 0, N)))
+    if (ops_arena_create(&ar, moe_scratch_floats(&fr.m, 0, 0, Ng)) ||
+        ops_arena_create(&ae, moe_scratch_floats(&fe.m, 0, 0, N)))
         MPI_Abort(MPI_COMM_WORLD, 2);
     moe_forward(&fr.m, &lr, &cr, MPI_COMM_SELF, outr, xg, Bg, T, cntr, &balr, bal_scale, &ar);
     moe_backward(&fr.m, &lr, &cr, MPI_COMM_SELF, dxr, rg, &ar);

@@ -1,4 +1,6 @@
-/* test_weight.c — ops.h memory section and weight storage: the scratch arena
+/* test_weight.c — ops.h memory section and weight storage: the allocator's
+ * accounting (per category, live and peak, freed bytes uncharged), the
+ * counter-based dropout mask, the scratch arena
  * (bump/mark/release, alignment, overflow ends the job), e4m3 and bf16
  * decoding, and ops_matmul_w / ops_matmul_w_backward_dx for F32, bf16 and
  * FP8 (e4m3 + 128x128 block scales) against exact references. */
@@ -280,9 +282,67 @@ static void test_matmul_w_fp8_tiled(void **st) {
     fp8_check(2, 8200, 2100);
 }
 
+/* Every ops_alloc/ops_host_alloc is charged to the category current when it
+ * was made, a free uncharges exactly that, and peaks are high-water marks. */
+static void test_mem_accounting(void **state) {
+    (void)state;
+    ops_mem_stats a, b, c;
+    ops_mem_get(&a);
+    int prev = ops_mem_category(OPS_MEM_GRADS);
+    void *g = ops_alloc(1000);
+    ops_mem_category(OPS_MEM_ACTS);
+    void *h = ops_host_alloc(24);
+    void *x = ops_alloc(4096);
+    assert_int_equal(ops_mem_category(prev), OPS_MEM_ACTS);
+    ops_mem_get(&b);
+    assert_true(b.live[OPS_MEM_GRADS] - a.live[OPS_MEM_GRADS] == 1000);
+    assert_true(b.live[OPS_MEM_ACTS] - a.live[OPS_MEM_ACTS] == 4120);
+    assert_true(b.live_total - a.live_total == 5120);
+    ops_free(x); /* freed under another current category: still uncharged from acts */
+    ops_host_free(h);
+    ops_free(g);
+    ops_mem_get(&c);
+    for (int k = 0; k < OPS_MEM_NCAT; k++) assert_true(c.live[k] == a.live[k]);
+    assert_true(c.peak[OPS_MEM_ACTS] >= a.live[OPS_MEM_ACTS] + 4120 && c.peak_total >= a.live_total + 5120);
+    ops_mem_reset_peaks();
+    ops_mem_get(&c);
+    assert_true(c.peak_total == c.live_total && c.peak[OPS_MEM_GRADS] == c.live[OPS_MEM_GRADS]);
+}
+
+/* Inverted dropout: kept values scaled by 1/(1-p), about a fraction p dropped,
+ * the mask a pure function of (seed, key, counter): a shifted window draws the
+ * same mask, another key or seed another one, and y may alias x. */
+static void test_dropout_counter_based(void **state) {
+    (void)state;
+    enum { N = 200000 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *z = malloc(N * sizeof *z);
+    for (int i = 0; i < N; i++) x[i] = 1.0f + (float)(i % 7);
+    const float p = 0.25f;
+    ops_dropout(y, x, N, p, 9, 77, 1000);
+    int dropped = 0;
+    for (int i = 0; i < N; i++) {
+        if (y[i] == 0.0f) dropped++;
+        else assert_true(y[i] == x[i] * (1.0f / (1.0f - p)));
+    }
+    double frac = (double)dropped / N; /* binomial: sd 0.001 */
+    print_message("    dropped %.4f (p = %.2f)\n", frac, p);
+    assert_true(fabs(frac - p) < 0.006);
+    ops_dropout(z, x + 500, N - 500, p, 9, 77, 1500); /* the same counters, shifted */
+    for (int i = 0; i < N - 500; i++) assert_true(z[i] == y[i + 500]);
+    ops_dropout(z, x, N, p, 9, 78, 1000);
+    int same = 0;
+    for (int i = 0; i < N; i++) same += (z[i] == 0.0f) == (y[i] == 0.0f);
+    assert_true(same < N * 0.7); /* independent masks agree on ~p^2 + (1-p)^2 = 62.5% */
+    memcpy(z, x, N * sizeof *z);
+    ops_dropout(z, z, N, p, 9, 77, 1000);
+    assert_memory_equal(z, y, N * sizeof *z);
+    free(x), free(y), free(z);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_alloc_zeroed),       cmocka_unit_test(test_arena),
+        cmocka_unit_test(test_mem_accounting),     cmocka_unit_test(test_dropout_counter_based),
         cmocka_unit_test(test_arena_overflow_ends_job), cmocka_unit_test(test_e4m3_all_codes),
         cmocka_unit_test(test_bf16_decode),        cmocka_unit_test(test_matmul_w_f32_is_matmul),
         cmocka_unit_test(test_matmul_w_bf16),      cmocka_unit_test(test_matmul_w_fp8),

@@ -37,6 +37,7 @@
 #include "../src/ckpt.h"
 #include "../src/deck.h"
 #include "../src/hfconfig.h"
+#include "../src/model/lora.h"
 #include "../src/ops.h"
 #include "../src/peft.h"
 #include "../src/safetensors.h"
@@ -86,7 +87,7 @@ typedef struct {
 } otensor;
 
 /* Streams ckpt tensor src (slice e) into the writer under `name` as bf16 or f32. */
-static float g_merge_scale; /* lora_alpha / r */
+static float g_merge_scale; /* lora_scaling: lora_alpha / r (rsLoRA: / sqrt(r)) */
 
 /* W' = W + scale * B*A for rows [r0, r0+nr) of an [out,in] weight, in fp32 (then rounded by the caller). */
 static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, int64_t cols, float *w) {
@@ -265,8 +266,8 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
            f32_all ? "" : "; e_score_correction_bias F32", secs, secs > 0 ? (double)total / 1e9 / secs : 0.0,
            ru.ru_maxrss / 1024.0);
     if (merged)
-        printf("dsv3-export: %d LoRA adapters merged: W + (%g/%d)*B*A in fp32, then %s\n", merged, d->lora.alpha, d->lora.r,
-               f32_all ? "stored F32" : "rounded to BF16");
+        printf("dsv3-export: %d LoRA adapters merged: W + (%g/%s%d)*B*A in fp32, then %s\n", merged, d->lora.alpha,
+               d->lora.use_rslora ? "sqrt " : "", d->lora.r, f32_all ? "stored F32" : "rounded to BF16");
     if (D > 0)
         printf("dsv3-export: MTP layer %d written under its HF names (vLLM/SGLang speculative decoding); transformers "
                "does not instantiate it and reports its weights as not used: expected, not a broken export\n", L);
@@ -311,7 +312,7 @@ int main(int argc, char **argv) {
     }
     else {
         if (merge && !d.lora.enabled) die("--merge-lora: the checkpoint's deck has lora.enabled = false");
-        g_merge_scale = merge ? (float)(d.lora.alpha / d.lora.r) : 0.0f;
+        g_merge_scale = merge ? lora_scaling(&d.lora) : 0.0f;
         export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard, merge);
     }
     deck_free(&d);

@@ -323,8 +323,9 @@ int main(int argc, char **argv) {
     if (lora_fx) {
         char *tg = attr_string(f, "lora_targets"), fal[64];
         hf_float_literal(fal, sizeof fal, attr_double(f, "lora_alpha"));
-        hf_text_add(&dk, "lora = { enabled = true; r = %d; alpha = %s; dropout = 0.0; targets = %s; };\n",
-               (int)attr_double(f, "lora_r"), fal, tg); /* a JSON list of strings is a libconfig array */
+        int rs = H5Aexists(f, "lora_use_rslora") > 0 && attr_double(f, "lora_use_rslora") != 0;
+        hf_text_add(&dk, "lora = { enabled = true; r = %d; alpha = %s; dropout = 0.0; use_rslora = %s; targets = %s; };\n",
+               (int)attr_double(f, "lora_r"), fal, rs ? "true" : "false", tg); /* a JSON list of strings is a libconfig array */
         free(tg);
     }
     free(mg);

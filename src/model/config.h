@@ -56,7 +56,8 @@ typedef struct {
     bool enabled;
     int r;
     double alpha;
-    double dropout;
+    double dropout;             /* on the adapters' input, training only (PEFT lora_dropout) */
+    bool use_rslora;            /* scaling alpha/sqrt(r) (rank-stabilised LoRA) instead of alpha/r */
     int n_targets;
     char targets[DECK_MAX_TARGETS][DECK_STR]; /* e.g. "self_attn.q_a_proj" */
 } deck_lora;

@@ -44,6 +44,7 @@ static linear shape(const model_opts *o, const char *module, int is_mtp, int in,
     l.in = in;
     l.out = out;
     l.r = lora_rank_of(o->lora, module, is_mtp);
+    l.dropout = l.r > 0 ? (float)o->lora->dropout : 0.0f;
     return l;
 }
 
@@ -51,13 +52,20 @@ double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int
     const deck_model *c = o->cfg;
     int L = c->num_hidden_layers, is_mtp = layer >= L, is_moe = is_mtp || layer >= c->first_k_dense_replace;
     int N = B * T, H = c->hidden_size;
-    int rs = lora_rank_of(o->lora, "self_attn.kv_a_proj_with_mqa", is_mtp) +
-             lora_rank_of(o->lora, "self_attn.kv_b_proj", is_mtp) + lora_rank_of(o->lora, "self_attn.o_proj", is_mtp);
-    if (c->q_lora_rank > 0)
-        rs += lora_rank_of(o->lora, "self_attn.q_a_proj", is_mtp) + lora_rank_of(o->lora, "self_attn.q_b_proj", is_mtp);
-    else
-        rs += lora_rank_of(o->lora, "self_attn.q_proj", is_mtp);
-    double f = (double)mla_cache_floats(c, rs, B, T);
+    int nh = c->num_attention_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim, ql = c->q_lora_rank;
+    int kl = c->kv_lora_rank, dr = c->qk_rope_head_dim, dn = c->qk_nope_head_dim, dv = c->v_head_dim;
+    linear kva = shape(o, "self_attn.kv_a_proj_with_mqa", is_mtp, H, kl + dr);
+    linear kvb = shape(o, "self_attn.kv_b_proj", is_mtp, kl, nh * (dn + dv));
+    linear op = shape(o, "self_attn.o_proj", is_mtp, nh * dv, H);
+    size_t rs = linear_cache_floats(&kva) + linear_cache_floats(&kvb) + linear_cache_floats(&op);
+    if (ql > 0) {
+        linear qa = shape(o, "self_attn.q_a_proj", is_mtp, H, ql), qb = shape(o, "self_attn.q_b_proj", is_mtp, ql, nh * qk);
+        rs += linear_cache_floats(&qa) + linear_cache_floats(&qb);
+    } else {
+        linear q = shape(o, "self_attn.q_proj", is_mtp, H, nh * qk);
+        rs += linear_cache_floats(&q);
+    }
+    double f = (double)mla_cache_floats(c, (int)rs, B, T);
     if (is_moe) {
         moe_layer e;
         memset(&e, 0, sizeof e);
@@ -98,14 +106,13 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
 
 size_t cost_scratch_floats(const model_opts *o, int B, int T) {
     const deck_model *c = o->cfg;
-    int N = B * T, r = o->lora && o->lora->enabled ? o->lora->r : 0;
-    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
-    size_t f = mla_scratch_floats(c, r, B, T), x;
-    if (c->first_k_dense_replace > 0 && (x = mlp_scratch_floats(c->hidden_size, c->intermediate_size, r, N)) > f)
-        f = x;
-    if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, N)) > f) f = x;
-    if (D > 0 && (x = linear_scratch_floats(c->hidden_size, 0, N)) > f) f = x; /* eh_proj: no LoRA in MTP */
-    if ((x = linear_scratch_floats(c->vocab_size, 0, N)) > f) f = x;           /* lm_head: no LoRA */
+    int N = B * T, r = o->lora && o->lora->enabled ? o->lora->r : 0, dp = r > 0 && o->lora->dropout > 0;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size;
+    size_t f = mla_scratch_floats(c, r, dp, B, T), x;
+    if (c->first_k_dense_replace > 0 && (x = mlp_scratch_floats(H, c->intermediate_size, r, dp, N)) > f) f = x;
+    if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, dp, N)) > f) f = x;
+    if (D > 0 && (x = linear_scratch_floats(2 * H, H, 0, 0, N)) > f) f = x;   /* eh_proj: no LoRA in MTP */
+    if ((x = linear_scratch_floats(H, c->vocab_size, 0, 0, N)) > f) f = x;    /* lm_head: no LoRA */
     return f;
 }
 

@@ -12,25 +12,43 @@
 #define DSV3_LINEAR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../ops.h"
+
+/* LoRA dropout of one micro-batch (PEFT: lora_B(lora_A(dropout(x))), on in
+ * training only). The mask of (token row, feature) is a function of (seed,
+ * step, module, global row), so it does not depend on how the samples are
+ * spread over ranks, and a recomputed forward draws the same mask. */
+typedef struct {
+    int on;            /* 1: training step; 0: evaluation (no dropout) */
+    uint64_t seed;     /* run.seed */
+    uint64_t step;     /* optimizer step */
+    uint64_t row0;     /* global token row of the micro-batch's first row: first global sample * T */
+} lora_dropout_ctx;
 
 typedef struct {
     float *w, *g;          /* [out, in]; g NULL when frozen */
     int in, out;
     int r;                 /* LoRA rank, 0 = none */
-    float scaling;         /* lora_alpha / r */
+    float scaling;         /* lora_alpha / r (rsLoRA: lora_alpha / sqrt(r)) */
     float *A, *gA;         /* [r, in] */
     float *B, *gB;         /* [out, r] */
+    float dropout;         /* LoRA dropout probability, 0 = none */
+    uint32_t key;          /* this module's dropout stream (layer, module) */
+    const lora_dropout_ctx *drop; /* the model's; NULL = never */
     ops_weight W;          /* storage of the base weight; F32 uses w */
 } linear;
 
-/* Floats of saved activations per token (LoRA keeps x·Aᵀ, [T, r]). */
-static inline size_t linear_cache_floats(const linear *l) { return (size_t)l->r; }
+/* Floats of saved activations per token: LoRA keeps x·Aᵀ [T, r], and with
+ * dropout also the dropped input [T, in] that A's gradient reads. */
+static inline size_t linear_cache_floats(const linear *l) {
+    return l->r > 0 ? (size_t)l->r + (l->dropout > 0 ? (size_t)l->in : 0) : 0;
+}
 /* Peak floats linear_forward/linear_backward take from the scratch arena for
- * T tokens, out outputs and LoRA rank r: forward [T,out], backward [T,r] +
- * [T,out]; 0 without LoRA. */
-size_t linear_scratch_floats(int out, int r, int T);
+ * T tokens (in inputs, out outputs, LoRA rank r): forward [T,out], backward
+ * [T,r] + [T,out] (+ [T,in] with dropout); 0 without LoRA. */
+size_t linear_scratch_floats(int in, int out, int r, int dropout, int T);
 /* y[T,out] = x[T,in]·Wᵀ (+ LoRA); cache [T, r] when r > 0. */
 void linear_forward(const linear *l, float *y, const float *x, float *cache, int T, ops_arena *scratch);
 /* dx[T,in] += dy·W (+ LoRA); g, gA, gB accumulate. dx may be NULL. */

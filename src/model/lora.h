@@ -12,7 +12,11 @@
  * target, else 0. MTP blocks carry no adapters (PEFT targets the main
  * layers only). */
 int lora_rank_of(const deck_lora *lora, const char *module, int is_mtp);
-/* PEFT's scaling lora_alpha / r. */
+/* PEFT's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora. */
 float lora_scaling(const deck_lora *lora);
+/* The modules LoRA may target, relative to a decoder layer (HF / PEFT
+ * names), NULL-terminated; and a module's index in it (-1: not a target). */
+extern const char *const lora_target_names[];
+int lora_module_index(const char *module);
 
 #endif

@@ -17,17 +17,19 @@ static float *take0(ops_arena *a, size_t n) {
 
 static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
 
-size_t mla_scratch_floats(const deck_model *m, int lora_r, int B, int T) {
+size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T) {
     const size_t N = (size_t)B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim;
     const size_t dr = m->qk_rope_head_dim, dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank;
     const size_t kvl = m->kv_lora_rank, kva = kvl + dr, kvbw = dn + dv;
     const int n = B * T;
 #define RND(x) ops_arena_round(x)
-    size_t Lqa = ql > 0 ? linear_scratch_floats((int)ql, lora_r, n) : 0;
-    size_t Lqb = ql > 0 ? linear_scratch_floats((int)(nh * dqk), lora_r, n) : 0;
-    size_t Lq = ql > 0 ? 0 : linear_scratch_floats((int)(nh * dqk), lora_r, n);
-    size_t Lkva = linear_scratch_floats((int)kva, lora_r, n), Lkvb = linear_scratch_floats((int)(nh * kvbw), lora_r, n);
-    size_t Lo = linear_scratch_floats((int)m->hidden_size, lora_r, n);
+    const int H = m->hidden_size, r = lora_r, dp = lora_drop;
+    size_t Lqa = ql > 0 ? linear_scratch_floats(H, (int)ql, r, dp, n) : 0;
+    size_t Lqb = ql > 0 ? linear_scratch_floats((int)ql, (int)(nh * dqk), r, dp, n) : 0;
+    size_t Lq = ql > 0 ? 0 : linear_scratch_floats(H, (int)(nh * dqk), r, dp, n);
+    size_t Lkva = linear_scratch_floats(H, (int)kva, r, dp, n);
+    size_t Lkvb = linear_scratch_floats((int)kvl, (int)(nh * kvbw), r, dp, n);
+    size_t Lo = linear_scratch_floats((int)(nh * dv), H, r, dp, n);
     /* forward: q path; kv, then kv_a; kv, kvb, then kv_b; o_proj */
     size_t fwd = max2(max2(Lqa, Lqb), max2(Lq, Lo));
     fwd = max2(fwd, RND(N * kva) + max2(Lkva, RND(N * nh * kvbw) + Lkvb));
@@ -54,9 +56,10 @@ size_t mla_cache_floats(const deck_model *m, int lora_r_sum, int B, int T) {
     return N * per_tok;
 }
 
-static int mla_lora_sum(const deck_model *m, const mla_layer *l) {
-    int s = l->kv_a.r + l->kv_b.r + l->o.r;
-    return s + (m->q_lora_rank > 0 ? l->q_a.r + l->q_b.r : l->q.r);
+static int mla_lora_sum(const deck_model *m, const mla_layer *l) { /* LoRA cache floats per token */
+    size_t s = linear_cache_floats(&l->kv_a) + linear_cache_floats(&l->kv_b) + linear_cache_floats(&l->o);
+    return (int)(s + (m->q_lora_rank > 0 ? linear_cache_floats(&l->q_a) + linear_cache_floats(&l->q_b)
+                                         : linear_cache_floats(&l->q)));
 }
 
 size_t mla_cache_bind(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T, float *mem) {
@@ -84,14 +87,14 @@ size_t mla_cache_bind(mla_cache *c, const deck_model *m, const mla_layer *l, int
     TAKE(o, N * nh * dv);
     TAKE(lse, N * nh);
     if (ql > 0) {
-        if (l->q_a.r) TAKE(lc_q_a, N * l->q_a.r);
-        if (l->q_b.r) TAKE(lc_q_b, N * l->q_b.r);
+        if (l->q_a.r) TAKE(lc_q_a, N * linear_cache_floats(&l->q_a));
+        if (l->q_b.r) TAKE(lc_q_b, N * linear_cache_floats(&l->q_b));
     } else if (l->q.r) {
-        TAKE(lc_q, N * l->q.r);
+        TAKE(lc_q, N * linear_cache_floats(&l->q));
     }
-    if (l->kv_a.r) TAKE(lc_kv_a, N * l->kv_a.r);
-    if (l->kv_b.r) TAKE(lc_kv_b, N * l->kv_b.r);
-    if (l->o.r) TAKE(lc_o, N * l->o.r);
+    if (l->kv_a.r) TAKE(lc_kv_a, N * linear_cache_floats(&l->kv_a));
+    if (l->kv_b.r) TAKE(lc_kv_b, N * linear_cache_floats(&l->kv_b));
+    if (l->o.r) TAKE(lc_o, N * linear_cache_floats(&l->o));
 #undef TAKE
     DSV3_CHECK((size_t)(p - c->buf) == c->floats, "mla_cache_bind: layout %zu != mla_cache_floats %zu",
                (size_t)(p - c->buf), c->floats);

@@ -62,7 +62,7 @@ void mla_cache_free(mla_cache *c);
  * linears' LoRA temporaries included) for B sequences of T tokens, when every
  * projection carries LoRA rank lora_r (0 = none): an upper bound for any
  * subset of adapted projections. A pure function of the config. */
-size_t mla_scratch_floats(const deck_model *m, int lora_r, int B, int T);
+size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T);
 
 /* out[B*T, H] = MLA(x); rt must cover T positions. Saves activations in c (and a pointer to x). */
 void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *out,

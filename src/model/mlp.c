@@ -13,8 +13,8 @@ size_t mlp_cache_floats(const mlp_layer *l, int n_cap) {
     return (size_t)n_cap * (H + 6 * I + r);
 }
 
-size_t mlp_scratch_floats(int H, int I, int lora_r, int N) {
-    size_t gu = linear_scratch_floats(I, lora_r, N), d = linear_scratch_floats(H, lora_r, N);
+size_t mlp_scratch_floats(int H, int I, int lora_r, int lora_drop, int N) {
+    size_t gu = linear_scratch_floats(H, I, lora_r, lora_drop, N), d = linear_scratch_floats(I, H, lora_r, lora_drop, N);
     return gu > d ? gu : d; /* the three linears run one after another */
 }
 

@@ -36,7 +36,7 @@ void mlp_cache_free(mlp_cache *c);
 /* Peak floats mlp_forward/mlp_backward take from the scratch arena for N
  * tokens, hidden H, width I, every linear with LoRA rank lora_r (0 = none;
  * an upper bound for fewer adapted linears). A pure function of the config. */
-size_t mlp_scratch_floats(int H, int I, int lora_r, int N);
+size_t mlp_scratch_floats(int H, int I, int lora_r, int lora_drop, int N);
 
 /* out[N,H] = down(silu(gate(x))·up(x)); N <= n_cap. out must not alias x. */
 void mlp_forward(const mlp_layer *l, mlp_cache *c, float *out, const float *x, int N, ops_arena *scratch);

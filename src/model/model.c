@@ -104,8 +104,8 @@ struct model {
     float *recomp;                    /* [N,H] output of a recomputed block (discarded) */
     float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
     int checkpointing;
-    double act_peak;                  /* bytes of activations allocated (buffer + host counts), high-water mark */
     ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
+    lora_dropout_ctx drop;            /* the micro-batch's LoRA dropout stream (every adapter points here) */
 };
 
 /* ---------- binding tensors by HF name ---------- */
@@ -142,6 +142,9 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
         l->B = bind(m, name, &l->gB, 1);
         l->r = m->o.lora->r;
         l->scaling = lora_scaling(m->o.lora);
+        l->dropout = (float)m->o.lora->dropout;
+        l->key = (uint32_t)layer * 32u + (uint32_t)lora_module_index(module); /* < 2^24: (step << 24) ^ key */
+        l->drop = &m->drop;
     }
 }
 
@@ -262,7 +265,7 @@ static void acts_destroy(model *m) {
 
 /* Allocates the activation buffer for B×T tokens and carves it (layout at the
  * top of the file); 0, or -1 when out of memory (nothing left allocated). */
-static int acts_create(model *m, int B, int T) {
+static int acts_alloc(model *m, int B, int T) {
     const deck_model *c = m->cfg;
     size_t N = (size_t)B * T, H = c->hidden_size, V = c->vocab_size;
     int L = c->num_hidden_layers;
@@ -333,8 +336,14 @@ static int acts_create(model *m, int B, int T) {
     double bytes = (double)m->act_floats * sizeof(float) + (double)host;
     DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
                cost_act_bytes(&m->o, m->ep, B, T));
-    if (bytes > m->act_peak) m->act_peak = bytes;
     return 0;
+}
+
+static int acts_create(model *m, int B, int T) { /* charged to the activations (ops_mem_category) */
+    int cat = ops_mem_category(OPS_MEM_ACTS);
+    int rc = acts_alloc(m, B, T);
+    ops_mem_category(cat);
+    return rc;
 }
 
 /* ---------- creation ---------- */
@@ -486,6 +495,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     int N = m->N;
     float eps = (float)c->rms_norm_eps;
     double bal = 0.0;
+    m->drop = (lora_dropout_ctx){bt->dropout, bt->seed, (uint64_t)bt->step, (uint64_t)bt->sample0 * (uint64_t)T};
 
     /* forward: embedding → blocks → final norm → head */
     int G = L + D + 1; /* group of the final norm and lm_head */
@@ -686,11 +696,6 @@ int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t + k < T; t++) n += targets[b * T + t + k] != -100;
     return n;
-}
-
-void model_memory(const model *m, double *params, double *grads, double *acts) {
-    zero_memory(&m->z, params, grads);
-    *acts = m->act_peak;
 }
 
 double model_comm_seconds(const model *m) {

@@ -22,6 +22,12 @@ typedef struct {
     const int32_t *tokens;  /* [B, T] input ids */
     const int32_t *targets; /* [B, T] id to predict after tokens[b,t] (already shifted), -100 = ignore */
     int B, T;
+    /* LoRA dropout (lora.dropout > 0) when `dropout` is set: the masks are drawn from
+     * (seed, step, global sample index of each row), so any layout draws the same */
+    int dropout;            /* 1 in training steps, 0 for evaluation */
+    uint64_t seed;          /* run.seed */
+    int64_t step;           /* the optimizer step */
+    int64_t sample0;        /* global index (within the step) of row 0's sample */
 } model_batch;
 
 #define MODEL_MAX_MTP 8
@@ -42,8 +48,6 @@ typedef struct {
 
 /* Targets of MTP depth k for a [B,T] batch: targets[b, t+k] (-100 past the end). Host-side. */
 int64_t model_count_targets(const int32_t *targets, int B, int T, int k);
-/* Bytes this model allocated: parameters, gradients, saved activations (after a step). */
-void model_memory(const model *m, double *params, double *grads, double *acts);
 
 /* Builds the model for this rank (deck_model_opts(d) from a deck). p == NULL:
  * one rank, EP=1, no ZeRO. 0, or -1 with err set. */

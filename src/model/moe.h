@@ -112,7 +112,7 @@ void moe_rows_reserve(moe_cache *c, int rows);
 /* Peak floats moe_forward/moe_backward take from the scratch arena for N
  * local tokens (the shared experts' LoRA temporaries; routing and the routed
  * experts work in the cache), every shared linear with LoRA rank lora_r. */
-size_t moe_scratch_floats(const deck_model *m, int lora_r, int N);
+size_t moe_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int N);
 
 /* Full layer: out[N,H] = routed + shared, N = B·T local tokens (B may be 0).
  * counts [E] (may be NULL) += local tokens routed to each expert this call.

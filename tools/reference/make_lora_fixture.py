@@ -12,8 +12,11 @@ blind to A); r = 4, alpha = 8, dropout 0.
     python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_mlp.h5 \\
         --targets mlp.gate_proj,mlp.up_proj,mlp.down_proj,mlp.shared_experts.gate_proj,\\
 mlp.shared_experts.up_proj,mlp.shared_experts.down_proj,self_attn.o_proj
+    python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_rs.h5 --rslora
+        (rank-stabilised scaling alpha/sqrt(r) = 4, against alpha/r = 2)
 
-Root attributes lora_r, lora_alpha, lora_targets (the deck's names) tell refcheck.
+Root attributes lora_r, lora_alpha, lora_targets (the deck's names) and
+lora_use_rslora tell refcheck.
 """
 import argparse
 import json
@@ -41,7 +44,7 @@ def ckpt_name(n):
     return n
 
 
-def build(seed, targets, min_margin):
+def build(seed, targets, min_margin, rslora=False):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = mf.make_config()
@@ -67,7 +70,7 @@ def build(seed, targets, min_margin):
         import peft.utils.transformers_weight_conversion as twc
         twc.convert_peft_config_for_transformers = lambda *a, **k: None
     model = get_peft_model(base, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=names,
-                                            bias="none", init_lora_weights=True))
+                                            bias="none", init_lora_weights=True, use_rslora=rslora))
     wrapped = {ckpt_name(n).rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
     if wrapped != set(names):
         raise SystemExit(f"make_lora_fixture: PEFT wrapped {sorted(wrapped)}, asked {sorted(names)}")
@@ -114,13 +117,14 @@ def main():
     ap.add_argument("--targets", default=",".join(MLA))
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--min-margin", type=float, default=5e-4)
+    ap.add_argument("--rslora", action="store_true", help="use_rslora: scaling alpha/sqrt(r)")
     args = ap.parse_args()
     targets = args.targets.split(",")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     fx = None
     for seed in range(args.seed, args.seed + 50):
-        fx = build(seed, targets, args.min_margin)
+        fx = build(seed, targets, args.min_margin, args.rslora)
         if fx:
             break
     if not fx:
@@ -128,10 +132,11 @@ def main():
     mf.write_fixture(args.output, config=fx["cfg"].to_json_string(use_diff=False), seed=fx["seed"], fx=fx,
                      step_losses=fx["steps"],
                      attrs=[("lora_r", np.int64(R)), ("lora_alpha", np.float64(ALPHA)),
-                            ("lora_targets", json.dumps(targets))],
+                            ("lora_targets", json.dumps(targets)), ("lora_use_rslora", np.int64(args.rslora))],
                      generator=(f"tools/reference/make_lora_fixture.py; torch {torch.__version__}, "
                                 f"transformers {transformers.__version__}, peft {peft.__version__}"),
-                     notes=("PEFT LoRA (r=4, alpha=8, dropout 0) on the frozen tiny base; lora_B seeded non-zero; "
+                     notes=(f"PEFT LoRA (r=4, alpha=8, dropout 0, use_rslora {args.rslora}) on the frozen tiny base; "
+                            "lora_B seeded non-zero; "
                             "expected/grads holds the LoRA tensors only; AdamW over the adapters"))
     print(f"wrote {args.output}: {len(fx['weights'])} tensors ({len(fx['grads'])} LoRA), loss {fx['loss']:.6f}")
 
