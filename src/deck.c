@@ -793,6 +793,13 @@ static int check_layout(const ctx *c, deck *d, int world)
                             t, m->q_lora_rank);
             if (!strncmp(t, "mlp.shared_experts.", 19) && m->n_shared_experts == 0)
                 return fail(c, "lora.targets", NULL, "lora.targets: \"%s\" needs model.n_shared_experts > 0", t);
+            if (!strncmp(t, "mlp.experts.", 12) && m->n_routed_experts == 0)
+                return fail(c, "lora.targets", NULL, "lora.targets: \"%s\" needs model.n_routed_experts > 0", t);
+            /* an expert row's mask would need its token's global index on the expert's rank */
+            if (!strncmp(t, "mlp.experts.", 12) && d->lora.dropout > 0)
+                return fail(c, "lora.dropout", NULL,
+                            "lora.dropout = %g with the routed-expert target \"%s\": dropout on routed-expert "
+                            "adapters is not supported (set 0.0, or drop the target)", d->lora.dropout, t);
         }
 
     /* optimizer, schedule, validation */

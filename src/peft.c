@@ -14,12 +14,36 @@
 #include "safetensors.h"
 #include "fsutil.h"
 
-/* adapter_config.json as PEFT writes it (every LoraConfig field we set; target modules by last name). */
+/* adapter_config.json as PEFT writes it (every LoraConfig field we set). Target
+ * modules by last name; with routed-expert targets, whose last names are also
+ * the dense and shared MLP's, one regex PEFT full-matches against module names
+ * (model.layers.3.mlp.experts.17.gate_proj) instead. */
 static char *config_json(const deck *d) {
     json_t *c = json_object(), *tm = json_array();
+    int experts = 0;
     for (int k = 0; k < d->lora.n_targets; k++) {
         const char *dot = strrchr(d->lora.targets[k], '.');
         json_array_append_new(tm, json_string(dot ? dot + 1 : d->lora.targets[k]));
+        experts |= !strncmp(d->lora.targets[k], "mlp.experts.", 12);
+    }
+    if (experts) {
+        char re[1024] = ".*\\.(?:";
+        size_t n = strlen(re);
+        for (int k = 0; k < d->lora.n_targets && n < sizeof re; k++) {
+            const char *t = d->lora.targets[k];
+            n += (size_t)snprintf(re + n, sizeof re - n, "%s", k ? "|" : "");
+            for (; *t && n + 12 < sizeof re; t++) { /* dots escaped; experts.<e>. */
+                if (!strncmp(t, "experts.", 8) && t == d->lora.targets[k] + 4) {
+                    n += (size_t)snprintf(re + n, sizeof re - n, "experts\\.[0-9]+\\.");
+                    t += 7;
+                } else {
+                    n += (size_t)snprintf(re + n, sizeof re - n, *t == '.' ? "\\." : "%c", *t);
+                }
+            }
+        }
+        if (n < sizeof re) snprintf(re + n, sizeof re - n, ")");
+        json_decref(tm);
+        tm = json_string(re);
     }
     json_object_set_new(c, "peft_type", json_string("LORA"));
     json_object_set_new(c, "task_type", json_string("CAUSAL_LM"));
@@ -47,6 +71,16 @@ static char *config_json(const deck *d) {
     return text;
 }
 
+void peft_name(char *out, size_t len, const char *name, int64_t expert) {
+    const char *x = expert >= 0 ? strstr(name, ".mlp.experts.") : NULL;
+    if (!x) {
+        snprintf(out, len, "base_model.model.%s", name);
+        return;
+    }
+    x += 13; /* after ".mlp.experts." */
+    snprintf(out, len, "base_model.model.%.*s%lld.%s", (int)(x - name), name, (long long)expert, x);
+}
+
 int peft_write(const char *ckpt, const deck *d, const char *dir, int bf16, double *bytes, char *err, int errlen) {
     if (!d->lora.enabled) {
         snprintf(err, errlen, "%s: its deck has lora.enabled = false: no adapters", ckpt);
@@ -71,18 +105,24 @@ int peft_write(const char *ckpt, const deck *d, const char *dir, int bf16, doubl
         const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
         int layer = -1;
         if (!ci->is_lora || sscanf(ci->name, "model.layers.%d.", &layer) != 1 || layer >= L) continue;
-        if (ci->ndim != 2 || ci->shape[0] <= 0 || ci->shape[1] <= 0) {
-            snprintf(err, errlen, "%s: %s: an adapter must be a non-empty 2-D tensor", ckpt, ci->name);
+        int stacked = ci->ndim == 3; /* routed experts [E, a, b]: one PEFT tensor per expert */
+        if ((ci->ndim != 2 && !stacked) || ci->shape[0] <= 0 || ci->shape[1] <= 0 || (stacked && ci->shape[2] <= 0) ||
+            (stacked && !strstr(ci->name, ".mlp.experts."))) {
+            snprintf(err, errlen, "%s: %s: an adapter must be a non-empty 2-D tensor (3-D: a routed expert's, stacked)",
+                     ckpt, ci->name);
             rc = -1;
             break;
         }
-        char name[520];
-        snprintf(name, sizeof name, "base_model.model.%s", ci->name);
-        if (st_writer_add(w, name, bf16 ? ST_BF16 : ST_F32, 2, ci->shape)) rc = -1;
-        size_t ne = (size_t)ci->shape[0] * (size_t)ci->shape[1];
-        maxn = ne > maxn ? ne : maxn;
-        total += ne * (bf16 ? 2 : 4);
-        n++;
+        int64_t ne_ = stacked ? ci->shape[0] : 1;
+        for (int64_t e = 0; !rc && e < ne_; e++) {
+            char name[520];
+            peft_name(name, sizeof name, ci->name, stacked ? e : -1);
+            if (st_writer_add(w, name, bf16 ? ST_BF16 : ST_F32, 2, ci->shape + stacked)) rc = -1;
+            size_t ne = (size_t)ci->shape[stacked] * (size_t)ci->shape[stacked + 1];
+            maxn = ne > maxn ? ne : maxn;
+            total += ne * (bf16 ? 2 : 4);
+            n++;
+        }
     }
     if (!rc && n == 0) {
         snprintf(err, errlen, "%s holds no LoRA tensors (/lora)", ckpt);
@@ -97,15 +137,18 @@ int peft_write(const char *ckpt, const deck *d, const char *dir, int bf16, doubl
         const ckpt_tensor_info *ci = ckpt_in_tensor(in, i);
         int layer = -1;
         if (!ci->is_lora || sscanf(ci->name, "model.layers.%d.", &layer) != 1 || layer >= L) continue;
-        size_t ne = (size_t)ci->shape[0] * (size_t)ci->shape[1];
-        char name[520];
-        snprintf(name, sizeof name, "base_model.model.%s", ci->name);
-        rc = ckpt_in_read(in, i, 0, ci->shape[0], fb, 0, err, errlen);
-        if (!rc && bf16) {
-            uint16_t *h = (uint16_t *)fb; /* in place: element j's 2 bytes never overtake element j's 4 */
-            for (size_t j = 0; j < ne; j++) h[j] = ops_f32_to_bf16(fb[j]);
+        int stacked = ci->ndim == 3;
+        size_t ne = (size_t)ci->shape[stacked] * (size_t)ci->shape[stacked + 1];
+        for (int64_t e = 0; !rc && e < (stacked ? ci->shape[0] : 1); e++) {
+            char name[520];
+            peft_name(name, sizeof name, ci->name, stacked ? e : -1);
+            rc = stacked ? ckpt_in_read(in, i, e, 1, fb, 0, err, errlen) : ckpt_in_read(in, i, 0, ci->shape[0], fb, 0, err, errlen);
+            if (!rc && bf16) {
+                uint16_t *h = (uint16_t *)fb; /* in place: element j's 2 bytes never overtake element j's 4 */
+                for (size_t j = 0; j < ne; j++) h[j] = ops_f32_to_bf16(fb[j]);
+            }
+            if (!rc) rc = st_writer_put(w, name, 0, fb, ne * (bf16 ? 2 : 4), err, errlen);
         }
-        if (!rc) rc = st_writer_put(w, name, 0, fb, ne * (bf16 ? 2 : 4), err, errlen);
     }
     if (w) {
         if (rc) st_writer_abort(w, 1);

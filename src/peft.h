@@ -8,8 +8,15 @@
 #ifndef DSV3_PEFT_H
 #define DSV3_PEFT_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "deck.h"
 
+/* The PEFT name of checkpoint tensor `name`: "base_model.model." + name, and for
+ * a stacked routed-expert adapter (expert >= 0) expert e's own module:
+ * model.layers.3.mlp.experts.gate_proj.lora_A.weight -> ...mlp.experts.<e>.gate_proj.lora_A.weight. */
+void peft_name(char *out, size_t len, const char *name, int64_t expert);
 /* Writes dir/ (created; the files via .tmp and rename) from checkpoint ckpt
  * whose deck is d. Returns the number of adapter tensors written (> 0), or -1
  * with err set. *bytes (may be NULL) gets the tensor bytes. One process. */

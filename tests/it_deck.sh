@@ -86,6 +86,7 @@ for np in 1 24; do
     [ $both = 1 ] && expect_error $np 1 "checkpoint.save = \"adapters\" needs lora.enabled = true" --check "$D/adapters.cfg"
     [ $both = 1 ] && expect_error $np 1 "override 'lora.dropout=1.0': lora.dropout = 1.0 is out of range [0, 1)" --check input/sft-tiny.cfg lora.dropout=1.0
     [ $both = 1 ] && expect_error $np 1 "lora.use_rslora: expected a bool (true or false), found an int" --check input/sft-tiny.cfg lora.use_rslora=1
+    [ $both = 1 ] && expect_error $np 1 "lora.dropout = 0.1 with the routed-expert target \"mlp.experts.up_proj\": dropout on routed-expert adapters is not supported (set 0.0, or drop the target)" --check input/sft-tiny.cfg lora.dropout=0.1 'lora.targets=["self_attn.o_proj","mlp.experts.up_proj"]'
     [ $both = 1 ] && expect_error $np 1 "model.n_routed_experts = 8 is not divisible by model.n_group = 3" --check "$D/badgroup.cfg"
     expect_error $np 1 "$D/syntax.cfg:$(line $D/syntax.cfg 'steps = ;'): syntax error" --check "$D/syntax.cfg"
     [ $both = 1 ] && expect_error $np 1 "cannot open include file '$D/models/nope.cfg'" --check "$D/noinc.cfg"

@@ -77,6 +77,21 @@ if "$BIN/dsv3-refcheck" --logits "$OUT/merged.h5" "$OUT/lora-logits.safetensors"
     ok "merged export = the LoRA model ($(grep 'rel L2' "$OUT/m.log" | sed 's/^ *//' | cut -c1-40)); the base alone is not ($(grep 'rel L2' "$OUT/u.log" | sed 's/^ *//' | cut -c1-40)); $(grep "adapters merged" "$OUT/merge.log")"
 else bad "merged logits"; cat "$OUT/m.log" "$OUT/u.log"; fi
 
+echo "== --merge-lora with per-expert adapters on the routed experts (stacked [E,r,in] in HDF5)"
+mpirun -np 2 "$BIN/dsv3" input/tiny.cfg run.output_dir="$OUT/lorae" run.steps=2 schedule.warmup_steps=0 checkpoint.every=2 \
+    parallel.expert_parallel=2 parallel.zero_stage=3 lora.enabled=true \
+    'lora.targets=["mlp.experts.gate_proj","mlp.experts.down_proj","self_attn.o_proj"]' run.mode=\"sft\" >"$OUT/lorae.log" 2>&1 ||
+    { bad "LoRA run with expert targets"; tail -3 "$OUT/lorae.log"; }
+CK=$OUT/lorae/checkpoints/step_00000002.h5
+"$BIN/dsv3-refcheck" --logits "$CK" "$OUT/lorae-logits.safetensors" --write >/dev/null 2>&1 || bad "writing the expert-LoRA model's logits"
+"$BIN/dsv3-export" -q --merge-lora --dtype fp32 "$CK" "$OUT/mergede" >"$OUT/mergee.log" 2>&1 &&
+    "$BIN/dsv3-import" -q "$OUT/mergede" "$OUT/mergede.h5" >/dev/null 2>&1 || { bad "merge/import (experts)"; cat "$OUT/mergee.log"; }
+"$BIN/dsv3-export" -q --dtype fp32 "$CK" "$OUT/unmergede" >/dev/null 2>&1 && "$BIN/dsv3-import" -q "$OUT/unmergede" "$OUT/unmergede.h5" >/dev/null 2>&1
+if "$BIN/dsv3-refcheck" --logits "$OUT/mergede.h5" "$OUT/lorae-logits.safetensors" >"$OUT/me.log" 2>&1 &&
+   ! "$BIN/dsv3-refcheck" --logits "$OUT/unmergede.h5" "$OUT/lorae-logits.safetensors" >"$OUT/ue.log" 2>&1; then
+    ok "merged export with expert adapters = the LoRA model ($(grep 'rel L2' "$OUT/me.log" | sed 's/^ *//' | cut -c1-40)); the base alone is not ($(grep 'rel L2' "$OUT/ue.log" | sed 's/^ *//' | cut -c1-40)); $(grep "adapters merged" "$OUT/mergee.log")"
+else bad "merged logits (experts)"; cat "$OUT/me.log" "$OUT/ue.log"; fi
+
 echo "== optional: transformers and PEFT read our files (a python with torch, transformers and peft: DSV3_TORCH_PYTHON)"
 TPY=${DSV3_TORCH_PYTHON:-python3}
 if "$TPY" -c "import torch, transformers, peft" 2>/dev/null; then

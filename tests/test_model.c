@@ -292,6 +292,21 @@ static const char *LORA_DROP =
     "             \"self_attn.kv_b_proj\", \"self_attn.o_proj\", \"mlp.gate_proj\", \"mlp.up_proj\",\n"
     "             \"mlp.down_proj\", \"mlp.shared_experts.gate_proj\", \"mlp.shared_experts.down_proj\"]; };\n";
 
+static const char *LORA_EXPERTS =
+    "lora = { enabled = true; r = 3; alpha = 5.0;\n"
+    "  targets = [\"mlp.experts.gate_proj\", \"mlp.experts.up_proj\", \"mlp.experts.down_proj\",\n"
+    "             \"self_attn.o_proj\"]; };\n";
+
+/* Finite differences through the routed experts' per-expert adapters (every
+ * token routed to every expert here, so each expert's A and B get gradients). */
+static void test_fd_lora_experts(void **state) {
+    (void)state;
+    fixture f;
+    setup_x(&f, 1, 0, LORA_EXPERTS, 1);
+    check_grads(&f);
+    teardown(&f);
+}
+
 /* Finite differences through every adapter kind with dropout on (MTP depth 1). */
 static void test_fd_lora_dropout(void **state) {
     (void)state;
@@ -338,6 +353,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_shape_change),
         cmocka_unit_test(test_init_independent_of_split),
         cmocka_unit_test(test_fd_lora_dropout),
+        cmocka_unit_test(test_fd_lora_experts),
         cmocka_unit_test(test_lora_dropout_mask),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

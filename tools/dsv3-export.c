@@ -93,11 +93,14 @@ static float g_merge_scale; /* lora_scaling: lora_alpha / r (rsLoRA: / sqrt(r)) 
 static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, int64_t cols, float *w) {
     char err[1024];
     const ckpt_tensor_info *a = ckpt_in_tensor(in, t->la);
-    int64_t r = a->shape[0];
+    int64_t r = a->shape[a->ndim - 2]; /* [r,in], or stacked [E,r,in]: expert t->e's */
     float *A = malloc(sizeof *A * (size_t)(r * cols)), *Bm = malloc(sizeof *Bm * (size_t)(nr * r));
     if (!A || !Bm) die("out of memory merging %s", t->name);
-    if (ckpt_in_read(in, t->la, 0, r, A, 0, err, sizeof err) || ckpt_in_read(in, t->lb, r0, nr, Bm, 0, err, sizeof err))
-        die("%s", err);
+    int rc = t->e >= 0 ? ckpt_in_read_slab(in, t->la, t->e, 0, r, A, 0, err, sizeof err) ||
+                             ckpt_in_read_slab(in, t->lb, t->e, r0, nr, Bm, 0, err, sizeof err)
+                       : ckpt_in_read(in, t->la, 0, r, A, 0, err, sizeof err) ||
+                             ckpt_in_read(in, t->lb, r0, nr, Bm, 0, err, sizeof err);
+    if (rc) die("%s", err);
     for (int64_t i = 0; i < nr; i++)
         for (int64_t k = 0; k < r; k++) {
             float bk = g_merge_scale * Bm[i * r + k];
@@ -155,34 +158,37 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         if (!strcmp(ci->name, "model.embed_tokens.weight")) embed = i;
         if (!strcmp(ci->name, "lm_head.weight")) head = i;
         int f32 = f32_all || strstr(ci->name, "e_score_correction_bias") != NULL;
+        int la = -1, lb = -1; /* --merge-lora: its adapters, if any (stacked per expert for a 3-D weight) */
+        size_t len = strlen(ci->name);
+        if (merge && ci->ndim >= 2 && len > 7 && !strcmp(ci->name + len - 7, ".weight")) {
+            char an[420], bn[420];
+            snprintf(an, sizeof an, "%.*s.lora_A.weight", (int)(len - 7), ci->name);
+            snprintf(bn, sizeof bn, "%.*s.lora_B.weight", (int)(len - 7), ci->name);
+            for (int q = 0; q < nt; q++) {
+                const ckpt_tensor_info *x = ckpt_in_tensor(in, q);
+                if (x->is_lora && !strcmp(x->name, an)) la = q;
+                if (x->is_lora && !strcmp(x->name, bn)) lb = q;
+            }
+            if ((la < 0) != (lb < 0)) die("%s: only one of lora_A / lora_B in the checkpoint", ci->name);
+            if (la >= 0 && ckpt_in_tensor(in, la)->ndim != ci->ndim)
+                die("%s: its adapters are %d-D, the weight %d-D", ci->name, ckpt_in_tensor(in, la)->ndim, ci->ndim);
+            merged += la >= 0;
+        }
         if (ci->ndim == 3) { /* model.layers.L.mlp.experts.<proj>.weight [E,out,in] -> per expert */
             const char *proj = strstr(ci->name, ".experts.");
             if (!proj) die("%s: a 3-D tensor that is not a stacked expert projection", ci->name);
             for (int e = 0; e < ci->shape[0]; e++) {
                 otensor *t = &o[n++];
                 snprintf(t->name, sizeof t->name, "%.*s.experts.%d.%s", (int)(proj - ci->name), ci->name, e, proj + 9);
-                t->src = i, t->e = e, t->ndim = 2, t->f32 = f32;
+                t->src = i, t->e = e, t->ndim = 2, t->f32 = f32, t->la = la, t->lb = lb;
                 t->shape[0] = ci->shape[1], t->shape[1] = ci->shape[2];
             }
             continue;
         }
         otensor *t = &o[n++];
         snprintf(t->name, sizeof t->name, "%s", ci->name);
-        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32, t->la = t->lb = -1;
+        t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32, t->la = la, t->lb = lb;
         memcpy(t->shape, ci->shape, sizeof t->shape);
-        size_t len = strlen(ci->name);
-        if (merge && ci->ndim == 2 && len > 7 && !strcmp(ci->name + len - 7, ".weight")) { /* its adapters, if any */
-            char an[420], bn[420];
-            snprintf(an, sizeof an, "%.*s.lora_A.weight", (int)(len - 7), ci->name);
-            snprintf(bn, sizeof bn, "%.*s.lora_B.weight", (int)(len - 7), ci->name);
-            for (int q = 0; q < nt; q++) {
-                const ckpt_tensor_info *x = ckpt_in_tensor(in, q);
-                if (x->is_lora && !strcmp(x->name, an)) t->la = q;
-                if (x->is_lora && !strcmp(x->name, bn)) t->lb = q;
-            }
-            if ((t->la < 0) != (t->lb < 0)) die("%s: only one of lora_A / lora_B in the checkpoint", ci->name);
-            if (t->la >= 0) merged++;
-        }
     }
     if (merge && !merged) die("--merge-lora: the checkpoint holds no LoRA adapters of its base weights");
     if (embed < 0 || head < 0) die("checkpoint has no model.embed_tokens.weight or lm_head.weight");

@@ -27,6 +27,7 @@
 #include "../src/deck.h"
 #include "../src/model/params.h"
 #include "../src/ops.h"
+#include "../src/peft.h"
 #include "../src/safetensors.h"
 
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -88,10 +89,12 @@ int main(int argc, char **argv) {
         param_table pt;
         if (params_build(&pt, &d.model, &d.lora, 1, err, sizeof err)) die("%s: %s", path, err);
         /* the expected adapter keys, and the file's */
-        int want = 0, got = 0;
-        for (int i = 0; i < pt.n; i++) want += (pt.t[i].flags & P_LORA) != 0;
+        /* a routed expert's adapters are stacked [E, a, b] in HDF5 and E keys in PEFT */
+        int want = 0, got = 0, want_h5 = 0;
+        for (int i = 0; i < pt.n; i++)
+            if (pt.t[i].flags & P_LORA) want += pt.t[i].ndim == 3 ? (int)pt.t[i].shape[0] : 1, want_h5++;
         for (int i = 0; i < ckpt_in_count(in); i++) got += ckpt_in_tensor(in, i)->is_lora;
-        if (got != want) die("%s: %d adapter tensors, the deck's model has %d", path, got, want);
+        if (got != want_h5) die("%s: %d adapter tensors, the deck's model has %d", path, got, want_h5);
         snprintf(path, sizeof path, "%s/checkpoint-%lld/adapter_model.safetensors", dir, (long long)steps[c]);
         st_file pf;
         int have_peft = st_open(&pf, path, err, sizeof err) == 0;
@@ -112,38 +115,46 @@ int main(int argc, char **argv) {
             (void)hfile;
             if (j < 0) die("step %lld: adapter %s is missing from the HDF5 checkpoint", (long long)steps[c], t->name);
             const ckpt_tensor_info *ci = ckpt_in_tensor(in, j);
-            if (ci->ndim != 2 || ci->shape[0] != t->shape[0] || ci->shape[1] != t->shape[1])
-                die("step %lld: %s has shape [%lld,%lld], the deck gives [%lld,%lld]", (long long)steps[c], t->name,
-                    (long long)ci->shape[0], (long long)ci->shape[1], (long long)t->shape[0], (long long)t->shape[1]);
-            size_t n = (size_t)t->numel;
+            int stacked = t->ndim == 3;
+            if (ci->ndim != t->ndim || ci->shape[0] != t->shape[0] || ci->shape[1] != t->shape[1] ||
+                (stacked && ci->shape[2] != t->shape[2]))
+                die("step %lld: %s has shape [%lld,%lld%s], the deck gives [%lld,%lld%s]", (long long)steps[c], t->name,
+                    (long long)ci->shape[0], (long long)ci->shape[1], stacked ? ",..." : "", (long long)t->shape[0],
+                    (long long)t->shape[1], stacked ? ",..." : "");
+            int64_t rows = stacked ? t->shape[1] : t->shape[0], cols = stacked ? t->shape[2] : t->shape[1];
+            for (int64_t e = 0; e < (stacked ? t->shape[0] : 1); e++) { /* each expert's adapter on its own */
+            char key[600], unit[600];
+            peft_name(key, sizeof key, t->name, stacked ? e : -1);
+            snprintf(unit, sizeof unit, "%s", key + 17); /* without "base_model.model." */
+            size_t n = (size_t)(rows * cols);
             float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
             if (!x || !y) die("out of memory (%zu floats)", n);
-            if (ckpt_in_read(in, j, 0, t->shape[0], x, 0, err, sizeof err)) die("%s", err);
+            if (ckpt_in_read(in, j, stacked ? e : 0, stacked ? 1 : t->shape[0], x, 0, err, sizeof err)) die("%s", err);
             for (size_t q = 0; q < n; q++)
-                if (!isfinite(x[q])) die("step %lld: %s[%zu] is not finite", (long long)steps[c], t->name, q);
+                if (!isfinite(x[q])) die("step %lld: %s[%zu] is not finite", (long long)steps[c], unit, q);
             size_t len = strlen(t->name);
             int is_b = len > 14 && !strcmp(t->name + len - 14, ".lora_B.weight");
             if (steps[c] > 0) {
-                if (is_b && l2(x, n) == 0) die("step %lld: %s is all zero (the adapter never trained)", (long long)steps[c], t->name);
-                if (!is_b) { /* lora_A's initial value: U(+-1/sqrt(in)) from (seed, name) */
-                    ops_fill_uniform(y, n, (uint64_t)d.run.seed, params_name_key(t->name), 0, 1.0f / sqrtf((float)t->shape[1]));
+                if (is_b && l2(x, n) == 0)
+                    die("step %lld: %s is all zero (the adapter never trained%s)", (long long)steps[c], unit,
+                        stacked ? ": was no token routed to this expert?" : "");
+                if (!is_b) { /* lora_A's initial value: U(+-1/sqrt(in)) from (seed, name, element) */
+                    ops_fill_uniform(y, n, (uint64_t)d.run.seed, params_name_key(t->name), (uint64_t)e * n,
+                                     1.0f / sqrtf((float)cols));
                     if (!memcmp(x, y, n * sizeof *x))
-                        die("step %lld: %s still equals its initial value", (long long)steps[c], t->name);
+                        die("step %lld: %s still equals its initial value", (long long)steps[c], unit);
                 }
             }
             /* the PEFT copy: same key, F32, same bytes */
-            char key[600];
-            snprintf(key, sizeof key, "base_model.model.%s", t->name);
             int pi = st_find(&pf, key);
             if (pi < 0) die("step %lld: %s has no %s", (long long)steps[c], path, key);
             const st_tensor *st = &pf.t[pi];
-            if (st->dtype != ST_F32 || st->ndim != 2 || st->shape[0] != t->shape[0] || st->shape[1] != t->shape[1] ||
-                st_bytes(st) != n * 4)
+            if (st->dtype != ST_F32 || st->ndim != 2 || st->shape[0] != rows || st->shape[1] != cols || st_bytes(st) != n * 4)
                 die("step %lld: %s: %s is %s [%lld,%lld], %llu bytes; want F32 [%lld,%lld], %zu bytes", (long long)steps[c],
                     path, key, st_dtype_name(st->dtype), (long long)st->shape[0], (long long)(st->ndim > 1 ? st->shape[1] : 0),
-                    (unsigned long long)st_bytes(st), (long long)t->shape[0], (long long)t->shape[1], n * 4);
+                    (unsigned long long)st_bytes(st), (long long)rows, (long long)cols, n * 4);
             if (st_read(&pf, pi, 0, n * 4, y, err, sizeof err)) die("%s", err);
-            if (memcmp(x, y, n * 4)) die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, t->name);
+            if (memcmp(x, y, n * 4)) die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, unit);
             json_t *o = json_object();
             json_object_set_new(o, "norm", json_real(l2(x, n)));
             if (prev[k]) {
@@ -152,11 +163,12 @@ int main(int argc, char **argv) {
             } else {
                 json_object_set_new(o, "change_since_previous", json_null());
             }
-            json_object_set_new(tens, t->name, o);
+            json_object_set_new(tens, unit, o);
             free(prev[k]);
             prev[k] = x;
             free(y);
             k++;
+            }
         }
         json_object_set_new(ck, "tensors", tens);
         json_array_append_new(cks, ck);

@@ -72,6 +72,8 @@ double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int
         int Is = c->moe_intermediate_size * c->n_shared_experts;
         e.has_shared = c->n_shared_experts > 0;
         e.e_local = c->n_routed_experts / ep;
+        static const char *const ex[3] = {"mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj"};
+        for (int j = 0; j < 3; j++) e.er[j] = lora_rank_of(o->lora, ex[j], is_mtp);
         e.sh_gate = shape(o, "mlp.shared_experts.gate_proj", is_mtp, H, Is);
         e.sh_up = shape(o, "mlp.shared_experts.up_proj", is_mtp, H, Is);
         e.sh_down = shape(o, "mlp.shared_experts.down_proj", is_mtp, Is, H);
@@ -163,6 +165,7 @@ double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
  *         dispatched rows (received)  k*H
  *         expert gate, up, act        3*k*I
  *         expert outputs (combine in) k*H
+ *         routed-expert LoRA x·Aₑᵀ    k*r per target
  *         shared gate, up, act        3*I*n_shared
  * The layer output is the next layer's input x and is counted there. */
 double cost_gpu_layer_floats(const model_opts *o, int moe, int lora) {
@@ -189,6 +192,8 @@ double cost_gpu_layer_floats(const model_opts *o, int moe, int lora) {
     double k = m->num_experts_per_tok, I = m->moe_intermediate_size;
     f += m->n_routed_experts + 2 * k;
     f += k * H + 3 * k * I + k * H;
+    static const char *const ex[3] = {"mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj"};
+    for (int j = 0; lora && j < 3; j++) f += k * lora_rank_of(o->lora, ex[j], 0); /* routed-expert LoRA x·Aₑᵀ */
     f += 3 * I * m->n_shared_experts;
     return f;
 }

@@ -9,6 +9,7 @@ const char *const lora_target_names[] = {
     "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     "mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj",
+    "mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj", /* per routed expert */
     NULL};
 
 int lora_module_index(const char *module) {

@@ -15,7 +15,9 @@ int lora_rank_of(const deck_lora *lora, const char *module, int is_mtp);
 /* PEFT's scaling: lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora. */
 float lora_scaling(const deck_lora *lora);
 /* The modules LoRA may target, relative to a decoder layer (HF / PEFT
- * names), NULL-terminated; and a module's index in it (-1: not a target). */
+ * names), NULL-terminated; and a module's index in it (-1: not a target).
+ * "mlp.experts.gate_proj" etc. put one adapter pair on every routed expert
+ * (stacked [E, r, in] / [E, out, r], owned with the expert). */
 extern const char *const lora_target_names[];
 int lora_module_index(const char *module);
 

@@ -199,6 +199,16 @@ static void bind_block(model *m, block *b) {
         e->eu = bind(m, name, &e->geu, 1);
         snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", L);
         e->ed = bind(m, name, &e->ged, 1);
+        static const char *const ex[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int j = 0; j < 3; j++) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s.lora_A.weight", L, ex[j]);
+            if (params_find(&m->pt, name) < 0) continue;
+            e->eA[j] = bind(m, name, &e->geA[j], 1);
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s.lora_B.weight", L, ex[j]);
+            e->eB[j] = bind(m, name, &e->geB[j], 1);
+            e->er[j] = m->o.lora->r;
+            e->escaling = lora_scaling(m->o.lora);
+        }
         e->e_first = m->ep_first;
         e->e_local = m->ep_local;
     }
@@ -633,7 +643,7 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
         ops_fill(dst, n, 1.0f); /* norms */
     else if (s->flags & P_LORA) {
         if (len > 14 && strcmp(nm + len - 14, ".lora_A.weight") == 0)
-            ops_fill_uniform(dst, n, seed, params_name_key(nm), first, 1.0f / sqrtf((float)s->shape[1]));
+            ops_fill_uniform(dst, n, seed, params_name_key(nm), first, 1.0f / sqrtf((float)s->shape[s->ndim - 1])); /* fan_in */
         else
             ops_fill(dst, n, 0.0f);
     } else

@@ -15,7 +15,20 @@ size_t moe_rows_bound(int N, int K, int e_local, int ep) {
     return (size_t)ep * N * (size_t)(K < e_local ? K : e_local);
 }
 
-static size_t row_bufs_floats(int r_cap, int H, int I) { return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1); }
+/* Floats per received row of the routed-expert LoRA: the x·Aₑᵀ caches, and
+ * (with any adapter) the [max(H,I)] product / dy·s scratch and the [max r] dxa. */
+static size_t er_max(const int er[3]) {
+    int m = er[0] > er[1] ? er[0] : er[1];
+    return (size_t)(m > er[2] ? m : er[2]);
+}
+static size_t row_lora_floats(const int er[3], int H, int I) {
+    size_t rmax = er_max(er);
+    return rmax ? (size_t)er[0] + (size_t)er[1] + (size_t)er[2] + (size_t)(H > I ? H : I) + rmax : 0;
+}
+
+static size_t row_bufs_floats(const moe_layer *l, int r_cap, int H, int I) {
+    return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1 + row_lora_floats(l->er, H, I));
+}
 
 static mlp_layer shared_of(const moe_layer *l) { return (mlp_layer){l->sh_gate, l->sh_up, l->sh_down}; }
 
@@ -26,7 +39,7 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     size_t f = N * H + 2 * N * E          /* x, s, dl */
                + N * K * 6                /* idx, w, topk_u, pos, src, dw */
                + 2 * N * K * H + N * H    /* xs, ys, tmp */
-               + row_bufs_floats(r_cap, (int)H, (int)I);
+               + row_bufs_floats(l, r_cap, (int)H, (int)I);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
         f += mlp_cache_floats(&sh, n_cap);
@@ -65,7 +78,14 @@ static int rows_alloc(moe_cache *c, int r_cap) {
     c->dge = dev_alloc(R * I, sizeof(float));
     c->due = dev_alloc(R * I, sizeof(float));
     c->dhe = dev_alloc(R * I, sizeof(float));
-    return (c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe) ? 0 : -1;
+    int ok = c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe;
+    if (er_max(c->er)) {
+        for (int j = 0; j < 3; j++)
+            if (c->er[j]) ok &= (c->exa[j] = dev_alloc(R * (size_t)c->er[j], sizeof(float))) != NULL;
+        ok &= (c->elt = dev_alloc(R * (H > I ? H : I), sizeof(float))) != NULL;
+        ok &= (c->edxa = dev_alloc(R * er_max(c->er), sizeof(float))) != NULL;
+    }
+    return ok ? 0 : -1;
 }
 
 /* Frees grown row buffers (rows_owned); bound ones belong to the caller's region. */
@@ -81,9 +101,13 @@ static void rows_free(moe_cache *c) {
         ops_free(c->dge);
         ops_free(c->due);
         ops_free(c->dhe);
+        for (int j = 0; j < 3; j++) ops_free(c->exa[j]);
+        ops_free(c->elt);
+        ops_free(c->edxa);
     }
     c->perm = NULL;
     c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
+    c->exa[0] = c->exa[1] = c->exa[2] = c->elt = c->edxa = NULL;
     c->r_cap = 0;
     c->rows_owned = 0;
 }
@@ -135,6 +159,7 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     c->Is = m->n_shared_experts * m->moe_intermediate_size;
     c->e_local = l->e_local;
     c->ep = ep;
+    for (int j = 0; j < 3; j++) c->er[j] = l->er[j];
     c->n_cap = n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
     c->r_cap = r_cap;
@@ -164,6 +189,12 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     TAKE(dge, float, R * I);
     TAKE(due, float, R * I);
     TAKE(dhe, float, R * I);
+    if (er_max(c->er)) {
+        for (int j = 0; j < 3; j++)
+            if (c->er[j]) TAKE(exa[j], float, R * (size_t)c->er[j]);
+        TAKE(elt, float, R * (H > I ? H : I));
+        TAKE(edxa, float, R * er_max(c->er));
+    }
 #undef TAKE
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
@@ -246,6 +277,28 @@ static void exchange(moe_cache *c, const float *send, const int *scnt, const int
     c->comm_seconds += comm_wtime() - t0;
 }
 
+/* Routed-expert LoRA of projection j on the R expert-major rows: y[R,out] +=
+ * s·(x·Aₑᵀ)·Bₑᵀ per expert e (grouped like the base GEMM); xa [R,r] saved. */
+static void expert_lora_forward(const moe_layer *l, moe_cache *c, int j, float *y, const float *x, int in, int out) {
+    int r = l->er[j], R = c->R, G = c->e_local;
+    if (!r) return;
+    ops_grouped_matmul(c->exa[j], x, l->eA[j], c->lcnt, G, in, r);      /* xa [R,r] */
+    ops_grouped_matmul(c->elt, c->exa[j], l->eB[j], c->lcnt, G, r, out); /* [R,out] */
+    ops_axpy(y, l->escaling, c->elt, (size_t)R * out);
+}
+
+/* dB += s·dyᵀ·xa ; dxa = s·dy·B ; dA += dxaᵀ·x ; dx += dxa·A, per expert. */
+static void expert_lora_backward(const moe_layer *l, moe_cache *c, int j, float *dx, const float *dy, const float *x,
+                                 int in, int out) {
+    int r = l->er[j], R = c->R, G = c->e_local;
+    if (!r) return;
+    ops_copy(c->elt, dy, (size_t)R * out); /* dy·s [R,out] */
+    ops_scale(c->elt, l->escaling, (size_t)R * out);
+    ops_zero(c->edxa, (size_t)R * r);
+    ops_grouped_matmul_backward(c->edxa, l->geB[j], c->elt, c->exa[j], l->eB[j], c->lcnt, G, r, out);
+    ops_grouped_matmul_backward(dx, l->geA[j], c->edxa, x, l->eA[j], c->lcnt, G, in, r);
+}
+
 void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, E = c->E, G = c->e_local, P = c->ep;
@@ -280,9 +333,12 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     ops_moe_perm(c->perm, c->rcnt_e, P, G);
     ops_gather_rows(c->xe, c->xr, c->perm, R, H); /* expert-major */
     ops_grouped_matmul(c->ge, c->xe, l->eg, c->lcnt, G, H, I);
+    expert_lora_forward(l, c, 0, c->ge, c->xe, H, I);
     ops_grouped_matmul(c->ue, c->xe, l->eu, c->lcnt, G, H, I);
+    expert_lora_forward(l, c, 1, c->ue, c->xe, H, I);
     ops_swiglu_forward(c->he, c->ge, I, c->ue, I, R, I);
     ops_grouped_matmul(c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
     ops_scatter_rows(c->xr, c->ye, c->perm, R, H); /* back to source-major */
     exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, H, comm);
     ops_moe_combine(out, c->ys, c->pos, c->w, N, K, H, 0.0f);
@@ -298,12 +354,15 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *
     ops_gather_rows(c->ye, c->xr, c->perm, R, H); /* ye = dy per expert */
     ops_zero(c->dhe, RI);
     ops_grouped_matmul_backward(c->dhe, l->ged, c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    expert_lora_backward(l, c, 2, c->dhe, c->ye, c->he, I, H);
     ops_zero(c->dge, RI);
     ops_zero(c->due, RI);
     ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, R, I);
     ops_zero(c->xr, (size_t)R * H); /* xr = dx per expert row */
     ops_grouped_matmul_backward(c->xr, l->geg, c->dge, c->xe, l->eg, c->lcnt, G, H, I);
+    expert_lora_backward(l, c, 0, c->xr, c->dge, c->xe, H, I);
     ops_grouped_matmul_backward(c->xr, l->geu, c->due, c->xe, l->eu, c->lcnt, G, H, I);
+    expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
     ops_scatter_rows(c->ye, c->xr, c->perm, R, H);
     exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, H, comm);
     if (dx) ops_moe_combine(dx, c->xs, c->pos, NULL, N, K, H, 1.0f);

@@ -38,6 +38,12 @@ typedef struct {
     float *eg, *eu, *ed;         /* local routed experts: gate/up [e_local,I,H], down [e_local,H,I] */
     float *geg, *geu, *ged;      /* their gradients (NULL when frozen) */
     int e_first, e_local;
+    /* per-expert LoRA on gate (0), up (1), down (2): y += scaling·(x·Aₑᵀ)·Bₑᵀ for the
+     * rows of expert e; er[j] = rank, 0 = no adapter (PEFT semantics, no dropout) */
+    int er[3];
+    float escaling;
+    float *eA[3], *eB[3];        /* [e_local, r, in], [e_local, out, r] */
+    float *geA[3], *geB[3];      /* their gradients */
 } moe_layer;
 
 /* Saved activations + scratch. Capacities: n_cap local tokens (B·T) and
@@ -55,6 +61,7 @@ typedef struct {
  * moe_cache_host_ints): MPI and the host loops read them. */
 typedef struct {
     int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
+    int er[3];                   /* routed-expert LoRA ranks (moe_layer.er): sizes the row buffers */
     int grow_events;             /* times the row buffers had to grow */
     int rows_owned;              /* the row buffers (perm .. dhe) are a grown allocation of their own */
     float *own;                  /* the region moe_cache_alloc allocated, NULL when bound to the caller's */
@@ -80,6 +87,8 @@ typedef struct {
     float *xr, *xe, *ye;         /* [r_cap,H] received rows (scratch), expert-major inputs (saved), scratch */
     float *ge, *ue, *he;         /* [r_cap,I] expert gate, up, swiglu (saved) */
     float *dge, *due, *dhe;      /* [r_cap,I] backward scratch */
+    float *exa[3];               /* [r_cap, er[j]] routed-expert LoRA x·Aₑᵀ (saved; NULL without adapter) */
+    float *elt, *edxa;           /* [r_cap, max(H,I)], [r_cap, max er]: LoRA scratch (with any adapter) */
     float *dw;                   /* [N,K] ∂L/∂w */
     float *dl;                   /* [N,E] ∂L/∂logits */
     float *tmp;                  /* [N,H] shared-expert output */

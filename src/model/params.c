@@ -91,9 +91,17 @@ static void decoder_layer(param_table *pt, const cfg *d, int layer, int is_mtp, 
         linear(pt, d, g, layer, is_mtp, "mlp.shared_experts.up_proj", Is, H);
         linear(pt, d, g, layer, is_mtp, "mlp.shared_experts.down_proj", H, Is);
     }
-    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, I, H, "model.layers.%d.mlp.experts.gate_proj.weight", layer);
-    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, I, H, "model.layers.%d.mlp.experts.up_proj.weight", layer);
-    add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, H, I, "model.layers.%d.mlp.experts.down_proj.weight", layer);
+    static const char *const ex[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int j = 0; j < 3; j++) { /* stacked [E, out, in], then per-expert adapters [E, r, in], [E, out, r] */
+        int64_t out = j < 2 ? I : H, in = j < 2 ? H : I, r = d->lora.r;
+        char module[64];
+        snprintf(module, sizeof module, "mlp.experts.%s", ex[j]);
+        add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, out, in, "model.layers.%d.%s.weight", layer, module);
+        if (lora_rank_of(&d->lora, module, is_mtp) > 0) {
+            add(pt, g, SEG_EXPERT, P_EXPERT | P_LORA, 3, E, r, in, "model.layers.%d.%s.lora_A.weight", layer, module);
+            add(pt, g, SEG_EXPERT, P_EXPERT | P_LORA, 3, E, out, r, "model.layers.%d.%s.lora_B.weight", layer, module);
+        }
+    }
 }
 
 int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen) {
