@@ -147,7 +147,7 @@ void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show) {
         if (isnan(r->val_acc))
             fprintf(l->csv, "\n");
         else
-            fprintf(l->csv, "%.6f\n", r->val_acc);
+            fprintf(l->csv, "%.9g\n", r->val_acc);
         fflush(l->csv);
     }
     if (l->tb_on) tb_row(l, r);
