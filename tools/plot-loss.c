@@ -1,7 +1,7 @@
 /* plot-loss — one or more metrics.csv files to a PNG, through gnuplot.
  *
  *   bin/plot-loss [-o out.png] [-c col[,col...]] [-t title] [-x from] [--logy] [-n]
- *                 [-H [col:]label=value ...] [label=]metrics.csv ...
+ *                 [-H [col:]label=value ...] [-k key_position] [label=]metrics.csv ...
  *
  * Plots each column (default "loss") against "step" for every file; a file's
  * legend is its label (default: the file's directory name). The first file is
@@ -9,7 +9,8 @@
  * curve reads well. Columns with values only at some steps (val_loss) are drawn
  * through the steps that have one. -H draws a dashed horizontal reference line
  * (a baseline: the model before fine-tuning) in the panel of `col`, or in every
- * panel without `col:`. Writes the gnuplot script next to the PNG (<out>.gp) and
+ * panel without `col:`. -k places the legend (gnuplot words: "center right",
+ * "bottom left", "outside", ...; default "top right"). Writes the gnuplot script next to the PNG (<out>.gp) and
  * runs gnuplot on it; -n writes the script only. Exit 0, or 1 with a message. */
 #include <errno.h>
 #include <stdio.h>
@@ -21,7 +22,7 @@ enum { MAXF = 16, MAXC = 8, MAXH = 8 };
 
 static int usage(void) {
     fprintf(stderr, "usage: plot-loss [-o out.png] [-c col[,col...]] [-t title] [-x from_step] [--logy] [-n] "
-                    "[-H [col:]label=value ...] [label=]metrics.csv ...\n");
+                    "[-H [col:]label=value ...] [-k key_position] [label=]metrics.csv ...\n");
     return 1;
 }
 
@@ -55,7 +56,7 @@ static void gq(FILE *o, const char *s) {
 }
 
 int main(int argc, char **argv) {
-    const char *out = "loss.png", *title = "", *cols_arg = "loss";
+    const char *out = "loss.png", *title = "", *cols_arg = "loss", *key = "top right";
     int logy = 0, script_only = 0;
     long from = 0;
     const char *file[MAXF], *label[MAXF];
@@ -71,6 +72,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-x") && i + 1 < argc) from = atol(argv[++i]);
         else if (!strcmp(a, "--logy")) logy = 1;
         else if (!strcmp(a, "-n")) script_only = 1;
+        else if (!strcmp(a, "-k") && i + 1 < argc) {
+            key = argv[++i];
+            if (!*key || strspn(key, "abcdefghijklmnopqrstuvwxyz ") != strlen(key)) {
+                fprintf(stderr, "plot-loss: -k %s: expected gnuplot key position words (e.g. \"center right\")\n", key);
+                return 1;
+            }
+        }
         else if (!strcmp(a, "-H") && i + 1 < argc) {
             const char *v = argv[++i], *eq = strrchr(v, '='), *colon = strchr(v, ':');
             char *end = NULL;
@@ -161,7 +169,7 @@ int main(int argc, char **argv) {
     fprintf(o, "# written by plot-loss; run: gnuplot %s\n", gp);
     fprintf(o, "set terminal pngcairo size 1000,%d noenhanced font ',10'\nset output ", 320 + 280 * nc);
     gq(o, out);
-    fprintf(o, "\nset datafile separator ','\nset datafile missing ''\nset key top right\nset grid\n");
+    fprintf(o, "\nset datafile separator ','\nset datafile missing ''\nset key %s\nset grid\n", key);
     if (logy) fprintf(o, "set logscale y\n");
     if (from > 0) fprintf(o, "set xrange [%ld:*]\n", from);
     if (nc > 1) fprintf(o, "set multiplot layout %d,1\n", nc);

@@ -107,7 +107,7 @@ read -r f_step f_loss f_acc < <(last_val "$OUT/full/metrics.csv") || die "no val
     printf '  %-22s %8s %10s %12s %12s %8s\n' "LoRA SFT" "$l_step" "$l_loss" "$l_acc" "$(trainable "$OUT/lora.log")" "${WALL[lora]}"
     printf '  %-22s %8s %10s %12s %12s %8s\n' "full fine-tuning" "$f_step" "$f_loss" "$f_acc" "$(trainable "$OUT/full.log")" "${WALL[full]}"
 } | tee "$OUT/summary.txt"
-"$BIN/plot-loss" -o "$OUT/sft-demo.png" -c val_loss,val_acc -t "held-out response (upper-casing fortune lines)" \
+"$BIN/plot-loss" -o "$OUT/sft-demo.png" -c val_loss,val_acc -k "center right" -t "held-out response (upper-casing fortune lines)" \
     -H "val_loss:base model=$b_loss" -H "val_acc:base model=$(awk -v a="$b_acc" 'BEGIN { print a / 100 }')" \
     "LoRA=$OUT/lora/metrics.csv" "full fine-tuning=$OUT/full/metrics.csv" >/dev/null ||
     die "plot-loss could not draw $OUT/sft-demo.png"
