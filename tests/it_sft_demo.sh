@@ -53,6 +53,15 @@ print(f"samples: {len(lines['train'])} train, {len(lines['heldout'])} held-out l
       "ids = BOS + template bytes + upper-cased answer + EOS, mask on answer + EOS")
 PYEOF
 
+# --tokenizer bytes: refused where it does not apply, with one line each
+for bad in "pretrain --tokenizer bytes --input x --output $OUT/x" \
+           "sft --tokenizer bytes --bos-id 300 --template deepseek-v3 --input x --output $OUT/x"; do
+    # shellcheck disable=SC2086
+    if "$BIN/dsv3-prep" $bad >/dev/null 2>"$OUT/bad.err" || ! head -1 "$OUT/bad.err" | grep -q 'bytes\|byte ids'; then
+        echo "FAIL: dsv3-prep $bad: accepted, or no message naming the byte tokenizer: $(head -1 "$OUT/bad.err")"; fail=1
+    fi
+done
+
 b=$(sed -n 's/^  base (demo pretrained) *0 *\([0-9.]*\).*/\1/p' "$OUT/sft/summary.txt")
 for r in "LoRA SFT" "full fine-tuning"; do
     v=$(sed -n "s/^  $r *100 *\([0-9.]*\).*/\1/p" "$OUT/sft/summary.txt")
