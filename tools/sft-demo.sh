@@ -94,18 +94,24 @@ last_val() { # metrics.csv -> "step val_loss val_acc" of the last evaluated step
              END { if (s == "") exit 1; printf "%d %.4f %.2f\n", s, l, 100 * a }' "$1"
 }
 trainable() { sed -n 's/.* parameters (\([0-9]*\) trainable).*/\1/p' "$1"; }
+tok_s() { # metrics.csv -> median tokens/s of the steps (robust to other jobs on the cores)
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "tok_per_s") c = i; next } { print $c }' "$1" | sort -n |
+        awk '{ v[NR] = $1 } END { printf "%.0f\n", NR ? v[int((NR + 1) / 2)] : 0 }'
+}
 read -r b_loss b_acc < <(base_of "$OUT/lora.log") || die "no step-0 validation in $OUT/lora.log"
 read -r f0_loss _ < <(base_of "$OUT/full.log") || die "no step-0 validation in $OUT/full.log"
 [ "$b_loss" = "$f0_loss" ] || die "the two runs start from different base losses ($b_loss, $f0_loss)"
 read -r l_step l_loss l_acc < <(last_val "$OUT/lora/metrics.csv") || die "no validation rows in $OUT/lora/metrics.csv"
 read -r f_step f_loss f_acc < <(last_val "$OUT/full/metrics.csv") || die "no validation rows in $OUT/full/metrics.csv"
 {
-    echo "make sft-demo: held-out response loss (nats/byte over the assistant tokens of the validation batches)" \
-         "and next-token accuracy (argmax = target, teacher-forced)"
-    printf '  %-22s %8s %10s %12s %12s %8s\n' model step "val loss" "accuracy %" trainable "wall s"
-    printf '  %-22s %8s %10s %12s %12s %8s\n' "base (demo pretrained)" 0 "$b_loss" "$b_acc" - -
-    printf '  %-22s %8s %10s %12s %12s %8s\n' "LoRA SFT" "$l_step" "$l_loss" "$l_acc" "$(trainable "$OUT/lora.log")" "${WALL[lora]}"
-    printf '  %-22s %8s %10s %12s %12s %8s\n' "full fine-tuning" "$f_step" "$f_loss" "$f_acc" "$(trainable "$OUT/full.log")" "${WALL[full]}"
+    echo "make sft-demo: held-out response loss (nats/byte over the assistant tokens of the validation batches)," \
+         "next-token accuracy (argmax = target, teacher-forced); tok/s: median over the steps"
+    printf '  %-22s %6s %9s %11s %10s %8s %7s\n' model step "val loss" "accuracy %" trainable "tok/s" "wall s"
+    printf '  %-22s %6s %9s %11s %10s %8s %7s\n' "base (demo pretrained)" 0 "$b_loss" "$b_acc" - - -
+    printf '  %-22s %6s %9s %11s %10s %8s %7s\n' "LoRA SFT" "$l_step" "$l_loss" "$l_acc" "$(trainable "$OUT/lora.log")" \
+        "$(tok_s "$OUT/lora/metrics.csv")" "${WALL[lora]}"
+    printf '  %-22s %6s %9s %11s %10s %8s %7s\n' "full fine-tuning" "$f_step" "$f_loss" "$f_acc" "$(trainable "$OUT/full.log")" \
+        "$(tok_s "$OUT/full/metrics.csv")" "${WALL[full]}"
 } | tee "$OUT/summary.txt"
 "$BIN/plot-loss" -o "$OUT/sft-demo.png" -c val_loss,val_acc -k "center right" -t "held-out response (upper-casing fortune lines)" \
     -H "val_loss:base model=$b_loss" -H "val_acc:base model=$(awk -v a="$b_acc" 'BEGIN { print a / 100 }')" \
