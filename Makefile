@@ -4,6 +4,8 @@
 #                   test virtualenv .venv (pinned Python clients, tools/reference/requirements-test.txt)
 #   make test       deps + build + the whole suite (unit tests + MPI tests)
 #   make demo       deps + build + train input/tiny.cfg on fortunes text
+#   make sft-demo   deps + build + LoRA and full fine-tuning of the demo model on an
+#                   instruction task from fortunes text (runs make demo first if needed)
 #   make bench      benchmarks (numbers for notes, never pass/fail)
 #   make SAN=1 ...  AddressSanitizer + UBSan build (in build-san/, bin-san/)
 #   make CUDA=1     CUDA backend (arrives with its issue)
@@ -60,7 +62,7 @@ TOOLS := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test demo bench clean regression fuzz
+.PHONY: all deps test demo sft-demo bench clean regression fuzz
 all: $(BIN)/dsv3 $(TOOLS) $(TESTS)
 
 # libFuzzer harness of the safetensors reader (tests/it_fuzz_safetensors.sh, a
@@ -127,6 +129,10 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory $(BIN)/dsv3
 	@tools/demo.sh $(BIN)
+
+sft-demo: deps
+	@$(MAKE) --no-print-directory $(BIN)/dsv3 $(BIN)/dsv3-prep $(BIN)/dsv3-verify $(BIN)/plot-loss
+	@tools/sft-demo.sh $(BIN)
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(FUZZ)

@@ -9,7 +9,7 @@
 
 static const char *HEADER =
     "step,loss,lm_loss,mtp_loss,aux_loss,lr,grad_norm,tokens,tok_per_s,val_loss,max_imbalance,skipped,t_step,t_a2a,"
-    "t_reduce\n";
+    "t_reduce,val_acc\n";
 
 /* Keep the header and rows with step <= keep (a resumed run rewrites what follows). */
 static int truncate_rows(const char *path, int64_t keep) {
@@ -93,6 +93,7 @@ static void tb_row(log_ctx *l, const log_row *r) {
     PUT("tokens", (double)r->tokens);
     PUT("tok_per_s", r->tok_per_s);
     if (!isnan(r->val_loss)) PUT("val_loss", r->val_loss);
+    if (!isnan(r->val_acc)) PUT("val_acc", r->val_acc);
     PUT("max_imbalance", r->max_imbalance);
     PUT("skipped", (double)r->skipped);
     PUT("t_step", r->t_step);
@@ -130,6 +131,7 @@ void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show) {
            r->grad_norm, r->tok_per_s, r->t_step > 0 ? 100 * r->t_a2a / r->t_step : 0.0,
            r->t_step > 0 ? 100 * r->t_reduce / r->t_step : 0.0, r->max_imbalance);
     if (!isnan(r->val_loss)) printf(" | val %.4f", r->val_loss);
+    if (!isnan(r->val_acc)) printf(" acc %.1f%%", 100 * r->val_acc);
     if (r->skipped) printf(" | skipped %lld", (long long)r->skipped);
     printf(" | ETA %s\n", eta);
     fflush(stdout);
@@ -141,8 +143,12 @@ void log_step(log_ctx *l, const log_row *r, int64_t total_steps, int show) {
             fprintf(l->csv, ",");
         else
             fprintf(l->csv, "%.9g,", r->val_loss);
-        fprintf(l->csv, "%.4f,%lld,%.4f,%.4f,%.4f\n", r->max_imbalance, (long long)r->skipped, r->t_step, r->t_a2a,
+        fprintf(l->csv, "%.4f,%lld,%.4f,%.4f,%.4f,", r->max_imbalance, (long long)r->skipped, r->t_step, r->t_a2a,
                 r->t_reduce);
+        if (isnan(r->val_acc))
+            fprintf(l->csv, "\n");
+        else
+            fprintf(l->csv, "%.9g\n", r->val_acc);
         fflush(l->csv);
     }
     if (l->tb_on) tb_row(l, r);

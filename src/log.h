@@ -3,7 +3,7 @@
  * TensorBoard event files (tb.h).
  *
  * TensorBoard tags: every metrics.csv column under its header name ("loss",
- * "lm_loss", ..., "t_reduce"; "val_loss" only at evaluated steps), plus
+ * "lm_loss", ..., "t_reduce"; "val_loss" and "val_acc" only at evaluated steps), plus
  * "moe_imbalance/layer_<L>" (max load / mean load of MoE layer L, HF layer
  * number; MTP layers follow the main ones), "memory/allocated_MiB" (per rank:
  * model + optimizer + activations) and "eta_s". */
@@ -29,6 +29,7 @@ typedef struct {
     const double *layer_imbalance; /* [n_moe] max load / mean load of this step */
     double mem_allocated;          /* bytes allocated per rank (model + optimizer) */
     int64_t skipped;               /* steps skipped so far for a non-finite loss or gradient norm */
+    double val_acc;                /* validation next-token accuracy (argmax = target), NAN when not evaluated */
 } log_row;
 
 typedef struct {

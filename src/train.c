@@ -235,28 +235,41 @@ static double bias_update(trainer *t, double *imb, int apply) {
     return worst;
 }
 
-/* Mean validation loss over validation.batches global batches (forward only). */
-static double validate(trainer *t) {
+/* Mean validation loss over validation.batches global batches (forward only), over
+ * the counted targets: with data.format "sft" the assistant tokens only (the loss
+ * mask), so it is the held-out response loss. *acc gets the next-token accuracy over
+ * the same targets: the share whose argmax logit is the target (teacher-forced). */
+static double validate(trainer *t, double *acc) {
     const deck *d = t->d;
-    int T = d->train.seq_len, mb = d->train.micro_batch, n_local = mb * t->p->grad_accum;
+    int T = d->train.seq_len, mb = d->train.micro_batch, n_local = mb * t->p->grad_accum, V = d->model.vocab_size;
     model_sums s;
     memset(&s, 0, sizeof s);
-    int64_t cnt = 0;
+    int64_t cnt[2] = {0, 0}; /* counted targets, argmax hits */
     model_scales sc;
     memset(&sc, 0, sizeof sc);
     for (int b = 0; b < d->validation.batches; b++) {
         load_samples(t, t->valid, b, n_local);
         for (int a = 0; a < t->p->grad_accum; a++) {
-            model_batch bt = {.tokens = t->tok + (size_t)a * mb * T, .targets = t->tgt + (size_t)a * mb * T, .B = mb,
-                              .T = T}; /* evaluation: no dropout */
+            const int32_t *tgt = t->tgt + (size_t)a * mb * T;
+            model_batch bt = {.tokens = t->tok + (size_t)a * mb * T, .targets = tgt, .B = mb, .T = T}; /* no dropout */
             model_step(t->m, &bt, sc, 0, &s);
+            const float *lg = model_logits(t->m); /* [mb*T, V] of this forward */
+            for (int64_t i = 0; i < (int64_t)mb * T; i++) {
+                if (tgt[i] < 0) continue;
+                const float *row = lg + i * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (row[v] > row[best]) best = v;
+                cnt[1] += best == tgt[i];
+            }
         }
-        cnt += model_count_targets(t->tgt, n_local, T, 0);
+        cnt[0] += model_count_targets(t->tgt, n_local, T, 0);
     }
     model_reset_counts(t->m);
     s.lm_sum = comm_sum_double(s.lm_sum, t->p->world);
-    comm_sum_i64(&cnt, 1, t->p->world);
-    return cnt ? s.lm_sum / (double)cnt : NAN;
+    comm_sum_i64(cnt, 2, t->p->world);
+    *acc = cnt[0] ? (double)cnt[1] / (double)cnt[0] : NAN;
+    return cnt[0] ? s.lm_sum / (double)cnt[0] : NAN;
 }
 
 /* Unigram entropy (nats) of the training stream, estimated on rank 0 from the
@@ -427,6 +440,13 @@ int train_run(const deck *d, plan *p) {
         if (!t.bias_shadow) error_one("out of memory for the router-bias shadow");
         for (int i = 0; i < n_moe; i++) model_router_bias_gather(t.m, i, t.bias_shadow + (size_t)i * E);
     }
+    /* A run starting at step 0 validates the initial weights first (the base model's
+     * level in a fine-tuning run), printed only: metrics.csv rows are steps done. */
+    if (t.valid && t.step == 0) {
+        double acc, v = validate(&t, &acc);
+        if (rank == 0) printf("dsv3: validation at step 0 (before training): loss %.4f, next-token accuracy %.2f%%\n", v,
+                              100 * acc);
+    }
     double t_start = now();
     int64_t first_step = t.step;
     while (t.step < d->run.steps) {
@@ -469,8 +489,8 @@ int train_run(const deck *d, plan *p) {
         t.step++;
         t.tokens += G * T;
         data_set_position(t.train, t.step);
-        double val = NAN;
-        if (t.valid && d->validation.every > 0 && t.step % d->validation.every == 0) val = validate(&t);
+        double val = NAN, val_acc = NAN;
+        if (t.valid && d->validation.every > 0 && t.step % d->validation.every == 0) val = validate(&t, &val_acc);
         double dt = now() - t0;
         if (t.step == first_step + 1) mem_alloc = memory_report(&t, rss0);
         a2a = comm_max_double(a2a, p->world);
@@ -478,7 +498,7 @@ int train_run(const deck *d, plan *p) {
         log_row row = {t.step, lm + mtp + bal, lm, mtp, bal, lr, gnorm, t.tokens, (double)(G * T) / dt, val, imb,
                        dt, a2a, t.t_reduce,
                        elapsed / (double)(t.step - first_step) * (double)(d->run.steps - t.step),
-                       n_moe, layer_id, layer_imb, mem_alloc, t.skipped};
+                       n_moe, layer_id, layer_imb, mem_alloc, t.skipped, val_acc};
         int show = d->run.log_every <= 1 || t.step % d->run.log_every == 0 || t.step == d->run.steps;
         log_step(&lg, &row, d->run.steps, show); /* the csv keeps every row */
         if (t.consecutive > d->optimizer.max_skipped_steps) {

@@ -187,7 +187,7 @@ static void test_log_rows(void **st) {
         assert_int_equal(log_open_tb(&l, "tb", err, sizeof err), 0);
         for (int s = pass ? 3 : 1; s <= 4; s++) {
             log_row r = {s, 4.0 - 0.1 * s, 3.0, 0.9, 0.1, 1e-3, 1.0, 1024 * s, 5000, s == 4 ? 2.5 : NAN, 2.5,
-                         0.1, 0.01, 0.02, 1.0, 2, layers, imb, 2.0 * 1048576.0, 0};
+                         0.1, 0.01, 0.02, 1.0, 2, layers, imb, 2.0 * 1048576.0, 0, s == 4 ? 0.75 : NAN};
             log_step(&l, &r, 4, 0);
         }
         log_close(&l);
@@ -215,8 +215,9 @@ static void test_log_rows(void **st) {
             if (!strcmp(e.tag[i], "moe_imbalance/layer_3")) seen |= 2, assert_true(e.val[i] == 2.5f);
             if (!strcmp(e.tag[i], "memory/allocated_MiB")) seen |= 4, assert_true(e.val[i] == 2.0f);
             if (!strcmp(e.tag[i], "t_reduce")) seen |= 8;
+            if (!strcmp(e.tag[i], "val_acc")) seen |= 16, assert_true(e.val[i] == 0.75f);
         }
-        assert_int_equal(seen, 15);
+        assert_int_equal(seen, 31);
         for (int i = 0; i < n; i++) free(rec[i]);
         files++;
     }

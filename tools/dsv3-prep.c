@@ -14,6 +14,11 @@
  *       -> PREFIX.bin/.idx token ids + PREFIX.mask.bin/.idx (uint8, 1 = assistant token
  *       trained on), formatted as DeepSeek-V3's chat template: bos, system prompt,
  *       <｜User｜>content, <｜Assistant｜>content eos.
+ *       --tokenizer bytes: byte-level ids for byte models (input/models/tiny.cfg,
+ *       vocab_size 256, the ids data.format "text" reads): id = byte value, BOS and
+ *       EOS the ids --bos-id / --eos-id (default 0 and 1, tiny.cfg's bos_token_id and
+ *       eos_token_id); a byte vocabulary has no special tokens, so the template's
+ *       role markers <｜User｜> and <｜Assistant｜> are written as their UTF-8 bytes.
  * BOS/EOS come from tokenizer_config.json next to tokenizer.json (bos_token, eos_token).
  */
 #include <errno.h>
@@ -43,7 +48,8 @@ static void usage(FILE *f) {
           "       dsv3-prep pretrain --tokenizer T --input FILE... --output PREFIX [--separator LINE]\n"
           "                          [--threads N] [--on-error stop|skip]\n"
           "       dsv3-prep sft      --tokenizer T --template deepseek-v3 --input data.jsonl --output PREFIX\n"
-          "                          [--max-len N] [--on-error stop|skip]\n",
+          "                          [--max-len N] [--on-error stop|skip]\n"
+          "       dsv3-prep sft      --tokenizer bytes [--bos-id 0] [--eos-id 1] ...   (byte-level models)\n",
           f);
 }
 
@@ -52,12 +58,16 @@ typedef struct {
     const char **inputs;
     int n_inputs;
     int threads, max_len;
+    int bos_id, eos_id;      /* --tokenizer bytes: BOS/EOS ids */
     bool skip_errors;
+    bool bytes;              /* --tokenizer bytes */
 } opts;
 
 static int parse_args(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
     o->max_len = 4096;
+    o->bos_id = -1;
+    o->eos_id = -1;
     o->inputs = calloc((size_t)argc, sizeof *o->inputs);
     if (argc < 2) return -1;
     o->cmd = argv[1];
@@ -70,6 +80,8 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--separator") && has) o->separator = argv[++i];
         else if (!strcmp(a, "--threads") && has) o->threads = atoi(argv[++i]);
         else if (!strcmp(a, "--max-len") && has) o->max_len = atoi(argv[++i]);
+        else if (!strcmp(a, "--bos-id") && has) o->bos_id = atoi(argv[++i]);
+        else if (!strcmp(a, "--eos-id") && has) o->eos_id = atoi(argv[++i]);
         else if (!strcmp(a, "--on-error") && has) {
             const char *v = argv[++i];
             if (!strcmp(v, "skip")) o->skip_errors = true;
@@ -86,6 +98,25 @@ static int parse_args(int argc, char **argv, opts *o) {
         }
     }
     if (!o->tokenizer) { fprintf(stderr, "dsv3-prep %s: --tokenizer is required\n", o->cmd); return -1; }
+    o->bytes = !strcmp(o->tokenizer, "bytes");
+    if (o->bytes && strcmp(o->cmd, "sft") != 0) {
+        fprintf(stderr, "dsv3-prep %s: --tokenizer bytes is for sft only (byte-level pretraining reads the text "
+                "itself: data.format = \"text\")\n", o->cmd);
+        return -1;
+    }
+    if (!o->bytes && (o->bos_id >= 0 || o->eos_id >= 0)) {
+        fprintf(stderr, "dsv3-prep %s: --bos-id / --eos-id go with --tokenizer bytes (a tokenizer.json names its "
+                "own in tokenizer_config.json)\n", o->cmd);
+        return -1;
+    }
+    if (o->bytes) {
+        if (o->bos_id < 0) o->bos_id = 0;
+        if (o->eos_id < 0) o->eos_id = 1;
+        if (o->bos_id > 255 || o->eos_id > 255) {
+            fprintf(stderr, "dsv3-prep sft: --bos-id %d / --eos-id %d must be byte ids 0..255\n", o->bos_id, o->eos_id);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -430,7 +461,7 @@ out:
 /* ---------------- sft ---------------- */
 
 typedef struct {
-    tok_ctx *c;
+    tok_ctx *c;                 /* NULL: byte-level (--tokenizer bytes) */
     int32_t bos, eos, user, assistant;
     tok_ids ids;
     tok_ids mask; /* 0/1 per token (int32 scratch) */
@@ -438,13 +469,24 @@ typedef struct {
 
 static int seg(sft_state *s, const char *text, size_t len, int m) {
     size_t before = s->ids.n;
-    if (tok_encode(s->c, text, len, &s->ids)) return -1;
+    if (!s->c) { /* bytes */
+        for (size_t i = 0; i < len; i++)
+            if (tok_ids_push(&s->ids, (unsigned char)text[i])) return -1;
+    } else if (tok_encode(s->c, text, len, &s->ids))
+        return -1;
     for (size_t i = before; i < s->ids.n; i++)
         if (tok_ids_push(&s->mask, m)) return -1;
     return 0;
 }
 
 static int tok1(sft_state *s, int32_t id, int m) { return tok_ids_push(&s->ids, id) || tok_ids_push(&s->mask, m); }
+
+/* a role marker: the special token, or its UTF-8 bytes for a byte vocabulary (never trained on) */
+static int marker(sft_state *s, int assistant) {
+    if (s->c) return tok1(s, assistant ? s->assistant : s->user, 0);
+    const char *text = assistant ? "<｜Assistant｜>" : "<｜User｜>";
+    return seg(s, text, strlen(text), 0);
+}
 
 static const char *jstrn(json_t *o, const char *k, size_t *n) {
     json_t *v = json_object_get(o, k);
@@ -483,9 +525,9 @@ static const char *sft_render(sft_state *s, json_t *j) {
             const char *role = json_string_value(json_object_get(m, "role"));
             const char *content = jstrn(m, "content", &n);
             if (!strcmp(role, "user")) {
-                if (tok1(s, s->user, 0) || seg(s, content, n, 0)) return "out of memory";
+                if (marker(s, 0) || seg(s, content, n, 0)) return "out of memory";
             } else if (!strcmp(role, "assistant")) {
-                if (tok1(s, s->assistant, 0) || seg(s, content, n, 1) || tok1(s, s->eos, 1)) return "out of memory";
+                if (marker(s, 1) || seg(s, content, n, 1) || tok1(s, s->eos, 1)) return "out of memory";
                 n_asst++;
             }
         }
@@ -496,7 +538,7 @@ static const char *sft_render(sft_state *s, json_t *j) {
     const char *ins = jstrn(j, "instruction", &ni), *inp = jstrn(j, "input", &nin), *out = jstrn(j, "output", &no);
     if (!ins || !out) return "neither \"messages\" nor Alpaca \"instruction\"/\"output\" strings";
     if (json_object_get(j, "input") && !inp) return "\"input\" must be a string";
-    if (tok1(s, s->user, 0)) return "out of memory";
+    if (marker(s, 0)) return "out of memory";
     /* user turn: instruction, then the input after a blank line (one string, one encode) */
     size_t ul = ni + (inp && nin ? 2 + nin : 0);
     char *u = malloc(ul + 1);
@@ -504,7 +546,7 @@ static const char *sft_render(sft_state *s, json_t *j) {
     if (inp && nin) { memcpy(u + ni, "\n\n", 2); memcpy(u + ni + 2, inp, nin); }
     int e = seg(s, u, ul, 0);
     free(u);
-    if (e || tok1(s, s->assistant, 0) || seg(s, out, no, 1) || tok1(s, s->eos, 1)) return "out of memory";
+    if (e || marker(s, 1) || seg(s, out, no, 1) || tok1(s, s->eos, 1)) return "out of memory";
     return NULL;
 }
 
@@ -517,18 +559,23 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
     }
     if (o->max_len < 2) { fprintf(stderr, "dsv3-prep sft: --max-len %d must be >= 2\n", o->max_len); return 2; }
     sft_state s = {0};
-    if (special_id(t, o->tokenizer, "bos_token", &s.bos) || special_id(t, o->tokenizer, "eos_token", &s.eos)) return 1;
-    s.user = tok_id(t, "<｜User｜>");
-    s.assistant = tok_id(t, "<｜Assistant｜>");
-    if (s.user < 0 || s.assistant < 0) {
-        fprintf(stderr, "dsv3-prep sft: %s: the tokenizer lacks <｜User｜> / <｜Assistant｜> (not a DeepSeek-V3 tokenizer)\n",
-                o->tokenizer);
-        return 1;
+    if (o->bytes) {
+        s.bos = o->bos_id;
+        s.eos = o->eos_id;
+    } else {
+        if (special_id(t, o->tokenizer, "bos_token", &s.bos) || special_id(t, o->tokenizer, "eos_token", &s.eos)) return 1;
+        s.user = tok_id(t, "<｜User｜>");
+        s.assistant = tok_id(t, "<｜Assistant｜>");
+        if (s.user < 0 || s.assistant < 0) {
+            fprintf(stderr, "dsv3-prep sft: %s: the tokenizer lacks <｜User｜> / <｜Assistant｜> (not a DeepSeek-V3 tokenizer)\n",
+                    o->tokenizer);
+            return 1;
+        }
+        s.c = tok_ctx_new(t);
     }
-    s.c = tok_ctx_new(t);
     FILE *in = fopen(o->inputs[0], "rb");
     if (!in) { fprintf(stderr, "dsv3-prep sft: %s: cannot open: %s\n", o->inputs[0], strerror(errno)); return 1; }
-    int dtype = tok_vocab_size(t) > 65535 ? 4 : 8;
+    int dtype = !o->bytes && tok_vocab_size(t) > 65535 ? 4 : 8;
     char err[512], mp[4096];
     snprintf(mp, sizeof mp, "%s.mask", o->output);
     data_mmidx_writer *w = NULL, *wm = NULL;
@@ -617,8 +664,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     char err[1024];
-    tok_tokenizer *t;
-    if (tok_load(&t, o.tokenizer, err, sizeof err)) { fprintf(stderr, "dsv3-prep: %s\n", err); return 1; }
+    tok_tokenizer *t = NULL;
+    if (!o.bytes && tok_load(&t, o.tokenizer, err, sizeof err)) { fprintf(stderr, "dsv3-prep: %s\n", err); return 1; }
     int rc;
     if (!strcmp(o.cmd, "encode")) rc = cmd_encode(&o, t, false);
     else if (!strcmp(o.cmd, "decode")) rc = cmd_encode(&o, t, true);

@@ -1,11 +1,16 @@
 /* plot-loss — one or more metrics.csv files to a PNG, through gnuplot.
  *
- *   bin/plot-loss [-o out.png] [-c col[,col...]] [-t title] [-x from] [--logy] [-n] [label=]metrics.csv ...
+ *   bin/plot-loss [-o out.png] [-c col[,col...]] [-t title] [-x from] [--logy] [-n]
+ *                 [-H [col:]label=value ...] [-k key_position] [label=]metrics.csv ...
  *
  * Plots each column (default "loss") against "step" for every file; a file's
  * legend is its label (default: the file's directory name). The first file is
  * drawn as a line, the others as lines with points, so a run over a golden
- * curve reads well. Writes the gnuplot script next to the PNG (<out>.gp) and
+ * curve reads well. Columns with values only at some steps (val_loss) are drawn
+ * through the steps that have one. -H draws a dashed horizontal reference line
+ * (a baseline: the model before fine-tuning) in the panel of `col`, or in every
+ * panel without `col:`. -k places the legend (gnuplot words: "center right",
+ * "bottom left", "outside", ...; default "top right"). Writes the gnuplot script next to the PNG (<out>.gp) and
  * runs gnuplot on it; -n writes the script only. Exit 0, or 1 with a message. */
 #include <errno.h>
 #include <stdio.h>
@@ -13,11 +18,11 @@
 #include <string.h>
 #include <sys/wait.h>
 
-enum { MAXF = 16, MAXC = 8 };
+enum { MAXF = 16, MAXC = 8, MAXH = 8 };
 
 static int usage(void) {
     fprintf(stderr, "usage: plot-loss [-o out.png] [-c col[,col...]] [-t title] [-x from_step] [--logy] [-n] "
-                    "[label=]metrics.csv ...\n");
+                    "[-H [col:]label=value ...] [-k key_position] [label=]metrics.csv ...\n");
     return 1;
 }
 
@@ -51,12 +56,14 @@ static void gq(FILE *o, const char *s) {
 }
 
 int main(int argc, char **argv) {
-    const char *out = "loss.png", *title = "", *cols_arg = "loss";
+    const char *out = "loss.png", *title = "", *cols_arg = "loss", *key = "top right";
     int logy = 0, script_only = 0;
     long from = 0;
     const char *file[MAXF], *label[MAXF];
     char labbuf[MAXF][256];
     int nf = 0;
+    struct { char col[64], label[256]; double y; } hl[MAXH]; /* -H reference lines */
+    int nh = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-o") && i + 1 < argc) out = argv[++i];
@@ -65,6 +72,32 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-x") && i + 1 < argc) from = atol(argv[++i]);
         else if (!strcmp(a, "--logy")) logy = 1;
         else if (!strcmp(a, "-n")) script_only = 1;
+        else if (!strcmp(a, "-k") && i + 1 < argc) {
+            key = argv[++i];
+            if (!*key || strspn(key, "abcdefghijklmnopqrstuvwxyz ") != strlen(key)) {
+                fprintf(stderr, "plot-loss: -k %s: expected gnuplot key position words (e.g. \"center right\")\n", key);
+                return 1;
+            }
+        }
+        else if (!strcmp(a, "-H") && i + 1 < argc) {
+            const char *v = argv[++i], *eq = strrchr(v, '='), *colon = strchr(v, ':');
+            char *end = NULL;
+            if (nh == MAXH) {
+                fprintf(stderr, "plot-loss: at most %d -H lines\n", MAXH);
+                return 1;
+            }
+            if (colon && eq && colon > eq) colon = NULL;
+            double y = eq ? strtod(eq + 1, &end) : 0;
+            if (!eq || eq == v || end == eq + 1 || *end) {
+                fprintf(stderr, "plot-loss: -H %s: expected [col:]label=value with a number as value\n", v);
+                return 1;
+            }
+            const char *lab = colon ? colon + 1 : v;
+            snprintf(hl[nh].col, sizeof hl[nh].col, "%.*s", colon ? (int)(colon - v) : 0, v);
+            snprintf(hl[nh].label, sizeof hl[nh].label, "%.*s", (int)(eq - lab), lab);
+            hl[nh].y = y;
+            nh++;
+        }
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage() - 1;
         else if (a[0] == '-') return usage();
         else {
@@ -97,6 +130,14 @@ int main(int argc, char **argv) {
     int nc = 0;
     for (char *save = NULL, *t = strtok_r(colbuf, ",", &save); t && nc < MAXC; t = strtok_r(NULL, ",", &save))
         cols[nc++] = t;
+    for (int h = 0; h < nh; h++) {
+        int found = !hl[h].col[0];
+        for (int c = 0; c < nc; c++) found |= !strcmp(hl[h].col, cols[c]);
+        if (!found) {
+            fprintf(stderr, "plot-loss: -H %s:...: \"%s\" is not one of the plotted columns (-c)\n", hl[h].col, hl[h].col);
+            return 1;
+        }
+    }
     int ci[MAXF][MAXC], si[MAXF];
     for (int f = 0; f < nf; f++) {
         int rows = 0;
@@ -128,7 +169,7 @@ int main(int argc, char **argv) {
     fprintf(o, "# written by plot-loss; run: gnuplot %s\n", gp);
     fprintf(o, "set terminal pngcairo size 1000,%d noenhanced font ',10'\nset output ", 320 + 280 * nc);
     gq(o, out);
-    fprintf(o, "\nset datafile separator ','\nset datafile missing ''\nset key top right\nset grid\n");
+    fprintf(o, "\nset datafile separator ','\nset datafile missing ''\nset key %s\nset grid\n", key);
     if (logy) fprintf(o, "set logscale y\n");
     if (from > 0) fprintf(o, "set xrange [%ld:*]\n", from);
     if (nc > 1) fprintf(o, "set multiplot layout %d,1\n", nc);
@@ -149,6 +190,11 @@ int main(int argc, char **argv) {
             fprintf(o, " every ::1 using %d:%d with %s lw %d title ", si[f], ci[f][c], f ? "linespoints pt 7 ps 0.6" : "lines",
                     f ? 1 : 3);
             gq(o, label[f]);
+        }
+        for (int h = 0; h < nh; h++) {
+            if (hl[h].col[0] && strcmp(hl[h].col, cols[c])) continue;
+            fprintf(o, ", \\\n     %.9g with lines dt 2 lw 2 lc 'black' title ", hl[h].y);
+            gq(o, hl[h].label);
         }
         fprintf(o, "\n");
     }
