@@ -87,6 +87,28 @@ void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
 double model_comm_seconds(const model *m);
 
+/* ---- Generation (dsv3-spec §3: absorbed MLA over the latent cache, mla_decode.h) ----
+ * The cache holds, per layer, sequence and position, the W = kv_lora_rank +
+ * qk_rope_head_dim values [c | k_pe]: model_kv_floats_per_token() floats per
+ * token in all. B sequences of up to T positions (T <= model_opts.seq_len: the
+ * RoPE table); n_max = the most new tokens per sequence one model_decode takes
+ * (sizes its scratch). 0, or -1 with err set. */
+typedef struct model_kv model_kv;
+int model_kv_create(model_kv **kv, const model *m, int B, int T, int n_max, char *err, int errlen);
+void model_kv_free(model_kv *kv);
+size_t model_kv_floats_per_token(const model *m);
+/* Runs n new tokens (tokens [B, n]) of the cache's sequences seq0..seq0+B-1,
+ * sequence b's at positions pos[b]..pos[b]+n-1 (host array), appending their
+ * latents to the cache; the main head's logits land in model_logits(): [B*n, V]
+ * (all_logits) or [B, V] for each sequence's last token. model_reshape(m, B, n)
+ * first. Collective over the expert-parallel group (MoE). Allocates nothing. */
+void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B, int n, const int *pos,
+                  int all_logits);
+/* Folds every LoRA pair into its base weight, W += (alpha/r)·B·A, and drops the
+ * adapters from the forward (generation of an adapted model; the absorbed
+ * attention needs a plain kv_b_proj). Below ZeRO-3 only. 0, or -1 with err. */
+int model_merge_lora(model *m, char *err, int errlen);
+
 /* FLOPs and activation bytes of a config: cost.h. */
 
 #endif
