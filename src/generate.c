@@ -81,8 +81,8 @@ int gen_run(model *m, const deck_model *cfg, comm_t c, const int32_t *const *pro
             return -1;
         }
         if (lens[b] >= ctxlen) {
-            snprintf(err, errlen, "prompt %lld has %d tokens: longer than the model's context leaves room for "
-                     "(model.max_position_embeddings = %d)", (long long)(first + b), lens[b], ctxlen);
+            snprintf(err, errlen, "prompt %lld has %d tokens: it leaves no room in the model's context of %d "
+                     "(model.max_position_embeddings)", (long long)(first + b), lens[b], ctxlen);
             return -1;
         }
         maxlen = lens[b] > maxlen ? lens[b] : maxlen;

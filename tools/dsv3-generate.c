@@ -403,8 +403,6 @@ int main(int argc, char **argv) {
     if (tokpath) {
         snprintf(io.path, sizeof io.path, "%s", tokpath);
         if (tok_load(&io.t, tokpath, err, sizeof err)) die("%s", err);
-        if (tok_vocab_size(io.t) > V)
-            die("tokenizer %s has %d ids, the checkpoint's model.vocab_size is %d", tokpath, tok_vocab_size(io.t), V);
         io.have_chat = chat_open(&io.chat, io.t, tokpath, err, sizeof err) == 0;
         if (!io.have_chat) {
             io.chat.c = tok_ctx_new(io.t);
@@ -439,8 +437,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < ps.n; k++) {
         if (ps.p[k].n == 0) die("prompt %d is empty", k);
         if (ps.p[k].n >= mc->max_position_embeddings)
-            die("prompt %d has %d tokens: longer than the model's context (model.max_position_embeddings = %d) "
-                "leaves room for", k, ps.p[k].n, mc->max_position_embeddings);
+            die("prompt %d has %d tokens: it leaves no room in the model's context of %d "
+                "(model.max_position_embeddings)", k, ps.p[k].n, mc->max_position_embeddings);
         for (int i = 0; i < ps.p[k].n; i++)
             if (ps.p[k].ids[i] < 0 || ps.p[k].ids[i] >= V)
                 die("prompt %d: token id %d outside the model's vocabulary [0, %d)", k, ps.p[k].ids[i], V);

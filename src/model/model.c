@@ -114,8 +114,8 @@ struct model {
 struct model_kv {
     int B, T, W, L;                   /* sequences, positions, floats per row, layers */
     float *buf;                       /* [L, B, T, W] */
-    ops_arena scratch;                /* mla_decode's temporaries for up to n_max new tokens */
-    int n_max;
+    ops_arena scratch;                /* mla_decode's temporaries for up to max_rows new tokens per call */
+    int max_rows;
 };
 
 /* ---------- binding tensors by HF name ---------- */
@@ -594,7 +594,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
 
 /* ---------- generation: the latent cache and one decode pass ---------- */
 
-int model_kv_create(model_kv **out, const model *m, int B, int T, int n_max, char *err, int errlen) {
+int model_kv_create(model_kv **out, const model *m, int B, int T, int max_rows, char *err, int errlen) {
     const deck_model *c = m->cfg;
     *out = NULL;
     if (T > m->rope.T) {
@@ -607,10 +607,10 @@ int model_kv_create(model_kv **out, const model *m, int B, int T, int n_max, cha
         snprintf(err, errlen, "out of memory for the KV cache");
         return -1;
     }
-    kv->B = B, kv->T = T, kv->W = mla_decode_row(c), kv->L = c->num_hidden_layers, kv->n_max = n_max;
+    kv->B = B, kv->T = T, kv->W = mla_decode_row(c), kv->L = c->num_hidden_layers, kv->max_rows = max_rows;
     size_t floats = (size_t)kv->L * B * T * kv->W;
     kv->buf = ops_alloc(floats * sizeof(float));
-    if (!kv->buf || ops_arena_create(&kv->scratch, mla_decode_scratch_floats(c, n_max))) {
+    if (!kv->buf || ops_arena_create(&kv->scratch, mla_decode_scratch_floats(c, max_rows))) {
         snprintf(err, errlen, "out of memory for the latent KV cache (%.1f MiB)", floats * 4.0 / 1048576.0);
         model_kv_free(kv);
         return -1;
@@ -654,9 +654,9 @@ void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size, V = c->vocab_size;
     DSV3_CHECK(m->N == B * n && m->B == B, "model_decode: %d x %d tokens, activations laid out for %dx%d "
                "(model_reshape first)", B, n, m->B, m->T);
-    DSV3_CHECK(seq0 >= 0 && seq0 + B <= kv->B && n <= kv->n_max,
-               "model_decode: sequences %d..%d, %d tokens: the cache holds %d sequences, %d tokens per call", seq0,
-               seq0 + B - 1, n, kv->B, kv->n_max);
+    DSV3_CHECK(seq0 >= 0 && seq0 + B <= kv->B && B * n <= kv->max_rows,
+               "model_decode: sequences %d..%d, %d tokens each: the cache holds %d sequences, %d tokens per call", seq0,
+               seq0 + B - 1, n, kv->B, kv->max_rows);
     int N = m->N, G = L + D + 1;
     float *x = m->x_final; /* residual stream */
     open_params(m, 0);
@@ -701,6 +701,9 @@ int model_merge_lora(model *m, char *err, int errlen) {
             l->r = 0, l->A = l->B = l->gA = l->gB = NULL;
         }
     }
+    /* the activation layout (cost.c) follows model_opts.lora: no adapter caches any more */
+    static const deck_lora none;
+    m->o.lora = &none;
     m->lora_merged = 1;
     return 0;
 }

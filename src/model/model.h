@@ -91,10 +91,10 @@ double model_comm_seconds(const model *m);
  * The cache holds, per layer, sequence and position, the W = kv_lora_rank +
  * qk_rope_head_dim values [c | k_pe]: model_kv_floats_per_token() floats per
  * token in all. B sequences of up to T positions (T <= model_opts.seq_len: the
- * RoPE table); n_max = the most new tokens per sequence one model_decode takes
- * (sizes its scratch). 0, or -1 with err set. */
+ * RoPE table); max_rows = the most tokens (B·n, all sequences) one model_decode
+ * takes (sizes its scratch). 0, or -1 with err set. */
 typedef struct model_kv model_kv;
-int model_kv_create(model_kv **kv, const model *m, int B, int T, int n_max, char *err, int errlen);
+int model_kv_create(model_kv **kv, const model *m, int B, int T, int max_rows, char *err, int errlen);
 void model_kv_free(model_kv *kv);
 size_t model_kv_floats_per_token(const model *m);
 /* Runs n new tokens (tokens [B, n]) of the cache's sequences seq0..seq0+B-1,
