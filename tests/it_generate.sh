@@ -7,6 +7,8 @@
 #     another seed gives other ids; top-k 1 is greedy
 #   - a trained byte-level toy (input/tiny.cfg): text prompts in, text out; its LoRA run saved
 #     adapters only: base (run.init_from) + adapters merged, not the base's continuation
+#   - run.mode = "eval" on the toy's checkpoint: the validation loss its training run logged, at
+#     np 1, np 2 with EP 2 and np 2 with EP 1 (data parallel)
 #   - bad input, one line and a non-zero exit each: a prompt longer than the context, an
 #     unknown chat role (needs the DeepSeek-V3 tokenizer of ../shared), a base checkpoint
 #     whose config does not match the adapters'
@@ -52,8 +54,9 @@ grep -q '"logprobs":\[-' "$OUT/g.jsonl" && ok "JSON lines carry per-token log-pr
     bad "no logprobs in the JSON output"
 
 echo "== a trained byte-level toy; LoRA adapters on its base"
-TOY=(input/tiny.cfg run.steps=30 schedule.warmup_steps=0 run.log_every=30 checkpoint.every=30)
-mpirun -np 2 "$BIN/dsv3" "${TOY[@]}" parallel.expert_parallel=2 run.output_dir="$OUT/toy" >"$OUT/toy.log" 2>&1 ||
+TOY=(input/tiny.cfg run.steps=30 schedule.warmup_steps=0 run.log_every=30 checkpoint.every=30 validation.batches=2
+     'validation.valid=({ path = "/usr/share/games/fortunes/wisdom"; weight = 1.0; })')
+mpirun -np 2 "$BIN/dsv3" "${TOY[@]}" validation.every=30 parallel.expert_parallel=2 run.output_dir="$OUT/toy" >"$OUT/toy.log" 2>&1 ||
     { bad "toy training"; tail -3 "$OUT/toy.log"; }
 BASE=$OUT/toy/checkpoints/step_00000030.h5
 mpirun -np 1 "$BIN/dsv3" "${TOY[@]}" run.steps=10 checkpoint.every=10 run.output_dir="$OUT/lora" run.mode=finetune \
@@ -69,6 +72,21 @@ if mpirun -np 1 "$G" --prompt "The " --max-new-tokens 40 --json "$OUT/ad.jsonl" 
     cmp -s <(ids_of "$OUT/ad.jsonl") <(ids_of "$OUT/b.jsonl") && bad "base + adapters continue exactly as the base alone" ||
         ok "adapters-only checkpoint on its run.init_from base, LoRA merged: a continuation other than the base's"
 else bad "generation from base + adapters"; cat "$OUT/ad.err"; fi
+
+echo "== run.mode = \"eval\": the training loop's validation of a checkpoint"
+logged=$(tail -n 1 "$OUT/toy/metrics.csv" | cut -d, -f10)
+for lay in "1 1" "2 2" "2 1"; do
+    set -- $lay
+    mpirun -np $1 "$BIN/dsv3" "${TOY[@]}" run.mode=eval run.init_from="$BASE" parallel.expert_parallel=$2 \
+        run.output_dir="$OUT/eval-not-created" >"$OUT/eval.log" 2>&1 || { bad "eval np $1 EP $2"; tail -3 "$OUT/eval.log"; continue; }
+    got=$(sed -n 's/.*validation loss \([0-9.]*\),.*/\1/p' "$OUT/eval.log")
+    if [ -n "$got" ] && awk -v a="$got" -v b="$logged" 'BEGIN { d = a - b; exit !(d < 1e-6 && d > -1e-6) }'; then
+        ok "np $1 EP $2: $(grep -o 'validation loss.*' "$OUT/eval.log" | cut -c1-60) = the run's logged val_loss $logged"
+    else bad "np $1 EP $2: eval loss '$got', the run logged $logged"; cat "$OUT/eval.log"; fi
+done
+[ -e "$OUT/eval-not-created" ] && bad "eval created run.output_dir" || ok "eval wrote nothing (no run.output_dir)"
+"$BIN/dsv3" "${TOY[@]}" run.mode=eval >"$OUT/eval-bad.log" 2>&1 && bad "eval without a checkpoint ran" ||
+    ok "eval without a checkpoint: $(cat "$OUT/eval-bad.log")"
 
 echo "== bad input: one line, non-zero exit"
 one_line() { # name, command...
