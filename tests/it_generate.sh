@@ -30,6 +30,15 @@ for np in 1 2; do
     else bad "np $np against transformers"; cat "$OUT/ref$np.log"; fi
 done
 grep -o 'decode .*bytes/token' "$OUT/ref1.log" | sed 's/^/      /'
+TPY=${DSV3_TORCH_PYTHON:-python3}
+if "$TPY" -c "import torch, transformers" 2>/dev/null; then # optional: transformers here, the fixture made afresh
+    if "$TPY" tools/reference/make_generate_fixture.py -o "$OUT/fresh.safetensors" >"$OUT/fresh.log" 2>&1 &&
+       "$G" -q --reference "$OUT/fresh.safetensors" "$OUT/tiny.h5" >"$OUT/fresh-ref.log" 2>&1; then
+        ok "fixture regenerated with $TPY's transformers: $(grep -o 'equal token.*PASS' "$OUT/fresh-ref.log")"
+    else bad "against a freshly generated fixture"; tail -3 "$OUT/fresh.log" "$OUT/fresh-ref.log"; fi
+else
+    echo "note  no torch/transformers in $TPY (DSV3_TORCH_PYTHON): the committed fixture was checked, not regenerated"
+fi
 
 echo "== sampling: seeded, the same at np 1 and np 2"
 printf '[5, 6, 7, 8, 9]\n{"ids": [100, 20, 30]}\n[200, 201, 202, 203, 204, 205, 206, 207, 208, 209, 210]\n' >"$OUT/p.jsonl"
