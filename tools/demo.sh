@@ -14,6 +14,6 @@ echo "make demo: mpirun -np $NP $BIN/dsv3 input/tiny.cfg parallel.expert_paralle
 mpirun -np "$NP" "$BIN/dsv3" input/tiny.cfg parallel.expert_parallel="$NP" ${DEMO_ARGS:-}
 echo "make demo: loss curve in runs/tiny/metrics.csv"
 CK=runs/tiny/checkpoints/$(cat runs/tiny/checkpoints/latest)
-echo "make demo: greedy continuations of the trained model: mpirun -np $NP $BIN/dsv3-generate $CK (byte-level text)"
-mpirun -np "$NP" "$BIN/dsv3-generate" --max-new-tokens 96 --prompt "The " --prompt "A man " --prompt "Q: What is " \
+echo "make demo: greedy continuations of the trained model (within its 64-byte training window): mpirun -np $NP $BIN/dsv3-generate $CK"
+mpirun -np "$NP" "$BIN/dsv3-generate" --max-new-tokens 52 --prompt "The " --prompt "A man " --prompt "Q: What is " \
     --prompt "Love is " "$CK"
