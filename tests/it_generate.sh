@@ -9,6 +9,8 @@
 #     adapters only: base (run.init_from) + adapters merged, not the base's continuation
 #   - run.mode = "eval" on the toy's checkpoint: the validation loss its training run logged, at
 #     np 1, np 2 with EP 2 and np 2 with EP 1 (data parallel)
+#   - the DeepSeek-V3 tokenizer (../shared, else skipped): chat messages give exactly the chat
+#     template's rendering plus the generation prompt; text prompts get bos
 #   - bad input, one line and a non-zero exit each: a prompt longer than the context, an
 #     unknown chat role (needs the DeepSeek-V3 tokenizer of ../shared), a base checkpoint
 #     whose config does not match the adapters'
@@ -62,6 +64,12 @@ cmp -s <(ids_of "$OUT/k1.jsonl") <(ids_of "$OUT/g.jsonl") && ok "top-k 1 at temp
 grep -q '"logprobs":\[-' "$OUT/g.jsonl" && ok "JSON lines carry per-token log-probabilities: $(head -c 150 "$OUT/g.jsonl")..." ||
     bad "no logprobs in the JSON output"
 
+yes 9 | head -n 1020 | paste -sd, | sed 's/^/[/; s/$/]/' >"$OUT/edge.jsonl"
+if "$G" --ids "$OUT/edge.jsonl" --max-new-tokens 10 --no-eos -q --json "$OUT/edge.out" "$OUT/tiny.h5" 2>"$OUT/edge.err" &&
+   grep -q '"stop":"context"' "$OUT/edge.out" && [ "$(ids_of "$OUT/edge.out" | tr -cd , | wc -c)" = 4 ]; then
+    ok "a 1020-token prompt stops at the 1024-position context after 5 new tokens (stop \"context\")"
+else bad "context end"; cat "$OUT/edge.err"; ids_of "$OUT/edge.out"; fi
+
 echo "== a trained byte-level toy; LoRA adapters on its base"
 TOY=(input/tiny.cfg run.steps=30 schedule.warmup_steps=0 run.log_every=30 checkpoint.every=30 validation.batches=2
      'validation.valid=({ path = "/usr/share/games/fortunes/wisdom"; weight = 1.0; })')
@@ -97,6 +105,30 @@ done
 "$BIN/dsv3" "${TOY[@]}" run.mode=eval >"$OUT/eval-bad.log" 2>&1 && bad "eval without a checkpoint ran" ||
     ok "eval without a checkpoint: $(cat "$OUT/eval-bad.log")"
 
+echo "== DeepSeek-V3 tokenizer: chat template with the generation prompt, text prompts with bos"
+for c in ${DSV3_SHARED:-} ../shared /work/shared; do [ -r "$c/data/tokenizer-deepseek-v3/tokenizer.json" ] && TD=$c/data/tokenizer-deepseek-v3 && break; done
+if [ -n "${TD:-}" ]; then
+    # a one-step model with the tokenizer's vocabulary (the weights do not matter here)
+    mpirun -np 1 "$BIN/dsv3" input/tiny.cfg run.steps=1 checkpoint.every=1 model.vocab_size=129280 model.hidden_size=16 \
+        train.global_batch=2 train.micro_batch=2 schedule.warmup_steps=0 run.output_dir="$OUT/v3vocab" >"$OUT/v3.log" 2>&1 ||
+        { bad "a model with the DeepSeek-V3 vocabulary"; tail -3 "$OUT/v3.log"; }
+    V3=$OUT/v3vocab/checkpoints/step_00000001.h5
+    echo '{"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "深度求索是什么？"}]}' >"$OUT/chat-ok.jsonl"
+    # what the template renders, as one string: its special tokens split out by the tokenizer
+    echo '{"text": "<｜begin▁of▁sentence｜>You are terse.<｜User｜>2+2?<｜Assistant｜>4<｜end▁of▁sentence｜><｜User｜>深度求索是什么？<｜Assistant｜>"}' |
+        "$BIN/dsv3-prep" encode --tokenizer "$TD/tokenizer.json" | tr -d ' ' | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/' >"$OUT/chat-want"
+    echo '{"text": "<｜begin▁of▁sentence｜>Hello, world"}' | "$BIN/dsv3-prep" encode --tokenizer "$TD/tokenizer.json" |
+        tr -d ' ' | sed 's/.*"ids":\(\[[^]]*\]\).*/\1/' >>"$OUT/chat-want"
+    if mpirun -np 2 "$G" --chat "$OUT/chat-ok.jsonl" --tokenizer "$TD/tokenizer.json" --max-new-tokens 3 -q --json "$OUT/chat.out" "$V3" 2>"$OUT/chat.err" &&
+       mpirun -np 1 "$G" --prompt "Hello, world" --tokenizer "$TD/tokenizer.json" --max-new-tokens 3 -q --json - "$V3" >>"$OUT/chat.out" 2>>"$OUT/chat.err" &&
+       cmp -s "$OUT/chat-want" <(grep -o '"prompt_ids":\[[^]]*\]' "$OUT/chat.out" | sed 's/"prompt_ids"://') &&
+       [ "$(grep -c '"text":' "$OUT/chat.out")" = 2 ]; then
+        ok "chat prompt = the template's rendering with <｜Assistant｜> appended ($(head -n1 "$OUT/chat-want" | tr ',' '\n' | wc -l) ids); text prompts get bos; decoded text out"
+    else bad "chat/text prompts through the tokenizer"; cat "$OUT/chat.err" "$OUT/chat-want"; grep -o '"prompt_ids":\[[^]]*\]' "$OUT/chat.out"; fi
+else
+    echo "skip  chat and tokenizer prompts: the DeepSeek-V3 tokenizer (../shared/data/tokenizer-deepseek-v3) is absent"
+fi
+
 echo "== bad input: one line, non-zero exit"
 one_line() { # name, command...
     local name=$1; shift
@@ -110,7 +142,6 @@ yes 7 | head -n 1100 | paste -sd, | sed 's/^/[/; s/$/]/' >"$OUT/long.jsonl"
 one_line "prompt longer than the context" "$G" --ids "$OUT/long.jsonl" "$OUT/tiny.h5"
 one_line "base checkpoint of another model" "$G" --prompt "The " --base "$OUT/tiny.h5" "$AD"
 one_line "token id outside the vocabulary" "$G" --ids <(echo '[1, 2, 999]') "$OUT/tiny.h5"
-for c in ../shared /work/shared ${DSV3_SHARED:-}; do [ -r "$c/data/tokenizer-deepseek-v3/tokenizer.json" ] && TD=$c/data/tokenizer-deepseek-v3; done
 if [ -n "${TD:-}" ]; then
     echo '{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}' >"$OUT/chat.jsonl"
     one_line "unknown chat role" "$G" --chat "$OUT/chat.jsonl" --tokenizer "$TD/tokenizer.json" "$OUT/tiny.h5"

@@ -60,7 +60,8 @@ static const char USAGE[] =
     "  --seed S               (default 0)      --batch N        prompts decoded together (default 8)\n"
     "  --no-eos               do not stop at the model's eos_token_id\n"
     "output:\n"
-    "  --json FILE            JSON lines per prompt: index, prompt_tokens, ids, logprobs, text, stop ('-': stdout)\n"
+    "  --json FILE            JSON lines per prompt: index, prompt_tokens, prompt_ids, ids, logprobs, text, stop\n"
+    "                         (eos, length, context); '-': stdout\n"
     "  -q                     no continuations on stdout (the summary line stays on stderr)\n";
 
 static int rank0 = 1;
@@ -504,13 +505,15 @@ int main(int argc, char **argv) {
                 }
             }
             if (js) {
-                json_t *o = json_object(), *ids = json_array(), *lp = json_array();
+                json_t *o = json_object(), *ids = json_array(), *lp = json_array(), *pids = json_array();
+                for (int i = 0; i < pr->n; i++) json_array_append_new(pids, json_integer(pr->ids[i]));
                 for (int i = 0; i < out[b].n; i++) {
                     json_array_append_new(ids, json_integer(out[b].ids[i]));
                     json_array_append_new(lp, json_real(out[b].logprobs[i]));
                 }
                 json_object_set_new(o, "index", json_integer(k0 + b));
                 json_object_set_new(o, "prompt_tokens", json_integer(pr->n));
+                json_object_set_new(o, "prompt_ids", pids);
                 json_object_set_new(o, "ids", ids);
                 json_object_set_new(o, "logprobs", lp);
                 if (txt) json_object_set_new(o, "text", json_string(txt));
