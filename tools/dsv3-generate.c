@@ -452,6 +452,7 @@ int main(int argc, char **argv) {
     model_opts mo = deck_model_opts(&d);
     mo.seq_len = mc->max_position_embeddings; /* RoPE table for the whole context */
     mo.micro_batch = 0;                       /* activations laid out per call (model_reshape) */
+    mo.checkpointing = 1;                     /* no backward: the blocks share one slot of component caches */
     model *m;
     if (model_create(&m, &mo, &p, err, sizeof err)) die("%s", err);
     ckpt_state st;
