@@ -58,28 +58,33 @@ if python3 -c "import torch, transformers" 2>/dev/null; then
 else
   echo "torch: SKIP (pip install torch transformers to compare)"
 fi
-echo "== generation: decode tokens/s, dsv3-generate vs transformers generate (tests/fixtures/hf/fp32, greedy, batch 1) =="
+echo "== generation: decode tokens/s, dsv3-generate vs transformers generate (greedy, batch 1, prompt 64, same threads) =="
 GNEW=${BENCH_GEN_TOKENS:-128}
-mkdir -p "$OUT"
-$BIN/dsv3-import -q tests/fixtures/hf/fp32 "$OUT/gen.h5" >/dev/null || exit 1
-seq 2 65 | paste -sd, | sed 's/^/[/; s/$/]/' >"$OUT/gen-prompt.json"
-for th in 1 2; do
-  G=$(for r in $(seq 1 "$REPS"); do
-        OMP_NUM_THREADS=$th $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens "$GNEW" "$OUT/gen.h5" 2>&1 |
-          sed -n 's/.*= \([0-9.]*\) tokens\/s.*/\1/p'
-      done | best)
-  eval "GEN$th=$G"
-  echo "dsv3-generate: $G tok/s decode (batch 1, prompt 64, $GNEW new tokens, $th thread$([ $th = 1 ] || echo s), fp32, latent cache)"
-done
-OMP_NUM_THREADS=1 $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens 2 "$OUT/gen.h5" 2>&1 | grep -o 'latent cache.*'
 TPY=${DSV3_TORCH_PYTHON:-python3}
-if "$TPY" -c "import torch, transformers" 2>/dev/null; then
+HAVE_TORCH=0; "$TPY" -c "import torch, transformers" 2>/dev/null && HAVE_TORCH=1
+mkdir -p "$OUT"
+seq 2 65 | paste -sd, | sed 's/^/[/; s/$/]/' >"$OUT/gen-prompt.json"
+bench_gen() { # label HF_DIR: dsv3-generate on its import, transformers on the directory itself
+  local label=$1 hf=$2 h5="$OUT/gen-$1.h5" th g
+  $BIN/dsv3-import -q "$hf" "$h5" >/dev/null || return 1
+  OMP_NUM_THREADS=1 $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens 2 "$h5" 2>&1 |
+    sed -n "s/.*\(latent cache .*\)/$label: \1/p"
   for th in 1 2; do
-    HF=$("$TPY" tools/reference/bench_generate.py tests/fixtures/hf/fp32 "$OUT/gen-prompt.json" "$GNEW" $th "$REPS" 2>/dev/null | grep 'tok/s')
-    echo "$HF"
-    eval "g=\$GEN$th"
-    echo "$HF" | awk -v g="$g" -v th=$th '/tok\/s/ {printf "ratio dsv3/transformers decode, %d thread%s: %.2fx (a tiny model: per-step overheads dominate)\n", th, (th > 1 ? "s" : ""), g/$3}'
+    g=$(for r in $(seq 1 "$REPS"); do
+          OMP_NUM_THREADS=$th $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens "$GNEW" "$h5" 2>&1 |
+            sed -n 's/.*= \([0-9.]*\) tokens\/s.*/\1/p'
+        done | best)
+    echo "$label: dsv3-generate: $g tok/s decode ($GNEW new tokens, $th thread$([ $th = 1 ] || echo s), fp32)"
+    if [ $HAVE_TORCH = 1 ]; then
+      "$TPY" tools/reference/bench_generate.py "$hf" "$OUT/gen-prompt.json" "$GNEW" $th "$REPS" 2>/dev/null | grep 'tok/s' |
+        awk -v g="$g" -v l="$label" '{ print l ": " $0; printf "%s: ratio dsv3/transformers decode: %.2fx\n", l, g/$3 }'
+    fi
   done
+}
+bench_gen tiny tests/fixtures/hf/fp32   # 160 hidden, 3 layers: per-step overheads dominate
+if [ $HAVE_TORCH = 1 ]; then
+  [ -f "$OUT/hf-mid/config.json" ] || "$TPY" tools/reference/bench_generate.py --make "$OUT/hf-mid" 2>/dev/null | tail -n1
+  bench_gen mid "$OUT/hf-mid"           # 1024 hidden, 4 layers, 16 heads, kv_lora 256, 32000 vocab: the matmuls dominate
 else
   echo "transformers generate: SKIP (no torch + transformers in $TPY; set DSV3_TORCH_PYTHON to a python that has them)"
 fi

@@ -2,6 +2,8 @@
 """Developer reference benchmark: transformers' greedy generate, decode tokens/s.
 
     python3 bench_generate.py MODEL_DIR IDS_JSON NEW_TOKENS THREADS [REPS]
+    python3 bench_generate.py --make MODEL_DIR      a random mid-size DeepseekV3 (about 110M
+                                                    parameters, fp32 save_pretrained) to bench on
 
 MODEL_DIR: a Hugging Face DeepseekV3 checkpoint (tools/bench.sh uses tests/fixtures/hf/fp32,
 the model dsv3-generate runs after dsv3-import); IDS_JSON: one prompt as a JSON array of ids.
@@ -20,7 +22,41 @@ import torch
 from transformers import DeepseekV3ForCausalLM
 
 
+MID = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, moe_intermediate_size=512,
+           num_hidden_layers=4, first_k_dense_replace=1, n_routed_experts=8, n_shared_experts=1,
+           num_experts_per_tok=2, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+           q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+           num_attention_heads=16, num_key_value_heads=16, rms_norm_eps=1e-6, max_position_embeddings=4096,
+           num_nextn_predict_layers=0, tie_word_embeddings=False, initializer_range=0.02, hidden_act="silu",
+           bos_token_id=0, eos_token_id=1)
+MID_ROPE = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=1024,
+                beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)
+
+
+def make(d):
+    """make_hf_fixtures.py's weight scheme (O(1) activations) on the MID config."""
+    import math
+    from transformers import DeepseekV3Config
+    torch.manual_seed(1)
+    cfg = DeepseekV3Config(**MID, rope_parameters=dict(MID_ROPE), attn_implementation="eager")
+    cfg.architectures = ["DeepseekV3ForCausalLM"]
+    model = DeepseekV3ForCausalLM(cfg).to(torch.float32).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape))
+            elif n.endswith("embed_tokens.weight"):
+                p.copy_(torch.randn(p.shape))
+            else:
+                p.copy_(torch.randn(p.shape) / math.sqrt(p.shape[-1]))
+    model.save_pretrained(d)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"bench_generate: {d}: random DeepseekV3, {n / 1e6:.0f}M parameters")
+
+
 def main():
+    if sys.argv[1] == "--make":
+        return make(sys.argv[2])
     d, ids_json, new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     reps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     torch.set_num_threads(threads)
