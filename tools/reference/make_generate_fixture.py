@@ -20,6 +20,7 @@ final sequence (no cache) to 1e-4, then writes tests/fixtures/hf/generate.safete
     logits.K  F32 [32, V]     the logits each token was chosen from
 
     /tmp/venv-ref/bin/python tools/reference/make_generate_fixture.py [-o tests/fixtures/hf/generate.safetensors]
+        [--model HF_DIR --lengths 5,1010]     (ad-hoc: another model, e.g. make bench's mid-size one)
 
 (torch 2.15.0, transformers 5.23.0, safetensors 0.8.0: the virtualenv of make_hf_fixtures.py.)
 Rerunning reproduces the file byte for byte.
@@ -44,13 +45,16 @@ SEED = 2718
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "tests", "fixtures", "hf", "generate.safetensors"))
+    ap.add_argument("--model", default=MODEL, help="another Hugging Face DeepseekV3 directory (ad-hoc checks)")
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="prompt lengths, comma-separated")
     a = ap.parse_args()
+    lengths = tuple(int(x) for x in a.lengths.split(","))
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
-    model = DeepseekV3ForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager").eval()
+    model = DeepseekV3ForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
     cfg = model.config
     orig = cfg.rope_parameters["original_max_position_embeddings"]
-    if cfg.rope_parameters.get("rope_type") != "yarn" or max(LENGTHS) + NEW <= orig:
+    if cfg.rope_parameters.get("rope_type") != "yarn" or max(lengths) + NEW <= orig:
         raise SystemExit("make_generate_fixture: the fixture must use YaRN and generate past original_max_position_embeddings")
     gc = copy.deepcopy(model.generation_config)
     gc.eos_token_id = None  # 32 steps for every prompt (dsv3-generate --reference disables EOS too)
@@ -61,7 +65,7 @@ def main():
     gc.return_dict_in_generate = True
     gen = torch.Generator().manual_seed(SEED)
     out = {}
-    for k, n in enumerate(LENGTHS):
+    for k, n in enumerate(lengths):
         ids = torch.randint(2, cfg.vocab_size, (1, n), generator=gen, dtype=torch.int64)
         with torch.no_grad():
             r = model.generate(ids, generation_config=gc)
@@ -82,7 +86,7 @@ def main():
         out[f"logits.{k}"] = logits.contiguous()
     # one metadata key: safetensors writes a metadata map in hash order (not reproducible)
     save_file(out, a.output, metadata={"format": "pt"})
-    print(f"wrote {a.output}: {len(LENGTHS)} prompts x {NEW} greedy tokens")
+    print(f"wrote {a.output}: {len(lengths)} prompts x {NEW} greedy tokens")
 
 
 if __name__ == "__main__":
