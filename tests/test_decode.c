@@ -3,7 +3,8 @@
  * forward (model_step): the logits of every position, fp32, relative L2 error
  * per position <= 1e-5, on a YaRN model whose original context (16) the
  * sequences run well past (40 positions).
- *   - one sequence: a 5-token prefill in one pass, then one token per step;
+ *   - one sequence: a 5-token prefill in one pass, then one token per step
+ *     (low-rank q_a/q_b, and a plain q_proj);
  *   - a batch of two sequences with different prompt lengths (prefilled one by
  *     one into their cache slots), then decoded together at different positions;
  *   - model_merge_lora: a LoRA model's merged decode equals its unmerged forward;
@@ -28,7 +29,7 @@ static const char *DECK =
     "model = { vocab_size = 37; hidden_size = 16; intermediate_size = 24; moe_intermediate_size = 8;\n"
     "  num_hidden_layers = 3; first_k_dense_replace = 1; n_routed_experts = 4; n_shared_experts = 1;\n"
     "  num_experts_per_tok = 4; n_group = 2; topk_group = 2; routed_scaling_factor = 2.5;\n"
-    "  q_lora_rank = 12; kv_lora_rank = 8; qk_nope_head_dim = 4; qk_rope_head_dim = 4; v_head_dim = 6;\n"
+    "  q_lora_rank = %d; kv_lora_rank = 8; qk_nope_head_dim = 4; qk_rope_head_dim = 4; v_head_dim = 6;\n"
     "  num_attention_heads = 3; num_key_value_heads = 3; max_position_embeddings = 64;\n"
     "  rope_scaling = { type = \"yarn\"; factor = 4.0; original_max_position_embeddings = 16; beta_fast = 32.0;\n"
     "                   beta_slow = 1.0; mscale = 1.0; mscale_all_dim = 0.7; };\n"
@@ -48,9 +49,9 @@ static void tokens(int32_t *tok, int n, uint64_t x) {
     }
 }
 
-static void make(deck *d, model **m, int lora) {
+static void make_q(deck *d, model **m, int lora, int q_lora_rank) {
     char text[4096], err[512];
-    snprintf(text, sizeof text, DECK, lora ? "true" : "false");
+    snprintf(text, sizeof text, DECK, q_lora_rank, lora ? "true" : "false");
     assert_int_equal(deck_load_string(d, text, "test_decode", 0, NULL, 1, err, sizeof err), 0);
     model_opts mo = deck_model_opts(d);
     assert_int_equal(model_create(m, &mo, NULL, err, sizeof err), 0);
@@ -67,6 +68,7 @@ static void make(deck *d, model **m, int lora) {
         for (int e = 0; e < 4; e++) b[e] = 0.02f * (float)e;
     }
 }
+static void make(deck *d, model **m, int lora) { make_q(d, m, lora, 12); }
 
 /* Training forward of one sequence: logits [T, V] into out. */
 static void full_logits(model *m, const int32_t *tok, float *out) {
@@ -107,11 +109,10 @@ static double decode_check(model *m, model_kv *kv, int seq0, const int32_t *tok,
     return worst;
 }
 
-static void test_single(void **state) {
-    (void)state;
+static void single(int q_lora_rank) {
     deck d;
     model *m;
-    make(&d, &m, 0);
+    make_q(&d, &m, 0, q_lora_rank);
     int32_t tok[T];
     tokens(tok, T, 3);
     static float ref[T * V];
@@ -127,10 +128,19 @@ static void test_single(void **state) {
         double e = decode_check(m, kv, 0, tok + pos, 1, 1, &pos, 1, r);
         if (e > worst) worst = e;
     }
-    printf("one sequence: prefill 5 + 35 decode steps (YaRN original context 16): worst rel L2 %.2e\n", worst);
+    printf("one sequence, q_lora_rank %d: prefill 5 + 35 decode steps (YaRN original context 16): worst rel L2 %.2e\n",
+           q_lora_rank, worst);
     model_kv_free(kv);
     model_free(m);
     deck_free(&d);
+}
+static void test_single(void **state) {
+    (void)state;
+    single(12);
+}
+static void test_single_plain_q(void **state) { /* q_proj instead of q_a/q_b (V2-Lite style) */
+    (void)state;
+    single(0);
 }
 
 static void test_batch(void **state) {
@@ -200,6 +210,7 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_single),
+        cmocka_unit_test(test_single_plain_q),
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_merged_lora),
     };
