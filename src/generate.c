@@ -101,7 +101,7 @@ int gen_run(model *m, const deck_model *cfg, comm_t c, const int32_t *const *pro
         snprintf(err, errlen, "out of memory for the sampler (vocabulary %d)", V);
         goto out;
     }
-    if (model_kv_create(&kv, m, B, Tcap, rows, err, errlen)) goto out;
+    if (model_kv_create(&kv, m, B, Tcap, rows, 0, err, errlen)) goto out;
     /* prefill: each prompt in one pass into its cache slot; its last row's logits */
     double t0 = comm_wtime();
     for (int b = 0; b < B; b++) {

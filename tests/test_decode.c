@@ -33,7 +33,7 @@ static const char *DECK =
     "  num_attention_heads = 3; num_key_value_heads = 3; max_position_embeddings = 64;\n"
     "  rope_scaling = { type = \"yarn\"; factor = 4.0; original_max_position_embeddings = 16; beta_fast = 32.0;\n"
     "                   beta_slow = 1.0; mscale = 1.0; mscale_all_dim = 0.7; };\n"
-    "  num_nextn_predict_layers = 0; initializer_range = 0.4; bias_update_rate = 0.0; };\n"
+    "  num_nextn_predict_layers = %d; initializer_range = 0.4; bias_update_rate = 0.0; mtp_loss_weight = 0.3; };\n"
     "train = { micro_batch = 1; global_batch = 1; seq_len = 40; dtype = \"fp32\"; };\n"
     "lora = { enabled = %s; r = 4; alpha = 8.0; targets = [\"self_attn.q_b_proj\", \"self_attn.kv_b_proj\",\n"
     "  \"self_attn.o_proj\", \"mlp.gate_proj\"]; };\n"
@@ -49,9 +49,9 @@ static void tokens(int32_t *tok, int n, uint64_t x) {
     }
 }
 
-static void make_q(deck *d, model **m, int lora, int q_lora_rank) {
+static void make_qd(deck *d, model **m, int lora, int q_lora_rank, int D) {
     char text[4096], err[512];
-    snprintf(text, sizeof text, DECK, q_lora_rank, lora ? "true" : "false");
+    snprintf(text, sizeof text, DECK, q_lora_rank, D, lora ? "true" : "false");
     assert_int_equal(deck_load_string(d, text, "test_decode", 0, NULL, 1, err, sizeof err), 0);
     model_opts mo = deck_model_opts(d);
     assert_int_equal(model_create(m, &mo, NULL, err, sizeof err), 0);
@@ -68,6 +68,7 @@ static void make_q(deck *d, model **m, int lora, int q_lora_rank) {
         for (int e = 0; e < 4; e++) b[e] = 0.02f * (float)e;
     }
 }
+static void make_q(deck *d, model **m, int lora, int q_lora_rank) { make_qd(d, m, lora, q_lora_rank, 0); }
 static void make(deck *d, model **m, int lora) { make_q(d, m, lora, 12); }
 
 /* Training forward of one sequence: logits [T, V] into out. */
@@ -119,7 +120,7 @@ static void single(int q_lora_rank) {
     full_logits(m, tok, ref);
     char err[256];
     model_kv *kv;
-    assert_int_equal(model_kv_create(&kv, m, 1, T, 5, err, sizeof err), 0);
+    assert_int_equal(model_kv_create(&kv, m, 1, T, 5, 0, err, sizeof err), 0);
     assert_int_equal(model_kv_floats_per_token(m), 3 * (8 + 4));
     const float *r[1] = {ref};
     int pos = 0;
@@ -157,7 +158,7 @@ static void test_batch(void **state) {
     char err[256];
     model_kv *kv;
     int len[2] = {7, 19};
-    assert_int_equal(model_kv_create(&kv, m, 2, T, 19, err, sizeof err), 0);
+    assert_int_equal(model_kv_create(&kv, m, 2, T, 19, 0, err, sizeof err), 0);
     const float *r0[1] = {ref[0]}, *r1[1] = {ref[1]}, *r[2] = {ref[0], ref[1]};
     int zero = 0;
     double worst = decode_check(m, kv, 0, tok[0], 1, len[0], &zero, 0, r0); /* last row only */
@@ -187,7 +188,7 @@ static void test_merged_lora(void **state) {
     char err[256];
     assert_int_equal(model_merge_lora(m, err, sizeof err), 0);
     model_kv *kv;
-    assert_int_equal(model_kv_create(&kv, m, 1, T, T, err, sizeof err), 0);
+    assert_int_equal(model_kv_create(&kv, m, 1, T, T, 0, err, sizeof err), 0);
     const float *r[1] = {ref};
     int pos = 0;
     double worst = decode_check(m, kv, 0, tok, 1, T, &pos, 1, r);
@@ -206,6 +207,56 @@ static void test_merged_lora(void **state) {
     deck_free(&d);
 }
 
+/* The MTP module over the cache (model_decode_mtp): its cross-entropy on the
+ * depth-1 targets equals the training forward's (model_sums.mtp_sum), for a
+ * prefill of every row at once and for one row per step after a 5-token prefill. */
+static void test_mtp(void **state) {
+    (void)state;
+    deck d;
+    model *m;
+    make_qd(&d, &m, 0, 12, 1);
+    int32_t tok[T], tgt[T];
+    tokens(tok, T, 13);
+    for (int t = 0; t < T; t++) tgt[t] = t + 1 < T ? tok[t + 1] : -100;
+    char err[256];
+    assert_int_equal(model_reshape(m, 1, T, err, sizeof err), 0);
+    model_batch bt = {tok, tgt, 1, T};
+    model_scales sc;
+    memset(&sc, 0, sizeof sc);
+    model_sums s;
+    memset(&s, 0, sizeof s);
+    model_step(m, &bt, sc, 0, &s);
+    double want = s.mtp_sum[0]; /* Σ_t CE(MTP row t, tokens[t+2]) */
+    model_kv *kv;
+    assert_int_equal(model_kv_create(&kv, m, 1, T, T, 1, err, sizeof err), 0);
+    int32_t next[T], t2[T];
+    for (int t = 0; t < T; t++) next[t] = t + 1 < T ? tok[t + 1] : 0, t2[t] = t + 2 < T ? tok[t + 2] : -100;
+    int zero = 0;
+    model_decode(m, kv, 0, tok, 1, T, &zero, 1); /* reshaped above: 1 x T */
+    model_decode_mtp(m, kv, 0, next, 1, T, &zero);
+    double all = ops_cross_entropy_forward(NULL, NULL, model_logits(m), t2, T, V);
+    double step = 0;
+    model_kv_free(kv);
+    assert_int_equal(model_kv_create(&kv, m, 1, T, T, 1, err, sizeof err), 0);
+    assert_int_equal(model_reshape(m, 1, 5, err, sizeof err), 0);
+    model_decode(m, kv, 0, tok, 1, 5, &zero, 1);
+    model_decode_mtp(m, kv, 0, next, 1, 5, &zero);
+    step += ops_cross_entropy_forward(NULL, NULL, model_logits(m), t2, 5, V);
+    assert_int_equal(model_reshape(m, 1, 1, err, sizeof err), 0);
+    for (int p = 5; p < T; p++) {
+        model_decode(m, kv, 0, tok + p, 1, 1, &p, 1);
+        model_decode_mtp(m, kv, 0, next + p, 1, 1, &p);
+        step += ops_cross_entropy_forward(NULL, NULL, model_logits(m), t2 + p, 1, V);
+    }
+    double e1 = fabs(all - want) / want, e2 = fabs(step - want) / want;
+    printf("MTP over the cache: CE sum %.6f (training forward %.6f): rel diff %.1e all rows, %.1e one row per step\n",
+           step, want, e1, e2);
+    assert_true(want > 1.0 && e1 < 1e-5 && e2 < 1e-5);
+    model_kv_free(kv);
+    model_free(m);
+    deck_free(&d);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const struct CMUnitTest tests[] = {
@@ -213,6 +264,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_single_plain_q),
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_merged_lora),
+        cmocka_unit_test(test_mtp),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     MPI_Finalize();

@@ -594,9 +594,13 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
 
 /* ---------- generation: the latent cache and one decode pass ---------- */
 
-int model_kv_create(model_kv **out, const model *m, int B, int T, int max_rows, char *err, int errlen) {
+int model_kv_create(model_kv **out, const model *m, int B, int T, int max_rows, int with_mtp, char *err, int errlen) {
     const deck_model *c = m->cfg;
     *out = NULL;
+    if (with_mtp && c->num_nextn_predict_layers < 1) {
+        snprintf(err, errlen, "the model has no MTP module (model.num_nextn_predict_layers = 0)");
+        return -1;
+    }
     if (T > m->rope.T) {
         snprintf(err, errlen, "a cache of %d positions exceeds the model's RoPE table (%d: model_opts.seq_len)", T,
                  m->rope.T);
@@ -607,7 +611,7 @@ int model_kv_create(model_kv **out, const model *m, int B, int T, int max_rows, 
         snprintf(err, errlen, "out of memory for the KV cache");
         return -1;
     }
-    kv->B = B, kv->T = T, kv->W = mla_decode_row(c), kv->L = c->num_hidden_layers, kv->max_rows = max_rows;
+    kv->B = B, kv->T = T, kv->W = mla_decode_row(c), kv->L = c->num_hidden_layers + (with_mtp ? 1 : 0), kv->max_rows = max_rows;
     size_t floats = (size_t)kv->L * B * T * kv->W;
     kv->buf = ops_alloc(floats * sizeof(float));
     if (!kv->buf || ops_arena_create(&kv->scratch, mla_decode_scratch_floats(c, max_rows))) {
@@ -676,6 +680,29 @@ void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, rows, H, (float)c->rms_norm_eps);
     linear_forward(&m->lm_head, m->logits, m->h_final, NULL, rows, &m->scratch);
     close_params(m, G);
+    close_params(m, 0);
+}
+
+void model_decode_mtp(model *m, model_kv *kv, int seq0, const int32_t *next, int B, int n, const int *pos) {
+    const deck_model *c = m->cfg;
+    int L = c->num_hidden_layers, H = c->hidden_size, V = c->vocab_size, N = B * n;
+    DSV3_CHECK(kv->L > L && m->N == N && m->B == B && seq0 >= 0 && seq0 + B <= kv->B,
+               "model_decode_mtp: a cache without the MTP layer, or not after model_decode of the same %d x %d tokens",
+               B, n);
+    block *b = &m->blk[L];
+    float eps = (float)c->rms_norm_eps;
+    int G = L + c->num_nextn_predict_layers + 1; /* group of lm_head, the shared head */
+    open_params(m, 0);
+    open_params(m, L + 1);
+    open_params(m, G);
+    /* token ids of the embedding input: host slots of the MTP cache (as mtp_shift fills them in training) */
+    for (int i = 0; i < N; i++) b->tc.e_ids[i] = next[i], b->tc.targets[i] = OPS_IGNORE_INDEX;
+    mtp_input_forward(&b->mtp, &b->tc, m->embed, m->h_final, b->x_out, N, H, V, eps, &m->scratch);
+    float *layer_kv = kv->buf + ((size_t)L * kv->B + seq0) * kv->T * kv->W;
+    block_decode(m, b, layer_kv, kv->T, pos, b->x_out, B, n, &kv->scratch);
+    mtp_head_forward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, N, H, V, eps, &m->scratch);
+    close_params(m, G);
+    close_params(m, L + 1);
     close_params(m, 0);
 }
 
