@@ -70,6 +70,97 @@ static float logprob(const float *l, int V, int32_t t) {
     return (float)((double)l[t] - mx - log(s));
 }
 
+static int32_t argmax(const float *l, int V) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (l[v] > l[best]) best = v;
+    return best;
+}
+
+/* Appends token t (drawn from logits l) to s; 1 when s is finished. Position
+ * checks as gen_run: the next token would be fed at len + n - 1. */
+static int emit(gen_seq *s, const gen_opts *o, int len, int ctxlen, const float *l, int V, int32_t t, gen_step_fn fn,
+                void *ctx, int64_t index) {
+    if (fn) fn(ctx, index, s->n, l, V, t);
+    s->ids[s->n] = t;
+    s->logprobs[s->n] = logprob(l, V, t);
+    s->n++;
+    if (t == o->eos) s->stop = "eos";
+    else if (s->n >= o->max_new) s->stop = "length";
+    else if (len + s->n - 1 >= ctxlen) s->stop = "context";
+    else return 0;
+    return 1;
+}
+
+/* Self-speculative greedy decoding of prompt b with MTP drafts (generate.h). */
+static int run_mtp(model *m, model_kv *kv, const deck_model *cfg, comm_t c, const int32_t *prompt, int len, int b,
+                   int64_t index, int Tcap, const gen_opts *o, gen_seq *out, gen_step_fn fn, void *ctx, gen_stats *st,
+                   float *lg, int32_t *next, char *err, int errlen) {
+    const int V = cfg->vocab_size, ctxlen = cfg->max_position_embeddings;
+    double t0 = comm_wtime();
+    int zero = 0;
+    out->n = 0;
+    out->stop = "length";
+    if (model_reshape(m, 1, len, err, errlen)) return -1;
+    model_decode(m, kv, b, prompt, 1, len, &zero, 1);
+    ops_to_host(lg, model_logits(m) + (size_t)(len - 1) * V, (size_t)V * sizeof *lg);
+    int32_t d[3] = {argmax(lg, V), 0, 0}; /* rank 0's choices for everyone: the token, the bonus, the draft */
+    comm_bcast(d, sizeof d, 0, c);
+    int32_t cur = d[0], draft;
+    int done = emit(out, o, len, ctxlen, lg, V, cur, fn, ctx, index);
+    /* the MTP module over the prompt: row i sees the hidden state at i and token i+1 */
+    for (int i = 0; i + 1 < len; i++) next[i] = prompt[i + 1];
+    next[len - 1] = cur;
+    if (!done) {
+        model_decode_mtp(m, kv, b, next, 1, len, &zero);
+        ops_to_host(lg, model_logits(m) + (size_t)(len - 1) * V, (size_t)V * sizeof *lg);
+        d[2] = argmax(lg, V);
+        comm_bcast(d, sizeof d, 0, c);
+    }
+    draft = d[2];
+    if (st) st->prefill_s += comm_wtime() - t0, st->prefill_tokens += len;
+    t0 = comm_wtime();
+    int p = len; /* position of cur */
+    while (!done) {
+        if (p + 2 > Tcap) { /* no room for a draft: one plain step */
+            if (model_reshape(m, 1, 1, err, errlen)) return -1;
+            model_decode(m, kv, b, &cur, 1, 1, &p, 1);
+            ops_to_host(lg, model_logits(m), (size_t)V * sizeof *lg);
+            d[0] = argmax(lg, V);
+            comm_bcast(d, sizeof d, 0, c);
+            done = emit(out, o, len, ctxlen, lg, V, cur = d[0], fn, ctx, index);
+            p++;
+            if (st) st->decode_steps++, st->decode_tokens++;
+            continue;
+        }
+        if (model_reshape(m, 1, 2, err, errlen)) return -1;
+        int32_t two[2] = {cur, draft};
+        model_decode(m, kv, b, two, 1, 2, &p, 1);
+        ops_to_host(lg, model_logits(m), (size_t)2 * V * sizeof *lg);
+        d[0] = argmax(lg, V);
+        d[1] = argmax(lg + V, V);
+        comm_bcast(d, sizeof d, 0, c);
+        int ok = d[0] == draft, emitted = 1;
+        if (st) st->decode_steps++, st->drafts++, st->accepted += ok;
+        done = emit(out, o, len, ctxlen, lg, V, d[0], fn, ctx, index);
+        if (ok && !done) done = emit(out, o, len, ctxlen, lg + V, V, d[1], fn, ctx, index), emitted = 2;
+        if (st) st->decode_tokens += emitted;
+        if (done) break;
+        /* the next draft: MTP rows at p (token after p is d[0]) and p+1 (accepted: token d[1]; else a
+         * placeholder whose cache rows the next step overwrites before anything reads them) */
+        int32_t nx[2] = {d[0], ok ? d[1] : d[0]};
+        model_decode_mtp(m, kv, b, nx, 1, 2, &p);
+        ops_to_host(lg, model_logits(m) + (size_t)(ok ? 1 : 0) * V, (size_t)V * sizeof *lg);
+        d[2] = argmax(lg, V);
+        comm_bcast(d, sizeof d, 0, c);
+        draft = d[2];
+        cur = ok ? d[1] : d[0];
+        p += ok ? 2 : 1;
+    }
+    if (st) st->decode_s += comm_wtime() - t0;
+    return 0;
+}
+
 int gen_run(model *m, const deck_model *cfg, comm_t c, const int32_t *const *prompts, const int *lens, int B,
             int64_t first, const gen_opts *o, gen_seq *out, gen_step_fn fn, void *ctx, gen_stats *st, char *err,
             int errlen) {
@@ -87,21 +178,35 @@ int gen_run(model *m, const deck_model *cfg, comm_t c, const int32_t *const *pro
         }
         maxlen = lens[b] > maxlen ? lens[b] : maxlen;
     }
-    /* positions: a prompt's tokens, then every generated token but the last is fed back */
-    int Tcap = maxlen + o->max_new - 1 < ctxlen ? maxlen + o->max_new - 1 : ctxlen;
+    /* positions: a prompt's tokens, then every generated token but the last is fed back (MTP drafts: one more, and
+     * room for a 2-token step) */
+    int want = maxlen + o->max_new + (o->mtp_draft ? 1 : -1);
+    int Tcap = want < ctxlen ? want : ctxlen;
     if (Tcap < maxlen) Tcap = maxlen;
     int rows = maxlen > B ? maxlen : B;
+    if (o->mtp_draft && o->temperature > 0) {
+        snprintf(err, errlen, "MTP drafts (self-speculative decoding) are for greedy decoding (temperature 0)");
+        return -1;
+    }
     model_kv *kv = NULL;
-    float *lg = malloc((size_t)B * V * sizeof *lg), *work = malloc((size_t)V * sizeof *work);
+    float *lg = malloc((size_t)(B > 2 ? B : 2) * V * sizeof *lg), *work = malloc((size_t)V * sizeof *work);
     int *idx = malloc((size_t)V * sizeof *idx), *pos = calloc((size_t)B, sizeof *pos), *live = calloc((size_t)B, sizeof *live);
     int *feed = calloc((size_t)B, sizeof *feed); /* positions of a decode step */
-    int32_t *next = calloc((size_t)B, sizeof *next);
+    int32_t *next = calloc((size_t)(B > maxlen ? B : maxlen), sizeof *next);
     int rc = -1;
     if (!lg || !work || !idx || !pos || !live || !next || !feed) {
         snprintf(err, errlen, "out of memory for the sampler (vocabulary %d)", V);
         goto out;
     }
-    if (model_kv_create(&kv, m, B, Tcap, rows, 0, err, errlen)) goto out;
+    if (model_kv_create(&kv, m, B, Tcap, rows, o->mtp_draft, err, errlen)) goto out;
+    if (o->mtp_draft) {
+        for (int b = 0; b < B; b++)
+            if (run_mtp(m, kv, cfg, c, prompts[b], lens[b], b, first + b, Tcap, o, &out[b], fn, ctx, st, lg, next, err,
+                        errlen))
+                goto out;
+        rc = 0;
+        goto out;
+    }
     /* prefill: each prompt in one pass into its cache slot; its last row's logits */
     double t0 = comm_wtime();
     for (int b = 0; b < B; b++) {

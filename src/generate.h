@@ -9,6 +9,13 @@
  * the renormalised distribution). E_i comes from a counter-based generator
  * keyed by (seed, prompt index, step, token id), so a draw depends on nothing
  * else: not the batch a prompt sits in, nor the rank count.
+ *
+ * Self-speculative decoding (mtp_draft, greedy): the model's first MTP module
+ * (spec §6) drafts token t+2 from the hidden state at t and token t+1; each
+ * step the main model runs [current token, draft] in one pass and keeps the
+ * draft when its own argmax agrees (then the second row gives one more token
+ * for free). The output is the greedy output (up to fp32 rounding of a 2-row
+ * pass); the gain is the acceptance rate. One prompt at a time.
  */
 #ifndef DSV3_GENERATE_H
 #define DSV3_GENERATE_H
@@ -25,6 +32,7 @@ typedef struct {
     uint64_t seed;
     int max_new;        /* new tokens at most */
     int eos;            /* stop token, -1 = none */
+    int mtp_draft;      /* greedy only: self-speculative decoding, the MTP module drafts the next token */
 } gen_opts;
 
 typedef struct {
@@ -42,6 +50,7 @@ typedef void (*gen_step_fn)(void *ctx, int64_t index, int step, const float *log
 typedef struct {
     double prefill_s, decode_s;
     int64_t prefill_tokens, decode_steps, decode_tokens; /* decode_tokens: live sequences summed over the steps */
+    int64_t drafts, accepted;                            /* MTP drafts verified, and accepted */
 } gen_stats;
 
 /* One token from logits[V] (host). work: [V] floats, idx: [V] ints (scratch). */

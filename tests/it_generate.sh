@@ -7,6 +7,8 @@
 #     another seed gives other ids; top-k 1 is greedy
 #   - a trained byte-level toy (input/tiny.cfg): text prompts in, text out; its LoRA run saved
 #     adapters only: base (run.init_from) + adapters merged, not the base's continuation
+#   - MTP drafts (--mtp-draft, self-speculative greedy): the greedy ids, drafts accepted and
+#     rejected (toy, np 2); against transformers' fixture too
 #   - run.mode = "eval" on the toy's checkpoint: the validation loss its training run logged, at
 #     np 1, np 2 with EP 2 and np 2 with EP 1 (data parallel)
 #   - the DeepSeek-V3 tokenizer (../shared, else skipped): chat messages give exactly the chat
@@ -89,6 +91,20 @@ if mpirun -np 1 "$G" --prompt "The " --max-new-tokens 40 --json "$OUT/ad.jsonl" 
     cmp -s <(ids_of "$OUT/ad.jsonl") <(ids_of "$OUT/b.jsonl") && bad "base + adapters continue exactly as the base alone" ||
         ok "adapters-only checkpoint on its run.init_from base, LoRA merged: a continuation other than the base's"
 else bad "generation from base + adapters"; cat "$OUT/ad.err"; fi
+
+echo "== MTP drafts (self-speculative greedy decoding): the greedy output, fewer passes"
+P3=(--prompt "The " --prompt "A fool" --prompt "Q: " --max-new-tokens 50 --no-eos -q)
+if mpirun -np 1 "$G" "${P3[@]}" --json "$OUT/plain.jsonl" "$BASE" 2>"$OUT/mtp.err" &&
+   mpirun -np 2 "$G" "${P3[@]}" --mtp-draft --json "$OUT/mtp.jsonl" "$BASE" 2>>"$OUT/mtp.err" &&
+   cmp -s <(ids_of "$OUT/plain.jsonl") <(ids_of "$OUT/mtp.jsonl"); then
+    acc=$(sed -n 's/.*MTP drafts: \([0-9]*\) of \([0-9]*\) accepted.*/\1 \2/p' "$OUT/mtp.err")
+    set -- $acc
+    [ "${1:-0}" -gt 0 ] && [ "$1" -lt "$2" ] && ok "toy, np 2: = greedy ids; $(grep -o 'MTP drafts.*' "$OUT/mtp.err")" ||
+        bad "MTP drafts: want some accepted and some rejected, got '$acc'"
+else bad "MTP drafts differ from greedy"; cat "$OUT/mtp.err"; fi
+if "$G" -q --mtp-draft --reference "$FX/generate.safetensors" "$OUT/tiny.h5" >"$OUT/mtpref.log" 2>&1; then
+    ok "with MTP drafts against transformers: $(grep -o 'equal token.*PASS' "$OUT/mtpref.log")"
+else bad "MTP drafts against transformers"; cat "$OUT/mtpref.log"; fi
 
 echo "== run.mode = \"eval\": the training loop's validation of a checkpoint"
 logged=$(tail -n 1 "$OUT/toy/metrics.csv" | cut -d, -f10)

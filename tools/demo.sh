@@ -17,3 +17,6 @@ CK=runs/tiny/checkpoints/$(cat runs/tiny/checkpoints/latest)
 echo "make demo: greedy continuations of the trained model (within its 64-byte training window): mpirun -np $NP $BIN/dsv3-generate $CK"
 mpirun -np "$NP" "$BIN/dsv3-generate" --max-new-tokens 52 --prompt "The " --prompt "A man " --prompt "Q: What is " \
     --prompt "Love is " "$CK"
+echo "make demo: the same with MTP drafts (self-speculative: the model's MTP module drafts, the model verifies):"
+mpirun -np "$NP" "$BIN/dsv3-generate" -q --mtp-draft --max-new-tokens 52 --prompt "The " --prompt "A man " \
+    --prompt "Q: What is " --prompt "Love is " "$CK"

@@ -59,6 +59,8 @@ static const char USAGE[] =
     "  --top-p P              (default 1: off) --top-k K        (default 0: off)\n"
     "  --seed S               (default 0)      --batch N        prompts decoded together (default 8)\n"
     "  --no-eos               do not stop at the model's eos_token_id\n"
+    "  --mtp-draft            greedy self-speculative decoding: the MTP module drafts, the model verifies two\n"
+    "                         tokens per pass (prints the acceptance rate; one prompt at a time)\n"
     "output:\n"
     "  --json FILE            JSON lines per prompt: index, prompt_tokens, prompt_ids, ids, logprobs, text, stop\n"
     "                         (eos, length, context); '-': stdout\n"
@@ -345,6 +347,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tokenizer")) tokpath = NEXT();
         else if (!strcmp(a, "--json")) json_path = NEXT();
         else if (!strcmp(a, "--no-eos")) no_eos = 1;
+        else if (!strcmp(a, "--mtp-draft")) go.mtp_draft = 1;
         else if (!strcmp(a, "-q")) quiet = 1;
         else if (!strcmp(a, "--max-new-tokens") || !strcmp(a, "--top-k") || !strcmp(a, "--batch")) {
             const char *v = NEXT();
@@ -379,6 +382,7 @@ int main(int argc, char **argv) {
     int kinds = (n_text > 0) + !!prompts_file + !!chat_file + !!ids_file + !!ref_file;
     if (kinds != 1) usage("%s", "give one kind of prompts: --prompt, --prompts, --chat, --ids or --reference");
     if (ref_file && go.temperature > 0) usage("%s", "--reference is greedy (no --temperature)");
+    if (go.mtp_draft && go.temperature > 0) usage("%s", "--mtp-draft is greedy (no --temperature)");
 
     /* the checkpoint's deck, laid out for this rank count: experts split over all ranks, no ZeRO */
     char err[4400];
@@ -537,6 +541,10 @@ int main(int argc, char **argv) {
                 (long long)gs.prefill_tokens, gs.prefill_s, (long long)gs.decode_steps, gs.decode_s,
                 gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0, mc->kv_lora_rank + mc->qk_rope_head_dim,
                 mc->num_hidden_layers, cache_bytes);
+        if (go.mtp_draft)
+            fprintf(stderr, "dsv3-generate: MTP drafts: %lld of %lld accepted (%.1f%%): %.2f tokens per verification pass\n",
+                    (long long)gs.accepted, (long long)gs.drafts, gs.drafts ? 100.0 * gs.accepted / gs.drafts : 0.0,
+                    gs.decode_steps ? (double)gs.decode_tokens / gs.decode_steps : 0.0);
     }
     int rc = 0;
     if (ref_file) {
