@@ -128,7 +128,8 @@ static int run_mtp(model *m, model_kv *kv, const deck_model *cfg, comm_t c, cons
             ops_to_host(lg, model_logits(m), (size_t)V * sizeof *lg);
             d[0] = argmax(lg, V);
             comm_bcast(d, sizeof d, 0, c);
-            done = emit(out, o, len, ctxlen, lg, V, cur = d[0], fn, ctx, index);
+            cur = d[0];
+            done = emit(out, o, len, ctxlen, lg, V, cur, fn, ctx, index);
             p++;
             if (st) st->decode_steps++, st->decode_tokens++;
             continue;
@@ -230,14 +231,7 @@ int gen_run(model *m, const deck_model *cfg, comm_t c, const int32_t *const *pro
         comm_bcast(next, (size_t)B * sizeof *next, 0, c); /* rank 0's draw for everyone */
         for (int b = 0; b < B; b++) {
             if (!live[b]) continue;
-            const float *l = lg + (size_t)b * V;
-            if (fn) fn(ctx, first + b, step, l, V, next[b]);
-            out[b].ids[out[b].n] = next[b];
-            out[b].logprobs[out[b].n] = logprob(l, V, next[b]);
-            out[b].n++;
-            if (next[b] == o->eos) out[b].stop = "eos", live[b] = 0;
-            else if (out[b].n >= o->max_new) out[b].stop = "length", live[b] = 0;
-            else if (pos[b] >= ctxlen) out[b].stop = "context", live[b] = 0;
+            live[b] = !emit(&out[b], o, lens[b], ctxlen, lg + (size_t)b * V, V, next[b], fn, ctx, first + b);
             any |= live[b];
         }
         if (!any) break;
