@@ -3,7 +3,7 @@
 #   make deps       install the Debian packages the build, tests and demos need, and the
 #                   test virtualenv .venv (pinned Python clients, tools/reference/requirements-test.txt)
 #   make test       deps + build + the whole suite (unit tests + MPI tests)
-#   make demo       deps + build + train input/tiny.cfg on fortunes text
+#   make demo       deps + build + train input/tiny.cfg on fortunes text, then sample from it
 #   make sft-demo   deps + build + LoRA and full fine-tuning of the demo model on an
 #                   instruction task from fortunes text (runs make demo first if needed)
 #   make bench      benchmarks (numbers for notes, never pass/fail)
@@ -127,7 +127,7 @@ test: deps
 	@BIN=$(BIN) BUILD=$(BUILD) tests/run.sh
 
 demo: deps
-	@$(MAKE) --no-print-directory $(BIN)/dsv3
+	@$(MAKE) --no-print-directory $(BIN)/dsv3 $(BIN)/dsv3-generate
 	@tools/demo.sh $(BIN)
 
 sft-demo: deps

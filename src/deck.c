@@ -71,7 +71,7 @@ typedef struct {
 #define SRC(p, f, n) {.path = p, .kind = K_SOURCES, .off = OFF(f), .cnt_off = OFF(n)}
 #define FIX(p, lit) {.path = p, .kind = K_FIXED, .fixed = lit}
 
-static const char *const E_MODE[] = {"pretrain", "finetune", "sft", NULL};
+static const char *const E_MODE[] = {"pretrain", "finetune", "sft", "eval", NULL};
 static const char *const E_ROPE[] = {"yarn", "none", NULL};
 static const char *const E_QUANT[] = {"", "fp8", NULL};
 static const char *const E_SCALE[] = {"", "ue8m0", NULL};
@@ -809,6 +809,9 @@ static int check_layout(const ctx *c, deck *d, int world)
     if (d->schedule.warmup_steps > horizon)
         return fail(c, "schedule.warmup_steps", NULL, "schedule.warmup_steps = %d exceeds the %d decay steps",
                     d->schedule.warmup_steps, horizon);
+    if (!strcmp(d->run.mode, "eval") && (d->validation.n_valid == 0 || !(d->run.init_from[0] || d->run.resume[0])))
+        return fail(c, "run.mode", NULL, "run.mode = \"eval\" needs validation.valid sources and the checkpoint to "
+                    "evaluate (run.init_from, or run.resume)");
     if (d->validation.every > 0 && d->validation.n_valid == 0)
         return fail(c, "validation.every", NULL, "validation.every = %d needs validation.valid sources",
                     d->validation.every);

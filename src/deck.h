@@ -15,7 +15,7 @@
 #define DECK_MAX_SOURCES 16
 
 typedef struct {
-    char mode[DECK_STR];        /* "pretrain" | "finetune" | "sft" */
+    char mode[DECK_STR];        /* "pretrain" | "finetune" | "sft" | "eval" (validation loss of a checkpoint) */
     char output_dir[DECK_STR];
     char resume[DECK_STR];      /* "" | "auto" | path */
     char init_from[DECK_STR];   /* "" | checkpoint to load weights from */

@@ -50,6 +50,17 @@ void ops_attention_forward(float *out, float *lse, const float *q, const float *
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                             const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale);
 
+/* ---- Attention over the MLA latent cache (absorbed MLA for generation,
+ * dsv3-spec §3; model/mla_decode.c). One sequence: n new query tokens at
+ * positions p0..p0+n-1, every head's absorbed query q_h = [q_nope_h·W_UK_h ;
+ * q_pe_h] of width W = kvl + dr against the cached rows [c | k_pe] of the
+ * positions 0..p0+n-1 (shared by all heads):
+ *   q: [n, nh, W]; cache: [p0+n, W]; out: [n, nh, kvl] (overwritten)
+ *   out[i,h] = softmax_j≤p0+i(scale·q[i,h]·cache[j]) · cache[j, 0:kvl]
+ * Softmax in fp32 as ops_attention_forward. Blocks of query tokens, each one
+ * [bq·nh, p0+i1] score matrix (heads share the keys: one GEMM per block). */
+void ops_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,
+                          float scale);
 /* ---- Embedding: y[n,:] = E[ids[n], :]. Returns 0, or -1 after printing the
  * first out-of-range id (that row is zeroed). */
 int ops_embedding_forward(float *y /*[N,H]*/, const float *E /*[V,H]*/, const int32_t *ids /*[N] device*/, int N, int V,

@@ -216,6 +216,47 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
     blas_single_end(saved);
 }
 
+/* ------------------------------------------------- latent (absorbed MLA) attention */
+
+void ops_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,
+                          float scale) {
+    if (n <= 0 || nh <= 0) return;
+    const int bq = nh >= 64 ? 1 : 64 / nh; /* query tokens per block: >= 64 score rows */
+    const int nblk = (n + bq - 1) / bq, Tk = p0 + n;
+    const int par = nblk > 1 && omp_get_max_threads() > 1; /* decode (n = 1): one block, BLAS threads */
+    int saved = blas_single_begin(par);
+#pragma omp parallel if (par)
+    {
+        float *S = malloc((size_t)bq * nh * Tk * sizeof *S); /* [bq·nh, i1 keys], row stride Tk */
+#pragma omp for schedule(dynamic, 1)
+        for (int blk = 0; blk < nblk; blk++) {
+            int i0 = blk * bq, i1 = i0 + bq < n ? i0 + bq : n, rows = (i1 - i0) * nh, keys = p0 + i1;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, W, scale, q + (size_t)i0 * nh * W, W,
+                        cache, W, 0.0f, S, Tk);
+            for (int r = 0; r < rows; r++) {
+                float *s = S + (size_t)r * Tk;
+                int nk = p0 + i0 + r / nh + 1; /* keys 0..own position */
+                float mx = -INFINITY;
+                for (int j = 0; j < nk; j++) mx = s[j] > mx ? s[j] : mx;
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int j = 0; j < nk; j++) {
+                    s[j] = expf(s[j] - mx);
+                    sum += s[j];
+                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j < nk; j++) s[j] *= inv;
+                for (int j = nk; j < keys; j++) s[j] = 0.0f;
+            }
+            /* out rows = P · cache[0:keys, 0:kvl] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kvl, keys, 1.0f, S, Tk, cache, W, 0.0f,
+                        out + (size_t)i0 * nh * kvl, kvl);
+        }
+        free(S);
+    }
+    blas_single_end(saved);
+}
+
 /* ---------------------------------------------------------------- embedding */
 
 int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {

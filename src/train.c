@@ -335,16 +335,18 @@ int train_run(const deck *d, plan *p) {
     int64_t G = d->train.global_batch;
     int failed = 0;
 
+    /* run.mode "eval": the validation loss of the checkpoint run.init_from (or run.resume) names, nothing trained or written */
+    int eval = !strcmp(d->run.mode, "eval");
     /* 1. inputs first: data, output directory, checkpoint to resume (before any model memory) */
-    failed = data_open(&t.train, d, 0, T, err, sizeof err) != 0;
-    if (!failed && d->validation.every > 0) failed = data_open(&t.valid, d, 1, T, err, sizeof err) != 0;
-    if (!failed && rank == 0 && fs_mkdir_p(d->run.output_dir)) {
+    failed = eval ? 0 : data_open(&t.train, d, 0, T, err, sizeof err) != 0;
+    if (!failed && (d->validation.every > 0 || eval)) failed = data_open(&t.valid, d, 1, T, err, sizeof err) != 0;
+    if (!failed && !eval && rank == 0 && fs_mkdir_p(d->run.output_dir)) {
         snprintf(err, sizeof err, "cannot create run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
         failed = 1;
     }
     struct stat out_st; /* the output directory, to notice it vanish during the run */
     memset(&out_st, 0, sizeof out_st);
-    if (!failed && rank == 0 && stat(d->run.output_dir, &out_st)) {
+    if (!failed && !eval && rank == 0 && stat(d->run.output_dir, &out_st)) {
         snprintf(err, sizeof err, "cannot stat run.output_dir '%s': %s", d->run.output_dir, strerror(errno));
         failed = 1;
     }
@@ -382,8 +384,8 @@ int train_run(const deck *d, plan *p) {
         failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
                            NULL, zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) goto out;
-        if (rank == 0) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
-                              (long long)st.step);
+        if (rank == 0 && !eval) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
+                                       (long long)st.step);
     }
     if (resume[0]) {
         ckpt_state st;
@@ -396,8 +398,16 @@ int train_run(const deck *d, plan *p) {
         t.optim_t = st.optim_t;
         t.skipped = st.step - st.optim_t;
         t.tokens = st.tokens_seen;
-        data_set_position(t.train, st.data_position);
+        if (t.train) data_set_position(t.train, st.data_position);
         if (rank == 0) printf("dsv3: resumed from %s at step %lld\n", resume, (long long)t.step);
+    }
+    if (eval) { /* the training loop's validation over validation.batches global batches */
+        double acc, v = validate(&t, &acc);
+        if (rank == 0)
+            printf("dsv3: eval: %s: validation loss %.7f, perplexity %.4f, next-token accuracy %.4f (%d global batches "
+                   "of %lld x %d tokens; %d ranks, EP %d, ZeRO %d)\n", resume[0] ? resume : d->run.init_from, v, exp(v),
+                   acc, d->validation.batches, (long long)G, T, p->world_size, p->ep, p->zero_stage);
+        goto out;
     }
     log_ctx lg;
     failed = log_open(&lg, rank, d->run.output_dir, t.step, err, sizeof err) != 0;
@@ -547,7 +557,7 @@ int train_run(const deck *d, plan *p) {
     free(layer_id);
 out:
     model_free(t.m);
-    data_close(t.train);
+    if (t.train) data_close(t.train);
     if (t.valid) data_close(t.valid);
     ops_free(t.mo), ops_free(t.vo), free(t.tok), free(t.tgt), free(t.bias_shadow);
     return failed;

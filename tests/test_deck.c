@@ -224,7 +224,7 @@ static void test_ranges_and_enums(void **state)
     expect_err("run = { log_every = 0; };\n", 1, "t.cfg:9: run.log_every = 0 is out of range: must be >= 1");
     expect_err("run = { steps = 0; };\n", 1, "t.cfg:9: run.steps = 0 is out of range: must be >= 1");
     expect_err("run = { mode = \"pretrian\"; };\n", 1,
-               "t.cfg:9: run.mode = \"pretrian\" is not one of \"pretrain\", \"finetune\", \"sft\"");
+               "t.cfg:9: run.mode = \"pretrian\" is not one of \"pretrain\", \"finetune\", \"sft\", \"eval\"");
     expect_err("schedule = { type = \"cosin\"; };\n", 1,
                "t.cfg:9: schedule.type = \"cosin\" is not one of \"constant\", \"linear\", \"cosine\", \"warmup_decay\"");
     expect_err("data = { format = \"json\"; };\n", 1,

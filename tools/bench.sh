@@ -4,7 +4,10 @@
 #  2. dsv3 training tokens/s on input/tiny.cfg at np=1 (2 threads) and np=2 (1 thread each),
 #     achieved FLOP/s = tokens/s × model FLOPs/token, as a fraction of the measured sgemm rate
 #  3. the same step in PyTorch + transformers (when installed), same config, batch, threads
-#  4. a 5-minute libFuzzer run of the safetensors reader: executions, crashes
+#  4. generation: dsv3-generate decode tokens/s against transformers' generate (same model:
+#     tests/fixtures/hf/fp32 imported; same threads; the torch half with $DSV3_TORCH_PYTHON or
+#     python3 when torch and transformers import), and the latent cache's bytes per token
+#  5. a 5-minute libFuzzer run of the safetensors reader: executions, crashes
 # Both dsv3 and torch run with MTP and the balance loss off (transformers has neither).
 set -uo pipefail
 BIN=${BIN:-bin}
@@ -55,6 +58,42 @@ if python3 -c "import torch, transformers" 2>/dev/null; then
 else
   echo "torch: SKIP (pip install torch transformers to compare)"
 fi
+echo "== generation: decode tokens/s, dsv3-generate vs transformers generate (greedy, batch 1, prompt 64, same threads) =="
+GNEW=${BENCH_GEN_TOKENS:-128}
+TPY=${DSV3_TORCH_PYTHON:-python3}
+HAVE_TORCH=0; "$TPY" -c "import torch, transformers" 2>/dev/null && HAVE_TORCH=1
+mkdir -p "$OUT"
+seq 2 65 | paste -sd, | sed 's/^/[/; s/$/]/' >"$OUT/gen-prompt.json"
+bench_gen() { # label HF_DIR: dsv3-generate on its import, transformers on the directory itself
+  local label=$1 hf=$2 h5="$OUT/gen-$1.h5" th g
+  $BIN/dsv3-import -q "$hf" "$h5" >/dev/null || return 1
+  OMP_NUM_THREADS=1 $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens 2 "$h5" 2>&1 |
+    sed -n "s/.*\(latent cache .*\)/$label: \1/p"
+  for th in 1 2; do
+    g=$(for r in $(seq 1 "$REPS"); do
+          OMP_NUM_THREADS=$th $BIN/dsv3-generate -q --no-eos --ids "$OUT/gen-prompt.json" --max-new-tokens "$GNEW" "$h5" 2>&1 |
+            sed -n 's/.*= \([0-9.]*\) tokens\/s.*/\1/p'
+        done | best)
+    echo "$label: dsv3-generate: $g tok/s decode ($GNEW new tokens, $th thread$([ $th = 1 ] || echo s), fp32)"
+    if [ $HAVE_TORCH = 1 ]; then
+      "$TPY" tools/reference/bench_generate.py "$hf" "$OUT/gen-prompt.json" "$GNEW" $th "$REPS" 2>/dev/null | grep 'tok/s' |
+        awk -v g="$g" -v l="$label" '{ print l ": " $0; printf "%s: ratio dsv3/transformers decode: %.2fx\n", l, g/$3 }'
+    fi
+  done
+}
+bench_gen tiny tests/fixtures/hf/fp32   # 160 hidden, 3 layers: per-step overheads dominate
+if [ $HAVE_TORCH = 1 ]; then
+  [ -f "$OUT/hf-mid/config.json" ] || "$TPY" tools/reference/bench_generate.py --make "$OUT/hf-mid" 2>/dev/null | tail -n1
+  bench_gen mid "$OUT/hf-mid"           # 1024 hidden, 4 layers, 16 heads, kv_lora 256, 32000 vocab: the matmuls dominate
+else
+  echo "transformers generate: SKIP (no torch + transformers in $TPY; set DSV3_TORCH_PYTHON to a python that has them)"
+fi
+m=input/models/deepseek-v3.cfg
+v3() { sed -n "s/^ *$1 = \([0-9]*\);.*/\1/p" "$m" | head -n1; }
+awk -v m="$m" -v kvl="$(v3 kv_lora_rank)" -v dr="$(v3 qk_rope_head_dim)" -v L="$(v3 num_hidden_layers)" -v nh="$(v3 num_attention_heads)" \
+    -v dn="$(v3 qk_nope_head_dim)" -v dv="$(v3 v_head_dim)" 'BEGIN {
+  printf "DeepSeek-V3 (%s): latent cache %d x %d layers x 4 B = %d bytes/token fp32; expanded per-head K/V would be %d x (%d + %d) x %d x 4 B = %d (%.0fx)\n",
+    m, kvl + dr, L, (kvl + dr) * L * 4, nh, dn + dr, dv, L, nh * (dn + dr + dv) * L * 4, nh * (dn + dr + dv) / (kvl + dr) }'
 echo "== safetensors reader fuzzing (libFuzzer, ASan+UBSan, ${BENCH_FUZZ_SECONDS:-300} s; tests/it_fuzz_safetensors.sh) =="
 if [ -x build/fuzz/fuzz_safetensors ]; then
   FUZZ_SECONDS=${BENCH_FUZZ_SECONDS:-300} tests/it_fuzz_safetensors.sh | tail -n 3 || echo "fuzz_safetensors: CRASH (log above)"

@@ -23,7 +23,6 @@
  */
 #include <errno.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <omp.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -33,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "data.h"
 #include "tokenizer.h"
 
@@ -120,54 +120,12 @@ static int parse_args(int argc, char **argv, opts *o) {
     return 0;
 }
 
-/* bos/eos token strings from tokenizer_config.json beside tokenizer.json */
+/* bos/eos token strings from tokenizer_config.json beside tokenizer.json (chat.c) */
 static int special_id(const tok_tokenizer *t, const char *tokpath, const char *key, int32_t *id) {
-    char *dup = strdup(tokpath);
-    char cfg[4096];
-    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dirname(dup));
-    free(dup);
-    json_error_t je;
-    json_t *root = json_load_file(cfg, 0, &je);
-    if (!root) { fprintf(stderr, "dsv3-prep: %s: cannot read (%s): needed for %s\n", cfg, je.text, key); return -1; }
-    json_t *v = json_object_get(root, key);
-    if (json_is_object(v)) v = json_object_get(v, "content");
-    if (!json_is_string(v)) {
-        fprintf(stderr, "dsv3-prep: %s: no %s string\n", cfg, key);
-        json_decref(root);
-        return -1;
-    }
-    *id = tok_id(t, json_string_value(v));
-    if (*id < 0) fprintf(stderr, "dsv3-prep: %s: %s \"%s\" is not a token of the tokenizer\n", cfg, key, json_string_value(v));
-    json_decref(root);
-    return *id < 0 ? -1 : 0;
-}
-
-/* bytes -> valid UTF-8, invalid sequences as U+FFFD (what `tokenizers` decode does) */
-static char *utf8_lossy(const char *s, size_t n, size_t *out_n) {
-    char *o = malloc(n * 3 + 1);
-    size_t k = 0;
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t need = 0;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) { o[k++] = (char)c; i++; continue; }
-        if (c >= 0xC2 && c <= 0xDF) need = 1;
-        else if (c >= 0xE0 && c <= 0xEF) { need = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-        else if (c >= 0xF0 && c <= 0xF4) { need = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-        size_t j = 1;
-        bool ok = need > 0;
-        for (; ok && j <= need; j++) {
-            if (i + j >= n) { ok = false; break; }
-            unsigned x = u[i + j];
-            if (x < (j == 1 ? lo : 0x80) || x > (j == 1 ? hi : 0xBF)) { ok = false; break; }
-        }
-        if (ok) { memcpy(o + k, u + i, need + 1); k += need + 1; i += need + 1; }
-        else { memcpy(o + k, "\xEF\xBF\xBD", 3); k += 3; i += need ? j : 1; }
-    }
-    o[k] = 0;
-    *out_n = k;
-    return o;
+    char err[4400];
+    if (!chat_special_id(t, tokpath, key, id, err, sizeof err)) return 0;
+    fprintf(stderr, "dsv3-prep: %s\n", err);
+    return -1;
 }
 
 static void write_ids(FILE *f, const tok_ids *v) {
@@ -238,7 +196,7 @@ static int cmd_encode(const opts *o, tok_tokenizer *t, bool decode) {
             if (!why && !s) why = "an id has no token";
             if (!why) {
                 size_t ln;
-                char *u = utf8_lossy(s, len, &ln);
+                char *u = chat_utf8_lossy(s, len, &ln);
                 json_t *out = json_object();
                 json_object_set_new(out, "text", json_stringn(u, ln));
                 char *d = json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII);
@@ -460,96 +418,6 @@ out:
 
 /* ---------------- sft ---------------- */
 
-typedef struct {
-    tok_ctx *c;                 /* NULL: byte-level (--tokenizer bytes) */
-    int32_t bos, eos, user, assistant;
-    tok_ids ids;
-    tok_ids mask; /* 0/1 per token (int32 scratch) */
-} sft_state;
-
-static int seg(sft_state *s, const char *text, size_t len, int m) {
-    size_t before = s->ids.n;
-    if (!s->c) { /* bytes */
-        for (size_t i = 0; i < len; i++)
-            if (tok_ids_push(&s->ids, (unsigned char)text[i])) return -1;
-    } else if (tok_encode(s->c, text, len, &s->ids))
-        return -1;
-    for (size_t i = before; i < s->ids.n; i++)
-        if (tok_ids_push(&s->mask, m)) return -1;
-    return 0;
-}
-
-static int tok1(sft_state *s, int32_t id, int m) { return tok_ids_push(&s->ids, id) || tok_ids_push(&s->mask, m); }
-
-/* a role marker: the special token, or its UTF-8 bytes for a byte vocabulary (never trained on) */
-static int marker(sft_state *s, int assistant) {
-    if (s->c) return tok1(s, assistant ? s->assistant : s->user, 0);
-    const char *text = assistant ? "<｜Assistant｜>" : "<｜User｜>";
-    return seg(s, text, strlen(text), 0);
-}
-
-static const char *jstrn(json_t *o, const char *k, size_t *n) {
-    json_t *v = json_object_get(o, k);
-    if (!json_is_string(v)) return NULL;
-    *n = json_string_length(v);
-    return json_string_value(v);
-}
-
-/* renders one line as the DeepSeek-V3 chat template; NULL or an error message */
-static const char *sft_render(sft_state *s, json_t *j) {
-    s->ids.n = s->mask.n = 0;
-    if (!json_is_object(j)) return "not a JSON object";
-    json_t *msgs = json_object_get(j, "messages");
-    if (tok1(s, s->bos, 0)) return "out of memory";
-    if (msgs) {
-        if (!json_is_array(msgs) || json_array_size(msgs) == 0) return "\"messages\" must be a non-empty array";
-        size_t i;
-        json_t *m;
-        /* system prompts first, joined by blank lines (as the template does) */
-        int nsys = 0;
-        json_array_foreach(msgs, i, m) {
-            size_t n = 0;
-            const char *role = json_string_value(json_object_get(m, "role"));
-            const char *content = jstrn(m, "content", &n);
-            if (!role || !content) return "each message needs \"role\" and \"content\" strings";
-            if (!strcmp(role, "system")) {
-                if (nsys++ && seg(s, "\n\n", 2, 0)) return "out of memory";
-                if (seg(s, content, n, 0)) return "out of memory";
-            } else if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) {
-                return "unsupported role (system, user, assistant)";
-            }
-        }
-        int n_asst = 0;
-        json_array_foreach(msgs, i, m) {
-            size_t n = 0;
-            const char *role = json_string_value(json_object_get(m, "role"));
-            const char *content = jstrn(m, "content", &n);
-            if (!strcmp(role, "user")) {
-                if (marker(s, 0) || seg(s, content, n, 0)) return "out of memory";
-            } else if (!strcmp(role, "assistant")) {
-                if (marker(s, 1) || seg(s, content, n, 1) || tok1(s, s->eos, 1)) return "out of memory";
-                n_asst++;
-            }
-        }
-        if (!n_asst) return "no assistant message";
-        return NULL;
-    }
-    size_t ni = 0, nin = 0, no = 0;
-    const char *ins = jstrn(j, "instruction", &ni), *inp = jstrn(j, "input", &nin), *out = jstrn(j, "output", &no);
-    if (!ins || !out) return "neither \"messages\" nor Alpaca \"instruction\"/\"output\" strings";
-    if (json_object_get(j, "input") && !inp) return "\"input\" must be a string";
-    if (marker(s, 0)) return "out of memory";
-    /* user turn: instruction, then the input after a blank line (one string, one encode) */
-    size_t ul = ni + (inp && nin ? 2 + nin : 0);
-    char *u = malloc(ul + 1);
-    memcpy(u, ins, ni);
-    if (inp && nin) { memcpy(u + ni, "\n\n", 2); memcpy(u + ni + 2, inp, nin); }
-    int e = seg(s, u, ul, 0);
-    free(u);
-    if (e || marker(s, 1) || seg(s, out, no, 1) || tok1(s, s->eos, 1)) return "out of memory";
-    return NULL;
-}
-
 static int cmd_sft(const opts *o, tok_tokenizer *t) {
     if (o->n_inputs != 1 || !o->output) { fprintf(stderr, "dsv3-prep sft: one --input and --output are required\n"); return 2; }
     if (!o->template_ || strcmp(o->template_, "deepseek-v3") != 0) {
@@ -558,20 +426,12 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
         return 2;
     }
     if (o->max_len < 2) { fprintf(stderr, "dsv3-prep sft: --max-len %d must be >= 2\n", o->max_len); return 2; }
-    sft_state s = {0};
-    if (o->bytes) {
-        s.bos = o->bos_id;
-        s.eos = o->eos_id;
-    } else {
-        if (special_id(t, o->tokenizer, "bos_token", &s.bos) || special_id(t, o->tokenizer, "eos_token", &s.eos)) return 1;
-        s.user = tok_id(t, "<｜User｜>");
-        s.assistant = tok_id(t, "<｜Assistant｜>");
-        if (s.user < 0 || s.assistant < 0) {
-            fprintf(stderr, "dsv3-prep sft: %s: the tokenizer lacks <｜User｜> / <｜Assistant｜> (not a DeepSeek-V3 tokenizer)\n",
-                    o->tokenizer);
-            return 1;
-        }
-        s.c = tok_ctx_new(t);
+    chat_state s;
+    char cerr[4400];
+    if (o->bytes ? chat_open_bytes(&s, o->bos_id, o->eos_id, cerr, sizeof cerr)
+                 : chat_open(&s, t, o->tokenizer, cerr, sizeof cerr)) {
+        fprintf(stderr, "dsv3-prep sft: %s\n", cerr);
+        return 1;
     }
     FILE *in = fopen(o->inputs[0], "rb");
     if (!in) { fprintf(stderr, "dsv3-prep sft: %s: cannot open: %s\n", o->inputs[0], strerror(errno)); return 1; }
@@ -599,7 +459,7 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
         if (n == 1 && line[0] == '\n') continue;
         json_error_t je;
         json_t *j = json_loadb(line, (size_t)n, JSON_ALLOW_NUL | JSON_DISABLE_EOF_CHECK, &je);
-        const char *why = j ? sft_render(&s, j) : je.text;
+        const char *why = j ? chat_render(&s, j, 0) : je.text;
         json_decref(j);
         if (why) {
             fprintf(stderr, "dsv3-prep sft: %s:%ld: %s\n", o->inputs[0], lineno, why);
@@ -649,9 +509,7 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
             "(no assistant token left), %ld malformed line(s)%s, %.2f s -> %s.bin/.idx + .mask.bin/.idx\n",
             samples, (long long)tokens, (long long)trained, truncated, o->max_len, dropped, bad,
             bad && o->skip_errors ? " skipped" : "", now() - t0, o->output);
-    tok_ids_free(&s.ids);
-    tok_ids_free(&s.mask);
-    tok_ctx_free(s.c);
+    chat_close(&s);
     return rc;
 }
 

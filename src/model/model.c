@@ -48,6 +48,7 @@
 #include "linear.h"
 #include "lora.h"
 #include "mla.h"
+#include "mla_decode.h"
 #include "mlp.h"
 #include "moe.h"
 #include "mtp.h"
@@ -106,6 +107,15 @@ struct model {
     int checkpointing;
     ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
     lora_dropout_ctx drop;            /* the micro-batch's LoRA dropout stream (every adapter points here) */
+    int lora_merged;                  /* model_merge_lora ran: the linears carry no adapters any more */
+};
+
+/* The latent KV cache of generation (model_kv_create, mla_decode.h). */
+struct model_kv {
+    int B, T, W, L;                   /* sequences, positions, floats per row, layers */
+    float *buf;                       /* [L, B, T, W] */
+    ops_arena scratch;                /* mla_decode's temporaries for up to max_rows new tokens per call */
+    int max_rows;
 };
 
 /* ---------- binding tensors by HF name ---------- */
@@ -134,7 +144,7 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
         snprintf(name, sizeof name, "%s.weight", module);
     l->w = bind(m, name, &l->g, 1);
     l->W = (ops_weight){OPS_F32, l->w, NULL, out, in};
-    if (layer < 0) return;
+    if (layer < 0 || m->lora_merged) return;
     snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
     l->A = bind(m, name, &l->gA, 0);
     if (params_find(&m->pt, name) >= 0) {
@@ -200,7 +210,7 @@ static void bind_block(model *m, block *b) {
         snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", L);
         e->ed = bind(m, name, &e->ged, 1);
         static const char *const ex[3] = {"gate_proj", "up_proj", "down_proj"};
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; j < 3 && !m->lora_merged; j++) {
             snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s.lora_A.weight", L, ex[j]);
             if (params_find(&m->pt, name) < 0) continue;
             e->eA[j] = bind(m, name, &e->geA[j], 1);
@@ -600,6 +610,162 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     flush_grads(m, 0);
     close_params(m, G);
     close_params(m, 0);
+}
+
+/* ---------- generation: the latent cache and one decode pass ---------- */
+
+int model_kv_create(model_kv **out, const model *m, int B, int T, int max_rows, int with_mtp, char *err, int errlen) {
+    const deck_model *c = m->cfg;
+    *out = NULL;
+    if (with_mtp && c->num_nextn_predict_layers < 1) {
+        snprintf(err, errlen, "the model has no MTP module (model.num_nextn_predict_layers = 0)");
+        return -1;
+    }
+    if (T > m->rope.T) {
+        snprintf(err, errlen, "a cache of %d positions exceeds the model's RoPE table (%d: model_opts.seq_len)", T,
+                 m->rope.T);
+        return -1;
+    }
+    model_kv *kv = ops_host_alloc(sizeof *kv);
+    if (!kv) {
+        snprintf(err, errlen, "out of memory for the KV cache");
+        return -1;
+    }
+    kv->B = B, kv->T = T, kv->W = mla_decode_row(c), kv->L = c->num_hidden_layers + (with_mtp ? 1 : 0), kv->max_rows = max_rows;
+    size_t floats = (size_t)kv->L * B * T * kv->W;
+    kv->buf = ops_alloc(floats * sizeof(float));
+    if (!kv->buf || ops_arena_create(&kv->scratch, mla_decode_scratch_floats(c, max_rows))) {
+        snprintf(err, errlen, "out of memory for the latent KV cache (%.1f MiB)", floats * 4.0 / 1048576.0);
+        model_kv_free(kv);
+        return -1;
+    }
+    *out = kv;
+    return 0;
+}
+
+void model_kv_free(model_kv *kv) {
+    if (!kv) return;
+    ops_free(kv->buf);
+    ops_arena_destroy(&kv->scratch);
+    ops_host_free(kv);
+}
+
+size_t model_kv_floats_per_token(const model *m) {
+    return (size_t)m->cfg->num_hidden_layers * (size_t)mla_decode_row(m->cfg);
+}
+
+/* block_forward's inference twin: attention through the latent cache, no saved activations kept. */
+static void block_decode(model *m, block *b, float *kv, int Tcap, const int *pos, float *x, int B, int n,
+                         ops_arena *dscratch) {
+    const deck_model *c = m->cfg;
+    int N = B * n, H = c->hidden_size;
+    float eps = (float)c->rms_norm_eps;
+    ops_rmsnorm_forward(b->xn1, b->rstd1, x, b->in_norm, N, H, eps);
+    mla_decode(c, &b->attn, &m->rope, kv, Tcap, pos, m->tmp, b->xn1, B, n, dscratch);
+    ops_add(x, m->tmp, (size_t)N * H);                                     /* x = x + attn */
+    ops_rmsnorm_forward(b->xn2, b->rstd2, x, b->post_norm, N, H, eps);
+    if (b->is_moe)
+        moe_forward(c, &b->moe, &b->ec, m->ep_comm, m->tmp, b->xn2, B, n, m->count_scratch, NULL, 0.0f, &m->scratch);
+    else
+        mlp_forward(&b->mlp, &b->mc, m->tmp, b->xn2, N, &m->scratch);
+    ops_add(x, m->tmp, (size_t)N * H);                                     /* x = x + ffn */
+    b->cached = 0; /* the component caches hold a decode pass, not a training forward */
+}
+
+void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B, int n, const int *pos,
+                  int all_logits) {
+    const deck_model *c = m->cfg;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size, V = c->vocab_size;
+    DSV3_CHECK(m->N == B * n && m->B == B, "model_decode: %d x %d tokens, activations laid out for %dx%d "
+               "(model_reshape first)", B, n, m->B, m->T);
+    DSV3_CHECK(seq0 >= 0 && seq0 + B <= kv->B && B * n <= kv->max_rows,
+               "model_decode: sequences %d..%d, %d tokens each: the cache holds %d sequences, %d tokens per call", seq0,
+               seq0 + B - 1, n, kv->B, kv->max_rows);
+    int N = m->N, G = L + D + 1;
+    float *x = m->x_final; /* residual stream */
+    open_params(m, 0);
+    ops_embedding_forward(x, m->embed, tokens, N, V, H);
+    for (int l = 0; l < L; l++) {
+        open_params(m, l + 1);
+        float *layer_kv = kv->buf + ((size_t)l * kv->B + seq0) * kv->T * kv->W;
+        block_decode(m, &m->blk[l], layer_kv, kv->T, pos, x, B, n, &kv->scratch);
+        close_params(m, l + 1);
+    }
+    open_params(m, G);
+    int rows = N;
+    if (!all_logits && n > 1) { /* only each sequence's last token: rows b*n+n-1 -> b (never overwrites a later source) */
+        for (int b = 0; b < B; b++) ops_copy(x + (size_t)b * H, x + ((size_t)b * n + n - 1) * H, (size_t)H);
+        rows = B;
+    }
+    ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, rows, H, (float)c->rms_norm_eps);
+    linear_forward(&m->lm_head, m->logits, m->h_final, NULL, rows, &m->scratch);
+    close_params(m, G);
+    close_params(m, 0);
+}
+
+void model_decode_mtp(model *m, model_kv *kv, int seq0, const int32_t *next, int B, int n, const int *pos) {
+    const deck_model *c = m->cfg;
+    int L = c->num_hidden_layers, H = c->hidden_size, V = c->vocab_size, N = B * n;
+    DSV3_CHECK(kv->L > L && m->N == N && m->B == B && seq0 >= 0 && seq0 + B <= kv->B,
+               "model_decode_mtp: a cache without the MTP layer, or not after model_decode of the same %d x %d tokens",
+               B, n);
+    block *b = &m->blk[L];
+    float eps = (float)c->rms_norm_eps;
+    int G = L + c->num_nextn_predict_layers + 1; /* group of lm_head, the shared head */
+    open_params(m, 0);
+    open_params(m, L + 1);
+    open_params(m, G);
+    /* token ids of the embedding input: host slots of the MTP cache (as mtp_shift fills them in training) */
+    for (int i = 0; i < N; i++) b->tc.e_ids[i] = next[i], b->tc.targets[i] = OPS_IGNORE_INDEX;
+    mtp_input_forward(&b->mtp, &b->tc, m->embed, m->h_final, b->x_out, N, H, V, eps, &m->scratch);
+    float *layer_kv = kv->buf + ((size_t)L * kv->B + seq0) * kv->T * kv->W;
+    block_decode(m, b, layer_kv, kv->T, pos, b->x_out, B, n, &kv->scratch);
+    mtp_head_forward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, N, H, V, eps, &m->scratch);
+    close_params(m, G);
+    close_params(m, L + 1);
+    close_params(m, 0);
+}
+
+int model_merge_lora(model *m, char *err, int errlen) {
+    if (!m->z.params) {
+        snprintf(err, errlen, "merging LoRA needs every weight on every rank (ZeRO stage below 3)");
+        return -1;
+    }
+    for (int i = 0; i < m->cfg->num_hidden_layers + m->cfg->num_nextn_predict_layers; i++) {
+        block *b = &m->blk[i];
+        linear *ls[] = {&b->attn.q_a, &b->attn.q_b, &b->attn.q, &b->attn.kv_a, &b->attn.kv_b, &b->attn.o,
+                        &b->mlp.gate, &b->mlp.up, &b->mlp.down, &b->moe.sh_gate, &b->moe.sh_up, &b->moe.sh_down};
+        for (size_t k = 0; k < sizeof ls / sizeof *ls; k++) {
+            linear *l = ls[k];
+            if (l->r <= 0) continue;
+            if (l->W.dtype != OPS_F32) {
+                snprintf(err, errlen, "merging LoRA into a non-F32 base weight of layer %d is not supported", i);
+                return -1;
+            }
+            /* W[out,in] += scaling·B[out,r]·A[r,in] (B scaled in place: unused afterwards) */
+            ops_scale(l->B, l->scaling, (size_t)l->out * l->r);
+            ops_matmul_backward(l->w, NULL, l->B, NULL, l->A, l->out, l->in, l->r);
+            l->r = 0, l->A = l->B = l->gA = l->gB = NULL;
+        }
+        moe_layer *e = &b->moe; /* routed experts: W_e += scaling·B_e·A_e for each local expert */
+        int H = m->cfg->hidden_size, I = m->cfg->moe_intermediate_size;
+        for (int j = 0; b->is_moe && j < 3; j++) {
+            int r = e->er[j], out = j < 2 ? I : H, in = j < 2 ? H : I;
+            float *w = j == 0 ? e->eg : j == 1 ? e->eu : e->ed;
+            if (!r) continue;
+            for (int g = 0; g < e->e_local; g++) {
+                float *Bg = e->eB[j] + (size_t)g * out * r;
+                ops_scale(Bg, e->escaling, (size_t)out * r);
+                ops_matmul_backward(w + (size_t)g * out * in, NULL, Bg, NULL, e->eA[j] + (size_t)g * r * in, out, in, r);
+            }
+            e->er[j] = 0, e->eA[j] = e->eB[j] = e->geA[j] = e->geB[j] = NULL;
+        }
+    }
+    /* the activation layout (cost.c) follows model_opts.lora: no adapter caches any more */
+    static const deck_lora none;
+    m->o.lora = &none;
+    m->lora_merged = 1;
+    return 0;
 }
 
 /* ---------- accessors ---------- */

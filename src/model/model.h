@@ -91,6 +91,37 @@ void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
 double model_comm_seconds(const model *m);
 
+/* ---- Generation (dsv3-spec §3: absorbed MLA over the latent cache, mla_decode.h) ----
+ * The cache holds, per layer, sequence and position, the W = kv_lora_rank +
+ * qk_rope_head_dim values [c | k_pe]: model_kv_floats_per_token() floats per
+ * token in all. B sequences of up to T positions (T <= model_opts.seq_len: the
+ * RoPE table); max_rows = the most tokens (B·n, all sequences) one model_decode
+ * takes (sizes its scratch); with_mtp: one more layer for the first MTP module's
+ * block (model_decode_mtp). 0, or -1 with err set. */
+typedef struct model_kv model_kv;
+int model_kv_create(model_kv **kv, const model *m, int B, int T, int max_rows, int with_mtp, char *err, int errlen);
+void model_kv_free(model_kv *kv);
+size_t model_kv_floats_per_token(const model *m);
+/* Runs n new tokens (tokens [B, n]) of the cache's sequences seq0..seq0+B-1,
+ * sequence b's at positions pos[b]..pos[b]+n-1 (host array), appending their
+ * latents to the cache; the main head's logits land in model_logits(): [B*n, V]
+ * (all_logits) or [B, V] for each sequence's last token. model_reshape(m, B, n)
+ * first. Collective over the expert-parallel group (MoE). Allocates nothing. */
+void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B, int n, const int *pos,
+                  int all_logits);
+/* The first MTP module (spec §6) over the rows of the last model_decode (which
+ * ran with all_logits, same B and n): row i of sequence b, at position
+ * pos[b]+i, combines the main model's final hidden state there with the
+ * embedding of next[b*n+i], the token that follows it, and predicts the token
+ * after that; logits [B*n, V] in model_logits() (the main ones are replaced).
+ * The MTP block's latents go to the cache's extra layer (with_mtp). Drafts
+ * for self-speculative decoding. Collective over the expert group. */
+void model_decode_mtp(model *m, model_kv *kv, int seq0, const int32_t *next, int B, int n, const int *pos);
+/* Folds every LoRA pair into its base weight, W += (alpha/r)·B·A, and drops the
+ * adapters from the forward (generation of an adapted model; the absorbed
+ * attention needs a plain kv_b_proj). Below ZeRO-3 only. 0, or -1 with err. */
+int model_merge_lora(model *m, char *err, int errlen);
+
 /* FLOPs and activation bytes of a config: cost.h. */
 
 #endif
