@@ -76,6 +76,7 @@ static const char *const E_ROPE[] = {"yarn", "none", NULL};
 static const char *const E_QUANT[] = {"", "fp8", NULL};
 static const char *const E_SCALE[] = {"", "ue8m0", NULL};
 static const char *const E_DTYPE[] = {"fp32", "bf16", NULL};
+static const char *const E_BASE_DTYPE[] = {"fp32", "bf16", "fp8", NULL};
 static const char *const E_OPT[] = {"adamw", NULL};
 static const char *const E_SCHED[] = {"constant", "linear", "cosine", "warmup_decay", NULL};
 static const char *const E_FORMAT[] = {"text", "u32", "megatron", "sft", NULL};
@@ -162,6 +163,8 @@ static const deck_key KEYS[] = {
     I("train.global_batch", train.global_batch, 0, 0, INT_MAX), /* 0 = micro_batch x world size */
     I("train.seq_len", train.seq_len, 4096, 1, INT_MAX),
     S("train.dtype", train.dtype, "fp32", E_DTYPE, 0),
+    /* storage of the frozen base's linear weights; held in deck_lora (model/config.h) so the model sees it */
+    S("train.base_dtype", lora.base_dtype, "fp32", E_BASE_DTYPE, 0),
 
     G("lora"),
     B("lora.enabled", lora.enabled, 0),
@@ -781,6 +784,10 @@ static int check_layout(const ctx *c, deck *d, int world)
     /* LoRA and checkpoints */
     if (!strcmp(d->checkpoint.save, "adapters") && !d->lora.enabled)
         return fail(c, "checkpoint.save", NULL, "checkpoint.save = \"adapters\" needs lora.enabled = true");
+    if (strcmp(d->lora.base_dtype, "fp32") && !d->lora.enabled)
+        return fail(c, "train.base_dtype", NULL,
+                    "train.base_dtype = \"%s\" stores the frozen base weights narrow: it needs a frozen base "
+                    "(lora.enabled = true); use \"fp32\" when training every weight", d->lora.base_dtype);
     if (d->lora.enabled && d->lora.n_targets == 0)
         return fail(c, "lora.enabled", NULL, "lora.enabled = true needs lora.targets");
     if (d->lora.enabled)

@@ -104,6 +104,15 @@ typedef struct {
 float ops_e4m3_to_f32(uint8_t v);   /* exact (host helper, the reference decode) */
 float ops_bf16_to_f32(uint16_t v);  /* exact */
 uint16_t ops_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
+/* fp32 → e4m3 code, round to nearest even, saturating to ±448 (0x7E/0xFE); NaN → 0x7F. */
+uint8_t ops_f32_to_e4m3(float f);
+/* Stores rows [r0, r0+n) of w from fp32 src [n, in] (w->data, and w->scale
+ * for FP8, are written). BF16: round to nearest even. FP8 (DeepSeek's
+ * recipe, per 128x128 block): scale = amax/448 (1 for an all-zero block),
+ * code = e4m3(x / scale) rounded to nearest even with saturation; r0 must be a
+ * multiple of 128 and n a multiple of 128 or reach the last row (whole
+ * blocks). F32: a copy. Host memory in, device memory out. */
+void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src);
 /* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly ops_matmul. */
 void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta);
 /* dx[T,in] += dy[T,out]·W. Frozen storage: no dW. F32 is exactly ops_matmul_backward(dx, NULL, ...). */

@@ -295,6 +295,60 @@ float ops_e4m3_to_f32(uint8_t v) {
     return s ? -a : a;
 }
 
+uint8_t ops_f32_to_e4m3(float f) {
+    if (isnan(f)) return 0x7F;
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    float a = fabsf(f);
+    if (a >= 448.0f) return sign | 0x7E; /* saturate (464 and up would round past the largest finite) */
+    if (a < 0x1p-6f) {                   /* subnormals: steps of 2^-9; q = 8 is the smallest normal's code */
+        int q = (int)rintf(a * 512.0f);  /* exact scaling; rintf rounds to nearest even */
+        return sign | (uint8_t)q;
+    }
+    int e;
+    float fr = frexpf(a, &e);            /* a = fr·2^e, fr in [0.5, 1) */
+    int E = e - 1;                       /* a = m·2^E, m in [1, 2) */
+    int q = (int)rintf((ldexpf(fr, 1) - 1.0f) * 8.0f); /* 3 mantissa bits, exact products */
+    if (q == 8) q = 0, E++;
+    int be = E + 7;
+    if (be > 15 || (be == 15 && q == 7)) return sign | 0x7E;
+    return sign | (uint8_t)(be << 3 | q);
+}
+
+void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src) {
+    int in = w->in;
+    if (n <= 0) return;
+    DSV3_CHECK(r0 >= 0 && r0 + n <= w->out, "ops_weight_store_rows: rows %d..%d outside [0, %d)", r0, r0 + n, w->out);
+    if (w->dtype == OPS_F32) {
+        memcpy((float *)w->data + (size_t)r0 * in, src, (size_t)n * in * sizeof(float));
+        return;
+    }
+    if (w->dtype == OPS_BF16) {
+        uint16_t *q = (uint16_t *)w->data + (size_t)r0 * in;
+#pragma omp parallel for if ((size_t)n * in > 65536)
+        for (size_t i = 0; i < (size_t)n * in; i++) q[i] = ops_f32_to_bf16(src[i]);
+        return;
+    }
+    DSV3_CHECK(w->dtype == OPS_FP8_E4M3 && w->scale, "ops_weight_store_rows: bad weight dtype %d", (int)w->dtype);
+    DSV3_CHECK(r0 % OPS_FP8_BLOCK == 0 && (n % OPS_FP8_BLOCK == 0 || r0 + n == w->out),
+               "ops_weight_store_rows: FP8 rows %d..%d are not whole 128-row blocks", r0, r0 + n);
+    int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK, nrb = (n + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    float *scale = (float *)(uintptr_t)w->scale; /* the storage being written */
+#pragma omp parallel for collapse(2) if ((size_t)n * in > 65536)
+    for (int rb = 0; rb < nrb; rb++)
+        for (int cb = 0; cb < nb; cb++) {
+            int ra = rb * OPS_FP8_BLOCK, rz = ra + OPS_FP8_BLOCK < n ? ra + OPS_FP8_BLOCK : n;
+            int ca = cb * OPS_FP8_BLOCK, cz = ca + OPS_FP8_BLOCK < in ? ca + OPS_FP8_BLOCK : in;
+            float amax = 0.0f;
+            for (int r = ra; r < rz; r++)
+                for (int c = ca; c < cz; c++) amax = fmaxf(amax, fabsf(src[(size_t)r * in + c]));
+            float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+            scale[(size_t)(r0 / OPS_FP8_BLOCK + rb) * nb + cb] = sc;
+            uint8_t *q = (uint8_t *)w->data + (size_t)r0 * in;
+            for (int r = ra; r < rz; r++)
+                for (int c = ca; c < cz; c++) q[(size_t)r * in + c] = ops_f32_to_e4m3(src[(size_t)r * in + c] / sc);
+        }
+}
+
 /* Rows of W dequantised at a time: the whole weight when it fits in 2^24
  * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
  * arguments, so a bf16 weight holding fp32-representable values gives the

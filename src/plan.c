@@ -154,6 +154,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
         }
     }
     if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
+    mem.params += (double)pt->stored_bytes; /* the frozen store (train.base_dtype bf16/fp8), resident at any stage */
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);

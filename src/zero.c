@@ -68,7 +68,7 @@ int zero_map_init(zero_map *z, const plan *p, char *err, int errlen) {
         z->seg_of[i] = -1;
         for (int s = 0; s < pt->nseg; s++)
             if (pt->seg[s].group == pt->t[i].group && pt->seg[s].kind == pt->t[i].kind) z->seg_of[i] = s;
-        if (z->seg_of[i] < 0) {
+        if (z->seg_of[i] < 0 && !(pt->t[i].flags & P_STORED)) { /* stored: the frozen store, no segment */
             snprintf(err, errlen, "tensor %s belongs to no ZeRO segment", pt->t[i].name);
             return -1;
         }
@@ -158,6 +158,7 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, 
         fail |= !(z->pshard = ops_alloc(packed * sizeof *z->pshard));
     else
         fail |= !(z->params = ops_alloc(pt->total_local * sizeof *z->params));
+    if (pt->stored_bytes) fail |= !(z->frozen = ops_alloc(pt->stored_bytes));
     ops_mem_category(OPS_MEM_GRADS);
     size_t gfull = z->compact ? z->tlocal : pt->total_local; /* LoRA: gradients of the trainable floats only */
     size_t gshard = z->compact ? p->shard_trainable : packed;
@@ -197,6 +198,7 @@ void zero_destroy(zero_state *z) {
         for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gp[g]);
     if (z->gg && z->stage >= 2)
         for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gg[g]);
+    ops_free(z->frozen);
     ops_free(z->params), ops_free(z->grads), ops_free(z->pshard), ops_free(z->gshard), ops_free(z->rs_tmp);
     free(z->goff), free(z->glen), free(z->gp), free(z->gg), free(z->gtoff), free(z->gtlen);
     if (z->p) zero_map_free(&z->map);

@@ -81,6 +81,12 @@ typedef struct {
     float *pshard;   /* [shard_floats] packed parameter shard (stage 3) */
     float *gshard;   /* [shard_floats] packed gradient shard (stage >= 2; compact: [shard_trainable]) */
     float *rs_tmp;   /* [rs_n] reduce-scatter landing buffer (stage >= 2) */
+    /* The frozen store (train.base_dtype bf16/fp8): pt->stored_bytes bytes of
+     * the P_STORED tensors in their storage precision (params.h). Resident at
+     * every stage: never sharded, gathered, reduced or updated (frozen weights
+     * do not change; routed experts are already split by expert parallelism).
+     * Charged to the parameters (OPS_MEM_PARAMS); NULL when there is none. */
+    uint8_t *frozen;
     size_t rs_n;
     /* Layer group g is [goff[g], goff[g]+glen[g]) of the flat layout; gp[g]/gg[g]
      * are its open parameter/gradient workspaces (views of params/grads below

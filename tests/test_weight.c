@@ -282,6 +282,130 @@ static void test_matmul_w_fp8_tiled(void **st) {
     fp8_check(2, 8200, 2100);
 }
 
+/* ------------------------------------------------- quantisation (DeepSeek's recipe) */
+
+/* The nearest finite e4m3 code by exhaustive search, ties to the even code
+ * (mantissa LSB 0), |x| beyond 448 saturating: the reference encoder. */
+static uint8_t e4m3_nearest(float x) {
+    if (isnan(x)) return 0x7F;
+    double a = fabs((double)x);
+    int best = 0;
+    double bd = INFINITY;
+    for (int v = 0; v < 0x7F; v++) { /* magnitudes 0..448 */
+        double d = fabs(e4m3_ref(v) - a);
+        if (d < bd || (d == bd && (v & 1) == 0 && (best & 1) == 1)) bd = d, best = v;
+    }
+    return (uint8_t)((signbit(x) ? 0x80 : 0) | best);
+}
+
+static void test_e4m3_encode(void **st) {
+    (void)st;
+    for (int v = 0; v < 256; v++) { /* every finite code round-trips (±0 included) */
+        if ((v & 0x7F) == 0x7F) continue;
+        assert_int_equal(ops_f32_to_e4m3(ops_e4m3_to_f32((uint8_t)v)), v);
+    }
+    for (int v = 0; v < 0x7E; v++) { /* midpoints between neighbours go to the even code; just off them, to the nearer */
+        float lo = ops_e4m3_to_f32((uint8_t)v), hi = ops_e4m3_to_f32((uint8_t)(v + 1)), mid = (lo + hi) / 2;
+        assert_int_equal(ops_f32_to_e4m3(mid), (v & 1) ? v + 1 : v);
+        assert_int_equal(ops_f32_to_e4m3(nextafterf(mid, 0)), v);
+        assert_int_equal(ops_f32_to_e4m3(nextafterf(mid, INFINITY)), v + 1);
+        assert_int_equal(ops_f32_to_e4m3(-mid), 0x80 | ((v & 1) ? v + 1 : v));
+    }
+    assert_int_equal(ops_f32_to_e4m3(449.0f), 0x7E); /* saturation */
+    assert_int_equal(ops_f32_to_e4m3(1e30f), 0x7E);
+    assert_int_equal(ops_f32_to_e4m3(-INFINITY), 0xFE);
+    assert_int_equal(ops_f32_to_e4m3(NAN), 0x7F);
+    for (int i = 0; i < 200000; i++) { /* random magnitudes over the whole range, and beyond */
+        float x = (float)((urand() * 2 - 1) * pow(2.0, urand() * 22 - 12));
+        assert_int_equal(ops_f32_to_e4m3(x), e4m3_nearest(x));
+    }
+}
+
+/* ops_weight_store_rows: bf16 rounds to nearest even; FP8 is DeepSeek's 128x128
+ * block recipe (scale = amax/448, e4m3 of x/scale), checked element by element
+ * against the reference encoder, edge blocks and an all-zero block included;
+ * dequantised, every element is within half an e4m3 step of the original. */
+static void test_store_rows(void **st) {
+    (void)st;
+    int out = 300, in = 200, rb = 3, cb = 2;
+    float *w = frand((size_t)out * in, -0.05f, 0.05f);
+    for (int r = 128; r < 256; r++) /* block (1, 1): zeros; block (2, 0): one large outlier */
+        for (int c = 128; c < in; c++) w[(size_t)r * in + c] = 0.0f;
+    w[(size_t)290 * in + 7] = 3.5f;
+    uint8_t *q = malloc((size_t)out * in);
+    float *scale = malloc((size_t)rb * cb * sizeof *scale);
+    ops_weight W = {OPS_FP8_E4M3, q, scale, out, in};
+    ops_weight_store_rows(&W, 0, 128, w); /* block rows stored separately, the last one partial */
+    ops_weight_store_rows(&W, 128, 172, w + (size_t)128 * in);
+    for (int b = 0; b < rb * cb; b++) {
+        int r0 = b / cb * 128, c0 = b % cb * 128;
+        float amax = 0;
+        for (int r = r0; r < out && r < r0 + 128; r++)
+            for (int c = c0; c < in && c < c0 + 128; c++) amax = fmaxf(amax, fabsf(w[(size_t)r * in + c]));
+        float want = amax > 0 ? amax / 448.0f : 1.0f;
+        assert_true(scale[b] == want);
+        for (int r = r0; r < out && r < r0 + 128; r++)
+            for (int c = c0; c < in && c < c0 + 128; c++) {
+                float x = w[(size_t)r * in + c];
+                assert_int_equal(q[(size_t)r * in + c], e4m3_nearest(x / want));
+                double back = e4m3_ref(q[(size_t)r * in + c]) * want;
+                assert_true(fabs(back - x) <= want * 16.0 * 1.0000001); /* half the e4m3 step of [256, 448] (32) */
+            }
+    }
+    assert_true(scale[1 * cb + 1] == 1.0f);
+    assert_int_equal(q[(size_t)290 * in + 7], 0x7E); /* the block maximum maps to 448 */
+    uint16_t *h = malloc((size_t)out * in * 2);
+    ops_weight B = {OPS_BF16, h, NULL, out, in};
+    ops_weight_store_rows(&B, 0, out, w);
+    for (size_t i = 0; i < (size_t)out * in; i++) assert_int_equal(h[i], ops_f32_to_bf16(w[i]));
+    free(w), free(q), free(scale), free(h);
+}
+
+/* ops_grouped_matmul_w over stacked FP8/BF16 experts equals the F32 grouped
+ * GEMM on the dequantised weights: dims not multiples of 128, experts with no
+ * rows (first, middle, last). */
+static void test_grouped_matmul_w(void **st) {
+    (void)st;
+    int G = 5, out = 150, in = 260, cnt[5] = {0, 7, 0, 3, 0}, R = 10;
+    int nsc = 2 * 3;
+    for (int dt = 0; dt < 2; dt++) {
+        size_t n = (size_t)G * out * in;
+        float *wf = frand(n, -0.1f, 0.1f), *deq = malloc(n * 4);
+        void *data = malloc(n * 2);
+        float *scale = malloc((size_t)G * nsc * 4);
+        ops_weight W = {dt ? OPS_BF16 : OPS_FP8_E4M3, data, dt ? NULL : scale, out, in};
+        for (int g = 0; g < G; g++) {
+            ops_weight v = ops_weight_expert(&W, g);
+            ops_weight_store_rows(&v, 0, out, wf + (size_t)g * out * in);
+            for (int r = 0; r < out; r++)
+                for (int c = 0; c < in; c++) {
+                    size_t i = ((size_t)g * out + r) * in + c;
+                    deq[i] = dt ? ops_bf16_to_f32(((uint16_t *)data)[i])
+                                : ops_e4m3_to_f32(((uint8_t *)data)[i]) * scale[(size_t)g * nsc + (r / 128) * 3 + c / 128];
+                }
+        }
+        float *x = frand((size_t)R * in, -1, 1), *y = malloc((size_t)R * out * 4), *yr = malloc((size_t)R * out * 4);
+        ops_grouped_matmul_w(y, x, &W, cnt, G);
+        ops_grouped_matmul(yr, x, deq, cnt, G, in, out);
+        double maxe = 0;
+        for (size_t i = 0; i < (size_t)R * out; i++) maxe = fmax(maxe, fabs(y[i] - yr[i]) / (fabs(yr[i]) + 1e-3));
+        printf("  grouped %s forward: max rel error %.2e vs F32 on the dequantised weights\n", dt ? "bf16" : "fp8", maxe);
+        assert_true(maxe < 1e-5);
+        float *dy = frand((size_t)R * out, -1, 1), *dx = calloc((size_t)R * in, 4), *dxr = calloc((size_t)R * in, 4);
+        for (size_t i = 0; i < (size_t)R * in; i++) dx[i] = dxr[i] = 0.25f; /* accumulates */
+        ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G);
+        ops_grouped_matmul_backward(dxr, NULL, dy, x, deq, cnt, G, in, out);
+        maxe = 0;
+        for (size_t i = 0; i < (size_t)R * in; i++) maxe = fmax(maxe, fabs(dx[i] - dxr[i]) / (fabs(dxr[i]) + 1e-3));
+        printf("  grouped %s backward dx: max rel error %.2e\n", dt ? "bf16" : "fp8", maxe);
+        assert_true(maxe < 1e-5);
+        ops_weight F = {OPS_F32, deq, NULL, out, in}; /* F32 storage is exactly the grouped GEMM */
+        ops_grouped_matmul_w(y, x, &F, cnt, G);
+        assert_memory_equal(y, yr, (size_t)R * out * 4);
+        free(wf), free(deq), free(data), free(scale), free(x), free(y), free(yr), free(dy), free(dx), free(dxr);
+    }
+}
+
 /* Every ops_alloc/ops_host_alloc is charged to the category current when it
  * was made, a free uncharges exactly that, and peaks are high-water marks. */
 static void test_mem_accounting(void **state) {
@@ -346,7 +470,8 @@ int main(void) {
         cmocka_unit_test(test_arena_overflow_ends_job), cmocka_unit_test(test_e4m3_all_codes),
         cmocka_unit_test(test_bf16_decode),        cmocka_unit_test(test_matmul_w_f32_is_matmul),
         cmocka_unit_test(test_matmul_w_bf16),      cmocka_unit_test(test_matmul_w_fp8),
-        cmocka_unit_test(test_matmul_w_fp8_tiled),
+        cmocka_unit_test(test_matmul_w_fp8_tiled), cmocka_unit_test(test_e4m3_encode),
+        cmocka_unit_test(test_store_rows),         cmocka_unit_test(test_grouped_matmul_w),
     };
     return cmocka_run_group_tests_name("weight", tests, NULL, NULL);
 }

@@ -60,6 +60,10 @@ typedef struct {
     bool use_rslora;            /* scaling alpha/sqrt(r) (rank-stabilised LoRA) instead of alpha/r */
     int n_targets;
     char targets[DECK_MAX_TARGETS][DECK_STR]; /* e.g. "self_attn.q_a_proj" */
+    /* deck key train.base_dtype, kept here so the model sees it: storage of the
+     * frozen base's linear weights, "fp32" | "bf16" | "fp8" (e4m3 + 128x128 f32
+     * block scales); anything but fp32 needs enabled (a frozen base) */
+    char base_dtype[DECK_STR];
 } deck_lora;
 
 /* A model instance: config, adapters, the longest sequence (RoPE table), the

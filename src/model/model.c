@@ -128,9 +128,25 @@ static float *bind(model *m, const char *name, float **g, int required) {
         return NULL;
     }
     const param_spec *s = &m->pt.t[i];
+    if (s->flags & P_STORED) { /* in the frozen store: stored_weight() */
+        if (g) *g = NULL;
+        return NULL;
+    }
     size_t o = s->offset - m->z.goff[s->group];
     if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->z.gg[s->group] ? NULL : m->z.gg[s->group] + zero_grad_offset(&m->z, i);
     return m->z.gp[s->group] ? m->z.gp[s->group] + o : NULL;
+}
+
+/* The storage of tensor i: a P_STORED tensor's view of the frozen store
+ * (stacked experts: expert 0's [out, in], ops_weight_expert for the others),
+ * else F32 over `w`. */
+static ops_weight stored_weight(const model *m, int i, float *w) {
+    const param_spec *s = &m->pt.t[i];
+    int out = (int)s->shape[s->ndim - 2], in = (int)s->shape[s->ndim - 1];
+    if (!(s->flags & P_STORED)) return (ops_weight){OPS_F32, w, NULL, out, in};
+    uint8_t *base = m->z.frozen + s->soff;
+    return (ops_weight){(ops_dtype)s->dtype, base, s->dtype == OPS_FP8_E4M3 ? (const float *)(void *)(base + s->sscale) : NULL,
+                        out, in};
 }
 
 static void bind_linear(model *m, linear *l, int layer, const char *module, int in, int out) {
@@ -143,7 +159,7 @@ static void bind_linear(model *m, linear *l, int layer, const char *module, int 
     else
         snprintf(name, sizeof name, "%s.weight", module);
     l->w = bind(m, name, &l->g, 1);
-    l->W = (ops_weight){OPS_F32, l->w, NULL, out, in};
+    l->W = stored_weight(m, params_find(&m->pt, name), l->w);
     if (layer < 0 || m->lora_merged) return;
     snprintf(name, sizeof name, "model.layers.%d.%s.lora_A.weight", layer, module);
     l->A = bind(m, name, &l->gA, 0);
@@ -203,13 +219,13 @@ static void bind_block(model *m, block *b) {
             bind_linear(m, &e->sh_up, L, "mlp.shared_experts.up_proj", H, Is);
             bind_linear(m, &e->sh_down, L, "mlp.shared_experts.down_proj", Is, H);
         }
-        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_proj.weight", L);
-        e->eg = bind(m, name, &e->geg, 1);
-        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.up_proj.weight", L);
-        e->eu = bind(m, name, &e->geu, 1);
-        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj.weight", L);
-        e->ed = bind(m, name, &e->ged, 1);
         static const char *const ex[3] = {"gate_proj", "up_proj", "down_proj"};
+        float **ew[3] = {&e->eg, &e->eu, &e->ed}, **eg[3] = {&e->geg, &e->geu, &e->ged};
+        for (int j = 0; j < 3; j++) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s.weight", L, ex[j]);
+            *ew[j] = bind(m, name, eg[j], 1);
+            e->eW[j] = stored_weight(m, params_find(&m->pt, name), *ew[j]);
+        }
         for (int j = 0; j < 3 && !m->lora_merged; j++) {
             snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%s.lora_A.weight", L, ex[j]);
             if (params_find(&m->pt, name) < 0) continue;
@@ -753,6 +769,11 @@ int model_merge_lora(model *m, char *err, int errlen) {
             int r = e->er[j], out = j < 2 ? I : H, in = j < 2 ? H : I;
             float *w = j == 0 ? e->eg : j == 1 ? e->eu : e->ed;
             if (!r) continue;
+            if (e->eW[j].dtype != OPS_F32) {
+                snprintf(err, errlen, "merging LoRA into a non-F32 routed-expert base weight of layer %d is not supported",
+                         i);
+                return -1;
+            }
             for (int g = 0; g < e->e_local; g++) {
                 float *Bg = e->eB[j] + (size_t)g * out * r;
                 ops_scale(Bg, e->escaling, (size_t)out * r);
@@ -816,9 +837,32 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
         ops_fill_normal(dst, n, seed, params_name_key(nm), first, std);
 }
 
+/* A P_STORED tensor from its fp32 init, 128 rows at a time through a host
+ * staging buffer (never a full-precision copy of the tensor). */
+static void init_stored(model *m, int i, uint64_t seed) {
+    const param_spec *s = &m->pt.t[i];
+    size_t out = (size_t)s->shape[s->ndim - 2], in = (size_t)s->shape[s->ndim - 1];
+    float *buf = ops_host_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *buf);
+    DSV3_CHECK(buf != NULL, "out of memory initialising %s", s->name);
+    ops_weight w = stored_weight(m, i, NULL);
+    for (int g = 0; g < s->n_mat; g++) {
+        ops_weight v = ops_weight_expert(&w, g);
+        for (size_t r0 = 0; r0 < out; r0 += OPS_FP8_BLOCK) {
+            size_t n = out - r0 < OPS_FP8_BLOCK ? out - r0 : OPS_FP8_BLOCK, a = ((size_t)g * out + r0) * in;
+            init_range(m, s, buf, a, a + n * in, seed);
+            ops_weight_store_rows(&v, (int)r0, (int)n, buf);
+        }
+    }
+    ops_host_free(buf);
+}
+
 void model_init_weights(model *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         const param_spec *s = &m->pt.t[i];
+        if (s->flags & P_STORED) {
+            init_stored(m, i, seed);
+            continue;
+        }
         if (m->z.params) {
             init_range(m, s, m->z.params + s->offset, 0, (size_t)s->numel_local, seed);
             continue;

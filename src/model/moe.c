@@ -299,6 +299,31 @@ static void expert_lora_backward(const moe_layer *l, moe_cache *c, int j, float 
     ops_grouped_matmul_backward(dx, l->geA[j], c->edxa, x, l->eA[j], c->lcnt, G, in, r);
 }
 
+/* Projection j (gate, up, down) of the local experts on the expert-major rows:
+ * the F32 weights (grouped GEMM), or a frozen bf16/fp8 base dequantised tile
+ * by tile (ops_grouped_matmul_w). */
+static const float *expert_f32(const moe_layer *l, int j) { return j == 0 ? l->eg : j == 1 ? l->eu : l->ed; }
+static void experts_mm(const moe_layer *l, int j, float *y, const float *x, const moe_cache *c) {
+    const ops_weight *w = &l->eW[j];
+    int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
+    if (w->dtype != OPS_F32)
+        ops_grouped_matmul_w(y, x, w, c->lcnt, c->e_local);
+    else
+        ops_grouped_matmul(y, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
+}
+/* dx += dy·W per expert; dw += dyᵀ·x (F32 only: a stored base is frozen). */
+static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw, const float *dy, const float *x,
+                                const moe_cache *c) {
+    const ops_weight *w = &l->eW[j];
+    int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
+    if (w->dtype != OPS_F32) {
+        DSV3_CHECK(dw == NULL, "moe: a bf16/fp8 routed-expert weight must be frozen");
+        ops_grouped_matmul_w_backward_dx(dx, dy, w, c->lcnt, c->e_local);
+    } else {
+        ops_grouped_matmul_backward(dx, dw, dy, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
+    }
+}
+
 void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, E = c->E, G = c->e_local, P = c->ep;
@@ -332,12 +357,12 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
     ops_moe_perm(c->perm, c->rcnt_e, P, G);
     ops_gather_rows(c->xe, c->xr, c->perm, R, H); /* expert-major */
-    ops_grouped_matmul(c->ge, c->xe, l->eg, c->lcnt, G, H, I);
+    experts_mm(l, 0, c->ge, c->xe, c);
     expert_lora_forward(l, c, 0, c->ge, c->xe, H, I);
-    ops_grouped_matmul(c->ue, c->xe, l->eu, c->lcnt, G, H, I);
+    experts_mm(l, 1, c->ue, c->xe, c);
     expert_lora_forward(l, c, 1, c->ue, c->xe, H, I);
     ops_swiglu_forward(c->he, c->ge, I, c->ue, I, R, I);
-    ops_grouped_matmul(c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    experts_mm(l, 2, c->ye, c->he, c);
     expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
     ops_scatter_rows(c->xr, c->ye, c->perm, R, H); /* back to source-major */
     exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, H, comm);
@@ -346,22 +371,22 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
 
 void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout) {
     check_comm(c, l, comm);
-    int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, R = c->R;
+    int N = c->N, K = c->K, H = c->H, I = c->I_, R = c->R;
     size_t RI = (size_t)R * I;
     ops_zero(c->dw, (size_t)N * K);
     ops_moe_combine_backward(c->xs, c->dw, dout, c->ys, c->pos, c->w, N, K, H); /* xs = dys */
     exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
     ops_gather_rows(c->ye, c->xr, c->perm, R, H); /* ye = dy per expert */
     ops_zero(c->dhe, RI);
-    ops_grouped_matmul_backward(c->dhe, l->ged, c->ye, c->he, l->ed, c->lcnt, G, I, H);
+    experts_mm_backward(l, 2, c->dhe, l->ged, c->ye, c->he, c);
     expert_lora_backward(l, c, 2, c->dhe, c->ye, c->he, I, H);
     ops_zero(c->dge, RI);
     ops_zero(c->due, RI);
     ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, R, I);
     ops_zero(c->xr, (size_t)R * H); /* xr = dx per expert row */
-    ops_grouped_matmul_backward(c->xr, l->geg, c->dge, c->xe, l->eg, c->lcnt, G, H, I);
+    experts_mm_backward(l, 0, c->xr, l->geg, c->dge, c->xe, c);
     expert_lora_backward(l, c, 0, c->xr, c->dge, c->xe, H, I);
-    ops_grouped_matmul_backward(c->xr, l->geu, c->due, c->xe, l->eu, c->lcnt, G, H, I);
+    experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c);
     expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
     ops_scatter_rows(c->ye, c->xr, c->perm, R, H);
     exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, H, comm);

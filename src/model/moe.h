@@ -37,6 +37,8 @@ typedef struct {
     int has_shared;
     float *eg, *eu, *ed;         /* local routed experts: gate/up [e_local,I,H], down [e_local,H,I] */
     float *geg, *geu, *ged;      /* their gradients (NULL when frozen) */
+    ops_weight eW[3];            /* storage of gate, up, down (expert 0's [out,in] view, ops_moe.h): F32 over
+                                    eg/eu/ed, or a frozen base in bf16/fp8 (train.base_dtype; eg.. NULL) */
     int e_first, e_local;
     /* per-expert LoRA on gate (0), up (1), down (2): y += scaling·(x·Aₑᵀ)·Bₑᵀ for the
      * rows of expert e; er[j] = rank, 0 = no adapter (PEFT semantics, no dropout) */

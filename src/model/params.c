@@ -2,6 +2,7 @@
 #include "params.h"
 
 #include "lora.h"
+#include "../ops.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@ static int add(param_table *pt, int group, int kind, int flags, int ndim, int64_
     s->shape[2] = c;
     s->numel = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
     s->numel_local = (kind == SEG_EXPERT) ? s->numel / a * (a / pt->ep) : s->numel;
+    if (flags & P_STORED) s->numel_local = 0; /* in the frozen store, not the floats */
     s->group = group;
     s->kind = kind;
     s->flags = flags;
@@ -39,10 +41,19 @@ typedef struct {
     deck_lora lora;
 } cfg;
 
+int params_base_dtype(const deck_lora *lora) {
+    if (!lora || !lora->enabled) return OPS_F32;
+    return !strcmp(lora->base_dtype, "bf16") ? OPS_BF16 : !strcmp(lora->base_dtype, "fp8") ? OPS_FP8_E4M3 : OPS_F32;
+}
+
+/* Frozen linear weights (MLA projections, dense and shared MLP, stacked
+ * routed experts) go to the frozen store when train.base_dtype is narrow. */
+static int stored_flag(const cfg *d) { return params_base_dtype(&d->lora) != OPS_F32 ? P_STORED : 0; }
+
 /* A linear [out, in] with an optional LoRA pair right after it. */
 static void linear(param_table *pt, const cfg *d, int g, int layer, int is_mtp, const char *module,
                    int64_t out, int64_t in) {
-    int frozen = d->lora.enabled ? P_FROZEN : 0;
+    int frozen = d->lora.enabled ? P_FROZEN | stored_flag(d) : 0;
     add(pt, g, SEG_DENSE, frozen, 2, out, in, 0, "model.layers.%d.%s.weight", layer, module);
     if (lora_rank_of(&d->lora, module, is_mtp) > 0) {
         add(pt, g, SEG_DENSE, P_LORA, 2, d->lora.r, in, 0, "model.layers.%d.%s.lora_A.weight", layer, module);
@@ -96,7 +107,8 @@ static void decoder_layer(param_table *pt, const cfg *d, int layer, int is_mtp, 
         int64_t out = j < 2 ? I : H, in = j < 2 ? H : I, r = d->lora.r;
         char module[64];
         snprintf(module, sizeof module, "mlp.experts.%s", ex[j]);
-        add(pt, g, SEG_EXPERT, P_EXPERT | frozen, 3, E, out, in, "model.layers.%d.%s.weight", layer, module);
+        add(pt, g, SEG_EXPERT, P_EXPERT | frozen | (frozen ? stored_flag(d) : 0), 3, E, out, in,
+            "model.layers.%d.%s.weight", layer, module);
         if (lora_rank_of(&d->lora, module, is_mtp) > 0) {
             add(pt, g, SEG_EXPERT, P_EXPERT | P_LORA, 3, E, r, in, "model.layers.%d.%s.lora_A.weight", layer, module);
             add(pt, g, SEG_EXPERT, P_EXPERT | P_LORA, 3, E, out, r, "model.layers.%d.%s.lora_B.weight", layer, module);
@@ -151,6 +163,25 @@ int params_build(param_table *pt, const deck_model *model, const deck_lora *lora
             if (s.numel) pt->seg[pt->nseg++] = s;
         }
     pt->total_local = off;
+    /* the frozen store: data then scales of each P_STORED tensor, 64-byte aligned */
+    size_t so = 0;
+    int bd = params_base_dtype(&d->lora);
+    for (int i = 0; i < pt->n; i++) {
+        param_spec *t = &pt->t[i];
+        if (!(t->flags & P_STORED)) continue;
+        int64_t rows = t->shape[t->ndim - 2], cols = t->shape[t->ndim - 1];
+        t->dtype = bd;
+        t->n_mat = t->ndim == 3 ? (int)(t->shape[0] / ep) : 1;
+        size_t data = (size_t)t->n_mat * (size_t)rows * (size_t)cols * (bd == OPS_BF16 ? 2 : 1);
+        size_t nsc = bd == OPS_FP8_E4M3 ? (size_t)t->n_mat * (size_t)((rows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) *
+                                              (size_t)((cols + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK)
+                                        : 0;
+        t->soff = so;
+        t->sscale = (data + 63) / 64 * 64;
+        t->sbytes = t->sscale + (nsc * sizeof(float) + 63) / 64 * 64;
+        so += t->sbytes;
+    }
+    pt->stored_bytes = so;
     for (int i = 0; i < pt->n; i++) {
         pt->n_params += (pt->t[i].flags & P_LORA) ? 0 : pt->t[i].numel;
         if (!(pt->t[i].flags & (P_FROZEN | P_NOGRAD))) pt->n_trainable += pt->t[i].numel;

@@ -24,6 +24,7 @@ enum {
     P_NOGRAD = 1 << 2,    /* model state not trained by gradient (e_score_correction_bias) */
     P_FROZEN = 1 << 3,    /* base weight frozen (LoRA runs) */
     P_LORA = 1 << 4,      /* LoRA adapter tensor */
+    P_STORED = 1 << 5,    /* frozen linear weight held narrow (bf16 / fp8) in the frozen store, not in the floats */
 };
 
 enum { SEG_DENSE = 0, SEG_EXPERT = 1 };
@@ -38,6 +39,16 @@ typedef struct {
     int kind;             /* SEG_DENSE | SEG_EXPERT */
     int flags;
     size_t offset;        /* floats from the start of the flat buffer (local layout) */
+    /* Storage (train.base_dtype). dtype 0 (OPS_F32): the tensor is floats of
+     * the flat buffer. P_STORED: dtype OPS_BF16 or OPS_FP8_E4M3 (ops.h), the
+     * tensor takes NO floats (numel_local 0: not in any segment, shard or
+     * gather) and lives in the frozen store, a byte buffer every rank holds
+     * unsharded at any ZeRO stage (routed experts: my E/EP of them): at byte
+     * soff its data [n_mat, out, in] (2 or 1 bytes each), then for FP8 the f32
+     * scales [n_mat, ceil(out/128), ceil(in/128)] at byte soff + sscale. */
+    int dtype;
+    int n_mat;            /* P_STORED: matrices held (1, or E/EP stacked experts) */
+    size_t soff, sscale, sbytes; /* P_STORED: byte offset, scale offset (relative), bytes in all */
 } param_spec;
 
 typedef struct {
@@ -55,6 +66,7 @@ typedef struct {
     int64_t n_params;     /* global parameters (no MTP copies of embed/head) */
     int64_t n_trainable;  /* global trainable parameters */
     int ep;               /* expert-parallel size the local layout was built for */
+    size_t stored_bytes;  /* bytes of the frozen store on one rank (P_STORED tensors; 0 with base_dtype fp32) */
 } param_table;
 
 /* Builds the table for the model with EP-way expert split (ep >= 1). LoRA
@@ -64,6 +76,8 @@ int params_build(param_table *pt, const deck_model *model, const deck_lora *lora
 void params_free(param_table *pt);
 /* The init stream of a tensor (counter-based init, design §1.5): FNV-1a of its HF name. */
 uint64_t params_name_key(const char *name);
+/* The storage dtype the deck asks for frozen linear weights (lora->base_dtype): OPS_F32/BF16/FP8_E4M3. */
+int params_base_dtype(const deck_lora *lora);
 /* Index of a tensor by HF name, or -1. */
 int params_find(const param_table *pt, const char *name);
 /* Layer group helpers */
