@@ -17,6 +17,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "ckpt_frozen.h"
 #include "error.h"
 #include "fsutil.h"
 
@@ -454,6 +455,16 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
     return rc;
 }
 
+/* A P_STORED tensor in its storage precision (ckpt_frozen.h); collective. */
+static int frozen_write(const wctx *w, const plan *p, int i, const uint8_t *store) {
+    if (!store) {
+        snprintf(w->err, w->errlen, "ckpt_save: %s is in the frozen store, and no store was given", p->params.t[i].name);
+        return -1;
+    }
+    g_stats.n_datasets++;
+    return ckpt_frozen_write(w->file, w->lcpl, w->dxpl, p, i, store, w->fname, w->err, w->errlen);
+}
+
 static int write_attrs(hid_t f, const plan *p, const deck *d, const ckpt_state *st, int has_optim, int adapters) {
     int rc = 0;
     rc |= attr_i64(f, "adapters_only", adapters);
@@ -549,7 +560,8 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     rc = agree(p->world, rc, err, errlen);
     for (int i = 0; !rc && i < pt->n; i++) {
         if (!in_file(&pt->t[i], adapters ? FILE_ADAPTERS : FILE_ALL)) continue; /* the same decision on every rank */
-        int e = write_tensor(&w, i, params, params_layout, BUF_PARAM);
+        int e = (pt->t[i].flags & P_STORED) ? frozen_write(&w, p, i, st->frozen)
+                                             : write_tensor(&w, i, params, params_layout, BUF_PARAM);
         wd_progress(p, d, e ? err : NULL);
         rc = agree(p->world, e, err, errlen);
     }
@@ -654,7 +666,9 @@ static int check_shape(hid_t file, const param_spec *t, const char *path, const 
         return -1;
     }
     if (!isfloat) {
-        snprintf(err, errlen, "checkpoint %s: %s is not a float dataset", fname, path);
+        snprintf(err, errlen, "checkpoint %s: %s is not a float dataset%s", fname, path,
+                 ckpt_frozen_is_fp8(file, path) ? " (FP8 bytes: set train.base_dtype = \"fp8\" or \"bf16\" with "
+                                                   "lora.enabled, or import with --dtype)" : "");
         return -1;
     }
     return 0;
@@ -674,6 +688,7 @@ static herr_t visit_cb(hid_t obj, const char *name, const H5O_info_t *info, void
     hf_name(name, hf, sizeof hf);
     int i = params_find(v->pt, hf);
     int lora = !strcmp(v->root, "/lora");
+    if (!lora && ckpt_frozen_is_scale(v->pt, hf)) return 0; /* an fp8 weight's scales (ckpt_frozen.h) */
     if (i < 0 || !(v->pt->t[i].flags & P_LORA) != !lora) snprintf(v->extra, sizeof v->extra, "%s", hf);
     return 0;
 }
@@ -693,6 +708,10 @@ static int check_model(hid_t file, const param_table *pt, int want_optim, int wh
     }
     for (int i = 0; i < pt->n; i++) {
         if (!in_file(&pt->t[i], what)) continue;
+        if (pt->t[i].flags & P_STORED) { /* f32, bf16 or fp8 bytes + scales */
+            if (ckpt_frozen_check(file, pt, i, fname, err, errlen)) return -1;
+            continue;
+        }
         ds_path(&pt->t[i], BUF_PARAM, path, sizeof path);
         if (check_shape(file, &pt->t[i], path, fname, "", err, errlen)) return -1;
     }
@@ -778,6 +797,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     err[0] = 0;
     int rc = 0;
     const char *fname = base_name(path);
+    uint8_t *frozen = st ? st->frozen : NULL; /* an input (ckpt.h) */
     struct stat sb;
     if (p->world_rank == 0 && stat(path, &sb)) {
         snprintf(err, errlen, "checkpoint %s: %s", path, strerror(errno));
@@ -852,8 +872,16 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
         hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
         H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
         for (int i = 0; i < pt->n && !rc; i++) /* adapters-only: the base tensors stay as they are */
-            if (in_file(&pt->t[i], what))
+            if (in_file(&pt->t[i], what) && (pt->t[i].flags & P_STORED)) {
+                if (!frozen) {
+                    snprintf(err, errlen, "ckpt_load: %s is in the frozen store, and no store was given", pt->t[i].name);
+                    rc = -1;
+                } else {
+                    rc = ckpt_frozen_read(file, dxpl, p, i, frozen, fname, err, errlen);
+                }
+            } else if (in_file(&pt->t[i], what)) {
                 rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl, fname, err, errlen);
+            }
         for (int which = BUF_M; m && which <= BUF_V && !rc; which++)
             for (int i = 0; i < pt->n && !rc; i++) {
                 float *buf = which == BUF_M ? m : v;
@@ -876,6 +904,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     quiet_off(&q);
     zero_map_free(&L);
     rc = agree(p->world, rc, err, errlen);
+    s.frozen = frozen;
     if (!rc && st) *st = s;
     g_stats.seconds = comm_wtime() - t0;
     return rc;
@@ -1165,7 +1194,8 @@ static herr_t tvisit_cb(hid_t g, const char *name, const H5O_info_t *info, void 
     if (t->ndim > 0 && t->ndim <= 3) H5Sget_simple_extent_dims(sp, dims, NULL);
     for (int k = 0; k < t->ndim && k < 3; k++) t->shape[k] = (int64_t)dims[k];
     t->is_bf16 = H5Tget_class(ty) == H5T_FLOAT && H5Tget_size(ty) == 2;
-    int ok = H5Tget_class(ty) == H5T_FLOAT && t->ndim >= 1 && t->ndim <= 3;
+    t->is_fp8 = H5Tget_class(ty) == H5T_INTEGER && H5Tget_size(ty) == 1 && H5Aexists(ds, "dtype") > 0; /* ckpt_frozen.h */
+    int ok = (H5Tget_class(ty) == H5T_FLOAT || t->is_fp8) && t->ndim >= 1 && t->ndim <= 3;
     H5Tclose(ty), H5Sclose(sp), H5Dclose(ds);
     if (!ok) {
         v->fail = 1;
@@ -1215,7 +1245,7 @@ int ckpt_in_open(ckpt_in **out, const char *path, char *err, int errlen) {
         herr_t e = H5Ovisit(g, H5_INDEX_NAME, H5_ITER_INC, tvisit_cb, &v);
         H5Gclose(g);
         if (e < 0) {
-            snprintf(err, errlen, "%s: a dataset under %s is not a float tensor of 1-3 dimensions", path, roots[k]);
+            snprintf(err, errlen, "%s: a dataset under %s is not a float (or FP8-byte) tensor of 1-3 dimensions", path, roots[k]);
             ckpt_in_close(r);
             return -1;
         }
@@ -1239,6 +1269,11 @@ static int in_read(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, vo
         if (ax) snprintf(what, sizeof what, "slice %lld ", (long long)e);
         snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", r->path, what, (long long)row0,
                  (long long)(row0 + nrows), t->path);
+        return -1;
+    }
+    if (t->is_fp8) { /* e4m3 bytes: HDF5 would convert them as integers */
+        snprintf(err, errlen, "%s: %s holds FP8 e4m3 bytes (train.base_dtype = \"fp8\", or dsv3-import --keep-fp8); "
+                 "this reader takes float datasets only", r->path, t->path);
         return -1;
     }
     if (as_bf16 && !t->is_bf16) { /* bf16 bits out of a bf16 dataset need no conversion; floats from either */

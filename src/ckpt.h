@@ -42,6 +42,10 @@ typedef struct {
     int64_t tokens_seen;
     int64_t data_position; /* data loader cursor */
     int64_t optim_t;       /* AdamW step count */
+    /* in (save and load): the frozen store (zero_state.frozen) when the deck
+     * keeps its base narrow (train.base_dtype bf16/fp8, P_STORED tensors:
+     * ckpt_frozen.h); read only when such tensors exist */
+    uint8_t *frozen;
     /* filled by ckpt_load (ignored by ckpt_save): */
     int has_optim;         /* 0: model-only file; m and v were zeroed */
     int adapters_only;     /* 1: LoRA adapters (+ router biases) only; the base came from elsewhere */
@@ -118,6 +122,7 @@ typedef struct {
     int ndim;
     int64_t shape[3];
     int is_bf16, is_lora;
+    int is_fp8;         /* e4m3 bytes (uint8, ckpt_frozen.h): ckpt_in_read refuses it */
 } ckpt_tensor_info;
 typedef struct ckpt_in ckpt_in;
 int ckpt_in_open(ckpt_in **r, const char *path, char *err, int errlen);

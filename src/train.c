@@ -308,7 +308,8 @@ static int save(trainer *t, char *err, int errlen) {
                  "one stays)", (long long)t->step);
         return -1;
     }
-    ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t};
+    ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t,
+                     .frozen = model_zero(t->m)->frozen};
     int rc = ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
                      zero_state_optim_layout(model_zero(t->m)), &st, err, errlen);
     if (rc || !t->d->lora.enabled) return rc;
@@ -380,7 +381,7 @@ int train_run(const deck *d, plan *p) {
      * the base the run started from: run.init_from again (or the same seeded init). */
     int adapters_resume = resume[0] && ckpt_is_adapters_only(resume);
     if ((!resume[0] || adapters_resume) && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
-        ckpt_state st;
+        ckpt_state st = {.frozen = model_zero(t.m)->frozen};
         failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
                            NULL, zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) goto out;
@@ -388,7 +389,7 @@ int train_run(const deck *d, plan *p) {
                                        (long long)st.step);
     }
     if (resume[0]) {
-        ckpt_state st;
+        ckpt_state st = {.frozen = model_zero(t.m)->frozen};
         failed = ckpt_load(p, d, resume, model_param_buffer(t.m), zero_params_layout(p->zero_stage), t.mo, t.vo,
                            zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) {

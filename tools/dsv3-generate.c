@@ -459,7 +459,7 @@ int main(int argc, char **argv) {
     mo.checkpointing = 1;                     /* no backward: the blocks share one slot of component caches */
     model *m;
     if (model_create(&m, &mo, &p, err, sizeof err)) die("%s", err);
-    ckpt_state st;
+    ckpt_state st = {.frozen = model_zero(m)->frozen};
     int layout = zero_params_layout(p.zero_stage), olayout = zero_state_optim_layout(model_zero(m));
     if (ckpt_is_adapters_only(ckpt)) {
         if (!base && d.run.init_from[0]) base = d.run.init_from;
