@@ -1131,6 +1131,15 @@ int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row
     return out_write(o, hf_name, e, row0, nrows, data, err, errlen);
 }
 
+int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
+    return ckpt_frozen_declare_fp8(o->file, hf_name, ndim, shape, err, errlen);
+}
+
+int ckpt_out_write_fp8(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
+                       const float *scales, char *err, int errlen) {
+    return ckpt_frozen_write_fp8(o->file, hf_name, e, row0, nrows, q, scales, err, errlen);
+}
+
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     h5why why;
     int rc = failed ? -1 : 0;

@@ -113,6 +113,13 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (one routed expert's [out, in]). */
 int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
                         char *err, int errlen);
+/* dsv3-import --keep-fp8: tensor hf_name as e4m3 bytes + f32 weight_scale_inv
+ * (ckpt_frozen.h), declared instead of ckpt_out_declare; rows of whole
+ * 128-row blocks (row0 % 128 == 0) of slice e (3-D; e < 0 for 2-D) with the
+ * scale rows they cover. */
+int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen);
+int ckpt_out_write_fp8(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
+                       const float *scales, char *err, int errlen);
 /* failed = 0: close, fsync, rename into place; else (or on error) remove the .tmp. Frees o. */
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen);
 

@@ -302,3 +302,68 @@ int ckpt_frozen_read(hid_t file, hid_t dxpl, const plan *p, int i, uint8_t *stor
     H5Dclose(ds);
     return rc;
 }
+
+/* ---- one process: dsv3-import --keep-fp8 ---- */
+
+static void name_paths(const char *hf_name, char *data, char *scale, size_t len) {
+    param_spec t;
+    memset(&t, 0, sizeof t);
+    snprintf(t.name, sizeof t.name, "%s", hf_name);
+    paths(&t, data, scale, len);
+}
+
+int ckpt_frozen_declare_fp8(hid_t file, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
+    char dpath[256], spath[256];
+    name_paths(hf_name, dpath, spath, sizeof dpath);
+    int64_t ss[3] = {shape[0], 0, 0};
+    int64_t out = shape[ndim - 2], in = shape[ndim - 1];
+    ss[ndim - 2] = (out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK, ss[ndim - 1] = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t ds = ndim >= 2 && ndim <= 3 ? create(file, lcpl, dpath, H5T_STD_U8LE, ndim, shape, 1) : -1;
+    hid_t sds = ds >= 0 ? create(file, lcpl, spath, H5T_IEEE_F32LE, ndim, ss, 4) : -1;
+    int rc = ds < 0 || sds < 0 ? -1 : 0;
+    if (!rc) {
+        hid_t ty = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+        const char *v = "float8_e4m3fn";
+        H5Tset_size(ty, strlen(v) + 1);
+        hid_t a = H5Acreate2(ds, "dtype", ty, sp, H5P_DEFAULT, H5P_DEFAULT);
+        rc = a < 0 || H5Awrite(a, ty, v) < 0 ? -1 : 0;
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(sp), H5Tclose(ty);
+    }
+    if (rc) snprintf(err, errlen, "cannot create the fp8 datasets %s and %s", dpath, spath);
+    if (sds >= 0) H5Dclose(sds);
+    if (ds >= 0) H5Dclose(ds);
+    H5Pclose(lcpl);
+    return rc;
+}
+
+int ckpt_frozen_write_fp8(hid_t file, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
+                          const float *sc, char *err, int errlen) {
+    char dpath[256], spath[256];
+    name_paths(hf_name, dpath, spath, sizeof dpath);
+    hid_t ds = H5Dopen2(file, dpath, H5P_DEFAULT), sds = H5Dopen2(file, spath, H5P_DEFAULT);
+    int rc = ds < 0 || sds < 0 || row0 % OPS_FP8_BLOCK ? -1 : 0;
+    if (!rc) {
+        hid_t fs = H5Dget_space(ds);
+        hsize_t dd[3] = {0, 0, 0};
+        int nd = H5Sget_simple_extent_ndims(fs);
+        H5Sget_simple_extent_dims(fs, dd, NULL);
+        H5Sclose(fs);
+        param_spec t;
+        memset(&t, 0, sizeof t);
+        t.ndim = nd;
+        int64_t in = (int64_t)dd[nd - 1], nbc = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+        hsize_t st[3], ct[3];
+        sel(&t, e, row0, nrows, in, st, ct);
+        rc = write_sel(ds, H5T_NATIVE_UINT8, H5P_DEFAULT, nd, 1, st, ct, q);
+        sel(&t, e, row0 / OPS_FP8_BLOCK, (nrows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK, nbc, st, ct);
+        if (!rc) rc = write_sel(sds, H5T_NATIVE_FLOAT, H5P_DEFAULT, nd, 1, st, ct, sc);
+    }
+    if (rc) snprintf(err, errlen, "writing rows [%lld, %lld) of the fp8 tensor %s failed", (long long)row0,
+                     (long long)(row0 + nrows), hf_name);
+    if (sds >= 0) H5Dclose(sds);
+    if (ds >= 0) H5Dclose(ds);
+    return rc;
+}

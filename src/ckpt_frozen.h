@@ -44,6 +44,14 @@ int ckpt_frozen_read(hid_t file, hid_t dxpl, const plan *p, int i, uint8_t *stor
                      int errlen);
 /* 1 when the dataset at path holds fp8 bytes (uint8 with dtype = "float8_e4m3fn"). */
 int ckpt_frozen_is_fp8(hid_t file, const char *path);
+/* One process (dsv3-import --keep-fp8): creates tensor hf_name's uint8 dataset
+ * (global shape, 2-D or stacked 3-D) and its weight_scale_inv. 0 or -1 with err. */
+int ckpt_frozen_declare_fp8(hid_t file, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen);
+/* Rows [row0, row0+nrows) (row0 a multiple of 128) of matrix e (3-D; e < 0 for
+ * 2-D) as e4m3 bytes q [nrows, in], and the scale rows they cover, sc
+ * [ceil(nrows/128), ceil(in/128)]. 0 or -1 with err. */
+int ckpt_frozen_write_fp8(hid_t file, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
+                          const float *sc, char *err, int errlen);
 /* The bf16 HDF5 type (caller closes it). */
 hid_t ckpt_frozen_bf16_type(void);
 

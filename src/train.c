@@ -118,6 +118,17 @@ static double memory_report(trainer *t, double rss0) {
         if (all)
             printf("dsv3: memory: allocated/planned over %d ranks: min %.4f max %.4f; every category equal to the plan "
                    "on %d of %d ranks\n", n, lo, hi, exact, n);
+        const param_table *pt = &p->params; /* train.base_dtype: the frozen store, part of params above */
+        if (pt->stored_bytes) {
+            double f32 = 0;
+            int nt = 0;
+            for (int i = 0; i < pt->n; i++)
+                if (pt->t[i].flags & P_STORED)
+                    f32 += 4.0 * (double)pt->t[i].numel / pt->t[i].shape[0] * (pt->t[i].ndim == 3 ? pt->t[i].n_mat : pt->t[i].shape[0]), nt++;
+            printf("dsv3: memory rank 0: frozen store (train.base_dtype = %s): %zu bytes for %d frozen linear weights, "
+                   "%.0f bytes at fp32 (%.4f of it)\n", t->d->lora.base_dtype, pt->stored_bytes, nt, f32,
+                   f32 > 0 ? (double)pt->stored_bytes / f32 : 0.0);
+        }
         fflush(stdout);
     }
     free(all);

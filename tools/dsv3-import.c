@@ -2,7 +2,7 @@
  * shards, BF16/F16/F32 or FP8 e4m3 with 128x128 block scales) as a dsv3
  * checkpoint that starts a run with run.init_from.
  *
- *   dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5
+ *   dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5
  *
  * - config.json becomes the deck's model group (written into the checkpoint;
  *   --print-deck prints it as a deck file for @include); other architectures
@@ -21,6 +21,10 @@
  *   the reference dequantization, exactly. scale_fmt "ue8m0": every scale must
  *   be a power of two; the count that are not is reported. F8_E8M0 scales are
  *   accepted.
+ * - --keep-fp8: the FP8 weights a frozen base keeps narrow (train.base_dtype =
+ *   "fp8": MLA projections, dense and shared MLP, stacked routed experts) are
+ *   stored as they are, e4m3 bytes + their scales as f32 weight_scale_inv
+ *   (ckpt_frozen.h), no dequantization; everything else as --dtype says.
  * - Streaming: a fixed buffer of row blocks (multiples of 128 rows), never a
  *   whole model or a whole large tensor in memory; peak RSS is printed.
  * - Progress on stderr (tensors, GB, GB/s, ETA) and a summary at the end.
@@ -261,6 +265,29 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
     }
 }
 
+/* --keep-fp8: rows [r0, r0+nr) of an F8_E4M3 tensor k as its bytes (raw) and
+ * the scale rows they cover as f32 (sbuf [ceil(nr/128), ceil(cols/128)]). */
+static void fp8_rows(const source *s, int k, int sk, int64_t r0, int64_t nr, unsigned char *raw, float *sbuf,
+                     int ue8m0, stats *stt) {
+    char err[1024];
+    const st_tensor *t = src_t(s, k), *sc = src_t(s, sk);
+    int64_t cols = t->shape[1], sc_cols = sc->shape[1], sr0 = r0 / 128, snr = (nr + 127) / 128;
+    size_t ses = (size_t)st_dtype_bits(sc->dtype) / 8;
+    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols), (uint64_t)(nr * cols), raw, err, sizeof err))
+        die("%s", err);
+    unsigned char *sraw = (unsigned char *)sbuf;
+    if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses, sraw,
+                err, sizeof err))
+        die("%s", err);
+    for (int64_t i = snr * sc_cols - 1; i >= 0; i--) sbuf[i] = scale_value(sraw + (size_t)i * ses, sc->dtype);
+    for (int64_t i = 0; i < snr * sc_cols; i++) {
+        int ex;
+        if (ue8m0 && !(isfinite(sbuf[i]) && sbuf[i] > 0 && frexpf(sbuf[i], &ex) == 0.5f)) stt->pow2_bad++;
+        stt->scales++;
+    }
+    stt->bytes_in += (double)(nr * cols) + (double)((size_t)(snr * sc_cols) * ses);
+}
+
 /* ---- progress ---- */
 
 typedef struct {
@@ -281,18 +308,19 @@ static void show(const progress *p, const stats *s, int final) {
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const char *dir = NULL, *out = NULL, *dtype = "fp32";
-    int print_deck = 0;
+    int print_deck = 0, keep_fp8 = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
         else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
         else if (!strcmp(argv[i], "--print-deck")) print_deck = 1;
+        else if (!strcmp(argv[i], "--keep-fp8")) keep_fp8 = 1;
         else if (!strcmp(argv[i], "-q")) quiet = 1;
-        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5)", argv[i]);
+        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5)", argv[i]);
         else if (!dir) dir = argv[i];
         else if (!out) out = argv[i];
         else die("extra argument %s", argv[i]);
     }
-    if (!dir || (!out && !print_deck)) die("usage: dsv3-import [--dtype fp32|bf16] [--print-deck] [-q] HF_DIR OUT.h5");
+    if (!dir || (!out && !print_deck)) die("usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5");
     if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected fp32 or bf16", dtype);
     int bf16 = !strcmp(dtype, "bf16");
 
@@ -326,6 +354,12 @@ int main(int argc, char **argv) {
     /* 2. what the model needs, what the files hold */
     param_table pt;
     if (params_build(&pt, m, NULL, 1, err, sizeof err)) die("%s", err);
+    param_table pq; /* --keep-fp8: the tensors a base_dtype fp8 run stores narrow (P_STORED) */
+    deck_lora lq;
+    memset(&lq, 0, sizeof lq);
+    lq.enabled = 1, lq.r = 1;
+    snprintf(lq.base_dtype, sizeof lq.base_dtype, "fp8");
+    if (params_build(&pq, m, &lq, 1, err, sizeof err)) die("%s", err);
     source s;
     memset(&s, 0, sizeof s);
     open_shards(&s, dir);
@@ -459,9 +493,23 @@ int main(int argc, char **argv) {
     ckpt_out *o;
     if (ckpt_out_open(&o, out, &d, bf16, err, sizeof err)) die("%s", err);
     int fail = 0;
-    for (int i = 0; i < pt.n && !fail; i++) fail = ckpt_out_declare(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape,
-                                                               (pt.t[i].flags & P_NOGRAD) != 0, err, sizeof err);
-    snprintf(path, sizeof path, "dsv3-import %s (--dtype %s)", dir, dtype);
+    /* --keep-fp8: a tensor stays e4m3 when a fp8-base run stores it narrow and every source of it is F8_E4M3 */
+    int *raw8 = calloc((size_t)pt.n, sizeof *raw8);
+    int64_t n_raw8 = 0;
+    for (int i = 0; keep_fp8 && i < pt.n; i++) {
+        int j = params_find(&pq, pt.t[i].name), all = j >= 0 && (pq.t[j].flags & P_STORED);
+        for (int e = 0; all && e < ((pt.t[i].flags & P_EXPERT) ? E : 1); e++) {
+            int k = (pt.t[i].flags & P_EXPERT) ? exp_of[i][e] : src_of[i];
+            all = src_t(&s, k)->dtype == ST_F8_E4M3;
+        }
+        raw8[i] = all;
+        n_raw8 += all;
+    }
+    for (int i = 0; i < pt.n && !fail; i++)
+        fail = raw8[i] ? ckpt_out_declare_fp8(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape, err, sizeof err)
+                       : ckpt_out_declare(o, pt.t[i].name, pt.t[i].ndim, pt.t[i].shape, (pt.t[i].flags & P_NOGRAD) != 0,
+                                          err, sizeof err);
+    snprintf(path, sizeof path, "dsv3-import %s (--dtype %s%s)", dir, dtype, keep_fp8 ? " --keep-fp8" : "");
     if (!fail) fail = ckpt_out_attr(o, "imported_from", path);
     float *fb = malloc(BUF_BYTES), *sbuf = malloc(BUF_BYTES / 16 + 4096);
     unsigned char *raw = malloc(BUF_BYTES);
@@ -483,6 +531,14 @@ int main(int argc, char **argv) {
             for (int64_t r0 = 0; r0 < rows && !fail; r0 += per) {
                 int64_t nr = rows - r0 < per ? rows - r0 : per;
                 if (st->ndim < 2) nr = 1; /* a 1-D tensor is one row */
+                if (raw8[i]) { /* the bytes and scales as they are (per is a multiple of 128 rows) */
+                    fp8_rows(&s, k, q, r0, nr, raw, sbuf, ue8m0, &stt);
+                    fail = ckpt_out_write_fp8(o, t->name, (t->flags & P_EXPERT) ? e : -1, r0, nr, raw, sbuf, err,
+                                              sizeof err);
+                    stt.bytes_out += (double)(nr * cols) + 4.0 * (double)((nr + 127) / 128 * ((cols + 127) / 128));
+                    if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
+                    continue;
+                }
                 convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
                 size_t n = (size_t)(nr * cols);
                 const void *data = fb;
@@ -523,6 +579,9 @@ int main(int argc, char **argv) {
         if (stt.by_dtype[t]) printf("%s%lld %s", lead ? "" : ", ", (long long)stt.by_dtype[t], st_dtype_name(t)), lead = 0;
     printf("), %.3f GB read, %.3f GB written as %s, %.1f s (%.2f GB/s), peak RSS %.1f MB\n", stt.bytes_in / 1e9,
            stt.bytes_out / 1e9, dtype, secs, secs > 0 ? stt.bytes_in / 1e9 / secs : 0.0, ru.ru_maxrss / 1024.0);
+    if (keep_fp8)
+        printf("dsv3-import: --keep-fp8: %lld tensors kept as e4m3 bytes + f32 weight_scale_inv (train.base_dtype = "
+               "\"fp8\" with LoRA trains on them as they are)\n", (long long)n_raw8);
     if (ue8m0)
         printf("dsv3-import: scale_fmt ue8m0: %lld of %lld scales are not powers of two\n", (long long)stt.pow2_bad,
                (long long)stt.scales);
@@ -534,6 +593,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < pt.n; i++) free(exp_of[i]), free(exp_scale[i]);
     free(exp_of), free(exp_scale), free(src_of), free(scale_of), free(fb), free(sbuf), free(raw), free(hb);
     params_free(&pt);
+    params_free(&pq);
+    free(raw8);
     deck_free(&d);
     MPI_Finalize();
     return 0;
