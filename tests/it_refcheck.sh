@@ -4,8 +4,8 @@
 # must pass, and so must tests/fixtures/hf_tiny_mscale.h5 (YaRN mscale !=
 # mscale_all_dim) and tests/fixtures/hf_tiny_mtp.h5 (MTP depth 2 and the
 # balance loss against tools/reference/make_mtp_fixture.py) and
-# tests/fixtures/hf_tiny_lora{,_mlp,_rs}.h5 (LoRA against PEFT: MLA targets, MLP targets,
-# use_rslora); a copy with one weight tensor perturbed must fail; a copy
+# tests/fixtures/hf_tiny_lora{,_mlp,_rs,_fp8,_bf16}.h5 (LoRA against PEFT: MLA targets, MLP targets,
+# use_rslora, a frozen base stored in fp8 / bf16); a copy with one weight tensor perturbed must fail; a copy
 # with a dataset removed must fail with a message naming it.
 set -u
 cd "$(dirname "$0")/.."
@@ -41,6 +41,20 @@ echo "== PEFT LoRA fixture, MLP targets"
 echo "== PEFT LoRA fixture, use_rslora"
 "$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora_rs.h5 || { echo "FAIL: the PEFT rsLoRA fixture does not match"; exit 1; }
 
+# and on a frozen base stored narrow (train.base_dtype, make_lora_fixture.py --base-dtype):
+# the reference computes with the base quantized by DeepSeek's FP8 recipe (or rounded to bf16)
+# and dequantized to fp32; dsv3 holds it as e4m3 bytes + 128x128 scales (bf16) and must match
+# to the same fp32 tolerances, having requantized the fixture's values exactly
+for bd in fp8 bf16; do
+    echo "== PEFT LoRA fixture, base_dtype $bd"
+    out=$("$BIN/dsv3-refcheck" tests/fixtures/hf_tiny_lora_$bd.h5 2>&1)
+    rc=$?
+    echo "$out"
+    echo "$out" | grep -q "base_dtype $bd: 30 frozen linear weights held in it" ||
+        { echo "FAIL: the $bd fixture did not run with its base stored in $bd"; exit 1; }
+    [ $rc -eq 0 ] || { echo "FAIL: the PEFT LoRA fixture with base_dtype $bd does not match"; exit 1; }
+done
+
 PY=${DSV3_PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=/usr/bin/python3
 if ! "$PY" -c 'import h5py, numpy' 2>/dev/null; then
@@ -63,6 +77,19 @@ rc=$?
 cat "$TMP/perturbed.log"
 [ $rc -eq 1 ] || { echo "FAIL: perturbed weight: exit $rc, expected 1"; exit 1; }
 grep -q 'FAIL$' "$TMP/perturbed.log" || { echo "FAIL: perturbed weight: no failing comparison reported"; exit 1; }
+
+echo "== a base weight off the fp8 grid (the stored base cannot hold it) must fail"
+cp tests/fixtures/hf_tiny_lora_fp8.h5 "$TMP/fp8off.h5"
+"$PY" - "$TMP/fp8off.h5" <<'EOF' || exit 1
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    d = f["weights/model.layers.1.self_attn.kv_b_proj.weight"]
+    d[...] = d[...] * 1.01
+EOF
+"$BIN/dsv3-refcheck" "$TMP/fp8off.h5" >"$TMP/fp8off.log" 2>&1
+rc=$?
+grep 'base_dtype' "$TMP/fp8off.log"
+[ $rc -eq 1 ] || { echo "FAIL: fp8 base off its grid: exit $rc, expected 1"; exit 1; }
 
 echo "== a missing dataset must be named"
 cp "$FIX" "$TMP/missing.h5"

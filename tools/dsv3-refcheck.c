@@ -328,6 +328,17 @@ int main(int argc, char **argv) {
                (int)attr_double(f, "lora_r"), fal, rs ? "true" : "false", tg); /* a JSON list of strings is a libconfig array */
         free(tg);
     }
+    /* base_dtype (make_lora_fixture.py --base-dtype): the frozen base's linear weights were
+     * quantized; the fixture holds them dequantized and dsv3 keeps them in that storage */
+    char base_dtype[16] = "fp32";
+    if (H5Aexists(f, "base_dtype") > 0) {
+        char *bd = attr_string(f, "base_dtype");
+        if (strcmp(bd, "fp32") && strcmp(bd, "bf16") && strcmp(bd, "fp8"))
+            die("root attribute base_dtype = \"%s\": expected fp32, bf16 or fp8", bd);
+        if (!lora_fx && strcmp(bd, "fp32")) die("root attribute base_dtype = \"%s\" needs a LoRA fixture (lora_r)", bd);
+        snprintf(base_dtype, sizeof base_dtype, "%s", bd);
+        free(bd);
+    }
     free(mg);
     char lr[64], b1[64], b2[64], ep[64], wd[64];
     hf_float_literal(lr, sizeof lr, attr_double(f, "lr"));
@@ -339,9 +350,9 @@ int main(int argc, char **argv) {
            "optimizer = { type = \"adamw\"; lr = %s; beta1 = %s; beta2 = %s; eps = %s; weight_decay = %s;"
            " grad_clip = 0.0; };\n"
            "schedule = { type = \"constant\"; warmup_steps = 0; };\n"
-           "train = { micro_batch = %d; global_batch = %d; seq_len = %d; dtype = \"fp32\"; };\n"
+           "train = { micro_batch = %d; global_batch = %d; seq_len = %d; dtype = \"fp32\"; base_dtype = \"%s\"; };\n"
            "run = { steps = %d; };\n",
-           lr, b1, b2, ep, wd, B, B, T, nsteps > 0 ? nsteps : 1);
+           lr, b1, b2, ep, wd, B, B, T, base_dtype, nsteps > 0 ? nsteps : 1);
     deck d;
     char err[1024];
     if (dk.oom) die("out of memory building the deck");
@@ -379,9 +390,38 @@ int main(int argc, char **argv) {
     /* weights by HF name; stacked experts from their per-expert tensors */
     char path[512], nm[256];
     int n_loaded = 0;
+    int64_t st_n = 0, st_diff = 0;
+    int n_stored = 0;
     for (int i = 0; i < pt->n; i++) {
         const param_spec *s = &pt->t[i];
         float *w = model_tensor(m, s->name, NULL); /* LoRA fixtures hold the adapters too */
+        if (s->flags & P_STORED) { /* base_dtype bf16/fp8: into the frozen store through its quantizer */
+            int ne = (s->flags & P_EXPERT) ? E : 1;
+            hsize_t dims[2] = {(hsize_t)s->shape[s->ndim - 2], (hsize_t)s->shape[s->ndim - 1]};
+            float *tmp = malloc(dims[0] * dims[1] * sizeof *tmp);
+            for (int e = 0; e < ne; e++) {
+                if (s->flags & P_EXPERT) expert_name(nm, sizeof nm, s->name, e);
+                else snprintf(nm, sizeof nm, "%s", s->name);
+                snprintf(path, sizeof path, "/weights/%s", nm);
+                read_ds(f, path, H5T_NATIVE_FLOAT, 2, dims, tmp);
+                ops_weight sw = model_stored_weight(m, s->name, e);
+                ops_weight_store_rows(&sw, 0, sw.out, tmp);
+                /* the fixture's values came out of the same quantizer: stored again they must come back exactly */
+                int nb = (sw.in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+                for (size_t q = 0; q < dims[0] * dims[1]; q++) {
+                    size_t r = q / dims[1], cc = q % dims[1];
+                    float v = sw.dtype == OPS_BF16 ? ops_bf16_to_f32(((const uint16_t *)sw.data)[q])
+                                                    : ops_e4m3_to_f32(((const uint8_t *)sw.data)[q]) *
+                                                          sw.scale[(r / OPS_FP8_BLOCK) * (size_t)nb + cc / OPS_FP8_BLOCK];
+                    st_diff += v != tmp[q];
+                    st_n++;
+                }
+                n_loaded++;
+            }
+            free(tmp);
+            n_stored++;
+            continue;
+        }
         if (s->flags & P_EXPERT) {
             hsize_t dims[2] = {(hsize_t)s->shape[1], (hsize_t)s->shape[2]};
             for (int e = 0; e < E; e++) {
@@ -412,6 +452,10 @@ int main(int argc, char **argv) {
     read_ds(f, "/expected/loss", H5T_NATIVE_FLOAT, lnd, one, &ref_loss);
     read_ds(f, "/expected/step_losses", H5T_NATIVE_FLOAT, 1, &sdims, ref_steps);
 
+    if (n_stored)
+        printf("dsv3-refcheck: base_dtype %s: %d frozen linear weights held in it; requantizing the fixture's "
+               "dequantized values gives them back exactly for %lld of %lld elements\n", base_dtype, n_stored,
+               (long long)(st_n - st_diff), (long long)st_n);
     if (g_D) printf("dsv3-refcheck: MTP depth %d (lambda %g) and the sequence-wise balance loss (alpha %g) on\n", g_D, lambda, alpha);
     printf("dsv3-refcheck %s\n  model: V=%d H=%d layers=%d (%d dense) heads=%d q_lora=%d kv_lora=%d experts=%d "
            "(groups %d, keep %d, top-%d) shared=%d rope=%s; batch %dx%d, %lld counted targets\n",
@@ -430,7 +474,7 @@ int main(int argc, char **argv) {
         sc.mtp[k - 1] = g_cnt[k] ? (float)(lambda / g_D / (double)g_cnt[k]) : 0.0f;
     }
     sc.bal = 1.0f / (float)B;
-    int fails = 0;
+    int fails = st_diff != 0; /* a stored base that does not hold the fixture's values */
     step_loss(m, &bt, sc, 0); /* the main logits (with MTP, the heads' backward reuses that buffer) */
     double e_log = rel_l2(model_logits(m), ref_logits, N * V);
     double loss = step_loss(m, &bt, sc, 1);

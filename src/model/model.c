@@ -815,6 +815,13 @@ float *model_tensor(model *m, const char *name, float **grad) {
 
 void model_zero_grad(model *m) { zero_zero_grad(&m->z); }
 
+ops_weight model_stored_weight(model *m, const char *name, int g) {
+    int i = params_find(&m->pt, name);
+    if (i < 0 || !(m->pt.t[i].flags & P_STORED) || g < 0 || g >= m->pt.t[i].n_mat) return (ops_weight){0};
+    ops_weight w = stored_weight(m, i, NULL);
+    return ops_weight_expert(&w, g);
+}
+
 
 /* Fills local elements [a, b) of tensor s (a, b relative to the tensor) at dst. */
 static void init_range(const model *m, const param_spec *s, float *dst, size_t a, size_t b, uint64_t seed) {

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../ops.h"
 #include "../zero.h"
 #include "config.h"
 #include "params.h"
@@ -63,6 +64,11 @@ float *model_grad_buffer(model *m);
 zero_state *model_zero(model *m);
 /* Pointer to a tensor's local data by HF name (NULL if absent); *grad gets its gradient. */
 float *model_tensor(model *m, const char *hf_name, float **grad);
+/* The storage of a frozen weight (train.base_dtype, params.h P_STORED): local
+ * matrix g (a routed expert's local index; 0 for a 2-D weight) as an
+ * ops_weight view of the frozen store; dtype OPS_F32 with data NULL when the
+ * tensor is not stored narrow (or absent). */
+ops_weight model_stored_weight(model *m, const char *hf_name, int g);
 /* Counter-based init: every value is a pure function of (seed, tensor name, global element index),
  * so any rank count gives the same weights. Norm weights 1, router bias 0, LoRA B 0. */
 void model_init_weights(model *m, uint64_t seed);

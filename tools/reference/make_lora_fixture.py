@@ -15,8 +15,14 @@ mlp.shared_experts.up_proj,mlp.shared_experts.down_proj,self_attn.o_proj
     python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_rs.h5 --rslora
         (rank-stabilised scaling alpha/sqrt(r) = 4, against alpha/r = 2)
 
-Root attributes lora_r, lora_alpha, lora_targets (the deck's names) and
-lora_use_rslora tell refcheck.
+    python3 tools/reference/make_lora_fixture.py -o tests/fixtures/hf_tiny_lora_fp8.h5 --base-dtype fp8
+        (the frozen base's linear weights quantized with DeepSeek's recipe first: per
+        128x128 block scale = amax/448, e4m3fn(w/scale) round-to-nearest-even; the
+        reference computes with them dequantized to fp32, float32(e4m3)*scale;
+        --base-dtype bf16: rounded to bfloat16. /weights holds those dequantized values)
+
+Root attributes lora_r, lora_alpha, lora_targets (the deck's names),
+lora_use_rslora and base_dtype (fp32 | bf16 | fp8: train.base_dtype) tell refcheck.
 """
 import argparse
 import json
@@ -44,13 +50,57 @@ def ckpt_name(n):
     return n
 
 
-def build(seed, targets, min_margin, rslora=False):
+# the linear weights dsv3 stores narrow with train.base_dtype (params.c: P_STORED)
+STORED = re.compile(r"(self_attn\.(q_a_proj|q_b_proj|q_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
+                    r"|mlp\.(gate_proj|up_proj|down_proj)|mlp\.shared_experts\.(gate_proj|up_proj|down_proj))\.weight$")
+
+
+def quant_fp8(w):
+    """DeepSeek's recipe on one [out, in] fp32 matrix, returned dequantized to fp32."""
+    out = torch.empty_like(w)
+    for r0 in range(0, w.shape[0], 128):
+        for c0 in range(0, w.shape[1], 128):
+            blk = w[r0:r0 + 128, c0:c0 + 128]
+            amax = blk.abs().max()
+            s = amax / 448.0 if amax > 0 else torch.tensor(1.0, dtype=torch.float32)
+            q = (blk / s).to(torch.float8_e4m3fn)
+            out[r0:r0 + 128, c0:c0 + 128] = q.to(torch.float32) * s
+    return out
+
+
+def quantize_base(model, how):
+    """The frozen linear weights (2-D, and the fused routed experts per expert and projection) in place."""
+    if how == "fp32":
+        return 0
+    one = quant_fp8 if how == "fp8" else (lambda w: w.to(torch.bfloat16).to(torch.float32))
+    I, n = model.config.moe_intermediate_size, 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2I, H]: gate rows [:I], up rows [I:]
+                for e in range(p.shape[0]):
+                    p[e, :I] = one(p[e, :I].float())
+                    p[e, I:] = one(p[e, I:].float())
+                n += 2
+            elif name.endswith("mlp.experts.down_proj"):  # [E, H, I]
+                for e in range(p.shape[0]):
+                    p[e] = one(p[e].float())
+                n += 1
+            elif p.ndim == 2 and STORED.search(name):
+                p.copy_(one(p.float()))
+                n += 1
+    return n
+
+
+def build(seed, targets, min_margin, rslora=False, base_dtype="fp32"):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     cfg = mf.make_config()
     base = mf.DeepseekV3ForCausalLM(cfg).to(torch.float32)
     base.train()
     mf.init_weights(base, gen)
+    nq = quantize_base(base, base_dtype)
+    if base_dtype != "fp32":
+        print(f"base_dtype {base_dtype}: {nq} frozen linear weights (fused experts per projection) quantized")
     V, B, T = cfg.vocab_size, mf.B, mf.T
     ids = torch.randint(2, V, (B, T), generator=gen)
     labels = ids.clone()
@@ -118,13 +168,15 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--min-margin", type=float, default=5e-4)
     ap.add_argument("--rslora", action="store_true", help="use_rslora: scaling alpha/sqrt(r)")
+    ap.add_argument("--base-dtype", choices=["fp32", "bf16", "fp8"], default="fp32",
+                    help="quantize the frozen base's linear weights first (train.base_dtype)")
     args = ap.parse_args()
     targets = args.targets.split(",")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     fx = None
     for seed in range(args.seed, args.seed + 50):
-        fx = build(seed, targets, args.min_margin, args.rslora)
+        fx = build(seed, targets, args.min_margin, args.rslora, args.base_dtype)
         if fx:
             break
     if not fx:
@@ -132,10 +184,12 @@ def main():
     mf.write_fixture(args.output, config=fx["cfg"].to_json_string(use_diff=False), seed=fx["seed"], fx=fx,
                      step_losses=fx["steps"],
                      attrs=[("lora_r", np.int64(R)), ("lora_alpha", np.float64(ALPHA)),
-                            ("lora_targets", json.dumps(targets)), ("lora_use_rslora", np.int64(args.rslora))],
+                            ("lora_targets", json.dumps(targets)), ("lora_use_rslora", np.int64(args.rslora)),
+                            ("base_dtype", args.base_dtype)],
                      generator=(f"tools/reference/make_lora_fixture.py; torch {torch.__version__}, "
                                 f"transformers {transformers.__version__}, peft {peft.__version__}"),
-                     notes=(f"PEFT LoRA (r=4, alpha=8, dropout 0, use_rslora {args.rslora}) on the frozen tiny base; "
+                     notes=(f"PEFT LoRA (r=4, alpha=8, dropout 0, use_rslora {args.rslora}) on the frozen tiny base "
+                            f"(base_dtype {args.base_dtype}: its linear weights quantized, stored dequantized); "
                             "lora_B seeded non-zero; "
                             "expected/grads holds the LoRA tensors only; AdamW over the adapters"))
     print(f"wrote {args.output}: {len(fx['weights'])} tensors ({len(fx['grads'])} LoRA), loss {fx['loss']:.6f}")
