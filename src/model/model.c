@@ -846,7 +846,7 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
 
 /* A P_STORED tensor from its fp32 init, 128 rows at a time through a host
  * staging buffer (never a full-precision copy of the tensor). */
-static void init_stored(model *m, int i, uint64_t seed) {
+static void stored_tensor_init(model *m, int i, uint64_t seed) {
     const param_spec *s = &m->pt.t[i];
     size_t out = (size_t)s->shape[s->ndim - 2], in = (size_t)s->shape[s->ndim - 1];
     float *buf = ops_host_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *buf);
@@ -867,7 +867,7 @@ void model_init_weights(model *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         const param_spec *s = &m->pt.t[i];
         if (s->flags & P_STORED) {
-            init_stored(m, i, seed);
+            stored_tensor_init(m, i, seed);
             continue;
         }
         if (m->z.params) {
