@@ -10,10 +10,12 @@
 #  3. h5py: the checkpoint holds the frozen linears as uint8 e4m3 bytes (dtype attribute
 #     float8_e4m3fn) + f32 weight_scale_inv of [ceil(out/128), ceil(in/128)] (experts [E, ., .]),
 #     identical in the step-3 and step-6 files and across layouts (the base is frozen);
-#     norms, embeddings, head, router stay f32; bf16: the 2-byte float type
+#     norms, embeddings, head, router stay f32; bf16: the 2-byte float type; dsv3-verify passes
 #  4. dsv3-import --keep-fp8 of the FP8 HF fixture: bytes and scales as in the safetensors
 #     files; LoRA on it with base_dtype fp8 gives bitwise the curve of LoRA on the
 #     dequantizing (fp32) import with base_dtype fp32 (same weights, same GEMMs)
+#     the dequantizing import quantized on load into an fp8 base holds the release's bytes and
+#     scales again; the FP8 import loaded into a bf16 base holds bf16(e4m3 x scale)
 #  5. refusals, one line each: base_dtype fp8 without LoRA; an FP8 checkpoint into a base_dtype
 #     fp32 run
 . "$(dirname "$0")/lib.sh"
@@ -122,6 +124,8 @@ for f32 in ("model/embed_tokens/weight", "model/lm_head/weight", "model/layers/1
     assert a[f32].dtype == np.float32, f32
 print(f"  {n8} frozen linear weights as e4m3 bytes")
 EOF
+"$BIN/dsv3-verify" "$OUT/f23" >"$OUT/verify.log" 2>&1 && ok "dsv3-verify on the fp8-base run: $(tail -1 "$OUT/verify.log")" ||
+    { bad "dsv3-verify on the fp8-base run"; tail -3 "$OUT/verify.log"; }
 
 echo "== 4. dsv3-import --keep-fp8"
 FX=tests/fixtures/hf
@@ -168,6 +172,43 @@ done
 if [ -s "$OUT/run-k8/metrics.csv" ] && cmp -s <(cut -d, -f1-8 "$OUT/run-k8/metrics.csv") <(cut -d, -f1-8 "$OUT/run-f32/metrics.csv"); then
     ok "LoRA on the FP8 base (--keep-fp8, base_dtype fp8) = LoRA on the dequantized import (fp32): bitwise ($(sed -n 4p "$OUT/run-k8/metrics.csv" | cut -d, -f1-2))"
 else bad "LoRA on the FP8 base differs from the dequantized import"; fi
+
+# the other load paths of the store: the dequantizing (fp32) import quantized on load into an fp8 base
+# gives back the release's bytes and scales; the fp8 import into a bf16 base is bf16(e4m3 * scale)
+for c in "f32 fp8" "k8 bf16"; do
+    set -- $c
+    timeout 200 mpirun -np 2 "$BIN/dsv3" "$OUT/ft-$1.cfg" parallel.expert_parallel=2 train.base_dtype=$2 run.steps=1 \
+        checkpoint.every=1 run.output_dir="$OUT/ld-$1-$2" >"$OUT/ld-$1-$2.log" 2>&1 || { bad "$1 import into a $2 base"; tail -3 "$OUT/ld-$1-$2.log"; }
+done
+"$PY" - "$OUT" <<'EOF' && ok "f32 import quantized on load = the release's FP8 bytes and scales; FP8 into bf16 = bf16(e4m3 x scale)" || bad "load paths"
+import sys, h5py, numpy as np
+out = sys.argv[1]
+k8 = h5py.File(f"{out}/k8.h5", "r")
+a = h5py.File(f"{out}/ld-f32-fp8/checkpoints/step_00000001.h5", "r")
+b = h5py.File(f"{out}/ld-k8-bf16/checkpoints/step_00000001.h5", "r")
+lut = np.zeros(256, np.float32)
+for v in range(256):
+    s, e, m = v >> 7, (v >> 3) & 15, v & 7
+    x = np.nan if (e == 15 and m == 7) else (m / 8 * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7))
+    lut[v] = -x if s else x
+def bf16(x):  # round to nearest even on the fp32 bits
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+n = 0
+def visit(name, obj):
+    global n
+    if not isinstance(obj, h5py.Dataset) or obj.dtype != np.uint8: return
+    q, s = obj[()], k8[name + "_scale_inv"][()]
+    assert np.array_equal(a[name][()], q) and np.array_equal(a[name + "_scale_inv"][()], s), name
+    sc = np.repeat(np.repeat(s, 128, axis=-2)[..., :q.shape[-2], :], 128, axis=-1)[..., :q.shape[-1]]
+    deq = (lut[q] * sc).astype(np.float32)
+    assert np.array_equal(b[name][()], bf16(deq)), name
+    n += 1
+k8.visititems(visit)
+assert n == 41, n
+print(f"  {n} weights")
+EOF
 
 echo "== 5. refusals"
 msg=$("$BIN/dsv3" --check input/tiny.cfg train.base_dtype=fp8 2>&1) && bad "base_dtype fp8 without LoRA accepted" ||
