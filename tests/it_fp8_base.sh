@@ -5,7 +5,8 @@
 #     frozen weights' fp32 bytes (bf16: <= 0.51), and the params category shrinks by exactly
 #     the fp32 bytes minus the store
 #  2. resume from step 3 reproduces rows 4-6 bitwise (np 1 ZeRO 0, np 2 ZeRO 3); reshard
-#     np 1 -> np 2 EP 2 ZeRO 3 within 1e-6 relative
+#     np 1 -> np 2 EP 2 ZeRO 3 within 1e-6 relative; checkpoint.save = "adapters" on an fp8 base
+#     from run.init_from resumes bitwise
 #  3. h5py: the checkpoint holds the frozen linears as uint8 e4m3 bytes (dtype attribute
 #     float8_e4m3fn) + f32 weight_scale_inv of [ceil(out/128), ceil(in/128)] (experts [E, ., .]),
 #     identical in the step-3 and step-6 files and across layouts (the base is frozen);
@@ -80,6 +81,16 @@ for c in "1 1 0 f10" "2 2 3 f23" "2 2 3 f10"; do
             bad "reshard: max rel diff $1 over $2 rows"
     fi
 done
+
+# the SFT recipe's layout: checkpoint.save = "adapters" on an fp8 base given by run.init_from
+AD=("${LORA[@]}" train.base_dtype=fp8 checkpoint.save=adapters run.init_from="$OUT/f10/checkpoints/step_00000006.h5"
+    parallel.expert_parallel=2 parallel.zero_stage=3)
+timeout 200 mpirun -np 2 "$BIN/dsv3" "${AD[@]}" run.output_dir="$OUT/ad1" >"$OUT/ad1.log" 2>&1 || { bad "adapters-only run"; tail -3 "$OUT/ad1.log"; }
+timeout 200 mpirun -np 2 "$BIN/dsv3" "${AD[@]}" run.resume="$OUT/ad1/checkpoints/step_00000003.h5" run.output_dir="$OUT/ad2" \
+    >"$OUT/ad2.log" 2>&1 || { bad "adapters-only resume"; tail -3 "$OUT/ad2.log"; }
+if [ "$(rows "$OUT/ad2/metrics.csv" 4 6 | wc -l)" = 3 ] && diff <(rows "$OUT/ad1/metrics.csv" 4 6) <(rows "$OUT/ad2/metrics.csv" 4 6) >/dev/null; then
+    ok "checkpoint.save = adapters on an fp8 base (run.init_from): resumed rows 4-6 bitwise"
+else bad "adapters-only resume on an fp8 base differs"; fi
 
 echo "== 3. the stored precision in the checkpoints"
 timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=3 train.base_dtype=bf16 run.output_dir="$OUT/b16" >"$OUT/b16.log" 2>&1 || bad "bf16 run"
