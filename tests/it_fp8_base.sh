@@ -17,7 +17,7 @@
 #     the dequantizing import quantized on load into an fp8 base holds the release's bytes and
 #     scales again; the FP8 import loaded into a bf16 base holds bf16(e4m3 x scale)
 #  5. refusals, one line each: base_dtype fp8 without LoRA; an FP8 checkpoint into a base_dtype
-#     fp32 run
+#     fp32 run; an fp8 weight whose weight_scale_inv is missing
 . "$(dirname "$0")/lib.sh"
 need_venv h5py numpy
 scratch_dir
@@ -226,4 +226,10 @@ msg=$("$BIN/dsv3" --check input/tiny.cfg train.base_dtype=fp8 2>&1) && bad "base
 msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 \
       run.init_from="$OUT/f10/checkpoints/step_00000003.h5" run.output_dir="$OUT/no" 2>&1) && bad "FP8 checkpoint into an fp32 base accepted" ||
     { echo "$msg" | grep -q "FP8 bytes" && ok "FP8 checkpoint into base_dtype fp32: $(echo "$msg" | grep -m1 'FP8 bytes')" || { bad "refusal"; echo "$msg" | tail -3; }; }
+cp "$OUT/f10/checkpoints/step_00000003.h5" "$OUT/noscale.h5"
+"$PY" -c 'import sys, h5py; del h5py.File(sys.argv[1], "r+")["model/layers/1/mlp/experts/up_proj/weight_scale_inv"]' "$OUT/noscale.h5"
+msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 train.base_dtype=fp8 \
+      run.init_from="$OUT/noscale.h5" run.output_dir="$OUT/no2" 2>&1) && bad "an fp8 weight without its scales accepted" ||
+    { echo "$msg" | grep -q "experts.up_proj.weight needs its f32 scales" && ok "missing scales: $(echo "$msg" | grep -m1 'needs its f32 scales')" ||
+      { bad "missing-scale refusal"; echo "$msg" | tail -3; }; }
 exit $fail
