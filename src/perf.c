@@ -391,8 +391,13 @@ perf_time perf_time_of(const perf_traffic *t, const perf_gpu *g, const perf_eta 
         if (r.inter[p] > mx) mx = r.inter[p];
         r.overlap += mx;
     }
-    double c = r.comp[0] + r.comp[1], i = r.intra[0] + r.intra[1], x = r.inter[0] + r.inter[1];
-    r.bound = c >= i && c >= x ? "compute" : x >= i ? "inter" : "intra";
+    /* what binds the overlapped step: each pass's time goes to its slowest resource */
+    double by[3] = {0, 0, 0};
+    for (int p = 0; p < 2; p++) {
+        int w = r.comp[p] >= r.intra[p] && r.comp[p] >= r.inter[p] ? 0 : r.inter[p] >= r.intra[p] ? 2 : 1;
+        by[w] += w == 0 ? r.comp[p] : w == 1 ? r.intra[p] : r.inter[p];
+    }
+    r.bound = by[0] >= by[1] && by[0] >= by[2] ? "compute" : by[2] >= by[1] ? "inter" : "intra";
     if (r.no_overlap > 0) {
         r.tok_no_overlap = t->tokens / r.no_overlap;
         r.tok_overlap = t->tokens / r.overlap;

@@ -709,27 +709,38 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
                      "largest seq_len that fits %d (micro-batch %d), largest micro-batch %d (seq_len %d)\n",
                 po->gpu_mem_gb, need <= cap ? "fits" : "does not fit", need / GB, l.seq_len, l.micro_batch,
                 perf_fit_seq(&m, &l, cap), l.micro_batch, perf_fit_micro(&m, &l, cap), l.seq_len);
-        scenario alt[2] = {{"", l}, {"", l}};
-        alt[0].l.resident = 0;
-        alt[1].l.resident = 1;
+        /* the deck's base and wire: sharded at its EP, resident over all ranks, resident at its EP */
+        scenario alt[3];
+        int na = 0, aeps[3] = {l.ep, l.world, l.ep};
+        for (int a = 0; a < 3; a++) {
+            if (a == 2 && l.ep == l.world) continue;
+            if (a == 1 && m.E > 0 && l.world > m.E) continue;
+            alt[na].l = l;
+            alt[na].l.resident = a > 0;
+            alt[na].l.ep = aeps[a];
+            snprintf(alt[na].name, sizeof alt[na].name, "%s EP%d", a ? "resident" : "sharded", aeps[a]);
+            na++;
+        }
         for (int g = 0; g < PERF_NGPU; g++) {
-            double t2[2], mem2[2];
-            int fits[2];
-            for (int a = 0; a < 2; a++) {
+            fprintf(out, "gpu plan: --gpu-mem %.1f GB, %s, %.1f GB/s inter-node, %s base:", po->gpu_mem_gb,
+                    perf_gpus[g].name, po->inter_gbs, perf_dtype_name(l.base));
+            int best = -1;
+            double bt = 0, bx = 0;
+            for (int a = 0; a < na; a++) {
                 perf_time tm[PERF_NGPU];
                 scen_times(&m, &alt[a], &eta, po, po->inter_gbs, tm);
-                t2[a] = tm[g].overlap;
-                mem2[a] = perf_max_total(&m, &alt[a].l);
-                fits[a] = mem2[a] <= cap;
+                double mem = perf_max_total(&m, &alt[a].l);
+                int first, e;
+                perf_expert_range(m.E, alt[a].l.ep, 0, &first, &e);
+                perf_traffic ts = perf_step(&m, &alt[a].l, e, perf_gpus[g].fp8_tflops > 0);
+                double x = ts.inter[0] + ts.inter[1];
+                fprintf(out, " %s %.1f GB %s, %.2f s/step (overlap);", alt[a].name, mem / GB,
+                        mem <= cap ? "fits" : "does not fit", tm[g].overlap);
+                if (mem <= cap && (best < 0 || faster(tm[g].overlap, bt) || (!faster(bt, tm[g].overlap) && x < bx)))
+                    best = a, bt = tm[g].overlap, bx = x;
             }
-            int fast = !faster(t2[0], t2[1]); /* resident unless sharded is clearly faster */
-            fprintf(out, "gpu plan: --gpu-mem %.1f GB, %s compute, %.1f GB/s inter-node, EP%d, %s base: %s %s (%.2f vs "
-                         "%.2f s per step with overlap; sharded %.2f GB %s, resident %.2f GB %s)\n",
-                    po->gpu_mem_gb, perf_gpus[g].name, po->inter_gbs, l.ep, perf_dtype_name(l.base),
-                    fast ? "resident" : "sharded", faster(t2[fast], t2[!fast]) ? "is faster"
-                                                   : "is as fast and moves fewer inter-node bytes",
-                    t2[fast], t2[!fast], mem2[0] / GB, fits[0] ? "fits" : "does not fit", mem2[1] / GB,
-                    fits[1] ? "fits" : "does not fit");
+            if (best < 0) fprintf(out, " faster placement: none fits\n");
+            else fprintf(out, " faster placement that fits: %s\n", alt[best].name);
         }
     }
 }
