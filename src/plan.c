@@ -705,10 +705,16 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
     /* --gpu-mem */
     if (po->gpu_mem_gb > 0) {
         double cap = po->gpu_mem_gb * GB, need = perf_max_total(&m, &l);
+        int fs = perf_fit_seq(&m, &l, cap), fm = perf_fit_micro(&m, &l, cap);
+        char a[64], b[64];
+        if (fs > 0) snprintf(a, sizeof a, "%d", fs);
+        else snprintf(a, sizeof a, "none");
+        if (fm > 0) snprintf(b, sizeof b, "%d", fm);
+        else snprintf(b, sizeof b, "none");
         fprintf(out, "gpu plan: --gpu-mem %.1f GB: this deck %s (%.2f GB per GPU at seq_len %d, micro-batch %d); "
-                     "largest seq_len that fits %d (micro-batch %d), largest micro-batch %d (seq_len %d)\n",
-                po->gpu_mem_gb, need <= cap ? "fits" : "does not fit", need / GB, l.seq_len, l.micro_batch,
-                perf_fit_seq(&m, &l, cap), l.micro_batch, perf_fit_micro(&m, &l, cap), l.seq_len);
+                     "largest seq_len that fits %s (micro-batch %d), largest micro-batch %s (seq_len %d)\n",
+                po->gpu_mem_gb, need <= cap ? "fits" : "does not fit", need / GB, l.seq_len, l.micro_batch, a,
+                l.micro_batch, b, l.seq_len);
         /* the deck's base and wire: sharded at its EP, resident over all ranks, resident at its EP */
         scenario alt[3];
         int na = 0, aeps[3] = {l.ep, l.world, l.ep};
