@@ -12,9 +12,10 @@
 perf_opts perf_opts_default(void) { return (perf_opts){0.0, 0.0, PERF_INTER_NDR, 8}; }
 
 /* Sources and derivations: ../shared/docs/sft-perf-model.md §1 (vendor tables,
- * nccl-tests issues); NVLink = what NCCL measures of 300/450 GB/s per direction. */
+ * nccl-tests issues); NVLink = what NCCL measures of 300/450 GB/s per direction.
+ * Usable memory as the driver reports it: 80.0, 79.6 and about 139 GiB. */
 const perf_gpu perf_gpus[PERF_NGPU] = {
-    {"A100-80GB", 312.0, 0.0, 2.039, 80.0, 240.0},
+    {"A100-80GB", 312.0, 0.0, 2.039, 80.0 * 1.073741824, 240.0},
     {"H100-80GB", 989.4, 1978.9, 3.35, 79.6 * 1.073741824, 360.0},
     {"H200-141GB", 989.4, 1978.9, 4.8, 139.0 * 1.073741824, 360.0},
 };

@@ -581,6 +581,13 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
                 mm.base / GB, mm.gather / GB, mm.train / GB, mm.acts / GB, mm.logits / GB, mm.dispatch / GB,
                 mm.runtime / GB, mm.total / GB);
     }
+    {
+        perf_mem mm = perf_memory(&m, &l, e_hi);
+        double N = (double)l.micro_batch * l.seq_len, chunk = (N < 1024 ? N : 1024) * 2.0 * 4.0 * m.V + 4.0 * N;
+        fprintf(out, "gpu plan: not in the design, so not counted as a saving: a chunked cross-entropy (1,024 "
+                     "tokens at a time, the frozen head's dgrad right after it) would hold %.2f GB of logits "
+                     "instead of %.2f\n", chunk / GB, mm.logits / GB);
+    }
     /* routing, traffic, FLOPs */
     perf_route q = perf_routing(&m, l.ep, l.gpn);
     if (l.ep > 1 && m.n_moe > 0)
@@ -589,13 +596,14 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
                      "(token, destination rank), not %d per (token, expert)\n",
                 m.k, m.E, m.topk_group, m.n_group, q.ranks, q.self, q.local, q.remote, q.nodes, m.k);
     perf_traffic t = perf_step(&m, &l, e_hi, 1);
-    fprintf(out, "gpu plan: bytes per step per rank, GB      intra-node (NVLink)   inter-node\n");
-    fprintf(out, "  weight gathers (%-8s)              %12.2f %12.2f\n", l.resident ? "in node" : "ZeRO-3",
-            t.gather_intra / GB, t.gather_inter / GB);
-    fprintf(out, "  MoE dispatch + combine (%-4s)           %12.2f %12.2f\n", perf_dtype_name(l.wire),
-            t.disp_intra / GB, t.disp_inter / GB);
-    fprintf(out, "  gradient reduction (fp32)               %12.2f %12.2f\n", t.red_intra / GB, t.red_inter / GB);
-    fprintf(out, "  total                                   %12.2f %12.2f\n", (t.intra[0] + t.intra[1]) / GB,
+    fprintf(out, "gpu plan: bytes per step per rank, GB   %21s %12s\n", "intra-node (NVLink)", "inter-node");
+    char lab[64];
+    snprintf(lab, sizeof lab, "weight gathers (%s)", l.resident ? "in node" : "ZeRO-3");
+    fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.gather_intra / GB, t.gather_inter / GB);
+    snprintf(lab, sizeof lab, "MoE dispatch + combine (%s)", perf_dtype_name(l.wire));
+    fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.disp_intra / GB, t.disp_inter / GB);
+    fprintf(out, "  %-38s %12.2f %12.2f\n", "gradient reduction (fp32)", t.red_intra / GB, t.red_inter / GB);
+    fprintf(out, "  %-38s %12.2f %12.2f\n", "total", (t.intra[0] + t.intra[1]) / GB,
             (t.inter[0] + t.inter[1]) / GB);
     double hw = t.flop_fp8[0] + t.flop_fp8[1] + t.flop_bf16[0] + t.flop_bf16[1] + t.flop_attn[0] + t.flop_attn[1];
     fprintf(out, "gpu plan: FLOPs per step per rank: hardware %.4g (fp8 GEMM %.3g, bf16 GEMM %.3g, attention %.3g; "
@@ -609,6 +617,7 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
             po->intra_gbs > 0 ? "--intra-gbs" : "NVLink as NCCL measures it", e_hi);
     fprintf(out, "  %-11s %6s %6s %5s %6s | %6s %6s %6s | %-22s | %-22s | %s\n", "GPU", "bf16", "fp8", "HBM",
             "intra", "comp s", "intra", "inter", "no overlap: s tok/s MFU", "overlap: s tok/s MFU", "bound");
+    fprintf(out, "  %-11s %13s %5s %6s |\n", "", "TFLOP/s", "TB/s", "GB/s");
     for (int g = 0; g < PERF_NGPU; g++) {
         const perf_gpu *G = &perf_gpus[g];
         perf_traffic tg = perf_step(&m, &l, e_hi, G->fp8_tflops > 0);
@@ -655,6 +664,9 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
     fprintf(out, "gpu plan: placements compared (same deck; wire: %s; GB and s per step per rank)\n",
             d->parallel.dispatch_dtype[0] ? "the deck's parallel.dispatch_dtype"
                                            : "bf16 for a bf16 base, fp8 dispatch + bf16 combine for fp8");
+    fprintf(out, "gpu plan: usable memory per GPU: %s %.1f GB, %s %.1f GB, %s %.1f GB%s\n", perf_gpus[0].name,
+            perf_gpus[0].mem_gb, perf_gpus[1].name, perf_gpus[1].mem_gb, perf_gpus[2].name, perf_gpus[2].mem_gb,
+            po->gpu_mem_gb > 0 ? " (--gpu-mem replaces them below)" : "");
     fprintf(out, "  %-21s %7s %8s %8s | %-10s %-29s %-29s %-29s\n", "placement", "mem GB", "NVL GB", "inter GB",
             "inter GB/s", "A100: s no-ovl/ovl, tok/s", "H100: s no-ovl/ovl, tok/s", "H200: s no-ovl/ovl, tok/s");
     for (int s = 0; s < ns; s++) {
