@@ -864,7 +864,8 @@ static int check_layout(const ctx *c, deck *d, int world)
     if (wire_set)
         planned(c, d, 0, "parallel.dispatch_dtype",
                 "parallel.dispatch_dtype = \"%s\" is planned only (--dry-run, --check): the CPU trainer "
-                "dispatches fp32 rows; set parallel.dispatch_dtype = \"fp32\" (or leave it unset) to run", d->parallel.dispatch_dtype);
+                "dispatches fp32 rows; set parallel.dispatch_dtype = \"fp32\" (or leave it unset) to run",
+                d->parallel.dispatch_dtype);
 
     /* layout for this world size: last, so deck-only errors come first */
     int ep = d->parallel.expert_parallel;

@@ -484,8 +484,10 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
             mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U, mx[5] / U);
     fprintf(out, "plan: memory estimate per rank (%s): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
-            strcmp(d->train.dtype, "bf16") == 0 ? "GPU layout, bf16" : "CPU, fp32", mx[5] / U, un, mx[5] / 1e9,
-            sum / U, un);
+            strcmp(d->train.dtype, "bf16") == 0
+                ? "bf16, the trainer's layout; the GPU plan below counts every buffer of the GPU layout"
+                : "CPU, fp32",
+            mx[5] / U, un, mx[5] / 1e9, sum / U, un);
     free(all);
 }
 
@@ -511,7 +513,9 @@ static perf_layout layout_of(const plan *p, const deck *d, const perf_opts *po) 
     return l;
 }
 
-static double intra_of(const perf_opts *po, const perf_gpu *g) { return po->intra_gbs > 0 ? po->intra_gbs : g->intra_gbs; }
+static double intra_of(const perf_opts *po, const perf_gpu *g) {
+    return po->intra_gbs > 0 ? po->intra_gbs : g->intra_gbs;
+}
 
 /* a is faster than b by more than 0.5 % (ties go to the placement that moves fewer bytes) */
 static int faster(double a, double b) { return a < b * 0.995; }

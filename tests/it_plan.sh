@@ -42,7 +42,7 @@ echo "$out" | grep -q "world 24 ranks on .*expert parallel 8: 3 expert groups of
 echo "$out" | grep -q "ZeRO stage 3, micro-batch 1, gradient accumulation 1" || fail "ZeRO stage / batch line"
 echo "$out" | grep -q "parameters 682,636,487,424 total, 97,006,592 trainable" || fail "parameter counts"
 echo "$out" | grep -q "32 routed experts per rank per MoE layer" || fail "experts per rank"
-echo "$out" | grep -q "memory estimate per rank (GPU layout, bf16): max" || fail "memory summary"
+echo "$out" | grep -q "memory estimate per rank (bf16, the trainer.s layout; the GPU plan below counts every buffer of the GPU layout): max" || fail "memory summary"
 # One line per rank: rank, node, group = rank/8, expert = rank%8, experts e(32*ep)-e(32*ep+31);
 # the five categories add up to the total (2-decimal rounding).
 echo "$out" | awk '
