@@ -73,8 +73,9 @@ int perf_model_build(perf_model *m, const model_opts *o, char *err, int errlen) 
     m->n_moe = m->E > 0 ? (L - (k0 < L ? k0 : L)) + D : 0;
     int G = pt.n_groups;
     double lq8[G], lsc[G], lb16[G], lsm[G], ltr[G];
+    int moe[G];
     memset(lq8, 0, sizeof lq8), memset(lsc, 0, sizeof lsc), memset(lb16, 0, sizeof lb16);
-    memset(lsm, 0, sizeof lsm), memset(ltr, 0, sizeof ltr);
+    memset(lsm, 0, sizeof lsm), memset(ltr, 0, sizeof ltr), memset(moe, 0, sizeof moe);
     double ef = 0, es = 0, et = 0, ff = 0, ft = 0;
     for (int i = 0; i < pt.n; i++) {
         const param_spec *t = &pt.t[i];
@@ -82,6 +83,7 @@ int perf_model_build(perf_model *m, const model_opts *o, char *err, int errlen) 
         double n = (double)t->numel;
         if (t->flags & P_EXPERT) { /* [E, out, in] */
             double per = n / (double)t->shape[0];
+            moe[g] = 1;
             if (frozen) {
                 ef += per;
                 es += blocks128((double)t->shape[1], (double)t->shape[2]);
@@ -128,14 +130,19 @@ int perf_model_build(perf_model *m, const model_opts *o, char *err, int errlen) 
         m->f_exp_frozen = ff; /* top-k rows per token, every MoE layer */
         m->f_exp_train = ft;
     }
-    /* the largest decoder-layer group (groups 1..G-2) by elements */
-    double best = -1;
+    /* the largest decoder-layer groups (groups 1..G-2) by elements: dense and MoE apart */
+    double best = -1, bmoe = -1;
     for (int g = 1; g < G - 1; g++) {
         double x = lq8[g] + lb16[g] + lsm[g] + ltr[g];
-        if (x > best) {
+        if (!moe[g] && x > best) {
             best = x;
             m->lay_q8 = lq8[g], m->lay_q8_scales = lsc[g], m->lay_b16 = lb16[g], m->lay_small = lsm[g];
             m->lay_train = ltr[g];
+        }
+        if (moe[g] && x > bmoe) {
+            bmoe = x;
+            m->moe_q8 = lq8[g], m->moe_q8_scales = lsc[g], m->moe_b16 = lb16[g], m->moe_small = lsm[g];
+            m->moe_train = ltr[g];
         }
     }
     params_free(&pt);
@@ -176,6 +183,14 @@ static int node_share(const perf_layout *l) { return l->gpn < l->world ? l->gpn 
 /* Is the non-expert frozen base split over ranks (then gathered)? */
 static int base_split(const perf_layout *l) { return l->resident ? node_share(l) > 1 : l->world > 1; }
 
+/* Bytes of one gathered layer group's non-expert part: frozen at the base dtype when the base is
+ * split, trainable bf16 copies under ZeRO-3. */
+static double group_bytes(const perf_layout *l, double q8, double sc, double b16, double small, double train) {
+    double f = base_split(l) ? q8 * wbytes(l->base) + sc * sbytes(l->base) + b16 * b16bytes(l->base) + 4.0 * small
+                             : 0.0;
+    return f + (l->zero >= 3 ? 2.0 * train : 0.0);
+}
+
 perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e) {
     perf_mem r;
     memset(&r, 0, sizeof r);
@@ -186,10 +201,11 @@ perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e) {
     r.base = nonexp_bytes(m, l->base) / (double)(l->resident ? node_share(l) : W);
     double bw16 = b16bytes(l->base);
     if (base_split(l) || (!l->resident && dp > 1) || z >= 3) {
-        double lay = (base_split(l) ? m->lay_q8 * wbytes(l->base) + m->lay_q8_scales * sbytes(l->base) +
-                                          m->lay_b16 * bw16 + 4.0 * m->lay_small
-                                    : 0.0) +
-                     (z >= 3 ? 2.0 * m->lay_train : 0.0) + (!l->resident && dp > 1 && m->n_moe ? e * eb : 0.0);
+        /* a dense layer, or a MoE layer with its experts when they are gathered too */
+        double lay = group_bytes(l, m->lay_q8, m->lay_q8_scales, m->lay_b16, m->lay_small, m->lay_train);
+        double mo = group_bytes(l, m->moe_q8, m->moe_q8_scales, m->moe_b16, m->moe_small, m->moe_train);
+        if (dp > 1 && m->n_moe > 0) mo += (l->resident ? 0.0 : e * eb) + (z >= 3 ? 2.0 * e * m->exp_train : 0.0);
+        if (mo > lay) lay = mo;
         double head = base_split(l) ? m->head * bw16 + 4.0 * m->H : 0.0;
         r.gather = 2.0 * (lay > head ? lay : head) + (base_split(l) ? N * m->H * bw16 : 0.0);
     }

@@ -84,8 +84,10 @@ typedef struct {
     double train;         /* trainable non-expert tensors (LoRA adapters, or the whole model) */
     double train_q8, train_b16; /* base tensors that are trainable (no LoRA): q8-able / not */
     double embed, head;   /* elements of embed_tokens and lm_head (part of b16 or train_b16) */
-    /* the largest decoder-layer group (non-expert part, frozen bytes at base_dtype computed later) */
+    /* the largest decoder-layer group without routed experts (a dense layer), and the largest MoE
+     * layer's non-expert part (its experts come on top when they are gathered); elements */
     double lay_q8, lay_q8_scales, lay_b16, lay_small, lay_train;
+    double moe_q8, moe_q8_scales, moe_b16, moe_small, moe_train;
     /* FLOPs per token of one forward (2 per multiply-add) */
     double f_q8, f_b16;   /* frozen non-expert linears, FP8-able / bf16 (no heads) */
     double f_train;       /* trainable non-expert linears (LoRA: adapters; no heads) */

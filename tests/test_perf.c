@@ -88,6 +88,7 @@ static perf_model small_model(void) {
     m.q8 = 10000, m.q8_scales = 2, m.b16 = 3000, m.small = 100, m.train = 500;
     m.embed = 1000, m.head = 1000;
     m.lay_q8 = 5000, m.lay_q8_scales = 1, m.lay_b16 = 500, m.lay_small = 50, m.lay_train = 250;
+    m.moe_q8 = 3000, m.moe_q8_scales = 1, m.moe_b16 = 400, m.moe_small = 40, m.moe_train = 200;
     m.f_q8 = 20000, m.f_b16 = 1000, m.f_train = 1000, m.f_exp_frozen = 4000, m.f_exp_train = 40, m.f_head = 2000;
     m.f_attn_coef = 10, m.act_floats = 100, m.lora_io = 10, m.act_tok_ckpt = 1000, m.act_tok_full = 3000;
     return m;
@@ -122,7 +123,13 @@ static void test_memory(void **state) {
     r = perf_memory(&m, &l, 2);
     NEAR(r.experts, 2 * 2 * 1000 * 2 / 2.0, 1e-12);
     NEAR(r.base, (10000 * 2 + 3000 * 2 + 100 * 4) / 4.0, 1e-12);
-    NEAR(r.gather, 2 * (5000 * 2 + 500 * 2 + 50 * 4 + 2 * 2000.0) + 8 * 256 * 2, 1e-12);
+    /* the largest gathered group: the dense layer (5000*2 + 500*2 + 50*4 = 11200), not the MoE layer
+     * with its 2 gathered experts (3000*2 + 400*2 + 40*4 + 2*1000*2 = 10960) */
+    NEAR(r.gather, 2 * 11200.0 + 8 * 256 * 2, 1e-12);
+    m.exp_frozen = 2000; /* now the MoE layer is: 6000 + 800 + 160 + 2 x 4000 = 14960 */
+    r = perf_memory(&m, &l, 2);
+    NEAR(r.gather, 2 * 14960.0 + 8 * 256 * 2, 1e-12);
+    m = small_model();
     /* fp8 wire: dispatch rows of 256 B + 2 scales x 4 B, combine bf16 */
     l = small_layout(PERF_FP8, 1);
     l.wire = PERF_FP8;
