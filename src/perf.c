@@ -232,7 +232,7 @@ perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e) {
 /* P(no expert of the set hit): counts[g] experts of the set in group g. */
 static double miss_prob(const perf_model *m, const int *counts, int total) {
     int E = m->E, G = m->n_group, tg = m->topk_group, k = m->k;
-    if (G < 1 || E % G || tg < 1 || tg > G || G > 24) { /* no usable groups: uniform over E */
+    if (G < 1 || E % G || tg < 1 || tg > G || G > 12) { /* no groups, or too many to enumerate: uniform */
         double p = 1.0;
         for (int i = 0; i < k; i++) p *= E - total - i > 0 ? (double)(E - total - i) / (E - i) : 0.0;
         return p;

@@ -135,7 +135,8 @@ typedef struct {
 perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e_owned);
 
 /* Expected destinations of one token's top-k routing (n_group / topk_group
- * group-limited, uniform inside the chosen groups), seen from EP rank 0 of
+ * group-limited, uniform inside the chosen groups; n_group > 12 or not
+ * dividing E: uniform over all E), seen from EP rank 0 (the fullest) of
  * an expert group laid over nodes of gpn consecutive ranks:
  *   ranks       distinct EP ranks hit (incl. self)
  *   self        P(self hit)
