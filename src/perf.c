@@ -457,3 +457,18 @@ int perf_fit_micro(const perf_model *m, const perf_layout *l, double bytes) {
     }
     return lo;
 }
+
+int perf_hidden_seq(const perf_model *m, const perf_layout *l, const perf_gpu *g, const perf_eta *eta,
+                    double intra_gbs, double inter_gbs, int step) {
+    perf_layout x = *l;
+    int first, e;
+    perf_expert_range(m->E, l->ep, 0, &first, &e);
+    if (step < 1) step = 1;
+    for (int S = step; S <= m->max_pos; S += step) {
+        x.seq_len = S;
+        perf_traffic t = perf_step(m, &x, e, g->fp8_tflops > 0);
+        perf_time tm = perf_time_of(&t, g, eta, intra_gbs, inter_gbs);
+        if (tm.inter[0] <= tm.comp[0] && tm.inter[1] <= tm.comp[1]) return S;
+    }
+    return 0;
+}

@@ -184,5 +184,10 @@ double perf_max_total(const perf_model *m, const perf_layout *l);
  * perf_max_total <= bytes; 0 when even 1 does not fit. */
 int perf_fit_seq(const perf_model *m, const perf_layout *l, double bytes);
 int perf_fit_micro(const perf_model *m, const perf_layout *l, double bytes);
+/* Smallest seq_len (a multiple of step, <= max_position_embeddings) from which
+ * the inter-node link no longer binds either pass (inter <= compute, pass by
+ * pass, as the overlapped step needs); 0 = never. */
+int perf_hidden_seq(const perf_model *m, const perf_layout *l, const perf_gpu *g, const perf_eta *eta,
+                    double intra_gbs, double inter_gbs, int step);
 
 #endif

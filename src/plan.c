@@ -633,6 +633,19 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
                 tm.bound, G->fp8_tflops > 0 || l.base != PERF_FP8 ? "" : " (fp8 dequantized to bf16)");
     }
 
+    /* the sequence length from which the inter-node traffic hides under compute (pass by pass) */
+    if (nodes > 1) {
+        fprintf(out, "gpu plan: the inter-node link stops binding (overlap, pass by pass) from seq_len:");
+        for (int g = 0; g < PERF_NGPU; g++) {
+            int S = perf_hidden_seq(&m, &l, &perf_gpus[g], &eta, intra_of(po, &perf_gpus[g]), po->inter_gbs, 256);
+            perf_layout x = l;
+            x.seq_len = S;
+            if (S > 0)
+                fprintf(out, " %s %d (%.1f GB per GPU there)%s", perf_gpus[g].name, S, perf_max_total(&m, &x) / GB,
+                        g + 1 < PERF_NGPU ? ";" : "\n");
+            else fprintf(out, " %s never up to %d%s", perf_gpus[g].name, m.max_pos, g + 1 < PERF_NGPU ? ";" : "\n");
+        }
+    }
     /* the comparison: BF16/FP8 x sharded / resident over all ranks / resident at the deck's EP */
     int frozen_any = d->lora.enabled;
     if (!frozen_any) {

@@ -63,7 +63,8 @@ for pat in "gpu plan: memory per rank, GB .*experts .*base .*gather .*train .*ac
            "^  gradient reduction" "gpu plan: FLOPs per step per rank: hardware" "gpu plan: roofline: eta bf16 GEMM" \
            "^  A100-80GB " "^  H100-80GB " "^  H200-141GB " "gpu plan: placements compared" "^  bf16 sharded EP8 " \
            "^  fp8 resident EP24 " "^  fp8 resident EP8 " "fastest placement that fits, inter-node 1.4 GB/s" \
-           "fastest placement that fits, inter-node 47.0 GB/s" "one row per (token, destination rank)"; do
+           "fastest placement that fits, inter-node 47.0 GB/s" "one row per (token, destination rank)" \
+           "inter-node link stops binding (overlap, pass by pass) from seq_len: A100-80GB [0-9]"; do
     echo "$out" | grep -q -- "$pat" || fail "dry-run lacks '$pat'"
 done
 # the memory row adds up (2-decimal rounding)
