@@ -266,6 +266,11 @@ static void test_deepseek_v3(void **state) {
     l8.base = PERF_FP8;
     assert_true(perf_max_total(&m, &l8) < perf_max_total(&m, &l));
     assert_true(perf_fit_seq(&m, &l, 200e9) > perf_fit_seq(&m, &l, 80e9));
+    /* sharded BF16 on H100 at NDR: the expert gathers bind at 4K and hide at a longer seq_len (paper §4b: 12.3K) */
+    int S = perf_hidden_seq(&m, &l, &perf_gpus[1], &eta, 360, PERF_INTER_NDR, 256);
+    assert_true(S > 4096 && S < 16384 && S % 256 == 0);
+    assert_true(perf_hidden_seq(&m, &l, &perf_gpus[1], &eta, 360, 1e6, 256) == 256); /* infinite link */
+    assert_true(perf_hidden_seq(&m, &l, &perf_gpus[1], &eta, 360, 1e-3, 256) == 0);  /* never */
     deck_free(&d);
 }
 
