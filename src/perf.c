@@ -100,8 +100,8 @@ int perf_model_build(perf_model *m, const model_opts *o, char *err, int errlen) 
             continue;
         }
         int emb = !strcmp(t->name, "model.embed_tokens.weight"), head = !strcmp(t->name, "lm_head.weight");
-        if (emb) m->embed = n;
-        if (head) m->head = n, m->head_trainable = !frozen, m->f_head = 2.0 * n;
+        if (emb) m->embed = n, m->embed_frozen = frozen ? n : 0.0;
+        if (head) m->head = n, m->head_frozen = frozen ? n : 0.0, m->head_trainable = !frozen, m->f_head = 2.0 * n;
         if (frozen && fp8_stored(t->name)) {
             double b = blocks128((double)t->shape[0], (double)t->shape[1]);
             m->q8 += n, m->q8_scales += b, lq8[g] += n, lsc[g] += b;
@@ -180,8 +180,13 @@ static double row_dispatch(const perf_model *m, perf_dtype w) {
 static double row_combine(const perf_model *m, perf_dtype w) { return m->H * (w == PERF_FP32 ? 4.0 : 2.0); }
 
 static int node_share(const perf_layout *l) { return l->gpn < l->world ? l->gpn : l->world; }
+/* "sharded" frozen weights follow the deck's ZeRO stage, as the trainer does: ZeRO-3 shards them
+ * (experts over the data group, the rest over world), a lower stage keeps them whole on every rank. */
+static int zero3_frozen(const perf_layout *l) { return !l->resident && l->zero >= 3; }
 /* Is the non-expert frozen base split over ranks (then gathered)? */
-static int base_split(const perf_layout *l) { return l->resident ? node_share(l) > 1 : l->world > 1; }
+static int base_split(const perf_layout *l) {
+    return l->resident ? node_share(l) > 1 : zero3_frozen(l) && l->world > 1;
+}
 
 /* Bytes of one gathered layer group's non-expert part: frozen at the base dtype when the base is
  * split, trainable bf16 copies under ZeRO-3. */
@@ -197,17 +202,17 @@ perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e) {
     int W = l->world, dp = l->world / l->ep, z = l->zero;
     double N = (double)l->micro_batch * l->seq_len;
     double eb = expert_bytes(m, l->base);
-    r.experts = m->n_moe * e * eb / (l->resident ? 1.0 : (double)dp);
-    r.base = nonexp_bytes(m, l->base) / (double)(l->resident ? node_share(l) : W);
+    r.experts = m->n_moe * e * eb / (zero3_frozen(l) ? (double)dp : 1.0);
+    r.base = nonexp_bytes(m, l->base) / (double)(l->resident ? node_share(l) : zero3_frozen(l) ? W : 1);
     double bw16 = b16bytes(l->base);
-    if (base_split(l) || (!l->resident && dp > 1) || z >= 3) {
+    if (base_split(l) || (zero3_frozen(l) && dp > 1) || z >= 3) {
         /* a dense layer, or a MoE layer with its experts when they are gathered too */
         double lay = group_bytes(l, m->lay_q8, m->lay_q8_scales, m->lay_b16, m->lay_small, m->lay_train);
         double mo = group_bytes(l, m->moe_q8, m->moe_q8_scales, m->moe_b16, m->moe_small, m->moe_train);
-        if (dp > 1 && m->n_moe > 0) mo += (l->resident ? 0.0 : e * eb) + (z >= 3 ? 2.0 * e * m->exp_train : 0.0);
+        if (dp > 1 && m->n_moe > 0) mo += (zero3_frozen(l) ? e * eb : 0.0) + (z >= 3 ? 2.0 * e * m->exp_train : 0.0);
         if (mo > lay) lay = mo;
-        double head = base_split(l) ? m->head * bw16 + 4.0 * m->H : 0.0;
-        r.gather = 2.0 * (lay > head ? lay : head) + (base_split(l) ? N * m->H * bw16 : 0.0);
+        double head = base_split(l) ? m->head_frozen * bw16 + 4.0 * m->H : 0.0;
+        r.gather = 2.0 * (lay > head ? lay : head) + (base_split(l) && m->embed_frozen > 0 ? N * m->H * bw16 : 0.0);
     }
     double nd = m->train, ne = (double)m->n_moe * e * m->exp_train;
     double copy = z < 3 ? 2.0 * (nd + ne) : 0.0;
@@ -346,8 +351,9 @@ perf_traffic perf_step(const perf_model *m, const perf_layout *l, int e, int fp8
     }
     /* gathers of weights: forward (layers, head, embedding rows) and backward (layers) */
     double ne_lay = m->q8 * wbytes(l->base) + m->q8_scales * sbytes(l->base) +
-                    (m->b16 - m->embed - m->head) * b16bytes(l->base) + 4.0 * m->small;
-    double head = m->head * b16bytes(l->base), rows = N * m->H * b16bytes(l->base);
+                    (m->b16 - m->embed_frozen - m->head_frozen) * b16bytes(l->base) + 4.0 * m->small;
+    double head = m->head_frozen * b16bytes(l->base);
+    double rows = m->embed_frozen > 0 ? N * m->H * b16bytes(l->base) : 0.0;
     double gi[2] = {0, 0}, gx[2] = {0, 0};
     if (base_split(l)) {
         for (int p = 0; p < 2; p++) {
@@ -356,7 +362,7 @@ perf_traffic perf_step(const perf_model *m, const perf_layout *l, int e, int fp8
             else split_world(l, X, &gi[p], &gx[p]);
         }
     }
-    if (!l->resident && dp > 1 && m->n_moe > 0)
+    if (zero3_frozen(l) && dp > 1 && m->n_moe > 0)
         for (int p = 0; p < 2; p++) split_data(l, m->n_moe * e * expert_bytes(m, l->base), &gi[p], &gx[p]);
     if (l->zero >= 3) /* bf16 copies of the trainable tensors, gathered with their layer */
         for (int p = 0; p < 2; p++) {

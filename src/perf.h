@@ -15,9 +15,10 @@
  *    dense, shared and routed experts); embed_tokens, lm_head, eh_proj and
  *    the router gate stay bf16 (fp32 with base fp32); norms and router
  *    biases fp32;
- *  - parallel.frozen = "sharded": ZeRO-3 of every frozen weight, experts over
- *    the data group, the rest over world, gathered layer by layer twice a step
- *    (forward; recompute + backward); "resident": a routed expert lives on its
+ *  - parallel.frozen = "sharded": frozen weights follow the ZeRO stage as the
+ *    trainer does: stage 3 shards them (experts over the data group, the rest
+ *    over world) and gathers them layer by layer twice a step (forward;
+ *    recompute + backward), a lower stage keeps them whole; "resident": a routed expert lives on its
  *    expert-parallel owner and is never gathered, the rest of the frozen base
  *    is sharded inside a node (gathered over NVLink only; nothing frozen
  *    crosses the inter-node link);
@@ -83,7 +84,8 @@ typedef struct {
     double small;         /* frozen or no-grad 1-D tensors (norms, router biases): fp32 */
     double train;         /* trainable non-expert tensors (LoRA adapters, or the whole model) */
     double train_q8, train_b16; /* base tensors that are trainable (no LoRA): q8-able / not */
-    double embed, head;   /* elements of embed_tokens and lm_head (part of b16 or train_b16) */
+    double embed, head;   /* elements of embed_tokens and lm_head */
+    double embed_frozen, head_frozen; /* the same when frozen (part of b16), else 0 */
     /* the largest decoder-layer group without routed experts (a dense layer), and the largest MoE
      * layer's non-expert part (its experts come on top when they are gathered); elements */
     double lay_q8, lay_q8_scales, lay_b16, lay_small, lay_train;

@@ -553,8 +553,9 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
                  "activations bf16, trainable fp32 master + bf16 copy, ZeRO stage %d\n",
             perf_dtype_name(l.base), l.base == PERF_FP8 ? " (e4m3 + f32 128x128 scales)" : "",
             l.resident ? "resident" : "sharded",
-            l.resident ? "experts stay with their EP owner, the rest of the frozen base sharded inside a node"
-                       : "ZeRO-3: experts over the data group, the rest over all ranks, gathered every step",
+            l.resident      ? "experts stay with their EP owner, the rest of the frozen base sharded inside a node"
+            : l.zero >= 3   ? "ZeRO-3: experts over the data group, the rest over all ranks, gathered every step"
+                            : "ZeRO stage < 3: frozen weights whole on every rank",
             perf_dtype_name(l.wire), l.wire == PERF_FP8 ? " (1x128 f32 scales; combine bf16)" : "", l.zero);
     if (d->planned[0]) fprintf(out, "gpu plan: planned only (a real run refuses it): %s\n", d->planned);
     /* ownership */
@@ -602,7 +603,7 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
     perf_traffic t = perf_step(&m, &l, e_hi, 1);
     fprintf(out, "gpu plan: bytes per step per rank, GB   %21s %12s\n", "intra-node (NVLink)", "inter-node");
     char lab[64];
-    snprintf(lab, sizeof lab, "weight gathers (%s)", l.resident ? "in node" : "ZeRO-3");
+    snprintf(lab, sizeof lab, "weight gathers (%s)", l.resident ? "in node" : l.zero >= 3 ? "ZeRO-3" : "none");
     fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.gather_intra / GB, t.gather_inter / GB);
     snprintf(lab, sizeof lab, "MoE dispatch + combine (%s)", perf_dtype_name(l.wire));
     fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.disp_intra / GB, t.disp_inter / GB);
@@ -626,8 +627,9 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
         const perf_gpu *G = &perf_gpus[g];
         perf_traffic tg = perf_step(&m, &l, e_hi, G->fp8_tflops > 0);
         perf_time tm = perf_time_of(&tg, G, &eta, intra_of(po, G), po->inter_gbs);
-        fprintf(out, "  %-11s %6.0f %6.0f %5.2f %6.0f | %6.2f %6.2f %6.2f | %6.2f %6.0f %5.1f%%  | %6.2f %6.0f %5.1f%%  "
-                     "| %s%s\n", G->name, G->bf16_tflops, G->fp8_tflops, G->hbm_tbs, intra_of(po, G),
+        fprintf(out,
+                "  %-11s %6.0f %6.0f %5.2f %6.0f | %6.2f %6.2f %6.2f | %6.2f %6.0f %5.1f%%  | %6.2f %6.0f %5.1f%%  "
+                "| %s%s\n", G->name, G->bf16_tflops, G->fp8_tflops, G->hbm_tbs, intra_of(po, G),
                 tm.comp[0] + tm.comp[1], tm.intra[0] + tm.intra[1], tm.inter[0] + tm.inter[1], tm.no_overlap,
                 tm.tok_no_overlap, 100 * tm.mfu_no_overlap, tm.overlap, tm.tok_overlap, 100 * tm.mfu_overlap,
                 tm.bound, G->fp8_tflops > 0 || l.base != PERF_FP8 ? "" : " (fp8 dequantized to bf16)");

@@ -86,7 +86,7 @@ static perf_model small_model(void) {
     m.H = 256, m.V = 1000, m.L = 2, m.D = 0, m.n_moe = 2, m.max_pos = 1 << 20;
     m.exp_frozen = 1000, m.exp_scales = 1, m.exp_train = 10;
     m.q8 = 10000, m.q8_scales = 2, m.b16 = 3000, m.small = 100, m.train = 500;
-    m.embed = 1000, m.head = 1000;
+    m.embed = 1000, m.head = 1000, m.embed_frozen = 1000, m.head_frozen = 1000;
     m.lay_q8 = 5000, m.lay_q8_scales = 1, m.lay_b16 = 500, m.lay_small = 50, m.lay_train = 250;
     m.moe_q8 = 3000, m.moe_q8_scales = 1, m.moe_b16 = 400, m.moe_small = 40, m.moe_train = 200;
     m.f_q8 = 20000, m.f_b16 = 1000, m.f_train = 1000, m.f_exp_frozen = 4000, m.f_exp_train = 40, m.f_head = 2000;
@@ -117,18 +117,22 @@ static void test_memory(void **state) {
     NEAR(r.dispatch, 8 * 1.0 * 1.5 * 2 * (256 * 2 + 256 * 2), 1e-12);
     NEAR(r.total, r.experts + r.base + r.gather + r.train + r.acts + r.logits + r.dispatch + PERF_RUNTIME_BYTES,
          1e-12);
-    /* sharded, EP 2 on 4 ranks: experts over the data group of 2, base over 4; gathers carry the layer's experts */
+    /* sharded below ZeRO-3: frozen weights whole on every rank, nothing gathered */
     l = small_layout(PERF_BF16, 0);
-    l.ep = 2;
+    r = perf_memory(&m, &l, 1);
+    NEAR(r.experts, 2 * 1000 * 2, 1e-12), NEAR(r.base, 10000 * 2 + 3000 * 2 + 100 * 4, 1e-12), NEAR(r.gather, 0, 1e-12);
+    /* sharded, ZeRO-3, EP 2 on 4 ranks: experts over the data group of 2, base over 4; gathers carry the
+     * layer's experts and the trainable bf16 copies */
+    l.ep = 2, l.zero = 3;
     r = perf_memory(&m, &l, 2);
     NEAR(r.experts, 2 * 2 * 1000 * 2 / 2.0, 1e-12);
     NEAR(r.base, (10000 * 2 + 3000 * 2 + 100 * 4) / 4.0, 1e-12);
-    /* the largest gathered group: the dense layer (5000*2 + 500*2 + 50*4 = 11200), not the MoE layer
-     * with its 2 gathered experts (3000*2 + 400*2 + 40*4 + 2*1000*2 = 10960) */
-    NEAR(r.gather, 2 * 11200.0 + 8 * 256 * 2, 1e-12);
-    m.exp_frozen = 2000; /* now the MoE layer is: 6000 + 800 + 160 + 2 x 4000 = 14960 */
+    /* the largest gathered group: the dense layer (5000*2 + 500*2 + 50*4 + 250*2 = 11700), not the MoE
+     * layer with its 2 gathered experts (3000*2 + 400*2 + 40*4 + 200*2 + 2*1000*2 + 2*2*10 = 11400) */
+    NEAR(r.gather, 2 * 11700.0 + 8 * 256 * 2, 1e-12);
+    m.exp_frozen = 2000; /* now the MoE layer is: 6000 + 800 + 160 + 400 + 2 x 4000 + 40 = 15400 */
     r = perf_memory(&m, &l, 2);
-    NEAR(r.gather, 2 * 14960.0 + 8 * 256 * 2, 1e-12);
+    NEAR(r.gather, 2 * 15400.0 + 8 * 256 * 2, 1e-12);
     m = small_model();
     /* fp8 wire: dispatch rows of 256 B + 2 scales x 4 B, combine bf16 */
     l = small_layout(PERF_FP8, 1);
@@ -178,13 +182,17 @@ static void test_step(void **state) {
     /* gradient all-reduce (ZeRO 1): fp32 x 2, hierarchical: NVLink (g-1)/g, inter-node (n-1)/W */
     NEAR(t.red_intra, 2 * 4 * 500 * 0.5, 1e-12);
     NEAR(t.red_inter, 2 * 4 * 500 * 0.25, 1e-12);
-    /* sharded with EP 2: experts gathered from the other data-group member (other node), base over the world */
+    /* sharded, ZeRO-3, EP 2: experts gathered from the other data-group member (other node), base over
+     * the world, bf16 copies of the trainable tensors likewise */
     l = small_layout(PERF_BF16, 0);
-    l.ep = 2;
+    l.ep = 2, l.zero = 3;
     t = perf_step(&m, &l, 2, 1);
     double X = 2 * 2 * 1000 * 2.0; /* 2 layers x 2 experts x bf16 */
-    double ne16 = 10000 * 2 + 1000 * 2 + 100 * 4;
-    NEAR(t.gather_inter, 2 * X * 0.5 + (ne16 + 2000 + rows + ne16) * 0.25, 1e-12);
+    double ne16 = 10000 * 2 + 1000 * 2 + 100 * 4, tr = 2 * 500.0, tre = 2 * 2 * 2 * 10.0;
+    NEAR(t.gather_inter, 2 * X * 0.5 + (ne16 + 2000 + rows + ne16) * 0.25 + 2 * (tr * 0.25 + tre * 0.5), 1e-12);
+    l.zero = 1; /* below ZeRO-3 nothing frozen is gathered */
+    t = perf_step(&m, &l, 2, 1);
+    NEAR(t.gather_intra + t.gather_inter, 0, 1e-12);
 }
 
 static void test_time(void **state) {
