@@ -76,7 +76,8 @@ static const char *const E_ROPE[] = {"yarn", "none", NULL};
 static const char *const E_QUANT[] = {"", "fp8", NULL};
 static const char *const E_SCALE[] = {"", "ue8m0", NULL};
 static const char *const E_DTYPE[] = {"fp32", "bf16", NULL};
-static const char *const E_BASE_DTYPE[] = {"fp32", "bf16", "fp8", NULL};
+static const char *const E_WDTYPE[] = {"", "fp32", "bf16", "fp8", NULL}; /* "" = as train.dtype */
+static const char *const E_FROZEN[] = {"sharded", "resident", NULL};
 static const char *const E_OPT[] = {"adamw", NULL};
 static const char *const E_SCHED[] = {"constant", "linear", "cosine", "warmup_decay", NULL};
 static const char *const E_FORMAT[] = {"text", "u32", "megatron", "sft", NULL};
@@ -157,14 +158,15 @@ static const deck_key KEYS[] = {
     I("parallel.expert_parallel", parallel.expert_parallel, 1, 1, INT_MAX),
     I("parallel.zero_stage", parallel.zero_stage, 0, 0, 3),
     B("parallel.activation_checkpointing", parallel.activation_checkpointing, 0),
+    S("parallel.frozen", parallel.frozen, "sharded", E_FROZEN, 0),
+    S("parallel.dispatch_dtype", parallel.dispatch_dtype, "", E_WDTYPE, 0),
 
     G("train"),
     I("train.micro_batch", train.micro_batch, 1, 1, INT_MAX),
     I("train.global_batch", train.global_batch, 0, 0, INT_MAX), /* 0 = micro_batch x world size */
     I("train.seq_len", train.seq_len, 4096, 1, INT_MAX),
     S("train.dtype", train.dtype, "fp32", E_DTYPE, 0),
-    /* storage of the frozen base's linear weights; held in deck_lora (model/config.h) so the model sees it */
-    S("train.base_dtype", lora.base_dtype, "fp32", E_BASE_DTYPE, 0),
+    S("train.base_dtype", train.base_dtype, "", E_WDTYPE, 0),
 
     G("lora"),
     B("lora.enabled", lora.enabled, 0),
@@ -272,6 +274,28 @@ static int fail(const ctx *c, const char *path, const config_setting_t *s, const
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(c->err, c->errlen, "%s: %s", loc, msg);
+    return -1;
+}
+
+/* Records a planned-only choice (the first one wins) with the key's position,
+ * like fail(), without failing the load. layout: --check refuses it too. */
+static void planned(const ctx *c, deck *d, int layout, const char *path, const char *fmt, ...)
+{
+    char loc[DECK_STR + 64], msg[1024];
+    loc_of(c, path, NULL, loc, sizeof loc);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (layout && !d->planned_layout[0]) snprintf(d->planned_layout, sizeof d->planned_layout, "%s: %s", loc, msg);
+    if (!d->planned[0]) snprintf(d->planned, sizeof d->planned, "%s: %s", loc, msg);
+}
+
+int deck_runnable(const deck *d, int check, char *err, int errlen)
+{
+    const char *m = check ? d->planned_layout : d->planned;
+    if (!m[0]) return 0;
+    snprintf(err, errlen, "%s", m);
     return -1;
 }
 
@@ -784,10 +808,6 @@ static int check_layout(const ctx *c, deck *d, int world)
     /* LoRA and checkpoints */
     if (!strcmp(d->checkpoint.save, "adapters") && !d->lora.enabled)
         return fail(c, "checkpoint.save", NULL, "checkpoint.save = \"adapters\" needs lora.enabled = true");
-    if (strcmp(d->lora.base_dtype, "fp32") && !d->lora.enabled)
-        return fail(c, "train.base_dtype", NULL,
-                    "train.base_dtype = \"%s\" stores the frozen base weights narrow: it needs a frozen base "
-                    "(lora.enabled = true); use \"fp32\" when training every weight", d->lora.base_dtype);
     if (d->lora.enabled && d->lora.n_targets == 0)
         return fail(c, "lora.enabled", NULL, "lora.enabled = true needs lora.targets");
     if (d->lora.enabled)
@@ -823,15 +843,52 @@ static int check_layout(const ctx *c, deck *d, int world)
         return fail(c, "validation.every", NULL, "validation.every = %d needs validation.valid sources",
                     d->validation.every);
 
+    /* planned-only choices (the GPU plan, --dry-run): valid keys the CPU
+     * trainer does not implement yet; a real run refuses them (deck_runnable) */
+    int has_frozen = d->lora.enabled;
+    int base_set = d->train.base_dtype[0] && strcmp(d->train.base_dtype, "fp32");
+    int wire_set = d->parallel.dispatch_dtype[0] && strcmp(d->parallel.dispatch_dtype, "fp32");
+    if (base_set && !has_frozen)
+        return fail(c, "train.base_dtype", NULL,
+                    "train.base_dtype = \"%s\" sets the storage of frozen weights: there are none without "
+                    "lora.enabled = true", d->train.base_dtype);
+    if (!strcmp(d->parallel.frozen, "resident") && !has_frozen)
+        return fail(c, "parallel.frozen", NULL,
+                    "parallel.frozen = \"resident\" places frozen weights: there are none without "
+                    "lora.enabled = true");
+    /* train.base_dtype bf16/fp8 runs: the frozen linears live in the frozen store
+     * (params.h P_STORED), which the trainer keeps resident at every ZeRO stage.
+     * The model sees the choice through deck_lora (model/config.h). */
+    snprintf(d->lora.base_dtype, sizeof d->lora.base_dtype, "%s", base_set ? d->train.base_dtype : "fp32");
+    if (base_set && d->parallel.zero_stage >= 3 && strcmp(d->parallel.frozen, "resident"))
+        planned(c, d, 0, "parallel.frozen",
+                "train.base_dtype = \"%s\" at ZeRO stage 3 with parallel.frozen = \"sharded\" is planned only "
+                "(--dry-run, --check): the CPU trainer keeps a bf16/fp8 base resident, never sharded; set "
+                "parallel.frozen = \"resident\" to run", d->train.base_dtype);
+    if (!strcmp(d->parallel.frozen, "resident") && !base_set)
+        planned(c, d, 0, "parallel.frozen",
+                "parallel.frozen = \"resident\" with an fp32 base is planned only (--dry-run, --check): the CPU "
+                "trainer shards fp32 frozen weights with ZeRO (a bf16/fp8 base, train.base_dtype, is resident); "
+                "set parallel.frozen = \"sharded\" to run");
+    if (wire_set)
+        planned(c, d, 0, "parallel.dispatch_dtype",
+                "parallel.dispatch_dtype = \"%s\" is planned only (--dry-run, --check): the CPU trainer "
+                "dispatches fp32 rows; set parallel.dispatch_dtype = \"fp32\" (or leave it unset) to run",
+                d->parallel.dispatch_dtype);
+
     /* layout for this world size: last, so deck-only errors come first */
     int ep = d->parallel.expert_parallel;
     if (world % ep)
         return fail(c, "parallel.expert_parallel", NULL,
                     "parallel.expert_parallel = %d does not divide the world size %d", ep, world);
-    if (m->n_routed_experts % ep)
+    if (m->n_routed_experts > 0 && ep > m->n_routed_experts)
         return fail(c, "parallel.expert_parallel", NULL,
-                    "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d",
-                    m->n_routed_experts, ep);
+                    "parallel.expert_parallel = %d exceeds model.n_routed_experts = %d", ep, m->n_routed_experts);
+    if (m->n_routed_experts % ep) /* uneven ownership: --dry-run plans it, a real run and --check refuse it */
+        planned(c, d, 1, "parallel.expert_parallel",
+                "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d (uneven expert "
+                "ownership is planned only: --dry-run plans it, the trainer needs an even split)",
+                m->n_routed_experts, ep);
     long long per_step = (long long)d->train.micro_batch * world;
     if (d->train.global_batch == 0 && per_step <= INT_MAX) d->train.global_batch = (int)per_step;
     if (d->train.global_batch % per_step)

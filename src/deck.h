@@ -28,6 +28,14 @@ typedef struct {
     int expert_parallel;        /* EP */
     int zero_stage;             /* 0..3 */
     bool activation_checkpointing;
+    char frozen[DECK_STR];      /* "sharded" (ZeRO-3 over the data group, re-gathered every step) |
+                                 * "resident" (experts stay with their EP owner, the rest of the frozen
+                                 * base sharded inside a node). The CPU trainer runs "resident" with a
+                                 * bf16/fp8 base only (its frozen store, never sharded; required at
+                                 * ZeRO 3); with an fp32 base it is planned only */
+    char dispatch_dtype[DECK_STR]; /* MoE dispatch/combine wire dtype: "" (= train.dtype) | "fp32" | "bf16" |
+                                    * "fp8" (fp8 dispatch with 1x128 scales, bf16 combine); the CPU
+                                    * trainer sends fp32: bf16/fp8 are planned only (--dry-run) */
 } deck_parallel;
 
 typedef struct {
@@ -35,6 +43,10 @@ typedef struct {
     int global_batch;           /* sequences per optimizer step */
     int seq_len;
     char dtype[DECK_STR];       /* "fp32" | "bf16" */
+    char base_dtype[DECK_STR];  /* storage of frozen linear weights: "" (= train.dtype) | "fp32" | "bf16" |
+                                 * "fp8" (e4m3 + 128x128 f32 scales). The CPU trainer keeps a LoRA
+                                 * base's linear weights in bf16/fp8 (the frozen store, params.h
+                                 * P_STORED; deck.c copies the choice to lora.base_dtype) */
 } deck_train;
 
 typedef struct {
@@ -96,6 +108,10 @@ typedef struct deck {
     deck_logging logging;
     char *text;                 /* resolved deck text (includes inlined), owned */
     char path[DECK_STR];        /* deck file name as given */
+    char planned[2200];         /* "file:line: message" of the first planned-only choice ("" = none):
+                                 * --dry-run plans it, a real run refuses it (deck_runnable) */
+    char planned_layout[2200];  /* the same for a layout a real run and --check refuse (uneven
+                                 * expert ownership) */
 } deck;
 
 /* Reads and validates a deck collectively: rank 0 reads `path` (resolving
@@ -115,6 +131,10 @@ int deck_load_string(deck *d, const char *text, const char *name, int n_over, ch
 char *deck_print(const deck *d);
 
 void deck_free(deck *d);
+
+/* 0 when a real run (check = 0) or --check (check = 1) can take the deck,
+ * else -1 with the planned-only choice's message in err (see deck.planned). */
+int deck_runnable(const deck *d, int check, char *err, int errlen);
 
 /* What the model needs of a deck (model/config.h). */
 static inline model_opts deck_model_opts(const deck *d) {

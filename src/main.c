@@ -15,6 +15,7 @@
 
 #include "ckpt.h"
 #include "deck.h"
+#include "perf.h"
 #include "plan.h"
 #include "train.h"
 
@@ -28,7 +29,8 @@
 enum { M_TRAIN, M_CHECK, M_DRY, M_PRINT, M_HELP, M_VERSION };
 
 static const char USAGE[] =
-    "usage: dsv3 [--check | --dry-run | --print-deck | --help | --version] DECK [key.path=value ...]\n";
+    "usage: dsv3 [--check | --dry-run [--gpu-mem GB] [--intra-gbs GB/s] [--inter-gbs GB/s] | --print-deck |\n"
+    "             --help | --version] DECK [key.path=value ...]\n";
 
 static const char HELP[] =
     "\n"
@@ -39,7 +41,16 @@ static const char HELP[] =
     "  --check        validate the deck (keys, types, ranges, layout for this rank count)\n"
     "                 and print \"deck OK\"\n"
     "  --dry-run      build the parallel plan and print it (experts and ZeRO shards per\n"
-    "                 rank, memory estimate) without allocating the model\n"
+    "                 rank, memory estimate) without allocating the model, then the GPU\n"
+    "                 plan (README \"The 671B plan\"): memory by category in the GPU layout,\n"
+    "                 bytes per link class, FLOPs and the predicted step time on A100/H100/H200\n"
+    "    --gpu-mem GB     with --dry-run: does the deck fit in GB (1e9 bytes) per GPU, the\n"
+    "                     largest seq_len and micro-batch that do, the faster placement\n"
+    "    --intra-gbs X    with --dry-run: effective intra-node (NVLink) GB/s per GPU per\n"
+    "                     direction (default: 240 A100, 360 H100/H200, NCCL-measured)\n"
+    "    --inter-gbs X    with --dry-run: effective inter-node GB/s per GPU per direction\n"
+    "                     (default 47: NDR InfiniBand 400 Gb/s, one NIC per GPU; 100 GbE\n"
+    "                     sockets shared by 8 GPUs are about 1.4)\n"
     "  --print-deck   print the effective deck, every default filled in (libconfig that\n"
     "                 dsv3 reads back to the same configuration)\n"
     "  --help         this text\n"
@@ -85,7 +96,8 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     rank0 = rank == 0;
 
-    int mode = M_TRAIN, n_modes = 0;
+    int mode = M_TRAIN, n_modes = 0, n_perf = 0;
+    perf_opts po = perf_opts_default();
     const char *path = NULL;
     char **over = calloc((size_t)argc + 1, sizeof *over);
     int n_over = 0;
@@ -97,6 +109,18 @@ int main(int argc, char **argv)
             else if (!strcmp(a, "--print-deck")) mode = M_PRINT;
             else if (!strcmp(a, "--help") || !strcmp(a, "-h")) mode = M_HELP;
             else if (!strcmp(a, "--version")) mode = M_VERSION;
+            else if (!strcmp(a, "--gpu-mem") || !strcmp(a, "--intra-gbs") || !strcmp(a, "--inter-gbs")) {
+                char *end = NULL;
+                double v = i + 1 < argc ? strtod(argv[i + 1], &end) : 0.0;
+                if (i + 1 >= argc || end == argv[i + 1] || *end || !(v > 0) || v > 1e6)
+                    usage_error("%s needs a positive number", a);
+                if (!strcmp(a, "--gpu-mem")) po.gpu_mem_gb = v;
+                else if (!strcmp(a, "--intra-gbs")) po.intra_gbs = v;
+                else po.inter_gbs = v;
+                i++;
+                n_perf++;
+                continue;
+            }
             else usage_error("unknown option '%s'", a);
             n_modes++;
         } else if (a[0] == '-' && path == NULL && strcmp(a, "-")) {
@@ -119,6 +143,7 @@ int main(int argc, char **argv)
         if (rank0) printf("dsv3 %s (git %s)\n", DSV3_VERSION, DSV3_GIT_REV);
         finish(0);
     }
+    if (n_perf && mode != M_DRY) usage_error("%s", "--gpu-mem, --intra-gbs and --inter-gbs go with --dry-run");
     if (!path) usage_error("%s", "no deck given");
 
     deck d;
@@ -132,8 +157,16 @@ int main(int argc, char **argv)
     free(over);
 
     int rc = 0;
+    /* planned-only choices: a real run stops here, before any work; --check
+     * refuses only an uneven expert ownership; --dry-run plans them all */
+    if ((mode == M_TRAIN || mode == M_CHECK) && deck_runnable(&d, mode == M_CHECK, err, sizeof err)) {
+        if (rank0) fprintf(stderr, "dsv3: %s\n", err);
+        deck_free(&d);
+        finish(1);
+    }
     if (mode == M_CHECK) {
         if (rank0) printf("deck OK: %s (%d rank%s)\n", path, size, size == 1 ? "" : "s");
+        if (rank0 && d.planned[0]) printf("deck: planned only, a real run refuses it: %s\n", d.planned);
     } else if (mode == M_PRINT) {
         if (rank0) {
             char *t = deck_print(&d);
@@ -150,6 +183,7 @@ int main(int argc, char **argv)
         }
         if (mode == M_DRY) {
             plan_print(&p, &d, stdout);
+            if (rank0) plan_print_perf(&p, &d, &po, stdout);
         } else {
             rc = train_run(&d, &p) ? 1 : 0;
         }

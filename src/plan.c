@@ -8,6 +8,7 @@
 #include "plan.h"
 #include "deck.h"
 #include "model/cost.h"
+#include "perf.h"
 
 #include <hwloc.h>
 #include <limits.h>
@@ -164,6 +165,10 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
         model_opts o = deck_model_opts(d);
         mem.acts = cost_act_bytes(&o, p->ep, d->train.micro_batch, d->train.seq_len);
+        /* uneven expert ownership: the CPU model cannot run it (deck error for a
+         * real run); plan its activations with the GPU formula in fp32 */
+        if (d->model.n_routed_experts % p->ep) mem.acts = cost_gpu_act_bytes(&o, (double)d->train.micro_batch *
+                                                                                     d->train.seq_len, 4.0);
         mem.comm = 0.0;
     }
     mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
@@ -171,6 +176,10 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
 }
 
 /* ---------------------------------------------------------------- layout */
+
+void plan_expert_range(int E, int ep, int ep_index, int *first, int *count) {
+    perf_expert_range(E, ep, ep_index, first, count);
+}
 
 static void plan_init(plan *p) {
     memset(p, 0, sizeof *p);
@@ -198,9 +207,8 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
         snprintf(msg, sizeof msg, "parallel.expert_parallel = %d does not divide the world size %d", ep, size);
         return fail(err, errlen, msg);
     }
-    if (E % ep) {
-        snprintf(msg, sizeof msg, "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d", E,
-                 ep);
+    if (E > 0 && ep > E) {
+        snprintf(msg, sizeof msg, "parallel.expert_parallel = %d exceeds model.n_routed_experts = %d", ep, E);
         return fail(err, errlen, msg);
     }
     if (d->parallel.zero_stage < 0 || d->parallel.zero_stage > 3) {
@@ -224,8 +232,9 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->ep_index = rank % ep;
     p->dp = size / ep;
     p->dp_index = rank / ep;
-    p->experts_per_rank = E / ep;
-    p->expert_first = p->ep_index * (E / ep);
+    /* Uneven ownership (E % ep != 0, planned only: the deck refuses it for a
+     * real run): the first E % ep ranks of a group own one expert more. */
+    plan_expert_range(E, ep, p->ep_index, &p->expert_first, &p->experts_per_rank);
     p->zero_stage = d->parallel.zero_stage;
     p->micro_batch = mb;
     p->grad_accum = gb / (mb * size);
@@ -233,7 +242,7 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->node_size = 1;
     p->n_nodes = 1;
     snprintf(p->cpuset, sizeof p->cpuset, "-");
-    if (params_build(&p->params, &d->model, &d->lora, ep, msg, sizeof msg)) {
+    if (params_build_owned(&p->params, &d->model, &d->lora, ep, p->experts_per_rank, msg, sizeof msg)) {
         params_free(&p->params);
         return fail(err, errlen, msg);
     }
@@ -438,10 +447,16 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
             thousands(b, sizeof b, p->params.n_trainable));
     model_opts o = deck_model_opts(d);
     fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", cost_flops_per_token(&o));
-    if (p->n_moe_layers > 0)
+    if (p->n_moe_layers > 0 && m->n_routed_experts % p->ep == 0)
         fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
                 p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
                 p->n_moe_layers);
+    else if (p->n_moe_layers > 0)
+        fprintf(out, "plan: uneven expert ownership (planned only): %d or %d routed experts per rank per MoE layer "
+                     "(%d of %d, top-%d: %d ranks x %d + %d x %d), %d MoE layers incl. MTP\n",
+                m->n_routed_experts / p->ep + 1, m->n_routed_experts / p->ep, m->n_routed_experts, m->n_routed_experts,
+                m->num_experts_per_tok, m->n_routed_experts % p->ep, m->n_routed_experts / p->ep + 1,
+                p->ep - m->n_routed_experts % p->ep, m->n_routed_experts / p->ep, p->n_moe_layers);
     /* GiB for real models, MiB for the small decks that run here */
     double U = GiB;
     const char *un = "GiB";
@@ -470,7 +485,300 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
             mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U, mx[5] / U);
     fprintf(out, "plan: memory estimate per rank (%s): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
-            strcmp(d->train.dtype, "bf16") == 0 ? "GPU layout, bf16" : "CPU, fp32", mx[5] / U, un, mx[5] / 1e9,
-            sum / U, un);
+            strcmp(d->train.dtype, "bf16") == 0
+                ? "bf16, the trainer's layout; the GPU plan below counts every buffer of the GPU layout"
+                : "CPU, fp32",
+            mx[5] / U, un, mx[5] / 1e9, sum / U, un);
     free(all);
+}
+
+/* ------------------------------------------------------------- GPU plan */
+
+#define GB 1e9
+
+static perf_layout layout_of(const plan *p, const deck *d, const perf_opts *po) {
+    perf_layout l;
+    memset(&l, 0, sizeof l);
+    /* "" = as train.dtype: a bf16 run keeps frozen weights in their bf16 compute copy */
+    l.base = perf_dtype_of(d->train.base_dtype[0] ? d->train.base_dtype : d->train.dtype);
+    l.resident = !strcmp(d->parallel.frozen, "resident");
+    l.wire = perf_dtype_of(d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype);
+    l.world = p->world_size;
+    l.ep = p->ep;
+    l.gpn = po->gpus_per_node > 0 ? po->gpus_per_node : 8;
+    l.zero = p->zero_stage;
+    l.ckpt = d->parallel.activation_checkpointing;
+    l.micro_batch = d->train.micro_batch;
+    l.seq_len = d->train.seq_len;
+    l.grad_accum = p->grad_accum;
+    return l;
+}
+
+static double intra_of(const perf_opts *po, const perf_gpu *g) {
+    return po->intra_gbs > 0 ? po->intra_gbs : g->intra_gbs;
+}
+
+/* a is faster than b by more than 0.5 % (ties go to the placement that moves fewer bytes) */
+static int faster(double a, double b) { return a < b * 0.995; }
+
+/* One placement of the comparison: its name, layout and the rank that owns the most experts. */
+typedef struct {
+    char name[64];
+    perf_layout l;
+} scenario;
+
+static void scen_times(const perf_model *m, const scenario *s, const perf_eta *eta, const perf_opts *po,
+                       double inter, perf_time *tm) {
+    int first, e;
+    perf_expert_range(m->E, s->l.ep, 0, &first, &e);
+    for (int g = 0; g < PERF_NGPU; g++) {
+        perf_traffic t = perf_step(m, &s->l, e, perf_gpus[g].fp8_tflops > 0);
+        tm[g] = perf_time_of(&t, &perf_gpus[g], eta, intra_of(po, &perf_gpus[g]), inter);
+    }
+}
+
+void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *out) {
+    model_opts o = deck_model_opts(d);
+    perf_model m;
+    char err[256];
+    if (perf_model_build(&m, &o, err, sizeof err)) {
+        fprintf(out, "gpu plan: not available: %s\n", err);
+        return;
+    }
+    perf_layout l = layout_of(p, d, po);
+    perf_eta eta = perf_eta_default();
+    int nodes = (l.world + l.gpn - 1) / l.gpn;
+    fprintf(out, "\ngpu plan (README \"The 671B plan\"): the GPU layout of this deck on %d node%s of %d GPUs; "
+                 "GB = 1e9 B\n", nodes, nodes == 1 ? "" : "s", l.gpn < l.world ? l.gpn : l.world);
+    fprintf(out, "gpu plan: frozen linear weights %s%s, parallel.frozen = \"%s\" (%s), dispatch wire %s%s, "
+                 "activations bf16, trainable fp32 master + bf16 copy, ZeRO stage %d\n",
+            perf_dtype_name(l.base), l.base == PERF_FP8 ? " (e4m3 + f32 128x128 scales)" : "",
+            l.resident ? "resident" : "sharded",
+            l.resident      ? "experts stay with their EP owner, the rest of the frozen base sharded inside a node"
+            : l.zero >= 3   ? "ZeRO-3: experts over the data group, the rest over all ranks, gathered every step"
+                            : "ZeRO stage < 3: frozen weights whole on every rank",
+            perf_dtype_name(l.wire), l.wire == PERF_FP8 ? " (1x128 f32 scales; combine bf16)" : "", l.zero);
+    if (d->planned[0]) fprintf(out, "gpu plan: planned only (a real run refuses it): %s\n", d->planned);
+    /* ownership */
+    int f0, e_hi, e_lo, fl;
+    perf_expert_range(m.E, l.ep, 0, &f0, &e_hi);
+    perf_expert_range(m.E, l.ep, l.ep - 1, &fl, &e_lo);
+    if (m.n_moe > 0) {
+        if (e_hi == e_lo)
+            fprintf(out, "gpu plan: expert ownership: %d routed experts per MoE layer on each of the %d ranks of an "
+                         "expert group (even)\n", e_hi, l.ep);
+        else
+            fprintf(out, "gpu plan: expert ownership (uneven): EP ranks 0-%d own %d experts per MoE layer, ranks "
+                         "%d-%d own %d (%d x %d + %d x %d = %d)\n", m.E % l.ep - 1, e_hi, m.E % l.ep, l.ep - 1, e_lo,
+                    m.E % l.ep, e_hi, l.ep - m.E % l.ep, e_lo, m.E);
+    }
+    /* memory by category */
+    fprintf(out, "gpu plan: memory per rank, GB  %8s %8s %8s %8s %8s %8s %8s %8s %8s\n", "experts", "base", "gather",
+            "train", "acts", "logits", "dispatch", "runtime", "total");
+    int classes = e_hi == e_lo ? 1 : 2;
+    for (int c = 0; c < classes; c++) {
+        int e = c == 0 ? e_hi : e_lo;
+        perf_mem mm = perf_memory(&m, &l, e);
+        char who[64];
+        if (classes == 1) snprintf(who, sizeof who, "every rank (%d experts)", e);
+        else if (c == 0) snprintf(who, sizeof who, "EP ranks 0-%d (%d exp.)", m.E % l.ep - 1, e);
+        else snprintf(who, sizeof who, "EP ranks %d-%d (%d exp.)", m.E % l.ep, l.ep - 1, e);
+        fprintf(out, "  %-29s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f\n", who, mm.experts / GB,
+                mm.base / GB, mm.gather / GB, mm.train / GB, mm.acts / GB, mm.logits / GB, mm.dispatch / GB,
+                mm.runtime / GB, mm.total / GB);
+    }
+    {
+        perf_mem mm = perf_memory(&m, &l, e_hi);
+        double N = (double)l.micro_batch * l.seq_len, chunk = (N < 1024 ? N : 1024) * 2.0 * 4.0 * m.V + 4.0 * N;
+        fprintf(out, "gpu plan: not in the design, so not counted as a saving: a chunked cross-entropy (1,024 "
+                     "tokens at a time, the frozen head's dgrad right after it) would hold %.2f GB of logits "
+                     "instead of %.2f\n", chunk / GB, mm.logits / GB);
+    }
+    /* routing, traffic, FLOPs */
+    perf_route q = perf_routing(&m, l.ep, l.gpn);
+    if (l.ep > 1 && m.n_moe > 0)
+        fprintf(out, "gpu plan: routing (top-%d of %d, %d of %d groups, uniform inside them): a token's rows go to "
+                     "%.2f EP ranks (self %.2f, %.2f more on its node, %.2f on %.2f other nodes): one row per "
+                     "(token, destination rank), not %d per (token, expert)\n",
+                m.k, m.E, m.topk_group, m.n_group, q.ranks, q.self, q.local, q.remote, q.nodes, m.k);
+    perf_traffic t = perf_step(&m, &l, e_hi, 1);
+    fprintf(out, "gpu plan: bytes per step per rank, GB   %21s %12s\n", "intra-node (NVLink)", "inter-node");
+    char lab[64];
+    snprintf(lab, sizeof lab, "weight gathers (%s)", l.resident ? "in node" : l.zero >= 3 ? "ZeRO-3" : "none");
+    fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.gather_intra / GB, t.gather_inter / GB);
+    snprintf(lab, sizeof lab, "MoE dispatch + combine (%s)", perf_dtype_name(l.wire));
+    fprintf(out, "  %-38s %12.2f %12.2f\n", lab, t.disp_intra / GB, t.disp_inter / GB);
+    fprintf(out, "  %-38s %12.2f %12.2f\n", "gradient reduction (fp32)", t.red_intra / GB, t.red_inter / GB);
+    fprintf(out, "  %-38s %12.2f %12.2f\n", "total", (t.intra[0] + t.intra[1]) / GB,
+            (t.inter[0] + t.inter[1]) / GB);
+    double hw = t.flop_fp8[0] + t.flop_fp8[1] + t.flop_bf16[0] + t.flop_bf16[1] + t.flop_attn[0] + t.flop_attn[1];
+    fprintf(out, "gpu plan: FLOPs per step per rank: hardware %.4g (fp8 GEMM %.3g, bf16 GEMM %.3g, attention %.3g; "
+                 "recompute included, attention backward 2.5x forward), model %.4g (MFU numerator); memory-bound "
+                 "kernel bytes %.3g\n", hw, t.flop_fp8[0] + t.flop_fp8[1], t.flop_bf16[0] + t.flop_bf16[1],
+            t.flop_attn[0] + t.flop_attn[1], t.model_flops, t.hbm[0] + t.hbm[1]);
+    fprintf(out, "gpu plan: roofline: eta bf16 GEMM %.2f, fp8 GEMM %.2f, attention %.2f, HBM %.2f of peak; inter-node "
+                 "%.1f GB/s per GPU (%s); intra-node %s; the slowest rank (%d experts) sets the step\n",
+            eta.bf16, eta.fp8, eta.attn, eta.hbm, po->inter_gbs,
+            po->inter_gbs == PERF_INTER_NDR ? "NDR InfiniBand 400 Gb/s, one NIC per GPU, 94 %" : "--inter-gbs",
+            po->intra_gbs > 0 ? "--intra-gbs" : "NVLink as NCCL measures it", e_hi);
+    fprintf(out, "  %-11s %6s %6s %5s %6s | %6s %6s %6s | %-22s | %-22s | %s\n", "GPU", "bf16", "fp8", "HBM",
+            "intra", "comp s", "intra", "inter", "no overlap: s tok/s MFU", "overlap: s tok/s MFU", "bound");
+    fprintf(out, "  %-11s %13s %5s %6s |\n", "", "TFLOP/s", "TB/s", "GB/s");
+    for (int g = 0; g < PERF_NGPU; g++) {
+        const perf_gpu *G = &perf_gpus[g];
+        perf_traffic tg = perf_step(&m, &l, e_hi, G->fp8_tflops > 0);
+        perf_time tm = perf_time_of(&tg, G, &eta, intra_of(po, G), po->inter_gbs);
+        fprintf(out,
+                "  %-11s %6.0f %6.0f %5.2f %6.0f | %6.2f %6.2f %6.2f | %6.2f %6.0f %5.1f%%  | %6.2f %6.0f %5.1f%%  "
+                "| %s%s\n", G->name, G->bf16_tflops, G->fp8_tflops, G->hbm_tbs, intra_of(po, G),
+                tm.comp[0] + tm.comp[1], tm.intra[0] + tm.intra[1], tm.inter[0] + tm.inter[1], tm.no_overlap,
+                tm.tok_no_overlap, 100 * tm.mfu_no_overlap, tm.overlap, tm.tok_overlap, 100 * tm.mfu_overlap,
+                tm.bound, G->fp8_tflops > 0 || l.base != PERF_FP8 ? "" : " (fp8 dequantized to bf16)");
+    }
+
+    /* the sequence length from which the inter-node traffic hides under compute (pass by pass) */
+    if (nodes > 1) {
+        fprintf(out, "gpu plan: the inter-node link stops binding (overlap, pass by pass) from seq_len:");
+        for (int g = 0; g < PERF_NGPU; g++) {
+            int S = perf_hidden_seq(&m, &l, &perf_gpus[g], &eta, intra_of(po, &perf_gpus[g]), po->inter_gbs, 256);
+            perf_layout x = l;
+            x.seq_len = S;
+            if (S > 0)
+                fprintf(out, " %s %d (%.1f GB per GPU there)%s", perf_gpus[g].name, S, perf_max_total(&m, &x) / GB,
+                        g + 1 < PERF_NGPU ? ";" : "\n");
+            else fprintf(out, " %s never up to %d%s", perf_gpus[g].name, m.max_pos, g + 1 < PERF_NGPU ? ";" : "\n");
+        }
+    }
+    /* the comparison: BF16/FP8 x sharded / resident over all ranks / resident at the deck's EP */
+    int frozen_any = d->lora.enabled;
+    if (!frozen_any) {
+        fprintf(out, "gpu plan: no frozen weights (lora.enabled = false): no placement comparison\n");
+        return;
+    }
+    /* sharded at the deck's EP; resident over all ranks, over one node, and at the deck's EP */
+    scenario sc[8];
+    int ns = 0, eps[3] = {l.world, l.gpn, l.ep};
+    for (int b = 0; b < 2; b++) {
+        perf_dtype base = b == 0 ? PERF_BF16 : PERF_FP8;
+        /* the deck's wire when it sets one, else the base's dtype (fp8: fp8 dispatch, bf16 combine) */
+        perf_dtype wire = d->parallel.dispatch_dtype[0] ? l.wire : base;
+        for (int k = 0; k < 4; k++) {
+            scenario *s = &sc[ns];
+            s->l = l;
+            s->l.base = base;
+            s->l.wire = wire;
+            s->l.resident = k > 0;
+            if (k > 0) {
+                int ep = eps[k - 1], dup = 0;
+                for (int j = 0; j < k - 1; j++) dup |= eps[j] == ep;
+                if (dup || ep < 1 || ep > l.world || l.world % ep || (m.E > 0 && ep > m.E)) continue;
+                s->l.ep = ep;
+            }
+            snprintf(s->name, sizeof s->name, "%s %s EP%d", perf_dtype_name(base), k ? "resident" : "sharded",
+                     s->l.ep);
+            ns++;
+        }
+    }
+    double inters[3] = {PERF_INTER_100GBE, PERF_INTER_NDR, po->inter_gbs};
+    int ninter = po->inter_gbs != PERF_INTER_NDR && po->inter_gbs != PERF_INTER_100GBE ? 3 : 2;
+    fprintf(out, "gpu plan: placements compared (same deck; wire: %s; GB and s per step per rank)\n",
+            d->parallel.dispatch_dtype[0] ? "the deck's parallel.dispatch_dtype"
+                                           : "bf16 for a bf16 base, fp8 dispatch + bf16 combine for fp8");
+    fprintf(out, "gpu plan: usable memory per GPU: %s %.1f GB, %s %.1f GB, %s %.1f GB%s\n", perf_gpus[0].name,
+            perf_gpus[0].mem_gb, perf_gpus[1].name, perf_gpus[1].mem_gb, perf_gpus[2].name, perf_gpus[2].mem_gb,
+            po->gpu_mem_gb > 0 ? " (--gpu-mem replaces them below)" : "");
+    fprintf(out, "  %-21s %7s %8s %8s | %-10s %-29s %-29s %-29s\n", "placement", "mem GB", "NVL GB", "inter GB",
+            "inter GB/s", "A100: s no-ovl/ovl, tok/s", "H100: s no-ovl/ovl, tok/s", "H200: s no-ovl/ovl, tok/s");
+    for (int s = 0; s < ns; s++) {
+        int first, e;
+        perf_expert_range(m.E, sc[s].l.ep, 0, &first, &e);
+        perf_traffic ts = perf_step(&m, &sc[s].l, e, 1);
+        for (int k = 0; k < ninter; k++) {
+            perf_time tm[PERF_NGPU];
+            scen_times(&m, &sc[s], &eta, po, inters[k], tm);
+            if (k == 0)
+                fprintf(out, "  %-21s %7.1f %8.1f %8.1f |", sc[s].name, perf_max_total(&m, &sc[s].l) / GB,
+                        (ts.intra[0] + ts.intra[1]) / GB, (ts.inter[0] + ts.inter[1]) / GB);
+            else fprintf(out, "  %-21s %7s %8s %8s |", "", "", "", "");
+            fprintf(out, " %-10.1f", inters[k]);
+            for (int g = 0; g < PERF_NGPU; g++)
+                fprintf(out, " %5.2f/%5.2f %6.0f/%-6.0f  ", tm[g].no_overlap, tm[g].overlap, tm[g].tok_no_overlap,
+                        tm[g].tok_overlap);
+            fprintf(out, "\n");
+        }
+    }
+    /* the best placement per GPU and link that fits in the GPU's memory (or --gpu-mem) */
+    for (int k = 0; k < ninter; k++) {
+        fprintf(out, "gpu plan: fastest placement that fits, inter-node %.1f GB/s (%s):", inters[k],
+                inters[k] == PERF_INTER_100GBE ? "100 GbE sockets shared by 8 GPUs"
+                : inters[k] == PERF_INTER_NDR  ? "NDR InfiniBand"
+                                               : "--inter-gbs");
+        for (int g = 0; g < PERF_NGPU; g++) {
+            double cap = (po->gpu_mem_gb > 0 ? po->gpu_mem_gb : perf_gpus[g].mem_gb) * GB;
+            int best = -1;
+            double bt = 0, bx = 0;
+            for (int s = 0; s < ns; s++) {
+                if (perf_max_total(&m, &sc[s].l) > cap) continue;
+                perf_time tm[PERF_NGPU];
+                scen_times(&m, &sc[s], &eta, po, inters[k], tm);
+                int first, e;
+                perf_expert_range(m.E, sc[s].l.ep, 0, &first, &e);
+                perf_traffic ts = perf_step(&m, &sc[s].l, e, perf_gpus[g].fp8_tflops > 0);
+                double x = ts.inter[0] + ts.inter[1];
+                if (best < 0 || faster(tm[g].overlap, bt) || (!faster(bt, tm[g].overlap) && x < bx))
+                    best = s, bt = tm[g].overlap, bx = x;
+            }
+            if (best < 0) fprintf(out, " %s none fits;", perf_gpus[g].name);
+            else fprintf(out, " %s %s %.0f tok/s;", perf_gpus[g].name, sc[best].name, l.seq_len * (double)
+                         l.micro_batch * l.grad_accum / bt);
+        }
+        fprintf(out, "\n");
+    }
+    /* --gpu-mem */
+    if (po->gpu_mem_gb > 0) {
+        double cap = po->gpu_mem_gb * GB, need = perf_max_total(&m, &l);
+        int fs = perf_fit_seq(&m, &l, cap), fm = perf_fit_micro(&m, &l, cap);
+        char a[64], b[64];
+        if (fs > 0) snprintf(a, sizeof a, "%d", fs);
+        else snprintf(a, sizeof a, "none");
+        if (fm > 0) snprintf(b, sizeof b, "%d", fm);
+        else snprintf(b, sizeof b, "none");
+        fprintf(out, "gpu plan: --gpu-mem %.1f GB: this deck %s (%.2f GB per GPU at seq_len %d, micro-batch %d); "
+                     "largest seq_len that fits %s (micro-batch %d), largest micro-batch %s (seq_len %d)\n",
+                po->gpu_mem_gb, need <= cap ? "fits" : "does not fit", need / GB, l.seq_len, l.micro_batch, a,
+                l.micro_batch, b, l.seq_len);
+        /* the deck's base and wire: sharded at its EP, resident over all ranks, resident at its EP */
+        scenario alt[3];
+        int na = 0, aeps[3] = {l.ep, l.world, l.ep};
+        for (int a = 0; a < 3; a++) {
+            if (a == 2 && l.ep == l.world) continue;
+            if (a == 1 && m.E > 0 && l.world > m.E) continue;
+            alt[na].l = l;
+            alt[na].l.resident = a > 0;
+            alt[na].l.ep = aeps[a];
+            snprintf(alt[na].name, sizeof alt[na].name, "%s EP%d", a ? "resident" : "sharded", aeps[a]);
+            na++;
+        }
+        for (int g = 0; g < PERF_NGPU; g++) {
+            fprintf(out, "gpu plan: --gpu-mem %.1f GB, %s, %.1f GB/s inter-node, %s base:", po->gpu_mem_gb,
+                    perf_gpus[g].name, po->inter_gbs, perf_dtype_name(l.base));
+            int best = -1;
+            double bt = 0, bx = 0;
+            for (int a = 0; a < na; a++) {
+                perf_time tm[PERF_NGPU];
+                scen_times(&m, &alt[a], &eta, po, po->inter_gbs, tm);
+                double mem = perf_max_total(&m, &alt[a].l);
+                int first, e;
+                perf_expert_range(m.E, alt[a].l.ep, 0, &first, &e);
+                perf_traffic ts = perf_step(&m, &alt[a].l, e, perf_gpus[g].fp8_tflops > 0);
+                double x = ts.inter[0] + ts.inter[1];
+                fprintf(out, " %s %.1f GB %s, %.2f s/step (overlap);", alt[a].name, mem / GB,
+                        mem <= cap ? "fits" : "does not fit", tm[g].overlap);
+                if (mem <= cap && (best < 0 || faster(tm[g].overlap, bt) || (!faster(bt, tm[g].overlap) && x < bx)))
+                    best = a, bt = tm[g].overlap, bx = x;
+            }
+            if (best < 0) fprintf(out, " faster placement: none fits\n");
+            else fprintf(out, " faster placement that fits: %s\n", alt[best].name);
+        }
+    }
 }

@@ -20,6 +20,7 @@
 #include <stdio.h>
 
 #include "comm.h"
+#include "perf.h"
 
 typedef struct deck deck; /* deck.h */
 #include "model/params.h"
@@ -73,6 +74,16 @@ int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen);
 /* Rank 0 prints the plan of every rank (gathered) plus totals. Collective. */
 void plan_print(const plan *p, const deck *d, FILE *out);
 void plan_free(plan *p);
+/* Rank 0 (no collectives): the GPU plan of the deck (perf.h): memory by
+ * category per rank class, bytes per step per link class, FLOPs, roofline
+ * step times on A100/H100/H200, the placements compared over two inter-node
+ * links, and with po->gpu_mem_gb > 0 the fit answers. */
+void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *out);
+
+/* Routed experts owned by member ep_index of an expert group of ep ranks:
+ * [first, first+count). E % ep != 0 is uneven ownership: the first E % ep
+ * members own E/ep + 1, the others E/ep (256 on 24: 16 x 11 + 8 x 10). */
+void plan_expert_range(int E, int ep, int ep_index, int *first, int *count);
 
 /* Which member of the segment's comm owns the float at segment offset `o`. */
 int plan_shard_owner(const plan_shard *s, size_t o);

@@ -17,7 +17,8 @@
 #     the dequantizing import quantized on load into an fp8 base holds the release's bytes and
 #     scales again; the FP8 import loaded into a bf16 base holds bf16(e4m3 x scale)
 #  5. refusals, one line each: base_dtype fp8 without LoRA; an FP8 checkpoint into a base_dtype
-#     fp32 run; an fp8 weight whose weight_scale_inv is missing
+#     fp32 run; an fp8 weight whose weight_scale_inv is missing; a bf16/fp8 base with
+#     parallel.frozen = "sharded" at ZeRO 3 (planned only: the trainer keeps the store resident)
 . "$(dirname "$0")/lib.sh"
 need_venv h5py numpy
 scratch_dir
@@ -37,7 +38,7 @@ echo "== 1. base_dtype fp8: layouts, loss, memory"
 for c in "1 1 0" "2 2 0" "2 2 1" "2 2 2" "2 2 3"; do
     set -- $c
     d="$OUT/f$1$3"
-    timeout 200 mpirun -np "$1" "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.expert_parallel="$2" \
+    timeout 200 mpirun -np "$1" "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.frozen=resident parallel.expert_parallel="$2" \
         parallel.zero_stage="$3" run.output_dir="$d" >"$d.log" 2>&1 || { bad "run np=$1 ZeRO=$3"; tail -3 "$d.log"; continue; }
     grep -q "every category equal to the plan on $1 of $1 ranks" "$d.log" || { bad "np=$1 ZeRO=$3: memory differs from the plan"; grep 'dsv3: memory' "$d.log"; }
     first=$(awk -F, 'NR==2 {print $2}' "$d/metrics.csv"); last=$(awk -F, 'NR==7 {print $2}' "$d/metrics.csv")
@@ -55,7 +56,7 @@ r=$(echo "$line" | sed -n 's/.*(\([0-9.]*\) of it).*/\1/p')
 awk -v r="$r" 'BEGIN { exit !(r > 0.24 && r <= 0.26) }' && ok "fp8 frozen store = $r of the fp32 frozen weights" || bad "fp8 store ratio '$r'"
 # the params category: fp32 base minus fp8 base = fp32 frozen bytes - store (exactly, in bytes, from the plans)
 timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=1 checkpoint.every=0 run.output_dir="$OUT/p32" >"$OUT/p32.log" 2>&1 || bad "fp32 base run"
-timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=1 checkpoint.every=0 train.base_dtype=bf16 run.output_dir="$OUT/p16" >"$OUT/p16.log" 2>&1 || bad "bf16 base run"
+timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=1 checkpoint.every=0 train.base_dtype=bf16 parallel.frozen=resident run.output_dir="$OUT/p16" >"$OUT/p16.log" 2>&1 || bad "bf16 base run"
 grep -q "every category equal to the plan on 1 of 1 ranks" "$OUT/p16.log" || bad "bf16: memory differs from the plan"
 p32=$(sed -n 's/.*allocated: params \([0-9.]*\) .*/\1/p' "$OUT/p32.log"); p8=$(sed -n 's/.*allocated: params \([0-9.]*\) .*/\1/p' "$OUT/f10.log")
 f32b=$(echo "$line" | sed -n 's/.*weights, \([0-9]*\) bytes at fp32.*/\1/p'); st8=$(echo "$line" | sed -n 's/.*: \([0-9]*\) bytes for.*/\1/p')
@@ -69,7 +70,7 @@ echo "== 2. resume and reshard"
 for c in "1 1 0 f10" "2 2 3 f23" "2 2 3 f10"; do
     set -- $c
     d="$OUT/re$1$3$4"
-    timeout 200 mpirun -np "$1" "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.expert_parallel="$2" parallel.zero_stage="$3" \
+    timeout 200 mpirun -np "$1" "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.frozen=resident parallel.expert_parallel="$2" parallel.zero_stage="$3" \
         run.resume="$OUT/$4/checkpoints/step_00000003.h5" run.output_dir="$d" >"$d.log" 2>&1 || { bad "resume $c"; tail -3 "$d.log"; continue; }
     if [ "$4" = "f$1$3" ]; then
         if [ "$(rows "$d/metrics.csv" 4 6 | wc -l)" = 3 ] && diff <(rows "$OUT/$4/metrics.csv" 4 6) <(rows "$d/metrics.csv" 4 6) >/dev/null; then
@@ -83,7 +84,7 @@ for c in "1 1 0 f10" "2 2 3 f23" "2 2 3 f10"; do
 done
 
 # the SFT recipe's layout: checkpoint.save = "adapters" on an fp8 base given by run.init_from
-AD=("${LORA[@]}" train.base_dtype=fp8 checkpoint.save=adapters run.init_from="$OUT/f10/checkpoints/step_00000006.h5"
+AD=("${LORA[@]}" train.base_dtype=fp8 parallel.frozen=resident checkpoint.save=adapters run.init_from="$OUT/f10/checkpoints/step_00000006.h5"
     parallel.expert_parallel=2 parallel.zero_stage=3)
 timeout 200 mpirun -np 2 "$BIN/dsv3" "${AD[@]}" run.output_dir="$OUT/ad1" >"$OUT/ad1.log" 2>&1 || { bad "adapters-only run"; tail -3 "$OUT/ad1.log"; }
 timeout 200 mpirun -np 2 "$BIN/dsv3" "${AD[@]}" run.resume="$OUT/ad1/checkpoints/step_00000003.h5" run.output_dir="$OUT/ad2" \
@@ -93,7 +94,7 @@ if [ "$(rows "$OUT/ad2/metrics.csv" 4 6 | wc -l)" = 3 ] && diff <(rows "$OUT/ad1
 else bad "adapters-only resume on an fp8 base differs"; fi
 
 echo "== 3. the stored precision in the checkpoints"
-timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=3 train.base_dtype=bf16 run.output_dir="$OUT/b16" >"$OUT/b16.log" 2>&1 || bad "bf16 run"
+timeout 200 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" run.steps=3 train.base_dtype=bf16 parallel.frozen=resident run.output_dir="$OUT/b16" >"$OUT/b16.log" 2>&1 || bad "bf16 run"
 "$PY" - "$OUT" <<'EOF' && ok "h5py: e4m3 bytes + f32 weight_scale_inv (bf16: 2-byte floats); frozen bytes equal across steps and layouts" || bad "checkpoint contents"
 import sys, h5py, numpy as np
 out = sys.argv[1]
@@ -167,11 +168,12 @@ print(f"  {n} FP8 weights compared")
 EOF
 "$BIN/dsv3-import" --print-deck "$FX/fp8" >"$OUT/model.cfg" 2>/dev/null
 for v in k8 f32; do
-    bd=fp8; [ $v = f32 ] && bd=fp32
+    bd=fp8 fr=resident; [ $v = f32 ] && bd=fp32 fr=sharded
     cat >"$OUT/ft-$v.cfg" <<EOF
 @include "model.cfg"
 run = { mode = "sft"; output_dir = "$OUT/run-$v"; init_from = "$OUT/$v.h5"; steps = 3; };
 train = { micro_batch = 1; global_batch = 2; seq_len = 32; base_dtype = "$bd"; };
+parallel = { frozen = "$fr"; };
 schedule = { warmup_steps = 0; };
 lora = { enabled = true; targets = ["self_attn.q_a_proj", "self_attn.o_proj", "mlp.experts.gate_proj"]; };
 data = { format = "text"; train = ({ path = "/usr/share/games/fortunes/science"; weight = 1.0; }); };
@@ -187,7 +189,7 @@ else bad "LoRA on the FP8 base differs from the dequantized import"; fi
 # gives back the release's bytes and scales; the fp8 import into a bf16 base is bf16(e4m3 * scale)
 for c in "f32 fp8" "k8 bf16"; do
     set -- $c
-    timeout 200 mpirun -np 2 "$BIN/dsv3" "$OUT/ft-$1.cfg" parallel.expert_parallel=2 train.base_dtype=$2 run.steps=1 \
+    timeout 200 mpirun -np 2 "$BIN/dsv3" "$OUT/ft-$1.cfg" parallel.expert_parallel=2 train.base_dtype=$2 parallel.frozen=resident run.steps=1 \
         checkpoint.every=1 run.output_dir="$OUT/ld-$1-$2" >"$OUT/ld-$1-$2.log" 2>&1 || { bad "$1 import into a $2 base"; tail -3 "$OUT/ld-$1-$2.log"; }
 done
 "$PY" - "$OUT" <<'EOF' && ok "f32 import quantized on load = the release's FP8 bytes and scales; FP8 into bf16 = bf16(e4m3 x scale)" || bad "load paths"
@@ -221,14 +223,19 @@ print(f"  {n} weights")
 EOF
 
 echo "== 5. refusals"
-msg=$("$BIN/dsv3" --check input/tiny.cfg train.base_dtype=fp8 2>&1) && bad "base_dtype fp8 without LoRA accepted" ||
+msg=$("$BIN/dsv3" --check input/tiny.cfg train.base_dtype=fp8 parallel.frozen=resident 2>&1) && bad "base_dtype fp8 without LoRA accepted" ||
     { [ "$(echo "$msg" | wc -l)" = 1 ] && echo "$msg" | grep -q "train.base_dtype" && ok "without LoRA: $msg" || bad "refusal: $msg"; }
 msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 \
       run.init_from="$OUT/f10/checkpoints/step_00000003.h5" run.output_dir="$OUT/no" 2>&1) && bad "FP8 checkpoint into an fp32 base accepted" ||
     { echo "$msg" | grep -q "FP8 bytes" && ok "FP8 checkpoint into base_dtype fp32: $(echo "$msg" | grep -m1 'FP8 bytes')" || { bad "refusal"; echo "$msg" | tail -3; }; }
+msg=$(timeout 100 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.zero_stage=3 run.output_dir="$OUT/no3" 2>&1) &&
+    bad "fp8 base sharded at ZeRO 3 ran" ||
+    { echo "$msg" | grep -q 'set parallel.frozen = "resident" to run' &&
+      ok "fp8 base, parallel.frozen = sharded, ZeRO 3: planned only ($(echo "$msg" | grep -m1 -o 'the CPU trainer keeps[^;]*'))" ||
+      { bad "ZeRO-3 sharded refusal"; echo "$msg" | tail -3; }; }
 cp "$OUT/f10/checkpoints/step_00000003.h5" "$OUT/noscale.h5"
 "$PY" -c 'import sys, h5py; del h5py.File(sys.argv[1], "r+")["model/layers/1/mlp/experts/up_proj/weight_scale_inv"]' "$OUT/noscale.h5"
-msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 train.base_dtype=fp8 \
+msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 train.base_dtype=fp8 parallel.frozen=resident \
       run.init_from="$OUT/noscale.h5" run.output_dir="$OUT/no2" 2>&1) && bad "an fp8 weight without its scales accepted" ||
     { echo "$msg" | grep -q "experts.up_proj.weight needs its f32 scales" && ok "missing scales: $(echo "$msg" | grep -m1 'needs its f32 scales')" ||
       { bad "missing-scale refusal"; echo "$msg" | tail -3; }; }

@@ -277,8 +277,15 @@ static void test_layout(void **state)
                "t.cfg:9: parallel.expert_parallel = 8 does not divide the world size 12");
     expect_ok("parallel = { expert_parallel = 8; };\n", 8, &d);
     deck_free(&d);
-    expect_err("parallel = { expert_parallel = 3; };\n", 3,
-               "t.cfg:9: model.n_routed_experts = 8 is not divisible by parallel.expert_parallel = 3");
+    /* uneven expert ownership: loads (--dry-run plans it); a real run and --check refuse it */
+    char *gb6[1] = {"train.global_batch=6"};
+    assert_int_equal(load_tiny("parallel = { expert_parallel = 3; };\n", 3, 1, gb6, &d), 0);
+    assert_int_equal(deck_runnable(&d, 1, err, sizeof err), -1);
+    assert_non_null(strstr(err, "t.cfg:9: model.n_routed_experts = 8 is not divisible by parallel.expert_parallel = 3"));
+    assert_int_equal(deck_runnable(&d, 0, err, sizeof err), -1);
+    deck_free(&d);
+    expect_err("parallel = { expert_parallel = 12; };\n", 12,
+               "t.cfg:9: parallel.expert_parallel = 12 exceeds model.n_routed_experts = 8");
     /* world 24, EP 8 on the full model: the sft layout */
     assert_int_equal(deck_load_string(&d, "parallel = { expert_parallel = 8; zero_stage = 3; };\n"
                                           "train = { micro_batch = 1; global_batch = 24; seq_len = 4096; };",
@@ -321,6 +328,63 @@ static void test_model_consistency(void **state)
                "t.cfg:9: lora.targets: \"self_attn.q_proj\" does not exist with model.q_lora_rank = 32");
     expect_err("schedule = { warmup_steps = 2000; };\n", 1, "t.cfg:9: schedule.warmup_steps = 2000 exceeds the 1000 decay steps");
     expect_err("validation = { every = 10; };\n", 1, "t.cfg:9: validation.every = 10 needs validation.valid sources");
+}
+
+
+static void test_planned(void **state)
+{
+    (void)state;
+    /* planned-only choices (the GPU plan): they load, --check takes them, a real run refuses them by key */
+    deck d;
+    char err[1024];
+    const char *lora = "lora = { enabled = true; targets = [ \"self_attn.o_proj\" ]; };\n";
+    const char *keys[][3] = {
+        {"train.base_dtype=fp8", "parallel.zero_stage=3",
+         "train.base_dtype = \"fp8\" at ZeRO stage 3 with parallel.frozen = \"sharded\" is planned only"},
+        {"train.base_dtype=bf16", "parallel.zero_stage=3",
+         "train.base_dtype = \"bf16\" at ZeRO stage 3 with parallel.frozen = \"sharded\" is planned only"},
+        {"parallel.frozen=resident", "parallel.zero_stage=0",
+         "parallel.frozen = \"resident\" with an fp32 base is planned only"},
+        {"parallel.dispatch_dtype=fp8", "parallel.zero_stage=0", "parallel.dispatch_dtype = \"fp8\" is planned only"}};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char *ov[2] = {(char *)keys[i][0], (char *)keys[i][1]};
+        if (load_tiny(lora, 1, 2, ov, &d)) fail_msg("%s", err);
+        assert_int_equal(deck_runnable(&d, 1, err, sizeof err), 0);
+        assert_int_equal(deck_runnable(&d, 0, err, sizeof err), -1);
+        assert_non_null(strstr(err, keys[i][2]));
+        deck_free(&d);
+    }
+    /* what the CPU trainer runs: a bf16/fp8 base (the frozen store, resident) at any stage below 3,
+     * and at stage 3 with parallel.frozen = "resident"; the choice reaches the model as lora.base_dtype */
+    const char *runs[][3] = {{"train.base_dtype=fp8", "parallel.zero_stage=0", "fp8"},
+                             {"train.base_dtype=bf16", "parallel.zero_stage=2", "bf16"},
+                             {"train.base_dtype=fp8", "parallel.frozen=resident", "fp8"},
+                             {"train.base_dtype=fp32", "parallel.zero_stage=3", "fp32"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        char *ov[3] = {(char *)runs[i][0], (char *)runs[i][1], "parallel.zero_stage=3"};
+        if (load_tiny(lora, 1, i == 2 ? 3 : 2, ov, &d)) fail_msg("%s", err);
+        assert_int_equal(deck_runnable(&d, 0, err, sizeof err), 0);
+        assert_string_equal(d.lora.base_dtype, runs[i][2]);
+        deck_free(&d);
+    }
+    /* in the deck file: the message carries its file:line */
+    expect_ok("lora = { enabled = true; targets = [ \"self_attn.o_proj\" ]; };\nparallel = { frozen = \"resident\"; };\n",
+              1, &d);
+    assert_int_equal(deck_runnable(&d, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "t.cfg:10: parallel.frozen = \"resident\" with an fp32 base is planned only"));
+    deck_free(&d);
+    /* the defaults and explicit fp32 run */
+    expect_ok("parallel = { dispatch_dtype = \"fp32\"; frozen = \"sharded\"; };\n", 1, &d);
+    assert_int_equal(deck_runnable(&d, 0, err, sizeof err), 0);
+    deck_free(&d);
+    /* without frozen weights there is nothing to store or place */
+    char *ov[1] = {"train.base_dtype=fp8"};
+    expect_err_has("", 1, 1, ov, "train.base_dtype = \"fp8\" sets the storage of frozen weights: there are none "
+                   "without lora.enabled = true", NULL);
+    expect_err("parallel = { frozen = \"resident\"; };\n", 1, "t.cfg:9: parallel.frozen = \"resident\" places frozen "
+               "weights: there are none without lora.enabled = true");
+    ov[0] = "train.base_dtype=int4";
+    expect_err_has("", 1, 1, ov, "train.base_dtype", NULL);
 }
 
 static void test_syntax_errors(void **state)
@@ -599,7 +663,7 @@ int main(void)
         cmocka_unit_test(test_fixed_fields),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_model_consistency),
-        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_syntax_errors), cmocka_unit_test(test_planned),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_include),
         cmocka_unit_test(test_float_exact),

@@ -222,9 +222,26 @@ static void test_validation(void **state) {
     d.parallel.expert_parallel = 5;
     assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
     assert_non_null(strstr(err, "parallel.expert_parallel = 5 does not divide the world size 24"));
-    d.parallel.expert_parallel = 3; /* divides 24, not 256 */
+    d.parallel.expert_parallel = 3; /* divides 24, not 256: uneven ownership, planned (86 + 85 + 85) */
+    for (int r = 0; r < 3; r++) {
+        if (plan_layout(&p, &d, 24, r, err, sizeof err)) fail_msg("%s", err);
+        assert_int_equal(p.experts_per_rank, r == 0 ? 86 : 85);
+        assert_int_equal(p.expert_first, r == 0 ? 0 : r == 1 ? 86 : 171);
+        assert_true(p.mem.total > 0);
+        plan_free(&p);
+    }
+    d.parallel.expert_parallel = 24; /* 256 on 24: 16 x 11 + 8 x 10 */
+    assert_int_equal(plan_layout(&p, &d, 24, 15, err, sizeof err), 0);
+    assert_int_equal(p.experts_per_rank, 11), assert_int_equal(p.expert_first, 165);
+    plan_free(&p);
+    assert_int_equal(plan_layout(&p, &d, 24, 16, err, sizeof err), 0);
+    assert_int_equal(p.experts_per_rank, 10), assert_int_equal(p.expert_first, 176);
+    plan_free(&p);
+    deck_v3(&d);
+    d.model.n_routed_experts = 16, d.model.n_group = 8, d.parallel.expert_parallel = 24;
     assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);
-    assert_non_null(strstr(err, "n_routed_experts = 256 is not divisible"));
+    assert_non_null(strstr(err, "expert_parallel = 24 exceeds model.n_routed_experts = 16"));
+    deck_v3(&d);
     deck_v3(&d);
     d.parallel.zero_stage = 4;
     assert_int_equal(plan_layout(&p, &d, 24, 0, err, sizeof err), -1);

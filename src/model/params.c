@@ -27,7 +27,7 @@ static int add(param_table *pt, int group, int kind, int flags, int ndim, int64_
     s->shape[1] = b;
     s->shape[2] = c;
     s->numel = a * (ndim > 1 ? b : 1) * (ndim > 2 ? c : 1);
-    s->numel_local = (kind == SEG_EXPERT) ? s->numel / a * (a / pt->ep) : s->numel;
+    s->numel_local = (kind == SEG_EXPERT) ? s->numel / a * pt->e_local : s->numel;
     if (flags & P_STORED) s->numel_local = 0; /* in the frozen store, not the floats */
     s->group = group;
     s->kind = kind;
@@ -117,14 +117,25 @@ static void decoder_layer(param_table *pt, const cfg *d, int layer, int is_mtp, 
 }
 
 int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen) {
+    if (ep < 1 || model->n_routed_experts % ep) {
+        memset(pt, 0, sizeof *pt);
+        snprintf(err, errlen, "n_routed_experts %d not divisible by expert_parallel %d", model->n_routed_experts, ep);
+        return -1;
+    }
+    return params_build_owned(pt, model, lora, ep, model->n_routed_experts / ep, err, errlen);
+}
+
+int params_build_owned(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, int e_local,
+                       char *err, int errlen) {
     static const deck_lora no_lora;
     cfg c = {*model, lora ? *lora : no_lora};
     const cfg *d = &c;
     const deck_model *m = &d->model;
     memset(pt, 0, sizeof *pt);
     pt->ep = ep;
-    if (ep < 1 || m->n_routed_experts % ep) {
-        snprintf(err, errlen, "n_routed_experts %d not divisible by expert_parallel %d", m->n_routed_experts, ep);
+    pt->e_local = e_local;
+    if (ep < 1 || e_local < 0 || e_local > m->n_routed_experts) {
+        snprintf(err, errlen, "expert_parallel %d with %d local experts of %d", ep, e_local, m->n_routed_experts);
         return -1;
     }
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, frozen = d->lora.enabled ? P_FROZEN : 0;
@@ -171,7 +182,7 @@ int params_build(param_table *pt, const deck_model *model, const deck_lora *lora
         if (!(t->flags & P_STORED)) continue;
         int64_t rows = t->shape[t->ndim - 2], cols = t->shape[t->ndim - 1];
         t->dtype = bd;
-        t->n_mat = t->ndim == 3 ? (int)(t->shape[0] / ep) : 1;
+        t->n_mat = t->ndim == 3 ? pt->e_local : 1;
         size_t data = (size_t)t->n_mat * (size_t)rows * (size_t)cols * (bd == OPS_BF16 ? 2 : 1);
         size_t nsc = bd == OPS_FP8_E4M3 ? (size_t)t->n_mat * (size_t)((rows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) *
                                               (size_t)((cols + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK)

@@ -67,12 +67,19 @@ typedef struct {
     int64_t n_trainable;  /* global trainable parameters */
     int ep;               /* expert-parallel size the local layout was built for */
     size_t stored_bytes;  /* bytes of the frozen store on one rank (P_STORED tensors; 0 with base_dtype fp32) */
+    int e_local;          /* routed experts per layer in the local layout (E/ep, or an uneven
+                           * owner's count: params_build_owned) */
 } param_table;
 
 /* Builds the table for the model with EP-way expert split (ep >= 1). LoRA
  * tensors are added for lora's targets when lora && lora->enabled (lora.h).
  * Returns 0 or -1 with err set. */
 int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen);
+/* Same with e_local routed experts per layer in the local layout, for the
+ * plan of an uneven expert ownership (E % ep != 0; --dry-run only: the
+ * trainer requires E % ep == 0). 0 <= e_local <= E. */
+int params_build_owned(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, int e_local,
+                       char *err, int errlen);
 void params_free(param_table *pt);
 /* The init stream of a tensor (counter-based init, design §1.5): FNV-1a of its HF name. */
 uint64_t params_name_key(const char *name);
