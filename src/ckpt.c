@@ -380,6 +380,7 @@ static hid_t create_ds(const wctx *w, const param_spec *t, const char *path, h5w
     H5Pset_chunk(dcpl, t->ndim, chunk);
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR); /* parallel HDF5 1.10 makes it EARLY: see ckpt_save */
     hid_t ds = H5Dcreate2(w->file, path, H5T_IEEE_F32LE, sp, w->lcpl, dcpl, H5P_DEFAULT);
     if (ds < 0) h5_reason(why); /* before the next call clears the error stack */
     H5Pclose(dcpl);
@@ -442,7 +443,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
             rc = -1;
         } else {
             H5D_mpio_actual_io_mode_t mode;
-            if (H5Pget_mpio_actual_io_mode(w->dxpl, &mode) >= 0 && mode == H5D_MPIO_NO_COLLECTIVE && n)
+            if (p->world_size > 1 && H5Pget_mpio_actual_io_mode(w->dxpl, &mode) >= 0 && mode == H5D_MPIO_NO_COLLECTIVE && n)
                 g_stats.n_independent++;
         }
         H5Sclose(ms);
@@ -520,10 +521,19 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     h5quiet q;
     h5why why;
     quiet_on(&q);
+    /* Where the time goes (tools/bench-ckpt.sh): parallel HDF5 1.10 allocates a
+     * filtered dataset's chunks when it is created (H5D_ALLOC_TIME_EARLY is forced
+     * for MPI-IO files) and writes every chunk with checksummed fill values, so the
+     * file is written twice; on top, MPI-IO's collective buffering copies the
+     * data once more. One rank needs neither: it writes with the POSIX driver,
+     * chunks allocated as they are written (each byte written once). */
+    const int par = p->world_size > 1;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+    if (par) {
+        H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+        H5Pset_coll_metadata_write(fapl, 1);
+    }
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST); /* dense storage for a long deck attribute */
-    H5Pset_coll_metadata_write(fapl, 1);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     if (file < 0) {
         snprintf(err, errlen, "checkpoint: cannot create %s: %s", tmp, h5_reason(&why));
@@ -538,7 +548,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     wd_start(p, d, fname, tmp);
     wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
     H5Pset_create_intermediate_group(w.lcpl, 1);
-    H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
+    if (par) H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
     if (write_attrs(file, p, d, st, full, adapters)) {
         snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
         rc = -1;
@@ -798,7 +808,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     h5why why;
     quiet_on(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+    if (p->world_size > 1) H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL); /* one rank: POSIX, as ckpt_save */
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (file < 0) {
         snprintf(err, errlen, "checkpoint %s: cannot open (truncated or not an HDF5 file?): %s", path,
@@ -850,7 +860,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     if (agree(p->world, rc, err, errlen)) rc = -1;
     if (!rc) {
         hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
+        if (p->world_size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
         for (int i = 0; i < pt->n && !rc; i++) /* adapters-only: the base tensors stay as they are */
             if (in_file(&pt->t[i], what))
                 rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl, fname, err, errlen);
