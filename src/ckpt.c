@@ -968,36 +968,53 @@ static int ds_is_bf16(hid_t ds) {
 }
 
 struct ckpt_out {
-    hid_t file, bf16;
-    int use_bf16;
+    hid_t file, bf16, dxpl;
+    int use_bf16, par, rank;
+    comm_t comm;
     char path[4096], tmp[4200];
     h5quiet q;
 };
 
-int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, char *err, int errlen) {
+int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, comm_t comm, char *err, int errlen) {
     ckpt_out *o = calloc(1, sizeof *o);
-    if (!o) {
-        snprintf(err, errlen, "%s: out of memory", path);
+    int rc = o ? 0 : -1;
+    if (!o) snprintf(err, errlen, "%s: out of memory", path);
+    if (agree(comm, rc, err, errlen)) {
+        free(o);
         return -1;
     }
     snprintf(o->path, sizeof o->path, "%s", path);
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp", path);
     o->use_bf16 = use_bf16;
+    o->comm = comm;
+    o->par = comm_size(comm) > 1;
+    o->rank = comm_rank(comm);
     o->bf16 = bf16_type();
+    o->dxpl = H5Pcreate(H5P_DATASET_XFER);
     quiet_on(&o->q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (o->par) { /* collective writes; see ckpt_save for what parallel HDF5 1.10 costs here */
+        H5Pset_fapl_mpio(fapl, comm, COMM_INFO_NULL);
+        H5Pset_coll_metadata_write(fapl, 1);
+        H5Pset_dxpl_mpio(o->dxpl, H5FD_MPIO_COLLECTIVE);
+    }
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
     o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     h5why why;
     if (o->file < 0) {
         snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
+        rc = -1;
+    }
+    if (agree(comm, rc, err, errlen)) {
+        if (o->file >= 0) H5Fclose(o->file);
+        if (o->rank == 0) unlink(o->tmp);
         quiet_off(&o->q);
         H5Tclose(o->bf16);
+        H5Pclose(o->dxpl);
         free(o);
         return -1;
     }
-    int rc = 0;
     rc |= attr_i64(o->file, "format_version", CKPT_FORMAT_VERSION);
     rc |= attr_str(o->file, "format", "dsv3 checkpoint");
     rc |= attr_i64(o->file, "step", 0);
@@ -1007,14 +1024,14 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     rc |= attr_i64(o->file, "has_optim", 0);
     rc |= attr_str(o->file, "deck", d->text ? d->text : "");
     rc |= attr_str(o->file, "git_rev", DSV3_GIT_REV);
-    rc |= attr_i64(o->file, "world_size", 1);
+    rc |= attr_i64(o->file, "world_size", 1); /* the layout of a fresh model, however many ranks wrote it */
     rc |= attr_i64(o->file, "ep", 1);
     rc |= attr_i64(o->file, "zero_stage", 0);
 #define W(k) rc |= attr_i64(o->file, #k, d->model.k);
     MODEL_DIMS(W)
 #undef W
-    if (rc) {
-        snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+    if (rc) snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+    if (agree(comm, rc, err, errlen)) {
         ckpt_out_close(o, 1, NULL, 0);
         return -1;
     }
@@ -1022,7 +1039,10 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     return 0;
 }
 
-int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) { return attr_str(o->file, name, value); }
+int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) {
+    char err[8];
+    return agree(o->comm, attr_str(o->file, name, value), err, 0);
+}
 
 /* /model/<path of hf_name>; chunks of about chunk_bytes() along axis 0 (3-D: one slice). */
 int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, int f32, char *err,
@@ -1049,13 +1069,13 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
     H5Pset_chunk(dcpl, ndim, chunk);
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR); /* one rank; parallel HDF5 1.10 makes it EARLY */
     hid_t ds = H5Dcreate2(o->file, path, bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
     h5why why;
     if (ds < 0) snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
     H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(sp);
-    if (ds < 0) return -1;
-    H5Dclose(ds);
-    return 0;
+    if (ds >= 0) H5Dclose(ds);
+    return agree(o->comm, ds < 0 ? -1 : 0, err, errlen);
 }
 
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (e >= 0), or along the
@@ -1068,38 +1088,51 @@ static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, 
     snprintf(path, sizeof path, "/model/%s", rel);
     h5why why;
     hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
+    int rc = 0;
     if (ds < 0) {
         snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
+        rc = -1;
+    }
+    if (agree(o->comm, rc, err, errlen)) { /* the same datasets on every rank: all or none go on */
+        if (ds >= 0) H5Dclose(ds);
         return -1;
     }
     hid_t fs = H5Dget_space(ds);
     hsize_t dims[3] = {1, 1, 1};
-    int nd = H5Sget_simple_extent_ndims(fs), rc = 0;
+    int nd = H5Sget_simple_extent_ndims(fs);
     H5Sget_simple_extent_dims(fs, dims, NULL);
     const int r = e >= 0; /* the row axis */
     hsize_t st[3] = {0, 0, 0}, ct[3] = {dims[0], dims[1], dims[2]};
     if (r) st[0] = (hsize_t)e, ct[0] = 1;
     st[r] = (hsize_t)row0, ct[r] = (hsize_t)nrows;
-    if (r ? nd != 3 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]
-          : nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0]) {
+    if (nrows > 0 && (r ? nd != 3 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]
+                        : nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0])) {
         char what[64] = "";
         if (r) snprintf(what, sizeof what, "slice %lld ", (long long)e);
         snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", o->tmp, what, (long long)row0,
                  (long long)(row0 + nrows), path);
         rc = -1;
     }
-    if (!rc) {
-        hid_t ms = H5Screate_simple(nd, ct, NULL);
-        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
-            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
-            rc = -1;
-        }
-        H5Sclose(ms);
+    /* a rank with nothing (or a bad request) still takes part in the collective call */
+    static const float dummy[1] = {0};
+    hsize_t one = 1;
+    hid_t ms = rc || nrows <= 0 ? H5Screate_simple(1, &one, NULL) : H5Screate_simple(nd, ct, NULL);
+    herr_t sel;
+    if (rc || nrows <= 0) {
+        H5Sselect_none(ms);
+        sel = H5Sselect_none(fs);
+        data = dummy;
+    } else
+        sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
+    if ((rc || nrows > 0 || o->par) &&
+        (sel < 0 || H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, o->dxpl, data) < 0) && !rc) {
+        snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
+        rc = -1;
     }
+    H5Sclose(ms);
     H5Sclose(fs);
     H5Dclose(ds);
-    return rc;
+    return agree(o->comm, rc, err, errlen);
 }
 
 int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
@@ -1114,23 +1147,28 @@ int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row
 
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     h5why why;
+    char scratch[8];
+    if (!err) err = scratch, errlen = 0;
     int rc = failed ? -1 : 0;
     if (H5Fclose(o->file) < 0) {
         g_h5_broken = 1;
-        if (!rc && err) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
+        if (!rc) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
         rc = -1;
     }
     quiet_off(&o->q);
     H5Tclose(o->bf16);
-    if (!rc && fs_fsync_path(o->tmp)) {
-        if (err) snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
+    H5Pclose(o->dxpl);
+    if (!rc && fs_fsync_path(o->tmp)) { /* each rank: its client's pages */
+        snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
         rc = -1;
     }
-    if (!rc && rename(o->tmp, o->path)) {
-        if (err) snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));
+    rc = agree(o->comm, rc, err, errlen);
+    if (!rc && o->rank == 0 && rename(o->tmp, o->path)) {
+        snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));
         rc = -1;
     }
-    if (rc) unlink(o->tmp); /* never a damaged file under the final name */
+    rc = agree(o->comm, rc, err, errlen);
+    if (rc && o->rank == 0) unlink(o->tmp); /* never a damaged file under the final name */
     free(o);
     return rc;
 }
