@@ -104,6 +104,7 @@ typedef struct {
 float ops_e4m3_to_f32(uint8_t v);   /* exact (host helper, the reference decode) */
 float ops_bf16_to_f32(uint16_t v);  /* exact */
 uint16_t ops_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
+void ops_f32_to_bf16_n(const float *x, uint16_t *y, size_t n); /* the same, n values (vectorizable) */
 /* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly ops_matmul. */
 void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta);
 /* dx[T,in] += dy[T,out]·W. Frozen storage: no dW. F32 is exactly ops_matmul_backward(dx, NULL, ...). */

@@ -154,7 +154,7 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
         const void *data = dst;
         size_t es = t->f32 ? 4 : 2;
         if (!t->f32 && !raw_bf16) {
-            for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
+            ops_f32_to_bf16_n(fb, hb, n);
             data = hb;
         }
         if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die_local("%s", err);

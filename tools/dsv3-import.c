@@ -532,7 +532,7 @@ int main(int argc, char **argv) {
                     convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
                     n = (size_t)(nr * cols);
                     if (bf16 && !keep) {
-                        for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
+                        ops_f32_to_bf16_n(fb, hb, n);
                         data = hb;
                     }
                     stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
