@@ -5,6 +5,10 @@
 #     achieved FLOP/s = tokens/s × model FLOPs/token, as a fraction of the measured sgemm rate
 #  3. the same step in PyTorch + transformers (when installed), same config, batch, threads
 #  4. a 5-minute libFuzzer run of the safetensors reader: executions, crashes
+#  5. checkpoint save/load GB/s against dd at np 1 and 2 (tools/bench-ckpt.sh, ~2 GB)
+#  6. the real-size import check (one full-width DeepSeek-V3 MoE layer: 256 FP8 experts,
+#     11.3 GB; ~36 GB of disk) and import/export of a >= 2 GB model at np 1 and 2
+#     (tools/bench-import.sh)
 # Both dsv3 and torch run with MTP and the balance loss off (transformers has neither).
 set -uo pipefail
 BIN=${BIN:-bin}
@@ -61,10 +65,10 @@ if [ -x build/fuzz/fuzz_safetensors ]; then
 else
   echo "fuzz_safetensors: SKIP (make fuzz; needs clang: make deps)"
 fi
+echo "== checkpoint I/O against dd, np 1 and 2 (tools/bench-ckpt.sh) =="; tools/bench-ckpt.sh
+echo "== HF import/export at real widths: the 256-expert FP8 layer, np 1 and 2 (tools/bench-import.sh) =="; tools/bench-import.sh
 if [ "${BENCH_ALL:-0}" = 1 ]; then
-  echo "== checkpoint I/O (tools/bench-ckpt.sh) =="; tools/bench-ckpt.sh
-  echo "== HF import/export at real widths (tools/bench-import.sh) =="; tools/bench-import.sh
   echo "== tokenizer (tools/bench-tokenizer.sh) =="; tools/bench-tokenizer.sh
 else
-  echo "(BENCH_ALL=1 make bench adds checkpoint write/read bandwidth vs dd and tokenizer MB/s vs HF tokenizers)"
+  echo "(BENCH_ALL=1 make bench adds tokenizer MB/s vs HF tokenizers)"
 fi
