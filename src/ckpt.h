@@ -17,7 +17,9 @@
  * Writers: every element is written by exactly one rank, the owner of its
  * ZeRO shard (dense segments over world, expert segments over the data comm),
  * whatever the rank holds. Datasets are chunked with the Fletcher32 filter
- * (parallel filtered writes, collective); every read verifies it.
+ * (parallel filtered writes, collective); every read verifies it. One rank
+ * uses HDF5's POSIX driver instead of MPI-IO (same file; no fill pass, see
+ * ckpt_save); chunks of 64 KiB or more are page-aligned.
  *
  * Atomic: step_X.h5.tmp is written and closed, fsync'd, then rank 0 renames
  * it and replaces checkpoints/latest (one line: the file name) via
