@@ -42,6 +42,10 @@ static size_t env_size(const char *name, size_t dflt) {
 }
 static size_t slab_bytes(void) { return env_size("DSV3_CKPT_SLAB_BYTES", (size_t)1 << 30); }
 static size_t chunk_bytes(void) { return env_size("DSV3_CKPT_CHUNK_BYTES", (size_t)4 << 20); }
+/* Chunks (every object of 64 KiB or more) start on a page boundary: the kernel
+ * then copies whole pages into the page cache (about 10% off a save's time
+ * here), for at most 4 KiB of padding per chunk. */
+enum { ALIGN_OVER = 65536, ALIGN_TO = 4096 };
 
 static const char *base_name(const char *path) {
     const char *b = strrchr(path, '/');
@@ -329,18 +333,21 @@ static void wd_stop(void) {
 
 double ckpt_file_bytes(const plan *p, const deck *d, int with_optim, int adapters_only) {
     const param_table *pt = &p->params;
-    double data = 0.0, n = 0.0;
+    double data = 0.0, n = 0.0, big = 0.0;
     for (int i = 0; i < pt->n; i++) {
         const param_spec *t = &pt->t[i];
         if (!in_file(t, adapters_only ? FILE_ADAPTERS : FILE_ALL)) continue;
-        data += 4.0 * (double)t->numel;
-        n += 1;
-        if (with_optim && trainable(t)) data += 8.0 * (double)t->numel, n += 2;
+        int copies = with_optim && trainable(t) ? 3 : 1;
+        data += 4.0 * copies * (double)t->numel;
+        n += copies;
+        if (4.0 * (double)t->numel >= ALIGN_OVER) big += copies; /* its chunks are aligned */
     }
-    /* Fletcher32 (4 bytes a chunk), object headers and B-trees (~4 KiB a
-     * dataset), the deck attribute and the superblock. */
+    /* Fletcher32 (4 bytes a chunk), page alignment of the large chunks,
+     * object headers and B-trees (~4 KiB a dataset), the deck attribute and
+     * the superblock. */
     double chunks = data / (double)chunk_bytes() + n;
-    return data + 4.0 * chunks + 4096.0 * n + (d->text ? (double)strlen(d->text) : 0.0) + 65536.0;
+    return data + 4.0 * chunks + (double)ALIGN_TO * (data / (double)chunk_bytes() + big) + 4096.0 * n +
+           (d->text ? (double)strlen(d->text) : 0.0) + 65536.0;
 }
 
 /* Rank 0, before the file is created: the checkpoint must fit on the disk. */
@@ -381,6 +388,7 @@ static hid_t create_ds(const wctx *w, const param_spec *t, const char *path, h5w
     H5Pset_chunk(dcpl, t->ndim, chunk);
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR); /* parallel HDF5 1.10 makes it EARLY: see ckpt_save */
     hid_t ds = H5Dcreate2(w->file, path, H5T_IEEE_F32LE, sp, w->lcpl, dcpl, H5P_DEFAULT);
     if (ds < 0) h5_reason(why); /* before the next call clears the error stack */
     H5Pclose(dcpl);
@@ -443,7 +451,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
             rc = -1;
         } else {
             H5D_mpio_actual_io_mode_t mode;
-            if (H5Pget_mpio_actual_io_mode(w->dxpl, &mode) >= 0 && mode == H5D_MPIO_NO_COLLECTIVE && n)
+            if (p->world_size > 1 && H5Pget_mpio_actual_io_mode(w->dxpl, &mode) >= 0 && mode == H5D_MPIO_NO_COLLECTIVE && n)
                 g_stats.n_independent++;
         }
         H5Sclose(ms);
@@ -531,10 +539,20 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     h5quiet q;
     h5why why;
     quiet_on(&q);
+    /* Where the time goes (tools/bench-ckpt.sh): parallel HDF5 1.10 allocates a
+     * filtered dataset's chunks when it is created (H5D_ALLOC_TIME_EARLY is forced
+     * for MPI-IO files) and writes every chunk with checksummed fill values, so the
+     * file is written twice; on top, MPI-IO's collective buffering copies the
+     * data once more. One rank needs neither: it writes with the POSIX driver,
+     * chunks allocated as they are written (each byte written once). */
+    const int par = p->world_size > 1;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+    if (par) {
+        H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+        H5Pset_coll_metadata_write(fapl, 1);
+    }
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST); /* dense storage for a long deck attribute */
-    H5Pset_coll_metadata_write(fapl, 1);
+    H5Pset_alignment(fapl, ALIGN_OVER, ALIGN_TO);
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     if (file < 0) {
         snprintf(err, errlen, "checkpoint: cannot create %s: %s", tmp, h5_reason(&why));
@@ -549,7 +567,7 @@ int ckpt_save(const plan *p, const deck *d, const char *output_dir, const float 
     wd_start(p, d, fname, tmp);
     wctx w = {file, H5Pcreate(H5P_LINK_CREATE), H5Pcreate(H5P_DATASET_XFER), &L, err, errlen, fname};
     H5Pset_create_intermediate_group(w.lcpl, 1);
-    H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
+    if (par) H5Pset_dxpl_mpio(w.dxpl, H5FD_MPIO_COLLECTIVE);
     if (write_attrs(file, p, d, st, full, adapters)) {
         snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
         rc = -1;
@@ -818,7 +836,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     h5why why;
     quiet_on(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL);
+    if (p->world_size > 1) H5Pset_fapl_mpio(fapl, p->world, COMM_INFO_NULL); /* one rank: POSIX, as ckpt_save */
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     if (file < 0) {
         snprintf(err, errlen, "checkpoint %s: cannot open (truncated or not an HDF5 file?): %s", path,
@@ -870,7 +888,7 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
     if (agree(p->world, rc, err, errlen)) rc = -1;
     if (!rc) {
         hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-        H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
+        if (p->world_size > 1) H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
         for (int i = 0; i < pt->n && !rc; i++) /* adapters-only: the base tensors stay as they are */
             if (in_file(&pt->t[i], what) && (pt->t[i].flags & P_STORED)) {
                 if (!frozen) {
@@ -987,36 +1005,54 @@ static int ds_is_bf16(hid_t ds) {
 }
 
 struct ckpt_out {
-    hid_t file, bf16;
-    int use_bf16;
+    hid_t file, bf16, dxpl;
+    int use_bf16, par, rank;
+    comm_t comm;
     char path[4096], tmp[4200];
     h5quiet q;
 };
 
-int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, char *err, int errlen) {
+int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, comm_t comm, char *err, int errlen) {
     ckpt_out *o = calloc(1, sizeof *o);
-    if (!o) {
-        snprintf(err, errlen, "%s: out of memory", path);
+    int rc = o ? 0 : -1;
+    if (!o) snprintf(err, errlen, "%s: out of memory", path);
+    if (agree(comm, rc, err, errlen)) {
+        free(o);
         return -1;
     }
     snprintf(o->path, sizeof o->path, "%s", path);
     snprintf(o->tmp, sizeof o->tmp, "%s.tmp", path);
     o->use_bf16 = use_bf16;
+    o->comm = comm;
+    o->par = comm_size(comm) > 1;
+    o->rank = comm_rank(comm);
     o->bf16 = bf16_type();
+    o->dxpl = H5Pcreate(H5P_DATASET_XFER);
     quiet_on(&o->q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (o->par) { /* collective writes; see ckpt_save for what parallel HDF5 1.10 costs here */
+        H5Pset_fapl_mpio(fapl, comm, COMM_INFO_NULL);
+        H5Pset_coll_metadata_write(fapl, 1);
+        H5Pset_dxpl_mpio(o->dxpl, H5FD_MPIO_COLLECTIVE);
+    }
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
+    H5Pset_alignment(fapl, ALIGN_OVER, ALIGN_TO);
     o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     h5why why;
     if (o->file < 0) {
         snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
+        rc = -1;
+    }
+    if (agree(comm, rc, err, errlen)) {
+        if (o->file >= 0) H5Fclose(o->file);
+        if (o->rank == 0) unlink(o->tmp);
         quiet_off(&o->q);
         H5Tclose(o->bf16);
+        H5Pclose(o->dxpl);
         free(o);
         return -1;
     }
-    int rc = 0;
     rc |= attr_i64(o->file, "format_version", CKPT_FORMAT_VERSION);
     rc |= attr_str(o->file, "format", "dsv3 checkpoint");
     rc |= attr_i64(o->file, "step", 0);
@@ -1026,14 +1062,14 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     rc |= attr_i64(o->file, "has_optim", 0);
     rc |= attr_str(o->file, "deck", d->text ? d->text : "");
     rc |= attr_str(o->file, "git_rev", DSV3_GIT_REV);
-    rc |= attr_i64(o->file, "world_size", 1);
+    rc |= attr_i64(o->file, "world_size", 1); /* the layout of a fresh model, however many ranks wrote it */
     rc |= attr_i64(o->file, "ep", 1);
     rc |= attr_i64(o->file, "zero_stage", 0);
 #define W(k) rc |= attr_i64(o->file, #k, d->model.k);
     MODEL_DIMS(W)
 #undef W
-    if (rc) {
-        snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+    if (rc) snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+    if (agree(comm, rc, err, errlen)) {
         ckpt_out_close(o, 1, NULL, 0);
         return -1;
     }
@@ -1041,7 +1077,10 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     return 0;
 }
 
-int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) { return attr_str(o->file, name, value); }
+int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) {
+    char err[8];
+    return agree(o->comm, attr_str(o->file, name, value), err, 0);
+}
 
 /* /model/<path of hf_name>; chunks of about chunk_bytes() along axis 0 (3-D: one slice). */
 int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, int f32, char *err,
@@ -1068,13 +1107,13 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
     H5Pset_chunk(dcpl, ndim, chunk);
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR); /* one rank; parallel HDF5 1.10 makes it EARLY */
     hid_t ds = H5Dcreate2(o->file, path, bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
     h5why why;
     if (ds < 0) snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
     H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(sp);
-    if (ds < 0) return -1;
-    H5Dclose(ds);
-    return 0;
+    if (ds >= 0) H5Dclose(ds);
+    return agree(o->comm, ds < 0 ? -1 : 0, err, errlen);
 }
 
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (e >= 0), or along the
@@ -1087,38 +1126,51 @@ static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, 
     snprintf(path, sizeof path, "/model/%s", rel);
     h5why why;
     hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
+    int rc = 0;
     if (ds < 0) {
         snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
+        rc = -1;
+    }
+    if (agree(o->comm, rc, err, errlen)) { /* the same datasets on every rank: all or none go on */
+        if (ds >= 0) H5Dclose(ds);
         return -1;
     }
     hid_t fs = H5Dget_space(ds);
     hsize_t dims[3] = {1, 1, 1};
-    int nd = H5Sget_simple_extent_ndims(fs), rc = 0;
+    int nd = H5Sget_simple_extent_ndims(fs);
     H5Sget_simple_extent_dims(fs, dims, NULL);
     const int r = e >= 0; /* the row axis */
     hsize_t st[3] = {0, 0, 0}, ct[3] = {dims[0], dims[1], dims[2]};
     if (r) st[0] = (hsize_t)e, ct[0] = 1;
     st[r] = (hsize_t)row0, ct[r] = (hsize_t)nrows;
-    if (r ? nd != 3 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]
-          : nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0]) {
+    if (nrows > 0 && (r ? nd != 3 || (hsize_t)e >= dims[0] || row0 < 0 || (hsize_t)(row0 + nrows) > dims[1]
+                        : nd < 1 || row0 < 0 || (hsize_t)(row0 + nrows) > dims[0])) {
         char what[64] = "";
         if (r) snprintf(what, sizeof what, "slice %lld ", (long long)e);
         snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", o->tmp, what, (long long)row0,
                  (long long)(row0 + nrows), path);
         rc = -1;
     }
-    if (!rc) {
-        hid_t ms = H5Screate_simple(nd, ct, NULL);
-        if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, data) < 0) {
-            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
-            rc = -1;
-        }
-        H5Sclose(ms);
+    /* a rank with nothing (or a bad request) still takes part in the collective call */
+    static const float dummy[1] = {0};
+    hsize_t one = 1;
+    hid_t ms = rc || nrows <= 0 ? H5Screate_simple(1, &one, NULL) : H5Screate_simple(nd, ct, NULL);
+    herr_t sel;
+    if (rc || nrows <= 0) {
+        H5Sselect_none(ms);
+        sel = H5Sselect_none(fs);
+        data = dummy;
+    } else
+        sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
+    if ((rc || nrows > 0 || o->par) &&
+        (sel < 0 || H5Dwrite(ds, ds_is_bf16(ds) ? o->bf16 : H5T_NATIVE_FLOAT, ms, fs, o->dxpl, data) < 0) && !rc) {
+        snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, h5_reason(&why));
+        rc = -1;
     }
+    H5Sclose(ms);
     H5Sclose(fs);
     H5Dclose(ds);
-    return rc;
+    return agree(o->comm, rc, err, errlen);
 }
 
 int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
@@ -1137,28 +1189,34 @@ int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64
 
 int ckpt_out_write_fp8(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
                        const float *scales, char *err, int errlen) {
-    return ckpt_frozen_write_fp8(o->file, hf_name, e, row0, nrows, q, scales, err, errlen);
+    int rc = ckpt_frozen_write_fp8(o->file, o->dxpl, hf_name, e, row0, nrows, q, scales, err, errlen);
+    return agree(o->comm, rc, err, errlen); /* every rank calls it (nrows 0 for none), as out_write */
 }
 
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     h5why why;
+    char scratch[8];
+    if (!err) err = scratch, errlen = 0;
     int rc = failed ? -1 : 0;
     if (H5Fclose(o->file) < 0) {
         g_h5_broken = 1;
-        if (!rc && err) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
+        if (!rc) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
         rc = -1;
     }
     quiet_off(&o->q);
     H5Tclose(o->bf16);
-    if (!rc && fs_fsync_path(o->tmp)) {
-        if (err) snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
+    H5Pclose(o->dxpl);
+    if (!rc && fs_fsync_path(o->tmp)) { /* each rank: its client's pages */
+        snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
         rc = -1;
     }
-    if (!rc && rename(o->tmp, o->path)) {
-        if (err) snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));
+    rc = agree(o->comm, rc, err, errlen);
+    if (!rc && o->rank == 0 && rename(o->tmp, o->path)) {
+        snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));
         rc = -1;
     }
-    if (rc) unlink(o->tmp); /* never a damaged file under the final name */
+    rc = agree(o->comm, rc, err, errlen);
+    if (rc && o->rank == 0) unlink(o->tmp); /* never a damaged file under the final name */
     free(o);
     return rc;
 }

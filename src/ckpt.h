@@ -17,7 +17,9 @@
  * Writers: every element is written by exactly one rank, the owner of its
  * ZeRO shard (dense segments over world, expert segments over the data comm),
  * whatever the rank holds. Datasets are chunked with the Fletcher32 filter
- * (parallel filtered writes, collective); every read verifies it.
+ * (parallel filtered writes, collective); every read verifies it. One rank
+ * uses HDF5's POSIX driver instead of MPI-IO (same file; no fill pass, see
+ * ckpt_save); chunks of 64 KiB or more are page-aligned.
  *
  * Atomic: step_X.h5.tmp is written and closed, fsync'd, then rank 0 renames
  * it and replaces checkpoints/latest (one line: the file name) via
@@ -29,6 +31,7 @@
 
 #include <stdint.h>
 
+#include "comm.h"
 #include "deck.h"
 #include "plan.h"
 #include "zero.h"
@@ -92,15 +95,21 @@ int ckpt_is_adapters_only(const char *path);
 int ckpt_io_broken(void);
 
 
-/* ---- streaming single-tensor I/O (dsv3-import, dsv3-export; one process) ----
+/* ---- streaming single-tensor I/O (dsv3-import, dsv3-export) ----
  * The same file format as ckpt_save, written one tensor (or a run of rows
  * along axis 0: one routed expert of a stacked [E, out, in]) at a time, so a
  * conversion holds one tensor in memory, never the model. The root attributes
  * say step 0 and no optimizer state: the file starts a run with run.init_from.
- * The file is written as <path>.tmp and renamed by a successful close. */
+ * The file is written as <path>.tmp and renamed by a successful close.
+ *
+ * Writers are collective over `comm` (parallel HDF5 when it has more than one
+ * rank; COMM_SELF or a one-rank comm: the POSIX driver): open, attr, declare and
+ * close are called by every rank with the same arguments; every write call is
+ * made by every rank, each with its own rows (nrows 0: none), and returns the
+ * same status on every rank (the message of the lowest failing rank). */
 typedef struct ckpt_out ckpt_out;
 /* use_bf16: datasets in bf16 (a custom HDF5 float type), written from bf16 bits. */
-int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, char *err, int errlen);
+int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, comm_t comm, char *err, int errlen);
 /* A string attribute on the root (provenance). 0 or -1. */
 int ckpt_out_attr(ckpt_out *o, const char *name, const char *value);
 /* Creates /model/<path of hf_name> (global shape, 1-3 dims); f32 keeps this

@@ -339,8 +339,8 @@ int ckpt_frozen_declare_fp8(hid_t file, const char *hf_name, int ndim, const int
     return rc;
 }
 
-int ckpt_frozen_write_fp8(hid_t file, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
-                          const float *sc, char *err, int errlen) {
+int ckpt_frozen_write_fp8(hid_t file, hid_t dxpl, const char *hf_name, int64_t e, int64_t row0, int64_t nrows,
+                          const uint8_t *q, const float *sc, char *err, int errlen) {
     char dpath[256], spath[256];
     name_paths(hf_name, dpath, spath, sizeof dpath);
     hid_t ds = H5Dopen2(file, dpath, H5P_DEFAULT), sds = H5Dopen2(file, spath, H5P_DEFAULT);
@@ -357,9 +357,11 @@ int ckpt_frozen_write_fp8(hid_t file, const char *hf_name, int64_t e, int64_t ro
         int64_t in = (int64_t)dd[nd - 1], nbc = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
         hsize_t st[3], ct[3];
         sel(&t, e, row0, nrows, in, st, ct);
-        rc = write_sel(ds, H5T_NATIVE_UINT8, H5P_DEFAULT, nd, 1, st, ct, q);
+        int mine = nrows > 0; /* 0 rows: this rank takes part in a collective write with nothing */
+        rc = write_sel(ds, H5T_NATIVE_UINT8, dxpl, nd, mine, st, ct, q);
         sel(&t, e, row0 / OPS_FP8_BLOCK, (nrows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK, nbc, st, ct);
-        if (!rc) rc = write_sel(sds, H5T_NATIVE_FLOAT, H5P_DEFAULT, nd, 1, st, ct, sc);
+        int rc2 = write_sel(sds, H5T_NATIVE_FLOAT, dxpl, nd, mine, st, ct, sc); /* called even after a failure: collective */
+        rc = rc ? rc : rc2;
     }
     if (rc) snprintf(err, errlen, "writing rows [%lld, %lld) of the fp8 tensor %s failed", (long long)row0,
                      (long long)(row0 + nrows), hf_name);

@@ -49,9 +49,10 @@ int ckpt_frozen_is_fp8(hid_t file, const char *path);
 int ckpt_frozen_declare_fp8(hid_t file, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen);
 /* Rows [row0, row0+nrows) (row0 a multiple of 128) of matrix e (3-D; e < 0 for
  * 2-D) as e4m3 bytes q [nrows, in], and the scale rows they cover, sc
- * [ceil(nrows/128), ceil(in/128)]. 0 or -1 with err. */
-int ckpt_frozen_write_fp8(hid_t file, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
-                          const float *sc, char *err, int errlen);
+ * [ceil(nrows/128), ceil(in/128)], with transfer list dxpl (collective on a
+ * parallel file: every rank calls, nrows 0 writing nothing). 0 or -1 with err. */
+int ckpt_frozen_write_fp8(hid_t file, hid_t dxpl, const char *hf_name, int64_t e, int64_t row0, int64_t nrows,
+                          const uint8_t *q, const float *sc, char *err, int errlen);
 /* The bf16 HDF5 type (caller closes it). */
 hid_t ckpt_frozen_bf16_type(void);
 

@@ -104,6 +104,7 @@ typedef struct {
 float ops_e4m3_to_f32(uint8_t v);   /* exact (host helper, the reference decode) */
 float ops_bf16_to_f32(uint16_t v);  /* exact */
 uint16_t ops_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
+void ops_f32_to_bf16_n(const float *x, uint16_t *y, size_t n); /* the same, n values (vectorizable) */
 /* fp32 → e4m3 code, round to nearest even, saturating to ±448 (0x7E/0xFE); NaN → 0x7F. */
 uint8_t ops_f32_to_e4m3(float f);
 /* Stores rows [r0, r0+n) of w from fp32 src [n, in] (w->data, and w->scale

@@ -281,6 +281,15 @@ uint16_t ops_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+void ops_f32_to_bf16_n(const float *x, uint16_t *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1)) >> 16;
+        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : r); /* NaN stays NaN */
+    }
+}
+
 float ops_bf16_to_f32(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
     float f;

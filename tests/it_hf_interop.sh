@@ -8,6 +8,8 @@
 #   - HF -> dsv3 -> HF is bitwise for BF16 and FP32 (every tensor's bytes), read by the safetensors package
 #   - an import starts a run (run.init_from); bf16 and fp32 storage start the same run bitwise
 #   - PEFT adapters exported from a LoRA run: PEFT's names and shapes, nothing empty
+#   - under mpirun (np 2, 3): the import's datasets and attributes equal np 1's (h5diff), the
+#     exported files equal np 1's byte for byte
 #   - bad files: one line, a non-zero exit, no output written
 . "$(dirname "$0")/lib.sh"
 need_venv safetensors numpy h5py
@@ -39,6 +41,25 @@ for p in "bf16 bf16 --max-shard-size=200KB" "fp32 fp32 --dtype=fp32" "bf16s bf16
     "$BIN/dsv3-export" -q $3 "$OUT/$1.h5" "$OUT/exp-$1-$2" >"$OUT/export.log" 2>&1 || { bad "export $1"; cat "$OUT/export.log"; continue; }
     chk cmp-hf "$FX/$2" "$OUT/exp-$1-$2" && ok "HF $2 -> dsv3 ($1) -> HF: every tensor bitwise ($(ls "$OUT/exp-$1-$2" | grep -c safetensors) shards)" ||
         bad "round trip $1 -> $2"
+done
+
+echo "== under mpirun: the same files at np 2 and 3 as at np 1"
+for p in "fp8 --dtype=fp32" "bf16 --dtype=bf16" "ue8m0 --dtype=bf16"; do
+    set -- $p
+    for np in 2 3; do
+        if mpirun -np $np "$BIN/dsv3-import" -q $2 "$FX/$1" "$OUT/$1-np$np.h5" >"$OUT/import-np.log" 2>&1 &&
+           "$BIN/dsv3-import" -q $2 "$FX/$1" "$OUT/$1-np1.h5" >/dev/null 2>&1 &&
+           h5diff "$OUT/$1-np1.h5" "$OUT/$1-np$np.h5" >"$OUT/h5diff.log" 2>&1; then
+            ok "import $1 $2 at np=$np: every dataset and attribute equals the np=1 import (h5diff)"
+        else bad "import $1 $2 at np=$np differs from np=1"; tail -5 "$OUT/import-np.log" "$OUT/h5diff.log"; fi
+    done
+done
+"$BIN/dsv3-export" -q --max-shard-size=200KB "$OUT/bf16.h5" "$OUT/xp-np1" >/dev/null 2>&1 || bad "export at np=1"
+for np in 2 3; do
+    if mpirun -np $np "$BIN/dsv3-export" -q --max-shard-size=200KB "$OUT/bf16.h5" "$OUT/xp-np$np" >"$OUT/export-np.log" 2>&1 &&
+       diff -r "$OUT/xp-np1" "$OUT/xp-np$np" >/dev/null; then
+        ok "export at np=$np: $(ls "$OUT/xp-np$np" | wc -l) files, each byte-identical to np=1's (cmp)"
+    else bad "export at np=$np differs from np=1"; tail -3 "$OUT/export-np.log"; fi
 done
 
 echo "== run.init_from an import"
@@ -113,6 +134,13 @@ for kind in truncated header-length overlap unknown-dtype missing-scale shape mi
     if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$n" = 1 ] && [ ! -e "$OUT/bad-$kind.h5" ] && [ ! -e "$OUT/bad-$kind.h5.tmp" ]; then
         ok "$kind: exit $rc: $(cut -c1-170 "$OUT/bad-$kind.log")"
     else bad "$kind: exit $rc, $n lines, output $(ls "$OUT"/bad-$kind.h5* 2>/dev/null)"; cat "$OUT/bad-$kind.log"; fi
+done
+for kind in truncated missing; do # under mpirun: still one line (rank 0's), non-zero, nothing written
+    mpirun -np 2 "$BIN/dsv3-import" -q "$OUT/bad-$kind" "$OUT/bad2-$kind.h5" >"$OUT/bad2-$kind.log" 2>&1
+    rc=$?
+    n=$(grep -c '^dsv3-import:' "$OUT/bad2-$kind.log")
+    if [ $rc -ne 0 ] && [ "$n" = 1 ] && ! ls "$OUT"/bad2-$kind.h5* >/dev/null 2>&1; then ok "$kind at np=2: exit $rc, one line"
+    else bad "$kind at np=2: exit $rc, $n lines"; cat "$OUT/bad2-$kind.log"; fi
 done
 "$BIN/dsv3-import" -q "$FX/nonexistent" "$OUT/x.h5" >"$OUT/none.log" 2>&1 && bad "a missing directory imported" ||
     ok "missing directory: $(cat "$OUT/none.log")"

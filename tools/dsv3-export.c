@@ -45,16 +45,34 @@
 
 #define BUF_BYTES ((size_t)256 << 20)
 
-static int quiet;
+static int quiet, g_rank, g_size = 1;
 
+/* An error every rank meets (the checkpoint and the options are the same on
+ * all of them): rank 0 says it, every rank exits 1. */
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (g_rank == 0) {
+        fprintf(stderr, "dsv3-export: ");
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+    }
+    va_end(ap);
+    MPI_Finalize();
+    exit(1);
+}
+
+/* An error of this rank alone (its shards): it says it and ends the job. */
+static void die_local(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die_local(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "dsv3-export: ");
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    if (g_size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
     MPI_Finalize();
     exit(1);
 }
@@ -95,12 +113,12 @@ static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, in
     const ckpt_tensor_info *a = ckpt_in_tensor(in, t->la);
     int64_t r = a->shape[a->ndim - 2]; /* [r,in], or stacked [E,r,in]: expert t->e's */
     float *A = malloc(sizeof *A * (size_t)(r * cols)), *Bm = malloc(sizeof *Bm * (size_t)(nr * r));
-    if (!A || !Bm) die("out of memory merging %s", t->name);
+    if (!A || !Bm) die_local("out of memory merging %s", t->name);
     int rc = t->e >= 0 ? ckpt_in_read_slab(in, t->la, t->e, 0, r, A, 0, err, sizeof err) ||
                              ckpt_in_read_slab(in, t->lb, t->e, r0, nr, Bm, 0, err, sizeof err)
                        : ckpt_in_read(in, t->la, 0, r, A, 0, err, sizeof err) ||
                              ckpt_in_read(in, t->lb, r0, nr, Bm, 0, err, sizeof err);
-    if (rc) die("%s", err);
+    if (rc) die_local("%s", err);
     for (int64_t i = 0; i < nr; i++)
         for (int64_t k = 0; k < r; k++) {
             float bk = g_merge_scale * Bm[i * r + k];
@@ -131,15 +149,15 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
         } else {
             rc = ckpt_in_read(in, t->src, r0, nr, dst, raw_bf16, err, sizeof err);
         }
-        if (rc) die("%s", err);
+        if (rc) die_local("%s", err);
         if (t->la >= 0) merge_rows(in, t, r0, nr, cols, fb);
         const void *data = dst;
         size_t es = t->f32 ? 4 : 2;
         if (!t->f32 && !raw_bf16) {
-            for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
+            ops_f32_to_bf16_n(fb, hb, n);
             data = hb;
         }
-        if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die("%s", err);
+        if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die_local("%s", err);
         off += n * es;
         *done += (double)(n * es);
     }
@@ -220,35 +238,55 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
     char path[8400], err[1024], fname[64];
     float *fb = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
-    if (!fb || !hb) die("out of memory for the conversion buffers");
+    if (!fb || !hb) die_local("out of memory for the conversion buffers");
     double t0 = now(), done = 0, last = 0;
     json_t *wm = json_object();
+    /* Under mpirun each shard file is written by one rank (rank s mod N), the
+     * index and config.json by rank 0 once every shard is in place. A shard's
+     * bytes do not depend on who writes it. */
+    uint64_t mine = 0;
+    for (int i = 0; i < n; i++)
+        if (o[i].shard % g_size == g_rank) mine += o[i].bytes;
     for (int s = 0; s < nshard; s++) {
         snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", s + 1, nshard);
+        for (int i = 0; i < n; i++)
+            if (o[i].shard == s) json_object_set_new(wm, o[i].name, json_string(fname));
+        if (s % g_size != g_rank) continue;
         snprintf(path, sizeof path, "%s/%s.tmp", dir, fname);
         st_writer *w;
-        if (st_writer_open(&w, path, err, sizeof err)) die("%s", err);
+        if (st_writer_open(&w, path, err, sizeof err)) die_local("%s", err);
         st_writer_meta(w, "format", "pt");
         for (int i = 0; i < n; i++)
-            if (o[i].shard == s) {
-                if (st_writer_add(w, o[i].name, o[i].f32 ? ST_F32 : ST_BF16, o[i].ndim, o[i].shape)) die("%s: cannot add %s", path, o[i].name);
-                json_object_set_new(wm, o[i].name, json_string(fname));
-            }
-        if (st_writer_begin(w, err, sizeof err)) die("%s", err);
+            if (o[i].shard == s && st_writer_add(w, o[i].name, o[i].f32 ? ST_F32 : ST_BF16, o[i].ndim, o[i].shape))
+                die_local("%s: cannot add %s", path, o[i].name);
+        if (st_writer_begin(w, err, sizeof err)) die_local("%s", err);
         for (int i = 0; i < n; i++)
             if (o[i].shard == s) {
                 put_tensor(in, w, &o[i], fb, hb, &done);
-                if (!quiet && now() - last > 1.0) {
+                if (!quiet && g_rank == 0 && now() - last > 1.0) {
                     double r = done / 1e9 / (now() - t0);
-                    fprintf(stderr, "\rexport: shard %d/%d | %.2f/%.2f GB | %.2f GB/s", s + 1, nshard, done / 1e9,
-                            (double)total / 1e9, r);
+                    char who[48] = ""; /* under mpirun: rank 0's share */
+                    if (g_size > 1) snprintf(who, sizeof who, " (rank 0 of %d)", g_size);
+                    fprintf(stderr, "\rexport%s: shard %d/%d | %.2f/%.2f GB | %.2f GB/s", who, s + 1, nshard,
+                            done / 1e9, (double)mine / 1e9, r);
                     last = now();
                 }
             }
-        if (st_writer_close(w, 1, err, sizeof err)) die("%s", err);
+        if (st_writer_close(w, 1, err, sizeof err)) die_local("%s", err);
         char final[8400];
         snprintf(final, sizeof final, "%s/%s", dir, fname);
-        if (rename(path, final)) die("rename %s: %s", path, strerror(errno));
+        if (rename(path, final)) die_local("rename %s: %s", path, strerror(errno));
+    }
+    MPI_Barrier(MPI_COMM_WORLD); /* every shard in place (a rank that failed has ended the job) */
+    double secs = now() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long rss = ru.ru_maxrss;
+    MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_LONG, MPI_MAX, MPI_COMM_WORLD);
+    if (g_rank) {
+        json_decref(wm);
+        free(o), free(fb), free(hb);
+        return;
     }
     json_t *idx = json_object(), *meta = json_object();
     json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
@@ -263,14 +301,12 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!cfg || fs_write_text(path, cfg)) die("cannot write %s", path);
     free(cfg);
-    double secs = now() - t0;
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    secs = now() - t0;
     if (!quiet) fprintf(stderr, "\n");
-    printf("dsv3-export: %s: %d tensors in %d shard%s, %.3f GB (%s%s), %.1f s (%.2f GB/s), peak RSS %.1f MB\n", dir, n,
-           nshard, nshard == 1 ? "" : "s", (double)total / 1e9, f32_all ? "F32" : "BF16",
+    printf("dsv3-export: %s: %d tensors in %d shard%s, %.3f GB (%s%s), %.1f s (%.2f GB/s), peak RSS %.1f MB%s\n", dir,
+           n, nshard, nshard == 1 ? "" : "s", (double)total / 1e9, f32_all ? "F32" : "BF16",
            f32_all ? "" : "; e_score_correction_bias F32", secs, secs > 0 ? (double)total / 1e9 / secs : 0.0,
-           ru.ru_maxrss / 1024.0);
+           rss / 1024.0, g_size > 1 ? " (the largest rank's)" : "");
     if (merged)
         printf("dsv3-export: %d LoRA adapters merged: W + (%g/%s%d)*B*A in fp32, then %s\n", merged, d->lora.alpha,
                d->lora.use_rslora ? "sqrt " : "", d->lora.r, f32_all ? "stored F32" : "rounded to BF16");
@@ -282,6 +318,8 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     const char *ck = NULL, *dir = NULL, *dtype = NULL;
     uint64_t max_shard = 5000000000ULL;
     int adapters = 0, merge = 0;
@@ -310,10 +348,12 @@ int main(int argc, char **argv) {
     char *over[] = {"parallel.expert_parallel=1", "parallel.zero_stage=0"}; /* the deck of a run on any layout */
     if (deck_load_string(&d, text, ck, 2, over, 1, err, sizeof err)) die("%s: its deck: %s", ck, err);
     if (adapters) { /* PEFT directory (src/peft.c) */
-        double bytes = 0;
-        int n = peft_write(ck, &d, dir, !strcmp(dtype, "bf16"), &bytes, err, sizeof err);
+        double bytes = 0; /* one small file: rank 0 writes it, every rank ends with its status */
+        int n = g_rank == 0 ? peft_write(ck, &d, dir, !strcmp(dtype, "bf16"), &bytes, err, sizeof err) : 0;
+        MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        MPI_Bcast(err, sizeof err, MPI_CHAR, 0, MPI_COMM_WORLD);
         if (n < 0) die("%s", err);
-        printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n,
+        if (g_rank == 0) printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n,
                d.model.num_hidden_layers - 1, bytes / 1e6, strcmp(dtype, "bf16") ? "F32" : "BF16");
     }
     else {

@@ -52,16 +52,34 @@
 
 #define BUF_BYTES ((size_t)256 << 20) /* conversion buffer: float rows of one block */
 
-static int quiet;
+static int quiet, g_rank, g_size = 1;
 
+/* An error every rank meets (the files and the config are the same on all of
+ * them): rank 0 says it, every rank exits 1. */
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (g_rank == 0) {
+        fprintf(stderr, "dsv3-import: ");
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+    }
+    va_end(ap);
+    MPI_Finalize();
+    exit(1);
+}
+
+/* An error of this rank alone (reading its tensors): it says it and ends the job. */
+static void die_local(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void die_local(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "dsv3-import: ");
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    if (g_size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
     MPI_Finalize();
     exit(1);
 }
@@ -217,7 +235,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
     const st_tensor *t = src_t(s, k);
     int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1; /* 1-D: one row */
     size_t es = (size_t)st_dtype_bits(t->dtype) / 8, n = (size_t)(nr * cols);
-    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) die("%s", err);
+    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) die_local("%s", err);
     stt->bytes_in += (double)(n * es);
     switch (t->dtype) {
     case ST_F32: memcpy(out, raw, n * 4); break;
@@ -234,7 +252,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
         unsigned char *sraw = (unsigned char *)sbuf; /* scales fit before their float expansion */
         if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses,
                     sraw, err, sizeof err))
-            die("%s", err);
+            die_local("%s", err);
         for (int64_t i = snr * sc_cols - 1; i >= 0; i--) { /* in place, back to front (4 >= ses bytes each) */
             float v = scale_value(sraw + (size_t)i * ses, sc->dtype);
             sbuf[i] = v;
@@ -299,7 +317,10 @@ static void show(const progress *p, const stats *s, int final) {
     if (quiet) return;
     double t = now(), dt = t - p->t0, gb = s->bytes_in / 1e9, rate = dt > 0 ? gb / dt : 0;
     double left = rate > 0 ? (p->total_bytes / 1e9 - gb) / rate : 0;
-    fprintf(stderr, "\rimport: tensors %lld/%lld | %.2f/%.2f GB | %.2f GB/s | ETA %02d:%02d:%02d%s",
+    if (g_rank) return;
+    char who[48] = ""; /* under mpirun: rank 0's share (the others convert as much) */
+    if (g_size > 1) snprintf(who, sizeof who, " (rank 0 of %d)", g_size);
+    fprintf(stderr, "\rimport%s: tensors %lld/%lld | %.2f/%.2f GB | %.2f GB/s | ETA %02d:%02d:%02d%s", who,
             (long long)s->tensors, (long long)p->total_tensors, gb, p->total_bytes / 1e9, rate, (int)(left / 3600),
             (int)(left / 60) % 60, (int)left % 60, final ? "\n" : "");
     fflush(stderr);
@@ -307,6 +328,8 @@ static void show(const progress *p, const stats *s, int final) {
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     const char *dir = NULL, *out = NULL, *dtype = "fp32";
     int print_deck = 0, keep_fp8 = 0;
     for (int i = 1; i < argc; i++) {
@@ -336,7 +359,7 @@ int main(int argc, char **argv) {
     json_decref(cj);
     free(cfg);
     if (print_deck) {
-        printf("# model of %s (dsv3-import --print-deck)\n%s", dir, group);
+        if (g_rank == 0) printf("# model of %s (dsv3-import --print-deck)\n%s", dir, group);
         if (!out) {
             MPI_Finalize();
             return 0;
@@ -373,7 +396,7 @@ int main(int argc, char **argv) {
 #define PROBLEM(...)                                                                                           \
     do {                                                                                                       \
         if (!problems++) snprintf(first, sizeof first, __VA_ARGS__);                                          \
-        else {                                                                                                 \
+        else if (g_rank == 0) {                                                                                \
             if (problems == 2) fprintf(stderr, "dsv3-import: %s\n", first);                                   \
             if (problems <= 40) fprintf(stderr, "dsv3-import: " __VA_ARGS__), fputc('\n', stderr);            \
         }                                                                                                      \
@@ -474,24 +497,24 @@ int main(int argc, char **argv) {
             uint64_t n = st_bytes(ta) - o < BUF_BYTES / 2 ? st_bytes(ta) - o : BUF_BYTES / 2;
             if (st_read(&s.sh[s.ts[a]], s.ti[a], o, n, x, err, sizeof err) ||
                 st_read(&s.sh[s.ts[b]], s.ti[b], o, n, y, err, sizeof err))
-                die("%s", err);
+                die_local("%s", err);
             same = memcmp(x, y, n) == 0;
         }
         free(x), free(y);
         if (!same)
             die("%s differs from %s: dsv3's MTP module shares the main embedding and head (spec §6), so this "
                 "checkpoint cannot be trained as is; nothing written", ta->name, tb->name);
-        if (!quiet) fprintf(stderr, "import: %s is byte-identical to %s: stored once\n", ta->name, tb->name);
+        if (!quiet && g_rank == 0) fprintf(stderr, "import: %s is byte-identical to %s: stored once\n", ta->name, tb->name);
     }
 
-    /* 3. write */
+    /* 3. write. Under mpirun the ranks take turns along each tensor's units (a
+     * routed expert, or a block of rows: multiples of 128, the FP8 block):
+     * in every round each rank converts its own unit, then all write
+     * collectively, each its own rows. The values do not depend on who
+     * converts them: the file holds the same datasets at any rank count. */
     progress pr = {now(), 0, 0, 0};
-    for (int k = 0; k < s.n; k++) pr.total_bytes += (double)st_bytes(src_t(&s, k));
-    for (int j = 0; j < 2; j++)
-        if (mtp_copies[j] >= 0) pr.total_bytes -= (double)st_bytes(src_t(&s, mtp_copies[j]));
-    pr.total_tensors = s.n;
     ckpt_out *o;
-    if (ckpt_out_open(&o, out, &d, bf16, err, sizeof err)) die("%s", err);
+    if (ckpt_out_open(&o, out, &d, bf16, MPI_COMM_WORLD, err, sizeof err)) die("%s", err);
     int fail = 0;
     /* --keep-fp8: a tensor stays e4m3 when a fp8-base run stores it narrow and every source of it is F8_E4M3 */
     int *raw8 = calloc((size_t)pt.n, sizeof *raw8);
@@ -514,56 +537,89 @@ int main(int argc, char **argv) {
     float *fb = malloc(BUF_BYTES), *sbuf = malloc(BUF_BYTES / 16 + 4096);
     unsigned char *raw = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
-    if (!fb || !sbuf || !raw || !hb) die("out of memory for the %zu MB conversion buffers", 3 * BUF_BYTES >> 20);
+    if (!fb || !sbuf || !raw || !hb) die_local("out of memory for the %zu MB conversion buffers", 3 * BUF_BYTES >> 20);
     stats stt;
     memset(&stt, 0, sizeof stt);
-    for (int i = 0; i < pt.n && !fail; i++) {
-        const param_spec *t = &pt.t[i];
-        int ne = (t->flags & P_EXPERT) ? E : 1;
-        for (int e = 0; e < ne && !fail; e++) {
-            int k = (t->flags & P_EXPERT) ? exp_of[i][e] : src_of[i];
-            int q = (t->flags & P_EXPERT) ? exp_scale[i][e] : scale_of[i];
-            const st_tensor *st = src_t(&s, k);
-            int64_t rows = st->ndim >= 2 ? st->shape[0] : 1, cols = st->ndim >= 2 ? st->shape[1] : st->shape[0];
+    for (int pass = 0; pass < 2 && !fail; pass++) /* pass 0 counts this rank's share (progress), pass 1 converts */
+        for (int i = 0; i < pt.n && !fail; i++) {
+            const param_spec *t = &pt.t[i];
+            int ne = (t->flags & P_EXPERT) ? E : 1;
+            const st_tensor *s0 = src_t(&s, (t->flags & P_EXPERT) ? exp_of[i][0] : src_of[i]);
+            int64_t rows = s0->ndim >= 2 ? s0->shape[0] : 1, cols = s0->ndim >= 2 ? s0->shape[1] : s0->shape[0];
             int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1)) / 128 * 128;
             if (per < 128) per = 128; /* one block row of a very wide tensor */
-            if ((size_t)per * (size_t)cols * 4 > BUF_BYTES) die("%s: a 128-row block does not fit the buffer", st->name);
-            for (int64_t r0 = 0; r0 < rows && !fail; r0 += per) {
-                int64_t nr = rows - r0 < per ? rows - r0 : per;
-                if (st->ndim < 2) nr = 1; /* a 1-D tensor is one row */
-                if (raw8[i]) { /* the bytes and scales as they are (per is a multiple of 128 rows) */
-                    fp8_rows(&s, k, q, r0, nr, raw, sbuf, ue8m0, &stt);
+            if ((size_t)per * (size_t)cols * 4 > BUF_BYTES) die("%s: a 128-row block does not fit the buffer", s0->name);
+            if (ne == 1 && g_size > 1 && s0->ndim >= 2) { /* one tensor: its rows over the ranks */
+                int64_t share = (rows + g_size - 1) / g_size;
+                share = (share + 127) / 128 * 128;
+                if (share < per) per = share;
+            }
+            int64_t nblk = s0->ndim >= 2 ? (rows + per - 1) / per : 1, nunits = (int64_t)ne * nblk;
+            for (int64_t u0 = 0; u0 < nunits && !fail; u0 += g_size) {
+                int64_t u = u0 + g_rank, e = 0, r0 = 0, nr = 0;
+                int k = -1, q = -1;
+                if (u < nunits) {
+                    e = u / nblk, r0 = (u % nblk) * per;
+                    nr = s0->ndim >= 2 ? (rows - r0 < per ? rows - r0 : per) : 1;
+                    k = (t->flags & P_EXPERT) ? exp_of[i][e] : src_of[i];
+                    q = (t->flags & P_EXPERT) ? exp_scale[i][e] : scale_of[i];
+                }
+                if (pass == 0) {
+                    if (k >= 0) {
+                        const st_tensor *st = src_t(&s, k);
+                        pr.total_bytes += (double)((size_t)(nr * cols) * (size_t)st_dtype_bits(st->dtype) / 8);
+                        if (r0 == 0) pr.total_tensors += 1 + (q >= 0);
+                    }
+                    continue;
+                }
+                if (raw8[i]) { /* --keep-fp8: the bytes and scales as they are (per is a multiple of 128 rows) */
+                    if (k >= 0) {
+                        const st_tensor *st = src_t(&s, k);
+                        fp8_rows(&s, k, q, r0, nr, raw, sbuf, ue8m0, &stt);
+                        stt.bytes_out += (double)(nr * cols) + 4.0 * (double)((nr + 127) / 128 * ((cols + 127) / 128));
+                        if (r0 == 0) {
+                            stt.tensors += 1 + (q >= 0);
+                            stt.by_dtype[st->dtype]++;
+                            if (q >= 0) stt.by_dtype[src_t(&s, q)->dtype]++;
+                        }
+                    } else
+                        nr = 0; /* no unit left for this rank in the last round */
                     fail = ckpt_out_write_fp8(o, t->name, (t->flags & P_EXPERT) ? e : -1, r0, nr, raw, sbuf, err,
                                               sizeof err);
-                    stt.bytes_out += (double)(nr * cols) + 4.0 * (double)((nr + 127) / 128 * ((cols + 127) / 128));
                     if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
                     continue;
                 }
-                convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
-                size_t n = (size_t)(nr * cols);
-                const void *data = fb;
                 int keep = (t->flags & P_NOGRAD) != 0; /* the router bias stays F32 */
-                if (bf16 && !keep) {
-                    for (size_t j = 0; j < n; j++) hb[j] = ops_f32_to_bf16(fb[j]);
-                    data = hb;
-                }
-                if (t->flags & P_EXPERT) { /* expert e, rows r0.. of its [out, in] */
+                const void *data = fb;
+                size_t n = 0;
+                if (k >= 0) {
+                    const st_tensor *st = src_t(&s, k);
+                    convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
+                    n = (size_t)(nr * cols);
+                    if (bf16 && !keep) {
+                        ops_f32_to_bf16_n(fb, hb, n);
+                        data = hb;
+                    }
+                    stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
+                    if (r0 == 0) {
+                        stt.tensors++;
+                        stt.by_dtype[st->dtype]++;
+                        if (q >= 0) stt.tensors++, stt.by_dtype[src_t(&s, q)->dtype]++;
+                    }
+                } else
+                    nr = 0; /* no unit left for this rank in the last round: it writes nothing */
+                if (t->flags & P_EXPERT) /* expert e, rows r0.. of its [out, in] */
                     fail = ckpt_out_write_slab(o, t->name, e, r0, nr, data, err, sizeof err);
-                } else if (t->ndim < 2) {
-                    fail = ckpt_out_write(o, t->name, 0, t->shape[0], data, err, sizeof err);
-                } else {
+                else if (t->ndim < 2)
+                    fail = ckpt_out_write(o, t->name, 0, nr ? t->shape[0] : 0, data, err, sizeof err);
+                else
                     fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
-                }
-                stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
                 if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
             }
-            stt.tensors++;
-            stt.by_dtype[st->dtype]++;
-            if (q >= 0) stt.tensors++, stt.by_dtype[src_t(&s, q)->dtype]++;
         }
-    }
-    for (int j = 0; j < 2; j++)
-        if (mtp_copies[j] >= 0) stt.tensors++, stt.by_dtype[src_t(&s, mtp_copies[j])->dtype]++;
+    if (g_rank == 0)
+        for (int j = 0; j < 2; j++)
+            if (mtp_copies[j] >= 0) stt.tensors++, stt.by_dtype[src_t(&s, mtp_copies[j])->dtype]++;
     if (fail) {
         ckpt_out_close(o, 1, NULL, 0);
         die("%s: nothing written", err);
@@ -573,12 +629,26 @@ int main(int argc, char **argv) {
     double secs = now() - pr.t0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* the whole job's figures: sums over the ranks, the largest peak RSS */
+    MPI_Allreduce(MPI_IN_PLACE, stt.by_dtype, ST_NDTYPES, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    int64_t cnt[3] = {stt.tensors, stt.pow2_bad, stt.scales};
+    MPI_Allreduce(MPI_IN_PLACE, cnt, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    stt.tensors = cnt[0], stt.pow2_bad = cnt[1], stt.scales = cnt[2];
+    double by[2] = {stt.bytes_in, stt.bytes_out};
+    MPI_Allreduce(MPI_IN_PLACE, by, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    stt.bytes_in = by[0], stt.bytes_out = by[1];
+    long rss = ru.ru_maxrss;
+    MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_LONG, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &secs, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    ru.ru_maxrss = rss;
+    if (g_rank) goto done;
     printf("dsv3-import: %s -> %s: %lld tensors (", dir, out, (long long)stt.tensors);
     int lead = 1;
     for (int t = 0; t < ST_NDTYPES; t++)
         if (stt.by_dtype[t]) printf("%s%lld %s", lead ? "" : ", ", (long long)stt.by_dtype[t], st_dtype_name(t)), lead = 0;
-    printf("), %.3f GB read, %.3f GB written as %s, %.1f s (%.2f GB/s), peak RSS %.1f MB\n", stt.bytes_in / 1e9,
-           stt.bytes_out / 1e9, dtype, secs, secs > 0 ? stt.bytes_in / 1e9 / secs : 0.0, ru.ru_maxrss / 1024.0);
+    printf("), %.3f GB read, %.3f GB written as %s, %.1f s (%.2f GB/s), peak RSS %.1f MB%s\n", stt.bytes_in / 1e9,
+           stt.bytes_out / 1e9, dtype, secs, secs > 0 ? stt.bytes_in / 1e9 / secs : 0.0, ru.ru_maxrss / 1024.0,
+           g_size > 1 ? " (the largest rank's)" : "");
     if (keep_fp8)
         printf("dsv3-import: --keep-fp8: %lld tensors kept as e4m3 bytes + f32 weight_scale_inv (train.base_dtype = "
                "\"fp8\" with LoRA trains on them as they are)\n", (long long)n_raw8);
@@ -588,6 +658,7 @@ int main(int argc, char **argv) {
     if (m->num_nextn_predict_layers > 0)
         printf("dsv3-import: MTP layer %d imported (enorm, hnorm, eh_proj, shared_head.norm, its decoder block)%s\n", L,
                mtp_copies[0] >= 0 ? "; its embed_tokens and shared_head.head equal the main ones and are stored once" : "");
+done:
     for (int i = 0; i < s.nshard; i++) st_close(&s.sh[i]), free(s.shard_name[i]);
     free(s.sh), free(s.shard_name), free(s.ts), free(s.ti), free(s.used);
     for (int i = 0; i < pt.n; i++) free(exp_of[i]), free(exp_scale[i]);
