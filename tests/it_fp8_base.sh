@@ -143,6 +143,10 @@ FX=tests/fixtures/hf
 "$BIN/dsv3-import" -q --keep-fp8 "$FX/fp8" "$OUT/k8.h5" >"$OUT/k8.log" 2>&1 || { bad "import --keep-fp8"; cat "$OUT/k8.log"; }
 "$BIN/dsv3-import" -q "$FX/fp8" "$OUT/f32.h5" >/dev/null 2>&1 || bad "import (dequantizing)"
 grep 'keep-fp8' "$OUT/k8.log"
+# under mpirun the ranks share the units and write collectively: the same file
+mpirun -np 2 "$BIN/dsv3-import" -q --keep-fp8 "$FX/fp8" "$OUT/k8np2.h5" >"$OUT/k8np2.log" 2>&1 &&
+    h5diff "$OUT/k8.h5" "$OUT/k8np2.h5" >"$OUT/k8diff.log" 2>&1 &&
+    ok "--keep-fp8 under mpirun -np 2: h5diff equal to the one-process import" || { bad "--keep-fp8 at np 2"; cat "$OUT/k8np2.log" "$OUT/k8diff.log"; }
 "$PY" - "$OUT/k8.h5" "$FX/fp8" <<'EOF' && ok "--keep-fp8: every F8_E4M3 weight's bytes and F32 scales as in the safetensors files" || bad "--keep-fp8 contents"
 import sys, glob, json, struct, re, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r")
