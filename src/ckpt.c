@@ -985,17 +985,6 @@ int ckpt_resolve(const deck *d, char *path, int len, char *err, int errlen) {
 
 /* ---- streaming single-tensor I/O (dsv3-import, dsv3-export) --------------- */
 
-/* bf16 in HDF5: a custom float type (design §5), so h5py/h5dump and
- * ckpt_load's H5Dread into floats convert it themselves. */
-static hid_t bf16_type(void) {
-    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-    H5Tset_fields(t, 15, 7, 8, 0, 7);
-    H5Tset_offset(t, 0);
-    H5Tset_precision(t, 16);
-    H5Tset_size(t, 2);
-    H5Tset_ebias(t, 127);
-    return t;
-}
 
 static int ds_is_bf16(hid_t ds) {
     hid_t ty = H5Dget_type(ds);
@@ -1026,7 +1015,7 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     o->comm = comm;
     o->par = comm_size(comm) > 1;
     o->rank = comm_rank(comm);
-    o->bf16 = bf16_type();
+    o->bf16 = ckpt_frozen_bf16_type();
     o->dxpl = H5Pcreate(H5P_DATASET_XFER);
     quiet_on(&o->q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -1279,7 +1268,7 @@ int ckpt_in_open(ckpt_in **out, const char *path, char *err, int errlen) {
         return -1;
     }
     snprintf(r->path, sizeof r->path, "%s", path);
-    r->bf16 = bf16_type();
+    r->bf16 = ckpt_frozen_bf16_type();
     quiet_on(&r->q);
     h5why why;
     r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);

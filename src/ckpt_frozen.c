@@ -22,7 +22,9 @@ static void paths(const param_spec *t, char *data, char *scale, size_t len) {
     snprintf(scale, len, "/model/%s/weight_scale_inv", rel);
 }
 
-hid_t ckpt_frozen_bf16_type(void) { /* as ckpt.c's bf16_type */
+/* bf16 in HDF5: a custom float type (design §5), so h5py/h5dump and an
+ * H5Dread into floats convert it themselves. The one definition (ckpt.c too). */
+hid_t ckpt_frozen_bf16_type(void) {
     hid_t t = H5Tcopy(H5T_IEEE_F32LE);
     H5Tset_fields(t, 15, 7, 8, 0, 7);
     H5Tset_offset(t, 0);

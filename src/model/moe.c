@@ -26,8 +26,33 @@ static size_t row_lora_floats(const int er[3], int H, int I) {
     return rmax ? (size_t)er[0] + (size_t)er[1] + (size_t)er[2] + (size_t)(H > I ? H : I) + rmax : 0;
 }
 
-static size_t row_bufs_floats(const moe_layer *l, int r_cap, int H, int I) {
-    return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1 + row_lora_floats(l->er, H, I));
+static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I) {
+    return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1 + row_lora_floats(er, H, I));
+}
+
+/* Carves the row buffers (perm .. edxa) for c->r_cap rows from p, in layout
+ * order; returns the end. The one layout for the bound region and a grown one. */
+static float *rows_carve(moe_cache *c, float *p) {
+    size_t R = (size_t)c->r_cap, H = (size_t)c->H, I = (size_t)c->I_;
+#define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
+    TAKE(perm, int, R);
+    TAKE(xr, float, R * H);
+    TAKE(xe, float, R * H);
+    TAKE(ye, float, R * H);
+    TAKE(ge, float, R * I);
+    TAKE(ue, float, R * I);
+    TAKE(he, float, R * I);
+    TAKE(dge, float, R * I);
+    TAKE(due, float, R * I);
+    TAKE(dhe, float, R * I);
+    if (er_max(c->er)) {
+        for (int j = 0; j < 3; j++)
+            if (c->er[j]) TAKE(exa[j], float, R * (size_t)c->er[j]);
+        TAKE(elt, float, R * (H > I ? H : I));
+        TAKE(edxa, float, R * er_max(c->er));
+    }
+#undef TAKE
+    return p;
 }
 
 static mlp_layer shared_of(const moe_layer *l) { return (mlp_layer){l->sh_gate, l->sh_up, l->sh_down}; }
@@ -39,7 +64,7 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     size_t f = N * H + 2 * N * E          /* x, s, dl */
                + N * K * 6                /* idx, w, topk_u, pos, src, dw */
                + 2 * N * K * H + N * H    /* xs, ys, tmp */
-               + row_bufs_floats(l, r_cap, (int)H, (int)I);
+               + row_bufs_floats(l->er, r_cap, (int)H, (int)I);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
         f += mlp_cache_floats(&sh, n_cap);
@@ -56,60 +81,28 @@ size_t moe_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int N)
     return mlp_scratch_floats(m->hidden_size, m->n_shared_experts * m->moe_intermediate_size, lora_r, lora_drop, N);
 }
 
-/* Row buffers beyond the planned capacity (moe_rows_reserve): n elements of sz bytes, device memory, zeroed. */
-static void *dev_alloc(size_t n, size_t sz) {
-    int cat = ops_mem_category(OPS_MEM_ACTS); /* beyond the plan: the run's memory check shows it */
-    void *p = ops_alloc(n * sz);
-    ops_mem_category(cat);
-    return p;
-}
-
+/* Row buffers beyond the planned capacity (moe_rows_reserve): one allocation,
+ * carved like the bound ones; charged to the activations (beyond the plan: the
+ * run's memory check shows it). 0, or -1 when out of memory. */
 static int rows_alloc(moe_cache *c, int r_cap) {
-    size_t R = (size_t)r_cap, H = (size_t)c->H, I = (size_t)c->I_;
+    int cat = ops_mem_category(OPS_MEM_ACTS);
+    float *mem = ops_alloc(row_bufs_floats(c->er, r_cap, c->H, c->I_) * sizeof(float));
+    ops_mem_category(cat);
+    if (!mem) return -1;
+    c->rows_own = mem;
     c->r_cap = r_cap;
-    c->rows_owned = 1;
-    c->perm = dev_alloc(R, sizeof(int));
-    c->xr = dev_alloc(R * H, sizeof(float));
-    c->xe = dev_alloc(R * H, sizeof(float));
-    c->ye = dev_alloc(R * H, sizeof(float));
-    c->ge = dev_alloc(R * I, sizeof(float));
-    c->ue = dev_alloc(R * I, sizeof(float));
-    c->he = dev_alloc(R * I, sizeof(float));
-    c->dge = dev_alloc(R * I, sizeof(float));
-    c->due = dev_alloc(R * I, sizeof(float));
-    c->dhe = dev_alloc(R * I, sizeof(float));
-    int ok = c->perm && c->xr && c->xe && c->ye && c->ge && c->ue && c->he && c->dge && c->due && c->dhe;
-    if (er_max(c->er)) {
-        for (int j = 0; j < 3; j++)
-            if (c->er[j]) ok &= (c->exa[j] = dev_alloc(R * (size_t)c->er[j], sizeof(float))) != NULL;
-        ok &= (c->elt = dev_alloc(R * (H > I ? H : I), sizeof(float))) != NULL;
-        ok &= (c->edxa = dev_alloc(R * er_max(c->er), sizeof(float))) != NULL;
-    }
-    return ok ? 0 : -1;
+    rows_carve(c, mem);
+    return 0;
 }
 
-/* Frees grown row buffers (rows_owned); bound ones belong to the caller's region. */
+/* Frees grown row buffers (rows_own); bound ones belong to the caller's region. */
 static void rows_free(moe_cache *c) {
-    if (c->rows_owned) {
-        ops_free(c->perm);
-        ops_free(c->xr);
-        ops_free(c->xe);
-        ops_free(c->ye);
-        ops_free(c->ge);
-        ops_free(c->ue);
-        ops_free(c->he);
-        ops_free(c->dge);
-        ops_free(c->due);
-        ops_free(c->dhe);
-        for (int j = 0; j < 3; j++) ops_free(c->exa[j]);
-        ops_free(c->elt);
-        ops_free(c->edxa);
-    }
+    ops_free(c->rows_own);
+    c->rows_own = NULL;
     c->perm = NULL;
     c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
     c->exa[0] = c->exa[1] = c->exa[2] = c->elt = c->edxa = NULL;
     c->r_cap = 0;
-    c->rows_owned = 0;
 }
 
 /* The one allocation left on the step path, and why: the layer is dropless,
@@ -146,7 +139,7 @@ int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l,
 
 size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap,
                       float *mem) {
-    DSV3_CHECK(c->host && !c->rows_owned && !c->own, "moe_cache_bind: no host counts, or the cache owns memory");
+    DSV3_CHECK(c->host && !c->rows_own && !c->own, "moe_cache_bind: no host counts, or the cache owns memory");
     moe_cache keep = *c; /* the host counts (moe_cache_host_create) stay */
     memset(c, 0, sizeof *c);
     c->host = keep.host;
@@ -163,8 +156,7 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     c->n_cap = n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
     c->r_cap = r_cap;
-    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, I = (size_t)c->I_;
-    size_t R = (size_t)r_cap;
+    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H;
     float *p = mem;
 #define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
     TAKE(x, float, N * H);
@@ -179,23 +171,8 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     TAKE(xs, float, N * K * H);
     TAKE(ys, float, N * K * H);
     TAKE(tmp, float, N * H);
-    TAKE(perm, int, R);
-    TAKE(xr, float, R * H);
-    TAKE(xe, float, R * H);
-    TAKE(ye, float, R * H);
-    TAKE(ge, float, R * I);
-    TAKE(ue, float, R * I);
-    TAKE(he, float, R * I);
-    TAKE(dge, float, R * I);
-    TAKE(due, float, R * I);
-    TAKE(dhe, float, R * I);
-    if (er_max(c->er)) {
-        for (int j = 0; j < 3; j++)
-            if (c->er[j]) TAKE(exa[j], float, R * (size_t)c->er[j]);
-        TAKE(elt, float, R * (H > I ? H : I));
-        TAKE(edxa, float, R * er_max(c->er));
-    }
 #undef TAKE
+    p = rows_carve(c, p);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
         p += mlp_cache_bind(&c->sh, &sh, n_cap, p);

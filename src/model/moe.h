@@ -65,7 +65,7 @@ typedef struct {
     int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
     int er[3];                   /* routed-expert LoRA ranks (moe_layer.er): sizes the row buffers */
     int grow_events;             /* times the row buffers had to grow */
-    int rows_owned;              /* the row buffers (perm .. dhe) are a grown allocation of their own */
+    float *rows_own;             /* the row buffers (perm .. edxa) when grown: an allocation of their own */
     float *own;                  /* the region moe_cache_alloc allocated, NULL when bound to the caller's */
     int *host;                   /* the host counts' allocation (moe_cache_host_create) */
     double comm_seconds;         /* wall time in the expert Alltoall/Alltoallv calls (accumulates;
