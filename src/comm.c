@@ -37,6 +37,9 @@ void comm_abort(int code) {
     if (comm_running()) MPI_Abort(MPI_COMM_WORLD, code);
     exit(code);
 }
+void comm_finalize(void) {
+    if (comm_running()) MPI_Finalize();
+}
 void comm_barrier(comm_t c) { MPI_Barrier(c); }
 void comm_dup(comm_t c, comm_t *out) { MPI_Comm_dup(c, out); }
 void comm_split(comm_t c, int color, int key, comm_t *out) { MPI_Comm_split(c, color, key, out); }

@@ -28,6 +28,7 @@ int comm_rank(comm_t c);
 int comm_size(comm_t c);
 double comm_wtime(void);
 void comm_abort(int code) __attribute__((noreturn)); /* MPI_Abort(world), or exit without MPI */
+void comm_finalize(void);                             /* MPI_Finalize when MPI is running */
 void comm_barrier(comm_t c);
 void comm_dup(comm_t c, comm_t *out);
 void comm_split(comm_t c, int color, int key, comm_t *out);

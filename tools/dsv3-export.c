@@ -41,47 +41,14 @@
 #include "../src/ops.h"
 #include "../src/peft.h"
 #include "../src/safetensors.h"
+#include "../src/tool.h"
 #include "../src/fsutil.h"
 
 #define BUF_BYTES ((size_t)256 << 20)
 
 static int quiet, g_rank, g_size = 1;
 
-/* An error every rank meets (the checkpoint and the options are the same on
- * all of them): rank 0 says it, every rank exits 1. */
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (g_rank == 0) {
-        fprintf(stderr, "dsv3-export: ");
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-    }
-    va_end(ap);
-    MPI_Finalize();
-    exit(1);
-}
 
-/* An error of this rank alone (its shards): it says it and ends the job. */
-static void die_local(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die_local(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "dsv3-export: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    if (g_size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    MPI_Finalize();
-    exit(1);
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 
 /* "5GB", "500MB", "200KB", bytes: decimal units, as transformers' max_shard_size. */
@@ -90,7 +57,7 @@ static uint64_t parse_size(const char *s) {
     double v = strtod(s, &end);
     double mul = !strcasecmp(end, "GB") ? 1e9 : !strcasecmp(end, "MB") ? 1e6 : !strcasecmp(end, "KB") ? 1e3
                  : !*end || !strcasecmp(end, "B") ? 1 : -1;
-    if (mul < 0 || v <= 0) die("--max-shard-size %s: expected e.g. 5GB, 500MB, 200KB or bytes", s);
+    if (mul < 0 || v <= 0) tool_die("--max-shard-size %s: expected e.g. 5GB, 500MB, 200KB or bytes", s);
     return (uint64_t)(v * mul);
 }
 
@@ -113,12 +80,12 @@ static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, in
     const ckpt_tensor_info *a = ckpt_in_tensor(in, t->la);
     int64_t r = a->shape[a->ndim - 2]; /* [r,in], or stacked [E,r,in]: expert t->e's */
     float *A = malloc(sizeof *A * (size_t)(r * cols)), *Bm = malloc(sizeof *Bm * (size_t)(nr * r));
-    if (!A || !Bm) die_local("out of memory merging %s", t->name);
+    if (!A || !Bm) tool_die_local("out of memory merging %s", t->name);
     int rc = t->e >= 0 ? ckpt_in_read_slab(in, t->la, t->e, 0, r, A, 0, err, sizeof err) ||
                              ckpt_in_read_slab(in, t->lb, t->e, r0, nr, Bm, 0, err, sizeof err)
                        : ckpt_in_read(in, t->la, 0, r, A, 0, err, sizeof err) ||
                              ckpt_in_read(in, t->lb, r0, nr, Bm, 0, err, sizeof err);
-    if (rc) die_local("%s", err);
+    if (rc) tool_die_local("%s", err);
     for (int64_t i = 0; i < nr; i++)
         for (int64_t k = 0; k < r; k++) {
             float bk = g_merge_scale * Bm[i * r + k];
@@ -149,7 +116,7 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
         } else {
             rc = ckpt_in_read(in, t->src, r0, nr, dst, raw_bf16, err, sizeof err);
         }
-        if (rc) die_local("%s", err);
+        if (rc) tool_die_local("%s", err);
         if (t->la >= 0) merge_rows(in, t, r0, nr, cols, fb);
         const void *data = dst;
         size_t es = t->f32 ? 4 : 2;
@@ -157,7 +124,7 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
             ops_f32_to_bf16_n(fb, hb, n);
             data = hb;
         }
-        if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) die_local("%s", err);
+        if (st_writer_put(w, t->name, off, data, n * es, err, sizeof err)) tool_die_local("%s", err);
         off += n * es;
         *done += (double)(n * es);
     }
@@ -187,14 +154,14 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
                 if (x->is_lora && !strcmp(x->name, an)) la = q;
                 if (x->is_lora && !strcmp(x->name, bn)) lb = q;
             }
-            if ((la < 0) != (lb < 0)) die("%s: only one of lora_A / lora_B in the checkpoint", ci->name);
+            if ((la < 0) != (lb < 0)) tool_die("%s: only one of lora_A / lora_B in the checkpoint", ci->name);
             if (la >= 0 && ckpt_in_tensor(in, la)->ndim != ci->ndim)
-                die("%s: its adapters are %d-D, the weight %d-D", ci->name, ckpt_in_tensor(in, la)->ndim, ci->ndim);
+                tool_die("%s: its adapters are %d-D, the weight %d-D", ci->name, ckpt_in_tensor(in, la)->ndim, ci->ndim);
             merged += la >= 0;
         }
         if (ci->ndim == 3) { /* model.layers.L.mlp.experts.<proj>.weight [E,out,in] -> per expert */
             const char *proj = strstr(ci->name, ".experts.");
-            if (!proj) die("%s: a 3-D tensor that is not a stacked expert projection", ci->name);
+            if (!proj) tool_die("%s: a 3-D tensor that is not a stacked expert projection", ci->name);
             for (int e = 0; e < ci->shape[0]; e++) {
                 otensor *t = &o[n++];
                 snprintf(t->name, sizeof t->name, "%.*s.experts.%d.%s", (int)(proj - ci->name), ci->name, e, proj + 9);
@@ -208,8 +175,8 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         t->src = i, t->e = -1, t->ndim = ci->ndim, t->f32 = f32, t->la = la, t->lb = lb;
         memcpy(t->shape, ci->shape, sizeof t->shape);
     }
-    if (merge && !merged) die("--merge-lora: the checkpoint holds no LoRA adapters of its base weights");
-    if (embed < 0 || head < 0) die("checkpoint has no model.embed_tokens.weight or lm_head.weight");
+    if (merge && !merged) tool_die("--merge-lora: the checkpoint holds no LoRA adapters of its base weights");
+    if (embed < 0 || head < 0) tool_die("checkpoint has no model.embed_tokens.weight or lm_head.weight");
     for (int k = 0; k < D; k++) { /* the MTP layer's own embedding and head, as the release has them */
         int src[2] = {embed, head};
         static const char *what[2] = {"embed_tokens.weight", "shared_head.head.weight"};
@@ -234,12 +201,12 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         cur += t->bytes;
         total += t->bytes;
     }
-    if (fs_mkdir_p(dir)) die("cannot create %s: %s", dir, strerror(errno));
+    if (fs_mkdir_p(dir)) tool_die("cannot create %s: %s", dir, strerror(errno));
     char path[8400], err[1024], fname[64];
     float *fb = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
-    if (!fb || !hb) die_local("out of memory for the conversion buffers");
-    double t0 = now(), done = 0, last = 0;
+    if (!fb || !hb) tool_die_local("out of memory for the conversion buffers");
+    double t0 = tool_now(), done = 0, last = 0;
     json_t *wm = json_object();
     /* Under mpirun each shard file is written by one rank (rank s mod N), the
      * index and config.json by rank 0 once every shard is in place. A shard's
@@ -254,31 +221,31 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
         if (s % g_size != g_rank) continue;
         snprintf(path, sizeof path, "%s/%s.tmp", dir, fname);
         st_writer *w;
-        if (st_writer_open(&w, path, err, sizeof err)) die_local("%s", err);
+        if (st_writer_open(&w, path, err, sizeof err)) tool_die_local("%s", err);
         st_writer_meta(w, "format", "pt");
         for (int i = 0; i < n; i++)
             if (o[i].shard == s && st_writer_add(w, o[i].name, o[i].f32 ? ST_F32 : ST_BF16, o[i].ndim, o[i].shape))
-                die_local("%s: cannot add %s", path, o[i].name);
-        if (st_writer_begin(w, err, sizeof err)) die_local("%s", err);
+                tool_die_local("%s: cannot add %s", path, o[i].name);
+        if (st_writer_begin(w, err, sizeof err)) tool_die_local("%s", err);
         for (int i = 0; i < n; i++)
             if (o[i].shard == s) {
                 put_tensor(in, w, &o[i], fb, hb, &done);
-                if (!quiet && g_rank == 0 && now() - last > 1.0) {
-                    double r = done / 1e9 / (now() - t0);
+                if (!quiet && g_rank == 0 && tool_now() - last > 1.0) {
+                    double r = done / 1e9 / (tool_now() - t0);
                     char who[48] = ""; /* under mpirun: rank 0's share */
                     if (g_size > 1) snprintf(who, sizeof who, " (rank 0 of %d)", g_size);
                     fprintf(stderr, "\rexport%s: shard %d/%d | %.2f/%.2f GB | %.2f GB/s", who, s + 1, nshard,
                             done / 1e9, (double)mine / 1e9, r);
-                    last = now();
+                    last = tool_now();
                 }
             }
-        if (st_writer_close(w, 1, err, sizeof err)) die_local("%s", err);
+        if (st_writer_close(w, 1, err, sizeof err)) tool_die_local("%s", err);
         char final[8400];
         snprintf(final, sizeof final, "%s/%s", dir, fname);
-        if (rename(path, final)) die_local("rename %s: %s", path, strerror(errno));
+        if (rename(path, final)) tool_die_local("rename %s: %s", path, strerror(errno));
     }
     MPI_Barrier(MPI_COMM_WORLD); /* every shard in place (a rank that failed has ended the job) */
-    double secs = now() - t0;
+    double secs = tool_now() - t0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long rss = ru.ru_maxrss;
@@ -294,14 +261,14 @@ static void export_model(ckpt_in *in, const deck *d, const char *dir, int f32_al
     json_object_set_new(idx, "weight_map", wm);
     char *itext = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    if (!itext || fs_write_text(path, itext)) die("cannot write %s", path);
+    if (!itext || fs_write_text(path, itext)) tool_die("cannot write %s", path);
     free(itext);
     json_decref(idx);
     char *cfg = hf_config_json(m, 0);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (!cfg || fs_write_text(path, cfg)) die("cannot write %s", path);
+    if (!cfg || fs_write_text(path, cfg)) tool_die("cannot write %s", path);
     free(cfg);
-    secs = now() - t0;
+    secs = tool_now() - t0;
     if (!quiet) fprintf(stderr, "\n");
     printf("dsv3-export: %s: %d tensors in %d shard%s, %.3f GB (%s%s), %.1f s (%.2f GB/s), peak RSS %.1f MB%s\n", dir,
            n, nshard, nshard == 1 ? "" : "s", (double)total / 1e9, f32_all ? "F32" : "BF16",
@@ -320,6 +287,7 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    tool_init("dsv3-export", g_rank, g_size);
     const char *ck = NULL, *dir = NULL, *dtype = NULL;
     uint64_t max_shard = 5000000000ULL;
     int adapters = 0, merge = 0;
@@ -331,33 +299,33 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--adapters")) adapters = 1;
         else if (!strcmp(argv[i], "--merge-lora")) merge = 1;
         else if (!strcmp(argv[i], "-q")) quiet = 1;
-        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR)", argv[i]);
+        else if (argv[i][0] == '-') tool_die("unknown option %s (usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR)", argv[i]);
         else if (!ck) ck = argv[i];
         else if (!dir) dir = argv[i];
-        else die("extra argument %s", argv[i]);
+        else tool_die("extra argument %s", argv[i]);
     }
-    if (!ck || !dir) die("usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR");
+    if (!ck || !dir) tool_die("usage: dsv3-export [--adapters | --merge-lora] [--dtype bf16|fp32] [--max-shard-size 5GB] [-q] CKPT.h5 OUT_DIR");
     if (!dtype) dtype = adapters ? "fp32" : "bf16";
-    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected bf16 or fp32", dtype);
+    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) tool_die("--dtype %s: expected bf16 or fp32", dtype);
     char err[2048];
     ckpt_in *in;
-    if (ckpt_in_open(&in, ck, err, sizeof err)) die("%s", err);
+    if (ckpt_in_open(&in, ck, err, sizeof err)) tool_die("%s", err);
     const char *text = ckpt_in_deck(in);
-    if (!text) die("%s: no deck attribute", ck);
+    if (!text) tool_die("%s: no deck attribute", ck);
     deck d;
     char *over[] = {"parallel.expert_parallel=1", "parallel.zero_stage=0"}; /* the deck of a run on any layout */
-    if (deck_load_string(&d, text, ck, 2, over, 1, err, sizeof err)) die("%s: its deck: %s", ck, err);
+    if (deck_load_string(&d, text, ck, 2, over, 1, err, sizeof err)) tool_die("%s: its deck: %s", ck, err);
     if (adapters) { /* PEFT directory (src/peft.c) */
         double bytes = 0; /* one small file: rank 0 writes it, every rank ends with its status */
         int n = g_rank == 0 ? peft_write(ck, &d, dir, !strcmp(dtype, "bf16"), &bytes, err, sizeof err) : 0;
         MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
         MPI_Bcast(err, sizeof err, MPI_CHAR, 0, MPI_COMM_WORLD);
-        if (n < 0) die("%s", err);
+        if (n < 0) tool_die("%s", err);
         if (g_rank == 0) printf("dsv3-export: %s: %d adapter tensors (layers 0..%d), %.3f MB %s, every size checked\n", dir, n,
                d.model.num_hidden_layers - 1, bytes / 1e6, strcmp(dtype, "bf16") ? "F32" : "BF16");
     }
     else {
-        if (merge && !d.lora.enabled) die("--merge-lora: the checkpoint's deck has lora.enabled = false");
+        if (merge && !d.lora.enabled) tool_die("--merge-lora: the checkpoint's deck has lora.enabled = false");
         g_merge_scale = merge ? lora_scaling(&d.lora) : 0.0f;
         export_model(in, &d, dir, !strcmp(dtype, "fp32"), max_shard, merge);
     }

@@ -39,6 +39,7 @@
 #include "../src/ops.h"
 #include "../src/plan.h"
 #include "../src/safetensors.h"
+#include "../src/tool.h"
 #include "../src/tokenizer.h"
 #include "../src/zero.h"
 
@@ -68,19 +69,6 @@ static const char USAGE[] =
 
 static int rank0 = 1;
 
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die(const char *fmt, ...) {
-    if (rank0) {
-        va_list ap;
-        va_start(ap, fmt);
-        fputs("dsv3-generate: ", stderr);
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-        va_end(ap);
-    }
-    MPI_Finalize();
-    exit(1);
-}
 
 static void usage(const char *fmt, const char *arg) {
     if (rank0) {
@@ -107,11 +95,11 @@ static void push(prompts *ps, const int32_t *ids, int n, const char *text) {
     if (ps->n == ps->cap) {
         ps->cap = ps->cap ? 2 * ps->cap : 16;
         ps->p = realloc(ps->p, (size_t)ps->cap * sizeof *ps->p);
-        if (!ps->p) die("out of memory for the prompts");
+        if (!ps->p) tool_die("out of memory for the prompts");
     }
     prompt *p = &ps->p[ps->n++];
     p->ids = malloc((size_t)(n > 0 ? n : 1) * sizeof *p->ids);
-    if (!p->ids) die("out of memory for the prompts");
+    if (!p->ids) tool_die("out of memory for the prompts");
     memcpy(p->ids, ids, (size_t)n * sizeof *ids);
     p->n = n;
     p->text = text ? strdup(text) : NULL;
@@ -130,11 +118,11 @@ static void encode_text(textio *io, const char *s, tok_ids *out) {
     out->n = 0;
     if (!io->t) {
         for (const unsigned char *u = (const unsigned char *)s; *u; u++)
-            if (tok_ids_push(out, *u)) die("out of memory");
+            if (tok_ids_push(out, *u)) tool_die("out of memory");
         return;
     }
-    if (io->have_chat && tok_ids_push(out, io->chat.bos)) die("out of memory");
-    if (tok_encode(io->chat.c, s, strlen(s), out)) die("out of memory encoding a prompt");
+    if (io->have_chat && tok_ids_push(out, io->chat.bos)) tool_die("out of memory");
+    if (tok_encode(io->chat.c, s, strlen(s), out)) tool_die("out of memory encoding a prompt");
 }
 
 /* decoded ids as valid UTF-8 (malloc'd); bytes for byte-level models */
@@ -143,16 +131,16 @@ static char *decode_ids(textio *io, const int32_t *ids, int n) {
     char *raw;
     if (!io->t) {
         raw = malloc((size_t)n + 1);
-        if (!raw) die("out of memory");
+        if (!raw) tool_die("out of memory");
         for (int i = 0; i < n; i++) raw[i] = (char)(ids[i] & 0xff);
         len = (size_t)n;
     } else {
         raw = tok_decode(io->t, ids, (size_t)n, &len);
-        if (!raw) die("a generated id is outside the tokenizer's vocabulary");
+        if (!raw) tool_die("a generated id is outside the tokenizer's vocabulary");
     }
     char *s = chat_utf8_lossy(raw, len, &ln);
     free(raw);
-    if (!s) die("out of memory");
+    if (!s) tool_die("out of memory");
     return s;
 }
 
@@ -165,7 +153,7 @@ static char *read_line(FILE *f, char **buf, size_t *cap) {
 
 static FILE *open_in(const char *path) {
     FILE *f = fopen(path, "rb");
-    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    if (!f) tool_die("%s: cannot open: %s", path, strerror(errno));
     return f;
 }
 
@@ -180,17 +168,17 @@ static void read_ids_file(prompts *ps, const char *path) {
         if (!line[0]) continue;
         json_error_t je;
         json_t *j = json_loads(line, 0, &je), *a = j;
-        if (!j) die("%s:%ld: not JSON (%s)", path, lineno, je.text);
+        if (!j) tool_die("%s:%ld: not JSON (%s)", path, lineno, je.text);
         if (json_is_object(j)) a = json_object_get(j, "ids");
         if (!json_is_array(a) || json_array_size(a) == 0)
-            die("%s:%ld: want a non-empty array of token ids, or {\"ids\": [...]}", path, lineno);
+            tool_die("%s:%ld: want a non-empty array of token ids, or {\"ids\": [...]}", path, lineno);
         size_t n = json_array_size(a), i;
         json_t *v;
         ids = realloc(ids, n * sizeof *ids);
-        if (!ids) die("out of memory");
+        if (!ids) tool_die("out of memory");
         json_array_foreach(a, i, v) {
             if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-                die("%s:%ld: element %zu is not a token id (a non-negative integer)", path, lineno, i);
+                tool_die("%s:%ld: element %zu is not a token id (a non-negative integer)", path, lineno, i);
             ids[i] = (int32_t)json_integer_value(v);
         }
         push(ps, ids, (int)n, NULL);
@@ -216,7 +204,7 @@ static void read_text_file(prompts *ps, textio *io, const char *path) {
 }
 
 static void read_chat_file(prompts *ps, textio *io, const char *path) {
-    if (!io->have_chat) die("--chat needs the DeepSeek-V3 tokenizer (with tokenizer_config.json): %s", io->path);
+    if (!io->have_chat) tool_die("--chat needs the DeepSeek-V3 tokenizer (with tokenizer_config.json): %s", io->path);
     FILE *f = open_in(path);
     char *line = NULL;
     size_t cap = 0;
@@ -227,7 +215,7 @@ static void read_chat_file(prompts *ps, textio *io, const char *path) {
         json_error_t je;
         json_t *j = json_loads(line, 0, &je);
         const char *why = j ? chat_render(&io->chat, j, 1) : je.text;
-        if (why) die("%s:%ld: %s", path, lineno, why);
+        if (why) tool_die("%s:%ld: %s", path, lineno, why);
         char *shown = json_dumps(json_object_get(j, "messages") ? json_object_get(j, "messages") : j, JSON_COMPACT);
         push(ps, io->chat.ids.ids, (int)io->chat.ids.n, shown);
         free(shown);
@@ -257,27 +245,27 @@ static int st_get(st_file *f, const char *fmt, int k, int want_dtype, int ndim, 
     int i = st_find(f, name);
     if (i < 0) return -1;
     const st_tensor *t = &f->t[i];
-    if ((int)t->dtype != want_dtype || t->ndim != ndim) die("reference: %s has the wrong dtype or rank", name);
+    if ((int)t->dtype != want_dtype || t->ndim != ndim) tool_die("reference: %s has the wrong dtype or rank", name);
     for (int d = 0; d < ndim; d++) shape[d] = t->shape[d];
     char err[512];
     *out = malloc(st_bytes(t) + 1);
-    if (!*out || st_read(f, i, 0, st_bytes(t), *out, err, sizeof err)) die("reference: %s", *out ? err : "out of memory");
+    if (!*out || st_read(f, i, 0, st_bytes(t), *out, err, sizeof err)) tool_die("reference: %s", *out ? err : "out of memory");
     return 0;
 }
 
 static void read_reference(reference *r, prompts *ps, const char *path, int V) {
     char err[1024];
     memset(r, 0, sizeof *r);
-    if (st_open(&r->f, path, err, sizeof err)) die("%s", err);
+    if (st_open(&r->f, path, err, sizeof err)) tool_die("%s", err);
     r->V = V;
     for (int k = 0;; k++) {
         void *p, *w, *l;
         int64_t sp[2], sw[2], sl[2];
         if (st_get(&r->f, "prompt.%d", k, ST_I64, 1, &p, sp)) break;
         if (st_get(&r->f, "ids.%d", k, ST_I64, 1, &w, sw) || st_get(&r->f, "logits.%d", k, ST_F32, 2, &l, sl))
-            die("%s: prompt.%d without ids.%d and logits.%d", path, k, k, k);
+            tool_die("%s: prompt.%d without ids.%d and logits.%d", path, k, k, k);
         if (sl[0] != sw[0] || sl[1] != V)
-            die("%s: logits.%d is [%lld, %lld], want [%lld, %d] (the checkpoint's vocabulary)", path, k,
+            tool_die("%s: logits.%d is [%lld, %lld], want [%lld, %d] (the checkpoint's vocabulary)", path, k,
                 (long long)sl[0], (long long)sl[1], (long long)sw[0], V);
         int32_t *ids = malloc((size_t)sp[0] * sizeof *ids);
         for (int64_t i = 0; i < sp[0]; i++) ids[i] = (int32_t)((int64_t *)p)[i];
@@ -289,7 +277,7 @@ static void read_reference(reference *r, prompts *ps, const char *path, int V) {
         r->want[k] = w, r->logits[k] = l, r->steps[k] = (int)sw[0];
         r->n = k + 1;
     }
-    if (!r->n) die("%s: no prompt.0 (a make_generate_fixture.py fixture)", path);
+    if (!r->n) tool_die("%s: no prompt.0 (a make_generate_fixture.py fixture)", path);
 }
 
 static void reference_step(void *ctx, int64_t index, int step, const float *lg, int V, int32_t token) {
@@ -326,6 +314,7 @@ int main(int argc, char **argv) {
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    tool_init("dsv3-generate", rank, size);
     rank0 = rank == 0;
 
     const char *ckpt = NULL, *base = NULL, *tokpath = NULL, *json_path = NULL, *ids_file = NULL;
@@ -387,14 +376,14 @@ int main(int argc, char **argv) {
     /* the checkpoint's deck, laid out for this rank count: experts split over all ranks, no ZeRO */
     char err[4400];
     ckpt_in *in;
-    if (ckpt_in_open(&in, ckpt, err, sizeof err)) die("%s", err);
-    if (!ckpt_in_deck(in)) die("%s: no deck attribute (not a dsv3 checkpoint)", ckpt);
+    if (ckpt_in_open(&in, ckpt, err, sizeof err)) tool_die("%s", err);
+    if (!ckpt_in_deck(in)) tool_die("%s: no deck attribute (not a dsv3 checkpoint)", ckpt);
     char o1[64], o2[64], *over[] = {o1, o2, "parallel.zero_stage=0", "parallel.activation_checkpointing=false",
                                     "train.micro_batch=1"};
     snprintf(o1, sizeof o1, "parallel.expert_parallel=%d", size);
     snprintf(o2, sizeof o2, "train.global_batch=%d", size);
     deck d;
-    if (deck_load_string(&d, ckpt_in_deck(in), ckpt, 5, over, size, err, sizeof err)) die("%s: its deck: %s", ckpt, err);
+    if (deck_load_string(&d, ckpt_in_deck(in), ckpt, 5, over, size, err, sizeof err)) tool_die("%s: its deck: %s", ckpt, err);
     ckpt_in_close(in);
     const deck_model *mc = &d.model;
     int V = mc->vocab_size;
@@ -407,17 +396,17 @@ int main(int argc, char **argv) {
     int bytes = !tokpath && !strcmp(d.data.format, "text") && V >= 256; /* byte-level model: text is its bytes */
     if (tokpath) {
         snprintf(io.path, sizeof io.path, "%s", tokpath);
-        if (tok_load(&io.t, tokpath, err, sizeof err)) die("%s", err);
+        if (tok_load(&io.t, tokpath, err, sizeof err)) tool_die("%s", err);
         io.have_chat = chat_open(&io.chat, io.t, tokpath, err, sizeof err) == 0;
         if (!io.have_chat) {
             io.chat.c = tok_ctx_new(io.t);
-            if (chat_file) die("%s", err);
+            if (chat_file) tool_die("%s", err);
         }
     } else if ((n_text || prompts_file) && !bytes) {
-        die("text prompts need a tokenizer (--tokenizer, or the deck's data.tokenizer); %s is not a byte-level model "
+        tool_die("text prompts need a tokenizer (--tokenizer, or the deck's data.tokenizer); %s is not a byte-level model "
             "(data.format \"text\", vocab_size >= 256)", ckpt);
     } else if (chat_file) {
-        die("--chat needs the DeepSeek-V3 tokenizer (--tokenizer)");
+        tool_die("--chat needs the DeepSeek-V3 tokenizer (--tokenizer)");
     }
 
     prompts ps = {0};
@@ -438,50 +427,50 @@ int main(int argc, char **argv) {
         go.max_new = 0;
         for (int k = 0; k < ref.n; k++) go.max_new = ref.steps[k] > go.max_new ? ref.steps[k] : go.max_new;
     }
-    if (ps.n == 0) die("no prompts");
+    if (ps.n == 0) tool_die("no prompts");
     for (int k = 0; k < ps.n; k++) {
-        if (ps.p[k].n == 0) die("prompt %d is empty", k);
+        if (ps.p[k].n == 0) tool_die("prompt %d is empty", k);
         if (ps.p[k].n >= mc->max_position_embeddings)
-            die("prompt %d has %d tokens: it leaves no room in the model's context of %d "
+            tool_die("prompt %d has %d tokens: it leaves no room in the model's context of %d "
                 "(model.max_position_embeddings)", k, ps.p[k].n, mc->max_position_embeddings);
         for (int i = 0; i < ps.p[k].n; i++)
             if (ps.p[k].ids[i] < 0 || ps.p[k].ids[i] >= V)
-                die("prompt %d: token id %d outside the model's vocabulary [0, %d)", k, ps.p[k].ids[i], V);
+                tool_die("prompt %d: token id %d outside the model's vocabulary [0, %d)", k, ps.p[k].ids[i], V);
     }
 
     /* model: plan, weights (base + adapters), LoRA merged */
     plan p;
     memset(&p, 0, sizeof p);
-    if (plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err)) die("%s", err);
+    if (plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err)) tool_die("%s", err);
     model_opts mo = deck_model_opts(&d);
     mo.seq_len = mc->max_position_embeddings; /* RoPE table for the whole context */
     mo.micro_batch = 0;                       /* activations laid out per call (model_reshape) */
     mo.checkpointing = 1;                     /* no backward: the blocks share one slot of component caches */
     model *m;
-    if (model_create(&m, &mo, &p, err, sizeof err)) die("%s", err);
+    if (model_create(&m, &mo, &p, err, sizeof err)) tool_die("%s", err);
     ckpt_state st = {.frozen = model_zero(m)->frozen};
     int layout = zero_params_layout(p.zero_stage), olayout = zero_state_optim_layout(model_zero(m));
     if (ckpt_is_adapters_only(ckpt)) {
         if (!base && d.run.init_from[0]) base = d.run.init_from;
-        if (!base) die("%s holds adapters only and its deck has no run.init_from: give the base with --base", ckpt);
+        if (!base) tool_die("%s holds adapters only and its deck has no run.init_from: give the base with --base", ckpt);
         if (ckpt_load(&p, &d, base, model_param_buffer(m), layout, NULL, NULL, olayout, &st, err, sizeof err))
-            die("base %s does not fit %s's model: %s", base, ckpt, err);
+            tool_die("base %s does not fit %s's model: %s", base, ckpt, err);
     } else if (base) {
-        die("--base is for adapters-only checkpoints; %s holds the whole model", ckpt);
+        tool_die("--base is for adapters-only checkpoints; %s holds the whole model", ckpt);
     }
-    if (ckpt_load(&p, &d, ckpt, model_param_buffer(m), layout, NULL, NULL, olayout, &st, err, sizeof err)) die("%s", err);
-    if (d.lora.enabled && model_merge_lora(m, err, sizeof err)) die("%s", err);
+    if (ckpt_load(&p, &d, ckpt, model_param_buffer(m), layout, NULL, NULL, olayout, &st, err, sizeof err)) tool_die("%s", err);
+    if (d.lora.enabled && model_merge_lora(m, err, sizeof err)) tool_die("%s", err);
 
     FILE *js = NULL;
     if (json_path && rank0) {
         js = strcmp(json_path, "-") ? fopen(json_path, "w") : stdout;
-        if (!js) die("%s: cannot write: %s", json_path, strerror(errno));
+        if (!js) tool_die("%s: cannot write: %s", json_path, strerror(errno));
     }
     gen_seq *out = calloc((size_t)batch, sizeof *out);
     for (int b = 0; b < batch; b++) {
         out[b].ids = malloc((size_t)go.max_new * sizeof *out[b].ids);
         out[b].logprobs = malloc((size_t)go.max_new * sizeof *out[b].logprobs);
-        if (!out[b].ids || !out[b].logprobs) die("out of memory for %d new tokens", go.max_new);
+        if (!out[b].ids || !out[b].logprobs) tool_die("out of memory for %d new tokens", go.max_new);
     }
     const int32_t **pp = calloc((size_t)batch, sizeof *pp);
     int *lens = calloc((size_t)batch, sizeof *lens);
@@ -493,7 +482,7 @@ int main(int argc, char **argv) {
         for (int b = 0; b < B; b++) pp[b] = ps.p[k0 + b].ids, lens[b] = ps.p[k0 + b].n;
         if (gen_run(m, mc, p.world, pp, lens, B, k0, &go, out, ref_file ? reference_step : NULL, &ref, &gs, err,
                     sizeof err))
-            die("%s", err);
+            tool_die("%s", err);
         for (int b = 0; b < B; b++) {
             const prompt *pr = &ps.p[k0 + b];
             generated += out[b].n;

@@ -49,46 +49,13 @@
 #include "../src/model/params.h"
 #include "../src/ops.h"
 #include "../src/safetensors.h"
+#include "../src/tool.h"
 
 #define BUF_BYTES ((size_t)256 << 20) /* conversion buffer: float rows of one block */
 
 static int quiet, g_rank, g_size = 1;
 
-/* An error every rank meets (the files and the config are the same on all of
- * them): rank 0 says it, every rank exits 1. */
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (g_rank == 0) {
-        fprintf(stderr, "dsv3-import: ");
-        vfprintf(stderr, fmt, ap);
-        fputc('\n', stderr);
-    }
-    va_end(ap);
-    MPI_Finalize();
-    exit(1);
-}
 
-/* An error of this rank alone (reading its tensors): it says it and ends the job. */
-static void die_local(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die_local(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "dsv3-import: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    if (g_size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    MPI_Finalize();
-    exit(1);
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -131,20 +98,20 @@ static void open_shards(source *s, const char *dir) {
     if (probe) {
         fclose(probe);
         idx = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-        if (!idx) die("%s:%d: %s", path, je.line, je.text);
+        if (!idx) tool_die("%s:%d: %s", path, je.line, je.text);
     }
     const char **names = NULL;
     int nn = 0;
     json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
-    if (idx && !json_is_object(wm)) die("%s: no weight_map object", path);
+    if (idx && !json_is_object(wm)) tool_die("%s: no weight_map object", path);
     if (wm) { /* distinct shard files, in first-seen order */
         names = calloc(json_object_size(wm) + 1, sizeof *names);
         const char *key;
         json_t *v;
         json_object_foreach(wm, key, v) {
-            if (!json_is_string(v)) die("%s: weight_map[\"%s\"] is not a file name", path, key);
+            if (!json_is_string(v)) tool_die("%s: weight_map[\"%s\"] is not a file name", path, key);
             const char *fn = json_string_value(v);
-            if (strchr(fn, '/')) die("%s: weight_map[\"%s\"] = \"%s\" is not a file in %s", path, key, fn, dir);
+            if (strchr(fn, '/')) tool_die("%s: weight_map[\"%s\"] = \"%s\" is not a file in %s", path, key, fn, dir);
             int seen = 0;
             for (int i = 0; i < nn && !seen; i++) seen = strcmp(names[i], fn) == 0;
             if (!seen) names[nn++] = fn;
@@ -160,7 +127,7 @@ static void open_shards(source *s, const char *dir) {
     for (int i = 0; i < nn; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         s->shard_name[i] = strdup(names[i]);
-        if (st_open(&s->sh[i], path, err, sizeof err)) die("%s", err);
+        if (st_open(&s->sh[i], path, err, sizeof err)) tool_die("%s", err);
         s->n += s->sh[i].n;
     }
     s->ts = calloc((size_t)s->n + 1, sizeof *s->ts);
@@ -174,21 +141,21 @@ static void open_shards(source *s, const char *dir) {
         json_t *v;
         json_object_foreach(wm, key, v) {
             int t = src_find(s, key);
-            if (t < 0) die("%s: weight_map names %s in %s, which does not hold it", ipath, key, json_string_value(v));
+            if (t < 0) tool_die("%s: weight_map names %s in %s, which does not hold it", ipath, key, json_string_value(v));
             if (strcmp(s->shard_name[s->ts[t]], json_string_value(v)) != 0)
-                die("%s: weight_map puts %s in %s, but it is in %s", ipath, key, json_string_value(v),
+                tool_die("%s: weight_map puts %s in %s, but it is in %s", ipath, key, json_string_value(v),
                     s->shard_name[s->ts[t]]);
         }
         for (k = 0; k < s->n; k++)
             if (!json_object_get(wm, src_t(s, k)->name))
-                die("%s: %s holds %s, which the index does not list", ipath, s->shard_name[s->ts[k]], src_t(s, k)->name);
+                tool_die("%s: %s holds %s, which the index does not list", ipath, s->shard_name[s->ts[k]], src_t(s, k)->name);
         free(names);
         json_decref(idx);
     }
     for (k = 0; k < s->n; k++) /* a name in two shards */
         for (int j = k + 1; j < s->n; j++)
             if (s->ts[j] != s->ts[k] && strcmp(src_t(s, k)->name, src_t(s, j)->name) == 0)
-                die("%s holds %s twice (%s and %s)", dir, src_t(s, k)->name, s->shard_name[s->ts[k]],
+                tool_die("%s holds %s twice (%s and %s)", dir, src_t(s, k)->name, s->shard_name[s->ts[k]],
                     s->shard_name[s->ts[j]]);
 }
 
@@ -235,7 +202,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
     const st_tensor *t = src_t(s, k);
     int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1; /* 1-D: one row */
     size_t es = (size_t)st_dtype_bits(t->dtype) / 8, n = (size_t)(nr * cols);
-    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) die_local("%s", err);
+    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) tool_die_local("%s", err);
     stt->bytes_in += (double)(n * es);
     switch (t->dtype) {
     case ST_F32: memcpy(out, raw, n * 4); break;
@@ -252,7 +219,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
         unsigned char *sraw = (unsigned char *)sbuf; /* scales fit before their float expansion */
         if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses,
                     sraw, err, sizeof err))
-            die_local("%s", err);
+            tool_die_local("%s", err);
         for (int64_t i = snr * sc_cols - 1; i >= 0; i--) { /* in place, back to front (4 >= ses bytes each) */
             float v = scale_value(sraw + (size_t)i * ses, sc->dtype);
             sbuf[i] = v;
@@ -279,7 +246,7 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
         }
         break;
     }
-    default: die("%s: dtype %s is not a weight dtype dsv3 imports", t->name, st_dtype_name(t->dtype));
+    default: tool_die("%s: dtype %s is not a weight dtype dsv3 imports", t->name, st_dtype_name(t->dtype));
     }
 }
 
@@ -292,11 +259,11 @@ static void fp8_rows(const source *s, int k, int sk, int64_t r0, int64_t nr, uns
     int64_t cols = t->shape[1], sc_cols = sc->shape[1], sr0 = r0 / 128, snr = (nr + 127) / 128;
     size_t ses = (size_t)st_dtype_bits(sc->dtype) / 8;
     if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols), (uint64_t)(nr * cols), raw, err, sizeof err))
-        die("%s", err);
+        tool_die("%s", err);
     unsigned char *sraw = (unsigned char *)sbuf;
     if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses, sraw,
                 err, sizeof err))
-        die("%s", err);
+        tool_die("%s", err);
     for (int64_t i = snr * sc_cols - 1; i >= 0; i--) sbuf[i] = scale_value(sraw + (size_t)i * ses, sc->dtype);
     for (int64_t i = 0; i < snr * sc_cols; i++) {
         int ex;
@@ -315,7 +282,7 @@ typedef struct {
 
 static void show(const progress *p, const stats *s, int final) {
     if (quiet) return;
-    double t = now(), dt = t - p->t0, gb = s->bytes_in / 1e9, rate = dt > 0 ? gb / dt : 0;
+    double t = tool_now(), dt = t - p->t0, gb = s->bytes_in / 1e9, rate = dt > 0 ? gb / dt : 0;
     double left = rate > 0 ? (p->total_bytes / 1e9 - gb) / rate : 0;
     if (g_rank) return;
     char who[48] = ""; /* under mpirun: rank 0's share (the others convert as much) */
@@ -330,6 +297,7 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    tool_init("dsv3-import", g_rank, g_size);
     const char *dir = NULL, *out = NULL, *dtype = "fp32";
     int print_deck = 0, keep_fp8 = 0;
     for (int i = 1; i < argc; i++) {
@@ -338,22 +306,22 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--print-deck")) print_deck = 1;
         else if (!strcmp(argv[i], "--keep-fp8")) keep_fp8 = 1;
         else if (!strcmp(argv[i], "-q")) quiet = 1;
-        else if (argv[i][0] == '-') die("unknown option %s (usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5)", argv[i]);
+        else if (argv[i][0] == '-') tool_die("unknown option %s (usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5)", argv[i]);
         else if (!dir) dir = argv[i];
         else if (!out) out = argv[i];
-        else die("extra argument %s", argv[i]);
+        else tool_die("extra argument %s", argv[i]);
     }
-    if (!dir || (!out && !print_deck)) die("usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5");
-    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) die("--dtype %s: expected fp32 or bf16", dtype);
+    if (!dir || (!out && !print_deck)) tool_die("usage: dsv3-import [--dtype fp32|bf16] [--keep-fp8] [--print-deck] [-q] HF_DIR OUT.h5");
+    if (strcmp(dtype, "fp32") && strcmp(dtype, "bf16")) tool_die("--dtype %s: expected fp32 or bf16", dtype);
     int bf16 = !strcmp(dtype, "bf16");
 
     /* 1. config.json -> deck */
     char path[8192], err[2048];
     snprintf(path, sizeof path, "%s/config.json", dir);
     char *cfg = read_text(path);
-    if (!cfg) die("%s: %s", path, strerror(errno));
+    if (!cfg) tool_die("%s: %s", path, strerror(errno));
     char *group = hf_config_model_group(cfg, path, -1, err, sizeof err);
-    if (!group) die("%s", err);
+    if (!group) tool_die("%s", err);
     json_t *cj = json_loads(cfg, 0, NULL);
     long long maxpos = json_integer_value(json_object_get(cj, "max_position_embeddings"));
     json_decref(cj);
@@ -369,20 +337,20 @@ int main(int argc, char **argv) {
     char *text = malloc(strlen(group) + 128); /* a deck for this model: sequences up to its positions */
     sprintf(text, "%strain = { seq_len = %lld; micro_batch = 1; global_batch = 1; };\n", group,
             maxpos > 0 && maxpos < 4096 ? maxpos : 4096);
-    if (deck_load_string(&d, text, path, 0, NULL, 1, err, sizeof err)) die("%s", err);
+    if (deck_load_string(&d, text, path, 0, NULL, 1, err, sizeof err)) tool_die("%s", err);
     free(text), free(group);
     const deck_model *m = &d.model;
     int ue8m0 = !strcmp(m->quant_scale_fmt, "ue8m0");
 
     /* 2. what the model needs, what the files hold */
     param_table pt;
-    if (params_build(&pt, m, NULL, 1, err, sizeof err)) die("%s", err);
+    if (params_build(&pt, m, NULL, 1, err, sizeof err)) tool_die("%s", err);
     param_table pq; /* --keep-fp8: the tensors a base_dtype fp8 run stores narrow (P_STORED) */
     deck_lora lq;
     memset(&lq, 0, sizeof lq);
     lq.enabled = 1, lq.r = 1;
     snprintf(lq.base_dtype, sizeof lq.base_dtype, "fp8");
-    if (params_build(&pq, m, &lq, 1, err, sizeof err)) die("%s", err);
+    if (params_build(&pq, m, &lq, 1, err, sizeof err)) tool_die("%s", err);
     source s;
     memset(&s, 0, sizeof s);
     open_shards(&s, dir);
@@ -485,8 +453,8 @@ int main(int argc, char **argv) {
     }
     for (int k = 0; k < s.n; k++)
         if (!s.used[k]) PROBLEM("%s (%s) is not a tensor of the config's model", src_t(&s, k)->name, s.shard_name[s.ts[k]]);
-    if (problems == 1) die("%s: nothing written (a partial import is refused)", first);
-    if (problems) die("%d problems above: nothing written (a partial import is refused)", problems);
+    if (problems == 1) tool_die("%s: nothing written (a partial import is refused)", first);
+    if (problems) tool_die("%d problems above: nothing written (a partial import is refused)", problems);
     for (int j = 0; j < 2; j++) {
         int a = mtp_copies[j], b = mtp_main[j];
         if (a < 0) continue;
@@ -497,12 +465,12 @@ int main(int argc, char **argv) {
             uint64_t n = st_bytes(ta) - o < BUF_BYTES / 2 ? st_bytes(ta) - o : BUF_BYTES / 2;
             if (st_read(&s.sh[s.ts[a]], s.ti[a], o, n, x, err, sizeof err) ||
                 st_read(&s.sh[s.ts[b]], s.ti[b], o, n, y, err, sizeof err))
-                die_local("%s", err);
+                tool_die_local("%s", err);
             same = memcmp(x, y, n) == 0;
         }
         free(x), free(y);
         if (!same)
-            die("%s differs from %s: dsv3's MTP module shares the main embedding and head (spec §6), so this "
+            tool_die("%s differs from %s: dsv3's MTP module shares the main embedding and head (spec §6), so this "
                 "checkpoint cannot be trained as is; nothing written", ta->name, tb->name);
         if (!quiet && g_rank == 0) fprintf(stderr, "import: %s is byte-identical to %s: stored once\n", ta->name, tb->name);
     }
@@ -512,9 +480,9 @@ int main(int argc, char **argv) {
      * in every round each rank converts its own unit, then all write
      * collectively, each its own rows. The values do not depend on who
      * converts them: the file holds the same datasets at any rank count. */
-    progress pr = {now(), 0, 0, 0};
+    progress pr = {tool_now(), 0, 0, 0};
     ckpt_out *o;
-    if (ckpt_out_open(&o, out, &d, bf16, MPI_COMM_WORLD, err, sizeof err)) die("%s", err);
+    if (ckpt_out_open(&o, out, &d, bf16, MPI_COMM_WORLD, err, sizeof err)) tool_die("%s", err);
     int fail = 0;
     /* --keep-fp8: a tensor stays e4m3 when a fp8-base run stores it narrow and every source of it is F8_E4M3 */
     int *raw8 = calloc((size_t)pt.n, sizeof *raw8);
@@ -537,7 +505,7 @@ int main(int argc, char **argv) {
     float *fb = malloc(BUF_BYTES), *sbuf = malloc(BUF_BYTES / 16 + 4096);
     unsigned char *raw = malloc(BUF_BYTES);
     uint16_t *hb = malloc(BUF_BYTES / 2);
-    if (!fb || !sbuf || !raw || !hb) die_local("out of memory for the %zu MB conversion buffers", 3 * BUF_BYTES >> 20);
+    if (!fb || !sbuf || !raw || !hb) tool_die_local("out of memory for the %zu MB conversion buffers", 3 * BUF_BYTES >> 20);
     stats stt;
     memset(&stt, 0, sizeof stt);
     for (int pass = 0; pass < 2 && !fail; pass++) /* pass 0 counts this rank's share (progress), pass 1 converts */
@@ -548,7 +516,7 @@ int main(int argc, char **argv) {
             int64_t rows = s0->ndim >= 2 ? s0->shape[0] : 1, cols = s0->ndim >= 2 ? s0->shape[1] : s0->shape[0];
             int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1)) / 128 * 128;
             if (per < 128) per = 128; /* one block row of a very wide tensor */
-            if ((size_t)per * (size_t)cols * 4 > BUF_BYTES) die("%s: a 128-row block does not fit the buffer", s0->name);
+            if ((size_t)per * (size_t)cols * 4 > BUF_BYTES) tool_die("%s: a 128-row block does not fit the buffer", s0->name);
             if (ne == 1 && g_size > 1 && s0->ndim >= 2) { /* one tensor: its rows over the ranks */
                 int64_t share = (rows + g_size - 1) / g_size;
                 share = (share + 127) / 128 * 128;
@@ -586,7 +554,7 @@ int main(int argc, char **argv) {
                         nr = 0; /* no unit left for this rank in the last round */
                     fail = ckpt_out_write_fp8(o, t->name, (t->flags & P_EXPERT) ? e : -1, r0, nr, raw, sbuf, err,
                                               sizeof err);
-                    if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
+                    if (tool_now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = tool_now();
                     continue;
                 }
                 int keep = (t->flags & P_NOGRAD) != 0; /* the router bias stays F32 */
@@ -614,7 +582,7 @@ int main(int argc, char **argv) {
                     fail = ckpt_out_write(o, t->name, 0, nr ? t->shape[0] : 0, data, err, sizeof err);
                 else
                     fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
-                if (now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = now();
+                if (tool_now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = tool_now();
             }
         }
     if (g_rank == 0)
@@ -622,11 +590,11 @@ int main(int argc, char **argv) {
             if (mtp_copies[j] >= 0) stt.tensors++, stt.by_dtype[src_t(&s, mtp_copies[j])->dtype]++;
     if (fail) {
         ckpt_out_close(o, 1, NULL, 0);
-        die("%s: nothing written", err);
+        tool_die("%s: nothing written", err);
     }
-    if (ckpt_out_close(o, 0, err, sizeof err)) die("%s", err);
+    if (ckpt_out_close(o, 0, err, sizeof err)) tool_die("%s", err);
     show(&pr, &stt, 1);
-    double secs = now() - pr.t0;
+    double secs = tool_now() - pr.t0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     /* the whole job's figures: sums over the ranks, the largest peak RSS */

@@ -35,12 +35,7 @@
 #include "chat.h"
 #include "data.h"
 #include "tokenizer.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "tool.h"
 
 static void usage(FILE *f) {
     fputs("usage: dsv3-prep encode   --tokenizer tokenizer.json  < {\"text\":...} lines\n"
@@ -336,7 +331,7 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
     doc *batch = calloc(BATCH, sizeof *batch);
     long n_docs = 0, bad = 0;
     int64_t n_tokens = 0;
-    double bytes = 0, t0 = now(), last = t0;
+    double bytes = 0, t0 = tool_now(), last = t0;
     int fi = 0;
     reader r = {0};
     bool tty = isatty(2);
@@ -390,7 +385,7 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
             batch[i].raw = NULL;
             tok_ids_free(&batch[i].ids);
         }
-        double tn = now();
+        double tn = tool_now();
         if (tn - last > 1.0) {
             last = tn;
             fprintf(stderr, "%sdsv3-prep pretrain: %ld documents, %lld tokens, %.1f MB, %.1f MB/s%s", tty ? "\r" : "",
@@ -400,7 +395,7 @@ static int cmd_pretrain(const opts *o, tok_tokenizer *t) {
     if (n_docs == 0) { fprintf(stderr, "dsv3-prep pretrain: no documents in the input\n"); rc = 1; goto out; }
     if (data_mmidx_writer_close(w, err, sizeof err)) { w = NULL; fprintf(stderr, "dsv3-prep: %s\n", err); rc = 1; goto out; }
     w = NULL;
-    double dt = now() - t0;
+    double dt = tool_now() - t0;
     fprintf(stderr, "%sdsv3-prep pretrain: %ld documents, %lld tokens (%s), %.2f MB in %.2f s = %.2f MB/s on %d threads -> %s.bin/.idx\n",
             tty ? "\r" : "", n_docs, (long long)n_tokens, dtype == 4 ? "int32" : "uint16", bytes / 1e6, dt,
             bytes / 1e6 / (dt > 0 ? dt : 1e-9), threads, o->output);
@@ -453,7 +448,7 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
     uint16_t *u16 = NULL;
     size_t m8cap = 0;
     int rc = 0;
-    double t0 = now();
+    double t0 = tool_now();
     while ((n = getline(&line, &cap, in)) > 0) {
         lineno++;
         if (n == 1 && line[0] == '\n') continue;
@@ -508,7 +503,7 @@ static int cmd_sft(const opts *o, tok_tokenizer *t) {
             "dsv3-prep sft: %ld samples, %lld tokens (%lld trained), %ld truncated to %d tokens, %ld dropped "
             "(no assistant token left), %ld malformed line(s)%s, %.2f s -> %s.bin/.idx + .mask.bin/.idx\n",
             samples, (long long)tokens, (long long)trained, truncated, o->max_len, dropped, bad,
-            bad && o->skip_errors ? " skipped" : "", now() - t0, o->output);
+            bad && o->skip_errors ? " skipped" : "", tool_now() - t0, o->output);
     chat_close(&s);
     return rc;
 }

@@ -6,11 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "../src/tool.h"
 
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1024;
@@ -23,11 +19,11 @@ int main(int argc, char **argv) {
     for (long i = 0; i < (long)n * n; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.2f, c[i] = 0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
     int reps = 0;
-    double t0 = now(), t;
+    double t0 = tool_now(), t;
     do {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         reps++;
-    } while ((t = now() - t0) < secs);
+    } while ((t = tool_now() - t0) < secs);
     double gflops = 2.0 * n * (double)n * n * reps / t / 1e9;
     printf("sgemm %dx%dx%d: %.2f GFLOP/s (%d reps, %.2f s, %d OpenBLAS threads)\n", n, n, n, gflops, reps, t,
            openblas_get_num_threads());

@@ -29,18 +29,8 @@
 #include "../src/ops.h"
 #include "../src/peft.h"
 #include "../src/safetensors.h"
+#include "../src/tool.h"
 
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "dsv3-verify: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    MPI_Finalize();
-    exit(1);
-}
 
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -55,12 +45,13 @@ static double l2(const float *x, size_t n) {
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    if (argc != 2 || argv[1][0] == '-') die("usage: dsv3-verify RUN_DIR");
+    tool_init("dsv3-verify", 0, 1); /* one process */
+    if (argc != 2 || argv[1][0] == '-') tool_die("usage: dsv3-verify RUN_DIR");
     const char *run = argv[1];
     char dir[4200], path[4600], err[2048];
     snprintf(dir, sizeof dir, "%s/checkpoints", run);
     DIR *dp = opendir(dir);
-    if (!dp) die("%s: no checkpoints directory", dir);
+    if (!dp) tool_die("%s: no checkpoints directory", dir);
     int64_t steps[4096];
     int ns = 0;
     struct dirent *e;
@@ -70,7 +61,7 @@ int main(int argc, char **argv) {
         if (sscanf(e->d_name, "step_%lld.h5%7s", &s, tail) == 1 && strlen(e->d_name) == 16) steps[ns++] = s;
     }
     closedir(dp);
-    if (!ns) die("%s: no step_*.h5 checkpoints", dir);
+    if (!ns) tool_die("%s: no step_*.h5 checkpoints", dir);
     qsort(steps, (size_t)ns, sizeof *steps, cmp_i64);
 
     json_t *report = json_object(), *cks = json_array();
@@ -80,26 +71,26 @@ int main(int argc, char **argv) {
     for (int c = 0; c < ns; c++) {
         snprintf(path, sizeof path, "%s/step_%08lld.h5", dir, (long long)steps[c]);
         ckpt_in *in;
-        if (ckpt_in_open(&in, path, err, sizeof err)) die("%s", err);
+        if (ckpt_in_open(&in, path, err, sizeof err)) tool_die("%s", err);
         char *over[] = {"parallel.expert_parallel=1", "parallel.zero_stage=0"};
         deck d;
         if (!ckpt_in_deck(in) || deck_load_string(&d, ckpt_in_deck(in), path, 2, over, 1, err, sizeof err))
-            die("%s: its deck: %s", path, ckpt_in_deck(in) ? err : "missing");
-        if (!d.lora.enabled) die("%s: not a LoRA run (lora.enabled = false)", path);
+            tool_die("%s: its deck: %s", path, ckpt_in_deck(in) ? err : "missing");
+        if (!d.lora.enabled) tool_die("%s: not a LoRA run (lora.enabled = false)", path);
         param_table pt;
-        if (params_build(&pt, &d.model, &d.lora, 1, err, sizeof err)) die("%s: %s", path, err);
+        if (params_build(&pt, &d.model, &d.lora, 1, err, sizeof err)) tool_die("%s: %s", path, err);
         /* the expected adapter keys, and the file's */
         /* a routed expert's adapters are stacked [E, a, b] in HDF5 and E keys in PEFT */
         int want = 0, got = 0, want_h5 = 0;
         for (int i = 0; i < pt.n; i++)
             if (pt.t[i].flags & P_LORA) want += pt.t[i].ndim == 3 ? (int)pt.t[i].shape[0] : 1, want_h5++;
         for (int i = 0; i < ckpt_in_count(in); i++) got += ckpt_in_tensor(in, i)->is_lora;
-        if (got != want_h5) die("%s: %d adapter tensors, the deck's model has %d", path, got, want_h5);
+        if (got != want_h5) tool_die("%s: %d adapter tensors, the deck's model has %d", path, got, want_h5);
         snprintf(path, sizeof path, "%s/checkpoint-%lld/adapter_model.safetensors", dir, (long long)steps[c]);
         st_file pf;
         int have_peft = st_open(&pf, path, err, sizeof err) == 0;
-        if (!have_peft) die("%s", err);
-        if (pf.n != want) die("%s: %d tensors, the deck's model has %d adapters", path, pf.n, want);
+        if (!have_peft) tool_die("%s", err);
+        if (pf.n != want) tool_die("%s: %d tensors, the deck's model has %d adapters", path, pf.n, want);
         json_t *ck = json_object(), *tens = json_object();
         json_object_set_new(ck, "step", json_integer(steps[c]));
         json_object_set_new(ck, "keys", json_integer(want));
@@ -113,12 +104,12 @@ int main(int argc, char **argv) {
                 if (ckpt_in_tensor(in, q)->is_lora && !strcmp(ckpt_in_tensor(in, q)->name, t->name)) j = q;
             const char *hfile = path; /* for messages */
             (void)hfile;
-            if (j < 0) die("step %lld: adapter %s is missing from the HDF5 checkpoint", (long long)steps[c], t->name);
+            if (j < 0) tool_die("step %lld: adapter %s is missing from the HDF5 checkpoint", (long long)steps[c], t->name);
             const ckpt_tensor_info *ci = ckpt_in_tensor(in, j);
             int stacked = t->ndim == 3;
             if (ci->ndim != t->ndim || ci->shape[0] != t->shape[0] || ci->shape[1] != t->shape[1] ||
                 (stacked && ci->shape[2] != t->shape[2]))
-                die("step %lld: %s has shape [%lld,%lld%s], the deck gives [%lld,%lld%s]", (long long)steps[c], t->name,
+                tool_die("step %lld: %s has shape [%lld,%lld%s], the deck gives [%lld,%lld%s]", (long long)steps[c], t->name,
                     (long long)ci->shape[0], (long long)ci->shape[1], stacked ? ",..." : "", (long long)t->shape[0],
                     (long long)t->shape[1], stacked ? ",..." : "");
             int64_t rows = stacked ? t->shape[1] : t->shape[0], cols = stacked ? t->shape[2] : t->shape[1];
@@ -128,33 +119,33 @@ int main(int argc, char **argv) {
             snprintf(unit, sizeof unit, "%s", key + 17); /* without "base_model.model." */
             size_t n = (size_t)(rows * cols);
             float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
-            if (!x || !y) die("out of memory (%zu floats)", n);
-            if (ckpt_in_read(in, j, stacked ? e : 0, stacked ? 1 : t->shape[0], x, 0, err, sizeof err)) die("%s", err);
+            if (!x || !y) tool_die("out of memory (%zu floats)", n);
+            if (ckpt_in_read(in, j, stacked ? e : 0, stacked ? 1 : t->shape[0], x, 0, err, sizeof err)) tool_die("%s", err);
             for (size_t q = 0; q < n; q++)
-                if (!isfinite(x[q])) die("step %lld: %s[%zu] is not finite", (long long)steps[c], unit, q);
+                if (!isfinite(x[q])) tool_die("step %lld: %s[%zu] is not finite", (long long)steps[c], unit, q);
             size_t len = strlen(t->name);
             int is_b = len > 14 && !strcmp(t->name + len - 14, ".lora_B.weight");
             if (steps[c] > 0) {
                 if (is_b && l2(x, n) == 0)
-                    die("step %lld: %s is all zero (the adapter never trained%s)", (long long)steps[c], unit,
+                    tool_die("step %lld: %s is all zero (the adapter never trained%s)", (long long)steps[c], unit,
                         stacked ? ": was no token routed to this expert?" : "");
                 if (!is_b) { /* lora_A's initial value: U(+-1/sqrt(in)) from (seed, name, element) */
                     ops_fill_uniform(y, n, (uint64_t)d.run.seed, params_name_key(t->name), (uint64_t)e * n,
                                      1.0f / sqrtf((float)cols));
                     if (!memcmp(x, y, n * sizeof *x))
-                        die("step %lld: %s still equals its initial value", (long long)steps[c], unit);
+                        tool_die("step %lld: %s still equals its initial value", (long long)steps[c], unit);
                 }
             }
             /* the PEFT copy: same key, F32, same bytes */
             int pi = st_find(&pf, key);
-            if (pi < 0) die("step %lld: %s has no %s", (long long)steps[c], path, key);
+            if (pi < 0) tool_die("step %lld: %s has no %s", (long long)steps[c], path, key);
             const st_tensor *st = &pf.t[pi];
             if (st->dtype != ST_F32 || st->ndim != 2 || st->shape[0] != rows || st->shape[1] != cols || st_bytes(st) != n * 4)
-                die("step %lld: %s: %s is %s [%lld,%lld], %llu bytes; want F32 [%lld,%lld], %zu bytes", (long long)steps[c],
+                tool_die("step %lld: %s: %s is %s [%lld,%lld], %llu bytes; want F32 [%lld,%lld], %zu bytes", (long long)steps[c],
                     path, key, st_dtype_name(st->dtype), (long long)st->shape[0], (long long)(st->ndim > 1 ? st->shape[1] : 0),
                     (unsigned long long)st_bytes(st), (long long)rows, (long long)cols, n * 4);
-            if (st_read(&pf, pi, 0, n * 4, y, err, sizeof err)) die("%s", err);
-            if (memcmp(x, y, n * 4)) die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, unit);
+            if (st_read(&pf, pi, 0, n * 4, y, err, sizeof err)) tool_die("%s", err);
+            if (memcmp(x, y, n * 4)) tool_die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, unit);
             json_t *o = json_object();
             json_object_set_new(o, "norm", json_real(l2(x, n)));
             if (prev[k]) {
@@ -182,7 +173,7 @@ int main(int argc, char **argv) {
     }
     json_object_set_new(report, "checkpoints", cks);
     snprintf(path, sizeof path, "%s/adapter_debug_info.json", run);
-    if (json_dump_file(report, path, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9))) die("cannot write %s", path);
+    if (json_dump_file(report, path, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(9))) tool_die("cannot write %s", path);
     json_decref(report);
     for (int k = 0; k < nprev; k++) free(prev[k]);
     free(prev);
