@@ -71,11 +71,9 @@ static void make_qd(deck *d, model **m, int lora, int q_lora_rank, int D) {
 static void make_q(deck *d, model **m, int lora, int q_lora_rank) { make_qd(d, m, lora, q_lora_rank, 0); }
 static void make(deck *d, model **m, int lora) { make_q(d, m, lora, 12); }
 
-/* Training forward of one sequence: logits [T, V] into out. */
-static void full_logits(model *m, const int32_t *tok, float *out) {
+/* Training forward (no backward) of one sequence with targets tgt [T]; its sums. */
+static model_sums forward_one(model *m, const int32_t *tok, const int32_t *tgt) {
     char err[256];
-    int32_t tgt[T];
-    for (int t = 0; t < T; t++) tgt[t] = -100;
     assert_int_equal(model_reshape(m, 1, T, err, sizeof err), 0);
     model_batch bt = {.tokens = tok, .targets = tgt, .B = 1, .T = T};
     model_scales sc;
@@ -83,6 +81,14 @@ static void full_logits(model *m, const int32_t *tok, float *out) {
     model_sums s;
     memset(&s, 0, sizeof s);
     model_step(m, &bt, sc, 0, &s);
+    return s;
+}
+
+/* Training forward of one sequence: logits [T, V] into out. */
+static void full_logits(model *m, const int32_t *tok, float *out) {
+    int32_t tgt[T];
+    for (int t = 0; t < T; t++) tgt[t] = -100;
+    forward_one(m, tok, tgt);
     memcpy(out, model_logits(m), sizeof(float) * T * V);
 }
 
@@ -219,13 +225,7 @@ static void test_mtp(void **state) {
     tokens(tok, T, 13);
     for (int t = 0; t < T; t++) tgt[t] = t + 1 < T ? tok[t + 1] : -100;
     char err[256];
-    assert_int_equal(model_reshape(m, 1, T, err, sizeof err), 0);
-    model_batch bt = {.tokens = tok, .targets = tgt, .B = 1, .T = T};
-    model_scales sc;
-    memset(&sc, 0, sizeof sc);
-    model_sums s;
-    memset(&s, 0, sizeof s);
-    model_step(m, &bt, sc, 0, &s);
+    model_sums s = forward_one(m, tok, tgt);
     double want = s.mtp_sum[0]; /* Σ_t CE(MTP row t, tokens[t+2]) */
     model_kv *kv;
     assert_int_equal(model_kv_create(&kv, m, 1, T, T, 1, err, sizeof err), 0);
