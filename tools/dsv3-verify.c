@@ -114,51 +114,55 @@ int main(int argc, char **argv) {
                     (long long)t->shape[1], stacked ? ",..." : "");
             int64_t rows = stacked ? t->shape[1] : t->shape[0], cols = stacked ? t->shape[2] : t->shape[1];
             for (int64_t e = 0; e < (stacked ? t->shape[0] : 1); e++) { /* each expert's adapter on its own */
-            char key[600], unit[600];
-            peft_name(key, sizeof key, t->name, stacked ? e : -1);
-            snprintf(unit, sizeof unit, "%s", key + 17); /* without "base_model.model." */
-            size_t n = (size_t)(rows * cols);
-            float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
-            if (!x || !y) tool_die("out of memory (%zu floats)", n);
-            if (ckpt_in_read(in, j, stacked ? e : 0, stacked ? 1 : t->shape[0], x, 0, err, sizeof err)) tool_die("%s", err);
-            for (size_t q = 0; q < n; q++)
-                if (!isfinite(x[q])) tool_die("step %lld: %s[%zu] is not finite", (long long)steps[c], unit, q);
-            size_t len = strlen(t->name);
-            int is_b = len > 14 && !strcmp(t->name + len - 14, ".lora_B.weight");
-            if (steps[c] > 0) {
-                if (is_b && l2(x, n) == 0)
-                    tool_die("step %lld: %s is all zero (the adapter never trained%s)", (long long)steps[c], unit,
-                        stacked ? ": was no token routed to this expert?" : "");
-                if (!is_b) { /* lora_A's initial value: U(+-1/sqrt(in)) from (seed, name, element) */
-                    ops_fill_uniform(y, n, (uint64_t)d.run.seed, params_name_key(t->name), (uint64_t)e * n,
-                                     1.0f / sqrtf((float)cols));
-                    if (!memcmp(x, y, n * sizeof *x))
-                        tool_die("step %lld: %s still equals its initial value", (long long)steps[c], unit);
+                char key[600], unit[600];
+                peft_name(key, sizeof key, t->name, stacked ? e : -1);
+                snprintf(unit, sizeof unit, "%s", key + 17); /* without "base_model.model." */
+                size_t n = (size_t)(rows * cols);
+                float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+                if (!x || !y) tool_die("out of memory (%zu floats)", n);
+                if (ckpt_in_read(in, j, stacked ? e : 0, stacked ? 1 : t->shape[0], x, 0, err, sizeof err))
+                    tool_die("%s", err);
+                for (size_t q = 0; q < n; q++)
+                    if (!isfinite(x[q])) tool_die("step %lld: %s[%zu] is not finite", (long long)steps[c], unit, q);
+                size_t len = strlen(t->name);
+                int is_b = len > 14 && !strcmp(t->name + len - 14, ".lora_B.weight");
+                if (steps[c] > 0) {
+                    if (is_b && l2(x, n) == 0)
+                        tool_die("step %lld: %s is all zero (the adapter never trained%s)", (long long)steps[c], unit,
+                            stacked ? ": was no token routed to this expert?" : "");
+                    if (!is_b) { /* lora_A's initial value: U(+-1/sqrt(in)) from (seed, name, element) */
+                        ops_fill_uniform(y, n, (uint64_t)d.run.seed, params_name_key(t->name), (uint64_t)e * n,
+                                         1.0f / sqrtf((float)cols));
+                        if (!memcmp(x, y, n * sizeof *x))
+                            tool_die("step %lld: %s still equals its initial value", (long long)steps[c], unit);
+                    }
                 }
-            }
-            /* the PEFT copy: same key, F32, same bytes */
-            int pi = st_find(&pf, key);
-            if (pi < 0) tool_die("step %lld: %s has no %s", (long long)steps[c], path, key);
-            const st_tensor *st = &pf.t[pi];
-            if (st->dtype != ST_F32 || st->ndim != 2 || st->shape[0] != rows || st->shape[1] != cols || st_bytes(st) != n * 4)
-                tool_die("step %lld: %s: %s is %s [%lld,%lld], %llu bytes; want F32 [%lld,%lld], %zu bytes", (long long)steps[c],
-                    path, key, st_dtype_name(st->dtype), (long long)st->shape[0], (long long)(st->ndim > 1 ? st->shape[1] : 0),
-                    (unsigned long long)st_bytes(st), (long long)rows, (long long)cols, n * 4);
-            if (st_read(&pf, pi, 0, n * 4, y, err, sizeof err)) tool_die("%s", err);
-            if (memcmp(x, y, n * 4)) tool_die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, unit);
-            json_t *o = json_object();
-            json_object_set_new(o, "norm", json_real(l2(x, n)));
-            if (prev[k]) {
-                for (size_t q = 0; q < n; q++) y[q] = x[q] - prev[k][q];
-                json_object_set_new(o, "change_since_previous", json_real(l2(y, n)));
-            } else {
-                json_object_set_new(o, "change_since_previous", json_null());
-            }
-            json_object_set_new(tens, unit, o);
-            free(prev[k]);
-            prev[k] = x;
-            free(y);
-            k++;
+                /* the PEFT copy: same key, F32, same bytes */
+                int pi = st_find(&pf, key);
+                if (pi < 0) tool_die("step %lld: %s has no %s", (long long)steps[c], path, key);
+                const st_tensor *st = &pf.t[pi];
+                if (st->dtype != ST_F32 || st->ndim != 2 || st->shape[0] != rows || st->shape[1] != cols ||
+                    st_bytes(st) != n * 4)
+                    tool_die("step %lld: %s: %s is %s [%lld,%lld], %llu bytes; want F32 [%lld,%lld], %zu bytes",
+                             (long long)steps[c], path, key, st_dtype_name(st->dtype), (long long)st->shape[0],
+                             (long long)(st->ndim > 1 ? st->shape[1] : 0),
+                             (unsigned long long)st_bytes(st), (long long)rows, (long long)cols, n * 4);
+                if (st_read(&pf, pi, 0, n * 4, y, err, sizeof err)) tool_die("%s", err);
+                if (memcmp(x, y, n * 4))
+                    tool_die("step %lld: %s differs from the HDF5 checkpoint's %s", (long long)steps[c], key, unit);
+                json_t *o = json_object();
+                json_object_set_new(o, "norm", json_real(l2(x, n)));
+                if (prev[k]) {
+                    for (size_t q = 0; q < n; q++) y[q] = x[q] - prev[k][q];
+                    json_object_set_new(o, "change_since_previous", json_real(l2(y, n)));
+                } else {
+                    json_object_set_new(o, "change_since_previous", json_null());
+                }
+                json_object_set_new(tens, unit, o);
+                free(prev[k]);
+                prev[k] = x;
+                free(y);
+                k++;
             }
         }
         json_object_set_new(ck, "tensors", tens);
