@@ -11,6 +11,24 @@
 
 /* ------------------------------------------------------------------ RMSNorm */
 
+
+/* One causal attention row in place: s[0:n] = softmax(s[0:n]), s[n:width] = 0
+ * (keys past the row's position); returns log Σ exp (the row's lse). */
+static float softmax_causal_row(float *s, int n, int width) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) s[j] *= inv;
+    for (int j = n; j < width; j++) s[j] = 0.0f;
+    return mx + logf(sum);
+}
+
 void ops_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int T, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((size_t)T * C > 65536)
     for (int t = 0; t < T; t++) {
@@ -136,20 +154,7 @@ void ops_attention_forward(float *out, float *lse, const float *q, const float *
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Q + (size_t)i0 * ldq, ldq,
                             K, ldq, 0.0f, S, T);
                 for (int r = 0; r < bq; r++) {
-                    float *s = S + (size_t)r * T;
-                    int n = i0 + r + 1; /* keys 0..t */
-                    float mx = -INFINITY;
-                    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-                    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                    for (int j = 0; j < n; j++) {
-                        s[j] = expf(s[j] - mx);
-                        sum += s[j];
-                    }
-                    float inv = 1.0f / sum;
-                    for (int j = 0; j < n; j++) s[j] *= inv;
-                    for (int j = n; j < i1; j++) s[j] = 0.0f;
-                    L[i0 + r] = mx + logf(sum);
+                    L[i0 + r] = softmax_causal_row(S + (size_t)r * T, i0 + r + 1 /* keys 0..t */, i1);
                 }
                 /* O[i0:i1] = P · V[0:i1] */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dv, i1, 1.0f, S, T, V, ldv, 0.0f,
@@ -233,21 +238,8 @@ void ops_latent_attention(float *out, const float *q, const float *cache, int n,
             int i0 = blk * bq, i1 = i0 + bq < n ? i0 + bq : n, rows = (i1 - i0) * nh, keys = p0 + i1;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, W, scale, q + (size_t)i0 * nh * W, W,
                         cache, W, 0.0f, S, Tk);
-            for (int r = 0; r < rows; r++) {
-                float *s = S + (size_t)r * Tk;
-                int nk = p0 + i0 + r / nh + 1; /* keys 0..own position */
-                float mx = -INFINITY;
-                for (int j = 0; j < nk; j++) mx = s[j] > mx ? s[j] : mx;
-                float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < nk; j++) {
-                    s[j] = expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float inv = 1.0f / sum;
-                for (int j = 0; j < nk; j++) s[j] *= inv;
-                for (int j = nk; j < keys; j++) s[j] = 0.0f;
-            }
+            for (int r = 0; r < rows; r++)
+                softmax_causal_row(S + (size_t)r * Tk, p0 + i0 + r / nh + 1 /* keys 0..own position */, keys);
             /* out rows = P · cache[0:keys, 0:kvl] */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kvl, keys, 1.0f, S, Tk, cache, W, 0.0f,
                         out + (size_t)i0 * nh * kvl, kvl);
