@@ -12,8 +12,8 @@ BUILD=${BUILD:-build}
 T=$BUILD/tests/test_ckpt_mpi
 [ -x "$T" ] || { echo "bench-ckpt: $T not built (make)"; exit 1; }
 SCALE=${1:-100}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1
+. tools/mpi-env.sh
+export OMP_NUM_THREADS=1
 export HDF5_USE_FILE_LOCKING=FALSE CKPT_SCALE=$SCALE
 mkdir -p "${BENCH_DIR:-runs/bench}"
 W=$(mktemp -d "${BENCH_DIR:-runs/bench}/ckpt.XXXXXX")

@@ -16,8 +16,8 @@ PY=${DSV3_PYTHON:-.venv/bin/python}
 D=${BENCH_IMPORT_DIR:-runs/bench-import}
 BIG=${BENCH_EXPERTS:-256}
 SMALL=${BENCH_EXPERTS_SMALL:-32}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1
+. tools/mpi-env.sh
+export OMP_NUM_THREADS=1
 export HDF5_USE_FILE_LOCKING=FALSE
 rm -rf "$D" && mkdir -p "$D"
 trap 'rm -rf "$D"' EXIT

@@ -16,8 +16,7 @@
 set -uo pipefail
 BIN=${BIN:-bin}
 cd "$(dirname "$0")/.."
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none
+. tools/mpi-env.sh
 STEPS=${BENCH_STEPS:-40}
 OUT=${BENCH_DIR:-runs/bench}
 COMMON="run.steps=$STEPS schedule.warmup_steps=2 checkpoint.every=0 run.log_every=$STEPS model.num_nextn_predict_layers=0 model.aux_loss_alpha=0.0"

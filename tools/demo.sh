@@ -5,9 +5,7 @@
 set -euo pipefail
 BIN=${1:-bin}
 cd "$(dirname "$0")/.."
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-export OMPI_MCA_hwloc_base_binding_policy=none
+. tools/mpi-env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 NP=${NP:-2}
 echo "make demo: mpirun -np $NP $BIN/dsv3 input/tiny.cfg parallel.expert_parallel=$NP ${DEMO_ARGS:-}"
