@@ -23,6 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend (C++) implements these */
+#endif
+
 /* ---- SwiGLU: h[t,i] = silu(g[t,i])·u[t,i], silu(z) = z·σ(z).
  * g and u have row strides gs and us (a fused gate/up output [T,2I] is
  * g = gu, u = gu + I, gs = us = 2I, n = I); h is contiguous [T,n]. */
@@ -109,5 +113,9 @@ ops_weight ops_weight_expert(const ops_weight *w, int g);
 /* ---- Auxiliary-loss-free bias update (spec §5): b_i += γ·sign(mean_j c_j − c_i),
  * counts summed over the whole batch (all ranks); sign(0) = 0. */
 void ops_moe_bias_update(float *bias /*[E]*/, const int64_t *counts /*[E] HOST*/, int E, float gamma);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
