@@ -399,7 +399,7 @@ void gemm(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int
           const float *B, int ldb, float beta, float *C, int ldc) {
     const float one = 1.0f;
     cublasStatus_t st = cublasGemmEx(blas(s), ta, tb, m, n, k, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
-                                     CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+                                     CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS)
         error_one_at(__FILE__, __LINE__, "cublasGemmEx(m=%d n=%d k=%d) failed (status %d)", m, n, k, (int)st);
 }
