@@ -56,14 +56,15 @@ cudaError_t cu_grouped_matmul(float *y, const float *x, const float *w, const in
 cudaError_t cu_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                                        const int *cnt, int G, int in, int out, cudaStream_t s);
 /* Stored expert weights: BF16/FP8 rows are dequantised to fp32 into `tile`
- * (DEVICE, cu_grouped_matmul_w_tile(w) floats: the whole expert when it has at
- * most 2^24 elements, else 128-row multiples, as the CPU op), then one fp32
- * GEMM per tile. F32 needs no tile (NULL allowed). */
+ * (DEVICE, tile_floats floats), then one fp32 GEMM per tile: the whole expert
+ * when it fits, else whole 128-row blocks (at least one must fit).
+ * cu_grouped_matmul_w_tile(w) is the CPU op's tile: the whole expert up to
+ * 2^24 elements, else 128-row multiples. F32 needs no tile (NULL, 0). */
 size_t cu_grouped_matmul_w_tile(const ops_weight *w);
 cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G, float *tile,
-                                cudaStream_t s);
+                                size_t tile_floats, cudaStream_t s);
 cudaError_t cu_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G,
-                                            float *tile, cudaStream_t s);
+                                            float *tile, size_t tile_floats, cudaStream_t s);
 
 /* counts: DEVICE [E] (ops_moe_bias_update's are host memory). */
 cudaError_t cu_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma, cudaStream_t s);

@@ -423,6 +423,16 @@ int tile_rows(const ops_weight *w) {
     size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
     return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
 }
+/* Rows per tile of `floats`: the whole expert when it fits, else whole 128-row
+ * FP8 blocks (a tile below 128 rows ends the job: internal error). */
+int tile_rows_in(const ops_weight *w, size_t floats, const char *op) {
+    size_t in = w->in > 0 ? (size_t)w->in : 1;
+    if ((size_t)w->out * in <= floats) return w->out;
+    size_t rows = floats / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    CU_REQUIRE(rows > 0, "%s: a %zu-float tile holds no 128-row block of a %d-wide weight (internal error)", op, floats,
+               w->in);
+    return (int)rows;
+}
 
 void check_stored(const ops_weight *w, const char *op) {
     CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "%s: bad weight dtype %d", op,
@@ -544,10 +554,10 @@ extern "C" size_t cu_grouped_matmul_w_tile(const ops_weight *w) {
     return w->dtype == OPS_F32 ? 0 : (size_t)tile_rows(w) * (size_t)(w->in > 0 ? w->in : 0);
 }
 extern "C" cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G,
-                                           float *tile, cudaStream_t s) {
+                                           float *tile, size_t tile_floats, cudaStream_t s) {
     if (w->dtype == OPS_F32) return cu_grouped_matmul(y, x, (const float *)w->data, cnt, G, w->in, w->out, s);
     check_stored(w, "ops_grouped_matmul_w");
-    const int in = w->in, out = w->out, tr = tile_rows(w);
+    const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w");
     size_t r = 0;
     for (int g = 0; g < G; g++) {
         if (cnt[g] > 0 && out > 0) {
@@ -570,12 +580,12 @@ extern "C" cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_w
     return cudaGetLastError();
 }
 extern "C" cudaError_t cu_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt,
-                                                       int G, float *tile, cudaStream_t s) {
+                                                       int G, float *tile, size_t tile_floats, cudaStream_t s) {
     if (!dx) return cudaSuccess;
     if (w->dtype == OPS_F32)
         return cu_grouped_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, cnt, G, w->in, w->out, s);
     check_stored(w, "ops_grouped_matmul_w_backward_dx");
-    const int in = w->in, out = w->out, tr = tile_rows(w);
+    const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w_backward_dx");
     size_t r = 0;
     for (int g = 0; g < G; g++) {
         if (cnt[g] > 0 && in > 0 && out > 0) {
@@ -686,12 +696,14 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
     CU_CHECK(cu_grouped_matmul_backward(dx, dw, dy, x, w, cnt, G, in, out, cu_stream()));
 }
 void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {
-    float *tile = (float *)devbuf(tile_buf, (cu_grouped_matmul_w_tile(w) + 1) * sizeof(float));
-    CU_CHECK(cu_grouped_matmul_w(y, x, w, cnt, G, tile, cu_stream()));
+    size_t n = cu_grouped_matmul_w_tile(w);
+    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+    CU_CHECK(cu_grouped_matmul_w(y, x, w, cnt, G, tile, n, cu_stream()));
 }
 void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G) {
-    float *tile = (float *)devbuf(tile_buf, (cu_grouped_matmul_w_tile(w) + 1) * sizeof(float));
-    CU_CHECK(cu_grouped_matmul_w_backward_dx(dx, dy, w, cnt, G, tile, cu_stream()));
+    size_t n = cu_grouped_matmul_w_tile(w);
+    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+    CU_CHECK(cu_grouped_matmul_w_backward_dx(dx, dy, w, cnt, G, tile, n, cu_stream()));
 }
 void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
     if (E <= 0) return;

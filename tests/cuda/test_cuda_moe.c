@@ -91,7 +91,7 @@ static void sigmoid(size_t n, int inplace) {
  * experts and groups tie and the lower-index rule decides */
 static float *scores(int T, int E, uint64_t key, int ties) {
     float *s = twin_host((size_t)T * E, key, -4, 4);
-    for (size_t i = 0; i < (size_t)T * E; i++) s[i] = ties ? (float)(1 + (int)(fabsf(s[i]) * 1.0f)) / 8.0f : s[i];
+    for (size_t i = 0; i < (size_t)T * E; i++) s[i] = ties ? (float)(1 + (int)fabsf(s[i])) / 8.0f : s[i];
     if (!ties) ops_sigmoid(s, s, (size_t)T * E);
     return s;
 }
@@ -335,9 +335,9 @@ static void grouped(const int *cnt, int G, int in, int out) {
 
 /* stacked experts in storage dt: stored on the host by the CPU's ops_weight_store_rows
  * (DeepSeek's FP8 recipe), the same bytes copied to the device */
-static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out) {
-    const char *what = fmt("%s G=%d R=%d in=%d out=%d", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
-                           sum(cnt, G), in, out);
+static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int tile_rows) {
+    const char *what = fmt("%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
+                           sum(cnt, G), in, out, tile_rows ? " tiles of 128 rows" : "");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     size_t R = (size_t)sum(cnt, G), nw = (size_t)G * out * in, esz = dt == OPS_F32 ? 4 : dt == OPS_BF16 ? 2 : 1;
@@ -351,19 +351,20 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out) {
         ops_weight_store_rows(&v, 0, out, wf + (size_t)g * out * in);
     }
     ops_weight Wd = {dt, twin_dev(data, nw * esz), scale ? twin_dev(scale, nsc * 4) : NULL, out, in};
-    size_t nt = cu_grouped_matmul_w_tile(&Wd);
+    /* the CPU op's tile (the whole expert here), or 128-row tiles: the path of experts over 2^24 elements */
+    size_t nt = tile_rows ? (size_t)tile_rows * in : cu_grouped_matmul_w_tile(&Wd);
     float *tile = nt ? dev_alloc(nt * 4) : NULL;
     float *x = twin_host(R * in, 92, -1, 1), *y = twin_host(R * out, 93, -1, 1);
     float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
     ops_grouped_matmul_w(y, x, &W, cnt, G);
-    CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, twin_s));
+    CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, nt, twin_s));
     float *g = twin_back(d_y, R * out * 4);
     twin_close("ops_grouped_matmul_w", name, g, y, R * out, 1e-5, 0, 0);
     free(g);
     float *dy = twin_host(R * out, 94, -1, 1), *dx = twin_host(R * in, 95, -1, 1);
     float *d_dy = twin_dev(dy, R * out * 4), *d_dx = twin_dev(dx, R * in * 4);
     ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G);
-    CK(cu_grouped_matmul_w_backward_dx(d_dx, d_dy, &Wd, cnt, G, tile, twin_s));
+    CK(cu_grouped_matmul_w_backward_dx(d_dx, d_dy, &Wd, cnt, G, tile, nt, twin_s));
     g = twin_back(d_dx, R * in * 4);
     twin_close("ops_grouped_matmul_w_backward_dx", name, g, dx, R * in, 1e-5, 0, 0);
     free(g), free(wf), free(data), free(scale), free(x), free(y), free(dy), free(dx);
@@ -443,11 +444,13 @@ int main(void) {
     grouped(c3, 3, 7168, 20);
     const int w3[3] = {4, 0, 2}, w5[5] = {0, 7, 0, 3, 0};
     for (int dt = 0; dt < 3; dt++) {
-        grouped_w((ops_dtype)dt, w3, 3, 300, 200); /* scale blocks with edges (2 x 3 per expert) */
-        grouped_w((ops_dtype)dt, w5, 5, 64, 32);
+        grouped_w((ops_dtype)dt, w3, 3, 300, 200, 0); /* scale blocks with edges (2 x 3 per expert) */
+        grouped_w((ops_dtype)dt, w5, 5, 64, 32, 0);
     }
-    grouped_w(OPS_FP8_E4M3, w3, 3, 7168, 16);
-    grouped_w(OPS_BF16, c1, 1, 7168, 8);
+    grouped_w(OPS_FP8_E4M3, w3, 3, 100, 300, 128); /* tiles of 128, 128, 44 rows */
+    grouped_w(OPS_BF16, w3, 3, 100, 300, 128);
+    grouped_w(OPS_FP8_E4M3, w3, 3, 7168, 16, 0);
+    grouped_w(OPS_BF16, c1, 1, 7168, 8, 0);
 
     bias_update(1, 0);
     bias_update(8, 0);
