@@ -415,6 +415,7 @@ int main(void) {
     balance(2, 64, 8, 2);    /* tiny deck */
     balance(2, 300, 256, 8); /* rows past one tile of 256; DeepSeek-V3 experts */
 
+    sort(0, 8, 8, 1); /* no tokens: every count 0 */
     sort(1, 1, 1, 1);
     sort(128, 2, 8, 0);  /* tiny deck */
     sort(37, 8, 256, 0); /* most of 256 experts have no rows */
