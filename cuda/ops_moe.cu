@@ -248,6 +248,7 @@ __global__ void __launch_bounds__(SW * 32) sort_count_kernel(int *cnt, const int
     const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
     if (e >= E) return; /* the whole warp */
     int c = 0;
+#pragma unroll 4 /* independent loads in flight: the scan is latency-bound */
     for (int j0 = 0; j0 < NK; j0 += 32) {
         const int j = j0 + lane;
         c += __popc(__ballot_sync(FULL, j < NK && idx[j] == e));
@@ -261,6 +262,7 @@ __global__ void __launch_bounds__(SW * 32) sort_place_kernel(int *pos, int *src,
     if (e >= E) return;
     int off = 0; /* rows of experts before e */
     for (int f = 0; f < e; f++) off += cnt[f];
+#pragma unroll 4
     for (int j0 = 0; j0 < NK; j0 += 32) {
         const int j = j0 + lane;
         const bool mine = j < NK && idx[j] == e;
