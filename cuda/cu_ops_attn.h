@@ -28,10 +28,12 @@ cudaError_t cu_rope_forward(float *x, int row_stride, int nh, int head_stride, i
 cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
                              const float *sin_t, int B, int T, cudaStream_t s);
 
-/* Limits of the attention kernels (a lane holds dv/32 output columns in
- * registers): dv <= 512, dqk <= 256 for the backward; the shared-memory tile
- * of 32 keys must fit the device (dqk + dv about <= 1700 floats). Beyond them
- * cu_attention_* return cudaErrorInvalidValue. */
+/* Limits of the attention kernels (a lane keeps its dv/32 output columns, and
+ * in the backward dqk/32, in registers): dv <= 512, and dqk <= 256 for the
+ * backward; the shared tiles, about 40·dqk + 32·dv floats (forward) or
+ * 40·(dqk + dv) (backward), must fit the device's opt-in shared memory (227 KiB
+ * on sm_90, 163 KiB on sm_80; above 48 KiB the launcher opts in). Beyond them
+ * cu_attention_* / cu_latent_attention return cudaErrorInvalidValue. */
 cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                                  int nh, int dqk, int dv, float scale, cudaStream_t s);
 /* Dwork: device scratch of ops_attention_cache_floats(B, T, nh) floats (the

@@ -379,9 +379,10 @@ __global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const float
 
 /* dE[id, :] += dy[n, :] for every n with ids[n] = id, in token order, by the
  * block of id's first occurrence (the others return): each vocabulary row has
- * one owner and the CPU twin's order of adds, without sorting. The block
- * gathers the matching tokens KT·… at a time into a shared list (ballot +
- * warp counts keep them in order), then its threads add them column by column. */
+ * one owner and the CPU twin's order of adds (bitwise the same result),
+ * without sorting or atomics. The block gathers the matching tokens EB
+ * positions at a time into a shared list (ballot + warp counts keep them in
+ * order), then its threads add them column by column. */
 __global__ void __launch_bounds__(EB) embedding_bwd_kernel(float *dE, const float *dy, const int32_t *ids, int N,
                                                            int V, int H) {
     __shared__ int list[EB];

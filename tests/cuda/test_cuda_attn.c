@@ -292,6 +292,16 @@ int main(void) {
     attention(1, 40, 2, 192, 128);
     attention(2, 19, 1, 40, 48);
 
+    /* beyond the kernels' limits (cu_ops_attn.h): refused, nothing launched */
+    float *d1;
+    CK(cudaMalloc((void **)&d1, 4));
+    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 1, 1, 64, 513, 1.0f, twin_s) == cudaErrorInvalidValue,
+                "ops_attention_forward", "dv=513 refused", 0);
+    twin_report(cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 1, 1, 257, 64, 1.0f, d1, twin_s) ==
+                    cudaErrorInvalidValue,
+                "ops_attention_backward", "dqk=257 refused", 0);
+    dfree(d1);
+
     /* latent attention: prefill and decode on the tiny deck (W = 16+8), DeepSeek-V3's 512+64 */
     latent(5, 4, 24, 16, 0);
     latent(1, 4, 24, 16, 37);
