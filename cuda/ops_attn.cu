@@ -45,13 +45,25 @@ __global__ void __launch_bounds__(RN) rmsnorm_bwd_dx_kernel(float *dx, const flo
     const float c = (float)(dot / C) * r * r * r;
     for (int i = threadIdx.x; i < C; i += RN) dxt[i] += r * w[i] * gt[i] - c * xt[i];
 }
-/* dw_i += Σ_t dy·x·rstd: one thread per column, tokens in order (as the CPU twin) */
-__global__ void rmsnorm_bwd_dw_kernel(float *dw, const float *dy, const float *x, const float *rstd, int T, int C) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= C) return;
+/* dw_i += Σ_t dy·x·rstd. A block is 32 columns × DWR row groups: a thread sums
+ * rows g, g+DWR, … of its column in order, then one thread per column adds the
+ * DWR partials in order (a fixed order; rows read coalesced; C/32 blocks of
+ * 32·DWR threads, enough to fill the GPU for C = 7168). */
+constexpr int DWR = 16;
+__global__ void __launch_bounds__(32 * DWR) rmsnorm_bwd_dw_kernel(float *dw, const float *dy, const float *x,
+                                                                  const float *rstd, int T, int C) {
+    __shared__ float part[DWR][32];
+    const int i = blockIdx.x * 32 + threadIdx.x, g = threadIdx.y;
     float acc = 0.0f;
-    for (int t = 0; t < T; t++) acc += dy[(size_t)t * C + i] * x[(size_t)t * C + i] * rstd[t];
-    dw[i] += acc;
+    if (i < C)
+        for (int t = g; t < T; t += DWR) acc += dy[(size_t)t * C + i] * x[(size_t)t * C + i] * rstd[t];
+    part[g][threadIdx.x] = acc;
+    __syncthreads();
+    if (g == 0 && i < C) {
+        float sum = part[0][threadIdx.x];
+        for (int r = 1; r < DWR; r++) sum += part[r][threadIdx.x];
+        dw[i] += sum;
+    }
 }
 
 /* --------------------------------------------------------------------- RoPE */
@@ -86,24 +98,34 @@ __host__ __device__ inline int odd(int n) { return n | 1; }
 
 /* out[b,h,t] = softmax_{j <= p0+t}(scale·q·k_j)·v_j ; lse (may be NULL) = log Σ exp.
  * Row addressing: q + (b·T + t)·ldq + h·hq, k + (b·Tk + j)·ldk + h·hk (v likewise),
- * out + (b·T + t)·ldo + h·ho. kv_shared: v is k's first dv columns (the latent
- * cache), read from the key tile. NV: output columns per lane (dv <= 32·NV). */
+ * out + (b·T + t)·ldo + h·ho. A block's warps take consecutive query rows:
+ * positions t of one (b, h) (grid.y = B·nh); or, `latent`, rows (t, h) with the
+ * heads inner (B = 1, grid.y = 1): all heads share one cache (hk = hv = 0), so a
+ * block loads it once for AW heads (decode: n = 1), and v is the cache's first
+ * dv columns, read from the key tile. NV: output columns per lane (dv <= 32·NV). */
 template <int NV>
 __global__ void __launch_bounds__(AT)
     attn_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, int T, int Tk, int nh,
                     int p0, int dqk, int dv, size_t ldq, int hq, size_t ldk, int hk, size_t ldv, int hv, size_t ldo,
-                    int ho, int kv_shared, float scale) {
+                    int ho, int latent, float scale) {
     DSV3_DYNAMIC_SHARED(float, sm);
-    const int ldks = odd(dqk), ldvs = kv_shared ? ldks : dv;
-    float *Ks = sm;                                         /* [KT, ldks] */
-    float *Vs = kv_shared ? Ks : Ks + KT * ldks;            /* [KT, ldvs] */
-    float *Qs = Ks + KT * ldks + (kv_shared ? 0 : KT * dv); /* [AW, dqk] */
-    float *Ps = Qs + AW * dqk;                              /* [AW, KT] */
+    const int ldks = odd(dqk), ldvs = latent ? ldks : dv;
+    float *Ks = sm;                                      /* [KT, ldks] */
+    float *Vs = latent ? Ks : Ks + KT * ldks;            /* [KT, ldvs] */
+    float *Qs = Ks + KT * ldks + (latent ? 0 : KT * dv); /* [AW, dqk] */
+    float *Ps = Qs + AW * dqk;                           /* [AW, KT] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int b = blockIdx.y / nh, h = blockIdx.y % nh;
-    const int t = blockIdx.x * AW + warp, lim = p0 + t; /* keys 0..lim */
-    const bool row = t < T;
-    const int last = p0 + min(T - 1, (int)blockIdx.x * AW + AW - 1); /* the block's last key */
+    int b, h, t, last; /* last: the block's last key */
+    bool row;
+    if (latent) {
+        const int r = blockIdx.x * AW + warp, nr = T * nh;
+        b = 0, t = r / nh, h = r % nh, row = r < nr;
+        last = p0 + min(nr - 1, (int)blockIdx.x * AW + AW - 1) / nh;
+    } else {
+        b = blockIdx.y / nh, h = blockIdx.y % nh, t = blockIdx.x * AW + warp, row = t < T;
+        last = p0 + min(T - 1, (int)blockIdx.x * AW + AW - 1);
+    }
+    const int lim = p0 + t; /* the row's keys: 0..lim */
     const float *kb = k + (size_t)b * Tk * ldk + (size_t)h * hk, *vb = v + (size_t)b * Tk * ldv + (size_t)h * hv;
     float *qw = Qs + warp * dqk, *pw = Ps + warp * KT;
     if (row)
@@ -116,7 +138,7 @@ __global__ void __launch_bounds__(AT)
         for (int r = warp; r < KT; r += AW) {
             const int j = j0 + r;
             for (int c = lane; c < dqk; c += 32) Ks[r * ldks + c] = j < Tk ? kb[(size_t)j * ldk + c] : 0.0f;
-            if (!kv_shared)
+            if (!latent)
                 for (int c = lane; c < dv; c += 32) Vs[r * ldvs + c] = j < Tk ? vb[(size_t)j * ldv + c] : 0.0f;
         }
         __syncthreads();
@@ -346,17 +368,17 @@ template <class K> cudaError_t smem_opt_in(K kernel, size_t bytes) {
 /* the forward for both layouts: NV from dv */
 cudaError_t attn_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Tk,
                          int nh, int p0, int dqk, int dv, size_t ldq, int hq, size_t ldk, int hk, size_t ldv, int hv,
-                         size_t ldo, int ho, int kv_shared, float scale, cudaStream_t s) {
+                         size_t ldo, int ho, int latent, float scale, cudaStream_t s) {
     if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
-    if (dqk <= 0 || dv <= 0 || dv > 512 || (kv_shared && dv > dqk)) return cudaErrorInvalidValue;
-    const size_t smem = sizeof(float) * ((size_t)KT * odd(dqk) + (kv_shared ? 0 : (size_t)KT * dv) +
+    if (dqk <= 0 || dv <= 0 || dv > 512 || (latent && (dv > dqk || B != 1 || hk || hv))) return cudaErrorInvalidValue;
+    const size_t smem = sizeof(float) * ((size_t)KT * odd(dqk) + (latent ? 0 : (size_t)KT * dv) +
                                          (size_t)AW * dqk + (size_t)AW * KT);
-    const dim3 grid((T + AW - 1) / AW, (unsigned)(B * nh));
+    const dim3 grid = latent ? dim3((unsigned)(((size_t)T * nh + AW - 1) / AW)) : dim3((T + AW - 1) / AW, (unsigned)(B * nh));
     auto run = [&](auto kernel) {
         cudaError_t e = smem_opt_in(kernel, smem);
         if (e != cudaSuccess) return e;
         return dsv3::launch(kernel, grid, dim3(AT), smem, s, out, lse, q, k, v, T, Tk, nh, p0, dqk, dv, ldq, hq, ldk,
-                            hk, ldv, hv, ldo, ho, kv_shared, scale);
+                            hk, ldv, hv, ldo, ho, latent, scale);
     };
     if (dv <= 32) return run(attn_fwd_kernel<1>);
     if (dv <= 128) return run(attn_fwd_kernel<4>);
@@ -547,7 +569,7 @@ extern "C" cudaError_t cu_rmsnorm_backward(float *dx, float *dw, const float *dy
     if (T <= 0 || C <= 0) return cudaSuccess;
     cudaError_t e = dsv3::launch(rmsnorm_bwd_dx_kernel, dim3(T), dim3(RN), 0, s, dx, dy, x, w, rstd, C);
     if (e != cudaSuccess || !dw) return e;
-    return dsv3::launch(rmsnorm_bwd_dw_kernel, dim3((C + 127) / 128), dim3(128), 0, s, dw, dy, x, rstd, T, C);
+    return dsv3::launch(rmsnorm_bwd_dw_kernel, dim3((C + 31) / 32), dim3(32, DWR), 0, s, dw, dy, x, rstd, T, C);
 }
 
 static cudaError_t rope(float *x, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,

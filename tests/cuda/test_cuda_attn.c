@@ -302,10 +302,12 @@ int main(void) {
                 "ops_attention_backward", "dqk=257 refused", 0);
     dfree(d1);
 
-    /* latent attention: prefill and decode on the tiny deck (W = 16+8), DeepSeek-V3's 512+64 */
+    /* latent attention: prefill and decode on the tiny deck (W = 16+8; 16 heads: two blocks of
+     * heads for one token), DeepSeek-V3's 512+64 */
     latent(5, 4, 24, 16, 0);
     latent(1, 4, 24, 16, 37);
     latent(3, 4, 24, 16, 60);
+    latent(1, 16, 24, 16, 70);
     latent(2, 3, 576, 512, 40);
 
     /* embedding: one row, the tiny deck's batch with repeats, 7168 wide, bad ids */
