@@ -362,11 +362,17 @@ void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src)
  * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
  * arguments, so a bf16 weight holding fp32-representable values gives the
  * F32 result bitwise — else tiles of a multiple of 128 rows (FP8 blocks). */
-static int tile_rows(const ops_weight *w) {
-    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
-    if ((size_t)w->out * in <= budget) return w->out;
+static int tile_rows(int out, int in_) {
+    size_t budget = (size_t)1 << 24, in = in_ > 0 ? (size_t)in_ : 1;
+    if ((size_t)out * in <= budget) return out;
     size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
     return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+}
+
+size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in) {
+    if (dtype == OPS_F32 || out <= 0 || in <= 0) return 0;
+    int tr = tile_rows(out, in);
+    return (size_t)(tr < out ? tr : out) * (size_t)in;
 }
 
 /* rows [r0, r0+n) of w as fp32 into t [n, in] */
@@ -390,14 +396,7 @@ static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
     }
 }
 
-static float *tile_buffer(const ops_weight *w, int rows) {
-    size_t n = (size_t)rows * w->in;
-    float *t = malloc((n ? n : 1) * sizeof *t);
-    if (!t) error_one("ops_matmul_w: out of memory for a %zu-float dequantisation tile", n);
-    return t;
-}
-
-void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta) {
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
     int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) {
         ops_matmul(y, x, (const float *)w->data, T, in, out, beta);
@@ -411,18 +410,19 @@ void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float be
             for (int t = 0; t < T; t++) memset(y + (size_t)t * out, 0, (size_t)out * sizeof *y);
         return;
     }
-    int tr = tile_rows(w);
-    float *tile = tile_buffer(w, tr);
+    int tr = tile_rows(out, in);
+    size_t mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
     for (int r0 = 0; r0 < out; r0 += tr) {
         int n = out - r0 < tr ? out - r0 : tr;
         dequant_rows(tile, w, r0, n);
         /* y[:, r0:r0+n] = x · tileᵀ */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, in, 1.0f, x, in, tile, in, beta, y + r0, out);
     }
-    free(tile);
+    ops_arena_release(scratch, mark);
 }
 
-void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T) {
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
     int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) {
         ops_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, T, in, out);
@@ -431,13 +431,14 @@ void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, i
     DSV3_CHECK(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
                "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
     if (!dx || T == 0 || in == 0 || out == 0) return;
-    int tr = tile_rows(w);
-    float *tile = tile_buffer(w, tr);
+    int tr = tile_rows(out, in);
+    size_t mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
     for (int r0 = 0; r0 < out; r0 += tr) {
         int n = out - r0 < tr ? out - r0 : tr;
         dequant_rows(tile, w, r0, n);
         /* dx[T,in] += dy[:, r0:r0+n] · tile[n,in] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, dx, in);
     }
-    free(tile);
+    ops_arena_release(scratch, mark);
 }
