@@ -55,6 +55,9 @@ typedef struct {
 } ops_mem_stats;
 void ops_mem_get(ops_mem_stats *s);
 void ops_mem_reset_peaks(void); /* peaks := live (e.g. after loading, before the first step) */
+/* Counts `bytes` of host memory allocated elsewhere (the node-shared frozen
+ * store, comm.h) to category cat: sign +1 when allocated, -1 when freed. */
+void ops_mem_count(int cat, size_t bytes, int sign);
 
 /* Scratch arena (llm.c's one-allocation idea): one device block, carved by
  * bump allocation with stack discipline. Components take their temporaries

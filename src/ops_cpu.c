@@ -92,6 +92,18 @@ void ops_mem_get(ops_mem_stats *s) {
     s->host_peak = (double)mem_peak_kind[1];
 }
 
+void ops_mem_count(int cat, size_t bytes, int sign) {
+    if (sign > 0) {
+        peak_max(&mem_peak[1][cat], __atomic_add_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_kind[1], __atomic_add_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
+    } else {
+        __atomic_sub_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED);
+    }
+}
+
 void ops_mem_reset_peaks(void) {
     for (int k = 0; k < 2; k++) {
         for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
