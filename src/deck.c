@@ -199,6 +199,7 @@ static const deck_key KEYS[] = {
     S("data.tokenizer", data.tokenizer, "", NULL, 0),
     SRC("data.train", data.train, data.n_train),
     B("data.pack", data.pack, 1),
+    B("data.repeat_batch", data.repeat_batch, 0),
 
     G("validation"),
     I("validation.every", validation.every, 0, 0, INT_MAX),

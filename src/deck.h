@@ -75,6 +75,7 @@ typedef struct {
     int n_train;
     deck_source train[DECK_MAX_SOURCES];
     bool pack;                  /* SFT: pack samples into seq_len windows */
+    bool repeat_batch;          /* every step trains on step 0's batch (overfit one batch) */
 } deck_data;
 
 typedef struct {

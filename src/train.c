@@ -484,7 +484,7 @@ int train_run(const deck *d, plan *p) {
     while (t.step < d->run.steps) {
         double t0 = now();
         t.t_reduce = 0.0;
-        load_samples(&t, t.train, t.step, n_local);
+        load_samples(&t, t.train, d->data.repeat_batch ? 0 : t.step, n_local);
         int64_t cnt[1 + MODEL_MAX_MTP];
         global_counts(&t, n_local, cnt);
         model_scales sc = make_scales(d, cnt, G);

@@ -25,8 +25,10 @@ if [ ! -s "$D/slice.h5" ]; then
     echo "== dsv3-import --keep-fp8 at np 2: $(( $(date +%s) - t0 )) s, $(du -h "$D/slice.h5" | cut -f1)"
     [ -n "${SLICE_KEEP_HF:-}" ] || rm -rf "$D/hf"
 fi
-# seq_len + 1 token ids (u32): every sample of every step is the same window
-"$PY" -c "import sys, numpy as np; np.random.default_rng(1).integers(0, 129280, 33, dtype=np.uint32).tofile(sys.argv[1])" runs/slice/tokens.u32
+# random token ids (u32), many windows: data.repeat_batch (the deck) trains every step on step 0's
+# batch, each rank its own window — identical windows on all ranks would send every token to the
+# same experts 8 times over (routing imbalance of 11-28x, dropless rows grown past the plan)
+"$PY" -c "import sys, numpy as np; np.random.default_rng(1).integers(0, 129280, 4096, dtype=np.uint32).tofile(sys.argv[1])" runs/slice/tokens.u32
 sg=$("$BIN/dsv3-sgemm" 2>&1 | tail -1)
 echo "== sgemm: $sg"
 for c in "resident 0" "sharded 3"; do
