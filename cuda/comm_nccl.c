@@ -266,7 +266,8 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
     }
     NCCL_OR_FAIL(ncclGroupStart());
     for (int k = 0; k < n; k++)
-        if (cnt[k]) NCCL_OR_FAIL(ncclReduce(full + off[k], k == me ? mine : NULL, cnt[k], ncclFloat32, ncclSum, k, nc, s));
+        if (cnt[k])
+            NCCL_OR_FAIL(ncclReduce(full + off[k], k == me ? mine : NULL, cnt[k], ncclFloat32, ncclSum, k, nc, s));
     NCCL_OR_FAIL(ncclGroupEnd());
     return 0;
 }

@@ -92,7 +92,8 @@ GPU_COMM_OBJ := $(GPU_DIR)/src/comm_mpi.o $(GPU_DIR)/cuda/comm_nccl.o
 $(EMU_DIR)/src/comm_mpi.o $(GPU_DIR)/src/comm_mpi.o: src/comm.c src/comm.h
 	@mkdir -p $(dir $@)
 	mpicc $(COMM_CFLAGS) $(foreach f,$(COMM_MPI_RENAME),-Dcomm_$(f)=comm_mpi_$(f)) -c $< -o $@
-$(EMU_DIR)/cuda/comm_nccl.o $(GPU_DIR)/cuda/comm_nccl.o: cuda/comm_nccl.c cuda/comm_mpi.h cuda/cu_ops.h src/comm.h src/error.h
+$(EMU_DIR)/cuda/comm_nccl.o $(GPU_DIR)/cuda/comm_nccl.o: cuda/comm_nccl.c cuda/comm_mpi.h cuda/cu_ops.h src/comm.h \
+                                                       src/error.h
 	@mkdir -p $(dir $@)
 	mpicc $(COMM_CFLAGS) -c $< -o $@
 # NCCL vs MPI on the same data, under mpirun (tests/it_cuda_comm.sh); not a twin test (test_cuda_*)

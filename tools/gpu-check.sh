@@ -46,7 +46,8 @@ export MODE BUILD_DIR BINDIR MAKE_CUDA J OUT
 REPORT=$OUT/report.txt
 T0=$SECONDS
 {
-    echo "gpu-check ($MODE) $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $J cores"
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')
+    echo "gpu-check ($MODE) $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), git $rev, $J cores"
     echo "budget ${BUDGET}s; each line: step status seconds: figures or reason (logs: <step>.log)"
 } | tee "$REPORT"
 nfail=0
@@ -148,7 +149,9 @@ s_curve() {
     tol=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
     res=$(awk -v tier=tolerance -v tol="$tol" -v refname=cpu -v detail="$OUT/curve.detail" -f regression/compare.awk \
               "$OUT/curve-cpu/metrics.csv" "$OUT/curve-$MODE/metrics.csv")
-    echo "$res" | awk -v d="$CURVE_DECK" '{ printf "%s vs the CPU curve (%s, np 1, %s steps; regression tolerances): loss max abs %s rel %s, worst %s at %s of its tolerance, %s rows out: %s\n", m, d, $1, $2, $3, $4, $5, $6, $7 }' m="$MODE"
+    echo "$res" | awk -v m="$MODE" -v d="$CURVE_DECK" '{
+        printf "%s vs the CPU curve (%s, np 1, %s steps; regression tolerances): ", m, d, $1
+        printf "loss max abs %s rel %s, worst %s at %s of its tolerance, %s rows out: %s\n", $2, $3, $4, $5, $6, $7 }'
     [ "${res##* }" = PASS ]
 }
 # mid-size deck: input/tiny.cfg widened to 130.6M parameters, 2048 tokens a step (8 steps);
