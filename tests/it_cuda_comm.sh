@@ -4,7 +4,9 @@
 #     (odd: EP 1, a one-rank group): every comm.h bulk operation on device buffers (NCCL)
 #     against comm.c's MPI on host copies of the same data — all-gathers and all-to-alls
 #     bitwise, sums within any summation order's bound; empty sends and a rank with
-#     nothing to send or receive in the MoE all-to-all; equal and uneven ZeRO shards;
+#     nothing to send or receive in the MoE all-to-all; equal and uneven ZeRO shards; then
+#     the shim's NCCL calls comm_nccl.c does not make (ncclAlltoAll, Gather, Scatter, rooted
+#     Reduce, an fp8 all-gather) against the values they must give;
 #  2. DSV3_COMM_DEVICE=mpi on an MPI that is not CUDA-aware, and a bad value, are refused
 #     with one message and a non-zero exit before any communication.
 # Skips when the emulation build is absent (make CUDA=emu).

@@ -11,7 +11,8 @@
  * k u / (1 - k u), u = 2^-24), so two orders agree within twice that, per
  * element. The all-to-all
  * includes empty sends and a rank with nothing to send or receive (NULL
- * buffers). Every check prints "ok|FAIL  comm_X  case  err=..." on rank 0. */
+ * buffers). Then the NCCL calls of the shim comm_nccl.c does not make. Every
+ * check prints "ok|FAIL  comm_X  case  err=..." on rank 0. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include <cuda_runtime_api.h>
+#include <nccl.h>
 
 #include "comm_mpi.h"
 #include "cu_ops.h"
@@ -194,6 +196,76 @@ static void t_alltoallv(comm_t c, const char *cname, int row, uint64_t key) {
     free(s), free(ref), free(got);
 }
 
+/* NCCL calls comm_nccl.c does not make, on a communicator of our own (InitRank over the
+ * world): the shim's ncclAlltoAll, ncclGather, ncclScatter, rooted ncclReduce, and an fp8
+ * (e4m3 bytes) all-gather, against what each must give (every byte known) */
+static void t_nccl_extras(void) {
+    const int n = 5, p = wsize, me = wrank, root = p - 1;
+    ncclUniqueId id;
+    if (me == 0) ncclGetUniqueId(&id);
+    comm_bcast(&id, sizeof id, 0, COMM_WORLD);
+    ncclComm_t nc;
+    int ok = ncclCommInitRank(&nc, p, id, me) == ncclSuccess, bad = 0;
+    cudaStream_t s = cu_stream();
+    size_t tot = (size_t)p * n;
+    int *h = malloc(tot * sizeof *h), *g = malloc(tot * sizeof *g), *ds, *dr;
+    CK(cudaMalloc((void **)&ds, tot * sizeof *ds));
+    CK(cudaMalloc((void **)&dr, tot * sizeof *dr));
+    /* element i of block k from rank r: 10000 r + 100 k + i */
+    for (int k = 0; k < p; k++)
+        for (int i = 0; i < n; i++) h[k * n + i] = 10000 * me + 100 * k + i;
+    CK(cudaMemcpyAsync(ds, h, tot * sizeof *h, cudaMemcpyHostToDevice, s));
+    ok &= ncclAlltoAll(ds, dr, (size_t)n, ncclInt32, nc, s) == ncclSuccess;
+    CK(cudaMemcpyAsync(g, dr, tot * sizeof *g, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    for (int k = 0; k < p; k++) /* block k came from rank k, its block `me` */
+        for (int i = 0; i < n; i++) bad += g[k * n + i] != 10000 * k + 100 * me + i;
+    report(ok && !bad, "ncclAlltoAll", "int32, shim", (double)bad);
+
+    bad = 0;
+    ok &= ncclGather(ds, dr, (size_t)n, ncclInt32, root, nc, s) == ncclSuccess; /* my block 0 */
+    CK(cudaMemcpyAsync(g, dr, tot * sizeof *g, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    if (me == root)
+        for (int k = 0; k < p; k++)
+            for (int i = 0; i < n; i++) bad += g[k * n + i] != 10000 * k + i;
+    report(ok && !bad, "ncclGather", "int32 to the last rank, shim", (double)bad);
+
+    bad = 0;
+    ok &= ncclScatter(ds, dr, (size_t)n, ncclInt32, root, nc, s) == ncclSuccess; /* root's block `me` */
+    CK(cudaMemcpyAsync(g, dr, (size_t)n * sizeof *g, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    for (int i = 0; i < n; i++) bad += g[i] != 10000 * root + 100 * me + i;
+    report(ok && !bad, "ncclScatter", "int32 from the last rank, shim", (double)bad);
+
+    bad = 0;
+    ok &= ncclReduce(ds, dr, tot, ncclInt32, ncclSum, root, nc, s) == ncclSuccess;
+    CK(cudaMemcpyAsync(g, dr, tot * sizeof *g, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    if (me == root)
+        for (int k = 0; k < p; k++)
+            for (int i = 0; i < n; i++) bad += g[k * n + i] != 10000 * p * (p - 1) / 2 + p * (100 * k + i);
+    report(ok && !bad, "ncclReduce", "int32 sum to the last rank, shim", (double)bad);
+
+    bad = 0;
+    unsigned char f8[256], *d8, *all = malloc((size_t)p * 256);
+    for (int i = 0; i < 256; i++) f8[i] = (unsigned char)(i + me); /* every e4m3 pattern, NaNs included */
+    CK(cudaMalloc((void **)&d8, (size_t)p * 256));
+    CK(cudaMemcpyAsync(d8 + (size_t)me * 256, f8, 256, cudaMemcpyHostToDevice, s));
+    ok &= ncclAllGather(d8 + (size_t)me * 256, d8, 256, ncclFloat8e4m3, nc, s) == ncclSuccess;
+    CK(cudaMemcpyAsync(all, d8, (size_t)p * 256, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    for (int k = 0; k < p; k++)
+        for (int i = 0; i < 256; i++) bad += all[k * 256 + i] != (unsigned char)(i + k);
+    report(ok && !bad, "ncclAllGather", "fp8 e4m3 bytes in place, shim", (double)bad);
+
+    CK(cudaFree(ds));
+    CK(cudaFree(dr));
+    CK(cudaFree(d8));
+    ncclCommDestroy(nc);
+    free(h), free(g), free(all);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     wrank = comm_rank(COMM_WORLD);
@@ -257,6 +329,8 @@ int main(int argc, char **argv) {
         report(e == -1, "comm_allgather", "host mine, device full: refused", 0);
         CK(cudaFree(d));
     }
+
+    t_nccl_extras();
 
     comm_free(&outside);
     comm_free(&data);
