@@ -52,7 +52,8 @@ $(EMU_DIR)/tests/racy_cuda_ops: $(EMU_DIR)/tests/test_cuda_ops.o $(EMU_DIR)/cuda
 
 .PHONY: cuda-emu cuda-gpu
 .SECONDARY: # keep the cuda objects make sees as intermediate (twin, ptxas reports)
-cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops
+# the backend objects themselves (the ops_* bodies) are compiled too, though nothing links them yet
+cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops $(CU_SRC:cuda/%.cu=$(EMU_DIR)/cuda/%.o)
 
 # -- nvcc: the same sources for sm_80 and sm_90; compile and link only, here
 GPU_DIR := build-cuda
@@ -78,7 +79,7 @@ $(GPU_DIR)/tests/test_cuda_%: $(GPU_DIR)/tests/test_cuda_%.o $(GPU_TWIN_OBJ) $(B
 $(GPU_DIR)/tests/%: tests/cuda/%.cu cuda/dsv3_cuda.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++17 -O2 -Werror all-warnings -arch=sm_90 -Icuda $< -o $@
-cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics
+cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics $(CU_SRC:cuda/%.cu=$(GPU_DIR)/cuda/%.o)
 
 # -- comm.h over NCCL (cuda/comm_nccl.c) for both CUDA builds. src/comm.c is compiled once
 #    more with its device-capable entry points renamed comm_X -> comm_mpi_X (cuda/comm_mpi.h);

@@ -318,15 +318,6 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
     }
 }
 
-ops_weight ops_weight_expert(const ops_weight *w, int g) {
-    size_t per = (size_t)w->out * (size_t)w->in, esz = w->dtype == OPS_F32 ? 4 : w->dtype == OPS_BF16 ? 2 : 1;
-    size_t nsc = (size_t)((w->out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * (size_t)((w->in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
-    ops_weight v = *w;
-    v.data = (unsigned char *)w->data + (size_t)g * per * esz;
-    v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
-    return v;
-}
-
 void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {
     if (w->dtype == OPS_F32) {
         ops_grouped_matmul(y, x, (const float *)w->data, cnt, G, w->in, w->out);

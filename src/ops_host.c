@@ -1,5 +1,6 @@
 /* ops_host.c — the backend-independent part of ops.h: exact host conversions
- * between fp32 and the storage types (bf16, e4m3). Both backends link it; the
+ * between fp32 and the storage types (bf16, e4m3), and the expert view of a
+ * stacked weight (host pointer arithmetic). Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
  * bit for bit against these. */
 #include <math.h>
@@ -55,4 +56,13 @@ uint8_t ops_f32_to_e4m3(float f) {
     int be = E + 7;
     if (be > 15 || (be == 15 && q == 7)) return sign | 0x7E;
     return sign | (uint8_t)(be << 3 | q);
+}
+
+ops_weight ops_weight_expert(const ops_weight *w, int g) {
+    size_t per = (size_t)w->out * (size_t)w->in, esz = w->dtype == OPS_F32 ? 4 : w->dtype == OPS_BF16 ? 2 : 1;
+    size_t nsc = (size_t)((w->out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * (size_t)((w->in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
+    ops_weight v = *w;
+    v.data = (unsigned char *)w->data + (size_t)g * per * esz;
+    v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
+    return v;
 }

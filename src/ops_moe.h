@@ -107,7 +107,8 @@ void ops_grouped_matmul_w(float *y /*[R,out]*/, const float *x /*[R,in]*/, const
 /* dx[R,in] += dy·w[g] per block. */
 void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy /*[R,out]*/, const ops_weight *w, const int *cnt,
                                       int G);
-/* Expert g's [out, in] view of a stacked weight. */
+/* Expert g's [out, in] view of a stacked weight (host pointer arithmetic, one
+ * definition for both backends: src/ops_host.c). */
 ops_weight ops_weight_expert(const ops_weight *w, int g);
 
 /* ---- Auxiliary-loss-free bias update (spec §5): b_i += γ·sign(mean_j c_j − c_i),
