@@ -80,3 +80,28 @@ $(GPU_DIR)/tests/%: tests/cuda/%.cu cuda/dsv3_cuda.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++17 -O2 -Werror all-warnings -arch=sm_90 -Icuda $< -o $@
 cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics $(CU_SRC:cuda/%.cu=$(GPU_DIR)/cuda/%.o)
+
+# -- comm.h over NCCL (cuda/comm_nccl.c) for both CUDA builds. src/comm.c is compiled once
+#    more with its device-capable entry points renamed comm_X -> comm_mpi_X (cuda/comm_mpi.h);
+#    comm_nccl.c defines comm_X and calls them for host data. A CUDA binary links
+#    $(EMU_COMM_OBJ) or $(GPU_COMM_OBJ) before build/libdsv3.a (whose comm.o is then not used).
+COMM_MPI_RENAME := abort finalize dup split split_node free sum_floats reduce_scatter allgather alltoall_int \
+                   alltoallv_rows
+COMM_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I$(CUDA_HOME)/include -Icuda -Isrc $(SANFLAGS)
+EMU_COMM_OBJ := $(EMU_DIR)/src/comm_mpi.o $(EMU_DIR)/cuda/comm_nccl.o
+GPU_COMM_OBJ := $(GPU_DIR)/src/comm_mpi.o $(GPU_DIR)/cuda/comm_nccl.o
+$(EMU_DIR)/src/comm_mpi.o $(GPU_DIR)/src/comm_mpi.o: src/comm.c src/comm.h
+	@mkdir -p $(dir $@)
+	mpicc $(COMM_CFLAGS) $(foreach f,$(COMM_MPI_RENAME),-Dcomm_$(f)=comm_mpi_$(f)) -c $< -o $@
+$(EMU_DIR)/cuda/comm_nccl.o $(GPU_DIR)/cuda/comm_nccl.o: cuda/comm_nccl.c cuda/comm_mpi.h cuda/cu_ops.h src/comm.h \
+                                                       src/error.h
+	@mkdir -p $(dir $@)
+	mpicc $(COMM_CFLAGS) -c $< -o $@
+# NCCL vs MPI on the same data, under mpirun (tests/it_cuda_comm.sh); not a twin test (test_cuda_*)
+$(EMU_DIR)/tests/test_comm_nccl: $(EMU_DIR)/tests/test_comm_nccl.o $(EMU_COMM_OBJ) $(EMU_TWIN_OBJ) $(EMU_RT_OBJ) \
+                                 $(BUILD)/libdsv3.a
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+$(GPU_DIR)/tests/test_comm_nccl: $(GPU_DIR)/tests/test_comm_nccl.o $(GPU_COMM_OBJ) $(GPU_TWIN_OBJ) $(BUILD)/libdsv3.a
+	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
+cuda-emu: $(EMU_DIR)/tests/test_comm_nccl
+cuda-gpu: $(GPU_DIR)/tests/test_comm_nccl
