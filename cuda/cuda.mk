@@ -50,9 +50,29 @@ $(EMU_DIR)/tests/racy_cuda_ops: $(EMU_DIR)/tests/test_cuda_ops.o $(EMU_DIR)/cuda
                                 $(filter-out $(EMU_DIR)/cuda/ops.twin.o,$(EMU_TWIN_OBJ)) $(EMU_RT_OBJ) $(BUILD)/libdsv3.a
 	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
 
-.PHONY: cuda-emu cuda-gpu
+# -- the backend in place of the CPU ops: src/ without src/ops_cpu*.c (libdsv3-cuda.a) + the
+# full cuda objects (ops_X and cu_X). test_cuda_mem (the memory section, which cannot sit
+# beside the CPU's in one binary) and the whole model: bin-emu/dsv3, bin-emu/dsv3-refcheck.
+CU_LIB_OBJ := $(filter-out $(BUILD)/src/ops_cpu%.o,$(LIB_OBJ))
+EMU_FULL_OBJ := $(CU_SRC:cuda/%.cu=$(EMU_DIR)/cuda/%.o)
+BIN_EMU := bin-emu$(if $(SANFLAGS),-san)
+$(EMU_DIR)/libdsv3-cuda.a: $(CU_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(EMU_DIR)/tests/test_cuda_mem: $(EMU_DIR)/tests/test_cuda_mem.o $(EMU_FULL_OBJ) $(EMU_RT_OBJ) $(EMU_DIR)/libdsv3-cuda.a
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+$(BIN_EMU)/dsv3: $(BUILD)/src/main.o $(EMU_FULL_OBJ) $(EMU_RT_OBJ) $(EMU_DIR)/libdsv3-cuda.a
+	@mkdir -p $(dir $@)
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+$(BIN_EMU)/%: $(BUILD)/tools/%.o $(EMU_FULL_OBJ) $(EMU_RT_OBJ) $(EMU_DIR)/libdsv3-cuda.a
+	@mkdir -p $(dir $@)
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+
+.PHONY: cuda-emu cuda-gpu cuda-emu-model cuda-gpu-model
 .SECONDARY: # keep the cuda objects make sees as intermediate (twin, ptxas reports)
 cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops
+# the whole model; links once every ops*.h function has its cuda/ implementation
+cuda-emu-model: $(BIN_EMU)/dsv3 $(BIN_EMU)/dsv3-refcheck
 
 # -- nvcc: the same sources for sm_80 and sm_90; compile and link only, here
 GPU_DIR := build-cuda
@@ -78,4 +98,17 @@ $(GPU_DIR)/tests/test_cuda_%: $(GPU_DIR)/tests/test_cuda_%.o $(GPU_TWIN_OBJ) $(B
 $(GPU_DIR)/tests/%: tests/cuda/%.cu cuda/dsv3_cuda.cuh
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++17 -O2 -Werror all-warnings -arch=sm_90 -Icuda $< -o $@
+GPU_FULL_OBJ := $(CU_SRC:cuda/%.cu=$(GPU_DIR)/cuda/%.o)
+$(GPU_DIR)/libdsv3-cuda.a: $(CU_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(GPU_DIR)/tests/test_cuda_mem: $(GPU_DIR)/tests/test_cuda_mem.o $(GPU_FULL_OBJ) $(GPU_DIR)/libdsv3-cuda.a
+	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
+bin-cuda/dsv3: $(BUILD)/src/main.o $(GPU_FULL_OBJ) $(GPU_DIR)/libdsv3-cuda.a
+	@mkdir -p $(dir $@)
+	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
+bin-cuda/%: $(BUILD)/tools/%.o $(GPU_FULL_OBJ) $(GPU_DIR)/libdsv3-cuda.a
+	@mkdir -p $(dir $@)
+	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
 cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics
+cuda-gpu-model: bin-cuda/dsv3 bin-cuda/dsv3-refcheck
