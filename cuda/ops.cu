@@ -527,6 +527,10 @@ void ops_mem_reset_peaks(void) {
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) CU_CHECK(cudaMemsetAsync(p, 0, bytes, cu_stream()));
 }
+/* no context yet: nothing was queued (and a --check or --dry-run never needs a GPU) */
+void ops_sync(void) {
+    if (ctx.stream) CU_CHECK(cudaStreamSynchronize(ctx.stream));
+}
 /* Copies are synchronous, as on the CPU: the host reads dst / reuses src at once. */
 void ops_to_host(void *dst, const void *src, size_t bytes) {
     if (!bytes) return;

@@ -173,8 +173,23 @@ static void arena(void) {
           "above the floats in use: the job ends with a message");
 }
 
+/* ops_sync: work queued on the backend stream (a copy into pinned memory, which the
+ * host may read without another synchronisation) is done when it returns */
+static void queued_then_sync(void) {
+    float *pinned, *d = ops_alloc(256 * sizeof(float)), want[256];
+    CK(cudaMallocHost((void **)&pinned, 256 * sizeof(float)));
+    for (int i = 0; i < 256; i++) pinned[i] = -1.0f, want[i] = 0.75f;
+    ops_fill(d, 256, 0.75f);
+    CK(cudaMemcpyAsync(pinned, d, 256 * sizeof(float), cudaMemcpyDeviceToHost, cu_stream()));
+    ops_sync();
+    twin_same("ops_sync", "queued fill + copy to pinned memory are done", pinned, want, sizeof want);
+    CK(cudaFreeHost(pinned));
+    ops_free(d);
+}
+
 int main(void) {
     twin_init();
+    queued_then_sync();
     allocations();
     arena();
     return twin_end();
