@@ -12,7 +12,7 @@ MPI_INC := $(shell mpicc --showme:compile 2>/dev/null)
 CU_SRC := $(wildcard cuda/*.cu)
 CU_HDR := $(wildcard cuda/*.h cuda/*.cuh) src/ops.h src/ops_attn.h src/ops_moe.h
 TWIN_SRC := $(wildcard tests/cuda/test_cuda_*.c)
-EMU_RT := cudaemu cublas_emu nccl_emu
+EMU_RT := cudaemu cublas_emu cublaslt_emu nccl_emu
 
 # -- emulation: g++ (C++17), the real NVIDIA headers, cuda/emu instead of the libraries
 EMU_DIR := build-emu$(if $(SANFLAGS),-san)
