@@ -58,12 +58,13 @@ cudaError_t cu_add_cols(float *dst, int ds, int off, const float *src, int ss, i
 cudaError_t cu_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta, cudaStream_t s);
 cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in,
                                int out, cudaStream_t s);
-/* Stored (BF16 / FP8) weights: row tiles dequantised on the device into the
- * backend's bounded scratch (at most 2^24 floats, as the CPU's tiles), then
- * one GEMM per tile. The scratch is shared by the process: calls on
- * different streams are serialised (the previous stream is synchronised). */
-cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, cudaStream_t s);
-cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, cudaStream_t s);
+/* Stored (BF16 / FP8) weights: row tiles dequantised on the device into `tile`
+ * (DEVICE, tile_floats >= ops_matmul_w_tile_floats(w), the CPU's rule), then
+ * one GEMM per tile. F32 needs no tile (NULL, 0). */
+cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
+                        size_t tile_floats, cudaStream_t s);
+cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
+                                    size_t tile_floats, cudaStream_t s);
 /* src: HOST fp32 [n, in] (staged through the scratch); w->data / w->scale: device. */
 cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, const float *src, cudaStream_t s);
 /* Rows [r0, r0+n) of w as fp32 into t [n, in] (device). */

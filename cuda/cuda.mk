@@ -70,7 +70,8 @@ $(BIN_EMU)/%: $(BUILD)/tools/%.o $(EMU_FULL_OBJ) $(EMU_RT_OBJ) $(EMU_DIR)/libdsv
 
 .PHONY: cuda-emu cuda-gpu cuda-emu-model cuda-gpu-model
 .SECONDARY: # keep the cuda objects make sees as intermediate (twin, ptxas reports)
-cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops
+# the backend objects themselves (the ops_* bodies) are compiled too (test_cuda_mem links them)
+cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops $(EMU_FULL_OBJ)
 # the whole model; links once every ops*.h function has its cuda/ implementation
 cuda-emu-model: $(BIN_EMU)/dsv3 $(BIN_EMU)/dsv3-refcheck
 
@@ -110,5 +111,5 @@ bin-cuda/dsv3: $(BUILD)/src/main.o $(GPU_FULL_OBJ) $(GPU_DIR)/libdsv3-cuda.a
 bin-cuda/%: $(BUILD)/tools/%.o $(GPU_FULL_OBJ) $(GPU_DIR)/libdsv3-cuda.a
 	@mkdir -p $(dir $@)
 	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
-cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics
+cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics $(GPU_FULL_OBJ)
 cuda-gpu-model: bin-cuda/dsv3 bin-cuda/dsv3-refcheck

@@ -10,6 +10,7 @@
 
 #include <math.h>
 
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -176,40 +177,13 @@ extern "C" cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy,
 /* ---- stored weights: dequantisation tiles and the FP8/BF16 store ---- */
 
 namespace {
-/* The backend's scratch for dequantised tiles and staged host rows: one
- * device block grown on demand to at most 2^24 floats (64 MiB), as the CPU
- * reference's tiles. Not in the ops_alloc accounting (as the CPU's tile). */
-struct Scratch {
-    float *p = nullptr;
-    size_t cap = 0;
-    cudaStream_t last = nullptr;
-    bool used = false;
-};
-Scratch scratch;
-std::mutex scratch_mu;
-
-cudaError_t scratch_get(size_t floats, cudaStream_t s, float **out) {
-    std::lock_guard<std::mutex> g(scratch_mu);
-    cudaError_t e = cudaSuccess;
-    if (scratch.used && scratch.last != s) e = cudaStreamSynchronize(scratch.last); /* its tiles may be in flight */
-    if (e == cudaSuccess && floats > scratch.cap) {
-        if (scratch.p) e = cudaFree(scratch.p); /* synchronises the device */
-        scratch.p = nullptr, scratch.cap = 0;
-        if (e == cudaSuccess) e = cudaMalloc((void **)&scratch.p, floats * sizeof(float));
-        if (e == cudaSuccess) scratch.cap = floats;
-    }
-    scratch.last = s, scratch.used = true;
-    *out = scratch.p;
-    return e;
-}
-
-/* Rows of W dequantised at a time: the CPU's rule (ops_cpu.c tile_rows), so
- * both backends multiply the same tiles. */
-int tile_rows(const ops_weight *w) {
-    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
-    if ((size_t)w->out * in <= budget) return w->out;
-    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
-    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+/* Rows per dequantisation tile: the plan's rule (ops_matmul_w_tile_floats, the CPU's too), so
+ * both backends multiply the same tiles; a tile smaller than the rule is an internal error. */
+int tile_rows(const ops_weight *w, size_t tile_floats, const char *op) {
+    size_t need = ops_matmul_w_tile_floats(w->dtype, w->out, w->in);
+    CU_REQUIRE(tile_floats >= need, "%s: a %zu-float tile for a [%d, %d] weight that needs %zu (internal error)", op,
+               tile_floats, w->out, w->in, need);
+    return (int)(need / (size_t)w->in);
 }
 unsigned row_block(int in) { /* threads per row: a multiple of 32, at most 256 */
     unsigned b = ((unsigned)(in > 0 ? in : 1) + 31) / 32 * 32;
@@ -281,16 +255,16 @@ extern "C" cudaError_t cu_dequant_rows(float *t, const ops_weight *w, int r0, in
                         w->in, r0, n);
 }
 
-extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, cudaStream_t s) {
+extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
+                                   size_t tile_floats, cudaStream_t s) {
     const int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) return cu_matmul(y, x, (const float *)w->data, T, in, out, beta, s);
     CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "ops_matmul_w: bad weight dtype %d",
                (int)w->dtype);
     if (T == 0 || out == 0) return cudaSuccess;
     if (in == 0) return beta == 0.0f ? cudaMemsetAsync(y, 0, (size_t)T * out * sizeof *y, s) : cudaSuccess;
-    const int tr = tile_rows(w);
-    float *tile;
-    cudaError_t e = scratch_get((size_t)tr * in, s, &tile);
+    const int tr = tile_rows(w, tile_floats, "ops_matmul_w");
+    cudaError_t e = cudaSuccess;
     for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
         const int n = out - r0 < tr ? out - r0 : tr;
         e = cu_dequant_rows(tile, w, r0, n, s);
@@ -300,15 +274,15 @@ extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w
     return e;
 }
 
-extern "C" cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, cudaStream_t s) {
+extern "C" cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
+                                               size_t tile_floats, cudaStream_t s) {
     const int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) return cu_matmul_backward(dx, nullptr, dy, nullptr, (const float *)w->data, T, in, out, s);
     CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
                "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
     if (!dx || T == 0 || in == 0 || out == 0) return cudaSuccess;
-    const int tr = tile_rows(w);
-    float *tile;
-    cudaError_t e = scratch_get((size_t)tr * in, s, &tile);
+    const int tr = tile_rows(w, tile_floats, "ops_matmul_w_backward_dx");
+    cudaError_t e = cudaSuccess;
     for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
         const int n = out - r0 < tr ? out - r0 : tr;
         e = cu_dequant_rows(tile, w, r0, n, s);
@@ -331,10 +305,14 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
         CU_REQUIRE(r0 % OPS_FP8_BLOCK == 0 && (n % OPS_FP8_BLOCK == 0 || r0 + n == w->out),
                    "ops_weight_store_rows: FP8 rows %d..%d are not whole 128-row blocks", r0, r0 + n);
     if (in <= 0) return cudaSuccess;
-    /* host rows staged through the scratch, a tile (whole 128-row blocks) at a time */
-    const int tr = tile_rows(w), nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
-    float *stage;
-    cudaError_t e = scratch_get((size_t)(n < tr ? n : tr) * in, s, &stage);
+    /* host rows staged through a transient device buffer, at most 2^24 floats (whole 128-row
+     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters */
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    int tr = (int)(((size_t)1 << 24) / (size_t)in / OPS_FP8_BLOCK * OPS_FP8_BLOCK);
+    if (tr < OPS_FP8_BLOCK) tr = OPS_FP8_BLOCK;
+    if (tr > n) tr = n;
+    float *stage = nullptr;
+    cudaError_t e = cudaMalloc((void **)&stage, (size_t)tr * in * sizeof(float));
     for (int a = 0; a < n && e == cudaSuccess; a += tr) {
         const int k = n - a < tr ? n - a : tr;
         const size_t cnt = (size_t)k * in, row = (size_t)(r0 + a);
@@ -348,6 +326,10 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
             e = dsv3::launch(store_fp8_kernel, g, dim3(QB), 0, s, (uint8_t *)w->data + row * in,
                              (float *)(uintptr_t)w->scale + row / OPS_FP8_BLOCK * nb, (const float *)stage, in, k);
         }
+    }
+    if (stage) {
+        cudaError_t f = cudaFree(stage); /* after the queued kernels: cudaFree synchronises */
+        if (e == cudaSuccess) e = f;
     }
     return e;
 }
@@ -516,6 +498,19 @@ void ops_mem_get(ops_mem_stats *s) {
     s->device_peak = (double)mem_peak_kind[0];
     s->host_peak = (double)mem_peak_kind[1];
 }
+/* host memory allocated elsewhere (the node-shared frozen store): counted as the CPU backend counts it */
+void ops_mem_count(int cat, size_t bytes, int sign) {
+    CU_REQUIRE(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_count: %d is not a category", cat);
+    std::lock_guard<std::mutex> g(mem_mu);
+    if (sign > 0) {
+        mem_live[1][cat] += bytes, mem_live_kind[1] += bytes, mem_live_all += bytes;
+        mem_peak[1][cat] = std::max(mem_peak[1][cat], mem_live[1][cat]);
+        mem_peak_kind[1] = std::max(mem_peak_kind[1], mem_live_kind[1]);
+        mem_peak_all = std::max(mem_peak_all, mem_live_all);
+    } else {
+        mem_live[1][cat] -= bytes, mem_live_kind[1] -= bytes, mem_live_all -= bytes;
+    }
+}
 void ops_mem_reset_peaks(void) {
     std::lock_guard<std::mutex> g(mem_mu);
     for (int k = 0; k < 2; k++) {
@@ -616,11 +611,19 @@ void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out
 void ops_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in, int out) {
     CU_CHECK(cu_matmul_backward(dx, dw, dy, x, w, T, in, out, cu_stream()));
 }
-void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta) {
-    CU_CHECK(cu_matmul_w(y, x, w, T, beta, cu_stream()));
+/* the dequantisation tile comes from the caller's scratch arena (device memory), sized by the
+ * plan's rule, and is given back before return */
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
+    CU_CHECK(cu_matmul_w(y, x, w, T, beta, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
 }
-void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T) {
-    CU_CHECK(cu_matmul_w_backward_dx(dx, dy, w, T, cu_stream()));
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
+    CU_CHECK(cu_matmul_w_backward_dx(dx, dy, w, T, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
 }
 void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src) {
     CU_CHECK(cu_weight_store_rows(w, r0, n, src, cu_stream()));

@@ -1,12 +1,16 @@
 /* comm.c — the MPI implementation of comm.h. */
 #include "comm.h"
 
-#include "ops.h"
-
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "ops.h"
 
 static size_t chunk_limit = INT_MAX;
 
@@ -51,6 +55,47 @@ void comm_split_node(comm_t c, int key, comm_t *out) {
 void comm_free(comm_t *c) {
     if (*c != MPI_COMM_NULL && comm_running()) MPI_Comm_free(c);
     *c = MPI_COMM_NULL;
+}
+
+/* ---- memory shared by the ranks of a node ---- */
+
+void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t mine_off, size_t mine_len) {
+    size_t total = shared + priv;
+    int rank = comm_rank(node), bad = 0;
+    uint8_t *base = mmap(NULL, total ? total : 1, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) base = NULL, bad = 1;
+    char name[64] = {0};
+    int fd = -1;
+    if (shared) { /* node rank 0 creates a POSIX shared-memory object; the others open it by name */
+        if (rank == 0) {
+            snprintf(name, sizeof name, "/dsv3-frozen-%ld-%ld", (long)getpid(), (long)time(NULL));
+            fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+            if (fd < 0 || ftruncate(fd, (off_t)shared)) bad = 1;
+        }
+        comm_bcast(name, sizeof name, 0, node);
+        if (comm_max_int(bad, node)) bad = 1;
+        if (!bad && rank != 0 && (fd = shm_open(name, O_RDWR, 0600)) < 0) bad = 1;
+        if (!bad && mmap(base, shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) bad = 1;
+        if (fd >= 0) close(fd);
+        comm_barrier(node); /* all have it mapped (or failed): the name can go */
+        if (rank == 0 && name[0]) shm_unlink(name);
+    }
+    if (!bad && priv &&
+        mmap(base + shared, priv, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+        bad = 1;
+    if (comm_max_int(bad, node)) {
+        if (base) munmap(base, total ? total : 1);
+        return NULL;
+    }
+    /* commit what this rank allocates (its share of the shared part, and its private part), as ops_alloc does */
+    for (size_t i = 0; i < mine_len; i += 4096) ((volatile uint8_t *)base)[mine_off + i] = 0;
+    for (size_t i = 0; i < priv; i += 4096) ((volatile uint8_t *)base)[shared + i] = 0;
+    comm_barrier(node);
+    return base;
+}
+
+void comm_node_shared_free(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 1);
 }
 
 /* ---- small reductions ---- */

@@ -1,5 +1,7 @@
-/* ops_host.c — the backend-independent part of ops.h: exact host conversions
- * between fp32 and the storage types (bf16, e4m3). Both backends link it; the
+/* ops_host.c — the backend-independent part of ops.h: the dequantisation tile
+ * rule (a pure function of the shape, which the plan uses too), exact host conversions
+ * between fp32 and the storage types (bf16, e4m3), and the expert view of a
+ * stacked weight (host pointer arithmetic). Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
  * bit for bit against these. */
 #include <math.h>
@@ -56,3 +58,29 @@ uint8_t ops_f32_to_e4m3(float f) {
     if (be > 15 || (be == 15 && q == 7)) return sign | 0x7E;
     return sign | (uint8_t)(be << 3 | q);
 }
+
+ops_weight ops_weight_expert(const ops_weight *w, int g) {
+    size_t per = (size_t)w->out * (size_t)w->in, esz = w->dtype == OPS_F32 ? 4 : w->dtype == OPS_BF16 ? 2 : 1;
+    size_t nsc = (size_t)((w->out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * (size_t)((w->in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
+    ops_weight v = *w;
+    v.data = (unsigned char *)w->data + (size_t)g * per * esz;
+    v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
+    return v;
+}
+/* Rows of W dequantised at a time: the whole weight when it fits in 2^24
+ * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
+ * arguments, so a bf16 weight holding fp32-representable values gives the
+ * F32 result bitwise — else tiles of a multiple of 128 rows (FP8 blocks). */
+static int tile_rows(int out, int in_) {
+    size_t budget = (size_t)1 << 24, in = in_ > 0 ? (size_t)in_ : 1;
+    if ((size_t)out * in <= budget) return out;
+    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+}
+
+size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in) {
+    if (dtype == OPS_F32 || out <= 0 || in <= 0) return 0;
+    int tr = tile_rows(out, in);
+    return (size_t)(tr < out ? tr : out) * (size_t)in;
+}
+

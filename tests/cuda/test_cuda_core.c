@@ -98,27 +98,34 @@ static void stored(ops_dtype t, int T, int in, int out, int split) {
 
     float *x = twin_host(nx, 22, -1, 1), *y0 = twin_host(ny, 23, -1, 1), *y = malloc(ny * 4 + 4);
     float *dx = twin_dev(x, nx * 4), *dy = dalloc(ny * 4), *got;
+    /* the tile: the CPU op's from a host arena, the CUDA op's device memory of the same rule */
+    size_t nt = ops_matmul_w_tile_floats(t, out, in);
+    ops_arena ar;
+    if (ops_arena_create(&ar, nt)) exit(2);
+    float *dt = nt ? dalloc(nt * 4) : NULL;
     for (int beta = 0; beta <= 1; beta++) {
         char wb[112];
         snprintf(wb, sizeof wb, "%s beta=%d", what, beta);
         memcpy(y, y0, ny * 4);
         CK(cudaMemcpy(dy, y0, ny * 4, cudaMemcpyHostToDevice));
-        ops_matmul_w(y, x, &hw, T, (float)beta);
-        CK(cu_matmul_w(dy, dx, &dw, T, (float)beta, twin_s));
+        ops_matmul_w(y, x, &hw, T, (float)beta, &ar);
+        CK(cu_matmul_w(dy, dx, &dw, T, (float)beta, dt, nt, twin_s));
         got = twin_back(dy, ny * 4);
         twin_close("ops_matmul_w", wb, got, y, ny, 1e-5, 1e-30, 0);
         free(got);
     }
     float *g = twin_host(ny, 24, -1, 1), *gx = twin_host(nx, 25, -1, 1);
     float *dg = twin_dev(g, ny * 4), *dgx = twin_dev(gx, nx * 4);
-    ops_matmul_w_backward_dx(gx, g, &hw, T);
-    CK(cu_matmul_w_backward_dx(dgx, dg, &dw, T, twin_s));
+    ops_matmul_w_backward_dx(gx, g, &hw, T, &ar);
+    CK(cu_matmul_w_backward_dx(dgx, dg, &dw, T, dt, nt, twin_s));
     got = twin_back(dgx, nx * 4);
     twin_close("ops_matmul_w_backward_dx", what, got, gx, nx, 1e-5, 1e-30, 0);
     free(got);
 
     CK(cudaFree(dw.data)); CK(cudaFree(dx)); CK(cudaFree(dy)); CK(cudaFree(dg)); CK(cudaFree(dgx));
     if (ds) CK(cudaFree(ds));
+    if (dt) CK(cudaFree(dt));
+    ops_arena_destroy(&ar);
     free(hw.data), free(hs), free(src), free(x), free(y0), free(y), free(g), free(gx);
 }
 

@@ -88,6 +88,17 @@ static void allocations(void) {
     for (int i = 0; i < 64; i++) hc[i] = i;
     ops_host_free(hc);
     ops_host_free(NULL);
+    /* memory allocated elsewhere (the node-shared store): host kind, its category, peaks */
+    ops_mem_stats c0;
+    ops_mem_get(&c0);
+    ops_mem_count(OPS_MEM_PARAMS, 5000, +1);
+    ops_mem_get(&s);
+    int up = s.live[OPS_MEM_PARAMS] - c0.live[OPS_MEM_PARAMS] == 5000 && s.live_total - c0.live_total == 5000 &&
+             s.host_peak >= c0.host_peak && s.peak_total >= c0.live_total + 5000;
+    ops_mem_count(OPS_MEM_PARAMS, 5000, -1);
+    ops_mem_get(&s);
+    check(up && s.live[OPS_MEM_PARAMS] == c0.live[OPS_MEM_PARAMS] && s.live_total == c0.live_total, "ops_mem_count",
+          "+5000 then -5000 bytes of params (host kind)");
     check(live(OPS_MEM_ACTS) == s0.live[OPS_MEM_ACTS], "ops_host_free", "uncharged; NULL is a no-op");
     free(h), free(src), free(back);
 }
