@@ -155,6 +155,6 @@ regression: deps
 include cuda/cuda.mk
 
 clean:
-	rm -rf build build-san bin bin-san build-emu build-emu-san build-cuda
+	rm -rf build build-san bin bin-san build-emu build-emu-san build-cuda bin-emu bin-emu-san bin-cuda
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops.h"
+
 static size_t chunk_limit = INT_MAX;
 
 size_t comm_set_chunk_limit(size_t floats) {
@@ -139,6 +141,7 @@ int comm_lowest(comm_t c, int failed) {
     return first == INT_MAX ? -1 : first;
 }
 void comm_bcast(void *buf, size_t bytes, int root, comm_t c) {
+    ops_sync(); /* buf may be device memory */
     for (size_t o = 0; o < bytes; o += INT_MAX) /* byte counts are int */
         MPI_Bcast((char *)buf + o, (int)(bytes - o < INT_MAX ? bytes - o : INT_MAX), MPI_BYTE, root, c);
 }
@@ -146,9 +149,12 @@ void comm_gather_bytes(const void *send, void *recv, size_t bytes, int root, com
     MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c);
 }
 
-/* ---- bulk data ---- */
+/* ---- bulk data: device buffers (ops_alloc). MPI runs on the host, so each
+ * call first waits for the backend's queued work on them (ops_sync; a no-op
+ * on the CPU). A NCCL build (comm_nccl.c) queues on the stream instead. */
 
 int comm_sum_floats(float *x, size_t n, comm_t c) {
+    ops_sync();
     const size_t chunk = (size_t)1 << 30; /* MPI counts are int: chunks below 2^31 */
     for (size_t o = 0; o < n; o += chunk)
         if (MPI_Allreduce(MPI_IN_PLACE, x + o, (int)(n - o < chunk ? n - o : chunk), MPI_FLOAT, MPI_SUM, c) !=
@@ -169,6 +175,7 @@ static int small_layout(const size_t *cnt, int n) {
 
 int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine) {
     int n = comm_size(c), me = comm_rank(c);
+    ops_sync();
     if (small_layout(cnt, n)) {
         /* The members' ranges are consecutive from offset off[0] = 0. */
         int *rc = malloc((size_t)n * sizeof *rc);
@@ -191,6 +198,7 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
 
 int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
     int n = comm_size(c), me = comm_rank(c);
+    ops_sync();
     if (small_layout(cnt, n)) {
         int *rc = malloc((size_t)n * sizeof *rc), *dis = malloc((size_t)n * sizeof *dis);
         if (!rc || !dis) {
@@ -211,7 +219,10 @@ int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *
         for (size_t done = 0; done < cnt[k]; done += chunk_limit) {
             size_t len = cnt[k] - done < chunk_limit ? cnt[k] - done : chunk_limit;
             float *dst = full + off[k] + done;
-            if (k == me) memcpy(dst, mine + done, len * sizeof *dst);
+            if (k == me) {
+                ops_copy(dst, mine + done, len); /* device to device */
+                ops_sync();
+            }
             if (MPI_Bcast(dst, (int)len, MPI_FLOAT, k, c) != MPI_SUCCESS) return -1;
         }
     return 0;
@@ -223,6 +234,7 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
 
 int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
                         const int *roff, int row, comm_t c) {
+    ops_sync();
     MPI_Datatype t;
     MPI_Type_contiguous(row, MPI_FLOAT, &t);
     MPI_Type_commit(&t);

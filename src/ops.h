@@ -35,6 +35,9 @@ void ops_free(void *p); /* NULL is a no-op */
 void ops_memset0(void *p, size_t bytes);                         /* device bytes = 0 */
 void ops_to_host(void *dst, const void *src, size_t bytes);      /* device → host */
 void ops_to_device(void *dst, const void *src, size_t bytes);    /* host → device */
+/* Waits until the backend's queued work is done (CPU: nothing to wait for):
+ * before host code such as MPI reads or writes device memory in place. */
+void ops_sync(void);
 /* Zeroed host memory (arrays the host reads/writes: routing counts, staging); NULL when out of memory. */
 void *ops_host_alloc(size_t bytes);
 void ops_host_free(void *p);

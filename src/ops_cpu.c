@@ -115,6 +115,7 @@ void ops_mem_reset_peaks(void) {
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
+void ops_sync(void) {}
 void ops_to_host(void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
