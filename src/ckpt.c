@@ -571,7 +571,7 @@ static int save_collective(const plan *p, const deck *d, const zero_map *L, cons
     return rc;
 }
 
-/* ---- direct save (h5direct.h) ------------------------------------------------
+/* ---- direct chunk writes (h5direct.h) -----------------------------------------
  * Where the time went (tools/bench-ckpt.sh, 2.1 GB, np=1): H5Dwrite 3.3 s of
  * 3.9 s (HDF5's Fletcher32 loop, the filter pipeline's copy, the kernel's copy
  * from a cold buffer), fsync 0.55 s; at np=2 also 1.4-1.9 s in H5Dcreate, the
@@ -583,20 +583,42 @@ static int save_collective(const plan *p, const deck *d, const zero_map *L, cons
  * (the sum brings them into cache for the kernel's copy). The parts add up
  * across ranks; rank 0 writes each checksum and the zero padding of edge
  * chunks. The file is the one HDF5 writes: h5py/h5dump verify every chunk. */
-typedef struct {
-    int i, which, lay;
-    const float *buf;
-    int64_t O, c, nch, nsl; /* rows per slice, rows per chunk, chunks per slice, slices ([E,O,R]: E; else 1) */
-    int64_t first;          /* its first chunk in the table (slice-major) */
-} dset;
 
-static void dset_init(dset *g, const param_spec *t, int i, int which, const float *buf, int lay, int64_t *nchunks) {
-    hsize_t dims[3], chunk[3];
-    chunk_shape(t, dims, chunk);
-    int ax = t->ndim == 3 ? 1 : 0;
-    *g = (dset){i, which, lay, buf, t->shape[ax], (int64_t)chunk[ax], 0, t->ndim == 3 ? t->shape[0] : 1, *nchunks};
-    g->nch = (g->O + g->c - 1) / g->c;
-    *nchunks += g->nch * g->nsl;
+/* A chunked dataset's geometry: rows (the last axis' vectors; 1-D: elements)
+ * numbered slice * O + row across the slices of [E, O, R] (2-D, 1-D: one slice). */
+typedef struct {
+    size_t rowb;                 /* bytes a row */
+    int64_t O, c, nch, nsl;      /* rows a slice, rows a chunk, chunks a slice, slices */
+    int64_t first;               /* its first chunk in the address and sum tables (slice-major) */
+} cgeom;
+
+static cgeom geom_of(int ndim, const hsize_t *dims, const hsize_t *chunk, size_t rowb, int64_t *nchunks) {
+    int ax = ndim == 3 ? 1 : 0;
+    cgeom g = {rowb, (int64_t)dims[ax], (int64_t)chunk[ax], 0, ndim == 3 ? (int64_t)dims[0] : 1, *nchunks};
+    g.nch = (g.O + g.c - 1) / g.c;
+    *nchunks += g.nch * g.nsl;
+    return g;
+}
+
+/* Rank 0: allocates every chunk of ds (H5Dwrite_chunk of bytes the skeleton
+ * driver drops) and keeps their addresses. 0 or -1 (HDF5's error stack set). */
+static int alloc_chunks(hid_t ds, int ndim, const cgeom *g, haddr_t *addr) {
+    size_t cb = (size_t)g->c * g->rowb;
+    uint8_t *dummy = calloc(1, cb + 4); /* never read */
+    int rc = dummy ? 0 : -1;
+    for (int64_t e = 0; !rc && e < g->nsl; e++)
+        for (int64_t j = 0; !rc && j < g->nch; j++) {
+            hsize_t off[3] = {0, 0, 0};
+            off[ndim == 3] = (hsize_t)(j * g->c);
+            if (ndim == 3) off[0] = (hsize_t)e;
+            h5skel_drop(1);
+            herr_t e2 = H5Dwrite_chunk(ds, H5P_DEFAULT, 0, off, cb + 4, dummy);
+            h5skel_drop(0);
+            haddr_t a = addr[g->first + e * g->nch + j] = h5skel_last_addr();
+            if (e2 < 0 || a == HADDR_UNDEF) rc = -1;
+        }
+    free(dummy);
+    return rc;
 }
 
 /* Rows go to the kernel in pieces of PIECE bytes, each right after its
@@ -622,9 +644,68 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
     return 0;
 }
 
+/* Rows [r, rend) of g (contiguous at src) to their chunks; each chunk's
+ * checksum part is added to sums[3 * chunk] (s1, s2, nonzero). -1: errno. */
+static int put_rows(int fd, const cgeom *g, const haddr_t *addr, int64_t *sums, int64_t r, int64_t rend,
+                    const uint8_t *src) {
+    while (r < rend) { /* a slice's chunk j holds its rows [j*c, min((j+1)*c, O)) */
+        int64_t e = r / g->O, j = r % g->O / g->c, c0 = e * g->O + j * g->c;
+        int64_t cend = c0 + (g->O - j * g->c < g->c ? g->O - j * g->c : g->c), y = rend < cend ? rend : cend;
+        int64_t k = g->first + e * g->nch + j;
+        size_t nb = (size_t)(y - r) * g->rowb;
+        uint64_t at = addr[k] + (uint64_t)(r - c0) * g->rowb;
+        fl32_part x = {0, 0, 0};
+        for (size_t o = 0; o < nb; o += PIECE) { /* the kernel copies each piece while it is in L2 */
+            size_t n = nb - o < PIECE ? nb - o : PIECE;
+            fl32_add(&x, fl32_shift(fl32_sum(src + o, n), (nb - o - n) / 2));
+            if (pwrite_all(fd, src + o, n, at + o)) return -1;
+        }
+        x = fl32_shift(x, (uint64_t)(c0 + g->c - y) * g->rowb / 2); /* the chunk's rows after these, padding included */
+        sums[3 * k] += (int64_t)x.s1, sums[3 * k + 1] += (int64_t)x.s2, sums[3 * k + 2] += (int64_t)x.nz;
+        src += nb;
+        r = y;
+    }
+    return 0;
+}
+
+/* Rank 0, once the parts are summed over the ranks: each chunk's checksum (4
+ * bytes, little-endian, after the chunk) and the zeros past the last row of
+ * an edge chunk. -1: errno. */
+static int put_sums(int fd, const cgeom *g, int ng, const haddr_t *addr, const int64_t *sums) {
+    size_t maxpad = 0;
+    for (int k = 0; k < ng; k++) {
+        size_t pad = (size_t)(g[k].nch * g[k].c - g[k].O) * g[k].rowb;
+        if (pad > maxpad) maxpad = pad;
+    }
+    uint8_t *zero = calloc(1, maxpad + 4);
+    int rc = zero ? 0 : -1;
+    for (int k = 0; !rc && k < ng; k++) {
+        const size_t cb = (size_t)g[k].c * g[k].rowb;
+        for (int64_t e = 0; !rc && e < g[k].nsl; e++)
+            for (int64_t j = 0; !rc && j < g[k].nch; j++) {
+                int64_t q = g[k].first + e * g[k].nch + j, valid = g[k].O - j * g[k].c;
+                const int64_t *s = sums + 3 * q;
+                uint32_t f = fl32_final((fl32_part){(uint64_t)s[0], (uint64_t)s[1], s[2] != 0});
+                uint8_t le[4] = {(uint8_t)f, (uint8_t)(f >> 8), (uint8_t)(f >> 16), (uint8_t)(f >> 24)};
+                if (valid < g[k].c && pwrite_all(fd, zero, cb - (size_t)valid * g[k].rowb, addr[q] + (uint64_t)valid * g[k].rowb))
+                    rc = -1;
+                if (!rc && pwrite_all(fd, le, 4, addr[q] + cb)) rc = -1;
+            }
+    }
+    if (!zero) errno = ENOMEM;
+    free(zero);
+    return rc;
+}
+
+/* A trainer buffer's tensor in a direct save. */
+typedef struct {
+    int i, which, lay;
+    const float *buf;
+} dset;
+
 /* Rank 0: the file without its chunks' bytes; addr[] gets every chunk's address. */
-static int skeleton(const plan *p, const deck *d, const ckpt_state *st, int full, int adapters, const dset *g,
-                    int ng, haddr_t *addr, const char *tmp, const char *fname, char *err, int errlen) {
+static int skeleton(const plan *p, const deck *d, const ckpt_state *st, int full, int adapters, const dset *ds,
+                    const cgeom *g, int ng, haddr_t *addr, const char *tmp, const char *fname, char *err, int errlen) {
     h5why why;
     int rc = 0;
     hid_t fapl = h5skel_fapl();
@@ -644,44 +725,20 @@ static int skeleton(const plan *p, const deck *d, const ckpt_state *st, int full
         snprintf(err, errlen, "checkpoint %s: writing root attributes failed: %s", fname, h5_reason(&why));
         rc = -1;
     }
-    size_t maxcb = 0;
-    for (int k = 0; k < ng; k++) {
-        size_t cb = (size_t)g[k].c * sizeof(float) * (size_t)row_len(&p->params.t[g[k].i]);
-        if (cb > maxcb) maxcb = cb;
-    }
-    uint8_t *dummy = calloc(1, maxcb + 4); /* never read: the driver drops it */
-    if (!dummy) {
-        snprintf(err, errlen, "checkpoint %s: out of memory", fname);
-        rc = -1;
-    }
     for (int k = 0; !rc && k < ng; k++) {
-        const param_spec *t = &p->params.t[g[k].i];
+        const param_spec *t = &p->params.t[ds[k].i];
         char path[256];
-        ds_path(t, g[k].which, path, sizeof path);
-        hid_t ds = create_ds(&w, t, path, &why);
-        if (ds < 0) {
+        ds_path(t, ds[k].which, path, sizeof path);
+        hid_t h = create_ds(&w, t, path, &why);
+        if (h < 0) {
             snprintf(err, errlen, "checkpoint %s: cannot create dataset %s: %s", fname, path, why.msg);
             rc = -1;
-            break;
+        } else if (alloc_chunks(h, t->ndim, &g[k], addr)) {
+            snprintf(err, errlen, "checkpoint %s: allocating %s failed: %s", fname, path, h5_reason(&why));
+            rc = -1;
         }
-        size_t cb = (size_t)g[k].c * sizeof(float) * (size_t)row_len(t);
-        for (int64_t e = 0; !rc && e < g[k].nsl; e++)
-            for (int64_t j = 0; !rc && j < g[k].nch; j++) {
-                hsize_t off[3] = {0, 0, 0};
-                off[t->ndim == 3] = (hsize_t)(j * g[k].c);
-                off[0] += t->ndim == 3 ? (hsize_t)e : 0;
-                h5skel_drop(1);
-                herr_t e2 = H5Dwrite_chunk(ds, H5P_DEFAULT, 0, off, cb + 4, dummy);
-                h5skel_drop(0);
-                haddr_t a = addr[g[k].first + e * g[k].nch + j] = h5skel_last_addr();
-                if (e2 < 0 || a == HADDR_UNDEF) {
-                    snprintf(err, errlen, "checkpoint %s: allocating %s failed: %s", fname, path, h5_reason(&why));
-                    rc = -1;
-                }
-            }
-        H5Dclose(ds);
+        if (h >= 0) H5Dclose(h);
     }
-    free(dummy);
     H5Pclose(w.lcpl);
     if (H5Fclose(file) < 0) {
         g_h5_broken = 1; /* see save_collective */
@@ -691,98 +748,54 @@ static int skeleton(const plan *p, const deck *d, const ckpt_state *st, int full
     return rc;
 }
 
-/* This rank's rows of dataset g: written at their chunks' addresses, their
- * checksum parts added to sums[3 * chunk] (s1, s2, nonzero). */
-static int write_rows(int fd, const zero_map *L, const dset *g, const haddr_t *addr, int64_t *sums, const char *fname,
-                      char *err, int errlen) {
+/* This rank's rows of tensor ds. */
+static int write_rows(int fd, const zero_map *L, const dset *ds, const cgeom *g, const haddr_t *addr, int64_t *sums,
+                      const char *fname, char *err, int errlen) {
     const plan *p = L->p;
-    const param_spec *t = &L->pt->t[g->i];
+    const param_spec *t = &L->pt->t[ds->i];
     int64_t R = row_len(t), a, b;
-    zero_tensor_part(L, g->i, member_of(p, t->kind), &a, &b);
+    zero_tensor_part(L, ds->i, member_of(p, t->kind), &a, &b);
     if (a % R || b % R) {
         snprintf(err, errlen, "checkpoint: shard of %s is not row-aligned ([%lld, %lld), row %lld)", t->name,
                  (long long)a, (long long)b, (long long)R);
         return -1;
     }
-    const size_t rowb = sizeof(float) * (size_t)R;
-    int64_t g0 = row0(p, t), r = g0 + a / R, rend = g0 + b / R;
-    while (r < rend) { /* global rows; a slice's chunks hold rows [j*c, min((j+1)*c, O)) */
-        int64_t e = r / g->O, j = r % g->O / g->c, c0 = e * g->O + j * g->c;
-        int64_t cend = c0 + (g->O - j * g->c < g->c ? g->O - j * g->c : g->c), y = rend < cend ? rend : cend;
-        const float *src = zero_at(L, g->i, (float *)g->buf, g->lay, (r - g0) * R);
-        size_t nb = (size_t)(y - r) * rowb;
-        int64_t k = g->first + e * g->nch + j;
-        uint64_t at = addr[k] + (uint64_t)(r - c0) * rowb;
-        fl32_part x = {0, 0, 0};
-        for (size_t o = 0; o < nb; o += PIECE) { /* the kernel copies each piece while it is in L2 */
-            size_t n = nb - o < PIECE ? nb - o : PIECE;
-            fl32_add(&x, fl32_shift(fl32_sum((const uint8_t *)src + o, n), (nb - o - n) / 2));
-            if (pwrite_all(fd, (const uint8_t *)src + o, n, at + o)) {
-                char path[256];
-                ds_path(t, g->which, path, sizeof path);
-                snprintf(err, errlen, "checkpoint %s: writing %s failed: %s", fname, path, strerror(errno));
-                return -1;
-            }
-        }
-        x = fl32_shift(x, (uint64_t)(c0 + g->c - y) * rowb / 2);
-        sums[3 * k] += (int64_t)x.s1, sums[3 * k + 1] += (int64_t)x.s2, sums[3 * k + 2] += (int64_t)x.nz;
-        r = y;
+    int64_t g0 = row0(p, t);
+    if (b > a && put_rows(fd, g, addr, sums, g0 + a / R, g0 + b / R,
+                          (const uint8_t *)zero_at(L, ds->i, (float *)ds->buf, ds->lay, a))) {
+        char path[256];
+        ds_path(t, ds->which, path, sizeof path);
+        snprintf(err, errlen, "checkpoint %s: writing %s failed: %s", fname, path, strerror(errno));
+        return -1;
     }
     return 0;
-}
-
-/* Rank 0: each chunk's checksum (4 bytes, little-endian, after the chunk) and
- * the zeros past the last row of an edge chunk. */
-static int write_sums(int fd, const plan *p, const dset *g, int ng, const haddr_t *addr, const int64_t *sums,
-                      const char *fname, char *err, int errlen) {
-    size_t maxpad = 0;
-    for (int k = 0; k < ng; k++) {
-        int64_t rows = g[k].c - (g[k].O - (g[k].nch - 1) * g[k].c); /* the last chunk's rows past the edge */
-        size_t pad = (size_t)rows * sizeof(float) * (size_t)row_len(&p->params.t[g[k].i]);
-        if (pad > maxpad) maxpad = pad;
-    }
-    uint8_t *zero = calloc(1, maxpad + 4);
-    int rc = zero ? 0 : -1;
-    for (int k = 0; !rc && k < ng; k++) {
-        const size_t rowb = sizeof(float) * (size_t)row_len(&p->params.t[g[k].i]), cb = (size_t)g[k].c * rowb;
-        for (int64_t e = 0; !rc && e < g[k].nsl; e++)
-            for (int64_t j = 0; !rc && j < g[k].nch; j++) {
-                int64_t q = g[k].first + e * g[k].nch + j, valid = g[k].O - j * g[k].c;
-                const int64_t *s = sums + 3 * q;
-                uint32_t f = fl32_final((fl32_part){(uint64_t)s[0], (uint64_t)s[1], s[2] != 0});
-                uint8_t le[4] = {(uint8_t)f, (uint8_t)(f >> 8), (uint8_t)(f >> 16), (uint8_t)(f >> 24)};
-                if (valid < g[k].c && pwrite_all(fd, zero, cb - (size_t)valid * rowb, addr[q] + (uint64_t)valid * rowb))
-                    rc = -1;
-                if (!rc && pwrite_all(fd, le, 4, addr[q] + cb)) rc = -1;
-            }
-    }
-    if (rc)
-        snprintf(err, errlen, "checkpoint %s: writing checksums failed: %s", fname, zero ? strerror(errno) : "out of memory");
-    free(zero);
-    return rc;
 }
 
 static int save_direct(const plan *p, const deck *d, const zero_map *L, const float *params, int params_layout,
                        const float *m, const float *v, int optim_layout, const ckpt_state *st, int full, int adapters,
                        const char *tmp, const char *fname, char *err, int errlen) {
     const param_table *pt = &p->params;
-    dset *g = calloc((size_t)pt->n * 3 + 1, sizeof *g);
-    int ng = 0, rc = g ? 0 : -1;
+    dset *ds = calloc((size_t)pt->n * 3 + 1, sizeof *ds);
+    cgeom *g = calloc((size_t)pt->n * 3 + 1, sizeof *g);
+    int ng = 0, rc = 0;
     int64_t nchunks = 0;
-    for (int i = 0; g && i < pt->n; i++) /* the order of save_collective */
-        if (in_file(&pt->t[i], adapters ? FILE_ADAPTERS : FILE_ALL))
-            dset_init(&g[ng++], &pt->t[i], i, BUF_PARAM, params, params_layout, &nchunks);
-    for (int which = BUF_M; g && full && which <= BUF_V; which++)
-        for (int i = 0; i < pt->n; i++)
-            if (trainable(&pt->t[i]))
-                dset_init(&g[ng++], &pt->t[i], i, which, which == BUF_M ? m : v, optim_layout, &nchunks);
+    for (int k = 0; ds && g && k < 3 * pt->n; k++) { /* the order of save_collective: params, then m, then v */
+        int i = k % pt->n, which = k / pt->n;
+        const param_spec *t = &pt->t[i];
+        if (which == BUF_PARAM ? !in_file(t, adapters ? FILE_ADAPTERS : FILE_ALL) : !full || !trainable(t)) continue;
+        hsize_t dims[3], chunk[3];
+        chunk_shape(t, dims, chunk);
+        ds[ng] = (dset){i, which, which == BUF_PARAM ? params_layout : optim_layout,
+                        which == BUF_PARAM ? params : which == BUF_M ? m : v};
+        g[ng++] = geom_of(t->ndim, dims, chunk, sizeof(float) * (size_t)row_len(t), &nchunks);
+    }
     haddr_t *addr = calloc((size_t)nchunks + 1, sizeof *addr);
     int64_t *sums = calloc((size_t)nchunks * 3 + 1, sizeof *sums);
-    if (!addr || !sums || !g) {
+    if (!addr || !sums || !g || !ds) {
         snprintf(err, errlen, "checkpoint %s: out of memory for %lld chunks", fname, (long long)nchunks);
         rc = -1;
     }
-    if (!rc && p->world_rank == 0) rc = skeleton(p, d, st, full, adapters, g, ng, addr, tmp, fname, err, errlen);
+    if (!rc && p->world_rank == 0) rc = skeleton(p, d, st, full, adapters, ds, g, ng, addr, tmp, fname, err, errlen);
     wd_progress(p, d, rc ? err : NULL);
     rc = agree(p->world, rc, err, errlen);
     if (!rc) comm_bcast(addr, sizeof *addr * (size_t)nchunks, 0, p->world);
@@ -792,16 +805,17 @@ static int save_direct(const plan *p, const deck *d, const zero_map *L, const fl
         rc = -1;
     }
     for (int k = 0; !rc && k < ng; k++) {
-        rc = write_rows(fd, L, &g[k], addr, sums, fname, err, errlen);
-        if (!rc) {
-            g_stats.n_datasets++;
-            g_stats.bytes += (double)pt->t[g[k].i].numel * sizeof(float);
-        }
+        rc = write_rows(fd, L, &ds[k], &g[k], addr, sums, fname, err, errlen);
+        g_stats.n_datasets++;
+        g_stats.bytes += (double)pt->t[ds[k].i].numel * sizeof(float);
     }
     wd_progress(p, d, rc ? err : NULL);
     rc = agree(p->world, rc, err, errlen); /* every rank reaches the sum, or none */
     if (!rc) comm_sum_i64(sums, (int)(3 * nchunks), p->world);
-    if (!rc && p->world_rank == 0) rc = write_sums(fd, p, g, ng, addr, sums, fname, err, errlen);
+    if (!rc && p->world_rank == 0 && put_sums(fd, g, ng, addr, sums)) {
+        snprintf(err, errlen, "checkpoint %s: writing checksums failed: %s", fname, strerror(errno));
+        rc = -1;
+    }
     /* Data on disk before the rename makes it visible (each rank flushes its client's pages). */
     if (fd >= 0) {
         if (!rc && fsync(fd)) {
@@ -813,7 +827,7 @@ static int save_direct(const plan *p, const deck *d, const zero_map *L, const fl
             rc = -1;
         }
     }
-    free(sums), free(addr), free(g);
+    free(sums), free(addr), free(g), free(ds);
     return rc;
 }
 
@@ -1258,15 +1272,32 @@ static int ds_is_bf16(hid_t ds) {
     return b;
 }
 
+/* A dataset of a direct ckpt_out: its chunk geometry (as dset) and its chunks' place in the tables. */
+typedef struct {
+    char path[420];
+    int ndim;
+    int64_t shape[3];
+    cgeom g;
+} odset;
+
 struct ckpt_out {
     hid_t file, bf16, dxpl;
     int use_bf16, par, rank;
     comm_t comm;
     char path[4096], tmp[4200];
     h5quiet q;
+    /* direct (no FP8 datasets): rank 0 holds the HDF5 file (skeleton driver),
+     * every rank pwrites its rows into fd, as save_direct */
+    int direct, fd, nd, dcap;
+    odset *ds;
+    haddr_t *addr;
+    int64_t *sums, nchunks, chcap;
 };
 
-int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, comm_t comm, char *err, int errlen) {
+static int out_root_attrs(ckpt_out *o, const deck *d);
+
+int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16, int fp8, comm_t comm, char *err,
+                  int errlen) {
     ckpt_out *o = calloc(1, sizeof *o);
     int rc = o ? 0 : -1;
     if (!o) snprintf(err, errlen, "%s: out of memory", path);
@@ -1282,24 +1313,31 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
     o->rank = comm_rank(comm);
     o->bf16 = ckpt_frozen_bf16_type();
     o->dxpl = H5Pcreate(H5P_DATASET_XFER);
+    o->direct = !fp8;
+    o->fd = -1;
     quiet_on(&o->q);
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (o->par) { /* collective writes; see ckpt_save for what parallel HDF5 1.10 costs here */
+    hid_t fapl = o->direct ? h5skel_fapl() : H5Pcreate(H5P_FILE_ACCESS);
+    if (o->par && !o->direct) { /* FP8 datasets: collective writes through parallel HDF5 (ckpt_frozen.c) */
         H5Pset_fapl_mpio(fapl, comm, COMM_INFO_NULL);
         H5Pset_coll_metadata_write(fapl, 1);
         H5Pset_dxpl_mpio(o->dxpl, H5FD_MPIO_COLLECTIVE);
     }
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
     H5Pset_alignment(fapl, ALIGN_OVER, ALIGN_TO);
-    o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    o->file = o->direct && o->rank ? 0 : H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); /* direct: rank 0 */
     H5Pclose(fapl);
     h5why why;
     if (o->file < 0) {
         snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
         rc = -1;
     }
+    if (!agree(comm, rc, err, errlen) && o->direct && (o->fd = open(o->tmp, O_WRONLY)) < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", o->tmp, strerror(errno));
+        rc = -1;
+    }
     if (agree(comm, rc, err, errlen)) {
-        if (o->file >= 0) H5Fclose(o->file);
+        if (o->file > 0) H5Fclose(o->file);
+        if (o->fd >= 0) close(o->fd);
         if (o->rank == 0) unlink(o->tmp);
         quiet_off(&o->q);
         H5Tclose(o->bf16);
@@ -1307,6 +1345,18 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
         free(o);
         return -1;
     }
+    if (o->file > 0) rc = out_root_attrs(o, d);
+    if (rc) snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
+    if (agree(comm, rc, err, errlen)) {
+        ckpt_out_close(o, 1, NULL, 0);
+        return -1;
+    }
+    *out = o;
+    return 0;
+}
+
+static int out_root_attrs(ckpt_out *o, const deck *d) {
+    int rc = 0;
     rc |= attr_i64(o->file, "format_version", CKPT_FORMAT_VERSION);
     rc |= attr_str(o->file, "format", "dsv3 checkpoint");
     rc |= attr_i64(o->file, "step", 0);
@@ -1322,18 +1372,12 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
 #define W(k) rc |= attr_i64(o->file, #k, d->model.k);
     MODEL_DIMS(W)
 #undef W
-    if (rc) snprintf(err, errlen, "%s: writing root attributes failed: %s", o->tmp, h5_reason(&why));
-    if (agree(comm, rc, err, errlen)) {
-        ckpt_out_close(o, 1, NULL, 0);
-        return -1;
-    }
-    *out = o;
-    return 0;
+    return rc;
 }
 
 int ckpt_out_attr(ckpt_out *o, const char *name, const char *value) {
     char err[8];
-    return agree(o->comm, attr_str(o->file, name, value), err, 0);
+    return agree(o->comm, o->file > 0 ? attr_str(o->file, name, value) : 0, err, 0);
 }
 
 /* /model/<path of hf_name>; chunks of about chunk_bytes() along axis 0 (3-D: one slice). */
@@ -1362,22 +1406,97 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
     H5Pset_fletcher32(dcpl);
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR); /* one rank; parallel HDF5 1.10 makes it EARLY */
-    hid_t ds = H5Dcreate2(o->file, path, bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
     h5why why;
-    if (ds < 0) snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
+    odset *g = NULL;
+    int rc = 0;
+    if (o->direct) { /* every rank: the geometry and room for its chunks' addresses and sums */
+        if (o->nd == o->dcap) {
+            int cap = o->dcap ? 2 * o->dcap : 256;
+            odset *x = realloc(o->ds, sizeof *x * (size_t)cap);
+            if (x) o->ds = x, o->dcap = cap;
+        }
+        int64_t end = o->nchunks;
+        cgeom cg = geom_of(ndim, dims, chunk, rowb, &end);
+        if (end > o->chcap) {
+            int64_t cap = 2 * end;
+            haddr_t *a = realloc(o->addr, sizeof *a * (size_t)cap);
+            if (a) o->addr = a;
+            int64_t *sm = realloc(o->sums, sizeof *sm * 3 * (size_t)cap);
+            if (sm) o->sums = sm;
+            if (a && sm) o->chcap = cap;
+        }
+        if (o->nd < o->dcap && end <= o->chcap) {
+            g = &o->ds[o->nd];
+            memset(g, 0, sizeof *g);
+            snprintf(g->path, sizeof g->path, "%s", path);
+            g->ndim = ndim;
+            for (int k = 0; k < ndim; k++) g->shape[k] = shape[k];
+            g->g = cg;
+            memset(o->sums + 3 * o->nchunks, 0, sizeof *o->sums * 3 * (size_t)(end - o->nchunks));
+        } else {
+            snprintf(err, errlen, "%s: out of memory declaring %s", o->tmp, path);
+            rc = -1;
+        }
+    }
+    if (o->file > 0 && !rc) {
+        hid_t ds = H5Dcreate2(o->file, path, bf16 ? o->bf16 : H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
+        if (ds < 0) {
+            snprintf(err, errlen, "%s: cannot create dataset %s: %s", o->tmp, path, h5_reason(&why));
+            rc = -1;
+        } else if (g && alloc_chunks(ds, ndim, &g->g, o->addr)) {
+            snprintf(err, errlen, "%s: allocating %s failed: %s", o->tmp, path, h5_reason(&why));
+            rc = -1;
+        }
+        if (ds >= 0) H5Dclose(ds);
+    }
     H5Pclose(lcpl), H5Pclose(dcpl), H5Sclose(sp);
-    if (ds >= 0) H5Dclose(ds);
-    return agree(o->comm, ds < 0 ? -1 : 0, err, errlen);
+    if (agree(o->comm, rc, err, errlen)) return -1;
+    if (g) { /* every chunk's address on every rank */
+        comm_bcast(o->addr + g->g.first, sizeof *o->addr * (size_t)(g->g.nsl * g->g.nch), 0, o->comm);
+        o->nchunks += g->g.nsl * g->g.nch;
+        o->nd++;
+    }
+    return 0;
 }
 
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (e >= 0), or along the
  * dataset's axis 0 (e < 0, any rank); data is bf16 bits (uint16) when the file
  * is bf16, else float. */
+/* Direct: this rank's rows to their chunks (the only collective call: the status). */
+static int out_write_direct(ckpt_out *o, const char *path, int64_t e, int64_t row0, int64_t nrows, const void *data,
+                            char *err, int errlen) {
+    const odset *g = NULL;
+    int rc = 0;
+    for (int k = o->nd - 1; k >= 0 && !g; k--) /* declared just before, as a rule */
+        if (!strcmp(o->ds[k].path, path)) g = &o->ds[k];
+    const int r = e >= 0; /* the row axis */
+    if (!g) {
+        snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
+        rc = -1;
+    } else if (nrows > 0 && (r ? g->ndim != 3 || e >= g->shape[0] || row0 < 0 || row0 + nrows > g->shape[1]
+                                : row0 < 0 || row0 + nrows > g->shape[0])) {
+        char what[64] = "";
+        if (r) snprintf(what, sizeof what, "slice %lld ", (long long)e);
+        snprintf(err, errlen, "%s: %srows [%lld, %lld) outside %s", o->tmp, what, (long long)row0,
+                 (long long)(row0 + nrows), path);
+        rc = -1;
+    } else if (nrows > 0) {
+        int64_t a = r ? e * g->g.O + row0 : row0, n = nrows; /* in rows of g->g */
+        if (!r && g->ndim == 3) a *= g->g.O, n *= g->g.O;     /* whole slices */
+        if (put_rows(o->fd, &g->g, o->addr, o->sums, a, a + n, data)) {
+            snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, strerror(errno));
+            rc = -1;
+        }
+    }
+    return agree(o->comm, rc, err, errlen);
+}
+
 static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
                      char *err, int errlen) {
     char rel[400], path[420];
     rel_path(hf_name, rel, sizeof rel);
     snprintf(path, sizeof path, "/model/%s", rel);
+    if (o->direct) return out_write_direct(o, path, e, row0, nrows, data, err, errlen);
     h5why why;
     hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
     int rc = 0;
@@ -1438,6 +1557,10 @@ int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row
 }
 
 int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
+    if (o->direct) {
+        snprintf(err, errlen, "%s: FP8 dataset %s in a file opened without fp8 (ckpt_out_open)", o->tmp, hf_name);
+        return -1;
+    }
     return ckpt_frozen_declare_fp8(o->file, hf_name, ndim, shape, err, errlen);
 }
 
@@ -1452,7 +1575,18 @@ int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     char scratch[8];
     if (!err) err = scratch, errlen = 0;
     int rc = failed ? -1 : 0;
-    if (H5Fclose(o->file) < 0) {
+    if (o->direct) { /* the checksums: parts summed over the ranks, written by rank 0 */
+        rc = agree(o->comm, rc, err, errlen);
+        cgeom *g = malloc(sizeof *g * (size_t)(o->nd + 1));
+        for (int k = 0; g && k < o->nd; k++) g[k] = o->ds[k].g;
+        if (!rc) comm_sum_i64(o->sums, (int)(3 * o->nchunks), o->comm);
+        if (!rc && o->rank == 0 && (!g || put_sums(o->fd, g, o->nd, o->addr, o->sums))) {
+            snprintf(err, errlen, "%s: writing checksums failed: %s", o->tmp, g ? strerror(errno) : "out of memory");
+            rc = -1;
+        }
+        free(g);
+    }
+    if (o->file > 0 && H5Fclose(o->file) < 0) { /* direct: rank 0 alone */
         g_h5_broken = 1;
         if (!rc) snprintf(err, errlen, "%s: closing failed: %s", o->tmp, h5_reason(&why));
         rc = -1;
@@ -1460,10 +1594,15 @@ int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     quiet_off(&o->q);
     H5Tclose(o->bf16);
     H5Pclose(o->dxpl);
-    if (!rc && fs_fsync_path(o->tmp)) { /* each rank: its client's pages */
+    if (!rc && (o->direct ? fsync(o->fd) : fs_fsync_path(o->tmp))) { /* each rank: its client's pages */
         snprintf(err, errlen, "fsync %s: %s", o->tmp, strerror(errno));
         rc = -1;
     }
+    if (o->fd >= 0 && close(o->fd) && !rc) {
+        snprintf(err, errlen, "closing %s: %s", o->tmp, strerror(errno));
+        rc = -1;
+    }
+    free(o->ds), free(o->addr), free(o->sums);
     rc = agree(o->comm, rc, err, errlen);
     if (!rc && o->rank == 0 && rename(o->tmp, o->path)) {
         snprintf(err, errlen, "rename %s -> %s: %s", o->tmp, o->path, strerror(errno));

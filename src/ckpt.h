@@ -108,8 +108,13 @@ int ckpt_io_broken(void);
  * made by every rank, each with its own rows (nrows 0: none), and returns the
  * same status on every rank (the message of the lowest failing rank). */
 typedef struct ckpt_out ckpt_out;
-/* use_bf16: datasets in bf16 (a custom HDF5 float type), written from bf16 bits. */
-int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, comm_t comm, char *err, int errlen);
+/* use_bf16: datasets in bf16 (a custom HDF5 float type), written from bf16 bits.
+ * fp8: the file will hold ckpt_out_declare_fp8 tensors, written collectively
+ * through parallel HDF5; otherwise rank 0 builds the file's metadata and every
+ * rank writes its rows' chunk bytes itself (h5direct.h: no fill pass, no copy
+ * through HDF5's filters, the same file). */
+int ckpt_out_open(ckpt_out **o, const char *path, const deck *d, int use_bf16, int fp8, comm_t comm, char *err,
+                  int errlen);
 /* A string attribute on the root (provenance). 0 or -1. */
 int ckpt_out_attr(ckpt_out *o, const char *name, const char *value);
 /* Creates /model/<path of hf_name> (global shape, 1-3 dims); f32 keeps this

@@ -17,6 +17,8 @@ uint16_t ops_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* O3 vectorizes it (-O2 does not: 1.6 s of an 8 s import of 1.7 G values). */
+__attribute__((optimize("O3"), target_clones("avx2", "default")))
 void ops_f32_to_bf16_n(const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;

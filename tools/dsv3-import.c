@@ -482,7 +482,7 @@ int main(int argc, char **argv) {
      * converts them: the file holds the same datasets at any rank count. */
     progress pr = {tool_now(), 0, 0, 0};
     ckpt_out *o;
-    if (ckpt_out_open(&o, out, &d, bf16, MPI_COMM_WORLD, err, sizeof err)) tool_die("%s", err);
+    if (ckpt_out_open(&o, out, &d, bf16, keep_fp8, MPI_COMM_WORLD, err, sizeof err)) tool_die("%s", err);
     int fail = 0;
     /* --keep-fp8: a tensor stays e4m3 when a fp8-base run stores it narrow and every source of it is F8_E4M3 */
     int *raw8 = calloc((size_t)pt.n, sizeof *raw8);
