@@ -1623,6 +1623,8 @@ struct ckpt_in {
     int n, cap;
     ckpt_tensor_info *t;
     h5quiet q;
+    int fd;         /* ckpt_in_stream: the file for pread (-1: not yet opened) */
+    uint8_t *piece; /* ckpt_in_stream: PIECE bytes */
 };
 
 typedef struct {
@@ -1672,6 +1674,7 @@ int ckpt_in_open(ckpt_in **out, const char *path, char *err, int errlen) {
         return -1;
     }
     snprintf(r->path, sizeof r->path, "%s", path);
+    r->fd = -1;
     r->bf16 = ckpt_frozen_bf16_type();
     quiet_on(&r->q);
     h5why why;
@@ -1769,8 +1772,110 @@ int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
     return in_read(r, i, e, row0, nrows, dst, as_bf16, err, errlen);
 }
 
+/* Is ds chunked with Fletcher32 as its only filter? Its chunk dims then. */
+static int fletcher_only(hid_t ds, int ndim, hsize_t *chunk) {
+    hid_t dcpl = H5Dget_create_plist(ds);
+    unsigned flags, cd[4];
+    size_t ncd = 4;
+    char name[32];
+    int ok = dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, ndim, chunk) == ndim &&
+             H5Pget_nfilters(dcpl) == 1 &&
+             H5Pget_filter2(dcpl, 0, &flags, &ncd, cd, sizeof name, name, NULL) == H5Z_FILTER_FLETCHER32;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    return ok;
+}
+
+int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
+                   int (*sink)(void *ctx, const void *data, size_t n), void *ctx, char *err, int errlen) {
+    const ckpt_tensor_info *t = &r->t[i];
+    const int ax = e >= 0; /* the row axis */
+    if ((ax && (t->ndim != 3 || e >= t->shape[0])) || row0 < 0 || nrows < 0 || row0 + nrows > t->shape[ax]) {
+        snprintf(err, errlen, "%s: rows [%lld, %lld) outside %s", r->path, (long long)row0, (long long)(row0 + nrows),
+                 t->path);
+        return -1;
+    }
+    if (t->is_fp8) return 1;
+    if (r->fd < 0) {
+        r->fd = open(r->path, O_RDONLY);
+        if (!r->piece) r->piece = malloc(PIECE);
+        if (r->fd < 0 || !r->piece) {
+            snprintf(err, errlen, "%s: %s", r->path, r->piece ? strerror(errno) : "out of memory");
+            return -1;
+        }
+    }
+    hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
+    hsize_t dims[3] = {1, 1, 1}, chunk[3] = {1, 1, 1};
+    if (ds < 0) {
+        snprintf(err, errlen, "%s: cannot open %s", r->path, t->path);
+        return -1;
+    }
+    if (!fletcher_only(ds, t->ndim, chunk)) {
+        H5Dclose(ds);
+        return 1;
+    }
+    for (int k = 0; k < t->ndim; k++) dims[k] = (hsize_t)t->shape[k];
+    int64_t none = 0;
+    const size_t es = t->is_bf16 ? 2 : 4;
+    cgeom g = geom_of(t->ndim, dims, chunk, es * (t->ndim >= 2 ? (size_t)t->shape[t->ndim - 1] : 1), &none);
+    int rc = 0;
+    if (t->ndim == 3 ? chunk[0] != 1 || chunk[2] != dims[2] : t->ndim == 2 && chunk[1] != dims[1]) rc = 1; /* not rows */
+    int64_t a = ax ? e * g.O + row0 : row0, b = a + nrows; /* wanted rows of g */
+    if (!ax && t->ndim == 3) a *= g.O, b *= g.O;
+    const size_t cb = (size_t)g.c * g.rowb;
+    for (int64_t c0 = a - a % g.O % g.c; !rc && c0 < b;) { /* every chunk the rows touch, whole */
+        int64_t sl = c0 / g.O, j = c0 % g.O / g.c;
+        hsize_t off[3] = {0, 0, 0};
+        off[t->ndim == 3] = (hsize_t)(j * g.c);
+        if (t->ndim == 3) off[0] = (hsize_t)sl;
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        uint8_t le[4];
+        if (H5Dget_chunk_info_by_coord(ds, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF || mask ||
+            size != cb + 4 || pread(r->fd, le, 4, (off_t)(addr + cb)) != 4) {
+            snprintf(err, errlen, "%s: dataset %s: chunk at row %lld unreadable (not allocated, or the file is "
+                     "truncated)", r->path, t->path, (long long)c0);
+            rc = -1;
+            break;
+        }
+        /* the chunk's bytes in pieces: all summed, the wanted rows' handed on */
+        uint64_t w0 = (uint64_t)((a > c0 ? a : c0) - c0) * g.rowb, w1 = (uint64_t)((b < c0 + g.c ? b : c0 + g.c) - c0) * g.rowb;
+        fl32_part x = {0, 0, 0};
+        for (uint64_t o = 0; !rc && o < cb;) {
+            size_t n = cb - o < PIECE ? (size_t)(cb - o) : PIECE;
+            if (o < w0 && o + n > w0) n = (size_t)(w0 - o); /* pieces split where the wanted rows begin and end */
+            if (o < w1 && o + n > w1) n = (size_t)(w1 - o);
+            ssize_t got = pread(r->fd, r->piece, n, (off_t)(addr + o));
+            if (got != (ssize_t)n) {
+                snprintf(err, errlen, "%s: dataset %s: short read (truncated file?)", r->path, t->path);
+                rc = -1;
+                break;
+            }
+            fl32_add(&x, fl32_shift(fl32_sum(r->piece, n), (cb - o - n) / 2));
+            if (o >= w0 && o < w1 && sink(ctx, r->piece, n)) {
+                snprintf(err, errlen, "%s: dataset %s: the output refused the data", r->path, t->path);
+                rc = -1;
+            }
+            o += n;
+        }
+        uint32_t f = fl32_final(x), stored = (uint32_t)le[0] | (uint32_t)le[1] << 8 | (uint32_t)le[2] << 16 |
+                                                 (uint32_t)le[3] << 24;
+        uint32_t swapped = (f & 0xff00ff00u) >> 8 | (f & 0x00ff00ffu) << 8; /* HDF5 accepts it too (files of < 1.6.3) */
+        if (!rc && stored != f && stored != swapped) {
+            snprintf(err, errlen, "%s: reading %s failed: data error detected by Fletcher32 checksum (chunk at row "
+                     "%lld)", r->path, t->path, (long long)(c0 % g.O));
+            rc = -1;
+        }
+        c0 = (sl + (j + 1 == g.nch)) * g.O + (j + 1 == g.nch ? 0 : (j + 1) * g.c); /* the next chunk */
+    }
+    H5Dclose(ds);
+    return rc;
+}
+
 void ckpt_in_close(ckpt_in *r) {
     if (!r) return;
+    if (r->fd >= 0) close(r->fd);
+    free(r->piece);
     if (r->file >= 0 && r->file) H5Fclose(r->file);
     quiet_off(&r->q);
     H5Tclose(r->bf16);

@@ -155,6 +155,14 @@ int ckpt_in_read(ckpt_in *r, int i, int64_t row0, int64_t nrows, void *dst, int 
 /* Rows [row0, row0+nrows) of slice e of a 3-D tensor (one routed expert). */
 int ckpt_in_read_slab(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows, void *dst, int as_bf16, char *err,
                       int errlen);
+/* Rows [row0, row0+nrows) of slice e (e < 0: along axis 0) as the bytes the
+ * file stores (bf16 bits or f32, little-endian), handed to sink in order in
+ * pieces of at most 512 KiB: read with pread, no copy through HDF5, every
+ * chunk's Fletcher32 verified (a mismatch ends it with the dataset named;
+ * pieces of that chunk may already have gone to sink). 1 when the dataset is
+ * not a Fletcher32-only chunked one (use ckpt_in_read), 0 done, -1 error. */
+int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
+                   int (*sink)(void *ctx, const void *data, size_t n), void *ctx, char *err, int errlen);
 void ckpt_in_close(ckpt_in *r);
 
 #endif

@@ -415,6 +415,7 @@ struct st_writer {
     int n_meta, cap_meta;
     char **mk, **mv;
     uint64_t data_start, total;
+    uint64_t unkicked; /* bytes put since the kernel was last told to start writing back */
     char err[600];  /* the first error of add/meta, reported by begin */
 };
 
@@ -655,6 +656,10 @@ int st_writer_put(st_writer *w, const char *name, uint64_t off, const void *data
     if (len && pwrite_full(w->fd, data, len, w->data_start + t->begin + off))
         return fail(err, errlen, w->path, name, "write error: %s", strerror(errno));
     w->got[i] += len;
+    if ((w->unkicked += len) >= (16u << 20)) { /* the disk writes while we go on; the final fsync finds little left */
+        sync_file_range(w->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        w->unkicked = 0;
+    }
     return 0;
 }
 

@@ -20,7 +20,7 @@ W=$(mktemp -d "${BENCH_DIR:-runs/bench}/ckpt.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 drop() { sync; if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then echo dropped; else echo cached; fi; }
 gbs() { awk -v b="$1" -v s="$2" 'BEGIN{ printf "%.2f", b / s / 1e9 }'; }
-echo "== checkpoint bandwidth, scale $SCALE, disk of $W ($(df -h "$W" | awk 'NR==2{print $1}')), $(nproc) cores =="
+echo "== checkpoint bandwidth, scale $SCALE, disk of $W ($(df -h "$W" | awk 'NR==2{print $1}')), $(nproc --all) cores =="
 for cfg in "1 1 0" "2 2 3"; do
     read -r np ep z <<<"$cfg"
     out=$(mpirun -np $np --bind-to none "$T" save "$W/np$np" $ep $z 1) || { echo "$out"; exit 1; }

@@ -96,6 +96,22 @@ static void merge_rows(ckpt_in *in, const otensor *t, int64_t r0, int64_t nr, in
     free(A), free(Bm);
 }
 
+/* ckpt_in_stream's sink: the next bytes of one output tensor. */
+typedef struct {
+    st_writer *w;
+    const char *name;
+    uint64_t off;
+    double *done;
+    char err[1024];
+} sink_ctx;
+static int sink_put(void *ctx, const void *data, size_t n) {
+    sink_ctx *c = ctx;
+    if (st_writer_put(c->w, c->name, c->off, data, n, c->err, sizeof c->err)) return -1;
+    c->off += n;
+    *c->done += (double)n;
+    return 0;
+}
+
 static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, uint16_t *hb, double *done) {
     char err[1024];
     const ckpt_tensor_info *ci = ckpt_in_tensor(in, t->src);
@@ -103,6 +119,13 @@ static void put_tensor(ckpt_in *in, st_writer *w, const otensor *t, float *fb, u
     int64_t per = (int64_t)(BUF_BYTES / 4 / (size_t)(cols ? cols : 1));
     if (per < 1) per = 1;
     int raw_bf16 = !t->f32 && ci->is_bf16 && t->la < 0; /* bf16 file to bf16 tensor: the bits as stored */
+    if (raw_bf16 || (t->f32 && !ci->is_bf16 && t->la < 0)) { /* the stored bytes as they are: streamed, L2-sized */
+        sink_ctx c = {w, t->name, 0, done, ""};
+        int64_t n = ci->ndim == 1 ? ci->shape[0] : rows;
+        int rc = ckpt_in_stream(in, t->src, ci->ndim == 3 ? t->e : -1, 0, n, sink_put, &c, err, sizeof err);
+        if (rc < 0) tool_die_local("%s%s%s", err, c.err[0] ? ": " : "", c.err);
+        if (rc == 0) return;
+    }
     uint64_t off = 0;
     for (int64_t r0 = 0; r0 < rows; r0 += per) {
         int64_t nr = rows - r0 < per ? rows - r0 : per;
