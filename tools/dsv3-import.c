@@ -195,9 +195,10 @@ typedef struct {
 } stats;
 
 /* Converts rows [r0, r0+nr) of a 2-D (or 1-D) source tensor k to floats
- * (FP8: scaled by its weight_scale_inv sk). */
-static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, float *out, unsigned char *raw,
-                    float *sbuf, int ue8m0, stats *stt) {
+ * (FP8: scaled by its weight_scale_inv sk) in out, or, with bf16_out, to bf16
+ * there (out: scratch; FP8 rounds row by row, out of cache otherwise). */
+static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, float *out, uint16_t *bf16_out,
+                    unsigned char *raw, float *sbuf, int ue8m0, stats *stt) {
     char err[1024];
     const st_tensor *t = src_t(s, k);
     int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1; /* 1-D: one row */
@@ -237,17 +238,19 @@ static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, floa
         for (int64_t r = 0; r < nr; r++) {
             const float *srow = sbuf + ((r0 + r) / 128 - sr0) * sc_cols;
             const unsigned char *q = raw + r * cols;
-            float *o = out + r * cols;
+            float *o = bf16_out ? out : out + r * cols; /* to bf16: one row of floats, rounded while in L1/L2 */
             for (int64_t c0 = 0; c0 < cols; c0 += 128) { /* one scale per 128 columns */
                 int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
                 float sc = srow[c0 / 128];
                 for (int64_t c = c0; c < c1; c++) o[c] = lut[q[c]] * sc;
             }
+            if (bf16_out) ops_f32_to_bf16_n(o, bf16_out + r * cols, (size_t)cols);
         }
-        break;
+        return;
     }
     default: tool_die("%s: dtype %s is not a weight dtype dsv3 imports", t->name, st_dtype_name(t->dtype));
     }
+    if (bf16_out) ops_f32_to_bf16_n(out, bf16_out, n);
 }
 
 /* --keep-fp8: rows [r0, r0+nr) of an F8_E4M3 tensor k as its bytes (raw) and
@@ -562,12 +565,9 @@ int main(int argc, char **argv) {
                 size_t n = 0;
                 if (k >= 0) {
                     const st_tensor *st = src_t(&s, k);
-                    convert(&s, k, q, r0, nr, fb, raw, sbuf, ue8m0, &stt);
+                    convert(&s, k, q, r0, nr, fb, bf16 && !keep ? hb : NULL, raw, sbuf, ue8m0, &stt);
                     n = (size_t)(nr * cols);
-                    if (bf16 && !keep) {
-                        ops_f32_to_bf16_n(fb, hb, n);
-                        data = hb;
-                    }
+                    if (bf16 && !keep) data = hb;
                     stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
                     if (r0 == 0) {
                         stt.tensors++;
