@@ -95,10 +95,11 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
         f += 4 * N * H + 2 * N; /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
         if (i >= L) {
             linear eh = shape(o, "eh_proj", 1, 2 * (int)H, (int)H);
-            f += N * H + 2 * N /* x_out, e_ids, mtp_targets (int32) */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
+            f += N * H /* x_out */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
                  2 * N * H + N * (double)(linear_cache_floats(&eh) + 1) + N * H + N; /* cat, eh, z */
         }
     }
+    f += (2.0 + 2 * c->num_nextn_predict_layers) * N; /* ids: tokens, targets, MTP e_ids, targets (int32) */
     f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
     f += N * H;                                     /* recomputed block output */
     if (nblocks > L) f += 4 * N * H;                /* MTP backward scratch: dcat [N,2H], de, dh */
@@ -151,17 +152,18 @@ double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T) {
     return o->checkpointing ? fmax(mtp, biggest) : all;
 }
 
-double cost_host_act_bytes(const model_opts *o, int ep) {
+double cost_host_act_bytes(const model_opts *o, int ep, int B, int T) {
     const deck_model *c = o->cfg;
-    int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers, n_moe = 0;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, nblocks = L + D, n_moe = 0;
     for (int i = 0; i < nblocks; i++) n_moe += i >= L || i >= c->first_k_dense_replace;
-    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, c->n_routed_experts / ep, ep);
+    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, c->n_routed_experts / ep, ep) +
+           4.0 * (2.0 + 2 * D) * B * T; /* the ids' host staging (model.c: batch_to_device) */
 }
 
 double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
     const deck_model *c = o->cfg;
     if (ep < 1 || c->n_routed_experts % ep) return 0.0;
-    return cost_base_act_bytes(o, B, T) + cost_cache_region_bytes(o, ep, B, T) + cost_host_act_bytes(o, ep);
+    return cost_base_act_bytes(o, B, T) + cost_cache_region_bytes(o, ep, B, T) + cost_host_act_bytes(o, ep, B, T);
 }
 
 /* ------------------------------------------------ GPU layout estimate */

@@ -31,8 +31,9 @@ double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int
  * and the MTP slots overlap it (their caches live from the MTP forward to the
  * MTP backward, which runs before any main recompute). */
 double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T);
-/* Host bytes of the MoE layers' routing counts (moe_cache_host_ints each). */
-double cost_host_act_bytes(const model_opts *o, int ep);
+/* Host bytes of the MoE layers' routing counts (moe_cache_host_ints each) and
+ * of the B x T micro-batch's ids staging (tokens, targets, MTP shifts: int32). */
+double cost_host_act_bytes(const model_opts *o, int ep, int B, int T);
 /* Peak floats of the components' scratch arena (ops_arena) for B sequences of
  * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
  * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
@@ -40,7 +41,8 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T);
 /* Floats of the largest dequantisation tile of a weight stored narrow (train.base_dtype bf16/fp8); 0 for fp32. */
 size_t cost_tile_floats(const model_opts *o);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
- * MTP extras, head, logits, backward scratch and the scratch arena. */
+ * MTP extras, the ids (tokens, targets, MTP shifts), head, logits, backward
+ * scratch and the scratch arena. */
 double cost_base_act_bytes(const model_opts *o, int B, int T);
 /* What the model allocates for activations (model.c: acts_create): the
  * activation buffer (base + cache region) and the host counts. 0 when EP
