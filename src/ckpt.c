@@ -20,6 +20,7 @@
 #include "ckpt_frozen.h"
 #include "error.h"
 #include "fsutil.h"
+#include "ops.h"
 
 #ifndef DSV3_GIT_REV
 #define DSV3_GIT_REV "unknown"
@@ -41,6 +42,15 @@ static size_t env_size(const char *name, size_t dflt) {
     return v > 0 ? (size_t)v : dflt;
 }
 static size_t slab_bytes(void) { return env_size("DSV3_CKPT_SLAB_BYTES", (size_t)1 << 30); }
+/* Tensors are device memory (ops.h): each HDF5 call moves its rows through a
+ * host staging buffer (ops_to_host / ops_to_device; a memcpy on the CPU
+ * backend), so a call moves at most STAGE_BYTES, or one row. */
+#define STAGE_BYTES ((size_t)64 << 20)
+static int64_t rows_per_call(int64_t R) {
+    size_t b = slab_bytes() < STAGE_BYTES ? slab_bytes() : STAGE_BYTES;
+    int64_t K = (int64_t)(b / (sizeof(float) * (size_t)R));
+    return K < 1 ? 1 : K;
+}
 static size_t chunk_bytes(void) { return env_size("DSV3_CKPT_CHUNK_BYTES", (size_t)4 << 20); }
 /* Chunks (every object of 64 KiB or more) start on a page boundary: the kernel
  * then copies whole pages into the page cache (about 10% off a save's time
@@ -412,8 +422,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         if (ds >= 0) H5Dclose(ds);
         return -1;
     }
-    int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), a, b;
-    if (K < 1) K = 1;
+    int64_t R = row_len(t), K = rows_per_call(R), a, b;
     zero_tensor_part(L, i, member_of(p, t->kind), &a, &b);
     int rc = 0;
     if (a % R || b % R) {
@@ -421,6 +430,13 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
                  (long long)a, (long long)b, (long long)R);
         rc = -1;
         b = a; /* still take part in the collective calls */
+    }
+    size_t cap = (size_t)((b - a) / R < K ? (b - a) / R : K) * (size_t)R;
+    float *stage = cap ? malloc(cap * sizeof *stage) : NULL;
+    if (cap && !stage) {
+        snprintf(w->err, w->errlen, "checkpoint: out of memory staging %s (%zu floats)", t->name, cap);
+        rc = -1;
+        b = a;
     }
     int64_t ncalls = 0, g0 = row0(p, t), r = g0 + a / R, rend = g0 + b / R;
     for (int mbr = 0; mbr < sh->nmemb; mbr++) { /* every rank makes as many calls as the busiest member */
@@ -439,7 +455,8 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         herr_t sel;
         if (n) {
             ms = H5Screate_simple(t->ndim, ct, NULL);
-            src = zero_at(L, i, (float *)buf, lay, (r0 - g0) * R);
+            ops_to_host(stage, zero_at(L, i, (float *)buf, lay, (r0 - g0) * R), (size_t)(n * R) * sizeof *stage);
+            src = stage;
             sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
         } else {
             ms = H5Screate_simple(1, &one, NULL);
@@ -456,6 +473,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         }
         H5Sclose(ms);
     }
+    free(stage);
     H5Sclose(fs);
     H5Dclose(ds);
     g_stats.n_datasets++;
@@ -779,21 +797,29 @@ static int read_tensor(hid_t file, const zero_map *L, int i, float *buf, int lay
         return -1;
     }
     hid_t fs = H5Dget_space(ds);
-    int64_t K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), g0 = row0(p, t), rc = 0;
-    if (K < 1) K = 1;
+    int64_t K = rows_per_call(R), g0 = row0(p, t), rc = 0, n;
     int64_t r = g0 + a / R, rend = g0 + b / R, r0 = r;
+    size_t cap = (size_t)((b - a) / R < K ? (b - a) / R : K) * (size_t)R;
+    float *stage = malloc(cap * sizeof *stage);
+    if (!stage) {
+        snprintf(err, errlen, "checkpoint %s: out of memory staging %s (%zu floats)", fname, t->name, cap);
+        rc = -1;
+    }
     hsize_t st[3], ct[3];
-    while (!rc && next_piece(t, &r, rend, K, st, ct)) {
+    while (!rc && (n = next_piece(t, &r, rend, K, st, ct))) {
         hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
         if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, zero_at(L, i, buf, lay, (r0 - g0) * R)) < 0) {
+            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
             snprintf(err, errlen, "checkpoint %s: dataset %s is corrupted or unreadable: %s", fname, path,
                      h5_reason(&why));
             rc = -1;
+        } else {
+            ops_to_device(zero_at(L, i, buf, lay, (r0 - g0) * R), stage, (size_t)(n * R) * sizeof *stage);
         }
         H5Sclose(ms);
         r0 = r;
     }
+    free(stage);
     H5Sclose(fs);
     H5Dclose(ds);
     return (int)rc;
@@ -804,7 +830,7 @@ static void zero_part(const zero_map *L, int i, float *buf, int lay) {
     int64_t a = 0, b = t->numel_local;
     if (lay >= ZERO_FULL_TRAINABLE && !trainable(t)) return; /* no storage */
     if (lay == ZERO_SHARD_PACKED || lay == ZERO_SHARD_TRAINABLE) zero_tensor_part(L, i, member_of(L->p, t->kind), &a, &b);
-    if (b > a) memset(zero_at(L, i, buf, lay, a), 0, sizeof(float) * (size_t)(b - a));
+    if (b > a) ops_memset0(zero_at(L, i, buf, lay, a), sizeof(float) * (size_t)(b - a));
 }
 
 int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int params_layout, float *m,

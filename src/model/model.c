@@ -940,18 +940,20 @@ void model_bias_update(model *m, int i, const int64_t *counts, float gamma) {
 void model_router_bias_gather(model *m, int i, float *full) {
     int E = m->cfg->n_routed_experts;
     if (m->z.params) {
-        ops_copy(full, m->blk[m->moe_block[i]].moe.bias, (size_t)E);
+        ops_to_host(full, m->blk[m->moe_block[i]].moe.bias, (size_t)E * sizeof *full);
         return;
     }
+    float *dev = m->e_scratch; /* [E] device: assembled there, then to the host */
     char name[160]; /* each element has one owner: my part, zeros elsewhere, summed over world */
     snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", m->blk[m->moe_block[i]].layer);
     int t = params_find(&m->pt, name);
     DSV3_CHECK(t >= 0, "internal error: router bias %s missing", name);
-    ops_zero(full, (size_t)E);
+    ops_zero(dev, (size_t)E);
     int64_t a, b;
     zero_my_part(&m->z.map, t, &a, &b);
-    if (b > a) ops_copy(full + a, zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)(b - a));
-    DSV3_CHECK(comm_sum_floats(full, (size_t)E, m->p->world) == 0, "all-reduce of router bias %s failed", name);
+    if (b > a) ops_copy(dev + a, zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)(b - a));
+    DSV3_CHECK(comm_sum_floats(dev, (size_t)E, m->p->world) == 0, "all-reduce of router bias %s failed", name);
+    ops_to_host(full, dev, (size_t)E * sizeof *full);
 }
 
 int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {

@@ -91,8 +91,8 @@ const float *model_logits(const model *m);
 int model_n_moe(const model *m);
 int64_t *model_expert_counts(model *m, int i);
 float *model_router_bias(model *m, int i); /* NULL under ZeRO-3 */
-/* The full router bias [E] of MoE slot i assembled from the ZeRO-3 shards
- * (collective over world; any stage). */
+/* The full router bias [E] of MoE slot i assembled from the ZeRO-3 shards,
+ * into HOST memory `full` (collective over world; any stage). */
 void model_router_bias_gather(model *m, int i, float *full);
 /* Aux-loss-free bias update of slot i from counts summed over all ranks (spec §5). */
 void model_bias_update(model *m, int i, const int64_t *counts, float gamma);
