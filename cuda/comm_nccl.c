@@ -196,6 +196,10 @@ void comm_finalize(void) {
     comm_mpi_finalize();
 }
 
+/* The frozen store is device memory, which POSIX shared memory cannot hold:
+ * each rank keeps its own (deck.c then plans no node-shared part). */
+int comm_node_shared_available(void) { return 0; }
+
 /* ---- where the data lives ---- */
 
 static int on_device(const void *p) {

@@ -42,6 +42,10 @@ void comm_free(comm_t *c);                            /* no-op on COMM_NULL or a
  * private part. NULL on every rank when any rank fails. */
 void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t mine_off, size_t mine_len);
 void comm_node_shared_free(void *p, size_t bytes); /* bytes = shared + priv */
+/* 1 when the model's memory can be node-shared as above (the CPU backend:
+ * device memory is host memory); 0 on a device backend (cuda/comm_nccl.c),
+ * where each rank holds its frozen store privately in device memory. */
+int comm_node_shared_available(void);
 
 /* ---- small reductions and broadcasts (the same result on every member) ---- */
 double comm_sum_double(double x, comm_t c);

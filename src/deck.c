@@ -880,7 +880,10 @@ static int check_layout(const ctx *c, deck *d, int world)
      * "sharded" at ZeRO 3 shards it over all ranks, which the CPU trainer runs
      * on one node only, where the world is the node (train.c refuses more). */
     int sharded3 = d->parallel.zero_stage >= 3 && strcmp(d->parallel.frozen, "resident");
-    d->lora.node_shared = (base_set || emb16) && (!strcmp(d->parallel.frozen, "resident") || sharded3);
+    /* A device backend cannot share its memory through POSIX shared memory: there each rank
+     * holds the store privately (comm_node_shared_available), and the plan counts it so. */
+    d->lora.node_shared = (base_set || emb16) && (!strcmp(d->parallel.frozen, "resident") || sharded3) &&
+                          comm_node_shared_available();
     if (!strcmp(d->parallel.frozen, "resident") && !base_set && !emb16)
         planned(c, d, 0, "parallel.frozen",
                 "parallel.frozen = \"resident\" with an fp32 base is planned only (--dry-run, --check): the CPU "

@@ -878,23 +878,27 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
         ops_fill_normal(dst, n, seed, params_name_key(nm), first, std);
 }
 
-/* A P_STORED tensor from its fp32 init, 128 rows at a time through a host
- * staging buffer (never a full-precision copy of the tensor). */
+/* A P_STORED tensor from its fp32 init, 128 rows at a time (never a
+ * full-precision copy of the tensor): drawn on the device (the fills are
+ * ops), stored from a host copy (ops_weight_store_rows takes host rows). */
 static void stored_tensor_init(model *m, int i, uint64_t seed) {
     const param_spec *s = &m->pt.t[i];
     size_t out = (size_t)s->shape[s->ndim - 2], in = (size_t)s->shape[s->ndim - 1];
+    float *dev = ops_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *dev);
     float *buf = ops_host_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *buf);
-    DSV3_CHECK(buf != NULL, "out of memory initialising %s", s->name);
+    DSV3_CHECK(dev != NULL && buf != NULL, "out of memory initialising %s", s->name);
     ops_weight w = stored_weight(m, i, NULL);
     for (int g = 0; g < s->n_mat; g++) {
         ops_weight v = ops_weight_expert(&w, g);
         for (size_t r0 = 0; r0 < out; r0 += OPS_FP8_BLOCK) {
             size_t n = out - r0 < OPS_FP8_BLOCK ? out - r0 : OPS_FP8_BLOCK, a = ((size_t)g * out + r0) * in;
-            init_range(m, s, buf, a, a + n * in, seed);
+            init_range(m, s, dev, a, a + n * in, seed);
+            ops_to_host(buf, dev, n * in * sizeof *buf);
             ops_weight_store_rows(&v, (int)r0, (int)n, buf);
         }
     }
     ops_host_free(buf);
+    ops_free(dev);
 }
 
 void model_init_weights(model *m, uint64_t seed) {
