@@ -11,13 +11,15 @@
 #  3. memory: at np 1 the run's allocation equals the plan per category to the byte; at np 2
 #     every rank allocates what the CPU backend allocates for the same run;
 #  4. checkpoints through the device: the np 2 run saves at step 2, a second run resumes
-#     there, and its step 3 equals the uninterrupted run's bitwise (exact tier).
+#     there, and its step 3 equals the uninterrupted run's bitwise (exact tier);
+#  5. generation (the latent-cache decode): dsv3-generate --reference, transformers' greedy
+#     tokens and logits of the YaRN tiny model (tests/fixtures/hf).
 . "$(dirname "$0")/lib.sh"
 EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)} # make SAN=1 test: bin-emu-san
-for b in dsv3 dsv3-refcheck; do
+for b in dsv3 dsv3-refcheck dsv3-generate; do
     [ -x "$EB/$b" ] || { echo "FAIL: $EB/$b not built (make CUDA=emu cuda-emu-model)"; exit 1; }
 done
-[ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
+for b in dsv3 dsv3-import; do [ -x "$BIN/$b" ] || { echo "FAIL: $BIN/$b not built"; exit 1; }; done
 scratch_dir
 export CUDAEMU_PROTECT=1
 fails=0
@@ -70,5 +72,12 @@ CUDAEMU_THREADS=1 run emu2r 2 "$EB/dsv3" "${Z[@]}" run.resume="$OUT/emu2/checkpo
 grep -q 'resumed from .* at step 2' "$OUT/emu2r.log" || bad "emu2r did not resume at step 2"
 [ "$(awk -F, 'NR == 2 { print $1 }' "$OUT/emu2r/metrics.csv" 2>/dev/null)" = 3 ] || bad "emu2r does not start at step 3"
 compare exact emu2 emu2r 3
+
+# 5. generation
+t0=$SECONDS
+"$BIN/dsv3-import" -q tests/fixtures/hf/fp32 "$OUT/hf.h5" >"$OUT/import.log" 2>&1 || { cat "$OUT/import.log"; bad "dsv3-import"; }
+out=$(CUDAEMU_THREADS=2 "$EB/dsv3-generate" -q --reference tests/fixtures/hf/generate.safetensors "$OUT/hf.h5" 2>&1); rc=$?
+echo "  $(echo "$out" | tail -n1 | sed 's/^dsv3-generate //') ($((SECONDS - t0))s)"
+[ $rc -eq 0 ] && echo "$out" | tail -n1 | grep -q 'PASS$' || { echo "$out" | tail -n 5; bad "dsv3-generate --reference"; }
 echo "it_cuda_model: $fails failure(s)"
 [ $fails -eq 0 ]
