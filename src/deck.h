@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "model/config.h" /* deck_model, deck_lora, DECK_STR */
 
@@ -137,9 +138,14 @@ void deck_free(deck *d);
 int deck_runnable(const deck *d, int check, char *err, int errlen);
 
 /* What the model needs of a deck (model/config.h). */
+/* parallel.dispatch_dtype ("" = train.dtype) as ops_moe.h's OPS_WIRE_* code. */
+static inline int deck_wire(const deck *d) {
+    const char *w = d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype;
+    return !strcmp(w, "fp8") ? 2 : !strcmp(w, "bf16") ? 1 : 0;
+}
 static inline model_opts deck_model_opts(const deck *d) {
     return (model_opts){&d->model, &d->lora, d->train.seq_len, d->train.micro_batch,
-                        d->parallel.activation_checkpointing};
+                        d->parallel.activation_checkpointing, deck_wire(d)};
 }
 
 #endif

@@ -164,11 +164,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
         mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
     } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
         model_opts o = deck_model_opts(d);
-        mem.acts = cost_act_bytes(&o, p->ep, d->train.micro_batch, d->train.seq_len);
-        /* uneven expert ownership: the CPU model cannot run it (deck error for a
-         * real run); plan its activations with the GPU formula in fp32 */
-        if (d->model.n_routed_experts % p->ep) mem.acts = cost_gpu_act_bytes(&o, (double)d->train.micro_batch *
-                                                                                     d->train.seq_len, 4.0);
+        mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
         mem.comm = 0.0;
     }
     mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
@@ -178,7 +174,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
 /* ---------------------------------------------------------------- layout */
 
 void plan_expert_range(int E, int ep, int ep_index, int *first, int *count) {
-    perf_expert_range(E, ep, ep_index, first, count);
+    perf_expert_range(E, ep, ep_index, first, count); /* the same split as moe_expert_range (checked by test_plan) */
 }
 
 static void plan_init(plan *p) {
@@ -232,8 +228,7 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->ep_index = rank % ep;
     p->dp = size / ep;
     p->dp_index = rank / ep;
-    /* Uneven ownership (E % ep != 0, planned only: the deck refuses it for a
-     * real run): the first E % ep ranks of a group own one expert more. */
+    /* Uneven ownership (E % ep != 0): the first E % ep ranks of a group own one expert more. */
     plan_expert_range(E, ep, p->ep_index, &p->expert_first, &p->experts_per_rank);
     p->zero_stage = d->parallel.zero_stage;
     p->micro_batch = mb;
@@ -452,7 +447,7 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
                 p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
                 p->n_moe_layers);
     else if (p->n_moe_layers > 0)
-        fprintf(out, "plan: uneven expert ownership (planned only): %d or %d routed experts per rank per MoE layer "
+        fprintf(out, "plan: uneven expert ownership: %d or %d routed experts per rank per MoE layer "
                      "(%d of %d, top-%d: %d ranks x %d + %d x %d), %d MoE layers incl. MTP\n",
                 m->n_routed_experts / p->ep + 1, m->n_routed_experts / p->ep, m->n_routed_experts, m->n_routed_experts,
                 m->num_experts_per_tok, m->n_routed_experts % p->ep, m->n_routed_experts / p->ep + 1,

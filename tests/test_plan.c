@@ -280,7 +280,7 @@ static void test_memory(void **state) {
         /* fp32 is the CPU model: its own activation accounting, which holds the MoE dispatch rows */
         assert_true(p.mem.comm == 0.0);
         model_opts mo = deck_model_opts(&d);
-        assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, d.train.micro_batch, d.train.seq_len));
+        assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, p.experts_per_rank, d.train.micro_batch, d.train.seq_len));
         assert_true(p.mem.acts > 0.0);
         plan_free(&p);
     }
