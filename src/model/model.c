@@ -802,7 +802,7 @@ int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m
 float *model_router_bias(model *m, int i) { return m->blk[m->moe_block[i]].moe.bias; }
 int model_moe_layer_index(const model *m, int i) { return m->blk[m->moe_block[i]].layer; }
 void model_reset_counts(model *m) {
-    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = 0.0;
+    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = m->blk[i].ec.wire_bytes = 0.0;
     memset(m->counts, 0, (size_t)(m->n_moe ? m->n_moe : 1) * m->cfg->n_routed_experts * sizeof *m->counts);
 }
 
@@ -930,5 +930,12 @@ double model_comm_seconds(const model *m) {
     double s = 0.0;
     for (int i = 0; i < m->nblocks; i++)
         if (m->blk[i].is_moe) s += m->blk[i].ec.comm_seconds;
+    return s;
+}
+
+double model_comm_bytes(const model *m) {
+    double s = 0.0;
+    for (int i = 0; i < m->nblocks; i++)
+        if (m->blk[i].is_moe) s += m->blk[i].ec.wire_bytes;
     return s;
 }
