@@ -407,6 +407,19 @@ static const char *thousands(char *buf, size_t n, int64_t v) {
     return buf;
 }
 
+void plan_print_ownership(const plan *p, const deck *d, const char *prefix, FILE *out) {
+    const deck_model *m = &d->model;
+    int E = m->n_routed_experts, ep = p->ep;
+    if (p->n_moe_layers <= 0) return;
+    if (E % ep == 0)
+        fprintf(out, "%s%d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n", prefix,
+                p->experts_per_rank, p->experts_per_rank, E, m->num_experts_per_tok, p->n_moe_layers);
+    else
+        fprintf(out, "%suneven expert ownership: %d or %d routed experts per rank per MoE layer (%d of %d, top-%d: "
+                     "%d ranks x %d + %d x %d), %d MoE layers incl. MTP\n", prefix, E / ep + 1, E / ep, E, E,
+                m->num_experts_per_tok, E % ep, E / ep + 1, ep - E % ep, E / ep, p->n_moe_layers);
+}
+
 void plan_print(const plan *p, const deck *d, FILE *out) {
     rank_row me;
     memset(&me, 0, sizeof me);
@@ -429,7 +442,6 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
         fprintf(out, "dsv3: plan: out of memory printing the plan\n");
         return;
     }
-    const deck_model *m = &d->model;
     char a[40], b[40];
     fprintf(out, "plan: world %d ranks on %d node%s, expert parallel %d: %d expert group%s of %d, data parallel %d\n",
             p->world_size, p->n_nodes, p->n_nodes == 1 ? "" : "s", p->ep, p->dp, p->dp == 1 ? "" : "s", p->ep,
@@ -442,16 +454,7 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
             thousands(b, sizeof b, p->params.n_trainable));
     model_opts o = deck_model_opts(d);
     fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", cost_flops_per_token(&o));
-    if (p->n_moe_layers > 0 && m->n_routed_experts % p->ep == 0)
-        fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
-                p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
-                p->n_moe_layers);
-    else if (p->n_moe_layers > 0)
-        fprintf(out, "plan: uneven expert ownership: %d or %d routed experts per rank per MoE layer "
-                     "(%d of %d, top-%d: %d ranks x %d + %d x %d), %d MoE layers incl. MTP\n",
-                m->n_routed_experts / p->ep + 1, m->n_routed_experts / p->ep, m->n_routed_experts, m->n_routed_experts,
-                m->num_experts_per_tok, m->n_routed_experts % p->ep, m->n_routed_experts / p->ep + 1,
-                p->ep - m->n_routed_experts % p->ep, m->n_routed_experts / p->ep, p->n_moe_layers);
+    plan_print_ownership(p, d, "plan: ", out);
     /* GiB for real models, MiB for the small decks that run here */
     double U = GiB;
     const char *un = "GiB";

@@ -73,6 +73,10 @@ typedef struct plan {
 int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen);
 /* Rank 0 prints the plan of every rank (gathered) plus totals. Collective. */
 void plan_print(const plan *p, const deck *d, FILE *out);
+/* The line of plan_print that states the routed experts per rank (and an
+ * uneven ownership: "uneven expert ownership: 3 or 2 ... 2 ranks x 3 + 3 x 2"),
+ * after prefix. No collectives; the run prints it too. */
+void plan_print_ownership(const plan *p, const deck *d, const char *prefix, FILE *out);
 void plan_free(plan *p);
 /* Rank 0 (no collectives): the GPU plan of the deck (perf.h): memory by
  * category per rank class, bytes per step per link class, FLOPs, roofline

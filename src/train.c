@@ -439,6 +439,7 @@ int train_run(const deck *d, plan *p) {
                "x %d tokens, %d micro-batches of %d per rank\n",
                d->run.mode, p->world_size, p->ep, p->dp, p->zero_stage, (long long)pt->n_params,
                (long long)pt->n_trainable, (long long)G, T, p->grad_accum, mb);
+        plan_print_ownership(p, d, "dsv3: ", stdout);
         int64_t nt = 0;
         double ue = unigram_entropy(&t, &nt);
         printf("dsv3: data: %s; unigram entropy of the training targets %.4f nats (from %lld tokens)\n",

@@ -305,10 +305,10 @@ static void exchange_pairs(moe_cache *c, const void *send, const int *scnt, cons
 /* The wire of every exchange but the forward dispatch: fp8 dispatch combines in bf16. */
 static int wire_back(int wire) { return wire == OPS_WIRE_FP8 ? OPS_WIRE_BF16 : wire; }
 
-/* Routed-expert LoRA of projection j on the R expert-major rows: y[R,out] +=
+/* Routed-expert LoRA of projection j on the R = Pr expert-major pairs: y[R,out] +=
  * s·(x·Aₑᵀ)·Bₑᵀ per expert e (grouped like the base GEMM); xa [R,r] saved. */
 static void expert_lora_forward(const moe_layer *l, moe_cache *c, int j, float *y, const float *x, int in, int out) {
-    int r = l->er[j], R = c->R, G = c->e_local;
+    int r = l->er[j], R = c->Pr, G = c->e_local;
     if (!r) return;
     ops_grouped_matmul(c->exa[j], x, l->eA[j], c->lcnt, G, in, r);      /* xa [R,r] */
     ops_grouped_matmul(c->elt, c->exa[j], l->eB[j], c->lcnt, G, r, out); /* [R,out] */
@@ -318,7 +318,7 @@ static void expert_lora_forward(const moe_layer *l, moe_cache *c, int j, float *
 /* dB += s·dyᵀ·xa ; dxa = s·dy·B ; dA += dxaᵀ·x ; dx += dxa·A, per expert. */
 static void expert_lora_backward(const moe_layer *l, moe_cache *c, int j, float *dx, const float *dy, const float *x,
                                  int in, int out) {
-    int r = l->er[j], R = c->R, G = c->e_local;
+    int r = l->er[j], R = c->Pr, G = c->e_local;
     if (!r) return;
     ops_copy(c->elt, dy, (size_t)R * out); /* dy·s [R,out] */
     ops_scale(c->elt, l->escaling, (size_t)R * out);
