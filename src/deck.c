@@ -873,9 +873,7 @@ static int check_layout(const ctx *c, deck *d, int world)
     int ep = d->parallel.expert_parallel;
     if (world % ep)
         return fail(c, "parallel.expert_parallel", NULL,
-                    "parallel.expert_parallel = %d does not divide the world size %d (every data-parallel "
-                    "replica holds whole expert groups; expert_parallel = %d, the world size, works with any "
-                    "n_routed_experts >= %d)", ep, world, world, world);
+                    "parallel.expert_parallel = %d does not divide the world size %d", ep, world);
     if (m->n_routed_experts > 0 && ep > m->n_routed_experts)
         return fail(c, "parallel.expert_parallel", NULL,
                     "parallel.expert_parallel = %d exceeds model.n_routed_experts = %d", ep, m->n_routed_experts);

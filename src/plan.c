@@ -8,6 +8,8 @@
 #include "plan.h"
 #include "deck.h"
 #include "model/cost.h"
+#include "model/moe.h"
+#include "ops.h"
 #include "perf.h"
 
 #include <hwloc.h>
@@ -159,9 +161,12 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
-    if (bf16) { /* the GPU layout: bf16 activations, fp32 MoE dispatch rows */
+    if (bf16) { /* the GPU layout: bf16 activations, MoE rows sent and received in the wire dtype
+                 * (parallel.dispatch_dtype: dispatch, then combine; fp8 combines in bf16) */
         mem.acts = plan_act_bytes(d);
-        mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
+        int H = d->model.hidden_size, w = deck_wire(d), wb = w == OPS_WIRE_FP8 ? OPS_WIRE_BF16 : w;
+        double rows = H > 0 ? (double)(p->dispatch_floats / (size_t)H) : 0.0;
+        mem.comm = 2.0 * rows * (double)(ops_wire_row_bytes(H, w) + ops_wire_row_bytes(H, wb));
     } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
         model_opts o = deck_model_opts(d);
         mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
@@ -295,9 +300,8 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
     int dense = m->first_k_dense_replace < L ? m->first_k_dense_replace : L;
     p->n_moe_layers = E > 0 ? (L - dense) + D : 0;
-    if (p->n_moe_layers > 0)
-        p->dispatch_floats = (size_t)mb * (size_t)d->train.seq_len * (size_t)m->num_experts_per_tok *
-                             (size_t)m->hidden_size;
+    if (p->n_moe_layers > 0) /* one row per (token, destination rank): at most N·min(K, EP) (moe_send_rows) */
+        p->dispatch_floats = moe_send_rows(mb * d->train.seq_len, m->num_experts_per_tok, ep) * (size_t)m->hidden_size;
     p->mem = plan_memory_estimate(d, p);
     return 0;
 }

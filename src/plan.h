@@ -64,7 +64,8 @@ typedef struct plan {
     size_t reduce_floats;                /* ZeRO-2/3 reduce buffers: open gradient groups + reduce-scatter scratch */
     int state_compact;                   /* a frozen tensor exists (LoRA): gradients and moments of the
                                           * trainable floats only; else the full layout (router-bias slots too) */
-    size_t dispatch_floats;              /* MoE dispatch rows, per direction: tokens*top_k*hidden */
+    size_t dispatch_floats;              /* MoE send rows x hidden: tokens*min(top_k, EP)*hidden (one row per
+                                          * token and destination rank) */
 } plan;
 
 /* Validates the layout against world size and builds communicators, ownership,
@@ -122,7 +123,9 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *  optim   AdamW m and v, fp32, the same state floats: stage>=1 my shard,
  *          else all local.
  *  acts    plan_act_bytes(): saved activations of one micro-batch.
- *  comm    MoE dispatch/combine send+recv rows: 2 * dispatch_floats * 4.
+ *  comm    bf16 (GPU) layout: MoE send+recv rows in the wire dtype, dispatch
+ *          and combine: 2 * rows * (dispatch + combine row bytes); fp32: 0
+ *          (the CPU model counts its rows under acts).
  *          (ZeRO buffers are counted once, under params and grads.)
  *  total   the sum. */
 plan_memory plan_memory_estimate(const deck *d, const plan *p);
