@@ -36,7 +36,7 @@ typedef struct {
                                  * ZeRO 3); with an fp32 base it is planned only */
     char dispatch_dtype[DECK_STR]; /* MoE dispatch/combine wire dtype: "" (= train.dtype) | "fp32" | "bf16" |
                                     * "fp8" (fp8 dispatch with 1x128 scales, bf16 combine); the CPU
-                                    * trainer sends fp32: bf16/fp8 are planned only (--dry-run) */
+                                    * trainer packs its rows to it on the wire (deck_wire) */
 } deck_parallel;
 
 typedef struct {

@@ -122,12 +122,13 @@ static void rows_free(moe_cache *c) {
 }
 
 /* The one allocation left on the step path, and why: the layer is dropless,
- * so the rows a rank receives depend on the routing of this step. The cache
- * is sized (and bound, moe_cache_bind) for the expected rows (cost_moe_row_cap
- * in cost.c: N·K + N); the bound that would make this function unnecessary is
- * EP·N·min(K, e_local) rows (moe_rows_bound), EP times the expected count at
+ * so the (token, expert) pairs a rank receives depend on the routing of this
+ * step. The cache is sized (and bound, moe_cache_bind) for the expected pairs
+ * (cost_moe_row_cap in cost.c: the rank's share e_local/E of the EP·N·K
+ * pairs, + N); the bound that would make this function unnecessary is
+ * EP·N·min(K, e_local) pairs (moe_rows_bound), EP times the expected count at
  * K <= e_local — too much memory to hold for every layer. So when a step
- * receives more rows than r_cap the row buffers move to their own, larger
+ * receives more pairs than r_cap the row buffers move to their own, larger
  * allocation here (the exceptional path: grow_events counts it; the grown
  * size is kept until moe_cache_free; it is not part of the planned
  * activation bytes). */
