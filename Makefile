@@ -8,7 +8,8 @@
 #                   instruction task from fortunes text (runs make demo first if needed)
 #   make bench      benchmarks (numbers for notes, never pass/fail)
 #   make SAN=1 ...  AddressSanitizer + UBSan build (in build-san/, bin-san/)
-#   make CUDA=1     CUDA backend (arrives with its issue)
+#   make CUDA=emu   CUDA backend through the CPU emulator: twin tests (cuda/cuda.mk)
+#   make CUDA=1     CUDA backend through nvcc for sm_80/sm_90 (compiles and links without a GPU)
 
 SHELL := /bin/bash
 CC := mpicc
@@ -42,8 +43,13 @@ else
   BIN := bin
   SANFLAGS :=
 endif
+# CUDA=emu / CUDA=1: the CUDA backend (cuda/cuda.mk) instead of the CPU build as the default goal
 ifeq ($(CUDA),1)
-  $(error the CUDA backend is not built yet: see its issue; `make` builds the CPU reference)
+  .DEFAULT_GOAL := cuda-gpu
+else ifeq ($(CUDA),emu)
+  .DEFAULT_GOAL := cuda-emu
+else ifneq ($(CUDA),)
+  $(error CUDA=$(CUDA): use CUDA=1 (nvcc, real libraries) or CUDA=emu (g++ and the emulator))
 endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -123,7 +129,7 @@ deps:
 	fi
 
 test: deps
-	@$(MAKE) --no-print-directory all $(FUZZ)
+	@$(MAKE) --no-print-directory all $(FUZZ) cuda-emu
 	@BIN=$(BIN) BUILD=$(BUILD) tests/run.sh
 
 demo: deps
@@ -142,7 +148,9 @@ regression: deps
 	@$(MAKE) --no-print-directory all
 	@regression/run
 
+include cuda/cuda.mk
+
 clean:
-	rm -rf build build-san bin bin-san
+	rm -rf build build-san bin bin-san build-emu build-emu-san build-cuda
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -17,6 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend (C++) implements these */
+#endif
+
 /* ---- Memory (design §2). Every float * an op takes is DEVICE memory; the
  * CPU backend's device memory is host memory, a CUDA backend's is not, so
  * model code never dereferences a tensor and never calls malloc/free: it
@@ -151,5 +155,9 @@ void ops_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uin
 
 #include "ops_attn.h"
 #include "ops_moe.h"
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -18,6 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend (C++) implements these */
+#endif
+
 /* ---- RMSNorm (dsv3-spec §2): y = w ⊙ (x · rstd), rstd = 1/sqrt(mean(x²) + eps).
  * HF order: normalise in fp32, then multiply by w. Rows are contiguous [T, C]. */
 void ops_rmsnorm_forward(float *y /*[T,C]*/, float *rstd /*[T]*/, const float *x /*[T,C]*/, const float *w /*[C]*/,
@@ -89,5 +93,9 @@ void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32
  * writes; dlogits may alias logits. For training steps. */
 double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logits, const int32_t *targets, int N,
                                int V, float scale);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -306,7 +306,7 @@ void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof *dst);
 }
 
-void ops_moe_combine(float *out, const float *y, const int *off, const int *pos, const float *w, int n, int C,
+void ops_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w, int n, int C,
                      float beta) {
 #pragma omp parallel for if ((size_t)n * C > 65536)
     for (int i = 0; i < n; i++) {
@@ -324,7 +324,7 @@ void ops_moe_combine(float *out, const float *y, const int *off, const int *pos,
     }
 }
 
-void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *off,
+void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout, const float *y, const int *off,
                               const int *pos, const float *w, int n, int C) {
 #pragma omp parallel for if ((size_t)n * C > 65536)
     for (int i = 0; i < n; i++) {
@@ -342,6 +342,81 @@ void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const flo
             float wp = w[p];
 #pragma omp simd
             for (int c = 0; c < C; c++) dyp[c] = wp * d[c];
+        }
+    }
+}
+
+/* ---- The per-(token, expert) dispatch of before issue 14 (the CUDA twins') ---- */
+
+void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
+    memset(cnt, 0, (size_t)E * sizeof *cnt);
+    for (size_t j = 0; j < (size_t)N * K; j++) cnt[idx[j]]++;
+    int *off = xmalloc((size_t)E * sizeof *off, "sort");
+    int o = 0;
+    for (int e = 0; e < E; e++) {
+        off[e] = o;
+        o += cnt[e];
+    }
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            int p = off[idx[(size_t)t * K + k]]++;
+            pos[(size_t)t * K + k] = p;
+            src[p] = t;
+        }
+    free(off);
+}
+
+int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
+    int *base = xmalloc((size_t)P * G * sizeof *base, "perm");
+    int o = 0;
+    for (int r = 0; r < P; r++)
+        for (int g = 0; g < G; g++) {
+            base[r * G + g] = o;
+            o += rcnt[r * G + g];
+        }
+    int j = 0;
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < P; r++)
+            for (int i = 0; i < rcnt[r * G + g]; i++) perm[j++] = base[r * G + g] + i;
+    free(base);
+    return j;
+}
+
+void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
+#pragma omp parallel for if ((size_t)N * C > 65536)
+    for (int t = 0; t < N; t++) {
+        float *o = out + (size_t)t * C;
+        if (beta == 0.0f)
+            memset(o, 0, (size_t)C * sizeof *o);
+        else if (beta != 1.0f)
+            for (int c = 0; c < C; c++) o[c] *= beta;
+        for (int k = 0; k < K; k++) {
+            const float *yk = y + (size_t)pos[(size_t)t * K + k] * C;
+            float wk = w ? w[(size_t)t * K + k] : 1.0f;
+#pragma omp simd
+            for (int c = 0; c < C; c++) o[c] += wk * yk[c];
+        }
+    }
+}
+
+void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
+                              const float *w, int N, int K, int C) {
+#pragma omp parallel for if ((size_t)N * C > 65536)
+    for (int t = 0; t < N; t++) {
+        const float *d = dout + (size_t)t * C;
+        for (int k = 0; k < K; k++) {
+            size_t p = (size_t)pos[(size_t)t * K + k];
+            float wk = w[(size_t)t * K + k];
+            float *dyk = dy + p * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) dyk[c] = wk * d[c];
+            if (dw) {
+                const float *yk = y + p * C;
+                double a = 0.0;
+#pragma omp simd reduction(+ : a)
+                for (int c = 0; c < C; c++) a += (double)d[c] * yk[c];
+                dw[(size_t)t * K + k] += (float)a;
+            }
         }
     }
 }
@@ -431,15 +506,6 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
                             x + r * in, w + (size_t)g * out * in, cnt[g], in, out);
         r += (size_t)cnt[g];
     }
-}
-
-ops_weight ops_weight_expert(const ops_weight *w, int g) {
-    size_t per = (size_t)w->out * (size_t)w->in, esz = w->dtype == OPS_F32 ? 4 : w->dtype == OPS_BF16 ? 2 : 1;
-    size_t nsc = (size_t)((w->out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * (size_t)((w->in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
-    ops_weight v = *w;
-    v.data = (unsigned char *)w->data + (size_t)g * per * esz;
-    v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
-    return v;
 }
 
 void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {

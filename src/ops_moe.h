@@ -23,6 +23,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend (C++) implements these */
+#endif
+
 /* ---- SwiGLU: h[t,i] = silu(g[t,i])·u[t,i], silu(z) = z·σ(z).
  * g and u have row strides gs and us (a fused gate/up output [T,2I] is
  * g = gu, u = gu + I, gs = us = 2I, n = I); h is contiguous [T,n]. */
@@ -94,13 +98,37 @@ void ops_gather_rows(float *dst /*[n,C]*/, const float *src, const int *idx /*[n
 void ops_scatter_rows(float *dst, const float *src /*[n,C]*/, const int *idx /*[n]*/, int n, int C); /* dst[idx[i]]=src[i] */
 /* Segmented combine: out[i] = beta·out[i] + Σ_{p in [off[i], off[i+1])} w[p]·y[pos[p]]
  * (p in order; w NULL = 1; beta 0 overwrites). off, pos device. */
-void ops_moe_combine(float *out /*[n,C]*/, const float *y, const int *off /*[n+1]*/, const int *pos,
-                     const float *w, int n, int C, float beta);
+void ops_moe_combine_seg(float *out /*[n,C]*/, const float *y, const int *off /*[n+1]*/, const int *pos,
+                         const float *w, int n, int C, float beta);
 /* Its backward (w not NULL): for each p of row i, dw[p] = dout[i]·y[pos[p]]
  * (OVERWRITES; dw may be NULL), then dy[pos[p]] = w[p]·dout[i] (OVERWRITES
  * those rows; dy may equal y: each row is read before it is written). */
-void ops_moe_combine_backward(float *dy, float *dw, const float *dout /*[n,C]*/, const float *y, const int *off,
-                              const int *pos, const float *w, int n, int C);
+void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout /*[n,C]*/, const float *y, const int *off,
+                                  const int *pos, const float *w, int n, int C);
+
+/* ---- The per-(token, expert) dispatch that moe.c used before issue 14
+ * (one row per (token, expert)). moe.c no longer calls them; they stay while
+ * the CUDA backend twins them (cuda/ops_moe.cu, tests/cuda/test_cuda_moe.c),
+ * until it implements the ops above. */
+/* Sorts the N·K (token, slot) pairs by expert,
+ * stably (token order within an expert): the send buffer row of pair (t,k)
+ * is pos[t,k]; src[j] is the token of send row j; cnt[e] rows go to expert e
+ * (rows of expert e are contiguous, experts in increasing order). */
+void ops_moe_sort(int *pos /*[N,K] device*/, int *src /*[N*K] device*/, int *cnt /*[E] HOST*/,
+                  const int *idx /*[N,K] device*/, int N, int K, int E);
+/* Permutation from the received layout (source rank major: for each source
+ * r, its rows for local experts 0..G-1 in order, rcnt[r,g] rows each) to the
+ * expert-major layout (for each expert g, the rows from sources 0..P-1):
+ * expert-major row j is received row perm[j]. Returns the row count. */
+int ops_moe_perm(int *perm /*[R] device*/, const int *rcnt /*[P,G] HOST*/, int P, int G);
+
+/* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1); pos device. */
+void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K]*/, const float *w /*[N,K]*/,
+                     int N, int K, int C, float beta);
+/* Backward of the combine: dy[pos[t,k]] = w[t,k]·dout[t] (OVERWRITES those
+ * rows), dw[t,k] += dout[t]·y[pos[t,k]] (dw may be NULL). */
+void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout /*[N,C]*/, const float *y,
+                              const int *pos, const float *w, int N, int K, int C);
 
 /* ---- The dispatch/combine wire (parallel.dispatch_dtype): n rows of C fp32
  * values converted IN PLACE to the wire's packed rows (row i at byte
@@ -131,11 +159,16 @@ void ops_grouped_matmul_w(float *y /*[R,out]*/, const float *x /*[R,in]*/, const
 /* dx[R,in] += dy·w[g] per block. */
 void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy /*[R,out]*/, const ops_weight *w, const int *cnt,
                                       int G);
-/* Expert g's [out, in] view of a stacked weight. */
+/* Expert g's [out, in] view of a stacked weight (host pointer arithmetic, one
+ * definition for both backends: src/ops_host.c). */
 ops_weight ops_weight_expert(const ops_weight *w, int g);
 
 /* ---- Auxiliary-loss-free bias update (spec §5): b_i += γ·sign(mean_j c_j − c_i),
  * counts summed over the whole batch (all ranks); sign(0) = 0. */
 void ops_moe_bias_update(float *bias /*[E]*/, const int64_t *counts /*[E] HOST*/, int E, float gamma);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -387,9 +387,9 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     experts_mm(l, 2, c->ye, c->he, c);
     expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
     /* one row back per received row: Σ w·y over this rank's experts of the token */
-    ops_moe_combine(c->xr, c->ye, c->poff, c->pinv, c->pw, R, H, 0.0f);
+    ops_moe_combine_seg(c->xr, c->ye, c->poff, c->pinv, c->pw, R, H, 0.0f);
     exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, wire_back(l->wire), comm);
-    ops_moe_combine(out, c->ys, c->toff, c->trows, NULL, N, H, 0.0f);
+    ops_moe_combine_seg(out, c->ys, c->toff, c->trows, NULL, N, H, 0.0f);
 }
 
 void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout) {
@@ -400,7 +400,7 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *
     exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, wb, comm);
     /* ∂L/∂w per pair (into rmeta, read no more), then ye = w·dout per pair (overwrites the saved outputs) */
     float *dwp = (float *)(void *)c->rmeta;
-    ops_moe_combine_backward(c->ye, dwp, c->xr, c->ye, c->poff, c->pinv, c->pw, R, H);
+    ops_moe_combine_seg_backward(c->ye, dwp, c->xr, c->ye, c->poff, c->pinv, c->pw, R, H);
     /* ∂L/∂w back to the token's rank, pair by pair (into smeta, read no more) */
     float *dws = (float *)(void *)c->smeta;
     exchange_pairs(c, dwp, c->rpc, c->rpo, dws, c->spc, c->spo, sizeof(float), comm);
@@ -418,9 +418,9 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *
     experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c);
     expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
     /* one dx row back per received row: the sum over its pairs */
-    ops_moe_combine(c->ye, c->xr, c->poff, c->pinv, NULL, R, H, 0.0f);
+    ops_moe_combine_seg(c->ye, c->xr, c->poff, c->pinv, NULL, R, H, 0.0f);
     exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, wb, comm);
-    if (dx) ops_moe_combine(dx, c->xs, c->toff, c->trows, NULL, N, H, 1.0f);
+    if (dx) ops_moe_combine_seg(dx, c->xs, c->toff, c->trows, NULL, N, H, 1.0f);
 }
 
 /* ---- the layer ---- */

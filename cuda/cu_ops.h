@@ -1,0 +1,54 @@
+/* cu_ops.h — C interface of cuda/ops.cu: the backend's context and the CUDA
+ * twins of ops.h's core ops.
+ *
+ * Convention (every cuda/ *.cu): for an op `ops_X(args)` of ops.h the file
+ * defines `cudaError_t cu_X(args, cudaStream_t s)` — the same arguments on
+ * device pointers, queued on stream s, nothing synchronised — and, unless
+ * compiled with -DDSV3_CU_TWIN, `ops_X(args)` itself, which runs cu_X on the
+ * backend stream and ends the job with the file:line of a CUDA error. Ops
+ * that return a value to the host take an extra device output instead
+ * (cu_sumsq(..., double *out)). Twin tests (tests/cuda/) link the -DDSV3_CU_TWIN
+ * objects beside the CPU reference, so both `ops_X` and `cu_X` exist in one
+ * binary. */
+#ifndef DSV3_CU_OPS_H
+#define DSV3_CU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- context: the device is the node-local rank modulo the devices present
+ * (OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID), chosen on first use; one
+ * compute stream per process. */
+cudaStream_t cu_stream(void);
+int cu_device(void);
+/* Ends the job naming file:line and the CUDA error (error_one). */
+void cu_check_at(cudaError_t e, const char *what, const char *file, int line);
+#define CU_CHECK(x) cu_check_at((cudaError_t)(x), #x, __FILE__, __LINE__)
+/* src/error.h's, declared here so that no .cu needs the MPI headers error.h brings. */
+void error_one_at(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+#define CU_REQUIRE(cond, ...)                                                                                    \
+    do {                                                                                                         \
+        if (!(cond)) error_one_at(__FILE__, __LINE__, __VA_ARGS__);                                              \
+    } while (0)
+
+/* ---- elementwise (ops.h) */
+cudaError_t cu_zero(float *x, size_t n, cudaStream_t s);
+cudaError_t cu_copy(float *dst, const float *src, size_t n, cudaStream_t s);
+cudaError_t cu_add(float *y, const float *x, size_t n, cudaStream_t s);
+cudaError_t cu_axpy(float *y, float a, const float *x, size_t n, cudaStream_t s);
+cudaError_t cu_scale(float *x, float a, size_t n, cudaStream_t s);
+cudaError_t cu_sumsq(const float *x, size_t n, double *out /* device, 1 */, cudaStream_t s);
+cudaError_t cu_fill(float *x, size_t n, float value, cudaStream_t s);
+cudaError_t cu_copy_cols(float *dst, int ds, const float *src, int ss, int off, int n, int rows, cudaStream_t s);
+cudaError_t cu_add_cols(float *dst, int ds, int off, const float *src, int ss, int n, int rows, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,73 @@
+/* cu_ops_attn.h — C interface of cuda/ops_attn.cu: the CUDA twins of
+ * src/ops_attn.h (RMSNorm, RoPE, causal attention, latent attention,
+ * embedding, cross-entropy). Convention as in cu_ops.h: cu_X takes ops_X's
+ * arguments on device pointers plus the stream, queues the work and
+ * synchronises nothing. Where ops_X returns a value to the host, or needs
+ * scratch the CPU op takes from malloc, cu_X takes explicit device buffers
+ * instead (named below); ops_X (cuda/ops_attn.cu, not in -DDSV3_CU_TWIN
+ * builds) owns such buffers and copies the results back. */
+#ifndef DSV3_CU_OPS_ATTN_H
+#define DSV3_CU_OPS_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+cudaError_t cu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int T, int C, float eps,
+                               cudaStream_t s);
+cudaError_t cu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                const float *rstd, int T, int C, cudaStream_t s);
+
+cudaError_t cu_rope_forward(float *x, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                            const float *sin_t, int B, int T, cudaStream_t s);
+cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
+                             const float *sin_t, int B, int T, cudaStream_t s);
+
+/* Limits of the attention kernels (a lane keeps its dv/32 output columns, and
+ * in the backward dqk/32, in registers): dv <= 512, and dqk <= 256 for the
+ * backward; the shared tiles, about 40·dqk + 32·dv floats (forward) or
+ * 40·(dqk + dv) (backward), must fit the device's opt-in shared memory (227 KiB
+ * on sm_90, 163 KiB on sm_80; above 48 KiB the launcher opts in). Beyond them
+ * cu_attention_* / cu_latent_attention return cudaErrorInvalidValue. */
+cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                                 int nh, int dqk, int dv, float scale, cudaStream_t s);
+/* Dwork: device scratch of ops_attention_cache_floats(B, T, nh) floats (the
+ * rows' D = Σ_j P·dP, computed by the dq pass and read by the dk/dv pass). */
+cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                  const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd,
+                                  float scale, float *Dwork, cudaStream_t s);
+cudaError_t cu_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,
+                                float scale, cudaStream_t s);
+
+/* bad: device int, written with the first row whose id is outside [0, V),
+ * or left >= N when every id is in range (the launcher initialises it). */
+cudaError_t cu_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H, int *bad,
+                                 cudaStream_t s);
+cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
+                                  cudaStream_t s);
+
+/* What ops_cross_entropy_forward/_fused return, on the device: sum (in row
+ * order, NAN if a target was invalid), count, and the first invalid row
+ * (-1 if none) with its target. */
+typedef struct cu_ce_result {
+    double sum;
+    int64_t count;
+    int bad_row, bad_target;
+} cu_ce_result;
+/* rows: device scratch of N doubles (each row's loss). */
+cudaError_t cu_cross_entropy_forward(float *row_loss, const float *logits, const int32_t *targets, int N, int V,
+                                     cu_ce_result *res, double *rows, cudaStream_t s);
+cudaError_t cu_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
+                                      float scale, cudaStream_t s);
+cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
+                                   float scale, cu_ce_result *res, double *rows, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

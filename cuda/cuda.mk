@@ -1,0 +1,82 @@
+# cuda.mk — the CUDA backend's builds (included by the Makefile; README "CUDA backend").
+#   make CUDA=emu   every cuda/*.cu through g++ and the emulator (cuda/emu), the twin
+#                   tests (tests/cuda/test_cuda_*.c) and the emulator's self-tests, in build-emu/
+#   make CUDA=1     the same sources through nvcc for sm_80 and sm_90 (-Werror all-warnings,
+#                   ptxas spills and local memory as errors), linked with cudart, cuBLAS(Lt)
+#                   and NCCL, in build-cuda/ (compiles and links everywhere; runs on a GPU)
+# The twin tests link the cuda objects built with -DDSV3_CU_TWIN (cu_* only) beside the
+# CPU reference in build/libdsv3.a, so one binary holds both twins.
+CUDA_HOME ?= /usr/local/cuda
+NVCC := $(CUDA_HOME)/bin/nvcc
+MPI_INC := $(shell mpicc --showme:compile 2>/dev/null)
+CU_SRC := $(wildcard cuda/*.cu)
+CU_HDR := $(wildcard cuda/*.h cuda/*.cuh) src/ops.h src/ops_attn.h src/ops_moe.h
+TWIN_SRC := $(wildcard tests/cuda/test_cuda_*.c)
+EMU_RT := cudaemu cublas_emu nccl_emu
+
+# -- emulation: g++ (C++17), the real NVIDIA headers, cuda/emu instead of the libraries
+EMU_DIR := build-emu$(if $(SANFLAGS),-san)
+EMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -Werror -Wno-unknown-pragmas -fopenmp -DDSV3_CUDA_EMU \
+                -DOMPI_SKIP_MPICXX -I$(CUDA_HOME)/include -Icuda -Isrc $(BLAS_CFLAGS) $(MPI_INC) $(SANFLAGS)
+TWIN_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp -I$(CUDA_HOME)/include -Icuda -Isrc \
+               -Itests/cuda $(BLAS_CFLAGS) $(SANFLAGS)
+EMU_RT_OBJ := $(EMU_RT:%=$(EMU_DIR)/emu/%.o)
+EMU_TWIN_OBJ := $(CU_SRC:cuda/%.cu=$(EMU_DIR)/cuda/%.twin.o)
+EMU_TWINS := $(TWIN_SRC:tests/cuda/%.c=$(EMU_DIR)/tests/%)
+EMU_SELF := $(EMU_DIR)/tests/selftest $(EMU_DIR)/tests/warp_semantics
+
+$(EMU_DIR)/emu/%.o: cuda/emu/%.cpp cuda/emu/cudaemu.h
+	@mkdir -p $(dir $@)
+	mpicxx $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU_DIR)/cuda/%.twin.o: cuda/%.cu $(CU_HDR) cuda/emu/cudaemu.h
+	@mkdir -p $(dir $@)
+	g++ $(EMU_CXXFLAGS) -DDSV3_CU_TWIN -x c++ -c $< -o $@
+$(EMU_DIR)/cuda/%.o: cuda/%.cu $(CU_HDR) cuda/emu/cudaemu.h
+	@mkdir -p $(dir $@)
+	g++ $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+$(EMU_DIR)/tests/%.o: tests/cuda/%.c tests/cuda/twin.h $(CU_HDR)
+	@mkdir -p $(dir $@)
+	mpicc $(TWIN_CFLAGS) -c $< -o $@
+$(EMU_DIR)/tests/test_cuda_%: $(EMU_DIR)/tests/test_cuda_%.o $(EMU_TWIN_OBJ) $(EMU_RT_OBJ) $(BUILD)/libdsv3.a
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+$(EMU_DIR)/tests/%: tests/cuda/%.cu $(EMU_DIR)/emu/cudaemu.o cuda/dsv3_cuda.cuh cuda/emu/cudaemu.h
+	@mkdir -p $(dir $@)
+	g++ $(EMU_CXXFLAGS) -x c++ -c $< -o $@.o && g++ -fopenmp -rdynamic $(SANFLAGS) $@.o $(EMU_DIR)/emu/cudaemu.o -o $@
+# the planted bug: block_sum without its first __syncthreads (tests/it_cuda_emu.sh: must fail)
+$(EMU_DIR)/cuda/ops.racy.o: cuda/ops.cu $(CU_HDR) cuda/emu/cudaemu.h
+	@mkdir -p $(dir $@)
+	g++ $(EMU_CXXFLAGS) -DDSV3_CU_TWIN -DDSV3_PLANT_MISSING_BARRIER -x c++ -c $< -o $@
+$(EMU_DIR)/tests/racy_cuda_ops: $(EMU_DIR)/tests/test_cuda_ops.o $(EMU_DIR)/cuda/ops.racy.o \
+                                $(filter-out $(EMU_DIR)/cuda/ops.twin.o,$(EMU_TWIN_OBJ)) $(EMU_RT_OBJ) $(BUILD)/libdsv3.a
+	mpicxx -fopenmp -rdynamic $(SANFLAGS) $^ -o $@ $(LDLIBS)
+
+.PHONY: cuda-emu cuda-gpu
+.SECONDARY: # keep the cuda objects make sees as intermediate (twin, ptxas reports)
+# the backend objects themselves (the ops_* bodies) are compiled too, though nothing links them yet
+cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops $(CU_SRC:cuda/%.cu=$(EMU_DIR)/cuda/%.o)
+
+# -- nvcc: the same sources for sm_80 and sm_90; compile and link only, here
+GPU_DIR := build-cuda
+NVFLAGS := -std=c++17 -O3 -Werror all-warnings -Xcompiler -Wall,-Wextra -Xptxas -warn-spills,-warn-lmem-usage \
+           --resource-usage -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+           -DOMPI_SKIP_MPICXX -Icuda -Isrc $(MPI_INC)
+GPU_LIBS := -L$(CUDA_HOME)/lib -Wl,-rpath,$(CUDA_HOME)/lib -lcudart -lcublasLt -lcublas -lnccl
+GPU_TWIN_OBJ := $(CU_SRC:cuda/%.cu=$(GPU_DIR)/cuda/%.twin.o)
+GPU_TWINS := $(TWIN_SRC:tests/cuda/%.c=$(GPU_DIR)/tests/%)
+
+# the ptxas report (registers, spills, smem per kernel and arch) is kept beside the object
+$(GPU_DIR)/cuda/%.twin.o: cuda/%.cu $(CU_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -DDSV3_CU_TWIN -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas; exit 1; }
+$(GPU_DIR)/cuda/%.o: cuda/%.cu $(CU_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas; exit 1; }
+$(GPU_DIR)/tests/%.o: tests/cuda/%.c tests/cuda/twin.h $(CU_HDR)
+	@mkdir -p $(dir $@)
+	mpicc $(TWIN_CFLAGS) -c $< -o $@
+$(GPU_DIR)/tests/test_cuda_%: $(GPU_DIR)/tests/test_cuda_%.o $(GPU_TWIN_OBJ) $(BUILD)/libdsv3.a
+	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
+$(GPU_DIR)/tests/%: tests/cuda/%.cu cuda/dsv3_cuda.cuh
+	@mkdir -p $(dir $@)
+	$(NVCC) -std=c++17 -O2 -Werror all-warnings -arch=sm_90 -Icuda $< -o $@
+cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics $(CU_SRC:cuda/%.cu=$(GPU_DIR)/cuda/%.o)

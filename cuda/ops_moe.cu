@@ -1,0 +1,716 @@
+/* ops_moe.cu — CUDA twin of src/ops_cpu_moe.c: the feed-forward-side ops of
+ * ops_moe.h. fp32 storage, as the CPU reference; conventions in cu_ops.h,
+ * launchers in cu_ops_moe.h.
+ *
+ * Determinism (README "CUDA backend", rule 6): every output element is written
+ * by one thread in a fixed order; the only atomics are integer counts in
+ * shared memory (order-independent). Routing, the balance loss, the sort and
+ * the bias update follow the CPU op's arithmetic order exactly (serial sums
+ * where the CPU sums serially), so their selections and integer outputs are
+ * the CPU's bit for bit. */
+#include "dsv3_cuda.cuh"
+
+#include <cublas_v2.h>
+
+#include <mutex>
+
+#include "cu_ops.h"
+#include "cu_ops_moe.h"
+
+namespace {
+constexpr unsigned FULL = 0xffffffffu;
+constexpr int EW = 256; /* threads per block of the elementwise kernels */
+
+__device__ __forceinline__ float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+/* threads for a row of C columns: a warp multiple, at most 256 (narrow rows waste no warps) */
+inline unsigned row_threads(int C) { return C >= 256 ? 256u : (unsigned)((C + 31) / 32 * 32); }
+
+/* ---- SwiGLU and sigmoid: one thread per element (grid-stride over T·n) ---- */
+
+__global__ void swiglu_fwd_kernel(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
+    const size_t N = (size_t)T * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / n, c = i % n;
+        float gv = g[t * gs + c];
+        h[i] = gv * sigmoidf_(gv) * u[t * us + c];
+    }
+}
+
+__global__ void swiglu_bwd_kernel(float *dg, int dgs, float *du, int dus, const float *dh, const float *g, int gs,
+                                  const float *u, int us, int T, int n) {
+    const size_t N = (size_t)T * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / n, c = i % n;
+        float gv = g[t * gs + c], uv = u[t * us + c], d = dh[i];
+        float sg = sigmoidf_(gv);
+        /* silu'(z) = σ(z)·(1 + z·(1 − σ(z))) */
+        dg[t * dgs + c] += d * uv * sg * (1.0f + gv * (1.0f - sg));
+        du[t * dus + c] += d * (gv * sg);
+    }
+}
+
+__global__ void sigmoid_kernel(float *y, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = sigmoidf_(x[i]);
+}
+
+/* ---- Routing: one warp per token ----
+ * Shared memory per warp: sc [E] (biased scores), gscore [ng], keep [E] bytes.
+ * The group scores and the group choice are the CPU's serial loops (lane g
+ * scores group g; lane 0 picks the groups), so ties break identically. Each
+ * of the K expert picks is an arg-max over the kept experts: every lane scans
+ * its experts in increasing order keeping the first maximum, then a butterfly
+ * over the lanes orders candidates by (larger value, then lower index) — a
+ * total order, so every lane gets the CPU's pick: the largest sc, the lowest
+ * index among equals. */
+constexpr int RW = 4; /* tokens (warps) per block */
+
+__global__ void __launch_bounds__(RW * 32) route_kernel(int *idx, float *w, const float *s, const float *bias, int T,
+                                                         int E, int K, int ng, int kg, int norm, float scale) {
+    DSV3_DYNAMIC_SHARED(float, sm);
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    const int t = blockIdx.x * RW + wp;
+    if (t >= T) return; /* the whole warp: this kernel has no block barrier */
+    float *sc = sm + (size_t)wp * (E + ng), *gscore = sc + E;
+    unsigned char *keep = reinterpret_cast<unsigned char *>(sm + (size_t)RW * (E + ng)) + (size_t)wp * E;
+    const float *st = s + (size_t)t * E;
+
+    for (int e = lane; e < E; e += 32) sc[e] = st[e] + (bias ? bias[e] : 0.0f);
+    __syncwarp(FULL);
+    if (ng > 1) {
+        const int gsz = E / ng;
+        for (int g = lane; g < ng; g += 32) { /* sum of the group's 2 largest sc */
+            float m1 = -INFINITY, m2 = -INFINITY;
+            for (int e = g * gsz; e < (g + 1) * gsz; e++) {
+                float v = sc[e];
+                if (v > m1) {
+                    m2 = m1;
+                    m1 = v;
+                } else if (v > m2) {
+                    m2 = v;
+                }
+            }
+            gscore[g] = gsz >= 2 ? m1 + m2 : m1;
+        }
+        for (int e = lane; e < E; e += 32) keep[e] = 0;
+        __syncwarp(FULL);
+        if (lane == 0)
+            for (int j = 0; j < kg; j++) {
+                int best = -1;
+                for (int g = 0; g < ng; g++) /* keep[g*gsz] marks a kept group */
+                    if (!keep[g * gsz] && (best < 0 || gscore[g] > gscore[best])) best = g;
+                if (best < 0) break;
+                for (int e = best * gsz; e < (best + 1) * gsz; e++) keep[e] = 1;
+            }
+    } else {
+        for (int e = lane; e < E; e += 32) keep[e] = 1;
+    }
+    __syncwarp(FULL);
+
+    /* The host checked that the kept groups hold at least K experts: bi >= 0. */
+    int *it = idx + (size_t)t * K;
+    double S = 0.0; /* lane 0: Σ of the unbiased scores, in k order as the CPU */
+    for (int k = 0; k < K; k++) {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int e = lane; e < E; e += 32)
+            if (keep[e] && (bi < 0 || sc[e] > bv)) bv = sc[e], bi = e;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(FULL, bv, o);
+            int oi = __shfl_xor_sync(FULL, bi, o);
+            if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) bv = ov, bi = oi;
+        }
+        if (lane == 0) {
+            it[k] = bi;
+            keep[bi] = 0;
+            S += st[bi];
+        }
+        __syncwarp(FULL);
+    }
+    if (w && lane == 0) {
+        float inv = norm ? (float)(1.0 / S) : 1.0f;
+        for (int k = 0; k < K; k++) w[(size_t)t * K + k] = st[it[k]] * inv * scale;
+    }
+}
+
+/* one thread per token: K is small, the CPU's serial sums */
+__global__ void route_bwd_kernel(float *dlogits, const float *dw, const float *s, const int *idx, int T, int E, int K,
+                                 int norm, float scale) {
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < T; t += gridDim.x * blockDim.x) {
+        const float *st = s + (size_t)t * E, *dwt = dw + (size_t)t * K;
+        const int *it = idx + (size_t)t * K;
+        float *dl = dlogits + (size_t)t * E;
+        double S = 0.0, a = 0.0;
+        for (int k = 0; k < K; k++) {
+            S += st[it[k]];
+            a += (double)dwt[k] * st[it[k]];
+        }
+        for (int k = 0; k < K; k++) {
+            float sj = st[it[k]];
+            /* w_j = scale·s_j/S: ∂L/∂s_j = scale·(dw_j − Σ_k dw_k s_k/S)/S */
+            double ds = norm ? scale * ((double)dwt[k] - a / S) / S : (double)scale * dwt[k];
+            dl[it[k]] += (float)(ds * sj * (1.0f - sj));
+        }
+    }
+}
+
+/* ---- Balance loss ----
+ * Block per sequence (forward) or per (row chunk, sequence) (backward). The
+ * expert counts of a sequence come from integer shared-memory atomics; a row's
+ * Σ_e s is summed serially by one thread (the CPU's order), P_e by the thread
+ * owning expert e over the rows in order. */
+constexpr int BB = 256; /* threads per balance block = rows per tile */
+
+__device__ void balance_counts(int *cnt, const int *topk, int T, int E, int K) {
+    for (int e = threadIdx.x; e < E; e += BB) cnt[e] = 0;
+    __syncthreads();
+    for (size_t j = threadIdx.x; j < (size_t)T * K; j += BB) atomicAdd(&cnt[topk[j]], 1);
+    __syncthreads();
+}
+
+/* smem: rs [BB] doubles, P [E] doubles, cnt [E] ints */
+__global__ void __launch_bounds__(BB) balance_kernel(const float *s, const int *topk, int T, int E, int K,
+                                                      double *out) {
+    DSV3_DYNAMIC_SHARED(double, rs);
+    double *P = rs + BB;
+    int *cnt = reinterpret_cast<int *>(P + E);
+    const int b = blockIdx.x;
+    const float *sb = s + (size_t)b * T * E;
+    balance_counts(cnt, topk + (size_t)b * T * K, T, E, K);
+    for (int e = threadIdx.x; e < E; e += BB) P[e] = 0.0;
+    for (int t0 = 0; t0 < T; t0 += BB) {
+        const int t = t0 + threadIdx.x;
+        if (t < T) {
+            const float *st = sb + (size_t)t * E;
+            double S = 0.0;
+            for (int e = 0; e < E; e++) S += st[e];
+            rs[threadIdx.x] = S;
+        }
+        __syncthreads();
+        const int nt = T - t0 < BB ? T - t0 : BB;
+        for (int e = threadIdx.x; e < E; e += BB)
+            for (int i = 0; i < nt; i++) P[e] += sb[(size_t)(t0 + i) * E + e] / rs[i];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) { /* Σ_i f_i·P_i/T in expert order, f_i = E/(K·T)·count_i */
+        const double c = (double)E / ((double)K * T);
+        double v = 0.0;
+        for (int e = 0; e < E; e++) v += (double)cnt[e] * c * P[e] / T;
+        out[b] = v;
+    }
+}
+
+__global__ void balance_total_kernel(double *out, int B) {
+    double v = 0.0;
+    for (int b = 0; b < B; b++) v += out[b];
+    out[B] = v;
+}
+
+/* smem: g [E] doubles, Sa [2·BB] doubles (per row: S, a), cnt [E] ints */
+__global__ void __launch_bounds__(BB) balance_bwd_kernel(float *dlogits, const float *s, const int *topk, int T, int E,
+                                                          int K, float coef) {
+    DSV3_DYNAMIC_SHARED(double, g);
+    double *Sa = g + E;
+    int *cnt = reinterpret_cast<int *>(Sa + 2 * BB);
+    const int b = blockIdx.y, t0 = blockIdx.x * BB;
+    balance_counts(cnt, topk + (size_t)b * T * K, T, E, K);
+    const double c = (double)E / ((double)K * T);
+    for (int e = threadIdx.x; e < E; e += BB) g[e] = (double)cnt[e] * c * ((double)coef / T); /* ∂L/∂s'_{t,e} */
+    __syncthreads();
+    const size_t r0 = (size_t)b * T + t0;
+    const int nt = T - t0 < BB ? T - t0 : BB;
+    if ((int)threadIdx.x < nt) {
+        const float *st = s + (r0 + threadIdx.x) * E;
+        double S = 0.0, a = 0.0;
+        for (int e = 0; e < E; e++) S += st[e];
+        for (int e = 0; e < E; e++) a += g[e] * st[e];
+        Sa[2 * threadIdx.x] = S;
+        Sa[2 * threadIdx.x + 1] = a / S;
+    }
+    __syncthreads();
+    /* s' = s/S: ∂L/∂s_e = (g_e − Σ_j g_j s'_j)/S */
+    for (int i = 0; i < nt; i++) {
+        const float *st = s + (r0 + i) * E;
+        float *dl = dlogits + (r0 + i) * E;
+        const double S = Sa[2 * i], a = Sa[2 * i + 1];
+        for (int e = threadIdx.x; e < E; e += BB) dl[e] += (float)((g[e] - a) / S * st[e] * (1.0f - st[e]));
+    }
+}
+
+/* ---- Dispatch bookkeeping ----
+ * The sort: one warp per expert scans the N·K pairs in order, 32 at a time;
+ * a ballot marks this expert's pairs and the popcount of the lower lanes is a
+ * pair's rank: a stable counting sort without atomics. */
+constexpr int SW = 4; /* experts (warps) per block */
+
+__global__ void __launch_bounds__(SW * 32) sort_count_kernel(int *cnt, const int *idx, int NK, int E) {
+    const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
+    if (e >= E) return; /* the whole warp */
+    int c = 0;
+#pragma unroll 4 /* independent loads in flight: the scan is latency-bound */
+    for (int j0 = 0; j0 < NK; j0 += 32) {
+        const int j = j0 + lane;
+        c += __popc(__ballot_sync(FULL, j < NK && idx[j] == e));
+    }
+    if (lane == 0) cnt[e] = c;
+}
+
+__global__ void __launch_bounds__(SW * 32) sort_place_kernel(int *pos, int *src, const int *cnt, const int *idx,
+                                                              int NK, int K, int E) {
+    const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
+    if (e >= E) return;
+    int off = 0; /* rows of experts before e */
+    for (int f = 0; f < e; f++) off += cnt[f];
+#pragma unroll 4
+    for (int j0 = 0; j0 < NK; j0 += 32) {
+        const int j = j0 + lane;
+        const bool mine = j < NK && idx[j] == e;
+        const unsigned m = __ballot_sync(FULL, mine);
+        if (mine) {
+            const int p = off + __popc(m & ((1u << lane) - 1u));
+            pos[j] = p;
+            src[p] = j / K;
+        }
+        off += __popc(m);
+    }
+}
+
+/* One block per (expert g, source r) in expert-major order: its rcnt[r,g] rows
+ * start at `dst` in the expert-major layout and at `from` in the received one. */
+__global__ void perm_kernel(int *perm, const int *rcnt, int P, int G) {
+    __shared__ int dst, from;
+    const int g = blockIdx.x / P, r = blockIdx.x % P;
+    if (threadIdx.x == 0) {
+        int a = 0, b = 0;
+        for (int i = 0; i < r * G + g; i++) a += rcnt[i]; /* received: source-major */
+        for (int h = 0; h < g; h++)
+            for (int q = 0; q < P; q++) b += rcnt[q * G + h];
+        for (int q = 0; q < r; q++) b += rcnt[q * G + g];
+        from = a;
+        dst = b;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < rcnt[r * G + g]; i += blockDim.x) perm[dst + i] = from + i;
+}
+
+/* ---- Rows: a block per row (grid-stride), threads over the columns ---- */
+
+__global__ void gather_kernel(float *dst, const float *src, const int *idx, int n, int C) {
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        const float *s = src + (size_t)idx[i] * C;
+        float *d = dst + (size_t)i * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = s[c];
+    }
+}
+
+__global__ void scatter_kernel(float *dst, const float *src, const int *idx, int n, int C) {
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        const float *s = src + (size_t)i * C;
+        float *d = dst + (size_t)idx[i] * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) d[c] = s[c];
+    }
+}
+
+/* out[t] = beta·out[t] + Σ_k w·y[pos] with k in order (beta 0: out is not read) */
+__global__ void combine_kernel(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
+                               float beta) {
+    for (int t = blockIdx.x; t < N; t += gridDim.x) {
+        float *o = out + (size_t)t * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float v = beta == 0.0f ? 0.0f : beta != 1.0f ? o[c] * beta : o[c];
+            for (int k = 0; k < K; k++) {
+                float wk = w ? w[(size_t)t * K + k] : 1.0f;
+                v += wk * y[(size_t)pos[(size_t)t * K + k] * C + c];
+            }
+            o[c] = v;
+        }
+    }
+}
+
+constexpr int CB = 128; /* threads per combine-backward block (block_sum needs it fixed) */
+
+__global__ void __launch_bounds__(CB) combine_bwd_kernel(float *dy, float *dw, const float *dout, const float *y,
+                                                          const int *pos, const float *w, int N, int K, int C) {
+    for (int t = blockIdx.x; t < N; t += gridDim.x) { /* block-uniform */
+        const float *d = dout + (size_t)t * C;
+        for (int k = 0; k < K; k++) {
+            const size_t p = (size_t)pos[(size_t)t * K + k];
+            const float wk = w[(size_t)t * K + k];
+            float *dyk = dy + p * C;
+            for (int c = threadIdx.x; c < C; c += CB) dyk[c] = wk * d[c];
+            if (dw) { /* dout·y in double: per-thread partials, then a fixed tree */
+                const float *yk = y + p * C;
+                double a = 0.0;
+                for (int c = threadIdx.x; c < C; c += CB) a += (double)d[c] * yk[c];
+                a = dsv3::block_sum<CB>(a);
+                if (threadIdx.x == 0) dw[(size_t)t * K + k] += (float)a;
+            }
+        }
+    }
+}
+
+/* ---- Stored expert weights: rows [r0, r0+n) of one expert to fp32 t [n, in],
+ * exactly (bf16 widening; e4m3 → half → float is exact, then × the block scale,
+ * the CPU's lut[q]·scale). */
+__global__ void dequant_kernel(float *t, const void *data, const float *scale, int dtype, int r0, int n, int in) {
+    const size_t N = (size_t)n * in;
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = r0 + i / in, c = i % in, q = r * in + c;
+        if (dtype == OPS_BF16) {
+            t[i] = __bfloat162float(static_cast<const __nv_bfloat16 *>(data)[q]);
+        } else {
+            __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<const __nv_fp8_storage_t *>(data)[q], __NV_E4M3);
+            t[i] = __half2float(__half(h)) * scale[(r / OPS_FP8_BLOCK) * nb + c / OPS_FP8_BLOCK];
+        }
+    }
+}
+
+__global__ void bias_update_kernel(float *bias, const int64_t *counts, int E, float gamma) {
+    __shared__ double mean;
+    if (threadIdx.x == 0) { /* serial, as the CPU: the same mean bit for bit */
+        double m = 0.0;
+        for (int e = 0; e < E; e++) m += (double)counts[e];
+        mean = m / E;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double d = mean - (double)counts[e];
+        bias[e] += d > 0 ? gamma : d < 0 ? -gamma : 0.0f;
+    }
+}
+
+/* ---- cuBLAS: one handle for this file's GEMMs, bound to the caller's stream ---- */
+cublasHandle_t blas_handle;
+std::once_flag blas_once;
+
+cublasHandle_t blas(cudaStream_t s) {
+    std::call_once(blas_once, [] {
+        cublasStatus_t st = cublasCreate(&blas_handle);
+        if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "cublasCreate failed (status %d)", (int)st);
+    });
+    cublasStatus_t st = cublasSetStream(blas_handle, s);
+    if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "cublasSetStream failed (status %d)", (int)st);
+    return blas_handle;
+}
+
+/* Row-major C[rows,cols] is column-major Cᵀ: every call below is the row-major
+ * product written as its transpose (fp32 in and out, fp32 compute, no TF32). */
+void gemm(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc) {
+    const float one = 1.0f;
+    cublasStatus_t st = cublasGemmEx(blas(s), ta, tb, m, n, k, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                                     CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        error_one_at(__FILE__, __LINE__, "cublasGemmEx(m=%d n=%d k=%d) failed (status %d)", m, n, k, (int)st);
+}
+/* y[T,out] = x[T,in]·w[out,in]ᵀ  ⇔  yᵀ = op_T(w)·xᵀ */
+void gemm_y(cudaStream_t s, float *y, int ldy, const float *x, const float *w, int T, int in, int out) {
+    gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, w, in, x, in, 0.0f, y, ldy);
+}
+/* dx[T,in] += dy[T,out]·w[out,in]  ⇔  dxᵀ += wᵀ·dyᵀ */
+void gemm_dx(cudaStream_t s, float *dx, const float *dy, int ldy, const float *w, int T, int in, int out) {
+    gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, w, in, dy, ldy, 1.0f, dx, in);
+}
+/* dw[out,in] += dy[T,out]ᵀ·x[T,in]  ⇔  dwᵀ += xᵀ·dy */
+void gemm_dw(cudaStream_t s, float *dw, const float *dy, const float *x, int T, int in, int out) {
+    gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, in, out, T, x, in, dy, out, 1.0f, dw, in);
+}
+
+/* The CPU op's tile: the whole expert up to 2^24 elements, else 128-row multiples. */
+int tile_rows(const ops_weight *w) {
+    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
+    if ((size_t)w->out * in <= budget) return w->out;
+    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+}
+/* Rows per tile of `floats`: the whole expert when it fits, else whole 128-row
+ * FP8 blocks (a tile below 128 rows ends the job: internal error). */
+int tile_rows_in(const ops_weight *w, size_t floats, const char *op) {
+    size_t in = w->in > 0 ? (size_t)w->in : 1;
+    if ((size_t)w->out * in <= floats) return w->out;
+    size_t rows = floats / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    CU_REQUIRE(rows > 0, "%s: a %zu-float tile holds no 128-row block of a %d-wide weight (internal error)", op, floats,
+               w->in);
+    return (int)rows;
+}
+
+void check_stored(const ops_weight *w, const char *op) {
+    CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "%s: bad weight dtype %d", op,
+               (int)w->dtype);
+}
+} // namespace
+
+/* ---- launchers ---- */
+
+extern "C" cudaError_t cu_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n,
+                                         cudaStream_t s) {
+    size_t N = (size_t)T * n;
+    return N ? dsv3::launch(swiglu_fwd_kernel, dim3(dsv3::grid_for(N, EW)), dim3(EW), 0, s, h, g, gs, u, us, T, n)
+             : cudaSuccess;
+}
+extern "C" cudaError_t cu_swiglu_backward(float *dg, int dgs, float *du, int dus, const float *dh, const float *g,
+                                          int gs, const float *u, int us, int T, int n, cudaStream_t s) {
+    size_t N = (size_t)T * n;
+    return N ? dsv3::launch(swiglu_bwd_kernel, dim3(dsv3::grid_for(N, EW)), dim3(EW), 0, s, dg, dgs, du, dus, dh, g,
+                            gs, u, us, T, n)
+             : cudaSuccess;
+}
+extern "C" cudaError_t cu_sigmoid(float *y, const float *x, size_t n, cudaStream_t s) {
+    return n ? dsv3::launch(sigmoid_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, y, x, n) : cudaSuccess;
+}
+
+extern "C" cudaError_t cu_moe_route(int *idx, float *w, const float *sc, const float *bias, int T, int E, int K,
+                                    int n_group, int topk_group, int norm, float scale, cudaStream_t s) {
+    if (n_group < 1 || E % n_group || K > E || (n_group > 1 && K > topk_group * (E / n_group)))
+        error_one_at(__FILE__, __LINE__, "ops_moe_route: bad routing shape E=%d K=%d n_group=%d topk_group=%d", E, K,
+                     n_group, topk_group);
+    if (T <= 0 || K <= 0) return cudaSuccess;
+    size_t smem = (size_t)RW * ((E + n_group) * sizeof(float) + E);
+    return dsv3::launch(route_kernel, dim3((T + RW - 1) / RW), dim3(RW * 32), smem, s, idx, w, sc, bias, T, E, K,
+                        n_group, topk_group, norm, scale);
+}
+extern "C" cudaError_t cu_moe_route_backward(float *dlogits, const float *dw, const float *sc, const int *idx, int T,
+                                             int E, int K, int norm, float scale, cudaStream_t s) {
+    if (T <= 0 || K <= 0) return cudaSuccess;
+    return dsv3::launch(route_bwd_kernel, dim3(dsv3::grid_for(T, 128)), dim3(128), 0, s, dlogits, dw, sc, idx, T, E, K,
+                        norm, scale);
+}
+
+extern "C" cudaError_t cu_moe_balance(const float *sc, const int *topk, int B, int T, int E, int K, double *out,
+                                      cudaStream_t s) {
+    if (B <= 0 || T <= 0) return cudaSuccess;
+    size_t smem = (BB + (size_t)E) * sizeof(double) + (size_t)E * sizeof(int);
+    cudaError_t e = dsv3::launch(balance_kernel, dim3(B), dim3(BB), smem, s, sc, topk, T, E, K, out);
+    return e ? e : dsv3::launch(balance_total_kernel, dim3(1), dim3(1), 0, s, out, B);
+}
+extern "C" cudaError_t cu_moe_balance_backward(float *dlogits, const float *sc, const int *topk, int B, int T, int E,
+                                               int K, float coef, cudaStream_t s) {
+    if (B <= 0 || T <= 0) return cudaSuccess;
+    size_t smem = ((size_t)E + 2 * BB) * sizeof(double) + (size_t)E * sizeof(int);
+    return dsv3::launch(balance_bwd_kernel, dim3((T + BB - 1) / BB, B), dim3(BB), smem, s, dlogits, sc, topk, T, E, K,
+                        coef);
+}
+
+extern "C" cudaError_t cu_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E,
+                                   cudaStream_t s) {
+    if (E <= 0) return cudaSuccess;
+    const int NK = N * K;
+    const dim3 grid((E + SW - 1) / SW), block(SW * 32);
+    cudaError_t e = dsv3::launch(sort_count_kernel, grid, block, 0, s, cnt, idx, NK, E);
+    return e ? e : dsv3::launch(sort_place_kernel, grid, block, 0, s, pos, src, cnt, idx, NK, K, E);
+}
+extern "C" cudaError_t cu_moe_perm(int *perm, const int *rcnt, int P, int G, cudaStream_t s) {
+    if (P <= 0 || G <= 0) return cudaSuccess;
+    return dsv3::launch(perm_kernel, dim3(P * G), dim3(128), 0, s, perm, rcnt, P, G);
+}
+
+extern "C" cudaError_t cu_gather_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s) {
+    if (n <= 0 || C <= 0) return cudaSuccess;
+    return dsv3::launch(gather_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
+}
+extern "C" cudaError_t cu_scatter_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s) {
+    if (n <= 0 || C <= 0) return cudaSuccess;
+    return dsv3::launch(scatter_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
+}
+extern "C" cudaError_t cu_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
+                                      float beta, cudaStream_t s) {
+    if (N <= 0 || C <= 0) return cudaSuccess;
+    return dsv3::launch(combine_kernel, dim3(N < 4096 ? N : 4096), dim3(row_threads(C)), 0, s, out, y, pos, w, N, K,
+                        C, beta);
+}
+extern "C" cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
+                                               const float *w, int N, int K, int C, cudaStream_t s) {
+    if (N <= 0 || K <= 0) return cudaSuccess;
+    return dsv3::launch(combine_bwd_kernel, dim3(N < 4096 ? N : 4096), dim3(CB), 0, s, dy, dw, dout, y, pos, w, N, K,
+                        C);
+}
+
+extern "C" cudaError_t cu_grouped_matmul(float *y, const float *x, const float *w, const int *cnt, int G, int in,
+                                         int out, cudaStream_t s) {
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        if (cnt[g] > 0 && out > 0) {
+            if (in > 0) gemm_y(s, y + r * out, out, x + r * in, w + (size_t)g * out * in, cnt[g], in, out);
+            else if (cudaError_t e = cudaMemsetAsync(y + r * out, 0, (size_t)cnt[g] * out * sizeof *y, s)) return e;
+        }
+        r += (size_t)cnt[g];
+    }
+    return cudaGetLastError();
+}
+extern "C" cudaError_t cu_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                                  const int *cnt, int G, int in, int out, cudaStream_t s) {
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        if (cnt[g] > 0 && in > 0 && out > 0) {
+            if (dx) gemm_dx(s, dx + r * in, dy + r * out, out, w + (size_t)g * out * in, cnt[g], in, out);
+            if (dw) gemm_dw(s, dw + (size_t)g * out * in, dy + r * out, x + r * in, cnt[g], in, out);
+        }
+        r += (size_t)cnt[g];
+    }
+    return cudaGetLastError();
+}
+
+extern "C" size_t cu_grouped_matmul_w_tile(const ops_weight *w) {
+    return w->dtype == OPS_F32 ? 0 : (size_t)tile_rows(w) * (size_t)(w->in > 0 ? w->in : 0);
+}
+extern "C" cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G,
+                                           float *tile, size_t tile_floats, cudaStream_t s) {
+    if (w->dtype == OPS_F32) return cu_grouped_matmul(y, x, (const float *)w->data, cnt, G, w->in, w->out, s);
+    check_stored(w, "ops_grouped_matmul_w");
+    const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w");
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        if (cnt[g] > 0 && out > 0) {
+            if (in == 0) {
+                if (cudaError_t e = cudaMemsetAsync(y + r * out, 0, (size_t)cnt[g] * out * sizeof *y, s)) return e;
+            } else {
+                ops_weight v = ops_weight_expert(w, g);
+                for (int r0 = 0; r0 < out; r0 += tr) {
+                    const int n = out - r0 < tr ? out - r0 : tr;
+                    const size_t N = (size_t)n * in;
+                    if (cudaError_t e = dsv3::launch(dequant_kernel, dim3(dsv3::grid_for(N, EW)), dim3(EW), 0, s, tile,
+                                                     (const void *)v.data, v.scale, (int)v.dtype, r0, n, in))
+                        return e;
+                    gemm_y(s, y + r * out + r0, out, x + r * in, tile, cnt[g], in, n); /* y[:, r0:r0+n] */
+                }
+            }
+        }
+        r += (size_t)cnt[g];
+    }
+    return cudaGetLastError();
+}
+extern "C" cudaError_t cu_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt,
+                                                       int G, float *tile, size_t tile_floats, cudaStream_t s) {
+    if (!dx) return cudaSuccess;
+    if (w->dtype == OPS_F32)
+        return cu_grouped_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, cnt, G, w->in, w->out, s);
+    check_stored(w, "ops_grouped_matmul_w_backward_dx");
+    const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w_backward_dx");
+    size_t r = 0;
+    for (int g = 0; g < G; g++) {
+        if (cnt[g] > 0 && in > 0 && out > 0) {
+            ops_weight v = ops_weight_expert(w, g);
+            for (int r0 = 0; r0 < out; r0 += tr) {
+                const int n = out - r0 < tr ? out - r0 : tr;
+                const size_t N = (size_t)n * in;
+                if (cudaError_t e = dsv3::launch(dequant_kernel, dim3(dsv3::grid_for(N, EW)), dim3(EW), 0, s, tile,
+                                                 (const void *)v.data, v.scale, (int)v.dtype, r0, n, in))
+                    return e;
+                gemm_dx(s, dx + r * in, dy + r * out + r0, out, tile, cnt[g], in, n); /* += dy[:, r0:r0+n]·tile */
+            }
+        }
+        r += (size_t)cnt[g];
+    }
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t cu_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma, cudaStream_t s) {
+    if (E <= 0) return cudaSuccess;
+    return dsv3::launch(bias_update_kernel, dim3(1), dim3(256), 0, s, bias, counts, E, gamma);
+}
+
+#ifndef DSV3_CU_TWIN
+/* ---- ops_moe.h on the backend stream. Host arrays go through small device
+ * buffers that grow when needed and live for the process (as ops_sumsq's
+ * scalar); they are not counted in ops_mem_get, as the CPU op's dequantisation
+ * tile (malloc) is not. ---- */
+
+namespace {
+struct DevBuf {
+    void *p = nullptr;
+    size_t bytes = 0;
+};
+void *devbuf(DevBuf &b, size_t bytes) {
+    if (bytes > b.bytes) {
+        CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use the old one */
+        if (b.p) CU_CHECK(cudaFree(b.p));
+        CU_CHECK(cudaMalloc(&b.p, bytes));
+        b.bytes = bytes;
+    }
+    return b.p;
+}
+DevBuf balance_buf, sort_buf, perm_buf, bias_buf, tile_buf;
+} // namespace
+
+void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
+    CU_CHECK(cu_swiglu_forward(h, g, gs, u, us, T, n, cu_stream()));
+}
+void ops_swiglu_backward(float *dg, int dgs, float *du, int dus, const float *dh, const float *g, int gs,
+                         const float *u, int us, int T, int n) {
+    CU_CHECK(cu_swiglu_backward(dg, dgs, du, dus, dh, g, gs, u, us, T, n, cu_stream()));
+}
+void ops_sigmoid(float *y, const float *x, size_t n) { CU_CHECK(cu_sigmoid(y, x, n, cu_stream())); }
+void ops_moe_route(int *idx, float *w, const float *s, const float *bias, int T, int E, int K, int n_group,
+                   int topk_group, int norm, float scale) {
+    CU_CHECK(cu_moe_route(idx, w, s, bias, T, E, K, n_group, topk_group, norm, scale, cu_stream()));
+}
+void ops_moe_route_backward(float *dlogits, const float *dw, const float *s, const int *idx, int T, int E, int K,
+                            int norm, float scale) {
+    CU_CHECK(cu_moe_route_backward(dlogits, dw, s, idx, T, E, K, norm, scale, cu_stream()));
+}
+double ops_moe_balance(const float *s, const int *topk, int B, int T, int E, int K) {
+    if (B <= 0 || T <= 0) return 0.0;
+    double *d = (double *)devbuf(balance_buf, ((size_t)B + 1) * sizeof(double)), v = 0.0;
+    CU_CHECK(cu_moe_balance(s, topk, B, T, E, K, d, cu_stream()));
+    ops_to_host(&v, d + B, sizeof v);
+    return v;
+}
+void ops_moe_balance_backward(float *dlogits, const float *s, const int *topk, int B, int T, int E, int K,
+                              float coef) {
+    CU_CHECK(cu_moe_balance_backward(dlogits, s, topk, B, T, E, K, coef, cu_stream()));
+}
+void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
+    int *d = (int *)devbuf(sort_buf, (size_t)(E > 0 ? E : 1) * sizeof(int));
+    CU_CHECK(cu_moe_sort(pos, src, d, idx, N, K, E, cu_stream()));
+    ops_to_host(cnt, d, (size_t)(E > 0 ? E : 0) * sizeof(int)); /* the host sizes the all-to-all with it */
+}
+int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
+    size_t n = (size_t)(P > 0 ? P : 0) * (size_t)(G > 0 ? G : 0);
+    int rows = 0;
+    for (size_t i = 0; i < n; i++) rows += rcnt[i];
+    if (n == 0) return 0;
+    int *d = (int *)devbuf(perm_buf, n * sizeof(int));
+    /* the copy stages pageable rcnt at the call: the host may reuse it at once */
+    CU_CHECK(cudaMemcpyAsync(d, rcnt, n * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
+    CU_CHECK(cu_moe_perm(perm, d, P, G, cu_stream()));
+    return rows;
+}
+void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
+    CU_CHECK(cu_gather_rows(dst, src, idx, n, C, cu_stream()));
+}
+void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
+    CU_CHECK(cu_scatter_rows(dst, src, idx, n, C, cu_stream()));
+}
+void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
+    CU_CHECK(cu_moe_combine(out, y, pos, w, N, K, C, beta, cu_stream()));
+}
+void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
+                              const float *w, int N, int K, int C) {
+    CU_CHECK(cu_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C, cu_stream()));
+}
+void ops_grouped_matmul(float *y, const float *x, const float *w, const int *cnt, int G, int in, int out) {
+    CU_CHECK(cu_grouped_matmul(y, x, w, cnt, G, in, out, cu_stream()));
+}
+void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                 const int *cnt, int G, int in, int out) {
+    CU_CHECK(cu_grouped_matmul_backward(dx, dw, dy, x, w, cnt, G, in, out, cu_stream()));
+}
+void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {
+    size_t n = cu_grouped_matmul_w_tile(w);
+    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+    CU_CHECK(cu_grouped_matmul_w(y, x, w, cnt, G, tile, n, cu_stream()));
+}
+void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G) {
+    size_t n = cu_grouped_matmul_w_tile(w);
+    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+    CU_CHECK(cu_grouped_matmul_w_backward_dx(dx, dy, w, cnt, G, tile, n, cu_stream()));
+}
+void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
+    if (E <= 0) return;
+    int64_t *d = (int64_t *)devbuf(bias_buf, (size_t)E * sizeof(int64_t));
+    CU_CHECK(cudaMemcpyAsync(d, counts, (size_t)E * sizeof(int64_t), cudaMemcpyHostToDevice, cu_stream()));
+    CU_CHECK(cu_moe_bias_update(bias, d, E, gamma, cu_stream()));
+}
+#endif /* DSV3_CU_TWIN */

@@ -1,0 +1,68 @@
+/* ops_host.c — the backend-independent part of ops.h: exact host conversions
+ * between fp32 and the storage types (bf16, e4m3), and the expert view of a
+ * stacked weight (host pointer arithmetic). Both backends link it; the
+ * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
+ * bit for bit against these. */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+uint16_t ops_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void ops_f32_to_bf16_n(const float *x, uint16_t *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1)) >> 16;
+        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40 : r); /* NaN stays NaN */
+    }
+}
+
+float ops_bf16_to_f32(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float ops_e4m3_to_f32(uint8_t v) {
+    int s = v >> 7, e = (v >> 3) & 15, m = v & 7;
+    if (e == 15 && m == 7) return NAN;
+    float a = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10); /* m/8·2^-6, (1+m/8)·2^(e-7) */
+    return s ? -a : a;
+}
+
+uint8_t ops_f32_to_e4m3(float f) {
+    if (isnan(f)) return 0x7F;
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    float a = fabsf(f);
+    if (a >= 448.0f) return sign | 0x7E; /* saturate (464 and up would round past the largest finite) */
+    if (a < 0x1p-6f) {                   /* subnormals: steps of 2^-9; q = 8 is the smallest normal's code */
+        int q = (int)rintf(a * 512.0f);  /* exact scaling; rintf rounds to nearest even */
+        return sign | (uint8_t)q;
+    }
+    int e;
+    float fr = frexpf(a, &e);            /* a = fr·2^e, fr in [0.5, 1) */
+    int E = e - 1;                       /* a = m·2^E, m in [1, 2) */
+    int q = (int)rintf((ldexpf(fr, 1) - 1.0f) * 8.0f); /* 3 mantissa bits, exact products */
+    if (q == 8) q = 0, E++;
+    int be = E + 7;
+    if (be > 15 || (be == 15 && q == 7)) return sign | 0x7E;
+    return sign | (uint8_t)(be << 3 | q);
+}
+
+ops_weight ops_weight_expert(const ops_weight *w, int g) {
+    size_t per = (size_t)w->out * (size_t)w->in, esz = w->dtype == OPS_F32 ? 4 : w->dtype == OPS_BF16 ? 2 : 1;
+    size_t nsc = (size_t)((w->out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * (size_t)((w->in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
+    ops_weight v = *w;
+    v.data = (unsigned char *)w->data + (size_t)g * per * esz;
+    v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
+    return v;
+}

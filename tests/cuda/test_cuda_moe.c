@@ -1,0 +1,461 @@
+/* test_cuda_moe.c — twins of cuda/ops_moe.cu (ops_moe.h: SwiGLU, router,
+ * balance loss, dispatch bookkeeping, rows, grouped expert GEMMs, bias update)
+ * against src/ops_cpu_moe.c. Shapes: the tiny deck's (E 8, K 2, 4 groups of 2,
+ * top-2 groups, 64 wide, expert width 32, 128 tokens), DeepSeek-V3's routing
+ * (E 256, 8 groups, top-4 groups, K 8), one token, widths that are not
+ * multiples of the block, a 7168-wide row, experts with no rows; backward ops
+ * accumulate into non-zero buffers. */
+#include "cu_ops_moe.h"
+#include "twin.h"
+
+#include <stdarg.h>
+
+static const char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static const char *fmt(const char *f, ...) {
+    static char buf[128];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return buf;
+}
+static void twin_free(void *d) { CK(cudaFree(d)); }
+static void *dev_alloc(size_t bytes) { /* uninitialised (the emulator poisons it with NaN) */
+    void *d;
+    CK(cudaMalloc(&d, bytes ? bytes : 1));
+    return d;
+}
+
+/* ---- SwiGLU, sigmoid ---- */
+
+/* g and u in one fused [T, 2n+3] buffer (the MLP's gate/up output, padded
+ * rows), or apart with their own strides; dg/du likewise */
+static void swiglu(int T, int n, int fused) {
+    const char *what = fmt("T=%d n=%d %s", T, n, fused ? "fused gu" : "strided");
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    const int gs = fused ? 2 * n + 3 : n + 5, us = fused ? gs : n;
+    const size_t ng = (size_t)T * gs, nu = fused ? 0 : (size_t)T * n, nh = (size_t)T * n;
+    float *gbuf = twin_host(ng, 11, -6, 6), *ubuf = twin_host(nu, 12, -3, 3), *dh = twin_host(nh, 13, -1, 1);
+    float *h = malloc(nh * 4);
+    float *d_gbuf = twin_dev(gbuf, ng * 4), *d_ubuf = twin_dev(ubuf, nu * 4), *d_dh = twin_dev(dh, nh * 4);
+    float *d_h = dev_alloc(nh * 4);
+    const float *g = gbuf, *u = fused ? gbuf + n : ubuf, *d_g = d_gbuf, *d_u = fused ? d_gbuf + n : d_ubuf;
+
+    ops_swiglu_forward(h, g, gs, u, us, T, n);
+    CK(cu_swiglu_forward(d_h, d_g, gs, d_u, us, T, n, twin_s));
+    float *got = twin_back(d_h, nh * 4);
+    twin_close("ops_swiglu_forward", name, got, h, nh, 1e-5, 0, 1);
+    free(got);
+
+    /* backward into non-zero gradients with the same layout */
+    float *dgbuf = twin_host(ng, 14, -1, 1), *dubuf = twin_host(nu, 15, -1, 1);
+    float *d_dgbuf = twin_dev(dgbuf, ng * 4), *d_dubuf = twin_dev(dubuf, nu * 4);
+    float *dg = dgbuf, *du = fused ? dgbuf + n : dubuf, *d_dg = d_dgbuf, *d_du = fused ? d_dgbuf + n : d_dubuf;
+    ops_swiglu_backward(dg, gs, du, us, dh, g, gs, u, us, T, n);
+    CK(cu_swiglu_backward(d_dg, gs, d_du, us, d_dh, d_g, gs, d_u, us, T, n, twin_s));
+    /* silu'(g) = σ(1 + g(1 − σ)) cancels near g = −1.28: an absolute floor of 1e-6 (|values| ~ 1) */
+    got = twin_back(d_dgbuf, ng * 4);
+    twin_close("ops_swiglu_backward", fused ? name : fmt("%s dg", name), got, dgbuf, ng, 1e-5, 1e-6, 1);
+    free(got);
+    if (!fused) {
+        got = twin_back(d_dubuf, nu * 4);
+        twin_close("ops_swiglu_backward", fmt("%s du", name), got, dubuf, nu, 1e-5, 1e-6, 1);
+        free(got);
+    }
+    free(gbuf), free(ubuf), free(dh), free(h), free(dgbuf), free(dubuf);
+    twin_free(d_gbuf), twin_free(d_ubuf), twin_free(d_dh), twin_free(d_h), twin_free(d_dgbuf), twin_free(d_dubuf);
+}
+
+static void sigmoid(size_t n, int inplace) {
+    const char *what = fmt("n=%zu%s", n, inplace ? " in place" : "");
+    float *x = twin_host(n, 21, -20, 20), *y = malloc(n * 4 + 4);
+    float *dx = twin_dev(x, n * 4), *dy = inplace ? dx : twin_dev(y, n * 4);
+    if (inplace) {
+        memcpy(y, x, n * 4);
+        ops_sigmoid(y, y, n);
+    } else {
+        ops_sigmoid(y, x, n);
+    }
+    CK(cu_sigmoid(dy, dx, n, twin_s));
+    float *got = twin_back(dy, n * 4);
+    twin_close("ops_sigmoid", what, got, y, n, 1e-5, 0, 1);
+    free(got), free(x), free(y);
+    twin_free(dx);
+    if (!inplace) twin_free(dy);
+}
+
+/* ---- Routing ---- */
+
+/* scores: sigmoid of uniform logits, or (ties) a few distinct values so that
+ * experts and groups tie and the lower-index rule decides */
+static float *scores(int T, int E, uint64_t key, int ties) {
+    float *s = twin_host((size_t)T * E, key, -4, 4);
+    for (size_t i = 0; i < (size_t)T * E; i++) s[i] = ties ? (float)(1 + (int)fabsf(s[i])) / 8.0f : s[i];
+    if (!ties) ops_sigmoid(s, s, (size_t)T * E);
+    return s;
+}
+
+static void route(int T, int E, int K, int ng, int kg, int with_bias, int with_w, int norm, int ties) {
+    const char *what = fmt("T=%d E=%d K=%d groups %d/%d%s%s%s", T, E, K, kg, ng, with_bias ? " bias" : "",
+                           norm ? " norm" : "", ties ? " ties" : "");
+    char name[128];
+    snprintf(name, sizeof name, "%s", what);
+    const float scale = 2.5f;
+    float *s = scores(T, E, 31 + (uint64_t)E, ties);
+    float *bias = with_bias ? twin_host((size_t)E, 32, -0.05f, 0.05f) : NULL;
+    if (bias && ties)
+        for (int e = 0; e < E; e++) bias[e] = (float)(e % 3) / 16.0f; /* biased ties too */
+    size_t nk = (size_t)T * K;
+    int *idx = malloc(nk * sizeof *idx);
+    float *w = with_w ? malloc(nk * 4) : NULL;
+    float *d_s = twin_dev(s, (size_t)T * E * 4), *d_b = bias ? twin_dev(bias, (size_t)E * 4) : NULL;
+    int *d_idx = dev_alloc(nk * sizeof *idx);
+    float *d_w = with_w ? dev_alloc(nk * 4) : NULL;
+
+    ops_moe_route(idx, w, s, bias, T, E, K, ng, kg, norm, scale);
+    CK(cu_moe_route(d_idx, d_w, d_s, d_b, T, E, K, ng, kg, norm, scale, twin_s));
+    int *gi = twin_back(d_idx, nk * sizeof *idx);
+    twin_same("ops_moe_route", fmt("%s idx", name), gi, idx, nk * sizeof *idx);
+    if (with_w) {
+        float *gw = twin_back(d_w, nk * 4);
+        twin_close("ops_moe_route", fmt("%s w", name), gw, w, nk, 1e-5, 0, 1);
+        free(gw);
+
+        /* backward into non-zero dlogits: the weights' gradient through the sigmoid */
+        float *dw = twin_host(nk, 33, -1, 1), *dl = twin_host((size_t)T * E, 34, -1, 1);
+        float *d_dw = twin_dev(dw, nk * 4), *d_dl = twin_dev(dl, (size_t)T * E * 4);
+        ops_moe_route_backward(dl, dw, s, idx, T, E, K, norm, scale);
+        CK(cu_moe_route_backward(d_dl, d_dw, d_s, d_idx, T, E, K, norm, scale, twin_s));
+        float *gl = twin_back(d_dl, (size_t)T * E * 4);
+        twin_close("ops_moe_route_backward", name, gl, dl, (size_t)T * E, 1e-5, 0, 1);
+        free(gl), free(dw), free(dl);
+        twin_free(d_dw), twin_free(d_dl);
+    }
+    free(gi), free(s), free(bias), free(idx), free(w);
+    twin_free(d_s), twin_free(d_idx);
+    if (d_b) twin_free(d_b);
+    if (d_w) twin_free(d_w);
+}
+
+/* ---- Balance loss: B sequences of T rows, topk = plain top-K of the unbiased scores ---- */
+
+static void balance(int B, int T, int E, int K) {
+    const char *what = fmt("B=%d T=%d E=%d K=%d", B, T, E, K);
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    size_t R = (size_t)B * T;
+    float *s = scores((int)R, E, 41, 0);
+    int *topk = malloc(R * K * sizeof *topk);
+    ops_moe_route(topk, NULL, s, NULL, (int)R, E, K, 1, 1, 0, 1.0f);
+    float *d_s = twin_dev(s, R * E * 4);
+    int *d_topk = twin_dev(topk, R * K * sizeof *topk);
+    double *d_out = dev_alloc(((size_t)B + 1) * sizeof(double));
+
+    double ref = ops_moe_balance(s, topk, B, T, E, K);
+    CK(cu_moe_balance(d_s, d_topk, B, T, E, K, d_out, twin_s));
+    double *got = twin_back(d_out, ((size_t)B + 1) * sizeof(double));
+    float a = (float)got[B], b = (float)ref; /* loss: rel 1e-5 */
+    twin_close("ops_moe_balance", name, &a, &b, 1, 1e-5, 0, 1);
+    twin_fold(&got[B], sizeof(double));
+    free(got);
+
+    const float coef = 0.37f;
+    float *dl = twin_host(R * E, 42, -1, 1), *d_dl = twin_dev(dl, R * E * 4);
+    ops_moe_balance_backward(dl, s, topk, B, T, E, K, coef);
+    CK(cu_moe_balance_backward(d_dl, d_s, d_topk, B, T, E, K, coef, twin_s));
+    float *gl = twin_back(d_dl, R * E * 4);
+    twin_close("ops_moe_balance_backward", name, gl, dl, R * E, 1e-5, 0, 1);
+    free(gl), free(dl), free(s), free(topk);
+    twin_free(d_dl), twin_free(d_s), twin_free(d_topk), twin_free(d_out);
+}
+
+/* ---- Dispatch bookkeeping ---- */
+
+/* idx [N,K]: a real routing (empty: experts never picked), or everything to one expert */
+static void sort(int N, int K, int E, int mode) {
+    const char *what = fmt("N=%d K=%d E=%d %s", N, K, E, mode == 0 ? "routed" : mode == 1 ? "one expert" : "skewed");
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    size_t nk = (size_t)N * K;
+    int *idx = malloc(nk * sizeof *idx);
+    if (mode == 0) {
+        float *s = scores(N, E, 51, 0);
+        ops_moe_route(idx, NULL, s, NULL, N, E, K, 1, 1, 0, 1.0f);
+        free(s);
+    } else {
+        for (size_t j = 0; j < nk; j++) /* 1: all to E-1; 2: experts 0..E/4 only, not a top-k (repeats) */
+            idx[j] = mode == 1 ? E - 1 : (int)(twin_u(52, j, 0, 1) * (E / 4 + 1)) % E;
+    }
+    int *pos = malloc(nk * sizeof *pos), *src = malloc(nk * sizeof *src), *cnt = malloc((size_t)E * sizeof *cnt);
+    int *d_idx = twin_dev(idx, nk * sizeof *idx), *d_pos = dev_alloc(nk * sizeof *pos);
+    int *d_src = dev_alloc(nk * sizeof *src), *d_cnt = dev_alloc((size_t)E * sizeof *cnt);
+    ops_moe_sort(pos, src, cnt, idx, N, K, E);
+    CK(cu_moe_sort(d_pos, d_src, d_cnt, d_idx, N, K, E, twin_s));
+    int *g;
+    twin_same("ops_moe_sort", fmt("%s cnt", name), g = twin_back(d_cnt, (size_t)E * sizeof *cnt), cnt, (size_t)E * sizeof *cnt);
+    free(g);
+    twin_same("ops_moe_sort", fmt("%s pos", name), g = twin_back(d_pos, nk * sizeof *pos), pos, nk * sizeof *pos);
+    free(g);
+    twin_same("ops_moe_sort", fmt("%s src", name), g = twin_back(d_src, nk * sizeof *src), src, nk * sizeof *src);
+    free(g);
+    free(idx), free(pos), free(src), free(cnt);
+    twin_free(d_idx), twin_free(d_pos), twin_free(d_src), twin_free(d_cnt);
+}
+
+static void perm(int P, int G, int maxrows, uint64_t key) {
+    const char *what = fmt("P=%d G=%d rows<=%d", P, G, maxrows);
+    size_t pg = (size_t)P * G;
+    int *rcnt = malloc(pg * sizeof *rcnt), R = 0;
+    for (size_t i = 0; i < pg; i++) R += rcnt[i] = (int)(twin_u(key, i, 0, 1) * (maxrows + 1)) % (maxrows + 1);
+    int *p = malloc(((size_t)R + 1) * sizeof *p);
+    int *d_rcnt = twin_dev(rcnt, pg * sizeof *rcnt), *d_p = dev_alloc(((size_t)R + 1) * sizeof *p);
+    int rows = ops_moe_perm(p, rcnt, P, G);
+    CK(cu_moe_perm(d_p, d_rcnt, P, G, twin_s));
+    int *g = twin_back(d_p, (size_t)R * sizeof *p);
+    twin_same("ops_moe_perm", what, g, p, (size_t)R * sizeof *p);
+    twin_same("ops_moe_perm", fmt("P=%d G=%d row count (Σ rcnt)", P, G), &R, &rows, sizeof R);
+    free(g), free(rcnt), free(p);
+    twin_free(d_rcnt), twin_free(d_p);
+}
+
+/* ---- Rows ---- */
+
+static void rows(int n, int nsrc, int C) {
+    const char *what = fmt("n=%d of %d rows C=%d", n, nsrc, C);
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    /* idx: distinct rows of a shuffled [0, nsrc) (a scatter target must be written once) */
+    int *ord = malloc((size_t)nsrc * sizeof *ord);
+    for (int i = 0; i < nsrc; i++) ord[i] = i;
+    for (int i = nsrc - 1; i > 0; i--) {
+        int j = (int)(twin_u(61, (size_t)i, 0, 1) * (i + 1)) % (i + 1), t = ord[i];
+        ord[i] = ord[j], ord[j] = t;
+    }
+    size_t ns = (size_t)nsrc * C, nd = (size_t)n * C;
+    float *src = twin_host(ns, 62, -1, 1), *dst = twin_host(nd, 63, -1, 1);
+    float *d_src = twin_dev(src, ns * 4), *d_dst = twin_dev(dst, nd * 4);
+    int *d_idx = twin_dev(ord, (size_t)n * sizeof *ord);
+    ops_gather_rows(dst, src, ord, n, C);
+    CK(cu_gather_rows(d_dst, d_src, d_idx, n, C, twin_s));
+    float *g = twin_back(d_dst, nd * 4);
+    twin_same("ops_gather_rows", name, g, dst, nd * 4);
+    free(g);
+    /* scatter other values back into the (non-zero) source layout */
+    float *v = twin_host(nd, 64, -1, 1), *d_v = twin_dev(v, nd * 4);
+    ops_scatter_rows(src, v, ord, n, C);
+    CK(cu_scatter_rows(d_src, d_v, d_idx, n, C, twin_s));
+    g = twin_back(d_src, ns * 4);
+    twin_same("ops_scatter_rows", name, g, src, ns * 4);
+    free(g), free(ord), free(src), free(dst), free(v);
+    twin_free(d_src), twin_free(d_dst), twin_free(d_idx), twin_free(d_v);
+}
+
+/* combine and its backward over a real dispatch layout (pos from route + sort) */
+static void combine(int N, int K, int E, int C, float beta, int with_w) {
+    const char *what = fmt("N=%d K=%d C=%d beta=%g%s", N, K, C, beta, with_w ? "" : " w=1");
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    size_t nk = (size_t)N * K, no = (size_t)N * C, ny = nk * C;
+    float *s = scores(N, E, 71, 0);
+    int *idx = malloc(nk * sizeof *idx), *pos = malloc(nk * sizeof *pos), *src = malloc(nk * sizeof *src);
+    int *cnt = malloc((size_t)E * sizeof *cnt);
+    float *w = malloc(nk * 4);
+    ops_moe_route(idx, w, s, NULL, N, E, K, 1, 1, 1, 2.5f);
+    ops_moe_sort(pos, src, cnt, idx, N, K, E);
+    float *y = twin_host(ny, 72, -1, 1), *out = twin_host(no, 73, -1, 1);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < no; i++) out[i] = NAN; /* beta 0 must not read out */
+    float *d_y = twin_dev(y, ny * 4), *d_out = twin_dev(out, no * 4), *d_w = twin_dev(w, nk * 4);
+    int *d_pos = twin_dev(pos, nk * sizeof *pos);
+    ops_moe_combine(out, y, pos, with_w ? w : NULL, N, K, C, beta);
+    CK(cu_moe_combine(d_out, d_y, d_pos, with_w ? d_w : NULL, N, K, C, beta, twin_s));
+    float *g = twin_back(d_out, no * 4);
+    twin_close("ops_moe_combine", name, g, out, no, 1e-5, 0, 0);
+    free(g);
+
+    if (with_w) { /* backward: dy rows overwritten (the others kept), dw accumulated, and with dw NULL */
+        float *dout = twin_host(no, 74, -1, 1), *dy = twin_host(ny, 75, -1, 1), *dw = twin_host(nk, 76, -1, 1);
+        float *d_dout = twin_dev(dout, no * 4), *d_dy = twin_dev(dy, ny * 4), *d_dw = twin_dev(dw, nk * 4);
+        ops_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C);
+        CK(cu_moe_combine_backward(d_dy, d_dw, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
+        g = twin_back(d_dy, ny * 4);
+        twin_same("ops_moe_combine_backward", fmt("%s dy", name), g, dy, ny * 4); /* one product: bitwise */
+        free(g);
+        g = twin_back(d_dw, nk * 4);
+        twin_close("ops_moe_combine_backward", fmt("%s dw", name), g, dw, nk, 1e-5, 1e-6, 1); /* dw may cancel to ~0 */
+        free(g);
+        ops_moe_combine_backward(dy, NULL, dout, y, pos, w, N, K, C);
+        CK(cu_moe_combine_backward(d_dy, NULL, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
+        g = twin_back(d_dy, ny * 4);
+        twin_same("ops_moe_combine_backward", fmt("%s dw NULL", name), g, dy, ny * 4);
+        free(g), free(dout), free(dy), free(dw);
+        twin_free(d_dout), twin_free(d_dy), twin_free(d_dw);
+    }
+    free(s), free(idx), free(pos), free(src), free(cnt), free(w), free(y), free(out);
+    twin_free(d_y), twin_free(d_out), twin_free(d_w), twin_free(d_pos);
+}
+
+/* ---- Grouped GEMMs ---- */
+
+static int sum(const int *c, int G) {
+    int r = 0;
+    for (int g = 0; g < G; g++) r += c[g];
+    return r;
+}
+
+static void grouped(const int *cnt, int G, int in, int out) {
+    const char *what = fmt("G=%d R=%d in=%d out=%d", G, sum(cnt, G), in, out);
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    size_t R = (size_t)sum(cnt, G), nw = (size_t)G * out * in;
+    float *x = twin_host(R * in, 81, -1, 1), *w = twin_host(nw, 82, -0.1f, 0.1f), *y = twin_host(R * out, 83, -1, 1);
+    float *d_x = twin_dev(x, R * in * 4), *d_w = twin_dev(w, nw * 4), *d_y = twin_dev(y, R * out * 4);
+    ops_grouped_matmul(y, x, w, cnt, G, in, out);
+    CK(cu_grouped_matmul(d_y, d_x, d_w, cnt, G, in, out, twin_s));
+    float *g = twin_back(d_y, R * out * 4);
+    twin_close("ops_grouped_matmul", name, g, y, R * out, 1e-5, 0, 0);
+    free(g);
+    float *dy = twin_host(R * out, 84, -1, 1), *dx = twin_host(R * in, 85, -1, 1), *dw = twin_host(nw, 86, -1, 1);
+    float *d_dy = twin_dev(dy, R * out * 4), *d_dx = twin_dev(dx, R * in * 4), *d_dw = twin_dev(dw, nw * 4);
+    for (int v = 0; v < 3; v++) { /* both, dx only, dw only */
+        const char *which = v == 0 ? "dx+dw" : v == 1 ? "dx (dw NULL)" : "dw (dx NULL)";
+        ops_grouped_matmul_backward(v == 2 ? NULL : dx, v == 1 ? NULL : dw, dy, x, w, cnt, G, in, out);
+        CK(cu_grouped_matmul_backward(v == 2 ? NULL : d_dx, v == 1 ? NULL : d_dw, d_dy, d_x, d_w, cnt, G, in, out, twin_s));
+        g = twin_back(d_dx, R * in * 4);
+        twin_close("ops_grouped_matmul_backward", fmt("%s %s dx", name, which), g, dx, R * in, 1e-5, 0, 0);
+        free(g);
+        g = twin_back(d_dw, nw * 4);
+        twin_close("ops_grouped_matmul_backward", fmt("%s %s dw", name, which), g, dw, nw, 1e-5, 0, 0);
+        free(g);
+    }
+    free(x), free(w), free(y), free(dy), free(dx), free(dw);
+    twin_free(d_x), twin_free(d_w), twin_free(d_y), twin_free(d_dy), twin_free(d_dx), twin_free(d_dw);
+}
+
+/* stacked experts in storage dt: stored on the host by the CPU's ops_weight_store_rows
+ * (DeepSeek's FP8 recipe), the same bytes copied to the device */
+static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int tile_rows) {
+    const char *what = fmt("%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
+                           sum(cnt, G), in, out, tile_rows ? " tiles of 128 rows" : "");
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    size_t R = (size_t)sum(cnt, G), nw = (size_t)G * out * in, esz = dt == OPS_F32 ? 4 : dt == OPS_BF16 ? 2 : 1;
+    size_t nsc = (size_t)G * ((out + 127) / 128) * ((in + 127) / 128);
+    float *wf = twin_host(nw, 91, -0.3f, 0.3f);
+    void *data = malloc(nw * esz);
+    float *scale = dt == OPS_FP8_E4M3 ? malloc(nsc * 4) : NULL;
+    ops_weight W = {dt, data, scale, out, in};
+    for (int g = 0; g < G; g++) {
+        ops_weight v = ops_weight_expert(&W, g);
+        ops_weight_store_rows(&v, 0, out, wf + (size_t)g * out * in);
+    }
+    ops_weight Wd = {dt, twin_dev(data, nw * esz), scale ? twin_dev(scale, nsc * 4) : NULL, out, in};
+    /* the CPU op's tile (the whole expert here), or 128-row tiles: the path of experts over 2^24 elements */
+    size_t nt = tile_rows ? (size_t)tile_rows * in : cu_grouped_matmul_w_tile(&Wd);
+    float *tile = nt ? dev_alloc(nt * 4) : NULL;
+    float *x = twin_host(R * in, 92, -1, 1), *y = twin_host(R * out, 93, -1, 1);
+    float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
+    ops_grouped_matmul_w(y, x, &W, cnt, G);
+    CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, nt, twin_s));
+    float *g = twin_back(d_y, R * out * 4);
+    twin_close("ops_grouped_matmul_w", name, g, y, R * out, 1e-5, 0, 0);
+    free(g);
+    float *dy = twin_host(R * out, 94, -1, 1), *dx = twin_host(R * in, 95, -1, 1);
+    float *d_dy = twin_dev(dy, R * out * 4), *d_dx = twin_dev(dx, R * in * 4);
+    ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G);
+    CK(cu_grouped_matmul_w_backward_dx(d_dx, d_dy, &Wd, cnt, G, tile, nt, twin_s));
+    g = twin_back(d_dx, R * in * 4);
+    twin_close("ops_grouped_matmul_w_backward_dx", name, g, dx, R * in, 1e-5, 0, 0);
+    free(g), free(wf), free(data), free(scale), free(x), free(y), free(dy), free(dx);
+    twin_free(Wd.data), twin_free(d_x), twin_free(d_y), twin_free(d_dy), twin_free(d_dx);
+    if (Wd.scale) twin_free((void *)Wd.scale);
+    if (tile) twin_free(tile);
+}
+
+/* ---- Bias update: counts above, below and at the mean (sign 0) ---- */
+
+static void bias_update(int E, int equal) {
+    const char *what = fmt("E=%d%s", E, equal ? " all counts equal" : "");
+    int64_t *c = malloc((size_t)E * sizeof *c);
+    int64_t total = 0;
+    for (int e = 0; e < E; e++) total += c[e] = equal ? 1000 : e % 4 == 0 ? 100 : (int64_t)twin_u(101, (size_t)e, 0, 200);
+    if (!equal && E > 1) c[1] += (int64_t)100 * E - total; /* Σ c = 100·E: the mean is 100, which every 4th expert has */
+    float *b = twin_host((size_t)E, 102, -0.1f, 0.1f);
+    float *d_b = twin_dev(b, (size_t)E * 4);
+    int64_t *d_c = twin_dev(c, (size_t)E * sizeof *c);
+    ops_moe_bias_update(b, c, E, 1e-3f);
+    CK(cu_moe_bias_update(d_b, d_c, E, 1e-3f, twin_s));
+    float *g = twin_back(d_b, (size_t)E * 4);
+    twin_same("ops_moe_bias_update", what, g, b, (size_t)E * 4);
+    free(g), free(c), free(b);
+    twin_free(d_b), twin_free(d_c);
+}
+
+int main(void) {
+    twin_init();
+    swiglu(1, 1, 1);
+    swiglu(128, 32, 1); /* tiny deck: 128 tokens, expert width 32, fused gate/up */
+    swiglu(3, 300, 0);
+    swiglu(2, 7168, 0);
+    sigmoid(1, 0);
+    sigmoid(128 * 8, 1); /* tiny router scores, in place */
+    sigmoid(70001, 0);
+
+    route(1, 8, 2, 4, 2, 1, 1, 1, 0);    /* one token, tiny deck */
+    route(128, 8, 2, 4, 2, 1, 1, 1, 0);  /* tiny deck */
+    route(128, 8, 2, 4, 2, 0, 1, 1, 1);  /* tiny deck, ties */
+    route(64, 256, 8, 8, 4, 1, 1, 1, 0); /* DeepSeek-V3 */
+    route(64, 256, 8, 8, 4, 1, 1, 1, 1); /* DeepSeek-V3, ties among experts and groups */
+    route(33, 256, 8, 1, 1, 0, 1, 0, 0); /* plain top-k, no norm */
+    route(5, 8, 3, 8, 4, 1, 1, 1, 0);    /* groups of one expert */
+    route(7, 40, 6, 5, 2, 1, 0, 1, 0);   /* w NULL; E not a multiple of 32 */
+
+    balance(1, 1, 8, 2);
+    balance(2, 64, 8, 2);    /* tiny deck */
+    balance(2, 300, 256, 8); /* rows past one tile of 256; DeepSeek-V3 experts */
+
+    sort(0, 8, 8, 1); /* no tokens: every count 0 */
+    sort(1, 1, 1, 1);
+    sort(128, 2, 8, 0);  /* tiny deck */
+    sort(37, 8, 256, 0); /* most of 256 experts have no rows */
+    sort(100, 8, 256, 1);
+    sort(61, 3, 40, 2);
+
+    perm(1, 1, 5, 111);
+    perm(2, 4, 0, 112); /* no rows at all */
+    perm(3, 5, 4, 113);
+    perm(24, 32, 6, 114);
+
+    rows(1, 1, 1);
+    rows(37, 128, 64);
+    rows(5, 9, 7168);
+    rows(300, 301, 33);
+
+    combine(1, 1, 8, 7, 0.0f, 1);
+    combine(128, 2, 8, 64, 0.0f, 1);  /* tiny deck */
+    combine(37, 2, 8, 64, 1.0f, 1);
+    combine(37, 2, 8, 64, 0.5f, 0);
+    combine(3, 8, 256, 7168, 1.0f, 1);
+
+    const int c1[1] = {1}, c4[4] = {3, 0, 5, 1}, c8[8] = {0, 40, 30, 0, 25, 33, 0, 0}, c3[3] = {2, 0, 3};
+    grouped(c1, 1, 7, 5);
+    grouped(c4, 4, 64, 48);
+    grouped(c8, 8, 64, 32); /* tiny deck expert shapes, experts without rows */
+    grouped(c3, 3, 7168, 20);
+    const int w3[3] = {4, 0, 2}, w5[5] = {0, 7, 0, 3, 0};
+    for (int dt = 0; dt < 3; dt++) {
+        grouped_w((ops_dtype)dt, w3, 3, 300, 200, 0); /* scale blocks with edges (2 x 3 per expert) */
+        grouped_w((ops_dtype)dt, w5, 5, 64, 32, 0);
+    }
+    grouped_w(OPS_FP8_E4M3, w3, 3, 100, 300, 128); /* tiles of 128, 128, 44 rows */
+    grouped_w(OPS_BF16, w3, 3, 100, 300, 128);
+    grouped_w(OPS_FP8_E4M3, w3, 3, 7168, 16, 0);
+    grouped_w(OPS_BF16, c1, 1, 7168, 8, 0);
+
+    bias_update(1, 0);
+    bias_update(8, 0);
+    bias_update(8, 1);
+    bias_update(256, 0);
+    return twin_end();
+}
