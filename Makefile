@@ -68,7 +68,7 @@ TOOLS := $(TOOL_SRC:tools/%.c=$(BIN)/%)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test demo sft-demo bench clean regression fuzz
+.PHONY: all deps test demo sft-demo bench clean regression fuzz slice
 all: $(BIN)/dsv3 $(TOOLS) $(TESTS)
 
 # libFuzzer harness of the safetensors reader (tests/it_fuzz_safetensors.sh, a
@@ -140,6 +140,10 @@ sft-demo: deps
 	@$(MAKE) --no-print-directory $(BIN)/dsv3 $(BIN)/dsv3-prep $(BIN)/dsv3-verify $(BIN)/plot-loss
 	@tools/sft-demo.sh $(BIN)
 
+# the real-width slice run of issue 14 (minutes, ~33 GB of disk; not in make test)
+slice: deps all
+	bash tools/slice.sh
+
 bench: deps
 	@$(MAKE) --no-print-directory all $(FUZZ)
 	@BIN=$(BIN) tools/bench.sh
@@ -151,6 +155,6 @@ regression: deps
 include cuda/cuda.mk
 
 clean:
-	rm -rf build build-san bin bin-san build-emu build-emu-san build-cuda
+	rm -rf build build-san bin bin-san build-emu build-emu-san build-cuda bin-emu bin-emu-san bin-cuda
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -16,7 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+
+#include "ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +33,8 @@ int cu_device(void);
 /* Ends the job naming file:line and the CUDA error (error_one). */
 void cu_check_at(cudaError_t e, const char *what, const char *file, int line);
 #define CU_CHECK(x) cu_check_at((cudaError_t)(x), #x, __FILE__, __LINE__)
+/* The process's cuBLAS handle (created on first use), bound to stream s. */
+cublasHandle_t cu_blas(cudaStream_t s);
 /* src/error.h's, declared here so that no .cu needs the MPI headers error.h brings. */
 void error_one_at(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
 #define CU_REQUIRE(cond, ...)                                                                                    \
@@ -47,6 +52,34 @@ cudaError_t cu_sumsq(const float *x, size_t n, double *out /* device, 1 */, cuda
 cudaError_t cu_fill(float *x, size_t n, float value, cudaStream_t s);
 cudaError_t cu_copy_cols(float *dst, int ds, const float *src, int ss, int off, int n, int rows, cudaStream_t s);
 cudaError_t cu_add_cols(float *dst, int ds, int off, const float *src, int ss, int n, int rows, cudaStream_t s);
+
+
+/* ---- GEMMs (cuBLAS, fp32 compute; row-major y = x·Wᵀ as column-major GemmEx(T, N)) */
+cudaError_t cu_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta, cudaStream_t s);
+cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in,
+                               int out, cudaStream_t s);
+/* Stored (BF16 / FP8) weights: row tiles dequantised on the device into `tile`
+ * (DEVICE, tile_floats >= ops_matmul_w_tile_floats(w), the CPU's rule), then
+ * one GEMM per tile. F32 needs no tile (NULL, 0). */
+cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
+                        size_t tile_floats, cudaStream_t s);
+cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
+                                    size_t tile_floats, cudaStream_t s);
+/* src: HOST fp32 [n, in] (staged through the scratch); w->data / w->scale: device. */
+cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, const float *src, cudaStream_t s);
+/* Rows [r0, r0+n) of w as fp32 into t [n, in] (device). */
+cudaError_t cu_dequant_rows(float *t, const ops_weight *w, int r0, int n, cudaStream_t s);
+/* fp32 -> e4m3 (ops_f32_to_e4m3's rounding: RNE, saturating, NaN -> 0x7F), n values. */
+cudaError_t cu_f32_to_e4m3(uint8_t *q, const float *x, size_t n, cudaStream_t s);
+
+/* ---- optimizer and counter-based fills (ops.h) */
+cudaError_t cu_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                     float eps, float wd, int t, float grad_scale, cudaStream_t s);
+cudaError_t cu_fill_normal(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float std, cudaStream_t s);
+cudaError_t cu_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound,
+                            cudaStream_t s);
+cudaError_t cu_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uint64_t key, uint64_t first,
+                       cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "ops.h" /* ops_weight */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -48,6 +50,8 @@ cudaError_t cu_latent_attention(float *out, const float *q, const float *cache, 
  * or left >= N when every id is in range (the launcher initialises it). */
 cudaError_t cu_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H, int *bad,
                                  cudaStream_t s);
+/* ops_embedding_forward_w: an F32 or BF16 table in its storage (rows widened exactly) */
+cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N, int *bad, cudaStream_t s);
 cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
                                   cudaStream_t s);
 

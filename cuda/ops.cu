@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <math.h>
+
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -125,6 +128,286 @@ extern "C" cudaError_t cu_add_cols(float *dst, int ds, int off, const float *src
     return dsv3::launch(add_cols_kernel, dim3(rows), dim3(128), 0, s, dst, ds, off, src, ss, n);
 }
 
+/* ---- GEMMs through cuBLAS. Row-major y[T,out] = x[T,in]·W[out,in]ᵀ is
+ * column-major yᵀ = op(W)·xᵀ: GemmEx(OP_T, OP_N, m=out, n=T, k=in, W, in,
+ * x, in, y, out). fp32 compute (no TF32: the default math mode). ---- */
+
+namespace {
+std::once_flag blas_once;
+cublasHandle_t blas;
+
+cudaError_t blas_err(cublasStatus_t st) { return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown; }
+/* C[m,n] (col-major) = alpha·op(A)·op(B) + beta·C, all fp32 */
+cudaError_t sgemm(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    const float one = 1.0f;
+    return blas_err(cublasGemmEx(cu_blas(s), ta, tb, m, n, k, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C,
+                                 CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+} // namespace
+
+extern "C" cublasHandle_t cu_blas(cudaStream_t s) {
+    std::call_once(blas_once, [] {
+        cublasStatus_t st = cublasCreate(&blas);
+        if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasCreate failed (status %d)", (int)st);
+    });
+    cublasStatus_t st = cublasSetStream(blas, s);
+    if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasSetStream failed (status %d)", (int)st);
+    return blas;
+}
+
+extern "C" cudaError_t cu_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta,
+                                 cudaStream_t s) {
+    if (T == 0 || out == 0) return cudaSuccess;
+    if (in == 0) return beta == 0.0f ? cudaMemsetAsync(y, 0, (size_t)T * out * sizeof *y, s) : cudaSuccess;
+    return sgemm(s, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, w, in, x, in, beta, y, out);
+}
+
+extern "C" cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T,
+                                          int in, int out, cudaStream_t s) {
+    if (T == 0 || in == 0 || out == 0) return cudaSuccess;
+    cudaError_t e = cudaSuccess;
+    /* dx[T,in] += dy[T,out]·w[out,in]: col-major dxᵀ[in,T] += w(col-major [in,out])·dyᵀ[out,T] */
+    if (dx) e = sgemm(s, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, w, in, dy, out, 1.0f, dx, in);
+    /* dw[out,in] += dyᵀ·x: col-major dwᵀ[in,out] += xᵀ[in,T]·dy[T,out] */
+    if (dw && e == cudaSuccess) e = sgemm(s, CUBLAS_OP_N, CUBLAS_OP_T, in, out, T, x, in, dy, out, 1.0f, dw, in);
+    return e;
+}
+
+/* ---- stored weights: dequantisation tiles and the FP8/BF16 store ---- */
+
+namespace {
+/* Rows per dequantisation tile: the plan's rule (ops_matmul_w_tile_floats, the CPU's too), so
+ * both backends multiply the same tiles; a tile smaller than the rule is an internal error. */
+int tile_rows(const ops_weight *w, size_t tile_floats, const char *op) {
+    size_t need = ops_matmul_w_tile_floats(w->dtype, w->out, w->in);
+    CU_REQUIRE(tile_floats >= need, "%s: a %zu-float tile for a [%d, %d] weight that needs %zu (internal error)", op,
+               tile_floats, w->out, w->in, need);
+    return (int)(need / (size_t)w->in);
+}
+unsigned row_block(int in) { /* threads per row: a multiple of 32, at most 256 */
+    unsigned b = ((unsigned)(in > 0 ? in : 1) + 31) / 32 * 32;
+    return b < 256 ? b : 256;
+}
+
+/* one block per row (grid-strided); the columns strided over the block */
+__global__ void dequant_bf16_kernel(float *t, const __nv_bfloat16 *q, int in, int n) {
+    for (int r = blockIdx.x; r < n; r += gridDim.x)
+        for (int c = threadIdx.x; c < in; c += blockDim.x) t[(size_t)r * in + c] = __bfloat162float(q[(size_t)r * in + c]);
+}
+/* value = e4m3 · scale[row/128, col/128]: one exact decode, one fp32 product (as the CPU's lut[q]·sc) */
+__global__ void dequant_fp8_kernel(float *t, const __nv_fp8_e4m3 *q, const float *scale, int in, int r0, int n) {
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    for (int r = blockIdx.x; r < n; r += gridDim.x) {
+        const float *sc = scale + (size_t)((r0 + r) / OPS_FP8_BLOCK) * nb;
+        for (int c = threadIdx.x; c < in; c += blockDim.x)
+            t[(size_t)r * in + c] = static_cast<float>(q[(size_t)r * in + c]) * sc[c / OPS_FP8_BLOCK];
+    }
+}
+
+/* ops_f32_to_e4m3: NVIDIA's RNE satfinite conversion, and NaN -> 0x7F whatever its sign */
+__device__ __forceinline__ uint8_t e4m3_of(float x) {
+    return isnan(x) ? (uint8_t)0x7F : (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+/* ops_f32_to_bf16: RNE; a NaN keeps its upper bits and is made quiet (the CPU's rule, not the canonical NaN) */
+__device__ __forceinline__ uint16_t bf16_of(float x) {
+    return isnan(x) ? (uint16_t)((__float_as_uint(x) >> 16) | 0x40) : __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+__global__ void e4m3_kernel(uint8_t *q, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        q[i] = e4m3_of(x[i]);
+}
+__global__ void store_bf16_kernel(uint16_t *q, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        q[i] = bf16_of(x[i]);
+}
+/* One block per 128x128 block of x [n, in] (grid nb x nrb): amax, scale =
+ * amax/448 (1 for an all-zero block), codes = e4m3(x / scale). scale and q
+ * point at the chunk's first block row. */
+constexpr int QB = 256;
+__global__ void __launch_bounds__(QB) store_fp8_kernel(uint8_t *q, float *scale, const float *x, int in, int n) {
+    const int ra = blockIdx.y * OPS_FP8_BLOCK, ca = blockIdx.x * OPS_FP8_BLOCK;
+    const int rows = min(OPS_FP8_BLOCK, n - ra), cols = min(OPS_FP8_BLOCK, in - ca);
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < rows * cols; i += QB)
+        amax = fmaxf(amax, fabsf(x[(size_t)(ra + i / cols) * in + ca + i % cols]));
+    amax = dsv3::block_max<QB>(amax);
+    const float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+    if (threadIdx.x == 0) scale[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = sc;
+    for (int i = threadIdx.x; i < rows * cols; i += QB) {
+        size_t k = (size_t)(ra + i / cols) * in + ca + i % cols;
+        q[k] = e4m3_of(x[k] / sc);
+    }
+}
+} // namespace
+
+extern "C" cudaError_t cu_f32_to_e4m3(uint8_t *q, const float *x, size_t n, cudaStream_t s) {
+    return n ? dsv3::launch(e4m3_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, q, x, n) : cudaSuccess;
+}
+
+extern "C" cudaError_t cu_dequant_rows(float *t, const ops_weight *w, int r0, int n, cudaStream_t s) {
+    if (n <= 0 || w->in <= 0) return cudaSuccess;
+    dim3 g(n < 4096 ? n : 4096), b(row_block(w->in));
+    if (w->dtype == OPS_BF16)
+        return dsv3::launch(dequant_bf16_kernel, g, b, 0, s, t, (const __nv_bfloat16 *)w->data + (size_t)r0 * w->in, w->in, n);
+    CU_REQUIRE(w->dtype == OPS_FP8_E4M3 && w->scale, "cu_dequant_rows: bad weight dtype %d", (int)w->dtype);
+    return dsv3::launch(dequant_fp8_kernel, g, b, 0, s, t, (const __nv_fp8_e4m3 *)w->data + (size_t)r0 * w->in, w->scale,
+                        w->in, r0, n);
+}
+
+extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
+                                   size_t tile_floats, cudaStream_t s) {
+    const int in = w->in, out = w->out;
+    if (w->dtype == OPS_F32) return cu_matmul(y, x, (const float *)w->data, T, in, out, beta, s);
+    CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "ops_matmul_w: bad weight dtype %d",
+               (int)w->dtype);
+    if (T == 0 || out == 0) return cudaSuccess;
+    if (in == 0) return beta == 0.0f ? cudaMemsetAsync(y, 0, (size_t)T * out * sizeof *y, s) : cudaSuccess;
+    const int tr = tile_rows(w, tile_floats, "ops_matmul_w");
+    cudaError_t e = cudaSuccess;
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
+        const int n = out - r0 < tr ? out - r0 : tr;
+        e = cu_dequant_rows(tile, w, r0, n, s);
+        /* y[:, r0:r0+n] = x·tileᵀ (beta as given: each tile writes its own columns) */
+        if (e == cudaSuccess) e = sgemm(s, CUBLAS_OP_T, CUBLAS_OP_N, n, T, in, tile, in, x, in, beta, y + r0, out);
+    }
+    return e;
+}
+
+extern "C" cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
+                                               size_t tile_floats, cudaStream_t s) {
+    const int in = w->in, out = w->out;
+    if (w->dtype == OPS_F32) return cu_matmul_backward(dx, nullptr, dy, nullptr, (const float *)w->data, T, in, out, s);
+    CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
+               "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
+    if (!dx || T == 0 || in == 0 || out == 0) return cudaSuccess;
+    const int tr = tile_rows(w, tile_floats, "ops_matmul_w_backward_dx");
+    cudaError_t e = cudaSuccess;
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
+        const int n = out - r0 < tr ? out - r0 : tr;
+        e = cu_dequant_rows(tile, w, r0, n, s);
+        /* dx[T,in] += dy[:, r0:r0+n]·tile[n,in] */
+        if (e == cudaSuccess) e = sgemm(s, CUBLAS_OP_N, CUBLAS_OP_N, in, T, n, tile, in, dy + r0, out, 1.0f, dx, in);
+    }
+    return e;
+}
+
+extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, const float *src, cudaStream_t s) {
+    const int in = w->in;
+    if (n <= 0) return cudaSuccess;
+    CU_REQUIRE(r0 >= 0 && r0 + n <= w->out, "ops_weight_store_rows: rows %d..%d outside [0, %d)", r0, r0 + n, w->out);
+    if (w->dtype == OPS_F32)
+        return cudaMemcpyAsync((float *)w->data + (size_t)r0 * in, src, (size_t)n * in * sizeof(float),
+                               cudaMemcpyHostToDevice, s);
+    CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale), "ops_weight_store_rows: bad weight dtype %d",
+               (int)w->dtype);
+    if (w->dtype == OPS_FP8_E4M3)
+        CU_REQUIRE(r0 % OPS_FP8_BLOCK == 0 && (n % OPS_FP8_BLOCK == 0 || r0 + n == w->out),
+                   "ops_weight_store_rows: FP8 rows %d..%d are not whole 128-row blocks", r0, r0 + n);
+    if (in <= 0) return cudaSuccess;
+    /* host rows staged through a transient device buffer, at most 2^24 floats (whole 128-row
+     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters */
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    int tr = (int)(((size_t)1 << 24) / (size_t)in / OPS_FP8_BLOCK * OPS_FP8_BLOCK);
+    if (tr < OPS_FP8_BLOCK) tr = OPS_FP8_BLOCK;
+    if (tr > n) tr = n;
+    float *stage = nullptr;
+    cudaError_t e = cudaMalloc((void **)&stage, (size_t)tr * in * sizeof(float));
+    for (int a = 0; a < n && e == cudaSuccess; a += tr) {
+        const int k = n - a < tr ? n - a : tr;
+        const size_t cnt = (size_t)k * in, row = (size_t)(r0 + a);
+        e = cudaMemcpyAsync(stage, src + (size_t)a * in, cnt * sizeof(float), cudaMemcpyHostToDevice, s);
+        if (e != cudaSuccess) break;
+        if (w->dtype == OPS_BF16) {
+            e = dsv3::launch(store_bf16_kernel, dim3(dsv3::grid_for(cnt, EW)), dim3(EW), 0, s,
+                             (uint16_t *)w->data + row * in, (const float *)stage, cnt);
+        } else {
+            dim3 g(nb, (k + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
+            e = dsv3::launch(store_fp8_kernel, g, dim3(QB), 0, s, (uint8_t *)w->data + row * in,
+                             (float *)(uintptr_t)w->scale + row / OPS_FP8_BLOCK * nb, (const float *)stage, in, k);
+        }
+    }
+    if (stage) {
+        cudaError_t f = cudaFree(stage); /* after the queued kernels: cudaFree synchronises */
+        if (e == cudaSuccess) e = f;
+    }
+    return e;
+}
+
+/* ---- AdamW and the counter-based generators ---- */
+
+namespace {
+/* torch.optim.AdamW, the CPU reference's expression order; step and bc2s
+ * (bias corrections in double) come from the host */
+__global__ void adamw_kernel(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                             float eps, float wd, float step, float bc2s, float grad_scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float gi = g[i] * grad_scale, wi = w[i];
+        wi -= lr * wd * wi;
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi, v[i] = vi;
+        w[i] = wi - step * mi / (sqrtf(vi) / bc2s + eps);
+    }
+}
+
+/* SplitMix64 keyed counters: ops_cpu.c's generator, bit for bit */
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ double u01(uint64_t seed, uint64_t key, uint64_t i, uint64_t lane) {
+    uint64_t r = mix64(mix64(mix64(seed) ^ key) ^ (2 * i + lane));
+    return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0); /* (0,1) */
+}
+
+__global__ void fill_normal_kernel(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float std) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        double u1 = u01(seed, key, first + i, 0), u2 = u01(seed, key, first + i, 1); /* Box-Muller in double */
+        /* cospi(2·u2) = cos(2π·u2): no large-argument reduction (cos's uses local memory) */
+        x[i] = (float)(std * sqrt(-2.0 * log(u1)) * cospi(2.0 * u2));
+    }
+}
+__global__ void fill_uniform_kernel(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = (float)((2.0 * u01(seed, key, first + i, 0) - 1.0) * bound);
+}
+__global__ void dropout_kernel(float *y, const float *x, size_t n, double p, float keep, uint64_t seed, uint64_t key,
+                               uint64_t first) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = u01(seed, key, first + i, 0) >= p ? x[i] * keep : 0.0f;
+}
+} // namespace
+
+extern "C" cudaError_t cu_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                                float beta2, float eps, float wd, int t, float grad_scale, cudaStream_t s) {
+    if (!n) return cudaSuccess;
+    double bc1 = 1.0 - pow((double)beta1, (double)t), bc2 = 1.0 - pow((double)beta2, (double)t);
+    float step = (float)((double)lr / bc1), bc2s = (float)sqrt(bc2);
+    return dsv3::launch(adamw_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, w, g, m, v, n, lr, beta1, beta2, eps,
+                        wd, step, bc2s, grad_scale);
+}
+extern "C" cudaError_t cu_fill_normal(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float std,
+                                      cudaStream_t s) {
+    return n ? dsv3::launch(fill_normal_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, n, seed, key, first, std)
+             : cudaSuccess;
+}
+extern "C" cudaError_t cu_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound,
+                                       cudaStream_t s) {
+    return n ? dsv3::launch(fill_uniform_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, n, seed, key, first,
+                            bound)
+             : cudaSuccess;
+}
+extern "C" cudaError_t cu_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uint64_t key,
+                                  uint64_t first, cudaStream_t s) {
+    const float keep = 1.0f / (1.0f - p);
+    return n ? dsv3::launch(dropout_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, y, x, n, (double)p, keep, seed,
+                            key, first)
+             : cudaSuccess;
+}
+
 #ifndef DSV3_CU_TWIN
 /* ---- ops.h: memory section. Device memory from cudaMalloc, zeroed at
  * allocation (as the CPU backend's); sizes and categories in a host table
@@ -215,6 +498,19 @@ void ops_mem_get(ops_mem_stats *s) {
     s->device_peak = (double)mem_peak_kind[0];
     s->host_peak = (double)mem_peak_kind[1];
 }
+/* host memory allocated elsewhere (the node-shared frozen store): counted as the CPU backend counts it */
+void ops_mem_count(int cat, size_t bytes, int sign) {
+    CU_REQUIRE(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_count: %d is not a category", cat);
+    std::lock_guard<std::mutex> g(mem_mu);
+    if (sign > 0) {
+        mem_live[1][cat] += bytes, mem_live_kind[1] += bytes, mem_live_all += bytes;
+        mem_peak[1][cat] = std::max(mem_peak[1][cat], mem_live[1][cat]);
+        mem_peak_kind[1] = std::max(mem_peak_kind[1], mem_live_kind[1]);
+        mem_peak_all = std::max(mem_peak_all, mem_live_all);
+    } else {
+        mem_live[1][cat] -= bytes, mem_live_kind[1] -= bytes, mem_live_all -= bytes;
+    }
+}
 void ops_mem_reset_peaks(void) {
     std::lock_guard<std::mutex> g(mem_mu);
     for (int k = 0; k < 2; k++) {
@@ -225,6 +521,10 @@ void ops_mem_reset_peaks(void) {
 }
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) CU_CHECK(cudaMemsetAsync(p, 0, bytes, cu_stream()));
+}
+/* no context yet: nothing was queued (and a --check or --dry-run never needs a GPU) */
+void ops_sync(void) {
+    if (ctx.stream) CU_CHECK(cudaStreamSynchronize(ctx.stream));
 }
 /* Copies are synchronous, as on the CPU: the host reads dst / reuses src at once. */
 void ops_to_host(void *dst, const void *src, size_t bytes) {
@@ -302,5 +602,43 @@ void ops_copy_cols(float *dst, int ds, const float *src, int ss, int off, int n,
 }
 void ops_add_cols(float *dst, int ds, int off, const float *src, int ss, int n, int rows) {
     CU_CHECK(cu_add_cols(dst, ds, off, src, ss, n, rows, cu_stream()));
+}
+
+/* ---- ops.h: GEMMs, stored weights, AdamW, generators ---- */
+void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta) {
+    CU_CHECK(cu_matmul(y, x, w, T, in, out, beta, cu_stream()));
+}
+void ops_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in, int out) {
+    CU_CHECK(cu_matmul_backward(dx, dw, dy, x, w, T, in, out, cu_stream()));
+}
+/* the dequantisation tile comes from the caller's scratch arena (device memory), sized by the
+ * plan's rule, and is given back before return */
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
+    CU_CHECK(cu_matmul_w(y, x, w, T, beta, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
+}
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
+    CU_CHECK(cu_matmul_w_backward_dx(dx, dy, w, T, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
+}
+void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src) {
+    CU_CHECK(cu_weight_store_rows(w, r0, n, src, cu_stream()));
+}
+void ops_adamw(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps,
+               float wd, int t, float grad_scale) {
+    CU_CHECK(cu_adamw(w, g, m, v, n, lr, beta1, beta2, eps, wd, t, grad_scale, cu_stream()));
+}
+void ops_fill_normal(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float std) {
+    CU_CHECK(cu_fill_normal(x, n, seed, key, first, std, cu_stream()));
+}
+void ops_fill_uniform(float *x, size_t n, uint64_t seed, uint64_t key, uint64_t first, float bound) {
+    CU_CHECK(cu_fill_uniform(x, n, seed, key, first, bound, cu_stream()));
+}
+void ops_dropout(float *y, const float *x, size_t n, float p, uint64_t seed, uint64_t key, uint64_t first) {
+    CU_CHECK(cu_dropout(y, x, n, p, seed, key, first, cu_stream()));
 }
 #endif /* DSV3_CU_TWIN */

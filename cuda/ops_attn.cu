@@ -11,7 +11,7 @@
 
 #include "cu_ops.h"
 #include "cu_ops_attn.h"
-#include "ops_attn.h"
+#include "ops.h" /* and ops_attn.h */
 
 namespace {
 
@@ -389,13 +389,15 @@ cudaError_t attn_forward(float *out, float *lse, const float *q, const float *k,
 
 constexpr int EB = 256; /* threads per token row */
 
-__global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const float *E, const int32_t *ids, int V, int H,
+/* T: float, or __nv_bfloat16 for a table in its storage (widened exactly, row by row) */
+template <typename T>
+__global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const T *E, const int32_t *ids, int V, int H,
                                                            int *bad) {
     const int n = blockIdx.x;
     const int32_t id = ids[n];
     float *yn = y + (size_t)n * H;
     const bool ok = id >= 0 && id < V;
-    for (int c = threadIdx.x; c < H; c += EB) yn[c] = ok ? E[(size_t)id * H + c] : 0.0f;
+    for (int c = threadIdx.x; c < H; c += EB) yn[c] = ok ? dsv3::to_f32(E[(size_t)id * H + c]) : 0.0f;
     if (!ok && threadIdx.x == 0) atomicMin(bad, n); /* integer min: the first bad row, in any order */
 }
 
@@ -634,7 +636,16 @@ extern "C" cudaError_t cu_embedding_forward(float *y, const float *E, const int3
                                             cudaStream_t s) {
     cudaError_t e = cudaMemsetAsync(bad, 0x7f, sizeof *bad, s); /* 0x7f7f7f7f: no bad row */
     if (e != cudaSuccess || N <= 0 || H <= 0) return e;
-    return dsv3::launch(embedding_fwd_kernel, dim3(N), dim3(EB), 0, s, y, E, ids, V, H, bad);
+    return dsv3::launch(embedding_fwd_kernel<float>, dim3(N), dim3(EB), 0, s, y, E, ids, V, H, bad);
+}
+extern "C" cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N, int *bad,
+                                              cudaStream_t s) {
+    if (E->dtype == OPS_F32) return cu_embedding_forward(y, (const float *)E->data, ids, N, E->out, E->in, bad, s);
+    if (E->dtype != OPS_BF16) return cudaErrorInvalidValue; /* the CPU op refuses fp8 tables too */
+    cudaError_t e = cudaMemsetAsync(bad, 0x7f, sizeof *bad, s);
+    if (e != cudaSuccess || N <= 0 || E->in <= 0) return e;
+    return dsv3::launch(embedding_fwd_kernel<__nv_bfloat16>, dim3(N), dim3(EB), 0, s, y,
+                        (const __nv_bfloat16 *)E->data, ids, E->out, E->in, bad);
 }
 extern "C" cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
                                              cudaStream_t s) {
@@ -728,6 +739,18 @@ int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, i
     if (row >= N) return 0;
     fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)read_back(ids + row),
             row, V);
+    return -1;
+}
+int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N) {
+    CU_REQUIRE(E->dtype == OPS_F32 || E->dtype == OPS_BF16,
+               "ops_embedding_forward_w: a %s embedding is not supported (bf16 or fp32)",
+               E->dtype == OPS_FP8_E4M3 ? "fp8" : "?");
+    int *bad = (int *)scratch(SCR_EMB_BAD, sizeof(int));
+    CU_CHECK(cu_embedding_forward_w(y, E, ids, N, bad, cu_stream()));
+    const int row = read_back(bad);
+    if (row >= N) return 0;
+    fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)read_back(ids + row),
+            row, E->out);
     return -1;
 }
 void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {

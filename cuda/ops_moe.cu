@@ -418,13 +418,6 @@ void gemm_dw(cudaStream_t s, float *dw, const float *dy, const float *x, int T, 
     gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, in, out, T, x, in, dy, out, 1.0f, dw, in);
 }
 
-/* The CPU op's tile: the whole expert up to 2^24 elements, else 128-row multiples. */
-int tile_rows(const ops_weight *w) {
-    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
-    if ((size_t)w->out * in <= budget) return w->out;
-    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
-    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
-}
 /* Rows per tile of `floats`: the whole expert when it fits, else whole 128-row
  * FP8 blocks (a tile below 128 rows ends the job: internal error). */
 int tile_rows_in(const ops_weight *w, size_t floats, const char *op) {
@@ -553,7 +546,7 @@ extern "C" cudaError_t cu_grouped_matmul_backward(float *dx, float *dw, const fl
 }
 
 extern "C" size_t cu_grouped_matmul_w_tile(const ops_weight *w) {
-    return w->dtype == OPS_F32 ? 0 : (size_t)tile_rows(w) * (size_t)(w->in > 0 ? w->in : 0);
+    return ops_matmul_w_tile_floats(w->dtype, w->out, w->in); /* the rule the plan sizes the arena by */
 }
 extern "C" cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G,
                                            float *tile, size_t tile_floats, cudaStream_t s) {
@@ -631,7 +624,7 @@ void *devbuf(DevBuf &b, size_t bytes) {
     }
     return b.p;
 }
-DevBuf balance_buf, sort_buf, perm_buf, bias_buf, tile_buf;
+DevBuf balance_buf, sort_buf, perm_buf, bias_buf;
 } // namespace
 
 void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
@@ -697,15 +690,20 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
                                  const int *cnt, int G, int in, int out) {
     CU_CHECK(cu_grouped_matmul_backward(dx, dw, dy, x, w, cnt, G, in, out, cu_stream()));
 }
-void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {
-    size_t n = cu_grouped_matmul_w_tile(w);
-    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+/* The dequantisation tile comes from the caller's scratch arena (device memory), sized by
+ * the plan's rule (ops_matmul_w_tile_floats), and is given back before return. */
+void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G, ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_grouped_matmul_w(y, x, w, cnt, G, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
 }
-void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G) {
-    size_t n = cu_grouped_matmul_w_tile(w);
-    float *tile = (float *)devbuf(tile_buf, (n + 1) * sizeof(float));
+void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G,
+                                      ops_arena *scratch) {
+    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_grouped_matmul_w_backward_dx(dx, dy, w, cnt, G, tile, n, cu_stream()));
+    ops_arena_release(scratch, mark);
 }
 void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
     if (E <= 0) return;

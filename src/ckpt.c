@@ -895,7 +895,8 @@ int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int
                     snprintf(err, errlen, "ckpt_load: %s is in the frozen store, and no store was given", pt->t[i].name);
                     rc = -1;
                 } else {
-                    rc = ckpt_frozen_read(file, dxpl, p, i, frozen, fname, err, errlen);
+                    int w = params_shared_writer(pt, i, p->node_size); /* node-shared: one reader per node */
+                    if (w < 0 || w == p->node_rank) rc = ckpt_frozen_read(file, dxpl, p, i, frozen, fname, err, errlen);
                 }
             } else if (in_file(&pt->t[i], what)) {
                 rc = read_tensor(file, &L, i, params, params_layout, BUF_PARAM, dxpl, fname, err, errlen);

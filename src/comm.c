@@ -1,10 +1,16 @@
 /* comm.c — the MPI implementation of comm.h. */
 #include "comm.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "ops.h"
 
 static size_t chunk_limit = INT_MAX;
 
@@ -51,6 +57,47 @@ void comm_free(comm_t *c) {
     *c = MPI_COMM_NULL;
 }
 
+/* ---- memory shared by the ranks of a node ---- */
+
+void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t mine_off, size_t mine_len) {
+    size_t total = shared + priv;
+    int rank = comm_rank(node), bad = 0;
+    uint8_t *base = mmap(NULL, total ? total : 1, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) base = NULL, bad = 1;
+    char name[64] = {0};
+    int fd = -1;
+    if (shared) { /* node rank 0 creates a POSIX shared-memory object; the others open it by name */
+        if (rank == 0) {
+            snprintf(name, sizeof name, "/dsv3-frozen-%ld-%ld", (long)getpid(), (long)time(NULL));
+            fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+            if (fd < 0 || ftruncate(fd, (off_t)shared)) bad = 1;
+        }
+        comm_bcast(name, sizeof name, 0, node);
+        if (comm_max_int(bad, node)) bad = 1;
+        if (!bad && rank != 0 && (fd = shm_open(name, O_RDWR, 0600)) < 0) bad = 1;
+        if (!bad && mmap(base, shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) bad = 1;
+        if (fd >= 0) close(fd);
+        comm_barrier(node); /* all have it mapped (or failed): the name can go */
+        if (rank == 0 && name[0]) shm_unlink(name);
+    }
+    if (!bad && priv &&
+        mmap(base + shared, priv, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+        bad = 1;
+    if (comm_max_int(bad, node)) {
+        if (base) munmap(base, total ? total : 1);
+        return NULL;
+    }
+    /* commit what this rank allocates (its share of the shared part, and its private part), as ops_alloc does */
+    for (size_t i = 0; i < mine_len; i += 4096) ((volatile uint8_t *)base)[mine_off + i] = 0;
+    for (size_t i = 0; i < priv; i += 4096) ((volatile uint8_t *)base)[shared + i] = 0;
+    comm_barrier(node);
+    return base;
+}
+
+void comm_node_shared_free(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 1);
+}
+
 /* ---- small reductions ---- */
 
 double comm_sum_double(double x, comm_t c) {
@@ -94,6 +141,7 @@ int comm_lowest(comm_t c, int failed) {
     return first == INT_MAX ? -1 : first;
 }
 void comm_bcast(void *buf, size_t bytes, int root, comm_t c) {
+    ops_sync(); /* buf may be device memory */
     for (size_t o = 0; o < bytes; o += INT_MAX) /* byte counts are int */
         MPI_Bcast((char *)buf + o, (int)(bytes - o < INT_MAX ? bytes - o : INT_MAX), MPI_BYTE, root, c);
 }
@@ -101,9 +149,12 @@ void comm_gather_bytes(const void *send, void *recv, size_t bytes, int root, com
     MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c);
 }
 
-/* ---- bulk data ---- */
+/* ---- bulk data: device buffers (ops_alloc). MPI runs on the host, so each
+ * call first waits for the backend's queued work on them (ops_sync; a no-op
+ * on the CPU). A NCCL build (comm_nccl.c) queues on the stream instead. */
 
 int comm_sum_floats(float *x, size_t n, comm_t c) {
+    ops_sync();
     const size_t chunk = (size_t)1 << 30; /* MPI counts are int: chunks below 2^31 */
     for (size_t o = 0; o < n; o += chunk)
         if (MPI_Allreduce(MPI_IN_PLACE, x + o, (int)(n - o < chunk ? n - o : chunk), MPI_FLOAT, MPI_SUM, c) !=
@@ -124,6 +175,7 @@ static int small_layout(const size_t *cnt, int n) {
 
 int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine) {
     int n = comm_size(c), me = comm_rank(c);
+    ops_sync();
     if (small_layout(cnt, n)) {
         /* The members' ranges are consecutive from offset off[0] = 0. */
         int *rc = malloc((size_t)n * sizeof *rc);
@@ -146,6 +198,7 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
 
 int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
     int n = comm_size(c), me = comm_rank(c);
+    ops_sync();
     if (small_layout(cnt, n)) {
         int *rc = malloc((size_t)n * sizeof *rc), *dis = malloc((size_t)n * sizeof *dis);
         if (!rc || !dis) {
@@ -166,7 +219,10 @@ int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *
         for (size_t done = 0; done < cnt[k]; done += chunk_limit) {
             size_t len = cnt[k] - done < chunk_limit ? cnt[k] - done : chunk_limit;
             float *dst = full + off[k] + done;
-            if (k == me) memcpy(dst, mine + done, len * sizeof *dst);
+            if (k == me) {
+                ops_copy(dst, mine + done, len); /* device to device */
+                ops_sync();
+            }
             if (MPI_Bcast(dst, (int)len, MPI_FLOAT, k, c) != MPI_SUCCESS) return -1;
         }
     return 0;
@@ -179,6 +235,7 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
 int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
                         const int *roff, size_t row_bytes, comm_t c) {
     if (row_bytes > INT_MAX) return -1;
+    ops_sync();
     MPI_Datatype t;
     MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &t);
     MPI_Type_commit(&t);

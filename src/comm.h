@@ -34,6 +34,14 @@ void comm_dup(comm_t c, comm_t *out);
 void comm_split(comm_t c, int color, int key, comm_t *out);
 void comm_split_node(comm_t c, int key, comm_t *out); /* ranks sharing memory (one node) */
 void comm_free(comm_t *c);                            /* no-op on COMM_NULL or after finalize */
+/* Collective over node (ranks sharing memory): one zeroed range of this
+ * process's address space whose first `shared` bytes (a multiple of 4096) are
+ * one copy for the whole node (a POSIX shared-memory object every rank maps)
+ * and whose next `priv` bytes are this rank's own. This rank commits bytes
+ * [mine_off, mine_off + mine_len) of the shared part (its share) and its
+ * private part. NULL on every rank when any rank fails. */
+void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t mine_off, size_t mine_len);
+void comm_node_shared_free(void *p, size_t bytes); /* bytes = shared + priv */
 
 /* ---- small reductions and broadcasts (the same result on every member) ---- */
 double comm_sum_double(double x, comm_t c);

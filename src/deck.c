@@ -78,6 +78,7 @@ static const char *const E_SCALE[] = {"", "ue8m0", NULL};
 static const char *const E_DTYPE[] = {"fp32", "bf16", NULL};
 static const char *const E_WDTYPE[] = {"", "fp32", "bf16", "fp8", NULL}; /* "" = as train.dtype */
 static const char *const E_FROZEN[] = {"sharded", "resident", NULL};
+static const char *const E_EDTYPE[] = {"", "fp32", "bf16", NULL}; /* "" = fp32 */
 static const char *const E_OPT[] = {"adamw", NULL};
 static const char *const E_SCHED[] = {"constant", "linear", "cosine", "warmup_decay", NULL};
 static const char *const E_FORMAT[] = {"text", "u32", "megatron", "sft", NULL};
@@ -167,6 +168,7 @@ static const deck_key KEYS[] = {
     I("train.seq_len", train.seq_len, 4096, 1, INT_MAX),
     S("train.dtype", train.dtype, "fp32", E_DTYPE, 0),
     S("train.base_dtype", train.base_dtype, "", E_WDTYPE, 0),
+    S("train.embed_dtype", train.embed_dtype, "", E_EDTYPE, 0),
 
     G("lora"),
     B("lora.enabled", lora.enabled, 0),
@@ -197,6 +199,7 @@ static const deck_key KEYS[] = {
     S("data.tokenizer", data.tokenizer, "", NULL, 0),
     SRC("data.train", data.train, data.n_train),
     B("data.pack", data.pack, 1),
+    B("data.repeat_batch", data.repeat_batch, 0),
 
     G("validation"),
     I("validation.every", validation.every, 0, 0, INT_MAX),
@@ -859,12 +862,25 @@ static int check_layout(const ctx *c, deck *d, int world)
      * (params.h P_STORED), which the trainer keeps resident at every ZeRO stage.
      * The model sees the choice through deck_lora (model/config.h). */
     snprintf(d->lora.base_dtype, sizeof d->lora.base_dtype, "%s", base_set ? d->train.base_dtype : "fp32");
-    if (base_set && d->parallel.zero_stage >= 3 && strcmp(d->parallel.frozen, "resident"))
-        planned(c, d, 0, "parallel.frozen",
-                "train.base_dtype = \"%s\" at ZeRO stage 3 with parallel.frozen = \"sharded\" is planned only "
-                "(--dry-run, --check): the CPU trainer keeps a bf16/fp8 base resident, never sharded; set "
-                "parallel.frozen = \"resident\" to run", d->train.base_dtype);
-    if (!strcmp(d->parallel.frozen, "resident") && !base_set)
+    int emb16 = !strcmp(d->train.embed_dtype, "bf16");
+    if (emb16 && !has_frozen)
+        return fail(c, "train.embed_dtype", NULL,
+                    "train.embed_dtype = \"bf16\" stores the frozen embedding and lm_head: they are trained without "
+                    "lora.enabled = true");
+    if (emb16 && d->model.num_nextn_predict_layers > 0)
+        return fail(c, "train.embed_dtype", NULL,
+                    "train.embed_dtype = \"bf16\" with model.num_nextn_predict_layers = %d: not implemented (the MTP "
+                    "input reads a float embedding); set num_nextn_predict_layers = 0 or embed_dtype = \"fp32\"",
+                    d->model.num_nextn_predict_layers);
+    snprintf(d->lora.embed_dtype, sizeof d->lora.embed_dtype, "%s", emb16 ? "bf16" : "fp32");
+    /* Where the frozen store's non-expert part lives: "resident" keeps one copy
+     * per node in memory its ranks share (each allocates 1/node_size of it:
+     * the CPU form of the GPU plan's "sharded inside a node", with no gather);
+     * "sharded" at ZeRO 3 shards it over all ranks, which the CPU trainer runs
+     * on one node only, where the world is the node (train.c refuses more). */
+    int sharded3 = d->parallel.zero_stage >= 3 && strcmp(d->parallel.frozen, "resident");
+    d->lora.node_shared = (base_set || emb16) && (!strcmp(d->parallel.frozen, "resident") || sharded3);
+    if (!strcmp(d->parallel.frozen, "resident") && !base_set && !emb16)
         planned(c, d, 0, "parallel.frozen",
                 "parallel.frozen = \"resident\" with an fp32 base is planned only (--dry-run, --check): the CPU "
                 "trainer shards fp32 frozen weights with ZeRO (a bf16/fp8 base, train.base_dtype, is resident); "

@@ -48,6 +48,8 @@ typedef struct {
                                  * "fp8" (e4m3 + 128x128 f32 scales). The CPU trainer keeps a LoRA
                                  * base's linear weights in bf16/fp8 (the frozen store, params.h
                                  * P_STORED; deck.c copies the choice to lora.base_dtype) */
+    char embed_dtype[DECK_STR]; /* the frozen embedding and lm_head: "" = "fp32" (floats, as today) | "bf16"
+                                 * (in the frozen store in bf16, as the release stores them; LoRA only) */
 } deck_train;
 
 typedef struct {
@@ -74,6 +76,7 @@ typedef struct {
     int n_train;
     deck_source train[DECK_MAX_SOURCES];
     bool pack;                  /* SFT: pack samples into seq_len windows */
+    bool repeat_batch;          /* every step trains on step 0's batch (overfit one batch) */
 } deck_data;
 
 typedef struct {

@@ -35,6 +35,9 @@ void ops_free(void *p); /* NULL is a no-op */
 void ops_memset0(void *p, size_t bytes);                         /* device bytes = 0 */
 void ops_to_host(void *dst, const void *src, size_t bytes);      /* device → host */
 void ops_to_device(void *dst, const void *src, size_t bytes);    /* host → device */
+/* Waits until the backend's queued work is done (CPU: nothing to wait for):
+ * before host code such as MPI reads or writes device memory in place. */
+void ops_sync(void);
 /* Zeroed host memory (arrays the host reads/writes: routing counts, staging); NULL when out of memory. */
 void *ops_host_alloc(size_t bytes);
 void ops_host_free(void *p);
@@ -59,6 +62,9 @@ typedef struct {
 } ops_mem_stats;
 void ops_mem_get(ops_mem_stats *s);
 void ops_mem_reset_peaks(void); /* peaks := live (e.g. after loading, before the first step) */
+/* Counts `bytes` of host memory allocated elsewhere (the node-shared frozen
+ * store, comm.h) to category cat: sign +1 when allocated, -1 when freed. */
+void ops_mem_count(int cat, size_t bytes, int sign);
 
 /* Scratch arena (llm.c's one-allocation idea): one device block, carved by
  * bump allocation with stack discipline. Components take their temporaries
@@ -118,10 +124,18 @@ uint8_t ops_f32_to_e4m3(float f);
  * multiple of 128 and n a multiple of 128 or reach the last row (whole
  * blocks). F32: a copy. Host memory in, device memory out. */
 void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src);
-/* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly ops_matmul. */
-void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta);
+/* Floats of the dequantisation tile ops_matmul_w takes from its scratch arena
+ * for an [out, in] weight stored narrow (bf16/fp8): the whole weight when it
+ * fits in 2^24 floats (64 MiB), else a multiple of 128 rows within that; F32
+ * weights take none. A pure function of the shape, so the plan sizes the arena
+ * with it (cost.c) and the allocation equals the plan. */
+size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in);
+/* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly
+ * ops_matmul. A narrow weight is dequantised tile by tile into a tile taken
+ * from scratch (given back before return). */
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch);
 /* dx[T,in] += dy[T,out]·W. Frozen storage: no dW. F32 is exactly ops_matmul_backward(dx, NULL, ...). */
-void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T);
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch);
 
 /* y[T,out] = x[T,in]·W[out,in]ᵀ  (beta=0: overwrite, beta=1: accumulate) */
 void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta);

@@ -69,6 +69,9 @@ void ops_latent_attention(float *out, const float *q, const float *cache, int n,
  * first out-of-range id (that row is zeroed). */
 int ops_embedding_forward(float *y /*[N,H]*/, const float *E /*[V,H]*/, const int32_t *ids /*[N] device*/, int N, int V,
                           int H);
+/* The same from a weight in its storage (ops.h ops_weight [V, H]): F32 is
+ * ops_embedding_forward; bf16 rows are widened exactly (never the whole table). */
+int ops_embedding_forward_w(float *y /*[N,H]*/, const ops_weight *E, const int32_t *ids /*[N] device*/, int N);
 /* dE[ids[n], :] += dy[n, :]. Deterministic: threads split the H columns and every
  * thread adds the tokens in order n = 0..N-1. Out-of-range ids are skipped. */
 void ops_embedding_backward(float *dE /*[V,H]*/, const float *dy /*[N,H]*/, const int32_t *ids, int N, int V,

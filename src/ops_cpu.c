@@ -92,6 +92,18 @@ void ops_mem_get(ops_mem_stats *s) {
     s->host_peak = (double)mem_peak_kind[1];
 }
 
+void ops_mem_count(int cat, size_t bytes, int sign) {
+    if (sign > 0) {
+        peak_max(&mem_peak[1][cat], __atomic_add_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_kind[1], __atomic_add_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
+    } else {
+        __atomic_sub_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED);
+    }
+}
+
 void ops_mem_reset_peaks(void) {
     for (int k = 0; k < 2; k++) {
         for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
@@ -103,6 +115,7 @@ void ops_mem_reset_peaks(void) {
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
+void ops_sync(void) {}
 void ops_to_host(void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
@@ -308,17 +321,6 @@ void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src)
         }
 }
 
-/* Rows of W dequantised at a time: the whole weight when it fits in 2^24
- * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
- * arguments, so a bf16 weight holding fp32-representable values gives the
- * F32 result bitwise — else tiles of a multiple of 128 rows (FP8 blocks). */
-static int tile_rows(const ops_weight *w) {
-    size_t budget = (size_t)1 << 24, in = w->in > 0 ? (size_t)w->in : 1;
-    if ((size_t)w->out * in <= budget) return w->out;
-    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
-    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
-}
-
 /* rows [r0, r0+n) of w as fp32 into t [n, in] */
 static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
     int in = w->in, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
@@ -340,14 +342,7 @@ static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
     }
 }
 
-static float *tile_buffer(const ops_weight *w, int rows) {
-    size_t n = (size_t)rows * w->in;
-    float *t = malloc((n ? n : 1) * sizeof *t);
-    if (!t) error_one("ops_matmul_w: out of memory for a %zu-float dequantisation tile", n);
-    return t;
-}
-
-void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta) {
+void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
     int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) {
         ops_matmul(y, x, (const float *)w->data, T, in, out, beta);
@@ -361,18 +356,19 @@ void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float be
             for (int t = 0; t < T; t++) memset(y + (size_t)t * out, 0, (size_t)out * sizeof *y);
         return;
     }
-    int tr = tile_rows(w);
-    float *tile = tile_buffer(w, tr);
+    int tr = (int)(ops_matmul_w_tile_floats(w->dtype, out, in) / (size_t)in); /* rows per tile */
+    size_t mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
     for (int r0 = 0; r0 < out; r0 += tr) {
         int n = out - r0 < tr ? out - r0 : tr;
         dequant_rows(tile, w, r0, n);
         /* y[:, r0:r0+n] = x · tileᵀ */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, in, 1.0f, x, in, tile, in, beta, y + r0, out);
     }
-    free(tile);
+    ops_arena_release(scratch, mark);
 }
 
-void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T) {
+void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
     int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) {
         ops_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, T, in, out);
@@ -381,13 +377,14 @@ void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, i
     DSV3_CHECK(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
                "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
     if (!dx || T == 0 || in == 0 || out == 0) return;
-    int tr = tile_rows(w);
-    float *tile = tile_buffer(w, tr);
+    int tr = (int)(ops_matmul_w_tile_floats(w->dtype, out, in) / (size_t)in); /* rows per tile */
+    size_t mark = ops_arena_mark(scratch);
+    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
     for (int r0 = 0; r0 < out; r0 += tr) {
         int n = out - r0 < tr ? out - r0 : tr;
         dequant_rows(tile, w, r0, n);
         /* dx[T,in] += dy[:, r0:r0+n] · tile[n,in] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, dx, in);
     }
-    free(tile);
+    ops_arena_release(scratch, mark);
 }

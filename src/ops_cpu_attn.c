@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
+#include "ops.h"
 #include "ops_attn.h"
 #include "ops_cpu_simd.h"
 
@@ -263,6 +265,33 @@ int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, i
             if (bad < 0 || n < bad) bad = n;
         } else {
             memcpy(yn, E + (size_t)id * H, (size_t)H * sizeof *yn);
+        }
+    }
+    if (bad >= 0) {
+        fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)ids[bad],
+                bad, V);
+        return -1;
+    }
+    return 0;
+}
+
+int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N) {
+    int V = E->out, H = E->in;
+    if (E->dtype == OPS_F32) return ops_embedding_forward(y, (const float *)E->data, ids, N, V, H);
+    DSV3_CHECK(E->dtype == OPS_BF16, "ops_embedding_forward_w: a %s embedding is not supported (bf16 or fp32)",
+               E->dtype == OPS_FP8_E4M3 ? "fp8" : "?");
+    int bad = -1;
+#pragma omp parallel for schedule(static) if ((size_t)N * H > 65536)
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (size_t)n * H;
+        int32_t id = ids[n];
+        if (id < 0 || id >= V) {
+            memset(yn, 0, (size_t)H * sizeof *yn);
+#pragma omp critical(ops_embed_bad_w)
+            if (bad < 0 || n < bad) bad = n;
+        } else {
+            const uint16_t *q = (const uint16_t *)E->data + (size_t)id * H;
+            for (int c = 0; c < H; c++) yn[c] = ops_bf16_to_f32(q[c]);
         }
     }
     if (bad >= 0) {

@@ -508,7 +508,7 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
     }
 }
 
-void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G) {
+void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G, ops_arena *scratch) {
     if (w->dtype == OPS_F32) {
         ops_grouped_matmul(y, x, (const float *)w->data, cnt, G, w->in, w->out);
         return;
@@ -517,13 +517,14 @@ void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const i
     for (int g = 0; g < G; g++) {
         if (cnt[g] > 0) {
             ops_weight v = ops_weight_expert(w, g);
-            ops_matmul_w(y + r * w->out, x + r * w->in, &v, cnt[g], 0.0f);
+            ops_matmul_w(y + r * w->out, x + r * w->in, &v, cnt[g], 0.0f, scratch);
         }
         r += (size_t)cnt[g];
     }
 }
 
-void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G) {
+void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G,
+                                      ops_arena *scratch) {
     if (!dx) return;
     if (w->dtype == OPS_F32) {
         ops_grouped_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, cnt, G, w->in, w->out);
@@ -533,7 +534,7 @@ void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weig
     for (int g = 0; g < G; g++) {
         if (cnt[g] > 0) {
             ops_weight v = ops_weight_expert(w, g);
-            ops_matmul_w_backward_dx(dx + r * w->in, dy + r * w->out, &v, cnt[g]);
+            ops_matmul_w_backward_dx(dx + r * w->in, dy + r * w->out, &v, cnt[g], scratch);
         }
         r += (size_t)cnt[g];
     }

@@ -1,4 +1,5 @@
-/* ops_host.c — the backend-independent part of ops.h: exact host conversions
+/* ops_host.c — the backend-independent part of ops.h: the dequantisation tile
+ * rule (a pure function of the shape, which the plan uses too), exact host conversions
  * between fp32 and the storage types (bf16, e4m3), and the expert view of a
  * stacked weight (host pointer arithmetic). Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
@@ -66,3 +67,20 @@ ops_weight ops_weight_expert(const ops_weight *w, int g) {
     v.scale = w->scale ? w->scale + (size_t)g * nsc : NULL;
     return v;
 }
+/* Rows of W dequantised at a time: the whole weight when it fits in 2^24
+ * floats (64 MiB) — then the product is one sgemm with exactly ops_matmul's
+ * arguments, so a bf16 weight holding fp32-representable values gives the
+ * F32 result bitwise — else tiles of a multiple of 128 rows (FP8 blocks). */
+static int tile_rows(int out, int in_) {
+    size_t budget = (size_t)1 << 24, in = in_ > 0 ? (size_t)in_ : 1;
+    if ((size_t)out * in <= budget) return out;
+    size_t rows = budget / in / OPS_FP8_BLOCK * OPS_FP8_BLOCK;
+    return rows < OPS_FP8_BLOCK ? OPS_FP8_BLOCK : (int)rows;
+}
+
+size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in) {
+    if (dtype == OPS_F32 || out <= 0 || in <= 0) return 0;
+    int tr = tile_rows(out, in);
+    return (size_t)(tr < out ? tr : out) * (size_t)in;
+}
+

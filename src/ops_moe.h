@@ -152,13 +152,14 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
  * w->out, w->in are one expert's dims; expert g's data starts g·out·in
  * elements after w->data and (FP8) its scales g·ceil(out/128)·ceil(in/128)
  * floats after w->scale. Each expert's weight is dequantised tile by tile
- * into bounded scratch (ops_matmul_w), never the whole stack; experts with no
+ * into a tile of scratch (ops_matmul_w), never the whole stack; experts with no
  * rows are skipped. F32 is exactly ops_grouped_matmul(_backward with dw NULL).
  * Frozen storage: no weight gradient. */
-void ops_grouped_matmul_w(float *y /*[R,out]*/, const float *x /*[R,in]*/, const ops_weight *w, const int *cnt, int G);
+void ops_grouped_matmul_w(float *y /*[R,out]*/, const float *x /*[R,in]*/, const ops_weight *w, const int *cnt, int G,
+                          ops_arena *scratch);
 /* dx[R,in] += dy·w[g] per block. */
 void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy /*[R,out]*/, const ops_weight *w, const int *cnt,
-                                      int G);
+                                      int G, ops_arena *scratch);
 /* Expert g's [out, in] view of a stacked weight (host pointer arithmetic, one
  * definition for both backends: src/ops_host.c). */
 ops_weight ops_weight_expert(const ops_weight *w, int g);

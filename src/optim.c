@@ -33,14 +33,17 @@ double optim_lr(const deck *d, int64_t step) {
 int optim_init(optim_state *s, size_t n) {
     memset(s, 0, sizeof *s);
     s->n = n;
-    s->m = calloc(n ? n : 1, sizeof *s->m);
-    s->v = calloc(n ? n : 1, sizeof *s->v);
+    /* device memory: ops_adamw reads and writes the moments there (zeroed, charged to optim) */
+    int old = ops_mem_category(OPS_MEM_OPTIM);
+    s->m = ops_alloc(n * sizeof *s->m);
+    s->v = ops_alloc(n * sizeof *s->v);
+    ops_mem_category(old);
     return (s->m && s->v) ? 0 : -1;
 }
 
 void optim_free(optim_state *s) {
-    free(s->m);
-    free(s->v);
+    ops_free(s->m);
+    ops_free(s->v);
     memset(s, 0, sizeof *s);
 }
 

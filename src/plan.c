@@ -157,7 +157,10 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
         }
     }
     if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
-    mem.params += (double)pt->stored_bytes; /* the frozen store (train.base_dtype bf16/fp8), resident at any stage */
+    /* the frozen store (train.base_dtype bf16/fp8, train.embed_dtype bf16), resident at any stage; its
+     * node-shared part (lora.node_shared) one copy per node, of which this rank allocates its share */
+    mem.params += (double)(pt->stored_bytes - pt->shared_bytes) +
+                  (double)params_shared_share(pt, p->node_rank, p->node_size, NULL);
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
@@ -372,6 +375,7 @@ int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen) {
     p->node_index = comm_exscan_sum_int(leader, p->world);
     comm_bcast(&p->node_index, sizeof p->node_index, 0, p->node);
     p->n_nodes = comm_sum_int(leader, p->world);
+    if (p->params.shared_bytes) p->mem = plan_memory_estimate(d, p); /* my share of the node-shared frozen store */
     comm_split(p->world, p->dp_index, rank, &p->expert); /* rank order = ep_index */
     comm_split(p->world, p->ep_index, rank, &p->data);   /* rank order = dp_index */
     if (gethostname(p->host, sizeof p->host)) snprintf(p->host, sizeof p->host, "unknown");

@@ -364,6 +364,13 @@ int train_run(const deck *d, plan *p) {
     }
     char resume[4096] = "";
     if (!failed && d->run.resume[0]) failed = ckpt_resolve(d, resume, sizeof resume, err, sizeof err) != 0;
+    /* a narrow base "sharded" at ZeRO 3 runs as one node-shared copy (deck.c): over more nodes it is planned only */
+    if (!failed && d->lora.node_shared && strcmp(d->parallel.frozen, "resident") && p->n_nodes > 1) {
+        snprintf(err, sizeof err, "parallel.frozen = \"sharded\" at ZeRO 3 with a bf16/fp8 base over %d nodes is planned "
+                 "only (--dry-run): the CPU trainer shards the frozen store inside one node; set parallel.frozen = "
+                 "\"resident\" to run", p->n_nodes);
+        failed = 1;
+    }
     if (error_all(p->world, failed, err, sizeof err)) {
         goto out;
     }
@@ -387,10 +394,12 @@ int train_run(const deck *d, plan *p) {
     failed = !t.mo || !t.vo || !t.tok || !t.tgt;
     if (failed) snprintf(err, sizeof err, "out of memory for the optimizer state (%zu floats) and batch", t.optim_n);
     if (error_all(p->world, failed, err, sizeof err)) goto out;
-    model_init_weights(t.m, (uint64_t)d->run.seed);
     /* An adapters-only checkpoint (checkpoint.save = "adapters") resumes on top of
      * the base the run started from: run.init_from again (or the same seeded init). */
     int adapters_resume = resume[0] && ckpt_is_adapters_only(resume);
+    /* run.init_from loads every tensor of the frozen store: its seeded init would be overwritten */
+    model_skip_stored_init(t.m, d->run.init_from[0] && (!resume[0] || adapters_resume));
+    model_init_weights(t.m, (uint64_t)d->run.seed);
     if ((!resume[0] || adapters_resume) && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
         ckpt_state st = {.frozen = model_zero(t.m)->frozen};
         failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
@@ -413,6 +422,7 @@ int train_run(const deck *d, plan *p) {
         if (t.train) data_set_position(t.train, st.data_position);
         if (rank == 0) printf("dsv3: resumed from %s at step %lld\n", resume, (long long)t.step);
     }
+    if (model_zero(t.m)->frozen_shared) comm_barrier(p->node); /* the node-shared store is filled by its writers */
     if (eval) { /* the training loop's validation over validation.batches global batches */
         double acc, v = validate(&t, &acc);
         if (rank == 0)
@@ -475,7 +485,7 @@ int train_run(const deck *d, plan *p) {
     while (t.step < d->run.steps) {
         double t0 = now();
         t.t_reduce = 0.0;
-        load_samples(&t, t.train, t.step, n_local);
+        load_samples(&t, t.train, d->data.repeat_batch ? 0 : t.step, n_local);
         int64_t cnt[1 + MODEL_MAX_MTP];
         global_counts(&t, n_local, cnt);
         model_scales sc = make_scales(d, cnt, G);

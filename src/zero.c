@@ -158,7 +158,15 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, 
         fail |= !(z->pshard = ops_alloc(packed * sizeof *z->pshard));
     else
         fail |= !(z->params = ops_alloc(pt->total_local * sizeof *z->params));
-    if (pt->stored_bytes) fail |= !(z->frozen = ops_alloc(pt->stored_bytes));
+    if (pt->shared_bytes && p) { /* one copy per node of the non-expert part, this rank's share counted (plan.c) */
+        size_t first, share = params_shared_share(pt, p->node_rank, p->node_size, &first);
+        z->frozen = comm_node_shared_alloc(p->node, pt->shared_bytes, pt->stored_bytes - pt->shared_bytes, first, share);
+        fail |= !z->frozen;
+        if (z->frozen) ops_mem_count(OPS_MEM_PARAMS, z->frozen_counted = share + pt->stored_bytes - pt->shared_bytes, 1);
+        z->frozen_shared = 1;
+    } else if (pt->stored_bytes) {
+        fail |= !(z->frozen = ops_alloc(pt->stored_bytes));
+    }
     ops_mem_category(OPS_MEM_GRADS);
     size_t gfull = z->compact ? z->tlocal : pt->total_local; /* LoRA: gradients of the trainable floats only */
     size_t gshard = z->compact ? p->shard_trainable : packed;
@@ -198,7 +206,12 @@ void zero_destroy(zero_state *z) {
         for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gp[g]);
     if (z->gg && z->stage >= 2)
         for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gg[g]);
-    ops_free(z->frozen);
+    if (z->frozen_shared) {
+        if (z->frozen) ops_mem_count(OPS_MEM_PARAMS, z->frozen_counted, -1);
+        comm_node_shared_free(z->frozen, z->pt->stored_bytes);
+    } else {
+        ops_free(z->frozen);
+    }
     ops_free(z->params), ops_free(z->grads), ops_free(z->pshard), ops_free(z->gshard), ops_free(z->rs_tmp);
     free(z->goff), free(z->glen), free(z->gp), free(z->gg), free(z->gtoff), free(z->gtlen);
     if (z->p) zero_map_free(&z->map);

@@ -87,6 +87,8 @@ typedef struct {
      * do not change; routed experts are already split by expert parallelism).
      * Charged to the parameters (OPS_MEM_PARAMS); NULL when there is none. */
     uint8_t *frozen;
+    int frozen_shared;      /* frozen's first pt->shared_bytes are one copy per node (comm_node_shared_alloc) */
+    size_t frozen_counted;  /* bytes of it this rank counts (its share + its private part) */
     size_t rs_n;
     /* Layer group g is [goff[g], goff[g]+glen[g]) of the flat layout; gp[g]/gg[g]
      * are its open parameter/gradient workspaces (views of params/grads below

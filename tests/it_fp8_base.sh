@@ -17,8 +17,9 @@
 #     the dequantizing import quantized on load into an fp8 base holds the release's bytes and
 #     scales again; the FP8 import loaded into a bf16 base holds bf16(e4m3 x scale)
 #  5. refusals, one line each: base_dtype fp8 without LoRA; an FP8 checkpoint into a base_dtype
-#     fp32 run; an fp8 weight whose weight_scale_inv is missing; a bf16/fp8 base with
-#     parallel.frozen = "sharded" at ZeRO 3 (planned only: the trainer keeps the store resident)
+#     fp32 run; an fp8 weight whose weight_scale_inv is missing; train.embed_dtype bf16 with MTP
+#  1b. parallel.frozen = "sharded" at ZeRO 3 (one node) gives the resident curve bitwise;
+#     train.embed_dtype = "bf16": allocation = plan, finite falling loss
 . "$(dirname "$0")/lib.sh"
 need_venv h5py numpy
 scratch_dir
@@ -65,6 +66,25 @@ awk -v a="$p32" -v b="$p8" -v f="$f32b" -v s="$st8" 'BEGIN { d = (a - b) * 10485
     bad "params fp32 $p32 vs fp8 $p8 MiB, frozen $f32b, store $st8"
 r16=$(sed -n 's/.*frozen store.*(\([0-9.]*\) of it).*/\1/p' "$OUT/p16.log")
 awk -v r="$r16" 'BEGIN { exit !(r > 0.49 && r <= 0.51) }' && ok "bf16 frozen store = $r16 of the fp32 frozen weights" || bad "bf16 store ratio '$r16'"
+
+# parallel.frozen = "sharded" at ZeRO 3 on one node: the store's non-expert part sharded over the ranks
+# (the world is the node: one copy its ranks share, each allocating its share), the same curve as resident
+d="$OUT/s23"
+timeout 200 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.frozen=sharded parallel.expert_parallel=2 \
+    parallel.zero_stage=3 run.output_dir="$d" >"$d.log" 2>&1 || { bad "run sharded ZeRO 3"; tail -3 "$d.log"; }
+grep -q "every category equal to the plan on 2 of 2 ranks" "$d.log" && ok "sharded ZeRO 3: every category equal to the plan" ||
+    { bad "sharded ZeRO 3: memory differs from the plan"; grep 'dsv3: memory' "$d.log"; }
+cmp -s <(cut -d, -f1-4 "$OUT/f23/metrics.csv") <(cut -d, -f1-4 "$d/metrics.csv") &&
+    ok "parallel.frozen sharded = resident at np 2 ZeRO 3: loss columns bitwise" || bad "sharded and resident curves differ"
+# train.embed_dtype = "bf16": the frozen embedding and lm_head in the node-shared store in bf16 (no MTP)
+d="$OUT/e23"
+timeout 200 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 train.embed_dtype=bf16 model.num_nextn_predict_layers=0 \
+    parallel.frozen=resident parallel.expert_parallel=2 parallel.zero_stage=3 run.output_dir="$d" >"$d.log" 2>&1 || { bad "run embed_dtype bf16"; tail -3 "$d.log"; }
+grep -q "every category equal to the plan on 2 of 2 ranks" "$d.log" && ok "embed_dtype bf16: every category equal to the plan" ||
+    { bad "embed_dtype bf16: memory differs from the plan"; grep 'dsv3: memory' "$d.log"; }
+first=$(awk -F, 'NR==2 {print $2}' "$d/metrics.csv"); last=$(awk -F, 'NR==7 {print $2}' "$d/metrics.csv")
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(a == a + 0 && b == b + 0 && b < a) }' &&
+    ok "embed_dtype bf16: loss $first -> $last (finite, falling)" || bad "embed_dtype bf16: loss $first -> $last"
 
 echo "== 2. resume and reshard"
 for c in "1 1 0 f10" "2 2 3 f23" "2 2 3 f10"; do
@@ -232,11 +252,10 @@ msg=$("$BIN/dsv3" --check input/tiny.cfg train.base_dtype=fp8 parallel.frozen=re
 msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 \
       run.init_from="$OUT/f10/checkpoints/step_00000003.h5" run.output_dir="$OUT/no" 2>&1) && bad "FP8 checkpoint into an fp32 base accepted" ||
     { echo "$msg" | grep -q "FP8 bytes" && ok "FP8 checkpoint into base_dtype fp32: $(echo "$msg" | grep -m1 'FP8 bytes')" || { bad "refusal"; echo "$msg" | tail -3; }; }
-msg=$(timeout 100 mpirun -np 1 "$BIN/dsv3" "${LORA[@]}" train.base_dtype=fp8 parallel.zero_stage=3 run.output_dir="$OUT/no3" 2>&1) &&
-    bad "fp8 base sharded at ZeRO 3 ran" ||
-    { echo "$msg" | grep -q 'set parallel.frozen = "resident" to run' &&
-      ok "fp8 base, parallel.frozen = sharded, ZeRO 3: planned only ($(echo "$msg" | grep -m1 -o 'the CPU trainer keeps[^;]*'))" ||
-      { bad "ZeRO-3 sharded refusal"; echo "$msg" | tail -3; }; }
+msg=$("$BIN/dsv3" --check "${LORA[@]}" train.embed_dtype=bf16 2>&1) &&
+    bad "embed_dtype bf16 with MTP accepted" ||
+    { echo "$msg" | grep -q 'train.embed_dtype = "bf16" with model.num_nextn_predict_layers = 1: not implemented' &&
+      ok "embed_dtype bf16 with MTP: $(echo "$msg" | head -1)" || { bad "embed_dtype/MTP refusal"; echo "$msg" | tail -3; }; }
 cp "$OUT/f10/checkpoints/step_00000003.h5" "$OUT/noscale.h5"
 "$PY" -c 'import sys, h5py; del h5py.File(sys.argv[1], "r+")["model/layers/1/mlp/experts/up_proj/weight_scale_inv"]' "$OUT/noscale.h5"
 msg=$(timeout 100 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.steps=1 parallel.expert_parallel=2 train.base_dtype=fp8 parallel.frozen=resident \

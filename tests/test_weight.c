@@ -161,6 +161,16 @@ static void test_bf16_decode(void **st) {
 
 /* ------------------------------------------------------------ matmuls */
 
+/* An arena of exactly the dequantisation tile ops_matmul_w says it takes for
+ * w: a take beyond it would end the test (error_one), so every product below
+ * also checks that the tile comes from the arena and fits the stated size. */
+static ops_arena *tile_arena(const ops_weight *w) {
+    static ops_arena a;
+    ops_arena_destroy(&a);
+    assert_int_equal(ops_arena_create(&a, ops_matmul_w_tile_floats(w->dtype, w->out, w->in)), 0);
+    return &a;
+}
+
 static void test_matmul_w_f32_is_matmul(void **st) {
     (void)st;
     int T = 7, in = 33, out = 150;
@@ -169,12 +179,12 @@ static void test_matmul_w_f32_is_matmul(void **st) {
     memcpy(y1, y0, (size_t)T * out * 4);
     ops_weight W = {OPS_F32, w, NULL, out, in};
     ops_matmul(y0, x, w, T, in, out, 1.0f);
-    ops_matmul_w(y1, x, &W, T, 1.0f);
+    ops_matmul_w(y1, x, &W, T, 1.0f, tile_arena(&W));
     assert_memory_equal(y0, y1, (size_t)T * out * 4);
     float *dy = frand((size_t)T * out, -1, 1), *d0 = frand((size_t)T * in, -1, 1), *d1 = malloc((size_t)T * in * 4);
     memcpy(d1, d0, (size_t)T * in * 4);
     ops_matmul_backward(d0, NULL, dy, x, w, T, in, out);
-    ops_matmul_w_backward_dx(d1, dy, &W, T);
+    ops_matmul_w_backward_dx(d1, dy, &W, T, tile_arena(&W));
     assert_memory_equal(d0, d1, (size_t)T * in * 4);
     free(x), free(w), free(y0), free(y1), free(dy), free(d0), free(d1);
 }
@@ -195,7 +205,7 @@ static void test_matmul_w_bf16(void **st) {
     for (int beta = 0; beta <= 1; beta++) {
         for (size_t i = 0; i < (size_t)T * out; i++) y0[i] = y1[i] = beta ? (float)i * 0.01f : NAN;
         ops_matmul(y0, x, w, T, in, out, (float)beta);
-        ops_matmul_w(y1, x, &W, T, (float)beta);
+        ops_matmul_w(y1, x, &W, T, (float)beta, tile_arena(&W));
         assert_memory_equal(y0, y1, (size_t)T * out * 4);
     }
     /* backward: dx += dy·W against a double reference (tiles accumulate in another order) */
@@ -207,12 +217,12 @@ static void test_matmul_w_bf16(void **st) {
             for (int o = 0; o < out; o++) s += (double)dy[(size_t)t * out + o] * w[(size_t)o * in + c];
             ref[(size_t)t * in + c] = s;
         }
-    ops_matmul_w_backward_dx(dx, dy, &W, T);
+    ops_matmul_w_backward_dx(dx, dy, &W, T, tile_arena(&W));
     for (size_t i = 0; i < (size_t)T * in; i++) assert_true(fabs(dx[i] - ref[i]) <= 1e-5 * (1 + fabs(ref[i])));
     /* a linear holding the bf16 weight gives the F32 linear's forward bitwise */
     linear lf = {.w = w, .in = in, .out = out}, lb = {.in = in, .out = out, .W = W};
     ops_arena a;
-    assert_int_equal(ops_arena_create(&a, 0), 0);
+    assert_int_equal(ops_arena_create(&a, ops_matmul_w_tile_floats(OPS_BF16, out, in)), 0);
     linear_forward(&lf, y0, x, NULL, T, &a);
     linear_forward(&lb, y1, x, NULL, T, &a);
     assert_memory_equal(y0, y1, (size_t)T * out * 4);
@@ -239,7 +249,7 @@ static void fp8_check(int T, int in, int out) {
         for (int c = 0; c < in; c++)
             wd[(size_t)r * in + c] = e4m3_ref(q[(size_t)r * in + c]) * (double)scale[(r / 128) * cb + c / 128];
     float *y = malloc((size_t)T * out * 4);
-    ops_matmul_w(y, x, &W, T, 0.0f);
+    ops_matmul_w(y, x, &W, T, 0.0f, tile_arena(&W));
     double maxe = 0;
     for (int t = 0; t < T; t++)
         for (int o = 0; o < out; o++) {
@@ -254,7 +264,7 @@ static void fp8_check(int T, int in, int out) {
     printf("  fp8 forward out=%d in=%d: max error %.2e of sum|x*w|\n", out, in, maxe);
     assert_true(maxe < 1e-5);
     float *dy = frand((size_t)T * out, -1, 1), *dx = calloc((size_t)T * in, 4);
-    ops_matmul_w_backward_dx(dx, dy, &W, T);
+    ops_matmul_w_backward_dx(dx, dy, &W, T, tile_arena(&W));
     maxe = 0;
     for (int t = 0; t < T; t++)
         for (int c = 0; c < in; c++) {
@@ -279,6 +289,11 @@ static void test_matmul_w_fp8(void **st) {
 /* A weight over the 2^24-float dequantisation budget goes in row tiles (1920 + 180 rows here). */
 static void test_matmul_w_fp8_tiled(void **st) {
     (void)st;
+    /* 2100 x 8200 > 2^24 floats: tiles of 1920 rows (a multiple of 128 within 2^24 floats), the second partial */
+    assert_int_equal(ops_matmul_w_tile_floats(OPS_FP8_E4M3, 2100, 8200), (size_t)1920 * 8200);
+    assert_int_equal(ops_matmul_w_tile_floats(OPS_BF16, 129280, 7168), (size_t)2304 * 7168); /* DeepSeek-V3's lm_head */
+    assert_int_equal(ops_matmul_w_tile_floats(OPS_FP8_E4M3, 150, 70), (size_t)150 * 70);    /* whole when it fits */
+    assert_int_equal(ops_matmul_w_tile_floats(OPS_F32, 2100, 8200), 0);                       /* F32: no tile */
     fp8_check(2, 8200, 2100);
 }
 
@@ -385,7 +400,7 @@ static void test_grouped_matmul_w(void **st) {
                 }
         }
         float *x = frand((size_t)R * in, -1, 1), *y = malloc((size_t)R * out * 4), *yr = malloc((size_t)R * out * 4);
-        ops_grouped_matmul_w(y, x, &W, cnt, G);
+        ops_grouped_matmul_w(y, x, &W, cnt, G, tile_arena(&W));
         ops_grouped_matmul(yr, x, deq, cnt, G, in, out);
         double maxe = 0;
         for (size_t i = 0; i < (size_t)R * out; i++) maxe = fmax(maxe, fabs(y[i] - yr[i]) / (fabs(yr[i]) + 1e-3));
@@ -393,14 +408,14 @@ static void test_grouped_matmul_w(void **st) {
         assert_true(maxe < 1e-5);
         float *dy = frand((size_t)R * out, -1, 1), *dx = calloc((size_t)R * in, 4), *dxr = calloc((size_t)R * in, 4);
         for (size_t i = 0; i < (size_t)R * in; i++) dx[i] = dxr[i] = 0.25f; /* accumulates */
-        ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G);
+        ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G, tile_arena(&W));
         ops_grouped_matmul_backward(dxr, NULL, dy, x, deq, cnt, G, in, out);
         maxe = 0;
         for (size_t i = 0; i < (size_t)R * in; i++) maxe = fmax(maxe, fabs(dx[i] - dxr[i]) / (fabs(dxr[i]) + 1e-3));
         printf("  grouped %s backward dx: max rel error %.2e\n", dt ? "bf16" : "fp8", maxe);
         assert_true(maxe < 1e-5);
         ops_weight F = {OPS_F32, deq, NULL, out, in}; /* F32 storage is exactly the grouped GEMM */
-        ops_grouped_matmul_w(y, x, &F, cnt, G);
+        ops_grouped_matmul_w(y, x, &F, cnt, G, tile_arena(&F));
         assert_memory_equal(y, yr, (size_t)R * out * 4);
         free(wf), free(deq), free(data), free(scale), free(x), free(y), free(yr), free(dy), free(dx), free(dxr);
     }

@@ -64,6 +64,13 @@ typedef struct {
      * frozen base's linear weights, "fp32" | "bf16" | "fp8" (e4m3 + 128x128 f32
      * block scales); anything but fp32 needs enabled (a frozen base) */
     char base_dtype[DECK_STR];
+    /* deck key train.embed_dtype: "fp32" (the embedding and lm_head are floats,
+     * as every other tensor) | "bf16" (frozen, in the frozen store in bf16, as
+     * the release stores them: never widened whole) */
+    char embed_dtype[DECK_STR];
+    /* 1: the frozen store's non-expert part is one copy per node, shared by its
+     * ranks (parallel.frozen = "resident"; params.h shared_bytes) */
+    int node_shared;
 } deck_lora;
 
 /* A model instance: config, adapters, the longest sequence (RoPE table), the

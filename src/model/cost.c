@@ -119,6 +119,26 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
     if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, dp, N)) > f) f = x;
     if (D > 0 && (x = linear_scratch_floats(2 * H, H, 0, 0, N)) > f) f = x;   /* eh_proj: no LoRA in MTP */
     if ((x = linear_scratch_floats(H, c->vocab_size, 0, 0, N)) > f) f = x;    /* lm_head: no LoRA */
+    return f + ops_arena_round(cost_tile_floats(o));
+}
+
+/* A GEMM with a weight stored narrow takes its dequantisation tile from the
+ * arena while its component may hold its own peak: the arena is the largest
+ * component peak plus the largest tile (ops_matmul_w_tile_floats) over the
+ * weights held narrow — the frozen store's tensors (params.h P_STORED, one
+ * expert's matrix for the stacked experts). 0 with an fp32 base. */
+size_t cost_tile_floats(const model_opts *o) {
+    param_table pt;
+    char err[256];
+    if (params_build(&pt, o->cfg, o->lora, 1, err, sizeof err)) return 0;
+    size_t f = 0;
+    for (int i = 0; i < pt.n; i++) {
+        const param_spec *s = &pt.t[i];
+        if (!(s->flags & P_STORED)) continue;
+        size_t x = ops_matmul_w_tile_floats((ops_dtype)s->dtype, (int)s->shape[s->ndim - 2], (int)s->shape[s->ndim - 1]);
+        if (x > f) f = x;
+    }
+    params_free(&pt);
     return f;
 }
 

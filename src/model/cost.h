@@ -40,6 +40,8 @@ double cost_host_act_bytes(const model_opts *o, int ep, int e_local);
  * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
  * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
 size_t cost_scratch_floats(const model_opts *o, int B, int T);
+/* Floats of the largest dequantisation tile of a weight stored narrow (train.base_dtype bf16/fp8); 0 for fp32. */
+size_t cost_tile_floats(const model_opts *o);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
  * MTP extras, head, logits, backward scratch and the scratch arena. */
 double cost_base_act_bytes(const model_opts *o, int B, int T);

@@ -19,7 +19,7 @@ static void drop_apply(const linear *l, float *y, const float *x, int T) {
 
 void linear_forward(const linear *l, float *y, const float *x, float *cache, int T, ops_arena *scratch) {
     if (l->W.dtype != OPS_F32)
-        ops_matmul_w(y, x, &l->W, T, 0.0f);
+        ops_matmul_w(y, x, &l->W, T, 0.0f, scratch);
     else
         ops_matmul(y, x, l->w, T, l->in, l->out, 0.0f); /* y[T,out] */
     if (l->r > 0) {
@@ -43,7 +43,7 @@ void linear_backward(const linear *l, float *dx, const float *dy, const float *x
     if (l->W.dtype != OPS_F32) {
         DSV3_CHECK(l->g == NULL, "linear_backward: a %s base weight must be frozen",
                    l->W.dtype == OPS_BF16 ? "bf16" : "fp8");
-        if (dx) ops_matmul_w_backward_dx(dx, dy, &l->W, T);
+        if (dx) ops_matmul_w_backward_dx(dx, dy, &l->W, T, scratch);
     } else {
         ops_matmul_backward(dx, l->g, dy, x, l->w, T, l->in, l->out);
     }

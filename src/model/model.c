@@ -85,7 +85,9 @@ struct model {
     zero_state z;                     /* parameters, gradients and their ZeRO stage (zero.h) */
     int ep, ep_first, ep_local;       /* EP size, routed experts held */
     comm_t ep_comm;
-    float *embed, *g_embed;           /* [V,H] */
+    float *embed, *g_embed;           /* [V,H] (NULL when stored: embed_W) */
+    ops_weight embed_W;               /* [V,H] storage: F32 over embed, or bf16 in the frozen store */
+    int skip_stored_init;             /* model_skip_stored_init */
     float *final_norm, *g_final_norm; /* [H] */
     linear lm_head;                   /* [V,H] */
     int nblocks;                      /* L + D */
@@ -253,10 +255,11 @@ static void rebind(model *m, int g) {
     int L = m->cfg->num_hidden_layers, D = m->cfg->num_nextn_predict_layers;
     if (g == 0) {
         m->embed = bind(m, "model.embed_tokens.weight", &m->g_embed, 1);
+        m->embed_W = stored_weight(m, params_find(&m->pt, "model.embed_tokens.weight"), m->embed);
     } else if (g == L + D + 1) {
         m->final_norm = bind(m, "model.norm.weight", &m->g_final_norm, 1);
         m->lm_head.w = bind(m, "lm_head.weight", &m->lm_head.g, 1);
-        m->lm_head.W = (ops_weight){OPS_F32, m->lm_head.w, NULL, m->lm_head.out, m->lm_head.in};
+        m->lm_head.W = stored_weight(m, params_find(&m->pt, "lm_head.weight"), m->lm_head.w); /* F32, or bf16 stored */
     } else {
         bind_block(m, &m->blk[g - 1]);
     }
@@ -538,7 +541,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     int G = L + D + 1; /* group of the final norm and lm_head */
     float *x = m->x_final; /* residual stream, ends as the last block's output */
     open_params(m, 0);
-    ops_embedding_forward(x, m->embed, bt->tokens, N, V, H);
+    ops_embedding_forward_w(x, &m->embed_W, bt->tokens, N);
     for (int l = 0; l < L; l++) {
         block *b = &m->blk[l];
         open_params(m, l + 1);
@@ -692,7 +695,7 @@ static void block_decode(model *m, block *b, float *kv, int Tcap, const int *pos
 void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B, int n, const int *pos,
                   int all_logits) {
     const deck_model *c = m->cfg;
-    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size;
     DSV3_CHECK(m->N == B * n && m->B == B, "model_decode: %d x %d tokens, activations laid out for %dx%d "
                "(model_reshape first)", B, n, m->B, m->T);
     DSV3_CHECK(seq0 >= 0 && seq0 + B <= kv->B && B * n <= kv->max_rows,
@@ -701,7 +704,7 @@ void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B
     int N = m->N, G = L + D + 1;
     float *x = m->x_final; /* residual stream */
     open_params(m, 0);
-    ops_embedding_forward(x, m->embed, tokens, N, V, H);
+    ops_embedding_forward_w(x, &m->embed_W, tokens, N);
     for (int l = 0; l < L; l++) {
         open_params(m, l + 1);
         float *layer_kv = kv->buf + ((size_t)l * kv->B + seq0) * kv->T * kv->W;
@@ -816,6 +819,8 @@ float *model_tensor(model *m, const char *name, float **grad) {
 
 void model_zero_grad(model *m) { zero_zero_grad(&m->z); }
 
+void model_skip_stored_init(model *m, int skip) { m->skip_stored_init = skip; }
+
 ops_weight model_stored_weight(model *m, const char *name, int g) {
     int i = params_find(&m->pt, name);
     if (i < 0 || !(m->pt.t[i].flags & P_STORED) || g < 0 || g >= m->pt.t[i].n_mat) return (ops_weight){0};
@@ -868,7 +873,9 @@ void model_init_weights(model *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         const param_spec *s = &m->pt.t[i];
         if (s->flags & P_STORED) {
-            stored_tensor_init(m, i, seed);
+            /* the node-shared part of the store: one rank of the node writes each tensor (params.h) */
+            int w = m->p ? params_shared_writer(&m->pt, i, m->p->node_size) : -1;
+            if (!m->skip_stored_init && (w < 0 || w == m->p->node_rank)) stored_tensor_init(m, i, seed);
             continue;
         }
         if (m->z.params) {

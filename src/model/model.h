@@ -72,6 +72,10 @@ ops_weight model_stored_weight(model *m, const char *hf_name, int g);
 /* Counter-based init: every value is a pure function of (seed, tensor name, global element index),
  * so any rank count gives the same weights. Norm weights 1, router bias 0, LoRA B 0. */
 void model_init_weights(model *m, uint64_t seed);
+/* skip = 1: model_init_weights leaves the frozen store alone (zeros), for a
+ * run whose checkpoint (run.init_from) then loads every stored tensor: at real
+ * width quantising a seeded init that is overwritten costs minutes. */
+void model_skip_stored_init(model *m, int skip);
 void model_zero_grad(model *m);
 /* Lays the activations out for B x T micro-batches (model_create does it for
  * micro_batch x seq_len): the only allocation of activations, between steps.

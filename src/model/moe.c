@@ -332,28 +332,28 @@ static void expert_lora_backward(const moe_layer *l, moe_cache *c, int j, float 
  * the F32 weights (grouped GEMM), or a frozen bf16/fp8 base dequantised tile
  * by tile (ops_grouped_matmul_w). */
 static const float *expert_f32(const moe_layer *l, int j) { return j == 0 ? l->eg : j == 1 ? l->eu : l->ed; }
-static void experts_mm(const moe_layer *l, int j, float *y, const float *x, const moe_cache *c) {
+static void experts_mm(const moe_layer *l, int j, float *y, const float *x, const moe_cache *c, ops_arena *scratch) {
     const ops_weight *w = &l->eW[j];
     int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
     if (w->dtype != OPS_F32)
-        ops_grouped_matmul_w(y, x, w, c->lcnt, c->e_local);
+        ops_grouped_matmul_w(y, x, w, c->lcnt, c->e_local, scratch);
     else
         ops_grouped_matmul(y, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
 }
 /* dx += dy·W per expert; dw += dyᵀ·x (F32 only: a stored base is frozen). */
 static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw, const float *dy, const float *x,
-                                const moe_cache *c) {
+                                const moe_cache *c, ops_arena *scratch) {
     const ops_weight *w = &l->eW[j];
     int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
     if (w->dtype != OPS_F32) {
         DSV3_CHECK(dw == NULL, "moe: a bf16/fp8 routed-expert weight must be frozen");
-        ops_grouped_matmul_w_backward_dx(dx, dy, w, c->lcnt, c->e_local);
+        ops_grouped_matmul_w_backward_dx(dx, dy, w, c->lcnt, c->e_local, scratch);
     } else {
         ops_grouped_matmul_backward(dx, dw, dy, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
     }
 }
 
-void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out) {
+void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out, ops_arena *scratch) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, P = c->ep;
     /* one send row per (token, destination rank); its (token, expert) pairs as records */
@@ -379,12 +379,12 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     ops_gather_rows(c->xs, c->x, c->stok, c->S, H);
     exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, l->wire, comm);
     ops_gather_rows(c->xe, c->xr, c->perm, Q, H); /* expert-major pairs */
-    experts_mm(l, 0, c->ge, c->xe, c);
+    experts_mm(l, 0, c->ge, c->xe, c, scratch);
     expert_lora_forward(l, c, 0, c->ge, c->xe, H, I);
-    experts_mm(l, 1, c->ue, c->xe, c);
+    experts_mm(l, 1, c->ue, c->xe, c, scratch);
     expert_lora_forward(l, c, 1, c->ue, c->xe, H, I);
     ops_swiglu_forward(c->he, c->ge, I, c->ue, I, Q, I);
-    experts_mm(l, 2, c->ye, c->he, c);
+    experts_mm(l, 2, c->ye, c->he, c, scratch);
     expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
     /* one row back per received row: Σ w·y over this rank's experts of the token */
     ops_moe_combine_seg(c->xr, c->ye, c->poff, c->pinv, c->pw, R, H, 0.0f);
@@ -392,7 +392,8 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     ops_moe_combine_seg(out, c->ys, c->toff, c->trows, NULL, N, H, 0.0f);
 }
 
-void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout) {
+void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout,
+                          ops_arena *scratch) {
     check_comm(c, l, comm);
     int N = c->N, K = c->K, H = c->H, I = c->I_, R = c->R, Q = c->Pr, wb = wire_back(l->wire);
     size_t RI = (size_t)Q * I;
@@ -405,17 +406,17 @@ void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *
     float *dws = (float *)(void *)c->smeta;
     exchange_pairs(c, dwp, c->rpc, c->rpo, dws, c->spc, c->spo, sizeof(float), comm);
     ops_zero(c->dw, (size_t)N * K);
-    for (size_t q = 0; q < (size_t)N * K; q++) c->dw[c->ptk[q]] = dws[q]; /* every (t,k) is one pair */
+    ops_scatter_rows(c->dw, dws, c->ptk, N * K, 1); /* dw[t,k] of pair q; every (t,k) is one pair */
     ops_zero(c->dhe, RI);
-    experts_mm_backward(l, 2, c->dhe, l->ged, c->ye, c->he, c);
+    experts_mm_backward(l, 2, c->dhe, l->ged, c->ye, c->he, c, scratch);
     expert_lora_backward(l, c, 2, c->dhe, c->ye, c->he, I, H);
     ops_zero(c->dge, RI);
     ops_zero(c->due, RI);
     ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, Q, I);
     ops_zero(c->xr, (size_t)Q * H); /* xr = dx per expert-major pair */
-    experts_mm_backward(l, 0, c->xr, l->geg, c->dge, c->xe, c);
+    experts_mm_backward(l, 0, c->xr, l->geg, c->dge, c->xe, c, scratch);
     expert_lora_backward(l, c, 0, c->xr, c->dge, c->xe, H, I);
-    experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c);
+    experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c, scratch);
     expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
     /* one dx row back per received row: the sum over its pairs */
     ops_moe_combine_seg(c->ye, c->xr, c->poff, c->pinv, NULL, R, H, 0.0f);
@@ -429,7 +430,7 @@ void moe_forward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t e
                  const float *x, int B, int T, int64_t *counts, double *bal_loss, float bal_scale,
                  ops_arena *scratch) {
     moe_route(m, l, c, x, B, T, bal_loss, bal_scale);
-    moe_experts_forward(l, c, ep_comm, out);
+    moe_experts_forward(l, c, ep_comm, out, scratch);
     if (counts)
         for (int e = 0; e < c->E; e++) counts[e] += c->ecnt[e];
     if (l->has_shared) {
@@ -445,7 +446,7 @@ void moe_backward(const deck_model *m, const moe_layer *l, moe_cache *c, comm_t 
         mlp_layer sh = shared_of(l);
         mlp_backward(&sh, &c->sh, dx, dout, c->N, scratch);
     }
-    moe_experts_backward(l, c, ep_comm, dx, dout);
+    moe_experts_backward(l, c, ep_comm, dx, dout, scratch);
     moe_route_backward(m, l, c, dx);
 }
 

@@ -169,9 +169,10 @@ void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const floa
 /* dx += router path, from c->dw (set by moe_experts_backward) and the balance loss; gate_g accumulates. */
 void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, float *dx);
 /* out[N,H] = Σ_k w·expert_k(x) (overwritten), from the routing in c. Collective. */
-void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out);
+void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out, ops_arena *scratch);
 /* c->dw = ∂L/∂w; dx += routed-expert path; expert gradients accumulate. Collective. */
-void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx, const float *dout);
+void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx, const float *dout,
+                          ops_arena *scratch);
 
 /* b_i += γ·sign(mean_j c_j − c_i), counts summed over the whole batch (spec §5). */
 void moe_bias_update(float *bias, const int64_t *counts, int E, float gamma);

@@ -46,6 +46,10 @@ int params_base_dtype(const deck_lora *lora) {
     return !strcmp(lora->base_dtype, "bf16") ? OPS_BF16 : !strcmp(lora->base_dtype, "fp8") ? OPS_FP8_E4M3 : OPS_F32;
 }
 
+int params_embed_stored(const deck_lora *lora) {
+    return lora && lora->enabled && !strcmp(lora->embed_dtype, "bf16");
+}
+
 /* Frozen linear weights (MLA projections, dense and shared MLP, stacked
  * routed experts) go to the frozen store when train.base_dtype is narrow. */
 static int stored_flag(const cfg *d) { return params_base_dtype(&d->lora) != OPS_F32 ? P_STORED : 0; }
@@ -141,7 +145,8 @@ int params_build_owned(param_table *pt, const deck_model *model, const deck_lora
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers, frozen = d->lora.enabled ? P_FROZEN : 0;
     int64_t V = m->vocab_size, H = m->hidden_size;
     pt->n_groups = L + D + 2;
-    add(pt, 0, SEG_DENSE, frozen, 2, V, H, 0, "model.embed_tokens.weight");
+    int emb = params_embed_stored(&d->lora) ? P_STORED : 0; /* bf16 in the frozen store */
+    add(pt, 0, SEG_DENSE, frozen | emb, 2, V, H, 0, "model.embed_tokens.weight");
     for (int l = 0; l < L; l++) decoder_layer(pt, d, l, 0, l >= m->first_k_dense_replace);
     for (int k = 0; k < D; k++) {
         int layer = L + k, g = layer + 1;
@@ -152,7 +157,7 @@ int params_build_owned(param_table *pt, const deck_model *model, const deck_lora
         norm(pt, d, g, "model.layers.%d.shared_head.norm.weight", layer, H);
     }
     add(pt, L + D + 1, SEG_DENSE, P_NODECAY | frozen, 1, H, 0, 0, "model.norm.weight");
-    add(pt, L + D + 1, SEG_DENSE, frozen, 2, V, H, 0, "lm_head.weight");
+    add(pt, L + D + 1, SEG_DENSE, frozen | emb, 2, V, H, 0, "lm_head.weight");
 
     /* Offsets: for each group its dense segment, then its expert segment. */
     pt->seg = calloc((size_t)2 * pt->n_groups, sizeof *pt->seg);
@@ -174,23 +179,28 @@ int params_build_owned(param_table *pt, const deck_model *model, const deck_lora
             if (s.numel) pt->seg[pt->nseg++] = s;
         }
     pt->total_local = off;
-    /* the frozen store: data then scales of each P_STORED tensor, 64-byte aligned */
+    /* the frozen store: data then scales of each P_STORED tensor, 64-byte
+     * aligned; the non-expert tensors first (pass 0: with lora.node_shared the
+     * part one copy per node holds, padded to whole pages), then the experts */
     size_t so = 0;
     int bd = params_base_dtype(&d->lora);
-    for (int i = 0; i < pt->n; i++) {
-        param_spec *t = &pt->t[i];
-        if (!(t->flags & P_STORED)) continue;
-        int64_t rows = t->shape[t->ndim - 2], cols = t->shape[t->ndim - 1];
-        t->dtype = bd;
-        t->n_mat = t->ndim == 3 ? pt->e_local : 1;
-        size_t data = (size_t)t->n_mat * (size_t)rows * (size_t)cols * (bd == OPS_BF16 ? 2 : 1);
-        size_t nsc = bd == OPS_FP8_E4M3 ? (size_t)t->n_mat * (size_t)((rows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) *
-                                              (size_t)((cols + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK)
-                                        : 0;
-        t->soff = so;
-        t->sscale = (data + 63) / 64 * 64;
-        t->sbytes = t->sscale + (nsc * sizeof(float) + 63) / 64 * 64;
-        so += t->sbytes;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < pt->n; i++) {
+            param_spec *t = &pt->t[i];
+            if (!(t->flags & P_STORED) || (t->kind == SEG_EXPERT) != pass) continue;
+            int64_t rows = t->shape[t->ndim - 2], cols = t->shape[t->ndim - 1];
+            t->dtype = t->group == 0 || t->group == L + D + 1 ? OPS_BF16 : bd; /* embedding, lm_head: bf16 */
+            t->n_mat = t->ndim == 3 ? pt->e_local : 1;
+            size_t data = (size_t)t->n_mat * (size_t)rows * (size_t)cols * (t->dtype == OPS_BF16 ? 2 : 1);
+            size_t nsc = t->dtype == OPS_FP8_E4M3 ? (size_t)t->n_mat * (size_t)((rows + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) *
+                                                  (size_t)((cols + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK)
+                                            : 0;
+            t->soff = so;
+            t->sscale = (data + 63) / 64 * 64;
+            t->sbytes = t->sscale + (nsc * sizeof(float) + 63) / 64 * 64;
+            so += t->sbytes;
+        }
+        if (pass == 0 && d->lora.node_shared) so = pt->shared_bytes = (so + 4095) / 4096 * 4096;
     }
     pt->stored_bytes = so;
     for (int i = 0; i < pt->n; i++) {
@@ -198,6 +208,22 @@ int params_build_owned(param_table *pt, const deck_model *model, const deck_lora
         if (!(pt->t[i].flags & (P_FROZEN | P_NOGRAD))) pt->n_trainable += pt->t[i].numel;
     }
     return 0;
+}
+
+size_t params_shared_share(const param_table *pt, int r, int n, size_t *first) {
+    size_t pages = pt->shared_bytes / 4096, a = pages * (size_t)r / (size_t)n, b = pages * (size_t)(r + 1) / (size_t)n;
+    if (first) *first = a * 4096;
+    return (b - a) * 4096;
+}
+
+int params_shared_writer(const param_table *pt, int i, int n) {
+    const param_spec *t = &pt->t[i];
+    if (!(t->flags & P_STORED) || t->soff >= pt->shared_bytes) return -1;
+    for (int r = 0; r < n; r++) {
+        size_t a, len = params_shared_share(pt, r, n, &a);
+        if (t->soff >= a && t->soff < a + len) return r;
+    }
+    return n - 1;
 }
 
 void params_free(param_table *pt) {

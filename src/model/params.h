@@ -67,6 +67,9 @@ typedef struct {
     int64_t n_trainable;  /* global trainable parameters */
     int ep;               /* expert-parallel size the local layout was built for */
     size_t stored_bytes;  /* bytes of the frozen store on one rank (P_STORED tensors; 0 with base_dtype fp32) */
+    size_t shared_bytes;  /* its first shared_bytes (the non-expert tensors, padded to 4096 bytes) are one copy
+                           * per node when lora.node_shared: each rank of the node allocates params_shared_share
+                           * of it; 0 otherwise */
     int e_local;          /* routed experts per layer in the local layout (E/ep, or an uneven
                            * owner's count: params_build_owned) */
 } param_table;
@@ -89,5 +92,14 @@ int params_base_dtype(const deck_lora *lora);
 int params_find(const param_table *pt, const char *name);
 /* Layer group helpers */
 static inline int params_group_of_layer(int layer) { return layer + 1; }
+
+/* 1 when the embedding and lm_head are frozen and stored in bf16 (train.embed_dtype = "bf16"). */
+int params_embed_stored(const deck_lora *lora);
+/* Bytes of the node-shared part of the frozen store that node rank r of n
+ * allocates (whole pages, near-equal), and its first byte. */
+size_t params_shared_share(const param_table *pt, int r, int n, size_t *first);
+/* The node rank that writes tensor i when it is in the node-shared part (the
+ * one whose share holds its first byte); -1 for a tensor every rank writes. */
+int params_shared_writer(const param_table *pt, int i, int n);
 
 #endif

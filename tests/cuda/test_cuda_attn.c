@@ -186,6 +186,24 @@ static void embedding(int N, int V, int H, int span, int bad1, int bad2) {
     twin_report((rc == 0) == (first < 0), "ops_embedding_forward", "CPU twin's return agrees", 0);
     free(gb);
 
+    /* the same table stored in bf16 (the frozen embedding of train.embed_dtype): rows widened exactly */
+    uint16_t *Eb = malloc(ne * 2 + 2);
+    ops_f32_to_bf16_n(E, Eb, ne);
+    uint16_t *dEb = twin_dev(Eb, ne * 2);
+    ops_weight wh = {OPS_BF16, Eb, NULL, V, H}, wd = {OPS_BF16, dEb, NULL, V, H};
+    float *yb = twin_host(ny, 55, -1, 1), *dyb = twin_dev(yb, ny * 4);
+    rc = ops_embedding_forward_w(yb, &wh, ids, N);
+    CK(cu_embedding_forward_w(dyb, &wd, dids, N, dbad, twin_s));
+    got = twin_back(dyb, ny * 4);
+    twin_same("ops_embedding_forward_w", what, got, yb, ny * 4);
+    free(got);
+    gb = twin_back(dbad, sizeof *gb);
+    have = *gb < N ? *gb : N;
+    twin_same("ops_embedding_forward_w", "first bad row", &have, &want, sizeof have);
+    twin_report((rc == 0) == (first < 0), "ops_embedding_forward_w", "CPU twin's return agrees", 0);
+    free(gb), free(Eb), free(yb);
+    dfree(dEb), dfree(dyb);
+
     float *g = twin_host(ny, 54, -1, 1), *dg = twin_dev(g, ny * 4);
     ops_embedding_backward(E, g, ids, N, V, H); /* dE += into the (non-zero) table */
     CK(cu_embedding_backward(dE, dg, dids, N, V, H, twin_s));

@@ -356,14 +356,17 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int 
     float *tile = nt ? dev_alloc(nt * 4) : NULL;
     float *x = twin_host(R * in, 92, -1, 1), *y = twin_host(R * out, 93, -1, 1);
     float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
-    ops_grouped_matmul_w(y, x, &W, cnt, G);
+    ops_arena cpu_scratch; /* the CPU op's tile, from an arena of exactly the stated size */
+    if (ops_arena_create(&cpu_scratch, ops_matmul_w_tile_floats(dt, out, in))) exit(2);
+    ops_grouped_matmul_w(y, x, &W, cnt, G, &cpu_scratch);
     CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, nt, twin_s));
     float *g = twin_back(d_y, R * out * 4);
     twin_close("ops_grouped_matmul_w", name, g, y, R * out, 1e-5, 0, 0);
     free(g);
     float *dy = twin_host(R * out, 94, -1, 1), *dx = twin_host(R * in, 95, -1, 1);
     float *d_dy = twin_dev(dy, R * out * 4), *d_dx = twin_dev(dx, R * in * 4);
-    ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G);
+    ops_grouped_matmul_w_backward_dx(dx, dy, &W, cnt, G, &cpu_scratch);
+    ops_arena_destroy(&cpu_scratch);
     CK(cu_grouped_matmul_w_backward_dx(d_dx, d_dy, &Wd, cnt, G, tile, nt, twin_s));
     g = twin_back(d_dx, R * in * 4);
     twin_close("ops_grouped_matmul_w_backward_dx", name, g, dx, R * in, 1e-5, 0, 0);
