@@ -6,7 +6,8 @@
 #     np 8 EP 8 ZeRO 2 with activation checkpointing (4 x 2 + 4 x 1), and LoRA
 #     with routed-expert adapters on an fp8 base (resident, ZeRO 3) at np 5
 #     EP 5: every deterministic column of every step within it_invariance.sh's
-#     bounds of the np 1 run of the same deck.
+#     bounds of the np 1 run of the same deck; that LoRA run with
+#     parallel.frozen = "sharded" gives the resident curve bitwise.
 #  2. reshard: a checkpoint written at np 5 EP 5 ZeRO 3 at step 5, resumed at
 #     np 8 EP 8 ZeRO 1 (another uneven layout): steps 6-10 within the same
 #     bounds of the uninterrupted np 5 run.
@@ -69,6 +70,11 @@ grep -q "uneven expert ownership: 3 or 2 routed experts per rank per MoE layer (
     "$OUT/np5-ep5-z0.log" || { echo "FAIL: the np 5 plan does not state the uneven ownership"; fail=1; }
 run lora5 5 5 3 $LORA || fail=1
 verdict "LoRA fp8 base resident, np 5 EP 5 ZeRO 3" "$OUT/lbase/metrics.csv" "$OUT/lora5/metrics.csv" 1 "$BOUNDS"
+# the same with the store's non-expert part sharded over the ranks (one node): the resident curve, bitwise
+run lora5s 5 5 3 $LORA parallel.frozen=sharded || fail=1
+if cmp -s <(cut -d, -f1-8,10-12 "$OUT/lora5/metrics.csv") <(cut -d, -f1-8,10-12 "$OUT/lora5s/metrics.csv"); then
+    echo "LoRA fp8 base sharded = resident at np 5 EP 5 ZeRO 3: loss columns bitwise"
+else echo "FAIL: LoRA fp8 base sharded and resident curves differ at np 5 EP 5 ZeRO 3"; fail=1; fi
 
 echo "== 2. checkpoint at np 5 EP 5 ZeRO 3 (step 5), resumed at np 8 EP 8 ZeRO 1"
 run full5 5 5 3 checkpoint.every=5 checkpoint.keep=0 || exit 1
