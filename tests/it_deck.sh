@@ -106,8 +106,7 @@ expect_error 1 1 "parallel.expert_parallel = 8 does not divide the world size 1"
 expect_error 16 1 "train.global_batch = 24 is not divisible by train.micro_batch x world size = 1 x 16 = 16" --check input/sft.cfg
 # planned-only choices (the GPU plan, README "The 671B plan"): a real run stops before any work with one
 # deck error naming the key; --check takes them; --dry-run plans them all
-# (a bf16/fp8 base runs, resident: at ZeRO 3, as in sft-tiny.cfg, it needs parallel.frozen = "resident")
-expect_error 24 1 'train.base_dtype = "fp8" at ZeRO stage 3 with parallel.frozen = "sharded" is planned only' input/sft-tiny.cfg train.base_dtype=fp8
+# (a bf16/fp8 base runs at every stage, resident or "sharded" — at ZeRO 3 one node-shared copy on one node)
 expect_error 24 1 'parallel.frozen = "resident" with an fp32 base is planned only' input/sft-tiny.cfg parallel.frozen=resident
 expect_error 1 1 'train.base_dtype = "bf16" sets the storage of frozen weights: there are none without lora.enabled' input/tiny.cfg train.base_dtype=bf16
 expect_error 1 2 "--gpu-mem, --intra-gbs and --inter-gbs go with --dry-run" --gpu-mem 80 input/tiny.cfg
@@ -127,6 +126,8 @@ check_ok 8 input/tiny.cfg
 check_ok 24 input/sft.cfg
 check_ok 2 input/tiny.cfg parallel.expert_parallel=2 run.steps=50 run.output_dir=runs/x
 check_ok 24 input/sft-tiny.cfg train.base_dtype=fp8 parallel.frozen=resident parallel.dispatch_dtype=fp8
+check_ok 24 input/sft-tiny.cfg train.base_dtype=fp8
+grep -q 'planned only' "$T/out" && bad "--check: an fp8 base sharded at ZeRO 3 on one node runs: nothing is planned only"
 grep -q 'planned only' "$T/out" && bad "--check: an fp8 base, resident, with an fp8 wire runs: nothing is planned only"
 check_ok 24 "$D/ep3.cfg" # uneven expert ownership (8 experts on 3 ranks per group) runs
 check_ok 24 input/sft-tiny.cfg parallel.frozen=resident
