@@ -430,12 +430,6 @@ void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const flo
  * backward; a row's scales are held locally while its codes move. */
 enum { WIRE_BLK = OPS_FP8_BLOCK, WIRE_MAXB = 1024 };
 
-size_t ops_wire_row_bytes(int C, int wire) {
-    if (wire == OPS_WIRE_BF16) return 2 * (size_t)C;
-    if (wire == OPS_WIRE_FP8) return (size_t)C + 4 * (size_t)((C + WIRE_BLK - 1) / WIRE_BLK);
-    return 4 * (size_t)C;
-}
-
 void ops_wire_pack(float *rows, int n, int C, int wire) {
     if (wire == OPS_WIRE_F32 || n <= 0) return;
     size_t rb = ops_wire_row_bytes(C, wire);

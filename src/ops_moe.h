@@ -136,7 +136,7 @@ void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout 
  * round to nearest even; OPS_WIRE_FP8: e4m3 codes with one fp32 scale per
  * 1x128 block (amax/448, 1 for an all-zero block) after the row's C codes. */
 enum { OPS_WIRE_F32 = 0, OPS_WIRE_BF16 = 1, OPS_WIRE_FP8 = 2 };
-size_t ops_wire_row_bytes(int C, int wire);
+size_t ops_wire_row_bytes(int C, int wire); /* host arithmetic: src/ops_host.c, both backends */
 void ops_wire_pack(float *rows /*[n,C] in, packed out*/, int n, int C, int wire);
 void ops_wire_unpack(float *rows /*packed in, [n,C] out*/, int n, int C, int wire);
 
