@@ -461,6 +461,7 @@ int train_run(const deck *d, plan *p) {
                "x %d tokens, %d micro-batches of %d per rank\n",
                d->run.mode, p->world_size, p->ep, p->dp, p->zero_stage, (long long)pt->n_params,
                (long long)pt->n_trainable, (long long)G, T, p->grad_accum, mb);
+        plan_print_ownership(p, d, "dsv3: ", stdout);
         int64_t nt = 0;
         double ue = unigram_entropy(&t, &nt);
         printf("dsv3: data: %s; unigram entropy of the training targets %.4f nats (from %lld tokens)\n",
@@ -515,6 +516,14 @@ int train_run(const deck *d, plan *p) {
             model_step(t.m, &bt, sc, 1, &sums);
         }
         double a2a = model_comm_seconds(t.m); /* before bias_update resets the counters */
+        if (t.step == first_step && n_moe > 0) { /* the MoE wire of one step (issue 14: one row per token and rank) */
+            double b = model_comm_bytes(t.m), bsum = b, bmax = comm_max_double(b, p->world);
+            comm_sum_doubles(&bsum, 1, p->world);
+            if (rank == 0)
+                printf("dsv3: MoE all-to-all bytes sent in step %lld: %.0f over %d ranks (max %.0f per rank), "
+                       "wire %s\n", (long long)t.step + 1, bsum, p->world_size, bmax,
+                       d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype);
+        }
         allreduce_sums(p->world, &sums);
         double lm, mtp, bal;
         losses(d, &sums, cnt, G, &lm, &mtp, &bal);

@@ -16,7 +16,7 @@ D=${SLICE_DIR:-runs/slice}
 . tools/mpi-env.sh
 export OMP_NUM_THREADS=1 HDF5_USE_FILE_LOCKING=FALSE
 mkdir -p "$D" runs/slice
-echo "== $(nproc) cores, $(free -g | awk '/Mem/{print $2" GiB RAM, "$7" GiB available"}'), $(df -h "$D" | awk 'NR==2{print $4}') free on $D"
+echo "== $(nproc --all) cores, $(free -g | awk '/Mem/{print $2" GiB RAM, "$7" GiB available"}'), $(df -h "$D" | awk 'NR==2{print $4}') free on $D"
 if [ ! -s "$D/slice.h5" ]; then
     [ -s "$D/hf/model.safetensors.index.json" ] || "$PY" tools/reference/make_fp8_layer.py "$D/hf" 256 --slice
     t0=$(date +%s)

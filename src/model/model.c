@@ -242,6 +242,7 @@ static void bind_block(model *m, block *b) {
         }
         e->e_first = m->ep_first;
         e->e_local = m->ep_local;
+        e->wire = m->o.wire;
     }
     if (b->is_mtp) {
         mtp_layer *t = &b->mtp;
@@ -283,7 +284,7 @@ static void flush_grads(model *m, int g) {
 /* ---------- the activation buffer (see the top of the file) ---------- */
 
 static size_t block_cache_floats(const model *m, int i, int B, int T) {
-    return (size_t)(cost_block_cache_bytes(&m->o, i, m->ep, B, T) / 4.0);
+    return (size_t)(cost_block_cache_bytes(&m->o, i, m->ep, m->ep_local, B, T) / 4.0);
 }
 
 static void acts_destroy(model *m) {
@@ -316,7 +317,7 @@ static int acts_alloc(model *m, int B, int T) {
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
     size_t sf = cost_scratch_floats(&m->o, B, T);
     size_t base = (size_t)(cost_base_act_bytes(&m->o, B, T) / 4.0);
-    size_t region = (size_t)(cost_cache_region_bytes(&m->o, m->ep, B, T) / 4.0);
+    size_t region = (size_t)(cost_cache_region_bytes(&m->o, m->ep, m->ep_local, B, T) / 4.0);
     m->acts = ops_alloc((base + region) * sizeof(float));
     m->ids_stage = ops_host_alloc((2 + 2 * (size_t)D) * N * sizeof(int32_t));
     if (!m->acts || !m->ids_stage) {
@@ -375,7 +376,7 @@ static int acts_alloc(model *m, int B, int T) {
                 return -1;
             }
             host += moe_cache_host_ints(c->n_routed_experts, b->moe.e_local, m->ep) * sizeof(int);
-            got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N), slot + got);
+            got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N, m->ep, m->ep_local), slot + got);
         } else {
             got += mlp_cache_bind(&b->mc, &b->mlp, (int)N, slot + got);
         }
@@ -386,8 +387,8 @@ static int acts_alloc(model *m, int B, int T) {
     DSV3_CHECK(end == region, "acts_create: cache region %zu != cost_cache_region_bytes %zu floats", end, region);
     host += (2 + 2 * (size_t)D) * N * sizeof(int32_t); /* ids_stage */
     double bytes = (double)m->act_floats * sizeof(float) + (double)host;
-    DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
-               cost_act_bytes(&m->o, m->ep, B, T));
+    DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, m->ep_local, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
+               cost_act_bytes(&m->o, m->ep, m->ep_local, B, T));
     return 0;
 }
 
@@ -409,13 +410,13 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     const deck_model *c = o->cfg;
     m->o = *o;
     m->cfg = c;
-    int ep = p ? p->ep : 1;
-    if (params_build(&m->pt, o->cfg, o->lora, ep, err, errlen)) {
+    int ep = p ? p->ep : 1, e_local = p ? p->experts_per_rank : c->n_routed_experts;
+    if (params_build_owned(&m->pt, o->cfg, o->lora, ep, e_local, err, errlen)) {
         ops_host_free(m);
         return -1;
     }
     m->ep = ep;
-    m->ep_local = c->n_routed_experts / ep;
+    m->ep_local = e_local; /* uneven ownership: E/ep + 1 on the first E % ep ranks */
     m->ep_first = p ? p->expert_first : 0;
     m->ep_comm = p ? p->expert : COMM_SELF;
     m->checkpointing = o->checkpointing;
@@ -458,7 +459,7 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     }
     if (o->micro_batch > 0 && o->seq_len > 0 && acts_create(m, o->micro_batch, o->seq_len)) {
         snprintf(err, errlen, "out of memory for the activations (%.1f MiB)",
-                 cost_act_bytes(o, m->ep, o->micro_batch, o->seq_len) / 1048576.0);
+                 cost_act_bytes(o, m->ep, m->ep_local, o->micro_batch, o->seq_len) / 1048576.0);
         model_free(m);
         return -1;
     }
@@ -483,7 +484,7 @@ int model_reshape(model *m, int B, int T, char *err, int errlen) {
     acts_destroy(m);
     if (acts_create(m, B, T)) {
         snprintf(err, errlen, "out of memory for the activations of a %dx%d micro-batch (%.1f MiB)", B, T,
-                 cost_act_bytes(&m->o, m->ep, B, T) / 1048576.0);
+                 cost_act_bytes(&m->o, m->ep, m->ep_local, B, T) / 1048576.0);
         return -1;
     }
     return 0;
@@ -833,7 +834,7 @@ int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m
 float *model_router_bias(model *m, int i) { return m->blk[m->moe_block[i]].moe.bias; }
 int model_moe_layer_index(const model *m, int i) { return m->blk[m->moe_block[i]].layer; }
 void model_reset_counts(model *m) {
-    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = 0.0;
+    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = m->blk[i].ec.wire_bytes = 0.0;
     memset(m->counts, 0, (size_t)(m->n_moe ? m->n_moe : 1) * m->cfg->n_routed_experts * sizeof *m->counts);
 }
 
@@ -971,5 +972,12 @@ double model_comm_seconds(const model *m) {
     double s = 0.0;
     for (int i = 0; i < m->nblocks; i++)
         if (m->blk[i].is_moe) s += m->blk[i].ec.comm_seconds;
+    return s;
+}
+
+double model_comm_bytes(const model *m) {
+    double s = 0.0;
+    for (int i = 0; i < m->nblocks; i++)
+        if (m->blk[i].is_moe) s += m->blk[i].ec.wire_bytes;
     return s;
 }

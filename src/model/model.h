@@ -100,6 +100,9 @@ int model_moe_layer_index(const model *m, int i); /* HF layer number of slot i *
 void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
 double model_comm_seconds(const model *m);
+/* Bytes this rank sent to other ranks in those all-to-alls since then (rows in
+ * the wire dtype, pair records, counts). */
+double model_comm_bytes(const model *m);
 
 /* ---- Generation (dsv3-spec §3: absorbed MLA over the latent cache, mla_decode.h) ----
  * The cache holds, per layer, sequence and position, the W = kv_lora_rank +
