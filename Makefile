@@ -129,7 +129,7 @@ deps:
 	fi
 
 test: deps
-	@$(MAKE) --no-print-directory all $(FUZZ) cuda-emu
+	@$(MAKE) --no-print-directory all $(FUZZ) cuda-emu cuda-emu-model
 	@BIN=$(BIN) BUILD=$(BUILD) tests/run.sh
 
 demo: deps

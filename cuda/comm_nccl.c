@@ -196,6 +196,10 @@ void comm_finalize(void) {
     comm_mpi_finalize();
 }
 
+/* The frozen store is device memory, which POSIX shared memory cannot hold:
+ * each rank keeps its own (deck.c then plans no node-shared part). */
+int comm_node_shared_available(void) { return 0; }
+
 /* ---- where the data lives ---- */
 
 static int on_device(const void *p) {
@@ -334,14 +338,15 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
     return e;
 }
 
-int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
-                        const int *roff, int row, comm_t c) {
+int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                        const int *roff, size_t row_bytes, comm_t c) {
     int p = comm_size(c);
     size_t ns = 0, nr = 0;
     for (int k = 0; k < p; k++) ns += (size_t)scnt[k], nr += (size_t)rcnt[k];
-    int r = route(send, ns * row, recv, nr * row);
-    if (r != VIA_NCCL) return r == VIA_MPI ? comm_mpi_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, row, c) : -1;
-    size_t *b = malloc(4 * (size_t)p * sizeof *b), rb = (size_t)row * sizeof(float);
+    int r = route(send, ns * row_bytes, recv, nr * row_bytes);
+    if (r != VIA_NCCL)
+        return r == VIA_MPI ? comm_mpi_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, row_bytes, c) : -1;
+    size_t *b = malloc(4 * (size_t)p * sizeof *b), rb = row_bytes;
     if (!b) return -1;
     for (int k = 0; k < p; k++) {
         b[k] = (size_t)scnt[k] * rb;

@@ -1,6 +1,6 @@
 /* cu_ops_moe.h — CUDA twins of src/ops_moe.h (cuda/ops_moe.cu): SwiGLU, router
  * scores and group-limited top-k, the balance loss, dispatch bookkeeping, row
- * gather/scatter/combine, grouped expert GEMMs (fp32 and BF16/FP8 storage),
+ * gather/scatter/combine, the dispatch wire, grouped expert GEMMs (fp32 and BF16/FP8 storage),
  * the bias update. Convention of cu_ops.h: the arguments of ops_X on device
  * pointers, queued on stream s, nothing synchronised. Where ops_X takes or
  * returns HOST memory the twin takes DEVICE memory instead (stated per
@@ -48,6 +48,25 @@ cudaError_t cu_moe_combine(float *out, const float *y, const int *pos, const flo
                            cudaStream_t s);
 cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
                                     const float *w, int N, int K, int C, cudaStream_t s);
+
+/* One row per (token, destination rank). scnt [P], spc [P], ecnt [E] and efirst [P+1]
+ * are DEVICE memory (ops_moe_dispatch_index's are host memory); E = efirst[P] is
+ * passed by the host. The row count S (ops_moe_dispatch_index's return value) is
+ * Σ scnt = toff[N], the caller's to read. */
+cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc,
+                                  int *ecnt, const int *idx, const float *w, const int *efirst, int N, int K, int P,
+                                  int E, cudaStream_t s);
+/* lcnt [G], roff [P], rpo [P]: DEVICE memory (host memory in ops_moe_receive_index). */
+cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta,
+                                 const int *roff, const int *rpo, int P, int Pr, int R, int G, cudaStream_t s);
+cudaError_t cu_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w, int n,
+                               int C, float beta, cudaStream_t s);
+cudaError_t cu_moe_combine_seg_backward(float *dy, float *dw, const float *dout, const float *y, const int *off,
+                                        const int *pos, const float *w, int n, int C, cudaStream_t s);
+/* The wire, in place (row bytes: ops_wire_row_bytes, src/ops_host.c). A row that
+ * does not pack in place ends the job with the CPU op's message. */
+cudaError_t cu_wire_pack(float *rows, int n, int C, int wire, cudaStream_t s);
+cudaError_t cu_wire_unpack(float *rows, int n, int C, int wire, cudaStream_t s);
 
 /* Grouped GEMMs: one cuBLAS GEMM per expert with rows (empty experts are
  * skipped); cnt is HOST memory, as in ops_moe.h. A cuBLAS failure ends the job. */

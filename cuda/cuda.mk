@@ -24,7 +24,7 @@ EMU_RT_OBJ := $(EMU_RT:%=$(EMU_DIR)/emu/%.o)
 GPU_DIR := build-cuda
 # comm.h over NCCL (cuda/comm_nccl.c): the CUDA binaries link these before the library
 COMM_MPI_RENAME := abort finalize dup split split_node free sum_floats reduce_scatter allgather alltoall_int \
-                   alltoallv_rows
+                   alltoallv_rows node_shared_available
 COMM_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I$(CUDA_HOME)/include -Icuda -Isrc $(SANFLAGS)
 EMU_COMM_OBJ := $(EMU_DIR)/src/comm_mpi.o $(EMU_DIR)/cuda/comm_nccl.o
 GPU_COMM_OBJ := $(GPU_DIR)/src/comm_mpi.o $(GPU_DIR)/cuda/comm_nccl.o
@@ -80,7 +80,7 @@ $(BIN_EMU)/%: $(BUILD)/tools/%.o $(EMU_FULL_OBJ) $(EMU_COMM_OBJ) $(EMU_RT_OBJ) $
 # the backend objects themselves (the ops_* bodies) are compiled too (test_cuda_mem links them)
 cuda-emu: $(BUILD)/libdsv3.a $(EMU_TWINS) $(EMU_SELF) $(EMU_DIR)/tests/racy_cuda_ops $(EMU_FULL_OBJ)
 # the whole model; links once every ops*.h function has its cuda/ implementation
-cuda-emu-model: $(BIN_EMU)/dsv3 $(BIN_EMU)/dsv3-refcheck
+cuda-emu-model: $(BIN_EMU)/dsv3 $(BIN_EMU)/dsv3-refcheck $(BIN_EMU)/dsv3-generate
 
 # -- nvcc: the same sources for sm_80 and sm_90; compile and link only, here
 NVFLAGS := -std=c++17 -O3 -Werror all-warnings -Xcompiler -Wall,-Wextra -Xptxas -warn-spills,-warn-lmem-usage \
@@ -118,7 +118,7 @@ bin-cuda/%: $(BUILD)/tools/%.o $(GPU_FULL_OBJ) $(GPU_COMM_OBJ) $(GPU_DIR)/libdsv
 	@mkdir -p $(dir $@)
 	mpicxx -fopenmp $^ -o $@ $(LDLIBS) $(GPU_LIBS)
 cuda-gpu: $(BUILD)/libdsv3.a $(GPU_TWINS) $(GPU_DIR)/tests/warp_semantics $(GPU_FULL_OBJ)
-cuda-gpu-model: bin-cuda/dsv3 bin-cuda/dsv3-refcheck
+cuda-gpu-model: bin-cuda/dsv3 bin-cuda/dsv3-refcheck bin-cuda/dsv3-generate
 
 # -- comm.h over NCCL (cuda/comm_nccl.c) for both CUDA builds. src/comm.c is compiled once
 #    more with its device-capable entry points renamed comm_X -> comm_mpi_X (cuda/comm_mpi.h);

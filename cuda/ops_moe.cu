@@ -3,11 +3,12 @@
  * launchers in cu_ops_moe.h.
  *
  * Determinism (README "CUDA backend", rule 6): every output element is written
- * by one thread in a fixed order; the only atomics are integer counts in
- * shared memory (order-independent). Routing, the balance loss, the sort and
- * the bias update follow the CPU op's arithmetic order exactly (serial sums
- * where the CPU sums serially), so their selections and integer outputs are
- * the CPU's bit for bit. */
+ * by one thread in a fixed order; the only atomics are integer counts
+ * (order-independent): in shared memory, and the received rows' pair counts.
+ * Routing, the balance loss, the sorts, the dispatch bookkeeping and the bias
+ * update follow the CPU op's arithmetic order exactly (serial sums where the
+ * CPU sums serially), so their selections and integer outputs are the CPU's
+ * bit for bit; the wire conversions are NVIDIA's, bit for bit the CPU's. */
 #include "dsv3_cuda.cuh"
 
 #include <cublas_v2.h>
@@ -350,6 +351,322 @@ __global__ void __launch_bounds__(CB) combine_bwd_kernel(float *dy, float *dw, c
     }
 }
 
+/* ---- Dispatch bookkeeping, one row per (token, destination rank) ----
+ * Expert owners come from a table in shared memory (owner[e], built from efirst
+ * by each block). Per destination rank r one warp scans the tokens in order, 32
+ * at a time: a lane's token has cnt pairs on r (its row exists when cnt > 0);
+ * ballots and a shuffle scan give the token's row and first pair within r —
+ * the CPU's destination-major, token-order layout, without atomics. */
+constexpr int DW = 4; /* ranks (warps) per block */
+
+/* owner[e] = the r with efirst[r] <= e < efirst[r+1] (the largest r with efirst[r] <= e: ranks without experts skipped) */
+__device__ void owner_table(int *owner, const int *efirst, int P, int E) {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int lo = 0, hi = P - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (efirst[mid] <= e) lo = mid;
+            else hi = mid - 1;
+        }
+        owner[e] = lo;
+    }
+    __syncthreads();
+}
+
+/* token t on rank r: its pairs there (cnt), and (lower) how many distinct ranks below r it sends a row to */
+__device__ __forceinline__ void token_on_rank(const int *it, const int *owner, int K, int r, int &cnt, int &lower) {
+    cnt = 0, lower = 0;
+    for (int k = 0; k < K; k++) {
+        const int o = owner[it[k]];
+        if (o == r) {
+            cnt++;
+        } else if (o < r) {
+            bool first = true;
+            for (int j = 0; j < k; j++) first = first && owner[it[j]] != o;
+            lower += first;
+        }
+    }
+}
+
+__device__ __forceinline__ int warp_scan_incl(int x) {
+    const int lane = threadIdx.x & 31;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(FULL, x, o);
+        if (lane >= o) x += y;
+    }
+    return x;
+}
+
+/* smem: owner [E] ints. scnt[r], spc[r]; the whole warp stays in the loop (ballots). */
+__global__ void __launch_bounds__(DW * 32) disp_count_kernel(int *scnt, int *spc, const int *idx, const int *efirst,
+                                                              int N, int K, int P, int E) {
+    DSV3_DYNAMIC_SHARED(int, owner);
+    owner_table(owner, efirst, P, E);
+    const int lane = threadIdx.x & 31, r = blockIdx.x * DW + (threadIdx.x >> 5);
+    if (r >= P) return; /* the whole warp; no block barrier follows */
+    int rows = 0, pairs = 0;
+    for (int t0 = 0; t0 < N; t0 += 32) {
+        const int t = t0 + lane;
+        int cnt = 0, lower = 0;
+        if (t < N) token_on_rank(idx + (size_t)t * K, owner, K, r, cnt, lower);
+        rows += __popc(__ballot_sync(FULL, cnt > 0));
+        pairs += cnt;
+    }
+    for (int o = 16; o > 0; o >>= 1) pairs += __shfl_xor_sync(FULL, pairs, o);
+    if (lane == 0) scnt[r] = rows, spc[r] = pairs;
+}
+
+/* toff[t+1] = the number of ranks token t sends a row to (distinct owners of its K experts); toff[0] = 0 */
+__global__ void disp_rows_kernel(int *toff, const int *idx, const int *efirst, int N, int K, int P, int E) {
+    DSV3_DYNAMIC_SHARED(int, owner);
+    owner_table(owner, efirst, P, E);
+    if (blockIdx.x == 0 && threadIdx.x == 0) toff[0] = 0;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < N; t += gridDim.x * blockDim.x) {
+        const int *it = idx + (size_t)t * K;
+        int n = 0;
+        for (int k = 0; k < K; k++) {
+            bool first = true;
+            for (int j = 0; j < k; j++) first = first && owner[it[j]] != owner[it[k]];
+            n += first;
+        }
+        toff[t + 1] = n;
+    }
+}
+
+/* In-place inclusive prefix sum of a[0..n), one block of SB threads chunk by chunk
+ * (integers: exact in any order; this one is fixed anyway). */
+constexpr int SB = 256;
+__global__ void __launch_bounds__(SB) scan_kernel(int *a, int n) {
+    __shared__ int wsum[SB / 32];
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int carry = 0;
+    for (int base = 0; base < n; base += SB) {
+        const int i = base + threadIdx.x;
+        int x = warp_scan_incl(i < n ? a[i] : 0);
+        if (lane == 31) wsum[wp] = x;
+        __syncthreads();
+        if (wp == 0) {
+            const int y = warp_scan_incl(lane < SB / 32 ? wsum[lane] : 0);
+            if (lane < SB / 32) wsum[lane] = y;
+        }
+        __syncthreads();
+        if (i < n) a[i] = carry + x + (wp > 0 ? wsum[wp - 1] : 0);
+        carry += wsum[SB / 32 - 1];
+        __syncthreads(); /* wsum is rewritten by the next chunk */
+    }
+}
+
+/* smem: owner [E] ints. Fills rank r's rows (stok, trows) and pairs (ptk, smeta). */
+__global__ void __launch_bounds__(DW * 32) disp_place_kernel(int *stok, int *trows, int *ptk, int *smeta,
+                                                              const int *toff, const int *scnt, const int *spc,
+                                                              const int *idx, const float *w, const int *efirst,
+                                                              int N, int K, int P, int E) {
+    DSV3_DYNAMIC_SHARED(int, owner);
+    owner_table(owner, efirst, P, E);
+    const int lane = threadIdx.x & 31, r = blockIdx.x * DW + (threadIdx.x >> 5);
+    if (r >= P) return;
+    int row = 0, pair = 0; /* rank r's rows and pairs before this chunk of tokens */
+    for (int f = 0; f < r; f++) row += scnt[f], pair += spc[f];
+    const int row0 = row, e0 = efirst[r];
+    for (int t0 = 0; t0 < N; t0 += 32) {
+        const int t = t0 + lane;
+        int cnt = 0, lower = 0;
+        if (t < N) token_on_rank(idx + (size_t)t * K, owner, K, r, cnt, lower);
+        const unsigned has = __ballot_sync(FULL, cnt > 0);
+        const int incl = warp_scan_incl(cnt), total = __shfl_sync(FULL, incl, 31);
+        if (cnt > 0) {
+            const int j = row + __popc(has & ((1u << lane) - 1u)); /* the send row */
+            stok[j] = t;
+            trows[toff[t] + lower] = j; /* t's rows in increasing destination */
+            int q = pair + incl - cnt;
+            for (int k = 0; k < K; k++) {
+                const int e = idx[(size_t)t * K + k];
+                if (owner[e] != r) continue;
+                ptk[q] = t * K + k;
+                smeta[3 * (size_t)q] = j - row0;
+                smeta[3 * (size_t)q + 1] = e - e0;
+                smeta[3 * (size_t)q + 2] = __float_as_int(w[(size_t)t * K + k]);
+                q++;
+            }
+        }
+        row += __popc(has);
+        pair += total;
+    }
+}
+
+/* ---- Receiver side: the pairs by local expert (a stable counting sort as the
+ * dispatch sort: warp per expert, ballots), weights and per-row pair counts ---- */
+
+__global__ void __launch_bounds__(SW * 32) recv_count_kernel(int *lcnt, const int *rmeta, int Pr, int G) {
+    const int lane = threadIdx.x & 31, g = blockIdx.x * SW + (threadIdx.x >> 5);
+    if (g >= G) return;
+    int c = 0;
+#pragma unroll 4
+    for (int p0 = 0; p0 < Pr; p0 += 32) {
+        const int p = p0 + lane;
+        c += __popc(__ballot_sync(FULL, p < Pr && rmeta[3 * (size_t)p + 1] == g));
+    }
+    if (lane == 0) lcnt[g] = c;
+}
+
+/* source of received pair p: the largest r with rpo[r] <= p (sources that sent nothing skipped) */
+__device__ __forceinline__ int pair_source(const int *rpo, int P, int p) {
+    int lo = 0, hi = P - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (rpo[mid] <= p) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+__global__ void __launch_bounds__(SW * 32) recv_place_kernel(int *perm, int *pinv, const int *lcnt, const int *rmeta,
+                                                              const int *roff, const int *rpo, int P, int Pr, int G) {
+    const int lane = threadIdx.x & 31, g = blockIdx.x * SW + (threadIdx.x >> 5);
+    if (g >= G) return;
+    int off = 0; /* expert-major pairs of experts before g */
+    for (int f = 0; f < g; f++) off += lcnt[f];
+    for (int p0 = 0; p0 < Pr; p0 += 32) {
+        const int p = p0 + lane;
+        const bool mine = p < Pr && rmeta[3 * (size_t)p + 1] == g;
+        const unsigned m = __ballot_sync(FULL, mine);
+        if (mine) {
+            const int j = off + __popc(m & ((1u << lane) - 1u));
+            perm[j] = roff[pair_source(rpo, P, p)] + rmeta[3 * (size_t)p];
+            pinv[p] = j;
+        }
+        off += __popc(m);
+    }
+}
+
+/* pw[p] from the record's bits; poff[row+1] counts the row's pairs (integer
+ * atomics on zeroed poff: the counts, hence the prefix sum, are order-independent) */
+__global__ void recv_pairs_kernel(float *pw, int *poff, const int *rmeta, const int *roff, const int *rpo, int P,
+                                  int Pr) {
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < Pr; p += gridDim.x * blockDim.x) {
+        const int *m = rmeta + 3 * (size_t)p;
+        pw[p] = __int_as_float(m[2]);
+        atomicAdd(&poff[roff[pair_source(rpo, P, p)] + m[0] + 1], 1);
+    }
+}
+
+/* ---- Segmented combine: a block per row i, threads over the columns, the
+ * row's pairs in order (beta 0: out is not read) ---- */
+__global__ void combine_seg_kernel(float *out, const float *y, const int *off, const int *pos, const float *w, int n,
+                                   int C, float beta) {
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        float *o = out + (size_t)i * C;
+        const int p0 = off[i], p1 = off[i + 1];
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float v = beta == 0.0f ? 0.0f : beta != 1.0f ? o[c] * beta : o[c];
+            for (int p = p0; p < p1; p++) v += (w ? w[p] : 1.0f) * y[(size_t)pos[p] * C + c];
+            o[c] = v;
+        }
+    }
+}
+
+/* Its backward: per pair, dw = dout·y (double partials, fixed tree), then
+ * dy = w·dout. dy may be y: each element is read and then written by the same
+ * thread, and pos never repeats a row. */
+__global__ void __launch_bounds__(CB) combine_seg_bwd_kernel(float *dy, float *dw, const float *dout, const float *y,
+                                                              const int *off, const int *pos, const float *w, int n,
+                                                              int C) {
+    for (int i = blockIdx.x; i < n; i += gridDim.x) { /* block-uniform */
+        const float *d = dout + (size_t)i * C;
+        for (int p = off[i]; p < off[i + 1]; p++) {
+            const size_t q = (size_t)pos[p];
+            if (dw) {
+                const float *yq = y + q * C;
+                double a = 0.0;
+                for (int c = threadIdx.x; c < C; c += CB) a += (double)d[c] * yq[c];
+                a = dsv3::block_sum<CB>(a);
+                if (threadIdx.x == 0) dw[p] = (float)a;
+            }
+            float *dyq = dy + q * C;
+            const float wp = w[p];
+            for (int c = threadIdx.x; c < C; c += CB) dyq[c] = wp * d[c];
+        }
+    }
+}
+
+/* ---- The wire, in place ----
+ * Packed row i (rb bytes at i·rb) lies at or below fp32 row i (4C bytes at
+ * 4C·i). The launcher runs rows in waves [a, b) whose packed bytes [a·rb, b·rb)
+ * and fp32 bytes [4C·a, 4C·b) do not meet (b·rb <= 4C·a, or a wave of one
+ * row): packing waves go up from row 0, unpacking waves down from row n. Within
+ * a row a block of WB threads moves 128-value blocks in the CPU's order —
+ * packing forward, unpacking backward, every read of a block before a barrier
+ * and its writes after — so the row's own overlap is safe; fp8 scales are held
+ * in shared memory (written after all codes, read before any value). */
+constexpr int WB = OPS_FP8_BLOCK; /* threads per wire block: one value of a 128-block each */
+constexpr int WIRE_MAXB = 1024;   /* scale blocks per row (the CPU op's limit) */
+
+/* ops_f32_to_e4m3 / ops_f32_to_bf16 bit for bit (the same two lines as cuda/ops.cu's): NVIDIA's RNE
+ * satfinite conversion with NaN -> 0x7F; RNE bf16 with a NaN kept quiet in its upper bits */
+__device__ __forceinline__ uint8_t wire_e4m3(float x) {
+    return isnan(x) ? (uint8_t)0x7F : (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+__device__ __forceinline__ uint16_t wire_bf16(float x) {
+    return isnan(x) ? (uint16_t)((__float_as_uint(x) >> 16) | 0x40) : __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+__global__ void __launch_bounds__(WB) wire_pack_kernel(unsigned char *buf, int a, int b, int C, int wire, size_t rb) {
+    __shared__ float scs[WIRE_MAXB];
+    const int nb = (C + WB - 1) / WB;
+    for (int i = a + blockIdx.x; i < b; i += gridDim.x) {
+        const float *x = reinterpret_cast<const float *>(buf + 4 * (size_t)i * C);
+        unsigned char *o = buf + (size_t)i * rb;
+        for (int k = 0; k < nb; k++) {
+            const int c = k * WB + threadIdx.x;
+            const float v = c < C ? x[c] : 0.0f;
+            if (wire == OPS_WIRE_BF16) {
+                __syncthreads(); /* block k read before it is written */
+                if (c < C) reinterpret_cast<uint16_t *>(o)[c] = wire_bf16(v); /* i·rb = 2C·i: aligned */
+            } else {
+                const float amax = dsv3::block_max<WB>(fabsf(v)); /* its barriers order the reads first */
+                const float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+                if (c < C) o[c] = wire_e4m3(v / sc);
+                if (threadIdx.x == 0) scs[k] = sc;
+            }
+        }
+        if (wire == OPS_WIRE_FP8) {
+            __syncthreads();
+            const unsigned char *sb = reinterpret_cast<const unsigned char *>(scs);
+            for (int j = threadIdx.x; j < 4 * nb; j += WB) o[C + j] = sb[j]; /* bytes: o + C need not be aligned */
+            __syncthreads(); /* scs is reused by the next row */
+        }
+    }
+}
+
+__global__ void __launch_bounds__(WB) wire_unpack_kernel(unsigned char *buf, int a, int b, int C, int wire,
+                                                          size_t rb) {
+    __shared__ float scs[WIRE_MAXB];
+    const int nb = (C + WB - 1) / WB;
+    for (int i = a + blockIdx.x; i < b; i += gridDim.x) {
+        float *x = reinterpret_cast<float *>(buf + 4 * (size_t)i * C);
+        const unsigned char *o = buf + (size_t)i * rb;
+        if (wire == OPS_WIRE_FP8) {
+            unsigned char *sb = reinterpret_cast<unsigned char *>(scs);
+            for (int j = threadIdx.x; j < 4 * nb; j += WB) sb[j] = o[C + j];
+        }
+        for (int k = nb - 1; k >= 0; k--) {
+            __syncthreads(); /* the scales, and block k read before it is written */
+            const int c = k * WB + threadIdx.x;
+            float v = 0.0f;
+            if (c < C) {
+                if (wire == OPS_WIRE_BF16) {
+                    v = __uint_as_float((unsigned)reinterpret_cast<const uint16_t *>(o)[c] << 16);
+                } else {
+                    __half_raw h = __nv_cvt_fp8_to_halfraw(o[c], __NV_E4M3);
+                    v = __half2float(__half(h)) * scs[k];
+                }
+            }
+            __syncthreads();
+            if (c < C) x[c] = v;
+        }
+    }
+}
+
 /* ---- Stored expert weights: rows [r0, r0+n) of one expert to fp32 t [n, in],
  * exactly (bf16 widening; e4m3 → half → float is exact, then × the block scale,
  * the CPU's lut[q]·scale). */
@@ -520,6 +837,89 @@ extern "C" cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float
                         C);
 }
 
+extern "C" cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt,
+                                             int *spc, int *ecnt, const int *idx, const float *w, const int *efirst,
+                                             int N, int K, int P, int E, cudaStream_t s) {
+    if (P <= 0) return cudaSuccess;
+    const size_t smem = (size_t)(E > 0 ? E : 1) * sizeof(int);
+    const dim3 grid((P + DW - 1) / DW), block(DW * 32);
+    cudaError_t e = dsv3::launch(disp_count_kernel, grid, block, smem, s, scnt, spc, idx, efirst, N, K, P, E);
+    if (!e && E > 0)
+        e = dsv3::launch(sort_count_kernel, dim3((E + SW - 1) / SW), dim3(SW * 32), 0, s, ecnt, idx, N * K, E);
+    if (!e) e = dsv3::launch(disp_rows_kernel, dim3(dsv3::grid_for(N, 256)), dim3(256), smem, s, toff, idx, efirst, N, K, P, E);
+    if (!e && N > 0) e = dsv3::launch(scan_kernel, dim3(1), dim3(SB), 0, s, toff + 1, N);
+    if (!e && N > 0)
+        e = dsv3::launch(disp_place_kernel, grid, block, smem, s, stok, trows, ptk, smeta, (const int *)toff,
+                         (const int *)scnt, (const int *)spc, idx, w, efirst, N, K, P, E);
+    return e;
+}
+extern "C" cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta,
+                                            const int *roff, const int *rpo, int P, int Pr, int R, int G,
+                                            cudaStream_t s) {
+    cudaError_t e = cudaMemsetAsync(poff, 0, ((size_t)(R > 0 ? R : 0) + 1) * sizeof(int), s);
+    if (!e && G > 0)
+        e = dsv3::launch(recv_count_kernel, dim3((G + SW - 1) / SW), dim3(SW * 32), 0, s, lcnt, rmeta, Pr, G);
+    if (Pr <= 0 || P <= 0) return e;
+    if (!e && G > 0)
+        e = dsv3::launch(recv_place_kernel, dim3((G + SW - 1) / SW), dim3(SW * 32), 0, s, perm, pinv,
+                         (const int *)lcnt, rmeta, roff, rpo, P, Pr, G);
+    if (!e) e = dsv3::launch(recv_pairs_kernel, dim3(dsv3::grid_for(Pr, 256)), dim3(256), 0, s, pw, poff, rmeta, roff, rpo, P, Pr);
+    if (!e && R > 0) e = dsv3::launch(scan_kernel, dim3(1), dim3(SB), 0, s, poff + 1, R);
+    return e;
+}
+extern "C" cudaError_t cu_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w,
+                                          int n, int C, float beta, cudaStream_t s) {
+    if (n <= 0 || C <= 0) return cudaSuccess;
+    return dsv3::launch(combine_seg_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, out, y, off, pos, w,
+                        n, C, beta);
+}
+extern "C" cudaError_t cu_moe_combine_seg_backward(float *dy, float *dw, const float *dout, const float *y,
+                                                   const int *off, const int *pos, const float *w, int n, int C,
+                                                   cudaStream_t s) {
+    if (n <= 0) return cudaSuccess;
+    return dsv3::launch(combine_seg_bwd_kernel, dim3(n < 4096 ? n : 4096), dim3(CB), 0, s, dy, dw, dout, y, off, pos,
+                        w, n, C);
+}
+
+namespace {
+/* rb = the packed row's bytes; the CPU op's check, with its message */
+size_t wire_check(int C, int wire, const char *op) {
+    const size_t rb = ops_wire_row_bytes(C, wire);
+    CU_REQUIRE(rb <= 4 * (size_t)C && (C + WB - 1) / WB <= WIRE_MAXB, "%s: row of %d values does not pack in place",
+               op, C);
+    return rb;
+}
+cudaError_t wire_wave(void (*k)(unsigned char *, int, int, int, int, size_t), float *rows, int a, int b, int C,
+                      int wire, size_t rb, cudaStream_t s) {
+    const int nr = b - a;
+    return dsv3::launch(k, dim3(nr < 4096 ? nr : 4096), dim3(WB), 0, s, reinterpret_cast<unsigned char *>(rows), a, b,
+                        C, wire, rb);
+}
+} // namespace
+
+extern "C" cudaError_t cu_wire_pack(float *rows, int n, int C, int wire, cudaStream_t s) {
+    if (wire == OPS_WIRE_F32 || n <= 0) return cudaSuccess;
+    const size_t rb = wire_check(C, wire, "ops_wire_pack"), fb = 4 * (size_t)C;
+    if (C <= 0) return cudaSuccess;
+    for (int a = 0, b; a < n; a = b) { /* waves up: b·rb <= 4C·a, or one row */
+        size_t up = (size_t)a * fb / rb;
+        b = up <= (size_t)a ? a + 1 : up < (size_t)n ? (int)up : n;
+        if (cudaError_t e = wire_wave(wire_pack_kernel, rows, a, b, C, wire, rb, s)) return e;
+    }
+    return cudaSuccess;
+}
+extern "C" cudaError_t cu_wire_unpack(float *rows, int n, int C, int wire, cudaStream_t s) {
+    if (wire == OPS_WIRE_F32 || n <= 0) return cudaSuccess;
+    const size_t rb = wire_check(C, wire, "ops_wire_unpack"), fb = 4 * (size_t)C;
+    if (C <= 0) return cudaSuccess;
+    for (int b = n, a; b > 0; b = a) { /* waves down: a·4C >= b·rb, or one row */
+        size_t lo = ((size_t)b * rb + fb - 1) / fb;
+        a = lo >= (size_t)b ? b - 1 : (int)lo;
+        if (cudaError_t e = wire_wave(wire_unpack_kernel, rows, a, b, C, wire, rb, s)) return e;
+    }
+    return cudaSuccess;
+}
+
 extern "C" cudaError_t cu_grouped_matmul(float *y, const float *x, const float *w, const int *cnt, int G, int in,
                                          int out, cudaStream_t s) {
     size_t r = 0;
@@ -624,7 +1024,7 @@ void *devbuf(DevBuf &b, size_t bytes) {
     }
     return b.p;
 }
-DevBuf balance_buf, sort_buf, perm_buf, bias_buf;
+DevBuf balance_buf, sort_buf, perm_buf, bias_buf, dispatch_buf, receive_buf;
 } // namespace
 
 void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
@@ -683,6 +1083,39 @@ void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const flo
                               const float *w, int N, int K, int C) {
     CU_CHECK(cu_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C, cu_stream()));
 }
+int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc, int *ecnt,
+                           const int *idx, const float *w, const int *efirst, int N, int K, int P) {
+    const int E = efirst[P];
+    const size_t nc = 2 * (size_t)P + (size_t)E; /* scnt, spc, ecnt */
+    int *d = (int *)devbuf(dispatch_buf, (nc + (size_t)P + 1) * sizeof(int));
+    CU_CHECK(cudaMemcpyAsync(d + nc, efirst, ((size_t)P + 1) * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
+    CU_CHECK(cu_moe_dispatch_index(stok, toff, trows, ptk, smeta, d, d + P, d + 2 * P, idx, w, d + nc, N, K, P, E,
+                                   cu_stream()));
+    ops_to_host(scnt, d, (size_t)P * sizeof(int)); /* the host sizes the all-to-all with them */
+    ops_to_host(spc, d + P, (size_t)P * sizeof(int));
+    ops_to_host(ecnt, d + 2 * P, (size_t)E * sizeof(int));
+    int S = 0;
+    for (int r = 0; r < P; r++) S += scnt[r];
+    return S;
+}
+void ops_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta, const int *roff,
+                           const int *rpo, int P, int Pr, int R, int G) {
+    int *d = (int *)devbuf(receive_buf, (2 * (size_t)P + (size_t)(G > 0 ? G : 0)) * sizeof(int));
+    CU_CHECK(cudaMemcpyAsync(d, roff, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
+    CU_CHECK(cudaMemcpyAsync(d + P, rpo, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
+    CU_CHECK(cu_moe_receive_index(perm, pinv, poff, pw, d + 2 * P, rmeta, d, d + P, P, Pr, R, G, cu_stream()));
+    if (G > 0) ops_to_host(lcnt, d + 2 * P, (size_t)G * sizeof(int)); /* one GEMM per expert on the host */
+}
+void ops_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w, int n, int C,
+                         float beta) {
+    CU_CHECK(cu_moe_combine_seg(out, y, off, pos, w, n, C, beta, cu_stream()));
+}
+void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout, const float *y, const int *off,
+                                  const int *pos, const float *w, int n, int C) {
+    CU_CHECK(cu_moe_combine_seg_backward(dy, dw, dout, y, off, pos, w, n, C, cu_stream()));
+}
+void ops_wire_pack(float *rows, int n, int C, int wire) { CU_CHECK(cu_wire_pack(rows, n, C, wire, cu_stream())); }
+void ops_wire_unpack(float *rows, int n, int C, int wire) { CU_CHECK(cu_wire_unpack(rows, n, C, wire, cu_stream())); }
 void ops_grouped_matmul(float *y, const float *x, const float *w, const int *cnt, int G, int in, int out) {
     CU_CHECK(cu_grouped_matmul(y, x, w, cnt, G, in, out, cu_stream()));
 }

@@ -21,6 +21,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "h5direct.h"
+#include "ops.h"
 
 #ifndef DSV3_GIT_REV
 #define DSV3_GIT_REV "unknown"
@@ -42,6 +43,15 @@ static size_t env_size(const char *name, size_t dflt) {
     return v > 0 ? (size_t)v : dflt;
 }
 static size_t slab_bytes(void) { return env_size("DSV3_CKPT_SLAB_BYTES", (size_t)1 << 30); }
+/* Tensors are device memory (ops.h): each HDF5 call moves its rows through a
+ * host staging buffer (ops_to_host / ops_to_device; a memcpy on the CPU
+ * backend), so a call moves at most STAGE_BYTES, or one row. */
+#define STAGE_BYTES ((size_t)64 << 20)
+static int64_t rows_per_call(int64_t R) {
+    size_t b = slab_bytes() < STAGE_BYTES ? slab_bytes() : STAGE_BYTES;
+    int64_t K = (int64_t)(b / (sizeof(float) * (size_t)R));
+    return K < 1 ? 1 : K;
+}
 static size_t chunk_bytes(void) { return env_size("DSV3_CKPT_CHUNK_BYTES", (size_t)4 << 20); }
 /* Chunks (every object of 64 KiB or more) start on a page boundary: the kernel
  * then copies whole pages into the page cache (about 10% off a save's time
@@ -418,8 +428,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         if (ds >= 0) H5Dclose(ds);
         return -1;
     }
-    int64_t R = row_len(t), K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), a, b;
-    if (K < 1) K = 1;
+    int64_t R = row_len(t), K = rows_per_call(R), a, b;
     zero_tensor_part(L, i, member_of(p, t->kind), &a, &b);
     int rc = 0;
     if (a % R || b % R) {
@@ -427,6 +436,13 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
                  (long long)a, (long long)b, (long long)R);
         rc = -1;
         b = a; /* still take part in the collective calls */
+    }
+    size_t cap = (size_t)((b - a) / R < K ? (b - a) / R : K) * (size_t)R;
+    float *stage = cap ? malloc(cap * sizeof *stage) : NULL;
+    if (cap && !stage) {
+        snprintf(w->err, w->errlen, "checkpoint: out of memory staging %s (%zu floats)", t->name, cap);
+        rc = -1;
+        b = a;
     }
     int64_t ncalls = 0, g0 = row0(p, t), r = g0 + a / R, rend = g0 + b / R;
     for (int mbr = 0; mbr < sh->nmemb; mbr++) { /* every rank makes as many calls as the busiest member */
@@ -445,7 +461,8 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         herr_t sel;
         if (n) {
             ms = H5Screate_simple(t->ndim, ct, NULL);
-            src = zero_at(L, i, (float *)buf, lay, (r0 - g0) * R);
+            ops_to_host(stage, zero_at(L, i, (float *)buf, lay, (r0 - g0) * R), (size_t)(n * R) * sizeof *stage);
+            src = stage;
             sel = H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL);
         } else {
             ms = H5Screate_simple(1, &one, NULL);
@@ -462,6 +479,7 @@ static int write_tensor(const wctx *w, int i, const float *buf, int lay, int whi
         }
         H5Sclose(ms);
     }
+    free(stage);
     H5Sclose(fs);
     H5Dclose(ds);
     g_stats.n_datasets++;
@@ -578,9 +596,10 @@ static int save_collective(const plan *p, const deck *d, const zero_map *L, cons
  * fill pass parallel HDF5 1.10 makes over every filtered chunk. Now rank 0
  * builds the metadata alone (attributes, datasets with Fletcher32, every chunk
  * allocated by H5Dwrite_chunk while the skeleton driver drops its bytes),
- * broadcasts the chunk addresses, and every rank pwrites the rows it holds
- * straight from its buffer after summing their part of the chunk's checksum
- * (the sum brings them into cache for the kernel's copy). The parts add up
+ * broadcasts the chunk addresses, and every rank pwrites the rows it holds,
+ * 512 KiB at a time through a host buffer (the tensors are device memory,
+ * ops.h) after summing their part of the chunk's checksum (the piece is then
+ * in L2 for the kernel's copy). The parts add up
  * across ranks; rank 0 writes each checksum and the zero padding of edge
  * chunks. The file is the one HDF5 writes: h5py/h5dump verify every chunk. */
 
@@ -645,9 +664,11 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
 }
 
 /* Rows [r, rend) of g (contiguous at src) to their chunks; each chunk's
- * checksum part is added to sums[3 * chunk] (s1, s2, nonzero). -1: errno. */
+ * checksum part is added to sums[3 * chunk] (s1, s2, nonzero). src is host
+ * memory, or with stage (PIECE bytes of host memory) device memory (ops.h)
+ * that each piece is copied from first. -1: errno. */
 static int put_rows(int fd, const cgeom *g, const haddr_t *addr, int64_t *sums, int64_t r, int64_t rend,
-                    const uint8_t *src) {
+                    const uint8_t *src, uint8_t *stage) {
     while (r < rend) { /* a slice's chunk j holds its rows [j*c, min((j+1)*c, O)) */
         int64_t e = r / g->O, j = r % g->O / g->c, c0 = e * g->O + j * g->c;
         int64_t cend = c0 + (g->O - j * g->c < g->c ? g->O - j * g->c : g->c), y = rend < cend ? rend : cend;
@@ -657,8 +678,10 @@ static int put_rows(int fd, const cgeom *g, const haddr_t *addr, int64_t *sums, 
         fl32_part x = {0, 0, 0};
         for (size_t o = 0; o < nb; o += PIECE) { /* the kernel copies each piece while it is in L2 */
             size_t n = nb - o < PIECE ? nb - o : PIECE;
-            fl32_add(&x, fl32_shift(fl32_sum(src + o, n), (nb - o - n) / 2));
-            if (pwrite_all(fd, src + o, n, at + o)) return -1;
+            const uint8_t *h = src + o;
+            if (stage) ops_to_host(stage, h, n), h = stage;
+            fl32_add(&x, fl32_shift(fl32_sum(h, n), (nb - o - n) / 2));
+            if (pwrite_all(fd, h, n, at + o)) return -1;
         }
         x = fl32_shift(x, (uint64_t)(c0 + g->c - y) * g->rowb / 2); /* the chunk's rows after these, padding included */
         sums[3 * k] += (int64_t)x.s1, sums[3 * k + 1] += (int64_t)x.s2, sums[3 * k + 2] += (int64_t)x.nz;
@@ -750,7 +773,7 @@ static int skeleton(const plan *p, const deck *d, const ckpt_state *st, int full
 
 /* This rank's rows of tensor ds. */
 static int write_rows(int fd, const zero_map *L, const dset *ds, const cgeom *g, const haddr_t *addr, int64_t *sums,
-                      const char *fname, char *err, int errlen) {
+                      uint8_t *stage, const char *fname, char *err, int errlen) {
     const plan *p = L->p;
     const param_spec *t = &L->pt->t[ds->i];
     int64_t R = row_len(t), a, b;
@@ -762,7 +785,7 @@ static int write_rows(int fd, const zero_map *L, const dset *ds, const cgeom *g,
     }
     int64_t g0 = row0(p, t);
     if (b > a && put_rows(fd, g, addr, sums, g0 + a / R, g0 + b / R,
-                          (const uint8_t *)zero_at(L, ds->i, (float *)ds->buf, ds->lay, a))) {
+                          (const uint8_t *)zero_at(L, ds->i, (float *)ds->buf, ds->lay, a), stage)) {
         char path[256];
         ds_path(t, ds->which, path, sizeof path);
         snprintf(err, errlen, "checkpoint %s: writing %s failed: %s", fname, path, strerror(errno));
@@ -791,7 +814,8 @@ static int save_direct(const plan *p, const deck *d, const zero_map *L, const fl
     }
     haddr_t *addr = calloc((size_t)nchunks + 1, sizeof *addr);
     int64_t *sums = calloc((size_t)nchunks * 3 + 1, sizeof *sums);
-    if (!addr || !sums || !g || !ds) {
+    uint8_t *stage = malloc(PIECE); /* the tensors are device memory (ops.h) */
+    if (!addr || !sums || !g || !ds || !stage) {
         snprintf(err, errlen, "checkpoint %s: out of memory for %lld chunks", fname, (long long)nchunks);
         rc = -1;
     }
@@ -805,7 +829,7 @@ static int save_direct(const plan *p, const deck *d, const zero_map *L, const fl
         rc = -1;
     }
     for (int k = 0; !rc && k < ng; k++) {
-        rc = write_rows(fd, L, &ds[k], &g[k], addr, sums, fname, err, errlen);
+        rc = write_rows(fd, L, &ds[k], &g[k], addr, sums, stage, fname, err, errlen);
         g_stats.n_datasets++;
         g_stats.bytes += (double)pt->t[ds[k].i].numel * sizeof(float);
     }
@@ -827,7 +851,7 @@ static int save_direct(const plan *p, const deck *d, const zero_map *L, const fl
             rc = -1;
         }
     }
-    free(sums), free(addr), free(g), free(ds);
+    free(stage), free(sums), free(addr), free(g), free(ds);
     return rc;
 }
 
@@ -1057,21 +1081,29 @@ static int read_tensor(hid_t file, const zero_map *L, int i, float *buf, int lay
         return -1;
     }
     hid_t fs = H5Dget_space(ds);
-    int64_t K = (int64_t)(slab_bytes() / (sizeof(float) * (size_t)R)), g0 = row0(p, t), rc = 0;
-    if (K < 1) K = 1;
+    int64_t K = rows_per_call(R), g0 = row0(p, t), rc = 0, n;
     int64_t r = g0 + a / R, rend = g0 + b / R, r0 = r;
+    size_t cap = (size_t)((b - a) / R < K ? (b - a) / R : K) * (size_t)R;
+    float *stage = malloc(cap * sizeof *stage);
+    if (!stage) {
+        snprintf(err, errlen, "checkpoint %s: out of memory staging %s (%zu floats)", fname, t->name, cap);
+        rc = -1;
+    }
     hsize_t st[3], ct[3];
-    while (!rc && next_piece(t, &r, rend, K, st, ct)) {
+    while (!rc && (n = next_piece(t, &r, rend, K, st, ct))) {
         hid_t ms = H5Screate_simple(t->ndim, ct, NULL);
         if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, st, NULL, ct, NULL) < 0 ||
-            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, zero_at(L, i, buf, lay, (r0 - g0) * R)) < 0) {
+            H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, stage) < 0) {
             snprintf(err, errlen, "checkpoint %s: dataset %s is corrupted or unreadable: %s", fname, path,
                      h5_reason(&why));
             rc = -1;
+        } else {
+            ops_to_device(zero_at(L, i, buf, lay, (r0 - g0) * R), stage, (size_t)(n * R) * sizeof *stage);
         }
         H5Sclose(ms);
         r0 = r;
     }
+    free(stage);
     H5Sclose(fs);
     H5Dclose(ds);
     return (int)rc;
@@ -1082,7 +1114,7 @@ static void zero_part(const zero_map *L, int i, float *buf, int lay) {
     int64_t a = 0, b = t->numel_local;
     if (lay >= ZERO_FULL_TRAINABLE && !trainable(t)) return; /* no storage */
     if (lay == ZERO_SHARD_PACKED || lay == ZERO_SHARD_TRAINABLE) zero_tensor_part(L, i, member_of(L->p, t->kind), &a, &b);
-    if (b > a) memset(zero_at(L, i, buf, lay, a), 0, sizeof(float) * (size_t)(b - a));
+    if (b > a) ops_memset0(zero_at(L, i, buf, lay, a), sizeof(float) * (size_t)(b - a));
 }
 
 int ckpt_load(const plan *p, const deck *d, const char *path, float *params, int params_layout, float *m,
@@ -1483,7 +1515,7 @@ static int out_write_direct(ckpt_out *o, const char *path, int64_t e, int64_t ro
     } else if (nrows > 0) {
         int64_t a = r ? e * g->g.O + row0 : row0, n = nrows; /* in rows of g->g */
         if (!r && g->ndim == 3) a *= g->g.O, n *= g->g.O;     /* whole slices */
-        if (put_rows(o->fd, &g->g, o->addr, o->sums, a, a + n, data)) {
+        if (put_rows(o->fd, &g->g, o->addr, o->sums, a, a + n, data, NULL)) { /* the tools' host buffers */
             snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, strerror(errno));
             rc = -1;
         }

@@ -118,6 +118,13 @@ static int write_sel(hid_t ds, hid_t mtype, hid_t dxpl, int nd, int mine, const 
     return rc;
 }
 
+/* The store is device memory (ops.h): a matrix moves through a host staging
+ * buffer, stage_rows() rows per HDF5 call (about 64 MiB, at least one row). */
+static int64_t stage_rows(const dims *d) {
+    int64_t k = (int64_t)(((size_t)64 << 20) / (d->esz * (size_t)(d->in > 0 ? d->in : 1)));
+    return k < 1 ? 1 : k > d->out ? (d->out > 0 ? d->out : 1) : k;
+}
+
 int ckpt_frozen_write(hid_t file, hid_t lcpl, hid_t dxpl, const plan *p, int i, const uint8_t *store,
                       const char *fname, char *err, int errlen) {
     const param_spec *t = &p->params.t[i];
@@ -144,22 +151,38 @@ int ckpt_frozen_write(hid_t file, hid_t lcpl, hid_t dxpl, const plan *p, int i, 
     if (bad) snprintf(err, errlen, "checkpoint %s: cannot create dataset %s", fname, bad && ds >= 0 ? spath : dpath);
     if (comm_max_int(bad, p->world)) rc = -1; /* creation is collective: all stop together */
     int writer = expert ? p->dp_index == 0 : p->world_rank == 0;
-    for (int g = 0; !rc && g < t->n_mat; g++) { /* the same number of calls on every rank */
-        hsize_t st[3], ct[3];
-        sel(t, p->expert_first + g, 0, d.out, d.in, st, ct);
-        if (write_sel(ds, mtype, dxpl, t->ndim, writer, st, ct, store + t->soff + (size_t)g * d.per * d.esz)) {
-            snprintf(err, errlen, "checkpoint %s: writing %s failed", fname, dpath);
-            rc = -1;
+    int64_t K = stage_rows(&d);
+    size_t nsc_all = (size_t)t->n_mat * d.nsc;
+    uint8_t *stage = writer ? malloc((size_t)K * (size_t)d.in * d.esz) : NULL;
+    float *sstage = writer && fp8 ? malloc(nsc_all * sizeof *sstage) : NULL;
+    int oom = writer && (!stage || (fp8 && !sstage));
+    if (oom) writer = 0; /* still takes part in the collective calls; fails at the end */
+    for (int g = 0; !rc && g < t->n_mat; g++) /* the same number of calls on every rank */
+        for (int64_t r0 = 0; !rc && r0 < d.out; r0 += K) {
+            int64_t n = d.out - r0 < K ? d.out - r0 : K;
+            hsize_t st[3], ct[3];
+            sel(t, p->expert_first + g, r0, n, d.in, st, ct);
+            size_t off = t->soff + ((size_t)g * d.per + (size_t)r0 * (size_t)d.in) * d.esz;
+            if (writer) ops_to_host(stage, store + off, (size_t)n * (size_t)d.in * d.esz);
+            if (write_sel(ds, mtype, dxpl, t->ndim, writer, st, ct, stage)) {
+                snprintf(err, errlen, "checkpoint %s: writing %s failed", fname, dpath);
+                rc = -1;
+            }
         }
-    }
     if (!rc && fp8) {
         hsize_t st[3] = {0, 0, 0}, ct[3];
         for (int k = 0; k < t->ndim; k++) ct[k] = (hsize_t)sshape[k];
         if (expert) st[0] = (hsize_t)p->expert_first, ct[0] = (hsize_t)t->n_mat;
-        if (write_sel(sds, H5T_NATIVE_FLOAT, dxpl, t->ndim, writer, st, ct, store + t->soff + t->sscale)) {
+        if (writer) ops_to_host(sstage, store + t->soff + t->sscale, nsc_all * sizeof *sstage);
+        if (write_sel(sds, H5T_NATIVE_FLOAT, dxpl, t->ndim, writer, st, ct, sstage)) {
             snprintf(err, errlen, "checkpoint %s: writing %s failed", fname, spath);
             rc = -1;
         }
+    }
+    free(stage), free(sstage);
+    if (oom && !rc) {
+        snprintf(err, errlen, "checkpoint %s: out of memory staging %s", fname, t->name);
+        rc = -1;
     }
     if (sds >= 0) H5Dclose(sds);
     if (ds >= 0) H5Dclose(ds);
@@ -260,7 +283,15 @@ int ckpt_frozen_read(hid_t file, hid_t dxpl, const plan *p, int i, uint8_t *stor
     hid_t bf = ckpt_frozen_bf16_type();
     float *buf = NULL, *srow = NULL;
     uint8_t *qb = NULL;
-    if (!direct) {
+    int64_t K = stage_rows(&d);
+    if (direct) { /* the stored bytes as they are, through host staging */
+        qb = malloc((size_t)K * (size_t)d.in * d.esz);
+        srow = malloc((d.nsc > 0 ? d.nsc : 1) * sizeof *srow);
+        if (!qb || !srow) {
+            snprintf(err, errlen, "checkpoint %s: out of memory staging %s", fname, t->name);
+            rc = -1;
+        }
+    } else {
         buf = malloc((size_t)OPS_FP8_BLOCK * (size_t)d.in * sizeof *buf);
         qb = malloc((size_t)OPS_FP8_BLOCK * (size_t)d.in);
         srow = malloc((size_t)(d.nbc > 0 ? d.nbc : 1) * sizeof *srow);
@@ -274,11 +305,18 @@ int ckpt_frozen_read(hid_t file, hid_t dxpl, const plan *p, int i, uint8_t *stor
         ops_weight w = view(t, store, g);
         hsize_t st[3], ct[3];
         if (direct) {
-            sel(t, e, 0, d.out, d.in, st, ct);
-            rc = read_sel(ds, src == 1 ? H5T_NATIVE_UINT8 : bf, dxpl, t->ndim, st, ct, w.data);
+            for (int64_t r0 = 0; !rc && r0 < d.out; r0 += K) {
+                int64_t n = d.out - r0 < K ? d.out - r0 : K;
+                sel(t, e, r0, n, d.in, st, ct);
+                rc = read_sel(ds, src == 1 ? H5T_NATIVE_UINT8 : bf, dxpl, t->ndim, st, ct, qb);
+                if (!rc)
+                    ops_to_device((uint8_t *)w.data + (size_t)r0 * (size_t)d.in * d.esz, qb,
+                                  (size_t)n * (size_t)d.in * d.esz);
+            }
             if (!rc && src == 1) {
                 sel(t, e, 0, d.nbr, d.nbc, st, ct);
-                rc = read_sel(sds, H5T_NATIVE_FLOAT, dxpl, t->ndim, st, ct, (void *)(uintptr_t)w.scale);
+                rc = read_sel(sds, H5T_NATIVE_FLOAT, dxpl, t->ndim, st, ct, srow);
+                if (!rc) ops_to_device((void *)(uintptr_t)w.scale, srow, d.nsc * sizeof *srow);
             }
             continue;
         }

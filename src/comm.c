@@ -94,6 +94,8 @@ void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t min
     return base;
 }
 
+int comm_node_shared_available(void) { return 1; }
+
 void comm_node_shared_free(void *p, size_t bytes) {
     if (p) munmap(p, bytes ? bytes : 1);
 }
@@ -232,11 +234,12 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
     return MPI_Alltoall(send, n, MPI_INT, recv, n, MPI_INT, c) == MPI_SUCCESS ? 0 : -1;
 }
 
-int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
-                        const int *roff, int row, comm_t c) {
+int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                        const int *roff, size_t row_bytes, comm_t c) {
+    if (row_bytes > INT_MAX) return -1;
     ops_sync();
     MPI_Datatype t;
-    MPI_Type_contiguous(row, MPI_FLOAT, &t);
+    MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &t);
     MPI_Type_commit(&t);
     int rc = MPI_Alltoallv(send, scnt, soff, t, recv, rcnt, roff, t, c);
     MPI_Type_free(&t);

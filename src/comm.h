@@ -42,6 +42,10 @@ void comm_free(comm_t *c);                            /* no-op on COMM_NULL or a
  * private part. NULL on every rank when any rank fails. */
 void *comm_node_shared_alloc(comm_t node, size_t shared, size_t priv, size_t mine_off, size_t mine_len);
 void comm_node_shared_free(void *p, size_t bytes); /* bytes = shared + priv */
+/* 1 when the model's memory can be node-shared as above (the CPU backend:
+ * device memory is host memory); 0 on a device backend (cuda/comm_nccl.c),
+ * where each rank holds its frozen store privately in device memory. */
+int comm_node_shared_available(void);
 
 /* ---- small reductions and broadcasts (the same result on every member) ---- */
 double comm_sum_double(double x, comm_t c);
@@ -68,10 +72,10 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
 int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full);
 /* MoE dispatch/combine: n ints to and from every member. */
 int comm_alltoall_int(const int *send, int *recv, int n, comm_t c);
-/* Rows of `row` floats to and from every member; counts and offsets in rows,
- * so rows*row may exceed INT_MAX. */
-int comm_alltoallv_rows(const float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
-                        const int *roff, int row, comm_t c);
+/* Rows of `row_bytes` bytes (fp32, or a packed wire dtype) to and from every
+ * member; counts and offsets in rows, so rows*row_bytes may exceed INT_MAX. */
+int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                        const int *roff, size_t row_bytes, comm_t c);
 
 /* Largest element count passed to one MPI call (default INT_MAX); larger
  * ranges go through the chunked path. Tests lower it. Returns the old value. */

@@ -850,7 +850,6 @@ static int check_layout(const ctx *c, deck *d, int world)
      * trainer does not implement yet; a real run refuses them (deck_runnable) */
     int has_frozen = d->lora.enabled;
     int base_set = d->train.base_dtype[0] && strcmp(d->train.base_dtype, "fp32");
-    int wire_set = d->parallel.dispatch_dtype[0] && strcmp(d->parallel.dispatch_dtype, "fp32");
     if (base_set && !has_frozen)
         return fail(c, "train.base_dtype", NULL,
                     "train.base_dtype = \"%s\" sets the storage of frozen weights: there are none without "
@@ -880,18 +879,15 @@ static int check_layout(const ctx *c, deck *d, int world)
      * "sharded" at ZeRO 3 shards it over all ranks, which the CPU trainer runs
      * on one node only, where the world is the node (train.c refuses more). */
     int sharded3 = d->parallel.zero_stage >= 3 && strcmp(d->parallel.frozen, "resident");
-    d->lora.node_shared = (base_set || emb16) && (!strcmp(d->parallel.frozen, "resident") || sharded3);
+    /* A device backend cannot share its memory through POSIX shared memory: there each rank
+     * holds the store privately (comm_node_shared_available), and the plan counts it so. */
+    d->lora.node_shared = (base_set || emb16) && (!strcmp(d->parallel.frozen, "resident") || sharded3) &&
+                          comm_node_shared_available();
     if (!strcmp(d->parallel.frozen, "resident") && !base_set && !emb16)
         planned(c, d, 0, "parallel.frozen",
                 "parallel.frozen = \"resident\" with an fp32 base is planned only (--dry-run, --check): the CPU "
                 "trainer shards fp32 frozen weights with ZeRO (a bf16/fp8 base, train.base_dtype, is resident); "
                 "set parallel.frozen = \"sharded\" to run");
-    if (wire_set)
-        planned(c, d, 0, "parallel.dispatch_dtype",
-                "parallel.dispatch_dtype = \"%s\" is planned only (--dry-run, --check): the CPU trainer "
-                "dispatches fp32 rows; set parallel.dispatch_dtype = \"fp32\" (or leave it unset) to run",
-                d->parallel.dispatch_dtype);
-
     /* layout for this world size: last, so deck-only errors come first */
     int ep = d->parallel.expert_parallel;
     if (world % ep)
@@ -900,11 +896,9 @@ static int check_layout(const ctx *c, deck *d, int world)
     if (m->n_routed_experts > 0 && ep > m->n_routed_experts)
         return fail(c, "parallel.expert_parallel", NULL,
                     "parallel.expert_parallel = %d exceeds model.n_routed_experts = %d", ep, m->n_routed_experts);
-    if (m->n_routed_experts % ep) /* uneven ownership: --dry-run plans it, a real run and --check refuse it */
-        planned(c, d, 1, "parallel.expert_parallel",
-                "model.n_routed_experts = %d is not divisible by parallel.expert_parallel = %d (uneven expert "
-                "ownership is planned only: --dry-run plans it, the trainer needs an even split)",
-                m->n_routed_experts, ep);
+    /* E % ep != 0 is uneven ownership (the first E % ep ranks of a group own
+     * one expert more: plan_expert_range); ep must divide the world so that
+     * every data-parallel replica holds whole expert groups */
     long long per_step = (long long)d->train.micro_batch * world;
     if (d->train.global_batch == 0 && per_step <= INT_MAX) d->train.global_batch = (int)per_step;
     if (d->train.global_batch % per_step)

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "model/config.h" /* deck_model, deck_lora, DECK_STR */
 
@@ -35,7 +36,7 @@ typedef struct {
                                  * ZeRO 3); with an fp32 base it is planned only */
     char dispatch_dtype[DECK_STR]; /* MoE dispatch/combine wire dtype: "" (= train.dtype) | "fp32" | "bf16" |
                                     * "fp8" (fp8 dispatch with 1x128 scales, bf16 combine); the CPU
-                                    * trainer sends fp32: bf16/fp8 are planned only (--dry-run) */
+                                    * trainer packs its rows to it on the wire (deck_wire) */
 } deck_parallel;
 
 typedef struct {
@@ -140,9 +141,14 @@ void deck_free(deck *d);
 int deck_runnable(const deck *d, int check, char *err, int errlen);
 
 /* What the model needs of a deck (model/config.h). */
+/* parallel.dispatch_dtype ("" = train.dtype) as ops_moe.h's OPS_WIRE_* code. */
+static inline int deck_wire(const deck *d) {
+    const char *w = d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype;
+    return !strcmp(w, "fp8") ? 2 : !strcmp(w, "bf16") ? 1 : 0;
+}
 static inline model_opts deck_model_opts(const deck *d) {
     return (model_opts){&d->model, &d->lora, d->train.seq_len, d->train.micro_batch,
-                        d->parallel.activation_checkpointing};
+                        d->parallel.activation_checkpointing, deck_wire(d)};
 }
 
 #endif

@@ -158,7 +158,8 @@ int main(int argc, char **argv)
 
     int rc = 0;
     /* planned-only choices: a real run stops here, before any work; --check
-     * refuses only an uneven expert ownership; --dry-run plans them all */
+     * and --dry-run take them (deck_runnable: a choice marked as layout would
+     * stop --check too; none is since uneven expert ownership runs) */
     if ((mode == M_TRAIN || mode == M_CHECK) && deck_runnable(&d, mode == M_CHECK, err, sizeof err)) {
         if (rank0) fprintf(stderr, "dsv3: %s\n", err);
         deck_free(&d);

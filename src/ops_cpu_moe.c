@@ -213,6 +213,141 @@ void ops_moe_balance_backward(float *dlogits, const float *s, const int *topk, i
 
 /* ---- Dispatch bookkeeping ---- */
 
+int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc, int *ecnt,
+                           const int *idx, const float *w, const int *efirst, int N, int K, int P) {
+    int E = efirst[P];
+    memset(ecnt, 0, (size_t)E * sizeof *ecnt);
+    memset(scnt, 0, (size_t)P * sizeof *scnt);
+    memset(spc, 0, (size_t)P * sizeof *spc);
+    int *owner = xmalloc((size_t)E * sizeof *owner, "dispatch owners");
+    for (int r = 0; r < P; r++)
+        for (int e = efirst[r]; e < efirst[r + 1]; e++) owner[e] = r;
+    /* counts: a token's row to r exists when any of its K experts is on r */
+    int *last = xmalloc((size_t)P * sizeof *last, "dispatch"); /* last token counted per rank */
+    for (int r = 0; r < P; r++) last[r] = -1;
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            int e = idx[(size_t)t * K + k], r = owner[e];
+            ecnt[e]++;
+            spc[r]++;
+            if (last[r] != t) last[r] = t, scnt[r]++;
+        }
+    /* offsets, then fill destination-major */
+    int *ro = xmalloc((size_t)P * 2 * sizeof *ro, "dispatch"), *po = ro + P, S = 0, Q = 0;
+    for (int r = 0; r < P; r++) {
+        ro[r] = S, po[r] = Q;
+        S += scnt[r], Q += spc[r];
+        last[r] = -1;
+    }
+    int *rowbase = xmalloc((size_t)P * sizeof *rowbase, "dispatch");
+    for (int r = 0; r < P; r++) rowbase[r] = ro[r];
+    toff[0] = 0;
+    for (int t = 0; t < N; t++) {
+        int n = 0;
+        for (int k = 0; k < K; k++) {
+            int e = idx[(size_t)t * K + k], r = owner[e];
+            if (last[r] != t) { /* first pair of t on r: its row */
+                last[r] = t;
+                stok[ro[r]++] = t;
+                n++;
+            }
+            int q = po[r]++;
+            ptk[q] = t * K + k;
+            smeta[3 * (size_t)q] = ro[r] - 1 - rowbase[r];
+            smeta[3 * (size_t)q + 1] = e - efirst[r];
+            memcpy(&smeta[3 * (size_t)q + 2], &w[(size_t)t * K + k], sizeof(float));
+        }
+        toff[t + 1] = toff[t] + n;
+    }
+    /* token-major view of the rows, ascending destination */
+    for (int r = 0; r < P; r++) {
+        for (int j = rowbase[r]; j < ro[r]; j++) trows[toff[stok[j]]++] = j;
+    }
+    for (int t = N; t > 0; t--) toff[t] = toff[t - 1]; /* the fill advanced each start to the next's */
+    toff[0] = 0;
+    free(rowbase);
+    free(ro);
+    free(last);
+    free(owner);
+    return S;
+}
+
+void ops_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta, const int *roff,
+                           const int *rpo, int P, int Pr, int R, int G) {
+    memset(lcnt, 0, (size_t)G * sizeof *lcnt);
+    for (int p = 0; p < Pr; p++) lcnt[rmeta[3 * (size_t)p + 1]]++;
+    int *go = xmalloc((size_t)(G > 0 ? G : 1) * sizeof *go, "receive index");
+    for (int g = 0, o = 0; g < G; g++) go[g] = o, o += lcnt[g];
+    for (int i = 0; i <= R; i++) poff[i] = 0;
+    for (int r = 0; r < P; r++) {
+        int p1 = r + 1 < P ? rpo[r + 1] : Pr;
+        for (int p = rpo[r]; p < p1; p++) {
+            const int *m = rmeta + 3 * (size_t)p;
+            int row = roff[r] + m[0], j = go[m[1]]++;
+            perm[j] = row;
+            pinv[p] = j;
+            memcpy(&pw[p], &m[2], sizeof(float));
+            poff[row + 1]++;
+        }
+    }
+    for (int i = 0; i < R; i++) poff[i + 1] += poff[i];
+    free(go);
+}
+
+/* ---- Rows ---- */
+
+void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)idx[i] * C, (size_t)C * sizeof *dst);
+}
+
+void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof *dst);
+}
+
+void ops_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w, int n, int C,
+                     float beta) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * C;
+        if (beta == 0.0f)
+            memset(o, 0, (size_t)C * sizeof *o);
+        else if (beta != 1.0f)
+            for (int c = 0; c < C; c++) o[c] *= beta;
+        for (int p = off[i]; p < off[i + 1]; p++) {
+            const float *yp = y + (size_t)pos[p] * C;
+            float wp = w ? w[p] : 1.0f;
+#pragma omp simd
+            for (int c = 0; c < C; c++) o[c] += wp * yp[c];
+        }
+    }
+}
+
+void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout, const float *y, const int *off,
+                              const int *pos, const float *w, int n, int C) {
+#pragma omp parallel for if ((size_t)n * C > 65536)
+    for (int i = 0; i < n; i++) {
+        const float *d = dout + (size_t)i * C;
+        for (int p = off[i]; p < off[i + 1]; p++) {
+            size_t q = (size_t)pos[p];
+            if (dw) {
+                const float *yp = y + q * C;
+                double a = 0.0;
+#pragma omp simd reduction(+ : a)
+                for (int c = 0; c < C; c++) a += (double)d[c] * yp[c];
+                dw[p] = (float)a;
+            }
+            float *dyp = dy + q * C;
+            float wp = w[p];
+#pragma omp simd
+            for (int c = 0; c < C; c++) dyp[c] = wp * d[c];
+        }
+    }
+}
+
+/* ---- The per-(token, expert) dispatch of before issue 14 (the CUDA twins') ---- */
+
 void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
     memset(cnt, 0, (size_t)E * sizeof *cnt);
     for (size_t j = 0; j < (size_t)N * K; j++) cnt[idx[j]]++;
@@ -245,18 +380,6 @@ int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
             for (int i = 0; i < rcnt[r * G + g]; i++) perm[j++] = base[r * G + g] + i;
     free(base);
     return j;
-}
-
-/* ---- Rows ---- */
-
-void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
-#pragma omp parallel for if ((size_t)n * C > 65536)
-    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)idx[i] * C, (size_t)C * sizeof *dst);
-}
-
-void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
-#pragma omp parallel for if ((size_t)n * C > 65536)
-    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * C, src + (size_t)i * C, (size_t)C * sizeof *dst);
 }
 
 void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
@@ -294,6 +417,67 @@ void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const flo
                 for (int c = 0; c < C; c++) a += (double)d[c] * yk[c];
                 dw[(size_t)t * K + k] += (float)a;
             }
+        }
+    }
+}
+
+/* ---- The wire ---- */
+
+/* fp8 rows: C codes then ceil(C/128) fp32 scales. Rows are converted through
+ * small local blocks (memcpy in and out: the packed and fp32 views share the
+ * memory), in an order that never overwrites bytes not yet read: packing goes
+ * forward (packed row i ends at or before fp32 row i+1 starts), unpacking
+ * backward; a row's scales are held locally while its codes move. */
+enum { WIRE_BLK = OPS_FP8_BLOCK, WIRE_MAXB = 1024 };
+
+void ops_wire_pack(float *rows, int n, int C, int wire) {
+    if (wire == OPS_WIRE_F32 || n <= 0) return;
+    size_t rb = ops_wire_row_bytes(C, wire);
+    int nb = (C + WIRE_BLK - 1) / WIRE_BLK;
+    DSV3_CHECK(rb <= 4 * (size_t)C && nb <= WIRE_MAXB, "ops_wire_pack: row of %d values does not pack in place", C);
+    unsigned char *b = (unsigned char *)rows;
+    float x[WIRE_BLK], sc[WIRE_MAXB];
+    uint16_t h[WIRE_BLK];
+    uint8_t q[WIRE_BLK];
+    for (size_t i = 0; i < (size_t)n; i++)
+        for (int k = 0; k < nb; k++) {
+            int c0 = k * WIRE_BLK, m = C - c0 < WIRE_BLK ? C - c0 : WIRE_BLK;
+            memcpy(x, b + 4 * (i * C + c0), (size_t)m * 4);
+            if (wire == OPS_WIRE_BF16) {
+                ops_f32_to_bf16_n(x, h, (size_t)m);
+                memcpy(b + i * rb + 2 * (size_t)c0, h, (size_t)m * 2);
+            } else {
+                float amax = 0.0f;
+                for (int c = 0; c < m; c++) amax = fmaxf(amax, fabsf(x[c]));
+                sc[k] = amax > 0.0f ? amax / 448.0f : 1.0f;
+                for (int c = 0; c < m; c++) q[c] = ops_f32_to_e4m3(x[c] / sc[k]);
+                memcpy(b + i * rb + (size_t)c0, q, (size_t)m);
+                if (k == nb - 1) memcpy(b + i * rb + (size_t)C, sc, (size_t)nb * 4);
+            }
+        }
+}
+
+void ops_wire_unpack(float *rows, int n, int C, int wire) {
+    if (wire == OPS_WIRE_F32 || n <= 0) return;
+    size_t rb = ops_wire_row_bytes(C, wire);
+    int nb = (C + WIRE_BLK - 1) / WIRE_BLK;
+    DSV3_CHECK(rb <= 4 * (size_t)C && nb <= WIRE_MAXB, "ops_wire_unpack: row of %d values does not pack in place", C);
+    unsigned char *b = (unsigned char *)rows;
+    float x[WIRE_BLK], sc[WIRE_MAXB];
+    uint16_t h[WIRE_BLK];
+    uint8_t q[WIRE_BLK];
+    for (size_t i = (size_t)n; i-- > 0;) {
+        if (wire == OPS_WIRE_FP8) memcpy(sc, b + i * rb + (size_t)C, (size_t)nb * 4);
+        for (int k = nb; k-- > 0;) {
+            int c0 = k * WIRE_BLK, m = C - c0 < WIRE_BLK ? C - c0 : WIRE_BLK;
+            if (wire == OPS_WIRE_BF16) {
+                memcpy(h, b + i * rb + 2 * (size_t)c0, (size_t)m * 2);
+                for (int c = 0; c < m; c++) x[c] = ops_bf16_to_f32(h[c]);
+            } else {
+                memcpy(q, b + i * rb + (size_t)c0, (size_t)m);
+                for (int c = 0; c < m; c++) x[c] = ops_e4m3_to_f32(q[c]) * sc[k];
+            }
+            memcpy(b + 4 * (i * C + c0), x, (size_t)m * 4);
         }
     }
 }

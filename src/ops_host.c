@@ -1,7 +1,7 @@
 /* ops_host.c — the backend-independent part of ops.h: the dequantisation tile
  * rule (a pure function of the shape, which the plan uses too), exact host conversions
- * between fp32 and the storage types (bf16, e4m3), and the expert view of a
- * stacked weight (host pointer arithmetic). Both backends link it; the
+ * between fp32 and the storage types (bf16, e4m3), the expert view of a
+ * stacked weight (host pointer arithmetic), and the wire's row size. Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
  * bit for bit against these. */
 #include <math.h>
@@ -59,6 +59,14 @@ uint8_t ops_f32_to_e4m3(float f) {
     int be = E + 7;
     if (be > 15 || (be == 15 && q == 7)) return sign | 0x7E;
     return sign | (uint8_t)(be << 3 | q);
+}
+
+/* Bytes of one packed wire row (ops_moe.h): the moe layer, the plan and both
+ * backends' pack/unpack share it. */
+size_t ops_wire_row_bytes(int C, int wire) {
+    if (wire == OPS_WIRE_BF16) return 2 * (size_t)C;
+    if (wire == OPS_WIRE_FP8) return (size_t)C + 4 * (size_t)((C + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK);
+    return 4 * (size_t)C;
 }
 
 ops_weight ops_weight_expert(const ops_weight *w, int g) {

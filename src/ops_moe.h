@@ -65,7 +65,52 @@ double ops_moe_balance(const float *s /*[B*T,E]*/, const int *topk /*[B*T,K] dev
 void ops_moe_balance_backward(float *dlogits /*[B*T,E]*/, const float *s, const int *topk, int B, int T, int E,
                               int K, float coef);
 
-/* ---- Dispatch bookkeeping. Sorts the N·K (token, slot) pairs by expert,
+/* ---- Dispatch bookkeeping: one row per (token, destination rank).
+ * Routed experts are owned in contiguous ranges: rank r of P holds experts
+ * [efirst[r], efirst[r+1]) (efirst [P+1] HOST, efirst[0] = 0, efirst[P] = E).
+ * A token sends ONE row to each rank owning at least one of its K experts;
+ * the rank expands it to its experts ("pairs" = (token, k)).
+ *   Send rows: destination-major, token order within a destination; stok[j]
+ *   is the token of send row j; token t's rows are trows[toff[t]..toff[t+1])
+ *   (increasing destination). Send pairs: destination-major, then token, then
+ *   k; pair q is (t,k) = ptk[q] / K, % K, and its record smeta[3q..3q+2] =
+ *   (row index within the destination's rows, local expert index on the
+ *   destination, routing weight w[t,k] as float bits).
+ *   scnt[r], spc[r]: rows and pairs for rank r; ecnt[e]: pairs per expert.
+ * Returns the number of send rows S (<= N·min(K, P)). */
+int ops_moe_dispatch_index(int *stok /*[S] device*/, int *toff /*[N+1] device*/, int *trows /*[S] device*/,
+                           int *ptk /*[N*K] device*/, int *smeta /*[N*K,3] device*/, int *scnt /*[P] HOST*/,
+                           int *spc /*[P] HOST*/, int *ecnt /*[E] HOST*/, const int *idx /*[N,K] device*/,
+                           const float *w /*[N,K]*/, const int *efirst /*[P+1] HOST*/, int N, int K, int P);
+/* Receiver side: the Pr pair records rmeta [Pr,3] as received (source-major,
+ * each source's in its send order), with source r's rows starting at received
+ * row roff[r] and its pairs at received pair rpo[r] (P sources). Sorts the
+ * pairs by local expert (stable: source, row, k order) into the expert-major
+ * layout: expert-major pair j reads received row perm[j]; pair p is
+ * expert-major pinv[p]; received row i's pairs are [poff[i], poff[i+1]) (R
+ * rows); pw[p] its weight; lcnt[g] pairs per local expert (G). */
+void ops_moe_receive_index(int *perm /*[Pr] device*/, int *pinv /*[Pr] device*/, int *poff /*[R+1] device*/,
+                           float *pw /*[Pr]*/, int *lcnt /*[G] HOST*/, const int *rmeta /*[Pr,3] device*/,
+                           const int *roff /*[P] HOST*/, const int *rpo /*[P] HOST*/, int P, int Pr, int R, int G);
+
+/* ---- Rows by index lists (C = row width); idx is device memory. */
+void ops_gather_rows(float *dst /*[n,C]*/, const float *src, const int *idx /*[n]*/, int n, int C); /* dst[i]=src[idx[i]] */
+void ops_scatter_rows(float *dst, const float *src /*[n,C]*/, const int *idx /*[n]*/, int n, int C); /* dst[idx[i]]=src[i] */
+/* Segmented combine: out[i] = beta·out[i] + Σ_{p in [off[i], off[i+1])} w[p]·y[pos[p]]
+ * (p in order; w NULL = 1; beta 0 overwrites). off, pos device. */
+void ops_moe_combine_seg(float *out /*[n,C]*/, const float *y, const int *off /*[n+1]*/, const int *pos,
+                         const float *w, int n, int C, float beta);
+/* Its backward (w not NULL): for each p of row i, dw[p] = dout[i]·y[pos[p]]
+ * (OVERWRITES; dw may be NULL), then dy[pos[p]] = w[p]·dout[i] (OVERWRITES
+ * those rows; dy may equal y: each row is read before it is written). */
+void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout /*[n,C]*/, const float *y, const int *off,
+                                  const int *pos, const float *w, int n, int C);
+
+/* ---- The per-(token, expert) dispatch that moe.c used before issue 14
+ * (one row per (token, expert)). moe.c no longer calls them; they stay while
+ * the CUDA backend twins them (cuda/ops_moe.cu, tests/cuda/test_cuda_moe.c),
+ * until it implements the ops above. */
+/* Sorts the N·K (token, slot) pairs by expert,
  * stably (token order within an expert): the send buffer row of pair (t,k)
  * is pos[t,k]; src[j] is the token of send row j; cnt[e] rows go to expert e
  * (rows of expert e are contiguous, experts in increasing order). */
@@ -77,9 +122,6 @@ void ops_moe_sort(int *pos /*[N,K] device*/, int *src /*[N*K] device*/, int *cnt
  * expert-major row j is received row perm[j]. Returns the row count. */
 int ops_moe_perm(int *perm /*[R] device*/, const int *rcnt /*[P,G] HOST*/, int P, int G);
 
-/* ---- Rows by index lists (C = row width); idx is device memory. */
-void ops_gather_rows(float *dst /*[n,C]*/, const float *src, const int *idx /*[n]*/, int n, int C); /* dst[i]=src[idx[i]] */
-void ops_scatter_rows(float *dst, const float *src /*[n,C]*/, const int *idx /*[n]*/, int n, int C); /* dst[idx[i]]=src[i] */
 /* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1); pos device. */
 void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K]*/, const float *w /*[N,K]*/,
                      int N, int K, int C, float beta);
@@ -87,6 +129,16 @@ void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K
  * rows), dw[t,k] += dout[t]·y[pos[t,k]] (dw may be NULL). */
 void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout /*[N,C]*/, const float *y,
                               const int *pos, const float *w, int N, int K, int C);
+
+/* ---- The dispatch/combine wire (parallel.dispatch_dtype): n rows of C fp32
+ * values converted IN PLACE to the wire's packed rows (row i at byte
+ * i·ops_wire_row_bytes) and back. OPS_WIRE_F32: untouched; OPS_WIRE_BF16:
+ * round to nearest even; OPS_WIRE_FP8: e4m3 codes with one fp32 scale per
+ * 1x128 block (amax/448, 1 for an all-zero block) after the row's C codes. */
+enum { OPS_WIRE_F32 = 0, OPS_WIRE_BF16 = 1, OPS_WIRE_FP8 = 2 };
+size_t ops_wire_row_bytes(int C, int wire); /* host arithmetic: src/ops_host.c, both backends */
+void ops_wire_pack(float *rows /*[n,C] in, packed out*/, int n, int C, int wire);
+void ops_wire_unpack(float *rows /*packed in, [n,C] out*/, int n, int C, int wire);
 
 /* ---- Grouped matmul over experts: rows of x come in G consecutive blocks of
  * cnt[g] rows; block g is multiplied by w[g] ([out,in]): y = x·w[g]ᵀ. cnt is HOST memory. */

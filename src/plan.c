@@ -8,6 +8,8 @@
 #include "plan.h"
 #include "deck.h"
 #include "model/cost.h"
+#include "model/moe.h"
+#include "ops.h"
 #include "perf.h"
 
 #include <hwloc.h>
@@ -162,16 +164,15 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
-    if (bf16) { /* the GPU layout: bf16 activations, fp32 MoE dispatch rows */
+    if (bf16) { /* the GPU layout: bf16 activations, MoE rows sent and received in the wire dtype
+                 * (parallel.dispatch_dtype: dispatch, then combine; fp8 combines in bf16) */
         mem.acts = plan_act_bytes(d);
-        mem.comm = 2.0 * 4.0 * (double)p->dispatch_floats;
+        int H = d->model.hidden_size, w = deck_wire(d), wb = w == OPS_WIRE_FP8 ? OPS_WIRE_BF16 : w;
+        double rows = H > 0 ? (double)(p->dispatch_floats / (size_t)H) : 0.0;
+        mem.comm = 2.0 * rows * (double)(ops_wire_row_bytes(H, w) + ops_wire_row_bytes(H, wb));
     } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
         model_opts o = deck_model_opts(d);
-        mem.acts = cost_act_bytes(&o, p->ep, d->train.micro_batch, d->train.seq_len);
-        /* uneven expert ownership: the CPU model cannot run it (deck error for a
-         * real run); plan its activations with the GPU formula in fp32 */
-        if (d->model.n_routed_experts % p->ep) mem.acts = cost_gpu_act_bytes(&o, (double)d->train.micro_batch *
-                                                                                     d->train.seq_len, 4.0);
+        mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
         mem.comm = 0.0;
     }
     mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
@@ -181,7 +182,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
 /* ---------------------------------------------------------------- layout */
 
 void plan_expert_range(int E, int ep, int ep_index, int *first, int *count) {
-    perf_expert_range(E, ep, ep_index, first, count);
+    perf_expert_range(E, ep, ep_index, first, count); /* the same split as moe_expert_range (checked by test_plan) */
 }
 
 static void plan_init(plan *p) {
@@ -235,8 +236,7 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     p->ep_index = rank % ep;
     p->dp = size / ep;
     p->dp_index = rank / ep;
-    /* Uneven ownership (E % ep != 0, planned only: the deck refuses it for a
-     * real run): the first E % ep ranks of a group own one expert more. */
+    /* Uneven ownership (E % ep != 0): the first E % ep ranks of a group own one expert more. */
     plan_expert_range(E, ep, p->ep_index, &p->expert_first, &p->experts_per_rank);
     p->zero_stage = d->parallel.zero_stage;
     p->micro_batch = mb;
@@ -303,9 +303,8 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
     int dense = m->first_k_dense_replace < L ? m->first_k_dense_replace : L;
     p->n_moe_layers = E > 0 ? (L - dense) + D : 0;
-    if (p->n_moe_layers > 0)
-        p->dispatch_floats = (size_t)mb * (size_t)d->train.seq_len * (size_t)m->num_experts_per_tok *
-                             (size_t)m->hidden_size;
+    if (p->n_moe_layers > 0) /* one row per (token, destination rank): at most N·min(K, EP) (moe_send_rows) */
+        p->dispatch_floats = moe_send_rows(mb * d->train.seq_len, m->num_experts_per_tok, ep) * (size_t)m->hidden_size;
     p->mem = plan_memory_estimate(d, p);
     return 0;
 }
@@ -416,6 +415,19 @@ static const char *thousands(char *buf, size_t n, int64_t v) {
     return buf;
 }
 
+void plan_print_ownership(const plan *p, const deck *d, const char *prefix, FILE *out) {
+    const deck_model *m = &d->model;
+    int E = m->n_routed_experts, ep = p->ep;
+    if (p->n_moe_layers <= 0) return;
+    if (E % ep == 0)
+        fprintf(out, "%s%d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n", prefix,
+                p->experts_per_rank, p->experts_per_rank, E, m->num_experts_per_tok, p->n_moe_layers);
+    else
+        fprintf(out, "%suneven expert ownership: %d or %d routed experts per rank per MoE layer (%d of %d, top-%d: "
+                     "%d ranks x %d + %d x %d), %d MoE layers incl. MTP\n", prefix, E / ep + 1, E / ep, E, E,
+                m->num_experts_per_tok, E % ep, E / ep + 1, ep - E % ep, E / ep, p->n_moe_layers);
+}
+
 void plan_print(const plan *p, const deck *d, FILE *out) {
     rank_row me;
     memset(&me, 0, sizeof me);
@@ -438,7 +450,6 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
         fprintf(out, "dsv3: plan: out of memory printing the plan\n");
         return;
     }
-    const deck_model *m = &d->model;
     char a[40], b[40];
     fprintf(out, "plan: world %d ranks on %d node%s, expert parallel %d: %d expert group%s of %d, data parallel %d\n",
             p->world_size, p->n_nodes, p->n_nodes == 1 ? "" : "s", p->ep, p->dp, p->dp == 1 ? "" : "s", p->ep,
@@ -451,16 +462,7 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
             thousands(b, sizeof b, p->params.n_trainable));
     model_opts o = deck_model_opts(d);
     fprintf(out, "plan: model FLOPs per token (forward+backward): %.6g\n", cost_flops_per_token(&o));
-    if (p->n_moe_layers > 0 && m->n_routed_experts % p->ep == 0)
-        fprintf(out, "plan: %d routed experts per rank per MoE layer (%d of %d, top-%d), %d MoE layers incl. MTP\n",
-                p->experts_per_rank, p->experts_per_rank, m->n_routed_experts, m->num_experts_per_tok,
-                p->n_moe_layers);
-    else if (p->n_moe_layers > 0)
-        fprintf(out, "plan: uneven expert ownership (planned only): %d or %d routed experts per rank per MoE layer "
-                     "(%d of %d, top-%d: %d ranks x %d + %d x %d), %d MoE layers incl. MTP\n",
-                m->n_routed_experts / p->ep + 1, m->n_routed_experts / p->ep, m->n_routed_experts, m->n_routed_experts,
-                m->num_experts_per_tok, m->n_routed_experts % p->ep, m->n_routed_experts / p->ep + 1,
-                p->ep - m->n_routed_experts % p->ep, m->n_routed_experts / p->ep, p->n_moe_layers);
+    plan_print_ownership(p, d, "plan: ", out);
     /* GiB for real models, MiB for the small decks that run here */
     double U = GiB;
     const char *un = "GiB";

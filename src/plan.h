@@ -64,7 +64,8 @@ typedef struct plan {
     size_t reduce_floats;                /* ZeRO-2/3 reduce buffers: open gradient groups + reduce-scatter scratch */
     int state_compact;                   /* a frozen tensor exists (LoRA): gradients and moments of the
                                           * trainable floats only; else the full layout (router-bias slots too) */
-    size_t dispatch_floats;              /* MoE dispatch rows, per direction: tokens*top_k*hidden */
+    size_t dispatch_floats;              /* MoE send rows x hidden: tokens*min(top_k, EP)*hidden (one row per
+                                          * token and destination rank) */
 } plan;
 
 /* Validates the layout against world size and builds communicators, ownership,
@@ -73,6 +74,10 @@ typedef struct plan {
 int plan_build(plan *p, const deck *d, comm_t world, char *err, int errlen);
 /* Rank 0 prints the plan of every rank (gathered) plus totals. Collective. */
 void plan_print(const plan *p, const deck *d, FILE *out);
+/* The line of plan_print that states the routed experts per rank (and an
+ * uneven ownership: "uneven expert ownership: 3 or 2 ... 2 ranks x 3 + 3 x 2"),
+ * after prefix. No collectives; the run prints it too. */
+void plan_print_ownership(const plan *p, const deck *d, const char *prefix, FILE *out);
 void plan_free(plan *p);
 /* Rank 0 (no collectives): the GPU plan of the deck (perf.h): memory by
  * category per rank class, bytes per step per link class, FLOPs, roofline
@@ -118,7 +123,9 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *  optim   AdamW m and v, fp32, the same state floats: stage>=1 my shard,
  *          else all local.
  *  acts    plan_act_bytes(): saved activations of one micro-batch.
- *  comm    MoE dispatch/combine send+recv rows: 2 * dispatch_floats * 4.
+ *  comm    bf16 (GPU) layout: MoE send+recv rows in the wire dtype, dispatch
+ *          and combine: 2 * rows * (dispatch + combine row bytes); fp32: 0
+ *          (the CPU model counts its rows under acts).
  *          (ZeRO buffers are counted once, under params and grads.)
  *  total   the sum. */
 plan_memory plan_memory_estimate(const deck *d, const plan *p);

@@ -60,7 +60,7 @@ typedef struct {
     int64_t optim_t;     /* AdamW updates applied (steps minus skipped steps) */
     int64_t skipped;     /* steps skipped for a non-finite loss or gradient norm, in all */
     int consecutive;     /* ... in a row, up to this step */
-    float *bias_shadow;  /* [n_moe, E] ZeRO-3: the biases as the global counts say they must be */
+    float *bias_shadow;  /* [n_moe, E] device, ZeRO-3: the biases as the global counts say they must be */
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
@@ -220,10 +220,13 @@ static double bias_update(trainer *t, double *imb, int apply) {
     /* Every rank holds the full biases below ZeRO-3: they must stay bitwise
      * identical (same global counts, same update). A cheap check every step,
      * since diverged routing would silently break data parallelism. */
+    float got[4096], want[4096]; /* one layer's biases on the host */
+    DSV3_CHECK(E <= 4096, "more than 4096 routed experts");
     if (t->p->zero_stage < 3 && t->p->world_size > 1) {
         uint64_t h = 1469598103934665603ULL, lo, hi;
         for (int i = 0; i < n; i++) {
-            const unsigned char *b = (const unsigned char *)model_router_bias(m, i);
+            ops_to_host(got, model_router_bias(m, i), (size_t)E * sizeof *got);
+            const unsigned char *b = (const unsigned char *)got;
             for (size_t k = 0; k < (size_t)E * sizeof(float); k++) h = (h ^ b[k]) * 1099511628211ULL;
         }
         comm_minmax_u64(h, t->p->world, &lo, &hi);
@@ -233,11 +236,10 @@ static double bias_update(trainer *t, double *imb, int apply) {
     /* ZeRO-3: each bias is spread over the ranks' shards; assembled, it must
      * equal the replicated shadow that every rank updates from the same counts. */
     if (t->bias_shadow) {
-        float got[4096];
         for (int i = 0; i < n; i++) {
-            DSV3_CHECK(E <= 4096, "more than 4096 routed experts");
             model_router_bias_gather(m, i, got);
-            if (t->p->world_rank == 0 && memcmp(got, t->bias_shadow + (size_t)i * E, (size_t)E * sizeof *got))
+            ops_to_host(want, t->bias_shadow + (size_t)i * E, (size_t)E * sizeof *want);
+            if (t->p->world_rank == 0 && memcmp(got, want, (size_t)E * sizeof *got))
                 error_one("router bias of MoE layer %d differs from the update its global counts give after step %lld "
                           "(ZeRO-3 shards)", model_moe_layer_index(m, i), (long long)t->step + 1);
         }
@@ -258,24 +260,34 @@ static double validate(trainer *t, double *acc) {
     int64_t cnt[2] = {0, 0}; /* counted targets, argmax hits */
     model_scales sc;
     memset(&sc, 0, sizeof sc);
+    /* the logits come to the host a few rows at a time (about 1 MiB, at least a row): transient staging */
+    int64_t chunk = (int64_t)mb * T, cap = (262144 + V - 1) / V;
+    if (chunk > cap) chunk = cap;
+    float *rows = malloc((size_t)chunk * V * sizeof *rows);
+    if (!rows) error_one("out of memory for the validation logits staging (%lld rows)", (long long)chunk);
     for (int b = 0; b < d->validation.batches; b++) {
         load_samples(t, t->valid, b, n_local);
         for (int a = 0; a < t->p->grad_accum; a++) {
             const int32_t *tgt = t->tgt + (size_t)a * mb * T;
             model_batch bt = {.tokens = t->tok + (size_t)a * mb * T, .targets = tgt, .B = mb, .T = T}; /* no dropout */
             model_step(t->m, &bt, sc, 0, &s);
-            const float *lg = model_logits(t->m); /* [mb*T, V] of this forward */
-            for (int64_t i = 0; i < (int64_t)mb * T; i++) {
-                if (tgt[i] < 0) continue;
-                const float *row = lg + i * V;
-                int best = 0;
-                for (int v = 1; v < V; v++)
-                    if (row[v] > row[best]) best = v;
-                cnt[1] += best == tgt[i];
+            const float *lg = model_logits(t->m); /* [mb*T, V] of this forward, device */
+            for (int64_t i0 = 0; i0 < (int64_t)mb * T; i0 += chunk) {
+                int64_t n = (int64_t)mb * T - i0 < chunk ? (int64_t)mb * T - i0 : chunk;
+                ops_to_host(rows, lg + i0 * V, (size_t)(n * V) * sizeof *rows);
+                for (int64_t i = i0; i < i0 + n; i++) {
+                    if (tgt[i] < 0) continue;
+                    const float *row = rows + (i - i0) * V;
+                    int best = 0;
+                    for (int v = 1; v < V; v++)
+                        if (row[v] > row[best]) best = v;
+                    cnt[1] += best == tgt[i];
+                }
             }
         }
         cnt[0] += model_count_targets(t->tgt, n_local, T, 0);
     }
+    free(rows);
     model_reset_counts(t->m);
     s.lm_sum = comm_sum_double(s.lm_sum, t->p->world);
     comm_sum_i64(cnt, 2, t->p->world);
@@ -449,6 +461,7 @@ int train_run(const deck *d, plan *p) {
                "x %d tokens, %d micro-batches of %d per rank\n",
                d->run.mode, p->world_size, p->ep, p->dp, p->zero_stage, (long long)pt->n_params,
                (long long)pt->n_trainable, (long long)G, T, p->grad_accum, mb);
+        plan_print_ownership(p, d, "dsv3: ", stdout);
         int64_t nt = 0;
         double ue = unigram_entropy(&t, &nt);
         printf("dsv3: data: %s; unigram entropy of the training targets %.4f nats (from %lld tokens)\n",
@@ -468,9 +481,14 @@ int train_run(const deck *d, plan *p) {
     double mem_alloc = 0.0;
     if (p->zero_stage >= 3 && p->world_size > 1 && n_moe > 0) { /* the shadow starts from the assembled biases */
         int E = d->model.n_routed_experts;
-        t.bias_shadow = calloc((size_t)n_moe * E, sizeof *t.bias_shadow);
+        t.bias_shadow = ops_alloc((size_t)n_moe * E * sizeof *t.bias_shadow); /* updated by ops: device (untracked) */
         if (!t.bias_shadow) error_one("out of memory for the router-bias shadow");
-        for (int i = 0; i < n_moe; i++) model_router_bias_gather(t.m, i, t.bias_shadow + (size_t)i * E);
+        float full[4096];
+        DSV3_CHECK(E <= 4096, "more than 4096 routed experts");
+        for (int i = 0; i < n_moe; i++) {
+            model_router_bias_gather(t.m, i, full);
+            ops_to_device(t.bias_shadow + (size_t)i * E, full, (size_t)E * sizeof *full);
+        }
     }
     /* A run starting at step 0 validates the initial weights first (the base model's
      * level in a fine-tuning run), printed only: metrics.csv rows are steps done. */
@@ -498,6 +516,14 @@ int train_run(const deck *d, plan *p) {
             model_step(t.m, &bt, sc, 1, &sums);
         }
         double a2a = model_comm_seconds(t.m); /* before bias_update resets the counters */
+        if (t.step == first_step && n_moe > 0) { /* the MoE wire of one step (issue 14: one row per token and rank) */
+            double b = model_comm_bytes(t.m), bsum = b, bmax = comm_max_double(b, p->world);
+            comm_sum_doubles(&bsum, 1, p->world);
+            if (rank == 0)
+                printf("dsv3: MoE all-to-all bytes sent in step %lld: %.0f over %d ranks (max %.0f per rank), "
+                       "wire %s\n", (long long)t.step + 1, bsum, p->world_size, bmax,
+                       d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype);
+        }
         allreduce_sums(p->world, &sums);
         double lm, mtp, bal;
         losses(d, &sums, cnt, G, &lm, &mtp, &bal);
@@ -581,6 +607,6 @@ out:
     model_free(t.m);
     if (t.train) data_close(t.train);
     if (t.valid) data_close(t.valid);
-    ops_free(t.mo), ops_free(t.vo), free(t.tok), free(t.tgt), free(t.bias_shadow);
+    ops_free(t.mo), ops_free(t.vo), free(t.tok), free(t.tgt), ops_free(t.bias_shadow);
     return failed;
 }

@@ -100,17 +100,14 @@ for np in 1 24; do
     [ $both = 1 ] && expect_error $np 2 "no deck given" --check
 done
 # layout classes that need a world size > 1
-expect_error 24 1 "model.n_routed_experts = 8 is not divisible by parallel.expert_parallel = 3" --check "$D/ep3.cfg"
+expect_error 20 1 "parallel.expert_parallel = 8 does not divide the world size 20" --check input/sft-tiny.cfg train.global_batch=20
 expect_error 24 1 "train.global_batch = 16 is not divisible by train.micro_batch x world size = 2 x 24 = 48" --check input/tiny.cfg
 expect_error 1 1 "parallel.expert_parallel = 8 does not divide the world size 1" --check input/sft.cfg
 expect_error 16 1 "train.global_batch = 24 is not divisible by train.micro_batch x world size = 1 x 16 = 16" --check input/sft.cfg
 # planned-only choices (the GPU plan, README "The 671B plan"): a real run stops before any work with one
-# deck error naming the key; --check takes them (uneven ownership excepted); --dry-run plans them all
-# (a bf16/fp8 base runs, resident: at ZeRO 3, as in sft-tiny.cfg, it needs parallel.frozen = "resident")
-expect_error 24 1 'train.base_dtype = "fp8" at ZeRO stage 3 with parallel.frozen = "sharded" is planned only' input/sft-tiny.cfg train.base_dtype=fp8
+# deck error naming the key; --check takes them; --dry-run plans them all
+# (a bf16/fp8 base runs at every stage, resident or "sharded" — at ZeRO 3 one node-shared copy on one node)
 expect_error 24 1 'parallel.frozen = "resident" with an fp32 base is planned only' input/sft-tiny.cfg parallel.frozen=resident
-expect_error 24 1 'parallel.dispatch_dtype = "bf16" is planned only' input/sft-tiny.cfg parallel.dispatch_dtype=bf16
-expect_error 24 1 "uneven expert ownership is planned only" "$D/ep3.cfg"
 expect_error 1 1 'train.base_dtype = "bf16" sets the storage of frozen weights: there are none without lora.enabled' input/tiny.cfg train.base_dtype=bf16
 expect_error 1 2 "--gpu-mem, --intra-gbs and --inter-gbs go with --dry-run" --gpu-mem 80 input/tiny.cfg
 expect_error 1 2 "--inter-gbs needs a positive number" --dry-run --inter-gbs fast input/tiny.cfg
@@ -129,7 +126,12 @@ check_ok 8 input/tiny.cfg
 check_ok 24 input/sft.cfg
 check_ok 2 input/tiny.cfg parallel.expert_parallel=2 run.steps=50 run.output_dir=runs/x
 check_ok 24 input/sft-tiny.cfg train.base_dtype=fp8 parallel.frozen=resident parallel.dispatch_dtype=fp8
-grep -q 'planned only, a real run refuses it: .*parallel.dispatch_dtype = "fp8" is planned only' "$T/out" ||
+check_ok 24 input/sft-tiny.cfg train.base_dtype=fp8
+grep -q 'planned only' "$T/out" && bad "--check: an fp8 base sharded at ZeRO 3 on one node runs: nothing is planned only"
+grep -q 'planned only' "$T/out" && bad "--check: an fp8 base, resident, with an fp8 wire runs: nothing is planned only"
+check_ok 24 "$D/ep3.cfg" # uneven expert ownership (8 experts on 3 ranks per group) runs
+check_ok 24 input/sft-tiny.cfg parallel.frozen=resident
+grep -q 'planned only, a real run refuses it: .*parallel.frozen = "resident" with an fp32 base is planned only' "$T/out" ||
     bad "--check with planned-only keys does not say so"
 
 # ---- --print-deck round trip through the binary (header line names the deck)

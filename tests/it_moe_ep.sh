@@ -14,7 +14,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exe=$BUILD/tests/test_moe_ep
 if ! command -v mpirun >/dev/null; then echo "mpirun not found"; exit 77; fi
 if [ ! -x "$exe" ]; then echo "missing $exe: run make"; exit 1; fi
-for np in 2 4; do # np 1 would compare EP=1 with itself
+for np in 2 3 4 5; do # np 1 would compare EP=1 with itself; 3 and 5: uneven ownership (16 experts)
     echo "== mpirun -np $np"
     timeout 120 mpirun -np $np "$exe"
     rc=$?

@@ -103,7 +103,7 @@ echo "$o" | grep -- "--gpu-mem 141" | head -2
 # uneven expert ownership over all 24 ranks, FP8 resident: the ownership table and the goals of issue 14
 o=$(timeout 300 mpirun -np 24 "$BIN/dsv3" --dry-run input/sft.cfg parallel.expert_parallel=24 parallel.frozen=resident \
       train.base_dtype=fp8 parallel.dispatch_dtype=fp8 2>&1) || fail "uneven dry-run"
-echo "$o" | grep -q "uneven expert ownership (planned only): 11 or 10 routed experts per rank per MoE layer (256 of 256, top-8: 16 ranks x 11 + 8 x 10)" ||
+echo "$o" | grep -q "uneven expert ownership: 11 or 10 routed experts per rank per MoE layer (256 of 256, top-8: 16 ranks x 11 + 8 x 10)" ||
     fail "uneven ownership line"
 echo "$o" | awk '$1 ~ /^[0-9]+$/ && NF >= 11 {
         r = $1; n = r < 16 ? 11 : 10; f = r < 16 ? 11 * r : 176 + 10 * (r - 16)

@@ -589,6 +589,104 @@ static void test_bias_update(void **st) {
     assert_float_equal(moe_load_imbalance(z, 4), 1.0, 1e-12);
 }
 
+/* The wire, packed and widened in place, equals the out-of-place rounding:
+ * bf16 round to nearest even; fp8 e4m3 of x/scale times scale, scale =
+ * amax/448 per 1x128 block of a row. Rows of 300 values (3 blocks, the last
+ * partial) and of 7; the packed row i starts at byte i·ops_wire_row_bytes. */
+static void test_wire_pack(void **st) {
+    (void)st;
+    const int Cs[2] = {300, 7}, n = 5;
+    for (int ci = 0; ci < 2; ci++)
+        for (int wire = OPS_WIRE_BF16; wire <= OPS_WIRE_FP8; wire++) {
+            int C = Cs[ci];
+            size_t nc = (size_t)n * C;
+            float *x = malloc(nc * 4), *ref = malloc(nc * 4), *buf = malloc(nc * 4);
+            fx_fill(x, nc, 77, (uint64_t)(C + wire), -3.0f, 3.0f);
+            for (int c = 0; c < C; c++) x[2 * C + c] = 0.0f; /* an all-zero row: scale 1 */
+            x[C + 5] = 1e4f;                                  /* one block with a large amax */
+            for (int i = 0; i < n; i++)
+                for (int b0 = 0; b0 < C; b0 += 128) {
+                    int b1 = b0 + 128 < C ? b0 + 128 : C;
+                    float amax = 0.0f;
+                    for (int c = b0; c < b1; c++) amax = fmaxf(amax, fabsf(x[i * C + c]));
+                    float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+                    for (int c = b0; c < b1; c++) {
+                        float v = x[i * C + c];
+                        ref[i * C + c] = wire == OPS_WIRE_BF16 ? ops_bf16_to_f32(ops_f32_to_bf16(v))
+                                                               : ops_e4m3_to_f32(ops_f32_to_e4m3(v / sc)) * sc;
+                    }
+                }
+            memcpy(buf, x, nc * 4);
+            ops_wire_pack(buf, n, C, wire);
+            size_t rb = ops_wire_row_bytes(C, wire);
+            assert_int_equal(rb, wire == OPS_WIRE_BF16 ? 2 * (size_t)C : (size_t)C + 4 * (size_t)((C + 127) / 128));
+            const unsigned char *b = (const unsigned char *)buf; /* row 3's first value, where it belongs */
+            if (wire == OPS_WIRE_BF16) {
+                uint16_t h;
+                memcpy(&h, b + 3 * rb, 2);
+                assert_int_equal(h, ops_f32_to_bf16(x[3 * C]));
+            } else {
+                float sc;
+                memcpy(&sc, b + 3 * rb + C, 4);
+                assert_true(sc > 0.0f);
+                assert_int_equal(b[3 * rb], ops_f32_to_e4m3(x[3 * C] / sc));
+            }
+            ops_wire_unpack(buf, n, C, wire);
+            assert_memory_equal(buf, ref, nc * 4);
+            memcpy(buf, x, nc * 4);
+            ops_wire_pack(buf, n, C, OPS_WIRE_F32); /* fp32: untouched */
+            ops_wire_unpack(buf, n, C, OPS_WIRE_F32);
+            assert_memory_equal(buf, x, nc * 4);
+            free(x), free(ref), free(buf);
+        }
+}
+
+/* One send row per (token, destination rank): 2 ranks owning experts [0,3)
+ * and [3,5); token 0 picks 0,1,2 (one row to rank 0, its 3 pairs there),
+ * token 1 picks 4,0,3 (one row to each), token 2 picks 3,4,1. */
+static void test_dispatch_index(void **st) {
+    (void)st;
+    const int N = 3, K = 3, P = 2, efirst[3] = {0, 3, 5};
+    const int idx[9] = {0, 1, 2, 4, 0, 3, 3, 4, 1};
+    float w[9];
+    for (int j = 0; j < 9; j++) w[j] = 0.1f * (float)(j + 1);
+    int stok[9], toff[4], trows[9], ptk[9], smeta[27], scnt[2], spc[2], ecnt[5];
+    int S = ops_moe_dispatch_index(stok, toff, trows, ptk, smeta, scnt, spc, ecnt, idx, w, efirst, N, K, P);
+    assert_int_equal(S, 5); /* rank 0: tokens 0,1,2; rank 1: tokens 1,2 */
+    assert_int_equal(scnt[0], 3), assert_int_equal(scnt[1], 2);
+    assert_int_equal(spc[0], 5), assert_int_equal(spc[1], 4);
+    const int want_stok[5] = {0, 1, 2, 1, 2}, want_toff[4] = {0, 1, 3, 5}, want_trows[5] = {0, 1, 3, 2, 4};
+    assert_memory_equal(stok, want_stok, sizeof want_stok);
+    assert_memory_equal(toff, want_toff, sizeof want_toff);
+    assert_memory_equal(trows, want_trows, sizeof want_trows);
+    const int want_ecnt[5] = {2, 2, 1, 2, 2};
+    assert_memory_equal(ecnt, want_ecnt, sizeof want_ecnt);
+    /* pairs: rank 0 (t0: k0,k1,k2; t1: k1; t2: k2), rank 1 (t1: k0,k2; t2: k0,k1) */
+    const int want_ptk[9] = {0, 1, 2, 4, 8, 3, 5, 6, 7};
+    const int want_row[9] = {0, 0, 0, 1, 2, 0, 0, 1, 1}, want_g[9] = {0, 1, 2, 0, 1, 1, 0, 0, 1};
+    assert_memory_equal(ptk, want_ptk, sizeof want_ptk);
+    for (int q = 0; q < 9; q++) {
+        float wq;
+        memcpy(&wq, &smeta[3 * q + 2], 4);
+        assert_int_equal(smeta[3 * q], want_row[q]);
+        assert_int_equal(smeta[3 * q + 1], want_g[q]);
+        assert_true(wq == w[ptk[q]]);
+    }
+    /* rank 1 receives rank 0's records for it and its own, as MPI would place them */
+    int perm[9], pinv[9], poff[5], lcnt[2];
+    float pw[9];
+    const int roff[2] = {0, 2}, rpo[2] = {0, 4};
+    int rmeta[24];
+    memcpy(rmeta, smeta + 3 * 5, 4 * 3 * sizeof(int)); /* pretend both sources sent the same 4 records */
+    memcpy(rmeta + 12, smeta + 3 * 5, 4 * 3 * sizeof(int));
+    ops_moe_receive_index(perm, pinv, poff, pw, lcnt, rmeta, roff, rpo, P, 8, 4, 2);
+    assert_int_equal(lcnt[0], 4), assert_int_equal(lcnt[1], 4);
+    const int want_perm[8] = {0, 1, 2, 3, 0, 1, 2, 3}, want_poff[5] = {0, 2, 4, 6, 8};
+    assert_memory_equal(perm, want_perm, sizeof want_perm);
+    assert_memory_equal(poff, want_poff, sizeof want_poff);
+    for (int p = 0; p < 8; p++) assert_int_equal(perm[pinv[p]], roff[p / 4] + rmeta[3 * p]);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const struct CMUnitTest tests[] = {
@@ -606,6 +704,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_moe_cache_grows),
         cmocka_unit_test(test_moe_determinism),
         cmocka_unit_test(test_bias_update),
+        cmocka_unit_test(test_wire_pack),
+        cmocka_unit_test(test_dispatch_index),
     };
     int rc = cmocka_run_group_tests_name("moe", tests, NULL, NULL);
     MPI_Finalize();

@@ -19,6 +19,7 @@
 #include "../src/zero.h"
 #include "../src/model/cost.h"
 #include "../src/model/model.h"
+#include "../src/model/moe.h"
 #include "../src/plan.h"
 
 /* DeepSeek-V3 671B dims with the reference LoRA SFT settings (input/sft.cfg). */
@@ -230,6 +231,16 @@ static void test_validation(void **state) {
         assert_true(p.mem.total > 0);
         plan_free(&p);
     }
+    /* the plan's split is the MoE layer's (moe_expert_range checks the communicator against it) */
+    for (int E = 1; E <= 40; E += 3)
+        for (int ep = 1; ep <= E; ep++)
+            for (int r = 0; r < ep; r++) {
+                int f1, n1, f2, n2;
+                plan_expert_range(E, ep, r, &f1, &n1);
+                moe_expert_range(E, ep, r, &f2, &n2);
+                assert_int_equal(f1, f2), assert_int_equal(n1, n2);
+                assert_int_equal(n1, E / ep + (r < E % ep));
+            }
     d.parallel.expert_parallel = 24; /* 256 on 24: 16 x 11 + 8 x 10 */
     assert_int_equal(plan_layout(&p, &d, 24, 15, err, sizeof err), 0);
     assert_int_equal(p.experts_per_rank, 11), assert_int_equal(p.expert_first, 165);
@@ -280,19 +291,30 @@ static void test_memory(void **state) {
         /* fp32 is the CPU model: its own activation accounting, which holds the MoE dispatch rows */
         assert_true(p.mem.comm == 0.0);
         model_opts mo = deck_model_opts(&d);
-        assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, d.train.micro_batch, d.train.seq_len));
+        assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, p.experts_per_rank, d.train.micro_batch, d.train.seq_len));
         assert_true(p.mem.acts > 0.0);
         plan_free(&p);
     }
     assert_true(m[1].optim < m[0].optim / 3 && m[1].params == m[0].params && m[1].grads == m[0].grads);
     assert_true(m[2].grads < m[1].grads / 2 && m[2].optim == m[1].optim);
     assert_true(m[3].params < m[2].params / 2 && m[3].grads == m[2].grads);
-    /* bf16 is the GPU layout: comm = MoE dispatch+combine rows, tokens*top-k*hidden*4 bytes*2 */
+    /* bf16 is the GPU layout: comm = MoE rows sent and received, one per (token, destination rank):
+     * tokens*min(top-k, EP) rows, dispatch + combine in the wire dtype (bf16: 2 + 2 bytes per value) */
     snprintf(d.train.dtype, DECK_STR, "bf16");
     plan pb;
     assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
-    assert_true(pb.mem.comm == 4096.0 * 8 * 7168 * 4 * 2);
+    assert_true(pb.mem.comm == 4096.0 * 8 * 7168 * (2 + 2) * 2);
     plan_free(&pb);
+    d.parallel.expert_parallel = 4; /* 4 destination ranks: at most 4 rows per token */
+    assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
+    assert_true(pb.mem.comm == 4096.0 * 4 * 7168 * (2 + 2) * 2);
+    plan_free(&pb);
+    snprintf(d.parallel.dispatch_dtype, DECK_STR, "fp8"); /* fp8 dispatch (1 B + a 4 B scale per 128), bf16 combine */
+    assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
+    assert_true(pb.mem.comm == 4096.0 * 4 * (7168 + 4 * 56 + 2 * 7168) * 2);
+    plan_free(&pb);
+    d.parallel.dispatch_dtype[0] = 0;
+    d.parallel.expert_parallel = 8;
     assert_true(m[0].total > m[1].total && m[1].total > m[2].total && m[2].total > m[3].total);
     /* activations: linear in tokens, smaller with checkpointing */
     deck_v3(&d);

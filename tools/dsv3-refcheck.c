@@ -142,6 +142,15 @@ static char *attr_string(hid_t f, const char *name) {
     return out;
 }
 
+/* ---------- device memory (ops.h): the model's tensors are device memory; this
+ * tool reads and writes them through host buffers ---------- */
+
+/* n floats of device memory at dev into host, returned */
+static float *dev_to_host(float *host, const float *dev, size_t n) {
+    ops_to_host(host, dev, n * sizeof *host);
+    return host;
+}
+
 /* ---------- comparisons ---------- */
 
 static double rel_l2(const float *a, const float *ref, size_t n) {
@@ -222,18 +231,24 @@ static int logits_mode(const char *ckpt, const char *expected, int write) {
     if (model_create(&m, &mo, NULL, err, sizeof err)) die("model_create: %s", err);
     const param_table *pt = model_params(m);
     int loaded = 0;
+    size_t maxn = 0;
+    for (int i = 0; i < pt->n; i++) maxn = (size_t)pt->t[i].numel > maxn ? (size_t)pt->t[i].numel : maxn;
+    float *hbuf = malloc(maxn * sizeof *hbuf); /* host staging of one tensor */
+    if (!hbuf) die("out of memory");
     for (int i = 0; i < ckpt_in_count(in); i++) {
         const ckpt_tensor_info *t = ckpt_in_tensor(in, i);
         int k = params_find(pt, t->name);
         if (k < 0) die("%s is not a tensor of its deck's model", t->name);
         float *w = model_tensor(m, t->name, NULL);
-        if (ckpt_in_read(in, i, 0, t->shape[0], w, 0, err, sizeof err)) die("%s", err);
+        if (ckpt_in_read(in, i, 0, t->shape[0], hbuf, 0, err, sizeof err)) die("%s", err);
+        ops_to_device(w, hbuf, (size_t)pt->t[k].numel * sizeof *hbuf);
         loaded++;
     }
+    free(hbuf);
     if (loaded != pt->n) die("%d tensors loaded, the model has %d", loaded, pt->n);
     int64_t *ids64 = malloc(sizeof(int64_t) * (size_t)B * T);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
-    float *ref = malloc(sizeof(float) * (size_t)B * T * V);
+    float *ref = malloc(sizeof(float) * (size_t)B * T * V), *lg = malloc(sizeof(float) * (size_t)B * T * V);
     if (write) /* fixed token ids: a reference batch from this checkpoint */
         for (int i = 0; i < B * T; i++) ids64[i] = (int64_t)((i * 7919 + 13) % V);
     else if (st_read(&ex, ii, 0, st_bytes(&ex.t[ii]), ids64, err, sizeof err) ||
@@ -248,6 +263,7 @@ static int logits_mode(const char *ckpt, const char *expected, int write) {
     model_sums s;
     memset(&s, 0, sizeof s);
     model_step(m, &bt, sc, 0, &s);
+    dev_to_host(lg, model_logits(m), (size_t)B * T * V);
     if (write) {
         st_writer *w;
         int64_t sh_i[2] = {B, T}, sh_l[3] = {B, T, V};
@@ -257,22 +273,22 @@ static int logits_mode(const char *ckpt, const char *expected, int write) {
         st_writer_add(w, "logits", ST_F32, 3, sh_l);
         if (st_writer_begin(w, err, sizeof err) ||
             st_writer_put(w, "input_ids", 0, ids64, sizeof(int64_t) * (size_t)B * T, err, sizeof err) ||
-            st_writer_put(w, "logits", 0, model_logits(m), sizeof(float) * (size_t)B * T * V, err, sizeof err) ||
+            st_writer_put(w, "logits", 0, lg, sizeof(float) * (size_t)B * T * V, err, sizeof err) ||
             st_writer_close(w, 1, err, sizeof err))
             die("%s", err);
         printf("dsv3-refcheck --logits %s: %dx%d logits of this checkpoint written to %s\n", ckpt, B, T, expected);
-        free(ids64), free(tok), free(tgt), free(ref);
+        free(ids64), free(tok), free(tgt), free(ref), free(lg);
         model_free(m);
         deck_free(&d);
         ckpt_in_close(in);
         MPI_Finalize();
         return 0;
     }
-    double e = rel_l2(model_logits(m), ref, (size_t)B * T * V);
+    double e = rel_l2(lg, ref, (size_t)B * T * V);
     int ok = e <= 1e-5;
     printf("dsv3-refcheck --logits %s\n  %d tensors loaded; batch %dx%d, V=%d\n  logits      rel L2 error %.3e  (tol 1e-05)  %s\n"
            "dsv3-refcheck: %s\n", ckpt, loaded, B, T, V, e, ok ? "ok" : "FAIL", ok ? "PASS" : "FAIL");
-    free(ids64), free(tok), free(tgt), free(ref);
+    free(ids64), free(tok), free(tgt), free(ref), free(lg);
     model_free(m);
     deck_free(&d);
     st_close(&ex);
@@ -392,13 +408,20 @@ int main(int argc, char **argv) {
     int n_loaded = 0;
     int64_t st_n = 0, st_diff = 0;
     int n_stored = 0;
+    size_t maxn = 0;
+    for (int i = 0; i < pt->n; i++) maxn = (size_t)pt->t[i].numel > maxn ? (size_t)pt->t[i].numel : maxn;
+    float *buf = malloc(maxn * sizeof *buf); /* host staging of one tensor (weights, then gradients) */
+    if (!buf) die("out of memory");
     for (int i = 0; i < pt->n; i++) {
         const param_spec *s = &pt->t[i];
         float *w = model_tensor(m, s->name, NULL); /* LoRA fixtures hold the adapters too */
         if (s->flags & P_STORED) { /* base_dtype bf16/fp8: into the frozen store through its quantizer */
             int ne = (s->flags & P_EXPERT) ? E : 1;
             hsize_t dims[2] = {(hsize_t)s->shape[s->ndim - 2], (hsize_t)s->shape[s->ndim - 1]};
-            float *tmp = malloc(dims[0] * dims[1] * sizeof *tmp);
+            size_t nq = (size_t)(dims[0] * dims[1]), nsc = 0;
+            float *tmp = malloc(nq * sizeof *tmp), *sch = NULL;
+            void *dh = malloc(nq * sizeof(uint16_t)); /* the stored codes, back on the host */
+            if (!tmp || !dh) die("out of memory");
             for (int e = 0; e < ne; e++) {
                 if (s->flags & P_EXPERT) expert_name(nm, sizeof nm, s->name, e);
                 else snprintf(nm, sizeof nm, "%s", s->name);
@@ -408,17 +431,23 @@ int main(int argc, char **argv) {
                 ops_weight_store_rows(&sw, 0, sw.out, tmp);
                 /* the fixture's values came out of the same quantizer: stored again they must come back exactly */
                 int nb = (sw.in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
-                for (size_t q = 0; q < dims[0] * dims[1]; q++) {
+                ops_to_host(dh, sw.data, nq * (sw.dtype == OPS_BF16 ? 2 : 1));
+                if (sw.dtype == OPS_FP8_E4M3) {
+                    nsc = (size_t)((sw.out + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK) * nb;
+                    if (!sch && !(sch = malloc(nsc * sizeof *sch))) die("out of memory");
+                    ops_to_host(sch, sw.scale, nsc * sizeof *sch);
+                }
+                for (size_t q = 0; q < nq; q++) {
                     size_t r = q / dims[1], cc = q % dims[1];
-                    float v = sw.dtype == OPS_BF16 ? ops_bf16_to_f32(((const uint16_t *)sw.data)[q])
-                                                    : ops_e4m3_to_f32(((const uint8_t *)sw.data)[q]) *
-                                                          sw.scale[(r / OPS_FP8_BLOCK) * (size_t)nb + cc / OPS_FP8_BLOCK];
+                    float v = sw.dtype == OPS_BF16 ? ops_bf16_to_f32(((const uint16_t *)dh)[q])
+                                                    : ops_e4m3_to_f32(((const uint8_t *)dh)[q]) *
+                                                          sch[(r / OPS_FP8_BLOCK) * (size_t)nb + cc / OPS_FP8_BLOCK];
                     st_diff += v != tmp[q];
                     st_n++;
                 }
                 n_loaded++;
             }
-            free(tmp);
+            free(tmp), free(dh), free(sch);
             n_stored++;
             continue;
         }
@@ -427,13 +456,15 @@ int main(int argc, char **argv) {
             for (int e = 0; e < E; e++) {
                 expert_name(nm, sizeof nm, s->name, e);
                 snprintf(path, sizeof path, "/weights/%s", nm);
-                read_ds(f, path, H5T_NATIVE_FLOAT, 2, dims, w + (size_t)e * dims[0] * dims[1]);
+                read_ds(f, path, H5T_NATIVE_FLOAT, 2, dims, buf);
+                ops_to_device(w + (size_t)e * dims[0] * dims[1], buf, (size_t)(dims[0] * dims[1]) * sizeof *buf);
                 n_loaded++;
             }
         } else {
             hsize_t dims[3] = {(hsize_t)s->shape[0], (hsize_t)s->shape[1], (hsize_t)s->shape[2]};
             snprintf(path, sizeof path, "/weights/%s", s->name);
-            read_ds(f, path, H5T_NATIVE_FLOAT, s->ndim, dims, w);
+            read_ds(f, path, H5T_NATIVE_FLOAT, s->ndim, dims, buf);
+            ops_to_device(w, buf, (size_t)s->numel * sizeof *buf);
             n_loaded++;
         }
     }
@@ -476,7 +507,10 @@ int main(int argc, char **argv) {
     sc.bal = 1.0f / (float)B;
     int fails = st_diff != 0; /* a stored base that does not hold the fixture's values */
     step_loss(m, &bt, sc, 0); /* the main logits (with MTP, the heads' backward reuses that buffer) */
-    double e_log = rel_l2(model_logits(m), ref_logits, N * V);
+    float *logits = malloc(N * V * sizeof *logits);
+    if (!logits) die("out of memory");
+    double e_log = rel_l2(dev_to_host(logits, model_logits(m), N * V), ref_logits, N * V);
+    free(logits);
     double loss = step_loss(m, &bt, sc, 1);
     fails += !(e_log <= TOL_LOGITS);
     printf("  logits      rel L2 error %.3e  (tol %.0e)  %s\n", e_log, TOL_LOGITS, e_log <= TOL_LOGITS ? "ok" : "FAIL");
@@ -489,17 +523,17 @@ int main(int argc, char **argv) {
     gerr *ge = calloc((size_t)n_loaded, sizeof *ge);
     int frozen_clean = 0;
     int ng = 0, gfail = 0;
-    size_t maxn = 0;
-    for (int i = 0; i < pt->n; i++) maxn = (size_t)pt->t[i].numel > maxn ? (size_t)pt->t[i].numel : maxn;
-    float *buf = malloc(maxn * sizeof *buf);
+    float *gh = malloc(maxn * sizeof *gh); /* the model's gradient, on the host */
+    if (!gh) die("out of memory");
     for (int i = 0; i < pt->n; i++) {
         const param_spec *s = &pt->t[i];
         if (s->flags & P_NOGRAD) continue; /* router bias: a buffer, no gradient */
         float *g = NULL;
         model_tensor(m, s->name, &g);
+        if (g) dev_to_host(gh, g, (size_t)s->numel_local);
         if (lora_fx && (s->flags & P_FROZEN)) { /* the frozen base: no weight gradient is ever computed */
             for (size_t q = 0; g && q < (size_t)s->numel_local; q++)
-                if (g[q] != 0.0f) die("the frozen %s got a gradient (element %zu = %g)", s->name, q, g[q]);
+                if (gh[q] != 0.0f) die("the frozen %s got a gradient (element %zu = %g)", s->name, q, gh[q]);
             frozen_clean++;
             continue;
         }
@@ -518,7 +552,7 @@ int main(int argc, char **argv) {
             snprintf(path, sizeof path, "/expected/grads/%s", nm);
             read_ds(f, path, H5T_NATIVE_FLOAT, (s->flags & P_EXPERT) ? 2 : s->ndim, dims, buf);
             snprintf(ge[ng].name, sizeof ge[ng].name, "%s", nm);
-            ge[ng].err = rel_l2(g + (size_t)e * n, buf, n);
+            ge[ng].err = rel_l2(gh + (size_t)e * n, buf, n);
             gfail += !(ge[ng].err <= TOL_GRAD);
             ng++;
         }
@@ -549,7 +583,7 @@ int main(int argc, char **argv) {
     printf("dsv3-refcheck: %s\n", fails ? "FAIL" : "PASS");
 
     optim_free(&os);
-    free(buf);
+    free(buf), free(gh);
     free(ge);
     free(ref_logits);
     free(ids);

@@ -138,8 +138,10 @@ CURVE_DECK=regression/decks/tiny.cfg
 s_curve() {
     local steps=20 a=() tol res
     [ -x "$BINDIR/dsv3" ] || { echo "$BINDIR/dsv3 not built yet"; exit 77; }
-    [ "$MODE" = emu ] && steps=2
-    a=("run.steps=$steps" run.log_every=1 checkpoint.every=0)
+    # emulation (~50 tokens/s): 3 steps of 4 sequences, no validation
+    [ "$MODE" = emu ] && steps=3
+    a=(run.steps=$steps run.log_every=1 checkpoint.every=0)
+    [ "$MODE" = emu ] && a+=(train.global_batch=4 validation.every=0 schedule.warmup_steps=1)
     bin/dsv3 "$CURVE_DECK" "${a[@]}" run.output_dir="$OUT/curve-cpu" >"$OUT/curve-cpu.log" 2>&1 ||
         { echo "CPU run failed (curve-cpu.log)"; exit 1; }
     "$BINDIR/dsv3" "$CURVE_DECK" "${a[@]}" run.output_dir="$OUT/curve-$MODE" >"$OUT/curve-$MODE.log" 2>&1 ||
@@ -155,7 +157,7 @@ s_curve() {
     [ "${res##* }" = PASS ]
 }
 # mid-size deck: input/tiny.cfg widened to 130.6M parameters, 2048 tokens a step (8 steps);
-# under emulation the tiny deck itself for 2 steps (the same parsing, not a figure)
+# under emulation the tiny deck itself for 2 steps of 2 sequences (the same parsing, not a figure)
 PERF_DECK=input/tiny.cfg
 PERF_MID="model.hidden_size=1024 model.intermediate_size=2816 model.moe_intermediate_size=512
  model.num_hidden_layers=4 model.n_routed_experts=16 model.num_experts_per_tok=4 model.q_lora_rank=384
@@ -167,7 +169,7 @@ export CURVE_DECK PERF_DECK PERF_MID PERF_COMMON
 s_perf() {
     local args flops name peak16 peak32 tps smi=""
     [ -x "$BINDIR/dsv3" ] || { echo "$BINDIR/dsv3 not built yet"; exit 77; }
-    if [ "$MODE" = emu ]; then args="run.steps=2 $PERF_COMMON"; else args="$PERF_MID $PERF_COMMON"; fi
+    if [ "$MODE" = emu ]; then args="run.steps=2 train.global_batch=2 $PERF_COMMON"; else args="$PERF_MID $PERF_COMMON"; fi
     # shellcheck disable=SC2086
     flops=$(bin/dsv3 --dry-run "$PERF_DECK" $args 2>&1 | sed -n 's/.*model FLOPs per token (forward+backward): //p')
     [ -n "$flops" ] || { echo "no FLOPs per token from --dry-run"; exit 1; }

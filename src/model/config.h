@@ -82,6 +82,7 @@ typedef struct {
     int seq_len;
     int micro_batch;    /* sequences per micro-batch: sizes the scratch arena */
     int checkpointing;
+    int wire;           /* MoE dispatch/combine wire dtype (ops_moe.h OPS_WIRE_*: 0 fp32, 1 bf16, 2 fp8) */
 } model_opts;
 
 #endif

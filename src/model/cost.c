@@ -35,7 +35,11 @@ double cost_flops_per_token(const model_opts *o) {
 
 /* ------------------------------------------------ CPU model accounting */
 
-int cost_moe_row_cap(const deck_model *c, int N) { return (int)(moe_rows_expected(N, c->num_experts_per_tok) + N); }
+int cost_moe_row_cap(const deck_model *c, int N, int ep, int e_local) {
+    /* balanced routing sends a rank its share e_local/E of all EP·N·K pairs: N·K at an even split */
+    size_t E = (size_t)c->n_routed_experts, all = (size_t)ep * moe_rows_expected(N, c->num_experts_per_tok);
+    return (int)((all * (size_t)e_local + E - 1) / (E ? E : 1) + (size_t)N);
+}
 
 /* A linear's shape and LoRA rank: all the cache formulas read. */
 static linear shape(const model_opts *o, const char *module, int is_mtp, int in, int out) {
@@ -48,7 +52,7 @@ static linear shape(const model_opts *o, const char *module, int is_mtp, int in,
     return l;
 }
 
-double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int T) {
+double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int e_local, int B, int T) {
     const deck_model *c = o->cfg;
     int L = c->num_hidden_layers, is_mtp = layer >= L, is_moe = is_mtp || layer >= c->first_k_dense_replace;
     int N = B * T, H = c->hidden_size;
@@ -71,13 +75,13 @@ double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int
         memset(&e, 0, sizeof e);
         int Is = c->moe_intermediate_size * c->n_shared_experts;
         e.has_shared = c->n_shared_experts > 0;
-        e.e_local = c->n_routed_experts / ep;
+        e.e_local = e_local;
         static const char *const ex[3] = {"mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj"};
         for (int j = 0; j < 3; j++) e.er[j] = lora_rank_of(o->lora, ex[j], is_mtp);
         e.sh_gate = shape(o, "mlp.shared_experts.gate_proj", is_mtp, H, Is);
         e.sh_up = shape(o, "mlp.shared_experts.up_proj", is_mtp, H, Is);
         e.sh_down = shape(o, "mlp.shared_experts.down_proj", is_mtp, Is, H);
-        f += (double)moe_cache_floats(c, &e, ep, N, cost_moe_row_cap(c, N));
+        f += (double)moe_cache_floats(c, &e, ep, N, cost_moe_row_cap(c, N, ep, e_local));
     } else {
         int I = c->intermediate_size;
         mlp_layer d = {shape(o, "mlp.gate_proj", is_mtp, H, I), shape(o, "mlp.up_proj", is_mtp, H, I),
@@ -95,10 +99,11 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
         f += 4 * N * H + 2 * N; /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
         if (i >= L) {
             linear eh = shape(o, "eh_proj", 1, 2 * (int)H, (int)H);
-            f += N * H + 2 * N /* x_out, e_ids, mtp_targets (int32) */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
+            f += N * H /* x_out */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
                  2 * N * H + N * (double)(linear_cache_floats(&eh) + 1) + N * H + N; /* cat, eh, z */
         }
     }
+    f += (2.0 + 2 * c->num_nextn_predict_layers) * N; /* ids: tokens, targets, MTP e_ids, targets (int32) */
     f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
     f += N * H;                                     /* recomputed block output */
     if (nblocks > L) f += 4 * N * H;                /* MTP backward scratch: dcat [N,2H], de, dh */
@@ -138,12 +143,12 @@ size_t cost_tile_floats(const model_opts *o) {
     return f;
 }
 
-double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T) {
+double cost_cache_region_bytes(const model_opts *o, int ep, int e_local, int B, int T) {
     const deck_model *c = o->cfg;
     int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers;
     double all = 0.0, mtp = 0.0, biggest = 0.0;
     for (int i = 0; i < nblocks; i++) {
-        double x = cost_block_cache_bytes(o, i, ep, B, T);
+        double x = cost_block_cache_bytes(o, i, ep, e_local, B, T);
         all += x;
         if (i >= L) mtp += x;
         else if (x > biggest) biggest = x;
@@ -151,17 +156,18 @@ double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T) {
     return o->checkpointing ? fmax(mtp, biggest) : all;
 }
 
-double cost_host_act_bytes(const model_opts *o, int ep) {
+double cost_host_act_bytes(const model_opts *o, int ep, int e_local, int B, int T) {
     const deck_model *c = o->cfg;
-    int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers, n_moe = 0;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, nblocks = L + D, n_moe = 0;
     for (int i = 0; i < nblocks; i++) n_moe += i >= L || i >= c->first_k_dense_replace;
-    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, c->n_routed_experts / ep, ep);
+    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, e_local, ep) +
+           4.0 * (2.0 + 2 * D) * B * T; /* the ids' host staging (model.c: batch_to_device) */
 }
 
-double cost_act_bytes(const model_opts *o, int ep, int B, int T) {
-    const deck_model *c = o->cfg;
-    if (ep < 1 || c->n_routed_experts % ep) return 0.0;
-    return cost_base_act_bytes(o, B, T) + cost_cache_region_bytes(o, ep, B, T) + cost_host_act_bytes(o, ep);
+double cost_act_bytes(const model_opts *o, int ep, int e_local, int B, int T) {
+    if (ep < 1 || e_local < 0) return 0.0;
+    return cost_base_act_bytes(o, B, T) + cost_cache_region_bytes(o, ep, e_local, B, T) +
+           cost_host_act_bytes(o, ep, e_local, B, T);
 }
 
 /* ------------------------------------------------ GPU layout estimate */

@@ -19,20 +19,24 @@
 double cost_flops_per_token(const model_opts *o);
 
 /* ---- the CPU model's own accounting (exact: the run allocates this) ---- */
-/* Rows a MoE layer's expert buffers hold before they grow (dropless). */
-int cost_moe_row_cap(const deck_model *c, int N);
+/* (token, expert) pairs a MoE layer's expert buffers hold before they grow
+ * (dropless): this rank's share of balanced routing, ceil(EP·N·K·e_local/E),
+ * plus N. */
+int cost_moe_row_cap(const deck_model *c, int N, int ep, int e_local);
 /* Bytes of one block's component caches (MLA + MLP or MoE; device memory,
  * the MoE layer's host counts excluded) for B x T tokens: its slot in the
- * model's activation buffer. */
-double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int B, int T);
+ * model's activation buffer. ep: the expert group's size; e_local: this
+ * rank's routed experts per layer (uneven ownership: E/ep or E/ep + 1). */
+double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int e_local, int B, int T);
 /* Bytes of the activation buffer's cache region: every block's slot, or with
  * activation checkpointing max(the MTP blocks' slots, the largest main
  * block's slot) — all main blocks share one slot (recomputed one at a time)
  * and the MTP slots overlap it (their caches live from the MTP forward to the
  * MTP backward, which runs before any main recompute). */
-double cost_cache_region_bytes(const model_opts *o, int ep, int B, int T);
-/* Host bytes of the MoE layers' routing counts (moe_cache_host_ints each). */
-double cost_host_act_bytes(const model_opts *o, int ep);
+double cost_cache_region_bytes(const model_opts *o, int ep, int e_local, int B, int T);
+/* Host bytes of the MoE layers' routing counts (moe_cache_host_ints each) and
+ * of the B x T micro-batch's ids staging (tokens, targets, MTP shifts: int32). */
+double cost_host_act_bytes(const model_opts *o, int ep, int e_local, int B, int T);
 /* Peak floats of the components' scratch arena (ops_arena) for B sequences of
  * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
  * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
@@ -40,12 +44,13 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T);
 /* Floats of the largest dequantisation tile of a weight stored narrow (train.base_dtype bf16/fp8); 0 for fp32. */
 size_t cost_tile_floats(const model_opts *o);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
- * MTP extras, head, logits, backward scratch and the scratch arena. */
+ * MTP extras, the ids (tokens, targets, MTP shifts), head, logits, backward
+ * scratch and the scratch arena. */
 double cost_base_act_bytes(const model_opts *o, int B, int T);
 /* What the model allocates for activations (model.c: acts_create): the
- * activation buffer (base + cache region) and the host counts. 0 when EP
- * does not divide the experts. */
-double cost_act_bytes(const model_opts *o, int ep, int B, int T);
+ * activation buffer (base + cache region) and the host counts, on a rank
+ * owning e_local routed experts of each MoE layer. */
+double cost_act_bytes(const model_opts *o, int ep, int e_local, int B, int T);
 
 /* ---- the GPU layout estimate (bf16 decks, --dry-run) ---- */
 /* Floats saved per token by one decoder layer for its backward (moe: MoE FFN,

@@ -23,10 +23,11 @@
  *                 every main forward) to the MTP backward (before any main
  *                 recompute). block->cached says "holds this micro-batch's
  *                 values", not "allocated".
- * The MTP e_ids/targets (int32, written by the host: mtp_shift) take 4-byte
- * slots of the base region: right for the CPU backend, where device memory
- * is host memory; a device backend must move them to host memory (as the
- * MoE counts are) and cost.c with them.
+ * The micro-batch's token ids and targets, and every MTP depth's shifted
+ * ones (mtp_shift), are int32 in 4-byte slots of the base region (device
+ * memory: the embedding and cross-entropy ops read them), written by one
+ * ops_to_device per micro-batch from a host staging copy of the same size
+ * (ids_stage, counted with the host counts: cost_host_act_bytes).
  * The MoE layers' host counts are one small host allocation each
  * (moe_cache_host_create); rows beyond a MoE layer's planned capacity are
  * the one allocation on the step path (moe_rows_reserve, exceptional).
@@ -106,6 +107,8 @@ struct model {
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     float *recomp;                    /* [N,H] output of a recomputed block (discarded) */
     float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
+    int32_t *ids;                     /* [(2+2D), N] device: tokens, targets, then per MTP depth e_ids, targets */
+    int32_t *ids_stage;               /* [(2+2D), N] host: what batch_to_device copies into ids */
     int checkpointing;
     ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
     lora_dropout_ctx drop;            /* the micro-batch's LoRA dropout stream (every adapter points here) */
@@ -239,6 +242,7 @@ static void bind_block(model *m, block *b) {
         }
         e->e_first = m->ep_first;
         e->e_local = m->ep_local;
+        e->wire = m->o.wire;
     }
     if (b->is_mtp) {
         mtp_layer *t = &b->mtp;
@@ -280,7 +284,7 @@ static void flush_grads(model *m, int g) {
 /* ---------- the activation buffer (see the top of the file) ---------- */
 
 static size_t block_cache_floats(const model *m, int i, int B, int T) {
-    return (size_t)(cost_block_cache_bytes(&m->o, i, m->ep, B, T) / 4.0);
+    return (size_t)(cost_block_cache_bytes(&m->o, i, m->ep, m->ep_local, B, T) / 4.0);
 }
 
 static void acts_destroy(model *m) {
@@ -294,6 +298,9 @@ static void acts_destroy(model *m) {
         memset(&b->tc, 0, sizeof b->tc);
     }
     ops_arena_destroy(&m->scratch); /* wraps the buffer: frees nothing */
+    ops_host_free(m->ids_stage);
+    m->ids_stage = NULL;
+    m->ids = NULL;
     ops_free(m->acts);
     m->acts = NULL;
     m->act_floats = 0;
@@ -307,12 +314,17 @@ static void acts_destroy(model *m) {
 static int acts_alloc(model *m, int B, int T) {
     const deck_model *c = m->cfg;
     size_t N = (size_t)B * T, H = c->hidden_size, V = c->vocab_size;
-    int L = c->num_hidden_layers;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
     size_t sf = cost_scratch_floats(&m->o, B, T);
     size_t base = (size_t)(cost_base_act_bytes(&m->o, B, T) / 4.0);
-    size_t region = (size_t)(cost_cache_region_bytes(&m->o, m->ep, B, T) / 4.0);
+    size_t region = (size_t)(cost_cache_region_bytes(&m->o, m->ep, m->ep_local, B, T) / 4.0);
     m->acts = ops_alloc((base + region) * sizeof(float));
-    if (!m->acts) return -1;
+    m->ids_stage = ops_host_alloc((2 + 2 * (size_t)D) * N * sizeof(int32_t));
+    if (!m->acts || !m->ids_stage) {
+        ops_free(m->acts), ops_host_free(m->ids_stage);
+        m->acts = NULL, m->ids_stage = NULL;
+        return -1;
+    }
     m->act_floats = base + region;
     m->B = B, m->T = T, m->N = (int)N;
     /* base region */
@@ -321,6 +333,7 @@ static int acts_alloc(model *m, int B, int T) {
 #define TAKE_I32(ptr, n) ((ptr) = (int32_t *)(void *)p, p += (n)) /* int32 in 4-byte slots */
     ops_arena_init_at(&m->scratch, p, sf);
     p += sf;
+    TAKE_I32(m->ids, (2 + 2 * (size_t)D) * N);
     for (int i = 0; i < m->nblocks; i++) {
         block *b = &m->blk[i];
         TAKE(b->x_in, N * H), TAKE(b->xn1, N * H), TAKE(b->rstd1, N);
@@ -328,7 +341,7 @@ static int acts_alloc(model *m, int B, int T) {
         if (b->is_mtp) {
             mtp_cache *t = &b->tc;
             TAKE(b->x_out, N * H);
-            TAKE_I32(t->e_ids, N), TAKE_I32(t->targets, N);
+            t->e_ids = m->ids + (size_t)(2 * (i - L) + 2) * N, t->targets = t->e_ids + N; /* depth i-L+1 */
             TAKE(t->e, N * H), TAKE(t->en, N * H), TAKE(t->e_rstd, N);
             TAKE(t->hn, N * H), TAKE(t->h_rstd, N), TAKE(t->cat, N * 2 * H);
             TAKE(t->eh_cache, N * (linear_cache_floats(&b->mtp.eh_proj) + 1));
@@ -363,7 +376,7 @@ static int acts_alloc(model *m, int B, int T) {
                 return -1;
             }
             host += moe_cache_host_ints(c->n_routed_experts, b->moe.e_local, m->ep) * sizeof(int);
-            got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N), slot + got);
+            got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N, m->ep, m->ep_local), slot + got);
         } else {
             got += mlp_cache_bind(&b->mc, &b->mlp, (int)N, slot + got);
         }
@@ -372,9 +385,10 @@ static int acts_alloc(model *m, int B, int T) {
         b->cached = 0;
     }
     DSV3_CHECK(end == region, "acts_create: cache region %zu != cost_cache_region_bytes %zu floats", end, region);
+    host += (2 + 2 * (size_t)D) * N * sizeof(int32_t); /* ids_stage */
     double bytes = (double)m->act_floats * sizeof(float) + (double)host;
-    DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
-               cost_act_bytes(&m->o, m->ep, B, T));
+    DSV3_CHECK(bytes == cost_act_bytes(&m->o, m->ep, m->ep_local, B, T), "acts_create: %.0f bytes != cost_act_bytes %.0f", bytes,
+               cost_act_bytes(&m->o, m->ep, m->ep_local, B, T));
     return 0;
 }
 
@@ -396,13 +410,13 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     const deck_model *c = o->cfg;
     m->o = *o;
     m->cfg = c;
-    int ep = p ? p->ep : 1;
-    if (params_build(&m->pt, o->cfg, o->lora, ep, err, errlen)) {
+    int ep = p ? p->ep : 1, e_local = p ? p->experts_per_rank : c->n_routed_experts;
+    if (params_build_owned(&m->pt, o->cfg, o->lora, ep, e_local, err, errlen)) {
         ops_host_free(m);
         return -1;
     }
     m->ep = ep;
-    m->ep_local = c->n_routed_experts / ep;
+    m->ep_local = e_local; /* uneven ownership: E/ep + 1 on the first E % ep ranks */
     m->ep_first = p ? p->expert_first : 0;
     m->ep_comm = p ? p->expert : COMM_SELF;
     m->checkpointing = o->checkpointing;
@@ -445,7 +459,7 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     }
     if (o->micro_batch > 0 && o->seq_len > 0 && acts_create(m, o->micro_batch, o->seq_len)) {
         snprintf(err, errlen, "out of memory for the activations (%.1f MiB)",
-                 cost_act_bytes(o, m->ep, o->micro_batch, o->seq_len) / 1048576.0);
+                 cost_act_bytes(o, m->ep, m->ep_local, o->micro_batch, o->seq_len) / 1048576.0);
         model_free(m);
         return -1;
     }
@@ -470,7 +484,7 @@ int model_reshape(model *m, int B, int T, char *err, int errlen) {
     acts_destroy(m);
     if (acts_create(m, B, T)) {
         snprintf(err, errlen, "out of memory for the activations of a %dx%d micro-batch (%.1f MiB)", B, T,
-                 cost_act_bytes(&m->o, m->ep, B, T) / 1048576.0);
+                 cost_act_bytes(&m->o, m->ep, m->ep_local, B, T) / 1048576.0);
         return -1;
     }
     return 0;
@@ -525,6 +539,18 @@ static void block_invalidate(block *b) { b->cached = 0; }
 
 /* ---------- the whole model ---------- */
 
+/* The micro-batch's ids to the device slots: tokens, targets, then each MTP
+ * depth's shifted ids and targets, staged on the host, one copy. */
+static void batch_to_device(model *m, const int32_t *tokens, const int32_t *targets, int B, int T) {
+    size_t N = (size_t)B * T;
+    int D = m->cfg->num_nextn_predict_layers;
+    int32_t *h = m->ids_stage;
+    memcpy(h, tokens, N * sizeof *h);
+    memcpy(h + N, targets, N * sizeof *h);
+    for (int k = 1; k <= D; k++) mtp_shift(h + (2 * k) * N, h + (2 * k + 1) * N, tokens, targets, B, T, k);
+    ops_to_device(m->ids, h, (2 + 2 * (size_t)D) * N * sizeof *h);
+}
+
 void model_step(model *m, const model_batch *bt, model_scales sc, int backward, model_sums *sums) {
     const deck_model *c = m->cfg;
     int B = bt->B, T = bt->T, H = c->hidden_size, V = c->vocab_size;
@@ -535,12 +561,14 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     float eps = (float)c->rms_norm_eps;
     double bal = 0.0;
     m->drop = (lora_dropout_ctx){bt->dropout, bt->seed, (uint64_t)bt->step, (uint64_t)bt->sample0 * (uint64_t)T};
+    batch_to_device(m, bt->tokens, bt->targets, B, T);
+    const int32_t *tokens = m->ids, *targets = m->ids + N; /* device */
 
     /* forward: embedding → blocks → final norm → head */
     int G = L + D + 1; /* group of the final norm and lm_head */
     float *x = m->x_final; /* residual stream, ends as the last block's output */
     open_params(m, 0);
-    ops_embedding_forward_w(x, &m->embed_W, bt->tokens, N);
+    ops_embedding_forward_w(x, &m->embed_W, tokens, N);
     for (int l = 0; l < L; l++) {
         block *b = &m->blk[l];
         open_params(m, l + 1);
@@ -552,16 +580,15 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
     linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch);
     if (backward) /* dlogits stay in m->dlogits until the head's backward (MTP uses m->logits only) */
-        sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, bt->targets, N, V, sc.lm);
+        sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, targets, N, V, sc.lm);
     else
-        sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, bt->targets, N, V);
+        sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, targets, N, V);
 
     /* MTP depths k = 1..D (mtp.c): predict tokens[i+k+1] from the block over eh_proj([enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
     const float *hprev = m->h_final;
     for (int k = 1; k <= D; k++) {
         block *b = &m->blk[L + k - 1];
         open_params(m, L + k);
-        mtp_shift(b->tc.e_ids, b->tc.targets, bt->tokens, bt->targets, B, T, k);
         mtp_input_forward(&b->mtp, &b->tc, m->embed, hprev, b->x_out, N, H, V, eps, &m->scratch);
         block_forward(m, b, b->x_out, b->x_out, 0, &bal, sc.bal);
         /* logits reused: the main ones are consumed */
@@ -624,7 +651,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         flush_grads(m, l + 1);
         close_params(m, l + 1);
     }
-    if (m->g_embed) ops_embedding_backward(m->g_embed, dx, bt->tokens, N, V, H);
+    if (m->g_embed) ops_embedding_backward(m->g_embed, dx, tokens, N, V, H);
     flush_grads(m, G);
     flush_grads(m, 0);
     close_params(m, G);
@@ -702,8 +729,9 @@ void model_decode(model *m, model_kv *kv, int seq0, const int32_t *tokens, int B
                seq0 + B - 1, n, kv->B, kv->max_rows);
     int N = m->N, G = L + D + 1;
     float *x = m->x_final; /* residual stream */
+    ops_to_device(m->ids, tokens, (size_t)N * sizeof *tokens); /* the ids slots of model_step */
     open_params(m, 0);
-    ops_embedding_forward_w(x, &m->embed_W, tokens, N);
+    ops_embedding_forward_w(x, &m->embed_W, m->ids, N);
     for (int l = 0; l < L; l++) {
         open_params(m, l + 1);
         float *layer_kv = kv->buf + ((size_t)l * kv->B + seq0) * kv->T * kv->W;
@@ -734,8 +762,10 @@ void model_decode_mtp(model *m, model_kv *kv, int seq0, const int32_t *next, int
     open_params(m, 0);
     open_params(m, L + 1);
     open_params(m, G);
-    /* token ids of the embedding input: host slots of the MTP cache (as mtp_shift fills them in training) */
-    for (int i = 0; i < N; i++) b->tc.e_ids[i] = next[i], b->tc.targets[i] = OPS_IGNORE_INDEX;
+    /* token ids of the embedding input: the device slots of depth 1 (as batch_to_device fills them in training) */
+    int32_t *h = m->ids_stage;
+    for (int i = 0; i < N; i++) h[i] = next[i], h[N + i] = OPS_IGNORE_INDEX;
+    ops_to_device(b->tc.e_ids, h, 2 * (size_t)N * sizeof *h); /* e_ids, then targets */
     mtp_input_forward(&b->mtp, &b->tc, m->embed, m->h_final, b->x_out, N, H, V, eps, &m->scratch);
     float *layer_kv = kv->buf + ((size_t)L * kv->B + seq0) * kv->T * kv->W;
     block_decode(m, b, layer_kv, kv->T, pos, b->x_out, B, n, &kv->scratch);
@@ -804,7 +834,7 @@ int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m
 float *model_router_bias(model *m, int i) { return m->blk[m->moe_block[i]].moe.bias; }
 int model_moe_layer_index(const model *m, int i) { return m->blk[m->moe_block[i]].layer; }
 void model_reset_counts(model *m) {
-    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = 0.0;
+    for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = m->blk[i].ec.wire_bytes = 0.0;
     memset(m->counts, 0, (size_t)(m->n_moe ? m->n_moe : 1) * m->cfg->n_routed_experts * sizeof *m->counts);
 }
 
@@ -849,23 +879,27 @@ static void init_range(const model *m, const param_spec *s, float *dst, size_t a
         ops_fill_normal(dst, n, seed, params_name_key(nm), first, std);
 }
 
-/* A P_STORED tensor from its fp32 init, 128 rows at a time through a host
- * staging buffer (never a full-precision copy of the tensor). */
+/* A P_STORED tensor from its fp32 init, 128 rows at a time (never a
+ * full-precision copy of the tensor): drawn on the device (the fills are
+ * ops), stored from a host copy (ops_weight_store_rows takes host rows). */
 static void stored_tensor_init(model *m, int i, uint64_t seed) {
     const param_spec *s = &m->pt.t[i];
     size_t out = (size_t)s->shape[s->ndim - 2], in = (size_t)s->shape[s->ndim - 1];
+    float *dev = ops_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *dev);
     float *buf = ops_host_alloc((size_t)OPS_FP8_BLOCK * in * sizeof *buf);
-    DSV3_CHECK(buf != NULL, "out of memory initialising %s", s->name);
+    DSV3_CHECK(dev != NULL && buf != NULL, "out of memory initialising %s", s->name);
     ops_weight w = stored_weight(m, i, NULL);
     for (int g = 0; g < s->n_mat; g++) {
         ops_weight v = ops_weight_expert(&w, g);
         for (size_t r0 = 0; r0 < out; r0 += OPS_FP8_BLOCK) {
             size_t n = out - r0 < OPS_FP8_BLOCK ? out - r0 : OPS_FP8_BLOCK, a = ((size_t)g * out + r0) * in;
-            init_range(m, s, buf, a, a + n * in, seed);
+            init_range(m, s, dev, a, a + n * in, seed);
+            ops_to_host(buf, dev, n * in * sizeof *buf);
             ops_weight_store_rows(&v, (int)r0, (int)n, buf);
         }
     }
     ops_host_free(buf);
+    ops_free(dev);
 }
 
 void model_init_weights(model *m, uint64_t seed) {
@@ -911,18 +945,20 @@ void model_bias_update(model *m, int i, const int64_t *counts, float gamma) {
 void model_router_bias_gather(model *m, int i, float *full) {
     int E = m->cfg->n_routed_experts;
     if (m->z.params) {
-        ops_copy(full, m->blk[m->moe_block[i]].moe.bias, (size_t)E);
+        ops_to_host(full, m->blk[m->moe_block[i]].moe.bias, (size_t)E * sizeof *full);
         return;
     }
+    float *dev = m->e_scratch; /* [E] device: assembled there, then to the host */
     char name[160]; /* each element has one owner: my part, zeros elsewhere, summed over world */
     snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", m->blk[m->moe_block[i]].layer);
     int t = params_find(&m->pt, name);
     DSV3_CHECK(t >= 0, "internal error: router bias %s missing", name);
-    ops_zero(full, (size_t)E);
+    ops_zero(dev, (size_t)E);
     int64_t a, b;
     zero_my_part(&m->z.map, t, &a, &b);
-    if (b > a) ops_copy(full + a, zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)(b - a));
-    DSV3_CHECK(comm_sum_floats(full, (size_t)E, m->p->world) == 0, "all-reduce of router bias %s failed", name);
+    if (b > a) ops_copy(dev + a, zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)(b - a));
+    DSV3_CHECK(comm_sum_floats(dev, (size_t)E, m->p->world) == 0, "all-reduce of router bias %s failed", name);
+    ops_to_host(full, dev, (size_t)E * sizeof *full);
 }
 
 int64_t model_count_targets(const int32_t *targets, int B, int T, int k) {
@@ -936,5 +972,12 @@ double model_comm_seconds(const model *m) {
     double s = 0.0;
     for (int i = 0; i < m->nblocks; i++)
         if (m->blk[i].is_moe) s += m->blk[i].ec.comm_seconds;
+    return s;
+}
+
+double model_comm_bytes(const model *m) {
+    double s = 0.0;
+    for (int i = 0; i < m->nblocks; i++)
+        if (m->blk[i].is_moe) s += m->blk[i].ec.wire_bytes;
     return s;
 }

@@ -91,8 +91,8 @@ const float *model_logits(const model *m);
 int model_n_moe(const model *m);
 int64_t *model_expert_counts(model *m, int i);
 float *model_router_bias(model *m, int i); /* NULL under ZeRO-3 */
-/* The full router bias [E] of MoE slot i assembled from the ZeRO-3 shards
- * (collective over world; any stage). */
+/* The full router bias [E] of MoE slot i assembled from the ZeRO-3 shards,
+ * into HOST memory `full` (collective over world; any stage). */
 void model_router_bias_gather(model *m, int i, float *full);
 /* Aux-loss-free bias update of slot i from counts summed over all ranks (spec §5). */
 void model_bias_update(model *m, int i, const int64_t *counts, float gamma);
@@ -100,6 +100,9 @@ int model_moe_layer_index(const model *m, int i); /* HF layer number of slot i *
 void model_reset_counts(model *m);
 /* Seconds spent in MoE dispatch/combine all-to-all since the last model_reset_counts. */
 double model_comm_seconds(const model *m);
+/* Bytes this rank sent to other ranks in those all-to-alls since then (rows in
+ * the wire dtype, pair records, counts). */
+double model_comm_bytes(const model *m);
 
 /* ---- Generation (dsv3-spec §3: absorbed MLA over the latent cache, mla_decode.h) ----
  * The cache holds, per layer, sequence and position, the W = kv_lora_rank +

@@ -15,6 +15,14 @@ size_t moe_rows_bound(int N, int K, int e_local, int ep) {
     return (size_t)ep * N * (size_t)(K < e_local ? K : e_local);
 }
 
+size_t moe_send_rows(int N, int K, int ep) { return (size_t)N * (size_t)(K < ep ? K : ep); }
+
+void moe_expert_range(int E, int ep, int r, int *first, int *count) {
+    int base = E / ep, extra = E % ep;
+    *count = base + (r < extra);
+    *first = r * base + (r < extra ? r : extra);
+}
+
 /* Floats per received row of the routed-expert LoRA: the x·Aₑᵀ caches, and
  * (with any adapter) the [max(H,I)] product / dy·s scratch and the [max r] dxa. */
 static size_t er_max(const int er[3]) {
@@ -26,8 +34,9 @@ static size_t row_lora_floats(const int er[3], int H, int I) {
     return rmax ? (size_t)er[0] + (size_t)er[1] + (size_t)er[2] + (size_t)(H > I ? H : I) + rmax : 0;
 }
 
+/* Per pair: perm, pinv, pw, the 3-int record, poff (+1 in all), the H- and I-wide rows, the LoRA ones. */
 static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I) {
-    return (size_t)r_cap * (3 * (size_t)H + 6 * (size_t)I + 1 + row_lora_floats(er, H, I));
+    return (size_t)r_cap * (7 + 3 * (size_t)H + 6 * (size_t)I + row_lora_floats(er, H, I)) + 1;
 }
 
 /* Carves the row buffers (perm .. edxa) for c->r_cap rows from p, in layout
@@ -35,7 +44,11 @@ static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I) {
 static float *rows_carve(moe_cache *c, float *p) {
     size_t R = (size_t)c->r_cap, H = (size_t)c->H, I = (size_t)c->I_;
 #define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
+    TAKE(rmeta, int, 3 * R);
     TAKE(perm, int, R);
+    TAKE(pinv, int, R);
+    TAKE(poff, int, R + 1);
+    TAKE(pw, float, R);
     TAKE(xr, float, R * H);
     TAKE(xe, float, R * H);
     TAKE(ye, float, R * H);
@@ -61,9 +74,11 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     size_t E = (size_t)m->n_routed_experts, K = (size_t)m->num_experts_per_tok, H = (size_t)m->hidden_size;
     size_t I = (size_t)m->moe_intermediate_size, N = (size_t)n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, (int)K, l->e_local, ep);
+    size_t S = moe_send_rows(n_cap, (int)K, ep);
     size_t f = N * H + 2 * N * E          /* x, s, dl */
-               + N * K * 6                /* idx, w, topk_u, pos, src, dw */
-               + 2 * N * K * H + N * H    /* xs, ys, tmp */
+               + N * K * 8                /* idx, w, topk_u, ptk, smeta (3), dw */
+               + (N + 1) + 2 * S          /* toff, stok, trows */
+               + 2 * S * H + N * H        /* xs, ys, tmp */
                + row_bufs_floats(l->er, r_cap, (int)H, (int)I);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
@@ -73,7 +88,7 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
 }
 
 size_t moe_cache_host_ints(int E, int e_local, int ep) {
-    return (size_t)E + 4 * (size_t)ep + (size_t)ep * e_local + (size_t)e_local; /* ecnt, scnt..roff, rcnt_e, lcnt */
+    return (size_t)E + 13 * (size_t)ep + (size_t)e_local + 1; /* ecnt, scnt..rpo, c2s, c2r, lcnt, efirst */
 }
 
 size_t moe_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int N) {
@@ -99,19 +114,21 @@ static int rows_alloc(moe_cache *c, int r_cap) {
 static void rows_free(moe_cache *c) {
     ops_free(c->rows_own);
     c->rows_own = NULL;
-    c->perm = NULL;
+    c->rmeta = c->perm = c->pinv = c->poff = NULL;
+    c->pw = NULL;
     c->xr = c->xe = c->ye = c->ge = c->ue = c->he = c->dge = c->due = c->dhe = NULL;
     c->exa[0] = c->exa[1] = c->exa[2] = c->elt = c->edxa = NULL;
     c->r_cap = 0;
 }
 
 /* The one allocation left on the step path, and why: the layer is dropless,
- * so the rows a rank receives depend on the routing of this step. The cache
- * is sized (and bound, moe_cache_bind) for the expected rows (cost_moe_row_cap
- * in cost.c: N·K + N); the bound that would make this function unnecessary is
- * EP·N·min(K, e_local) rows (moe_rows_bound), EP times the expected count at
+ * so the (token, expert) pairs a rank receives depend on the routing of this
+ * step. The cache is sized (and bound, moe_cache_bind) for the expected pairs
+ * (cost_moe_row_cap in cost.c: the rank's share e_local/E of the EP·N·K
+ * pairs, + N); the bound that would make this function unnecessary is
+ * EP·N·min(K, e_local) pairs (moe_rows_bound), EP times the expected count at
  * K <= e_local — too much memory to hold for every layer. So when a step
- * receives more rows than r_cap the row buffers move to their own, larger
+ * receives more pairs than r_cap the row buffers move to their own, larger
  * allocation here (the exceptional path: grow_events counts it; the grown
  * size is kept until moe_cache_free; it is not part of the planned
  * activation bytes). */
@@ -128,12 +145,14 @@ int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l,
     if (!h) return -1;
     c->host = h;
     c->ecnt = h, h += E;
-    c->scnt = h, h += ep;
-    c->soff = h, h += ep;
-    c->rcnt = h, h += ep;
-    c->roff = h, h += ep;
-    c->rcnt_e = h, h += (size_t)ep * G;
+    int **per_rank[8] = {&c->scnt, &c->soff, &c->spc, &c->spo, &c->rcnt, &c->roff, &c->rpc, &c->rpo};
+    for (int i = 0; i < 8; i++) *per_rank[i] = h, h += ep;
+    c->c2s = h, h += 2 * ep;
+    c->c2r = h, h += 2 * ep;
     c->lcnt = h, h += G;
+    c->efirst = h;
+    for (int r = 0, n; r < ep; r++) moe_expert_range(E, ep, r, &c->efirst[r], &n);
+    c->efirst[ep] = E;
     return 0;
 }
 
@@ -143,8 +162,9 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     moe_cache keep = *c; /* the host counts (moe_cache_host_create) stay */
     memset(c, 0, sizeof *c);
     c->host = keep.host;
-    c->ecnt = keep.ecnt, c->scnt = keep.scnt, c->soff = keep.soff, c->rcnt = keep.rcnt, c->roff = keep.roff;
-    c->rcnt_e = keep.rcnt_e, c->lcnt = keep.lcnt;
+    c->ecnt = keep.ecnt, c->scnt = keep.scnt, c->soff = keep.soff, c->spc = keep.spc, c->spo = keep.spo;
+    c->rcnt = keep.rcnt, c->roff = keep.roff, c->rpc = keep.rpc, c->rpo = keep.rpo;
+    c->c2s = keep.c2s, c->c2r = keep.c2r, c->lcnt = keep.lcnt, c->efirst = keep.efirst;
     c->E = m->n_routed_experts;
     c->K = m->num_experts_per_tok;
     c->H = m->hidden_size;
@@ -156,7 +176,8 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     c->n_cap = n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, c->K, l->e_local, ep);
     c->r_cap = r_cap;
-    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H;
+    c->s_cap = (int)moe_send_rows(n_cap, c->K, ep);
+    size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, S = (size_t)c->s_cap;
     float *p = mem;
 #define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
     TAKE(x, float, N * H);
@@ -165,11 +186,14 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     TAKE(idx, int, N * K);
     TAKE(w, float, N * K);
     TAKE(topk_u, int, N * K);
-    TAKE(pos, int, N * K);
-    TAKE(src, int, N * K);
+    TAKE(ptk, int, N * K);
+    TAKE(smeta, int, 3 * N * K);
     TAKE(dw, float, N * K);
-    TAKE(xs, float, N * K * H);
-    TAKE(ys, float, N * K * H);
+    TAKE(toff, int, N + 1);
+    TAKE(stok, int, S);
+    TAKE(trows, int, S);
+    TAKE(xs, float, S * H);
+    TAKE(ys, float, S * H);
     TAKE(tmp, float, N * H);
 #undef TAKE
     p = rows_carve(c, p);
@@ -240,24 +264,52 @@ void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, f
 /* ---- dispatch / experts / combine ---- */
 
 static void check_comm(const moe_cache *c, const moe_layer *l, comm_t comm) {
-    int size = comm_size(comm), rank = comm_rank(comm);
-    if (size != c->ep || l->e_local * size != c->E || l->e_first != rank * l->e_local || l->e_local != c->e_local)
+    int size = comm_size(comm), rank = comm_rank(comm), first, n;
+    moe_expert_range(c->E, size, rank, &first, &n);
+    if (size != c->ep || l->e_first != first || l->e_local != n || l->e_local != c->e_local)
         error_one("expert layout mismatch: comm size %d (cache EP %d), rank %d, e_first %d, e_local %d, E %d", size,
-                c->ep, rank, l->e_first, l->e_local, c->E);
+                  c->ep, rank, l->e_first, l->e_local, c->E);
 }
 
-/* Rows of H floats: counts in rows, so N·K·H may exceed INT_MAX. */
-static void exchange(moe_cache *c, const float *send, const int *scnt, const int *soff, float *recv,
-                     const int *rcnt, const int *roff, int H, comm_t comm) {
+/* Bytes of n rows to every member but me (what crosses the wire). */
+static double sent_bytes(const int *cnt, int P, int me, size_t row_bytes) {
+    double b = 0;
+    for (int r = 0; r < P; r++)
+        if (r != me) b += (double)cnt[r] * (double)row_bytes;
+    return b;
+}
+
+/* Rows of H floats in the wire dtype: packed in place in send, sent, widened
+ * in place in recv (ops_wire_pack; fp32 sends the floats themselves). */
+static void exchange(moe_cache *c, float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
+                     const int *roff, int wire, comm_t comm) {
+    int P = c->ep, me = comm_rank(comm), ns = 0, nr = 0;
+    for (int r = 0; r < P; r++) ns += scnt[r], nr += rcnt[r];
+    size_t rb = ops_wire_row_bytes(c->H, wire);
+    ops_wire_pack(send, ns, c->H, wire);
     double t0 = comm_wtime();
-    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, H, comm)) error_one("all-to-all of expert rows failed");
+    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, rb, comm)) error_one("all-to-all of expert rows failed");
     c->comm_seconds += comm_wtime() - t0;
+    c->wire_bytes += sent_bytes(scnt, P, me, rb);
+    ops_wire_unpack(recv, nr, c->H, wire);
 }
 
-/* Routed-expert LoRA of projection j on the R expert-major rows: y[R,out] +=
+/* Per-pair data (records of 3 ints, or 1 float of ∂L/∂w) along the pair counts. */
+static void exchange_pairs(moe_cache *c, const void *send, const int *scnt, const int *soff, void *recv,
+                           const int *rcnt, const int *roff, size_t bytes, comm_t comm) {
+    double t0 = comm_wtime();
+    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, bytes, comm)) error_one("all-to-all of pair records failed");
+    c->comm_seconds += comm_wtime() - t0;
+    c->wire_bytes += sent_bytes(scnt, c->ep, comm_rank(comm), bytes);
+}
+
+/* The wire of every exchange but the forward dispatch: fp8 dispatch combines in bf16. */
+static int wire_back(int wire) { return wire == OPS_WIRE_FP8 ? OPS_WIRE_BF16 : wire; }
+
+/* Routed-expert LoRA of projection j on the R = Pr expert-major pairs: y[R,out] +=
  * s·(x·Aₑᵀ)·Bₑᵀ per expert e (grouped like the base GEMM); xa [R,r] saved. */
 static void expert_lora_forward(const moe_layer *l, moe_cache *c, int j, float *y, const float *x, int in, int out) {
-    int r = l->er[j], R = c->R, G = c->e_local;
+    int r = l->er[j], R = c->Pr, G = c->e_local;
     if (!r) return;
     ops_grouped_matmul(c->exa[j], x, l->eA[j], c->lcnt, G, in, r);      /* xa [R,r] */
     ops_grouped_matmul(c->elt, c->exa[j], l->eB[j], c->lcnt, G, r, out); /* [R,out] */
@@ -267,7 +319,7 @@ static void expert_lora_forward(const moe_layer *l, moe_cache *c, int j, float *
 /* dB += s·dyᵀ·xa ; dxa = s·dy·B ; dA += dxaᵀ·x ; dx += dxa·A, per expert. */
 static void expert_lora_backward(const moe_layer *l, moe_cache *c, int j, float *dx, const float *dy, const float *x,
                                  int in, int out) {
-    int r = l->er[j], R = c->R, G = c->e_local;
+    int r = l->er[j], R = c->Pr, G = c->e_local;
     if (!r) return;
     ops_copy(c->elt, dy, (size_t)R * out); /* dy·s [R,out] */
     ops_scale(c->elt, l->escaling, (size_t)R * out);
@@ -303,72 +355,73 @@ static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw,
 
 void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out, ops_arena *scratch) {
     check_comm(c, l, comm);
-    int N = c->N, K = c->K, H = c->H, I = c->I_, E = c->E, G = c->e_local, P = c->ep;
-    ops_moe_sort(c->pos, c->src, c->ecnt, c->idx, N, K, E);
-    /* ecnt is [P, G] in destination order: send each rank the counts for its experts */
+    int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, P = c->ep;
+    /* one send row per (token, destination rank); its (token, expert) pairs as records */
+    c->S = ops_moe_dispatch_index(c->stok, c->toff, c->trows, c->ptk, c->smeta, c->scnt, c->spc, c->ecnt, c->idx,
+                                  c->w, c->efirst, N, K, P);
+    for (int r = 0; r < P; r++) c->c2s[2 * r] = c->scnt[r], c->c2s[2 * r + 1] = c->spc[r];
     double t0 = comm_wtime();
-    if (comm_alltoall_int(c->ecnt, c->rcnt_e, G, comm)) error_one("all-to-all of expert counts failed");
+    if (comm_alltoall_int(c->c2s, c->c2r, 2, comm)) error_one("all-to-all of expert counts failed");
     c->comm_seconds += comm_wtime() - t0;
-    int so = 0, ro = 0;
+    c->wire_bytes += 2.0 * (P - 1) * sizeof(int);
+    int so = 0, po = 0, ro = 0, qo = 0;
     for (int r = 0; r < P; r++) {
-        int s = 0, q = 0;
-        for (int g = 0; g < G; g++) {
-            s += c->ecnt[r * G + g];
-            q += c->rcnt_e[r * G + g];
-        }
-        c->scnt[r] = s;
-        c->soff[r] = so;
-        c->rcnt[r] = q;
-        c->roff[r] = ro;
-        so += s;
-        ro += q;
-    }
-    for (int g = 0; g < G; g++) {
-        c->lcnt[g] = 0;
-        for (int r = 0; r < P; r++) c->lcnt[g] += c->rcnt_e[r * G + g];
+        c->rcnt[r] = c->c2r[2 * r], c->rpc[r] = c->c2r[2 * r + 1];
+        c->soff[r] = so, c->spo[r] = po, c->roff[r] = ro, c->rpo[r] = qo;
+        so += c->scnt[r], po += c->spc[r], ro += c->rcnt[r], qo += c->rpc[r];
     }
     c->R = ro;
-    moe_rows_reserve(c, c->R); /* dropless: grow rather than drop */
-    int R = c->R;
-    ops_gather_rows(c->xs, c->x, c->src, N * K, H);
-    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
-    ops_moe_perm(c->perm, c->rcnt_e, P, G);
-    ops_gather_rows(c->xe, c->xr, c->perm, R, H); /* expert-major */
+    c->Pr = qo;
+    moe_rows_reserve(c, c->Pr); /* dropless: grow rather than drop */
+    int R = c->R, Q = c->Pr;
+    exchange_pairs(c, c->smeta, c->spc, c->spo, c->rmeta, c->rpc, c->rpo, 3 * sizeof(int), comm);
+    ops_moe_receive_index(c->perm, c->pinv, c->poff, c->pw, c->lcnt, c->rmeta, c->roff, c->rpo, P, Q, R, G);
+    ops_gather_rows(c->xs, c->x, c->stok, c->S, H);
+    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, l->wire, comm);
+    ops_gather_rows(c->xe, c->xr, c->perm, Q, H); /* expert-major pairs */
     experts_mm(l, 0, c->ge, c->xe, c, scratch);
     expert_lora_forward(l, c, 0, c->ge, c->xe, H, I);
     experts_mm(l, 1, c->ue, c->xe, c, scratch);
     expert_lora_forward(l, c, 1, c->ue, c->xe, H, I);
-    ops_swiglu_forward(c->he, c->ge, I, c->ue, I, R, I);
+    ops_swiglu_forward(c->he, c->ge, I, c->ue, I, Q, I);
     experts_mm(l, 2, c->ye, c->he, c, scratch);
     expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
-    ops_scatter_rows(c->xr, c->ye, c->perm, R, H); /* back to source-major */
-    exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, H, comm);
-    ops_moe_combine(out, c->ys, c->pos, c->w, N, K, H, 0.0f);
+    /* one row back per received row: Σ w·y over this rank's experts of the token */
+    ops_moe_combine_seg(c->xr, c->ye, c->poff, c->pinv, c->pw, R, H, 0.0f);
+    exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, wire_back(l->wire), comm);
+    ops_moe_combine_seg(out, c->ys, c->toff, c->trows, NULL, N, H, 0.0f);
 }
 
 void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout,
                           ops_arena *scratch) {
     check_comm(c, l, comm);
-    int N = c->N, K = c->K, H = c->H, I = c->I_, R = c->R;
-    size_t RI = (size_t)R * I;
+    int N = c->N, K = c->K, H = c->H, I = c->I_, R = c->R, Q = c->Pr, wb = wire_back(l->wire);
+    size_t RI = (size_t)Q * I;
+    ops_gather_rows(c->xs, dout, c->stok, c->S, H); /* each send row's ∂L/∂out */
+    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, wb, comm);
+    /* ∂L/∂w per pair (into rmeta, read no more), then ye = w·dout per pair (overwrites the saved outputs) */
+    float *dwp = (float *)(void *)c->rmeta;
+    ops_moe_combine_seg_backward(c->ye, dwp, c->xr, c->ye, c->poff, c->pinv, c->pw, R, H);
+    /* ∂L/∂w back to the token's rank, pair by pair (into smeta, read no more) */
+    float *dws = (float *)(void *)c->smeta;
+    exchange_pairs(c, dwp, c->rpc, c->rpo, dws, c->spc, c->spo, sizeof(float), comm);
     ops_zero(c->dw, (size_t)N * K);
-    ops_moe_combine_backward(c->xs, c->dw, dout, c->ys, c->pos, c->w, N, K, H); /* xs = dys */
-    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, H, comm);
-    ops_gather_rows(c->ye, c->xr, c->perm, R, H); /* ye = dy per expert */
+    ops_scatter_rows(c->dw, dws, c->ptk, N * K, 1); /* dw[t,k] of pair q; every (t,k) is one pair */
     ops_zero(c->dhe, RI);
     experts_mm_backward(l, 2, c->dhe, l->ged, c->ye, c->he, c, scratch);
     expert_lora_backward(l, c, 2, c->dhe, c->ye, c->he, I, H);
     ops_zero(c->dge, RI);
     ops_zero(c->due, RI);
-    ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, R, I);
-    ops_zero(c->xr, (size_t)R * H); /* xr = dx per expert row */
+    ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, Q, I);
+    ops_zero(c->xr, (size_t)Q * H); /* xr = dx per expert-major pair */
     experts_mm_backward(l, 0, c->xr, l->geg, c->dge, c->xe, c, scratch);
     expert_lora_backward(l, c, 0, c->xr, c->dge, c->xe, H, I);
     experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c, scratch);
     expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
-    ops_scatter_rows(c->ye, c->xr, c->perm, R, H);
-    exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, H, comm);
-    if (dx) ops_moe_combine(dx, c->xs, c->pos, NULL, N, K, H, 1.0f);
+    /* one dx row back per received row: the sum over its pairs */
+    ops_moe_combine_seg(c->ye, c->xr, c->poff, c->pinv, NULL, R, H, 0.0f);
+    exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, wb, comm);
+    if (dx) ops_moe_combine_seg(dx, c->xs, c->toff, c->trows, NULL, N, H, 1.0f);
 }
 
 /* ---- the layer ---- */

@@ -2,14 +2,18 @@
  *
  *   logits = x·gate.weightᵀ (fp32), s = σ(logits)          moe_route
  *   group-limited top-k on s + bias → idx, weights w
- *   dispatch rows to the ranks owning their experts        moe_experts_forward
- *   (MPI_Alltoall of counts, MPI_Alltoallv of rows), SwiGLU per expert,
- *   return rows (reverse Alltoallv), out = Σ_k w·y
+ *   dispatch one row per (token, destination rank)          moe_experts_forward
+ *   (MPI_Alltoall of counts, MPI_Alltoallv of rows and of the (row, expert,
+ *   weight) pair records), SwiGLU per expert; the owner sums w·y over its
+ *   experts of a token and returns one row (reverse Alltoallv); out = Σ rows
  *   out += shared_experts(x)                               moe_forward
  *
  * Expert parallel (design §3): tokens stay on their rank; this rank owns the
- * routed experts [e_first, e_first + e_local), e_first = ep_rank·e_local,
- * e_local·EP = E. Dropless. Every rank takes part in every collective, even
+ * routed experts [e_first, e_first + e_local): the first E % EP ranks own
+ * E/EP + 1, the others E/EP (uneven ownership when EP does not divide E;
+ * moe_expert_range). Dropless. Rows travel in the wire dtype (moe_layer.wire:
+ * fp32, bf16, or fp8 with 1x128 scales for the forward dispatch and bf16 for
+ * everything else), rounded on the way and widened on arrival. Every rank takes part in every collective, even
  * with no tokens or no rows for its experts. Routing (router + selection) and
  * expert computation are separate functions so a device backend can replace
  * each one.
@@ -40,6 +44,7 @@ typedef struct {
     ops_weight eW[3];            /* storage of gate, up, down (expert 0's [out,in] view, ops_moe.h): F32 over
                                     eg/eu/ed, or a frozen base in bf16/fp8 (train.base_dtype; eg.. NULL) */
     int e_first, e_local;
+    int wire;                    /* dispatch/combine wire dtype, OPS_WIRE_* (ops_moe.h) */
     /* per-expert LoRA on gate (0), up (1), down (2): y += scaling·(x·Aₑᵀ)·Bₑᵀ for the
      * rows of expert e; er[j] = rank, 0 = no adapter (PEFT semantics, no dropout) */
     int er[3];
@@ -49,20 +54,21 @@ typedef struct {
 } moe_layer;
 
 /* Saved activations + scratch. Capacities: n_cap local tokens (B·T) and
- * r_cap rows received for the local experts. The rows a rank receives depend
- * on the routing: on average N·K (moe_rows_expected), at most
- * EP·N·min(K, e_local) when every token of every rank picks this rank
- * (moe_rows_bound). If a step receives more than r_cap rows the row buffers
- * move to their own allocation (moe_rows_reserve; grow_events counts that;
- * log it), so a dropless step never fails for lack of a bound. Memory
- * (ops.h): floats and the index lists idx, topk_u, pos, src, perm are device
- * memory, carved in one region (moe_cache_bind: the caller's memory, e.g. the
- * model's activation buffer; ints take 4-byte slots, counted as floats in
- * moe_cache_floats); the counts ecnt, scnt, soff, rcnt, roff, rcnt_e, lcnt
- * are host memory, one ops_host_alloc (moe_cache_host_create,
+ * r_cap (token, expert) pairs received for the local experts ("rows" of the
+ * expert computation; the rows received, one per (token, this rank), are at
+ * most as many). The pairs a rank receives depend on the routing: on average
+ * N·K (moe_rows_expected), at most EP·N·min(K, e_local) when every token of
+ * every rank picks this rank (moe_rows_bound). If a step receives more than
+ * r_cap pairs the row buffers move to their own allocation (moe_rows_reserve;
+ * grow_events counts that; log it), so a dropless step never fails for lack
+ * of a bound. The send side is bounded: N·min(K, EP) rows (s_cap). Memory
+ * (ops.h): floats and the index lists are device memory, carved in one region
+ * (moe_cache_bind: the caller's memory, e.g. the model's activation buffer;
+ * ints take 4-byte slots, counted as floats in moe_cache_floats); the counts
+ * ecnt .. efirst are host memory, one ops_host_alloc (moe_cache_host_create,
  * moe_cache_host_ints): MPI and the host loops read them. */
 typedef struct {
-    int n_cap, r_cap, E, K, H, I_, Is, e_local, ep;
+    int n_cap, r_cap, s_cap, E, K, H, I_, Is, e_local, ep;
     int er[3];                   /* routed-expert LoRA ranks (moe_layer.er): sizes the row buffers */
     int grow_events;             /* times the row buffers had to grow */
     float *rows_own;             /* the row buffers (perm .. edxa) when grown: an allocation of their own */
@@ -70,23 +76,29 @@ typedef struct {
     int *host;                   /* the host counts' allocation (moe_cache_host_create) */
     double comm_seconds;         /* wall time in the expert Alltoall/Alltoallv calls (accumulates;
                                     the caller zeroes it; moe_cache_bind sets 0) */
+    double wire_bytes;           /* bytes this rank sent to OTHER ranks in those calls (rows in the
+                                    wire dtype, pair records, counts; accumulates like comm_seconds) */
     /* state of the last forward, used by the backward */
-    int N, B, T, R;              /* tokens, sequences, tokens per sequence, rows received */
+    int N, B, T, S, R, Pr;       /* tokens, sequences, tokens per sequence, rows sent, rows and pairs received */
     float bal_scale;
     float *x;                    /* [N,H] input copy */
     float *s;                    /* [N,E] sigmoid router scores */
     int *idx;                    /* [N,K] chosen experts (global ids) */
     float *w;                    /* [N,K] routing weights */
     int *topk_u;                 /* [N,K] top-K over unbiased s (balance loss) */
-    int *pos;                    /* [N,K] send row of (t,k) */
-    int *src;                    /* [N·K] token of send row j */
-    int *ecnt;                   /* [E] rows this rank sends to each expert */
-    int *scnt, *soff, *rcnt, *roff; /* [EP] rows sent to / received from each rank, offsets */
-    int *rcnt_e;                 /* [EP, e_local] rows received per source and local expert */
-    int *lcnt;                   /* [e_local] rows per local expert */
-    int *perm;                   /* [r_cap] expert-major row j = received row perm[j] */
-    float *xs, *ys;              /* [N·K,H] send rows / expert outputs returned (saved) */
-    float *xr, *xe, *ye;         /* [r_cap,H] received rows (scratch), expert-major inputs (saved), scratch */
+    /* sender: ops_moe_dispatch_index */
+    int *stok;                   /* [s_cap] token of send row j (destination-major) */
+    int *toff, *trows;           /* [n_cap+1], [s_cap] token t's send rows trows[toff[t]..toff[t+1]) */
+    int *ptk;                    /* [N·K] (t·K+k) of send pair q */
+    int *smeta;                  /* [N·K,3] pair records sent; backward: ∂L/∂w of each pair, returned */
+    float *xs, *ys;              /* [s_cap,H] send rows / rows returned (scratch; backward: dy rows, dx rows) */
+    /* receiver: ops_moe_receive_index */
+    int *rmeta;                  /* [r_cap,3] pair records received; backward: ∂L/∂w per pair (sent back) */
+    int *perm;                   /* [r_cap] expert-major pair j reads received row perm[j] */
+    int *pinv;                   /* [r_cap] pair p (received order) is expert-major pinv[p] */
+    int *poff;                   /* [r_cap+1] received row i's pairs [poff[i], poff[i+1]) */
+    float *pw;                   /* [r_cap] routing weight of pair p */
+    float *xr, *xe, *ye;         /* [r_cap,H] received rows (scratch), expert-major inputs, outputs (saved) */
     float *ge, *ue, *he;         /* [r_cap,I] expert gate, up, swiglu (saved) */
     float *dge, *due, *dhe;      /* [r_cap,I] backward scratch */
     float *exa[3];               /* [r_cap, er[j]] routed-expert LoRA x·Aₑᵀ (saved; NULL without adapter) */
@@ -95,14 +107,26 @@ typedef struct {
     float *dl;                   /* [N,E] ∂L/∂logits */
     float *tmp;                  /* [N,H] shared-expert output */
     mlp_cache sh;                /* shared experts */
+    /* host counts */
+    int *ecnt;                   /* [E] pairs this rank sends to each expert */
+    int *scnt, *soff, *spc, *spo; /* [EP] rows / pairs sent to each rank, offsets */
+    int *rcnt, *roff, *rpc, *rpo; /* [EP] rows / pairs received from each rank, offsets */
+    int *c2s, *c2r;              /* [EP,2] (rows, pairs) counts exchanged */
+    int *lcnt;                   /* [e_local] pairs per local expert */
+    int *efirst;                 /* [EP+1] first expert of each rank (moe_expert_range) */
 } moe_cache;
 
+/* Routed experts of member r of an EP group: [first, first+count); the first
+ * E % ep members own E/ep + 1 (plan_expert_range is the same split). */
+void moe_expert_range(int E, int ep, int r, int *first, int *count);
 /* Mean rows a rank receives per step for N local tokens (balanced routing): N·K. */
 size_t moe_rows_expected(int N, int K);
 /* Worst case: EP·N·min(K, e_local) (every rank's N tokens all pick this rank). */
 size_t moe_rows_bound(int N, int K, int e_local, int ep);
 /* Device floats of the cache region (n_cap tokens, r_cap rows; r_cap 0 = moe_rows_bound). */
 size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
+/* Send rows of N tokens: N·min(K, EP) (one per token and destination rank). */
+size_t moe_send_rows(int N, int K, int ep);
 /* Host ints of the counts (E experts, e_local of them here, EP ranks). */
 size_t moe_cache_host_ints(int E, int e_local, int ep);
 /* Allocates the host counts (once per cache; kept by moe_cache_bind). 0, or -1 when out of memory. */

@@ -23,11 +23,11 @@ typedef struct {
     linear eh_proj;                 /* [H, 2H] */
 } mtp_layer;
 
-/* What the backward reads, for N = B*T tokens. e_ids and targets live on the
- * host (index shifts of token ids, not tensor math) and are read by the
- * embedding and cross-entropy ops. */
+/* What the backward reads, for N = B*T tokens. e_ids and targets are device
+ * memory (the embedding and cross-entropy ops read them), filled by the model
+ * from a host mtp_shift (model.c: batch_to_device). */
 typedef struct {
-    int32_t *e_ids, *targets;       /* [N] host: token t+k, target t+k (-100 past the end) */
+    int32_t *e_ids, *targets;       /* [N] device: token t+k, target t+k (-100 past the end) */
     float *e, *en, *e_rstd;         /* [N,H], [N,H], [N] embedding, enorm out */
     float *hn, *h_rstd;             /* [N,H], [N] hnorm out */
     float *cat;                     /* [N,2H] [en ; hn], embedding first */
@@ -35,7 +35,7 @@ typedef struct {
     float *z, *z_rstd;              /* [N,H], [N] shared_head.norm out */
 } mtp_cache;
 
-/* Depth-k inputs of a [B,T] batch: ids[b,t] = tokens[b,t+k], tgt[b,t] = targets[b,t+k]. Host. */
+/* Depth-k inputs of a [B,T] batch: ids[b,t] = tokens[b,t+k], tgt[b,t] = targets[b,t+k]. Host arrays. */
 void mtp_shift(int32_t *ids, int32_t *tgt, const int32_t *tokens, const int32_t *targets, int B, int T, int k);
 
 /* x[N,H] = eh_proj([enorm(embed[e_ids]) ; hnorm(hprev)]); hprev [N,H] is h^{k-1}. */

@@ -78,9 +78,9 @@ typedef struct {
  * tensors are added for lora's targets when lora && lora->enabled (lora.h).
  * Returns 0 or -1 with err set. */
 int params_build(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, char *err, int errlen);
-/* Same with e_local routed experts per layer in the local layout, for the
- * plan of an uneven expert ownership (E % ep != 0; --dry-run only: the
- * trainer requires E % ep == 0). 0 <= e_local <= E. */
+/* Same with e_local routed experts per layer in the local layout: the
+ * trainer's and the plan's (uneven ownership when E % ep != 0: E/ep or
+ * E/ep + 1, plan_expert_range). 0 <= e_local <= E. */
 int params_build_owned(param_table *pt, const deck_model *model, const deck_lora *lora, int ep, int e_local,
                        char *err, int errlen);
 void params_free(param_table *pt);

@@ -181,10 +181,10 @@ static void t_alltoallv(comm_t c, const char *cname, int row, uint64_t key) {
     for (int k = 0; k < p; k++) so[k] = ns, ns += sc[k], ro[k] = nr, nr += rc[k];
     size_t sn = (size_t)ns * row, rn = (size_t)nr * row;
     float *s = host_vals(sn, key + (uint64_t)wrank), *ref = malloc((rn ? rn : 1) * sizeof *ref);
-    e1 |= comm_mpi_alltoallv_rows(s, sc, so, ref, rc, ro, row, c);
+    e1 |= comm_mpi_alltoallv_rows(s, sc, so, ref, rc, ro, (size_t)row * sizeof(float), c);
     float *ds = ns ? to_dev(s, sn) : NULL, *dr = NULL;
     if (nr) CK(cudaMalloc((void **)&dr, rn * sizeof *dr));
-    int e2 = comm_alltoallv_rows(ds, sc, so, dr, rc, ro, row, c);
+    int e2 = comm_alltoallv_rows(ds, sc, so, dr, rc, ro, (size_t)row * sizeof(float), c);
     float *got = nr ? from_dev(dr, rn) : calloc(1, sizeof *got);
     if (!nr) CK(cudaStreamSynchronize(cu_stream()));
     int all = comm_sum_int(ns, c);
