@@ -419,32 +419,28 @@ struct MemRec {
     int cat, host;
 };
 std::mutex mem_mu;
-std::unordered_map<void *, MemRec> mem_tab;
-int mem_cat = OPS_MEM_OTHER;
-size_t mem_live[2][OPS_MEM_NCAT], mem_peak[2][OPS_MEM_NCAT], mem_live_kind[2], mem_peak_kind[2], mem_live_all,
-    mem_peak_all;
+std::unordered_map<void *, MemRec> mem_tab; /* the size and category of each allocation (counters: ops_host.c) */
 
 void charge(void *p, size_t bytes, int host) {
-    std::lock_guard<std::mutex> g(mem_mu);
-    mem_tab[p] = MemRec{bytes, mem_cat, host};
-    auto up = [](size_t &live, size_t &peak, size_t b) {
-        live += b;
-        if (live > peak) peak = live;
-    };
-    up(mem_live[host][mem_cat], mem_peak[host][mem_cat], bytes);
-    up(mem_live_kind[host], mem_peak_kind[host], bytes);
-    up(mem_live_all, mem_peak_all, bytes);
+    const int cat = ops_mem_current_category();
+    {
+        std::lock_guard<std::mutex> g(mem_mu);
+        mem_tab[p] = MemRec{bytes, cat, host};
+    }
+    ops_mem_charge(host, cat, bytes, 1);
 }
 size_t uncharge(void *p, int host) {
-    std::lock_guard<std::mutex> g(mem_mu);
-    auto it = mem_tab.find(p);
-    CU_REQUIRE(it != mem_tab.end() && it->second.host == host, "%s of a pointer that %s did not allocate (internal error)",
-               host ? "ops_host_free" : "ops_free", host ? "ops_host_alloc" : "ops_alloc");
-    MemRec r = it->second;
-    mem_tab.erase(it);
-    mem_live[host][r.cat] -= r.bytes;
-    mem_live_kind[host] -= r.bytes;
-    mem_live_all -= r.bytes;
+    MemRec r;
+    {
+        std::lock_guard<std::mutex> g(mem_mu);
+        auto it = mem_tab.find(p);
+        CU_REQUIRE(it != mem_tab.end() && it->second.host == host,
+                   "%s of a pointer that %s did not allocate (internal error)", host ? "ops_host_free" : "ops_free",
+                   host ? "ops_host_alloc" : "ops_alloc");
+        r = it->second;
+        mem_tab.erase(it);
+    }
+    ops_mem_charge(host, r.cat, r.bytes, -1);
     return r.bytes;
 }
 } // namespace
@@ -478,46 +474,6 @@ void ops_host_free(void *p) {
     if (!p) return;
     uncharge(p, 1);
     free(p);
-}
-int ops_mem_category(int cat) {
-    CU_REQUIRE(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_category: %d is not a category", cat);
-    std::lock_guard<std::mutex> g(mem_mu);
-    int old = mem_cat;
-    mem_cat = cat;
-    return old;
-}
-void ops_mem_get(ops_mem_stats *s) {
-    std::lock_guard<std::mutex> g(mem_mu);
-    memset(s, 0, sizeof *s);
-    for (int c = 0; c < OPS_MEM_NCAT; c++) {
-        s->live[c] = (double)(mem_live[0][c] + mem_live[1][c]);
-        s->peak[c] = (double)(mem_peak[0][c] + mem_peak[1][c]);
-    }
-    s->live_total = (double)mem_live_all;
-    s->peak_total = (double)mem_peak_all;
-    s->device_peak = (double)mem_peak_kind[0];
-    s->host_peak = (double)mem_peak_kind[1];
-}
-/* host memory allocated elsewhere (the node-shared frozen store): counted as the CPU backend counts it */
-void ops_mem_count(int cat, size_t bytes, int sign) {
-    CU_REQUIRE(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_count: %d is not a category", cat);
-    std::lock_guard<std::mutex> g(mem_mu);
-    if (sign > 0) {
-        mem_live[1][cat] += bytes, mem_live_kind[1] += bytes, mem_live_all += bytes;
-        mem_peak[1][cat] = std::max(mem_peak[1][cat], mem_live[1][cat]);
-        mem_peak_kind[1] = std::max(mem_peak_kind[1], mem_live_kind[1]);
-        mem_peak_all = std::max(mem_peak_all, mem_live_all);
-    } else {
-        mem_live[1][cat] -= bytes, mem_live_kind[1] -= bytes, mem_live_all -= bytes;
-    }
-}
-void ops_mem_reset_peaks(void) {
-    std::lock_guard<std::mutex> g(mem_mu);
-    for (int k = 0; k < 2; k++) {
-        for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
-        mem_peak_kind[k] = mem_live_kind[k];
-    }
-    mem_peak_all = mem_live_all;
 }
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) CU_CHECK(cudaMemsetAsync(p, 0, bytes, cu_stream()));

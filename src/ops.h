@@ -65,6 +65,11 @@ void ops_mem_reset_peaks(void); /* peaks := live (e.g. after loading, before the
 /* Counts `bytes` of host memory allocated elsewhere (the node-shared frozen
  * store, comm.h) to category cat: sign +1 when allocated, -1 when freed. */
 void ops_mem_count(int cat, size_t bytes, int sign);
+/* For the backends' allocators (src/ops_cpu.c, cuda/ops.cu; the counters are
+ * src/ops_host.c's): the category a new allocation is charged to, and the
+ * charge (host 0: device memory, 1: host memory; sign +1 allocated, -1 freed). */
+int ops_mem_current_category(void);
+void ops_mem_charge(int host, int cat, size_t bytes, int sign);
 
 /* Scratch arena (llm.c's one-allocation idea): one device block, carved by
  * bump allocation with stack discipline. Components take their temporaries

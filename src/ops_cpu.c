@@ -20,8 +20,8 @@
 
 /* Counted allocations: a 64-byte header (keeps the 16-byte alignment calloc
  * gives, and AVX-512 loads of the payload aligned where the header is) holds
- * the size, category and kind, so a free uncharges exactly what was charged.
- * Counters are updated atomically: OpenMP regions may allocate. */
+ * the size, category and kind, so a free uncharges exactly what was charged
+ * (the counters: src/ops_host.c, shared with the CUDA backend). */
 typedef struct {
     size_t bytes;
     int cat, host;
@@ -29,16 +29,6 @@ typedef struct {
 } mem_hdr;
 #define MEM_HDR 64
 #define MEM_MAGIC 0x64737633616c6c6fULL /* "dsv3allo" */
-static int mem_cat = OPS_MEM_OTHER;
-static size_t mem_live[2][OPS_MEM_NCAT], mem_peak[2][OPS_MEM_NCAT]; /* [host][cat] */
-static size_t mem_live_kind[2], mem_peak_kind[2], mem_live_all, mem_peak_all;
-
-static void peak_max(size_t *peak, size_t v) {
-    size_t old = __atomic_load_n(peak, __ATOMIC_RELAXED);
-    while (v > old && !__atomic_compare_exchange_n(peak, &old, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-    }
-}
-
 static void *mem_get(size_t bytes, int host) {
     /* Written, not just calloc'd: the pages are committed now, as a GPU's
      * would be, so a run that does not fit fails at creation (not at the
@@ -48,11 +38,9 @@ static void *mem_get(size_t bytes, int host) {
     if (!raw) return NULL;
     for (size_t i = 0; i < n; i += 4096) ((volatile char *)raw)[i] = 0; /* one write per page (calloc's are lazy) */
     mem_hdr *h = (mem_hdr *)raw;
-    int cat = __atomic_load_n(&mem_cat, __ATOMIC_RELAXED);
+    int cat = ops_mem_current_category();
     *h = (mem_hdr){bytes, cat, host, MEM_MAGIC};
-    peak_max(&mem_peak[host][cat], __atomic_add_fetch(&mem_live[host][cat], bytes, __ATOMIC_RELAXED));
-    peak_max(&mem_peak_kind[host], __atomic_add_fetch(&mem_live_kind[host], bytes, __ATOMIC_RELAXED));
-    peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
+    ops_mem_charge(host, cat, bytes, 1);
     return raw + MEM_HDR;
 }
 
@@ -62,9 +50,7 @@ static void mem_put(void *p, int host) {
     DSV3_CHECK(h->magic == MEM_MAGIC && h->host == host,
                "%s of a pointer that %s did not allocate (internal error)", host ? "ops_host_free" : "ops_free",
                host ? "ops_host_alloc" : "ops_alloc");
-    __atomic_sub_fetch(&mem_live[host][h->cat], h->bytes, __ATOMIC_RELAXED);
-    __atomic_sub_fetch(&mem_live_kind[host], h->bytes, __ATOMIC_RELAXED);
-    __atomic_sub_fetch(&mem_live_all, h->bytes, __ATOMIC_RELAXED);
+    ops_mem_charge(host, h->cat, h->bytes, -1);
     h->magic = 0;
     free(h);
 }
@@ -73,44 +59,6 @@ void *ops_alloc(size_t bytes) { return mem_get(bytes, 0); }
 void ops_free(void *p) { mem_put(p, 0); }
 void *ops_host_alloc(size_t bytes) { return mem_get(bytes, 1); }
 void ops_host_free(void *p) { mem_put(p, 1); }
-
-int ops_mem_category(int cat) {
-    DSV3_CHECK(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_category: %d is not a category", cat);
-    return __atomic_exchange_n(&mem_cat, cat, __ATOMIC_RELAXED);
-}
-
-void ops_mem_get(ops_mem_stats *s) {
-    memset(s, 0, sizeof *s);
-    for (int c = 0; c < OPS_MEM_NCAT; c++) {
-        s->live[c] = (double)(mem_live[0][c] + mem_live[1][c]);
-        /* a category's device and host peaks may come at different times: their sum bounds it */
-        s->peak[c] = (double)(mem_peak[0][c] + mem_peak[1][c]);
-    }
-    s->live_total = (double)mem_live_all;
-    s->peak_total = (double)mem_peak_all;
-    s->device_peak = (double)mem_peak_kind[0];
-    s->host_peak = (double)mem_peak_kind[1];
-}
-
-void ops_mem_count(int cat, size_t bytes, int sign) {
-    if (sign > 0) {
-        peak_max(&mem_peak[1][cat], __atomic_add_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED));
-        peak_max(&mem_peak_kind[1], __atomic_add_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED));
-        peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
-    } else {
-        __atomic_sub_fetch(&mem_live[1][cat], bytes, __ATOMIC_RELAXED);
-        __atomic_sub_fetch(&mem_live_kind[1], bytes, __ATOMIC_RELAXED);
-        __atomic_sub_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED);
-    }
-}
-
-void ops_mem_reset_peaks(void) {
-    for (int k = 0; k < 2; k++) {
-        for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
-        mem_peak_kind[k] = mem_live_kind[k];
-    }
-    mem_peak_all = mem_live_all;
-}
 
 void ops_memset0(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);

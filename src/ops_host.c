@@ -7,6 +7,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "error.h"
+
 #include "ops.h"
 
 uint16_t ops_f32_to_bf16(float f) {
@@ -94,3 +96,60 @@ size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in) {
     return (size_t)(tr < out ? tr : out) * (size_t)in;
 }
 
+/* ---- memory accounting: the counters of ops.h's memory section, one set for
+ * either backend (each keeps its own record of a pointer's size and category
+ * and charges it here). Atomic: OpenMP regions may allocate. ---- */
+static int mem_cat = OPS_MEM_OTHER;
+static size_t mem_live[2][OPS_MEM_NCAT], mem_peak[2][OPS_MEM_NCAT]; /* [host][cat] */
+static size_t mem_live_kind[2], mem_peak_kind[2], mem_live_all, mem_peak_all;
+
+static void peak_max(size_t *peak, size_t v) {
+    size_t old = __atomic_load_n(peak, __ATOMIC_RELAXED);
+    while (v > old && !__atomic_compare_exchange_n(peak, &old, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+int ops_mem_current_category(void) { return __atomic_load_n(&mem_cat, __ATOMIC_RELAXED); }
+
+void ops_mem_charge(int host, int cat, size_t bytes, int sign) {
+    DSV3_CHECK(cat >= 0 && cat < OPS_MEM_NCAT && (host == 0 || host == 1), "ops_mem_charge: category %d, kind %d",
+               cat, host);
+    if (sign > 0) {
+        peak_max(&mem_peak[host][cat], __atomic_add_fetch(&mem_live[host][cat], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_kind[host], __atomic_add_fetch(&mem_live_kind[host], bytes, __ATOMIC_RELAXED));
+        peak_max(&mem_peak_all, __atomic_add_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED));
+    } else {
+        __atomic_sub_fetch(&mem_live[host][cat], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_kind[host], bytes, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&mem_live_all, bytes, __ATOMIC_RELAXED);
+    }
+}
+
+/* host memory allocated elsewhere (the node-shared frozen store) */
+void ops_mem_count(int cat, size_t bytes, int sign) { ops_mem_charge(1, cat, bytes, sign); }
+
+int ops_mem_category(int cat) {
+    DSV3_CHECK(cat >= 0 && cat < OPS_MEM_NCAT, "ops_mem_category: %d is not a category", cat);
+    return __atomic_exchange_n(&mem_cat, cat, __ATOMIC_RELAXED);
+}
+
+void ops_mem_get(ops_mem_stats *s) {
+    memset(s, 0, sizeof *s);
+    for (int c = 0; c < OPS_MEM_NCAT; c++) {
+        s->live[c] = (double)(mem_live[0][c] + mem_live[1][c]);
+        /* a category's device and host peaks may come at different times: their sum bounds it */
+        s->peak[c] = (double)(mem_peak[0][c] + mem_peak[1][c]);
+    }
+    s->live_total = (double)mem_live_all;
+    s->peak_total = (double)mem_peak_all;
+    s->device_peak = (double)mem_peak_kind[0];
+    s->host_peak = (double)mem_peak_kind[1];
+}
+
+void ops_mem_reset_peaks(void) {
+    for (int k = 0; k < 2; k++) {
+        for (int c = 0; c < OPS_MEM_NCAT; c++) mem_peak[k][c] = mem_live[k][c];
+        mem_peak_kind[k] = mem_live_kind[k];
+    }
+    mem_peak_all = mem_live_all;
+}

@@ -1,14 +1,20 @@
 #!/bin/bash
 # it_cuda_build.sh — `make CUDA=1` on a machine without a GPU: every cuda/*.cu through nvcc
 # for sm_80 and sm_90 with -Werror all-warnings and ptxas spills / local memory as errors
-# (cuda/cuda.mk), the twin tests linked against the real cudart, cuBLAS, cuBLASLt and NCCL.
+# (cuda/cuda.mk), the twin tests and bin-cuda/dsv3 linked against the real cudart, cuBLAS, cuBLASLt and NCCL.
 # Prints the ptxas figures per kernel (registers, spills, shared memory) for sm_90. Skips
 # when nvcc is absent (a fresh user without the CUDA toolkit).
 . "$(dirname "$0")/lib.sh"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 [ -x "$CUDA_HOME/bin/nvcc" ] || { echo "skip: no nvcc in $CUDA_HOME (set CUDA_HOME to build the CUDA backend)"; exit 77; }
-make -s --no-print-directory CUDA=1 CUDA_HOME="$CUDA_HOME" cuda-gpu || { echo "FAIL: make CUDA=1"; exit 1; }
+make -s --no-print-directory CUDA=1 CUDA_HOME="$CUDA_HOME" cuda-gpu cuda-gpu-model || { echo "FAIL: make CUDA=1"; exit 1; }
 fails=0
+# the trainer itself: cudart, cuBLAS, cuBLASLt and NCCL
+libs=$(ldd bin-cuda/dsv3 | grep -oE 'lib(cudart|cublas|cublasLt|nccl)\.so[.0-9]*' | sort -u | tr '\n' ' ')
+echo "bin-cuda/dsv3: links $libs"
+for l in libcudart libcublas libcublasLt libnccl; do
+    echo "$libs" | grep -q "$l\.so" || { echo "FAIL: bin-cuda/dsv3 does not link $l"; fails=$((fails + 1)); }
+done
 for t in build-cuda/tests/test_cuda_*; do
     case "$t" in *.o|*.d) continue;; esac
     libs=$(ldd "$t" | grep -oE 'lib(cudart|cublas|cublasLt|nccl)\.so[.0-9]*' | sort -u | tr '\n' ' ')

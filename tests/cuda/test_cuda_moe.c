@@ -8,30 +8,13 @@
 #include "cu_ops_moe.h"
 #include "twin.h"
 
-#include <stdarg.h>
-
-static const char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static const char *fmt(const char *f, ...) {
-    static char buf[128];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, sizeof buf, f, ap);
-    va_end(ap);
-    return buf;
-}
-static void twin_free(void *d) { CK(cudaFree(d)); }
-static void *dev_alloc(size_t bytes) { /* uninitialised (the emulator poisons it with NaN) */
-    void *d;
-    CK(cudaMalloc(&d, bytes ? bytes : 1));
-    return d;
-}
 
 /* ---- SwiGLU, sigmoid ---- */
 
 /* g and u in one fused [T, 2n+3] buffer (the MLP's gate/up output, padded
  * rows), or apart with their own strides; dg/du likewise */
 static void swiglu(int T, int n, int fused) {
-    const char *what = fmt("T=%d n=%d %s", T, n, fused ? "fused gu" : "strided");
+    const char *what = twin_fmt("T=%d n=%d %s", T, n, fused ? "fused gu" : "strided");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     const int gs = fused ? 2 * n + 3 : n + 5, us = fused ? gs : n;
@@ -39,7 +22,7 @@ static void swiglu(int T, int n, int fused) {
     float *gbuf = twin_host(ng, 11, -6, 6), *ubuf = twin_host(nu, 12, -3, 3), *dh = twin_host(nh, 13, -1, 1);
     float *h = malloc(nh * 4);
     float *d_gbuf = twin_dev(gbuf, ng * 4), *d_ubuf = twin_dev(ubuf, nu * 4), *d_dh = twin_dev(dh, nh * 4);
-    float *d_h = dev_alloc(nh * 4);
+    float *d_h = twin_alloc(nh * 4);
     const float *g = gbuf, *u = fused ? gbuf + n : ubuf, *d_g = d_gbuf, *d_u = fused ? d_gbuf + n : d_ubuf;
 
     ops_swiglu_forward(h, g, gs, u, us, T, n);
@@ -56,11 +39,11 @@ static void swiglu(int T, int n, int fused) {
     CK(cu_swiglu_backward(d_dg, gs, d_du, us, d_dh, d_g, gs, d_u, us, T, n, twin_s));
     /* silu'(g) = σ(1 + g(1 − σ)) cancels near g = −1.28: an absolute floor of 1e-6 (|values| ~ 1) */
     got = twin_back(d_dgbuf, ng * 4);
-    twin_close("ops_swiglu_backward", fused ? name : fmt("%s dg", name), got, dgbuf, ng, 1e-5, 1e-6, 1);
+    twin_close("ops_swiglu_backward", fused ? name : twin_fmt("%s dg", name), got, dgbuf, ng, 1e-5, 1e-6, 1);
     free(got);
     if (!fused) {
         got = twin_back(d_dubuf, nu * 4);
-        twin_close("ops_swiglu_backward", fmt("%s du", name), got, dubuf, nu, 1e-5, 1e-6, 1);
+        twin_close("ops_swiglu_backward", twin_fmt("%s du", name), got, dubuf, nu, 1e-5, 1e-6, 1);
         free(got);
     }
     free(gbuf), free(ubuf), free(dh), free(h), free(dgbuf), free(dubuf);
@@ -68,7 +51,7 @@ static void swiglu(int T, int n, int fused) {
 }
 
 static void sigmoid(size_t n, int inplace) {
-    const char *what = fmt("n=%zu%s", n, inplace ? " in place" : "");
+    const char *what = twin_fmt("n=%zu%s", n, inplace ? " in place" : "");
     float *x = twin_host(n, 21, -20, 20), *y = malloc(n * 4 + 4);
     float *dx = twin_dev(x, n * 4), *dy = inplace ? dx : twin_dev(y, n * 4);
     if (inplace) {
@@ -97,7 +80,7 @@ static float *scores(int T, int E, uint64_t key, int ties) {
 }
 
 static void route(int T, int E, int K, int ng, int kg, int with_bias, int with_w, int norm, int ties) {
-    const char *what = fmt("T=%d E=%d K=%d groups %d/%d%s%s%s", T, E, K, kg, ng, with_bias ? " bias" : "",
+    const char *what = twin_fmt("T=%d E=%d K=%d groups %d/%d%s%s%s", T, E, K, kg, ng, with_bias ? " bias" : "",
                            norm ? " norm" : "", ties ? " ties" : "");
     char name[128];
     snprintf(name, sizeof name, "%s", what);
@@ -110,16 +93,16 @@ static void route(int T, int E, int K, int ng, int kg, int with_bias, int with_w
     int *idx = malloc(nk * sizeof *idx);
     float *w = with_w ? malloc(nk * 4) : NULL;
     float *d_s = twin_dev(s, (size_t)T * E * 4), *d_b = bias ? twin_dev(bias, (size_t)E * 4) : NULL;
-    int *d_idx = dev_alloc(nk * sizeof *idx);
-    float *d_w = with_w ? dev_alloc(nk * 4) : NULL;
+    int *d_idx = twin_alloc(nk * sizeof *idx);
+    float *d_w = with_w ? twin_alloc(nk * 4) : NULL;
 
     ops_moe_route(idx, w, s, bias, T, E, K, ng, kg, norm, scale);
     CK(cu_moe_route(d_idx, d_w, d_s, d_b, T, E, K, ng, kg, norm, scale, twin_s));
     int *gi = twin_back(d_idx, nk * sizeof *idx);
-    twin_same("ops_moe_route", fmt("%s idx", name), gi, idx, nk * sizeof *idx);
+    twin_same("ops_moe_route", twin_fmt("%s idx", name), gi, idx, nk * sizeof *idx);
     if (with_w) {
         float *gw = twin_back(d_w, nk * 4);
-        twin_close("ops_moe_route", fmt("%s w", name), gw, w, nk, 1e-5, 0, 1);
+        twin_close("ops_moe_route", twin_fmt("%s w", name), gw, w, nk, 1e-5, 0, 1);
         free(gw);
 
         /* backward into non-zero dlogits: the weights' gradient through the sigmoid */
@@ -141,7 +124,7 @@ static void route(int T, int E, int K, int ng, int kg, int with_bias, int with_w
 /* ---- Balance loss: B sequences of T rows, topk = plain top-K of the unbiased scores ---- */
 
 static void balance(int B, int T, int E, int K) {
-    const char *what = fmt("B=%d T=%d E=%d K=%d", B, T, E, K);
+    const char *what = twin_fmt("B=%d T=%d E=%d K=%d", B, T, E, K);
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     size_t R = (size_t)B * T;
@@ -150,7 +133,7 @@ static void balance(int B, int T, int E, int K) {
     ops_moe_route(topk, NULL, s, NULL, (int)R, E, K, 1, 1, 0, 1.0f);
     float *d_s = twin_dev(s, R * E * 4);
     int *d_topk = twin_dev(topk, R * K * sizeof *topk);
-    double *d_out = dev_alloc(((size_t)B + 1) * sizeof(double));
+    double *d_out = twin_alloc(((size_t)B + 1) * sizeof(double));
 
     double ref = ops_moe_balance(s, topk, B, T, E, K);
     CK(cu_moe_balance(d_s, d_topk, B, T, E, K, d_out, twin_s));
@@ -174,7 +157,7 @@ static void balance(int B, int T, int E, int K) {
 
 /* idx [N,K]: a real routing (empty: experts never picked), or everything to one expert */
 static void sort(int N, int K, int E, int mode) {
-    const char *what = fmt("N=%d K=%d E=%d %s", N, K, E, mode == 0 ? "routed" : mode == 1 ? "one expert" : "skewed");
+    const char *what = twin_fmt("N=%d K=%d E=%d %s", N, K, E, mode == 0 ? "routed" : mode == 1 ? "one expert" : "skewed");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     size_t nk = (size_t)N * K;
@@ -188,33 +171,33 @@ static void sort(int N, int K, int E, int mode) {
             idx[j] = mode == 1 ? E - 1 : (int)(twin_u(52, j, 0, 1) * (E / 4 + 1)) % E;
     }
     int *pos = malloc(nk * sizeof *pos), *src = malloc(nk * sizeof *src), *cnt = malloc((size_t)E * sizeof *cnt);
-    int *d_idx = twin_dev(idx, nk * sizeof *idx), *d_pos = dev_alloc(nk * sizeof *pos);
-    int *d_src = dev_alloc(nk * sizeof *src), *d_cnt = dev_alloc((size_t)E * sizeof *cnt);
+    int *d_idx = twin_dev(idx, nk * sizeof *idx), *d_pos = twin_alloc(nk * sizeof *pos);
+    int *d_src = twin_alloc(nk * sizeof *src), *d_cnt = twin_alloc((size_t)E * sizeof *cnt);
     ops_moe_sort(pos, src, cnt, idx, N, K, E);
     CK(cu_moe_sort(d_pos, d_src, d_cnt, d_idx, N, K, E, twin_s));
     int *g;
-    twin_same("ops_moe_sort", fmt("%s cnt", name), g = twin_back(d_cnt, (size_t)E * sizeof *cnt), cnt, (size_t)E * sizeof *cnt);
+    twin_same("ops_moe_sort", twin_fmt("%s cnt", name), g = twin_back(d_cnt, (size_t)E * sizeof *cnt), cnt, (size_t)E * sizeof *cnt);
     free(g);
-    twin_same("ops_moe_sort", fmt("%s pos", name), g = twin_back(d_pos, nk * sizeof *pos), pos, nk * sizeof *pos);
+    twin_same("ops_moe_sort", twin_fmt("%s pos", name), g = twin_back(d_pos, nk * sizeof *pos), pos, nk * sizeof *pos);
     free(g);
-    twin_same("ops_moe_sort", fmt("%s src", name), g = twin_back(d_src, nk * sizeof *src), src, nk * sizeof *src);
+    twin_same("ops_moe_sort", twin_fmt("%s src", name), g = twin_back(d_src, nk * sizeof *src), src, nk * sizeof *src);
     free(g);
     free(idx), free(pos), free(src), free(cnt);
     twin_free(d_idx), twin_free(d_pos), twin_free(d_src), twin_free(d_cnt);
 }
 
 static void perm(int P, int G, int maxrows, uint64_t key) {
-    const char *what = fmt("P=%d G=%d rows<=%d", P, G, maxrows);
+    const char *what = twin_fmt("P=%d G=%d rows<=%d", P, G, maxrows);
     size_t pg = (size_t)P * G;
     int *rcnt = malloc(pg * sizeof *rcnt), R = 0;
     for (size_t i = 0; i < pg; i++) R += rcnt[i] = (int)(twin_u(key, i, 0, 1) * (maxrows + 1)) % (maxrows + 1);
     int *p = malloc(((size_t)R + 1) * sizeof *p);
-    int *d_rcnt = twin_dev(rcnt, pg * sizeof *rcnt), *d_p = dev_alloc(((size_t)R + 1) * sizeof *p);
+    int *d_rcnt = twin_dev(rcnt, pg * sizeof *rcnt), *d_p = twin_alloc(((size_t)R + 1) * sizeof *p);
     int rows = ops_moe_perm(p, rcnt, P, G);
     CK(cu_moe_perm(d_p, d_rcnt, P, G, twin_s));
     int *g = twin_back(d_p, (size_t)R * sizeof *p);
     twin_same("ops_moe_perm", what, g, p, (size_t)R * sizeof *p);
-    twin_same("ops_moe_perm", fmt("P=%d G=%d row count (Σ rcnt)", P, G), &R, &rows, sizeof R);
+    twin_same("ops_moe_perm", twin_fmt("P=%d G=%d row count (Σ rcnt)", P, G), &R, &rows, sizeof R);
     free(g), free(rcnt), free(p);
     twin_free(d_rcnt), twin_free(d_p);
 }
@@ -222,7 +205,7 @@ static void perm(int P, int G, int maxrows, uint64_t key) {
 /* ---- Rows ---- */
 
 static void rows(int n, int nsrc, int C) {
-    const char *what = fmt("n=%d of %d rows C=%d", n, nsrc, C);
+    const char *what = twin_fmt("n=%d of %d rows C=%d", n, nsrc, C);
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     /* idx: distinct rows of a shuffled [0, nsrc) (a scatter target must be written once) */
@@ -253,7 +236,7 @@ static void rows(int n, int nsrc, int C) {
 
 /* combine and its backward over a real dispatch layout (pos from route + sort) */
 static void combine(int N, int K, int E, int C, float beta, int with_w) {
-    const char *what = fmt("N=%d K=%d C=%d beta=%g%s", N, K, C, beta, with_w ? "" : " w=1");
+    const char *what = twin_fmt("N=%d K=%d C=%d beta=%g%s", N, K, C, beta, with_w ? "" : " w=1");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     size_t nk = (size_t)N * K, no = (size_t)N * C, ny = nk * C;
@@ -280,15 +263,15 @@ static void combine(int N, int K, int E, int C, float beta, int with_w) {
         ops_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C);
         CK(cu_moe_combine_backward(d_dy, d_dw, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
         g = twin_back(d_dy, ny * 4);
-        twin_same("ops_moe_combine_backward", fmt("%s dy", name), g, dy, ny * 4); /* one product: bitwise */
+        twin_same("ops_moe_combine_backward", twin_fmt("%s dy", name), g, dy, ny * 4); /* one product: bitwise */
         free(g);
         g = twin_back(d_dw, nk * 4);
-        twin_close("ops_moe_combine_backward", fmt("%s dw", name), g, dw, nk, 1e-5, 1e-6, 1); /* dw may cancel to ~0 */
+        twin_close("ops_moe_combine_backward", twin_fmt("%s dw", name), g, dw, nk, 1e-5, 1e-6, 1); /* dw may cancel to ~0 */
         free(g);
         ops_moe_combine_backward(dy, NULL, dout, y, pos, w, N, K, C);
         CK(cu_moe_combine_backward(d_dy, NULL, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
         g = twin_back(d_dy, ny * 4);
-        twin_same("ops_moe_combine_backward", fmt("%s dw NULL", name), g, dy, ny * 4);
+        twin_same("ops_moe_combine_backward", twin_fmt("%s dw NULL", name), g, dy, ny * 4);
         free(g), free(dout), free(dy), free(dw);
         twin_free(d_dout), twin_free(d_dy), twin_free(d_dw);
     }
@@ -305,7 +288,7 @@ static int sum(const int *c, int G) {
 }
 
 static void grouped(const int *cnt, int G, int in, int out) {
-    const char *what = fmt("G=%d R=%d in=%d out=%d", G, sum(cnt, G), in, out);
+    const char *what = twin_fmt("G=%d R=%d in=%d out=%d", G, sum(cnt, G), in, out);
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     size_t R = (size_t)sum(cnt, G), nw = (size_t)G * out * in;
@@ -323,10 +306,10 @@ static void grouped(const int *cnt, int G, int in, int out) {
         ops_grouped_matmul_backward(v == 2 ? NULL : dx, v == 1 ? NULL : dw, dy, x, w, cnt, G, in, out);
         CK(cu_grouped_matmul_backward(v == 2 ? NULL : d_dx, v == 1 ? NULL : d_dw, d_dy, d_x, d_w, cnt, G, in, out, twin_s));
         g = twin_back(d_dx, R * in * 4);
-        twin_close("ops_grouped_matmul_backward", fmt("%s %s dx", name, which), g, dx, R * in, 1e-5, 0, 0);
+        twin_close("ops_grouped_matmul_backward", twin_fmt("%s %s dx", name, which), g, dx, R * in, 1e-5, 0, 0);
         free(g);
         g = twin_back(d_dw, nw * 4);
-        twin_close("ops_grouped_matmul_backward", fmt("%s %s dw", name, which), g, dw, nw, 1e-5, 0, 0);
+        twin_close("ops_grouped_matmul_backward", twin_fmt("%s %s dw", name, which), g, dw, nw, 1e-5, 0, 0);
         free(g);
     }
     free(x), free(w), free(y), free(dy), free(dx), free(dw);
@@ -336,7 +319,7 @@ static void grouped(const int *cnt, int G, int in, int out) {
 /* stacked experts in storage dt: stored on the host by the CPU's ops_weight_store_rows
  * (DeepSeek's FP8 recipe), the same bytes copied to the device */
 static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int tile_rows) {
-    const char *what = fmt("%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
+    const char *what = twin_fmt("%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
                            sum(cnt, G), in, out, tile_rows ? " tiles of 128 rows" : "");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
@@ -353,7 +336,7 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int 
     ops_weight Wd = {dt, twin_dev(data, nw * esz), scale ? twin_dev(scale, nsc * 4) : NULL, out, in};
     /* the CPU op's tile (the whole expert here), or 128-row tiles: the path of experts over 2^24 elements */
     size_t nt = tile_rows ? (size_t)tile_rows * in : cu_grouped_matmul_w_tile(&Wd);
-    float *tile = nt ? dev_alloc(nt * 4) : NULL;
+    float *tile = nt ? twin_alloc(nt * 4) : NULL;
     float *x = twin_host(R * in, 92, -1, 1), *y = twin_host(R * out, 93, -1, 1);
     float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
     ops_arena cpu_scratch; /* the CPU op's tile, from an arena of exactly the stated size */
@@ -379,7 +362,7 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int 
 /* ---- Bias update: counts above, below and at the mean (sign 0) ---- */
 
 static void bias_update(int E, int equal) {
-    const char *what = fmt("E=%d%s", E, equal ? " all counts equal" : "");
+    const char *what = twin_fmt("E=%d%s", E, equal ? " all counts equal" : "");
     int64_t *c = malloc((size_t)E * sizeof *c);
     int64_t total = 0;
     for (int e = 0; e < E; e++) total += c[e] = equal ? 1000 : e % 4 == 0 ? 100 : (int64_t)twin_u(101, (size_t)e, 0, 200);

@@ -9,23 +9,6 @@
 #include "cu_ops_moe.h"
 #include "twin.h"
 
-#include <stdarg.h>
-
-static const char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static const char *fmt(const char *f, ...) {
-    static char buf[160];
-    va_list ap;
-    va_start(ap, f);
-    vsnprintf(buf, sizeof buf, f, ap);
-    va_end(ap);
-    return buf;
-}
-static void twin_free(void *d) { CK(cudaFree(d)); }
-static void *dev_alloc(size_t bytes) { /* uninitialised (the emulator poisons it with NaN) */
-    void *d;
-    CK(cudaMalloc(&d, bytes ? bytes : 1));
-    return d;
-}
 static int *ints(size_t n) { return malloc((n ? n : 1) * sizeof(int)); }
 
 /* ---- A routing of N tokens over E experts owned by P ranks ---- */
@@ -85,16 +68,16 @@ static void check_dispatch(const routing *r, const dispatch *c, const char *name
     size_t nk = (size_t)N * K;
     int *d_idx = twin_dev(r->idx, nk * sizeof(int)), *d_ef = twin_dev(r->efirst, ((size_t)P + 1) * sizeof(int));
     float *d_w = twin_dev(r->w, nk * 4);
-    int *d_stok = dev_alloc(nk * sizeof(int)), *d_toff = dev_alloc(((size_t)N + 1) * sizeof(int));
-    int *d_trows = dev_alloc(nk * sizeof(int)), *d_ptk = dev_alloc(nk * sizeof(int));
-    int *d_smeta = dev_alloc(3 * nk * sizeof(int)), *d_scnt = dev_alloc((size_t)P * sizeof(int));
-    int *d_spc = dev_alloc((size_t)P * sizeof(int)), *d_ecnt = dev_alloc((size_t)E * sizeof(int));
+    int *d_stok = twin_alloc(nk * sizeof(int)), *d_toff = twin_alloc(((size_t)N + 1) * sizeof(int));
+    int *d_trows = twin_alloc(nk * sizeof(int)), *d_ptk = twin_alloc(nk * sizeof(int));
+    int *d_smeta = twin_alloc(3 * nk * sizeof(int)), *d_scnt = twin_alloc((size_t)P * sizeof(int));
+    int *d_spc = twin_alloc((size_t)P * sizeof(int)), *d_ecnt = twin_alloc((size_t)E * sizeof(int));
     CK(cu_moe_dispatch_index(d_stok, d_toff, d_trows, d_ptk, d_smeta, d_scnt, d_spc, d_ecnt, d_idx, d_w, d_ef, N, K, P,
                              E, twin_s));
     const char *op = "ops_moe_dispatch_index";
     int *g = twin_back(d_toff, ((size_t)N + 1) * sizeof(int));
-    twin_same(op, fmt("%s S (toff[N])", name), &g[N], &c->S, sizeof(int));
-    twin_same(op, fmt("%s toff", name), g, c->toff, ((size_t)N + 1) * sizeof(int));
+    twin_same(op, twin_fmt("%s S (toff[N])", name), &g[N], &c->S, sizeof(int));
+    twin_same(op, twin_fmt("%s toff", name), g, c->toff, ((size_t)N + 1) * sizeof(int));
     free(g);
     const size_t S = (size_t)c->S;
     struct {
@@ -107,7 +90,7 @@ static void check_dispatch(const routing *r, const dispatch *c, const char *name
                {"smeta", d_smeta, c->smeta, 3 * nk}};
     for (size_t i = 0; i < sizeof out / sizeof *out; i++) {
         g = twin_back(out[i].dev, out[i].n * sizeof(int));
-        twin_same(op, fmt("%s %s", name, out[i].what), g, out[i].ref, out[i].n * sizeof(int));
+        twin_same(op, twin_fmt("%s %s", name, out[i].what), g, out[i].ref, out[i].n * sizeof(int));
         free(g);
     }
     twin_free(d_idx), twin_free(d_ef), twin_free(d_w), twin_free(d_stok), twin_free(d_toff), twin_free(d_trows);
@@ -155,9 +138,9 @@ static void check_receive(const received *v, const recv_index *c, int P, const c
     const size_t Pr = (size_t)v->Pr, R = (size_t)v->R, G = (size_t)v->G;
     int *d_rmeta = twin_dev(v->rmeta, 3 * Pr * sizeof(int)), *d_roff = twin_dev(v->roff, (size_t)P * sizeof(int));
     int *d_rpo = twin_dev(v->rpo, (size_t)P * sizeof(int));
-    int *d_perm = dev_alloc(Pr * sizeof(int)), *d_pinv = dev_alloc(Pr * sizeof(int));
-    int *d_poff = dev_alloc((R + 1) * sizeof(int)), *d_lcnt = dev_alloc(G * sizeof(int));
-    float *d_pw = dev_alloc(Pr * 4);
+    int *d_perm = twin_alloc(Pr * sizeof(int)), *d_pinv = twin_alloc(Pr * sizeof(int));
+    int *d_poff = twin_alloc((R + 1) * sizeof(int)), *d_lcnt = twin_alloc(G * sizeof(int));
+    float *d_pw = twin_alloc(Pr * 4);
     CK(cu_moe_receive_index(d_perm, d_pinv, d_poff, d_pw, d_lcnt, d_rmeta, d_roff, d_rpo, P, v->Pr, v->R, v->G,
                             twin_s));
     const char *op = "ops_moe_receive_index";
@@ -171,7 +154,7 @@ static void check_receive(const received *v, const recv_index *c, int P, const c
                {"pw", d_pw, c->pw, Pr * 4}};
     for (size_t i = 0; i < sizeof out / sizeof *out; i++) {
         void *g = twin_back(out[i].dev, out[i].bytes);
-        twin_same(op, fmt("%s %s", name, out[i].what), g, out[i].ref, out[i].bytes);
+        twin_same(op, twin_fmt("%s %s", name, out[i].what), g, out[i].ref, out[i].bytes);
         free(g);
     }
     twin_free(d_rmeta), twin_free(d_roff), twin_free(d_rpo), twin_free(d_perm), twin_free(d_pinv);
@@ -184,7 +167,7 @@ static void combine_seg(const int *off, const int *pos, const float *w, int n, i
                         const char *name) {
     const int np = off[n];
     const size_t no = (size_t)n * C, nyc = (size_t)ny * C;
-    const char *what = fmt("%s C=%d beta=%g%s", name, C, beta, w ? "" : " w=1");
+    const char *what = twin_fmt("%s C=%d beta=%g%s", name, C, beta, w ? "" : " w=1");
     char nm[160];
     snprintf(nm, sizeof nm, "%s", what);
     float *y = twin_host(nyc, 201, -1, 1), *out = twin_host(no, 202, -1, 1);
@@ -205,25 +188,25 @@ static void combine_seg(const int *off, const int *pos, const float *w, int n, i
         ops_moe_combine_seg_backward(dy, dw, dout, y, off, pos, w, n, C);
         CK(cu_moe_combine_seg_backward(d_dy, d_dw, d_dout, d_y, d_off, d_pos, d_w, n, C, twin_s));
         g = twin_back(d_dy, nyc * 4);
-        twin_same(op, fmt("%s dy", nm), g, dy, nyc * 4); /* one product: bitwise */
+        twin_same(op, twin_fmt("%s dy", nm), g, dy, nyc * 4); /* one product: bitwise */
         free(g);
         g = twin_back(d_dw, (size_t)np * 4);
-        twin_close(op, fmt("%s dw", nm), g, dw, (size_t)np, 1e-5, 1e-6, 1); /* a dot product may cancel to ~0 */
+        twin_close(op, twin_fmt("%s dw", nm), g, dw, (size_t)np, 1e-5, 1e-6, 1); /* a dot product may cancel to ~0 */
         free(g);
         float *dy2 = twin_host(nyc, 206, -1, 1), *d_dy2 = twin_dev(dy2, nyc * 4);
         ops_moe_combine_seg_backward(dy2, NULL, dout, y, off, pos, w, n, C);
         CK(cu_moe_combine_seg_backward(d_dy2, NULL, d_dout, d_y, d_off, d_pos, d_w, n, C, twin_s));
         g = twin_back(d_dy2, nyc * 4);
-        twin_same(op, fmt("%s dw NULL", nm), g, dy2, nyc * 4);
+        twin_same(op, twin_fmt("%s dw NULL", nm), g, dy2, nyc * 4);
         free(g);
         /* in place: dy = y, dw into a buffer of its own */
         ops_moe_combine_seg_backward(y, dw, dout, y, off, pos, w, n, C);
         CK(cu_moe_combine_seg_backward(d_y, d_dw, d_dout, d_y, d_off, d_pos, d_w, n, C, twin_s));
         g = twin_back(d_y, nyc * 4);
-        twin_same(op, fmt("%s dy = y", nm), g, y, nyc * 4);
+        twin_same(op, twin_fmt("%s dy = y", nm), g, y, nyc * 4);
         free(g);
         g = twin_back(d_dw, (size_t)np * 4);
-        twin_close(op, fmt("%s dy = y, dw", nm), g, dw, (size_t)np, 1e-5, 1e-6, 1);
+        twin_close(op, twin_fmt("%s dy = y, dw", nm), g, dw, (size_t)np, 1e-5, 1e-6, 1);
         free(g), free(dout), free(dy), free(dw), free(dy2);
         twin_free(d_dout), twin_free(d_dy), twin_free(d_dw), twin_free(d_dy2);
     }
@@ -236,7 +219,7 @@ static void combine_seg(const int *off, const int *pos, const float *w, int n, i
  * receiver's index (receiver twin), and the combines of moe.c on those layouts
  * (receiver: pairs into rows, weighted; sender: rows into tokens) for `cs`. */
 static void ep_group(int N, int K, int E, int P, int mode, const int *cs, int ncs) {
-    const char *what = fmt("N=%d K=%d E=%d P=%d %s", N, K, E, P,
+    const char *what = twin_fmt("N=%d K=%d E=%d P=%d %s", N, K, E, P,
                            mode == 0 ? "routed" : mode == 1 ? "all on rank 0" : mode == 2 ? "half local" : "local but src 0");
     char name[128];
     snprintf(name, sizeof name, "%s", what);
@@ -245,7 +228,7 @@ static void ep_group(int N, int K, int E, int P, int mode, const int *cs, int nc
     for (int q = 0; q < P; q++) {
         rt[q] = make_routing(N, K, E, P, mode, q, 300 + 7 * (uint64_t)q);
         dp[q] = cpu_dispatch(&rt[q]);
-        if (q < 2 || q == P - 1) check_dispatch(&rt[q], &dp[q], fmt("%s src %d", name, q));
+        if (q < 2 || q == P - 1) check_dispatch(&rt[q], &dp[q], twin_fmt("%s src %d", name, q));
     }
     for (int me = 0; me < P; me++) {
         if (me > 1 && me < P - 1 && mode < 1) continue; /* ranks 0, 1 and the last */
@@ -255,13 +238,13 @@ static void ep_group(int N, int K, int E, int P, int mode, const int *cs, int nc
         snprintf(rn, sizeof rn, "%s at %d: R=%d Pr=%d G=%d", name, me, v.R, v.Pr, v.G);
         check_receive(&v, &c, P, rn);
         for (int i = 0; i < ncs && me == 0; i++) /* ye [Pr,C] expert-major -> xr [R,C] */
-            combine_seg(c.poff, c.pinv, c.pw, v.R, v.Pr, cs[i], 0.0f, fmt("%s pairs->rows", rn));
+            combine_seg(c.poff, c.pinv, c.pw, v.R, v.Pr, cs[i], 0.0f, twin_fmt("%s pairs->rows", rn));
         recv_free(&c);
         free(v.rmeta);
     }
     for (int i = 0; i < ncs; i++) { /* ys [S,C] -> out [N,C] (w NULL), and dx += (beta 1) */
-        combine_seg(dp[0].toff, dp[0].trows, NULL, N, dp[0].S, cs[i], 0.0f, fmt("%s rows->tokens", name));
-        combine_seg(dp[0].toff, dp[0].trows, NULL, N, dp[0].S, cs[i], 1.0f, fmt("%s rows->tokens", name));
+        combine_seg(dp[0].toff, dp[0].trows, NULL, N, dp[0].S, cs[i], 0.0f, twin_fmt("%s rows->tokens", name));
+        combine_seg(dp[0].toff, dp[0].trows, NULL, N, dp[0].S, cs[i], 1.0f, twin_fmt("%s rows->tokens", name));
     }
     for (int q = 0; q < P; q++) free(rt[q].idx), free(rt[q].w), dispatch_free(&dp[q]);
 }
@@ -269,7 +252,7 @@ static void ep_group(int N, int K, int E, int P, int mode, const int *cs, int nc
 /* ---- The wire: n rows of C values packed in place and back ---- */
 
 static void wire(int n, int C, int wire) {
-    const char *what = fmt("n=%d C=%d %s", n, C, wire == OPS_WIRE_F32 ? "f32" : wire == OPS_WIRE_BF16 ? "bf16" : "fp8");
+    const char *what = twin_fmt("n=%d C=%d %s", n, C, wire == OPS_WIRE_F32 ? "f32" : wire == OPS_WIRE_BF16 ? "bf16" : "fp8");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     const size_t nc = (size_t)n * C, rb = ops_wire_row_bytes(C, wire);

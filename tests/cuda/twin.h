@@ -11,6 +11,7 @@
 #define DSV3_TWIN_H
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,23 @@ static int twin_end(void) {
     printf("output hash: %016llx\n", (unsigned long long)twin_hash);
     printf("%d passed, %d failed\n", twin_passed, twin_failed);
     return twin_failed != 0;
+}
+
+/* a case label (one static buffer: use before the next call) */
+static inline const char *twin_fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static inline const char *twin_fmt(const char *f, ...) {
+    static char buf[160];
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    return buf;
+}
+static inline void twin_free(void *d) { CK(cudaFree(d)); }
+static inline void *twin_alloc(size_t bytes) { /* uninitialised (the emulator poisons it with NaN) */
+    void *d;
+    CK(cudaMalloc(&d, bytes ? bytes : 1));
+    return d;
 }
 
 /* Counter-based values in [lo, hi): the same for a (key, i) on every machine. */
