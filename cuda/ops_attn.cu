@@ -732,14 +732,18 @@ void ops_latent_attention(float *out, const float *q, const float *cache, int n,
                           float scale) {
     CU_CHECK(cu_latent_attention(out, q, cache, n, nh, W, kvl, p0, scale, cu_stream()));
 }
-int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {
-    int *bad = (int *)scratch(SCR_EMB_BAD, sizeof(int));
-    CU_CHECK(cu_embedding_forward(y, E, ids, N, V, H, bad, cu_stream()));
+/* the CPU op's contract: 0, or -1 after printing the first out-of-range id */
+static int embed_bad_row(const int *bad, const int32_t *ids, int N, int V) {
     const int row = read_back(bad);
     if (row >= N) return 0;
     fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)read_back(ids + row),
             row, V);
     return -1;
+}
+int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {
+    int *bad = (int *)scratch(SCR_EMB_BAD, sizeof(int));
+    CU_CHECK(cu_embedding_forward(y, E, ids, N, V, H, bad, cu_stream()));
+    return embed_bad_row(bad, ids, N, V);
 }
 int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N) {
     CU_REQUIRE(E->dtype == OPS_F32 || E->dtype == OPS_BF16,
@@ -747,11 +751,7 @@ int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, i
                E->dtype == OPS_FP8_E4M3 ? "fp8" : "?");
     int *bad = (int *)scratch(SCR_EMB_BAD, sizeof(int));
     CU_CHECK(cu_embedding_forward_w(y, E, ids, N, bad, cu_stream()));
-    const int row = read_back(bad);
-    if (row >= N) return 0;
-    fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)read_back(ids + row),
-            row, E->out);
-    return -1;
+    return embed_bad_row(bad, ids, N, E->out);
 }
 void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {
     CU_CHECK(cu_embedding_backward(dE, dy, ids, N, V, H, cu_stream()));

@@ -253,7 +253,9 @@ void ops_latent_attention(float *out, const float *q, const float *cache, int n,
 
 /* ---------------------------------------------------------------- embedding */
 
-int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {
+/* y[n,:] = row ids[n] of a [V,H] table stored as fp32 (bf16 0) or bf16 (bf16 1), widened exactly;
+ * out-of-range ids zero their row, and the first one is reported. */
+static int embed_rows(float *y, const void *E, int bf16, const int32_t *ids, int N, int V, int H) {
     int bad = -1;
 #pragma omp parallel for schedule(static) if ((size_t)N * H > 65536)
     for (int n = 0; n < N; n++) {
@@ -263,8 +265,11 @@ int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, i
             memset(yn, 0, (size_t)H * sizeof *yn);
 #pragma omp critical(ops_embed_bad)
             if (bad < 0 || n < bad) bad = n;
+        } else if (bf16) {
+            const uint16_t *q = (const uint16_t *)E + (size_t)id * H;
+            for (int c = 0; c < H; c++) yn[c] = ops_bf16_to_f32(q[c]);
         } else {
-            memcpy(yn, E + (size_t)id * H, (size_t)H * sizeof *yn);
+            memcpy(yn, (const float *)E + (size_t)id * H, (size_t)H * sizeof *yn);
         }
     }
     if (bad >= 0) {
@@ -275,31 +280,15 @@ int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, i
     return 0;
 }
 
+int ops_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H) {
+    return embed_rows(y, E, 0, ids, N, V, H);
+}
+
 int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N) {
-    int V = E->out, H = E->in;
-    if (E->dtype == OPS_F32) return ops_embedding_forward(y, (const float *)E->data, ids, N, V, H);
-    DSV3_CHECK(E->dtype == OPS_BF16, "ops_embedding_forward_w: a %s embedding is not supported (bf16 or fp32)",
+    DSV3_CHECK(E->dtype == OPS_F32 || E->dtype == OPS_BF16,
+               "ops_embedding_forward_w: a %s embedding is not supported (bf16 or fp32)",
                E->dtype == OPS_FP8_E4M3 ? "fp8" : "?");
-    int bad = -1;
-#pragma omp parallel for schedule(static) if ((size_t)N * H > 65536)
-    for (int n = 0; n < N; n++) {
-        float *yn = y + (size_t)n * H;
-        int32_t id = ids[n];
-        if (id < 0 || id >= V) {
-            memset(yn, 0, (size_t)H * sizeof *yn);
-#pragma omp critical(ops_embed_bad_w)
-            if (bad < 0 || n < bad) bad = n;
-        } else {
-            const uint16_t *q = (const uint16_t *)E->data + (size_t)id * H;
-            for (int c = 0; c < H; c++) yn[c] = ops_bf16_to_f32(q[c]);
-        }
-    }
-    if (bad >= 0) {
-        fprintf(stderr, "ops_embedding_forward: token id %d at row %d outside vocabulary [0, %d)\n", (int)ids[bad],
-                bad, V);
-        return -1;
-    }
-    return 0;
+    return embed_rows(y, E->data, E->dtype == OPS_BF16, ids, N, E->out, E->in);
 }
 
 void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {
