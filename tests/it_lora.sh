@@ -110,6 +110,10 @@ if [ "$hit" = 1 ]; then
     if [ "$lat" = step_00000003.h5 ] && [ ! -e "$d/checkpoints/checkpoint-6" ] && [ "$(rows "$OUT/kill-re/metrics.csv" 4 6 | wc -l)" = 3 ] &&
        diff <(rows "$OUT/a3/metrics.csv" 4 6) <(rows "$OUT/kill-re/metrics.csv" 4 6) >/dev/null; then
         echo "kill -9 in the step-6 save (exit $(cat "$OUT/kill.rc")): latest names $lat, no checkpoint-6 PEFT copy; resumed rows 4-6 identical"
+    elif [ "$lat" = step_00000006.h5 ] && [ -s "$d/checkpoints/checkpoint-6/adapter_model.safetensors" ]; then
+        # the save committed before the kill landed (saves take milliseconds): step 6 with its PEFT copy,
+        # and the resume above from it succeeded
+        echo "kill -9 landed after the step-6 save committed: latest names $lat with its PEFT copy, and it resumes"
     else echo "FAIL: kill -9: latest '$lat', PEFT dirs: $(ls "$d/checkpoints" | tr '\n' ' '), rows differ or missing"; fail=1; fi
 else echo "note: the step-6 save finished before the kill (exit $(cat "$OUT/kill.rc")); nothing to check"; fi
 # checkpoint.keep prunes the PEFT copies with their checkpoints
