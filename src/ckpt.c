@@ -1324,6 +1324,8 @@ struct ckpt_out {
     odset *ds;
     haddr_t *addr;
     int64_t *sums, nchunks, chcap;
+    int put_rc; /* a failed ckpt_out_put, reported by the next collective call */
+    char put_err[4400];
 };
 
 static int out_root_attrs(ckpt_out *o, const deck *d);
@@ -1494,9 +1496,9 @@ int ckpt_out_declare(ckpt_out *o, const char *hf_name, int ndim, const int64_t *
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (e >= 0), or along the
  * dataset's axis 0 (e < 0, any rank); data is bf16 bits (uint16) when the file
  * is bf16, else float. */
-/* Direct: this rank's rows to their chunks (the only collective call: the status). */
-static int out_write_direct(ckpt_out *o, const char *path, int64_t e, int64_t row0, int64_t nrows, const void *data,
-                            char *err, int errlen) {
+/* Direct: this rank's rows to their chunks; 0 or -1 (err set), no collective call. */
+static int put_direct(ckpt_out *o, const char *path, int64_t e, int64_t row0, int64_t nrows, const void *data,
+                      char *err, int errlen) {
     const odset *g = NULL;
     int rc = 0;
     for (int k = o->nd - 1; k >= 0 && !g; k--) /* declared just before, as a rule */
@@ -1520,6 +1522,12 @@ static int out_write_direct(ckpt_out *o, const char *path, int64_t e, int64_t ro
             rc = -1;
         }
     }
+    return rc;
+}
+
+/* Every rank's status, an earlier ckpt_out_put failure included. */
+static int out_agree(ckpt_out *o, int rc, char *err, int errlen) {
+    if (o->put_rc && !rc) snprintf(err, errlen, "%s", o->put_err), rc = -1;
     return agree(o->comm, rc, err, errlen);
 }
 
@@ -1528,7 +1536,7 @@ static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, 
     char rel[400], path[420];
     rel_path(hf_name, rel, sizeof rel);
     snprintf(path, sizeof path, "/model/%s", rel);
-    if (o->direct) return out_write_direct(o, path, e, row0, nrows, data, err, errlen);
+    if (o->direct) return out_agree(o, put_direct(o, path, e, row0, nrows, data, err, errlen), err, errlen);
     h5why why;
     hid_t ds = H5Dopen2(o->file, path, H5P_DEFAULT);
     int rc = 0;
@@ -1536,7 +1544,7 @@ static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, 
         snprintf(err, errlen, "%s: no dataset %s", o->tmp, path);
         rc = -1;
     }
-    if (agree(o->comm, rc, err, errlen)) { /* the same datasets on every rank: all or none go on */
+    if (out_agree(o, rc, err, errlen)) { /* the same datasets on every rank: all or none go on */
         if (ds >= 0) H5Dclose(ds);
         return -1;
     }
@@ -1575,7 +1583,7 @@ static int out_write(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, 
     H5Sclose(ms);
     H5Sclose(fs);
     H5Dclose(ds);
-    return agree(o->comm, rc, err, errlen);
+    return out_agree(o, rc, err, errlen);
 }
 
 int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows, const void *data, char *err,
@@ -1586,6 +1594,16 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
 int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
                         char *err, int errlen) {
     return out_write(o, hf_name, e, row0, nrows, data, err, errlen);
+}
+
+int ckpt_out_put(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data) {
+    char rel[400], path[420];
+    rel_path(hf_name, rel, sizeof rel);
+    snprintf(path, sizeof path, "/model/%s", rel);
+    if (o->put_rc) return -1; /* the first failure is the one reported */
+    if (!o->direct) snprintf(o->put_err, sizeof o->put_err, "%s: ckpt_out_put in a file opened with fp8", o->tmp), o->put_rc = -1;
+    else o->put_rc = put_direct(o, path, e, row0, nrows, data, o->put_err, (int)sizeof o->put_err);
+    return o->put_rc;
 }
 
 int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64_t *shape, char *err, int errlen) {
@@ -1599,7 +1617,7 @@ int ckpt_out_declare_fp8(ckpt_out *o, const char *hf_name, int ndim, const int64
 int ckpt_out_write_fp8(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const uint8_t *q,
                        const float *scales, char *err, int errlen) {
     int rc = ckpt_frozen_write_fp8(o->file, o->dxpl, hf_name, e, row0, nrows, q, scales, err, errlen);
-    return agree(o->comm, rc, err, errlen); /* every rank calls it (nrows 0 for none), as out_write */
+    return out_agree(o, rc, err, errlen); /* every rank calls it (nrows 0 for none), as out_write */
 }
 
 int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
@@ -1608,7 +1626,7 @@ int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     if (!err) err = scratch, errlen = 0;
     int rc = failed ? -1 : 0;
     if (o->direct) { /* the checksums: parts summed over the ranks, written by rank 0 */
-        rc = agree(o->comm, rc, err, errlen);
+        rc = out_agree(o, rc, err, errlen);
         cgeom *g = malloc(sizeof *g * (size_t)(o->nd + 1));
         for (int k = 0; g && k < o->nd; k++) g[k] = o->ds[k].g;
         if (!rc) comm_sum_i64(o->sums, (int)(3 * o->nchunks), o->comm);
