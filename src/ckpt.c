@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/statvfs.h>
@@ -1673,8 +1674,9 @@ struct ckpt_in {
     int n, cap;
     ckpt_tensor_info *t;
     h5quiet q;
-    int fd;         /* ckpt_in_stream: the file for pread (-1: not yet opened) */
-    uint8_t *piece; /* ckpt_in_stream: PIECE bytes */
+    int fd;               /* ckpt_in_stream: the file (-1: not yet opened) */
+    const uint8_t *map;   /* ckpt_in_stream: the file mapped read-only, map_size bytes */
+    uint64_t map_size;
 };
 
 typedef struct {
@@ -1845,13 +1847,17 @@ int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
         return -1;
     }
     if (t->is_fp8) return 1;
-    if (r->fd < 0) {
+    if (r->fd < 0) { /* the chunks are read in place: no copy out of the page cache (export: 22% of its time) */
+        struct stat sb;
+        void *m = MAP_FAILED;
         r->fd = open(r->path, O_RDONLY);
-        if (!r->piece) r->piece = malloc(PIECE);
-        if (r->fd < 0 || !r->piece) {
-            snprintf(err, errlen, "%s: %s", r->path, r->piece ? strerror(errno) : "out of memory");
+        if (r->fd >= 0 && !fstat(r->fd, &sb) && sb.st_size > 0)
+            m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, r->fd, 0);
+        if (m == MAP_FAILED) {
+            snprintf(err, errlen, "%s: %s", r->path, strerror(errno));
             return -1;
         }
+        r->map = m, r->map_size = (uint64_t)sb.st_size;
     }
     hid_t ds = H5Dopen2(r->file, t->path, H5P_DEFAULT);
     hsize_t dims[3] = {1, 1, 1}, chunk[3] = {1, 1, 1};
@@ -1882,12 +1888,13 @@ int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
         hsize_t size = 0;
         uint8_t le[4];
         if (H5Dget_chunk_info_by_coord(ds, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF || mask ||
-            size != cb + 4 || pread(r->fd, le, 4, (off_t)(addr + cb)) != 4) {
+            size != cb + 4 || addr > r->map_size || cb + 4 > r->map_size - addr) {
             snprintf(err, errlen, "%s: dataset %s: chunk at row %lld unreadable (not allocated, or the file is "
                      "truncated)", r->path, t->path, (long long)c0);
             rc = -1;
             break;
         }
+        memcpy(le, r->map + addr + cb, 4);
         /* the chunk's bytes in pieces: all summed, the wanted rows' handed on */
         uint64_t w0 = (uint64_t)((a > c0 ? a : c0) - c0) * g.rowb, w1 = (uint64_t)((b < c0 + g.c ? b : c0 + g.c) - c0) * g.rowb;
         fl32_part x = {0, 0, 0};
@@ -1895,14 +1902,9 @@ int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
             size_t n = cb - o < PIECE ? (size_t)(cb - o) : PIECE;
             if (o < w0 && o + n > w0) n = (size_t)(w0 - o); /* pieces split where the wanted rows begin and end */
             if (o < w1 && o + n > w1) n = (size_t)(w1 - o);
-            ssize_t got = pread(r->fd, r->piece, n, (off_t)(addr + o));
-            if (got != (ssize_t)n) {
-                snprintf(err, errlen, "%s: dataset %s: short read (truncated file?)", r->path, t->path);
-                rc = -1;
-                break;
-            }
-            fl32_add(&x, fl32_shift(fl32_sum(r->piece, n), (cb - o - n) / 2));
-            if (o >= w0 && o < w1 && sink(ctx, r->piece, n)) {
+            const uint8_t *piece = r->map + addr + o;
+            fl32_add(&x, fl32_shift(fl32_sum(piece, n), (cb - o - n) / 2)); /* the sink's copy then reads L2 */
+            if (o >= w0 && o < w1 && sink(ctx, piece, n)) {
                 snprintf(err, errlen, "%s: dataset %s: the output refused the data", r->path, t->path);
                 rc = -1;
             }
@@ -1916,6 +1918,8 @@ int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
                      "%lld)", r->path, t->path, (long long)(c0 % g.O));
             rc = -1;
         }
+        uintptr_t pg = 4096, lo = (uintptr_t)(r->map + addr) & ~(pg - 1); /* read: out of this process's RSS */
+        (void)madvise((void *)lo, (uintptr_t)(r->map + addr + cb + 4) - lo, MADV_DONTNEED);
         c0 = (sl + (j + 1 == g.nch)) * g.O + (j + 1 == g.nch ? 0 : (j + 1) * g.c); /* the next chunk */
     }
     H5Dclose(ds);
@@ -1925,7 +1929,7 @@ int ckpt_in_stream(ckpt_in *r, int i, int64_t e, int64_t row0, int64_t nrows,
 void ckpt_in_close(ckpt_in *r) {
     if (!r) return;
     if (r->fd >= 0) close(r->fd);
-    free(r->piece);
+    if (r->map) munmap((void *)r->map, (size_t)r->map_size);
     if (r->file >= 0 && r->file) H5Fclose(r->file);
     quiet_off(&r->q);
     H5Tclose(r->bf16);
