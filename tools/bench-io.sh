@@ -11,7 +11,9 @@
 # size; ckpt_save of a 2.1 GB checkpoint (tests/test_ckpt_mpi, CKPT_SCALE=100) at
 # np 1 (EP 1, ZeRO-0) and np 2 (EP 2, ZeRO-3) and ckpt_load of it with the page
 # cache dropped; dd read of the same bytes with the page cache dropped.
-# Import/export: bytes written / wall time (mpirun included, as tools/bench-import.sh);
+# Import/export read sources in the page cache (read once before each run: the
+# rounds drop the cache for the loads), as bench-import.sh after it generates them;
+# bytes written / wall time (mpirun included, as tools/bench-import.sh);
 # save/load: the library's own timer (as tools/bench-ckpt.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,11 +53,13 @@ for r in $(seq 1 "$ROUNDS"); do
     rm -f "$D/dd.bin"; dw=$(ddw "$OUTB"); rm -f "$D/dd.bin"
     echo "ddw_big $dw 1" >>"$R"; line+=" dd-w $dw |"
     for np in 1 2; do
+        cat "$D"/hf/* >/dev/null
         t0=$(now); mpirun -np $np --bind-to none "$BIN/dsv3-import" -q --dtype bf16 "$D/hf" "$D/l.h5" >/dev/null || exit 1
         g=$(gbs "$OUTB" "$(el "$t0")"); rm -f "$D/l.h5"
         echo "import_np$np $g $dw" >>"$R"; line+=" imp$np $g"
     done
     for np in 1 2; do
+        cat "$D/ref.h5" >/dev/null
         t0=$(now); mpirun -np $np --bind-to none "$BIN/dsv3-export" -q --max-shard-size 1GB "$D/ref.h5" "$D/x" >/dev/null || exit 1
         XB=$(du -sb "$D/x" | cut -f1); g=$(gbs "$XB" "$(el "$t0")"); rm -rf "$D/x"
         echo "export_np$np $g $dw" >>"$R"; line+=" exp$np $g"
