@@ -10,7 +10,8 @@
 # 2; dsv3-export (bf16, 1 GB shards) at np 1 and 2; dd write of the checkpoint's
 # size; ckpt_save of a 2.1 GB checkpoint (tests/test_ckpt_mpi, CKPT_SCALE=100) at
 # np 1 (EP 1, ZeRO-0) and np 2 (EP 2, ZeRO-3) and ckpt_load of it with the page
-# cache dropped; dd read of the same bytes with the page cache dropped.
+# cache dropped, against dd reading that same file with the page cache dropped
+# (dd-r file; dd-r: dd's file written just before, for reference).
 # Import/export read sources in the page cache (read once before each run: the
 # rounds drop the cache for the loads), as bench-import.sh after it generates them;
 # bytes written / wall time (mpirun included, as tools/bench-import.sh);
@@ -74,14 +75,16 @@ for r in $(seq 1 "$ROUNDS"); do
         drop
         out=$(mpirun -np $np --bind-to none "$T" load "$D/c$np/checkpoints/step_00000001.h5" $ep $z) || { echo "$out"; exit 1; }
         read -r s b < <(echo "$out" | sed -n 's/.*(\([0-9.]*\) s, \([0-9]*\) bytes).*/\1 \2/p')
-        g=$(gbs "$b" "$s"); echo "load_np$np $g $dr" >>"$R"; line+=" load$np $g"
+        g=$(gbs "$b" "$s")
+        drop; t0=$(now); dd if="$D/c$np/checkpoints/step_00000001.h5" of=/dev/null bs=1M status=none; df=$(gbs "$CB" "$(el "$t0")")
+        echo "load_np$np $g $df" >>"$R"; echo "ddr_file $df 1" >>"$R"; line+=" load$np $g (dd-r file $df)"
         rm -rf "$D/c$np"
     done
     echo "$line"
 done
 echo "== medians over $ROUNDS rounds (share: GB/s over the same round's dd, then the median of those)"
 printf '  %-10s %8s %8s   %s\n' what GB/s "of dd" "per round (share of dd)"
-for k in import_np1 import_np2 export_np1 export_np2 save_np1 save_np2 load_np1 load_np2 ddw_big ddw_ckpt ddr_ckpt; do
+for k in import_np1 import_np2 export_np1 export_np2 save_np1 save_np2 load_np1 load_np2 ddw_big ddw_ckpt ddr_ckpt ddr_file; do
     awk -v k="$k" 'BEGIN { n = 0 } $1 == k { g[n] = $2; s[n] = $2 / $3; n++ }
         function med(a, n,   i, j, t) { for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                        return n % 2 ? a[(n - 1) / 2] : (a[n / 2 - 1] + a[n / 2]) / 2 }
