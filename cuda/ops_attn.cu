@@ -678,22 +678,13 @@ extern "C" cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logit
 #ifndef DSV3_CU_TWIN
 /* ---- ops_attn.h on the backend stream. Scratch the CPU ops take from malloc
  * (attention's D rows, the CE row losses, the small results) lives in
- * grow-only device buffers owned here. ---- */
+ * grow-only device buffers owned here (cu_devbuf: charged to OPS_MEM_OTHER). ---- */
 
 namespace {
 enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_N };
 void *scratch(int slot, size_t bytes) {
-    static void *p[SCR_N];
-    static size_t cap[SCR_N];
-    if (bytes > cap[slot]) {
-        if (p[slot]) {
-            CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use it */
-            CU_CHECK(cudaFree(p[slot]));
-        }
-        CU_CHECK(cudaMalloc(&p[slot], bytes));
-        cap[slot] = bytes;
-    }
-    return p[slot];
+    static cu_devbuf buf[SCR_N];
+    return cu_devbuf_get(&buf[slot], bytes);
 }
 template <class T> T read_back(const T *d) {
     T h;

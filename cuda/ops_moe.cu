@@ -257,44 +257,6 @@ __global__ void __launch_bounds__(SW * 32) sort_count_kernel(int *cnt, const int
     if (lane == 0) cnt[e] = c;
 }
 
-__global__ void __launch_bounds__(SW * 32) sort_place_kernel(int *pos, int *src, const int *cnt, const int *idx,
-                                                              int NK, int K, int E) {
-    const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
-    if (e >= E) return;
-    int off = 0; /* rows of experts before e */
-    for (int f = 0; f < e; f++) off += cnt[f];
-#pragma unroll 4
-    for (int j0 = 0; j0 < NK; j0 += 32) {
-        const int j = j0 + lane;
-        const bool mine = j < NK && idx[j] == e;
-        const unsigned m = __ballot_sync(FULL, mine);
-        if (mine) {
-            const int p = off + __popc(m & ((1u << lane) - 1u));
-            pos[j] = p;
-            src[p] = j / K;
-        }
-        off += __popc(m);
-    }
-}
-
-/* One block per (expert g, source r) in expert-major order: its rcnt[r,g] rows
- * start at `dst` in the expert-major layout and at `from` in the received one. */
-__global__ void perm_kernel(int *perm, const int *rcnt, int P, int G) {
-    __shared__ int dst, from;
-    const int g = blockIdx.x / P, r = blockIdx.x % P;
-    if (threadIdx.x == 0) {
-        int a = 0, b = 0;
-        for (int i = 0; i < r * G + g; i++) a += rcnt[i]; /* received: source-major */
-        for (int h = 0; h < g; h++)
-            for (int q = 0; q < P; q++) b += rcnt[q * G + h];
-        for (int q = 0; q < r; q++) b += rcnt[q * G + g];
-        from = a;
-        dst = b;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < rcnt[r * G + g]; i += blockDim.x) perm[dst + i] = from + i;
-}
-
 /* ---- Rows: a block per row (grid-stride), threads over the columns ---- */
 
 __global__ void gather_kernel(float *dst, const float *src, const int *idx, int n, int C) {
@@ -313,43 +275,7 @@ __global__ void scatter_kernel(float *dst, const float *src, const int *idx, int
     }
 }
 
-/* out[t] = beta·out[t] + Σ_k w·y[pos] with k in order (beta 0: out is not read) */
-__global__ void combine_kernel(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
-                               float beta) {
-    for (int t = blockIdx.x; t < N; t += gridDim.x) {
-        float *o = out + (size_t)t * C;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            float v = beta == 0.0f ? 0.0f : beta != 1.0f ? o[c] * beta : o[c];
-            for (int k = 0; k < K; k++) {
-                float wk = w ? w[(size_t)t * K + k] : 1.0f;
-                v += wk * y[(size_t)pos[(size_t)t * K + k] * C + c];
-            }
-            o[c] = v;
-        }
-    }
-}
-
 constexpr int CB = 128; /* threads per combine-backward block (block_sum needs it fixed) */
-
-__global__ void __launch_bounds__(CB) combine_bwd_kernel(float *dy, float *dw, const float *dout, const float *y,
-                                                          const int *pos, const float *w, int N, int K, int C) {
-    for (int t = blockIdx.x; t < N; t += gridDim.x) { /* block-uniform */
-        const float *d = dout + (size_t)t * C;
-        for (int k = 0; k < K; k++) {
-            const size_t p = (size_t)pos[(size_t)t * K + k];
-            const float wk = w[(size_t)t * K + k];
-            float *dyk = dy + p * C;
-            for (int c = threadIdx.x; c < C; c += CB) dyk[c] = wk * d[c];
-            if (dw) { /* dout·y in double: per-thread partials, then a fixed tree */
-                const float *yk = y + p * C;
-                double a = 0.0;
-                for (int c = threadIdx.x; c < C; c += CB) a += (double)d[c] * yk[c];
-                a = dsv3::block_sum<CB>(a);
-                if (threadIdx.x == 0) dw[(size_t)t * K + k] += (float)a;
-            }
-        }
-    }
-}
 
 /* ---- Dispatch bookkeeping, one row per (token, destination rank) ----
  * Expert owners come from a table in shared memory (owner[e], built from efirst
@@ -803,19 +729,6 @@ extern "C" cudaError_t cu_moe_balance_backward(float *dlogits, const float *sc, 
                         coef);
 }
 
-extern "C" cudaError_t cu_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E,
-                                   cudaStream_t s) {
-    if (E <= 0) return cudaSuccess;
-    const int NK = N * K;
-    const dim3 grid((E + SW - 1) / SW), block(SW * 32);
-    cudaError_t e = dsv3::launch(sort_count_kernel, grid, block, 0, s, cnt, idx, NK, E);
-    return e ? e : dsv3::launch(sort_place_kernel, grid, block, 0, s, pos, src, cnt, idx, NK, K, E);
-}
-extern "C" cudaError_t cu_moe_perm(int *perm, const int *rcnt, int P, int G, cudaStream_t s) {
-    if (P <= 0 || G <= 0) return cudaSuccess;
-    return dsv3::launch(perm_kernel, dim3(P * G), dim3(128), 0, s, perm, rcnt, P, G);
-}
-
 extern "C" cudaError_t cu_gather_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s) {
     if (n <= 0 || C <= 0) return cudaSuccess;
     return dsv3::launch(gather_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
@@ -824,19 +737,6 @@ extern "C" cudaError_t cu_scatter_rows(float *dst, const float *src, const int *
     if (n <= 0 || C <= 0) return cudaSuccess;
     return dsv3::launch(scatter_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
 }
-extern "C" cudaError_t cu_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
-                                      float beta, cudaStream_t s) {
-    if (N <= 0 || C <= 0) return cudaSuccess;
-    return dsv3::launch(combine_kernel, dim3(N < 4096 ? N : 4096), dim3(row_threads(C)), 0, s, out, y, pos, w, N, K,
-                        C, beta);
-}
-extern "C" cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
-                                               const float *w, int N, int K, int C, cudaStream_t s) {
-    if (N <= 0 || K <= 0) return cudaSuccess;
-    return dsv3::launch(combine_bwd_kernel, dim3(N < 4096 ? N : 4096), dim3(CB), 0, s, dy, dw, dout, y, pos, w, N, K,
-                        C);
-}
-
 extern "C" cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt,
                                              int *spc, int *ecnt, const int *idx, const float *w, const int *efirst,
                                              int N, int K, int P, int E, cudaStream_t s) {
@@ -1006,25 +906,10 @@ extern "C" cudaError_t cu_moe_bias_update(float *bias, const int64_t *counts, in
 
 #ifndef DSV3_CU_TWIN
 /* ---- ops_moe.h on the backend stream. Host arrays go through small device
- * buffers that grow when needed and live for the process (as ops_sumsq's
- * scalar); they are not counted in ops_mem_get, as the CPU op's dequantisation
- * tile (malloc) is not. ---- */
+ * buffers (cu_devbuf: grow-only, charged to OPS_MEM_OTHER). ---- */
 
 namespace {
-struct DevBuf {
-    void *p = nullptr;
-    size_t bytes = 0;
-};
-void *devbuf(DevBuf &b, size_t bytes) {
-    if (bytes > b.bytes) {
-        CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use the old one */
-        if (b.p) CU_CHECK(cudaFree(b.p));
-        CU_CHECK(cudaMalloc(&b.p, bytes));
-        b.bytes = bytes;
-    }
-    return b.p;
-}
-DevBuf balance_buf, sort_buf, perm_buf, bias_buf, dispatch_buf, receive_buf;
+cu_devbuf balance_buf, bias_buf, dispatch_buf, receive_buf;
 } // namespace
 
 void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
@@ -1045,7 +930,7 @@ void ops_moe_route_backward(float *dlogits, const float *dw, const float *s, con
 }
 double ops_moe_balance(const float *s, const int *topk, int B, int T, int E, int K) {
     if (B <= 0 || T <= 0) return 0.0;
-    double *d = (double *)devbuf(balance_buf, ((size_t)B + 1) * sizeof(double)), v = 0.0;
+    double *d = (double *)cu_devbuf_get(&balance_buf, ((size_t)B + 1) * sizeof(double)), v = 0.0;
     CU_CHECK(cu_moe_balance(s, topk, B, T, E, K, d, cu_stream()));
     ops_to_host(&v, d + B, sizeof v);
     return v;
@@ -1054,40 +939,17 @@ void ops_moe_balance_backward(float *dlogits, const float *s, const int *topk, i
                               float coef) {
     CU_CHECK(cu_moe_balance_backward(dlogits, s, topk, B, T, E, K, coef, cu_stream()));
 }
-void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
-    int *d = (int *)devbuf(sort_buf, (size_t)(E > 0 ? E : 1) * sizeof(int));
-    CU_CHECK(cu_moe_sort(pos, src, d, idx, N, K, E, cu_stream()));
-    ops_to_host(cnt, d, (size_t)(E > 0 ? E : 0) * sizeof(int)); /* the host sizes the all-to-all with it */
-}
-int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
-    size_t n = (size_t)(P > 0 ? P : 0) * (size_t)(G > 0 ? G : 0);
-    int rows = 0;
-    for (size_t i = 0; i < n; i++) rows += rcnt[i];
-    if (n == 0) return 0;
-    int *d = (int *)devbuf(perm_buf, n * sizeof(int));
-    /* the copy stages pageable rcnt at the call: the host may reuse it at once */
-    CU_CHECK(cudaMemcpyAsync(d, rcnt, n * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
-    CU_CHECK(cu_moe_perm(perm, d, P, G, cu_stream()));
-    return rows;
-}
 void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
     CU_CHECK(cu_gather_rows(dst, src, idx, n, C, cu_stream()));
 }
 void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
     CU_CHECK(cu_scatter_rows(dst, src, idx, n, C, cu_stream()));
 }
-void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
-    CU_CHECK(cu_moe_combine(out, y, pos, w, N, K, C, beta, cu_stream()));
-}
-void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
-                              const float *w, int N, int K, int C) {
-    CU_CHECK(cu_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C, cu_stream()));
-}
 int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc, int *ecnt,
                            const int *idx, const float *w, const int *efirst, int N, int K, int P) {
     const int E = efirst[P];
     const size_t nc = 2 * (size_t)P + (size_t)E; /* scnt, spc, ecnt */
-    int *d = (int *)devbuf(dispatch_buf, (nc + (size_t)P + 1) * sizeof(int));
+    int *d = (int *)cu_devbuf_get(&dispatch_buf, (nc + (size_t)P + 1) * sizeof(int));
     CU_CHECK(cudaMemcpyAsync(d + nc, efirst, ((size_t)P + 1) * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_dispatch_index(stok, toff, trows, ptk, smeta, d, d + P, d + 2 * P, idx, w, d + nc, N, K, P, E,
                                    cu_stream()));
@@ -1100,7 +962,7 @@ int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smet
 }
 void ops_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta, const int *roff,
                            const int *rpo, int P, int Pr, int R, int G) {
-    int *d = (int *)devbuf(receive_buf, (2 * (size_t)P + (size_t)(G > 0 ? G : 0)) * sizeof(int));
+    int *d = (int *)cu_devbuf_get(&receive_buf, (2 * (size_t)P + (size_t)(G > 0 ? G : 0)) * sizeof(int));
     CU_CHECK(cudaMemcpyAsync(d, roff, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cudaMemcpyAsync(d + P, rpo, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_receive_index(perm, pinv, poff, pw, d + 2 * P, rmeta, d, d + P, P, Pr, R, G, cu_stream()));
@@ -1140,7 +1002,7 @@ void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weig
 }
 void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
     if (E <= 0) return;
-    int64_t *d = (int64_t *)devbuf(bias_buf, (size_t)E * sizeof(int64_t));
+    int64_t *d = (int64_t *)cu_devbuf_get(&bias_buf, (size_t)E * sizeof(int64_t));
     CU_CHECK(cudaMemcpyAsync(d, counts, (size_t)E * sizeof(int64_t), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_bias_update(bias, d, E, gamma, cu_stream()));
 }
