@@ -52,7 +52,10 @@ cudaError_t cu_embedding_forward(float *y, const float *E, const int32_t *ids, i
                                  cudaStream_t s);
 /* ops_embedding_forward_w: an F32 or BF16 table in its storage (rows widened exactly) */
 cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N, int *bad, cudaStream_t s);
-cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
+/* work: device scratch of cu_embedding_backward_work(N) ints (the radix sort
+ * of the (id, token) pairs). */
+size_t cu_embedding_backward_work(int N);
+cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H, int *work,
                                   cudaStream_t s);
 
 /* What ops_cross_entropy_forward/_fused return, on the device: sum (in row

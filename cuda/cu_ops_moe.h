@@ -42,10 +42,12 @@ cudaError_t cu_scatter_rows(float *dst, const float *src, const int *idx, int n,
 /* One row per (token, destination rank). scnt [P], spc [P], ecnt [E] and efirst [P+1]
  * are DEVICE memory (ops_moe_dispatch_index's are host memory); E = efirst[P] is
  * passed by the host. The row count S (ops_moe_dispatch_index's return value) is
- * Σ scnt = toff[N], the caller's to read. */
+ * Σ scnt = toff[N], the caller's to read. work: device scratch of
+ * cu_moe_dispatch_index_work(N, P) ints (per-chunk row and pair counts). */
+size_t cu_moe_dispatch_index_work(int N, int P);
 cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc,
                                   int *ecnt, const int *idx, const float *w, const int *efirst, int N, int K, int P,
-                                  int E, cudaStream_t s);
+                                  int E, int *work, cudaStream_t s);
 /* lcnt [G], roff [P], rpo [P]: DEVICE memory (host memory in ops_moe_receive_index). */
 cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta,
                                  const int *roff, const int *rpo, int P, int Pr, int R, int G, cudaStream_t s);

@@ -401,42 +401,66 @@ __global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const T *E,
     if (!ok && threadIdx.x == 0) atomicMin(bad, n); /* integer min: the first bad row, in any order */
 }
 
-/* dE[id, :] += dy[n, :] for every n with ids[n] = id, in token order, by the
- * block of id's first occurrence (the others return): each vocabulary row has
- * one owner and the CPU twin's order of adds (bitwise the same result),
- * without sorting or atomics. The block gathers the matching tokens EB
- * positions at a time into a shared list (ballot + warp counts keep them in
- * order), then its threads add them column by column. */
-__global__ void __launch_bounds__(EB) embedding_bwd_kernel(float *dE, const float *dy, const int32_t *ids, int N,
-                                                           int V, int H) {
-    __shared__ int list[EB];
-    __shared__ int wcount[EB / 32];
-    const int n = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int32_t id = ids[n];
-    if (id < 0 || id >= V) return; /* block-uniform, before any barrier */
-    int seen = 0;
-    for (int m = threadIdx.x; m < n; m += EB) seen |= ids[m] == id;
-    if (__syncthreads_or(seen)) return; /* not the first occurrence: the owner adds this token */
-    float *d = dE + (size_t)id * H;
-    for (int base = n; base < N; base += EB) {
-        const int m = base + threadIdx.x;
-        const bool hit = m < N && ids[m] == id;
-        const unsigned bal = __ballot_sync(0xffffffffu, hit);
-        if (lane == 0) wcount[warp] = __popc(bal);
-        __syncthreads();
-        int off = 0, total = 0;
-        for (int w = 0; w < EB / 32; w++) {
-            off += w < warp ? wcount[w] : 0;
-            total += wcount[w];
-        }
-        if (hit) list[off + __popc(bal & ((1u << lane) - 1u))] = m;
-        __syncthreads();
+/* dE[id, :] += dy[n, :] for every n with ids[n] = id, in token order (the CPU
+ * twin's order of adds: bitwise its result), without atomics: the (id, n)
+ * pairs are sorted by id with a stable LSD radix sort (8-bit digits, chunks of
+ * RB tokens: a per-chunk digit histogram, one scan of the digit-major table,
+ * a stable scatter), so each id's tokens end up contiguous and in token order;
+ * then the block at the head of each run adds the run, column by column.
+ * O(N) per pass, ceil(log2(V+1)/8) passes (3 for DeepSeek-V3's 129,280). An
+ * id outside [0, V) gets key V (sorted last) and is skipped. */
+constexpr int RB = 256; /* tokens per radix chunk (one thread each) = the 256 digit values */
+
+__global__ void emb_keys_kernel(int *key, int *val, const int32_t *ids, int N, int V) {
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x) {
+        const int32_t id = ids[n];
+        key[n] = id >= 0 && id < V ? id : V;
+        val[n] = n;
+    }
+}
+
+/* hist[d·nch + c] = the tokens of chunk c whose digit is d (shared integer counts: order-independent) */
+__global__ void __launch_bounds__(RB) radix_hist_kernel(int *hist, const int *key, int N, int shift, int nch) {
+    __shared__ int cnt[256];
+    const int c = blockIdx.x, n = c * RB + threadIdx.x;
+    cnt[threadIdx.x] = 0;
+    __syncthreads();
+    if (n < N) atomicAdd(&cnt[(key[n] >> shift) & 255], 1);
+    __syncthreads();
+    hist[threadIdx.x * nch + c] = cnt[threadIdx.x];
+}
+
+/* incl: the inclusive scan of hist; a token goes after every token of a smaller
+ * digit, or of its digit in an earlier chunk, or earlier in its chunk (stable) */
+__global__ void __launch_bounds__(RB) radix_scatter_kernel(int *key_out, int *val_out, const int *key, const int *val,
+                                                           const int *incl, int N, int shift, int nch) {
+    __shared__ int dig[RB];
+    const int c = blockIdx.x, n = c * RB + threadIdx.x;
+    const int d = n < N ? (key[n] >> shift) & 255 : -1;
+    dig[threadIdx.x] = d;
+    __syncthreads();
+    if (n >= N) return;
+    int rank = 0;
+    for (int j = 0; j < (int)threadIdx.x; j++) rank += dig[j] == d;
+    const int i = d * nch + c, at = (i > 0 ? incl[i - 1] : 0) + rank;
+    key_out[at] = key[n];
+    val_out[at] = val[n];
+}
+
+/* blocks over the sorted pairs; the head of each run of one valid id adds the run */
+__global__ void __launch_bounds__(EB) embedding_bwd_kernel(float *dE, const float *dy, const int *key, const int *val,
+                                                           int N, int V, int H) {
+    for (int i = blockIdx.x; i < N; i += gridDim.x) { /* block-uniform */
+        const int id = key[i];
+        if (id >= V || (i > 0 && key[i - 1] == id)) continue;
+        int end = i + 1;
+        while (end < N && key[end] == id) end++;
+        float *d = dE + (size_t)id * H;
         for (int c = threadIdx.x; c < H; c += EB) {
             float a = d[c];
-            for (int i = 0; i < total; i++) a += dy[(size_t)list[i] * H + c];
+            for (int j = i; j < end; j++) a += dy[(size_t)val[j] * H + c];
             d[c] = a;
         }
-        __syncthreads(); /* list and wcount are rewritten by the next chunk */
     }
 }
 
@@ -647,10 +671,34 @@ extern "C" cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, con
     return dsv3::launch(embedding_fwd_kernel<__nv_bfloat16>, dim3(N), dim3(EB), 0, s, y,
                         (const __nv_bfloat16 *)E->data, ids, E->out, E->in, bad);
 }
+/* the radix chunks, and the 8-bit passes that cover keys 0..V */
+static int radix_chunks(int N) { return (N + RB - 1) / RB; }
+static int radix_passes(int V) {
+    int bits = 0;
+    while (bits < 31 && (V >> bits) != 0) bits++;
+    return bits > 0 ? (bits + 7) / 8 : 1;
+}
+extern "C" size_t cu_embedding_backward_work(int N) {
+    return N > 0 ? 4 * (size_t)N + 256 * (size_t)radix_chunks(N) : 0;
+}
 extern "C" cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
-                                             cudaStream_t s) {
+                                             int *work, cudaStream_t s) {
     if (N <= 0 || H <= 0) return cudaSuccess;
-    return dsv3::launch(embedding_bwd_kernel, dim3(N), dim3(EB), 0, s, dE, dy, ids, N, V, H);
+    const int nch = radix_chunks(N);
+    int *key = work, *val = work + N, *key2 = work + 2 * (size_t)N, *val2 = work + 3 * (size_t)N;
+    int *hist = work + 4 * (size_t)N;
+    cudaError_t e = dsv3::launch(emb_keys_kernel, dim3(dsv3::grid_for(N, 256)), dim3(256), 0, s, key, val, ids, N, V);
+    for (int p = 0, np = radix_passes(V); p < np && !e; p++) {
+        e = dsv3::launch(radix_hist_kernel, dim3(nch), dim3(RB), 0, s, hist, (const int *)key, N, 8 * p, nch);
+        if (!e) e = dsv3::launch(dsv3::scan_incl_kernel<RB>, dim3(1), dim3(RB), 0, s, hist, 256 * nch);
+        if (!e)
+            e = dsv3::launch(radix_scatter_kernel, dim3(nch), dim3(RB), 0, s, key2, val2, (const int *)key,
+                             (const int *)val, (const int *)hist, N, 8 * p, nch);
+        std::swap(key, key2), std::swap(val, val2);
+    }
+    if (e) return e;
+    return dsv3::launch(embedding_bwd_kernel, dim3(dsv3::grid_for(N, 1, 65535)), dim3(EB), 0, s, dE, dy,
+                        (const int *)key, (const int *)val, N, V, H);
 }
 
 extern "C" cudaError_t cu_cross_entropy_forward(float *row_loss, const float *logits, const int32_t *targets, int N,
@@ -681,7 +729,7 @@ extern "C" cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logit
  * grow-only device buffers owned here (cu_devbuf: charged to OPS_MEM_OTHER). ---- */
 
 namespace {
-enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_N };
+enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_N };
 void *scratch(int slot, size_t bytes) {
     static cu_devbuf buf[SCR_N];
     return cu_devbuf_get(&buf[slot], bytes);
@@ -745,7 +793,8 @@ int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, i
     return embed_bad_row(bad, ids, N, E->out);
 }
 void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {
-    CU_CHECK(cu_embedding_backward(dE, dy, ids, N, V, H, cu_stream()));
+    int *work = (int *)scratch(SCR_EMB_SORT, cu_embedding_backward_work(N) * sizeof(int));
+    CU_CHECK(cu_embedding_backward(dE, dy, ids, N, V, H, work, cu_stream()));
 }
 
 static double ce_result(const char *op, int64_t *count, const cu_ce_result *dres, int V) {

@@ -206,11 +206,12 @@ static void embedding(int N, int V, int H, int span, int bad1, int bad2) {
 
     float *g = twin_host(ny, 54, -1, 1), *dg = twin_dev(g, ny * 4);
     ops_embedding_backward(E, g, ids, N, V, H); /* dE += into the (non-zero) table */
-    CK(cu_embedding_backward(dE, dg, dids, N, V, H, twin_s));
+    int *dwork = twin_alloc(cu_embedding_backward_work(N) * sizeof(int) + 4);
+    CK(cu_embedding_backward(dE, dg, dids, N, V, H, dwork, twin_s));
     got = twin_back(dE, ne * 4);
     twin_same("ops_embedding_backward", what, got, E, ne * 4);
     free(got);
-    dfree(dids), dfree(dE), dfree(dy), dfree(dbad), dfree(dg);
+    dfree(dids), dfree(dE), dfree(dy), dfree(dbad), dfree(dg), dfree(dwork);
     free(ids), free(E), free(y), free(g);
 }
 
@@ -333,6 +334,8 @@ int main(void) {
     embedding(128, 256, 64, 9, -1, -1);
     embedding(40, 50, 300, 3, 7, 2);
     embedding(33, 20, 7168, 5, -1, 30);
+    embedding(300, 40, 16, 1, -1, -1);          /* one id throughout (a padded batch): one run of 300 */
+    embedding(600, 129280, 4, 100000, 5, 599); /* DeepSeek-V3's vocabulary: three radix passes, 3 chunks */
 
     /* cross-entropy: one row, the tiny deck's batch with ignored rows, V off the block,
      * DeepSeek-V3's vocabulary for a few rows, an invalid target */
