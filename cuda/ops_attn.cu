@@ -1,6 +1,6 @@
 /* ops_attn.cu — CUDA twin of src/ops_cpu_attn.c (ops_attn.h): RMSNorm, RoPE,
  * causal attention (forward, backward, latent-cache), embedding,
- * cross-entropy. fp32 storage and math, reductions in a fixed order (no float
+ * cross-entropy, row argmax. fp32 storage and math, reductions in a fixed order (no float
  * atomics: every output is bitwise the same in any thread order); correctly
  * rounded expf/logf/sqrtf. Conventions in cu_ops.h and cu_ops_attn.h. */
 #include "dsv3_cuda.cuh"
@@ -581,6 +581,37 @@ __global__ void __launch_bounds__(CE) ce_reduce_kernel(float *row_loss, const in
     }
 }
 
+/* ------------------------------------------------------------------ argmax
+ * One block of AM threads per row: each thread scans its columns in increasing
+ * order, then a tree over the (value, index) pairs. `wins` is a total order
+ * (NaN above every number, ties to the lower index), so the result is the CPU
+ * twin's in any thread order. */
+constexpr int AM = 256;
+
+__device__ __forceinline__ bool wins(float a, int ia, float b, int ib) { /* (a, ia) beats (b, ib) */
+    const bool na = isnan(a), nb = isnan(b);
+    if (na || nb) return na && (!nb || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+__global__ void __launch_bounds__(AM) argmax_kernel(int32_t *out, const float *x, int V) {
+    __shared__ float bv[AM];
+    __shared__ int bi[AM];
+    const float *r = x + (size_t)blockIdx.x * V;
+    float best = r[0];
+    int at = 0;
+    for (int j = threadIdx.x; j < V; j += AM)
+        if (wins(r[j], j, best, at)) best = r[j], at = j;
+    bv[threadIdx.x] = best, bi[threadIdx.x] = at;
+    __syncthreads();
+    for (int h = AM / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.x < h && wins(bv[threadIdx.x + h], bi[threadIdx.x + h], bv[threadIdx.x], bi[threadIdx.x]))
+            bv[threadIdx.x] = bv[threadIdx.x + h], bi[threadIdx.x] = bi[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0];
+}
+
 } // namespace
 
 /* ---- launchers ---- */
@@ -723,13 +754,19 @@ extern "C" cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logit
     return dsv3::launch(ce_reduce_kernel, dim3(1), dim3(CE), 0, s, (float *)nullptr, targets, rows, N, V, res);
 }
 
+extern "C" cudaError_t cu_argmax_rows(int32_t *out, const float *x, int N, int V, cudaStream_t s) {
+    if (N <= 0) return cudaSuccess;
+    if (V <= 0) return cudaErrorInvalidValue;
+    return dsv3::launch(argmax_kernel, dim3(N), dim3(AM), 0, s, out, x, V);
+}
+
 #ifndef DSV3_CU_TWIN
 /* ---- ops_attn.h on the backend stream. Scratch the CPU ops take from malloc
  * (attention's D rows, the CE row losses, the small results) lives in
  * grow-only device buffers owned here (cu_devbuf: charged to OPS_MEM_OTHER). ---- */
 
 namespace {
-enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_N };
+enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_ARGMAX, SCR_N };
 void *scratch(int slot, size_t bytes) {
     static cu_devbuf buf[SCR_N];
     return cu_devbuf_get(&buf[slot], bytes);
@@ -824,5 +861,11 @@ double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logi
     cu_ce_result *res = (cu_ce_result *)scratch(SCR_CE_RES, sizeof(cu_ce_result));
     CU_CHECK(cu_cross_entropy_fused(dlogits, logits, targets, N, V, scale, res, rows, cu_stream()));
     return ce_result("ops_cross_entropy_fused", count, res, V);
+}
+void ops_argmax_rows(int32_t *out, const float *x, int N, int V) {
+    if (N <= 0) return;
+    int32_t *d = (int32_t *)scratch(SCR_ARGMAX, (size_t)N * sizeof *d);
+    CU_CHECK(cu_argmax_rows(d, x, N, V, cu_stream()));
+    ops_to_host(out, d, (size_t)N * sizeof *d);
 }
 #endif /* DSV3_CU_TWIN */
