@@ -407,8 +407,10 @@ __global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const T *E,
  * RB tokens: a per-chunk digit histogram, one scan of the digit-major table,
  * a stable scatter), so each id's tokens end up contiguous and in token order;
  * then the block at the head of each run adds the run, column by column.
- * O(N) per pass, ceil(log2(V+1)/8) passes (3 for DeepSeek-V3's 129,280). An
- * id outside [0, V) gets key V (sorted last) and is skipped. */
+ * ceil(log2(V+1)/8) passes (3 for DeepSeek-V3's 129,280), each O(N) (a token
+ * counts the equal digits before it in its chunk: at most RB-1 shared reads);
+ * the adds are O(N·H), as the CPU's. An id outside [0, V) gets key V (sorted
+ * last) and is skipped. */
 constexpr int RB = 256; /* tokens per radix chunk (one thread each) = the 256 digit values */
 
 __global__ void emb_keys_kernel(int *key, int *val, const int32_t *ids, int N, int V) {

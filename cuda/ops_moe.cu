@@ -343,7 +343,8 @@ __global__ void disp_total_kernel(int *scnt, int *spc, const int *rows, const in
 
 /* ecnt[e] += the pairs on expert e (integer atomics on zeroed counts: order-independent) */
 __global__ void disp_ecnt_kernel(int *ecnt, const int *idx, int NK) {
-    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < NK; j += gridDim.x * blockDim.x) atomicAdd(&ecnt[idx[j]], 1);
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < NK; j += gridDim.x * blockDim.x)
+        atomicAdd(&ecnt[idx[j]], 1);
 }
 
 /* toff[t+1] = the number of ranks token t sends a row to (distinct owners of its K experts); toff[0] = 0 */
@@ -736,7 +737,8 @@ extern "C" cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, i
         e = dsv3::launch(disp_total_kernel, dim3(dsv3::grid_for(P, 64)), dim3(64), 0, s, scnt, spc, (const int *)rows,
                          (const int *)pairs, P, nch);
     if (!e && E > 0) e = cudaMemsetAsync(ecnt, 0, (size_t)E * sizeof(int), s);
-    if (!e && N > 0 && K > 0) e = dsv3::launch(disp_ecnt_kernel, dim3(dsv3::grid_for((size_t)N * K, 256)), dim3(256), 0, s, ecnt, idx, N * K);
+    if (!e && N > 0 && K > 0)
+        e = dsv3::launch(disp_ecnt_kernel, dim3(dsv3::grid_for((size_t)N * K, 256)), dim3(256), 0, s, ecnt, idx, N * K);
     if (!e) e = dsv3::launch(disp_rows_kernel, dim3(dsv3::grid_for(N, 256)), dim3(256), smem, s, toff, idx, efirst, N, K, P, E);
     if (!e && N > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, toff + 1, N);
     if (!e && n > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, rows, n);

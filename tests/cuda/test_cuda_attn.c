@@ -292,7 +292,8 @@ static void cross_entropy(int N, int V, int ign, int bad) {
 /* mode 0: random rows; 1: ties (each row's max planted at 3 indices, two in one
  * thread's stride and one below); 2: NaNs (two per row, after a +inf); 3: all -inf */
 static void argmax(int N, int V, int mode) {
-    const char *what = twin_fmt("N=%d V=%d %s", N, V, mode == 0 ? "random" : mode == 1 ? "ties" : mode == 2 ? "NaN" : "all -inf");
+    static const char *kind[4] = {"random", "ties", "NaN", "all -inf"};
+    const char *what = twin_fmt("N=%d V=%d %s", N, V, kind[mode]);
     char name[96];
     snprintf(name, sizeof name, "%s", what);
     const size_t n = (size_t)N * V;
