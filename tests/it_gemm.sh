@@ -6,7 +6,9 @@
 #     and fp8 loss curves within GEMM_TOL relative of the fp32 one, but not identical to it
 #     (the rounding happened); bf16 on a bf16 base likewise against its fp32 GEMMs
 #  2. gemm fp8 at np 2 (EP 2, ZeRO 3: the grouped expert GEMMs on fewer rows) against np 1:
-#     within LAYOUT_TOL
+#     regression tolerances (a rounding to e4m3 flips where the summation order moves a value
+#     by an ulp, and training carries the difference on: measured 4.2e-5 loss columns, 1.1e-4
+#     in the SAN build; step 1 8e-9; at gemm bf16 4e-6, fp32 1.4e-9)
 #  3. CUDA=emu (bin-emu/dsv3, make CUDA=emu cuda-emu-model): gemm fp8 at np 1 (cuBLASLt's
 #     block-scaled W8A8 through the shim) against the CPU's gemm fp8 curve, regression
 #     tolerances (regression/compare.awk), allocation = plan
@@ -17,10 +19,7 @@ EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
 [ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
 [ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
 scratch_dir
-GEMM_TOL=1e-3   # measured over 10 steps, loss columns: 2.0e-5 (bf16), 2.4e-4 (fp8); bf16 base 6.0e-5
-# measured 4.2e-5 (step 1: 8e-9; gemm bf16 4e-6, fp32 1.4e-9): a rounding to e4m3 (or bf16) flips
-# where the summation order moves a value by an ulp, and training carries the difference on
-LAYOUT_TOL=2e-4
+GEMM_TOL=1e-3 # measured over 10 steps, loss columns: 2.0e-5 (bf16), 2.4e-4 (fp8; SAN build 1.9e-4); bf16 base 6.0e-5
 LORA=(input/tiny.cfg run.steps=10 schedule.warmup_steps=0 checkpoint.every=0 lora.enabled=true run.mode=sft
       'lora.targets=["self_attn.q_a_proj","self_attn.o_proj","mlp.experts.gate_proj"]' parallel.frozen=resident)
 fails=0
@@ -57,20 +56,25 @@ near "fp8 base, gemm bf16 vs fp32" f8fp32 f8bf16 $GEMM_TOL
 near "fp8 base, gemm fp8 (W8A8) vs fp32" f8fp32 f8fp8 $GEMM_TOL
 near "bf16 base, gemm bf16 vs fp32" b16fp32 b16bf16 $GEMM_TOL
 
+TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
+regress() { # label ref run: regression/compare.awk's tolerance tier
+    local res
+    res=$(awk -v tier=tolerance -v tol="$TOL" -v outliers=0 -v factor=10 -v from=1 -v refname="$2" \
+              -v detail="$OUT/$3.detail" -f regression/compare.awk "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")
+    echo "$res" | awk -v r="$3" -v ref="$2" '{ printf "  %s vs %s, tolerance tier, %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n",
+        r, ref, $1, $2, $3, $4, $5, $6, $7 }'
+    [ "${res##* }" = PASS ] && ok "$1" || { sed 's/^/    /' "$OUT/$3.detail" | head -n 10; bad "$1: $3 against $2"; }
+}
+
 echo "== 2. gemm fp8 at np 2 (EP 2, ZeRO 3) against np 1"
 run f8np2 2 "$BIN/dsv3" train.base_dtype=fp8 train.gemm_dtype=fp8 parallel.expert_parallel=2 parallel.zero_stage=3 &&
-    near "gemm fp8 np 2 vs np 1" f8fp8 f8np2 $LAYOUT_TOL
+    regress "gemm fp8 np 2 = np 1 within the regression tolerances" f8fp8 f8np2
 
 echo "== 3. CUDA=emu: gemm fp8 (cuBLASLt W8A8 through the shim) against the CPU's gemm fp8"
 E=(run.steps=3 train.global_batch=2 train.base_dtype=fp8 train.gemm_dtype=fp8)
 run cpu3 1 "$BIN/dsv3" "${E[@]}"
-CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3 1 "$EB/dsv3" "${E[@]}"
-TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
-res=$(awk -v tier=tolerance -v tol="$TOL" -v outliers=0 -v factor=10 -v from=1 -v refname=cpu3 -v detail="$OUT/emu3.detail" \
-          -f regression/compare.awk "$OUT/cpu3/metrics.csv" "$OUT/emu3/metrics.csv")
-echo "$res" | awk '{ printf "  emu3 vs cpu3 tolerance %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n", $1, $2, $3, $4, $5, $6, $7 }'
-[ "${res##* }" = PASS ] && ok "CUDA=emu gemm fp8 = the CPU's within the regression tolerances" ||
-    { sed 's/^/    /' "$OUT/emu3.detail" | head -n 10; bad "emu3 against cpu3"; }
+CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3 1 "$EB/dsv3" "${E[@]}" &&
+    regress "CUDA=emu gemm fp8 = the CPU's within the regression tolerances" cpu3 emu3
 
 echo "== 4. refusals"
 refuse() { # label expected-text overrides...
