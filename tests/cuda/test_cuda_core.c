@@ -289,6 +289,7 @@ int main(void) {
             stored_at(ts[i], g, 1, 128, 16, 16);
         }
     stored_at(OPS_FP8_E4M3, OPS_GEMM_FP8, 4100, 16, 8, 8); /* more rows than one chunk (4096) */
+    stored_at(OPS_BF16, OPS_GEMM_BF16, 4100, 16, 8, 8);
     act_quant(1, 7);
     act_quant(3, 300);
     act_quant(2, 7168);
