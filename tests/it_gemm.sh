@@ -12,6 +12,9 @@
 #  3. CUDA=emu (bin-emu/dsv3, make CUDA=emu cuda-emu-model): gemm fp8 at np 1 (cuBLASLt's
 #     block-scaled W8A8 through the shim) against the CPU's gemm fp8 curve, regression
 #     tolerances (regression/compare.awk), allocation = plan
+#  3b. CUDA=emu gemm bf16 against the CPU's gemm bf16 (regression tolerances); reporting compute
+#     capability 8.0 (CUDAEMU_SM=80), gemm fp8 says once that it runs bf16, and its curve is
+#     the emulated gemm bf16 one bitwise
 #  4. refusals, one line on every rank and non-zero exit: gemm fp8 on a bf16 base; gemm bf16
 #     with an fp32 base
 . "$(dirname "$0")/lib.sh"
@@ -75,6 +78,18 @@ E=(run.steps=3 train.global_batch=2 train.base_dtype=fp8 train.gemm_dtype=fp8)
 run cpu3 1 "$BIN/dsv3" "${E[@]}"
 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3 1 "$EB/dsv3" "${E[@]}" &&
     regress "CUDA=emu gemm fp8 = the CPU's within the regression tolerances" cpu3 emu3
+
+echo "== 3b. CUDA=emu as compute capability 8.0: gemm fp8 falls back to bf16, said once"
+run cpu3b 1 "$BIN/dsv3" "${E[@]}" train.gemm_dtype=bf16
+CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3c 1 "$EB/dsv3" "${E[@]}" train.gemm_dtype=bf16 &&
+    regress "CUDA=emu gemm bf16 = the CPU's gemm bf16 within the regression tolerances" cpu3b emu3c
+CUDAEMU_SM=80 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3b 1 "$EB/dsv3" "${E[@]}" &&
+    cmp -s <(cut -d, -f2-5 "$OUT/emu3b/metrics.csv") <(cut -d, -f2-5 "$OUT/emu3c/metrics.csv") &&
+    ok "CUDA=emu sm 8.0 gemm fp8 = CUDA=emu gemm bf16, loss columns bitwise" || bad "sm 8.0 gemm fp8 is not the bf16 curve"
+n=$(grep -c 'gemm_dtype = "fp8": this GPU has no FP8 tensor cores.*run as gemm_dtype "bf16"' "$OUT/emu3b.log")
+[ "$n" = 1 ] && ok "the fallback is said once: $(grep -m1 'no FP8 tensor cores' "$OUT/emu3b.log")" ||
+    bad "the sm 8.0 fallback message appears $n times"
+grep -q 'no FP8 tensor cores' "$OUT/emu3.log" && bad "the sm 9.0 run fell back"
 
 echo "== 4. refusals"
 refuse() { # label expected-text overrides...
