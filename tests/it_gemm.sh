@@ -80,10 +80,11 @@ CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3 1 "$EB/dsv3" "${E[@]}" &&
     regress "CUDA=emu gemm fp8 = the CPU's within the regression tolerances" cpu3 emu3
 
 echo "== 3b. CUDA=emu as compute capability 8.0: gemm fp8 falls back to bf16, said once"
+E=(run.steps=2 train.global_batch=2 train.base_dtype=fp8)
 run cpu3b 1 "$BIN/dsv3" "${E[@]}" train.gemm_dtype=bf16
 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3c 1 "$EB/dsv3" "${E[@]}" train.gemm_dtype=bf16 &&
     regress "CUDA=emu gemm bf16 = the CPU's gemm bf16 within the regression tolerances" cpu3b emu3c
-CUDAEMU_SM=80 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3b 1 "$EB/dsv3" "${E[@]}" &&
+CUDAEMU_SM=80 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3b 1 "$EB/dsv3" "${E[@]}" train.gemm_dtype=fp8 &&
     cmp -s <(cut -d, -f2-5 "$OUT/emu3b/metrics.csv") <(cut -d, -f2-5 "$OUT/emu3c/metrics.csv") &&
     ok "CUDA=emu sm 8.0 gemm fp8 = CUDA=emu gemm bf16, loss columns bitwise" || bad "sm 8.0 gemm fp8 is not the bf16 curve"
 n=$(grep -c 'gemm_dtype = "fp8": this GPU has no FP8 tensor cores.*run as gemm_dtype "bf16"' "$OUT/emu3b.log")
