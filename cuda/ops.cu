@@ -309,8 +309,9 @@ cudaError_t gemm_bf16(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb
                                  CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-/* W8A8 on this GPU: 1 yes, 0 no (told once, then the bf16 path), -1 not decided yet */
-int fp8_ok = -1;
+/* W8A8 on this GPU: 1 yes, 0 no (told once, then the bf16 path), -1 not decided yet;
+ * fp8_probed: cuBLASLt asked once whether it has a block-scaled algorithm at all */
+int fp8_ok = -1, fp8_probed = 0;
 std::once_flag fp8_told;
 void fp8_fallback(const char *why) {
     fp8_ok = 0;
@@ -341,9 +342,10 @@ std::once_flag lt_once;
 cublasLtHandle_t lt;
 /* y[nt, out] (row-major, ld ldy) = beta·y + (x_q·s_x)(W_q·s_W)ᵀ as the column-major "TN" matmul
  * D[out, nt] = Aᵀ·B: A = W [out, in] (stored in x out), BLK128x128_32F scales as stored
- * ([ceil(out/128), ceil(in/128)]); B = x_q [nt, in] (in x nt), VEC128_32F scales [ceil(in/128), nt] */
+ * ([ceil(out/128), ceil(in/128)]); B = x_q [nt, in] (in x nt), VEC128_32F scales [ceil(in/128), nt].
+ * run 0: only ask the heuristic (NOT_SUPPORTED when it has no algorithm). */
 cublasStatus_t lt_w8a8(cudaStream_t s, float *y, int ldy, const void *wq, const float *ws, const uint8_t *xq,
-                       const float *xs, int out, int nt, int in, float beta) {
+                       const float *xs, int out, int nt, int in, float beta, int run) {
     std::call_once(lt_once, [] {
         cublasStatus_t st = cublasLtCreate(&lt);
         if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasLtCreate failed (status %d)", (int)st);
@@ -371,7 +373,7 @@ cublasStatus_t lt_w8a8(cudaStream_t s, float *y, int ldy, const void *wq, const 
     if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, d, a, b, c, c, pref, 1, &r, &got);
     if (!st && got < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
     const float one = 1.0f;
-    if (!st) st = cublasLtMatmul(lt, d, &one, wq, a, xq, b, &beta, y, c, y, c, &r.algo, nullptr, 0, s);
+    if (!st && run) st = cublasLtMatmul(lt, d, &one, wq, a, xq, b, &beta, y, c, y, c, &r.algo, nullptr, 0, s);
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (c) cublasLtMatrixLayoutDestroy(c);
     if (b) cublasLtMatrixLayoutDestroy(b);
@@ -411,7 +413,9 @@ cudaError_t fwd_bf16(const Scratch &g, float *y, const float *x, const ops_weigh
 }
 /* y[t0:t0+nt, :] W8A8: x's chunk quantised 1x128, then cuBLASLt on the stored weight; the same
  * values through fp32 GEMMs where cuBLASLt's FP8 layout rules (lda, ldb multiples of 16,
- * 16-byte aligned operands) do not hold; the bf16 path on a GPU without FP8 */
+ * 16-byte aligned operands, whatever else its heuristic refuses for a shape) do not hold; the
+ * bf16 path on a GPU without FP8, or whose cuBLASLt has no block-scaled algorithm for a plain
+ * 128 x 128 x 128 product (asked once) */
 cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight *w, int nt, float beta, cudaStream_t s) {
     const int in = w->in, out = w->out, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
     if (!fp8_usable()) return fwd_bf16(g, y, x, w, nt, beta, s);
@@ -419,11 +423,18 @@ cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight
     if (e != cudaSuccess) return e;
 #if CUBLAS_VERSION >= 120900
     if (in % 16 == 0 && (uintptr_t)w->data % 16 == 0) {
-        cublasStatus_t st = lt_w8a8(s, y, out, w->data, w->scale, g.q, g.s, out, nt, in, beta);
+        if (!fp8_probed) { /* real (aligned) pointers, a canonical shape: the heuristic reads no memory */
+            fp8_probed = 1;
+            cublasStatus_t st = lt_w8a8(s, y, 128, w->data, w->scale, g.q, g.s, 128, 128, 128, 0.0f, 0);
+            if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+                fp8_fallback("cuBLASLt has no block-scaled FP8 matmul (128x128 weights x 1x128 activations) here");
+                return fwd_bf16(g, y, x, w, nt, beta, s);
+            }
+            if (st != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+        }
+        cublasStatus_t st = lt_w8a8(s, y, out, w->data, w->scale, g.q, g.s, out, nt, in, beta, 1);
         if (st == CUBLAS_STATUS_SUCCESS) return cudaSuccess;
         if (st != CUBLAS_STATUS_NOT_SUPPORTED) return cudaErrorUnknown;
-        fp8_fallback("cuBLASLt refuses block-scaled FP8 (128x128 weights x 1x128 activations) on this GPU");
-        return fwd_bf16(g, y, x, w, nt, beta, s);
     }
 #endif
     const size_t n = (size_t)nt * in;
