@@ -1,5 +1,7 @@
 /* ops_host.c — the backend-independent part of ops.h: the dequantisation tile
- * rule (a pure function of the shape, which the plan uses too), exact host conversions
+ * rule and the GEMM scratch rule (pure functions of the shape, which the plan
+ * uses too), the process's GEMM precision (train.gemm_dtype) and the reference
+ * activation quantisation of its W8A8 mode, exact host conversions
  * between fp32 and the storage types (bf16, e4m3), the expert view of a
  * stacked weight (host pointer arithmetic), and the wire's row size. Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
