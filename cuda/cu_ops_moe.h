@@ -70,7 +70,10 @@ cudaError_t cu_grouped_matmul_backward(float *dx, float *dw, const float *dy, co
  * (DEVICE, tile_floats floats), then one fp32 GEMM per tile: the whole expert
  * when it fits, else whole 128-row blocks (at least one must fit).
  * cu_grouped_matmul_w_tile(w) is the CPU op's tile: the whole expert up to
- * 2^24 elements, else 128-row multiples. F32 needs no tile (NULL, 0). */
+ * 2^24 elements, else 128-row multiples. F32 needs no tile (NULL, 0).
+ * At train.gemm_dtype bf16/fp8 (ops_gemm_of(w)) each expert with rows is
+ * cu_matmul_w / cu_matmul_w_backward_dx (cu_ops.h), and cu_grouped_matmul_w_tile
+ * is ops_matmul_w_scratch_floats: the tile plus the activation chunk. */
 size_t cu_grouped_matmul_w_tile(const ops_weight *w);
 cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G, float *tile,
                                 size_t tile_floats, cudaStream_t s);

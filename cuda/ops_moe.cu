@@ -841,12 +841,23 @@ extern "C" cudaError_t cu_grouped_matmul_backward(float *dx, float *dw, const fl
 }
 
 extern "C" size_t cu_grouped_matmul_w_tile(const ops_weight *w) {
-    return ops_matmul_w_tile_floats(w->dtype, w->out, w->in); /* the rule the plan sizes the arena by */
+    return ops_matmul_w_scratch_floats(w->dtype, ops_gemm_of(w), w->out, w->in); /* the rule the plan sizes the arena by */
 }
 extern "C" cudaError_t cu_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G,
                                            float *tile, size_t tile_floats, cudaStream_t s) {
     if (w->dtype == OPS_F32) return cu_grouped_matmul(y, x, (const float *)w->data, cnt, G, w->in, w->out, s);
     check_stored(w, "ops_grouped_matmul_w");
+    if (ops_gemm_of(w) != OPS_GEMM_F32) { /* train.gemm_dtype bf16/fp8: each expert as ops_matmul_w (cu_ops.h) */
+        size_t r = 0;
+        for (int g = 0; g < G; g++) {
+            ops_weight v = ops_weight_expert(w, g);
+            if (cnt[g] > 0)
+                if (cudaError_t e = cu_matmul_w(y + r * w->out, x + r * w->in, &v, cnt[g], 0.0f, tile, tile_floats, s))
+                    return e;
+            r += (size_t)cnt[g];
+        }
+        return cudaSuccess;
+    }
     const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w");
     size_t r = 0;
     for (int g = 0; g < G; g++) {
@@ -875,6 +886,18 @@ extern "C" cudaError_t cu_grouped_matmul_w_backward_dx(float *dx, const float *d
     if (w->dtype == OPS_F32)
         return cu_grouped_matmul_backward(dx, NULL, dy, NULL, (const float *)w->data, cnt, G, w->in, w->out, s);
     check_stored(w, "ops_grouped_matmul_w_backward_dx");
+    if (ops_gemm_of(w) != OPS_GEMM_F32) { /* bf16 dgrad per expert (cu_matmul_w_backward_dx) */
+        size_t r = 0;
+        for (int g = 0; g < G; g++) {
+            ops_weight v = ops_weight_expert(w, g);
+            if (cnt[g] > 0)
+                if (cudaError_t e = cu_matmul_w_backward_dx(dx + r * w->in, dy + r * w->out, &v, cnt[g], tile,
+                                                            tile_floats, s))
+                    return e;
+            r += (size_t)cnt[g];
+        }
+        return cudaSuccess;
+    }
     const int in = w->in, out = w->out, tr = tile_rows_in(w, tile_floats, "ops_grouped_matmul_w_backward_dx");
     size_t r = 0;
     for (int g = 0; g < G; g++) {
@@ -980,17 +1003,18 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
                                  const int *cnt, int G, int in, int out) {
     CU_CHECK(cu_grouped_matmul_backward(dx, dw, dy, x, w, cnt, G, in, out, cu_stream()));
 }
-/* The dequantisation tile comes from the caller's scratch arena (device memory), sized by
- * the plan's rule (ops_matmul_w_tile_floats), and is given back before return. */
+/* The dequantisation tile (and the bf16/fp8 activation chunk) comes from the caller's scratch
+ * arena (device memory), sized by the plan's rule (ops_matmul_w_scratch_floats), and is given
+ * back before return. */
 void ops_grouped_matmul_w(float *y, const float *x, const ops_weight *w, const int *cnt, int G, ops_arena *scratch) {
-    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    size_t n = ops_matmul_w_scratch_floats(w->dtype, ops_gemm_of(w), w->out, w->in), mark = ops_arena_mark(scratch);
     float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_grouped_matmul_w(y, x, w, cnt, G, tile, n, cu_stream()));
     ops_arena_release(scratch, mark);
 }
 void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, const int *cnt, int G,
                                       ops_arena *scratch) {
-    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    size_t n = ops_matmul_w_scratch_floats(w->dtype, ops_gemm_of(w), w->out, w->in), mark = ops_arena_mark(scratch);
     float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_grouped_matmul_w_backward_dx(dx, dy, w, cnt, G, tile, n, cu_stream()));
     ops_arena_release(scratch, mark);

@@ -224,8 +224,10 @@ static void grouped(const int *cnt, int G, int in, int out) {
 
 /* stacked experts in storage dt: stored on the host by the CPU's ops_weight_store_rows
  * (DeepSeek's FP8 recipe), the same bytes copied to the device */
-static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int tile_rows) {
-    const char *what = twin_fmt("%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8", G,
+static void grouped_w_at(ops_dtype dt, int gemm, const int *cnt, int G, int in, int out, int tile_rows) {
+    ops_gemm_set(gemm); /* ops.h ops_gemm: process-wide, the CPU and the CUDA op see the same */
+    const char *what = twin_fmt("%s%s G=%d R=%d in=%d out=%d%s", dt == OPS_F32 ? "f32" : dt == OPS_BF16 ? "bf16" : "fp8",
+                           gemm == OPS_GEMM_FP8 ? " gemm fp8" : gemm == OPS_GEMM_BF16 ? " gemm bf16" : "", G,
                            sum(cnt, G), in, out, tile_rows ? " tiles of 128 rows" : "");
     char name[96];
     snprintf(name, sizeof name, "%s", what);
@@ -246,7 +248,7 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int 
     float *x = twin_host(R * in, 92, -1, 1), *y = twin_host(R * out, 93, -1, 1);
     float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
     ops_arena cpu_scratch; /* the CPU op's tile, from an arena of exactly the stated size */
-    if (ops_arena_create(&cpu_scratch, ops_matmul_w_tile_floats(dt, out, in))) exit(2);
+    if (ops_arena_create(&cpu_scratch, ops_matmul_w_scratch_floats(dt, ops_gemm_of(&W), out, in))) exit(2);
     ops_grouped_matmul_w(y, x, &W, cnt, G, &cpu_scratch);
     CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, nt, twin_s));
     float *g = twin_back(d_y, R * out * 4);
@@ -263,6 +265,10 @@ static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int 
     twin_free(Wd.data), twin_free(d_x), twin_free(d_y), twin_free(d_dy), twin_free(d_dx);
     if (Wd.scale) twin_free((void *)Wd.scale);
     if (tile) twin_free(tile);
+    ops_gemm_set(OPS_GEMM_F32);
+}
+static void grouped_w(ops_dtype dt, const int *cnt, int G, int in, int out, int tile_rows) {
+    grouped_w_at(dt, OPS_GEMM_F32, cnt, G, in, out, tile_rows);
 }
 
 /* ---- Bias update: counts above, below and at the mean (sign 0) ---- */
@@ -326,6 +332,13 @@ int main(void) {
     grouped_w(OPS_BF16, w3, 3, 100, 300, 128);
     grouped_w(OPS_FP8_E4M3, w3, 3, 7168, 16, 0);
     grouped_w(OPS_BF16, c1, 1, 7168, 8, 0);
+    /* train.gemm_dtype bf16 / fp8: experts with and without rows; in 64, 7168: cuBLASLt W8A8; 300: fp32 on the W8A8 values */
+    for (int gm = OPS_GEMM_BF16; gm <= OPS_GEMM_FP8; gm++)
+        for (int dt = OPS_BF16; dt <= OPS_FP8_E4M3; dt++) {
+            grouped_w_at((ops_dtype)dt, gm, w3, 3, 300, 200, 0);
+            grouped_w_at((ops_dtype)dt, gm, w5, 5, 64, 32, 0);
+            grouped_w_at((ops_dtype)dt, gm, w3, 3, 7168, 16, 0);
+        }
 
     bias_update(1, 0);
     bias_update(8, 0);
