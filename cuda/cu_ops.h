@@ -42,6 +42,18 @@ void error_one_at(const char *file, int line, const char *fmt, ...) __attribute_
         if (!(cond)) error_one_at(__FILE__, __LINE__, __VA_ARGS__);                                              \
     } while (0)
 
+/* Device scratch of the ops_X wrappers (not in twin builds): the host arrays a
+ * kernel reads, staged; small results read back; what the CPU op takes from
+ * malloc (attention's D rows, the CE row losses). Grow-only, kept for the
+ * process, charged to OPS_MEM_OTHER (the memory report's "untracked": outside
+ * the plan, as the CPU op's malloc is), so ops_mem_get counts every byte the
+ * backend holds on the device. A zero-initialised cu_devbuf is empty. */
+typedef struct {
+    void *p;
+    size_t bytes;
+} cu_devbuf;
+void *cu_devbuf_get(cu_devbuf *b, size_t bytes); /* at least `bytes` (>= 1) bytes; not zeroed */
+
 /* ---- elementwise (ops.h) */
 cudaError_t cu_zero(float *x, size_t n, cudaStream_t s);
 cudaError_t cu_copy(float *dst, const float *src, size_t n, cudaStream_t s);
@@ -58,13 +70,19 @@ cudaError_t cu_add_cols(float *dst, int ds, int off, const float *src, int ss, i
 cudaError_t cu_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta, cudaStream_t s);
 cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in,
                                int out, cudaStream_t s);
-/* Stored (BF16 / FP8) weights: row tiles dequantised on the device into `tile`
- * (DEVICE, tile_floats >= ops_matmul_w_tile_floats(w), the CPU's rule), then
- * one GEMM per tile. F32 needs no tile (NULL, 0). */
+/* Stored (BF16 / FP8) weights at the precision ops_gemm_of(w) (ops.h ops_gemm):
+ * `tile` is the scratch (DEVICE, tile_floats >= ops_matmul_w_scratch_floats(w's
+ * dtype, ops_gemm_of(w), out, in), the CPU's rule). fp32: row tiles dequantised
+ * on the device, one fp32 GEMM per tile; bf16: cublasGemmEx on bf16 operands
+ * (BF16 weights as stored); fp8: cublasLtMatmul, BLK128x128_32F weights as
+ * stored x VEC128_32F activations (cu_act_quant_fp8), in chunks of
+ * ops_gemm_act_rows rows. F32 needs no scratch (NULL, 0). */
 cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
                         size_t tile_floats, cudaStream_t s);
 cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
                                     size_t tile_floats, cudaStream_t s);
+/* ops_act_quant_fp8 on the device (all pointers device; T <= 65535): codes [T, in], scale [ceil(in/128), T] */
+cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s);
 /* src: HOST fp32 [n, in] (staged through the scratch); w->data / w->scale: device. */
 cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, const float *src, cudaStream_t s);
 /* Rows [r0, r0+n) of w as fp32 into t [n, in] (device). */

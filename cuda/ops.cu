@@ -14,6 +14,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <cublasLt.h>
+
 #include "cu_ops.h"
 #include "ops.h"
 
@@ -177,14 +179,6 @@ extern "C" cudaError_t cu_matmul_backward(float *dx, float *dw, const float *dy,
 /* ---- stored weights: dequantisation tiles and the FP8/BF16 store ---- */
 
 namespace {
-/* Rows per dequantisation tile: the plan's rule (ops_matmul_w_tile_floats, the CPU's too), so
- * both backends multiply the same tiles; a tile smaller than the rule is an internal error. */
-int tile_rows(const ops_weight *w, size_t tile_floats, const char *op) {
-    size_t need = ops_matmul_w_tile_floats(w->dtype, w->out, w->in);
-    CU_REQUIRE(tile_floats >= need, "%s: a %zu-float tile for a [%d, %d] weight that needs %zu (internal error)", op,
-               tile_floats, w->out, w->in, need);
-    return (int)(need / (size_t)w->in);
-}
 unsigned row_block(int in) { /* threads per row: a multiple of 32, at most 256 */
     unsigned b = ((unsigned)(in > 0 ? in : 1) + 31) / 32 * 32;
     return b < 256 ? b : 256;
@@ -255,6 +249,213 @@ extern "C" cudaError_t cu_dequant_rows(float *t, const ops_weight *w, int r0, in
                         w->in, r0, n);
 }
 
+/* ---- train.gemm_dtype (ops.h ops_gemm): bf16 operands through cublasGemmEx, W8A8 through
+ * cublasLtMatmul with block scales; the operands are the CPU reference's, bit for bit ---- */
+
+namespace {
+/* a row tile of an FP8 weight as bf16 operands: bf16(e4m3 · scale), the CPU's rounding */
+__global__ void dequant_fp8_bf16_kernel(uint16_t *t, const __nv_fp8_e4m3 *q, const float *scale, int in, int r0, int n) {
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    for (int r = blockIdx.x; r < n; r += gridDim.x) {
+        const float *sc = scale + (size_t)((r0 + r) / OPS_FP8_BLOCK) * nb;
+        for (int c = threadIdx.x; c < in; c += blockDim.x)
+            t[(size_t)r * in + c] = bf16_of(static_cast<float>(q[(size_t)r * in + c]) * sc[c / OPS_FP8_BLOCK]);
+    }
+}
+/* ops_act_quant_fp8: one block per (128-column block b, row t), grid (nb, T); scale [nb, T] */
+__global__ void __launch_bounds__(OPS_FP8_BLOCK) act_quant_fp8_kernel(uint8_t *q, float *scale, const float *x, int T,
+                                                                       int in) {
+    const int t = blockIdx.y, b = blockIdx.x, c = b * OPS_FP8_BLOCK + threadIdx.x;
+    const float v = c < in ? x[(size_t)t * in + c] : 0.0f;
+    const float amax = dsv3::block_max<OPS_FP8_BLOCK>(fabsf(v));
+    const float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+    if (threadIdx.x == 0) scale[(size_t)b * T + t] = sc;
+    if (c < in) q[(size_t)t * in + c] = e4m3_of(v / sc);
+}
+/* the fp8 operand's values as fp32, v = e4m3 · scale (the CPU's act_operand) */
+__global__ void act_dequant_fp8_kernel(float *v, const __nv_fp8_e4m3 *q, const float *scale, int T, int in) {
+    const size_t n = (size_t)T * in;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        v[i] = static_cast<float>(q[i]) * scale[(i % in) / OPS_FP8_BLOCK * T + i / in];
+}
+
+/* The scratch of ops_matmul_w_scratch_floats, carved as the CPU takes it: the weight tile,
+ * the activation chunk's values, codes, scales (each ops_arena_round-ed). */
+struct Scratch {
+    float *tile, *v, *s;
+    uint8_t *q;
+    int tr, ar;
+};
+Scratch carve(const ops_weight *w, int mode, float *scr, size_t floats, const char *op) {
+    const int out = w->out, in = w->in;
+    const size_t need = ops_matmul_w_scratch_floats(w->dtype, mode, out, in), m = (size_t)(in > out ? in : out);
+    CU_REQUIRE(floats >= need, "%s: a %zu-float scratch for a [%d, %d] weight that needs %zu (internal error)", op,
+               floats, out, in, need);
+    const size_t tf = ops_matmul_w_tile_floats(w->dtype, out, in);
+    Scratch g = {scr, nullptr, nullptr, nullptr, (int)(tf / (size_t)in), 0};
+    if (mode == OPS_GEMM_F32) return g;
+    g.ar = ops_gemm_act_rows(out, in);
+    g.v = scr + ops_arena_round(tf);
+    g.q = (uint8_t *)(g.v + ops_arena_round((size_t)g.ar * m));
+    g.s = (float *)g.q + ops_arena_round(((size_t)g.ar * m + 3) / 4);
+    return g;
+}
+
+/* C[m,n] (col-major, fp32) = op(A)·op(B) + beta·C with bf16 A and B, fp32 accumulation */
+cudaError_t gemm_bf16(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+                      int lda, const void *B, int ldb, float beta, float *C, int ldc) {
+    const float one = 1.0f;
+    return blas_err(cublasGemmEx(cu_blas(s), ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C,
+                                 CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* W8A8 on this GPU: 1 yes, 0 no (told once, then the bf16 path), -1 not decided yet;
+ * fp8_probed: cuBLASLt asked once whether it has a block-scaled algorithm at all */
+int fp8_ok = -1, fp8_probed = 0;
+std::once_flag fp8_told;
+void fp8_fallback(const char *why) {
+    fp8_ok = 0;
+    std::call_once(fp8_told, [why] {
+        fprintf(stderr, "dsv3: train.gemm_dtype = \"fp8\": %s; the W8A8 GEMMs run as gemm_dtype \"bf16\" (bf16 "
+                        "operands, fp32 accumulation)\n", why);
+    });
+}
+bool fp8_usable() {
+    if (fp8_ok < 0) {
+#if CUBLAS_VERSION >= 120900 /* the block-scale modes VEC128_32F and BLK128x128_32F came with cuBLAS 12.9 */
+        int dev = 0;
+        cudaDeviceProp p;
+        if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&p, dev) == cudaSuccess &&
+            p.major * 10 + p.minor >= 89)
+            fp8_ok = 1;
+        else
+            fp8_fallback("this GPU has no FP8 tensor cores (compute capability below 8.9)");
+#else
+        fp8_fallback("this cuBLAS (before 12.9) has no block-scaled FP8 matmul");
+#endif
+    }
+    return fp8_ok == 1;
+}
+
+#if CUBLAS_VERSION >= 120900
+std::once_flag lt_once;
+cublasLtHandle_t lt;
+/* y[nt, out] (row-major, ld ldy) = beta·y + (x_q·s_x)(W_q·s_W)ᵀ as the column-major "TN" matmul
+ * D[out, nt] = Aᵀ·B: A = W [out, in] (stored in x out), BLK128x128_32F scales as stored
+ * ([ceil(out/128), ceil(in/128)]); B = x_q [nt, in] (in x nt), VEC128_32F scales [ceil(in/128), nt].
+ * run 0: only ask the heuristic (NOT_SUPPORTED when it has no algorithm). */
+cublasStatus_t lt_w8a8(cudaStream_t s, float *y, int ldy, const void *wq, const float *ws, const uint8_t *xq,
+                       const float *xs, int out, int nt, int in, float beta, int run) {
+    std::call_once(lt_once, [] {
+        cublasStatus_t st = cublasLtCreate(&lt);
+        if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasLtCreate failed (status %d)", (int)st);
+    });
+    cublasLtMatmulDesc_t d = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    cublasStatus_t st = cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    const uint64_t ws0 = 0;
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma);
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb);
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws);
+    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs);
+    if (!st) st = cublasLtMatrixLayoutCreate(&a, CUDA_R_8F_E4M3, in, out, in);
+    if (!st) st = cublasLtMatrixLayoutCreate(&b, CUDA_R_8F_E4M3, in, nt, in);
+    if (!st) st = cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, out, nt, ldy);
+    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws0, sizeof ws0);
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0;
+    if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, d, a, b, c, c, pref, 1, &r, &got);
+    if (!st && got < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
+    const float one = 1.0f;
+    if (!st && run) st = cublasLtMatmul(lt, d, &one, wq, a, xq, b, &beta, y, c, y, c, &r.algo, nullptr, 0, s);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (d) cublasLtMatmulDescDestroy(d);
+    return st;
+}
+#endif
+
+/* bf16 operands of rows t0.. of x (or dy) [nt, k] into g.v (as uint16) */
+cudaError_t act_bf16(const Scratch &g, const float *x, int nt, int k, cudaStream_t s) {
+    const size_t n = (size_t)nt * k;
+    return dsv3::launch(store_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, (uint16_t *)g.v, x, n);
+}
+/* the bf16 operand of weight rows [r0, r0+n): BF16 storage as it is, FP8 dequantised into the tile */
+cudaError_t weight_bf16(const Scratch &g, const ops_weight *w, int r0, int n, const void **A, cudaStream_t s) {
+    if (w->dtype == OPS_BF16) {
+        *A = (const uint16_t *)w->data + (size_t)r0 * w->in;
+        return cudaSuccess;
+    }
+    *A = g.tile;
+    return dsv3::launch(dequant_fp8_bf16_kernel, dim3(n < 4096 ? n : 4096), dim3(row_block(w->in)), 0, s,
+                        (uint16_t *)g.tile, (const __nv_fp8_e4m3 *)w->data + (size_t)r0 * w->in, w->scale, w->in, r0, n);
+}
+
+/* y[t0:t0+nt, :] at bf16 (x's chunk rounded, W in bf16; BF16 storage needs no tile: one GEMM) */
+cudaError_t fwd_bf16(const Scratch &g, float *y, const float *x, const ops_weight *w, int nt, float beta, cudaStream_t s) {
+    const int in = w->in, out = w->out, tr = w->dtype == OPS_BF16 ? out : g.tr;
+    cudaError_t e = act_bf16(g, x, nt, in, s);
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
+        const int n = out - r0 < tr ? out - r0 : tr;
+        const void *A = nullptr;
+        e = weight_bf16(g, w, r0, n, &A, s);
+        if (e == cudaSuccess) e = gemm_bf16(s, CUBLAS_OP_T, CUBLAS_OP_N, n, nt, in, A, in, g.v, in, beta, y + r0, out);
+    }
+    return e;
+}
+/* y[t0:t0+nt, :] W8A8: x's chunk quantised 1x128, then cuBLASLt on the stored weight; the same
+ * values through fp32 GEMMs where cuBLASLt's FP8 layout rules (lda, ldb multiples of 16,
+ * 16-byte aligned operands, whatever else its heuristic refuses for a shape) do not hold; the
+ * bf16 path on a GPU without FP8, or whose cuBLASLt has no block-scaled algorithm for a plain
+ * 128 x 128 x 128 product (asked once) */
+cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight *w, int nt, float beta, cudaStream_t s) {
+    const int in = w->in, out = w->out, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+    if (!fp8_usable()) return fwd_bf16(g, y, x, w, nt, beta, s);
+    cudaError_t e = dsv3::launch(act_quant_fp8_kernel, dim3(nb, nt), dim3(OPS_FP8_BLOCK), 0, s, g.q, g.s, x, nt, in);
+    if (e != cudaSuccess) return e;
+#if CUBLAS_VERSION >= 120900
+    if (in % 16 == 0 && (uintptr_t)w->data % 16 == 0) {
+        if (!fp8_probed) { /* real (aligned) pointers, a canonical shape: the heuristic reads no memory */
+            fp8_probed = 1;
+            cublasStatus_t st = lt_w8a8(s, y, 128, w->data, w->scale, g.q, g.s, 128, 128, 128, 0.0f, 0);
+            if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+                fp8_fallback("cuBLASLt has no block-scaled FP8 matmul (128x128 weights x 1x128 activations) here");
+                return fwd_bf16(g, y, x, w, nt, beta, s);
+            }
+            if (st != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+        }
+        cublasStatus_t st = lt_w8a8(s, y, out, w->data, w->scale, g.q, g.s, out, nt, in, beta, 1);
+        if (st == CUBLAS_STATUS_SUCCESS) return cudaSuccess;
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED) return cudaErrorUnknown;
+    }
+#endif
+    const size_t n = (size_t)nt * in;
+    e = dsv3::launch(act_dequant_fp8_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, g.v,
+                     (const __nv_fp8_e4m3 *)g.q, g.s, nt, in);
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += g.tr) {
+        const int m = out - r0 < g.tr ? out - r0 : g.tr;
+        e = cu_dequant_rows(g.tile, w, r0, m, s);
+        if (e == cudaSuccess) e = sgemm(s, CUBLAS_OP_T, CUBLAS_OP_N, m, nt, in, g.tile, in, g.v, in, beta, y + r0, out);
+    }
+    return e;
+}
+} // namespace
+
+extern "C" cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s) {
+    if (T <= 0 || in <= 0) return cudaSuccess;
+    CU_REQUIRE(T <= 65535, "cu_act_quant_fp8: %d rows in one launch (at most 65535; ops_gemm_act_rows keeps 4096)", T);
+    return dsv3::launch(act_quant_fp8_kernel, dim3((in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK, T), dim3(OPS_FP8_BLOCK), 0,
+                        s, q, scale, x, T, in);
+}
+
 extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, float *tile,
                                    size_t tile_floats, cudaStream_t s) {
     const int in = w->in, out = w->out;
@@ -263,10 +464,20 @@ extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w
                (int)w->dtype);
     if (T == 0 || out == 0) return cudaSuccess;
     if (in == 0) return beta == 0.0f ? cudaMemsetAsync(y, 0, (size_t)T * out * sizeof *y, s) : cudaSuccess;
-    const int tr = tile_rows(w, tile_floats, "ops_matmul_w");
+    const int mode = ops_gemm_of(w);
+    const Scratch g = carve(w, mode, tile, tile_floats, "ops_matmul_w");
     cudaError_t e = cudaSuccess;
-    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
-        const int n = out - r0 < tr ? out - r0 : tr;
+    if (mode != OPS_GEMM_F32) { /* chunks of g.ar rows of x */
+        for (int t0 = 0; t0 < T && e == cudaSuccess; t0 += g.ar) {
+            const int nt = T - t0 < g.ar ? T - t0 : g.ar;
+            float *yc = y + (size_t)t0 * out;
+            const float *xc = x + (size_t)t0 * in;
+            e = mode == OPS_GEMM_FP8 ? fwd_fp8(g, yc, xc, w, nt, beta, s) : fwd_bf16(g, yc, xc, w, nt, beta, s);
+        }
+        return e;
+    }
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += g.tr) {
+        const int n = out - r0 < g.tr ? out - r0 : g.tr;
         e = cu_dequant_rows(tile, w, r0, n, s);
         /* y[:, r0:r0+n] = x·tileᵀ (beta as given: each tile writes its own columns) */
         if (e == cudaSuccess) e = sgemm(s, CUBLAS_OP_T, CUBLAS_OP_N, n, T, in, tile, in, x, in, beta, y + r0, out);
@@ -274,6 +485,7 @@ extern "C" cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w
     return e;
 }
 
+/* gemm bf16 and fp8: dy's chunk rounded to bf16, W in bf16 (ops.h: the FP8 dgrad would need a transposed weight) */
 extern "C" cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
                                                size_t tile_floats, cudaStream_t s) {
     const int in = w->in, out = w->out;
@@ -281,10 +493,28 @@ extern "C" cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const
     CU_REQUIRE(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
                "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
     if (!dx || T == 0 || in == 0 || out == 0) return cudaSuccess;
-    const int tr = tile_rows(w, tile_floats, "ops_matmul_w_backward_dx");
+    const int mode = ops_gemm_of(w) == OPS_GEMM_F32 ? OPS_GEMM_F32 : OPS_GEMM_BF16;
+    const Scratch g = carve(w, mode, tile, tile_floats, "ops_matmul_w_backward_dx");
     cudaError_t e = cudaSuccess;
-    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
-        const int n = out - r0 < tr ? out - r0 : tr;
+    if (mode == OPS_GEMM_BF16) {
+        const int tr = w->dtype == OPS_BF16 ? out : g.tr;
+        for (int t0 = 0; t0 < T && e == cudaSuccess; t0 += g.ar) {
+            const int nt = T - t0 < g.ar ? T - t0 : g.ar;
+            e = act_bf16(g, dy + (size_t)t0 * out, nt, out, s);
+            for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += tr) {
+                const int n = out - r0 < tr ? out - r0 : tr;
+                const void *A = nullptr;
+                e = weight_bf16(g, w, r0, n, &A, s);
+                /* dx[t0:t0+nt, :] += dy_b[:, r0:r0+n]·W_b[r0:r0+n, :] */
+                if (e == cudaSuccess)
+                    e = gemm_bf16(s, CUBLAS_OP_N, CUBLAS_OP_N, in, nt, n, A, in, (const uint16_t *)g.v + r0, out, 1.0f,
+                                  dx + (size_t)t0 * in, in);
+            }
+        }
+        return e;
+    }
+    for (int r0 = 0; r0 < out && e == cudaSuccess; r0 += g.tr) {
+        const int n = out - r0 < g.tr ? out - r0 : g.tr;
         e = cu_dequant_rows(tile, w, r0, n, s);
         /* dx[T,in] += dy[:, r0:r0+n]·tile[n,in] */
         if (e == cudaSuccess) e = sgemm(s, CUBLAS_OP_N, CUBLAS_OP_N, in, T, n, tile, in, dy + r0, out, 1.0f, dx, in);
@@ -445,6 +675,22 @@ size_t uncharge(void *p, int host) {
 }
 } // namespace
 
+void *cu_devbuf_get(cu_devbuf *b, size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (bytes > b->bytes) {
+        if (b->p) {
+            CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use the old one */
+            CU_CHECK(cudaFree(b->p));
+            ops_mem_charge(0, OPS_MEM_OTHER, b->bytes, -1);
+            b->p = nullptr, b->bytes = 0;
+        }
+        CU_CHECK(cudaMalloc(&b->p, bytes));
+        b->bytes = bytes;
+        ops_mem_charge(0, OPS_MEM_OTHER, bytes, 1);
+    }
+    return b->p;
+}
+
 void *ops_alloc(size_t bytes) {
     void *p = nullptr;
     cudaStream_t s = cu_stream();
@@ -546,9 +792,8 @@ void ops_add(float *y, const float *x, size_t n) { CU_CHECK(cu_add(y, x, n, cu_s
 void ops_axpy(float *y, float a, const float *x, size_t n) { CU_CHECK(cu_axpy(y, a, x, n, cu_stream())); }
 void ops_scale(float *x, float a, size_t n) { CU_CHECK(cu_scale(x, a, n, cu_stream())); }
 double ops_sumsq(const float *x, size_t n) {
-    static double *d = nullptr; /* one device scalar for the process */
-    if (!d) CU_CHECK(cudaMalloc((void **)&d, sizeof *d));
-    double h = 0.0;
+    static cu_devbuf buf; /* one device scalar for the process */
+    double *d = (double *)cu_devbuf_get(&buf, sizeof *d), h = 0.0;
     CU_CHECK(cu_sumsq(x, n, d, cu_stream()));
     ops_to_host(&h, d, sizeof h);
     return h;
@@ -567,16 +812,16 @@ void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out
 void ops_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in, int out) {
     CU_CHECK(cu_matmul_backward(dx, dw, dy, x, w, T, in, out, cu_stream()));
 }
-/* the dequantisation tile comes from the caller's scratch arena (device memory), sized by the
- * plan's rule, and is given back before return */
+/* the dequantisation tile (and the bf16/fp8 activation chunk) comes from the caller's scratch
+ * arena (device memory), sized by the plan's rule, and is given back before return */
 void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
-    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    size_t n = ops_matmul_w_scratch_floats(w->dtype, ops_gemm_of(w), w->out, w->in), mark = ops_arena_mark(scratch);
     float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_matmul_w(y, x, w, T, beta, tile, n, cu_stream()));
     ops_arena_release(scratch, mark);
 }
 void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
-    size_t n = ops_matmul_w_tile_floats(w->dtype, w->out, w->in), mark = ops_arena_mark(scratch);
+    size_t n = ops_matmul_w_scratch_floats(w->dtype, ops_gemm_of(w), w->out, w->in), mark = ops_arena_mark(scratch);
     float *tile = ops_arena_take(scratch, n);
     CU_CHECK(cu_matmul_w_backward_dx(dx, dy, w, T, tile, n, cu_stream()));
     ops_arena_release(scratch, mark);

@@ -76,6 +76,7 @@ static const char *const E_ROPE[] = {"yarn", "none", NULL};
 static const char *const E_QUANT[] = {"", "fp8", NULL};
 static const char *const E_SCALE[] = {"", "ue8m0", NULL};
 static const char *const E_DTYPE[] = {"fp32", "bf16", NULL};
+static const char *const E_GDTYPE[] = {"fp32", "bf16", "fp8", NULL}; /* train.gemm_dtype */
 static const char *const E_WDTYPE[] = {"", "fp32", "bf16", "fp8", NULL}; /* "" = as train.dtype */
 static const char *const E_FROZEN[] = {"sharded", "resident", NULL};
 static const char *const E_EDTYPE[] = {"", "fp32", "bf16", NULL}; /* "" = fp32 */
@@ -169,6 +170,7 @@ static const deck_key KEYS[] = {
     S("train.dtype", train.dtype, "fp32", E_DTYPE, 0),
     S("train.base_dtype", train.base_dtype, "", E_WDTYPE, 0),
     S("train.embed_dtype", train.embed_dtype, "", E_EDTYPE, 0),
+    S("train.gemm_dtype", train.gemm_dtype, "fp32", E_GDTYPE, 0),
 
     G("lora"),
     B("lora.enabled", lora.enabled, 0),
@@ -862,6 +864,17 @@ static int check_layout(const ctx *c, deck *d, int world)
      * (params.h P_STORED), which the trainer keeps resident at every ZeRO stage.
      * The model sees the choice through deck_lora (model/config.h). */
     snprintf(d->lora.base_dtype, sizeof d->lora.base_dtype, "%s", base_set ? d->train.base_dtype : "fp32");
+    /* train.gemm_dtype: the precision of the GEMMs with those narrow weights (ops.h ops_gemm) */
+    if (strcmp(d->train.gemm_dtype, "fp32") && !base_set)
+        return fail(c, "train.gemm_dtype", NULL,
+                    "train.gemm_dtype = \"%s\" sets the GEMM precision of frozen weights stored narrow: "
+                    "set train.base_dtype = \"bf16\" or \"fp8\" (with lora.enabled = true), or gemm_dtype = \"fp32\"",
+                    d->train.gemm_dtype);
+    if (!strcmp(d->train.gemm_dtype, "fp8") && strcmp(d->train.base_dtype, "fp8"))
+        return fail(c, "train.gemm_dtype", NULL,
+                    "train.gemm_dtype = \"fp8\" (W8A8) multiplies FP8 weights as stored: it needs train.base_dtype = "
+                    "\"fp8\", not \"%s\" (use gemm_dtype = \"bf16\")", d->train.base_dtype);
+    snprintf(d->lora.gemm_dtype, sizeof d->lora.gemm_dtype, "%s", d->train.gemm_dtype);
     int emb16 = !strcmp(d->train.embed_dtype, "bf16");
     if (emb16 && !has_frozen)
         return fail(c, "train.embed_dtype", NULL,

@@ -50,6 +50,8 @@ typedef struct {
                                  * P_STORED; deck.c copies the choice to lora.base_dtype) */
     char embed_dtype[DECK_STR]; /* the frozen embedding and lm_head: "" = "fp32" (floats, as today) | "bf16"
                                  * (in the frozen store in bf16, as the release stores them; LoRA only) */
+    char gemm_dtype[DECK_STR];  /* GEMM precision with the narrow frozen weights (ops.h ops_gemm): "fp32"
+                                 * (default) | "bf16" (base bf16/fp8) | "fp8" (W8A8, base fp8) */
 } deck_train;
 
 typedef struct {

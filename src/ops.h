@@ -110,12 +110,32 @@ void ops_arena_release(ops_arena *a, size_t mark); /* give back everything taken
  *                 blocks included (HF's weight_scale_inv). */
 typedef enum { OPS_F32 = 0, OPS_BF16, OPS_FP8_E4M3 } ops_dtype;
 #define OPS_FP8_BLOCK 128
+/* GEMM precision of the narrow weights (deck train.gemm_dtype; F32 weights
+ * ignore it, always fp32). Process-wide (ops_gemm_set; the model sets it from
+ * the deck when it is created): a field of ops_weight would break the
+ * positional initializers of its users (-Wmissing-field-initializers).
+ * Both backends multiply the same operands:
+ *   OPS_GEMM_F32   the weight dequantised to fp32 tile by tile, x as given, fp32 GEMM
+ *   OPS_GEMM_BF16  x rounded to bf16 (RNE), the weight dequantised and rounded
+ *                  to bf16 (exact for BF16 weights), fp32 accumulation
+ *   OPS_GEMM_FP8   W8A8 (FP8 weights; a BF16 weight runs BF16): the weight as
+ *                  stored with its 128x128 scales, x quantised per row and 128
+ *                  columns to e4m3 (ops_act_quant_fp8), fp32 accumulation.
+ *                  The backward dx (dy·W) runs BF16: the weight is stored for
+ *                  y = x·Wᵀ and FP8 tensor cores contract only along the stored
+ *                  rows ("TN"); an FP8 dgrad would need a transposed copy. */
+typedef enum { OPS_GEMM_F32 = 0, OPS_GEMM_BF16, OPS_GEMM_FP8 } ops_gemm;
 typedef struct {
     ops_dtype dtype;
     void *data;         /* device */
     const float *scale; /* device; FP8 only: [ceil(out/128), ceil(in/128)] */
     int out, in;
 } ops_weight;
+void ops_gemm_set(int gemm); /* OPS_GEMM_*; the default is OPS_GEMM_F32 */
+int ops_gemm_get(void);
+/* The precision the forward GEMM of w runs at (OPS_GEMM_*): F32 storage is
+ * fp32; FP8 asked of a BF16 weight is BF16. */
+int ops_gemm_of(const ops_weight *w);
 float ops_e4m3_to_f32(uint8_t v);   /* exact (host helper, the reference decode) */
 float ops_bf16_to_f32(uint16_t v);  /* exact */
 uint16_t ops_f32_to_bf16(float f);  /* round to nearest even; NaN stays NaN */
@@ -135,9 +155,26 @@ void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src)
  * weights take none. A pure function of the shape, so the plan sizes the arena
  * with it (cost.c) and the allocation equals the plan. */
 size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in);
+/* Rows of x (dy) rounded or quantised at a time by the bf16/fp8 GEMMs: 2^22
+ * floats of the wider side, at most 4096 rows, at least 1. */
+int ops_gemm_act_rows(int out, int in);
+/* Floats ops_matmul_w and ops_matmul_w_backward_dx take from scratch for a
+ * weight of this storage and gemm mode (the plan's rule, cost.c): gemm F32 is
+ * ops_matmul_w_tile_floats; bf16/fp8 add the activation chunk of
+ * a = ops_gemm_act_rows rows by m = max(in, out): fp32 values [a, m], e4m3
+ * codes [a, m] and scales [ceil(m/128), a], each region ops_arena_round-ed.
+ * The CPU takes all of it; the CUDA backend takes a part. */
+size_t ops_matmul_w_scratch_floats(ops_dtype dtype, int gemm, int out, int in);
+/* The activation quantisation of OPS_GEMM_FP8 (DeepSeek-V3's 1x128 recipe),
+ * host memory, the reference the CUDA kernel is tested against bit for bit:
+ * per row t and 128-column block b of x [T, in]: scale[b·T + t] = amax/448
+ * (1 for an all-zero block) — cuBLASLt's VEC128_32F layout, [ceil(in/128), T]
+ * — and q[t, c] = ops_f32_to_e4m3(x[t, c] / scale) (RNE, saturating). */
+void ops_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in);
 /* y[T,out] = x[T,in]·Wᵀ (beta 0: overwrite, 1: accumulate). F32 is exactly
  * ops_matmul. A narrow weight is dequantised tile by tile into a tile taken
- * from scratch (given back before return). */
+ * from scratch (given back before return), at the precision ops_gemm_of(w)
+ * (ops_gemm above; scratch: ops_matmul_w_scratch_floats). */
 void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch);
 /* dx[T,in] += dy[T,out]·W. Frozen storage: no dW. F32 is exactly ops_matmul_backward(dx, NULL, ...). */
 void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch);

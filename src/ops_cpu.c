@@ -269,8 +269,9 @@ void ops_weight_store_rows(const ops_weight *w, int r0, int n, const float *src)
         }
 }
 
-/* rows [r0, r0+n) of w as fp32 into t [n, in] */
-static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
+/* rows [r0, r0+n) of w as fp32 into t [n, in]; bf16: each value then rounded
+ * to bf16 (RNE, the tensor-core operand; exact for BF16 storage) */
+static void dequant_rows(float *t, const ops_weight *w, int r0, int n, int bf16) {
     int in = w->in, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
     float lut[256];
     if (w->dtype == OPS_FP8_E4M3)
@@ -286,8 +287,42 @@ static void dequant_rows(float *t, const ops_weight *w, int r0, int n) {
             const uint8_t *q = (const uint8_t *)w->data + row;
             const float *sc = w->scale + (size_t)((r0 + r) / OPS_FP8_BLOCK) * nb;
             for (int c = 0; c < in; c++) d[c] = lut[q[c]] * sc[c / OPS_FP8_BLOCK];
+            if (bf16)
+                for (int c = 0; c < in; c++) d[c] = ops_bf16_to_f32(ops_f32_to_bf16(d[c]));
         }
     }
+}
+
+/* The scratch of a bf16/fp8 GEMM (ops_matmul_w_scratch_floats): the weight
+ * tile, then the activation chunk's values, codes and scales. */
+typedef struct {
+    float *tile, *v, *s;
+    uint8_t *q;
+    int tr, ar; /* rows per weight tile, per activation chunk */
+} gemm_scratch;
+static gemm_scratch gemm_take(ops_arena *a, const ops_weight *w, int mode) {
+    int out = w->out, in = w->in;
+    size_t tf = ops_matmul_w_tile_floats(w->dtype, out, in), m = (size_t)(in > out ? in : out);
+    gemm_scratch g = {ops_arena_take(a, tf), NULL, NULL, NULL, (int)(tf / (size_t)in), 0};
+    if (mode == OPS_GEMM_F32) return g;
+    g.ar = ops_gemm_act_rows(out, in);
+    g.v = ops_arena_take(a, (size_t)g.ar * m);
+    g.q = (uint8_t *)ops_arena_take(a, ((size_t)g.ar * m + 3) / 4);
+    g.s = ops_arena_take(a, (size_t)g.ar * ((m + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK));
+    return g;
+}
+/* v[n, k] = x[n, k] as the GEMM's operand: bf16-rounded, or e4m3 · scale
+ * (ops_act_quant_fp8, the values the W8A8 GEMM multiplies) */
+static void act_operand(const gemm_scratch *g, const float *x, int n, int k, int mode) {
+    size_t nk = (size_t)n * k;
+    if (mode == OPS_GEMM_BF16) {
+#pragma omp parallel for if (nk > 65536)
+        for (size_t i = 0; i < nk; i++) g->v[i] = ops_bf16_to_f32(ops_f32_to_bf16(x[i]));
+        return;
+    }
+    ops_act_quant_fp8(g->q, g->s, x, n, k);
+#pragma omp parallel for if (nk > 65536)
+    for (size_t i = 0; i < nk; i++) g->v[i] = ops_e4m3_to_f32(g->q[i]) * g->s[(i % k) / OPS_FP8_BLOCK * n + i / k];
 }
 
 void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float beta, ops_arena *scratch) {
@@ -304,18 +339,26 @@ void ops_matmul_w(float *y, const float *x, const ops_weight *w, int T, float be
             for (int t = 0; t < T; t++) memset(y + (size_t)t * out, 0, (size_t)out * sizeof *y);
         return;
     }
-    int tr = (int)(ops_matmul_w_tile_floats(w->dtype, out, in) / (size_t)in); /* rows per tile */
+    const int mode = ops_gemm_of(w);
     size_t mark = ops_arena_mark(scratch);
-    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
-    for (int r0 = 0; r0 < out; r0 += tr) {
-        int n = out - r0 < tr ? out - r0 : tr;
-        dequant_rows(tile, w, r0, n);
-        /* y[:, r0:r0+n] = x · tileᵀ */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, in, 1.0f, x, in, tile, in, beta, y + r0, out);
+    gemm_scratch g = gemm_take(scratch, w, mode);
+    const int ar = mode == OPS_GEMM_F32 ? T : g.ar; /* fp32: x as given, all rows at once */
+    for (int t0 = 0; t0 < T; t0 += ar) {
+        int nt = T - t0 < ar ? T - t0 : ar;
+        const float *xs = x + (size_t)t0 * in;
+        if (mode != OPS_GEMM_F32) act_operand(&g, xs, nt, in, mode), xs = g.v;
+        for (int r0 = 0; r0 < out; r0 += g.tr) {
+            int n = out - r0 < g.tr ? out - r0 : g.tr;
+            dequant_rows(g.tile, w, r0, n, mode == OPS_GEMM_BF16);
+            /* y[t0:t0+nt, r0:r0+n] = xs · tileᵀ */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nt, n, in, 1.0f, xs, in, g.tile, in, beta,
+                        y + (size_t)t0 * out + r0, out);
+        }
     }
     ops_arena_release(scratch, mark);
 }
 
+/* bf16 in both gemm modes bf16 and fp8 (ops_gemm: the FP8 dgrad needs a transposed weight) */
 void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, ops_arena *scratch) {
     int in = w->in, out = w->out;
     if (w->dtype == OPS_F32) {
@@ -325,14 +368,21 @@ void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, i
     DSV3_CHECK(w->dtype == OPS_BF16 || (w->dtype == OPS_FP8_E4M3 && w->scale),
                "ops_matmul_w_backward_dx: bad weight dtype %d", (int)w->dtype);
     if (!dx || T == 0 || in == 0 || out == 0) return;
-    int tr = (int)(ops_matmul_w_tile_floats(w->dtype, out, in) / (size_t)in); /* rows per tile */
+    const int mode = ops_gemm_of(w) == OPS_GEMM_F32 ? OPS_GEMM_F32 : OPS_GEMM_BF16;
     size_t mark = ops_arena_mark(scratch);
-    float *tile = ops_arena_take(scratch, ops_matmul_w_tile_floats(w->dtype, out, in)); /* [tr, in] */
-    for (int r0 = 0; r0 < out; r0 += tr) {
-        int n = out - r0 < tr ? out - r0 : tr;
-        dequant_rows(tile, w, r0, n);
-        /* dx[T,in] += dy[:, r0:r0+n] · tile[n,in] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, n, 1.0f, dy + r0, out, tile, in, 1.0f, dx, in);
+    gemm_scratch g = gemm_take(scratch, w, mode);
+    const int ar = mode == OPS_GEMM_F32 ? T : g.ar;
+    for (int t0 = 0; t0 < T; t0 += ar) {
+        int nt = T - t0 < ar ? T - t0 : ar;
+        const float *ds = dy + (size_t)t0 * out;
+        if (mode != OPS_GEMM_F32) act_operand(&g, ds, nt, out, mode), ds = g.v;
+        for (int r0 = 0; r0 < out; r0 += g.tr) {
+            int n = out - r0 < g.tr ? out - r0 : g.tr;
+            dequant_rows(g.tile, w, r0, n, mode == OPS_GEMM_BF16);
+            /* dx[t0:t0+nt, :] += ds[:, r0:r0+n] · tile[n,in] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nt, in, n, 1.0f, ds + r0, out, g.tile, in, 1.0f,
+                        dx + (size_t)t0 * in, in);
+        }
     }
     ops_arena_release(scratch, mark);
 }

@@ -1,5 +1,7 @@
 /* ops_host.c — the backend-independent part of ops.h: the dequantisation tile
- * rule (a pure function of the shape, which the plan uses too), exact host conversions
+ * rule and the GEMM scratch rule (pure functions of the shape, which the plan
+ * uses too), the process's GEMM precision (train.gemm_dtype) and the reference
+ * activation quantisation of its W8A8 mode, exact host conversions
  * between fp32 and the storage types (bf16, e4m3), the expert view of a
  * stacked weight (host pointer arithmetic), and the wire's row size. Both backends link it; the
  * CUDA kernels convert with NVIDIA's own functions, which the twin tests check
@@ -94,6 +96,45 @@ size_t ops_matmul_w_tile_floats(ops_dtype dtype, int out, int in) {
     if (dtype == OPS_F32 || out <= 0 || in <= 0) return 0;
     int tr = tile_rows(out, in);
     return (size_t)(tr < out ? tr : out) * (size_t)in;
+}
+
+static int gemm_mode = OPS_GEMM_F32;
+void ops_gemm_set(int gemm) {
+    DSV3_CHECK(gemm >= OPS_GEMM_F32 && gemm <= OPS_GEMM_FP8, "ops_gemm_set: %d is not a GEMM precision", gemm);
+    gemm_mode = gemm;
+}
+int ops_gemm_get(void) { return gemm_mode; }
+int ops_gemm_of(const ops_weight *w) {
+    if (w->dtype == OPS_F32) return OPS_GEMM_F32;
+    return gemm_mode == OPS_GEMM_FP8 && w->dtype != OPS_FP8_E4M3 ? OPS_GEMM_BF16 : gemm_mode;
+}
+
+int ops_gemm_act_rows(int out, int in) {
+    size_t m = (size_t)(in > out ? in : out), rows = m > 0 ? ((size_t)1 << 22) / m : 4096;
+    return rows < 1 ? 1 : rows > 4096 ? 4096 : (int)rows;
+}
+
+size_t ops_matmul_w_scratch_floats(ops_dtype dtype, int gemm, int out, int in) {
+    size_t tile = ops_matmul_w_tile_floats(dtype, out, in);
+    if (dtype == OPS_F32 || gemm == OPS_GEMM_F32 || tile == 0) return tile;
+    size_t a = (size_t)ops_gemm_act_rows(out, in), m = (size_t)(in > out ? in : out);
+    return ops_arena_round(tile) + ops_arena_round(a * m) /* values */ + ops_arena_round((a * m + 3) / 4) /* codes */ +
+           ops_arena_round(a * ((m + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK)); /* scales */
+}
+
+void ops_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in) {
+    const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
+#pragma omp parallel for if ((size_t)T * in > 65536)
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < nb; b++) {
+            const int c0 = b * OPS_FP8_BLOCK, c1 = c0 + OPS_FP8_BLOCK < in ? c0 + OPS_FP8_BLOCK : in;
+            const float *r = x + (size_t)t * in;
+            float amax = 0.0f;
+            for (int c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(r[c]));
+            const float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+            scale[(size_t)b * T + t] = sc;
+            for (int c = c0; c < c1; c++) q[(size_t)t * in + c] = ops_f32_to_e4m3(r[c] / sc);
+        }
 }
 
 /* ---- memory accounting: the counters of ops.h's memory section, one set for

@@ -458,6 +458,13 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
                  "dtype %s, activation checkpointing %s\n",
             p->zero_stage, p->micro_batch, p->grad_accum, d->train.global_batch, d->train.seq_len, d->train.dtype,
             d->parallel.activation_checkpointing ? "on" : "off");
+    if (strcmp(d->lora.base_dtype, "fp32") && d->lora.enabled) /* ops.h ops_gemm */
+        fprintf(out, "plan: GEMMs with the %s frozen base: train.gemm_dtype = %s (%s)\n", d->lora.base_dtype,
+                d->train.gemm_dtype,
+                !strcmp(d->train.gemm_dtype, "fp8")    ? "W8A8: e4m3 weights x e4m3 activations scaled per row and 128 "
+                                                         "columns, fp32 accumulation; backward dx bf16"
+                : !strcmp(d->train.gemm_dtype, "bf16") ? "bf16 operands, fp32 accumulation"
+                                                       : "the weights dequantised to fp32, fp32 GEMMs");
     fprintf(out, "plan: parameters %s total, %s trainable\n", thousands(a, sizeof a, p->params.n_params),
             thousands(b, sizeof b, p->params.n_trainable));
     model_opts o = deck_model_opts(d);

@@ -297,6 +297,143 @@ static void test_matmul_w_fp8_tiled(void **st) {
     fp8_check(2, 8200, 2100);
 }
 
+/* ------------------------------------------- GEMM precision (train.gemm_dtype) */
+
+/* ops_act_quant_fp8: scale = amax/448 per (row, 128 columns), laid out [ceil(in/128), T]; codes e4m3(x/scale) */
+static void test_act_quant_fp8(void **st) {
+    (void)st;
+    int T = 3, in = 300, nb = 3; /* blocks of 128, 128, 44 columns */
+    float *x = frand((size_t)T * in, -5, 5);
+    for (int c = 0; c < 128; c++) x[c] = 0.0f;            /* row 0 block 0: all zero -> scale 1, codes 0 */
+    for (int c = 128; c < 256; c++) x[c] = 0.5f;           /* row 0 block 1: amax 896 below, scale 2 */
+    x[130] = -896.0f, x[131] = 3.0f, x[132] = 896.0f;      /* -448 -> 0xFE, 1.5 -> 0x3C, 448 -> 0x7E */
+    uint8_t *q = malloc((size_t)T * in);
+    float *sc = malloc((size_t)nb * T * sizeof *sc);
+    ops_act_quant_fp8(q, sc, x, T, in);
+    assert_true(sc[0 * T + 0] == 1.0f && sc[1 * T + 0] == 2.0f);
+    for (int c = 0; c < 128; c++) assert_int_equal(q[c], 0);
+    assert_int_equal(q[130], 0xFE), assert_int_equal(q[131], 0x3C), assert_int_equal(q[132], 0x7E);
+    assert_int_equal(q[128], 0x28); /* 0.5 / 2 = 0.25 = 2^-2: exponent field 5, mantissa 0 */
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < nb; b++) {
+            float amax = 0;
+            for (int c = b * 128; c < in && c < b * 128 + 128; c++) amax = fmaxf(amax, fabsf(x[(size_t)t * in + c]));
+            float s = sc[(size_t)b * T + t];
+            assert_true(s == (amax > 0 ? amax / 448.0f : 1.0f));
+            for (int c = b * 128; c < in && c < b * 128 + 128; c++) { /* within half a step of e4m3 (2^-4 relative) */
+                double v = e4m3_ref(q[(size_t)t * in + c]) * s, xv = x[(size_t)t * in + c];
+                assert_true(fabs(v - xv) <= fabs(xv) * 0.0625 + s * 0x1p-10);
+            }
+        }
+    free(x), free(q), free(sc);
+}
+
+/* The scratch rule: gemm fp32 is the dequantisation tile; bf16/fp8 add the activation chunk */
+static void test_gemm_scratch_rule(void **st) {
+    (void)st;
+    assert_int_equal(ops_gemm_act_rows(2048, 7168), 585); /* 2^22 / 7168 */
+    assert_int_equal(ops_gemm_act_rows(16, 8), 4096);
+    assert_int_equal(ops_gemm_act_rows(0, 0), 4096);
+    assert_int_equal(ops_matmul_w_scratch_floats(OPS_FP8_E4M3, OPS_GEMM_F32, 2048, 7168), (size_t)2048 * 7168);
+    assert_int_equal(ops_matmul_w_scratch_floats(OPS_F32, OPS_GEMM_FP8, 2048, 7168), 0);
+    /* tile + values [585, 7168] + codes (585·7168/4) + scales [56, 585] rounded to 16 */
+    assert_int_equal(ops_matmul_w_scratch_floats(OPS_FP8_E4M3, OPS_GEMM_FP8, 2048, 7168),
+                     (size_t)14680064 + 4193280 + 1048320 + 32768);
+    assert_int_equal(ops_matmul_w_scratch_floats(OPS_BF16, OPS_GEMM_BF16, 7168, 2048),
+                     (size_t)14680064 + 4193280 + 1048320 + 32768);
+    ops_weight f = {OPS_F32, NULL, NULL, 1, 1}, b = {OPS_BF16, NULL, NULL, 1, 1}, e = {OPS_FP8_E4M3, NULL, NULL, 1, 1};
+    ops_gemm_set(OPS_GEMM_FP8);
+    assert_int_equal(ops_gemm_of(&f), OPS_GEMM_F32);
+    assert_int_equal(ops_gemm_of(&b), OPS_GEMM_BF16); /* W8A8 needs FP8 weights: a BF16 one runs bf16 */
+    assert_int_equal(ops_gemm_of(&e), OPS_GEMM_FP8);
+    ops_gemm_set(OPS_GEMM_F32);
+    assert_int_equal(ops_gemm_of(&e), OPS_GEMM_F32);
+}
+
+/* An arena of exactly the scratch the rule states for w at the current gemm mode */
+static ops_arena *gemm_arena(const ops_weight *w) {
+    static ops_arena a;
+    ops_arena_destroy(&a);
+    assert_int_equal(ops_arena_create(&a, ops_matmul_w_scratch_floats(w->dtype, ops_gemm_get(), w->out, w->in)), 0);
+    return &a;
+}
+
+/* y and dx at gemm bf16/fp8 equal ops_matmul on the operands the mode defines (bitwise: one tile, one chunk,
+ * the same sgemm): x rounded to bf16 or e4m3·scale (ops_act_quant_fp8), W dequantised (to bf16 in bf16); dx in bf16 */
+static void gemm_mode_check(ops_dtype dt, int mode, int T, int in, int out) {
+    size_t nw = (size_t)out * in, nx = (size_t)T * in, ny = (size_t)T * out;
+    int kb = (in + 127) / 128, ob = (out + 127) / 128;
+    float *w = frand(nw, -0.1f, 0.1f), *x = frand(nx, -2, 2), *wr = malloc(nw * 4), *xr = malloc(nx * 4);
+    void *data = malloc(nw * 2);
+    float *scale = malloc((size_t)ob * kb * 4);
+    ops_weight W = {dt, data, dt == OPS_FP8_E4M3 ? scale : NULL, out, in};
+    ops_weight_store_rows(&W, 0, out, w);
+    for (size_t i = 0; i < nw; i++) {
+        float v = dt == OPS_BF16 ? ops_bf16_to_f32(((uint16_t *)data)[i])
+                                 : ops_e4m3_to_f32(((uint8_t *)data)[i]) * scale[(i / in / 128) * kb + (i % in) / 128];
+        wr[i] = mode == OPS_GEMM_FP8 && dt == OPS_FP8_E4M3 ? v : ops_bf16_to_f32(ops_f32_to_bf16(v));
+    }
+    int eff = mode == OPS_GEMM_FP8 && dt != OPS_FP8_E4M3 ? OPS_GEMM_BF16 : mode;
+    if (eff == OPS_GEMM_FP8) {
+        uint8_t *q = malloc(nx);
+        float *s = malloc((size_t)kb * T * 4);
+        ops_act_quant_fp8(q, s, x, T, in);
+        for (size_t i = 0; i < nx; i++) xr[i] = ops_e4m3_to_f32(q[i]) * s[(i % in) / 128 * T + i / in];
+        free(q), free(s);
+    } else
+        for (size_t i = 0; i < nx; i++) xr[i] = ops_bf16_to_f32(ops_f32_to_bf16(x[i]));
+    ops_gemm_set(mode);
+    float *y0 = malloc(ny * 4), *y1 = malloc(ny * 4);
+    for (int beta = 0; beta <= 1; beta++) {
+        for (size_t i = 0; i < ny; i++) y0[i] = y1[i] = beta ? (float)i * 0.01f : NAN;
+        ops_matmul(y0, xr, wr, T, in, out, (float)beta);
+        ops_matmul_w(y1, x, &W, T, (float)beta, gemm_arena(&W));
+        assert_memory_equal(y0, y1, ny * 4);
+    }
+    /* dx += dy·W in bf16 (both modes): dy rounded, W as above in bf16 */
+    float *dy = frand(ny, -1, 1), *dyr = malloc(ny * 4), *d0 = frand(nx, -1, 1), *d1 = malloc(nx * 4);
+    memcpy(d1, d0, nx * 4);
+    for (size_t i = 0; i < ny; i++) dyr[i] = ops_bf16_to_f32(ops_f32_to_bf16(dy[i]));
+    for (size_t i = 0; i < nw; i++) wr[i] = ops_bf16_to_f32(ops_f32_to_bf16(wr[i]));
+    ops_matmul_backward(d0, NULL, dyr, NULL, wr, T, in, out);
+    ops_matmul_w_backward_dx(d1, dy, &W, T, gemm_arena(&W));
+    assert_memory_equal(d0, d1, nx * 4);
+    ops_gemm_set(OPS_GEMM_F32);
+    free(w), free(x), free(wr), free(xr), free(data), free(scale), free(y0), free(y1), free(dy), free(dyr), free(d0),
+        free(d1);
+}
+
+static void test_gemm_modes(void **st) {
+    (void)st;
+    for (int dt = OPS_BF16; dt <= OPS_FP8_E4M3; dt++)
+        for (int mode = OPS_GEMM_BF16; mode <= OPS_GEMM_FP8; mode++) {
+            gemm_mode_check((ops_dtype)dt, mode, 5, 300, 200); /* edge blocks */
+            gemm_mode_check((ops_dtype)dt, mode, 1, 128, 130); /* a single row */
+        }
+}
+
+/* More rows than one activation chunk (4096 at these widths): chunk by chunk, each row as alone */
+static void test_gemm_chunks(void **st) {
+    (void)st;
+    int T = 4100, in = 40, out = 24;
+    assert_int_equal(ops_gemm_act_rows(out, in), 4096);
+    float *w = frand((size_t)out * in, -1, 1), *x = frand((size_t)T * in, -1, 1);
+    uint8_t *q = malloc((size_t)out * in);
+    float *sc = malloc(4), *y = malloc((size_t)T * out * 4), *y1 = malloc((size_t)out * 4);
+    ops_weight W = {OPS_FP8_E4M3, q, sc, out, in};
+    ops_weight_store_rows(&W, 0, out, w);
+    for (int mode = OPS_GEMM_BF16; mode <= OPS_GEMM_FP8; mode++) {
+        ops_gemm_set(mode);
+        ops_matmul_w(y, x, &W, T, 0.0f, gemm_arena(&W));
+        for (int t = 0; t < T; t += 1023) {
+            ops_matmul_w(y1, x + (size_t)t * in, &W, 1, 0.0f, gemm_arena(&W));
+            for (int o = 0; o < out; o++) assert_true(fabsf(y1[o] - y[(size_t)t * out + o]) <= 1e-5f * (1 + fabsf(y1[o])));
+        }
+    }
+    ops_gemm_set(OPS_GEMM_F32);
+    free(w), free(x), free(q), free(sc), free(y), free(y1);
+}
+
 /* ------------------------------------------------- quantisation (DeepSeek's recipe) */
 
 /* The nearest finite e4m3 code by exhaustive search, ties to the even code
@@ -487,6 +624,8 @@ int main(void) {
         cmocka_unit_test(test_matmul_w_bf16),      cmocka_unit_test(test_matmul_w_fp8),
         cmocka_unit_test(test_matmul_w_fp8_tiled), cmocka_unit_test(test_e4m3_encode),
         cmocka_unit_test(test_store_rows),         cmocka_unit_test(test_grouped_matmul_w),
+        cmocka_unit_test(test_act_quant_fp8),      cmocka_unit_test(test_gemm_scratch_rule),
+        cmocka_unit_test(test_gemm_modes),         cmocka_unit_test(test_gemm_chunks),
     };
     return cmocka_run_group_tests_name("weight", tests, NULL, NULL);
 }

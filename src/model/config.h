@@ -64,6 +64,9 @@ typedef struct {
      * frozen base's linear weights, "fp32" | "bf16" | "fp8" (e4m3 + 128x128 f32
      * block scales); anything but fp32 needs enabled (a frozen base) */
     char base_dtype[DECK_STR];
+    /* deck key train.gemm_dtype: "fp32" | "bf16" | "fp8", the precision of the
+     * GEMMs with the frozen store's weights (ops.h ops_gemm; "" = fp32) */
+    char gemm_dtype[DECK_STR];
     /* deck key train.embed_dtype: "fp32" (the embedding and lm_head are floats,
      * as every other tensor) | "bf16" (frozen, in the frozen store in bf16, as
      * the release stores them: never widened whole) */

@@ -125,7 +125,8 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
 
 /* A GEMM with a weight stored narrow takes its dequantisation tile from the
  * arena while its component may hold its own peak: the arena is the largest
- * component peak plus the largest tile (ops_matmul_w_tile_floats) over the
+ * component peak plus the largest tile (ops_matmul_w_scratch_floats: the
+ * dequantisation tile, and with train.gemm_dtype bf16/fp8 the activation chunk) over the
  * weights held narrow — the frozen store's tensors (params.h P_STORED, one
  * expert's matrix for the stacked experts). 0 with an fp32 base. */
 size_t cost_tile_floats(const model_opts *o) {
@@ -136,7 +137,8 @@ size_t cost_tile_floats(const model_opts *o) {
     for (int i = 0; i < pt.n; i++) {
         const param_spec *s = &pt.t[i];
         if (!(s->flags & P_STORED)) continue;
-        size_t x = ops_matmul_w_tile_floats((ops_dtype)s->dtype, (int)s->shape[s->ndim - 2], (int)s->shape[s->ndim - 1]);
+        size_t x = ops_matmul_w_scratch_floats((ops_dtype)s->dtype, params_gemm_dtype(o->lora), (int)s->shape[s->ndim - 2],
+                                               (int)s->shape[s->ndim - 1]);
         if (x > f) f = x;
     }
     params_free(&pt);

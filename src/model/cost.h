@@ -41,7 +41,8 @@ double cost_host_act_bytes(const model_opts *o, int ep, int e_local, int B, int 
  * T tokens: the max over MLA, the dense MLP, the MoE layer, the MTP eh_proj
  * and the lm_head (LoRA rank r on every adaptable linear: an upper bound). */
 size_t cost_scratch_floats(const model_opts *o, int B, int T);
-/* Floats of the largest dequantisation tile of a weight stored narrow (train.base_dtype bf16/fp8); 0 for fp32. */
+/* Floats of the largest GEMM scratch (ops_matmul_w_scratch_floats) of a weight stored narrow (train.base_dtype
+ * bf16/fp8, at train.gemm_dtype); 0 for fp32. */
 size_t cost_tile_floats(const model_opts *o);
 /* Bytes the model keeps whatever the blocks hold: per-block inputs and norms,
  * MTP extras, the ids (tokens, targets, MTP shifts), head, logits, backward

@@ -410,6 +410,7 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     const deck_model *c = o->cfg;
     m->o = *o;
     m->cfg = c;
+    ops_gemm_set(params_gemm_dtype(o->lora)); /* train.gemm_dtype: the frozen store's GEMMs (ops.h ops_gemm) */
     int ep = p ? p->ep : 1, e_local = p ? p->experts_per_rank : c->n_routed_experts;
     if (params_build_owned(&m->pt, o->cfg, o->lora, ep, e_local, err, errlen)) {
         ops_host_free(m);

@@ -46,6 +46,11 @@ int params_base_dtype(const deck_lora *lora) {
     return !strcmp(lora->base_dtype, "bf16") ? OPS_BF16 : !strcmp(lora->base_dtype, "fp8") ? OPS_FP8_E4M3 : OPS_F32;
 }
 
+int params_gemm_dtype(const deck_lora *lora) {
+    if (!lora || !lora->enabled) return OPS_GEMM_F32;
+    return !strcmp(lora->gemm_dtype, "bf16") ? OPS_GEMM_BF16 : !strcmp(lora->gemm_dtype, "fp8") ? OPS_GEMM_FP8 : OPS_GEMM_F32;
+}
+
 int params_embed_stored(const deck_lora *lora) {
     return lora && lora->enabled && !strcmp(lora->embed_dtype, "bf16");
 }

@@ -88,6 +88,8 @@ void params_free(param_table *pt);
 uint64_t params_name_key(const char *name);
 /* The storage dtype the deck asks for frozen linear weights (lora->base_dtype): OPS_F32/BF16/FP8_E4M3. */
 int params_base_dtype(const deck_lora *lora);
+/* The GEMM precision the deck asks for them (lora->gemm_dtype): OPS_GEMM_F32/BF16/FP8. */
+int params_gemm_dtype(const deck_lora *lora);
 /* Index of a tensor by HF name, or -1. */
 int params_find(const param_table *pt, const char *name);
 /* Layer group helpers */

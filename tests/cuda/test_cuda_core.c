@@ -71,9 +71,14 @@ static float *weight_values(int out, int in) {
     return w;
 }
 
-static void stored(ops_dtype t, int T, int in, int out, int split) {
+static const char *gname(int g) { return g == OPS_GEMM_FP8 ? "gemm fp8" : g == OPS_GEMM_BF16 ? "gemm bf16" : "gemm fp32"; }
+
+/* the weight stored in t on both sides, then y = x·Wᵀ and dx += dy·W at gemm precision
+ * `gemm` (ops.h ops_gemm; process-wide, so the CPU and the CUDA op see the same) */
+static void stored_at(ops_dtype t, int gemm, int T, int in, int out, int split) {
     char what[96];
-    snprintf(what, sizeof what, "%s T=%d in=%d out=%d", dname(t), T, in, out);
+    ops_gemm_set(gemm);
+    snprintf(what, sizeof what, "%s %s T=%d in=%d out=%d", dname(t), gname(gemm), T, in, out);
     size_t nw = (size_t)out * in, ns = nscale(out, in), nx = (size_t)T * in, ny = (size_t)T * out;
     float *src = weight_values(out, in);
     ops_weight hw = {t, malloc(nw * esz(t) + 1), NULL, out, in}, dw = {t, dalloc(nw * esz(t)), NULL, out, in};
@@ -99,7 +104,7 @@ static void stored(ops_dtype t, int T, int in, int out, int split) {
     float *x = twin_host(nx, 22, -1, 1), *y0 = twin_host(ny, 23, -1, 1), *y = malloc(ny * 4 + 4);
     float *dx = twin_dev(x, nx * 4), *dy = dalloc(ny * 4), *got;
     /* the tile: the CPU op's from a host arena, the CUDA op's device memory of the same rule */
-    size_t nt = ops_matmul_w_tile_floats(t, out, in);
+    size_t nt = ops_matmul_w_scratch_floats(t, ops_gemm_of(&hw), out, in);
     ops_arena ar;
     if (ops_arena_create(&ar, nt)) exit(2);
     float *dt = nt ? dalloc(nt * 4) : NULL;
@@ -127,6 +132,32 @@ static void stored(ops_dtype t, int T, int in, int out, int split) {
     if (dt) CK(cudaFree(dt));
     ops_arena_destroy(&ar);
     free(hw.data), free(hs), free(src), free(x), free(y0), free(y), free(g), free(gx);
+    ops_gemm_set(OPS_GEMM_F32);
+}
+static void stored(ops_dtype t, int T, int in, int out, int split) { stored_at(t, OPS_GEMM_F32, T, in, out, split); }
+
+/* the W8A8 activation quantisation (1x128, amax/448): codes and scales bitwise as the CPU's
+ * ops_act_quant_fp8; rows with an all-zero block (scale 1), one huge value, a NaN */
+static void act_quant(int T, int in) {
+    char what[64], wc[80], ws[80];
+    snprintf(what, sizeof what, "T=%d in=%d", T, in);
+    snprintf(wc, sizeof wc, "%s codes", what), snprintf(ws, sizeof ws, "%s scales", what);
+    size_t nx = (size_t)T * in, ns = (size_t)((in + 127) / 128) * T;
+    float *x = twin_host(nx, 26, -3, 3);
+    for (int c = 0; c < in && c < 128; c++) x[c] = 0.0f; /* row 0, block 0 */
+    if (T > 1) x[in + in / 2] = 3e38f;
+    if (T > 2) x[2 * (size_t)in + 1] = NAN;
+    uint8_t *q = malloc(nx + 1);
+    float *sc = malloc(ns * 4 + 4);
+    ops_act_quant_fp8(q, sc, x, T, in);
+    float *dx = twin_dev(x, nx * 4), *ds = dalloc(ns * 4);
+    uint8_t *dq = dalloc(nx + 1);
+    CK(cu_act_quant_fp8(dq, ds, dx, T, in, twin_s));
+    void *gq = twin_back(dq, nx), *gs = twin_back(ds, ns * 4);
+    twin_same("ops_act_quant_fp8", wc, gq, q, nx);
+    twin_same("ops_act_quant_fp8", ws, gs, sc, ns * 4);
+    CK(cudaFree(dx)); CK(cudaFree(ds)); CK(cudaFree(dq));
+    free(x), free(q), free(sc), free(gq), free(gs);
 }
 
 /* ---- conversions, bitwise against src/ops_host.c: e4m3 on a sweep of every
@@ -247,6 +278,21 @@ int main(void) {
         stored(ts[i], 4, 7168, 130, 128);
     }
     stored(OPS_FP8_E4M3, 3, 7168, 2433, 1280); /* 17.4M floats > 2^24: two dequantisation tiles */
+    /* train.gemm_dtype bf16 / fp8 (fp8 of a BF16 weight runs bf16). in a multiple of 16: cuBLASLt's
+     * block-scaled FP8; else (7, 300) the same W8A8 values through fp32 GEMMs */
+    for (int g = OPS_GEMM_BF16; g <= OPS_GEMM_FP8; g++)
+        for (int i = 0; i < 2; i++) {
+            stored_at(ts[i], g, 1, 7, 5, 5);
+            stored_at(ts[i], g, 9, 300, 261, 256);
+            stored_at(ts[i], g, 4, 7168, 130, 128);
+            stored_at(ts[i], g, 5, 256, 200, 128); /* W8A8 through cuBLASLt with an edge row block */
+            stored_at(ts[i], g, 1, 128, 16, 16);
+        }
+    stored_at(OPS_FP8_E4M3, OPS_GEMM_FP8, 4100, 16, 8, 8); /* more rows than one chunk (4096) */
+    stored_at(OPS_BF16, OPS_GEMM_BF16, 4100, 16, 8, 8);
+    act_quant(1, 7);
+    act_quant(3, 300);
+    act_quant(2, 7168);
     conversions();
     adamw(1, 1, 0.1f);
     adamw(1000, 1, 0.0f);

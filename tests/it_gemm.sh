@@ -1,0 +1,107 @@
+#!/bin/bash
+# it_gemm.sh — train.gemm_dtype (ops.h ops_gemm): the precision of the GEMMs with a frozen base
+# stored narrow (train.base_dtype bf16/fp8), on the tiny LoRA deck over an fp8 base:
+#  1. CPU, np 1, 10 steps, gemm_dtype fp32 / bf16 / fp8: every run finite, allocation = plan
+#     per category (the bf16/fp8 activation chunk is in the plan's tile rule), and the bf16
+#     and fp8 loss curves within GEMM_TOL relative of the fp32 one, but not identical to it
+#     (the rounding happened); bf16 on a bf16 base likewise against its fp32 GEMMs
+#  2. gemm fp8 at np 2 (EP 2, ZeRO 3: the grouped expert GEMMs on fewer rows) against np 1:
+#     regression tolerances (a rounding to e4m3 flips where the summation order moves a value
+#     by an ulp, and training carries the difference on: measured 4.2e-5 loss columns, 1.1e-4
+#     in the SAN build; step 1 8e-9; at gemm bf16 4e-6, fp32 1.4e-9)
+#  3. CUDA=emu (bin-emu/dsv3, make CUDA=emu cuda-emu-model): gemm fp8 at np 1 (cuBLASLt's
+#     block-scaled W8A8 through the shim) against the CPU's gemm fp8 curve, regression
+#     tolerances (regression/compare.awk), allocation = plan
+#  3b. CUDA=emu gemm bf16 against the CPU's gemm bf16 (regression tolerances); reporting compute
+#     capability 8.0 (CUDAEMU_SM=80), gemm fp8 says once that it runs bf16, and its curve is
+#     the emulated gemm bf16 one bitwise
+#  4. refusals, one line on every rank and non-zero exit: gemm fp8 on a bf16 base; gemm bf16
+#     with an fp32 base
+. "$(dirname "$0")/lib.sh"
+EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
+[ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
+[ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
+scratch_dir
+GEMM_TOL=1e-3 # measured over 10 steps, loss columns: 2.0e-5 (bf16), 2.4e-4 (fp8; SAN build 1.9e-4); bf16 base 6.0e-5
+LORA=(input/tiny.cfg run.steps=10 schedule.warmup_steps=0 checkpoint.every=0 lora.enabled=true run.mode=sft
+      'lora.targets=["self_attn.q_a_proj","self_attn.o_proj","mlp.experts.gate_proj"]' parallel.frozen=resident)
+fails=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+run() { # label np bin args...
+    local label=$1 np=$2 bin=$3
+    shift 3
+    timeout 300 mpirun -np "$np" "$bin" "${LORA[@]}" run.output_dir="$OUT/$label" "$@" >"$OUT/$label.log" 2>&1 ||
+        { tail -n 5 "$OUT/$label.log"; bad "run $label exited non-zero"; return 1; }
+    grep -q "every category equal to the plan on $np of $np ranks" "$OUT/$label.log" ||
+        { grep 'dsv3: memory' "$OUT/$label.log"; bad "$label: allocation differs from the plan"; }
+}
+relmax() { # max relative difference of the loss columns 2-5 of two metrics files; "max rows"
+    awk -F, 'NR==FNR { if (FNR>1) for (k=2;k<=5;k++) b[$1,k]=$k; next }
+             FNR>1 && ($1,2) in b { for (k=2;k<=5;k++) { if ($k != $k + 0) { m = "nan"; break }; d=$k-b[$1,k]; if (d<0) d=-d
+                 s=b[$1,k]<0?-b[$1,k]:b[$1,k]; r=s>0?d/s:d; if (m != "nan" && r>m) m=r }; n++ }
+             END { printf "%s %d", m == "nan" ? "nan" : sprintf("%.3e", m), n }' "$1" "$2"
+}
+near() { # label ref run tol: the loss columns within tol, not identical
+    local r n
+    read -r r n <<<"$(relmax "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")"
+    awk -v r="$r" -v n="$n" -v t="$4" 'BEGIN { exit !(n == 10 && r == r + 0 && r <= t) }' &&
+        ok "$1: loss columns max rel diff $r over $n steps (bound $4)" || bad "$1: max rel diff $r over $n rows (bound $4)"
+    cmp -s <(cut -d, -f2-5 "$OUT/$2/metrics.csv") <(cut -d, -f2-5 "$OUT/$3/metrics.csv") &&
+        bad "$1: the curve is identical to $2's: nothing rounded?"
+}
+
+echo "== 1. CPU np 1: gemm_dtype fp32 / bf16 / fp8 on an fp8 base; bf16 on a bf16 base"
+for g in fp32 bf16 fp8; do run "f8$g" 1 "$BIN/dsv3" train.base_dtype=fp8 train.gemm_dtype=$g; done
+for g in fp32 bf16; do run "b16$g" 1 "$BIN/dsv3" train.base_dtype=bf16 train.gemm_dtype=$g; done
+grep -m1 'train.gemm_dtype' "$OUT/f8fp8.log" | sed 's/^/  /'
+near "fp8 base, gemm bf16 vs fp32" f8fp32 f8bf16 $GEMM_TOL
+near "fp8 base, gemm fp8 (W8A8) vs fp32" f8fp32 f8fp8 $GEMM_TOL
+near "bf16 base, gemm bf16 vs fp32" b16fp32 b16bf16 $GEMM_TOL
+
+TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
+regress() { # label ref run: regression/compare.awk's tolerance tier
+    local res
+    res=$(awk -v tier=tolerance -v tol="$TOL" -v outliers=0 -v factor=10 -v from=1 -v refname="$2" \
+              -v detail="$OUT/$3.detail" -f regression/compare.awk "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")
+    echo "$res" | awk -v r="$3" -v ref="$2" '{ printf "  %s vs %s, tolerance tier, %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n",
+        r, ref, $1, $2, $3, $4, $5, $6, $7 }'
+    [ "${res##* }" = PASS ] && ok "$1" || { sed 's/^/    /' "$OUT/$3.detail" | head -n 10; bad "$1: $3 against $2"; }
+}
+
+echo "== 2. gemm fp8 at np 2 (EP 2, ZeRO 3) against np 1"
+run f8np2 2 "$BIN/dsv3" train.base_dtype=fp8 train.gemm_dtype=fp8 parallel.expert_parallel=2 parallel.zero_stage=3 &&
+    regress "gemm fp8 np 2 = np 1 within the regression tolerances" f8fp8 f8np2
+
+echo "== 3. CUDA=emu: gemm fp8 (cuBLASLt W8A8 through the shim) against the CPU's gemm fp8"
+E=(run.steps=3 train.global_batch=2 train.base_dtype=fp8 train.gemm_dtype=fp8)
+run cpu3 1 "$BIN/dsv3" "${E[@]}"
+CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3 1 "$EB/dsv3" "${E[@]}" &&
+    regress "CUDA=emu gemm fp8 = the CPU's within the regression tolerances" cpu3 emu3
+
+echo "== 3b. CUDA=emu as compute capability 8.0: gemm fp8 falls back to bf16, said once"
+E=(run.steps=2 train.global_batch=2 train.base_dtype=fp8)
+run cpu3b 1 "$BIN/dsv3" "${E[@]}" train.gemm_dtype=bf16
+CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3c 1 "$EB/dsv3" "${E[@]}" train.gemm_dtype=bf16 &&
+    regress "CUDA=emu gemm bf16 = the CPU's gemm bf16 within the regression tolerances" cpu3b emu3c
+CUDAEMU_SM=80 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run emu3b 1 "$EB/dsv3" "${E[@]}" train.gemm_dtype=fp8 &&
+    cmp -s <(cut -d, -f2-5 "$OUT/emu3b/metrics.csv") <(cut -d, -f2-5 "$OUT/emu3c/metrics.csv") &&
+    ok "CUDA=emu sm 8.0 gemm fp8 = CUDA=emu gemm bf16, loss columns bitwise" || bad "sm 8.0 gemm fp8 is not the bf16 curve"
+n=$(grep -c 'gemm_dtype = "fp8": this GPU has no FP8 tensor cores.*run as gemm_dtype "bf16"' "$OUT/emu3b.log")
+[ "$n" = 1 ] && ok "the fallback is said once: $(grep -m1 'no FP8 tensor cores' "$OUT/emu3b.log")" ||
+    bad "the sm 8.0 fallback message appears $n times"
+grep -q 'no FP8 tensor cores' "$OUT/emu3.log" && bad "the sm 9.0 run fell back"
+
+echo "== 4. refusals"
+refuse() { # label expected-text overrides...
+    local label=$1 want=$2 out rc n
+    shift 2
+    out=$(timeout 60 mpirun -np 2 "$BIN/dsv3" "${LORA[@]}" run.output_dir="$OUT/r" "$@" 2>&1); rc=$?
+    n=$(echo "$out" | grep -c "^dsv3: .*train.gemm_dtype")
+    [ $rc -ne 0 ] && [ "$n" -ge 1 ] && echo "$out" | grep -q "$want" && ok "$label: $(echo "$out" | grep -m1 '^dsv3:')" ||
+        { echo "$out" | tail -n 5; bad "$label (rc $rc, $n message lines)"; }
+}
+refuse "gemm fp8 on a bf16 base" 'needs train.base_dtype = "fp8"' train.base_dtype=bf16 train.gemm_dtype=fp8
+refuse "gemm bf16 with an fp32 base" 'stored narrow' train.gemm_dtype=bf16
+echo "it_gemm: $fails failure(s)"
+[ $fails -eq 0 ]
