@@ -567,9 +567,12 @@ int main(int argc, char **argv) {
                     continue;
                 }
                 int keep = (t->flags & P_NOGRAD) != 0, to16 = bf16 && !keep; /* the router bias stays F32 */
-                if (k >= 0) { /* in pieces of about PIECE_BYTES, each written while in cache */
+                /* in pieces of about PIECE_BYTES, each written while in cache (ckpt_out_put); a file
+                 * with FP8 datasets (--keep-fp8) is written collectively, a whole unit a call */
+                const void *data = to16 ? (const void *)hb : (const void *)fb;
+                if (k >= 0) {
                     const st_tensor *st = src_t(&s, k);
-                    int64_t sub = (int64_t)(PIECE_BYTES / ((size_t)cols * (to16 ? 2 : 4)));
+                    int64_t sub = keep_fp8 ? nr : (int64_t)(PIECE_BYTES / ((size_t)cols * (to16 ? 2 : 4)));
                     if (sub < 1) sub = 1;
                     size_t es = (size_t)st_dtype_bits(st->dtype) / 8, ub = (size_t)(nr * cols) * es;
                     advise(&s, k, (uint64_t)(r0 * cols) * es, ub, MADV_WILLNEED);
@@ -578,7 +581,7 @@ int main(int argc, char **argv) {
                     for (int64_t a = 0; a < nr; a += sub) {
                         int64_t m = nr - a < sub ? nr - a : sub;
                         convert(&s, k, sbuf, sc_cols, r0, r0 + a, m, to16 ? hb : NULL, fb, &stt);
-                        const void *data = to16 ? (const void *)hb : (const void *)fb;
+                        if (keep_fp8) break;
                         if (t->flags & P_EXPERT) ckpt_out_put(o, t->name, e, r0 + a, m, data); /* expert e, rows r0+a.. of its [out, in] */
                         else if (t->ndim < 2) ckpt_out_put(o, t->name, -1, 0, t->shape[0], data);
                         else ckpt_out_put(o, t->name, -1, r0 + a, m, data);
@@ -590,11 +593,17 @@ int main(int argc, char **argv) {
                         stt.by_dtype[st->dtype]++;
                         if (q >= 0) stt.tensors++, stt.by_dtype[src_t(&s, q)->dtype]++;
                     }
+                } else
+                    nr = 0; /* no unit left for this rank in the last round: it writes nothing */
+                if (keep_fp8) { /* every rank, its unit's rows or none */
+                    if (t->flags & P_EXPERT) fail = ckpt_out_write_slab(o, t->name, e, r0, nr, data, err, sizeof err);
+                    else if (t->ndim < 2) fail = ckpt_out_write(o, t->name, 0, nr ? t->shape[0] : 0, data, err, sizeof err);
+                    else fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
                 }
                 if (tool_now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = tool_now();
             }
             /* the tensor's status on every rank, a failed ckpt_out_put included (a call with no rows) */
-            if (pass == 1 && !raw8[i]) fail = ckpt_out_write(o, t->name, 0, 0, NULL, err, sizeof err);
+            if (pass == 1 && !raw8[i] && !keep_fp8 && !fail) fail = ckpt_out_write(o, t->name, 0, 0, NULL, err, sizeof err);
         }
     if (g_rank == 0)
         for (int j = 0; j < 2; j++)
