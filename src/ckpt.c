@@ -23,6 +23,7 @@
 #include "fsutil.h"
 #include "h5direct.h"
 #include "ops.h"
+#include "wring.h"
 
 #ifndef DSV3_GIT_REV
 #define DSV3_GIT_REV "unknown"
@@ -668,7 +669,7 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
  * checksum part is added to sums[3 * chunk] (s1, s2, nonzero). src is host
  * memory, or with stage (PIECE bytes of host memory) device memory (ops.h)
  * that each piece is copied from first. -1: errno. */
-static int put_rows(int fd, const cgeom *g, const haddr_t *addr, int64_t *sums, int64_t r, int64_t rend,
+static int put_rows(int fd, wring *w, const cgeom *g, const haddr_t *addr, int64_t *sums, int64_t r, int64_t rend,
                     const uint8_t *src, uint8_t *stage) {
     while (r < rend) { /* a slice's chunk j holds its rows [j*c, min((j+1)*c, O)) */
         int64_t e = r / g->O, j = r % g->O / g->c, c0 = e * g->O + j * g->c;
@@ -682,7 +683,7 @@ static int put_rows(int fd, const cgeom *g, const haddr_t *addr, int64_t *sums, 
             const uint8_t *h = src + o;
             if (stage) ops_to_host(stage, h, n), h = stage;
             fl32_add(&x, fl32_shift(fl32_sum(h, n), (nb - o - n) / 2));
-            if (pwrite_all(fd, h, n, at + o)) return -1;
+            if (w ? wring_put(w, h, n, at + o) : pwrite_all(fd, h, n, at + o)) return -1;
         }
         x = fl32_shift(x, (uint64_t)(c0 + g->c - y) * g->rowb / 2); /* the chunk's rows after these, padding included */
         sums[3 * k] += (int64_t)x.s1, sums[3 * k + 1] += (int64_t)x.s2, sums[3 * k + 2] += (int64_t)x.nz;
@@ -785,7 +786,7 @@ static int write_rows(int fd, const zero_map *L, const dset *ds, const cgeom *g,
         return -1;
     }
     int64_t g0 = row0(p, t);
-    if (b > a && put_rows(fd, g, addr, sums, g0 + a / R, g0 + b / R,
+    if (b > a && put_rows(fd, NULL, g, addr, sums, g0 + a / R, g0 + b / R,
                           (const uint8_t *)zero_at(L, ds->i, (float *)ds->buf, ds->lay, a), stage)) {
         char path[256];
         ds_path(t, ds->which, path, sizeof path);
@@ -1382,6 +1383,7 @@ struct ckpt_out {
     /* direct (no FP8 datasets): rank 0 holds the HDF5 file (skeleton driver),
      * every rank pwrites its rows into fd, as save_direct */
     int direct, fd, nd, dcap;
+    wring *w; /* direct: the rows' pieces go through a writer thread */
     odset *ds;
     haddr_t *addr;
     int64_t *sums, nchunks, chcap;
@@ -1426,12 +1428,15 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
         snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
         rc = -1;
     }
-    if (!agree(comm, rc, err, errlen) && o->direct && (o->fd = open(o->tmp, O_WRONLY)) < 0) {
-        snprintf(err, errlen, "cannot open %s: %s", o->tmp, strerror(errno));
+    if (!agree(comm, rc, err, errlen) && o->direct &&
+        ((o->fd = open(o->tmp, O_WRONLY)) < 0 || !(o->w = wring_open(o->fd)))) {
+        snprintf(err, errlen, "cannot %s %s: %s", o->fd < 0 ? "open" : "start a writer thread for", o->tmp,
+                 strerror(errno));
         rc = -1;
     }
     if (agree(comm, rc, err, errlen)) {
         if (o->file > 0) H5Fclose(o->file);
+        wring_close(o->w);
         if (o->fd >= 0) close(o->fd);
         if (o->rank == 0) unlink(o->tmp);
         quiet_off(&o->q);
@@ -1578,7 +1583,7 @@ static int put_direct(ckpt_out *o, const char *path, int64_t e, int64_t row0, in
     } else if (nrows > 0) {
         int64_t a = r ? e * g->g.O + row0 : row0, n = nrows; /* in rows of g->g */
         if (!r && g->ndim == 3) a *= g->g.O, n *= g->g.O;     /* whole slices */
-        if (put_rows(o->fd, &g->g, o->addr, o->sums, a, a + n, data, NULL)) { /* the tools' host buffers */
+        if (put_rows(o->fd, o->w, &g->g, o->addr, o->sums, a, a + n, data, NULL)) { /* the tools' host buffers */
             snprintf(err, errlen, "%s: writing %s failed: %s", o->tmp, path, strerror(errno));
             rc = -1;
         }
@@ -1687,6 +1692,11 @@ int ckpt_out_close(ckpt_out *o, int failed, char *err, int errlen) {
     if (!err) err = scratch, errlen = 0;
     int rc = failed ? -1 : 0;
     if (o->direct) { /* the checksums: parts summed over the ranks, written by rank 0 */
+        if (wring_close(o->w) && !rc && !o->put_rc) { /* every piece written, or the first failure */
+            snprintf(err, errlen, "%s: writing failed: %s", o->tmp, strerror(errno));
+            rc = -1;
+        }
+        o->w = NULL;
         rc = out_agree(o, rc, err, errlen);
         cgeom *g = malloc(sizeof *g * (size_t)(o->nd + 1));
         for (int k = 0; g && k < o->nd; k++) g[k] = o->ds[k].g;
