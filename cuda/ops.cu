@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 
@@ -309,6 +310,8 @@ cudaError_t gemm_bf16(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb
                                  CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+/* which path each W8A8 chunk took (cu_gemm_fp8_paths): cuBLASLt, the fp32 GEMMs, the bf16 fallback */
+std::atomic<long> fp8_via[3];
 /* W8A8 on this GPU: 1 yes, 0 no (told once, then the bf16 path), -1 not decided yet;
  * fp8_probed: cuBLASLt asked once whether it has a block-scaled algorithm at all */
 int fp8_ok = -1, fp8_probed = 0;
@@ -496,7 +499,7 @@ cudaError_t fwd_bf16(const Scratch &g, float *y, const float *x, const ops_weigh
  * other weight takes the fp32 path (no padded copy of its scales is kept). */
 cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight *w, int nt, float beta, cudaStream_t s) {
     const int in = w->in, out = w->out, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
-    if (!fp8_usable()) return fwd_bf16(g, y, x, w, nt, beta, s);
+    if (!fp8_usable()) return fp8_via[2]++, fwd_bf16(g, y, x, w, nt, beta, s);
     cudaError_t e = dsv3::launch(act_quant_fp8_kernel, dim3(nb, nt), dim3(OPS_FP8_BLOCK), 0, s, g.q, g.s, x, nt, in);
     if (e != cudaSuccess) return e;
 #if CUBLAS_VERSION >= 120900
@@ -506,15 +509,16 @@ cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight
             cublasStatus_t st = lt_w8a8(s, y, 128, w->data, w->scale, g.q, g.s, 128, 128, 128, 0.0f, 0);
             if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
                 fp8_fallback("cuBLASLt has no block-scaled FP8 matmul (128x128 weights x 1x128 activations) here");
-                return fwd_bf16(g, y, x, w, nt, beta, s);
+                return fp8_via[2]++, fwd_bf16(g, y, x, w, nt, beta, s);
             }
             if (st != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
         }
         cublasStatus_t st = lt_w8a8(s, y, out, w->data, w->scale, g.q, g.s, out, nt, in, beta, 1);
-        if (st == CUBLAS_STATUS_SUCCESS) return cudaSuccess;
+        if (st == CUBLAS_STATUS_SUCCESS) return fp8_via[0]++, cudaSuccess;
         if (st != CUBLAS_STATUS_NOT_SUPPORTED) return cudaErrorUnknown;
     }
 #endif
+    fp8_via[1]++;
     const size_t n = (size_t)nt * in;
     e = dsv3::launch(act_dequant_fp8_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, g.v,
                      (const __nv_fp8_e4m3 *)g.q, g.s, nt, in);
@@ -526,6 +530,10 @@ cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight
     return e;
 }
 } // namespace
+
+extern "C" void cu_gemm_fp8_paths(long *lt, long *f32, long *bf16) {
+    *lt = fp8_via[0], *f32 = fp8_via[1], *bf16 = fp8_via[2];
+}
 
 extern "C" cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s) {
     if (T <= 0 || in <= 0) return cudaSuccess;
