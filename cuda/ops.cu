@@ -353,12 +353,16 @@ std::mutex lt_mu; /* the handle, the workspace and the plan table */
 cublasLtHandle_t lt;
 void *lt_ws;
 
-/* A W8A8 matmul's descriptors and algorithm, built once per (shape, ldy, operand alignments):
- * the heuristic's answer (an algorithm, or its refusal) is kept, so a step asks it nothing.
- * A fixed table; when full, the oldest entry is replaced (its descriptors destroyed). */
+/* A W8A8 matmul's descriptors and algorithm, kept per (out, in, ldy, operand alignments, nt
+ * rounded up to a power of two): the expert GEMMs see a new row count nt at almost every call,
+ * so an entry holds the layouts of the last nt it ran and the algorithm the heuristic chose;
+ * another nt of the same bucket resizes B and C and asks cublasLtMatmulAlgoCheck (host-side)
+ * whether that algorithm still runs within the workspace, the heuristic again only if not. A
+ * refusal is kept too (asked again only for another nt). A fixed table; when full, the oldest
+ * entry is replaced (its descriptors destroyed). */
 struct LtPlan {
-    int out, nt, in, ldy;
-    uint32_t al[3]; /* alignment in bytes (<= 256) of W, x_q and y: the heuristic's assumptions */
+    int out, in, ldy, bucket, nt; /* nt: the row count the B and C layouts describe now */
+    uint32_t al[3];               /* alignment in bytes (<= 256) of W, x_q and y: the heuristic's assumptions */
     cublasStatus_t st;
     cublasLtMatmulDesc_t d;
     cublasLtMatrixLayout_t a, b, c;
@@ -368,12 +372,18 @@ struct LtPlan {
 constexpr int LT_PLANS = 64;
 LtPlan lt_plans[LT_PLANS];
 int lt_next;
+long lt_asked; /* heuristic queries, for cu_lt_heuristic_calls */
 
 uint32_t align_of(const void *p) {
     const uintptr_t v = (uintptr_t)p;
     uint32_t a = 256;
     while (a > 1 && v % a) a /= 2;
     return a;
+}
+int bucket_of(int nt) {
+    int b = 1;
+    while (b < nt) b *= 2;
+    return b;
 }
 void lt_plan_free(LtPlan &p) {
     if (p.c) cublasLtMatrixLayoutDestroy(p.c);
@@ -394,21 +404,53 @@ void lt_init() {
 #endif
     if (!lt_ws) error_one_at(__FILE__, __LINE__, "CUDA backend: out of device memory for cuBLASLt's %zu-byte workspace", LT_WS_BYTES);
 }
-/* the plan of this call: found, or built (descriptors, then the heuristic once) */
+/* the heuristic's best algorithm for p as its layouts stand, within the workspace and alignments */
+cublasStatus_t lt_ask(LtPlan &p) {
+    const uint64_t wsb = LT_WS_BYTES;
+    cublasLtMatmulPreference_t pref = nullptr;
+    cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p.al[0], sizeof p.al[0]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &p.al[1], sizeof p.al[1]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p.al[2], sizeof p.al[2]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p.al[2], sizeof p.al[2]);
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0;
+    lt_asked++;
+    if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, p.d, p.a, p.b, p.c, p.c, pref, 1, &r, &got);
+    if (!st && got < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!st) p.algo = r.algo;
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    return st;
+}
+/* the plan of this call: found (resized to nt if need be), or built (descriptors, then the heuristic) */
 LtPlan &lt_plan(const void *wq, const float *ws, const uint8_t *xq, const float *xs, float *y, int out, int nt, int in,
                 int ldy) {
     const uint32_t al[3] = {align_of(wq), align_of(xq), align_of(y)};
-    for (LtPlan &p : lt_plans)
-        if (p.used && p.out == out && p.nt == nt && p.in == in && p.ldy == ldy && !memcmp(p.al, al, sizeof al)) return p;
+    const int bk = bucket_of(nt);
+    for (LtPlan &p : lt_plans) {
+        if (!p.used || p.out != out || p.in != in || p.ldy != ldy || p.bucket != bk || memcmp(p.al, al, sizeof al)) continue;
+        if (p.nt == nt) return p;
+        const uint64_t n = (uint64_t)nt;
+        cublasStatus_t st = cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_COLS, &n, sizeof n);
+        if (!st) st = cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_COLS, &n, sizeof n);
+        if (st) { /* cannot resize: rebuild below */
+            lt_plan_free(p);
+            break;
+        }
+        p.nt = nt;
+        cublasLtMatmulHeuristicResult_t r;
+        if (p.st || cublasLtMatmulAlgoCheck(lt, p.d, p.a, p.b, p.c, p.c, &p.algo, &r) || r.workspaceSize > LT_WS_BYTES)
+            p.st = lt_ask(p);
+        return p;
+    }
     LtPlan &p = lt_plans[lt_next];
     lt_next = (lt_next + 1) % LT_PLANS;
     lt_plan_free(p);
-    p.used = true, p.out = out, p.nt = nt, p.in = in, p.ldy = ldy;
+    p.used = true, p.out = out, p.in = in, p.ldy = ldy, p.bucket = bk, p.nt = nt;
     memcpy(p.al, al, sizeof al);
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    const uint64_t wsb = LT_WS_BYTES;
-    cublasLtMatmulPreference_t pref = nullptr;
     cublasStatus_t st = cublasLtMatmulDescCreate(&p.d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
     if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
     if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
@@ -419,19 +461,7 @@ LtPlan &lt_plan(const void *wq, const float *ws, const uint8_t *xq, const float 
     if (!st) st = cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in);
     if (!st) st = cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, nt, in);
     if (!st) st = cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, out, nt, ldy);
-    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], sizeof al[0]);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], sizeof al[1]);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], sizeof al[2]);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], sizeof al[2]);
-    cublasLtMatmulHeuristicResult_t r;
-    int got = 0;
-    if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, p.d, p.a, p.b, p.c, p.c, pref, 1, &r, &got);
-    if (!st && got < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
-    if (!st) p.algo = r.algo;
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    p.st = st;
+    p.st = st ? st : lt_ask(p);
     return p;
 }
 
@@ -533,6 +563,14 @@ cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight
 
 extern "C" void cu_gemm_fp8_paths(long *lt, long *f32, long *bf16) {
     *lt = fp8_via[0], *f32 = fp8_via[1], *bf16 = fp8_via[2];
+}
+extern "C" long cu_lt_heuristic_calls(void) {
+#if CUBLAS_VERSION >= 120900
+    std::lock_guard<std::mutex> g(lt_mu);
+    return lt_asked;
+#else
+    return 0;
+#endif
 }
 
 extern "C" cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s) {

@@ -313,6 +313,21 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* the shim's one algorithm runs every problem validate() accepts, with its workspace */
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t h, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
+                                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t o,
+                                       const cublasLtMatmulAlgo_t *algo, cublasLtMatmulHeuristicResult_t *res) {
+    if (!algo || !res) return CUBLAS_STATUS_INVALID_VALUE;
+    if (cublasStatus_t st = validate(h, D_(d), L_(a), L_(b), L_(c), L_(o))) return st;
+    if (algo->data[0] != 0x4c74) return CUBLAS_STATUS_INVALID_VALUE; /* not an algorithm of this library */
+    memset(res, 0, sizeof *res);
+    res->algo = *algo;
+    res->workspaceSize = block_scaled(D_(d)) ? LT_EMU_BLOCK_WS : 0;
+    res->state = CUBLAS_STATUS_SUCCESS;
+    res->wavesCount = 1.0f;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t dd, const void *alpha, const void *A,
                               cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t o,

@@ -5,7 +5,8 @@
  *                            as stored (ceil(in/128) % 4 == 0) goes through cuBLASLt and matches
  *                            the CPU's; one whose scale rows it would read padded
  *                            (ceil(in/128) = 3, two row blocks) goes through the fp32 GEMMs and
- *                            matches too (cu_gemm_fp8_paths counts the paths)
+ *                            matches too (cu_gemm_fp8_paths counts the paths); the plan table
+ *                            asks the heuristic once per shape and stays bounded
  *   test_cuda_gemm --bench   y[M,N] = x[M,K]·W[N,K]ᵀ with an FP8 weight (128x128 scales), for
  *                            (M,N,K) = (1024,4096,7168) and (1024,7168,2048) (sft-perf-model.md's
  *                            "measure first" shapes), at gemm_dtype fp32 (dequantised tiles),
@@ -88,6 +89,53 @@ static void path(int T, int in, int out, int want_lt) {
     weight_free(&dw);
 }
 
+/* the plan table (cuda/ops.cu lt_plan): the heuristic is asked once per (shape, row-count bucket);
+ * a repeated call asks nothing; 70 shapes (more than the 64 entries) evict the first, which is
+ * then rebuilt and still right */
+static void plans(void) {
+    if (sm_of_device() < 89) return; /* no FP8: no cuBLASLt plans */
+    ops_gemm_set(OPS_GEMM_FP8);
+    const int in = 512, T = 37;
+    float *x = twin_host((size_t)64 * in, 95, -2, 2), *dx = twin_dev(x, (size_t)64 * in * 4);
+    float *dy = twin_alloc((size_t)64 * 16 * 70 * 4);
+    size_t sf = ops_matmul_w_scratch_floats(OPS_FP8_E4M3, OPS_GEMM_FP8, 16 * 70, in);
+    float *scr = twin_alloc(sf * 4);
+    ops_weight w[70];
+    for (int k = 0; k < 70; k++) w[k] = fp8_weight(16 * (k + 1), in, NULL);
+    long h0 = cu_lt_heuristic_calls();
+    CK(cu_matmul_w(dy, dx, &w[0], T, 0.0f, scr, sf, twin_s));
+    long h1 = cu_lt_heuristic_calls();
+    CK(cu_matmul_w(dy, dx, &w[0], T, 0.0f, scr, sf, twin_s));
+    long h2 = cu_lt_heuristic_calls();
+    CK(cu_matmul_w(dy, dx, &w[0], 50, 0.0f, scr, sf, twin_s)); /* same bucket (64): the kept algorithm, checked */
+    long h3 = cu_lt_heuristic_calls();
+    twin_report(h1 - h0 == 1 && h2 == h1 && h3 - h2 <= 1, "ops_matmul_w",
+                twin_fmt("gemm fp8 plan kept: heuristic asked %ld, %ld, %ld", h1 - h0, h2 - h1, h3 - h2), 0.0);
+    for (int k = 1; k < 70; k++) CK(cu_matmul_w(dy, dx, &w[k], T, 0.0f, scr, sf, twin_s));
+    long h4 = cu_lt_heuristic_calls();
+    CK(cu_matmul_w(dy, dx, &w[0], T, 0.0f, scr, sf, twin_s)); /* evicted by now: rebuilt */
+    long h5 = cu_lt_heuristic_calls();
+    twin_report(h4 - h3 == 69 && h5 - h4 == 1, "ops_matmul_w",
+                twin_fmt("gemm fp8 plan table bounded: 69 new shapes asked %ld, the evicted first %ld", h4 - h3, h5 - h4),
+                0.0);
+    /* the rebuilt plan's product against the CPU's */
+    float *src;
+    ops_weight hw = {OPS_FP8_E4M3, malloc((size_t)16 * in), malloc(16), 16, in};
+    ops_weight again = fp8_weight(16, in, &src);
+    ops_weight_store_rows(&hw, 0, 16, src);
+    CK(cu_matmul_w(dy, dx, &again, T, 0.0f, scr, sf, twin_s));
+    float *y = malloc((size_t)T * 16 * 4), *got = twin_back(dy, (size_t)T * 16 * 4);
+    ops_arena ar;
+    if (ops_arena_create(&ar, sf)) exit(2);
+    ops_matmul_w(y, x, &hw, T, 0.0f, &ar);
+    ops_arena_destroy(&ar);
+    twin_close("ops_matmul_w", "gemm fp8 T=37 in=512 out=16 after an eviction", got, y, (size_t)T * 16, 1e-5, 1e-30, 0);
+    for (int k = 0; k < 70; k++) weight_free(&w[k]);
+    weight_free(&again);
+    free(src), free(x), free(y), free(got), free(hw.data), free((void *)hw.scale);
+    twin_free(dx), twin_free(dy), twin_free(scr);
+}
+
 static void bench(int M, int N, int K, int reps) {
     static const char *name[3] = {"fp32", "bf16", "fp8"};
     float *dx = twin_dev(twin_host((size_t)M * K, 93, -2, 2), (size_t)M * K * 4), *dy = twin_alloc((size_t)M * N * 4);
@@ -130,5 +178,6 @@ int main(int argc, char **argv) {
     path(5, 512, 200, 1);  /* 4 K blocks, 2 row blocks: the stored scales are cuBLAS's layout */
     path(3, 384, 260, 0);  /* 3 K blocks, 3 row blocks: cuBLAS would read rows padded to 4 */
     path(4, 384, 100, 1);  /* 3 K blocks, one row block: no row stride to read */
+    plans();
     return twin_end();
 }
