@@ -398,11 +398,9 @@ void lt_init() {
 #ifdef DSV3_CU_TWIN
     CU_CHECK(cudaMalloc(&lt_ws, LT_WS_BYTES));
 #else
-    const int cat = ops_mem_category(OPS_MEM_OTHER);
-    lt_ws = ops_alloc(LT_WS_BYTES);
-    ops_mem_category(cat);
+    static cu_devbuf buf; /* OPS_MEM_OTHER, as the wrappers' device scratch */
+    lt_ws = cu_devbuf_get(&buf, LT_WS_BYTES);
 #endif
-    if (!lt_ws) error_one_at(__FILE__, __LINE__, "CUDA backend: out of device memory for cuBLASLt's %zu-byte workspace", LT_WS_BYTES);
 }
 /* the heuristic's best algorithm for p as its layouts stand, within the workspace and alignments */
 cublasStatus_t lt_ask(LtPlan &p) {
