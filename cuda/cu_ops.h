@@ -42,6 +42,18 @@ void error_one_at(const char *file, int line, const char *fmt, ...) __attribute_
         if (!(cond)) error_one_at(__FILE__, __LINE__, __VA_ARGS__);                                              \
     } while (0)
 
+/* Device scratch of the ops_X wrappers (not in twin builds): the host arrays a
+ * kernel reads, staged; small results read back; what the CPU op takes from
+ * malloc (attention's D rows, the CE row losses). Grow-only, kept for the
+ * process, charged to OPS_MEM_OTHER (the memory report's "untracked": outside
+ * the plan, as the CPU op's malloc is), so ops_mem_get counts every byte the
+ * backend holds on the device. A zero-initialised cu_devbuf is empty. */
+typedef struct {
+    void *p;
+    size_t bytes;
+} cu_devbuf;
+void *cu_devbuf_get(cu_devbuf *b, size_t bytes); /* at least `bytes` (>= 1) bytes; not zeroed */
+
 /* ---- elementwise (ops.h) */
 cudaError_t cu_zero(float *x, size_t n, cudaStream_t s);
 cudaError_t cu_copy(float *dst, const float *src, size_t n, cudaStream_t s);

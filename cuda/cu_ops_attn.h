@@ -1,6 +1,6 @@
 /* cu_ops_attn.h — C interface of cuda/ops_attn.cu: the CUDA twins of
  * src/ops_attn.h (RMSNorm, RoPE, causal attention, latent attention,
- * embedding, cross-entropy). Convention as in cu_ops.h: cu_X takes ops_X's
+ * embedding, cross-entropy, row argmax). Convention as in cu_ops.h: cu_X takes ops_X's
  * arguments on device pointers plus the stream, queues the work and
  * synchronises nothing. Where ops_X returns a value to the host, or needs
  * scratch the CPU op takes from malloc, cu_X takes explicit device buffers
@@ -52,7 +52,10 @@ cudaError_t cu_embedding_forward(float *y, const float *E, const int32_t *ids, i
                                  cudaStream_t s);
 /* ops_embedding_forward_w: an F32 or BF16 table in its storage (rows widened exactly) */
 cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, int N, int *bad, cudaStream_t s);
-cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
+/* work: device scratch of cu_embedding_backward_work(N) ints (the radix sort
+ * of the (id, token) pairs). */
+size_t cu_embedding_backward_work(int N);
+cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H, int *work,
                                   cudaStream_t s);
 
 /* What ops_cross_entropy_forward/_fused return, on the device: sum (in row
@@ -70,6 +73,9 @@ cudaError_t cu_cross_entropy_backward(float *dlogits, const float *logits, const
                                       float scale, cudaStream_t s);
 cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logits, const int32_t *targets, int N, int V,
                                    float scale, cu_ce_result *res, double *rows, cudaStream_t s);
+
+/* out: DEVICE [N] (ops_argmax_rows's is host memory). V <= 0 with N > 0: cudaErrorInvalidValue. */
+cudaError_t cu_argmax_rows(int32_t *out, const float *x, int N, int V, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -37,25 +37,17 @@ cudaError_t cu_moe_balance(const float *sc, const int *topk, int B, int T, int E
 cudaError_t cu_moe_balance_backward(float *dlogits, const float *sc, const int *topk, int B, int T, int E, int K,
                                     float coef, cudaStream_t s);
 
-/* cnt: DEVICE [E] (ops_moe_sort's is host memory). */
-cudaError_t cu_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E, cudaStream_t s);
-/* rcnt: DEVICE [P,G]; the row count (ops_moe_perm's return value) is Σ rcnt, the caller's to sum. */
-cudaError_t cu_moe_perm(int *perm, const int *rcnt, int P, int G, cudaStream_t s);
-
 cudaError_t cu_gather_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s);
 cudaError_t cu_scatter_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s);
-cudaError_t cu_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta,
-                           cudaStream_t s);
-cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
-                                    const float *w, int N, int K, int C, cudaStream_t s);
-
 /* One row per (token, destination rank). scnt [P], spc [P], ecnt [E] and efirst [P+1]
  * are DEVICE memory (ops_moe_dispatch_index's are host memory); E = efirst[P] is
  * passed by the host. The row count S (ops_moe_dispatch_index's return value) is
- * Σ scnt = toff[N], the caller's to read. */
+ * Σ scnt = toff[N], the caller's to read. work: device scratch of
+ * cu_moe_dispatch_index_work(N, P) ints (per-chunk row and pair counts). */
+size_t cu_moe_dispatch_index_work(int N, int P);
 cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc,
                                   int *ecnt, const int *idx, const float *w, const int *efirst, int N, int K, int P,
-                                  int E, cudaStream_t s);
+                                  int E, int *work, cudaStream_t s);
 /* lcnt [G], roff [P], rpo [P]: DEVICE memory (host memory in ops_moe_receive_index). */
 cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta,
                                  const int *roff, const int *rpo, int P, int Pr, int R, int G, cudaStream_t s);

@@ -95,6 +95,39 @@ template <int BLOCK> __device__ float block_max(float v) {
     __syncthreads();
     return r;
 }
+
+/* Inclusive prefix sum over a warp (ints: exact in any order). */
+__device__ __forceinline__ int warp_scan_incl(int x) {
+    const int lane = threadIdx.x & 31;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    return x;
+}
+/* In-place inclusive prefix sum of a[0..n): launch ONE block of B threads, which
+ * walks the array B values at a time (for the small count tables of the
+ * dispatch and the sorts: O(n) work, n/B steps). */
+template <int B> __global__ void __launch_bounds__(B) scan_incl_kernel(int *a, int n) {
+    static_assert(B % 32 == 0 && B <= 1024, "B must be a multiple of 32");
+    __shared__ int wsum[B / 32];
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    int carry = 0;
+    for (int base = 0; base < n; base += B) {
+        const int i = base + threadIdx.x;
+        int x = warp_scan_incl(i < n ? a[i] : 0);
+        if (lane == 31) wsum[wp] = x;
+        __syncthreads();
+        if (wp == 0) {
+            const int y = warp_scan_incl(lane < B / 32 ? wsum[lane] : 0);
+            if (lane < B / 32) wsum[lane] = y;
+        }
+        __syncthreads();
+        if (i < n) a[i] = carry + x + (wp > 0 ? wsum[wp - 1] : 0);
+        carry += wsum[B / 32 - 1];
+        __syncthreads(); /* wsum is rewritten by the next chunk */
+    }
+}
 } // namespace dsv3
 
 /* Dynamic shared memory: `extern __shared__` has no C++ spelling. */

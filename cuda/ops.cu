@@ -675,6 +675,22 @@ size_t uncharge(void *p, int host) {
 }
 } // namespace
 
+void *cu_devbuf_get(cu_devbuf *b, size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (bytes > b->bytes) {
+        if (b->p) {
+            CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use the old one */
+            CU_CHECK(cudaFree(b->p));
+            ops_mem_charge(0, OPS_MEM_OTHER, b->bytes, -1);
+            b->p = nullptr, b->bytes = 0;
+        }
+        CU_CHECK(cudaMalloc(&b->p, bytes));
+        b->bytes = bytes;
+        ops_mem_charge(0, OPS_MEM_OTHER, bytes, 1);
+    }
+    return b->p;
+}
+
 void *ops_alloc(size_t bytes) {
     void *p = nullptr;
     cudaStream_t s = cu_stream();
@@ -776,9 +792,8 @@ void ops_add(float *y, const float *x, size_t n) { CU_CHECK(cu_add(y, x, n, cu_s
 void ops_axpy(float *y, float a, const float *x, size_t n) { CU_CHECK(cu_axpy(y, a, x, n, cu_stream())); }
 void ops_scale(float *x, float a, size_t n) { CU_CHECK(cu_scale(x, a, n, cu_stream())); }
 double ops_sumsq(const float *x, size_t n) {
-    static double *d = nullptr; /* one device scalar for the process */
-    if (!d) CU_CHECK(cudaMalloc((void **)&d, sizeof *d));
-    double h = 0.0;
+    static cu_devbuf buf; /* one device scalar for the process */
+    double *d = (double *)cu_devbuf_get(&buf, sizeof *d), h = 0.0;
     CU_CHECK(cu_sumsq(x, n, d, cu_stream()));
     ops_to_host(&h, d, sizeof h);
     return h;

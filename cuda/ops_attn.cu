@@ -1,6 +1,6 @@
 /* ops_attn.cu — CUDA twin of src/ops_cpu_attn.c (ops_attn.h): RMSNorm, RoPE,
  * causal attention (forward, backward, latent-cache), embedding,
- * cross-entropy. fp32 storage and math, reductions in a fixed order (no float
+ * cross-entropy, row argmax. fp32 storage and math, reductions in a fixed order (no float
  * atomics: every output is bitwise the same in any thread order); correctly
  * rounded expf/logf/sqrtf. Conventions in cu_ops.h and cu_ops_attn.h. */
 #include "dsv3_cuda.cuh"
@@ -401,42 +401,68 @@ __global__ void __launch_bounds__(EB) embedding_fwd_kernel(float *y, const T *E,
     if (!ok && threadIdx.x == 0) atomicMin(bad, n); /* integer min: the first bad row, in any order */
 }
 
-/* dE[id, :] += dy[n, :] for every n with ids[n] = id, in token order, by the
- * block of id's first occurrence (the others return): each vocabulary row has
- * one owner and the CPU twin's order of adds (bitwise the same result),
- * without sorting or atomics. The block gathers the matching tokens EB
- * positions at a time into a shared list (ballot + warp counts keep them in
- * order), then its threads add them column by column. */
-__global__ void __launch_bounds__(EB) embedding_bwd_kernel(float *dE, const float *dy, const int32_t *ids, int N,
-                                                           int V, int H) {
-    __shared__ int list[EB];
-    __shared__ int wcount[EB / 32];
-    const int n = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int32_t id = ids[n];
-    if (id < 0 || id >= V) return; /* block-uniform, before any barrier */
-    int seen = 0;
-    for (int m = threadIdx.x; m < n; m += EB) seen |= ids[m] == id;
-    if (__syncthreads_or(seen)) return; /* not the first occurrence: the owner adds this token */
-    float *d = dE + (size_t)id * H;
-    for (int base = n; base < N; base += EB) {
-        const int m = base + threadIdx.x;
-        const bool hit = m < N && ids[m] == id;
-        const unsigned bal = __ballot_sync(0xffffffffu, hit);
-        if (lane == 0) wcount[warp] = __popc(bal);
-        __syncthreads();
-        int off = 0, total = 0;
-        for (int w = 0; w < EB / 32; w++) {
-            off += w < warp ? wcount[w] : 0;
-            total += wcount[w];
-        }
-        if (hit) list[off + __popc(bal & ((1u << lane) - 1u))] = m;
-        __syncthreads();
+/* dE[id, :] += dy[n, :] for every n with ids[n] = id, in token order (the CPU
+ * twin's order of adds: bitwise its result), without atomics: the (id, n)
+ * pairs are sorted by id with a stable LSD radix sort (8-bit digits, chunks of
+ * RB tokens: a per-chunk digit histogram, one scan of the digit-major table,
+ * a stable scatter), so each id's tokens end up contiguous and in token order;
+ * then the block at the head of each run adds the run, column by column.
+ * ceil(log2(V+1)/8) passes (3 for DeepSeek-V3's 129,280), each O(N) (a token
+ * counts the equal digits before it in its chunk: at most RB-1 shared reads);
+ * the adds are O(N·H), as the CPU's. An id outside [0, V) gets key V (sorted
+ * last) and is skipped. */
+constexpr int RB = 256; /* tokens per radix chunk (one thread each) = the 256 digit values */
+
+__global__ void emb_keys_kernel(int *key, int *val, const int32_t *ids, int N, int V) {
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x) {
+        const int32_t id = ids[n];
+        key[n] = id >= 0 && id < V ? id : V;
+        val[n] = n;
+    }
+}
+
+/* hist[d·nch + c] = the tokens of chunk c whose digit is d (shared integer counts: order-independent) */
+__global__ void __launch_bounds__(RB) radix_hist_kernel(int *hist, const int *key, int N, int shift, int nch) {
+    __shared__ int cnt[256];
+    const int c = blockIdx.x, n = c * RB + threadIdx.x;
+    cnt[threadIdx.x] = 0;
+    __syncthreads();
+    if (n < N) atomicAdd(&cnt[(key[n] >> shift) & 255], 1);
+    __syncthreads();
+    hist[threadIdx.x * nch + c] = cnt[threadIdx.x];
+}
+
+/* incl: the inclusive scan of hist; a token goes after every token of a smaller
+ * digit, or of its digit in an earlier chunk, or earlier in its chunk (stable) */
+__global__ void __launch_bounds__(RB) radix_scatter_kernel(int *key_out, int *val_out, const int *key, const int *val,
+                                                           const int *incl, int N, int shift, int nch) {
+    __shared__ int dig[RB];
+    const int c = blockIdx.x, n = c * RB + threadIdx.x;
+    const int d = n < N ? (key[n] >> shift) & 255 : -1;
+    dig[threadIdx.x] = d;
+    __syncthreads();
+    if (n >= N) return;
+    int rank = 0;
+    for (int j = 0; j < (int)threadIdx.x; j++) rank += dig[j] == d;
+    const int i = d * nch + c, at = (i > 0 ? incl[i - 1] : 0) + rank;
+    key_out[at] = key[n];
+    val_out[at] = val[n];
+}
+
+/* blocks over the sorted pairs; the head of each run of one valid id adds the run */
+__global__ void __launch_bounds__(EB) embedding_bwd_kernel(float *dE, const float *dy, const int *key, const int *val,
+                                                           int N, int V, int H) {
+    for (int i = blockIdx.x; i < N; i += gridDim.x) { /* block-uniform */
+        const int id = key[i];
+        if (id >= V || (i > 0 && key[i - 1] == id)) continue;
+        int end = i + 1;
+        while (end < N && key[end] == id) end++;
+        float *d = dE + (size_t)id * H;
         for (int c = threadIdx.x; c < H; c += EB) {
             float a = d[c];
-            for (int i = 0; i < total; i++) a += dy[(size_t)list[i] * H + c];
+            for (int j = i; j < end; j++) a += dy[(size_t)val[j] * H + c];
             d[c] = a;
         }
-        __syncthreads(); /* list and wcount are rewritten by the next chunk */
     }
 }
 
@@ -557,6 +583,37 @@ __global__ void __launch_bounds__(CE) ce_reduce_kernel(float *row_loss, const in
     }
 }
 
+/* ------------------------------------------------------------------ argmax
+ * One block of AM threads per row: each thread scans its columns in increasing
+ * order, then a tree over the (value, index) pairs. `wins` is a total order
+ * (NaN above every number, ties to the lower index), so the result is the CPU
+ * twin's in any thread order. */
+constexpr int AM = 256;
+
+__device__ __forceinline__ bool wins(float a, int ia, float b, int ib) { /* (a, ia) beats (b, ib) */
+    const bool na = isnan(a), nb = isnan(b);
+    if (na || nb) return na && (!nb || ia < ib);
+    return a > b || (a == b && ia < ib);
+}
+
+__global__ void __launch_bounds__(AM) argmax_kernel(int32_t *out, const float *x, int V) {
+    __shared__ float bv[AM];
+    __shared__ int bi[AM];
+    const float *r = x + (size_t)blockIdx.x * V;
+    float best = r[0];
+    int at = 0;
+    for (int j = threadIdx.x; j < V; j += AM)
+        if (wins(r[j], j, best, at)) best = r[j], at = j;
+    bv[threadIdx.x] = best, bi[threadIdx.x] = at;
+    __syncthreads();
+    for (int h = AM / 2; h > 0; h >>= 1) {
+        if ((int)threadIdx.x < h && wins(bv[threadIdx.x + h], bi[threadIdx.x + h], bv[threadIdx.x], bi[threadIdx.x]))
+            bv[threadIdx.x] = bv[threadIdx.x + h], bi[threadIdx.x] = bi[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0];
+}
+
 } // namespace
 
 /* ---- launchers ---- */
@@ -647,10 +704,34 @@ extern "C" cudaError_t cu_embedding_forward_w(float *y, const ops_weight *E, con
     return dsv3::launch(embedding_fwd_kernel<__nv_bfloat16>, dim3(N), dim3(EB), 0, s, y,
                         (const __nv_bfloat16 *)E->data, ids, E->out, E->in, bad);
 }
+/* the radix chunks, and the 8-bit passes that cover keys 0..V */
+static int radix_chunks(int N) { return (N + RB - 1) / RB; }
+static int radix_passes(int V) {
+    int bits = 0;
+    while (bits < 31 && (V >> bits) != 0) bits++;
+    return bits > 0 ? (bits + 7) / 8 : 1;
+}
+extern "C" size_t cu_embedding_backward_work(int N) {
+    return N > 0 ? 4 * (size_t)N + 256 * (size_t)radix_chunks(N) : 0;
+}
 extern "C" cudaError_t cu_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H,
-                                             cudaStream_t s) {
+                                             int *work, cudaStream_t s) {
     if (N <= 0 || H <= 0) return cudaSuccess;
-    return dsv3::launch(embedding_bwd_kernel, dim3(N), dim3(EB), 0, s, dE, dy, ids, N, V, H);
+    const int nch = radix_chunks(N);
+    int *key = work, *val = work + N, *key2 = work + 2 * (size_t)N, *val2 = work + 3 * (size_t)N;
+    int *hist = work + 4 * (size_t)N;
+    cudaError_t e = dsv3::launch(emb_keys_kernel, dim3(dsv3::grid_for(N, 256)), dim3(256), 0, s, key, val, ids, N, V);
+    for (int p = 0, np = radix_passes(V); p < np && !e; p++) {
+        e = dsv3::launch(radix_hist_kernel, dim3(nch), dim3(RB), 0, s, hist, (const int *)key, N, 8 * p, nch);
+        if (!e) e = dsv3::launch(dsv3::scan_incl_kernel<RB>, dim3(1), dim3(RB), 0, s, hist, 256 * nch);
+        if (!e)
+            e = dsv3::launch(radix_scatter_kernel, dim3(nch), dim3(RB), 0, s, key2, val2, (const int *)key,
+                             (const int *)val, (const int *)hist, N, 8 * p, nch);
+        std::swap(key, key2), std::swap(val, val2);
+    }
+    if (e) return e;
+    return dsv3::launch(embedding_bwd_kernel, dim3(dsv3::grid_for(N, 1, 65535)), dim3(EB), 0, s, dE, dy,
+                        (const int *)key, (const int *)val, N, V, H);
 }
 
 extern "C" cudaError_t cu_cross_entropy_forward(float *row_loss, const float *logits, const int32_t *targets, int N,
@@ -675,25 +756,22 @@ extern "C" cudaError_t cu_cross_entropy_fused(float *dlogits, const float *logit
     return dsv3::launch(ce_reduce_kernel, dim3(1), dim3(CE), 0, s, (float *)nullptr, targets, rows, N, V, res);
 }
 
+extern "C" cudaError_t cu_argmax_rows(int32_t *out, const float *x, int N, int V, cudaStream_t s) {
+    if (N <= 0) return cudaSuccess;
+    if (V <= 0) return cudaErrorInvalidValue;
+    return dsv3::launch(argmax_kernel, dim3(N), dim3(AM), 0, s, out, x, V);
+}
+
 #ifndef DSV3_CU_TWIN
 /* ---- ops_attn.h on the backend stream. Scratch the CPU ops take from malloc
  * (attention's D rows, the CE row losses, the small results) lives in
- * grow-only device buffers owned here. ---- */
+ * grow-only device buffers owned here (cu_devbuf: charged to OPS_MEM_OTHER). ---- */
 
 namespace {
-enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_N };
+enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_ARGMAX, SCR_N };
 void *scratch(int slot, size_t bytes) {
-    static void *p[SCR_N];
-    static size_t cap[SCR_N];
-    if (bytes > cap[slot]) {
-        if (p[slot]) {
-            CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use it */
-            CU_CHECK(cudaFree(p[slot]));
-        }
-        CU_CHECK(cudaMalloc(&p[slot], bytes));
-        cap[slot] = bytes;
-    }
-    return p[slot];
+    static cu_devbuf buf[SCR_N];
+    return cu_devbuf_get(&buf[slot], bytes);
 }
 template <class T> T read_back(const T *d) {
     T h;
@@ -754,7 +832,8 @@ int ops_embedding_forward_w(float *y, const ops_weight *E, const int32_t *ids, i
     return embed_bad_row(bad, ids, N, E->out);
 }
 void ops_embedding_backward(float *dE, const float *dy, const int32_t *ids, int N, int V, int H) {
-    CU_CHECK(cu_embedding_backward(dE, dy, ids, N, V, H, cu_stream()));
+    int *work = (int *)scratch(SCR_EMB_SORT, cu_embedding_backward_work(N) * sizeof(int));
+    CU_CHECK(cu_embedding_backward(dE, dy, ids, N, V, H, work, cu_stream()));
 }
 
 static double ce_result(const char *op, int64_t *count, const cu_ce_result *dres, int V) {
@@ -784,5 +863,11 @@ double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logi
     cu_ce_result *res = (cu_ce_result *)scratch(SCR_CE_RES, sizeof(cu_ce_result));
     CU_CHECK(cu_cross_entropy_fused(dlogits, logits, targets, N, V, scale, res, rows, cu_stream()));
     return ce_result("ops_cross_entropy_fused", count, res, V);
+}
+void ops_argmax_rows(int32_t *out, const float *x, int N, int V) {
+    if (N <= 0) return;
+    int32_t *d = (int32_t *)scratch(SCR_ARGMAX, (size_t)N * sizeof *d);
+    CU_CHECK(cu_argmax_rows(d, x, N, V, cu_stream()));
+    ops_to_host(out, d, (size_t)N * sizeof *d);
 }
 #endif /* DSV3_CU_TWIN */

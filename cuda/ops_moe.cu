@@ -4,7 +4,8 @@
  *
  * Determinism (README "CUDA backend", rule 6): every output element is written
  * by one thread in a fixed order; the only atomics are integer counts
- * (order-independent): in shared memory, and the received rows' pair counts.
+ * (order-independent): in shared memory, the dispatch's pairs per expert, and
+ * the received rows' pair counts.
  * Routing, the balance loss, the sorts, the dispatch bookkeeping and the bias
  * update follow the CPU op's arithmetic order exactly (serial sums where the
  * CPU sums serially), so their selections and integer outputs are the CPU's
@@ -239,62 +240,6 @@ __global__ void __launch_bounds__(BB) balance_bwd_kernel(float *dlogits, const f
     }
 }
 
-/* ---- Dispatch bookkeeping ----
- * The sort: one warp per expert scans the N·K pairs in order, 32 at a time;
- * a ballot marks this expert's pairs and the popcount of the lower lanes is a
- * pair's rank: a stable counting sort without atomics. */
-constexpr int SW = 4; /* experts (warps) per block */
-
-__global__ void __launch_bounds__(SW * 32) sort_count_kernel(int *cnt, const int *idx, int NK, int E) {
-    const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
-    if (e >= E) return; /* the whole warp */
-    int c = 0;
-#pragma unroll 4 /* independent loads in flight: the scan is latency-bound */
-    for (int j0 = 0; j0 < NK; j0 += 32) {
-        const int j = j0 + lane;
-        c += __popc(__ballot_sync(FULL, j < NK && idx[j] == e));
-    }
-    if (lane == 0) cnt[e] = c;
-}
-
-__global__ void __launch_bounds__(SW * 32) sort_place_kernel(int *pos, int *src, const int *cnt, const int *idx,
-                                                              int NK, int K, int E) {
-    const int lane = threadIdx.x & 31, e = blockIdx.x * SW + (threadIdx.x >> 5);
-    if (e >= E) return;
-    int off = 0; /* rows of experts before e */
-    for (int f = 0; f < e; f++) off += cnt[f];
-#pragma unroll 4
-    for (int j0 = 0; j0 < NK; j0 += 32) {
-        const int j = j0 + lane;
-        const bool mine = j < NK && idx[j] == e;
-        const unsigned m = __ballot_sync(FULL, mine);
-        if (mine) {
-            const int p = off + __popc(m & ((1u << lane) - 1u));
-            pos[j] = p;
-            src[p] = j / K;
-        }
-        off += __popc(m);
-    }
-}
-
-/* One block per (expert g, source r) in expert-major order: its rcnt[r,g] rows
- * start at `dst` in the expert-major layout and at `from` in the received one. */
-__global__ void perm_kernel(int *perm, const int *rcnt, int P, int G) {
-    __shared__ int dst, from;
-    const int g = blockIdx.x / P, r = blockIdx.x % P;
-    if (threadIdx.x == 0) {
-        int a = 0, b = 0;
-        for (int i = 0; i < r * G + g; i++) a += rcnt[i]; /* received: source-major */
-        for (int h = 0; h < g; h++)
-            for (int q = 0; q < P; q++) b += rcnt[q * G + h];
-        for (int q = 0; q < r; q++) b += rcnt[q * G + g];
-        from = a;
-        dst = b;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < rcnt[r * G + g]; i += blockDim.x) perm[dst + i] = from + i;
-}
-
 /* ---- Rows: a block per row (grid-stride), threads over the columns ---- */
 
 __global__ void gather_kernel(float *dst, const float *src, const int *idx, int n, int C) {
@@ -313,51 +258,19 @@ __global__ void scatter_kernel(float *dst, const float *src, const int *idx, int
     }
 }
 
-/* out[t] = beta·out[t] + Σ_k w·y[pos] with k in order (beta 0: out is not read) */
-__global__ void combine_kernel(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
-                               float beta) {
-    for (int t = blockIdx.x; t < N; t += gridDim.x) {
-        float *o = out + (size_t)t * C;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            float v = beta == 0.0f ? 0.0f : beta != 1.0f ? o[c] * beta : o[c];
-            for (int k = 0; k < K; k++) {
-                float wk = w ? w[(size_t)t * K + k] : 1.0f;
-                v += wk * y[(size_t)pos[(size_t)t * K + k] * C + c];
-            }
-            o[c] = v;
-        }
-    }
-}
-
 constexpr int CB = 128; /* threads per combine-backward block (block_sum needs it fixed) */
-
-__global__ void __launch_bounds__(CB) combine_bwd_kernel(float *dy, float *dw, const float *dout, const float *y,
-                                                          const int *pos, const float *w, int N, int K, int C) {
-    for (int t = blockIdx.x; t < N; t += gridDim.x) { /* block-uniform */
-        const float *d = dout + (size_t)t * C;
-        for (int k = 0; k < K; k++) {
-            const size_t p = (size_t)pos[(size_t)t * K + k];
-            const float wk = w[(size_t)t * K + k];
-            float *dyk = dy + p * C;
-            for (int c = threadIdx.x; c < C; c += CB) dyk[c] = wk * d[c];
-            if (dw) { /* dout·y in double: per-thread partials, then a fixed tree */
-                const float *yk = y + p * C;
-                double a = 0.0;
-                for (int c = threadIdx.x; c < C; c += CB) a += (double)d[c] * yk[c];
-                a = dsv3::block_sum<CB>(a);
-                if (threadIdx.x == 0) dw[(size_t)t * K + k] += (float)a;
-            }
-        }
-    }
-}
 
 /* ---- Dispatch bookkeeping, one row per (token, destination rank) ----
  * Expert owners come from a table in shared memory (owner[e], built from efirst
- * by each block). Per destination rank r one warp scans the tokens in order, 32
- * at a time: a lane's token has cnt pairs on r (its row exists when cnt > 0);
- * ballots and a shuffle scan give the token's row and first pair within r —
- * the CPU's destination-major, token-order layout, without atomics. */
-constexpr int DW = 4; /* ranks (warps) per block */
+ * by each block). The tokens are cut into chunks of DB, a block per chunk and a
+ * thread per token: for each destination rank r a token has cnt pairs on r (its
+ * row exists when cnt > 0). A first pass counts each chunk's rows and pairs per
+ * rank into tables [P, chunks]; their prefix sums (rank-major, then chunk) are
+ * where a chunk's rows and pairs for r start in the destination-major layout; a
+ * second pass places them, block-wide scans giving each token its row and first
+ * pair within its chunk — the CPU's destination-major, token-order layout, with
+ * no atomics and O(N·P) work spread over N/DB blocks. */
+constexpr int DB = 256; /* tokens (threads) per dispatch block */
 
 /* owner[e] = the r with efirst[r] <= e < efirst[r+1] (the largest r with efirst[r] <= e: ranks without experts skipped) */
 __device__ void owner_table(int *owner, const int *efirst, int P, int E) {
@@ -388,32 +301,50 @@ __device__ __forceinline__ void token_on_rank(const int *it, const int *owner, i
     }
 }
 
-__device__ __forceinline__ int warp_scan_incl(int x) {
-    const int lane = threadIdx.x & 31;
-    for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(FULL, x, o);
-        if (lane >= o) x += y;
+/* Exclusive scans of a and b over the DB threads of the block (ea, eb), and their totals. */
+__device__ void block_scan2(int a, int b, int &ea, int &eb, int &ta, int &tb) {
+    __shared__ int wa[DB / 32], wb[DB / 32];
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    const int ia = dsv3::warp_scan_incl(a), ib = dsv3::warp_scan_incl(b);
+    if (lane == 31) wa[wp] = ia, wb[wp] = ib;
+    __syncthreads();
+    int pa = 0, pb = 0;
+    ta = 0, tb = 0;
+    for (int w = 0; w < DB / 32; w++) {
+        if (w < wp) pa += wa[w], pb += wb[w];
+        ta += wa[w], tb += wb[w];
     }
-    return x;
+    ea = pa + ia - a, eb = pb + ib - b;
+    __syncthreads(); /* wa, wb are rewritten by the next call */
 }
 
-/* smem: owner [E] ints. scnt[r], spc[r]; the whole warp stays in the loop (ballots). */
-__global__ void __launch_bounds__(DW * 32) disp_count_kernel(int *scnt, int *spc, const int *idx, const int *efirst,
-                                                              int N, int K, int P, int E) {
+/* smem: owner [E] ints. rows[r·nch + c], pairs[r·nch + c]: chunk c's rows and pairs for rank r. */
+__global__ void __launch_bounds__(DB) disp_count_kernel(int *rows, int *pairs, const int *idx, const int *efirst, int N,
+                                                        int K, int P, int E, int nch) {
     DSV3_DYNAMIC_SHARED(int, owner);
     owner_table(owner, efirst, P, E);
-    const int lane = threadIdx.x & 31, r = blockIdx.x * DW + (threadIdx.x >> 5);
-    if (r >= P) return; /* the whole warp; no block barrier follows */
-    int rows = 0, pairs = 0;
-    for (int t0 = 0; t0 < N; t0 += 32) {
-        const int t = t0 + lane;
-        int cnt = 0, lower = 0;
+    const int c = blockIdx.x, t = c * DB + threadIdx.x;
+    for (int r = 0; r < P; r++) {
+        int cnt = 0, lower = 0, er, ep, tr, tp;
         if (t < N) token_on_rank(idx + (size_t)t * K, owner, K, r, cnt, lower);
-        rows += __popc(__ballot_sync(FULL, cnt > 0));
-        pairs += cnt;
+        block_scan2(cnt > 0, cnt, er, ep, tr, tp);
+        if (threadIdx.x == 0) rows[r * nch + c] = tr, pairs[r * nch + c] = tp;
     }
-    for (int o = 16; o > 0; o >>= 1) pairs += __shfl_xor_sync(FULL, pairs, o);
-    if (lane == 0) scnt[r] = rows, spc[r] = pairs;
+}
+
+/* scnt[r], spc[r]: the sums of rank r's row of the chunk tables (before their scan) */
+__global__ void disp_total_kernel(int *scnt, int *spc, const int *rows, const int *pairs, int P, int nch) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < P; r += gridDim.x * blockDim.x) {
+        int a = 0, b = 0;
+        for (int c = 0; c < nch; c++) a += rows[r * nch + c], b += pairs[r * nch + c];
+        scnt[r] = a, spc[r] = b;
+    }
+}
+
+/* ecnt[e] += the pairs on expert e (integer atomics on zeroed counts: order-independent) */
+__global__ void disp_ecnt_kernel(int *ecnt, const int *idx, int NK) {
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < NK; j += gridDim.x * blockDim.x)
+        atomicAdd(&ecnt[idx[j]], 1);
 }
 
 /* toff[t+1] = the number of ranks token t sends a row to (distinct owners of its K experts); toff[0] = 0 */
@@ -433,69 +364,46 @@ __global__ void disp_rows_kernel(int *toff, const int *idx, const int *efirst, i
     }
 }
 
-/* In-place inclusive prefix sum of a[0..n), one block of SB threads chunk by chunk
- * (integers: exact in any order; this one is fixed anyway). */
-constexpr int SB = 256;
-__global__ void __launch_bounds__(SB) scan_kernel(int *a, int n) {
-    __shared__ int wsum[SB / 32];
-    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-    int carry = 0;
-    for (int base = 0; base < n; base += SB) {
-        const int i = base + threadIdx.x;
-        int x = warp_scan_incl(i < n ? a[i] : 0);
-        if (lane == 31) wsum[wp] = x;
-        __syncthreads();
-        if (wp == 0) {
-            const int y = warp_scan_incl(lane < SB / 32 ? wsum[lane] : 0);
-            if (lane < SB / 32) wsum[lane] = y;
-        }
-        __syncthreads();
-        if (i < n) a[i] = carry + x + (wp > 0 ? wsum[wp - 1] : 0);
-        carry += wsum[SB / 32 - 1];
-        __syncthreads(); /* wsum is rewritten by the next chunk */
-    }
-}
-
-/* smem: owner [E] ints. Fills rank r's rows (stok, trows) and pairs (ptk, smeta). */
-__global__ void __launch_bounds__(DW * 32) disp_place_kernel(int *stok, int *trows, int *ptk, int *smeta,
-                                                              const int *toff, const int *scnt, const int *spc,
-                                                              const int *idx, const float *w, const int *efirst,
-                                                              int N, int K, int P, int E) {
+/* smem: owner [E] ints. rows/pairs: the chunk tables after their inclusive scans. Places
+ * chunk c's rows (stok, trows) and pairs (ptk, smeta) for every rank. */
+__global__ void __launch_bounds__(DB) disp_place_kernel(int *stok, int *trows, int *ptk, int *smeta, const int *toff,
+                                                        const int *rows, const int *pairs, const int *idx,
+                                                        const float *w, const int *efirst, int N, int K, int P, int E,
+                                                        int nch) {
     DSV3_DYNAMIC_SHARED(int, owner);
     owner_table(owner, efirst, P, E);
-    const int lane = threadIdx.x & 31, r = blockIdx.x * DW + (threadIdx.x >> 5);
-    if (r >= P) return;
-    int row = 0, pair = 0; /* rank r's rows and pairs before this chunk of tokens */
-    for (int f = 0; f < r; f++) row += scnt[f], pair += spc[f];
-    const int row0 = row, e0 = efirst[r];
-    for (int t0 = 0; t0 < N; t0 += 32) {
-        const int t = t0 + lane;
-        int cnt = 0, lower = 0;
+    const int c = blockIdx.x, t = c * DB + threadIdx.x;
+    for (int r = 0; r < P; r++) {
+        int cnt = 0, lower = 0, er, ep, tr, tp;
         if (t < N) token_on_rank(idx + (size_t)t * K, owner, K, r, cnt, lower);
-        const unsigned has = __ballot_sync(FULL, cnt > 0);
-        const int incl = warp_scan_incl(cnt), total = __shfl_sync(FULL, incl, 31);
-        if (cnt > 0) {
-            const int j = row + __popc(has & ((1u << lane) - 1u)); /* the send row */
-            stok[j] = t;
-            trows[toff[t] + lower] = j; /* t's rows in increasing destination */
-            int q = pair + incl - cnt;
-            for (int k = 0; k < K; k++) {
-                const int e = idx[(size_t)t * K + k];
-                if (owner[e] != r) continue;
-                ptk[q] = t * K + k;
-                smeta[3 * (size_t)q] = j - row0;
-                smeta[3 * (size_t)q + 1] = e - e0;
-                smeta[3 * (size_t)q + 2] = __float_as_int(w[(size_t)t * K + k]);
-                q++;
-            }
+        block_scan2(cnt > 0, cnt, er, ep, tr, tp);
+        if (cnt == 0) continue; /* no barrier follows in this iteration */
+        const int i = r * nch + c, row0 = r > 0 ? rows[r * nch - 1] : 0; /* rank r's first send row */
+        const int j = (i > 0 ? rows[i - 1] : 0) + er; /* the send row */
+        stok[j] = t;
+        trows[toff[t] + lower] = j; /* t's rows in increasing destination */
+        int q = (i > 0 ? pairs[i - 1] : 0) + ep;
+        const int e0 = efirst[r];
+        for (int k = 0; k < K; k++) {
+            const int e = idx[(size_t)t * K + k];
+            if (owner[e] != r) continue;
+            ptk[q] = t * K + k;
+            smeta[3 * (size_t)q] = j - row0;
+            smeta[3 * (size_t)q + 1] = e - e0;
+            smeta[3 * (size_t)q + 2] = __float_as_int(w[(size_t)t * K + k]);
+            q++;
         }
-        row += __popc(has);
-        pair += total;
     }
 }
 
-/* ---- Receiver side: the pairs by local expert (a stable counting sort as the
- * dispatch sort: warp per expert, ballots), weights and per-row pair counts ---- */
+constexpr int SB = 256; /* threads of the one-block scans (dsv3::scan_incl_kernel) */
+
+/* ---- Receiver side: the pairs by local expert (a stable counting sort: one
+ * warp per expert scans the pairs in order, 32 at a time; a ballot marks the
+ * expert's pairs and the popcount of the lower lanes is a pair's rank),
+ * weights and per-row pair counts ---- */
+constexpr int SW = 4; /* experts (warps) per block */
+
 
 __global__ void __launch_bounds__(SW * 32) recv_count_kernel(int *lcnt, const int *rmeta, int Pr, int G) {
     const int lane = threadIdx.x & 31, g = blockIdx.x * SW + (threadIdx.x >> 5);
@@ -803,19 +711,6 @@ extern "C" cudaError_t cu_moe_balance_backward(float *dlogits, const float *sc, 
                         coef);
 }
 
-extern "C" cudaError_t cu_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E,
-                                   cudaStream_t s) {
-    if (E <= 0) return cudaSuccess;
-    const int NK = N * K;
-    const dim3 grid((E + SW - 1) / SW), block(SW * 32);
-    cudaError_t e = dsv3::launch(sort_count_kernel, grid, block, 0, s, cnt, idx, NK, E);
-    return e ? e : dsv3::launch(sort_place_kernel, grid, block, 0, s, pos, src, cnt, idx, NK, K, E);
-}
-extern "C" cudaError_t cu_moe_perm(int *perm, const int *rcnt, int P, int G, cudaStream_t s) {
-    if (P <= 0 || G <= 0) return cudaSuccess;
-    return dsv3::launch(perm_kernel, dim3(P * G), dim3(128), 0, s, perm, rcnt, P, G);
-}
-
 extern "C" cudaError_t cu_gather_rows(float *dst, const float *src, const int *idx, int n, int C, cudaStream_t s) {
     if (n <= 0 || C <= 0) return cudaSuccess;
     return dsv3::launch(gather_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
@@ -824,33 +719,33 @@ extern "C" cudaError_t cu_scatter_rows(float *dst, const float *src, const int *
     if (n <= 0 || C <= 0) return cudaSuccess;
     return dsv3::launch(scatter_kernel, dim3(n < 4096 ? n : 4096), dim3(row_threads(C)), 0, s, dst, src, idx, n, C);
 }
-extern "C" cudaError_t cu_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C,
-                                      float beta, cudaStream_t s) {
-    if (N <= 0 || C <= 0) return cudaSuccess;
-    return dsv3::launch(combine_kernel, dim3(N < 4096 ? N : 4096), dim3(row_threads(C)), 0, s, out, y, pos, w, N, K,
-                        C, beta);
+static int disp_chunks(int N) { return (N + DB - 1) / DB; }
+extern "C" size_t cu_moe_dispatch_index_work(int N, int P) {
+    return 2 * (size_t)(P > 0 ? P : 0) * (size_t)disp_chunks(N > 0 ? N : 0);
 }
-extern "C" cudaError_t cu_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
-                                               const float *w, int N, int K, int C, cudaStream_t s) {
-    if (N <= 0 || K <= 0) return cudaSuccess;
-    return dsv3::launch(combine_bwd_kernel, dim3(N < 4096 ? N : 4096), dim3(CB), 0, s, dy, dw, dout, y, pos, w, N, K,
-                        C);
-}
-
 extern "C" cudaError_t cu_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt,
                                              int *spc, int *ecnt, const int *idx, const float *w, const int *efirst,
-                                             int N, int K, int P, int E, cudaStream_t s) {
+                                             int N, int K, int P, int E, int *work, cudaStream_t s) {
     if (P <= 0) return cudaSuccess;
     const size_t smem = (size_t)(E > 0 ? E : 1) * sizeof(int);
-    const dim3 grid((P + DW - 1) / DW), block(DW * 32);
-    cudaError_t e = dsv3::launch(disp_count_kernel, grid, block, smem, s, scnt, spc, idx, efirst, N, K, P, E);
-    if (!e && E > 0)
-        e = dsv3::launch(sort_count_kernel, dim3((E + SW - 1) / SW), dim3(SW * 32), 0, s, ecnt, idx, N * K, E);
+    const int nch = disp_chunks(N > 0 ? N : 0), n = P * nch;
+    int *rows = work, *pairs = work + n;
+    cudaError_t e = cudaSuccess;
+    if (nch > 0)
+        e = dsv3::launch(disp_count_kernel, dim3(nch), dim3(DB), smem, s, rows, pairs, idx, efirst, N, K, P, E, nch);
+    if (!e)
+        e = dsv3::launch(disp_total_kernel, dim3(dsv3::grid_for(P, 64)), dim3(64), 0, s, scnt, spc, (const int *)rows,
+                         (const int *)pairs, P, nch);
+    if (!e && E > 0) e = cudaMemsetAsync(ecnt, 0, (size_t)E * sizeof(int), s);
+    if (!e && N > 0 && K > 0)
+        e = dsv3::launch(disp_ecnt_kernel, dim3(dsv3::grid_for((size_t)N * K, 256)), dim3(256), 0, s, ecnt, idx, N * K);
     if (!e) e = dsv3::launch(disp_rows_kernel, dim3(dsv3::grid_for(N, 256)), dim3(256), smem, s, toff, idx, efirst, N, K, P, E);
-    if (!e && N > 0) e = dsv3::launch(scan_kernel, dim3(1), dim3(SB), 0, s, toff + 1, N);
-    if (!e && N > 0)
-        e = dsv3::launch(disp_place_kernel, grid, block, smem, s, stok, trows, ptk, smeta, (const int *)toff,
-                         (const int *)scnt, (const int *)spc, idx, w, efirst, N, K, P, E);
+    if (!e && N > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, toff + 1, N);
+    if (!e && n > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, rows, n);
+    if (!e && n > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, pairs, n);
+    if (!e && nch > 0)
+        e = dsv3::launch(disp_place_kernel, dim3(nch), dim3(DB), smem, s, stok, trows, ptk, smeta, (const int *)toff,
+                         (const int *)rows, (const int *)pairs, idx, w, efirst, N, K, P, E, nch);
     return e;
 }
 extern "C" cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta,
@@ -864,7 +759,7 @@ extern "C" cudaError_t cu_moe_receive_index(int *perm, int *pinv, int *poff, flo
         e = dsv3::launch(recv_place_kernel, dim3((G + SW - 1) / SW), dim3(SW * 32), 0, s, perm, pinv,
                          (const int *)lcnt, rmeta, roff, rpo, P, Pr, G);
     if (!e) e = dsv3::launch(recv_pairs_kernel, dim3(dsv3::grid_for(Pr, 256)), dim3(256), 0, s, pw, poff, rmeta, roff, rpo, P, Pr);
-    if (!e && R > 0) e = dsv3::launch(scan_kernel, dim3(1), dim3(SB), 0, s, poff + 1, R);
+    if (!e && R > 0) e = dsv3::launch(dsv3::scan_incl_kernel<SB>, dim3(1), dim3(SB), 0, s, poff + 1, R);
     return e;
 }
 extern "C" cudaError_t cu_moe_combine_seg(float *out, const float *y, const int *off, const int *pos, const float *w,
@@ -1029,25 +924,10 @@ extern "C" cudaError_t cu_moe_bias_update(float *bias, const int64_t *counts, in
 
 #ifndef DSV3_CU_TWIN
 /* ---- ops_moe.h on the backend stream. Host arrays go through small device
- * buffers that grow when needed and live for the process (as ops_sumsq's
- * scalar); they are not counted in ops_mem_get, as the CPU op's dequantisation
- * tile (malloc) is not. ---- */
+ * buffers (cu_devbuf: grow-only, charged to OPS_MEM_OTHER). ---- */
 
 namespace {
-struct DevBuf {
-    void *p = nullptr;
-    size_t bytes = 0;
-};
-void *devbuf(DevBuf &b, size_t bytes) {
-    if (bytes > b.bytes) {
-        CU_CHECK(cudaStreamSynchronize(cu_stream())); /* no queued kernel may still use the old one */
-        if (b.p) CU_CHECK(cudaFree(b.p));
-        CU_CHECK(cudaMalloc(&b.p, bytes));
-        b.bytes = bytes;
-    }
-    return b.p;
-}
-DevBuf balance_buf, sort_buf, perm_buf, bias_buf, dispatch_buf, receive_buf;
+cu_devbuf balance_buf, bias_buf, dispatch_buf, receive_buf;
 } // namespace
 
 void ops_swiglu_forward(float *h, const float *g, int gs, const float *u, int us, int T, int n) {
@@ -1068,7 +948,7 @@ void ops_moe_route_backward(float *dlogits, const float *dw, const float *s, con
 }
 double ops_moe_balance(const float *s, const int *topk, int B, int T, int E, int K) {
     if (B <= 0 || T <= 0) return 0.0;
-    double *d = (double *)devbuf(balance_buf, ((size_t)B + 1) * sizeof(double)), v = 0.0;
+    double *d = (double *)cu_devbuf_get(&balance_buf, ((size_t)B + 1) * sizeof(double)), v = 0.0;
     CU_CHECK(cu_moe_balance(s, topk, B, T, E, K, d, cu_stream()));
     ops_to_host(&v, d + B, sizeof v);
     return v;
@@ -1077,43 +957,20 @@ void ops_moe_balance_backward(float *dlogits, const float *s, const int *topk, i
                               float coef) {
     CU_CHECK(cu_moe_balance_backward(dlogits, s, topk, B, T, E, K, coef, cu_stream()));
 }
-void ops_moe_sort(int *pos, int *src, int *cnt, const int *idx, int N, int K, int E) {
-    int *d = (int *)devbuf(sort_buf, (size_t)(E > 0 ? E : 1) * sizeof(int));
-    CU_CHECK(cu_moe_sort(pos, src, d, idx, N, K, E, cu_stream()));
-    ops_to_host(cnt, d, (size_t)(E > 0 ? E : 0) * sizeof(int)); /* the host sizes the all-to-all with it */
-}
-int ops_moe_perm(int *perm, const int *rcnt, int P, int G) {
-    size_t n = (size_t)(P > 0 ? P : 0) * (size_t)(G > 0 ? G : 0);
-    int rows = 0;
-    for (size_t i = 0; i < n; i++) rows += rcnt[i];
-    if (n == 0) return 0;
-    int *d = (int *)devbuf(perm_buf, n * sizeof(int));
-    /* the copy stages pageable rcnt at the call: the host may reuse it at once */
-    CU_CHECK(cudaMemcpyAsync(d, rcnt, n * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
-    CU_CHECK(cu_moe_perm(perm, d, P, G, cu_stream()));
-    return rows;
-}
 void ops_gather_rows(float *dst, const float *src, const int *idx, int n, int C) {
     CU_CHECK(cu_gather_rows(dst, src, idx, n, C, cu_stream()));
 }
 void ops_scatter_rows(float *dst, const float *src, const int *idx, int n, int C) {
     CU_CHECK(cu_scatter_rows(dst, src, idx, n, C, cu_stream()));
 }
-void ops_moe_combine(float *out, const float *y, const int *pos, const float *w, int N, int K, int C, float beta) {
-    CU_CHECK(cu_moe_combine(out, y, pos, w, N, K, C, beta, cu_stream()));
-}
-void ops_moe_combine_backward(float *dy, float *dw, const float *dout, const float *y, const int *pos,
-                              const float *w, int N, int K, int C) {
-    CU_CHECK(cu_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C, cu_stream()));
-}
 int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smeta, int *scnt, int *spc, int *ecnt,
                            const int *idx, const float *w, const int *efirst, int N, int K, int P) {
     const int E = efirst[P];
-    const size_t nc = 2 * (size_t)P + (size_t)E; /* scnt, spc, ecnt */
-    int *d = (int *)devbuf(dispatch_buf, (nc + (size_t)P + 1) * sizeof(int));
+    const size_t nc = 2 * (size_t)P + (size_t)E; /* scnt, spc, ecnt; then efirst, then the work */
+    int *d = (int *)cu_devbuf_get(&dispatch_buf, (nc + (size_t)P + 1 + cu_moe_dispatch_index_work(N, P)) * sizeof(int));
     CU_CHECK(cudaMemcpyAsync(d + nc, efirst, ((size_t)P + 1) * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_dispatch_index(stok, toff, trows, ptk, smeta, d, d + P, d + 2 * P, idx, w, d + nc, N, K, P, E,
-                                   cu_stream()));
+                                   d + nc + P + 1, cu_stream()));
     ops_to_host(scnt, d, (size_t)P * sizeof(int)); /* the host sizes the all-to-all with them */
     ops_to_host(spc, d + P, (size_t)P * sizeof(int));
     ops_to_host(ecnt, d + 2 * P, (size_t)E * sizeof(int));
@@ -1123,7 +980,7 @@ int ops_moe_dispatch_index(int *stok, int *toff, int *trows, int *ptk, int *smet
 }
 void ops_moe_receive_index(int *perm, int *pinv, int *poff, float *pw, int *lcnt, const int *rmeta, const int *roff,
                            const int *rpo, int P, int Pr, int R, int G) {
-    int *d = (int *)devbuf(receive_buf, (2 * (size_t)P + (size_t)(G > 0 ? G : 0)) * sizeof(int));
+    int *d = (int *)cu_devbuf_get(&receive_buf, (2 * (size_t)P + (size_t)(G > 0 ? G : 0)) * sizeof(int));
     CU_CHECK(cudaMemcpyAsync(d, roff, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cudaMemcpyAsync(d + P, rpo, (size_t)P * sizeof(int), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_receive_index(perm, pinv, poff, pw, d + 2 * P, rmeta, d, d + P, P, Pr, R, G, cu_stream()));
@@ -1164,7 +1021,7 @@ void ops_grouped_matmul_w_backward_dx(float *dx, const float *dy, const ops_weig
 }
 void ops_moe_bias_update(float *bias, const int64_t *counts, int E, float gamma) {
     if (E <= 0) return;
-    int64_t *d = (int64_t *)devbuf(bias_buf, (size_t)E * sizeof(int64_t));
+    int64_t *d = (int64_t *)cu_devbuf_get(&bias_buf, (size_t)E * sizeof(int64_t));
     CU_CHECK(cudaMemcpyAsync(d, counts, (size_t)E * sizeof(int64_t), cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cu_moe_bias_update(bias, d, E, gamma, cu_stream()));
 }

@@ -113,8 +113,7 @@ static int run_mtp(model *m, model_kv *kv, const deck_model *cfg, comm_t c, cons
     next[len - 1] = cur;
     if (!done) {
         model_decode_mtp(m, kv, b, next, 1, len, &zero);
-        ops_to_host(lg, model_logits(m) + (size_t)(len - 1) * V, (size_t)V * sizeof *lg);
-        d[2] = argmax(lg, V);
+        ops_argmax_rows(&d[2], model_logits(m) + (size_t)(len - 1) * V, 1, V); /* a draft needs no logits */
         comm_bcast(d, sizeof d, 0, c);
     }
     draft = d[2];
@@ -151,8 +150,7 @@ static int run_mtp(model *m, model_kv *kv, const deck_model *cfg, comm_t c, cons
          * placeholder whose cache rows the next step overwrites before anything reads them) */
         int32_t nx[2] = {d[0], ok ? d[1] : d[0]};
         model_decode_mtp(m, kv, b, nx, 1, 2, &p);
-        ops_to_host(lg, model_logits(m) + (size_t)(ok ? 1 : 0) * V, (size_t)V * sizeof *lg);
-        d[2] = argmax(lg, V);
+        ops_argmax_rows(&d[2], model_logits(m) + (size_t)(ok ? 1 : 0) * V, 1, V);
         comm_bcast(d, sizeof d, 0, c);
         draft = d[2];
         cur = ok ? d[1] : d[0];

@@ -97,6 +97,13 @@ void ops_cross_entropy_backward(float *dlogits, const float *logits, const int32
 double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logits, const int32_t *targets, int N,
                                int V, float scale);
 
+/* ---- Row-wise argmax of logits [N, V] (validation accuracy, greedy drafts):
+ * out[n] = the index of row n's largest value, to the HOST (N ints instead of
+ * the N·V logits). Ties: the lowest index. NaN: larger than every number (the
+ * first NaN of a row is its argmax, as torch.argmax), so a broken row shows
+ * rather than hides. V >= 1. */
+void ops_argmax_rows(int32_t *out /*[N] HOST*/, const float *x /*[N,V]*/, int N, int V);
+
 #ifdef __cplusplus
 }
 #endif

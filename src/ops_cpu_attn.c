@@ -418,3 +418,16 @@ double ops_cross_entropy_fused(float *dlogits, int64_t *count, const float *logi
     }
     return sum;
 }
+
+/* ------------------------------------------------------------------ argmax */
+
+void ops_argmax_rows(int32_t *out, const float *x, int N, int V) {
+#pragma omp parallel for schedule(static) if ((size_t)N * V > 65536)
+    for (int n = 0; n < N; n++) {
+        const float *r = x + (size_t)n * V;
+        int best = 0;
+        for (int v = 1; v < V && !isnan(r[best]); v++) /* strictly larger (or the first NaN) replaces */
+            if (isnan(r[v]) || r[v] > r[best]) best = v;
+        out[n] = best;
+    }
+}

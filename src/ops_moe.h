@@ -12,10 +12,10 @@
  * Where integer arrays live (ops.h memory section): index lists the ops read
  * or write per row — idx, topk, pos, src, perm, gather/scatter idx — are
  * DEVICE memory. Counts the host needs to size messages and loops — the
- * per-expert cnt of ops_moe_sort (sent with MPI_Alltoall), rcnt of
- * ops_moe_perm, cnt of the grouped matmuls (one GEMM per expert), the int64
- * counts of the bias update (all-reduced on the host) — are HOST memory;
- * a device backend copies the small cnt of ops_moe_sort back itself.
+ * per-rank and per-expert counts of ops_moe_dispatch_index (sent with
+ * MPI_Alltoall), lcnt of ops_moe_receive_index, cnt of the grouped matmuls
+ * (one GEMM per expert), the int64 counts of the bias update (all-reduced on
+ * the host) — are HOST memory; a device backend copies them back itself.
  */
 #ifndef DSV3_OPS_MOE_H
 #define DSV3_OPS_MOE_H
@@ -105,30 +105,6 @@ void ops_moe_combine_seg(float *out /*[n,C]*/, const float *y, const int *off /*
  * those rows; dy may equal y: each row is read before it is written). */
 void ops_moe_combine_seg_backward(float *dy, float *dw, const float *dout /*[n,C]*/, const float *y, const int *off,
                                   const int *pos, const float *w, int n, int C);
-
-/* ---- The per-(token, expert) dispatch that moe.c used before issue 14
- * (one row per (token, expert)). moe.c no longer calls them; they stay while
- * the CUDA backend twins them (cuda/ops_moe.cu, tests/cuda/test_cuda_moe.c),
- * until it implements the ops above. */
-/* Sorts the N·K (token, slot) pairs by expert,
- * stably (token order within an expert): the send buffer row of pair (t,k)
- * is pos[t,k]; src[j] is the token of send row j; cnt[e] rows go to expert e
- * (rows of expert e are contiguous, experts in increasing order). */
-void ops_moe_sort(int *pos /*[N,K] device*/, int *src /*[N*K] device*/, int *cnt /*[E] HOST*/,
-                  const int *idx /*[N,K] device*/, int N, int K, int E);
-/* Permutation from the received layout (source rank major: for each source
- * r, its rows for local experts 0..G-1 in order, rcnt[r,g] rows each) to the
- * expert-major layout (for each expert g, the rows from sources 0..P-1):
- * expert-major row j is received row perm[j]. Returns the row count. */
-int ops_moe_perm(int *perm /*[R] device*/, const int *rcnt /*[P,G] HOST*/, int P, int G);
-
-/* Combine: out[t] = beta·out[t] + Σ_k w[t,k]·y[pos[t,k]] (k in order; w NULL = 1); pos device. */
-void ops_moe_combine(float *out /*[N,C]*/, const float *y, const int *pos /*[N,K]*/, const float *w /*[N,K]*/,
-                     int N, int K, int C, float beta);
-/* Backward of the combine: dy[pos[t,k]] = w[t,k]·dout[t] (OVERWRITES those
- * rows), dw[t,k] += dout[t]·y[pos[t,k]] (dw may be NULL). */
-void ops_moe_combine_backward(float *dy, float *dw /*[N,K]*/, const float *dout /*[N,C]*/, const float *y,
-                              const int *pos, const float *w, int N, int K, int C);
 
 /* ---- The dispatch/combine wire (parallel.dispatch_dtype): n rows of C fp32
  * values converted IN PLACE to the wire's packed rows (row i at byte

@@ -31,6 +31,7 @@
 #include "model/model.h"
 #include "model/moe.h" /* moe_load_imbalance */
 #include "ops.h"
+#include "ops_attn.h" /* ops_argmax_rows */
 #include "optim.h"
 #include "peft.h"
 #include "zero.h"
@@ -260,34 +261,21 @@ static double validate(trainer *t, double *acc) {
     int64_t cnt[2] = {0, 0}; /* counted targets, argmax hits */
     model_scales sc;
     memset(&sc, 0, sizeof sc);
-    /* the logits come to the host a few rows at a time (about 1 MiB, at least a row): transient staging */
-    int64_t chunk = (int64_t)mb * T, cap = (262144 + V - 1) / V;
-    if (chunk > cap) chunk = cap;
-    float *rows = malloc((size_t)chunk * V * sizeof *rows);
-    if (!rows) error_one("out of memory for the validation logits staging (%lld rows)", (long long)chunk);
+    /* each row's argmax comes to the host (ops_argmax_rows), not the [mb·T, V] logits */
+    int32_t *best = malloc((size_t)mb * T * sizeof *best);
+    if (!best) error_one("out of memory for the validation argmax (%d rows)", mb * T);
     for (int b = 0; b < d->validation.batches; b++) {
         load_samples(t, t->valid, b, n_local);
         for (int a = 0; a < t->p->grad_accum; a++) {
             const int32_t *tgt = t->tgt + (size_t)a * mb * T;
             model_batch bt = {.tokens = t->tok + (size_t)a * mb * T, .targets = tgt, .B = mb, .T = T}; /* no dropout */
             model_step(t->m, &bt, sc, 0, &s);
-            const float *lg = model_logits(t->m); /* [mb*T, V] of this forward, device */
-            for (int64_t i0 = 0; i0 < (int64_t)mb * T; i0 += chunk) {
-                int64_t n = (int64_t)mb * T - i0 < chunk ? (int64_t)mb * T - i0 : chunk;
-                ops_to_host(rows, lg + i0 * V, (size_t)(n * V) * sizeof *rows);
-                for (int64_t i = i0; i < i0 + n; i++) {
-                    if (tgt[i] < 0) continue;
-                    const float *row = rows + (i - i0) * V;
-                    int best = 0;
-                    for (int v = 1; v < V; v++)
-                        if (row[v] > row[best]) best = v;
-                    cnt[1] += best == tgt[i];
-                }
-            }
+            ops_argmax_rows(best, model_logits(t->m), mb * T, V); /* [mb*T, V] of this forward, device */
+            for (int i = 0; i < mb * T; i++) cnt[1] += tgt[i] >= 0 && best[i] == tgt[i];
         }
         cnt[0] += model_count_targets(t->tgt, n_local, T, 0);
     }
-    free(rows);
+    free(best);
     model_reset_counts(t->m);
     s.lm_sum = comm_sum_double(s.lm_sum, t->p->world);
     comm_sum_i64(cnt, 2, t->p->world);

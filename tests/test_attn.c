@@ -362,6 +362,26 @@ static void test_cross_entropy(void **state) {
     free(d), free(inpl), free(c.logits);
 }
 
+static void test_argmax(void **state) {
+    (void)state;
+    enum { V = 6 };
+    const float x[][V] = {
+        {1, 3, 2, 3, -1, 0},                              /* tie: the lowest index */
+        {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY}, /* all equal: 0 */
+        {0, 1, NAN, 5, NAN, 2},                           /* NaN beats every number: the first NaN */
+        {NAN, 7, 8, 9, 1, 2},                             /* a leading NaN */
+        {-0.0f, 0.0f, -1, -2, -3, -4},                    /* -0 == +0: a tie */
+        {1, 2, 3, INFINITY, 4, INFINITY},                 /* +inf, tied */
+    };
+    const int32_t want[] = {1, 0, 2, 0, 0, 3};
+    const int N = (int)(sizeof want / sizeof *want);
+    int32_t got[6] = {-1, -1, -1, -1, -1, -1};
+    ops_argmax_rows(got, &x[0][0], N, V);
+    assert_memory_equal(got, want, sizeof want);
+    ops_argmax_rows(got, &x[0][0], 1, 1); /* V 1: index 0 */
+    assert_int_equal(got[0], 0);
+}
+
 /* ---------------------------------------------------------------------- MLA */
 
 typedef struct {
@@ -620,7 +640,7 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),        cmocka_unit_test(test_yarn_671b),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_embedding),   cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_mla_qlora),     cmocka_unit_test(test_mla_plain_q), cmocka_unit_test(test_mla_lora),
-        cmocka_unit_test(test_mla_causal),    cmocka_unit_test(test_mla_lora_all),
+        cmocka_unit_test(test_mla_causal),    cmocka_unit_test(test_mla_lora_all), cmocka_unit_test(test_argmax),
     };
     return cmocka_run_group_tests_name("attn", tests, NULL, NULL);
 }

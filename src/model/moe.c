@@ -39,32 +39,37 @@ static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I, int halv
     return (size_t)r_cap * (7 + 3 * (size_t)H + 6 * (size_t)I + row_lora_floats(er, H, I)) + (size_t)halves;
 }
 
+/* The next n slots of a region being carved, in layout order (ints take 4-byte, float-sized slots). */
+static void *take(float **p, size_t n) {
+    void *q = *p;
+    *p += n;
+    return q;
+}
+
 /* Carves the row buffers (perm .. edxa) for c->r_cap rows from p, in layout
  * order; returns the end. The one layout for the bound region and a grown one. */
 static float *rows_carve(moe_cache *c, float *p) {
     size_t R = (size_t)c->r_cap, H = (size_t)c->H, I = (size_t)c->I_;
-#define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
-    TAKE(rmeta, int, 3 * R);
-    TAKE(perm, int, R);
-    TAKE(pinv, int, R);
-    TAKE(poff, int, R + (size_t)c->halves);
-    TAKE(pw, float, R);
-    TAKE(xr, float, R * H);
-    TAKE(xe, float, R * H);
-    TAKE(ye, float, R * H);
-    TAKE(ge, float, R * I);
-    TAKE(ue, float, R * I);
-    TAKE(he, float, R * I);
-    TAKE(dge, float, R * I);
-    TAKE(due, float, R * I);
-    TAKE(dhe, float, R * I);
+    c->rmeta = take(&p, 3 * R);
+    c->perm = take(&p, R);
+    c->pinv = take(&p, R);
+    c->poff = take(&p, R + (size_t)c->halves);
+    c->pw = take(&p, R);
+    c->xr = take(&p, R * H);
+    c->xe = take(&p, R * H);
+    c->ye = take(&p, R * H);
+    c->ge = take(&p, R * I);
+    c->ue = take(&p, R * I);
+    c->he = take(&p, R * I);
+    c->dge = take(&p, R * I);
+    c->due = take(&p, R * I);
+    c->dhe = take(&p, R * I);
     if (er_max(c->er)) {
         for (int j = 0; j < 3; j++)
-            if (c->er[j]) TAKE(exa[j], float, R * (size_t)c->er[j]);
-        TAKE(elt, float, R * (H > I ? H : I));
-        TAKE(edxa, float, R * er_max(c->er));
+            if (c->er[j]) c->exa[j] = take(&p, R * (size_t)c->er[j]);
+        c->elt = take(&p, R * (H > I ? H : I));
+        c->edxa = take(&p, R * er_max(c->er));
     }
-#undef TAKE
     return p;
 }
 
@@ -192,23 +197,21 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     c->s_cap = (int)moe_send_rows(n_cap, c->K, ep);
     size_t N = (size_t)n_cap, E = (size_t)c->E, K = (size_t)c->K, H = (size_t)c->H, S = (size_t)c->s_cap;
     float *p = mem;
-#define TAKE(field, type, n) (c->field = (type *)(void *)p, p += (n)) /* ints take 4-byte slots */
-    TAKE(x, float, N * H);
-    TAKE(s, float, N * E);
-    TAKE(dl, float, N * E);
-    TAKE(idx, int, N * K);
-    TAKE(w, float, N * K);
-    TAKE(topk_u, int, N * K);
-    TAKE(ptk, int, N * K);
-    TAKE(smeta, int, 3 * N * K);
-    TAKE(dw, float, N * K);
-    TAKE(toff, int, N + (size_t)c->halves);
-    TAKE(stok, int, S);
-    TAKE(trows, int, S);
-    TAKE(xs, float, S * H);
-    TAKE(ys, float, S * H);
-    TAKE(tmp, float, N * H);
-#undef TAKE
+    c->x = take(&p, N * H);
+    c->s = take(&p, N * E);
+    c->dl = take(&p, N * E);
+    c->idx = take(&p, N * K);
+    c->w = take(&p, N * K);
+    c->topk_u = take(&p, N * K);
+    c->ptk = take(&p, N * K);
+    c->smeta = take(&p, 3 * N * K);
+    c->dw = take(&p, N * K);
+    c->toff = take(&p, N + (size_t)c->halves);
+    c->stok = take(&p, S);
+    c->trows = take(&p, S);
+    c->xs = take(&p, S * H);
+    c->ys = take(&p, S * H);
+    c->tmp = take(&p, N * H);
     p = rows_carve(c, p);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);

@@ -206,11 +206,12 @@ static void embedding(int N, int V, int H, int span, int bad1, int bad2) {
 
     float *g = twin_host(ny, 54, -1, 1), *dg = twin_dev(g, ny * 4);
     ops_embedding_backward(E, g, ids, N, V, H); /* dE += into the (non-zero) table */
-    CK(cu_embedding_backward(dE, dg, dids, N, V, H, twin_s));
+    int *dwork = twin_alloc(cu_embedding_backward_work(N) * sizeof(int) + 4);
+    CK(cu_embedding_backward(dE, dg, dids, N, V, H, dwork, twin_s));
     got = twin_back(dE, ne * 4);
     twin_same("ops_embedding_backward", what, got, E, ne * 4);
     free(got);
-    dfree(dids), dfree(dE), dfree(dy), dfree(dbad), dfree(dg);
+    dfree(dids), dfree(dE), dfree(dy), dfree(dbad), dfree(dg), dfree(dwork);
     free(ids), free(E), free(y), free(g);
 }
 
@@ -286,6 +287,36 @@ static void cross_entropy(int N, int V, int ign, int bad) {
     free(x), free(tg), free(rl), free(d), free(xf);
 }
 
+/* ------------------------------------------------------------------- argmax */
+
+/* mode 0: random rows; 1: ties (each row's max planted at 3 indices, two in one
+ * thread's stride and one below); 2: NaNs (two per row, after a +inf); 3: all -inf */
+static void argmax(int N, int V, int mode) {
+    static const char *kind[4] = {"random", "ties", "NaN", "all -inf"};
+    const char *what = twin_fmt("N=%d V=%d %s", N, V, kind[mode]);
+    char name[96];
+    snprintf(name, sizeof name, "%s", what);
+    const size_t n = (size_t)N * V;
+    float *x = twin_host(n, 91, -5, 5);
+    for (int r = 0; r < N; r++) {
+        float *row = x + (size_t)r * V;
+        int a = (int)(twin_u(92, (size_t)r, 0, 1) * V) % V, b = (a + 256) % V, c = a / 2;
+        if (mode == 1) row[a] = row[b] = row[c] = 6.0f;
+        if (mode == 2) row[c] = INFINITY, row[a] = row[b] = NAN;
+        if (mode == 3)
+            for (int j = 0; j < V; j++) row[j] = -INFINITY;
+    }
+    int32_t *ref = malloc((size_t)(N ? N : 1) * sizeof *ref);
+    ops_argmax_rows(ref, x, N, V);
+    float *dx = twin_dev(x, n * 4);
+    int32_t *dout = twin_alloc((size_t)(N ? N : 1) * sizeof *dout);
+    CK(cu_argmax_rows(dout, dx, N, V, twin_s));
+    int32_t *got = twin_back(dout, (size_t)N * sizeof *got);
+    twin_same("ops_argmax_rows", name, got, ref, (size_t)N * sizeof *ref);
+    free(got), free(ref), free(x);
+    dfree(dx), dfree(dout);
+}
+
 int main(void) {
     twin_init();
     /* RMSNorm: one row, C = 7, the tiny deck's hidden / q_lora / kv_lora, off the block, 7168 */
@@ -333,6 +364,8 @@ int main(void) {
     embedding(128, 256, 64, 9, -1, -1);
     embedding(40, 50, 300, 3, 7, 2);
     embedding(33, 20, 7168, 5, -1, 30);
+    embedding(300, 40, 16, 1, -1, -1);          /* one id throughout (a padded batch): one run of 300 */
+    embedding(600, 129280, 4, 100000, 5, 599); /* DeepSeek-V3's vocabulary: three radix passes, 3 chunks */
 
     /* cross-entropy: one row, the tiny deck's batch with ignored rows, V off the block,
      * DeepSeek-V3's vocabulary for a few rows, an invalid target */
@@ -341,5 +374,15 @@ int main(void) {
     cross_entropy(7, 1000, 3, -1);
     cross_entropy(3, 129280, 3, -1);
     cross_entropy(6, 300, 0, 4);
+
+    /* argmax: one value, one row, ties across and within a thread's columns, NaNs, -inf rows,
+     * DeepSeek-V3's vocabulary */
+    argmax(1, 1, 0);
+    argmax(1, 1000, 0);
+    argmax(37, 700, 0);
+    argmax(9, 1000, 1);
+    argmax(5, 513, 2);
+    argmax(3, 300, 3);
+    argmax(3, 129280, 1);
     return twin_end();
 }

@@ -1,5 +1,5 @@
 /* test_cuda_moe.c — twins of cuda/ops_moe.cu (ops_moe.h: SwiGLU, router,
- * balance loss, dispatch bookkeeping, rows, grouped expert GEMMs, bias update)
+ * balance loss, rows, grouped expert GEMMs, bias update; the dispatch is test_cuda_wire.c's)
  * against src/ops_cpu_moe.c. Shapes: the tiny deck's (E 8, K 2, 4 groups of 2,
  * top-2 groups, 64 wide, expert width 32, 128 tokens), DeepSeek-V3's routing
  * (E 256, 8 groups, top-4 groups, K 8), one token, widths that are not
@@ -153,55 +153,6 @@ static void balance(int B, int T, int E, int K) {
     twin_free(d_dl), twin_free(d_s), twin_free(d_topk), twin_free(d_out);
 }
 
-/* ---- Dispatch bookkeeping ---- */
-
-/* idx [N,K]: a real routing (empty: experts never picked), or everything to one expert */
-static void sort(int N, int K, int E, int mode) {
-    const char *what = twin_fmt("N=%d K=%d E=%d %s", N, K, E, mode == 0 ? "routed" : mode == 1 ? "one expert" : "skewed");
-    char name[96];
-    snprintf(name, sizeof name, "%s", what);
-    size_t nk = (size_t)N * K;
-    int *idx = malloc(nk * sizeof *idx);
-    if (mode == 0) {
-        float *s = scores(N, E, 51, 0);
-        ops_moe_route(idx, NULL, s, NULL, N, E, K, 1, 1, 0, 1.0f);
-        free(s);
-    } else {
-        for (size_t j = 0; j < nk; j++) /* 1: all to E-1; 2: experts 0..E/4 only, not a top-k (repeats) */
-            idx[j] = mode == 1 ? E - 1 : (int)(twin_u(52, j, 0, 1) * (E / 4 + 1)) % E;
-    }
-    int *pos = malloc(nk * sizeof *pos), *src = malloc(nk * sizeof *src), *cnt = malloc((size_t)E * sizeof *cnt);
-    int *d_idx = twin_dev(idx, nk * sizeof *idx), *d_pos = twin_alloc(nk * sizeof *pos);
-    int *d_src = twin_alloc(nk * sizeof *src), *d_cnt = twin_alloc((size_t)E * sizeof *cnt);
-    ops_moe_sort(pos, src, cnt, idx, N, K, E);
-    CK(cu_moe_sort(d_pos, d_src, d_cnt, d_idx, N, K, E, twin_s));
-    int *g;
-    twin_same("ops_moe_sort", twin_fmt("%s cnt", name), g = twin_back(d_cnt, (size_t)E * sizeof *cnt), cnt, (size_t)E * sizeof *cnt);
-    free(g);
-    twin_same("ops_moe_sort", twin_fmt("%s pos", name), g = twin_back(d_pos, nk * sizeof *pos), pos, nk * sizeof *pos);
-    free(g);
-    twin_same("ops_moe_sort", twin_fmt("%s src", name), g = twin_back(d_src, nk * sizeof *src), src, nk * sizeof *src);
-    free(g);
-    free(idx), free(pos), free(src), free(cnt);
-    twin_free(d_idx), twin_free(d_pos), twin_free(d_src), twin_free(d_cnt);
-}
-
-static void perm(int P, int G, int maxrows, uint64_t key) {
-    const char *what = twin_fmt("P=%d G=%d rows<=%d", P, G, maxrows);
-    size_t pg = (size_t)P * G;
-    int *rcnt = malloc(pg * sizeof *rcnt), R = 0;
-    for (size_t i = 0; i < pg; i++) R += rcnt[i] = (int)(twin_u(key, i, 0, 1) * (maxrows + 1)) % (maxrows + 1);
-    int *p = malloc(((size_t)R + 1) * sizeof *p);
-    int *d_rcnt = twin_dev(rcnt, pg * sizeof *rcnt), *d_p = twin_alloc(((size_t)R + 1) * sizeof *p);
-    int rows = ops_moe_perm(p, rcnt, P, G);
-    CK(cu_moe_perm(d_p, d_rcnt, P, G, twin_s));
-    int *g = twin_back(d_p, (size_t)R * sizeof *p);
-    twin_same("ops_moe_perm", what, g, p, (size_t)R * sizeof *p);
-    twin_same("ops_moe_perm", twin_fmt("P=%d G=%d row count (Σ rcnt)", P, G), &R, &rows, sizeof R);
-    free(g), free(rcnt), free(p);
-    twin_free(d_rcnt), twin_free(d_p);
-}
-
 /* ---- Rows ---- */
 
 static void rows(int n, int nsrc, int C) {
@@ -232,51 +183,6 @@ static void rows(int n, int nsrc, int C) {
     twin_same("ops_scatter_rows", name, g, src, ns * 4);
     free(g), free(ord), free(src), free(dst), free(v);
     twin_free(d_src), twin_free(d_dst), twin_free(d_idx), twin_free(d_v);
-}
-
-/* combine and its backward over a real dispatch layout (pos from route + sort) */
-static void combine(int N, int K, int E, int C, float beta, int with_w) {
-    const char *what = twin_fmt("N=%d K=%d C=%d beta=%g%s", N, K, C, beta, with_w ? "" : " w=1");
-    char name[96];
-    snprintf(name, sizeof name, "%s", what);
-    size_t nk = (size_t)N * K, no = (size_t)N * C, ny = nk * C;
-    float *s = scores(N, E, 71, 0);
-    int *idx = malloc(nk * sizeof *idx), *pos = malloc(nk * sizeof *pos), *src = malloc(nk * sizeof *src);
-    int *cnt = malloc((size_t)E * sizeof *cnt);
-    float *w = malloc(nk * 4);
-    ops_moe_route(idx, w, s, NULL, N, E, K, 1, 1, 1, 2.5f);
-    ops_moe_sort(pos, src, cnt, idx, N, K, E);
-    float *y = twin_host(ny, 72, -1, 1), *out = twin_host(no, 73, -1, 1);
-    if (beta == 0.0f)
-        for (size_t i = 0; i < no; i++) out[i] = NAN; /* beta 0 must not read out */
-    float *d_y = twin_dev(y, ny * 4), *d_out = twin_dev(out, no * 4), *d_w = twin_dev(w, nk * 4);
-    int *d_pos = twin_dev(pos, nk * sizeof *pos);
-    ops_moe_combine(out, y, pos, with_w ? w : NULL, N, K, C, beta);
-    CK(cu_moe_combine(d_out, d_y, d_pos, with_w ? d_w : NULL, N, K, C, beta, twin_s));
-    float *g = twin_back(d_out, no * 4);
-    twin_close("ops_moe_combine", name, g, out, no, 1e-5, 0, 0);
-    free(g);
-
-    if (with_w) { /* backward: dy rows overwritten (the others kept), dw accumulated, and with dw NULL */
-        float *dout = twin_host(no, 74, -1, 1), *dy = twin_host(ny, 75, -1, 1), *dw = twin_host(nk, 76, -1, 1);
-        float *d_dout = twin_dev(dout, no * 4), *d_dy = twin_dev(dy, ny * 4), *d_dw = twin_dev(dw, nk * 4);
-        ops_moe_combine_backward(dy, dw, dout, y, pos, w, N, K, C);
-        CK(cu_moe_combine_backward(d_dy, d_dw, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
-        g = twin_back(d_dy, ny * 4);
-        twin_same("ops_moe_combine_backward", twin_fmt("%s dy", name), g, dy, ny * 4); /* one product: bitwise */
-        free(g);
-        g = twin_back(d_dw, nk * 4);
-        twin_close("ops_moe_combine_backward", twin_fmt("%s dw", name), g, dw, nk, 1e-5, 1e-6, 1); /* dw may cancel to ~0 */
-        free(g);
-        ops_moe_combine_backward(dy, NULL, dout, y, pos, w, N, K, C);
-        CK(cu_moe_combine_backward(d_dy, NULL, d_dout, d_y, d_pos, d_w, N, K, C, twin_s));
-        g = twin_back(d_dy, ny * 4);
-        twin_same("ops_moe_combine_backward", twin_fmt("%s dw NULL", name), g, dy, ny * 4);
-        free(g), free(dout), free(dy), free(dw);
-        twin_free(d_dout), twin_free(d_dy), twin_free(d_dw);
-    }
-    free(s), free(idx), free(pos), free(src), free(cnt), free(w), free(y), free(out);
-    twin_free(d_y), twin_free(d_out), twin_free(d_w), twin_free(d_pos);
 }
 
 /* ---- Grouped GEMMs ---- */
@@ -407,28 +313,10 @@ int main(void) {
     balance(2, 64, 8, 2);    /* tiny deck */
     balance(2, 300, 256, 8); /* rows past one tile of 256; DeepSeek-V3 experts */
 
-    sort(0, 8, 8, 1); /* no tokens: every count 0 */
-    sort(1, 1, 1, 1);
-    sort(128, 2, 8, 0);  /* tiny deck */
-    sort(37, 8, 256, 0); /* most of 256 experts have no rows */
-    sort(100, 8, 256, 1);
-    sort(61, 3, 40, 2);
-
-    perm(1, 1, 5, 111);
-    perm(2, 4, 0, 112); /* no rows at all */
-    perm(3, 5, 4, 113);
-    perm(24, 32, 6, 114);
-
     rows(1, 1, 1);
     rows(37, 128, 64);
     rows(5, 9, 7168);
     rows(300, 301, 33);
-
-    combine(1, 1, 8, 7, 0.0f, 1);
-    combine(128, 2, 8, 64, 0.0f, 1);  /* tiny deck */
-    combine(37, 2, 8, 64, 1.0f, 1);
-    combine(37, 2, 8, 64, 0.5f, 0);
-    combine(3, 8, 256, 7168, 1.0f, 1);
 
     const int c1[1] = {1}, c4[4] = {3, 0, 5, 1}, c8[8] = {0, 40, 30, 0, 25, 33, 0, 0}, c3[3] = {2, 0, 3};
     grouped(c1, 1, 7, 5);

@@ -2,7 +2,8 @@
  * one row per (token, destination rank)): the sender's and the receiver's
  * bookkeeping, the segmented combine and its backward, the wire's in-place
  * packing, against src/ops_cpu_moe.c. Shapes: the tiny deck's (E 8, K 2, 128
- * tokens, EP 2 and 4), DeepSeek-V3's (E 256, K 8, EP 8), uneven ownership (12
+ * tokens, EP 2 and 4), DeepSeek-V3's (E 256, K 8, EP 8 and 16; 700 tokens: several
+ * dispatch chunks), uneven ownership (12
  * experts on 5 ranks, 4 on 5: a rank with none), one token, no tokens, tokens
  * with no remote destination, ranks receiving nothing; rows of 2, 7, 300 and
  * 7168 values, an all-zero row (fp8 scale 1), e4m3 subnormals, several waves. */
@@ -63,8 +64,10 @@ static void dispatch_free(dispatch *d) {
         free(d->ecnt);
 }
 
-static void check_dispatch(const routing *r, const dispatch *c, const char *name) {
+static void check_dispatch(const routing *r, const dispatch *c, const char *label) {
     const int N = r->N, K = r->K, P = r->P, E = r->E;
+    char name[160]; /* label may be twin_fmt's buffer, which the checks below reuse */
+    snprintf(name, sizeof name, "%s", label);
     size_t nk = (size_t)N * K;
     int *d_idx = twin_dev(r->idx, nk * sizeof(int)), *d_ef = twin_dev(r->efirst, ((size_t)P + 1) * sizeof(int));
     float *d_w = twin_dev(r->w, nk * 4);
@@ -72,8 +75,9 @@ static void check_dispatch(const routing *r, const dispatch *c, const char *name
     int *d_trows = twin_alloc(nk * sizeof(int)), *d_ptk = twin_alloc(nk * sizeof(int));
     int *d_smeta = twin_alloc(3 * nk * sizeof(int)), *d_scnt = twin_alloc((size_t)P * sizeof(int));
     int *d_spc = twin_alloc((size_t)P * sizeof(int)), *d_ecnt = twin_alloc((size_t)E * sizeof(int));
+    int *d_work = twin_alloc(cu_moe_dispatch_index_work(N, P) * sizeof(int) + 4);
     CK(cu_moe_dispatch_index(d_stok, d_toff, d_trows, d_ptk, d_smeta, d_scnt, d_spc, d_ecnt, d_idx, d_w, d_ef, N, K, P,
-                             E, twin_s));
+                             E, d_work, twin_s));
     const char *op = "ops_moe_dispatch_index";
     int *g = twin_back(d_toff, ((size_t)N + 1) * sizeof(int));
     twin_same(op, twin_fmt("%s S (toff[N])", name), &g[N], &c->S, sizeof(int));
@@ -94,7 +98,7 @@ static void check_dispatch(const routing *r, const dispatch *c, const char *name
         free(g);
     }
     twin_free(d_idx), twin_free(d_ef), twin_free(d_w), twin_free(d_stok), twin_free(d_toff), twin_free(d_trows);
-    twin_free(d_ptk), twin_free(d_smeta), twin_free(d_scnt), twin_free(d_spc), twin_free(d_ecnt);
+    twin_free(d_ptk), twin_free(d_smeta), twin_free(d_scnt), twin_free(d_spc), twin_free(d_ecnt), twin_free(d_work);
 }
 
 /* ---- Receiver side: what rank `me` gets from P sources (each source's own
@@ -293,6 +297,8 @@ int main(void) {
     ep_group(19, 2, 12, 5, 3, c_small, 1);  /* sources that send a rank nothing, between others */
     ep_group(33, 1, 4, 5, 0, NULL, 0);      /* 4 experts on 5 ranks: the last owns none */
     ep_group(64, 8, 256, 8, 0, NULL, 0);    /* DeepSeek-V3 routing, EP 8 */
+    ep_group(700, 8, 256, 16, 0, NULL, 0);  /* DeepSeek-V3 routing, EP 16, 3 dispatch chunks (the last partial) */
+    ep_group(512, 2, 12, 5, 2, NULL, 0);    /* 2 whole chunks, half the tokens local */
     ep_group(3, 8, 256, 8, 0, c_wide, 1);   /* a 7168-wide row */
     ep_group(1, 2, 8, 2, 0, c_small, 1);    /* one token */
     ep_group(0, 2, 8, 2, 0, NULL, 0);       /* no tokens */
