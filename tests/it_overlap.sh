@@ -14,7 +14,8 @@
 #  4. the CUDA backend under emulation (make CUDA=emu cuda-emu-model; skipped visibly when
 #     absent) at np 2 EP 2 with overlap (the comm stream and events of cuda/comm_nccl.c,
 #     NCCL shim on MPI) against the CPU backend's overlap curve: regression tolerances, on
-#     the regression deck as tests/it_cuda_model.sh runs it.
+#     the regression deck as tests/it_cuda_model.sh runs it; each rank allocates what the CPU
+#     backend allocates, and at np 1 every category equals the plan.
 . "$(dirname "$0")/lib.sh"
 scratch_dir
 DECK="input/tiny.cfg model.n_routed_experts=12 model.num_experts_per_tok=4 model.n_group=4 model.topk_group=2"
@@ -108,6 +109,14 @@ if [ -x "$EB/dsv3" ]; then
               -v detail="$OUT/emu2.detail" -f regression/compare.awk "$OUT/cpu2/metrics.csv" "$OUT/emu2/metrics.csv")
     echo "$res" | awk -v s=$((SECONDS - t0)) '{ printf "emu np 2 EP 2 ZeRO 3 overlap vs CPU (%ds): %d steps, loss max abs %s rel %s, worst %s (%s of tol): %s\n", s, $1, $2, $3, $4, $5, $NF }'
     [ "${res##* }" = PASS ] || { sed 's/^/    /' "$OUT/emu2.detail" | head -n 10; bad "emu2 against cpu2"; }
+    mem() { sed -n 's/^dsv3: memory rank *\([0-9]*\): planned *\([0-9.]*\) MiB *allocated *\([0-9.]*\) MiB.*/\1 \2 \3/p' "$1"; }
+    [ -n "$(mem "$OUT/emu2.log")" ] && [ "$(mem "$OUT/emu2.log")" = "$(mem "$OUT/cpu2.log")" ] &&
+        echo "emu np 2 overlap: every rank allocates what the CPU backend allocates ($(mem "$OUT/emu2.log" | awk '{ printf "%s MiB ", $3 }'))" ||
+        bad "emu np 2 overlap: allocation differs from the CPU backend's"
+    CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 timeout 300 "$EB/dsv3" "${RD[@]}" parallel.expert_parallel=1 parallel.zero_stage=0 \
+        run.output_dir="$OUT/emu1" >"$OUT/emu1.log" 2>&1 || bad "emu1 run"
+    grep -q 'every category equal to the plan on 1 of 1 ranks' "$OUT/emu1.log" && echo "emu np 1 overlap: every category equal to the plan" ||
+        bad "emu np 1 overlap: allocation differs from the plan"
 else
     echo "skipped: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"
 fi
