@@ -127,6 +127,13 @@ int ckpt_out_write(ckpt_out *o, const char *hf_name, int64_t row0, int64_t nrows
 /* Rows [row0, row0+nrows) of slice e of a 3-D dataset (one routed expert's [out, in]). */
 int ckpt_out_write_slab(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data,
                         char *err, int errlen);
+/* The same for one rank alone, as often as it likes (e >= 0: slice e's rows;
+ * e < 0: axis 0's), with no collective call: only a file opened without fp8.
+ * A failure is kept (-1 here) and reported on every rank by the next
+ * collective call (ckpt_out_write*, ckpt_out_close), which then fails. The
+ * importer writes each small piece right after converting it (the kernel's
+ * copy then reads cache) and the ranks do not wait on each other. */
+int ckpt_out_put(ckpt_out *o, const char *hf_name, int64_t e, int64_t row0, int64_t nrows, const void *data);
 /* dsv3-import --keep-fp8: tensor hf_name as e4m3 bytes + f32 weight_scale_inv
  * (ckpt_frozen.h), declared instead of ckpt_out_declare; rows of whole
  * 128-row blocks (row0 % 128 == 0) of slice e (3-D; e < 0 for 2-D) with the

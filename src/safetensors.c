@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -360,12 +361,27 @@ int st_open(st_file *f, const char *path, char *err, int errlen) {
 void st_close(st_file *f) {
     if (!f) return;
     if (f->fd >= 0) close(f->fd);
+    if (f->mapped) munmap((void *)f->mem, (size_t)f->file_size);
     for (int i = 0; i < f->n_meta; i++) free(f->meta_key[i]), free(f->meta_val[i]);
     free(f->meta_key);
     free(f->meta_val);
     free(f->t);
     free(f->by_name);
     reset(f);
+}
+
+int st_map(st_file *f, char *err, int errlen) {
+    if (f->mem) return 0;
+    if (f->file_size == 0 || f->file_size > SIZE_MAX) return fail(err, errlen, f->path, NULL, "cannot map a file of %" PRIu64 " bytes", f->file_size);
+    void *m = mmap(NULL, (size_t)f->file_size, PROT_READ, MAP_SHARED, f->fd, 0);
+    if (m == MAP_FAILED) return fail(err, errlen, f->path, NULL, "mmap: %s", strerror(errno));
+    f->mem = m;
+    f->mapped = 1;
+    return 0;
+}
+
+const unsigned char *st_data(const st_file *f, int i) {
+    return f->mem && i >= 0 && i < f->n ? f->mem + f->data_start + f->t[i].begin : NULL;
 }
 
 int st_find(const st_file *f, const char *name) {

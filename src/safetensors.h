@@ -70,7 +70,8 @@ typedef struct {
 typedef struct {
     char path[4096];
     int fd;               /* -1 for an in-memory file */
-    const unsigned char *mem; /* in-memory file (st_open_mem) */
+    const unsigned char *mem; /* in-memory file (st_open_mem), or the file mapped (st_map) */
+    int mapped;           /* mem is st_map's mapping: st_close unmaps it */
     uint64_t file_size, header_len, data_start;
     int n;                /* tensors */
     st_tensor *t;         /* [n], in offset (file) order */
@@ -84,6 +85,13 @@ int st_open(st_file *f, const char *path, char *err, int errlen);
 /* The same on bytes in memory (fuzzing, tests); `name` stands for the path. */
 int st_open_mem(st_file *f, const void *buf, size_t len, const char *name, char *err, int errlen);
 void st_close(st_file *f);
+/* Maps an open file read-only (mmap): st_read then copies from the mapping and
+ * st_data points into it; the importer reads tensors in place, without the
+ * page-cache copy of pread. 0, or -1 with the reason in err. A file that
+ * shrinks while mapped ends the process (SIGBUS), where st_read reports it. */
+int st_map(st_file *f, char *err, int errlen);
+/* Tensor i's bytes in place (a mapped or in-memory file), else NULL. */
+const unsigned char *st_data(const st_file *f, int i);
 /* Index of a tensor by name, or -1. */
 int st_find(const st_file *f, const char *name);
 /* __metadata__ value of a key, or NULL. */

@@ -40,11 +40,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 
 #include "../src/ckpt.h"
 #include "../src/deck.h"
+#include "../src/hfconv.h"
 #include "../src/hfconfig.h"
 #include "../src/model/params.h"
 #include "../src/ops.h"
@@ -52,6 +54,9 @@
 #include "../src/tool.h"
 
 #define BUF_BYTES ((size_t)256 << 20) /* conversion buffer: float rows of one block */
+/* Rows are converted and written in pieces of about this many output bytes:
+ * the kernel's copy into the page cache then reads them from L2, not memory. */
+#define PIECE_BYTES ((size_t)512 << 10)
 
 static int quiet, g_rank, g_size = 1;
 
@@ -127,7 +132,7 @@ static void open_shards(source *s, const char *dir) {
     for (int i = 0; i < nn; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         s->shard_name[i] = strdup(names[i]);
-        if (st_open(&s->sh[i], path, err, sizeof err)) tool_die("%s", err);
+        if (st_open(&s->sh[i], path, err, sizeof err) || st_map(&s->sh[i], err, sizeof err)) tool_die("%s", err);
         s->n += s->sh[i].n;
     }
     s->ts = calloc((size_t)s->n + 1, sizeof *s->ts);
@@ -194,63 +199,67 @@ typedef struct {
     int64_t by_dtype[ST_NDTYPES];
 } stats;
 
-/* Converts rows [r0, r0+nr) of a 2-D (or 1-D) source tensor k to floats
- * (FP8: scaled by its weight_scale_inv sk) in out, or, with bf16_out, to bf16
- * there (out: scratch; FP8 rounds row by row, out of cache otherwise). */
-static void convert(const source *s, int k, int sk, int64_t r0, int64_t nr, float *out, uint16_t *bf16_out,
-                    unsigned char *raw, float *sbuf, int ue8m0, stats *stt) {
+/* A unit's scales: rows [r0/128, +ceil(nr/128)) of FP8 scale tensor sk as
+ * floats in sbuf (each counted, and checked for ue8m0). r0 % 128 == 0. */
+static void unit_scales(const source *s, int sk, int64_t r0, int64_t nr, float *sbuf, int ue8m0, stats *stt) {
     char err[1024];
+    const st_tensor *sc = src_t(s, sk);
+    int64_t sc_cols = sc->shape[1], sr0 = r0 / 128, snr = (nr + 127) / 128;
+    size_t ses = (size_t)st_dtype_bits(sc->dtype) / 8;
+    unsigned char *sraw = (unsigned char *)sbuf; /* scales fit before their float expansion */
+    if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses, sraw,
+                err, sizeof err))
+        tool_die_local("%s", err);
+    for (int64_t i = snr * sc_cols - 1; i >= 0; i--) sbuf[i] = scale_value(sraw + (size_t)i * ses, sc->dtype); /* in place, back to front */
+    for (int64_t i = 0; i < snr * sc_cols; i++) {
+        int ex;
+        if (ue8m0 && !(isfinite(sbuf[i]) && sbuf[i] > 0 && frexpf(sbuf[i], &ex) == 0.5f)) stt->pow2_bad++;
+        stt->scales++;
+    }
+}
+
+/* Rows [r0, r0+nr) of a 2-D (or 1-D: one row) source tensor k, read in place
+ * from its mapped shard, as bf16 (y16) or floats (y32 when y16 is NULL; also
+ * scratch). FP8: times the scales of unit_scales for the unit at row u0. */
+static void convert(const source *s, int k, const float *sbuf, int64_t sc_cols, int64_t u0, int64_t r0, int64_t nr,
+                    uint16_t *y16, float *y32, stats *stt) {
     const st_tensor *t = src_t(s, k);
-    int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1; /* 1-D: one row */
+    int64_t cols = t->ndim >= 2 ? t->shape[t->ndim - 1] : t->ndim == 1 ? t->shape[0] : 1;
     size_t es = (size_t)st_dtype_bits(t->dtype) / 8, n = (size_t)(nr * cols);
-    if (st_read(&s->sh[s->ts[k]], s->ti[k], (uint64_t)(r0 * cols) * es, n * es, raw, err, sizeof err)) tool_die_local("%s", err);
+    const unsigned char *x = st_data(&s->sh[s->ts[k]], s->ti[k]) + (size_t)(r0 * cols) * es;
     stt->bytes_in += (double)(n * es);
     switch (t->dtype) {
-    case ST_F32: memcpy(out, raw, n * 4); break;
+    case ST_F32:
+        if (y16 && ((uintptr_t)x & 3) == 0) ops_f32_to_bf16_n((const float *)(const void *)x, y16, n);
+        else {
+            memcpy(y32, x, n * 4); /* a shard's data need not be 4-byte aligned */
+            if (y16) ops_f32_to_bf16_n(y32, y16, n);
+        }
+        break;
     case ST_BF16:
-        for (size_t i = 0; i < n; i++) out[i] = ops_bf16_to_f32((uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8));
+        if (y16) hfconv_bf16_bf16(x, n, y16);
+        else hfconv_bf16_f32(x, n, y32);
         break;
     case ST_F16:
-        for (size_t i = 0; i < n; i++) out[i] = f16_to_f32((uint16_t)(raw[2 * i] | raw[2 * i + 1] << 8));
+        for (size_t i = 0; i < n; i++) y32[i] = f16_to_f32((uint16_t)(x[2 * i] | x[2 * i + 1] << 8));
+        if (y16) ops_f32_to_bf16_n(y32, y16, n);
         break;
-    case ST_F8_E4M3: {
-        const st_tensor *sc = src_t(s, sk);
-        int64_t sc_cols = sc->shape[1], sr0 = r0 / 128, snr = (nr + 127) / 128;
-        size_t ses = (size_t)st_dtype_bits(sc->dtype) / 8;
-        unsigned char *sraw = (unsigned char *)sbuf; /* scales fit before their float expansion */
-        if (st_read(&s->sh[s->ts[sk]], s->ti[sk], (uint64_t)(sr0 * sc_cols) * ses, (uint64_t)(snr * sc_cols) * ses,
-                    sraw, err, sizeof err))
-            tool_die_local("%s", err);
-        for (int64_t i = snr * sc_cols - 1; i >= 0; i--) { /* in place, back to front (4 >= ses bytes each) */
-            float v = scale_value(sraw + (size_t)i * ses, sc->dtype);
-            sbuf[i] = v;
-        }
-        for (int64_t i = 0; i < snr * sc_cols; i++) {
-            int ex;
-            float v = sbuf[i];
-            if (ue8m0 && !(isfinite(v) && v > 0 && frexpf(v, &ex) == 0.5f)) stt->pow2_bad++;
-            stt->scales++;
-        }
-        static float lut[256]; /* e4m3 -> float: a table of the 256 codes (ops_e4m3_to_f32) */
-        static int lut_ready;
-        if (!lut_ready)
-            for (int c = 0; c < 256; c++) lut[c] = ops_e4m3_to_f32((uint8_t)c), lut_ready = 1;
-        for (int64_t r = 0; r < nr; r++) {
-            const float *srow = sbuf + ((r0 + r) / 128 - sr0) * sc_cols;
-            const unsigned char *q = raw + r * cols;
-            float *o = bf16_out ? out : out + r * cols; /* to bf16: one row of floats, rounded while in L1/L2 */
-            for (int64_t c0 = 0; c0 < cols; c0 += 128) { /* one scale per 128 columns */
-                int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
-                float sc = srow[c0 / 128];
-                for (int64_t c = c0; c < c1; c++) o[c] = lut[q[c]] * sc;
-            }
-            if (bf16_out) ops_f32_to_bf16_n(o, bf16_out + r * cols, (size_t)cols);
-        }
-        return;
-    }
+    case ST_F8_E4M3: /* dequantised and rounded in one pass (hfconv.h) */
+        for (int64_t r = 0; r < nr; r++)
+            hfconv_fp8_row(x + r * cols, sbuf + ((r0 + r) / 128 - u0 / 128) * sc_cols, cols, y16 ? y16 + r * cols : NULL,
+                           y16 ? NULL : y32 + r * cols);
+        break;
     default: tool_die("%s: dtype %s is not a weight dtype dsv3 imports", t->name, st_dtype_name(t->dtype));
     }
-    if (bf16_out) ops_f32_to_bf16_n(out, bf16_out, n);
+}
+
+/* madvise on the pages of bytes [off, off+len) of tensor k in its mapping:
+ * WILLNEED (read ahead while converting), DONTNEED (out of this process's RSS;
+ * the page cache keeps them). A hint: failure changes nothing. */
+static void advise(const source *s, int k, uint64_t off, uint64_t len, int advice) {
+    const unsigned char *p = st_data(&s->sh[s->ts[k]], s->ti[k]) + off;
+    uintptr_t pg = 4096, a = (uintptr_t)p & ~(pg - 1), b = ((uintptr_t)p + len + pg - 1) & ~(pg - 1);
+    if (len) (void)madvise((void *)a, b - a, advice);
 }
 
 /* --keep-fp8: rows [r0, r0+nr) of an F8_E4M3 tensor k as its bytes (raw) and
@@ -463,15 +472,12 @@ int main(int argc, char **argv) {
         if (a < 0) continue;
         const st_tensor *ta = src_t(&s, a), *tb = src_t(&s, b);
         int same = ta->dtype == tb->dtype && st_bytes(ta) == st_bytes(tb);
-        unsigned char *x = malloc(BUF_BYTES / 2), *y = malloc(BUF_BYTES / 2);
-        for (uint64_t o = 0; same && o < st_bytes(ta); o += BUF_BYTES / 2) {
-            uint64_t n = st_bytes(ta) - o < BUF_BYTES / 2 ? st_bytes(ta) - o : BUF_BYTES / 2;
-            if (st_read(&s.sh[s.ts[a]], s.ti[a], o, n, x, err, sizeof err) ||
-                st_read(&s.sh[s.ts[b]], s.ti[b], o, n, y, err, sizeof err))
-                tool_die_local("%s", err);
-            same = memcmp(x, y, n) == 0;
+        uint64_t nb = st_bytes(ta);
+        for (uint64_t o = 0; same && o < nb; o += BUF_BYTES) { /* in place; the pages read leave the RSS */
+            uint64_t n = nb - o < BUF_BYTES ? nb - o : BUF_BYTES;
+            same = memcmp(st_data(&s.sh[s.ts[a]], s.ti[a]) + o, st_data(&s.sh[s.ts[b]], s.ti[b]) + o, n) == 0;
+            advise(&s, a, o, n, MADV_DONTNEED), advise(&s, b, o, n, MADV_DONTNEED);
         }
-        free(x), free(y);
         if (!same)
             tool_die("%s differs from %s: dsv3's MTP module shares the main embedding and head (spec §6), so this "
                 "checkpoint cannot be trained as is; nothing written", ta->name, tb->name);
@@ -560,15 +566,28 @@ int main(int argc, char **argv) {
                     if (tool_now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = tool_now();
                     continue;
                 }
-                int keep = (t->flags & P_NOGRAD) != 0; /* the router bias stays F32 */
-                const void *data = fb;
-                size_t n = 0;
+                int keep = (t->flags & P_NOGRAD) != 0, to16 = bf16 && !keep; /* the router bias stays F32 */
+                /* in pieces of about PIECE_BYTES, each written while in cache (ckpt_out_put); a file
+                 * with FP8 datasets (--keep-fp8) is written collectively, a whole unit a call */
+                const void *data = to16 ? (const void *)hb : (const void *)fb;
                 if (k >= 0) {
                     const st_tensor *st = src_t(&s, k);
-                    convert(&s, k, q, r0, nr, fb, bf16 && !keep ? hb : NULL, raw, sbuf, ue8m0, &stt);
-                    n = (size_t)(nr * cols);
-                    if (bf16 && !keep) data = hb;
-                    stt.bytes_out += (double)n * (bf16 && !keep ? 2 : 4);
+                    int64_t sub = keep_fp8 ? nr : (int64_t)(PIECE_BYTES / ((size_t)cols * (to16 ? 2 : 4)));
+                    if (sub < 1) sub = 1;
+                    size_t es = (size_t)st_dtype_bits(st->dtype) / 8, ub = (size_t)(nr * cols) * es;
+                    advise(&s, k, (uint64_t)(r0 * cols) * es, ub, MADV_WILLNEED);
+                    int64_t sc_cols = 0;
+                    if (q >= 0) unit_scales(&s, q, r0, nr, sbuf, ue8m0, &stt), sc_cols = src_t(&s, q)->shape[1];
+                    for (int64_t a = 0; a < nr; a += sub) {
+                        int64_t m = nr - a < sub ? nr - a : sub;
+                        convert(&s, k, sbuf, sc_cols, r0, r0 + a, m, to16 ? hb : NULL, fb, &stt);
+                        if (keep_fp8) break;
+                        if (t->flags & P_EXPERT) ckpt_out_put(o, t->name, e, r0 + a, m, data); /* expert e, rows r0+a.. of its [out, in] */
+                        else if (t->ndim < 2) ckpt_out_put(o, t->name, -1, 0, t->shape[0], data);
+                        else ckpt_out_put(o, t->name, -1, r0 + a, m, data);
+                    }
+                    advise(&s, k, (uint64_t)(r0 * cols) * es, ub, MADV_DONTNEED); /* read: out of the RSS */
+                    stt.bytes_out += (double)(nr * cols) * (to16 ? 2 : 4);
                     if (r0 == 0) {
                         stt.tensors++;
                         stt.by_dtype[st->dtype]++;
@@ -576,14 +595,15 @@ int main(int argc, char **argv) {
                     }
                 } else
                     nr = 0; /* no unit left for this rank in the last round: it writes nothing */
-                if (t->flags & P_EXPERT) /* expert e, rows r0.. of its [out, in] */
-                    fail = ckpt_out_write_slab(o, t->name, e, r0, nr, data, err, sizeof err);
-                else if (t->ndim < 2)
-                    fail = ckpt_out_write(o, t->name, 0, nr ? t->shape[0] : 0, data, err, sizeof err);
-                else
-                    fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
+                if (keep_fp8) { /* every rank, its unit's rows or none */
+                    if (t->flags & P_EXPERT) fail = ckpt_out_write_slab(o, t->name, e, r0, nr, data, err, sizeof err);
+                    else if (t->ndim < 2) fail = ckpt_out_write(o, t->name, 0, nr ? t->shape[0] : 0, data, err, sizeof err);
+                    else fail = ckpt_out_write(o, t->name, r0, nr, data, err, sizeof err);
+                }
                 if (tool_now() - pr.last > 1.0) show(&pr, &stt, 0), pr.last = tool_now();
             }
+            /* the tensor's status on every rank, a failed ckpt_out_put included (a call with no rows) */
+            if (pass == 1 && !raw8[i] && !keep_fp8 && !fail) fail = ckpt_out_write(o, t->name, 0, 0, NULL, err, sizeof err);
         }
     if (g_rank == 0)
         for (int j = 0; j < 2; j++)
