@@ -21,5 +21,9 @@ int comm_mpi_allgather(const size_t *off, const size_t *cnt, comm_t c, const flo
 int comm_mpi_alltoall_int(const int *send, int *recv, int n, comm_t c);
 int comm_mpi_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
                             const int *roff, size_t row_bytes, comm_t c);
+int comm_mpi_alltoallv_rows_start(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                                  const int *roff, size_t row_bytes, comm_t c, comm_req *r);
+int comm_mpi_wait(comm_req *r);
+void comm_mpi_test(comm_req *r);
 
 #endif

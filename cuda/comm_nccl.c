@@ -159,6 +159,8 @@ static void twin_split(comm_t parent, int color, int key, const comm_t *child) {
     else NCCL_OR_DIE(ncclCommDestroy(n));
 }
 
+static void comm_stream_sync(void); /* the nonblocking all-to-alls' stream (below) drained */
+
 /* ---- comm.h: communicators ---- */
 
 void comm_dup(comm_t c, comm_t *out) {
@@ -177,6 +179,7 @@ void comm_split_node(comm_t c, int key, comm_t *out) {
 void comm_free(comm_t *c) {
     ncclComm_t n = twin_drop(*c);
     if (n) {
+        comm_stream_sync();
         CU_CHECK(cudaStreamSynchronize(cu_stream()));
         NCCL_OR_DIE(ncclCommDestroy(n));
     }
@@ -188,7 +191,7 @@ void comm_abort(int code) {
     comm_mpi_abort(code);
 }
 void comm_finalize(void) {
-    if (ntwins) CU_CHECK(cudaStreamSynchronize(cu_stream()));
+    if (ntwins) comm_stream_sync(), CU_CHECK(cudaStreamSynchronize(cu_stream()));
     while (ntwins > 0) NCCL_OR_DIE(ncclCommDestroy(twins[--ntwins].nccl)); /* newest first, as made */
     free(twins);
     twins = NULL;
@@ -303,9 +306,8 @@ int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *
  * block is a device copy. Empty blocks are skipped on both sides (the counts
  * agree: they came from the all-to-all of counts). */
 static int exchange(const char *send, const size_t *sbytes, const size_t *soff, char *recv, const size_t *rbytes,
-                    const size_t *roff, comm_t c) {
+                    const size_t *roff, comm_t c, cudaStream_t s) {
     int n = comm_size(c), me = comm_rank(c);
-    cudaStream_t s = cu_stream();
     if (sbytes[me] != rbytes[me]) {
         fprintf(stderr, "dsv3: comm_nccl: all-to-all sends %zu bytes to itself but expects %zu\n", sbytes[me],
                 rbytes[me]);
@@ -333,20 +335,16 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {
     size_t *b = malloc(2 * (size_t)p * sizeof *b);
     if (!b) return -1;
     for (int k = 0; k < p; k++) b[k] = (size_t)n * sizeof(int), b[p + k] = (size_t)k * n * sizeof(int);
-    int e = exchange((const char *)send, b, b + p, (char *)recv, b, b + p, c);
+    int e = exchange((const char *)send, b, b + p, (char *)recv, b, b + p, c, cu_stream());
     free(b);
     return e;
 }
 
-int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
-                        const int *roff, size_t row_bytes, comm_t c) {
+/* The rows' byte counts and offsets, then the exchange on stream s. */
+static int exchange_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                         const int *roff, size_t rb, comm_t c, cudaStream_t s) {
     int p = comm_size(c);
-    size_t ns = 0, nr = 0;
-    for (int k = 0; k < p; k++) ns += (size_t)scnt[k], nr += (size_t)rcnt[k];
-    int r = route(send, ns * row_bytes, recv, nr * row_bytes);
-    if (r != VIA_NCCL)
-        return r == VIA_MPI ? comm_mpi_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, row_bytes, c) : -1;
-    size_t *b = malloc(4 * (size_t)p * sizeof *b), rb = row_bytes;
+    size_t *b = malloc(4 * (size_t)p * sizeof *b);
     if (!b) return -1;
     for (int k = 0; k < p; k++) {
         b[k] = (size_t)scnt[k] * rb;
@@ -354,7 +352,86 @@ int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void
         b[2 * p + k] = (size_t)rcnt[k] * rb;
         b[3 * p + k] = (size_t)roff[k] * rb;
     }
-    int e = exchange((const char *)send, b, b + p, (char *)recv, b + 2 * p, b + 3 * p, c);
+    int e = exchange((const char *)send, b, b + p, (char *)recv, b + 2 * p, b + 3 * p, c, s);
     free(b);
     return e;
+}
+
+/* The transport of an all-to-all-v of rows. */
+static int route_rows(const void *send, const int *scnt, void *recv, const int *rcnt, size_t row_bytes, comm_t c) {
+    int p = comm_size(c);
+    size_t ns = 0, nr = 0;
+    for (int k = 0; k < p; k++) ns += (size_t)scnt[k], nr += (size_t)rcnt[k];
+    return route(send, ns * row_bytes, recv, nr * row_bytes);
+}
+
+int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                        const int *roff, size_t row_bytes, comm_t c) {
+    int r = route_rows(send, scnt, recv, rcnt, row_bytes, c);
+    if (r != VIA_NCCL)
+        return r == VIA_MPI ? comm_mpi_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, row_bytes, c) : -1;
+    return exchange_rows(send, scnt, soff, recv, rcnt, roff, row_bytes, c, cu_stream());
+}
+
+/* ---- nonblocking all-to-all-v: the comm stream ----
+ * An exchange started here runs on comm_s, a second (non-blocking) stream:
+ * comm_s first waits for `ready`, recorded on the backend stream at the start
+ * (the producers of send), then runs the grouped ncclSend/ncclRecv and
+ * records a completion event from the pool; comm_wait makes the backend
+ * stream wait for that event (the consumers of recv). All NCCL work of the
+ * overlapped schedule is so ordered by stream dependencies with the blocking
+ * calls on cu_stream, in the same issue order on every rank. */
+enum { NDONE = 16 }; /* exchanges in flight at once */
+static cudaStream_t comm_s;
+static cudaEvent_t ready, done_ev[NDONE];
+static int done_busy[NDONE];
+
+static int comm_stream_init(void) {
+    if (comm_s) return 0;
+    CUDA_OR_FAIL(cudaStreamCreateWithFlags(&comm_s, cudaStreamNonBlocking));
+    CUDA_OR_FAIL(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    for (int i = 0; i < NDONE; i++) CUDA_OR_FAIL(cudaEventCreateWithFlags(&done_ev[i], cudaEventDisableTiming));
+    return 0;
+}
+static void comm_stream_sync(void) {
+    if (comm_s) CU_CHECK(cudaStreamSynchronize(comm_s));
+}
+
+int comm_alltoallv_rows_start(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                              const int *roff, size_t row_bytes, comm_t c, comm_req *req) {
+    int r = route_rows(send, scnt, recv, rcnt, row_bytes, c);
+    if (r != VIA_NCCL)
+        return r == VIA_MPI ? comm_mpi_alltoallv_rows_start(send, scnt, soff, recv, rcnt, roff, row_bytes, c, req)
+                            : -1;
+    *req = (comm_req){MPI_REQUEST_NULL, MPI_DATATYPE_NULL, NULL, 0};
+    if (comm_stream_init()) return -1;
+    int slot = 0;
+    while (slot < NDONE && done_busy[slot]) slot++;
+    if (slot == NDONE) {
+        fprintf(stderr, "dsv3: comm_nccl: more than %d nonblocking all-to-alls in flight\n", NDONE);
+        return -1;
+    }
+    CUDA_OR_FAIL(cudaEventRecord(ready, cu_stream()));
+    CUDA_OR_FAIL(cudaStreamWaitEvent(comm_s, ready, 0));
+    if (exchange_rows(send, scnt, soff, recv, rcnt, roff, row_bytes, c, comm_s)) return -1;
+    CUDA_OR_FAIL(cudaEventRecord(done_ev[slot], comm_s));
+    done_busy[slot] = 1;
+    req->done = &done_busy[slot];
+    req->active = 1;
+    return 0;
+}
+
+int comm_wait(comm_req *req) {
+    if (!req->active) return 0;
+    if (!req->done) return comm_mpi_wait(req);
+    int slot = (int)((int *)req->done - done_busy);
+    req->active = 0;
+    req->done = NULL;
+    done_busy[slot] = 0;
+    CUDA_OR_FAIL(cudaStreamWaitEvent(cu_stream(), done_ev[slot], 0));
+    return 0;
+}
+
+void comm_test(comm_req *req) {
+    if (req->active && !req->done) comm_mpi_test(req);
 }

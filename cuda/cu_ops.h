@@ -81,6 +81,13 @@ cudaError_t cu_matmul_w(float *y, const float *x, const ops_weight *w, int T, fl
                         size_t tile_floats, cudaStream_t s);
 cudaError_t cu_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, int T, float *tile,
                                     size_t tile_floats, cudaStream_t s);
+/* How many W8A8 (gemm fp8) row chunks of cu_matmul_w went through cuBLASLt's block-scaled
+ * matmul, through the fp32 GEMMs (a layout cuBLASLt refuses) and through the bf16 fallback
+ * (no FP8 here), since the process started: the GEMM bench says which path it measured. */
+void cu_gemm_fp8_paths(long *lt, long *f32, long *bf16);
+/* cuBLASLt heuristic queries of the W8A8 plan table so far (cuda/ops.cu lt_plan): one per new
+ * (shape, ld, alignment, row-count bucket), and where a kept algorithm fails its check */
+long cu_lt_heuristic_calls(void);
 /* ops_act_quant_fp8 on the device (all pointers device; T <= 65535): codes [T, in], scale [ceil(in/128), T] */
 cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s);
 /* src: HOST fp32 [n, in] (staged through the scratch); w->data / w->scale: device. */

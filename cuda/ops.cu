@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 
@@ -309,6 +310,8 @@ cudaError_t gemm_bf16(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb
                                  CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+/* which path each W8A8 chunk took (cu_gemm_fp8_paths): cuBLASLt, the fp32 GEMMs, the bf16 fallback */
+std::atomic<long> fp8_via[3];
 /* W8A8 on this GPU: 1 yes, 0 no (told once, then the bf16 path), -1 not decided yet;
  * fp8_probed: cuBLASLt asked once whether it has a block-scaled algorithm at all */
 int fp8_ok = -1, fp8_probed = 0;
@@ -338,47 +341,146 @@ bool fp8_usable() {
 }
 
 #if CUBLAS_VERSION >= 120900
-std::once_flag lt_once;
+/* cuBLASLt's workspace, allocated once per process at the first W8A8 GEMM: 32 MiB, the size the
+ * cuBLAS guide recommends on Hopper (cublasSetWorkspace: 32 MiB for sm_90, 4 MiB before it) and
+ * that NVIDIA's block-scaled sample (CUDALibrarySamples cuBLASLt/LtBlk128x128Fp8Matmul) passes;
+ * without one the heuristic may have no block-scaled algorithm to offer (split-K among them).
+ * Charged to OPS_MEM_OTHER (the "untracked" column of the memory line): the GPU plan counts it
+ * in its runtime reserve (perf.h PERF_RUNTIME_BYTES), not in a category. No backend teardown
+ * exists: it lives as long as the process, like the cuBLAS handles. */
+constexpr size_t LT_WS_BYTES = (size_t)32 << 20;
+std::mutex lt_mu; /* the handle, the workspace and the plan table */
 cublasLtHandle_t lt;
-/* y[nt, out] (row-major, ld ldy) = beta·y + (x_q·s_x)(W_q·s_W)ᵀ as the column-major "TN" matmul
- * D[out, nt] = Aᵀ·B: A = W [out, in] (stored in x out), BLK128x128_32F scales as stored
- * ([ceil(out/128), ceil(in/128)]); B = x_q [nt, in] (in x nt), VEC128_32F scales [ceil(in/128), nt].
- * run 0: only ask the heuristic (NOT_SUPPORTED when it has no algorithm). */
-cublasStatus_t lt_w8a8(cudaStream_t s, float *y, int ldy, const void *wq, const float *ws, const uint8_t *xq,
-                       const float *xs, int out, int nt, int in, float beta, int run) {
-    std::call_once(lt_once, [] {
-        cublasStatus_t st = cublasLtCreate(&lt);
-        if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasLtCreate failed (status %d)", (int)st);
-    });
-    cublasLtMatmulDesc_t d = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+void *lt_ws;
+
+/* A W8A8 matmul's descriptors and algorithm, kept per (out, in, ldy, operand alignments, nt
+ * rounded up to a power of two): the expert GEMMs see a new row count nt at almost every call,
+ * so an entry holds the layouts of the last nt it ran and the algorithm the heuristic chose;
+ * another nt of the same bucket resizes B and C and asks cublasLtMatmulAlgoCheck (host-side)
+ * whether that algorithm still runs within the workspace, the heuristic again only if not. A
+ * refusal is kept too (asked again only for another nt). A fixed table; when full, the oldest
+ * entry is replaced (its descriptors destroyed). */
+struct LtPlan {
+    int out, in, ldy, bucket, nt; /* nt: the row count the B and C layouts describe now */
+    uint32_t al[3];               /* alignment in bytes (<= 256) of W, x_q and y: the heuristic's assumptions */
+    cublasStatus_t st;
+    cublasLtMatmulDesc_t d;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    bool used;
+};
+constexpr int LT_PLANS = 64;
+LtPlan lt_plans[LT_PLANS];
+int lt_next;
+long lt_asked; /* heuristic queries, for cu_lt_heuristic_calls */
+
+uint32_t align_of(const void *p) {
+    const uintptr_t v = (uintptr_t)p;
+    uint32_t a = 256;
+    while (a > 1 && v % a) a /= 2;
+    return a;
+}
+int bucket_of(int nt) {
+    int b = 1;
+    while (b < nt) b *= 2;
+    return b;
+}
+void lt_plan_free(LtPlan &p) {
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.d) cublasLtMatmulDescDestroy(p.d);
+    p = LtPlan{};
+}
+void lt_init() {
+    cublasStatus_t st = cublasLtCreate(&lt);
+    if (st != CUBLAS_STATUS_SUCCESS) error_one_at(__FILE__, __LINE__, "CUDA backend: cublasLtCreate failed (status %d)", (int)st);
+#ifdef DSV3_CU_TWIN
+    CU_CHECK(cudaMalloc(&lt_ws, LT_WS_BYTES));
+#else
+    static cu_devbuf buf; /* OPS_MEM_OTHER, as the wrappers' device scratch */
+    lt_ws = cu_devbuf_get(&buf, LT_WS_BYTES);
+#endif
+}
+/* the heuristic's best algorithm for p as its layouts stand, within the workspace and alignments */
+cublasStatus_t lt_ask(LtPlan &p) {
+    const uint64_t wsb = LT_WS_BYTES;
     cublasLtMatmulPreference_t pref = nullptr;
-    cublasStatus_t st = cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    const uint64_t ws0 = 0;
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma);
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb);
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws);
-    if (!st) st = cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs);
-    if (!st) st = cublasLtMatrixLayoutCreate(&a, CUDA_R_8F_E4M3, in, out, in);
-    if (!st) st = cublasLtMatrixLayoutCreate(&b, CUDA_R_8F_E4M3, in, nt, in);
-    if (!st) st = cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, out, nt, ldy);
-    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
-    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws0, sizeof ws0);
+    cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p.al[0], sizeof p.al[0]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &p.al[1], sizeof p.al[1]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p.al[2], sizeof p.al[2]);
+    if (!st) st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p.al[2], sizeof p.al[2]);
     cublasLtMatmulHeuristicResult_t r;
     int got = 0;
-    if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, d, a, b, c, c, pref, 1, &r, &got);
+    lt_asked++;
+    if (!st) st = cublasLtMatmulAlgoGetHeuristic(lt, p.d, p.a, p.b, p.c, p.c, pref, 1, &r, &got);
     if (!st && got < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
-    const float one = 1.0f;
-    if (!st && run) st = cublasLtMatmul(lt, d, &one, wq, a, xq, b, &beta, y, c, y, c, &r.algo, nullptr, 0, s);
+    if (!st) p.algo = r.algo;
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (d) cublasLtMatmulDescDestroy(d);
+    return st;
+}
+/* the plan of this call: found (resized to nt if need be), or built (descriptors, then the heuristic) */
+LtPlan &lt_plan(const void *wq, const float *ws, const uint8_t *xq, const float *xs, float *y, int out, int nt, int in,
+                int ldy) {
+    const uint32_t al[3] = {align_of(wq), align_of(xq), align_of(y)};
+    const int bk = bucket_of(nt);
+    for (LtPlan &p : lt_plans) {
+        if (!p.used || p.out != out || p.in != in || p.ldy != ldy || p.bucket != bk || memcmp(p.al, al, sizeof al)) continue;
+        if (p.nt == nt) return p;
+        const uint64_t n = (uint64_t)nt;
+        cublasStatus_t st = cublasLtMatrixLayoutSetAttribute(p.b, CUBLASLT_MATRIX_LAYOUT_COLS, &n, sizeof n);
+        if (!st) st = cublasLtMatrixLayoutSetAttribute(p.c, CUBLASLT_MATRIX_LAYOUT_COLS, &n, sizeof n);
+        if (st) { /* cannot resize: rebuild below */
+            lt_plan_free(p);
+            break;
+        }
+        p.nt = nt;
+        cublasLtMatmulHeuristicResult_t r;
+        if (p.st || cublasLtMatmulAlgoCheck(lt, p.d, p.a, p.b, p.c, p.c, &p.algo, &r) || r.workspaceSize > LT_WS_BYTES)
+            p.st = lt_ask(p);
+        return p;
+    }
+    LtPlan &p = lt_plans[lt_next];
+    lt_next = (lt_next + 1) % LT_PLANS;
+    lt_plan_free(p);
+    p.used = true, p.out = out, p.in = in, p.ldy = ldy, p.bucket = bk, p.nt = nt;
+    memcpy(p.al, al, sizeof al);
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    cublasStatus_t st = cublasLtMatmulDescCreate(&p.d, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs);
+    if (!st) st = cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in);
+    if (!st) st = cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, nt, in);
+    if (!st) st = cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, out, nt, ldy);
+    p.st = st ? st : lt_ask(p);
+    return p;
+}
+
+/* y[nt, out] (row-major, ld ldy) = beta·y + (x_q·s_x)(W_q·s_W)ᵀ as the column-major "TN" matmul
+ * D[out, nt] = Aᵀ·B: A = W [out, in] (stored in x out), BLK128x128_32F scales as stored
+ * ([ceil(out/128), ceil(in/128)] row-major: cuBLAS reads them with the row stride rounded up
+ * to a multiple of 4, see fwd_fp8); B = x_q [nt, in] (in x nt), VEC128_32F scales
+ * [ceil(in/128), nt] (token fastest). run 0: only ask the heuristic (NOT_SUPPORTED when it
+ * has no algorithm). Descriptors and algorithm from the plan table; the scale pointers are
+ * set on the cached descriptor at each call. */
+cublasStatus_t lt_w8a8(cudaStream_t s, float *y, int ldy, const void *wq, const float *ws, const uint8_t *xq,
+                       const float *xs, int out, int nt, int in, float beta, int run) {
+    std::lock_guard<std::mutex> g(lt_mu);
+    if (!lt) lt_init();
+    LtPlan &p = lt_plan(wq, ws, xq, xs, y, out, nt, in, ldy);
+    cublasStatus_t st = p.st;
+    if (st || !run) return st;
+    st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws);
+    if (!st) st = cublasLtMatmulDescSetAttribute(p.d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs);
+    const float one = 1.0f;
+    if (!st) st = cublasLtMatmul(lt, p.d, &one, wq, p.a, xq, p.b, &beta, y, p.c, y, p.c, &p.algo, lt_ws, LT_WS_BYTES, s);
     return st;
 }
 #endif
@@ -415,28 +517,36 @@ cudaError_t fwd_bf16(const Scratch &g, float *y, const float *x, const ops_weigh
  * values through fp32 GEMMs where cuBLASLt's FP8 layout rules (lda, ldb multiples of 16,
  * 16-byte aligned operands, whatever else its heuristic refuses for a shape) do not hold; the
  * bf16 path on a GPU without FP8, or whose cuBLASLt has no block-scaled algorithm for a plain
- * 128 x 128 x 128 product (asked once) */
+ * 128 x 128 x 128 product (asked once).
+ * Scale layouts (cuBLAS guide, "128-element 1D and 128x128 2D block scaling for FP8 data
+ * types", as PyTorch's _scaled_mm checks and tests read it): VEC128_32F scales are
+ * [ceil(K/128), M] with M fastest, unpadded (ours: [nb, nt]); BLK128x128_32F scales are K-block
+ * fastest with the row of K blocks padded to L4 = roundup(ceil(K/128), 4). The stored
+ * [ceil(out/128), nb] grid is that layout when nb % 4 == 0 (every DeepSeek-V3 projection: in =
+ * 7168, 1536, 512, 16384, 2048, 18432) or when there is one row of blocks (out <= 128); any
+ * other weight takes the fp32 path (no padded copy of its scales is kept). */
 cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight *w, int nt, float beta, cudaStream_t s) {
     const int in = w->in, out = w->out, nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
-    if (!fp8_usable()) return fwd_bf16(g, y, x, w, nt, beta, s);
+    if (!fp8_usable()) return fp8_via[2]++, fwd_bf16(g, y, x, w, nt, beta, s);
     cudaError_t e = dsv3::launch(act_quant_fp8_kernel, dim3(nb, nt), dim3(OPS_FP8_BLOCK), 0, s, g.q, g.s, x, nt, in);
     if (e != cudaSuccess) return e;
 #if CUBLAS_VERSION >= 120900
-    if (in % 16 == 0 && (uintptr_t)w->data % 16 == 0) {
+    if (in % 16 == 0 && (nb % 4 == 0 || out <= OPS_FP8_BLOCK) && (uintptr_t)w->data % 16 == 0) {
         if (!fp8_probed) { /* real (aligned) pointers, a canonical shape: the heuristic reads no memory */
             fp8_probed = 1;
             cublasStatus_t st = lt_w8a8(s, y, 128, w->data, w->scale, g.q, g.s, 128, 128, 128, 0.0f, 0);
             if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
                 fp8_fallback("cuBLASLt has no block-scaled FP8 matmul (128x128 weights x 1x128 activations) here");
-                return fwd_bf16(g, y, x, w, nt, beta, s);
+                return fp8_via[2]++, fwd_bf16(g, y, x, w, nt, beta, s);
             }
             if (st != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
         }
         cublasStatus_t st = lt_w8a8(s, y, out, w->data, w->scale, g.q, g.s, out, nt, in, beta, 1);
-        if (st == CUBLAS_STATUS_SUCCESS) return cudaSuccess;
+        if (st == CUBLAS_STATUS_SUCCESS) return fp8_via[0]++, cudaSuccess;
         if (st != CUBLAS_STATUS_NOT_SUPPORTED) return cudaErrorUnknown;
     }
 #endif
+    fp8_via[1]++;
     const size_t n = (size_t)nt * in;
     e = dsv3::launch(act_dequant_fp8_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, g.v,
                      (const __nv_fp8_e4m3 *)g.q, g.s, nt, in);
@@ -448,6 +558,18 @@ cudaError_t fwd_fp8(const Scratch &g, float *y, const float *x, const ops_weight
     return e;
 }
 } // namespace
+
+extern "C" void cu_gemm_fp8_paths(long *lt, long *f32, long *bf16) {
+    *lt = fp8_via[0], *f32 = fp8_via[1], *bf16 = fp8_via[2];
+}
+extern "C" long cu_lt_heuristic_calls(void) {
+#if CUBLAS_VERSION >= 120900
+    std::lock_guard<std::mutex> g(lt_mu);
+    return lt_asked;
+#else
+    return 0;
+#endif
+}
 
 extern "C" cudaError_t cu_act_quant_fp8(uint8_t *q, float *scale, const float *x, int T, int in, cudaStream_t s) {
     if (T <= 0 || in <= 0) return cudaSuccess;

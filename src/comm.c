@@ -245,3 +245,31 @@ int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void
     MPI_Type_free(&t);
     return rc == MPI_SUCCESS ? 0 : -1;
 }
+
+int comm_alltoallv_rows_start(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                              const int *roff, size_t row_bytes, comm_t c, comm_req *r) {
+    *r = (comm_req){MPI_REQUEST_NULL, MPI_DATATYPE_NULL, NULL, 0};
+    if (row_bytes > INT_MAX) return -1;
+    ops_sync();
+    MPI_Type_contiguous((int)row_bytes, MPI_BYTE, &r->type);
+    MPI_Type_commit(&r->type);
+    if (MPI_Ialltoallv(send, scnt, soff, r->type, recv, rcnt, roff, r->type, c, &r->req) != MPI_SUCCESS) {
+        MPI_Type_free(&r->type);
+        return -1;
+    }
+    r->active = 1;
+    return 0;
+}
+
+int comm_wait(comm_req *r) {
+    if (!r->active) return 0;
+    int e = MPI_Wait(&r->req, MPI_STATUS_IGNORE);
+    MPI_Type_free(&r->type);
+    r->active = 0;
+    return e == MPI_SUCCESS ? 0 : -1;
+}
+
+void comm_test(comm_req *r) {
+    int flag = 0;
+    if (r->active && r->req != MPI_REQUEST_NULL) MPI_Test(&r->req, &flag, MPI_STATUS_IGNORE);
+}

@@ -77,6 +77,28 @@ int comm_alltoall_int(const int *send, int *recv, int n, comm_t c);
 int comm_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
                         const int *roff, size_t row_bytes, comm_t c);
 
+/* The same all-to-all, nonblocking: _start posts it and returns; comm_wait
+ * completes it. Between the two, send and recv belong to the exchange (no
+ * backend op may write send, or touch recv), and the four count/offset arrays
+ * must stay unchanged (MPI reads them until completion). On the CPU it is
+ * MPI_Ialltoallv: it progresses inside MPI calls (comm_test is one; OpenMPI
+ * has no progress thread), so work between start and wait overlaps only the
+ * part the transport moves on its own. On a device backend (comm_nccl.c) the
+ * exchange runs on a second, "comm" stream after the work queued so far on
+ * the backend stream, and comm_wait orders the backend stream's later work
+ * after it, without a host wait. Every rank of c starts its exchanges on c
+ * in the same order. 0, or -1 on a failure (at start or at wait). */
+typedef struct {
+    MPI_Request req;   /* MPI transport */
+    MPI_Datatype type; /* the row type, freed at completion */
+    void *done;        /* device transport: the comm stream's completion event */
+    int active;
+} comm_req;
+int comm_alltoallv_rows_start(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
+                              const int *roff, size_t row_bytes, comm_t c, comm_req *r);
+int comm_wait(comm_req *r);  /* no-op on a request not active */
+void comm_test(comm_req *r); /* a progress point (MPI_Test); the request stays to wait on */
+
 /* Largest element count passed to one MPI call (default INT_MAX); larger
  * ranges go through the chunked path. Tests lower it. Returns the old value. */
 size_t comm_set_chunk_limit(size_t floats);

@@ -162,6 +162,7 @@ static const deck_key KEYS[] = {
     B("parallel.activation_checkpointing", parallel.activation_checkpointing, 0),
     S("parallel.frozen", parallel.frozen, "sharded", E_FROZEN, 0),
     S("parallel.dispatch_dtype", parallel.dispatch_dtype, "", E_WDTYPE, 0),
+    B("parallel.moe_overlap", parallel.moe_overlap, 0),
 
     G("train"),
     I("train.micro_batch", train.micro_batch, 1, 1, INT_MAX),

@@ -37,6 +37,8 @@ typedef struct {
     char dispatch_dtype[DECK_STR]; /* MoE dispatch/combine wire dtype: "" (= train.dtype) | "fp32" | "bf16" |
                                     * "fp8" (fp8 dispatch with 1x128 scales, bf16 combine); the CPU
                                     * trainer packs its rows to it on the wire (deck_wire) */
+    bool moe_overlap;           /* MoE all-to-alls overlapped with the expert GEMMs: the layer's tokens in two
+                                 * halves, one half's exchange in flight while the other's experts run */
 } deck_parallel;
 
 typedef struct {
@@ -150,7 +152,7 @@ static inline int deck_wire(const deck *d) {
 }
 static inline model_opts deck_model_opts(const deck *d) {
     return (model_opts){&d->model, &d->lora, d->train.seq_len, d->train.micro_batch,
-                        d->parallel.activation_checkpointing, deck_wire(d)};
+                        d->parallel.activation_checkpointing, deck_wire(d), d->parallel.moe_overlap};
 }
 
 #endif

@@ -32,7 +32,8 @@
  *    (fp8 = e4m3 + one f32 scale per 128 values), combine bf16 (fp32 with an
  *    fp32 wire); send and receive buffers sized for the expected rows x 1.5;
  *  - a runtime reserve for the CUDA context, cuBLAS/cuDNN workspaces and NCCL
- *    buffers (PERF_RUNTIME_BYTES, an assumption). */
+ *    buffers (PERF_RUNTIME_BYTES, an assumption; it holds cuBLASLt's 32 MiB W8A8
+ *    workspace, cuda/ops.cu LT_WS_BYTES, which a run counts as untracked). */
 #ifndef DSV3_PERF_H
 #define DSV3_PERF_H
 

@@ -509,8 +509,9 @@ int train_run(const deck *d, plan *p) {
             comm_sum_doubles(&bsum, 1, p->world);
             if (rank == 0)
                 printf("dsv3: MoE all-to-all bytes sent in step %lld: %.0f over %d ranks (max %.0f per rank), "
-                       "wire %s\n", (long long)t.step + 1, bsum, p->world_size, bmax,
-                       d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype);
+                       "wire %s%s\n", (long long)t.step + 1, bsum, p->world_size, bmax,
+                       d->parallel.dispatch_dtype[0] ? d->parallel.dispatch_dtype : d->train.dtype,
+                       d->parallel.moe_overlap ? ", overlapped with the expert GEMMs (two halves)" : "");
         }
         allreduce_sums(p->world, &sums);
         double lm, mtp, bal;

@@ -15,6 +15,10 @@
 #  3b. CUDA=emu gemm bf16 against the CPU's gemm bf16 (regression tolerances); reporting compute
 #     capability 8.0 (CUDAEMU_SM=80), gemm fp8 says once that it runs bf16, and its curve is
 #     the emulated gemm bf16 one bitwise
+#  3c. CUDA=emu at np 2 (EP 2, ZeRO 3, comm over the NCCL shim), dispatch wire fp8 + gemm fp8,
+#     against the CPU's same mode (regression tolerances; measured: loss 2.4e-6 relative over 2 steps),
+#     allocation = plan, the wire fp8, and cuBLASLt's 32 MiB workspace in each rank's untracked
+#     memory (cuda/ops.cu LT_WS_BYTES; 7 s)
 #  4. refusals, one line on every rank and non-zero exit: gemm fp8 on a bf16 base; gemm bf16
 #     with an fp32 base
 . "$(dirname "$0")/lib.sh"
@@ -91,6 +95,17 @@ n=$(grep -c 'gemm_dtype = "fp8": this GPU has no FP8 tensor cores.*run as gemm_d
 [ "$n" = 1 ] && ok "the fallback is said once: $(grep -m1 'no FP8 tensor cores' "$OUT/emu3b.log")" ||
     bad "the sm 8.0 fallback message appears $n times"
 grep -q 'no FP8 tensor cores' "$OUT/emu3.log" && bad "the sm 9.0 run fell back"
+
+echo "== 3c. CUDA=emu np 2 (EP 2, ZeRO 3, NCCL shim): dispatch wire fp8 + gemm fp8 against the CPU's same mode"
+E=(run.steps=2 train.micro_batch=1 train.global_batch=2 train.base_dtype=fp8 train.gemm_dtype=fp8
+   parallel.dispatch_dtype=fp8 parallel.expert_parallel=2 parallel.zero_stage=3)
+run cpu3d 2 "$BIN/dsv3" "${E[@]}"
+CUDAEMU_PROTECT=1 CUDAEMU_THREADS=1 run emu3d 2 "$EB/dsv3" "${E[@]}" &&
+    regress "CUDA=emu np 2 dispatch fp8 + gemm fp8 = the CPU's within the regression tolerances" cpu3d emu3d
+grep -q 'all-to-all bytes sent in step 1: .*wire fp8' "$OUT/emu3d.log" || bad "np 2: the dispatch wire is not fp8"
+ws=$(awk '/^dsv3: memory rank/ { for (i = 1; i < NF; i++) if ($i == "untracked") print $(i + 1) }' "$OUT/emu3d.log" | sort -g | head -n 1)
+awk -v w="${ws:-0}" 'BEGIN { exit !(w >= 32) }' && ok "cuBLASLt's workspace counted: untracked >= $ws MiB on each rank" ||
+    bad "np 2: untracked memory ${ws:-?} MiB, not the 32 MiB cuBLASLt workspace"
 
 echo "== 4. refusals"
 refuse() { # label expected-text overrides...

@@ -16,10 +16,15 @@
 #   build     make (the CPU reference, bin/) and make CUDA=1 (or CUDA=emu)
 #   warp      the emulator's warp-semantics test on the hardware (lane rules match the GPU's)
 #   twins     every twin test (tests/cuda/test_cuda_*: CUDA op vs its CPU twin)
+#   gemm      the FP8-weight GEMM at gemm_dtype fp32 / bf16 / fp8 (test_cuda_gemm --bench), TFLOP/s
+#             at (M,N,K) = (1024,4096,7168) and (1024,7168,2048), and the path W8A8 took (on a
+#             GPU, fp8 that did not run on cuBLASLt's block-scaled matmul fails the step)
 #   comm      comm.h over NCCL vs MPI (test_comm_nccl) on one rank per GPU
 #   refcheck  dsv3-refcheck tests/fixtures/hf_tiny.h5 on the GPU (bin-cuda/dsv3-refcheck)
 #   curve     the regression deck at np 1: GPU loss curve against the CPU's (regression tolerances)
 #   perf      tokens/s and MFU of a mid-size deck (130.6M parameters, seq 512)
+#   perf8     the mid-size deck as LoRA on an fp8 base (dispatch wire fp8): tokens/s and MFU at
+#             gemm_dtype bf16 and fp8, and whether fp8 fell back
 #   memory    the perf run's device memory: its own count and plan, and nvidia-smi's peak
 # A step whose binary is not built yet (bin-cuda/dsv3 comes with the trainer's CUDA link) says
 # so and is skipped.
@@ -132,6 +137,24 @@ s_refcheck() {
     "$r" "$fx" || { echo "dsv3-refcheck on the $MODE backend does not match the reference"; exit 1; }
     echo "$fx matches on the $MODE backend"
 }
+s_gemm() {
+    local t=$BUILD_DIR/tests/test_cuda_gemm out
+    [ -x "$t" ] || { echo "$t not built"; exit 1; }
+    out=$("$t" --bench) || { echo "$out"; echo "$t --bench failed"; exit 1; }
+    echo "$out"
+    # one line: per shape "NxK fp32/bf16/fp8 TFLOP/s", then the fp8 path
+    echo "$out" | awk -v m="$MODE" '/^bench gemm/ {
+            split($5, n, "="); split($6, k, "="); sub(":", "", k[2]); key = n[2] "x" k[2]
+            if (!(key in v)) order[++nk] = key
+            v[key] = v[key] (v[key] == "" ? "" : "/") $9
+            if ($3 == "fp8") { lt += $13 + 0; f32 += $16 + 0; bf += $19 + 0 } }
+        END {
+            printf "TFLOP/s fp32/bf16/fp8 (M=%s):", M
+            for (i = 1; i <= nk; i++) printf " N x K %s: %s;", order[i], v[order[i]]
+            printf " fp8 chunks: cuBLASLt %d, fp32 GEMMs %d, bf16 fallback %d%s\n", lt, f32, bf,
+                   (lt > 0 && f32 + bf == 0 ? " (W8A8 on cuBLASLt)" : " (a FALLBACK fired)")
+            exit (m == "gpu" && (lt == 0 || f32 + bf > 0)) }' M="$(echo "$out" | sed -n 's/^bench gemm fp32 M=\([0-9]*\).*/\1/p' | head -n 1)"
+}
 # the loss curve of DECK at np 1 on the CPU (bin/) and on this backend, compared as the
 # regression suite compares a run with its golden (regression/compare.awk, regression/tolerances)
 CURVE_DECK=regression/decks/tiny.cfg
@@ -165,7 +188,58 @@ PERF_MID="model.hidden_size=1024 model.intermediate_size=2816 model.moe_intermed
  model.num_attention_heads=16 model.num_key_value_heads=16 model.max_position_embeddings=2048
  train.seq_len=512 train.micro_batch=4 train.global_batch=4 run.steps=8"
 PERF_COMMON="run.log_every=1 schedule.warmup_steps=0 checkpoint.every=0 validation.every=0"
-export CURVE_DECK PERF_DECK PERF_MID PERF_COMMON
+# perf8: the same width as LoRA r=16 on an fp8 base (the projections of q_a, o and the experts'
+# gate, as it_gemm's deck), q/kv LoRA ranks 512 and dense width 3072, so every frozen projection
+# has ceil(in/128) % 4 == 0: W8A8 runs on cuBLASLt throughout (cuda/ops.cu fwd_fp8); dispatch
+# wire fp8 (used once EP > 1; one GPU: np 1)
+PERF8_ARGS="model.q_lora_rank=512 model.kv_lora_rank=512 model.intermediate_size=3072 lora.enabled=true run.mode=sft
+ lora.targets=[\"self_attn.q_a_proj\",\"self_attn.o_proj\",\"mlp.experts.gate_proj\"] parallel.frozen=resident
+ train.base_dtype=fp8 parallel.dispatch_dtype=fp8"
+export CURVE_DECK PERF_DECK PERF_MID PERF_COMMON PERF8_ARGS
+# median tokens/s over the steps after the first two (warm-up, allocator, cuBLAS heuristics)
+median_tps() {
+    local tps
+    tps=$(awk -F, 'NR > 1 && $1 > 2 { print $9 }' "$1" | sort -g |
+          awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
+    [ -n "$tps" ] || tps=$(awk -F, 'NR > 1 { v = $9 } END { print v }' "$1")
+    echo "$tps"
+}
+# dense peaks of GPU 0, TFLOP/s: "bf16 fp32 fp8" (empty when unknown)
+gpu_peaks() {
+    local name
+    name=$( [ "$MODE" = gpu ] && nvidia-smi --query-gpu=name --format=csv,noheader -i 0 || echo emulator)
+    case "$name" in
+        *A100*) echo "312 19.5 0 $name" ;;
+        *H100* | *H200* | *H800*) echo "989 67 1979 $name" ;;
+        *) echo "- - - $name" ;;
+    esac
+}
+s_perf8() {
+    local args flops g tps p16 p32 p8 name line="" fb
+    set -f # the LoRA targets hold [ ]
+    [ -x "$BINDIR/dsv3" ] || { echo "$BINDIR/dsv3 not built yet"; exit 77; }
+    # emulation: one step of one 32-token sequence (the parsing, not a figure)
+    if [ "$MODE" = emu ]; then args="run.steps=1 train.micro_batch=1 train.global_batch=1 train.seq_len=32 $PERF_COMMON $PERF8_ARGS"
+    else args="$PERF_MID $PERF_COMMON $PERF8_ARGS run.steps=6"; fi
+    # shellcheck disable=SC2086
+    flops=$(bin/dsv3 --dry-run "$PERF_DECK" $args 2>&1 | sed -n 's/.*model FLOPs per token (forward+backward): //p')
+    [ -n "$flops" ] || { echo "no FLOPs per token from --dry-run"; exit 1; }
+    read -r p16 p32 p8 name <<<"$(gpu_peaks)"
+    for g in bf16 fp8; do
+        # shellcheck disable=SC2086
+        "$BINDIR/dsv3" "$PERF_DECK" $args train.gemm_dtype=$g run.output_dir="$OUT/perf8-$g" >"$OUT/perf8-$g.log" 2>&1 ||
+            { echo "gemm $g run failed (perf8-$g.log)"; tail -n 3 "$OUT/perf8-$g.log"; exit 1; }
+        tps=$(median_tps "$OUT/perf8-$g/metrics.csv")
+        line="$line$(awk -v t="$tps" -v f="$flops" -v p="$p16" -v g="$g" 'BEGIN {
+            printf "gemm %s %.0f tok/s %.3f TFLOP/s", g, t, t * f / 1e12
+            if (p != "-") printf " (MFU %.2f%% of %s bf16 dense)", 100 * t * f / 1e12 / p, p
+            printf "; " }')"
+    done
+    fb=$(grep -m1 'train.gemm_dtype = "fp8":' "$OUT/perf8-fp8.log")
+    [ "$p8" != - ] && [ "$p8" != 0 ] && line="$line(fp8 dense peak $p8); "
+    echo "$name, np 1, LoRA on an fp8 base (dispatch_dtype fp8: no EP traffic at np 1), $flops model FLOP/token: $line${fb:-no fp8 fallback message}"
+    [ -z "$fb" ] || [ "$MODE" = emu ]
+}
 s_perf() {
     local args flops name peak16 peak32 tps smi=""
     [ -x "$BINDIR/dsv3" ] || { echo "$BINDIR/dsv3 not built yet"; exit 77; }
@@ -182,17 +256,9 @@ s_perf() {
     local rc=$?
     [ -n "$smi" ] && kill "$smi" 2>/dev/null
     [ $rc -eq 0 ] || { echo "$MODE run failed (perf-run.log)"; tail -n 3 "$OUT/perf-run.log"; exit 1; }
-    # tokens/s: median over the steps after the first two (warm-up, allocator, cuBLAS heuristics)
-    tps=$(awk -F, 'NR > 1 && $1 > 2 { print $9 }' "$OUT/perf-run/metrics.csv" | sort -g |
-          awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
-    [ -n "$tps" ] || tps=$(awk -F, 'NR > 1 { v = $9 } END { print v }' "$OUT/perf-run/metrics.csv")
-    name=$( [ "$MODE" = gpu ] && nvidia-smi --query-gpu=name --format=csv,noheader -i 0 || echo emulator)
-    # dense peaks, TFLOP/s (bf16 tensor core as the plan's MFU; fp32 non-tensor for today's fp32 storage)
-    case "$name" in
-        *A100*) peak16=312 peak32=19.5 ;;
-        *H100* | *H200* | *H800*) peak16=989 peak32=67 ;;
-        *) peak16="" peak32="" ;;
-    esac
+    tps=$(median_tps "$OUT/perf-run/metrics.csv")
+    read -r peak16 peak32 _ name <<<"$(gpu_peaks)"
+    [ "$peak16" = - ] && peak16="" peak32=""
     awk -v t="$tps" -v f="$flops" -v p16="$peak16" -v p32="$peak32" -v n="$name" 'BEGIN {
         a = t * f / 1e12
         printf "%s: %.0f tok/s, %.4g model FLOP/token, %.3f TFLOP/s achieved", n, t, f, a
@@ -215,16 +281,18 @@ s_memory() {
     else echo "; no nvidia-smi peak ($MODE)"; fi
     echo "$l" | grep -qE 'ratio 1\.0000' || exit 1
 }
-export -f s_smi s_build s_warp s_twins s_comm s_refcheck s_curve s_perf s_memory
+export -f s_smi s_build s_warp s_twins s_gemm s_comm s_refcheck s_curve s_perf s_perf8 s_memory median_tps gpu_peaks
 
 step smi 20 s_smi
 step build 240 s_build
 step warp 20 s_warp
 step twins 90 s_twins
+step gemm 30 s_gemm
 step comm 40 s_comm
 step refcheck 30 s_refcheck
 step curve 60 s_curve
-step perf 90 s_perf
+step perf 75 s_perf
 step memory 5 s_memory
+step perf8 70 s_perf8
 echo "gpu-check ($MODE): $nfail step(s) failed, $((SECONDS - T0))s of ${BUDGET}s" | tee -a "$REPORT"
 [ $nfail -eq 0 ]

@@ -10,11 +10,19 @@
  *     128 values of the contracted dimension) and BLK128x128_32F (one per
  *     128x128 block), the block modes for FP8 inputs only and not both 2-D;
  *   - D FP8 (e4m3, satfinite) takes D = scale_D · result, with C in bf16.
- * Block-scale layouts (the shim's reading of cublasLt.h; confirm on a GPU):
- * for a stored matrix of R rows (the contracted, innermost dimension in TN)
- * by C columns, VEC128_32F is s[c + C·(r/128)] (outer index fastest) and
- * BLK128x128_32F is s[r/128 + ceil(R/128)·(c/128)] (for A = W[out, in]
- * row-major: HF's weight_scale_inv [ceil(out/128), ceil(in/128)] as stored).
+ * Block-scale layouts (cuBLAS guide, "128-element 1D and 128x128 2D block
+ * scaling for FP8 data types", as PyTorch's _scaled_mm checks read it): for a
+ * stored matrix of R rows (the contracted, innermost dimension in TN) by C
+ * columns, VEC128_32F is s[c + C·(r/128)] (outer index fastest, unpadded) and
+ * BLK128x128_32F is s[r/128 + L4·(c/128)], L4 = ceil(R/128) rounded up to a
+ * multiple of 4 (for A = W[out, in] row-major: HF's weight_scale_inv
+ * [ceil(out/128), ceil(in/128)] as stored only when ceil(in/128) % 4 == 0 or
+ * out <= 128).
+ * Workspace: the block-scaled algorithm asks for LT_EMU_BLOCK_WS bytes of it
+ * (a modelling choice: on a GPU such algorithms may need one, and a caller
+ * that offers none should fail here as it may there): the heuristic refuses
+ * when the preference's maximum is smaller, the matmul when the workspace
+ * given is smaller or not device memory.
  * One algorithm; epilogue DEFAULT only; order COL only; an attribute the shim
  * does not model makes the matmul NOT_SUPPORTED (extend the shim first).
  * Work runs in the given stream, deferred like a kernel. */
@@ -53,6 +61,11 @@ struct Layout {
 struct Pref {
     uint64_t max_ws = 0;
 };
+constexpr size_t LT_EMU_BLOCK_WS = (size_t)1 << 20; /* the block-scaled algorithm's workspace (header) */
+bool block_scaled(const Desc *d) {
+    return d->smode[0] == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F || d->smode[0] == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F ||
+           d->smode[1] == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F || d->smode[1] == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+}
 Desc *D_(cublasLtMatmulDesc_t d) { return reinterpret_cast<Desc *>(d); }
 Layout *L_(cublasLtMatrixLayout_t l) { return reinterpret_cast<Layout *>(l); }
 
@@ -130,7 +143,7 @@ std::vector<float> load(const void *p, const Layout &l, int mode, const float *s
         for (size_t r = 0; r < R; r++) {
             float f = get(p, l.type, c * (size_t)l.ld + r);
             if (mode == CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F) f *= s[c + C * (r / 128)];
-            else if (mode == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F) f *= s[r / 128 + rb * (c / 128)];
+            else if (mode == CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F) f *= s[r / 128 + (rb + 3) / 4 * 4 * (c / 128)];
             v[c * R + r] = f;
         }
     return v;
@@ -279,7 +292,8 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     return buf && n ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE; /* search hints: no effect here */
 }
 
-/* One algorithm (no workspace) when the problem is one the library runs; NOT_SUPPORTED otherwise. */
+/* One algorithm when the problem is one the library runs (the block-scaled one needs LT_EMU_BLOCK_WS of
+ * workspace: none offered, none found); NOT_SUPPORTED otherwise. */
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                               cublasLtMatrixLayout_t o, cublasLtMatmulPreference_t p, int want,
@@ -287,12 +301,30 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     if (!p || !res || !got || want < 1) return CUBLAS_STATUS_INVALID_VALUE;
     *got = 0;
     if (cublasStatus_t st = validate(h, D_(d), L_(a), L_(b), L_(c), L_(o))) return st;
+    const size_t need = block_scaled(D_(d)) ? LT_EMU_BLOCK_WS : 0;
+    if (reinterpret_cast<Pref *>(p)->max_ws < need) return CUBLAS_STATUS_SUCCESS; /* no algorithm: *got 0 */
     memset(&res[0], 0, sizeof res[0]);
     res[0].algo.data[0] = 0x4c74; /* the shim's one algorithm */
-    res[0].workspaceSize = 0;
+    res[0].algo.data[1] = need;
+    res[0].workspaceSize = need;
     res[0].state = CUBLAS_STATUS_SUCCESS;
     res[0].wavesCount = 1.0f;
     *got = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* the shim's one algorithm runs every problem validate() accepts, with its workspace */
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t h, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
+                                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t o,
+                                       const cublasLtMatmulAlgo_t *algo, cublasLtMatmulHeuristicResult_t *res) {
+    if (!algo || !res) return CUBLAS_STATUS_INVALID_VALUE;
+    if (cublasStatus_t st = validate(h, D_(d), L_(a), L_(b), L_(c), L_(o))) return st;
+    if (algo->data[0] != 0x4c74) return CUBLAS_STATUS_INVALID_VALUE; /* not an algorithm of this library */
+    memset(res, 0, sizeof *res);
+    res->algo = *algo;
+    res->workspaceSize = block_scaled(D_(d)) ? LT_EMU_BLOCK_WS : 0;
+    res->state = CUBLAS_STATUS_SUCCESS;
+    res->wavesCount = 1.0f;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -300,10 +332,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t dd, const
                               cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t o,
                               const cublasLtMatmulAlgo_t *algo, void *ws, size_t wsb, cudaStream_t s) {
-    (void)algo, (void)ws, (void)wsb;
     const Desc *d = D_(dd);
     if (cublasStatus_t st = validate(h, d, L_(a), L_(b), L_(c), L_(o))) return st;
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    const size_t need = algo ? (size_t)algo->data[1] : block_scaled(d) ? LT_EMU_BLOCK_WS : 0;
+    if (wsb < need) return CUBLAS_STATUS_INVALID_VALUE; /* the algorithm's workspace was not given */
+    if (wsb && !cudaemu::is_device_ptr(ws)) fail("cublasLtMatmul: the workspace must be device memory (%p)", ws);
     for (const void *p : {A, B, C, (const void *)D})
         if (!cudaemu::is_device_ptr(p)) fail("cublasLtMatmul: A/B/C/D must be device memory (A=%p B=%p C=%p D=%p)", A, B, C, D);
     for (const void *p : d->sp)

@@ -86,6 +86,7 @@ typedef struct {
     int micro_batch;    /* sequences per micro-batch: sizes the scratch arena */
     int checkpointing;
     int wire;           /* MoE dispatch/combine wire dtype (ops_moe.h OPS_WIRE_*: 0 fp32, 1 bf16, 2 fp8) */
+    int moe_overlap;    /* MoE exchanges overlapped with the expert GEMMs (two halves; moe.h) */
 } model_opts;
 
 #endif

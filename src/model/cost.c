@@ -76,6 +76,7 @@ double cost_block_cache_bytes(const model_opts *o, int layer, int ep, int e_loca
         int Is = c->moe_intermediate_size * c->n_shared_experts;
         e.has_shared = c->n_shared_experts > 0;
         e.e_local = e_local;
+        e.overlap = o->moe_overlap;
         static const char *const ex[3] = {"mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj"};
         for (int j = 0; j < 3; j++) e.er[j] = lora_rank_of(o->lora, ex[j], is_mtp);
         e.sh_gate = shape(o, "mlp.shared_experts.gate_proj", is_mtp, H, Is);
@@ -162,7 +163,7 @@ double cost_host_act_bytes(const model_opts *o, int ep, int e_local, int B, int 
     const deck_model *c = o->cfg;
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, nblocks = L + D, n_moe = 0;
     for (int i = 0; i < nblocks; i++) n_moe += i >= L || i >= c->first_k_dense_replace;
-    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, e_local, ep) +
+    return 4.0 * n_moe * (double)moe_cache_host_ints(c->n_routed_experts, e_local, ep, o->moe_overlap ? 2 : 1) +
            4.0 * (2.0 + 2 * D) * B * T; /* the ids' host staging (model.c: batch_to_device) */
 }
 

@@ -243,6 +243,7 @@ static void bind_block(model *m, block *b) {
         e->e_first = m->ep_first;
         e->e_local = m->ep_local;
         e->wire = m->o.wire;
+        e->overlap = m->o.moe_overlap;
     }
     if (b->is_mtp) {
         mtp_layer *t = &b->mtp;
@@ -375,7 +376,7 @@ static int acts_alloc(model *m, int B, int T) {
                 acts_destroy(m);
                 return -1;
             }
-            host += moe_cache_host_ints(c->n_routed_experts, b->moe.e_local, m->ep) * sizeof(int);
+            host += moe_cache_host_ints(c->n_routed_experts, b->moe.e_local, m->ep, b->moe.overlap ? 2 : 1) * sizeof(int);
             got += moe_cache_bind(&b->ec, c, &b->moe, m->ep, (int)N, cost_moe_row_cap(c, (int)N, m->ep, m->ep_local), slot + got);
         } else {
             got += mlp_cache_bind(&b->mc, &b->mlp, (int)N, slot + got);

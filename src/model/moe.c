@@ -34,9 +34,9 @@ static size_t row_lora_floats(const int er[3], int H, int I) {
     return rmax ? (size_t)er[0] + (size_t)er[1] + (size_t)er[2] + (size_t)(H > I ? H : I) + rmax : 0;
 }
 
-/* Per pair: perm, pinv, pw, the 3-int record, poff (+1 in all), the H- and I-wide rows, the LoRA ones. */
-static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I) {
-    return (size_t)r_cap * (7 + 3 * (size_t)H + 6 * (size_t)I + row_lora_floats(er, H, I)) + 1;
+/* Per pair: perm, pinv, pw, the 3-int record, poff (+1 per half in all), the H- and I-wide rows, the LoRA ones. */
+static size_t row_bufs_floats(const int er[3], int r_cap, int H, int I, int halves) {
+    return (size_t)r_cap * (7 + 3 * (size_t)H + 6 * (size_t)I + row_lora_floats(er, H, I)) + (size_t)halves;
 }
 
 /* The next n slots of a region being carved, in layout order (ints take 4-byte, float-sized slots). */
@@ -53,7 +53,7 @@ static float *rows_carve(moe_cache *c, float *p) {
     c->rmeta = take(&p, 3 * R);
     c->perm = take(&p, R);
     c->pinv = take(&p, R);
-    c->poff = take(&p, R + 1);
+    c->poff = take(&p, R + (size_t)c->halves);
     c->pw = take(&p, R);
     c->xr = take(&p, R * H);
     c->xe = take(&p, R * H);
@@ -79,12 +79,12 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     size_t E = (size_t)m->n_routed_experts, K = (size_t)m->num_experts_per_tok, H = (size_t)m->hidden_size;
     size_t I = (size_t)m->moe_intermediate_size, N = (size_t)n_cap;
     if (r_cap <= 0) r_cap = (int)moe_rows_bound(n_cap, (int)K, l->e_local, ep);
-    size_t S = moe_send_rows(n_cap, (int)K, ep);
+    size_t S = moe_send_rows(n_cap, (int)K, ep), halves = l->overlap ? 2 : 1;
     size_t f = N * H + 2 * N * E          /* x, s, dl */
                + N * K * 8                /* idx, w, topk_u, ptk, smeta (3), dw */
-               + (N + 1) + 2 * S          /* toff, stok, trows */
+               + (N + halves) + 2 * S     /* toff (one more per half), stok, trows */
                + 2 * S * H + N * H        /* xs, ys, tmp */
-               + row_bufs_floats(l->er, r_cap, (int)H, (int)I);
+               + row_bufs_floats(l->er, r_cap, (int)H, (int)I, (int)halves);
     if (l->has_shared) {
         mlp_layer sh = shared_of(l);
         f += mlp_cache_floats(&sh, n_cap);
@@ -92,8 +92,22 @@ size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_c
     return f;
 }
 
-size_t moe_cache_host_ints(int E, int e_local, int ep) {
-    return (size_t)E + 13 * (size_t)ep + (size_t)e_local + 1; /* ecnt, scnt..rpo, c2s, c2r, lcnt, efirst */
+/* The counts of one half: ecnt, scnt..rpo, c2s, c2r, lcnt. */
+static size_t counts_ints(int E, int e_local, int ep) { return (size_t)E + 12 * (size_t)ep + (size_t)e_local; }
+
+size_t moe_cache_host_ints(int E, int e_local, int ep, int halves) {
+    return (size_t)halves * counts_ints(E, e_local, ep) + (size_t)ep + 1; /* + efirst */
+}
+
+/* Points c's counts ecnt .. lcnt at h (counts_ints ints); returns the end. */
+static int *counts_carve(moe_cache *c, int *h, int E, int G, int ep) {
+    c->ecnt = h, h += E;
+    int **per_rank[8] = {&c->scnt, &c->soff, &c->spc, &c->spo, &c->rcnt, &c->roff, &c->rpc, &c->rpo};
+    for (int i = 0; i < 8; i++) *per_rank[i] = h, h += ep;
+    c->c2s = h, h += 2 * ep;
+    c->c2r = h, h += 2 * ep;
+    c->lcnt = h, h += G;
+    return h;
 }
 
 size_t moe_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int N) {
@@ -106,7 +120,7 @@ size_t moe_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int N)
  * run's memory check shows it). 0, or -1 when out of memory. */
 static int rows_alloc(moe_cache *c, int r_cap) {
     int cat = ops_mem_category(OPS_MEM_ACTS);
-    float *mem = ops_alloc(row_bufs_floats(c->er, r_cap, c->H, c->I_) * sizeof(float));
+    float *mem = ops_alloc(row_bufs_floats(c->er, r_cap, c->H, c->I_, c->halves) * sizeof(float));
     ops_mem_category(cat);
     if (!mem) return -1;
     c->rows_own = mem;
@@ -145,16 +159,12 @@ void moe_rows_reserve(moe_cache *c, int rows) {
 }
 
 int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l, int ep) {
-    int E = m->n_routed_experts, G = l->e_local;
-    int *h = ops_host_alloc(moe_cache_host_ints(E, G, ep) * sizeof *h);
+    int E = m->n_routed_experts, G = l->e_local, halves = l->overlap ? 2 : 1;
+    int *h = ops_host_alloc(moe_cache_host_ints(E, G, ep, halves) * sizeof *h);
     if (!h) return -1;
     c->host = h;
-    c->ecnt = h, h += E;
-    int **per_rank[8] = {&c->scnt, &c->soff, &c->spc, &c->spo, &c->rcnt, &c->roff, &c->rpc, &c->rpo};
-    for (int i = 0; i < 8; i++) *per_rank[i] = h, h += ep;
-    c->c2s = h, h += 2 * ep;
-    c->c2r = h, h += 2 * ep;
-    c->lcnt = h, h += G;
+    h = counts_carve(c, h, E, G, ep);
+    if (halves == 2) c->host_b = h, h += counts_ints(E, G, ep);
     c->efirst = h;
     for (int r = 0, n; r < ep; r++) moe_expert_range(E, ep, r, &c->efirst[r], &n);
     c->efirst[ep] = E;
@@ -167,6 +177,9 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     moe_cache keep = *c; /* the host counts (moe_cache_host_create) stay */
     memset(c, 0, sizeof *c);
     c->host = keep.host;
+    c->host_b = keep.host_b;
+    c->halves = l->overlap ? 2 : 1;
+    DSV3_CHECK((c->halves == 2) == (c->host_b != NULL), "moe_cache_bind: the host counts were made for another schedule");
     c->ecnt = keep.ecnt, c->scnt = keep.scnt, c->soff = keep.soff, c->spc = keep.spc, c->spo = keep.spo;
     c->rcnt = keep.rcnt, c->roff = keep.roff, c->rpc = keep.rpc, c->rpo = keep.rpo;
     c->c2s = keep.c2s, c->c2r = keep.c2r, c->lcnt = keep.lcnt, c->efirst = keep.efirst;
@@ -193,7 +206,7 @@ size_t moe_cache_bind(moe_cache *c, const deck_model *m, const moe_layer *l, int
     c->ptk = take(&p, N * K);
     c->smeta = take(&p, 3 * N * K);
     c->dw = take(&p, N * K);
-    c->toff = take(&p, N + 1);
+    c->toff = take(&p, N + (size_t)c->halves);
     c->stok = take(&p, S);
     c->trows = take(&p, S);
     c->xs = take(&p, S * H);
@@ -283,25 +296,42 @@ static double sent_bytes(const int *cnt, int P, int me, size_t row_bytes) {
 }
 
 /* Rows of H floats in the wire dtype: packed in place in send, sent, widened
- * in place in recv (ops_wire_pack; fp32 sends the floats themselves). */
-static void exchange(moe_cache *c, float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
-                     const int *roff, int wire, comm_t comm) {
-    int P = c->ep, me = comm_rank(comm), ns = 0, nr = 0;
-    for (int r = 0; r < P; r++) ns += scnt[r], nr += rcnt[r];
+ * in place in recv (ops_wire_pack; fp32 sends the floats themselves) at
+ * rows_end. q NULL: the blocking all-to-all; else started into q (comm.h). */
+static void rows_start(moe_cache *c, float *send, const int *scnt, const int *soff, float *recv, const int *rcnt,
+                       const int *roff, int wire, comm_t comm, comm_req *q) {
+    int P = c->ep, me = comm_rank(comm), ns = 0;
+    for (int r = 0; r < P; r++) ns += scnt[r];
     size_t rb = ops_wire_row_bytes(c->H, wire);
     ops_wire_pack(send, ns, c->H, wire);
     double t0 = comm_wtime();
-    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, rb, comm)) error_one("all-to-all of expert rows failed");
+    if (q ? comm_alltoallv_rows_start(send, scnt, soff, recv, rcnt, roff, rb, comm, q)
+          : comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, rb, comm))
+        error_one("all-to-all of expert rows failed");
     c->comm_seconds += comm_wtime() - t0;
     c->wire_bytes += sent_bytes(scnt, P, me, rb);
+}
+static void rows_end(moe_cache *c, float *recv, const int *rcnt, int wire, comm_req *q) {
+    if (q) {
+        double t0 = comm_wtime();
+        if (comm_wait(q)) error_one("all-to-all of expert rows failed");
+        c->comm_seconds += comm_wtime() - t0;
+    }
+    int nr = 0;
+    for (int r = 0; r < c->ep; r++) nr += rcnt[r];
     ops_wire_unpack(recv, nr, c->H, wire);
 }
 
-/* Per-pair data (records of 3 ints, or 1 float of ∂L/∂w) along the pair counts. */
+/* Per-pair data (records of 3 ints, or 1 float of ∂L/∂w) along the pair counts.
+ * nb: started and waited at once (comm.h), which on a device backend queues
+ * it on the comm stream behind another half's exchange still in flight. */
 static void exchange_pairs(moe_cache *c, const void *send, const int *scnt, const int *soff, void *recv,
-                           const int *rcnt, const int *roff, size_t bytes, comm_t comm) {
+                           const int *rcnt, const int *roff, size_t bytes, comm_t comm, int nb) {
     double t0 = comm_wtime();
-    if (comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, bytes, comm)) error_one("all-to-all of pair records failed");
+    comm_req q;
+    if (nb ? comm_alltoallv_rows_start(send, scnt, soff, recv, rcnt, roff, bytes, comm, &q) || comm_wait(&q)
+           : comm_alltoallv_rows(send, scnt, soff, recv, rcnt, roff, bytes, comm))
+        error_one("all-to-all of pair records failed");
     c->comm_seconds += comm_wtime() - t0;
     c->wire_bytes += sent_bytes(scnt, c->ep, comm_rank(comm), bytes);
 }
@@ -356,9 +386,14 @@ static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw,
     }
 }
 
-void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out, ops_arena *scratch) {
-    check_comm(c, l, comm);
-    int N = c->N, K = c->K, H = c->H, I = c->I_, G = c->e_local, P = c->ep;
+/* ---- the stages of dispatch / experts / combine, on all N tokens or on one
+ * half (a view of the cache, half_view). q: the exchange's request (NULL:
+ * blocking); bg: another half's exchange in flight, given progress between
+ * the GEMMs (comm_test). ---- */
+
+/* Send rows and pair records by destination, the counts exchanged, the offsets. */
+static void fwd_index(moe_cache *c, comm_t comm) {
+    int N = c->N, K = c->K, P = c->ep;
     /* one send row per (token, destination rank); its (token, expert) pairs as records */
     c->S = ops_moe_dispatch_index(c->stok, c->toff, c->trows, c->ptk, c->smeta, c->scnt, c->spc, c->ecnt, c->idx,
                                   c->w, c->efirst, N, K, P);
@@ -375,56 +410,195 @@ void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *o
     }
     c->R = ro;
     c->Pr = qo;
-    moe_rows_reserve(c, c->Pr); /* dropless: grow rather than drop */
-    int R = c->R, Q = c->Pr;
-    exchange_pairs(c, c->smeta, c->spc, c->spo, c->rmeta, c->rpc, c->rpo, 3 * sizeof(int), comm);
-    ops_moe_receive_index(c->perm, c->pinv, c->poff, c->pw, c->lcnt, c->rmeta, c->roff, c->rpo, P, Q, R, G);
-    ops_gather_rows(c->xs, c->x, c->stok, c->S, H);
-    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, l->wire, comm);
+}
+
+/* The pair records exchanged (blocking: before any exchange is in flight) and indexed. */
+static void fwd_pairs(moe_cache *c, comm_t comm) {
+    exchange_pairs(c, c->smeta, c->spc, c->spo, c->rmeta, c->rpc, c->rpo, 3 * sizeof(int), comm, 0);
+    ops_moe_receive_index(c->perm, c->pinv, c->poff, c->pw, c->lcnt, c->rmeta, c->roff, c->rpo, c->ep, c->Pr, c->R,
+                          c->e_local);
+}
+
+/* The rows' dispatch started. */
+static void fwd_dispatch(const moe_layer *l, moe_cache *c, comm_t comm, comm_req *q) {
+    ops_gather_rows(c->xs, c->x, c->stok, c->S, c->H);
+    rows_start(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, l->wire, comm, q);
+}
+
+/* The dispatched rows in, the local experts on them, the combine started. */
+static void fwd_experts(const moe_layer *l, moe_cache *c, comm_t comm, ops_arena *scratch, comm_req *q,
+                        comm_req *bg) {
+    int H = c->H, I = c->I_, Q = c->Pr;
+    rows_end(c, c->xr, c->rcnt, l->wire, q);
     ops_gather_rows(c->xe, c->xr, c->perm, Q, H); /* expert-major pairs */
     experts_mm(l, 0, c->ge, c->xe, c, scratch);
     expert_lora_forward(l, c, 0, c->ge, c->xe, H, I);
+    if (bg) comm_test(bg);
     experts_mm(l, 1, c->ue, c->xe, c, scratch);
     expert_lora_forward(l, c, 1, c->ue, c->xe, H, I);
+    if (bg) comm_test(bg);
     ops_swiglu_forward(c->he, c->ge, I, c->ue, I, Q, I);
     experts_mm(l, 2, c->ye, c->he, c, scratch);
     expert_lora_forward(l, c, 2, c->ye, c->he, I, H);
     /* one row back per received row: Σ w·y over this rank's experts of the token */
-    ops_moe_combine_seg(c->xr, c->ye, c->poff, c->pinv, c->pw, R, H, 0.0f);
-    exchange(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, wire_back(l->wire), comm);
-    ops_moe_combine_seg(out, c->ys, c->toff, c->trows, NULL, N, H, 0.0f);
+    ops_moe_combine_seg(c->xr, c->ye, c->poff, c->pinv, c->pw, c->R, H, 0.0f);
+    rows_start(c, c->xr, c->rcnt, c->roff, c->ys, c->scnt, c->soff, wire_back(l->wire), comm, q ? q + 1 : NULL);
 }
 
-void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout,
-                          ops_arena *scratch) {
-    check_comm(c, l, comm);
+/* The combined rows in, summed per token into out [N,H]. */
+static void fwd_combine(const moe_layer *l, moe_cache *c, float *out, comm_req *q) {
+    rows_end(c, c->ys, c->scnt, wire_back(l->wire), q);
+    ops_moe_combine_seg(out, c->ys, c->toff, c->trows, NULL, c->N, c->H, 0.0f);
+}
+
+/* Each send row's ∂L/∂out sent to the rank that computed it. */
+static void bwd_dispatch(const moe_layer *l, moe_cache *c, comm_t comm, const float *dout, comm_req *q) {
+    ops_gather_rows(c->xs, dout, c->stok, c->S, c->H);
+    rows_start(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, wire_back(l->wire), comm, q);
+}
+
+/* The gradient rows in; ∂L/∂w back to the token's rank (into c->dw); the
+ * experts' backward; the dx rows' return started. */
+static void bwd_experts(const moe_layer *l, moe_cache *c, comm_t comm, ops_arena *scratch, comm_req *q,
+                        comm_req *bg) {
     int N = c->N, K = c->K, H = c->H, I = c->I_, R = c->R, Q = c->Pr, wb = wire_back(l->wire);
     size_t RI = (size_t)Q * I;
-    ops_gather_rows(c->xs, dout, c->stok, c->S, H); /* each send row's ∂L/∂out */
-    exchange(c, c->xs, c->scnt, c->soff, c->xr, c->rcnt, c->roff, wb, comm);
+    rows_end(c, c->xr, c->rcnt, wb, q);
     /* ∂L/∂w per pair (into rmeta, read no more), then ye = w·dout per pair (overwrites the saved outputs) */
     float *dwp = (float *)(void *)c->rmeta;
     ops_moe_combine_seg_backward(c->ye, dwp, c->xr, c->ye, c->poff, c->pinv, c->pw, R, H);
     /* ∂L/∂w back to the token's rank, pair by pair (into smeta, read no more) */
     float *dws = (float *)(void *)c->smeta;
-    exchange_pairs(c, dwp, c->rpc, c->rpo, dws, c->spc, c->spo, sizeof(float), comm);
+    exchange_pairs(c, dwp, c->rpc, c->rpo, dws, c->spc, c->spo, sizeof(float), comm, q != NULL);
     ops_zero(c->dw, (size_t)N * K);
     ops_scatter_rows(c->dw, dws, c->ptk, N * K, 1); /* dw[t,k] of pair q; every (t,k) is one pair */
     ops_zero(c->dhe, RI);
     experts_mm_backward(l, 2, c->dhe, l->ged, c->ye, c->he, c, scratch);
     expert_lora_backward(l, c, 2, c->dhe, c->ye, c->he, I, H);
+    if (bg) comm_test(bg);
     ops_zero(c->dge, RI);
     ops_zero(c->due, RI);
     ops_swiglu_backward(c->dge, I, c->due, I, c->dhe, c->ge, I, c->ue, I, Q, I);
     ops_zero(c->xr, (size_t)Q * H); /* xr = dx per expert-major pair */
     experts_mm_backward(l, 0, c->xr, l->geg, c->dge, c->xe, c, scratch);
     expert_lora_backward(l, c, 0, c->xr, c->dge, c->xe, H, I);
+    if (bg) comm_test(bg);
     experts_mm_backward(l, 1, c->xr, l->geu, c->due, c->xe, c, scratch);
     expert_lora_backward(l, c, 1, c->xr, c->due, c->xe, H, I);
     /* one dx row back per received row: the sum over its pairs */
     ops_moe_combine_seg(c->ye, c->xr, c->poff, c->pinv, NULL, R, H, 0.0f);
-    exchange(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, wb, comm);
-    if (dx) ops_moe_combine_seg(dx, c->xs, c->toff, c->trows, NULL, N, H, 1.0f);
+    rows_start(c, c->ye, c->rcnt, c->roff, c->xs, c->scnt, c->soff, wb, comm, q ? q + 1 : NULL);
+}
+
+/* The dx rows in, summed per token into dx [N,H] (+=). */
+static void bwd_combine(const moe_layer *l, moe_cache *c, float *dx, comm_req *q) {
+    rows_end(c, c->xs, c->scnt, wire_back(l->wire), q);
+    if (dx) ops_moe_combine_seg(dx, c->xs, c->toff, c->trows, NULL, c->N, c->H, 1.0f);
+}
+
+/* ---- the two-half schedule (parallel.moe_overlap) ----
+ * Half h of the last forward's tokens as a cache of its own: a copy of c
+ * whose token arrays start at the half's first token, whose send rows start
+ * after half A's bound (moe_send_rows of its tokens: the two bounds sum to
+ * s_cap), whose received pairs and rows start after half A's pairs (rows <=
+ * pairs), one more toff and poff entry per half (moe_cache_floats), and, for
+ * half B, the second set of host counts. Its comm_seconds and wire_bytes
+ * start at 0 (half_fold adds them to c). */
+static void half_view(const moe_cache *c, int h, moe_cache *v) {
+    size_t H = (size_t)c->H, I = (size_t)c->I_, K = (size_t)c->K, t0 = (size_t)c->half[h].t0;
+    *v = *c;
+    v->comm_seconds = v->wire_bytes = 0.0;
+    v->N = c->half[h].N, v->S = c->half[h].S, v->R = c->half[h].R, v->Pr = c->half[h].Pr;
+    v->x += t0 * H, v->idx += t0 * K, v->w += t0 * K, v->ptk += t0 * K, v->smeta += 3 * t0 * K, v->dw += t0 * K;
+    if (h == 0) return;
+    size_t s0 = moe_send_rows(c->half[0].N, c->K, c->ep), q0 = (size_t)c->half[0].Pr;
+    v->toff += c->half[0].N + 1, v->stok += s0, v->trows += s0, v->xs += s0 * H, v->ys += s0 * H;
+    v->rmeta += 3 * q0, v->perm += q0, v->pinv += q0, v->poff += q0 + 1, v->pw += q0;
+    v->xr += q0 * H, v->xe += q0 * H, v->ye += q0 * H;
+    v->ge += q0 * I, v->ue += q0 * I, v->he += q0 * I, v->dge += q0 * I, v->due += q0 * I, v->dhe += q0 * I;
+    if (er_max(c->er)) {
+        for (int j = 0; j < 3; j++)
+            if (c->er[j]) v->exa[j] += q0 * (size_t)c->er[j];
+        v->elt += q0 * (H > I ? H : I);
+        v->edxa += q0 * er_max(c->er);
+    }
+    counts_carve(v, c->host_b, c->E, c->e_local, c->ep);
+}
+static void half_fold(moe_cache *c, moe_cache *v) {
+    c->comm_seconds += v->comm_seconds, c->wire_bytes += v->wire_bytes;
+    v->comm_seconds = v->wire_bytes = 0.0;
+}
+
+/* dispatch A; dispatch B in flight while A's experts run; combine A in
+ * flight while B's experts run; combine B. q[h] = {dispatch, combine}. */
+static void forward_halves(const moe_layer *l, moe_cache *c, comm_t comm, float *out, ops_arena *scratch) {
+    int N = c->N, H = c->H;
+    c->half[0].t0 = 0, c->half[0].N = N / 2;
+    c->half[1].t0 = N / 2, c->half[1].N = N - N / 2;
+    moe_cache v[2];
+    for (int h = 0; h < 2; h++) { /* both halves' counts first: the row buffers hold both */
+        half_view(c, h, &v[h]);
+        fwd_index(&v[h], comm);
+        c->half[h].S = v[h].S, c->half[h].R = v[h].R, c->half[h].Pr = v[h].Pr;
+        half_fold(c, &v[h]);
+    }
+    for (int e = 0; e < c->E; e++) c->ecnt[e] += v[1].ecnt[e]; /* the layer's counts: both halves */
+    c->S = c->half[0].S + c->half[1].S, c->R = c->half[0].R + c->half[1].R, c->Pr = c->half[0].Pr + c->half[1].Pr;
+    moe_rows_reserve(c, c->Pr); /* dropless: grow rather than drop */
+    half_view(c, 0, &v[0]), half_view(c, 1, &v[1]);
+    fwd_pairs(&v[0], comm);
+    fwd_pairs(&v[1], comm);
+    comm_req q[2][2];
+    fwd_dispatch(l, &v[0], comm, &q[0][0]);
+    fwd_dispatch(l, &v[1], comm, &q[1][0]);
+    fwd_experts(l, &v[0], comm, scratch, q[0], &q[1][0]);
+    fwd_experts(l, &v[1], comm, scratch, q[1], &q[0][1]);
+    fwd_combine(l, &v[0], out, &q[0][1]);
+    fwd_combine(l, &v[1], out + (size_t)c->half[1].t0 * H, &q[1][1]);
+    half_fold(c, &v[0]), half_fold(c, &v[1]);
+}
+
+/* The reverse: dout rows of A, then of B, out; A's experts while B's are in
+ * flight; B's while A's dx rows return; dx of A, of B. */
+static void backward_halves(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout,
+                            ops_arena *scratch) {
+    size_t H = (size_t)c->H;
+    moe_cache v[2];
+    half_view(c, 0, &v[0]), half_view(c, 1, &v[1]);
+    comm_req q[2][2];
+    bwd_dispatch(l, &v[0], comm, dout, &q[0][0]);
+    bwd_dispatch(l, &v[1], comm, dout + (size_t)c->half[1].t0 * H, &q[1][0]);
+    bwd_experts(l, &v[0], comm, scratch, q[0], &q[1][0]);
+    bwd_experts(l, &v[1], comm, scratch, q[1], &q[0][1]);
+    bwd_combine(l, &v[0], dx, &q[0][1]);
+    bwd_combine(l, &v[1], dx ? dx + (size_t)c->half[1].t0 * H : NULL, &q[1][1]);
+    half_fold(c, &v[0]), half_fold(c, &v[1]);
+}
+
+void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t comm, float *out, ops_arena *scratch) {
+    check_comm(c, l, comm);
+    if (c->halves == 2) {
+        forward_halves(l, c, comm, out, scratch);
+        return;
+    }
+    fwd_index(c, comm);
+    moe_rows_reserve(c, c->Pr); /* dropless: grow rather than drop */
+    fwd_pairs(c, comm);
+    fwd_dispatch(l, c, comm, NULL);
+    fwd_experts(l, c, comm, scratch, NULL, NULL);
+    fwd_combine(l, c, out, NULL);
+}
+
+void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t comm, float *dx, const float *dout,
+                          ops_arena *scratch) {
+    check_comm(c, l, comm);
+    if (c->halves == 2) {
+        backward_halves(l, c, comm, dx, dout, scratch);
+        return;
+    }
+    bwd_dispatch(l, c, comm, dout, NULL);
+    bwd_experts(l, c, comm, scratch, NULL, NULL);
+    bwd_combine(l, c, dx, NULL);
 }
 
 /* ---- the layer ---- */

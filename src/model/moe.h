@@ -45,6 +45,7 @@ typedef struct {
                                     eg/eu/ed, or a frozen base in bf16/fp8 (train.base_dtype; eg.. NULL) */
     int e_first, e_local;
     int wire;                    /* dispatch/combine wire dtype, OPS_WIRE_* (ops_moe.h) */
+    int overlap;                 /* parallel.moe_overlap: the two-half schedule (moe_experts_forward) */
     /* per-expert LoRA on gate (0), up (1), down (2): y += scaling·(x·Aₑᵀ)·Bₑᵀ for the
      * rows of expert e; er[j] = rank, 0 = no adapter (PEFT semantics, no dropout) */
     int er[3];
@@ -74,6 +75,11 @@ typedef struct {
     float *rows_own;             /* the row buffers (perm .. edxa) when grown: an allocation of their own */
     float *own;                  /* the region moe_cache_alloc allocated, NULL when bound to the caller's */
     int *host;                   /* the host counts' allocation (moe_cache_host_create) */
+    int halves;                  /* 2: the two-half schedule (moe_layer.overlap), else 1 */
+    int *host_b;                 /* half B's counts ecnt .. lcnt, laid out as the fields below (halves 2) */
+    struct {
+        int t0, N, S, R, Pr;     /* tokens [t0, t0+N), rows sent, rows and pairs received */
+    } half[2];                   /* of the last forward (halves 2) */
     double comm_seconds;         /* wall time in the expert Alltoall/Alltoallv calls (accumulates;
                                     the caller zeroes it; moe_cache_bind sets 0) */
     double wire_bytes;           /* bytes this rank sent to OTHER ranks in those calls (rows in the
@@ -88,7 +94,7 @@ typedef struct {
     int *topk_u;                 /* [N,K] top-K over unbiased s (balance loss) */
     /* sender: ops_moe_dispatch_index */
     int *stok;                   /* [s_cap] token of send row j (destination-major) */
-    int *toff, *trows;           /* [n_cap+1], [s_cap] token t's send rows trows[toff[t]..toff[t+1]) */
+    int *toff, *trows;           /* [n_cap+halves], [s_cap] token t's send rows trows[toff[t]..toff[t+1]) */
     int *ptk;                    /* [N·K] (t·K+k) of send pair q */
     int *smeta;                  /* [N·K,3] pair records sent; backward: ∂L/∂w of each pair, returned */
     float *xs, *ys;              /* [s_cap,H] send rows / rows returned (scratch; backward: dy rows, dx rows) */
@@ -96,7 +102,7 @@ typedef struct {
     int *rmeta;                  /* [r_cap,3] pair records received; backward: ∂L/∂w per pair (sent back) */
     int *perm;                   /* [r_cap] expert-major pair j reads received row perm[j] */
     int *pinv;                   /* [r_cap] pair p (received order) is expert-major pinv[p] */
-    int *poff;                   /* [r_cap+1] received row i's pairs [poff[i], poff[i+1]) */
+    int *poff;                   /* [r_cap+halves] received row i's pairs [poff[i], poff[i+1]) */
     float *pw;                   /* [r_cap] routing weight of pair p */
     float *xr, *xe, *ye;         /* [r_cap,H] received rows (scratch), expert-major inputs, outputs (saved) */
     float *ge, *ue, *he;         /* [r_cap,I] expert gate, up, swiglu (saved) */
@@ -127,8 +133,9 @@ size_t moe_rows_bound(int N, int K, int e_local, int ep);
 size_t moe_cache_floats(const deck_model *m, const moe_layer *l, int ep, int n_cap, int r_cap);
 /* Send rows of N tokens: N·min(K, EP) (one per token and destination rank). */
 size_t moe_send_rows(int N, int K, int ep);
-/* Host ints of the counts (E experts, e_local of them here, EP ranks). */
-size_t moe_cache_host_ints(int E, int e_local, int ep);
+/* Host ints of the counts (E experts, e_local of them here, EP ranks; halves 2:
+ * a second set for the two-half schedule). */
+size_t moe_cache_host_ints(int E, int e_local, int ep, int halves);
 /* Allocates the host counts (once per cache; kept by moe_cache_bind). 0, or -1 when out of memory. */
 int moe_cache_host_create(moe_cache *c, const deck_model *m, const moe_layer *l, int ep);
 /* Binds the device arrays to mem (moe_cache_floats floats, carved in the
@@ -168,7 +175,12 @@ void moe_route(const deck_model *m, const moe_layer *l, moe_cache *c, const floa
                double *bal_loss, float bal_scale);
 /* dx += router path, from c->dw (set by moe_experts_backward) and the balance loss; gate_g accumulates. */
 void moe_route_backward(const deck_model *m, const moe_layer *l, moe_cache *c, float *dx);
-/* out[N,H] = Σ_k w·expert_k(x) (overwritten), from the routing in c. Collective. */
+/* out[N,H] = Σ_k w·expert_k(x) (overwritten), from the routing in c. Collective.
+ * With l->overlap (parallel.moe_overlap) the tokens are split in halves A =
+ * [0, N/2) and B = [N/2, N), each with its own dispatch, expert GEMMs and
+ * combine, scheduled so that B's dispatch is in flight while A's experts run
+ * and A's combine while B's run (comm.h's nonblocking all-to-all); the backward
+ * likewise. The routing (scores, top-k, balance loss, counts) stays over all N. */
 void moe_experts_forward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *out, ops_arena *scratch);
 /* c->dw = ∂L/∂w; dx += routed-expert path; expert gradients accumulate. Collective. */
 void moe_experts_backward(const moe_layer *l, moe_cache *c, comm_t ep_comm, float *dx, const float *dout,

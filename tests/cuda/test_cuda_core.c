@@ -113,8 +113,11 @@ static void stored_at(ops_dtype t, int gemm, int T, int in, int out, int split) 
         snprintf(wb, sizeof wb, "%s beta=%d", what, beta);
         memcpy(y, y0, ny * 4);
         CK(cudaMemcpy(dy, y0, ny * 4, cudaMemcpyHostToDevice));
-        ops_matmul_w(y, x, &hw, T, (float)beta, &ar);
+        long fb0 = twin_fp8_fallbacks();
         CK(cu_matmul_w(dy, dx, &dw, T, (float)beta, dt, nt, twin_s));
+        ops_gemm_set(twin_gemm_ref(gemm, fb0)); /* gemm fp8 where the device has no FP8: bf16 */
+        ops_matmul_w(y, x, &hw, T, (float)beta, &ar);
+        ops_gemm_set(gemm);
         got = twin_back(dy, ny * 4);
         twin_close("ops_matmul_w", wb, got, y, ny, 1e-5, 1e-30, 0);
         free(got);

@@ -11,6 +11,9 @@
 #include "twin.h"
 
 static cublasLtHandle_t lt;
+/* a workspace as the backend gives one (cuda/ops.cu LT_WS_BYTES): block-scaled algorithms may need it */
+#define WS_BYTES ((size_t)32 << 20)
+static void *ws_dev;
 
 typedef struct {
     cublasLtMatmulDesc_t d;
@@ -39,7 +42,7 @@ static void done(problem *p) {
 static cublasStatus_t run(problem *p, const void *A, const void *B, void *D) {
     cublasLtMatmulPreference_t pref;
     cublasLtMatmulPreferenceCreate(&pref);
-    uint64_t ws = 0;
+    uint64_t ws = WS_BYTES;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     cublasLtMatmulHeuristicResult_t r;
     int got = 0;
@@ -48,7 +51,7 @@ static cublasStatus_t run(problem *p, const void *A, const void *B, void *D) {
     if (st) return st;
     if (got < 1) return CUBLAS_STATUS_NOT_SUPPORTED;
     const float one = 1.0f, zero = 0.0f;
-    return cublasLtMatmul(lt, p->d, &one, A, p->a, B, p->b, &zero, D, p->c, D, p->c, &r.algo, NULL, 0, twin_s);
+    return cublasLtMatmul(lt, p->d, &one, A, p->a, B, p->b, &zero, D, p->c, D, p->c, &r.algo, ws_dev, WS_BYTES, twin_s);
 }
 
 static uint16_t *to_bf16(const float *x, size_t n) {
@@ -112,7 +115,10 @@ static void fp32_bf16(int T, int in, int out) {
 }
 
 /* W8A8 as DeepSeek-V3: W e4m3 + 128x128 block scales (the frozen store's format), x e4m3 with
- * one scale per (row, 128 columns) (amax/448); the reference is ops_matmul on the dequantised values */
+ * one scale per (row, 128 columns) (amax/448); the reference is ops_matmul on the dequantised values.
+ * The device copies of the scales are in the layouts of the cuBLAS guide ("128-element 1D and
+ * 128x128 2D block scaling for FP8 data types"): x's [ceil(in/128), T] token fastest; W's K
+ * blocks fastest, each row of them padded to a multiple of 4 (the stored grid when kb % 4 == 0) */
 static void w8a8(int T, int in, int out) {
     char what[80];
     snprintf(what, sizeof what, "W8A8 T=%d in=%d out=%d", T, in, out);
@@ -139,7 +145,11 @@ static void w8a8(int T, int in, int out) {
             }
         }
     ops_matmul(y, x, w, T, in, out, 0.0f);
-    void *dwq = twin_dev(hw.data, nw), *dws = twin_dev(hw.scale, (size_t)ob * kb * 4), *dxq = twin_dev(xq, nx),
+    const int kb4 = (kb + 3) / 4 * 4;
+    float *ws_pad = calloc((size_t)ob * kb4, 4);
+    for (int r = 0; r < ob; r++)
+        for (int b = 0; b < kb; b++) ws_pad[(size_t)r * kb4 + b] = hw.scale[(size_t)r * kb + b];
+    void *dwq = twin_dev(hw.data, nw), *dws = twin_dev(ws_pad, (size_t)ob * kb4 * 4), *dxq = twin_dev(xq, nx),
          *dxs = twin_dev(xs_dev_layout, (size_t)T * kb * 4);
     float *dy, *got;
     CK(cudaMalloc((void **)&dy, ny * 4));
@@ -183,7 +193,7 @@ static void w8a8(int T, int in, int out) {
     twin_report(st == CUBLAS_STATUS_NOT_SUPPORTED, "cublasLtMatmul", "e5m2 x e5m2: NOT_SUPPORTED", st == CUBLAS_STATUS_NOT_SUPPORTED ? 0.0 : (double)st);
     done(&p);
     CK(cudaFree(dwq)); CK(cudaFree(dws)); CK(cudaFree(dxq)); CK(cudaFree(dxs)); CK(cudaFree(dy));
-    free(x), free(w), free(y), free(hw.data), free((void *)hw.scale), free(xq), free(xs), free(xs_dev_layout);
+    free(x), free(w), free(y), free(hw.data), free((void *)hw.scale), free(xq), free(xs), free(xs_dev_layout), free(ws_pad);
 }
 
 int main(void) {
@@ -192,11 +202,15 @@ int main(void) {
         printf("cublasLtCreate failed\n");
         return 2;
     }
+    CK(cudaMalloc(&ws_dev, WS_BYTES));
     fp32_bf16(1, 7, 5);
     fp32_bf16(37, 96, 80);
     fp32_bf16(6, 7168, 40);
     w8a8(5, 256, 130);  /* an edge block of W's rows */
     w8a8(16, 7168, 64); /* DeepSeek-V3's hidden width */
+    w8a8(3, 384, 260);  /* 3 K blocks: each row of W's scales padded by one */
+    w8a8(2, 512, 200);  /* 4 K blocks: the stored grid is the padded layout */
+    CK(cudaFree(ws_dev));
     cublasLtDestroy(lt);
     return twin_end();
 }

@@ -249,8 +249,11 @@ static void grouped_w_at(ops_dtype dt, int gemm, const int *cnt, int G, int in, 
     float *d_x = twin_dev(x, R * in * 4), *d_y = twin_dev(y, R * out * 4);
     ops_arena cpu_scratch; /* the CPU op's tile, from an arena of exactly the stated size */
     if (ops_arena_create(&cpu_scratch, ops_matmul_w_scratch_floats(dt, ops_gemm_of(&W), out, in))) exit(2);
-    ops_grouped_matmul_w(y, x, &W, cnt, G, &cpu_scratch);
+    long fb0 = twin_fp8_fallbacks();
     CK(cu_grouped_matmul_w(d_y, d_x, &Wd, cnt, G, tile, nt, twin_s));
+    ops_gemm_set(twin_gemm_ref(gemm, fb0)); /* gemm fp8 where the device has no FP8: bf16 */
+    ops_grouped_matmul_w(y, x, &W, cnt, G, &cpu_scratch);
+    ops_gemm_set(gemm);
     float *g = twin_back(d_y, R * out * 4);
     twin_close("ops_grouped_matmul_w", name, g, y, R * out, 1e-5, 0, 0);
     free(g);

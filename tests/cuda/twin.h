@@ -20,6 +20,7 @@
 #include <cuda_runtime_api.h>
 
 #include "ops.h"
+#include "cu_ops.h" /* cu_gemm_fp8_paths */
 
 #define CK(x)                                                                                                    \
     do {                                                                                                         \
@@ -45,6 +46,22 @@ static int twin_end(void) {
     printf("output hash: %016llx\n", (unsigned long long)twin_hash);
     printf("%d passed, %d failed\n", twin_passed, twin_failed);
     return twin_failed != 0;
+}
+
+/* The CPU reference's GEMM precision for a CUDA op just launched at gemm precision `gemm`
+ * (ops.h ops_gemm), `fb0` being cu_gemm_fp8_paths' bf16 count before the launch: where W8A8
+ * fell back to bf16 (a GPU below compute capability 8.9, a cuBLAS before 12.9, no block-scaled
+ * algorithm: cuda/ops.cu fp8_fallback), the CPU op must run bf16 too. Said once. */
+static inline long twin_fp8_fallbacks(void) {
+    long lt, f32, bf16;
+    cu_gemm_fp8_paths(&lt, &f32, &bf16);
+    return bf16;
+}
+static inline int twin_gemm_ref(int gemm, long fb0) {
+    static int told;
+    if (gemm != OPS_GEMM_FP8 || twin_fp8_fallbacks() == fb0) return gemm;
+    if (!told++) printf("note: gemm fp8 runs bf16 on this device (fallback): its twins compare with the CPU at gemm bf16\n");
+    return OPS_GEMM_BF16;
 }
 
 /* a case label (one static buffer: use before the next call) */
