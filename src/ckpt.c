@@ -1428,9 +1428,13 @@ int ckpt_out_open(ckpt_out **out, const char *path, const deck *d, int use_bf16,
         snprintf(err, errlen, "cannot create %s: %s", o->tmp, h5_reason(&why));
         rc = -1;
     }
-    /* the writer thread only where a core is left for it: with as many ranks as
-     * cores it took time from conversion (np 2 on 2 cores: import 5-9% slower) */
-    const int thread = comm_size(comm) < sysconf(_SC_NPROCESSORS_ONLN);
+    /* the writer thread only where a core is left for it on this node: with as
+     * many ranks as cores it took time from conversion (np 2 on 2 cores: import
+     * 5-9% slower) */
+    comm_t node;
+    comm_split_node(comm, 0, &node);
+    const int thread = comm_size(node) < sysconf(_SC_NPROCESSORS_ONLN);
+    comm_free(&node);
     if (!agree(comm, rc, err, errlen) && o->direct &&
         ((o->fd = open(o->tmp, O_WRONLY)) < 0 || (thread && !(o->w = wring_open(o->fd))))) {
         snprintf(err, errlen, "cannot %s %s: %s", o->fd < 0 ? "open" : "start a writer thread for", o->tmp,
