@@ -38,7 +38,6 @@ done
 DECK=regression/decks/tiny.cfg
 A=(run.steps=3 run.log_every=1 train.global_batch=4 validation.every=3 schedule.warmup_steps=1)
 Z=(parallel.expert_parallel=2 parallel.zero_stage=3)
-TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
 run() { # label np bin args...: one training run into $OUT/label
     local label=$1 np=$2 bin=$3 t0=$SECONDS
     shift 3
@@ -46,16 +45,9 @@ run() { # label np bin args...: one training run into $OUT/label
         { tail -n 5 "$OUT/$label.log"; bad "run $label exited non-zero"; }
     printf '  run %-10s np %d %4ds\n' "$label" "$np" $((SECONDS - t0))
 }
-compare() { # tier ref run [from]: prints compare.awk's line; fails unless PASS
-    local res
-    res=$(awk -v tier="$1" -v tol="$TOL" -v outliers=0 -v factor=10 -v from="${4:-1}" -v refname="$2" \
-              -v detail="$OUT/$3.detail" -f regression/compare.awk "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")
-    echo "$res" | awk -v r="$3" -v t="$1" -v ref="$2" '{ printf "  %-10s vs %-8s %-9s %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n",
-        r, ref, t, $1, $2, $3, $4, $5, $6, $7 }'
-    [ "${res##* }" = PASS ] || { sed 's/^/    /' "$OUT/$3.detail" | head -n 10; bad "$3 against $2 ($1 tier)"; }
-}
+compare() { regress_csv "$@" || bad "$3 against $2 ($1 tier)"; } # tier ref run [from]
 # what a run allocated: rank lines without the RSS figures
-mem() { sed -n 's/^dsv3: memory rank *\([0-9]*\): planned *\([0-9.]*\) MiB *allocated *\([0-9.]*\) MiB.*/\1 \2 \3/p' "$OUT/$1.log"; }
+mem() { mem_lines "$OUT/$1.log"; }
 
 run cpu1 1 "$BIN/dsv3"
 CUDAEMU_THREADS=2 run emu1 1 "$EB/dsv3"

@@ -63,15 +63,7 @@ near "fp8 base, gemm bf16 vs fp32" f8fp32 f8bf16 $GEMM_TOL
 near "fp8 base, gemm fp8 (W8A8) vs fp32" f8fp32 f8fp8 $GEMM_TOL
 near "bf16 base, gemm bf16 vs fp32" b16fp32 b16bf16 $GEMM_TOL
 
-TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
-regress() { # label ref run: regression/compare.awk's tolerance tier
-    local res
-    res=$(awk -v tier=tolerance -v tol="$TOL" -v outliers=0 -v factor=10 -v from=1 -v refname="$2" \
-              -v detail="$OUT/$3.detail" -f regression/compare.awk "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")
-    echo "$res" | awk -v r="$3" -v ref="$2" '{ printf "  %s vs %s, tolerance tier, %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n",
-        r, ref, $1, $2, $3, $4, $5, $6, $7 }'
-    [ "${res##* }" = PASS ] && ok "$1" || { sed 's/^/    /' "$OUT/$3.detail" | head -n 10; bad "$1: $3 against $2"; }
-}
+regress() { regress_csv tolerance "$2" "$3" && ok "$1" || bad "$1: $3 against $2"; } # label ref run
 
 echo "== 2. gemm fp8 at np 2 (EP 2, ZeRO 3) against np 1"
 run f8np2 2 "$BIN/dsv3" train.base_dtype=fp8 train.gemm_dtype=fp8 parallel.expert_parallel=2 parallel.zero_stage=3 &&

@@ -31,19 +31,7 @@ for c in "2 2 0" "2 1 3" "4 4 1" "4 2 2" "4 2 2 true" "8 8 3" "8 1 0" "8 2 1" "8
     fi
     # every deterministic column (timings excluded) against np=1: the largest relative
     # difference per column, then the verdict against the column's bound
-    res=$(awk -F, -v bounds="$BOUNDS" '
-        BEGIN { n = split(bounds, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); lim[kv[1]] = kv[2] } }
-        NR == FNR { if (FNR == 1) { for (i = 1; i <= NF; i++) col[i] = $i } else for (i = 2; i <= NF; i++) ref[$1, i] = $i; next }
-        FNR == 1 { next }
-        { rows++; for (i = 2; i <= NF; i++) { c = col[i]; if (!(c in lim) || $i == "" || ref[$1, i] == "") continue
-              d = $i - ref[$1, i]; if (d < 0) d = -d; a = ref[$1, i]; if (a < 0) a = -a
-              r = a > 0 ? d / a : d; if (r > m[c]) m[c] = r } }
-        END { bad = ""; worst = 0; wc = "-"
-              for (c in lim) { if (m[c] > lim[c]) bad = bad " " c "=" sprintf("%.2e", m[c])
-                  if (lim[c] > 0 && m[c] / lim[c] > worst) { worst = m[c] / lim[c]; wc = c } }
-              if (rows != 10) bad = bad " rows=" rows
-              printf "%.3e %s %s\n", m["loss"], wc "=" sprintf("%.2e", m[wc]) "/" lim[wc], (bad == "" ? "ok" : "FAIL:" bad) }' \
-        "$OUT/base/metrics.csv" "$OUT/$name/metrics.csv")
+    res=$(csv_bounds "$OUT/base/metrics.csv" "$OUT/$name/metrics.csv" 1 "$BOUNDS")
     rel=${res%% *}; rest=${res#* }; worstc=${rest%% *}; ok=${rest#* }
     [ "$ok" = ok ] || fail=1
     rel="$rel (nearest its bound: $worstc)"

@@ -99,17 +99,14 @@ EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
 if [ -x "$EB/dsv3" ]; then
     RD=(regression/decks/tiny.cfg run.steps=3 run.log_every=1 train.global_batch=4 validation.every=3 schedule.warmup_steps=1
         parallel.expert_parallel=2 parallel.zero_stage=3 parallel.moe_overlap=true)
-    TOL=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
     timeout 300 mpirun -np 2 "$BIN/dsv3" "${RD[@]}" run.output_dir="$OUT/cpu2" >"$OUT/cpu2.log" 2>&1 || bad "cpu2 run"
     t0=$SECONDS
     CUDAEMU_PROTECT=1 CUDAEMU_THREADS=1 timeout 300 mpirun -x CUDAEMU_PROTECT -x CUDAEMU_THREADS -np 2 "$EB/dsv3" "${RD[@]}" \
         run.output_dir="$OUT/emu2" >"$OUT/emu2.log" 2>&1 || { tail -5 "$OUT/emu2.log"; bad "emu2 run"; }
     grep -q "overlapped with the expert GEMMs" "$OUT/emu2.log" || bad "emu2 does not report the overlap"
-    res=$(awk -v tier=tolerance -v tol="$TOL" -v outliers=0 -v factor=10 -v from=1 -v refname=cpu2 \
-              -v detail="$OUT/emu2.detail" -f regression/compare.awk "$OUT/cpu2/metrics.csv" "$OUT/emu2/metrics.csv")
-    echo "$res" | awk -v s=$((SECONDS - t0)) '{ printf "emu np 2 EP 2 ZeRO 3 overlap vs CPU (%ds): %d steps, loss max abs %s rel %s, worst %s (%s of tol): %s\n", s, $1, $2, $3, $4, $5, $NF }'
-    [ "${res##* }" = PASS ] || { sed 's/^/    /' "$OUT/emu2.detail" | head -n 10; bad "emu2 against cpu2"; }
-    mem() { sed -n 's/^dsv3: memory rank *\([0-9]*\): planned *\([0-9.]*\) MiB *allocated *\([0-9.]*\) MiB.*/\1 \2 \3/p' "$1"; }
+    echo "emu np 2 EP 2 ZeRO 3 overlap vs CPU ($((SECONDS - t0))s):"
+    regress_csv tolerance cpu2 emu2 || bad "emu2 against cpu2"
+    mem() { mem_lines "$1"; }
     [ -n "$(mem "$OUT/emu2.log")" ] && [ "$(mem "$OUT/emu2.log")" = "$(mem "$OUT/cpu2.log")" ] &&
         echo "emu np 2 overlap: every rank allocates what the CPU backend allocates ($(mem "$OUT/emu2.log" | awk '{ printf "%s MiB ", $3 }'))" ||
         bad "emu np 2 overlap: allocation differs from the CPU backend's"

@@ -30,26 +30,10 @@ run() { # name np ep zero [extra overrides...]
     timeout 300 mpirun -np "$np" "$BIN/dsv3" $DECK $COMMON parallel.expert_parallel="$ep" parallel.zero_stage="$z" \
         run.output_dir="$OUT/$name" "$@" >"$OUT/$name.log" 2>&1 || { echo "run $name failed:"; tail -5 "$OUT/$name.log"; return 1; }
 }
-# max relative difference per column of rows [from, 10] against a reference csv; prints
-# "<loss rel> <worst column vs bound> ok|FAIL:..."
-compare() { # ref.csv run.csv from bounds
-    awk -F, -v bounds="$4" -v from="$3" '
-        BEGIN { n = split(bounds, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); lim[kv[1]] = kv[2] } }
-        NR == FNR { if (FNR == 1) { for (i = 1; i <= NF; i++) col[i] = $i } else for (i = 2; i <= NF; i++) ref[$1, i] = $i; next }
-        FNR == 1 || $1 < from { next }
-        { rows++; for (i = 2; i <= NF; i++) { c = col[i]; if (!(c in lim) || $i == "" || ref[$1, i] == "") continue
-              d = $i - ref[$1, i]; if (d < 0) d = -d; a = ref[$1, i]; if (a < 0) a = -a
-              r = a > 0 ? d / a : d; if (r > m[c]) m[c] = r } }
-        END { bad = ""; worst = 0; wc = "-"
-              for (c in lim) { if (m[c] > lim[c]) bad = bad " " c "=" sprintf("%.2e", m[c])
-                  if (lim[c] > 0 && m[c] / lim[c] > worst) { worst = m[c] / lim[c]; wc = c } }
-              if (rows != 11 - from) bad = bad " rows=" rows
-              printf "%.3e %s %s\n", m["loss"], wc "=" sprintf("%.2e", m[wc]) "/" lim[wc], (bad == "" ? "ok" : "FAIL:" bad) }' "$1" "$2"
-}
 fail=0
 verdict() { # label ref.csv run.csv from bounds
     local res rel rest
-    res=$(compare "$2" "$3" "$4" "$5"); rel=${res%% *}; rest=${res#* }
+    res=$(csv_bounds "$2" "$3" "$4" "$5"); rel=${res%% *}; rest=${res#* }
     printf '%-44s loss max rel %s  (nearest its bound: %s) %s\n' "$1" "$rel" "${rest%% *}" "${rest#* }"
     [ "${rest#* }" = ok ] || fail=1
 }

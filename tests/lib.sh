@@ -40,3 +40,41 @@ need_venv() {
             { echo "FAIL: $PY cannot import $m: run make deps (pins: tools/reference/requirements-test.txt)"; exit 1; }
     done
 }
+
+# csv_bounds REF.csv RUN.csv FROM BOUNDS: the largest relative difference per
+# column of RUN's rows from step FROM to 10 against REF's, each against its bound
+# in BOUNDS ("col:bound ..."; unlisted columns ignored); requires steps FROM..10.
+# Prints "<loss rel> <column nearest its bound>=<rel>/<bound> ok|FAIL:...".
+csv_bounds() {
+    awk -F, -v bounds="$4" -v from="$3" '
+        BEGIN { n = split(bounds, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); lim[kv[1]] = kv[2] } }
+        NR == FNR { if (FNR == 1) { for (i = 1; i <= NF; i++) col[i] = $i } else for (i = 2; i <= NF; i++) ref[$1, i] = $i; next }
+        FNR == 1 || $1 < from { next }
+        { rows++; for (i = 2; i <= NF; i++) { c = col[i]; if (!(c in lim) || $i == "" || ref[$1, i] == "") continue
+              d = $i - ref[$1, i]; if (d < 0) d = -d; a = ref[$1, i]; if (a < 0) a = -a
+              r = a > 0 ? d / a : d; if (r > m[c]) m[c] = r } }
+        END { bad = ""; worst = 0; wc = "-"
+              for (c in lim) { if (m[c] > lim[c]) bad = bad " " c "=" sprintf("%.2e", m[c])
+                  if (lim[c] > 0 && m[c] / lim[c] > worst) { worst = m[c] / lim[c]; wc = c } }
+              if (rows != 11 - from) bad = bad " rows=" rows
+              printf "%.3e %s %s\n", m["loss"], wc "=" sprintf("%.2e", m[wc]) "/" lim[wc], (bad == "" ? "ok" : "FAIL:" bad) }' "$1" "$2"
+}
+
+# regress_csv TIER REF RUN [FROM]: regression/compare.awk's verdict (tier as in
+# regression/tolerances) on $OUT/RUN/metrics.csv against $OUT/REF/metrics.csv from
+# step FROM (default 1); prints one line; 0 on PASS, else 1 after the first lines
+# of the detail ($OUT/RUN.detail).
+regress_csv() {
+    local tol res
+    tol=$(awk '!/^#/ && NF == 3 { printf "%s:%s:%s ", $1, $2, $3 }' regression/tolerances)
+    res=$(awk -v tier="$1" -v tol="$tol" -v outliers=0 -v factor=10 -v from="${4:-1}" -v refname="$2" \
+              -v detail="$OUT/$3.detail" -f regression/compare.awk "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")
+    echo "$res" | awk -v r="$3" -v t="$1" -v ref="$2" '{ printf "  %-10s vs %-8s %-9s %d steps: loss max abs %s rel %s, worst %s (%s of tol), %d rows out: %s\n",
+        r, ref, t, $1, $2, $3, $4, $5, $6, $7 }'
+    [ "${res##* }" = PASS ] && return 0
+    sed 's/^/    /' "$OUT/$3.detail" | head -n 10
+    return 1
+}
+
+# mem_lines LOG: a run's per-rank memory lines as "rank planned-MiB allocated-MiB" (no RSS)
+mem_lines() { sed -n 's/^dsv3: memory rank *\([0-9]*\): planned *\([0-9.]*\) MiB *allocated *\([0-9.]*\) MiB.*/\1 \2 \3/p' "$1"; }
