@@ -114,6 +114,10 @@ if [ "$hit" = 1 ]; then
         # the save committed before the kill landed (saves take milliseconds): step 6 with its PEFT copy,
         # and the resume above from it succeeded
         echo "kill -9 landed after the step-6 save committed: latest names $lat with its PEFT copy, and it resumes"
+    elif [ "$lat" = step_00000006.h5 ] && [ ! -e "$d/checkpoints/checkpoint-6/adapter_model.safetensors" ]; then
+        # the kill landed between the checkpoint's commit and its PEFT copy (written after it, through
+        # a .tmp and a rename): no PEFT file under its final name, and the resume above succeeded
+        echo "kill -9 landed between the step-6 commit and its PEFT copy: latest names $lat, no partial PEFT file, and it resumes"
     else echo "FAIL: kill -9: latest '$lat', PEFT dirs: $(ls "$d/checkpoints" | tr '\n' ' '), rows differ or missing"; fail=1; fi
 else echo "note: the step-6 save finished before the kill (exit $(cat "$OUT/kill.rc")); nothing to check"; fi
 # checkpoint.keep prunes the PEFT copies with their checkpoints
