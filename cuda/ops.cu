@@ -676,13 +676,16 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
                    "ops_weight_store_rows: FP8 rows %d..%d are not whole 128-row blocks", r0, r0 + n);
     if (in <= 0) return cudaSuccess;
     /* host rows staged through a transient device buffer, at most 2^24 floats (whole 128-row
-     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters */
+     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters.
+     * Counted as OPS_MEM_OTHER while it lives (the run's "untracked" peak), not in the plan */
     const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
     int tr = (int)(((size_t)1 << 24) / (size_t)in / OPS_FP8_BLOCK * OPS_FP8_BLOCK);
     if (tr < OPS_FP8_BLOCK) tr = OPS_FP8_BLOCK;
     if (tr > n) tr = n;
     float *stage = nullptr;
-    cudaError_t e = cudaMalloc((void **)&stage, (size_t)tr * in * sizeof(float));
+    const size_t sbytes = (size_t)tr * in * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)&stage, sbytes);
+    if (e == cudaSuccess) ops_mem_charge(0, OPS_MEM_OTHER, sbytes, 1);
     for (int a = 0; a < n && e == cudaSuccess; a += tr) {
         const int k = n - a < tr ? n - a : tr;
         const size_t cnt = (size_t)k * in, row = (size_t)(r0 + a);
@@ -699,6 +702,7 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
     }
     if (stage) {
         cudaError_t f = cudaFree(stage); /* after the queued kernels: cudaFree synchronises */
+        ops_mem_charge(0, OPS_MEM_OTHER, sbytes, -1);
         if (e == cudaSuccess) e = f;
     }
     return e;
