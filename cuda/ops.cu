@@ -251,6 +251,9 @@ __global__ void __launch_bounds__(QB) store_fp8_kernel(uint8_t *q, float *scale,
 extern "C" cudaError_t cu_round_bf16(float *x, uint16_t *y, size_t n, cudaStream_t s) {
     return n ? dsv3::launch(round_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, y, n) : cudaSuccess;
 }
+extern "C" cudaError_t cu_to_bf16(uint16_t *y, const float *x, size_t n, cudaStream_t s) {
+    return n ? dsv3::launch(store_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, y, x, n) : cudaSuccess;
+}
 extern "C" cudaError_t cu_widen_bf16(float *x, const uint16_t *y, size_t n, cudaStream_t s) {
     return n ? dsv3::launch(widen_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, y, n) : cudaSuccess;
 }
@@ -933,6 +936,7 @@ void ops_zero(float *x, size_t n) { CU_CHECK(cu_zero(x, n, cu_stream())); }
 void ops_copy(float *dst, const float *src, size_t n) { CU_CHECK(cu_copy(dst, src, n, cu_stream())); }
 void ops_round_bf16(float *x, uint16_t *y, size_t n) { CU_CHECK(cu_round_bf16(x, y, n, cu_stream())); }
 void ops_widen_bf16(float *x, const uint16_t *y, size_t n) { CU_CHECK(cu_widen_bf16(x, y, n, cu_stream())); }
+void ops_to_bf16(uint16_t *y, const float *x, size_t n) { CU_CHECK(cu_to_bf16(y, x, n, cu_stream())); }
 void ops_fill(float *x, size_t n, float v) { CU_CHECK(cu_fill(x, n, v, cu_stream())); }
 void ops_add(float *y, const float *x, size_t n) { CU_CHECK(cu_add(y, x, n, cu_stream())); }
 void ops_axpy(float *y, float a, const float *x, size_t n) { CU_CHECK(cu_axpy(y, a, x, n, cu_stream())); }

@@ -195,6 +195,9 @@ void ops_copy(float *dst, const float *src, size_t n);
  * hold the same value; ops_widen_bf16 gives it back exactly: x[i] = y[i] as fp32. Device memory. */
 void ops_round_bf16(float *x, uint16_t *y, size_t n);
 void ops_widen_bf16(float *x, const uint16_t *y, size_t n);
+/* y[i] = bf16 bits of x[i] (round to nearest even, NaN stays NaN), x unchanged: the bf16 compute copy of an
+ * fp32 master weight (model.c). Device memory. */
+void ops_to_bf16(uint16_t *y, const float *x, size_t n);
 void ops_add(float *y, const float *x, size_t n);            /* y += x */
 void ops_axpy(float *y, float a, const float *x, size_t n);  /* y += a·x */
 void ops_scale(float *x, float a, size_t n);

@@ -145,11 +145,15 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
      * node-shared part (lora.node_shared) one copy per node, of which this rank allocates its share */
     mem.params += (double)(pt->stored_bytes - pt->shared_bytes) +
                   (double)params_shared_share(pt, p->node_rank, p->node_size, NULL);
+    model_opts o = deck_model_opts(d);
+    if (o.act_bf16) { /* the bf16 compute copies of trainable linears: the head group's and one layer's (model.c) */
+        size_t head, layer = params_copy_layout(pt, NULL, &head);
+        mem.params += 2.0 * (double)(head + layer);
+    }
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
     /* the model's own accounting (model/cost.c: what acts_create allocates, the MoE dispatch rows included) */
-    model_opts o = deck_model_opts(d);
     mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
     mem.total = mem.params + mem.grads + mem.optim + mem.acts;
     return mem;
@@ -471,15 +475,15 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
             mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U);
     fprintf(out, "plan: memory estimate per rank (what this trainer allocates, CPU or GPU: fp32 activations but for "
-                 "the main blocks' bf16 inputs with train.dtype bf16, fp32 gradients and trainable weights, the "
-                 "frozen store in train.base_dtype; a run prints its own count next to it at step 1): max %.2f %s = "
-                 "%.3g GB; all ranks %.2f %s\n",
+                 "the main blocks' bf16 inputs with train.dtype bf16, fp32 gradients and masters (and their bf16 "
+                 "copies with train.dtype bf16), the frozen store in train.base_dtype; a run prints its own count "
+                 "next to it at step 1): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
             mx[4] / U, un, mx[4] / 1e9, sum / U, un);
     if (!strcmp(d->train.dtype, "bf16"))
         fprintf(out, "plan: train.dtype = \"bf16\": the trainer keeps the main blocks' inputs in bf16 (the residual "
-                     "stream rounded there) and sets the default wire; its other activations and its trainable weights "
-                     "are fp32, so the table above, not the GPU plan's layout below (every activation bf16, bf16 "
-                     "compute copies), is what a run of this deck allocates\n");
+                     "stream rounded there), multiplies trainable linears through bf16 copies of their fp32 masters "
+                     "and sets the default wire; its other activations are fp32, so the table above, not the GPU "
+                     "plan's layout below (every activation bf16), is what a run of this deck allocates\n");
     free(all);
 }
 

@@ -114,7 +114,9 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  * the bf16 design layout. Categories:
  *  params  stage<3: every local tensor unsharded; stage 3: my shard of every
  *          segment + gather_floats, fp32; plus the frozen store (narrow base,
- *          train.base_dtype), its node-shared part counted by share.
+ *          train.base_dtype), its node-shared part counted by share; plus,
+ *          with train.dtype bf16, the trainable linears' bf16 compute copies
+ *          (params_copy_layout: the head group's and the largest layer's).
  *  grads   fp32 state floats: with state_compact the trainable ones only,
  *          else every float (the full layout keeps the router biases' slots).
  *          stage<2 all local state floats; stage>=2 my state shard +

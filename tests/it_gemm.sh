@@ -109,6 +109,6 @@ refuse() { # label expected-text overrides...
         { echo "$out" | tail -n 5; bad "$label (rc $rc, $n message lines)"; }
 }
 refuse "gemm fp8 on a bf16 base" 'needs train.base_dtype = "fp8"' train.base_dtype=bf16 train.gemm_dtype=fp8
-refuse "gemm bf16 with an fp32 base" 'stored narrow' train.gemm_dtype=bf16
+refuse "gemm bf16 with an fp32 base (LoRA)" 'held narrow' train.gemm_dtype=bf16
 echo "it_gemm: $fails failure(s)"
 [ $fails -eq 0 ]

@@ -219,17 +219,18 @@ static void test_checkpointing_same_grads(void **state) {
 }
 
 /* train.dtype = "bf16" keeps the main blocks' inputs in bf16, the residual stream rounded where it enters
- * them: the loss and gradients move by about bf16's precision from fp32's (they must move: the rounding
- * happened; by little: the same model), and activation checkpointing, which recomputes each block from its
- * bf16 copy, gives bitwise the same loss and gradients as keeping every block's activations. */
-static void test_bf16_block_inputs(void **state) {
+ * them, and multiplies the trainable linears through bf16 copies of their fp32 masters: the loss and
+ * gradients move by about bf16's precision from fp32's (they must move: the rounding happened; by little:
+ * the same model), and activation checkpointing, which recomputes each block from its bf16 input, gives
+ * bitwise the same loss and gradients as keeping every block's activations. */
+static void test_bf16(void **state) {
     (void)state;
     fixture f32, a, b;
     setup(&f32, 1, 0);
     setup_o(&a, 1, 0, "", 0, "train.dtype=\"bf16\"");
     setup_o(&b, 1, 1, "", 0, "train.dtype=\"bf16\"");
     double l32 = loss(&f32, 1), la = loss(&a, 1), lb = loss(&b, 1);
-    print_message("    loss fp32 %.9f, bf16 block inputs %.9f (rel %.2e)\n", l32, la, fabs(la - l32) / fabs(l32));
+    print_message("    loss fp32 %.9f, bf16 %.9f (rel %.2e)\n", l32, la, fabs(la - l32) / fabs(l32));
     assert_true(la != l32 && fabs(la - l32) < 1e-2 * fabs(l32));
     assert_true(la == lb);
     const param_table *pt = model_params(a.m);
@@ -382,7 +383,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fd_mtp2),
         cmocka_unit_test(test_mtp_reaches_main_model),
         cmocka_unit_test(test_checkpointing_same_grads),
-        cmocka_unit_test(test_bf16_block_inputs),
+        cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_shape_change),
         cmocka_unit_test(test_init_independent_of_split),
         cmocka_unit_test(test_fd_lora_dropout),

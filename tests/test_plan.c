@@ -300,15 +300,23 @@ static void test_memory(void **state) {
     assert_true(m[3].params < m[2].params / 2 && m[3].grads == m[2].grads);
     /* train.dtype bf16 is the GPU plan's layout, not the trainer's: the trainer's table (what a run allocates)
      * is fp32's but for the main blocks' inputs, kept in bf16 (61 of [N,H] at 2 bytes, not 4) and widened into
-     * one shared fp32 [N,H] (the wire dtype it also sets is rounding, not storage) */
+     * one shared fp32 [N,H], and for the trainable linears' bf16 compute copies: lm_head's (V x H) and the
+     * largest layer's (the MTP layer: MLA, shared expert, this rank's 32 routed experts, eh_proj [H, 2H]) */
     snprintf(d.train.dtype, DECK_STR, "bf16");
     const double NH = 4096.0 * 7168;
     for (int z = 0; z < 4; z++) {
         d.parallel.zero_stage = z;
         plan pb;
         assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
-        assert_true(pb.mem.params == m[z].params && pb.mem.grads == m[z].grads && pb.mem.optim == m[z].optim);
-        assert_true(pb.mem.acts == m[z].acts - 61 * NH * 2 + NH * 4);
+        size_t head, layer = params_copy_layout(&pb.params, NULL, &head);
+        double mla = 7168.0 * 1536 + 1536.0 * 128 * 192 + 7168.0 * 576 + 512.0 * 128 * 256 + 128.0 * 128 * 7168;
+        assert_true(head == 129280u * 7168u && layer == (size_t)(mla + 3.0 * 2048 * 7168 * (1 + 32) + 7168.0 * 14336));
+        assert_true(pb.mem.params == m[z].params + 2.0 * (double)(head + layer) && pb.mem.grads == m[z].grads &&
+                    pb.mem.optim == m[z].optim);
+        /* the scratch arena adds the copies' GEMM tile (ops_matmul_w_scratch_floats: 2^24 floats for lm_head) */
+        model_opts ob = deck_model_opts(&d);
+        assert_true(cost_tile_floats(&ob) == (size_t)1 << 24);
+        assert_true(pb.mem.acts == m[z].acts - 61 * NH * 2 + NH * 4 + 4.0 * (1 << 24));
         plan_free(&pb);
     }
     snprintf(d.train.dtype, DECK_STR, "fp32");

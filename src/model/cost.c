@@ -137,7 +137,8 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
  * component peak plus the largest tile (ops_matmul_w_scratch_floats: the
  * dequantisation tile, and with train.gemm_dtype bf16/fp8 the activation chunk) over the
  * weights held narrow — the frozen store's tensors (params.h P_STORED, one
- * expert's matrix for the stacked experts). 0 with an fp32 base. */
+ * expert's matrix for the stacked experts) and the bf16 compute copies of
+ * trainable linears (act_bf16, params_copied). 0 with neither. */
 size_t cost_tile_floats(const model_opts *o) {
     param_table pt;
     char err[256];
@@ -145,9 +146,10 @@ size_t cost_tile_floats(const model_opts *o) {
     size_t f = 0;
     for (int i = 0; i < pt.n; i++) {
         const param_spec *s = &pt.t[i];
-        if (!(s->flags & P_STORED)) continue;
-        size_t x = ops_matmul_w_scratch_floats((ops_dtype)s->dtype, params_gemm_dtype(o->lora), (int)s->shape[s->ndim - 2],
-                                               (int)s->shape[s->ndim - 1]);
+        int copied = o->act_bf16 && params_copied(s);
+        if (!(s->flags & P_STORED) && !copied) continue;
+        size_t x = ops_matmul_w_scratch_floats(copied ? OPS_BF16 : (ops_dtype)s->dtype, params_gemm_dtype(o->lora),
+                                               (int)s->shape[s->ndim - 2], (int)s->shape[s->ndim - 1]);
         if (x > f) f = x;
     }
     params_free(&pt);

@@ -6,7 +6,9 @@
  * Storage of the base weight: W (ops.h ops_weight). OPS_F32 (the default, a
  * zeroed W included) multiplies by w with ops_matmul exactly as before; a
  * frozen bf16 or FP8 base weight sets W.dtype/data/scale (w, g unused) and
- * the model code stays the same.
+ * the model code stays the same. A trainable weight with a bf16 compute copy
+ * (train.dtype = "bf16") has W over the copy and w, g over its fp32 master:
+ * y and dx multiply the copy, dW (fp32) accumulates into g.
  */
 #ifndef DSV3_LINEAR_H
 #define DSV3_LINEAR_H

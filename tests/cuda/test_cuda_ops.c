@@ -104,9 +104,20 @@ static void bf16_storage(size_t n) {
     float *x = twin_host(n, 3, -300, 300), *y = malloc(n * 4 + 4);
     for (size_t i = 0; i < n; i++)
         if (i % 5 == 1) memcpy(&x[i], &special[(i / 5) % (sizeof special / sizeof special[0])], 4);
-    uint16_t *b = malloc(n * 2 + 2);
+    uint16_t *b = malloc(n * 2 + 2), *b2 = malloc(n * 2 + 2);
     float *dx = twin_dev(x, n * 4), *dw;
     uint16_t *db;
+    /* ops_to_bf16 first (x unchanged), into db; then ops_round_bf16 overwrites db */
+    CK(cudaMalloc((void **)&db, n * 2 + 2));
+    ops_to_bf16(b2, x, n);
+    CK(cu_to_bf16(db, dx, n, twin_s));
+    uint16_t *gb2 = twin_back(db, n * 2);
+    twin_same("ops_to_bf16", what, gb2, b2, n * 2);
+    free(gb2);
+    float *gx = twin_back(dx, n * 4);
+    twin_same("ops_to_bf16", "x unchanged", gx, x, n * 4);
+    free(gx);
+    CK(cudaFree(db));
     CK(cudaMalloc((void **)&db, n * 2 + 2));
     CK(cudaMalloc((void **)&dw, n * 4 + 4));
     memcpy(y, x, n * 4);
@@ -117,6 +128,7 @@ static void bf16_storage(size_t n) {
     free(got);
     uint16_t *gb = twin_back(db, n * 2);
     twin_same("ops_round_bf16", "bits", gb, b, n * 2);
+    twin_same("ops_round_bf16", "bits == ops_to_bf16's (CPU)", b, b2, n * 2);
     free(gb);
     float *w = malloc(n * 4 + 4);
     ops_widen_bf16(w, b, n);
@@ -128,7 +140,7 @@ static void bf16_storage(size_t n) {
     CK(cudaFree(dx));
     CK(cudaFree(db));
     CK(cudaFree(dw));
-    free(x), free(y), free(b), free(w);
+    free(x), free(y), free(b), free(b2), free(w);
 }
 
 int main(void) {
