@@ -52,17 +52,22 @@ static inline size_t ops_attention_cache_floats(int B, int T, int nh) { return (
  * every (sequence, head) at once, against the keys [0, t1) (causal): a score
  * region [B·nh, rows, t1] per chunk, one in the forward (S, then P in place),
  * two in the backward (P; dP, then dS in place), taken from `scratch` and
- * given back before the op returns. Chunk rule: rows = ⌊2^26 / (B·nh·T)⌋
- * clamped to [1, T], so a score region stays at most 2^26 floats (256 MiB)
- * unless one row per (b, h) is already more (B·nh·T > 2^26). DeepSeek-V3
- * (B 1, nh 128, T 4096): 128 rows, 32 chunks, 2^26 floats per region.
+ * given back before the op returns. Chunk rule: rows = min(128, ⌊2^26 /
+ * (B·nh·T)⌋) clamped to [1, T]: a score region stays at most 2^26 floats
+ * (256 MiB) unless one row per (b, h) is already more (B·nh·T > 2^26), and
+ * the GEMMs' work past the causal diagonal (each chunk multiplies its whole
+ * [rows, t1] block) stays at T·rows/2 on top of T²/2 (at most 128/T more).
+ * DeepSeek-V3 (B 1, nh 128, T 4096): 128 rows, 32 chunks, 2^26 floats per region.
  * The CPU backend takes the same regions (each (b, h) a [rows, T] slot, used
  * in blocks of up to 64 rows), so the plan (mla_scratch_floats) is one for both. */
 #define OPS_ATTN_SCORE_FLOATS ((size_t)1 << 26)
+#define OPS_ATTN_CHUNK_ROWS 128
 static inline int ops_attention_chunk_rows(int B, int T, int nh) {
     const size_t row = (size_t)(B > 0 ? B : 1) * (nh > 0 ? nh : 1) * (T > 0 ? T : 1);
-    const size_t r = OPS_ATTN_SCORE_FLOATS / row;
-    return r < 1 ? 1 : r > (size_t)(T > 0 ? T : 1) ? (T > 0 ? T : 1) : (int)r;
+    size_t r = OPS_ATTN_SCORE_FLOATS / row;
+    if (r > OPS_ATTN_CHUNK_ROWS) r = OPS_ATTN_CHUNK_ROWS;
+    if (r > (size_t)(T > 0 ? T : 1)) r = (size_t)(T > 0 ? T : 1);
+    return r < 1 ? 1 : (int)r;
 }
 /* floats the forward (backward 0) or the backward (backward 1) takes from its arena */
 static inline size_t ops_attention_scratch_floats(int B, int T, int nh, int backward) {

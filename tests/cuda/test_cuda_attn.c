@@ -159,10 +159,12 @@ static void attention_rule(void) {
            "backward %zu (%.0f MiB)\n", r, (4096 + r - 1) / r, f, f * 4.0 / 1048576, b, b * 4.0 / 1048576);
     twin_report(r == 128 && f == OPS_ATTN_SCORE_FLOATS && b == 2 * OPS_ATTN_SCORE_FLOATS, "ops_attention_forward",
                 twin_fmt("chunk rule B=1 T=4096 nh=128: %d rows, %zu + %zu floats", r, f, b - f), 0);
-    /* one row per (b, h) is already more than the cap: 1 row; T = 1: 1 row */
+    /* one row per (b, h) is already more than the cap: 1 row; T = 1: 1 row; short T: all of it;
+     * small B·nh·T: the row cap; between: the memory cap (2^26 / (2·64·8192) = 64 rows) */
     twin_report(ops_attention_chunk_rows(8, 65536, 128) == 1 && ops_attention_chunk_rows(2, 1, 4) == 1 &&
-                    ops_attention_chunk_rows(2, 64, 4) == 64,
-                "ops_attention_forward", "chunk rule clamps to [1, T]", 0);
+                    ops_attention_chunk_rows(2, 64, 4) == 64 && ops_attention_chunk_rows(1, 1024, 4) == 128 &&
+                    ops_attention_chunk_rows(2, 8192, 64) == 64,
+                "ops_attention_forward", "chunk rule: [1, T], 128 rows, 2^26 floats", 0);
     float *d1 = twin_alloc(64 * 4);
     twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, d1, 64, twin_s) == cudaErrorInvalidValue &&
                     cu_attention_forward(d1, d1, d1, d1, d1, 1, 9, 1, 4, 4, 1.0f, 8, d1, 64, twin_s) ==
@@ -369,7 +371,8 @@ int main(void) {
 
     /* attention: the tiny deck in one chunk (the ops' rule) and in four, one token, T off the
      * chunk rows (8 chunks, the last of 2), DeepSeek-V3's widths (3 chunks), B > 1 with odd
-     * widths, dv > 512 and dqk > 256 (beyond the former SIMT kernels), rows > T (one chunk) */
+     * widths, dv > 512 and dqk > 256 (beyond the former SIMT kernels), rows > T (one chunk),
+     * T past the rule's 128 rows */
     attention(2, 64, 4, 24, 16, 0);
     attention(2, 64, 4, 24, 16, 16);
     attention(1, 1, 1, 24, 16, 0);
@@ -379,6 +382,7 @@ int main(void) {
     attention(1, 9, 2, 32, 513, 4);
     attention(1, 6, 1, 257, 20, 4);
     attention(3, 5, 2, 8, 8, 100);
+    attention(1, 150, 1, 24, 16, 0); /* the ops' rule in two chunks (128 rows, then 22) */
     attention_rule();
 
     /* beyond the latent kernel's limit (cu_ops_attn.h): refused, nothing launched */
