@@ -57,6 +57,8 @@ void *cu_devbuf_get(cu_devbuf *b, size_t bytes); /* at least `bytes` (>= 1) byte
 /* ---- elementwise (ops.h) */
 cudaError_t cu_zero(float *x, size_t n, cudaStream_t s);
 cudaError_t cu_copy(float *dst, const float *src, size_t n, cudaStream_t s);
+cudaError_t cu_round_bf16(float *x, uint16_t *y, size_t n, cudaStream_t s);
+cudaError_t cu_widen_bf16(float *x, const uint16_t *y, size_t n, cudaStream_t s);
 cudaError_t cu_add(float *y, const float *x, size_t n, cudaStream_t s);
 cudaError_t cu_axpy(float *y, float a, const float *x, size_t n, cudaStream_t s);
 cudaError_t cu_scale(float *x, float a, size_t n, cudaStream_t s);

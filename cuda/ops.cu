@@ -216,6 +216,18 @@ __global__ void store_bf16_kernel(uint16_t *q, const float *x, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         q[i] = bf16_of(x[i]);
 }
+/* ops_round_bf16: the bits stored, and x made the value they hold */
+__global__ void round_bf16_kernel(float *x, uint16_t *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint16_t b = bf16_of(x[i]);
+        y[i] = b;
+        x[i] = __uint_as_float((uint32_t)b << 16);
+    }
+}
+__global__ void widen_bf16_kernel(float *x, const uint16_t *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = __uint_as_float((uint32_t)y[i] << 16);
+}
 /* One block per 128x128 block of x [n, in] (grid nb x nrb): amax, scale =
  * amax/448 (1 for an all-zero block), codes = e4m3(x / scale). scale and q
  * point at the chunk's first block row. */
@@ -236,6 +248,12 @@ __global__ void __launch_bounds__(QB) store_fp8_kernel(uint8_t *q, float *scale,
 }
 } // namespace
 
+extern "C" cudaError_t cu_round_bf16(float *x, uint16_t *y, size_t n, cudaStream_t s) {
+    return n ? dsv3::launch(round_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, y, n) : cudaSuccess;
+}
+extern "C" cudaError_t cu_widen_bf16(float *x, const uint16_t *y, size_t n, cudaStream_t s) {
+    return n ? dsv3::launch(widen_bf16_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, x, y, n) : cudaSuccess;
+}
 extern "C" cudaError_t cu_f32_to_e4m3(uint8_t *q, const float *x, size_t n, cudaStream_t s) {
     return n ? dsv3::launch(e4m3_kernel, dim3(dsv3::grid_for(n, EW)), dim3(EW), 0, s, q, x, n) : cudaSuccess;
 }
@@ -658,13 +676,16 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
                    "ops_weight_store_rows: FP8 rows %d..%d are not whole 128-row blocks", r0, r0 + n);
     if (in <= 0) return cudaSuccess;
     /* host rows staged through a transient device buffer, at most 2^24 floats (whole 128-row
-     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters */
+     * blocks) at a time; a load-time op: cudaFree's synchronisation costs nothing that matters.
+     * Counted as OPS_MEM_OTHER while it lives (the run's "untracked" peak), not in the plan */
     const int nb = (in + OPS_FP8_BLOCK - 1) / OPS_FP8_BLOCK;
     int tr = (int)(((size_t)1 << 24) / (size_t)in / OPS_FP8_BLOCK * OPS_FP8_BLOCK);
     if (tr < OPS_FP8_BLOCK) tr = OPS_FP8_BLOCK;
     if (tr > n) tr = n;
     float *stage = nullptr;
-    cudaError_t e = cudaMalloc((void **)&stage, (size_t)tr * in * sizeof(float));
+    const size_t sbytes = (size_t)tr * in * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)&stage, sbytes);
+    if (e == cudaSuccess) ops_mem_charge(0, OPS_MEM_OTHER, sbytes, 1);
     for (int a = 0; a < n && e == cudaSuccess; a += tr) {
         const int k = n - a < tr ? n - a : tr;
         const size_t cnt = (size_t)k * in, row = (size_t)(r0 + a);
@@ -681,6 +702,7 @@ extern "C" cudaError_t cu_weight_store_rows(const ops_weight *w, int r0, int n, 
     }
     if (stage) {
         cudaError_t f = cudaFree(stage); /* after the queued kernels: cudaFree synchronises */
+        ops_mem_charge(0, OPS_MEM_OTHER, sbytes, -1);
         if (e == cudaSuccess) e = f;
     }
     return e;
@@ -909,6 +931,8 @@ void ops_arena_release(ops_arena *a, size_t mark) {
 /* ---- ops.h: elementwise ---- */
 void ops_zero(float *x, size_t n) { CU_CHECK(cu_zero(x, n, cu_stream())); }
 void ops_copy(float *dst, const float *src, size_t n) { CU_CHECK(cu_copy(dst, src, n, cu_stream())); }
+void ops_round_bf16(float *x, uint16_t *y, size_t n) { CU_CHECK(cu_round_bf16(x, y, n, cu_stream())); }
+void ops_widen_bf16(float *x, const uint16_t *y, size_t n) { CU_CHECK(cu_widen_bf16(x, y, n, cu_stream())); }
 void ops_fill(float *x, size_t n, float v) { CU_CHECK(cu_fill(x, n, v, cu_stream())); }
 void ops_add(float *y, const float *x, size_t n) { CU_CHECK(cu_add(y, x, n, cu_stream())); }
 void ops_axpy(float *y, float a, const float *x, size_t n) { CU_CHECK(cu_axpy(y, a, x, n, cu_stream())); }

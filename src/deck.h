@@ -152,7 +152,8 @@ static inline int deck_wire(const deck *d) {
 }
 static inline model_opts deck_model_opts(const deck *d) {
     return (model_opts){&d->model, &d->lora, d->train.seq_len, d->train.micro_batch,
-                        d->parallel.activation_checkpointing, deck_wire(d), d->parallel.moe_overlap};
+                        d->parallel.activation_checkpointing, deck_wire(d), d->parallel.moe_overlap,
+                        !strcmp(d->train.dtype, "bf16")};
 }
 
 #endif

@@ -190,6 +190,11 @@ void ops_copy_cols(float *dst, int ds, const float *src, int ss, int off, int n,
 void ops_add_cols(float *dst, int ds, int off, const float *src, int ss, int n, int rows);
 void ops_zero(float *x, size_t n);
 void ops_copy(float *dst, const float *src, size_t n);
+/* bf16 storage of an activation (train.dtype = "bf16"): x[i] is rounded to bf16 in place (round to nearest
+ * even; NaN stays NaN: ops_f32_to_bf16) and its bits stored in y[i], so the fp32 stream and the stored copy
+ * hold the same value; ops_widen_bf16 gives it back exactly: x[i] = y[i] as fp32. Device memory. */
+void ops_round_bf16(float *x, uint16_t *y, size_t n);
+void ops_widen_bf16(float *x, const uint16_t *y, size_t n);
 void ops_add(float *y, const float *x, size_t n);            /* y += x */
 void ops_axpy(float *y, float a, const float *x, size_t n);  /* y += a·x */
 void ops_scale(float *x, float a, size_t n);

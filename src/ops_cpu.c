@@ -159,6 +159,19 @@ void ops_copy(float *dst, const float *src, size_t n) {
     if (n) memcpy(dst, src, n * sizeof *dst);
 }
 
+void ops_round_bf16(float *x, uint16_t *y, size_t n) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        y[i] = ops_f32_to_bf16(x[i]);
+        x[i] = ops_bf16_to_f32(y[i]);
+    }
+}
+
+void ops_widen_bf16(float *x, const uint16_t *y, size_t n) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++) x[i] = ops_bf16_to_f32(y[i]);
+}
+
 void ops_add(float *y, const float *x, size_t n) {
 #pragma omp parallel for simd if (n > 65536)
     for (size_t i = 0; i < n; i++) y[i] += x[i];

@@ -221,7 +221,7 @@ perf_mem perf_memory(const perf_model *m, const perf_layout *l, int e) {
     double moments = 8.0 * (nd / (z >= 1 ? W : 1) + ne / (z >= 1 ? dp : 1));
     r.train = copy + master + grads + moments;
     r.acts = N * (l->ckpt ? m->act_tok_ckpt : m->act_tok_full);
-    r.logits = N * (2.0 * 4.0 * m->V + 4.0);
+    r.logits = N * (4.0 * m->V + 4.0); /* one fp32 [T,V]: dlogits are written over the logits (model.c) */
     if (l->ep > 1 && m->n_moe > 0) {
         perf_route q = perf_routing(m, l->ep, l->gpn);
         double rows = N * q.ranks * PERF_DISPATCH_HEADROOM;

@@ -26,8 +26,9 @@
  *    prefetched), the head group gathered like a layer, embedding rows
  *    gathered for the micro-batch's tokens (design §3: gather a layer just
  *    before use, free after);
- *  - activations bf16 (cost_gpu_act_bytes), logits and dlogits two fp32
- *    [T,V] buffers as model.c allocates them (no chunked CE: not in the design);
+ *  - activations bf16 (cost_gpu_act_bytes), logits one fp32 [T,V] buffer
+ *    with the dlogits written over it, as model.c does (no chunked CE: not in
+ *    the design);
  *  - MoE dispatch: one row per (token, destination rank) in the wire dtype
  *    (fp8 = e4m3 + one f32 scale per 128 values), combine bf16 (fp32 with an
  *    fp32 wire); send and receive buffers sized for the expected rows x 1.5;
@@ -128,7 +129,7 @@ typedef struct {
     double gather;   /* gather buffers: 2 live groups (in use + prefetch) + embedding rows */
     double train;    /* trainable: bf16 copy, fp32 master, grads, AdamW m+v (ZeRO), reduce buffer */
     double acts;     /* saved activations (bf16) and backward scratch, without the [T,V] buffers */
-    double logits;   /* logits + dlogits: two fp32 [T,V] buffers + per-token loss */
+    double logits;   /* logits, dlogits written over them: one fp32 [T,V] buffer + per-token loss */
     double dispatch; /* MoE dispatch/combine send+recv buffers in the wire dtype */
     double runtime;  /* PERF_RUNTIME_BYTES */
     double total;

@@ -112,20 +112,6 @@ int plan_shard_owner(const plan_shard *s, size_t o) {
     return lo; /* an empty shard shares its offset with the next member, which wins */
 }
 
-/* ----------------------------------------------------------- activations */
-
-/* The formulas live in model/cost.c (one place for the plan and the run). */
-double plan_act_layer_floats(const deck *d, int moe, int lora) {
-    model_opts o = deck_model_opts(d);
-    return cost_gpu_layer_floats(&o, moe, lora);
-}
-
-double plan_act_bytes(const deck *d) {
-    model_opts o = deck_model_opts(d);
-    double es = strcmp(d->train.dtype, "bf16") == 0 ? 2 : 4;
-    return cost_gpu_act_bytes(&o, (double)d->train.micro_batch * d->train.seq_len, es);
-}
-
 /* ---------------------------------------------------------------- memory */
 
 /* Floats of tensor t inside [lo, hi) of its segment. */
@@ -139,7 +125,6 @@ static size_t overlap(const param_spec *t, const param_segment *s, size_t lo, si
 plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     plan_memory mem = {0};
     const param_table *pt = &p->params;
-    int bf16 = strcmp(d->train.dtype, "bf16") == 0;
     int z = p->zero_stage;
     double state_local = 0; /* floats with gradient and AdamW slots when unsharded */
     for (int si = 0; si < pt->nseg; si++) {
@@ -150,13 +135,12 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
             const param_spec *t = &pt->t[i];
             if (t->group != s->group || t->kind != s->kind) continue;
             int tr = plan_param_trainable(t);
-            double bytes = (t->flags & P_NOGRAD) ? 4 : tr ? (bf16 ? 6 : 4) : (bf16 ? 2 : 4);
             double n = z >= 3 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
-            mem.params += n * bytes;
+            mem.params += n * 4.0;
             if (p->state_compact ? tr : 1) state_local += (double)t->numel_local;
         }
     }
-    if (z >= 3) mem.params += (double)p->gather_floats * (bf16 ? 2 : 4);
+    if (z >= 3) mem.params += (double)p->gather_floats * 4.0;
     /* the frozen store (train.base_dtype bf16/fp8, train.embed_dtype bf16), resident at any stage; its
      * node-shared part (lora.node_shared) one copy per node, of which this rank allocates its share */
     mem.params += (double)(pt->stored_bytes - pt->shared_bytes) +
@@ -164,18 +148,10 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);
-    if (bf16) { /* the GPU layout: bf16 activations, MoE rows sent and received in the wire dtype
-                 * (parallel.dispatch_dtype: dispatch, then combine; fp8 combines in bf16) */
-        mem.acts = plan_act_bytes(d);
-        int H = d->model.hidden_size, w = deck_wire(d), wb = w == OPS_WIRE_FP8 ? OPS_WIRE_BF16 : w;
-        double rows = H > 0 ? (double)(p->dispatch_floats / (size_t)H) : 0.0;
-        mem.comm = 2.0 * rows * (double)(ops_wire_row_bytes(H, w) + ops_wire_row_bytes(H, wb));
-    } else { /* the CPU model's own accounting (it includes the MoE dispatch rows) */
-        model_opts o = deck_model_opts(d);
-        mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
-        mem.comm = 0.0;
-    }
-    mem.total = mem.params + mem.grads + mem.optim + mem.acts + mem.comm;
+    /* the model's own accounting (model/cost.c: what acts_create allocates, the MoE dispatch rows included) */
+    model_opts o = deck_model_opts(d);
+    mem.acts = cost_act_bytes(&o, p->ep, p->experts_per_rank, d->train.micro_batch, d->train.seq_len);
+    mem.total = mem.params + mem.grads + mem.optim + mem.acts;
     return mem;
 }
 
@@ -303,8 +279,6 @@ int plan_layout(plan *p, const deck *d, int size, int rank, char *err, int errle
     int L = m->num_hidden_layers, D = m->num_nextn_predict_layers;
     int dense = m->first_k_dense_replace < L ? m->first_k_dense_replace : L;
     p->n_moe_layers = E > 0 ? (L - dense) + D : 0;
-    if (p->n_moe_layers > 0) /* one row per (token, destination rank): at most N·min(K, EP) (moe_send_rows) */
-        p->dispatch_floats = moe_send_rows(mb * d->train.seq_len, m->num_experts_per_tok, ep) * (size_t)m->hidden_size;
     p->mem = plan_memory_estimate(d, p);
     return 0;
 }
@@ -400,7 +374,7 @@ typedef struct {
     char host[64];
     char cpuset[128];
     int node_index, dp_index, ep_index, first, per, bound, ncores;
-    double mem[6];
+    double mem[5]; /* plan_memory: params, grads, optim, acts, total */
 } rank_row;
 
 static const char *thousands(char *buf, size_t n, int64_t v) {
@@ -440,7 +414,7 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     me.per = p->experts_per_rank;
     me.bound = p->bound;
     me.ncores = p->ncores;
-    double mv[6] = {p->mem.params, p->mem.grads, p->mem.optim, p->mem.acts, p->mem.comm, p->mem.total};
+    double mv[5] = {p->mem.params, p->mem.grads, p->mem.optim, p->mem.acts, p->mem.total};
     memcpy(me.mem, mv, sizeof mv);
     rank_row *all = NULL;
     if (p->world_rank == 0) all = calloc((size_t)p->world_size, sizeof *all);
@@ -474,13 +448,13 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     double U = GiB;
     const char *un = "GiB";
     for (int r = 0; r < p->world_size; r++)
-        if (all[r].mem[5] > U) break;
+        if (all[r].mem[4] > U) break;
         else if (r == p->world_size - 1) U = 1048576.0, un = "MiB";
     char tot[16];
     snprintf(tot, sizeof tot, "total %s", un);
-    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8s %8s %8s %8s %8s %9s\n", "rank", "node", "group", "expert",
-            "experts", "cpuset", "params", "grads", "optim", "acts", "comm", tot);
-    double mx[6] = {0}, sum = 0;
+    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8s %8s %8s %8s %9s\n", "rank", "node", "group", "expert",
+            "experts", "cpuset", "params", "grads", "optim", "acts", tot);
+    double mx[5] = {0}, sum = 0;
     for (int r = 0; r < p->world_size; r++) {
         rank_row *x = &all[r];
         char node[96], ex[32], cpu[160];
@@ -488,20 +462,24 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
         if (x->per > 0) snprintf(ex, sizeof ex, "e%d-e%d", x->first, x->first + x->per - 1);
         else snprintf(ex, sizeof ex, "-");
         snprintf(cpu, sizeof cpu, "%.128s%s", x->cpuset, x->bound == 1 ? " bound" : x->bound < 0 ? " bind-failed" : "");
-        fprintf(out, "%5d  %-24s %5d %6d  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", r, node, x->dp_index,
-                x->ep_index, ex, cpu, x->mem[0] / U, x->mem[1] / U, x->mem[2] / U, x->mem[3] / U, x->mem[4] / U,
-                x->mem[5] / U);
-        for (int c = 0; c < 6; c++)
+        fprintf(out, "%5d  %-24s %5d %6d  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %9.2f\n", r, node, x->dp_index,
+                x->ep_index, ex, cpu, x->mem[0] / U, x->mem[1] / U, x->mem[2] / U, x->mem[3] / U, x->mem[4] / U);
+        for (int c = 0; c < 5; c++)
             if (x->mem[c] > mx[c]) mx[c] = x->mem[c];
-        sum += x->mem[5];
+        sum += x->mem[4];
     }
-    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
-            mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U, mx[5] / U);
-    fprintf(out, "plan: memory estimate per rank (%s): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
-            strcmp(d->train.dtype, "bf16") == 0
-                ? "bf16, the trainer's layout; the GPU plan below counts every buffer of the GPU layout"
-                : "CPU, fp32",
-            mx[5] / U, un, mx[5] / 1e9, sum / U, un);
+    fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
+            mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U);
+    fprintf(out, "plan: memory estimate per rank (what this trainer allocates, CPU or GPU: fp32 activations but for "
+                 "the main blocks' bf16 inputs with train.dtype bf16, fp32 gradients and trainable weights, the "
+                 "frozen store in train.base_dtype; a run prints its own count next to it at step 1): max %.2f %s = "
+                 "%.3g GB; all ranks %.2f %s\n",
+            mx[4] / U, un, mx[4] / 1e9, sum / U, un);
+    if (!strcmp(d->train.dtype, "bf16"))
+        fprintf(out, "plan: train.dtype = \"bf16\": the trainer keeps the main blocks' inputs in bf16 (the residual "
+                     "stream rounded there) and sets the default wire; its other activations and its trainable weights "
+                     "are fp32, so the table above, not the GPU plan's layout below (every activation bf16, bf16 "
+                     "compute copies), is what a run of this deck allocates\n");
     free(all);
 }
 
@@ -602,7 +580,7 @@ void plan_print_perf(const plan *p, const deck *d, const perf_opts *po, FILE *ou
     }
     {
         perf_mem mm = perf_memory(&m, &l, e_hi);
-        double N = (double)l.micro_batch * l.seq_len, chunk = (N < 1024 ? N : 1024) * 2.0 * 4.0 * m.V + 4.0 * N;
+        double N = (double)l.micro_batch * l.seq_len, chunk = (N < 1024 ? N : 1024) * 4.0 * m.V + 4.0 * N;
         fprintf(out, "gpu plan: not in the design, so not counted as a saving: a chunked cross-entropy (1,024 "
                      "tokens at a time, the frozen head's dgrad right after it) would hold %.2f GB of logits "
                      "instead of %.2f\n", chunk / GB, mm.logits / GB);

@@ -37,7 +37,7 @@ typedef struct {
 } plan_shard;
 
 typedef struct {
-    double params, grads, optim, acts, comm, total; /* bytes per rank */
+    double params, grads, optim, acts, total; /* bytes per rank */
 } plan_memory;
 
 typedef struct plan {
@@ -64,8 +64,6 @@ typedef struct plan {
     size_t reduce_floats;                /* ZeRO-2/3 reduce buffers: open gradient groups + reduce-scatter scratch */
     int state_compact;                   /* a frozen tensor exists (LoRA): gradients and moments of the
                                           * trainable floats only; else the full layout (router-bias slots too) */
-    size_t dispatch_floats;              /* MoE send rows x hidden: tokens*min(top_k, EP)*hidden (one row per
-                                          * token and destination rank) */
 } plan;
 
 /* Validates the layout against world size and builds communicators, ownership,
@@ -110,34 +108,23 @@ void plan_shard_free(plan_shard *s);
 /* Trainable = gets a gradient and optimizer state. */
 static inline int plan_param_trainable(const param_spec *t) { return !(t->flags & (P_FROZEN | P_NOGRAD)); }
 
-/* Memory estimate per rank, bytes (design §4), from the same numbers the run
- * allocates (plan fields above). Categories:
+/* Memory estimate per rank, bytes (design §4): what the trainer allocates, on
+ * either backend, from the same numbers the run uses (plan fields above).
+ * train.dtype does not change the weights' storage; the GPU plan (perf.h) is
+ * the bf16 design layout. Categories:
  *  params  stage<3: every local tensor unsharded; stage 3: my shard of every
- *          segment + gather_floats. Bytes per float: fp32 4; bf16: frozen 2,
- *          trainable 4 (fp32 master) + 2 (bf16 copy), P_NOGRAD state 4; the
- *          stage-3 gather buffer holds compute copies (bf16 2, fp32 4).
+ *          segment + gather_floats, fp32; plus the frozen store (narrow base,
+ *          train.base_dtype), its node-shared part counted by share.
  *  grads   fp32 state floats: with state_compact the trainable ones only,
  *          else every float (the full layout keeps the router biases' slots).
  *          stage<2 all local state floats; stage>=2 my state shard +
  *          reduce_floats (open group buffers + reduce-scatter scratch).
  *  optim   AdamW m and v, fp32, the same state floats: stage>=1 my shard,
  *          else all local.
- *  acts    plan_act_bytes(): saved activations of one micro-batch.
- *  comm    bf16 (GPU) layout: MoE send+recv rows in the wire dtype, dispatch
- *          and combine: 2 * rows * (dispatch + combine row bytes); fp32: 0
- *          (the CPU model counts its rows under acts).
+ *  acts    cost_act_bytes() (model/cost.c): the activation buffer (the MoE
+ *          dispatch rows included) and the host counts.
  *          (ZeRO buffers are counted once, under params and grads.)
  *  total   the sum. */
 plan_memory plan_memory_estimate(const deck *d, const plan *p);
-
-/* Floats saved per token by one decoder layer's forward for its backward
- * (the tensors are enumerated in plan.c). moe: the FFN is MoE (else dense
- * MLP); lora: count LoRA caches for the deck's targets. */
-double plan_act_layer_floats(const deck *d, int moe, int lora);
-/* Bytes of activations kept for one micro-batch (micro_batch * seq_len tokens)
- * on one rank: every layer's saved tensors, or with activation checkpointing
- * the layer inputs plus one layer's working set; plus the head and loss
- * buffers. Element size: 2 bytes for bf16, 4 for fp32; logits fp32. */
-double plan_act_bytes(const deck *d);
 
 #endif

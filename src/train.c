@@ -84,17 +84,17 @@ static double memory_report(trainer *t, double rss0) {
     static const char *cname[4] = {"params", "grads", "optim", "acts"};
     double mine[NV] = {pm->total, alloc, st.peak[OPS_MEM_OTHER], hwm, hwm >= 0 && rss0 >= 0 ? hwm - rss0 : -1.0,
                        pm->params, st.peak[OPS_MEM_PARAMS], pm->grads, st.peak[OPS_MEM_GRADS],
-                       pm->optim, st.peak[OPS_MEM_OPTIM], pm->acts + pm->comm, st.peak[OPS_MEM_ACTS]};
+                       pm->optim, st.peak[OPS_MEM_OPTIM], pm->acts, st.peak[OPS_MEM_ACTS]};
     int n = comm_size(p->world), rank = comm_rank(p->world);
     double *all = rank == 0 ? malloc(sizeof mine * (size_t)n) : NULL;
     comm_gather_bytes(mine, all, sizeof mine, 0, p->world);
     if (rank == 0) {
         const double MiB = 1048576.0;
         printf("dsv3: memory per rank (MiB) allocated: params %.2f grads %.2f optim %.2f acts %.2f = %.2f | "
-               "planned (--dry-run): params %.2f grads %.2f optim %.2f acts %.2f comm %.2f = %.2f | ratio %.3f\n",
+               "planned (--dry-run): params %.2f grads %.2f optim %.2f acts %.2f = %.2f | ratio %.3f\n",
                st.peak[OPS_MEM_PARAMS] / MiB, st.peak[OPS_MEM_GRADS] / MiB, st.peak[OPS_MEM_OPTIM] / MiB,
                st.peak[OPS_MEM_ACTS] / MiB, alloc / MiB, pm->params / MiB, pm->grads / MiB, pm->optim / MiB,
-               pm->acts / MiB, pm->comm / MiB, pm->total / MiB, pm->total > 0 ? alloc / pm->total : 0.0);
+               pm->acts / MiB, pm->total / MiB, pm->total > 0 ? alloc / pm->total : 0.0);
         double lo = INFINITY, hi = 0.0;
         int exact = 0;
         for (int r = 0; all && r < n; r++) {

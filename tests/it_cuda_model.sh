@@ -8,6 +8,7 @@
 #  2. the regression deck's loss curve (3 steps of 4 sequences, validation at steps 0 and 3)
 #     against the CPU backend's, regression tolerances (regression/compare.awk), at np 1 and
 #     at np 2 (EP 2, ZeRO 3: comm over the NCCL shim, CUDAEMU_THREADS=1);
+#     and at np 1 with train.dtype bf16 and checkpointing (the main blocks' inputs kept in bf16);
 #  3. memory: at np 1 the run's allocation equals the plan per category to the byte; at np 2
 #     every rank allocates what the CPU backend allocates for the same run;
 #  4. checkpoints through the device: the np 2 run saves at step 2, a second run resumes
@@ -54,6 +55,12 @@ CUDAEMU_THREADS=2 run emu1 1 "$EB/dsv3"
 compare tolerance cpu1 emu1
 grep -q 'every category equal to the plan on 1 of 1 ranks' "$OUT/emu1.log" || bad "np 1: allocation differs from the plan"
 grep -m1 'dsv3: memory per rank' "$OUT/emu1.log" | sed 's/^dsv3: /  emu1: /'
+# train.dtype bf16 with checkpointing: the main blocks' inputs kept in bf16 (ops_round_bf16 / ops_widen_bf16)
+B16=(train.dtype=bf16 parallel.activation_checkpointing=true)
+run cpub 1 "$BIN/dsv3" "${B16[@]}"
+CUDAEMU_THREADS=2 run emub 1 "$EB/dsv3" "${B16[@]}"
+compare tolerance cpub emub
+grep -q 'every category equal to the plan on 1 of 1 ranks' "$OUT/emub.log" || bad "np 1 bf16: allocation differs from the plan"
 
 run cpu2 2 "$BIN/dsv3" "${Z[@]}"
 CUDAEMU_THREADS=1 run emu2 2 "$EB/dsv3" "${Z[@]}" checkpoint.every=2

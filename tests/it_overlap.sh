@@ -72,7 +72,7 @@ for c in "1 1 0" "4 2 3"; do # it_memory.sh's layout: balanced enough that no Mo
     set -- $c
     out=$(timeout 200 mpirun -np "$1" "$BIN/dsv3" input/tiny.cfg run.steps=1 schedule.warmup_steps=0 checkpoint.every=0 \
         parallel.expert_parallel="$2" parallel.zero_stage="$3" parallel.moe_overlap=true run.output_dir="$OUT/mem$1" 2>&1)
-    planned=$(echo "$out" | grep 'memory per rank' | sed -n 's/.*comm [0-9.]* = \([0-9.]*\) | ratio.*/\1/p')
+    planned=$(echo "$out" | grep 'memory per rank' | sed -n 's/.*acts [0-9.]* = \([0-9.]*\) | ratio.*/\1/p')
     dry=$(timeout 200 mpirun -np "$1" "$BIN/dsv3" --dry-run input/tiny.cfg run.steps=1 schedule.warmup_steps=0 checkpoint.every=0 \
         parallel.expert_parallel="$2" parallel.zero_stage="$3" parallel.moe_overlap=true 2>&1 | awk '$1 == "0" && $2 ~ /#/ {print $NF}')
     ok=ok

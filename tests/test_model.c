@@ -56,13 +56,16 @@ typedef struct {
     int64_t step, sample0;
 } fixture;
 
-/* `extra` is appended to the deck (a lora group); dropout sets model_batch.dropout. */
-static void setup_x(fixture *f, int D, int ckpt, const char *extra, int dropout) {
-    char text[4096], err[512];
+/* `extra` is appended to the deck (a lora group); dropout sets model_batch.dropout; `over` (may be NULL) is
+ * one "key.path=value" override. */
+static void setup_o(fixture *f, int D, int ckpt, const char *extra, int dropout, const char *over) {
+    char text[4096], err[512], ov[128];
+    char *o[1] = {ov};
+    snprintf(ov, sizeof ov, "%s", over ? over : "");
     int n = snprintf(text, sizeof text, DECK, D, ckpt ? "true" : "false");
     snprintf(text + n, sizeof text - (size_t)n, "%s", extra);
     f->dropout = dropout, f->step = 3, f->sample0 = 5, f->lora = extra[0] != 0;
-    assert_int_equal(deck_load_string(&f->d, text, "test_model", 0, NULL, 1, err, sizeof err), 0);
+    assert_int_equal(deck_load_string(&f->d, text, "test_model", over ? 1 : 0, over ? o : NULL, 1, err, sizeof err), 0);
     model_opts mo = deck_model_opts(&f->d);
     assert_int_equal(model_create(&f->m, &mo, NULL, err, sizeof err), 0);
     model_init_weights(f->m, 7);
@@ -95,6 +98,9 @@ static void setup_x(fixture *f, int D, int ckpt, const char *extra, int dropout)
     f->sc.bal = 1.0f / B;
 }
 
+static void setup_x(fixture *f, int D, int ckpt, const char *extra, int dropout) {
+    setup_o(f, D, ckpt, extra, dropout, NULL);
+}
 static void setup(fixture *f, int D, int ckpt) { setup_x(f, D, ckpt, "", 0); }
 
 static void teardown(fixture *f) {
@@ -210,6 +216,32 @@ static void test_checkpointing_same_grads(void **state) {
         if (ga[i] != gb[i]) fail_msg("gradient %zu differs with activation checkpointing: %g vs %g", i, ga[i], gb[i]);
     teardown(&a);
     teardown(&b);
+}
+
+/* train.dtype = "bf16" keeps the main blocks' inputs in bf16, the residual stream rounded where it enters
+ * them: the loss and gradients move by about bf16's precision from fp32's (they must move: the rounding
+ * happened; by little: the same model), and activation checkpointing, which recomputes each block from its
+ * bf16 copy, gives bitwise the same loss and gradients as keeping every block's activations. */
+static void test_bf16_block_inputs(void **state) {
+    (void)state;
+    fixture f32, a, b;
+    setup(&f32, 1, 0);
+    setup_o(&a, 1, 0, "", 0, "train.dtype=\"bf16\"");
+    setup_o(&b, 1, 1, "", 0, "train.dtype=\"bf16\"");
+    double l32 = loss(&f32, 1), la = loss(&a, 1), lb = loss(&b, 1);
+    print_message("    loss fp32 %.9f, bf16 block inputs %.9f (rel %.2e)\n", l32, la, fabs(la - l32) / fabs(l32));
+    assert_true(la != l32 && fabs(la - l32) < 1e-2 * fabs(l32));
+    assert_true(la == lb);
+    const param_table *pt = model_params(a.m);
+    const float *g32 = model_grad_buffer(f32.m), *ga = model_grad_buffer(a.m), *gb = model_grad_buffer(b.m);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < pt->total_local; i++) {
+        if (ga[i] != gb[i]) fail_msg("gradient %zu differs with activation checkpointing (bf16): %g vs %g", i, ga[i], gb[i]);
+        num += ((double)ga[i] - g32[i]) * ((double)ga[i] - g32[i]), den += (double)g32[i] * g32[i];
+    }
+    print_message("    gradient rel. L2 difference bf16 vs fp32: %.2e\n", sqrt(num / den));
+    assert_true(num > 0 && sqrt(num / den) < 5e-2);
+    teardown(&f32), teardown(&a), teardown(&b);
 }
 
 /* A micro-batch of another shape re-creates the activation buffer; back at the
@@ -350,6 +382,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fd_mtp2),
         cmocka_unit_test(test_mtp_reaches_main_model),
         cmocka_unit_test(test_checkpointing_same_grads),
+        cmocka_unit_test(test_bf16_block_inputs),
         cmocka_unit_test(test_shape_change),
         cmocka_unit_test(test_init_independent_of_split),
         cmocka_unit_test(test_fd_lora_dropout),

@@ -112,7 +112,7 @@ static void test_memory(void **state) {
     /* trainable 500 + 2 layers x 1 expert x 10: bf16 copy, master, grads (ZeRO 1), moments / 4 ranks (experts / 1) */
     NEAR(r.train, 2 * 520.0 + 4 * 520.0 + 4 * 520.0 + 8 * (500 / 4.0 + 20 / 1.0), 1e-12);
     NEAR(r.acts, 8 * 1000.0, 1e-12);
-    NEAR(r.logits, 8 * (2 * 4 * 1000.0 + 4), 1e-12);
+    NEAR(r.logits, 8 * (4 * 1000.0 + 4), 1e-12);
     /* dispatch: 1 destination rank (top-1) x 1.5 headroom x send+recv x (bf16 dispatch + bf16 combine) */
     NEAR(r.dispatch, 8 * 1.0 * 1.5 * 2 * (256 * 2 + 256 * 2), 1e-12);
     NEAR(r.total, r.experts + r.base + r.gather + r.train + r.acts + r.logits + r.dispatch + PERF_RUNTIME_BYTES,

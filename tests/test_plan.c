@@ -167,10 +167,11 @@ static void test_sft_layout(void **state) {
             else sum_dense += p.shard[si].cnt[me];
         }
         sum_trainable += p.shard_trainable;
-        /* stage 3: params = shard bytes + bf16 gather buffer */
-        sum_params += p.mem.params - 2.0 * (double)p.gather_floats;
+        /* stage 3: params = shard bytes + the gather buffer; the trainer holds fp32 (train.dtype bf16 is the
+         * GPU plan's layout) and an unset train.base_dtype keeps the frozen base in the floats */
+        sum_params += p.mem.params - 4.0 * (double)p.gather_floats;
         /* categories add up */
-        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.comm);
+        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts);
         /* LoRA: grads and optimizer state only for adapters, tiny */
         assert_true(p.mem.optim < 1e9);
         plan_free(&p);
@@ -184,14 +185,14 @@ static void test_sft_layout(void **state) {
         *(p.params.seg[si].kind == SEG_EXPERT ? &expert : &dense) += p.params.seg[si].numel;
     for (int i = 0; i < p.params.n; i++) {
         const param_spec *t = &p.params.t[i];
-        bytes += (double)t->numel * ((t->flags & P_NOGRAD) ? 4 : plan_param_trainable(t) ? 6 : 2);
+        bytes += (double)t->numel * 4.0;
     }
     assert_int_equal(sum_dense, dense);
     assert_int_equal(sum_expert, expert * 8); /* 8 expert groups' worth: each data comm covers one ep slice */
     assert_int_equal(sum_trainable, (size_t)p.params.n_trainable);
     assert_true(sum_params == bytes);
-    /* 671B + 11.6B MTP unique parameters, bf16, over 24 ranks: about 57 GB of shards */
-    assert_true(bytes / 24 > 55e9 && bytes / 24 < 58e9);
+    /* 671B + 11.6B MTP unique parameters, fp32, over 24 ranks: about 114 GB of shards */
+    assert_true(bytes / 24 > 110e9 && bytes / 24 < 116e9);
     plan_free(&p);
 }
 
@@ -287,9 +288,8 @@ static void test_memory(void **state) {
         plan p;
         assert_int_equal(plan_layout(&p, &d, 24, 5, err, sizeof err), 0);
         m[z] = p.mem;
-        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.comm);
-        /* fp32 is the CPU model: its own activation accounting, which holds the MoE dispatch rows */
-        assert_true(p.mem.comm == 0.0);
+        assert_true(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts);
+        /* the model's own activation accounting, which holds the MoE dispatch rows */
         model_opts mo = deck_model_opts(&d);
         assert_true(p.mem.acts == cost_act_bytes(&mo, p.ep, p.experts_per_rank, d.train.micro_batch, d.train.seq_len));
         assert_true(p.mem.acts > 0.0);
@@ -298,35 +298,44 @@ static void test_memory(void **state) {
     assert_true(m[1].optim < m[0].optim / 3 && m[1].params == m[0].params && m[1].grads == m[0].grads);
     assert_true(m[2].grads < m[1].grads / 2 && m[2].optim == m[1].optim);
     assert_true(m[3].params < m[2].params / 2 && m[3].grads == m[2].grads);
-    /* bf16 is the GPU layout: comm = MoE rows sent and received, one per (token, destination rank):
-     * tokens*min(top-k, EP) rows, dispatch + combine in the wire dtype (bf16: 2 + 2 bytes per value) */
+    /* train.dtype bf16 is the GPU plan's layout, not the trainer's: the trainer's table (what a run allocates)
+     * is fp32's but for the main blocks' inputs, kept in bf16 (61 of [N,H] at 2 bytes, not 4) and widened into
+     * one shared fp32 [N,H] (the wire dtype it also sets is rounding, not storage) */
     snprintf(d.train.dtype, DECK_STR, "bf16");
-    plan pb;
-    assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
-    assert_true(pb.mem.comm == 4096.0 * 8 * 7168 * (2 + 2) * 2);
-    plan_free(&pb);
-    d.parallel.expert_parallel = 4; /* 4 destination ranks: at most 4 rows per token */
-    assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
-    assert_true(pb.mem.comm == 4096.0 * 4 * 7168 * (2 + 2) * 2);
-    plan_free(&pb);
-    snprintf(d.parallel.dispatch_dtype, DECK_STR, "fp8"); /* fp8 dispatch (1 B + a 4 B scale per 128), bf16 combine */
-    assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
-    assert_true(pb.mem.comm == 4096.0 * 4 * (7168 + 4 * 56 + 2 * 7168) * 2);
-    plan_free(&pb);
-    d.parallel.dispatch_dtype[0] = 0;
-    d.parallel.expert_parallel = 8;
+    const double NH = 4096.0 * 7168;
+    for (int z = 0; z < 4; z++) {
+        d.parallel.zero_stage = z;
+        plan pb;
+        assert_int_equal(plan_layout(&pb, &d, 24, 5, err, sizeof err), 0);
+        assert_true(pb.mem.params == m[z].params && pb.mem.grads == m[z].grads && pb.mem.optim == m[z].optim);
+        assert_true(pb.mem.acts == m[z].acts - 61 * NH * 2 + NH * 4);
+        plan_free(&pb);
+    }
+    snprintf(d.train.dtype, DECK_STR, "fp32");
     assert_true(m[0].total > m[1].total && m[1].total > m[2].total && m[2].total > m[3].total);
-    /* activations: linear in tokens, smaller with checkpointing */
+    /* the GPU layout's activations (cost.h): linear in tokens and in the element size, smaller with
+     * checkpointing */
     deck_v3(&d);
-    double a1 = plan_act_bytes(&d);
-    d.train.micro_batch = 2;
-    assert_true(plan_act_bytes(&d) == 2 * a1);
-    d.train.micro_batch = 1;
-    d.parallel.activation_checkpointing = false;
-    assert_true(plan_act_bytes(&d) > 5 * a1);
+    model_opts o = deck_model_opts(&d);
+    double a1 = cost_gpu_act_bytes(&o, 4096, 2);
+    assert_true(cost_gpu_act_bytes(&o, 8192, 2) == 2 * a1);
+    o.checkpointing = 0;
+    assert_true(cost_gpu_act_bytes(&o, 4096, 2) > 5 * a1);
     /* a MoE layer saves more than a dense one; LoRA adds r floats per target */
-    assert_true(plan_act_layer_floats(&d, 1, 0) > plan_act_layer_floats(&d, 0, 0));
-    assert_true(plan_act_layer_floats(&d, 1, 1) == plan_act_layer_floats(&d, 1, 0) + 5 * 16);
+    assert_true(cost_gpu_layer_floats(&o, 1, 0) > cost_gpu_layer_floats(&o, 0, 0));
+    assert_true(cost_gpu_layer_floats(&o, 1, 1) == cost_gpu_layer_floats(&o, 1, 0) + 5 * 16);
+    /* the trainer's activations: with checkpointing the main blocks keep only their inputs (one shared set of
+     * norms) and the logits are one [N,V] buffer (dlogits written over them) */
+    model_opts oc = deck_model_opts(&d), of = oc;
+    of.checkpointing = 0;
+    double N = 4096, H = 7168, L = 61;
+    double base_c = cost_base_act_bytes(&oc, 1, 4096), base_f = cost_base_act_bytes(&of, 1, 4096);
+    size_t sc = cost_scratch_floats(&oc, 1, 4096), sf = cost_scratch_floats(&of, 1, 4096);
+    assert_true(base_f - 4.0 * sf - (base_c - 4.0 * sc) == 4.0 * (L - 1) * (3 * N * H + 2 * N));
+    d.model.vocab_size += 1; /* one more logit per token: 4 bytes per token (one buffer), not 8 */
+    model_opts ov = deck_model_opts(&d);
+    assert_true(cost_base_act_bytes(&ov, 1, 4096) - 4.0 * cost_scratch_floats(&ov, 1, 4096) - (base_c - 4.0 * sc) ==
+                4.0 * N);
 }
 
 static void test_build_world(void **state) {

@@ -87,6 +87,8 @@ typedef struct {
     int checkpointing;
     int wire;           /* MoE dispatch/combine wire dtype (ops_moe.h OPS_WIRE_*: 0 fp32, 1 bf16, 2 fp8) */
     int moe_overlap;    /* MoE exchanges overlapped with the expert GEMMs (two halves; moe.h) */
+    int act_bf16;       /* train.dtype = "bf16": the main blocks' inputs are rounded to bf16 and kept in bf16
+                         * (model.c), the first activations stored narrow */
 } model_opts;
 
 #endif

@@ -96,8 +96,16 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
     const deck_model *c = o->cfg;
     double N = (double)B * T, H = c->hidden_size, V = c->vocab_size, f = 0.0;
     int L = c->num_hidden_layers, nblocks = L + c->num_nextn_predict_layers;
+    /* Per block its input x_in and norms xn1, x_mid, xn2, rstd1, rstd2. With
+     * activation checkpointing a main block's norms live only from its
+     * (re)computation to its backward, like its caches: the main blocks share
+     * one set, and keep only their inputs (the MTP blocks keep theirs). With
+     * act_bf16 a main block keeps its input in bf16 (ceil(N·H/2) floats) and
+     * widens it into one shared fp32 [N,H] for its recompute and backward. */
+    double xin = o->act_bf16 ? ceil(N * H / 2) : N * H;
+    if (L > 0) f += (o->checkpointing ? 3 * N * H + 2 * N : 0.0) + (o->act_bf16 ? N * H : 0.0);
     for (int i = 0; i < nblocks; i++) {
-        f += 4 * N * H + 2 * N; /* x_in, xn1, x_mid, xn2, rstd1, rstd2 */
+        f += i >= L ? 4 * N * H + 2 * N : xin + (o->checkpointing ? 0.0 : 3 * N * H + 2 * N);
         if (i >= L) {
             linear eh = shape(o, "eh_proj", 1, 2 * (int)H, (int)H);
             f += N * H /* x_out */ + 3 * N * H + 2 * N /* e, en, hn, rstds */ +
@@ -105,7 +113,7 @@ double cost_base_act_bytes(const model_opts *o, int B, int T) {
         }
     }
     f += (2.0 + 2 * c->num_nextn_predict_layers) * N; /* ids: tokens, targets, MTP e_ids, targets (int32) */
-    f += N * H + N + N * H + 2 * N * V + 3 * N * H; /* x_final, rstd, h_final, logits, dlogits, dx, tmp, dh */
+    f += N * H + N + N * H + N * V + 3 * N * H;     /* x_final, rstd, h_final, logits (dlogits in place), dx, tmp, dh */
     f += N * H;                                     /* recomputed block output */
     if (nblocks > L) f += 4 * N * H;                /* MTP backward scratch: dcat [N,2H], de, dh */
     f += (double)cost_scratch_floats(o, B, T);      /* the components' scratch arena */

@@ -11,8 +11,16 @@
  * shape from the sizes cost.c computes (cost_act_bytes is exactly what is
  * allocated):
  *   base region   the scratch arena (cost_scratch_floats), every block's
- *                 input and norms, the MTP blocks' extras, final norm, head,
- *                 logits/dlogits and backward scratch (cost_base_act_bytes)
+ *                 input and norms (with activation checkpointing the main
+ *                 blocks' norms are one shared set, valid like their caches
+ *                 below), the MTP blocks' extras, final norm, head, logits
+ *                 (a training step writes dlogits over them) and backward
+ *                 scratch (cost_base_act_bytes). With act_bf16 (train.dtype
+ *                 "bf16") the residual stream is rounded to bf16 where it
+ *                 enters a main block, and the block keeps that input in bf16
+ *                 (exact), widening it into one shared fp32 copy for its
+ *                 recompute and backward: the gradient passes the rounding
+ *                 unchanged, as a bf16 cast's does
  *   cache region  the component caches (MLA + MLP or MoE) of every block, one
  *                 slot each (cost_block_cache_bytes). With activation
  *                 checkpointing all main blocks share one slot at the region
@@ -70,7 +78,8 @@ typedef struct {
     mlp_cache mc;
     moe_cache ec;
     int cached;                       /* the component caches hold this micro-batch's values */
-    float *x_in;                      /* [N,H] block input */
+    float *x_in;                      /* [N,H] block input (act_bf16 main blocks: the shared fp32 copy) */
+    uint16_t *x_in16;                 /* [N,H] act_bf16 main blocks: the input as kept, bf16; else NULL */
     float *xn1, *rstd1;               /* [N,H], [N] after input_layernorm */
     float *x_mid;                     /* [N,H] residual after attention */
     float *xn2, *rstd2;               /* [N,H], [N] after post_attention_layernorm */
@@ -103,7 +112,7 @@ struct model {
     float *acts;                      /* the activation buffer (ops_alloc), act_floats floats */
     size_t act_floats;
     float *x_final, *rstd_final, *h_final; /* [N,H], [N], [N,H] */
-    float *logits, *dlogits;          /* [N,V] */
+    float *logits;                    /* [N,V]; a training step overwrites them with dlogits */
     float *dx, *tmp, *dh_final;       /* [N,H] backward scratch */
     float *recomp;                    /* [N,H] output of a recomputed block (discarded) */
     float *dcat, *de, *dh_mtp;        /* [N,2H], [N,H], [N,H] MTP backward scratch (D > 0) */
@@ -296,6 +305,7 @@ static void acts_destroy(model *m) {
         moe_cache_free(&b->ec); /* its host counts, and rows grown past the plan */
         b->cached = 0;
         b->x_in = b->xn1 = b->rstd1 = b->x_mid = b->xn2 = b->rstd2 = b->x_out = NULL;
+        b->x_in16 = NULL;
         memset(&b->tc, 0, sizeof b->tc);
     }
     ops_arena_destroy(&m->scratch); /* wraps the buffer: frees nothing */
@@ -305,7 +315,7 @@ static void acts_destroy(model *m) {
     ops_free(m->acts);
     m->acts = NULL;
     m->act_floats = 0;
-    m->x_final = m->rstd_final = m->h_final = m->logits = m->dlogits = m->dx = m->tmp = m->dh_final = NULL;
+    m->x_final = m->rstd_final = m->h_final = m->logits = m->dx = m->tmp = m->dh_final = NULL;
     m->recomp = m->dcat = m->de = m->dh_mtp = NULL;
     m->B = m->T = m->N = 0;
 }
@@ -335,10 +345,24 @@ static int acts_alloc(model *m, int B, int T) {
     ops_arena_init_at(&m->scratch, p, sf);
     p += sf;
     TAKE_I32(m->ids, (2 + 2 * (size_t)D) * N);
+    /* shared by the main blocks (cost_base_act_bytes): with checkpointing one set of norms, with act_bf16 the
+     * fp32 copy of the input a block widens for its recompute and backward */
+    float *norms = NULL, *x_in32 = NULL;
+    int bf = m->o.act_bf16;
+    if (m->checkpointing && L > 0) TAKE(norms, 3 * N * H + 2 * N);
+    if (bf && L > 0) TAKE(x_in32, N * H);
     for (int i = 0; i < m->nblocks; i++) {
         block *b = &m->blk[i];
-        TAKE(b->x_in, N * H), TAKE(b->xn1, N * H), TAKE(b->rstd1, N);
-        TAKE(b->x_mid, N * H), TAKE(b->xn2, N * H), TAKE(b->rstd2, N);
+        if (bf && !b->is_mtp) {
+            b->x_in = x_in32;
+            b->x_in16 = (uint16_t *)(void *)p, p += (N * H + 1) / 2; /* bf16 in float slots */
+        } else {
+            TAKE(b->x_in, N * H);
+        }
+        float *q = p; /* this block's norms: its own, or the shared set */
+        if (m->checkpointing && !b->is_mtp) q = norms;
+        b->xn1 = q, b->rstd1 = q + N * H, b->x_mid = b->rstd1 + N, b->xn2 = b->x_mid + N * H, b->rstd2 = b->xn2 + N * H;
+        if (q == p) p += 3 * N * H + 2 * N;
         if (b->is_mtp) {
             mtp_cache *t = &b->tc;
             TAKE(b->x_out, N * H);
@@ -350,7 +374,7 @@ static int acts_alloc(model *m, int B, int T) {
         }
     }
     TAKE(m->x_final, N * H), TAKE(m->rstd_final, N), TAKE(m->h_final, N * H);
-    TAKE(m->logits, N * V), TAKE(m->dlogits, N * V);
+    TAKE(m->logits, N * V); /* the fused cross-entropy writes dlogits over it */
     TAKE(m->dx, N * H), TAKE(m->tmp, N * H), TAKE(m->dh_final, N * H), TAKE(m->recomp, N * H);
     if (m->nblocks > L) TAKE(m->dcat, N * 2 * H), TAKE(m->de, N * H), TAKE(m->dh_mtp, N * H);
 #undef TAKE
@@ -574,6 +598,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     for (int l = 0; l < L; l++) {
         block *b = &m->blk[l];
         open_params(m, l + 1);
+        if (b->x_in16) ops_round_bf16(x, b->x_in16, (size_t)N * H); /* act_bf16: the stream is bf16 here, kept so */
         block_forward(m, b, x, x, 0, &bal, sc.bal);
         close_params(m, l + 1);
         if (m->checkpointing) block_invalidate(b); /* the next main block reuses the slot */
@@ -581,10 +606,17 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
     open_params(m, G);
     ops_rmsnorm_forward(m->h_final, m->rstd_final, x, m->final_norm, N, H, eps);
     linear_forward(&m->lm_head, m->logits, m->h_final, NULL, N, &m->scratch);
-    if (backward) /* dlogits stay in m->dlogits until the head's backward (MTP uses m->logits only) */
-        sums->lm_sum += ops_cross_entropy_fused(m->dlogits, &sums->lm_count, m->logits, targets, N, V, sc.lm);
-    else
+    if (backward) {
+        /* llm.c's fused classifier: loss and dlogits in one pass, dlogits over the logits, and the head's
+         * backward at once (dh_final = dlogits·W_head; the MTP depths add theirs later), so one [N,V]
+         * buffer serves the main head and every MTP head */
+        sums->lm_sum += ops_cross_entropy_fused(m->logits, &sums->lm_count, m->logits, targets, N, V, sc.lm);
+        open_grads(m, G);
+        ops_zero(m->dh_final, (size_t)N * H);
+        linear_backward(&m->lm_head, m->dh_final, m->logits, m->h_final, NULL, N, &m->scratch);
+    } else {
         sums->lm_sum += ops_cross_entropy_forward(NULL, &sums->lm_count, m->logits, targets, N, V);
+    }
 
     /* MTP depths k = 1..D (mtp.c): predict tokens[i+k+1] from the block over eh_proj([enorm(E[tokens[i+k]]); hnorm(h^{k-1}_i)]) */
     const float *hprev = m->h_final;
@@ -607,10 +639,9 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         return;
     }
     open_grads(m, 0);
-    open_grads(m, G);
 
-    /* backward of the MTP depths, last first; dh flows into h^{k-1} */
-    ops_zero(m->dh_final, (size_t)N * H);
+    /* backward of the MTP depths, last first; dh flows into h^{k-1} (depth 1: into dh_final, which holds the
+     * main head's part) */
     for (int k = D; k >= 1; k--) {
         block *b = &m->blk[L + k - 1];
         float *dx = m->dx;
@@ -618,7 +649,7 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         if (k < D) ops_add(dx, m->dh_mtp, (size_t)N * H); /* d x_out of depth k from depth k+1 */
         open_params(m, L + k);
         open_grads(m, L + k);
-        /* the main dlogits wait in m->dlogits; this depth's go through m->logits */
+        /* this depth's dlogits go through m->logits */
         mtp_head_backward(&b->mtp, &b->tc, &m->lm_head, b->x_out, m->logits, m->tmp, dx, sc.mtp[k - 1], N, H, V,
                           &m->scratch);
         if (!b->cached) { /* activation checkpointing: recompute the block from its input */
@@ -636,17 +667,17 @@ void model_step(model *m, const model_batch *bt, model_scales sc, int backward, 
         close_params(m, L + k);
     }
 
-    /* main head backward */
+    /* the final norm's backward (the main head's ran after its loss; the MTP contribution is in dh_final) */
     float *dx = m->dx;
     ops_zero(dx, (size_t)N * H);
-    float *dh = m->dh_final; /* MTP contribution already in */
-    linear_backward(&m->lm_head, dh, m->dlogits, m->h_final, NULL, N, &m->scratch);
+    float *dh = m->dh_final;
     /* x_final holds the last block's output: final norm backward needs it */
     ops_rmsnorm_backward(dx, m->g_final_norm, dh, x, m->final_norm, m->rstd_final, N, H);
     for (int l = L - 1; l >= 0; l--) {
         block *b = &m->blk[l];
         open_params(m, l + 1);
         open_grads(m, l + 1);
+        if (b->x_in16) ops_widen_bf16(b->x_in, b->x_in16, (size_t)N * H); /* into the shared fp32 input */
         if (!b->cached) block_forward(m, b, m->recomp, b->x_in, 1, NULL, sc.bal); /* recompute from the saved input */
         block_backward(m, b, dx);
         if (m->checkpointing) block_invalidate(b);

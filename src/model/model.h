@@ -84,7 +84,7 @@ int model_reshape(model *m, int B, int T, char *err, int errlen);
 /* Forward (and backward when `backward`) over one micro-batch of the shape the
  * activations are laid out for (model_reshape); adds to *sums. Allocates nothing. */
 void model_step(model *m, const model_batch *b, model_scales sc, int backward, model_sums *sums);
-/* Logits [B*T, V] of the main head from the last model_step (forward-only, or MTP off). */
+/* Logits [B*T, V] of the main head from the last forward-only model_step (a training step leaves dlogits there). */
 const float *model_logits(const model *m);
 /* Per-expert token counts of MoE layer slot i (0..n_moe-1) accumulated since the last reset
  * (local tokens, all experts [E]); n_moe layers including MTP blocks. */

@@ -198,10 +198,31 @@ static void queued_then_sync(void) {
     ops_free(d);
 }
 
+/* ops_weight_store_rows stages host rows through a transient device buffer: counted as OPS_MEM_OTHER while it
+ * lives (the peak grows by its bytes), given back after (live unchanged); the weight itself is the caller's */
+static void store_staging(void) {
+    const int out = 300, in = 130; /* FP8: 3 row blocks, the last one partial */
+    ops_weight w = {OPS_FP8_E4M3, ops_alloc((size_t)out * in), NULL, out, in};
+    float *scale = ops_alloc((size_t)3 * 2 * sizeof(float));
+    w.scale = scale;
+    float *src = twin_host((size_t)out * in, 9, -3, 3);
+    ops_mem_stats s0, s;
+    ops_mem_reset_peaks();
+    ops_mem_get(&s0);
+    ops_weight_store_rows(&w, 0, out, src);
+    ops_sync();
+    ops_mem_get(&s);
+    check(s.peak[OPS_MEM_OTHER] - s0.live[OPS_MEM_OTHER] == (double)out * in * sizeof(float) &&
+              s.live[OPS_MEM_OTHER] == s0.live[OPS_MEM_OTHER],
+          "ops_weight_store_rows", "staging counted as OPS_MEM_OTHER while it lives");
+    ops_free(w.data), ops_free(scale), free(src);
+}
+
 int main(void) {
     twin_init();
     queued_then_sync();
     allocations();
+    store_staging();
     arena();
     return twin_end();
 }

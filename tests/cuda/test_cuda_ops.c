@@ -92,8 +92,49 @@ static void cols(int rows, int ss, int off, int n, int ds) {
     free(src), free(d0), free(d), free(w0), free(w);
 }
 
+/* ops_round_bf16 / ops_widen_bf16: random values and the cases rounding gets wrong first — ties to even
+ * both ways, the carry into the exponent, overflow to inf, subnormals, ±0, ±inf, NaNs (quiet and
+ * signalling, whose low bits are cut) — bitwise against the CPU, both outputs */
+static void bf16_storage(size_t n) {
+    char what[64];
+    snprintf(what, sizeof what, "n=%zu", n);
+    static const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x3fffffffu, 0x7f7fffffu, 0x7f7f8000u,
+                                       0x00000001u, 0x80008000u, 0x00018000u, 0x00000000u, 0x80000000u, 0x7f800000u,
+                                       0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffa12345u, 0xc0490fdbu};
+    float *x = twin_host(n, 3, -300, 300), *y = malloc(n * 4 + 4);
+    for (size_t i = 0; i < n; i++)
+        if (i % 5 == 1) memcpy(&x[i], &special[(i / 5) % (sizeof special / sizeof special[0])], 4);
+    uint16_t *b = malloc(n * 2 + 2);
+    float *dx = twin_dev(x, n * 4), *dw;
+    uint16_t *db;
+    CK(cudaMalloc((void **)&db, n * 2 + 2));
+    CK(cudaMalloc((void **)&dw, n * 4 + 4));
+    memcpy(y, x, n * 4);
+    ops_round_bf16(y, b, n);
+    CK(cu_round_bf16(dx, db, n, twin_s));
+    float *got = twin_back(dx, n * 4);
+    twin_same("ops_round_bf16", what, got, y, n * 4);
+    free(got);
+    uint16_t *gb = twin_back(db, n * 2);
+    twin_same("ops_round_bf16", "bits", gb, b, n * 2);
+    free(gb);
+    float *w = malloc(n * 4 + 4);
+    ops_widen_bf16(w, b, n);
+    twin_same("ops_widen_bf16", "== the rounded x (CPU)", w, y, n * 4);
+    CK(cu_widen_bf16(dw, db, n, twin_s));
+    got = twin_back(dw, n * 4);
+    twin_same("ops_widen_bf16", what, got, w, n * 4);
+    free(got);
+    CK(cudaFree(dx));
+    CK(cudaFree(db));
+    CK(cudaFree(dw));
+    free(x), free(y), free(b), free(w);
+}
+
 int main(void) {
     twin_init();
+    const size_t bsizes[] = {1, 17, 1000, 70001};
+    for (size_t i = 0; i < sizeof bsizes / sizeof bsizes[0]; i++) bf16_storage(bsizes[i]);
     const size_t sizes[] = SIZES;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) elementwise(sizes[i]);
     cols(1, 7, 0, 7, 7);
