@@ -44,7 +44,7 @@ void error_one_at(const char *file, int line, const char *fmt, ...) __attribute_
 
 /* Device scratch of the ops_X wrappers (not in twin builds): the host arrays a
  * kernel reads, staged; small results read back; what the CPU op takes from
- * malloc (attention's D rows, the CE row losses). Grow-only, kept for the
+ * malloc (the CE row losses). Grow-only, kept for the
  * process, charged to OPS_MEM_OTHER (the memory report's "untracked": outside
  * the plan, as the CPU op's malloc is), so ops_mem_get counts every byte the
  * backend holds on the device. A zero-initialised cu_devbuf is empty. */

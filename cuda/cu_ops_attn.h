@@ -30,19 +30,24 @@ cudaError_t cu_rope_forward(float *x, int row_stride, int nh, int head_stride, i
 cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int head_stride, int off, int dr, const float *cos_t,
                              const float *sin_t, int B, int T, cudaStream_t s);
 
-/* Limits of the attention kernels (a lane keeps its dv/32 output columns, and
- * in the backward dqk/32, in registers): dv <= 512, and dqk <= 256 for the
- * backward; the shared tiles, about 40·dqk + 32·dv floats (forward) or
- * 40·(dqk + dv) (backward), must fit the device's opt-in shared memory (227 KiB
- * on sm_90, 163 KiB on sm_80; above 48 KiB the launcher opts in). Beyond them
- * cu_attention_* / cu_latent_attention return cudaErrorInvalidValue. */
+/* Training attention through cuBLAS (cuda/ops_attn.cu): chunks of `rows`
+ * query rows (>= 1; the ops use ops_attention_chunk_rows, tests pass fewer to
+ * get several chunks), each a strided-batched fp32 GEMM over the heads per
+ * sequence into a score region of R = ops_arena_round(B·nh·min(rows, T)·T)
+ * floats, a softmax kernel, and the products with v (forward) or the four
+ * gradient GEMMs (backward). work: device scratch of work_floats >= R
+ * (forward) or 2·R (backward). Any dqk, dv >= 1. rows < 1, dqk or dv < 1, or
+ * less work: cudaErrorInvalidValue, nothing queued. */
 cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                                 int nh, int dqk, int dv, float scale, cudaStream_t s);
-/* Dwork: device scratch of ops_attention_cache_floats(B, T, nh) floats (the
- * rows' D = Σ_j P·dP, computed by the dq pass and read by the dk/dv pass). */
+                                 int nh, int dqk, int dv, float scale, int rows, float *work, size_t work_floats,
+                                 cudaStream_t s);
 cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                   const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd,
-                                  float scale, float *Dwork, cudaStream_t s);
+                                  float scale, int rows, float *work, size_t work_floats, cudaStream_t s);
+/* Latent attention: a SIMT kernel (a lane keeps kvl/32 output columns in
+ * registers: kvl <= 512, kvl <= W; the shared tiles, about 40·W floats, must
+ * fit the device's opt-in shared memory, 227 KiB on sm_90, 163 KiB on sm_80;
+ * above 48 KiB the launcher opts in). Beyond them cudaErrorInvalidValue. */
 cudaError_t cu_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,
                                 float scale, cudaStream_t s);
 

@@ -1,5 +1,5 @@
 /* ops_attn.cu — CUDA twin of src/ops_cpu_attn.c (ops_attn.h): RMSNorm, RoPE,
- * causal attention (forward, backward, latent-cache), embedding,
+ * causal attention (forward and backward on cuBLAS batched GEMMs, latent-cache), embedding,
  * cross-entropy, row argmax. fp32 storage and math, reductions in a fixed order (no float
  * atomics: every output is bitwise the same in any thread order); correctly
  * rounded expf/logf/sqrtf. Conventions in cu_ops.h and cu_ops_attn.h. */
@@ -83,63 +83,104 @@ __global__ void rope_kernel(float *x, int row_stride, int nh, int head_stride, i
 }
 
 /* ---------------------------------------------------------------- attention
- * Flash-style, no [T, T] tensor: a block is AW warps, one query (or key) row
- * per warp; keys (or queries) stream through shared memory in tiles of KT = 32,
- * one per lane, so the score of a (row, lane) pair is a plain dot product over
- * the head dimension in a fixed order. Forward: online softmax, a lane keeps
- * dv/32 output columns in registers. Backward (no stored P, as the CPU twin):
- * a dq pass per query row (D = Σ_j P·dP, then dq) and a dk/dv pass per key row
- * over the queries at or after it: every output row has one owner, no atomics.
- * Shared tiles of rows read across lanes use an odd row stride (no bank
- * conflicts). */
+ * Training (cu_attention_forward/backward): cuBLAS strided-batched fp32 GEMMs
+ * over the heads, per chunk of query rows [t0, t1) against the keys [0, t1),
+ * with the scores in a scratch region [B·nh, bq, t1] (row stride t1; the
+ * rows of one (b, h) consecutive, so the region is one [B·nh·bq, t1] matrix),
+ * and one warp per score row for the softmax (forward) or its backward: lane
+ * partials over j = lane, lane+32, … in order, one butterfly: a fixed order. */
+constexpr int SW = 4; /* score rows (warps) per block */
+
+/* Forward, row g of the chunk's [B·nh·bq, t1] scores S (= scale·q·k): position
+ * t = t0 + g % bq of (b, h) = g / bq. In place: P = softmax over keys 0..t,
+ * 0 for the keys t+1..t1-1; lse = max + log Σ exp (the CPU twin's
+ * softmax_causal_row: exp(s − max), then P = e·(1/Σ)). */
+__global__ void __launch_bounds__(SW * 32) attn_softmax_kernel(float *S, float *lse, int nrows, int bq, int t0,
+                                                               int t1, int T) {
+    const int g = blockIdx.x * SW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (g >= nrows) return; /* warp-uniform */
+    const int t = t0 + g % bq, n = t + 1;
+    float *s = S + (size_t)g * t1;
+    float mx = -INFINITY;
+    for (int j = lane; j < n; j += 32) mx = fmaxf(mx, s[j]);
+    mx = dsv3::warp_max(mx);
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    sum = dsv3::warp_sum(sum);
+    const float inv = 1.0f / sum;
+    for (int j = lane; j < t1; j += 32) s[j] = j < n ? s[j] * inv : 0.0f; /* a lane rereads its own writes */
+    if (lane == 0) lse[(size_t)(g / bq) * T + t] = mx + logf(sum);
+}
+
+/* Backward, row g as above, P holding S (= scale·q·k) and G holding dP = dout·vᵀ:
+ * P = exp(S − lse), D = Σ_j P·dP, dS = P·(dP − D)·scale (the gradient w.r.t.
+ * q·k), in place; 0 past the row's position. */
+__global__ void __launch_bounds__(SW * 32) attn_softmax_bwd_kernel(float *P, float *G, const float *lse, int nrows,
+                                                                   int bq, int t0, int t1, int T, float scale) {
+    const int g = blockIdx.x * SW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (g >= nrows) return; /* warp-uniform */
+    const int t = t0 + g % bq, n = t + 1;
+    float *p = P + (size_t)g * t1, *d = G + (size_t)g * t1;
+    const float l = lse[(size_t)(g / bq) * T + t];
+    float D = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float e = expf(p[j] - l);
+        p[j] = e;
+        D += e * d[j];
+    }
+    D = dsv3::warp_sum(D);
+    for (int j = lane; j < t1; j += 32) {
+        if (j < n) {
+            d[j] = p[j] * (d[j] - D) * scale;
+        } else {
+            p[j] = 0.0f;
+            d[j] = 0.0f;
+        }
+    }
+}
+
+/* Latent attention (cu_latent_attention), flash-style SIMT: a block is AW
+ * warps, one score row (t, h) per warp, heads inner, so a block loads the
+ * shared cache rows once for AW heads (decode: n = 1); cache rows stream
+ * through shared memory in tiles of KT = 32, one per lane, so the score of a
+ * (row, lane) pair is a plain dot product over W in a fixed order; online
+ * softmax; a lane keeps kvl/32 output columns in registers (NV per lane); the
+ * values are the cache rows' first kvl columns, read from the key tile. The
+ * tile's row stride is odd (no bank conflicts). */
 constexpr int AW = 8, KT = 32, AT = AW * 32;
 
 __host__ __device__ inline int odd(int n) { return n | 1; }
 
-/* out[b,h,t] = softmax_{j <= p0+t}(scale·q·k_j)·v_j ; lse (may be NULL) = log Σ exp.
- * Row addressing: q + (b·T + t)·ldq + h·hq, k + (b·Tk + j)·ldk + h·hk (v likewise),
- * out + (b·T + t)·ldo + h·ho. A block's warps take consecutive query rows:
- * positions t of one (b, h) (grid.y = B·nh); or, `latent`, rows (t, h) with the
- * heads inner (B = 1, grid.y = 1): all heads share one cache (hk = hv = 0), so a
- * block loads it once for AW heads (decode: n = 1), and v is the cache's first
- * dv columns, read from the key tile. NV: output columns per lane (dv <= 32·NV). */
+/* out[t,h] = softmax_{j <= p0+t}(scale·q[t,h]·cache_j)·cache_j[0:kvl] */
 template <int NV>
-__global__ void __launch_bounds__(AT)
-    attn_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v, int T, int Tk, int nh,
-                    int p0, int dqk, int dv, size_t ldq, int hq, size_t ldk, int hk, size_t ldv, int hv, size_t ldo,
-                    int ho, int latent, float scale) {
+__global__ void __launch_bounds__(AT) latent_attn_kernel(float *out, const float *q, const float *cache, int n,
+                                                         int nh, int p0, int W, int kvl, float scale) {
     DSV3_DYNAMIC_SHARED(float, sm);
-    const int ldks = odd(dqk), ldvs = latent ? ldks : dv;
-    float *Ks = sm;                                      /* [KT, ldks] */
-    float *Vs = latent ? Ks : Ks + KT * ldks;            /* [KT, ldvs] */
-    float *Qs = Ks + KT * ldks + (latent ? 0 : KT * dv); /* [AW, dqk] */
-    float *Ps = Qs + AW * dqk;                           /* [AW, KT] */
+    const int ldks = odd(W);
+    float *Ks = sm;             /* [KT, ldks] cache rows */
+    float *Qs = Ks + KT * ldks; /* [AW, W] */
+    float *Ps = Qs + AW * W;    /* [AW, KT] */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int b, h, t, last; /* last: the block's last key */
-    bool row;
-    if (latent) {
-        const int r = blockIdx.x * AW + warp, nr = T * nh;
-        b = 0, t = r / nh, h = r % nh, row = r < nr;
-        last = p0 + min(nr - 1, (int)blockIdx.x * AW + AW - 1) / nh;
-    } else {
-        b = blockIdx.y / nh, h = blockIdx.y % nh, t = blockIdx.x * AW + warp, row = t < T;
-        last = p0 + min(T - 1, (int)blockIdx.x * AW + AW - 1);
-    }
-    const int lim = p0 + t; /* the row's keys: 0..lim */
-    const float *kb = k + (size_t)b * Tk * ldk + (size_t)h * hk, *vb = v + (size_t)b * Tk * ldv + (size_t)h * hv;
-    float *qw = Qs + warp * dqk, *pw = Ps + warp * KT;
+    const int r = blockIdx.x * AW + warp, nr = n * nh, Tk = p0 + n;
+    const int t = r / nh, h = r % nh;
+    const bool row = r < nr;
+    const int last = p0 + min(nr - 1, (int)blockIdx.x * AW + AW - 1) / nh; /* the block's last key */
+    const int lim = p0 + t;                                                 /* the row's keys: 0..lim */
+    float *qw = Qs + warp * W, *pw = Ps + warp * KT;
     if (row)
-        for (int c = lane; c < dqk; c += 32) qw[c] = q[((size_t)b * T + t) * ldq + (size_t)h * hq + c];
+        for (int c = lane; c < W; c += 32) qw[c] = q[((size_t)t * nh + h) * W + c];
     float m = -INFINITY, lsum = 0.0f, acc[NV];
 #pragma unroll
     for (int i = 0; i < NV; i++) acc[i] = 0.0f;
     for (int j0 = 0; j0 <= last; j0 += KT) {
         __syncthreads(); /* the previous tile is consumed */
-        for (int r = warp; r < KT; r += AW) {
-            const int j = j0 + r;
-            for (int c = lane; c < dqk; c += 32) Ks[r * ldks + c] = j < Tk ? kb[(size_t)j * ldk + c] : 0.0f;
-            if (!latent)
-                for (int c = lane; c < dv; c += 32) Vs[r * ldvs + c] = j < Tk ? vb[(size_t)j * ldv + c] : 0.0f;
+        for (int rr = warp; rr < KT; rr += AW) {
+            const int j = j0 + rr;
+            for (int c = lane; c < W; c += 32) Ks[rr * ldks + c] = j < Tk ? cache[(size_t)j * W + c] : 0.0f;
         }
         __syncthreads();
         if (row && j0 <= lim) { /* warp-uniform */
@@ -147,7 +188,7 @@ __global__ void __launch_bounds__(AT)
             float sc = -INFINITY;
             if (j <= lim) {
                 float d = 0.0f;
-                for (int c = 0; c < dqk; c++) d += qw[c] * Ks[lane * ldks + c];
+                for (int c = 0; c < W; c++) d += qw[c] * Ks[lane * ldks + c];
                 sc = scale * d;
             }
             const float mn = fmaxf(m, dsv3::warp_max(sc)); /* finite: key j0 <= lim is in the tile */
@@ -159,11 +200,11 @@ __global__ void __launch_bounds__(AT)
             const int nk = min(KT, lim - j0 + 1);
 #pragma unroll
             for (int i = 0; i < NV; i++) acc[i] *= corr;
-            for (int r = 0; r < nk; r++) { /* rows outer, columns unrolled: acc stays in registers */
-                const float pr = pw[r];
+            for (int rr = 0; rr < nk; rr++) { /* rows outer, columns unrolled: acc stays in registers */
+                const float pr = pw[rr];
 #pragma unroll
                 for (int i = 0; i < NV; i++)
-                    if (lane + 32 * i < dv) acc[i] += pr * Vs[r * ldvs + lane + 32 * i];
+                    if (lane + 32 * i < kvl) acc[i] += pr * Ks[rr * ldks + lane + 32 * i];
             }
             __syncwarp(0xffffffffu); /* pw is rewritten by the next tile */
             m = mn;
@@ -171,190 +212,10 @@ __global__ void __launch_bounds__(AT)
     }
     if (row) {
         const float l = dsv3::warp_sum(lsum);
-        float *o = out + ((size_t)b * T + t) * ldo + (size_t)h * ho;
+        float *o = out + ((size_t)t * nh + h) * kvl;
 #pragma unroll
         for (int i = 0; i < NV; i++)
-            if (lane + 32 * i < dv) o[lane + 32 * i] = acc[i] / l;
-        if (lse && lane == 0) lse[(size_t)blockIdx.y * T + t] = m + logf(l);
-    }
-}
-
-/* Key and value rows j0..j0+KT-1 of one (b, h) into shared tiles (zeros past T),
- * between barriers: the previous tile is consumed, the new one complete. */
-__device__ void kv_tile(float *Ks, float *Vs, const float *kb, const float *vb, int j0, int T, size_t ldk, size_t ldv,
-                        int dqk, int dv, int ldks, int ldvs) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    for (int r = warp; r < KT; r += AW) {
-        const int j = j0 + r;
-        for (int c = lane; c < dqk; c += 32) Ks[r * ldks + c] = j < T ? kb[(size_t)j * ldk + c] : 0.0f;
-        for (int c = lane; c < dv; c += 32) Vs[r * ldvs + c] = j < T ? vb[(size_t)j * ldv + c] : 0.0f;
-    }
-    __syncthreads();
-}
-/* P = exp(scale·q·k − lse) and dP = dout·v of one (query, key) pair */
-__device__ __forceinline__ void p_dp(float &p, float &dp, const float *qr, const float *orow, const float *kr,
-                                     const float *vr, int dqk, int dv, float scale, float L) {
-    float s = 0.0f, g = 0.0f;
-    for (int c = 0; c < dqk; c++) s += qr[c] * kr[c];
-    for (int c = 0; c < dv; c++) g += orow[c] * vr[c];
-    p = expf(scale * s - L);
-    dp = g;
-}
-
-/* Backward, pass 1: per query row t, D = Σ_j P·dP and dq += Σ_j dS_j·k_j with
- * P = exp(scale·q·k − lse), dP = dout·v, dS = P·(dP − D)·scale. Standard
- * layout: q, k [B·T, nh, dqk], v, dout [B·T, nh, dv]. */
-template <int NQ>
-__global__ void __launch_bounds__(AT)
-    attn_bwd_dq_kernel(float *dq, float *Dw, const float *dout, const float *q, const float *k, const float *v,
-                       const float *lse, int T, int nh, int dqk, int dv, float scale) {
-    DSV3_DYNAMIC_SHARED(float, sm);
-    const int ldks = odd(dqk), ldvs = odd(dv);
-    float *Ks = sm;               /* [KT, ldks] */
-    float *Vs = Ks + KT * ldks;   /* [KT, ldvs] */
-    float *Qs = Vs + KT * ldvs;   /* [AW, dqk] */
-    float *Os = Qs + AW * dqk;    /* [AW, dv] (dout rows) */
-    float *Ps = Os + AW * dv;     /* [AW, KT] */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int b = blockIdx.y / nh, h = blockIdx.y % nh;
-    const int t = blockIdx.x * AW + warp;
-    const bool row = t < T;
-    const int last = min(T - 1, (int)blockIdx.x * AW + AW - 1);
-    const size_t ldq = (size_t)nh * dqk, ldv = (size_t)nh * dv;
-    const float *kb = k + (size_t)b * T * ldq + (size_t)h * dqk, *vb = v + (size_t)b * T * ldv + (size_t)h * dv;
-    float *qw = Qs + warp * dqk, *ow = Os + warp * dv, *pw = Ps + warp * KT;
-    float L = 0.0f;
-    if (row) {
-        for (int c = lane; c < dqk; c += 32) qw[c] = q[((size_t)b * T + t) * ldq + (size_t)h * dqk + c];
-        for (int c = lane; c < dv; c += 32) ow[c] = dout[((size_t)b * T + t) * ldv + (size_t)h * dv + c];
-        L = lse[(size_t)blockIdx.y * T + t];
-    }
-    /* pass 1: D = Σ_j P·dP (lane partials, one warp sum) */
-    float D = 0.0f;
-    for (int j0 = 0; j0 <= last; j0 += KT) {
-        kv_tile(Ks, Vs, kb, vb, j0, T, ldq, ldv, dqk, dv, ldks, ldvs);
-        if (row && j0 + lane <= t) {
-            float pl, dpl;
-            p_dp(pl, dpl, qw, ow, Ks + lane * ldks, Vs + lane * ldvs, dqk, dv, scale, L);
-            D += pl * dpl;
-        }
-    }
-    if (row) {
-        D = dsv3::warp_sum(D);
-        if (lane == 0) Dw[(size_t)blockIdx.y * T + t] = D;
-    }
-    /* pass 2: dq += Σ_j dS_j·k_j */
-    float acc[NQ];
-#pragma unroll
-    for (int i = 0; i < NQ; i++) acc[i] = 0.0f;
-    for (int j0 = 0; j0 <= last; j0 += KT) {
-        kv_tile(Ks, Vs, kb, vb, j0, T, ldq, ldv, dqk, dv, ldks, ldvs);
-        if (!row || j0 > t) continue; /* warp-uniform; the next barrier is the loop's next turn */
-        float ds = 0.0f;
-        if (j0 + lane <= t) {
-            float pl, dpl;
-            p_dp(pl, dpl, qw, ow, Ks + lane * ldks, Vs + lane * ldvs, dqk, dv, scale, L);
-            ds = pl * (dpl - D) * scale;
-        }
-        pw[lane] = ds;
-        __syncwarp(0xffffffffu);
-        const int nk = min(KT, t - j0 + 1);
-        for (int r = 0; r < nk; r++) {
-            const float gr = pw[r];
-#pragma unroll
-            for (int i = 0; i < NQ; i++)
-                if (lane + 32 * i < dqk) acc[i] += gr * Ks[r * ldks + lane + 32 * i];
-        }
-        __syncwarp(0xffffffffu);
-    }
-    if (row) {
-        float *g = dq + ((size_t)b * T + t) * ldq + (size_t)h * dqk;
-#pragma unroll
-        for (int i = 0; i < NQ; i++)
-            if (lane + 32 * i < dqk) g[lane + 32 * i] += acc[i];
-    }
-}
-
-/* Backward, pass 2: per key row j, over the queries t >= j in tiles of KT:
- * dv_j += Σ_t P·dout_t, dk_j += Σ_t dS·q_t (D from pass 1). */
-template <int NQ, int NV>
-__global__ void __launch_bounds__(AT)
-    attn_bwd_dkv_kernel(float *dk, float *dv, const float *Dw, const float *dout, const float *q, const float *k,
-                        const float *v, const float *lse, int T, int nh, int dqk, int dvd, float scale) {
-    DSV3_DYNAMIC_SHARED(float, sm);
-    const int ldqs = odd(dqk), ldos = odd(dvd);
-    float *Qs = sm;               /* [KT, ldqs] query rows of the tile */
-    float *Os = Qs + KT * ldqs;   /* [KT, ldos] their dout rows */
-    float *Ls = Os + KT * ldos;   /* [KT] lse */
-    float *Ds = Ls + KT;          /* [KT] D */
-    float *ks = Ds + KT;          /* [AW, dqk] each warp's key row */
-    float *vs = ks + AW * dqk;    /* [AW, dvd] its value row */
-    float *Ps = vs + AW * dvd;    /* [AW, KT] P */
-    float *Gs = Ps + AW * KT;     /* [AW, KT] dS */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int b = blockIdx.y / nh, h = blockIdx.y % nh;
-    const int j = blockIdx.x * AW + warp;
-    const bool row = j < T;
-    const size_t ldq = (size_t)nh * dqk, ldv = (size_t)nh * dvd;
-    const float *qb = q + (size_t)b * T * ldq + (size_t)h * dqk, *ob = dout + (size_t)b * T * ldv + (size_t)h * dvd;
-    const float *Lb = lse + (size_t)blockIdx.y * T, *Db = Dw + (size_t)blockIdx.y * T;
-    float *kw = ks + warp * dqk, *vw = vs + warp * dvd, *pw = Ps + warp * KT, *gw = Gs + warp * KT;
-    if (row) {
-        for (int c = lane; c < dqk; c += 32) kw[c] = k[((size_t)b * T + j) * ldq + (size_t)h * dqk + c];
-        for (int c = lane; c < dvd; c += 32) vw[c] = v[((size_t)b * T + j) * ldv + (size_t)h * dvd + c];
-    }
-    float ak[NQ], av[NV];
-#pragma unroll
-    for (int i = 0; i < NQ; i++) ak[i] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NV; i++) av[i] = 0.0f;
-    for (int t0 = (int)blockIdx.x * AW / KT * KT; t0 < T; t0 += KT) {
-        __syncthreads();
-        for (int r = warp; r < KT; r += AW) {
-            const int t = t0 + r;
-            for (int c = lane; c < dqk; c += 32) Qs[r * ldqs + c] = t < T ? qb[(size_t)t * ldq + c] : 0.0f;
-            for (int c = lane; c < dvd; c += 32) Os[r * ldos + c] = t < T ? ob[(size_t)t * ldv + c] : 0.0f;
-        }
-        if (threadIdx.x < KT) {
-            const int t = t0 + threadIdx.x;
-            Ls[threadIdx.x] = t < T ? Lb[t] : 0.0f;
-            Ds[threadIdx.x] = t < T ? Db[t] : 0.0f;
-        }
-        __syncthreads();
-        if (!row || t0 + KT - 1 < j) continue; /* warp-uniform: no query of the tile sees key j */
-        const int t = t0 + lane;
-        float p = 0.0f, ds = 0.0f;
-        if (t >= j && t < T) {
-            float s = 0.0f, dp = 0.0f;
-            for (int c = 0; c < dqk; c++) s += Qs[lane * ldqs + c] * kw[c];
-            p = expf(scale * s - Ls[lane]);
-            for (int c = 0; c < dvd; c++) dp += Os[lane * ldos + c] * vw[c];
-            ds = p * (dp - Ds[lane]) * scale;
-        }
-        pw[lane] = p;
-        gw[lane] = ds;
-        __syncwarp(0xffffffffu);
-#pragma unroll 1 /* unrolled, ptxas spilled a few registers (dq 8, dv 4) */
-        for (int r = 0; r < KT; r++) {
-            const float pr = pw[r], gr = gw[r];
-#pragma unroll
-            for (int i = 0; i < NV; i++)
-                if (lane + 32 * i < dvd) av[i] += pr * Os[r * ldos + lane + 32 * i];
-#pragma unroll
-            for (int i = 0; i < NQ; i++)
-                if (lane + 32 * i < dqk) ak[i] += gr * Qs[r * ldqs + lane + 32 * i];
-        }
-        __syncwarp(0xffffffffu);
-    }
-    if (row) {
-        float *gk = dk + ((size_t)b * T + j) * ldq + (size_t)h * dqk, *gv = dv + ((size_t)b * T + j) * ldv + (size_t)h * dvd;
-#pragma unroll
-        for (int i = 0; i < NQ; i++)
-            if (lane + 32 * i < dqk) gk[lane + 32 * i] += ak[i];
-#pragma unroll
-        for (int i = 0; i < NV; i++)
-            if (lane + 32 * i < dvd) gv[lane + 32 * i] += av[i];
+            if (lane + 32 * i < kvl) o[lane + 32 * i] = acc[i] / l;
     }
 }
 
@@ -363,26 +224,6 @@ template <class K> cudaError_t smem_opt_in(K kernel, size_t bytes) {
     if (bytes <= 48 * 1024) return cudaSuccess;
     /* beyond the device's opt-in limit this fails (cudaErrorInvalidValue) */
     return cudaFuncSetAttribute(reinterpret_cast<const void *>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-}
-
-/* the forward for both layouts: NV from dv */
-cudaError_t attn_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Tk,
-                         int nh, int p0, int dqk, int dv, size_t ldq, int hq, size_t ldk, int hk, size_t ldv, int hv,
-                         size_t ldo, int ho, int latent, float scale, cudaStream_t s) {
-    if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
-    if (dqk <= 0 || dv <= 0 || dv > 512 || (latent && (dv > dqk || B != 1 || hk || hv))) return cudaErrorInvalidValue;
-    const size_t smem = sizeof(float) * ((size_t)KT * odd(dqk) + (latent ? 0 : (size_t)KT * dv) +
-                                         (size_t)AW * dqk + (size_t)AW * KT);
-    const dim3 grid = latent ? dim3((unsigned)(((size_t)T * nh + AW - 1) / AW)) : dim3((T + AW - 1) / AW, (unsigned)(B * nh));
-    auto run = [&](auto kernel) {
-        cudaError_t e = smem_opt_in(kernel, smem);
-        if (e != cudaSuccess) return e;
-        return dsv3::launch(kernel, grid, dim3(AT), smem, s, out, lse, q, k, v, T, Tk, nh, p0, dqk, dv, ldq, hq, ldk,
-                            hk, ldv, hv, ldo, ho, latent, scale);
-    };
-    if (dv <= 32) return run(attn_fwd_kernel<1>);
-    if (dv <= 128) return run(attn_fwd_kernel<4>);
-    return run(attn_fwd_kernel<16>);
 }
 
 /* ---------------------------------------------------------------- embedding */
@@ -647,46 +488,118 @@ extern "C" cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int h
     return rope(dx, row_stride, nh, head_stride, off, dr, cos_t, sin_t, B, T, -1.0f, s);
 }
 
+/* C[m,n] (column-major) = alpha·op(A)·op(B) + beta·C for each of `batch`
+ * matrices at strides sA, sB, sC: fp32 operands, fp32 compute (no TF32) */
+static cudaError_t gemm_batch(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              float alpha, const float *A, int lda, long long sA, const float *B, int ldb, long long sB,
+                              float beta, float *C, int ldc, long long sC, int batch) {
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(cu_blas(s), ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B,
+                                                         CUDA_R_32F, ldb, sB, &beta, C, CUDA_R_32F, ldc, sC, batch,
+                                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+}
+
+/* the chunk rows and the floats of one score region, or 0 for arguments the ops refuse */
+static size_t attn_region(int B, int T, int nh, int dqk, int dv, int rows) {
+    if (dqk <= 0 || dv <= 0 || rows <= 0) return 0;
+    return ops_arena_round((size_t)B * nh * (rows < T ? rows : T) * T);
+}
+
+/* Row-major X[r, c] with row stride L is column-major Xᵀ [c, r] with leading
+ * dimension L, so each row-major product below is the column-major GEMM of
+ * the transposes. Per chunk [t0, t1), bq = t1 - t0, and sequence b, batched
+ * over the nh heads (head stride dqk or dv in q, k, v; bq·t1 in the scores):
+ *   S[bq, t1] = scale·Q_c·Kᵀ    GemmEx(T, N, t1, bq, dqk: K, Q_c)
+ *   O_c = P·V                   GemmEx(N, N, dv, bq, t1:  V, P) */
 extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                                            int B, int T, int nh, int dqk, int dv, float scale, cudaStream_t s) {
-    const size_t ldq = (size_t)nh * dqk, ldv = (size_t)nh * dv;
-    return attn_forward(out, lse, q, k, v, B, T, T, nh, 0, dqk, dv, ldq, dqk, ldq, dqk, ldv, dv, ldv, dv, 0, scale, s);
+                                            int B, int T, int nh, int dqk, int dv, float scale, int rows, float *work,
+                                            size_t work_floats, cudaStream_t s) {
+    if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
+    const size_t region = attn_region(B, T, nh, dqk, dv, rows);
+    if (region == 0 || work_floats < region) return cudaErrorInvalidValue;
+    const int ldq = nh * dqk, ldv = nh * dv;
+    cudaError_t e = cudaSuccess;
+    for (int t0 = 0; t0 < T && !e; t0 += rows) {
+        const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
+        const long long ss = (long long)bq * t1;
+        for (int b = 0; b < B && !e; b++)
+            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, k + (size_t)b * T * ldq, ldq, dqk,
+                           q + ((size_t)b * T + t0) * ldq, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh);
+        if (!e)
+            e = dsv3::launch(attn_softmax_kernel, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse, nr, bq, t0,
+                             t1, T);
+        for (int b = 0; b < B && !e; b++)
+            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, v + (size_t)b * T * ldv, ldv, dv,
+                           work + (size_t)b * nh * ss, t1, ss, 0.0f, out + ((size_t)b * T + t0) * ldv, ldv, dv, nh);
+    }
+    return e;
+}
+
+/* The backward per chunk, as the forward (P in the first region, dP then dS in the second):
+ *   S = scale·Q_c·Kᵀ            GemmEx(T, N, t1, bq, dqk: K, Q_c)
+ *   dP = dO_c·Vᵀ                GemmEx(T, N, t1, bq, dv:  V, dO_c)
+ *   P, dS                       attn_softmax_bwd_kernel
+ *   dQ_c += dS·K                GemmEx(N, N, dqk, bq, t1: K, dS)
+ *   dK[0:t1] += dSᵀ·Q_c         GemmEx(N, T, dqk, t1, bq: Q_c, dS)
+ *   dV[0:t1] += Pᵀ·dO_c         GemmEx(N, T, dv, t1, bq:  dO_c, P)
+ * Chunks in order: dK and dV sum the chunks in a fixed order. */
+extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                             const float *k, const float *v, const float *lse, int B, int T, int nh,
+                                             int dqk, int dvd, float scale, int rows, float *work, size_t work_floats,
+                                             cudaStream_t s) {
+    if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
+    const size_t region = attn_region(B, T, nh, dqk, dvd, rows);
+    if (region == 0 || work_floats < 2 * region) return cudaErrorInvalidValue;
+    const int ldq = nh * dqk, ldv = nh * dvd;
+    float *P = work, *G = work + region;
+    cudaError_t e = cudaSuccess;
+    for (int t0 = 0; t0 < T && !e; t0 += rows) {
+        const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
+        const long long ss = (long long)bq * t1;
+        for (int b = 0; b < B && !e; b++) {
+            const float *K = k + (size_t)b * T * ldq, *V = v + (size_t)b * T * ldv;
+            const float *Qc = q + ((size_t)b * T + t0) * ldq, *dOc = dout + ((size_t)b * T + t0) * ldv;
+            float *Pb = P + (size_t)b * nh * ss, *Gb = G + (size_t)b * nh * ss;
+            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K, ldq, dqk, Qc, ldq, dqk, 0.0f, Pb, t1, ss,
+                           nh);
+            if (!e)
+                e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dvd, 1.0f, V, ldv, dvd, dOc, ldv, dvd, 0.0f, Gb, t1,
+                               ss, nh);
+        }
+        if (!e)
+            e = dsv3::launch(attn_softmax_bwd_kernel, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, P, G, lse, nr, bq,
+                             t0, t1, T, scale);
+        for (int b = 0; b < B && !e; b++) {
+            const size_t oq = (size_t)b * T * ldq, ov = (size_t)b * T * ldv;
+            const float *K = k + oq, *Qc = q + oq + (size_t)t0 * ldq, *dOc = dout + ov + (size_t)t0 * ldv;
+            const float *Pb = P + (size_t)b * nh * ss, *Gb = G + (size_t)b * nh * ss;
+            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dqk, bq, t1, 1.0f, K, ldq, dqk, Gb, t1, ss, 1.0f,
+                           dq + oq + (size_t)t0 * ldq, ldq, dqk, nh);
+            if (!e)
+                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dqk, t1, bq, 1.0f, Qc, ldq, dqk, Gb, t1, ss, 1.0f, dk + oq,
+                               ldq, dqk, nh);
+            if (!e)
+                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dvd, t1, bq, 1.0f, dOc, ldv, dvd, Pb, t1, ss, 1.0f, dv + ov,
+                               ldv, dvd, nh);
+        }
+    }
+    return e;
 }
 
 extern "C" cudaError_t cu_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W,
                                            int kvl, int p0, float scale, cudaStream_t s) {
-    /* rows (i, h) of q [n, nh, W] against the shared cache rows [p0+n, W]; v = cache[:, 0:kvl] */
-    return attn_forward(out, nullptr, q, cache, cache, 1, n, p0 + n, nh, p0, W, kvl, (size_t)nh * W, W, (size_t)W, 0,
-                        (size_t)W, 0, (size_t)nh * kvl, kvl, 1, scale, s);
-}
-
-extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                             const float *k, const float *v, const float *lse, int B, int T, int nh,
-                                             int dqk, int dvd, float scale, float *Dwork, cudaStream_t s) {
-    if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
-    if (dqk <= 0 || dvd <= 0 || dqk > 256 || dvd > 512) return cudaErrorInvalidValue;
-    const dim3 grid((T + AW - 1) / AW, (unsigned)(B * nh));
-    const size_t smem_q =
-        sizeof(float) * ((size_t)KT * odd(dqk) + (size_t)KT * odd(dvd) + (size_t)AW * (dqk + dvd + KT));
-    const size_t smem_kv = sizeof(float) * ((size_t)KT * (odd(dqk) + odd(dvd) + 2) + (size_t)AW * (dqk + dvd + 2 * KT));
-    auto run_dq = [&](auto kernel) {
-        cudaError_t e = smem_opt_in(kernel, smem_q);
+    if (n <= 0 || nh <= 0) return cudaSuccess;
+    if (W <= 0 || kvl <= 0 || kvl > 512 || kvl > W) return cudaErrorInvalidValue;
+    const size_t smem = sizeof(float) * ((size_t)KT * odd(W) + (size_t)AW * W + (size_t)AW * KT);
+    const dim3 grid((unsigned)(((size_t)n * nh + AW - 1) / AW));
+    auto run = [&](auto kernel) {
+        cudaError_t e = smem_opt_in(kernel, smem);
         if (e != cudaSuccess) return e;
-        return dsv3::launch(kernel, grid, dim3(AT), smem_q, s, dq, Dwork, dout, q, k, v, lse, T, nh, dqk, dvd, scale);
+        return dsv3::launch(kernel, grid, dim3(AT), smem, s, out, q, cache, n, nh, p0, W, kvl, scale);
     };
-    cudaError_t e = dqk <= 32 ? run_dq(attn_bwd_dq_kernel<1>) : dqk <= 64 ? run_dq(attn_bwd_dq_kernel<2>)
-                              : run_dq(attn_bwd_dq_kernel<8>);
-    if (e != cudaSuccess) return e;
-    auto run_kv = [&](auto kernel) {
-        cudaError_t e2 = smem_opt_in(kernel, smem_kv);
-        if (e2 != cudaSuccess) return e2;
-        return dsv3::launch(kernel, grid, dim3(AT), smem_kv, s, dk, dv, Dwork, dout, q, k, v, lse, T, nh, dqk, dvd,
-                            scale);
-    };
-    if (dqk <= 32 && dvd <= 32) return run_kv(attn_bwd_dkv_kernel<1, 1>);
-    if (dqk <= 64 && dvd <= 64) return run_kv(attn_bwd_dkv_kernel<2, 2>);
-    if (dvd <= 128) return run_kv(attn_bwd_dkv_kernel<8, 4>);
-    return run_kv(attn_bwd_dkv_kernel<8, 16>);
+    if (kvl <= 32) return run(latent_attn_kernel<1>);
+    if (kvl <= 128) return run(latent_attn_kernel<4>);
+    return run(latent_attn_kernel<16>);
 }
 
 extern "C" cudaError_t cu_embedding_forward(float *y, const float *E, const int32_t *ids, int N, int V, int H, int *bad,
@@ -764,11 +677,12 @@ extern "C" cudaError_t cu_argmax_rows(int32_t *out, const float *x, int N, int V
 
 #ifndef DSV3_CU_TWIN
 /* ---- ops_attn.h on the backend stream. Scratch the CPU ops take from malloc
- * (attention's D rows, the CE row losses, the small results) lives in
- * grow-only device buffers owned here (cu_devbuf: charged to OPS_MEM_OTHER). ---- */
+ * (the CE row losses, the small results) lives in grow-only device buffers
+ * owned here (cu_devbuf: charged to OPS_MEM_OTHER); attention's score regions
+ * come from the caller's arena (ops_attn.h). ---- */
 
 namespace {
-enum { SCR_ATT_D, SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_ARGMAX, SCR_N };
+enum { SCR_CE_ROWS, SCR_CE_RES, SCR_EMB_BAD, SCR_EMB_SORT, SCR_ARGMAX, SCR_N };
 void *scratch(int slot, size_t bytes) {
     static cu_devbuf buf[SCR_N];
     return cu_devbuf_get(&buf[slot], bytes);
@@ -797,14 +711,23 @@ void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int o
     CU_CHECK(cu_rope_backward(dx, row_stride, nh, head_stride, off, dr, cos_t, sin_t, B, T, cu_stream()));
 }
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                           int nh, int dqk, int dv, float scale) {
-    CU_CHECK(cu_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, cu_stream()));
+                           int nh, int dqk, int dv, float scale, ops_arena *scratch) {
+    if (B <= 0 || T <= 0 || nh <= 0) return;
+    const size_t mark = ops_arena_mark(scratch), n = ops_attention_scratch_floats(B, T, nh, 0);
+    float *work = ops_arena_take(scratch, n);
+    CU_CHECK(cu_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, ops_attention_chunk_rows(B, T, nh), work,
+                                  n, cu_stream()));
+    ops_arena_release(scratch, mark); /* the stream orders the region's next use after these kernels */
 }
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale) {
+                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale,
+                            ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
-    float *D = (float *)scratch(SCR_ATT_D, ops_attention_cache_floats(B, T, nh) * sizeof(float));
-    CU_CHECK(cu_attention_backward(dq, dk, dv, dout, q, k, v, lse, B, T, nh, dqk, dvd, scale, D, cu_stream()));
+    const size_t mark = ops_arena_mark(scratch), n = ops_attention_scratch_floats(B, T, nh, 1);
+    float *work = ops_arena_take(scratch, n);
+    CU_CHECK(cu_attention_backward(dq, dk, dv, dout, q, k, v, lse, B, T, nh, dqk, dvd, scale,
+                                   ops_attention_chunk_rows(B, T, nh), work, n, cu_stream()));
+    ops_arena_release(scratch, mark);
 }
 void ops_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,
                           float scale) {

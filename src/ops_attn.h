@@ -45,14 +45,42 @@ void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int o
  * q, k: [B*T, nh, dqk]; v: [B*T, nh, dv]; out: [B*T, nh, dv] (heads contiguous per token).
  * S = scale·q·kᵀ, masked s > t, softmax over s in fp32, out = P·v.
  * The forward keeps only the row log-sum-exp lse [B, nh, T] (natural log of
- * Σ exp(S)); the backward recomputes P from q, k and lse block by block
- * (flash-style), so no [T, T] tensor is stored. Parallel over B·nh. */
+ * Σ exp(S)); the backward recomputes P from q, k and lse chunk by chunk of
+ * query rows, so no [T, T] tensor is stored. */
 static inline size_t ops_attention_cache_floats(int B, int T, int nh) { return (size_t)B * nh * T; }
+/* Scratch: the ops work in chunks of query rows [t0, t1),
+ * every (sequence, head) at once, against the keys [0, t1) (causal): a score
+ * region [B·nh, rows, t1] per chunk, one in the forward (S, then P in place),
+ * two in the backward (P; dP, then dS in place), taken from `scratch` and
+ * given back before the op returns. Chunk rule: rows = min(128, ⌊2^26 /
+ * (B·nh·T)⌋) clamped to [1, T]: a score region stays at most 2^26 floats
+ * (256 MiB) unless one row per (b, h) is already more (B·nh·T > 2^26), and
+ * the GEMMs' work past the causal diagonal (each chunk multiplies its whole
+ * [rows, t1] block) stays at T·rows/2 on top of T²/2 (at most 128/T more).
+ * DeepSeek-V3 (B 1, nh 128, T 4096): 128 rows, 32 chunks, 2^26 floats per region.
+ * The CPU backend takes the same regions (each (b, h) a [rows, T] slot, used
+ * in blocks of up to 64 rows), so the plan (mla_scratch_floats) is one for both. */
+#define OPS_ATTN_SCORE_FLOATS ((size_t)1 << 26)
+#define OPS_ATTN_CHUNK_ROWS 128
+static inline int ops_attention_chunk_rows(int B, int T, int nh) {
+    const size_t row = (size_t)(B > 0 ? B : 1) * (nh > 0 ? nh : 1) * (T > 0 ? T : 1);
+    size_t r = OPS_ATTN_SCORE_FLOATS / row;
+    if (r > OPS_ATTN_CHUNK_ROWS) r = OPS_ATTN_CHUNK_ROWS;
+    if (r > (size_t)(T > 0 ? T : 1)) r = (size_t)(T > 0 ? T : 1);
+    return r < 1 ? 1 : (int)r;
+}
+/* floats the forward (backward 0) or the backward (backward 1) takes from its arena */
+static inline size_t ops_attention_scratch_floats(int B, int T, int nh, int backward) {
+    if (B <= 0 || T <= 0 || nh <= 0) return 0;
+    const size_t region = ops_arena_round((size_t)B * nh * ops_attention_chunk_rows(B, T, nh) * T);
+    return (backward ? 2 : 1) * region;
+}
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                           int nh, int dqk, int dv, float scale);
+                           int nh, int dqk, int dv, float scale, ops_arena *scratch);
 /* dq, dk, dv += gradients given dout. */
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale);
+                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale,
+                            ops_arena *scratch);
 
 /* ---- Attention over the MLA latent cache (absorbed MLA for generation,
  * dsv3-spec §3; model/mla_decode.c). One sequence: n new query tokens at

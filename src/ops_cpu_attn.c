@@ -116,9 +116,15 @@ void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int o
 
 /* ---------------------------------------------------------------- attention */
 
-/* Query rows per block: the scratch is [ATT_BQ, T] per thread, and a block
- * only multiplies against keys [0, i1) (causal), which skips about half the work. */
+/* Query rows per block: a block only multiplies against keys [0, i1)
+ * (causal), which skips about half the work. Each (b, h) works in its own
+ * [rows, T] slot of the arena's score region (ops_attn.h: [B·nh, rows, T],
+ * rows the chunk rule's), so a block has min(ATT_BQ, rows) rows. */
 enum { ATT_BQ = 64 };
+static int att_block_rows(int B, int T, int nh) {
+    int r = ops_attention_chunk_rows(B, T, nh);
+    return r < ATT_BQ ? r : ATT_BQ;
+}
 
 /* OpenBLAS (pthread build) would start its own threads inside every call made
  * from our OpenMP threads; when we parallelise over (b,h) we run BLAS single-threaded. */
@@ -133,25 +139,28 @@ static void blas_single_end(int n) {
 }
 
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                           int nh, int dqk, int dv, float scale) {
+                           int nh, int dqk, int dv, float scale, ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
     const int ldq = nh * dqk, ldv = nh * dv;
-    const int nbh = B * nh;
+    const int nbh = B * nh, BQ = att_block_rows(B, T, nh);
+    const size_t slot = (size_t)ops_attention_chunk_rows(B, T, nh) * T;
+    const size_t mark = ops_arena_mark(scratch);
+    float *region = ops_arena_take(scratch, (size_t)nbh * slot);
     const int par = nbh > 1 && omp_get_max_threads() > 1;
     int saved = blas_single_begin(par);
 #pragma omp parallel if (par)
     {
-        float *S = malloc((size_t)ATT_BQ * T * sizeof *S); /* [bq, i1] with row stride T */
 #pragma omp for schedule(dynamic, 1)
         for (int bh = 0; bh < nbh; bh++) {
             int b = bh / nh, h = bh % nh;
+            float *S = region + (size_t)bh * slot; /* [bq, i1] with row stride T */
             const float *Q = q + (size_t)b * T * ldq + (size_t)h * dqk;
             const float *K = k + (size_t)b * T * ldq + (size_t)h * dqk;
             const float *V = v + (size_t)b * T * ldv + (size_t)h * dv;
             float *O = out + (size_t)b * T * ldv + (size_t)h * dv;
             float *L = lse + (size_t)bh * T;
-            for (int i0 = 0; i0 < T; i0 += ATT_BQ) {
-                int bq = T - i0 < ATT_BQ ? T - i0 : ATT_BQ, i1 = i0 + bq;
+            for (int i0 = 0; i0 < T; i0 += BQ) {
+                int bq = T - i0 < BQ ? T - i0 : BQ, i1 = i0 + bq;
                 /* S[bq, i1] = scale · Q[i0:i1] · K[0:i1]ᵀ */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Q + (size_t)i0 * ldq, ldq,
                             K, ldq, 0.0f, S, T);
@@ -163,32 +172,35 @@ void ops_attention_forward(float *out, float *lse, const float *q, const float *
                             O + (size_t)i0 * ldv, ldv);
             }
         }
-        free(S);
     }
     blas_single_end(saved);
+    ops_arena_release(scratch, mark);
 }
 
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale) {
+                            const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale,
+                            ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
     const int ldq = nh * dqk, ldv = nh * dvd;
-    const int nbh = B * nh;
+    const int nbh = B * nh, BQ = att_block_rows(B, T, nh);
+    const size_t slot = (size_t)ops_attention_chunk_rows(B, T, nh) * T;
+    const size_t mark = ops_arena_mark(scratch);
+    float *Pr = ops_arena_take(scratch, (size_t)nbh * slot), *dPr = ops_arena_take(scratch, (size_t)nbh * slot);
     const int par = nbh > 1 && omp_get_max_threads() > 1;
     int saved = blas_single_begin(par);
     /* Every (b,h) owns disjoint slices of dq, dk, dv: no races, fixed order. */
 #pragma omp parallel if (par)
     {
-        float *P = malloc((size_t)ATT_BQ * T * sizeof *P);  /* [bq, i1], stride T */
-        float *dP = malloc((size_t)ATT_BQ * T * sizeof *dP); /* [bq, i1], stride T */
 #pragma omp for schedule(dynamic, 1)
         for (int bh = 0; bh < nbh; bh++) {
             int b = bh / nh, h = bh % nh;
+            float *P = Pr + (size_t)bh * slot, *dP = dPr + (size_t)bh * slot; /* [bq, i1], stride T */
             size_t oq = (size_t)b * T * ldq + (size_t)h * dqk, ov = (size_t)b * T * ldv + (size_t)h * dvd;
             const float *Q = q + oq, *K = k + oq, *V = v + ov, *dO = dout + ov;
             float *dQ = dq + oq, *dK = dk + oq, *dV = dv + ov;
             const float *L = lse + (size_t)bh * T;
-            for (int i0 = 0; i0 < T; i0 += ATT_BQ) {
-                int bq = T - i0 < ATT_BQ ? T - i0 : ATT_BQ, i1 = i0 + bq;
+            for (int i0 = 0; i0 < T; i0 += BQ) {
+                int bq = T - i0 < BQ ? T - i0 : BQ, i1 = i0 + bq;
                 const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldv;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Qb, ldq, K, ldq, 0.0f, P, T);
                 /* dP = dO · Vᵀ */
@@ -217,10 +229,9 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dvd, bq, 1.0f, P, T, dOb, ldv, 1.0f, dV, ldv);
             }
         }
-        free(P);
-        free(dP);
     }
     blas_single_end(saved);
+    ops_arena_release(scratch, mark);
 }
 
 /* ------------------------------------------------- latent (absorbed MLA) attention */

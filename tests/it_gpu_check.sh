@@ -2,7 +2,7 @@
 # it_gpu_check.sh — tools/gpu-check.sh as a dry run under emulation (--emu), so that the
 # script works the first time a GPU is lent:
 #  1. as it is: every step reported; smi skipped (no nvidia-smi); build, warp, twins, gemm and
-#     comm pass (gemm: the bench's TFLOP/s and W8A8 path parsed); the trainer steps pass or say
+#     comm pass (gemm: the bench's TFLOP/s, W8A8 path and attention TFLOP/s parsed); the trainer steps pass or say
 #     that bin-emu/ is not built yet; exit 0;
 #  2. with bin/ (the CPU trainer) in place of the backend's binaries: refcheck, curve, perf,
 #     memory and perf8 run and pass (their parsing: loss table, tokens/s, memory line);
@@ -24,6 +24,8 @@ if [ "$(st "$OUT/as-is" smi)" != SKIP ] || ! grep -q '^smi .*no nvidia-smi' "$OU
 for s in build warp twins gemm comm; do [ "$(st "$OUT/as-is" $s)" = PASS ] || bad "step $s: $(st "$OUT/as-is" $s)"; done
 grep -qE '^gemm .*N x K [0-9]+x[0-9]+: [0-9.e-]+/[0-9.e-]+/[0-9.e-]+;.*\(W8A8 on cuBLASLt\)' "$OUT/as-is/report.txt" ||
     bad "gemm: no TFLOP/s triple or W8A8 not on cuBLASLt"
+grep -qE '^gemm .*; attention B=1 T=[0-9]+ nh=[0-9]+ fwd/bwd TFLOP/s [0-9.e-]+/[0-9.e-]+$' "$OUT/as-is/report.txt" ||
+    bad "gemm: no attention TFLOP/s pair"
 for s in refcheck curve perf perf8; do
     case "$(st "$OUT/as-is" $s)" in PASS) ;; SKIP) grep -q "^$s .*not built yet" "$OUT/as-is/report.txt" || bad "$s skipped for another reason" ;; *) bad "step $s: $(st "$OUT/as-is" $s)" ;; esac
 done

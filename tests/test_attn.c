@@ -225,11 +225,13 @@ typedef struct {
     float *q, *k, *v, *out, *lse, *R;
     int B, T, nh, dqk, dv;
     float scale;
+    ops_arena *a; /* scratch: ops_attention_scratch_floats(backward) */
 } att_ctx;
 
 static double att_loss(void *p) {
     att_ctx *c = p;
-    ops_attention_forward(c->out, c->lse, c->q, c->k, c->v, c->B, c->T, c->nh, c->dqk, c->dv, c->scale);
+    ops_attention_forward(c->out, c->lse, c->q, c->k, c->v, c->B, c->T, c->nh, c->dqk, c->dv, c->scale, c->a);
+    assert_true(c->a->used == 0);
     return dot_fd(c->out, c->R, (size_t)c->B * c->T * c->nh * c->dv);
 }
 
@@ -240,7 +242,11 @@ static void test_attention(void **state) {
     size_t nq = (size_t)c.B * c.T * c.nh * c.dqk, nv = (size_t)c.B * c.T * c.nh * c.dv;
     c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
     c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
+    ops_arena a;
+    assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, 1)), 0);
+    c.a = &a;
     att_loss(&c);
+    assert_int_equal(a.peak, ops_attention_scratch_floats(c.B, c.T, c.nh, 0));
     /* forward against a double reference */
     double maxd = 0;
     for (int b = 0; b < c.B; b++)
@@ -267,10 +273,12 @@ static void test_attention(void **state) {
     printf("  attention forward max |err| vs double %.2e\n", maxd);
     assert_true(maxd < 1e-5);
     float *dq = fzeros(nq), *dk = fzeros(nq), *dv = fzeros(nv);
-    ops_attention_backward(dq, dk, dv, c.R, c.q, c.k, c.v, c.lse, c.B, c.T, c.nh, c.dqk, c.dv, c.scale);
+    ops_attention_backward(dq, dk, dv, c.R, c.q, c.k, c.v, c.lse, c.B, c.T, c.nh, c.dqk, c.dv, c.scale, &a);
+    assert_true(a.used == 0 && a.peak == ops_attention_scratch_floats(c.B, c.T, c.nh, 1));
     fd_check("attention dq", c.q, dq, nq, att_loss, &c, 150, 1e-2, 5e-3);
     fd_check("attention dk", c.k, dk, nq, att_loss, &c, 150, 1e-2, 5e-3);
     fd_check("attention dv", c.v, dv, nv, att_loss, &c, 150, 1e-2, 5e-3);
+    ops_arena_destroy(&a);
     free(dq), free(dk), free(dv), free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
 }
 

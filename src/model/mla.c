@@ -30,11 +30,12 @@ size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B,
     size_t Lkva = linear_scratch_floats(H, (int)kva, r, dp, n);
     size_t Lkvb = linear_scratch_floats((int)kvl, (int)(nh * kvbw), r, dp, n);
     size_t Lo = linear_scratch_floats((int)(nh * dv), H, r, dp, n);
-    /* forward: q path; kv, then kv_a; kv, kvb, then kv_b; o_proj */
-    size_t fwd = max2(max2(Lqa, Lqb), max2(Lq, Lo));
+    size_t Af = ops_attention_scratch_floats(B, T, (int)nh, 0), Ab = ops_attention_scratch_floats(B, T, (int)nh, 1);
+    /* forward: q path; kv, then kv_a; kv, kvb, then kv_b; attention; o_proj */
+    size_t fwd = max2(max2(Lqa, Lqb), max2(Lq, max2(Af, Lo)));
     fwd = max2(fwd, RND(N * kva) + max2(Lkva, RND(N * nh * kvbw) + Lkvb));
     /* backward: dq, dkv, dkvb live throughout; then one phase at a time (mla_backward) */
-    size_t phase = RND(N * nh * dv) + max2(Lo, RND(N * nh * dqk) + RND(N * nh * dv)); /* d_o; dk, d_v */
+    size_t phase = RND(N * nh * dv) + max2(Lo, RND(N * nh * dqk) + RND(N * nh * dv) + Ab); /* d_o; dk, d_v, attention */
     phase = max2(phase, RND(N * kvl) + max2(Lkvb, RND(N * kvl)));                     /* dc; dc_raw */
     phase = max2(phase, Lkva);
     phase = max2(phase, ql > 0 ? RND(N * ql) + max2(Lqb, RND(N * ql) + Lqa) : Lq);   /* dcq; dcq_raw */
@@ -155,7 +156,7 @@ void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, 
     }
     ops_arena_release(scratch, mark); /* kv, kvb */
 
-    ops_attention_forward(c->o, c->lse, c->q, c->k, c->v, B, T, nh, dqk, dv, rope_softmax_scale(m));
+    ops_attention_forward(c->o, c->lse, c->q, c->k, c->v, B, T, nh, dqk, dv, rope_softmax_scale(m), scratch);
     linear_forward(&l->o, out, c->o, c->lc_o, N, scratch);
 }
 
@@ -182,7 +183,8 @@ void mla_backward(const deck_model *m, const mla_layer *l, const rope_table *rt,
     /* attention */
     float *dk = take0(scratch, (size_t)N * nh * dqk);
     float *d_v = take0(scratch, (size_t)N * nh * dv);
-    ops_attention_backward(dq, dk, d_v, d_o, c->q, c->k, c->v, c->lse, B, T, nh, dqk, dv, rope_softmax_scale(m));
+    ops_attention_backward(dq, dk, d_v, d_o, c->q, c->k, c->v, c->lse, B, T, nh, dqk, dv, rope_softmax_scale(m),
+                           scratch);
 
     /* disassembly: k_pe is shared by all heads, so its gradient sums over heads */
     for (int h = 0; h < nh; h++) {

@@ -59,7 +59,7 @@ size_t mla_cache_bind(mla_cache *c, const deck_model *m, const mla_layer *l, int
 void mla_cache_alloc(mla_cache *c, const deck_model *m, const mla_layer *l, int B, int T);
 void mla_cache_free(mla_cache *c);
 /* Peak floats mla_forward/mla_backward take from the scratch arena (their
- * linears' LoRA temporaries included) for B sequences of T tokens, when every
+ * linears' LoRA temporaries and the attention's score regions included) for B sequences of T tokens, when every
  * projection carries LoRA rank lora_r (0 = none): an upper bound for any
  * subset of adapted projections. A pure function of the config. */
 size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T);

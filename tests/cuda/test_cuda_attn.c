@@ -107,40 +107,75 @@ static void rope(const char *what, int row_stride, int nh, int head_stride, int 
 
 /* ---------------------------------------------------------------- attention */
 
-static void attention(int B, int T, int nh, int dqk, int dv) {
-    char what[80];
-    snprintf(what, sizeof what, "B=%d T=%d nh=%d dqk=%d dv=%d", B, T, nh, dqk, dv);
+/* rows: the CUDA op's query rows per chunk (0: the ops' rule, ops_attention_chunk_rows); the
+ * CPU reference runs its own blocks in an arena of ops_attention_scratch_floats */
+static void attention(int B, int T, int nh, int dqk, int dv, int rows) {
+    char what[96];
+    const int r = rows > 0 ? rows : ops_attention_chunk_rows(B, T, nh), bq = r < T ? r : T;
+    snprintf(what, sizeof what, "B=%d T=%d nh=%d dqk=%d dv=%d rows=%d (%d chunks)", B, T, nh, dqk, dv, r,
+             (T + bq - 1) / bq);
     const size_t nq = (size_t)B * T * nh * dqk, nv = (size_t)B * T * nh * dv, nl = (size_t)B * nh * T;
     const float scale = 1.0f / sqrtf((float)dqk) * 1.3f;
     float *q = twin_host(nq, 31, -1.5f, 1.5f), *k = twin_host(nq, 32, -1.5f, 1.5f), *v = twin_host(nv, 33, -1, 1);
     float *out = malloc(nv * 4), *lse = malloc(nl * 4);
-    ops_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale);
-    float *dQ = twin_dev(q, nq * 4), *dK = twin_dev(k, nq * 4), *dV = twin_dev(v, nv * 4);
+    ops_arena ar;
+    if (ops_arena_create(&ar, ops_attention_scratch_floats(B, T, nh, 1))) exit(2);
+    ops_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, &ar);
+    /* the CUDA op's scratch: exactly what its chunks need (R floats, 2·R in the backward) */
+    const size_t R = ops_arena_round((size_t)B * nh * bq * T);
+    float *dQ = twin_dev(q, nq * 4), *dK = twin_dev(k, nq * 4), *dV = twin_dev(v, nv * 4), *dW = twin_alloc(2 * R * 4);
     float *dO, *dL;
     CK(cudaMalloc((void **)&dO, nv * 4));
     CK(cudaMalloc((void **)&dL, nl * 4));
-    CK(cu_attention_forward(dO, dL, dQ, dK, dV, B, T, nh, dqk, dv, scale, twin_s));
+    CK(cu_attention_forward(dO, dL, dQ, dK, dV, B, T, nh, dqk, dv, scale, r, dW, R, twin_s));
     close_inf("ops_attention_forward", what, dO, out, nv);
     close_inf("ops_attention_forward", "lse", dL, lse, nl);
 
     float *dout = twin_host(nv, 34, -1, 1), *ddout = twin_dev(dout, nv * 4);
     float *gq0 = calloc(nq, 4), *gk0 = calloc(nq, 4), *gv0 = calloc(nv, 4);
-    ops_attention_backward(gq0, gk0, gv0, dout, q, k, v, lse, B, T, nh, dqk, dv, scale);
+    ops_attention_backward(gq0, gk0, gv0, dout, q, k, v, lse, B, T, nh, dqk, dv, scale, &ar);
     float *gq = acc_init(nq, 35, max_abs(gq0, nq)), *gk = acc_init(nq, 36, max_abs(gk0, nq)),
           *gv = acc_init(nv, 37, max_abs(gv0, nv));
-    float *dgq = twin_dev(gq, nq * 4), *dgk = twin_dev(gk, nq * 4), *dgv = twin_dev(gv, nv * 4), *dD;
-    CK(cudaMalloc((void **)&dD, nl * 4));
-    ops_attention_backward(gq, gk, gv, dout, q, k, v, lse, B, T, nh, dqk, dv, scale);
+    float *dgq = twin_dev(gq, nq * 4), *dgk = twin_dev(gk, nq * 4), *dgv = twin_dev(gv, nv * 4);
+    ops_attention_backward(gq, gk, gv, dout, q, k, v, lse, B, T, nh, dqk, dv, scale, &ar);
     /* the CUDA backward reads the CPU's lse: each op is checked on the same inputs */
     float *dLc = twin_dev(lse, nl * 4);
-    CK(cu_attention_backward(dgq, dgk, dgv, ddout, dQ, dK, dV, dLc, B, T, nh, dqk, dv, scale, dD, twin_s));
+    CK(cu_attention_backward(dgq, dgk, dgv, ddout, dQ, dK, dV, dLc, B, T, nh, dqk, dv, scale, r, dW, 2 * R, twin_s));
     close_inf("ops_attention_backward", "dq", dgq, gq, nq);
     close_inf("ops_attention_backward", "dk", dgk, gk, nq);
     close_inf("ops_attention_backward", what, dgv, gv, nv);
+    ops_arena_destroy(&ar);
     dfree(dQ), dfree(dK), dfree(dV), dfree(dO), dfree(dL), dfree(ddout);
-    dfree(dgq), dfree(dgk), dfree(dgv), dfree(dD), dfree(dLc);
+    dfree(dgq), dfree(dgk), dfree(dgv), dfree(dLc), twin_free(dW);
     free(q), free(k), free(v), free(out), free(lse), free(dout), free(gq0), free(gk0), free(gv0), free(gq), free(gk);
     free(gv);
+}
+
+/* the chunk rule (ops_attn.h) at DeepSeek-V3's width and past the cap; what the CUDA op refuses */
+static void attention_rule(void) {
+    const int r = ops_attention_chunk_rows(1, 4096, 128);
+    const size_t f = ops_attention_scratch_floats(1, 4096, 128, 0), b = ops_attention_scratch_floats(1, 4096, 128, 1);
+    printf("attention chunk rule at B=1 T=4096 nh=128: %d rows (%d chunks), scratch forward %zu floats (%.0f MiB), "
+           "backward %zu (%.0f MiB)\n", r, (4096 + r - 1) / r, f, f * 4.0 / 1048576, b, b * 4.0 / 1048576);
+    twin_report(r == 128 && f == OPS_ATTN_SCORE_FLOATS && b == 2 * OPS_ATTN_SCORE_FLOATS, "ops_attention_forward",
+                twin_fmt("chunk rule B=1 T=4096 nh=128: %d rows, %zu + %zu floats", r, f, b - f), 0);
+    /* one row per (b, h) is already more than the cap: 1 row; T = 1: 1 row; short T: all of it;
+     * small B·nh·T: the row cap; between: the memory cap (2^26 / (2·64·8192) = 64 rows) */
+    twin_report(ops_attention_chunk_rows(8, 65536, 128) == 1 && ops_attention_chunk_rows(2, 1, 4) == 1 &&
+                    ops_attention_chunk_rows(2, 64, 4) == 64 && ops_attention_chunk_rows(1, 1024, 4) == 128 &&
+                    ops_attention_chunk_rows(2, 8192, 64) == 64,
+                "ops_attention_forward", "chunk rule: [1, T], 128 rows, 2^26 floats", 0);
+    float *d1 = twin_alloc(64 * 4);
+    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, d1, 64, twin_s) == cudaErrorInvalidValue &&
+                    cu_attention_forward(d1, d1, d1, d1, d1, 1, 9, 1, 4, 4, 1.0f, 8, d1, 64, twin_s) ==
+                        cudaErrorInvalidValue,
+                "ops_attention_forward", "rows=0, work 64 < 80 floats refused", 0);
+    twin_report(cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 4, 1.0f, 4, d1, 31, twin_s) ==
+                        cudaErrorInvalidValue &&
+                    cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 0, 1.0f, 4, d1, 64, twin_s) ==
+                        cudaErrorInvalidValue,
+                "ops_attention_backward", "work 31 < 2x16 floats, dv=0 refused", 0);
+    twin_free(d1);
 }
 
 static void latent(int n, int nh, int W, int kvl, int p0) {
@@ -334,21 +369,27 @@ int main(void) {
     rope("dsv3 q nh=4", 4 * 192, 4, 192, 128, 64, 1, 3, 0);
     rope("decode p0=37", 4 * 24, 4, 24, 16, 8, 1, 2, 37);
 
-    /* attention: tiny deck, one token, T off the tiles, DeepSeek-V3's widths, odd widths */
-    attention(2, 64, 4, 24, 16);
-    attention(1, 1, 1, 24, 16);
-    attention(1, 37, 2, 24, 16);
-    attention(1, 40, 2, 192, 128);
-    attention(2, 19, 1, 40, 48);
+    /* attention: the tiny deck in one chunk (the ops' rule) and in four, one token, T off the
+     * chunk rows (8 chunks, the last of 2), DeepSeek-V3's widths (3 chunks), B > 1 with odd
+     * widths, dv > 512 and dqk > 256 (beyond the former SIMT kernels), rows > T (one chunk),
+     * T past the rule's 128 rows */
+    attention(2, 64, 4, 24, 16, 0);
+    attention(2, 64, 4, 24, 16, 16);
+    attention(1, 1, 1, 24, 16, 0);
+    attention(1, 37, 2, 24, 16, 5);
+    attention(1, 40, 2, 192, 128, 16);
+    attention(2, 19, 1, 40, 48, 7);
+    attention(1, 9, 2, 32, 513, 4);
+    attention(1, 6, 1, 257, 20, 4);
+    attention(3, 5, 2, 8, 8, 100);
+    attention(1, 150, 1, 24, 16, 0); /* the ops' rule in two chunks (128 rows, then 22) */
+    attention_rule();
 
-    /* beyond the kernels' limits (cu_ops_attn.h): refused, nothing launched */
+    /* beyond the latent kernel's limit (cu_ops_attn.h): refused, nothing launched */
     float *d1;
     CK(cudaMalloc((void **)&d1, 4));
-    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 1, 1, 64, 513, 1.0f, twin_s) == cudaErrorInvalidValue,
-                "ops_attention_forward", "dv=513 refused", 0);
-    twin_report(cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 1, 1, 257, 64, 1.0f, d1, twin_s) ==
-                    cudaErrorInvalidValue,
-                "ops_attention_backward", "dqk=257 refused", 0);
+    twin_report(cu_latent_attention(d1, d1, d1, 1, 1, 600, 513, 0, 1.0f, twin_s) == cudaErrorInvalidValue,
+                "ops_latent_attention", "kvl=513 refused", 0);
     dfree(d1);
 
     /* latent attention: prefill and decode on the tiny deck (W = 16+8; 16 heads: two blocks of
