@@ -32,18 +32,24 @@ cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int head_stride,
 
 /* Training attention through cuBLAS (cuda/ops_attn.cu): chunks of `rows`
  * query rows (>= 1; the ops use ops_attention_chunk_rows, tests pass fewer to
- * get several chunks), each a strided-batched fp32 GEMM over the heads per
+ * get several chunks), each a strided-batched GEMM over the heads per
  * sequence into a score region of R = ops_arena_round(B·nh·min(rows, T)·T)
  * floats, a softmax kernel, and the products with v (forward) or the four
- * gradient GEMMs (backward). work: device scratch of work_floats >= R
- * (forward) or 2·R (backward). Any dqk, dv >= 1. rows < 1, dqk or dv < 1, or
- * less work: cudaErrorInvalidValue, nothing queued. */
+ * gradient GEMMs (backward). bf16 0: fp32 operands and compute; bf16 1: the
+ * GEMMs on bf16 operands with fp32 accumulation (ops_attn.h "Precision"; the
+ * ops pass ops_gemm_get() != OPS_GEMM_F32), the bf16 copies of k, v and a
+ * chunk of q (dout) after the regions. work: device scratch of work_floats >=
+ * cu_attention_work_floats (R forward, 2·R backward, plus the copies; with
+ * rows = ops_attention_chunk_rows at most ops_attention_scratch_floats).
+ * Any dqk, dv >= 1. rows < 1, dqk or dv < 1, or less work:
+ * cudaErrorInvalidValue, nothing queued. */
+size_t cu_attention_work_floats(int B, int T, int nh, int dqk, int dv, int rows, int backward, int bf16);
 cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
-                                 int nh, int dqk, int dv, float scale, int rows, float *work, size_t work_floats,
-                                 cudaStream_t s);
+                                 int nh, int dqk, int dv, float scale, int bf16, int rows, float *work,
+                                 size_t work_floats, cudaStream_t s);
 cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                   const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd,
-                                  float scale, int rows, float *work, size_t work_floats, cudaStream_t s);
+                                  float scale, int bf16, int rows, float *work, size_t work_floats, cudaStream_t s);
 /* Latent attention: a SIMT kernel (a lane keeps kvl/32 output columns in
  * registers: kvl <= 512, kvl <= W; the shared tiles, about 40·W floats, must
  * fit the device's opt-in shared memory, 227 KiB on sm_90, 163 KiB on sm_80;

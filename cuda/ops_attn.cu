@@ -94,7 +94,16 @@ constexpr int SW = 4; /* score rows (warps) per block */
 /* Forward, row g of the chunk's [B·nh·bq, t1] scores S (= scale·q·k): position
  * t = t0 + g % bq of (b, h) = g / bq. In place: P = softmax over keys 0..t,
  * 0 for the keys t+1..t1-1; lse = max + log Σ exp (the CPU twin's
- * softmax_causal_row: exp(s − max), then P = e·(1/Σ)). */
+ * softmax_causal_row: exp(s − max), then P = e·(1/Σ)).
+ * BF (bf16 mode): P is written as bf16 in place, row g at the start of its own
+ * fp32 row (a [rows, t1] bf16 matrix of row stride 2·t1): blocks of 32 keys,
+ * each lane reads its fp32 value, the warp syncs, then writes the bf16 — the
+ * block's bf16 lands in fp32 words [j0/2, j0/2 + 16), already read (by this
+ * block when j0 = 0, by an earlier one after), so no value is lost. */
+template <bool BF> __device__ void put_row_bf16(float *row, int j0, float x) {
+    if (BF) reinterpret_cast<__nv_bfloat16 *>(row)[j0 + (threadIdx.x & 31)] = __float2bfloat16_rn(x);
+}
+template <bool BF>
 __global__ void __launch_bounds__(SW * 32) attn_softmax_kernel(float *S, float *lse, int nrows, int bq, int t0,
                                                                int t1, int T) {
     const int g = blockIdx.x * SW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -112,13 +121,24 @@ __global__ void __launch_bounds__(SW * 32) attn_softmax_kernel(float *S, float *
     }
     sum = dsv3::warp_sum(sum);
     const float inv = 1.0f / sum;
-    for (int j = lane; j < t1; j += 32) s[j] = j < n ? s[j] * inv : 0.0f; /* a lane rereads its own writes */
+    if (!BF) {
+        for (int j = lane; j < t1; j += 32) s[j] = j < n ? s[j] * inv : 0.0f; /* a lane rereads its own writes */
+    } else {
+        for (int j0 = 0; j0 < t1; j0 += 32) {
+            const int j = j0 + lane;
+            const float p = j < n ? s[j] * inv : 0.0f;
+            __syncwarp(0xffffffffu); /* the block's fp32 reads before its bf16 writes */
+            if (j < t1) put_row_bf16<BF>(s, j0, p);
+        }
+    }
     if (lane == 0) lse[(size_t)(g / bq) * T + t] = mx + logf(sum);
 }
 
 /* Backward, row g as above, P holding S (= scale·q·k) and G holding dP = dout·vᵀ:
- * P = exp(S − lse), D = Σ_j P·dP, dS = P·(dP − D)·scale (the gradient w.r.t.
- * q·k), in place; 0 past the row's position. */
+ * P = exp(S − lse), D = Σ_j P·dP (fp32 P), dS = P·(dP − D)·scale (the gradient w.r.t.
+ * q·k), in place; 0 past the row's position. BF: P and dS written as bf16 in
+ * place, as the forward's P. */
+template <bool BF>
 __global__ void __launch_bounds__(SW * 32) attn_softmax_bwd_kernel(float *P, float *G, const float *lse, int nrows,
                                                                    int bq, int t0, int t1, int T, float scale) {
     const int g = blockIdx.x * SW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -133,13 +153,22 @@ __global__ void __launch_bounds__(SW * 32) attn_softmax_bwd_kernel(float *P, flo
         D += e * d[j];
     }
     D = dsv3::warp_sum(D);
-    for (int j = lane; j < t1; j += 32) {
-        if (j < n) {
-            d[j] = p[j] * (d[j] - D) * scale;
-        } else {
-            p[j] = 0.0f;
-            d[j] = 0.0f;
+    if (!BF) {
+        for (int j = lane; j < t1; j += 32) {
+            if (j < n) {
+                d[j] = p[j] * (d[j] - D) * scale;
+            } else {
+                p[j] = 0.0f;
+                d[j] = 0.0f;
+            }
         }
+        return;
+    }
+    for (int j0 = 0; j0 < t1; j0 += 32) {
+        const int j = j0 + lane;
+        const float pj = j < n ? p[j] : 0.0f, ds = j < n ? pj * (d[j] - D) * scale : 0.0f;
+        __syncwarp(0xffffffffu); /* the block's fp32 reads before its bf16 writes */
+        if (j < t1) put_row_bf16<BF>(p, j0, pj), put_row_bf16<BF>(d, j0, ds);
     }
 }
 
@@ -489,13 +518,14 @@ extern "C" cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int h
 }
 
 /* C[m,n] (column-major) = alpha·op(A)·op(B) + beta·C for each of `batch`
- * matrices at strides sA, sB, sC: fp32 operands, fp32 compute (no TF32) */
+ * matrices at strides sA, sB, sC (in elements of A, B, C): fp32 C and compute;
+ * A and B fp32 (no TF32), or bf16 (ab = CUDA_R_16BF: tensor cores) */
 static cudaError_t gemm_batch(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                              float alpha, const float *A, int lda, long long sA, const float *B, int ldb, long long sB,
-                              float beta, float *C, int ldc, long long sC, int batch) {
-    const cublasStatus_t st = cublasGemmStridedBatchedEx(cu_blas(s), ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B,
-                                                         CUDA_R_32F, ldb, sB, &beta, C, CUDA_R_32F, ldc, sC, batch,
-                                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                              float alpha, const void *A, int lda, long long sA, const void *B, int ldb, long long sB,
+                              float beta, float *C, int ldc, long long sC, int batch, cudaDataType ab = CUDA_R_32F) {
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(cu_blas(s), ta, tb, m, n, k, &alpha, A, ab, lda, sA, B, ab, ldb,
+                                                         sB, &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
+                                                         CUBLAS_GEMM_DEFAULT);
     return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
 }
 
@@ -504,30 +534,85 @@ static size_t attn_region(int B, int T, int nh, int dqk, int dv, int rows) {
     if (dqk <= 0 || dv <= 0 || rows <= 0) return 0;
     return ops_arena_round((size_t)B * nh * (rows < T ? rows : T) * T);
 }
+/* floats of n bf16 values, as an arena take */
+static size_t halves(size_t n) { return ops_arena_round((n + 1) / 2); }
+
+/* The bf16 copies (bf16 mode) after the score regions: k and v whole, one chunk of q (and dout) rows
+ * [B, min(rows, T), nh·d] (ops_attn.h, the CUDA term of ops_attention_bf16_floats) */
+struct attn_bf16 {
+    __nv_bfloat16 *k, *v, *qc, *dc;
+};
+static attn_bf16 attn_bf16_at(float *w, int B, int T, int nh, int dqk, int dv, int rows) {
+    const size_t nq = (size_t)B * T * nh * dqk, nv = (size_t)B * T * nh * dv, bq = rows < T ? rows : T;
+    float *v = w + halves(nq), *qc = v + halves(nv), *dc = qc + halves((size_t)B * bq * nh * dqk);
+    return {(__nv_bfloat16 *)w, (__nv_bfloat16 *)v, (__nv_bfloat16 *)qc, (__nv_bfloat16 *)dc};
+}
+extern "C" size_t cu_attention_work_floats(int B, int T, int nh, int dqk, int dv, int rows, int backward, int bf16) {
+    const size_t region = attn_region(B, T, nh, dqk, dv, rows);
+    if (B <= 0 || T <= 0 || nh <= 0 || region == 0) return 0;
+    size_t n = (backward ? 2 : 1) * region;
+    if (bf16) {
+        const size_t bq = rows < T ? rows : T;
+        n += halves((size_t)B * T * nh * dqk) + halves((size_t)B * T * nh * dv) + halves((size_t)B * bq * nh * dqk) +
+             (backward ? halves((size_t)B * bq * nh * dv) : 0);
+    }
+    return n;
+}
+/* bf16 copy of rows [t0, t0 + bq) of every sequence of x [B·T, w] into dst [B, bq, w] */
+static cudaError_t chunk_bf16(__nv_bfloat16 *dst, const float *x, int B, int T, int w, int t0, int bq, cudaStream_t s) {
+    cudaError_t e = cudaSuccess;
+    for (int b = 0; b < B && !e; b++)
+        e = cu_to_bf16((uint16_t *)dst + (size_t)b * bq * w, x + ((size_t)b * T + t0) * w, (size_t)bq * w, s);
+    return e;
+}
 
 /* Row-major X[r, c] with row stride L is column-major Xᵀ [c, r] with leading
  * dimension L, so each row-major product below is the column-major GEMM of
  * the transposes. Per chunk [t0, t1), bq = t1 - t0, and sequence b, batched
  * over the nh heads (head stride dqk or dv in q, k, v; bq·t1 in the scores):
  *   S[bq, t1] = scale·Q_c·Kᵀ    GemmEx(T, N, t1, bq, dqk: K, Q_c)
- *   O_c = P·V                   GemmEx(N, N, dv, bq, t1:  V, P) */
+ *   O_c = P·V                   GemmEx(N, N, dv, bq, t1:  V, P)
+ * bf16 mode (ops_attn.h "Precision"): k and v are converted once per call and
+ * q per chunk; the softmax writes P as bf16 in place (row stride 2·t1 bf16,
+ * head stride 2·bq·t1), and the GEMMs take bf16 operands. */
 extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                                            int B, int T, int nh, int dqk, int dv, float scale, int rows, float *work,
-                                            size_t work_floats, cudaStream_t s) {
+                                            int B, int T, int nh, int dqk, int dv, float scale, int bf16, int rows,
+                                            float *work, size_t work_floats, cudaStream_t s) {
     if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
     const size_t region = attn_region(B, T, nh, dqk, dv, rows);
-    if (region == 0 || work_floats < region) return cudaErrorInvalidValue;
+    if (region == 0 || work_floats < cu_attention_work_floats(B, T, nh, dqk, dv, rows, 0, bf16))
+        return cudaErrorInvalidValue;
     const int ldq = nh * dqk, ldv = nh * dv;
+    const attn_bf16 c = attn_bf16_at(work + region, B, T, nh, dqk, dv, rows);
     cudaError_t e = cudaSuccess;
+    if (bf16) {
+        e = cu_to_bf16((uint16_t *)c.k, k, (size_t)B * T * ldq, s);
+        if (!e) e = cu_to_bf16((uint16_t *)c.v, v, (size_t)B * T * ldv, s);
+    }
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
         const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
         const long long ss = (long long)bq * t1;
+        if (bf16) {
+            e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
+            for (int b = 0; b < B && !e; b++)
+                e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, c.k + (size_t)b * T * ldq, ldq, dqk,
+                               c.qc + (size_t)b * bq * ldq, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh,
+                               CUDA_R_16BF);
+            if (!e)
+                e = dsv3::launch(attn_softmax_kernel<true>, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse,
+                                 nr, bq, t0, t1, T);
+            for (int b = 0; b < B && !e; b++)
+                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, c.v + (size_t)b * T * ldv, ldv, dv,
+                               (const __nv_bfloat16 *)(work + (size_t)b * nh * ss), 2 * t1, 2 * ss, 0.0f,
+                               out + ((size_t)b * T + t0) * ldv, ldv, dv, nh, CUDA_R_16BF);
+            continue;
+        }
         for (int b = 0; b < B && !e; b++)
             e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, k + (size_t)b * T * ldq, ldq, dqk,
                            q + ((size_t)b * T + t0) * ldq, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh);
         if (!e)
-            e = dsv3::launch(attn_softmax_kernel, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse, nr, bq, t0,
-                             t1, T);
+            e = dsv3::launch(attn_softmax_kernel<false>, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse, nr,
+                             bq, t0, t1, T);
         for (int b = 0; b < B && !e; b++)
             e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, v + (size_t)b * T * ldv, ldv, dv,
                            work + (size_t)b * nh * ss, t1, ss, 0.0f, out + ((size_t)b * T + t0) * ldv, ldv, dv, nh);
@@ -542,45 +627,69 @@ extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float 
  *   dQ_c += dS·K                GemmEx(N, N, dqk, bq, t1: K, dS)
  *   dK[0:t1] += dSᵀ·Q_c         GemmEx(N, T, dqk, t1, bq: Q_c, dS)
  *   dV[0:t1] += Pᵀ·dO_c         GemmEx(N, T, dv, t1, bq:  dO_c, P)
- * Chunks in order: dK and dV sum the chunks in a fixed order. */
+ * Chunks in order: dK and dV sum the chunks in a fixed order. bf16 mode: the
+ * operands as in the forward (k, v per call; q, dout per chunk; P and dS
+ * bf16 in place). */
 extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                              const float *k, const float *v, const float *lse, int B, int T, int nh,
-                                             int dqk, int dvd, float scale, int rows, float *work, size_t work_floats,
-                                             cudaStream_t s) {
+                                             int dqk, int dvd, float scale, int bf16, int rows, float *work,
+                                             size_t work_floats, cudaStream_t s) {
     if (B <= 0 || T <= 0 || nh <= 0) return cudaSuccess;
     const size_t region = attn_region(B, T, nh, dqk, dvd, rows);
-    if (region == 0 || work_floats < 2 * region) return cudaErrorInvalidValue;
+    if (region == 0 || work_floats < cu_attention_work_floats(B, T, nh, dqk, dvd, rows, 1, bf16))
+        return cudaErrorInvalidValue;
     const int ldq = nh * dqk, ldv = nh * dvd;
     float *P = work, *G = work + region;
+    const attn_bf16 c = attn_bf16_at(work + 2 * region, B, T, nh, dqk, dvd, rows);
+    const cudaDataType ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const size_t el = bf16 ? 2 : 4; /* operand element bytes */
     cudaError_t e = cudaSuccess;
+    if (bf16) {
+        e = cu_to_bf16((uint16_t *)c.k, k, (size_t)B * T * ldq, s);
+        if (!e) e = cu_to_bf16((uint16_t *)c.v, v, (size_t)B * T * ldv, s);
+    }
+    /* the operands: fp32 as given, or the bf16 copies (q, dout: this chunk's rows of sequence b) */
+    const char *K0 = bf16 ? (const char *)c.k : (const char *)k, *V0 = bf16 ? (const char *)c.v : (const char *)v;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
         const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
-        const long long ss = (long long)bq * t1;
+        const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */
+        const int ldp = bf16 ? 2 * t1 : t1;
+        if (bf16) {
+            e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
+            if (!e) e = chunk_bf16(c.dc, dout, B, T, ldv, t0, bq, s);
+        }
+        auto Qc = [&](int b) -> const void * {
+            return bf16 ? (const void *)(c.qc + (size_t)b * bq * ldq) : (const void *)(q + ((size_t)b * T + t0) * ldq);
+        };
+        auto dOc = [&](int b) -> const void * {
+            return bf16 ? (const void *)(c.dc + (size_t)b * bq * ldv)
+                        : (const void *)(dout + ((size_t)b * T + t0) * ldv);
+        };
         for (int b = 0; b < B && !e; b++) {
-            const float *K = k + (size_t)b * T * ldq, *V = v + (size_t)b * T * ldv;
-            const float *Qc = q + ((size_t)b * T + t0) * ldq, *dOc = dout + ((size_t)b * T + t0) * ldv;
+            const void *K = K0 + (size_t)b * T * ldq * el, *V = V0 + (size_t)b * T * ldv * el;
             float *Pb = P + (size_t)b * nh * ss, *Gb = G + (size_t)b * nh * ss;
-            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K, ldq, dqk, Qc, ldq, dqk, 0.0f, Pb, t1, ss,
-                           nh);
+            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K, ldq, dqk, Qc(b), ldq, dqk, 0.0f, Pb, t1,
+                           ss, nh, ab);
             if (!e)
-                e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dvd, 1.0f, V, ldv, dvd, dOc, ldv, dvd, 0.0f, Gb, t1,
-                               ss, nh);
+                e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dvd, 1.0f, V, ldv, dvd, dOc(b), ldv, dvd, 0.0f, Gb,
+                               t1, ss, nh, ab);
         }
         if (!e)
-            e = dsv3::launch(attn_softmax_bwd_kernel, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, P, G, lse, nr, bq,
-                             t0, t1, T, scale);
+            e = dsv3::launch(bf16 ? attn_softmax_bwd_kernel<true> : attn_softmax_bwd_kernel<false>,
+                             dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, P, G, lse, nr, bq, t0, t1, T, scale);
         for (int b = 0; b < B && !e; b++) {
             const size_t oq = (size_t)b * T * ldq, ov = (size_t)b * T * ldv;
-            const float *K = k + oq, *Qc = q + oq + (size_t)t0 * ldq, *dOc = dout + ov + (size_t)t0 * ldv;
-            const float *Pb = P + (size_t)b * nh * ss, *Gb = G + (size_t)b * nh * ss;
-            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dqk, bq, t1, 1.0f, K, ldq, dqk, Gb, t1, ss, 1.0f,
-                           dq + oq + (size_t)t0 * ldq, ldq, dqk, nh);
+            const void *K = K0 + oq * el;
+            /* the scores of sequence b as GEMM operands: fp32, or the bf16 rows written in place */
+            const void *Pb = (const char *)(P + (size_t)b * nh * ss), *Gb = (const char *)(G + (size_t)b * nh * ss);
+            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dqk, bq, t1, 1.0f, K, ldq, dqk, Gb, ldp, sp, 1.0f,
+                           dq + oq + (size_t)t0 * ldq, ldq, dqk, nh, ab);
             if (!e)
-                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dqk, t1, bq, 1.0f, Qc, ldq, dqk, Gb, t1, ss, 1.0f, dk + oq,
-                               ldq, dqk, nh);
+                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dqk, t1, bq, 1.0f, Qc(b), ldq, dqk, Gb, ldp, sp, 1.0f,
+                               dk + oq, ldq, dqk, nh, ab);
             if (!e)
-                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dvd, t1, bq, 1.0f, dOc, ldv, dvd, Pb, t1, ss, 1.0f, dv + ov,
-                               ldv, dvd, nh);
+                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_T, dvd, t1, bq, 1.0f, dOc(b), ldv, dvd, Pb, ldp, sp, 1.0f,
+                               dv + ov, ldv, dvd, nh, ab);
         }
     }
     return e;
@@ -713,20 +822,22 @@ void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int o
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                            int nh, int dqk, int dv, float scale, ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
-    const size_t mark = ops_arena_mark(scratch), n = ops_attention_scratch_floats(B, T, nh, 0);
+    /* at most ops_attention_scratch_floats (the CUDA layout of ops_attn.h) */
+    const int bf16 = ops_gemm_get() != OPS_GEMM_F32, rows = ops_attention_chunk_rows(B, T, nh);
+    const size_t mark = ops_arena_mark(scratch), n = cu_attention_work_floats(B, T, nh, dqk, dv, rows, 0, bf16);
     float *work = ops_arena_take(scratch, n);
-    CU_CHECK(cu_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, ops_attention_chunk_rows(B, T, nh), work,
-                                  n, cu_stream()));
+    CU_CHECK(cu_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, bf16, rows, work, n, cu_stream()));
     ops_arena_release(scratch, mark); /* the stream orders the region's next use after these kernels */
 }
 void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                             const float *v, const float *lse, int B, int T, int nh, int dqk, int dvd, float scale,
                             ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
-    const size_t mark = ops_arena_mark(scratch), n = ops_attention_scratch_floats(B, T, nh, 1);
+    const int bf16 = ops_gemm_get() != OPS_GEMM_F32, rows = ops_attention_chunk_rows(B, T, nh);
+    const size_t mark = ops_arena_mark(scratch), n = cu_attention_work_floats(B, T, nh, dqk, dvd, rows, 1, bf16);
     float *work = ops_arena_take(scratch, n);
-    CU_CHECK(cu_attention_backward(dq, dk, dv, dout, q, k, v, lse, B, T, nh, dqk, dvd, scale,
-                                   ops_attention_chunk_rows(B, T, nh), work, n, cu_stream()));
+    CU_CHECK(cu_attention_backward(dq, dk, dv, dout, q, k, v, lse, B, T, nh, dqk, dvd, scale, bf16, rows, work, n,
+                                   cu_stream()));
     ops_arena_release(scratch, mark);
 }
 void ops_latent_attention(float *out, const float *q, const float *cache, int n, int nh, int W, int kvl, int p0,

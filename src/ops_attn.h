@@ -69,11 +69,39 @@ static inline int ops_attention_chunk_rows(int B, int T, int nh) {
     if (r > (size_t)(T > 0 ? T : 1)) r = (size_t)(T > 0 ? T : 1);
     return r < 1 ? 1 : (int)r;
 }
-/* floats the forward (backward 0) or the backward (backward 1) takes from its arena */
-static inline size_t ops_attention_scratch_floats(int B, int T, int nh, int backward) {
-    if (B <= 0 || T <= 0 || nh <= 0) return 0;
+/* Precision (the process-wide GEMM precision, ops.h ops_gemm_get()): OPS_GEMM_F32
+ * multiplies fp32 operands in fp32. OPS_GEMM_BF16 and OPS_GEMM_FP8 run every
+ * attention GEMM on bf16 operands (round to nearest even, ops_f32_to_bf16)
+ * with fp32 accumulation, FlashAttention-2's numerics (fp8 attention is not
+ * done): S = scale·bf16(q)·bf16(k)ᵀ, softmax and lse in fp32, out =
+ * bf16(P)·bf16(v); the backward recomputes S and P = exp(S − lse) in fp32,
+ * dP = bf16(dout)·bf16(v)ᵀ, D = Σ P·dP and dS = P·(dP − D)·scale in fp32 (the
+ * fp32 P: D is the fp32 row's), then dq += bf16(dS)·bf16(k), dk +=
+ * bf16(dS)ᵀ·bf16(q), dv += bf16(P)ᵀ·bf16(dout).
+ * The bf16 scratch on top of the score regions, the larger of the backends' layouts:
+ *   CUDA: bf16 copies of the whole k and v, and of one chunk of q rows (and
+ *         of dout in the backward); P and dS are rewritten as bf16 in place
+ *         in their regions (no extra);
+ *   CPU:  every (b, h) rounds its blocks to fp32 copies: q (and dout) [blk, d],
+ *         k and v [blk, d] per block of blk = min(rows, 64) keys. */
+#define OPS_ATTN_CPU_BLOCK 64
+static inline size_t ops_attention_bf16_floats(int B, int T, int nh, int dqk, int dv, int backward) {
+    const size_t bh = (size_t)B * nh, rows = (size_t)ops_attention_chunk_rows(B, T, nh);
+    const size_t blk = rows < OPS_ATTN_CPU_BLOCK ? rows : OPS_ATTN_CPU_BLOCK;
+    const size_t cuda = ops_arena_round((bh * T * dqk + 1) / 2) + ops_arena_round((bh * T * dv + 1) / 2) +
+                        ops_arena_round((bh * rows * dqk + 1) / 2) +
+                        (backward ? ops_arena_round((bh * rows * dv + 1) / 2) : 0);
+    const size_t cpu = ops_arena_round(bh * blk * (backward ? dqk + dv : dqk)) + ops_arena_round(bh * blk * (dqk + dv));
+    return cuda > cpu ? cuda : cpu;
+}
+/* floats the forward (backward 0) or the backward (backward 1) takes from its
+ * arena at GEMM precision `gemm` (OPS_GEMM_*: a pure function, so the plan
+ * calls it with the deck's train.gemm_dtype) */
+static inline size_t ops_attention_scratch_floats(int B, int T, int nh, int dqk, int dv, int backward, int gemm) {
+    if (B <= 0 || T <= 0 || nh <= 0 || dqk <= 0 || dv <= 0) return 0;
     const size_t region = ops_arena_round((size_t)B * nh * ops_attention_chunk_rows(B, T, nh) * T);
-    return (backward ? 2 : 1) * region;
+    return (backward ? 2 : 1) * region +
+           (gemm != OPS_GEMM_F32 ? ops_attention_bf16_floats(B, T, nh, dqk, dv, backward) : 0);
 }
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                            int nh, int dqk, int dv, float scale, ops_arena *scratch);

@@ -119,11 +119,10 @@ void ops_rope_backward(float *dx, int row_stride, int nh, int head_stride, int o
 /* Query rows per block: a block only multiplies against keys [0, i1)
  * (causal), which skips about half the work. Each (b, h) works in its own
  * [rows, T] slot of the arena's score region (ops_attn.h: [B·nh, rows, T],
- * rows the chunk rule's), so a block has min(ATT_BQ, rows) rows. */
-enum { ATT_BQ = 64 };
+ * rows the chunk rule's), so a block has min(OPS_ATTN_CPU_BLOCK, rows) rows. */
 static int att_block_rows(int B, int T, int nh) {
     int r = ops_attention_chunk_rows(B, T, nh);
-    return r < ATT_BQ ? r : ATT_BQ;
+    return r < OPS_ATTN_CPU_BLOCK ? r : OPS_ATTN_CPU_BLOCK;
 }
 
 /* OpenBLAS (pthread build) would start its own threads inside every call made
@@ -138,14 +137,42 @@ static void blas_single_end(int n) {
     if (n > 1) openblas_set_num_threads(n);
 }
 
+/* bf16 mode (ops_attn.h "Precision"): a GEMM operand is an fp32 copy of the
+ * bf16-rounded values (a product of two bf16 values is exact in fp32, so
+ * cblas_sgemm on them accumulates in fp32 what the tensor cores multiply).
+ * dst[n, w] (contiguous) = bf16(src[n, w]) with src row stride ld. */
+static void round_rows(float *dst, const float *src, int n, int w, int ld) {
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < w; c++) dst[(size_t)r * w + c] = ops_bf16_to_f32(ops_f32_to_bf16(src[(size_t)r * ld + c]));
+}
+/* x[n, w] (row stride ld) = bf16(x), in place */
+static void round_inplace(float *x, int n, int w, int ld) {
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < w; c++) x[(size_t)r * ld + c] = ops_bf16_to_f32(ops_f32_to_bf16(x[(size_t)r * ld + c]));
+}
+
+/* The bf16 copies of one (b, h), carved from the take of ops_attention_bf16_floats
+ * (the CPU takes all of it): qb [blk, dqk] (and dob [blk, dv]) for the query
+ * block, kb [blk, dqk] and vb [blk, dv] for the key block. */
+typedef struct {
+    float *qb, *dob, *kb, *vb;
+} att_bf16;
+static att_bf16 att_bf16_of(float *base, int bh, int nbh, int blk, int dqk, int dv, int backward) {
+    const size_t qw = (size_t)blk * (backward ? dqk + dv : dqk);
+    float *q = base + (size_t)bh * qw, *kv = base + ops_arena_round((size_t)nbh * qw) + (size_t)bh * blk * (dqk + dv);
+    att_bf16 c = {q, backward ? q + (size_t)blk * dqk : NULL, kv, kv + (size_t)blk * dqk};
+    return c;
+}
+
 void ops_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                            int nh, int dqk, int dv, float scale, ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
     const int ldq = nh * dqk, ldv = nh * dv;
-    const int nbh = B * nh, BQ = att_block_rows(B, T, nh);
+    const int nbh = B * nh, BQ = att_block_rows(B, T, nh), bf = ops_gemm_get() != OPS_GEMM_F32;
     const size_t slot = (size_t)ops_attention_chunk_rows(B, T, nh) * T;
     const size_t mark = ops_arena_mark(scratch);
     float *region = ops_arena_take(scratch, (size_t)nbh * slot);
+    float *cp = bf ? ops_arena_take(scratch, ops_attention_bf16_floats(B, T, nh, dqk, dv, 0)) : NULL;
     const int par = nbh > 1 && omp_get_max_threads() > 1;
     int saved = blas_single_begin(par);
 #pragma omp parallel if (par)
@@ -159,17 +186,38 @@ void ops_attention_forward(float *out, float *lse, const float *q, const float *
             const float *V = v + (size_t)b * T * ldv + (size_t)h * dv;
             float *O = out + (size_t)b * T * ldv + (size_t)h * dv;
             float *L = lse + (size_t)bh * T;
+            const att_bf16 c = bf ? att_bf16_of(cp, bh, nbh, BQ, dqk, dv, 0) : (att_bf16){0};
             for (int i0 = 0; i0 < T; i0 += BQ) {
                 int bq = T - i0 < BQ ? T - i0 : BQ, i1 = i0 + bq;
                 /* S[bq, i1] = scale · Q[i0:i1] · K[0:i1]ᵀ */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Q + (size_t)i0 * ldq, ldq,
-                            K, ldq, 0.0f, S, T);
+                if (!bf) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Q + (size_t)i0 * ldq,
+                                ldq, K, ldq, 0.0f, S, T);
+                } else { /* bf16(Q) against bf16(K), key blocks of BQ rows */
+                    round_rows(c.qb, Q + (size_t)i0 * ldq, bq, dqk, ldq);
+                    for (int j0 = 0; j0 < i1; j0 += BQ) {
+                        int bk = i1 - j0 < BQ ? i1 - j0 : BQ;
+                        round_rows(c.kb, K + (size_t)j0 * ldq, bk, dqk, ldq);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, dqk, scale, c.qb, dqk, c.kb, dqk,
+                                    0.0f, S + j0, T);
+                    }
+                }
                 for (int r = 0; r < bq; r++) {
                     L[i0 + r] = softmax_causal_row(S + (size_t)r * T, i0 + r + 1 /* keys 0..t */, i1);
                 }
                 /* O[i0:i1] = P · V[0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dv, i1, 1.0f, S, T, V, ldv, 0.0f,
-                            O + (size_t)i0 * ldv, ldv);
+                if (!bf) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dv, i1, 1.0f, S, T, V, ldv, 0.0f,
+                                O + (size_t)i0 * ldv, ldv);
+                } else { /* bf16(P) · bf16(V), summed over the key blocks in order */
+                    round_inplace(S, bq, i1, T);
+                    for (int j0 = 0; j0 < i1; j0 += BQ) {
+                        int bk = i1 - j0 < BQ ? i1 - j0 : BQ;
+                        round_rows(c.vb, V + (size_t)j0 * ldv, bk, dv, ldv);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dv, bk, 1.0f, S + j0, T, c.vb, dv,
+                                    j0 ? 1.0f : 0.0f, O + (size_t)i0 * ldv, ldv);
+                    }
+                }
             }
         }
     }
@@ -182,10 +230,11 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                             ops_arena *scratch) {
     if (B <= 0 || T <= 0 || nh <= 0) return;
     const int ldq = nh * dqk, ldv = nh * dvd;
-    const int nbh = B * nh, BQ = att_block_rows(B, T, nh);
+    const int nbh = B * nh, BQ = att_block_rows(B, T, nh), bf = ops_gemm_get() != OPS_GEMM_F32;
     const size_t slot = (size_t)ops_attention_chunk_rows(B, T, nh) * T;
     const size_t mark = ops_arena_mark(scratch);
     float *Pr = ops_arena_take(scratch, (size_t)nbh * slot), *dPr = ops_arena_take(scratch, (size_t)nbh * slot);
+    float *cp = bf ? ops_arena_take(scratch, ops_attention_bf16_floats(B, T, nh, dqk, dvd, 1)) : NULL;
     const int par = nbh > 1 && omp_get_max_threads() > 1;
     int saved = blas_single_begin(par);
     /* Every (b,h) owns disjoint slices of dq, dk, dv: no races, fixed order. */
@@ -199,13 +248,29 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
             const float *Q = q + oq, *K = k + oq, *V = v + ov, *dO = dout + ov;
             float *dQ = dq + oq, *dK = dk + oq, *dV = dv + ov;
             const float *L = lse + (size_t)bh * T;
+            const att_bf16 c = bf ? att_bf16_of(cp, bh, nbh, BQ, dqk, dvd, 1) : (att_bf16){0};
             for (int i0 = 0; i0 < T; i0 += BQ) {
                 int bq = T - i0 < BQ ? T - i0 : BQ, i1 = i0 + bq;
                 const float *Qb = Q + (size_t)i0 * ldq, *dOb = dO + (size_t)i0 * ldv;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Qb, ldq, K, ldq, 0.0f, P, T);
-                /* dP = dO · Vᵀ */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dvd, 1.0f, dOb, ldv, V, ldv, 0.0f, dP,
-                            T);
+                if (!bf) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dqk, scale, Qb, ldq, K, ldq, 0.0f, P,
+                                T);
+                    /* dP = dO · Vᵀ */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, i1, dvd, 1.0f, dOb, ldv, V, ldv, 0.0f,
+                                dP, T);
+                } else { /* S = scale·bf16(Q)·bf16(K)ᵀ, dP = bf16(dO)·bf16(V)ᵀ, key blocks of BQ rows */
+                    round_rows(c.qb, Qb, bq, dqk, ldq);
+                    round_rows(c.dob, dOb, bq, dvd, ldv);
+                    for (int j0 = 0; j0 < i1; j0 += BQ) {
+                        int bk = i1 - j0 < BQ ? i1 - j0 : BQ;
+                        round_rows(c.kb, K + (size_t)j0 * ldq, bk, dqk, ldq);
+                        round_rows(c.vb, V + (size_t)j0 * ldv, bk, dvd, ldv);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, dqk, scale, c.qb, dqk, c.kb, dqk,
+                                    0.0f, P + j0, T);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, dvd, 1.0f, c.dob, dvd, c.vb, dvd,
+                                    0.0f, dP + j0, T);
+                    }
+                }
                 for (int r = 0; r < bq; r++) {
                     float *p = P + (size_t)r * T, *g = dP + (size_t)r * T;
                     int n = i0 + r + 1;
@@ -220,13 +285,30 @@ void ops_attention_backward(float *dq, float *dk, float *dv, const float *dout, 
                     for (int j = 0; j < n; j++) g[j] = p[j] * (g[j] - D) * scale;
                     for (int j = n; j < i1; j++) p[j] = g[j] = 0.0f;
                 }
-                /* dQ[i0:i1] += dS · K[0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dqk, i1, 1.0f, dP, T, K, ldq, 1.0f,
-                            dQ + (size_t)i0 * ldq, ldq);
-                /* dK[0:i1] += dSᵀ · Q[i0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dqk, bq, 1.0f, dP, T, Qb, ldq, 1.0f, dK, ldq);
-                /* dV[0:i1] += Pᵀ · dO[i0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dvd, bq, 1.0f, P, T, dOb, ldv, 1.0f, dV, ldv);
+                if (!bf) {
+                    /* dQ[i0:i1] += dS · K[0:i1] */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dqk, i1, 1.0f, dP, T, K, ldq, 1.0f,
+                                dQ + (size_t)i0 * ldq, ldq);
+                    /* dK[0:i1] += dSᵀ · Q[i0:i1] */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dqk, bq, 1.0f, dP, T, Qb, ldq, 1.0f, dK,
+                                ldq);
+                    /* dV[0:i1] += Pᵀ · dO[i0:i1] */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dvd, bq, 1.0f, P, T, dOb, ldv, 1.0f, dV,
+                                ldv);
+                } else { /* the same three on bf16(dS), bf16(P) and the rounded blocks */
+                    round_inplace(P, bq, i1, T);
+                    round_inplace(dP, bq, i1, T);
+                    for (int j0 = 0; j0 < i1; j0 += BQ) {
+                        int bk = i1 - j0 < BQ ? i1 - j0 : BQ;
+                        round_rows(c.kb, K + (size_t)j0 * ldq, bk, dqk, ldq);
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, dqk, bk, 1.0f, dP + j0, T, c.kb,
+                                    dqk, 1.0f, dQ + (size_t)i0 * ldq, ldq);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bk, dqk, bq, 1.0f, dP + j0, T, c.qb, dqk,
+                                    1.0f, dK + (size_t)j0 * ldq, ldq);
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bk, dvd, bq, 1.0f, P + j0, T, c.dob, dvd,
+                                    1.0f, dV + (size_t)j0 * ldv, ldv);
+                    }
+                }
             }
         }
     }

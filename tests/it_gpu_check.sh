@@ -24,8 +24,8 @@ if [ "$(st "$OUT/as-is" smi)" != SKIP ] || ! grep -q '^smi .*no nvidia-smi' "$OU
 for s in build warp twins gemm comm; do [ "$(st "$OUT/as-is" $s)" = PASS ] || bad "step $s: $(st "$OUT/as-is" $s)"; done
 grep -qE '^gemm .*N x K [0-9]+x[0-9]+: [0-9.e-]+/[0-9.e-]+/[0-9.e-]+;.*\(W8A8 on cuBLASLt\)' "$OUT/as-is/report.txt" ||
     bad "gemm: no TFLOP/s triple or W8A8 not on cuBLASLt"
-grep -qE '^gemm .*; attention B=1 T=[0-9]+ nh=[0-9]+ fwd/bwd TFLOP/s [0-9.e-]+/[0-9.e-]+$' "$OUT/as-is/report.txt" ||
-    bad "gemm: no attention TFLOP/s pair"
+grep -qE '^gemm .*; attention B=1 T=[0-9]+ nh=[0-9]+ fwd/bwd TFLOP/s fp32 [0-9.e-]+/[0-9.e-]+, bf16 [0-9.e-]+/[0-9.e-]+$' "$OUT/as-is/report.txt" ||
+    bad "gemm: no attention TFLOP/s pairs (fp32, bf16)"
 for s in refcheck curve perf perf8; do
     case "$(st "$OUT/as-is" $s)" in PASS) ;; SKIP) grep -q "^$s .*not built yet" "$OUT/as-is/report.txt" || bad "$s skipped for another reason" ;; *) bad "step $s: $(st "$OUT/as-is" $s)" ;; esac
 done

@@ -225,7 +225,7 @@ typedef struct {
     float *q, *k, *v, *out, *lse, *R;
     int B, T, nh, dqk, dv;
     float scale;
-    ops_arena *a; /* scratch: ops_attention_scratch_floats(backward) */
+    ops_arena *a; /* scratch: ops_attention_scratch_floats(backward, ops_gemm_get()) */
 } att_ctx;
 
 static double att_loss(void *p) {
@@ -243,10 +243,10 @@ static void test_attention(void **state) {
     c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
     c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
     ops_arena a;
-    assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, 1)), 0);
+    assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_F32)), 0);
     c.a = &a;
     att_loss(&c);
-    assert_int_equal(a.peak, ops_attention_scratch_floats(c.B, c.T, c.nh, 0));
+    assert_int_equal(a.peak, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_F32));
     /* forward against a double reference */
     double maxd = 0;
     for (int b = 0; b < c.B; b++)
@@ -274,12 +274,98 @@ static void test_attention(void **state) {
     assert_true(maxd < 1e-5);
     float *dq = fzeros(nq), *dk = fzeros(nq), *dv = fzeros(nv);
     ops_attention_backward(dq, dk, dv, c.R, c.q, c.k, c.v, c.lse, c.B, c.T, c.nh, c.dqk, c.dv, c.scale, &a);
-    assert_true(a.used == 0 && a.peak == ops_attention_scratch_floats(c.B, c.T, c.nh, 1));
+    assert_true(a.used == 0 && a.peak == ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_F32));
     fd_check("attention dq", c.q, dq, nq, att_loss, &c, 150, 1e-2, 5e-3);
     fd_check("attention dk", c.k, dk, nq, att_loss, &c, 150, 1e-2, 5e-3);
     fd_check("attention dv", c.v, dv, nv, att_loss, &c, 150, 1e-2, 5e-3);
     ops_arena_destroy(&a);
     free(dq), free(dk), free(dv), free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
+}
+
+static float rb(float x) { return ops_bf16_to_f32(ops_f32_to_bf16(x)); } /* x rounded to bf16 */
+/* max |a − b| / max |b| */
+static double rel_inf(const float *a, const float *b, size_t n) {
+    double d = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i])), m = fmax(m, fabs((double)b[i]));
+    return m > 0.0 ? d / m : d;
+}
+
+/* GEMM precision bf16 (ops_attn.h "Precision"): the forward against a double
+ * reference on the rounded operands: lse from scale·bf16(q)·bf16(k) (1e-5, as
+ * fp32 mode: an unrounded q·k is ~1e-3 away), out = bf16(P)·bf16(v) with P
+ * rounded from the reference's (1e-5, plus one bf16 ulp of P·|v| where the
+ * reference's P lies within 1e-5 relative of a bf16 rounding boundary: the
+ * fp32 P may round the other way). The backward against fp32 mode: the
+ * gradients differ by about bf16's precision (between 2^-14 and 1e-2 of max
+ * |g|). The arena peaks equal ops_attention_scratch_floats at bf16 (and fp8:
+ * the same layout). */
+static void test_attention_bf16(void **state) {
+    (void)state;
+    att_ctx c = {.B = 2, .T = 70, .nh = 3, .dqk = 6, .dv = 5, .scale = 0.45f};
+    size_t nq = (size_t)c.B * c.T * c.nh * c.dqk, nv = (size_t)c.B * c.T * c.nh * c.dv;
+    c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
+    c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
+    const size_t fwd = ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_BF16),
+                 bwd = ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_BF16);
+    assert_true(fwd > ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_F32));
+    assert_int_equal(bwd, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_FP8));
+    ops_arena a;
+    assert_int_equal(ops_arena_create(&a, bwd), 0);
+    c.a = &a;
+    /* fp32 mode first: its gradients are the backward's yardstick */
+    float *gf[3] = {fzeros(nq), fzeros(nq), fzeros(nv)}, *gb[3] = {fzeros(nq), fzeros(nq), fzeros(nv)};
+    att_loss(&c);
+    ops_attention_backward(gf[0], gf[1], gf[2], c.R, c.q, c.k, c.v, c.lse, c.B, c.T, c.nh, c.dqk, c.dv, c.scale, &a);
+    ops_gemm_set(OPS_GEMM_BF16);
+    a.peak = 0;
+    att_loss(&c);
+    assert_int_equal(a.peak, fwd);
+    double maxl = 0, maxo = 0, maxc = 0; /* maxc: outputs with no P near a rounding boundary */
+    int near = 0;
+    for (int b = 0; b < c.B; b++)
+        for (int h = 0; h < c.nh; h++)
+            for (int t = 0; t < c.T; t++) {
+                double s[70], mx = -1e300, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double d = 0;
+                    for (int e = 0; e < c.dqk; e++)
+                        d += (double)rb(c.q[((size_t)(b * c.T + t) * c.nh + h) * c.dqk + e]) *
+                             rb(c.k[((size_t)(b * c.T + j) * c.nh + h) * c.dqk + e]);
+                    s[j] = d * c.scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j <= t; j++) sum += exp(s[j] - mx);
+                maxl = fmax(maxl, fabs(c.lse[(size_t)(b * c.nh + h) * c.T + t] - (mx + log(sum))));
+                for (int e = 0; e < c.dv; e++) {
+                    double o = 0, allow = 1e-5;
+                    for (int j = 0; j <= t; j++) {
+                        const double p = exp(s[j] - mx) / sum, vj = rb(c.v[((size_t)(b * c.T + j) * c.nh + h) * c.dv + e]);
+                        const float lo = rb((float)(p * (1 - 1e-5))), hi = rb((float)(p * (1 + 1e-5)));
+                        o += rb((float)p) * vj;
+                        if (lo != hi) allow += (hi - lo) * fabs(vj); /* near a boundary: either neighbour */
+                    }
+                    double d = fabs(o - c.out[((size_t)(b * c.T + t) * c.nh + h) * c.dv + e]);
+                    assert_true(d <= allow);
+                    maxo = fmax(maxo, d);
+                    if (allow == 1e-5) maxc = fmax(maxc, d);
+                    else near++;
+                }
+            }
+    printf("  attention bf16 forward vs double on the rounded operands: lse %.2e, out %.2e (%.2e where no P is "
+           "near a bf16 rounding boundary; %d outputs with one)\n", maxl, maxo, maxc, near);
+    assert_true(maxl < 1e-5);
+    ops_attention_backward(gb[0], gb[1], gb[2], c.R, c.q, c.k, c.v, c.lse, c.B, c.T, c.nh, c.dqk, c.dv, c.scale, &a);
+    assert_true(a.used == 0 && a.peak == bwd);
+    const char *nm[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        double e = rel_inf(gb[i], gf[i], i < 2 ? nq : nv);
+        printf("  attention bf16 %s vs fp32 mode: %.2e of max |g|\n", nm[i], e);
+        assert_true(e >= 0x1p-14 && e < 1e-2);
+    }
+    ops_gemm_set(OPS_GEMM_F32);
+    ops_arena_destroy(&a);
+    for (int i = 0; i < 3; i++) free(gf[i]), free(gb[i]);
+    free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
 }
 
 /* ---------------------------------------------------------------- embedding */
@@ -450,7 +536,7 @@ static void mla_setup(mla_ctx *t, int ql, int lora) {
     mla_cache_alloc(&t->c, &t->m, &t->l, t->B, t->T);
     int rsum = lora == 2 ? (ql > 0 ? 5 : 4) * r : lora ? (ql > 0 ? 2 : 1) * r : 0;
     assert_int_equal(t->c.floats, mla_cache_floats(&t->m, rsum, t->B, t->T));
-    assert_int_equal(ops_arena_create(&t->a, mla_scratch_floats(&t->m, r, 0, t->B, t->T)), 0);
+    assert_int_equal(ops_arena_create(&t->a, mla_scratch_floats(&t->m, r, 0, t->B, t->T, ops_gemm_get())), 0);
     size_t n = (size_t)t->B * t->T * H;
     t->x = mla_buf(t, n, 1.0f);
     t->out = mla_buf(t, n, 0);
@@ -575,7 +661,7 @@ static void mla_check(int ql, int lora) {
     mla_backward(&t->m, &t->l, &t->rt, &t->c, dx, t->R, t->B, t->T, &t->a);
     assert_true(t->a.used == 0 && t->a.peak <= t->a.cap);
     if (lora != 1) /* LoRA on every projection or none: the size function is attained exactly */
-        assert_int_equal(t->a.peak, mla_scratch_floats(&t->m, lora ? 2 : 0, 0, t->B, t->T));
+        assert_int_equal(t->a.peak, mla_scratch_floats(&t->m, lora ? 2 : 0, 0, t->B, t->T, ops_gemm_get()));
     const double h = 1e-2, tol = 5e-3;
     const int mc = 60;
     fd_check("mla dx", t->x, dx, n, mla_loss, t, mc, h, tol);
@@ -618,6 +704,37 @@ static void test_mla_lora_all(void **state) {
     mla_check(0, 2);
 }
 
+/* GEMM precision bf16: the MLA layer's arena peak is mla_scratch_floats at bf16 (the attention's
+ * bf16 copies), with LoRA on every projection and without; the output moves by about bf16's precision. */
+static void test_mla_bf16_scratch(void **state) {
+    (void)state;
+    for (int lora = 0; lora <= 2; lora += 2) {
+        mla_ctx *t = malloc(sizeof *t);
+        const uint64_t seed = rng_state; /* the same weights and input in both modes */
+        mla_setup(t, 8, lora);
+        size_t n = (size_t)t->B * t->T * t->m.hidden_size;
+        mla_loss(t);
+        float *f32 = fzeros(n), *dx = fzeros(n);
+        ops_copy(f32, t->out, n);
+        mla_teardown(t);
+        ops_gemm_set(OPS_GEMM_BF16);
+        rng_state = seed;
+        mla_setup(t, 8, lora);
+        mla_loss(t);
+        mla_backward(&t->m, &t->l, &t->rt, &t->c, dx, t->R, t->B, t->T, &t->a);
+        const size_t plan = mla_scratch_floats(&t->m, lora, 0, t->B, t->T, OPS_GEMM_BF16);
+        double e = rel_inf(t->out, f32, n);
+        printf("  mla bf16 (lora %d): arena peak %zu of plan %zu floats (fp32 plan %zu); out vs fp32 %.2e\n", lora,
+               t->a.peak, plan, mla_scratch_floats(&t->m, lora, 0, t->B, t->T, OPS_GEMM_F32), e);
+        assert_true(t->a.used == 0 && t->a.peak == plan);
+        assert_true(e >= 0x1p-14 && e < 1e-2);
+        ops_gemm_set(OPS_GEMM_F32);
+        free(f32), free(dx);
+        mla_teardown(t);
+        free(t);
+    }
+}
+
 /* Changing token t0 of sequence 1 changes nothing before t0 in it, and nothing in sequence 0. */
 static void test_mla_causal(void **state) {
     (void)state;
@@ -646,9 +763,10 @@ static void test_mla_causal(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),        cmocka_unit_test(test_yarn_671b),
-        cmocka_unit_test(test_attention),     cmocka_unit_test(test_embedding),   cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_bf16), cmocka_unit_test(test_embedding),   cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_mla_qlora),     cmocka_unit_test(test_mla_plain_q), cmocka_unit_test(test_mla_lora),
         cmocka_unit_test(test_mla_causal),    cmocka_unit_test(test_mla_lora_all), cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_mla_bf16_scratch),
     };
     return cmocka_run_group_tests_name("attn", tests, NULL, NULL);
 }

@@ -19,7 +19,8 @@
 #   gemm      the FP8-weight GEMM at gemm_dtype fp32 / bf16 / fp8 (test_cuda_gemm --bench), TFLOP/s
 #             at (M,N,K) = (1024,4096,7168) and (1024,7168,2048), and the path W8A8 took (on a
 #             GPU, fp8 that did not run on cuBLASLt's block-scaled matmul fails the step), and
-#             training attention (cuBLAS batched GEMMs) at B 1, T 4096, nh 128: fwd/bwd TFLOP/s
+#             training attention (cuBLAS batched GEMMs) at B 1, T 4096, nh 128: fwd/bwd TFLOP/s with
+#             fp32 operands (gemm_dtype fp32) and bf16 operands (gemm_dtype bf16/fp8)
 #   comm      comm.h over NCCL vs MPI (test_comm_nccl) on one rank per GPU
 #   refcheck  dsv3-refcheck tests/fixtures/hf_tiny.h5 on the GPU (bin-cuda/dsv3-refcheck)
 #   curve     the regression deck at np 1: GPU loss curve against the CPU's (regression tolerances)
@@ -150,13 +151,13 @@ s_gemm() {
             v[key] = v[key] (v[key] == "" ? "" : "/") $9
             if ($3 == "fp8") { lt += $13 + 0; f32 += $16 + 0; bf += $19 + 0 } }
         /^bench attention/ { for (i = 1; i <= NF; i++) { if ($i == "forward") af = $(i + 3); if ($i == "backward") ab = $(i + 3) }
-                             at = $3 " " $4 " " $5 }
+                             at = $4 " " $5 " " $6; av = av (av == "" ? "" : ", ") $3 " " af "/" ab }
         END {
             printf "TFLOP/s fp32/bf16/fp8 (M=%s):", M
             for (i = 1; i <= nk; i++) printf " N x K %s: %s;", order[i], v[order[i]]
             printf " fp8 chunks: cuBLASLt %d, fp32 GEMMs %d, bf16 fallback %d%s", lt, f32, bf,
                    (lt > 0 && f32 + bf == 0 ? " (W8A8 on cuBLASLt)" : " (a FALLBACK fired)")
-            printf "; attention %s fwd/bwd TFLOP/s %s/%s\n", at, af, ab
+            printf "; attention %s fwd/bwd TFLOP/s %s\n", at, av
             exit (m == "gpu" && (lt == 0 || f32 + bf > 0)) }' M="$(echo "$out" | sed -n 's/^bench gemm fp32 M=\([0-9]*\).*/\1/p' | head -n 1)"
 }
 # the loss curve of DECK at np 1 on the CPU (bin/) and on this backend, compared as the

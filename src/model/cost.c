@@ -124,7 +124,7 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
     const deck_model *c = o->cfg;
     int N = B * T, r = o->lora && o->lora->enabled ? o->lora->r : 0, dp = r > 0 && o->lora->dropout > 0;
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers, H = c->hidden_size;
-    size_t f = mla_scratch_floats(c, r, dp, B, T), x;
+    size_t f = mla_scratch_floats(c, r, dp, B, T, params_gemm_dtype(o->lora)), x;
     if (c->first_k_dense_replace > 0 && (x = mlp_scratch_floats(H, c->intermediate_size, r, dp, N)) > f) f = x;
     if ((L > c->first_k_dense_replace || D > 0) && (x = moe_scratch_floats(c, r, dp, N)) > f) f = x;
     if (D > 0 && (x = linear_scratch_floats(2 * H, H, 0, 0, N)) > f) f = x;   /* eh_proj: no LoRA in MTP */

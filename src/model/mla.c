@@ -17,7 +17,7 @@ static float *take0(ops_arena *a, size_t n) {
 
 static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
 
-size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T) {
+size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T, int gemm) {
     const size_t N = (size_t)B * T, nh = m->num_attention_heads, dn = m->qk_nope_head_dim;
     const size_t dr = m->qk_rope_head_dim, dqk = dn + dr, dv = m->v_head_dim, ql = m->q_lora_rank;
     const size_t kvl = m->kv_lora_rank, kva = kvl + dr, kvbw = dn + dv;
@@ -30,7 +30,8 @@ size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B,
     size_t Lkva = linear_scratch_floats(H, (int)kva, r, dp, n);
     size_t Lkvb = linear_scratch_floats((int)kvl, (int)(nh * kvbw), r, dp, n);
     size_t Lo = linear_scratch_floats((int)(nh * dv), H, r, dp, n);
-    size_t Af = ops_attention_scratch_floats(B, T, (int)nh, 0), Ab = ops_attention_scratch_floats(B, T, (int)nh, 1);
+    size_t Af = ops_attention_scratch_floats(B, T, (int)nh, (int)dqk, (int)dv, 0, gemm);
+    size_t Ab = ops_attention_scratch_floats(B, T, (int)nh, (int)dqk, (int)dv, 1, gemm);
     /* forward: q path; kv, then kv_a; kv, kvb, then kv_b; attention; o_proj */
     size_t fwd = max2(max2(Lqa, Lqb), max2(Lq, max2(Af, Lo)));
     fwd = max2(fwd, RND(N * kva) + max2(Lkva, RND(N * nh * kvbw) + Lkvb));

@@ -61,8 +61,9 @@ void mla_cache_free(mla_cache *c);
 /* Peak floats mla_forward/mla_backward take from the scratch arena (their
  * linears' LoRA temporaries and the attention's score regions included) for B sequences of T tokens, when every
  * projection carries LoRA rank lora_r (0 = none): an upper bound for any
- * subset of adapted projections. A pure function of the config. */
-size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T);
+ * subset of adapted projections, at GEMM precision gemm (OPS_GEMM_*: the attention's
+ * bf16 copies, ops_attn.h). A pure function of the config. */
+size_t mla_scratch_floats(const deck_model *m, int lora_r, int lora_drop, int B, int T, int gemm);
 
 /* out[B*T, H] = MLA(x); rt must cover T positions. Saves activations in c (and a pointer to x). */
 void mla_forward(const deck_model *m, const mla_layer *l, const rope_table *rt, mla_cache *c, float *out,

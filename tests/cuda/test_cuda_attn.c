@@ -107,31 +107,121 @@ static void rope(const char *what, int row_stride, int nh, int head_stride, int 
 
 /* ---------------------------------------------------------------- attention */
 
+/* max |a − b| / max |b| */
+static double rel_inf(const float *a, const float *b, size_t n) {
+    double d = 0.0, m = 0.0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i])), m = fmax(m, fabs((double)b[i]));
+    return m > 0.0 ? d / m : d;
+}
+
+/* bf16 mode's rounding boundaries. Both backends round the fp32 P (and dS) to bf16; their fp32
+ * values agree to a few ulps (the GEMMs and sums run in different orders), so where one lies
+ * that close to a bf16 rounding boundary the two may round it to adjacent bf16 values, and a
+ * GEMM output moves by that bf16 ulp times the other operand (up to 2^-8·P·|v|: 6e-5 of |out| at
+ * P = 1/64, past the GEMM rule). The twins allow exactly that, per element: the allowance is
+ * Σ ulp·|operand| over the P (dS) values of its sum whose reference, computed here in double on
+ * the rounded operands, lies within δ of a boundary, δ = 1e-5 relative to the magnitudes that
+ * enter it (fp32 disagreement is ~1e-7 of those). Everything else keeps 1e-5 of max |ref|; an
+ * op that skipped the rounding is ~2^-8 off everywhere and fails. */
+static double bfr(float x) { return ops_bf16_to_f32(ops_f32_to_bf16(x)); }
+/* the bf16 values x ± w can round to differ: their distance, else 0 */
+static double flip_ulp(double x, double w) { return bfr((float)(x + w)) - bfr((float)(x - w)); }
+typedef struct {
+    double *out, *dq, *dk, *dv; /* per-element allowances */
+    int n;                      /* elements with a non-zero allowance */
+} attn_flips;
+static attn_flips attention_flips(int B, int T, int nh, int dqk, int dv, float scale, const float *q, const float *k,
+                                  const float *v, const float *dout, const float *lse) {
+    const size_t nq = (size_t)B * T * nh * dqk, nv = (size_t)B * T * nh * dv;
+    attn_flips f = {calloc(nv, 8), calloc(nq, 8), calloc(nq, 8), calloc(nv, 8), 0};
+    double *P = malloc((size_t)T * 8), *dP = malloc((size_t)T * 8);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < nh; h++)
+            for (int t = 0; t < T; t++) {
+                const size_t rq = ((size_t)(b * T + t) * nh + h) * dqk, rv = ((size_t)(b * T + t) * nh + h) * dv;
+                double D = 0, Da = 0;
+                for (int j = 0; j <= t; j++) {
+                    const size_t cq = ((size_t)(b * T + j) * nh + h) * dqk, cv = ((size_t)(b * T + j) * nh + h) * dv;
+                    double sc = 0, g = 0;
+                    for (int e = 0; e < dqk; e++) sc += bfr(q[rq + e]) * bfr(k[cq + e]);
+                    for (int e = 0; e < dv; e++) g += bfr(dout[rv + e]) * bfr(v[cv + e]);
+                    P[j] = exp(scale * sc - lse[(size_t)(b * nh + h) * T + t]), dP[j] = g;
+                    D += P[j] * g, Da += P[j] * fabs(g);
+                }
+                for (int j = 0; j <= t; j++) {
+                    const size_t cq = ((size_t)(b * T + j) * nh + h) * dqk, cv = ((size_t)(b * T + j) * nh + h) * dv;
+                    const double up = flip_ulp(P[j], 1e-5 * P[j]), ds = P[j] * (dP[j] - D) * scale;
+                    const double us = flip_ulp(ds, 1e-5 * (P[j] * scale * (fabs(dP[j]) + Da) + fabs(ds)));
+                    if (up > 0)
+                        for (int e = 0; e < dv; e++) {
+                            f.out[rv + e] += up * fabs(bfr(v[cv + e]));
+                            f.dv[cv + e] += up * fabs(bfr(dout[rv + e]));
+                        }
+                    if (us > 0)
+                        for (int e = 0; e < dqk; e++) {
+                            f.dq[rq + e] += us * fabs(bfr(k[cq + e]));
+                            f.dk[cq + e] += us * fabs(bfr(q[rq + e]));
+                        }
+                    f.n += (up > 0) + (us > 0);
+                }
+            }
+    free(P), free(dP);
+    return f;
+}
+/* |got − ref| <= 1e-5·max |ref| + allow[i] (allow NULL: the GEMM rule alone) */
+static void close_flips(const char *op, const char *what, const float *d, const float *ref, size_t n,
+                        const double *allow) {
+    float *got = twin_back(d, n * sizeof *got);
+    double inf = 0.0, worst = 0.0;
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) inf = fmax(inf, fabs((double)ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        const double err = fabs((double)got[i] - ref[i]), bound = 1e-5 * inf + (allow ? allow[i] : 0.0);
+        if (!(err <= bound)) ok = 0;
+        if (bound > 0) worst = fmax(worst, err / bound);
+        else if (err > 0) worst = INFINITY;
+    }
+    twin_fold(got, n * sizeof *got);
+    twin_report(ok, op, what, worst);
+    free(got);
+}
+
 /* rows: the CUDA op's query rows per chunk (0: the ops' rule, ops_attention_chunk_rows); the
- * CPU reference runs its own blocks in an arena of ops_attention_scratch_floats */
-static void attention(int B, int T, int nh, int dqk, int dv, int rows) {
-    char what[96];
+ * CPU reference runs its own blocks in an arena of ops_attention_scratch_floats. bf16: both
+ * ops at GEMM precision bf16 (ops_attn.h "Precision"), the fp32 mode's results kept in f32
+ * (the CPU's forward output and gradients, NULL in fp32 mode) to show that the rounding
+ * happened: bf16 differs from fp32 by about bf16's precision, 2^-8 relative. */
+typedef struct {
+    float *out, *gq, *gk, *gv;
+} attn_f32;
+static void attention_at(int B, int T, int nh, int dqk, int dv, int rows, int bf16, attn_f32 *f32) {
+    char what[112];
     const int r = rows > 0 ? rows : ops_attention_chunk_rows(B, T, nh), bq = r < T ? r : T;
-    snprintf(what, sizeof what, "B=%d T=%d nh=%d dqk=%d dv=%d rows=%d (%d chunks)", B, T, nh, dqk, dv, r,
-             (T + bq - 1) / bq);
+    const int gemm = bf16 ? OPS_GEMM_BF16 : OPS_GEMM_F32;
+    ops_gemm_set(gemm); /* process-wide: the CPU ops follow it; the CUDA launchers take bf16 */
+    snprintf(what, sizeof what, "%sB=%d T=%d nh=%d dqk=%d dv=%d rows=%d (%d chunks)", bf16 ? "bf16 " : "", B, T, nh,
+             dqk, dv, r, (T + bq - 1) / bq);
     const size_t nq = (size_t)B * T * nh * dqk, nv = (size_t)B * T * nh * dv, nl = (size_t)B * nh * T;
     const float scale = 1.0f / sqrtf((float)dqk) * 1.3f;
     float *q = twin_host(nq, 31, -1.5f, 1.5f), *k = twin_host(nq, 32, -1.5f, 1.5f), *v = twin_host(nv, 33, -1, 1);
     float *out = malloc(nv * 4), *lse = malloc(nl * 4);
     ops_arena ar;
-    if (ops_arena_create(&ar, ops_attention_scratch_floats(B, T, nh, 1))) exit(2);
+    if (ops_arena_create(&ar, ops_attention_scratch_floats(B, T, nh, dqk, dv, 1, gemm))) exit(2);
     ops_attention_forward(out, lse, q, k, v, B, T, nh, dqk, dv, scale, &ar);
-    /* the CUDA op's scratch: exactly what its chunks need (R floats, 2·R in the backward) */
-    const size_t R = ops_arena_round((size_t)B * nh * bq * T);
-    float *dQ = twin_dev(q, nq * 4), *dK = twin_dev(k, nq * 4), *dV = twin_dev(v, nv * 4), *dW = twin_alloc(2 * R * 4);
+    /* the CUDA op's scratch: exactly what its chunks need (R floats, 2·R in the backward, and the bf16 copies) */
+    const size_t W = cu_attention_work_floats(B, T, nh, dqk, dv, r, 1, bf16);
+    float *dQ = twin_dev(q, nq * 4), *dK = twin_dev(k, nq * 4), *dV = twin_dev(v, nv * 4), *dW = twin_alloc(W * 4);
     float *dO, *dL;
     CK(cudaMalloc((void **)&dO, nv * 4));
     CK(cudaMalloc((void **)&dL, nl * 4));
-    CK(cu_attention_forward(dO, dL, dQ, dK, dV, B, T, nh, dqk, dv, scale, r, dW, R, twin_s));
-    close_inf("ops_attention_forward", what, dO, out, nv);
-    close_inf("ops_attention_forward", "lse", dL, lse, nl);
-
+    CK(cu_attention_forward(dO, dL, dQ, dK, dV, B, T, nh, dqk, dv, scale, bf16, r, dW,
+                            cu_attention_work_floats(B, T, nh, dqk, dv, r, 0, bf16), twin_s));
     float *dout = twin_host(nv, 34, -1, 1), *ddout = twin_dev(dout, nv * 4);
+    attn_flips fl = {0};
+    if (bf16) fl = attention_flips(B, T, nh, dqk, dv, scale, q, k, v, dout, lse);
+    close_flips("ops_attention_forward", what, dO, out, nv, fl.out);
+    close_inf("ops_attention_forward", bf16 ? "bf16 lse" : "lse", dL, lse, nl);
+
     float *gq0 = calloc(nq, 4), *gk0 = calloc(nq, 4), *gv0 = calloc(nv, 4);
     ops_attention_backward(gq0, gk0, gv0, dout, q, k, v, lse, B, T, nh, dqk, dv, scale, &ar);
     float *gq = acc_init(nq, 35, max_abs(gq0, nq)), *gk = acc_init(nq, 36, max_abs(gk0, nq)),
@@ -140,25 +230,62 @@ static void attention(int B, int T, int nh, int dqk, int dv, int rows) {
     ops_attention_backward(gq, gk, gv, dout, q, k, v, lse, B, T, nh, dqk, dv, scale, &ar);
     /* the CUDA backward reads the CPU's lse: each op is checked on the same inputs */
     float *dLc = twin_dev(lse, nl * 4);
-    CK(cu_attention_backward(dgq, dgk, dgv, ddout, dQ, dK, dV, dLc, B, T, nh, dqk, dv, scale, r, dW, 2 * R, twin_s));
-    close_inf("ops_attention_backward", "dq", dgq, gq, nq);
-    close_inf("ops_attention_backward", "dk", dgk, gk, nq);
-    close_inf("ops_attention_backward", what, dgv, gv, nv);
+    CK(cu_attention_backward(dgq, dgk, dgv, ddout, dQ, dK, dV, dLc, B, T, nh, dqk, dv, scale, bf16, r, dW, W, twin_s));
+    close_flips("ops_attention_backward", bf16 ? "bf16 dq" : "dq", dgq, gq, nq, fl.dq);
+    close_flips("ops_attention_backward", bf16 ? "bf16 dk" : "dk", dgk, gk, nq, fl.dk);
+    close_flips("ops_attention_backward", what, dgv, gv, nv, fl.dv);
+    if (bf16)
+        printf("attention bf16 %s: %d P/dS values near a bf16 rounding boundary (allowance above 1e-5)\n", what + 5,
+               fl.n);
+    free(fl.out), free(fl.dq), free(fl.dk), free(fl.dv);
+    if (!bf16) {
+        *f32 = (attn_f32){dup(out, nv), gq0, gk0, gv0};
+    } else { /* the CPU's bf16 mode against its fp32 mode: the gradients from zero (gq0..), not the += buffers */
+        const double e[4] = {rel_inf(out, f32->out, nv), rel_inf(gq0, f32->gq, nq), rel_inf(gk0, f32->gk, nq),
+                             rel_inf(gv0, f32->gv, nv)};
+        const float m[4] = {1, max_abs(f32->gq, nq), max_abs(f32->gk, nq), 1};
+        double lo = e[0], hi = e[0];
+        for (int i = 1; i < 4; i++)
+            if (m[i] > 0) lo = fmin(lo, e[i]), hi = fmax(hi, e[i]); /* T = 1: dq = dk = 0 in both modes */
+        /* at least 2^-14 (the rounding happened: fp32 mode's own error is ~1e-7) and at most 2^-5 */
+        twin_report(lo >= 0x1p-14 && hi <= 0x1p-5, "ops_attention_backward",
+                    twin_fmt("bf16 vs fp32 mode %s: out %.2e dq %.2e dk %.2e dv %.2e", what + 5, e[0], e[1], e[2], e[3]),
+                    hi);
+        free(f32->out), free(f32->gq), free(f32->gk), free(f32->gv);
+        free(gq0), free(gk0), free(gv0);
+    }
     ops_arena_destroy(&ar);
     dfree(dQ), dfree(dK), dfree(dV), dfree(dO), dfree(dL), dfree(ddout);
     dfree(dgq), dfree(dgk), dfree(dgv), dfree(dLc), twin_free(dW);
-    free(q), free(k), free(v), free(out), free(lse), free(dout), free(gq0), free(gk0), free(gv0), free(gq), free(gk);
-    free(gv);
+    free(q), free(k), free(v), free(out), free(lse), free(dout), free(gq), free(gk), free(gv);
+    ops_gemm_set(OPS_GEMM_F32);
+}
+/* both modes on one shape: fp32 (gemm_dtype fp32), then bf16 operands (gemm_dtype bf16/fp8) */
+static void attention(int B, int T, int nh, int dqk, int dv, int rows) {
+    attn_f32 f32;
+    attention_at(B, T, nh, dqk, dv, rows, 0, &f32);
+    attention_at(B, T, nh, dqk, dv, rows, 1, &f32);
 }
 
 /* the chunk rule (ops_attn.h) at DeepSeek-V3's width and past the cap; what the CUDA op refuses */
 static void attention_rule(void) {
     const int r = ops_attention_chunk_rows(1, 4096, 128);
-    const size_t f = ops_attention_scratch_floats(1, 4096, 128, 0), b = ops_attention_scratch_floats(1, 4096, 128, 1);
+    const size_t f = ops_attention_scratch_floats(1, 4096, 128, 192, 128, 0, OPS_GEMM_F32),
+                 b = ops_attention_scratch_floats(1, 4096, 128, 192, 128, 1, OPS_GEMM_F32);
     printf("attention chunk rule at B=1 T=4096 nh=128: %d rows (%d chunks), scratch forward %zu floats (%.0f MiB), "
            "backward %zu (%.0f MiB)\n", r, (4096 + r - 1) / r, f, f * 4.0 / 1048576, b, b * 4.0 / 1048576);
     twin_report(r == 128 && f == OPS_ATTN_SCORE_FLOATS && b == 2 * OPS_ATTN_SCORE_FLOATS, "ops_attention_forward",
                 twin_fmt("chunk rule B=1 T=4096 nh=128: %d rows, %zu + %zu floats", r, f, b - f), 0);
+    /* bf16 mode: + bf16 k [4096, 128·192] and v [4096, 128·128] (50331648 + 33554432 floats), a chunk
+     * of q [128, 128·192] (1572864) and, backward, of dout [128, 128·128] (1048576) */
+    const size_t fb = ops_attention_scratch_floats(1, 4096, 128, 192, 128, 0, OPS_GEMM_BF16) - f,
+                 bb = ops_attention_scratch_floats(1, 4096, 128, 192, 128, 1, OPS_GEMM_BF16) - b;
+    printf("attention bf16 copies at B=1 T=4096 nh=128 dqk=192 dv=128: forward +%zu floats (%.1f MiB), backward +%zu "
+           "(%.1f MiB)\n", fb, fb * 4.0 / 1048576, bb, bb * 4.0 / 1048576);
+    twin_report(fb == 50331648 + 33554432 + 1572864 && bb == fb + 1048576 &&
+                    ops_attention_scratch_floats(1, 4096, 128, 192, 128, 1, OPS_GEMM_FP8) == b + bb &&
+                    cu_attention_work_floats(1, 4096, 128, 192, 128, r, 1, 1) == b + bb,
+                "ops_attention_backward", twin_fmt("bf16 copies B=1 T=4096 nh=128: +%zu, +%zu floats", fb, bb), 0);
     /* one row per (b, h) is already more than the cap: 1 row; T = 1: 1 row; short T: all of it;
      * small B·nh·T: the row cap; between: the memory cap (2^26 / (2·64·8192) = 64 rows) */
     twin_report(ops_attention_chunk_rows(8, 65536, 128) == 1 && ops_attention_chunk_rows(2, 1, 4) == 1 &&
@@ -166,13 +293,13 @@ static void attention_rule(void) {
                     ops_attention_chunk_rows(2, 8192, 64) == 64,
                 "ops_attention_forward", "chunk rule: [1, T], 128 rows, 2^26 floats", 0);
     float *d1 = twin_alloc(64 * 4);
-    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, d1, 64, twin_s) == cudaErrorInvalidValue &&
-                    cu_attention_forward(d1, d1, d1, d1, d1, 1, 9, 1, 4, 4, 1.0f, 8, d1, 64, twin_s) ==
+    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, 0, d1, 64, twin_s) == cudaErrorInvalidValue &&
+                    cu_attention_forward(d1, d1, d1, d1, d1, 1, 9, 1, 4, 4, 1.0f, 0, 8, d1, 64, twin_s) ==
                         cudaErrorInvalidValue,
                 "ops_attention_forward", "rows=0, work 64 < 80 floats refused", 0);
-    twin_report(cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 4, 1.0f, 4, d1, 31, twin_s) ==
+    twin_report(cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 4, 1.0f, 0, 4, d1, 31, twin_s) ==
                         cudaErrorInvalidValue &&
-                    cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 0, 1.0f, 4, d1, 64, twin_s) ==
+                    cu_attention_backward(d1, d1, d1, d1, d1, d1, d1, d1, 1, 4, 1, 4, 0, 1.0f, 0, 4, d1, 64, twin_s) ==
                         cudaErrorInvalidValue,
                 "ops_attention_backward", "work 31 < 2x16 floats, dv=0 refused", 0);
     twin_free(d1);

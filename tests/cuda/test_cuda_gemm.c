@@ -14,7 +14,8 @@
  *                            its chunks took, so a GPU shows whether a fallback fired. Under
  *                            emulation the shapes shrink (M, N by 16; K to 1024 and 512).
  *                            Then training attention (cu_attention_forward/backward: cuBLAS
- *                            batched fp32 GEMMs per chunk of query rows, ops_attn.h's chunk rule)
+ *                            batched GEMMs per chunk of query rows, ops_attn.h's chunk rule), in
+ *                            fp32 (gemm_dtype fp32) and on bf16 operands (gemm_dtype bf16/fp8)
  *                            at DeepSeek-V3's width, B 1, nh 128, T 4096, dqk 192, dv 128
  *                            (emulated: nh 8, T 256): ms and TFLOP/s of the causal FLOPs,
  *                            2·B·nh·T²/2·(dqk + dv) forward, ·(3·dqk + 2·dv) backward (the five
@@ -171,10 +172,10 @@ static void bench(int M, int N, int K, int reps) {
     twin_free(dx), twin_free(dy);
 }
 
-static void bench_attention(int B, int T, int nh, int dqk, int dv, int reps) {
+static void bench_attention(int B, int T, int nh, int dqk, int dv, int bf16, int reps) {
     const size_t nq = (size_t)B * T * nh * dqk, nv = (size_t)B * T * nh * dv;
     const int rows = ops_attention_chunk_rows(B, T, nh);
-    const size_t nw = ops_attention_scratch_floats(B, T, nh, 1);
+    const size_t nw = cu_attention_work_floats(B, T, nh, dqk, dv, rows, 1, bf16);
     float *q = twin_dev(twin_host(nq, 96, -1, 1), nq * 4), *k = twin_dev(twin_host(nq, 97, -1, 1), nq * 4);
     float *v = twin_dev(twin_host(nv, 98, -1, 1), nv * 4), *dO = twin_dev(twin_host(nv, 99, -1, 1), nv * 4);
     float *o = twin_alloc(nv * 4), *lse = twin_alloc((size_t)B * nh * T * 4), *work = twin_alloc(nw * 4);
@@ -190,17 +191,18 @@ static void bench_attention(int B, int T, int nh, int dqk, int dv, int reps) {
                 CK(cudaStreamSynchronize(twin_s));
                 t[pass] = now();
             }
-            if (pass == 0) CK(cu_attention_forward(o, lse, q, k, v, B, T, nh, dqk, dv, scale, rows, work, nw, twin_s));
+            if (pass == 0) CK(cu_attention_forward(o, lse, q, k, v, B, T, nh, dqk, dv, scale, bf16, rows, work, nw, twin_s));
             else
-                CK(cu_attention_backward(dq, dk, dv_, dO, q, k, v, lse, B, T, nh, dqk, dv, scale, rows, work, nw, twin_s));
+                CK(cu_attention_backward(dq, dk, dv_, dO, q, k, v, lse, B, T, nh, dqk, dv, scale, bf16, rows, work, nw,
+                                         twin_s));
         }
         CK(cudaStreamSynchronize(twin_s));
         t[pass] = (now() - t[pass]) / reps;
     }
     const double causal = 2.0 * B * nh * ((double)T * T / 2);
-    printf("bench attention B=%d T=%d nh=%d dqk=%d dv=%d (%d rows, %d chunks): forward %.3f ms %.4g TFLOP/s, "
+    printf("bench attention %-4s B=%d T=%d nh=%d dqk=%d dv=%d (%d rows, %d chunks): forward %.3f ms %.4g TFLOP/s, "
            "backward %.3f ms %.4g TFLOP/s\n",
-           B, T, nh, dqk, dv, rows, (T + rows - 1) / rows, 1e3 * t[0], causal * (dqk + dv) / t[0] / 1e12, 1e3 * t[1],
+           bf16 ? "bf16" : "fp32", B, T, nh, dqk, dv, rows, (T + rows - 1) / rows, 1e3 * t[0], causal * (dqk + dv) / t[0] / 1e12, 1e3 * t[1],
            causal * (3.0 * dqk + 2.0 * dv) / t[1] / 1e12);
     twin_free(q), twin_free(k), twin_free(v), twin_free(dO), twin_free(o), twin_free(lse), twin_free(work);
     twin_free(dq), twin_free(dk), twin_free(dv_);
@@ -215,7 +217,7 @@ int main(int argc, char **argv) {
         const int dm = emu ? 16 : 1, dk = emu ? 7 : 1, reps = emu ? 1 : 20; /* K/128 stays a multiple of 4 */
         bench(1024 / dm, 4096 / dm, 7168 / dk, reps);
         bench(1024 / dm, 7168 / dm, 2048 / (emu ? 4 : 1), reps);
-        bench_attention(1, 4096 / dm, 128 / dm, 192, 128, emu ? 1 : 5);
+        for (int bf16 = 0; bf16 < 2; bf16++) bench_attention(1, 4096 / dm, 128 / dm, 192, 128, bf16, emu ? 1 : 5);
         return 0;
     }
     path(5, 512, 200, 1);  /* 4 K blocks, 2 row blocks: the stored scales are cuBLAS's layout */
