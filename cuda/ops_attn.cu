@@ -100,9 +100,6 @@ constexpr int SW = 4; /* score rows (warps) per block */
  * each lane reads its fp32 value, the warp syncs, then writes the bf16 — the
  * block's bf16 lands in fp32 words [j0/2, j0/2 + 16), already read (by this
  * block when j0 = 0, by an earlier one after), so no value is lost. */
-template <bool BF> __device__ void put_row_bf16(float *row, int j0, float x) {
-    if (BF) reinterpret_cast<__nv_bfloat16 *>(row)[j0 + (threadIdx.x & 31)] = __float2bfloat16_rn(x);
-}
 template <bool BF>
 __global__ void __launch_bounds__(SW * 32) attn_softmax_kernel(float *S, float *lse, int nrows, int bq, int t0,
                                                                int t1, int T) {
@@ -121,14 +118,15 @@ __global__ void __launch_bounds__(SW * 32) attn_softmax_kernel(float *S, float *
     }
     sum = dsv3::warp_sum(sum);
     const float inv = 1.0f / sum;
-    if (!BF) {
+    if constexpr (!BF) {
         for (int j = lane; j < t1; j += 32) s[j] = j < n ? s[j] * inv : 0.0f; /* a lane rereads its own writes */
     } else {
+        __nv_bfloat16 *sb = reinterpret_cast<__nv_bfloat16 *>(s);
         for (int j0 = 0; j0 < t1; j0 += 32) {
             const int j = j0 + lane;
             const float p = j < n ? s[j] * inv : 0.0f;
             __syncwarp(0xffffffffu); /* the block's fp32 reads before its bf16 writes */
-            if (j < t1) put_row_bf16<BF>(s, j0, p);
+            if (j < t1) sb[j] = __float2bfloat16_rn(p);
         }
     }
     if (lane == 0) lse[(size_t)(g / bq) * T + t] = mx + logf(sum);
@@ -153,7 +151,7 @@ __global__ void __launch_bounds__(SW * 32) attn_softmax_bwd_kernel(float *P, flo
         D += e * d[j];
     }
     D = dsv3::warp_sum(D);
-    if (!BF) {
+    if constexpr (!BF) {
         for (int j = lane; j < t1; j += 32) {
             if (j < n) {
                 d[j] = p[j] * (d[j] - D) * scale;
@@ -162,13 +160,14 @@ __global__ void __launch_bounds__(SW * 32) attn_softmax_bwd_kernel(float *P, flo
                 d[j] = 0.0f;
             }
         }
-        return;
-    }
-    for (int j0 = 0; j0 < t1; j0 += 32) {
-        const int j = j0 + lane;
-        const float pj = j < n ? p[j] : 0.0f, ds = j < n ? pj * (d[j] - D) * scale : 0.0f;
-        __syncwarp(0xffffffffu); /* the block's fp32 reads before its bf16 writes */
-        if (j < t1) put_row_bf16<BF>(p, j0, pj), put_row_bf16<BF>(d, j0, ds);
+    } else {
+        __nv_bfloat16 *pb = reinterpret_cast<__nv_bfloat16 *>(p), *db = reinterpret_cast<__nv_bfloat16 *>(d);
+        for (int j0 = 0; j0 < t1; j0 += 32) {
+            const int j = j0 + lane;
+            const float pj = j < n ? p[j] : 0.0f, ds = j < n ? pj * (d[j] - D) * scale : 0.0f;
+            __syncwarp(0xffffffffu); /* the block's fp32 reads before its bf16 writes */
+            if (j < t1) pb[j] = __float2bfloat16_rn(pj), db[j] = __float2bfloat16_rn(ds);
+        }
     }
 }
 
