@@ -1,6 +1,7 @@
 #!/bin/bash
 # it_gemm.sh — train.gemm_dtype (ops.h ops_gemm): the precision of the GEMMs with a frozen base
-# stored narrow (train.base_dtype bf16/fp8), on the tiny LoRA deck over an fp8 base:
+# stored narrow (train.base_dtype bf16/fp8), and at bf16/fp8 of the attention's GEMMs (bf16
+# operands, ops_attn.h "Precision"), on the tiny LoRA deck over an fp8 base:
 #  1. CPU, np 1, 10 steps, gemm_dtype fp32 / bf16 / fp8: every run finite, allocation = plan
 #     per category (the bf16/fp8 activation chunk is in the plan's tile rule), and the bf16
 #     and fp8 loss curves within GEMM_TOL relative of the fp32 one, but not identical to it
@@ -11,12 +12,16 @@
 #     in the SAN build; step 1 8e-9; at gemm bf16 4e-6, fp32 1.4e-9)
 #  3. CUDA=emu (bin-emu/dsv3, make CUDA=emu cuda-emu-model): gemm fp8 at np 1 (cuBLASLt's
 #     block-scaled W8A8 through the shim) against the CPU's gemm fp8 curve, regression
-#     tolerances (regression/compare.awk), allocation = plan
+#     tolerances (regression/compare.awk), allocation = plan. Measured: loss 7e-5 relative
+#     over 3 steps (0.125 of the tolerance; 6.5e-6 before the attention ran bf16: the two
+#     backends round an fp32 P or dS that lies at a bf16 rounding boundary apart by one bf16
+#     ulp now and then, and training carries it on; 3b: 1.1e-5, was 2.8e-9)
 #  3b. CUDA=emu gemm bf16 against the CPU's gemm bf16 (regression tolerances); reporting compute
 #     capability 8.0 (CUDAEMU_SM=80), gemm fp8 says once that it runs bf16, and its curve is
 #     the emulated gemm bf16 one bitwise
 #  3c. CUDA=emu at np 2 (EP 2, ZeRO 3, comm over the NCCL shim), dispatch wire fp8 + gemm fp8,
-#     against the CPU's same mode (regression tolerances; measured: loss 2.4e-6 relative over 2 steps),
+#     against the CPU's same mode (regression tolerances; measured: loss 6.2e-6 relative over 2 steps;
+#     2.5e-6 before the attention ran bf16),
 #     allocation = plan, the wire fp8, and cuBLASLt's 32 MiB workspace in each rank's untracked
 #     memory (cuda/ops.cu LT_WS_BYTES; 7 s)
 #  4. refusals, one line on every rank and non-zero exit: gemm fp8 on a bf16 base; gemm bf16
@@ -26,7 +31,9 @@ EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
 [ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
 [ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
 scratch_dir
-GEMM_TOL=1e-3 # measured over 10 steps, loss columns: 2.0e-5 (bf16), 2.4e-4 (fp8; SAN build 1.9e-4); bf16 base 6.0e-5
+# measured over 10 steps, loss columns: 6.9e-5 (bf16), 2.1e-4 (fp8); bf16 base 6.9e-5 (before the attention
+# ran bf16: 2.0e-5, 2.4e-4 (SAN build 1.9e-4), 6.0e-5)
+GEMM_TOL=1e-3
 LORA=(input/tiny.cfg run.steps=10 schedule.warmup_steps=0 checkpoint.every=0 lora.enabled=true run.mode=sft
       'lora.targets=["self_attn.q_a_proj","self_attn.o_proj","mlp.experts.gate_proj"]' parallel.frozen=resident)
 fails=0
