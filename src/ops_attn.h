@@ -83,7 +83,9 @@ static inline int ops_attention_chunk_rows(int B, int T, int nh) {
  *         of dout in the backward); P and dS are rewritten as bf16 in place
  *         in their regions (no extra);
  *   CPU:  every (b, h) rounds its blocks to fp32 copies: q (and dout) [blk, d],
- *         k and v [blk, d] per block of blk = min(rows, 64) keys. */
+ *         k and v [blk, d] per block of blk = min(rows, 64) keys.
+ * DeepSeek-V3 (B 1, T 4096, nh 128, dqk 192, dv 128): CUDA +85,458,944 floats
+ * forward (326 MiB), +86,507,520 backward (330 MiB); CPU 4,194,304 / 5,242,880. */
 #define OPS_ATTN_CPU_BLOCK 64
 static inline size_t ops_attention_bf16_floats(int B, int T, int nh, int dqk, int dv, int backward) {
     const size_t bh = (size_t)B * nh, rows = (size_t)ops_attention_chunk_rows(B, T, nh);
