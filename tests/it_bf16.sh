@@ -14,14 +14,17 @@
 #     at step 10, its tolerance 0.25)
 #  3. exact resume (np 1): a run saved at step 5 and resumed there equals the uninterrupted run's
 #     steps 6..10 bitwise (the copies are derived from the masters, never saved)
-#  4. CUDA=emu np 1 with gemm_dtype bf16 (cublasGemmEx on the copies) against the CPU's same mode:
-#     regression tolerances, allocation = plan
+#  4. CUDA=emu np 1 with gemm_dtype bf16 (cublasGemmEx on the copies, the attention on bf16
+#     operands) against the CPU's same mode: regression tolerances (measured 0.094 of them; 0.016
+#     before the attention ran bf16), allocation = plan
 . "$(dirname "$0")/lib.sh"
 EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
 [ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
 [ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
 scratch_dir
-BF16_TOL=2e-2   # measured over 10 steps, loss columns: bf16 vs fp32 4.2e-3
+# measured over 10 steps, loss columns: bf16 vs fp32 4.2e-3; gemm bf16 vs gemm fp32 on the copies 9.7e-3
+# (gemm bf16 makes the attention's GEMMs bf16 too, ops_attn.h; 3.1e-3 before it did)
+BF16_TOL=2e-2
 LAYOUT_TOL=1e-2 # measured: 1.1e-3 (ZeRO 3), 2.3e-3 (ZeRO 1 with checkpointing)
 STEP1_TOL=1e-5
 A=(input/tiny.cfg run.steps=10 schedule.warmup_steps=2 checkpoint.every=0 run.log_every=1)
