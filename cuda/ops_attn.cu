@@ -522,9 +522,9 @@ extern "C" cudaError_t cu_rope_backward(float *dx, int row_stride, int nh, int h
 static cudaError_t gemm_batch(cudaStream_t s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                               float alpha, const void *A, int lda, long long sA, const void *B, int ldb, long long sB,
                               float beta, float *C, int ldc, long long sC, int batch, cudaDataType ab = CUDA_R_32F) {
-    const cublasStatus_t st = cublasGemmStridedBatchedEx(cu_blas(s), ta, tb, m, n, k, &alpha, A, ab, lda, sA, B, ab, ldb,
-                                                         sB, &beta, C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F,
-                                                         CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st =
+        cublasGemmStridedBatchedEx(cu_blas(s), ta, tb, m, n, k, &alpha, A, ab, lda, sA, B, ab, ldb, sB, &beta, C,
+                                   CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
 }
 
@@ -583,38 +583,32 @@ extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float 
         return cudaErrorInvalidValue;
     const int ldq = nh * dqk, ldv = nh * dv;
     const attn_bf16 c = attn_bf16_at(work + region, B, T, nh, dqk, dv, rows);
+    const cudaDataType ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const size_t el = bf16 ? 2 : 4; /* operand element bytes */
     cudaError_t e = cudaSuccess;
     if (bf16) {
         e = cu_to_bf16((uint16_t *)c.k, k, (size_t)B * T * ldq, s);
         if (!e) e = cu_to_bf16((uint16_t *)c.v, v, (size_t)B * T * ldv, s);
     }
+    const char *K0 = bf16 ? (const char *)c.k : (const char *)k, *V0 = bf16 ? (const char *)c.v : (const char *)v;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
         const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
-        const long long ss = (long long)bq * t1;
-        if (bf16) {
-            e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
-            for (int b = 0; b < B && !e; b++)
-                e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, c.k + (size_t)b * T * ldq, ldq, dqk,
-                               c.qc + (size_t)b * bq * ldq, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh,
-                               CUDA_R_16BF);
-            if (!e)
-                e = dsv3::launch(attn_softmax_kernel<true>, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse,
-                                 nr, bq, t0, t1, T);
-            for (int b = 0; b < B && !e; b++)
-                e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, c.v + (size_t)b * T * ldv, ldv, dv,
-                               (const __nv_bfloat16 *)(work + (size_t)b * nh * ss), 2 * t1, 2 * ss, 0.0f,
-                               out + ((size_t)b * T + t0) * ldv, ldv, dv, nh, CUDA_R_16BF);
-            continue;
+        const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */
+        const int ldp = bf16 ? 2 * t1 : t1;
+        if (bf16) e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
+        for (int b = 0; b < B && !e; b++) {
+            const void *Qc = bf16 ? (const void *)(c.qc + (size_t)b * bq * ldq)
+                                  : (const void *)(q + ((size_t)b * T + t0) * ldq);
+            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K0 + (size_t)b * T * ldq * el, ldq, dqk, Qc,
+                           ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh, ab);
         }
-        for (int b = 0; b < B && !e; b++)
-            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, k + (size_t)b * T * ldq, ldq, dqk,
-                           q + ((size_t)b * T + t0) * ldq, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh);
         if (!e)
-            e = dsv3::launch(attn_softmax_kernel<false>, dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, work, lse, nr,
-                             bq, t0, t1, T);
-        for (int b = 0; b < B && !e; b++)
-            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, v + (size_t)b * T * ldv, ldv, dv,
-                           work + (size_t)b * nh * ss, t1, ss, 0.0f, out + ((size_t)b * T + t0) * ldv, ldv, dv, nh);
+            e = dsv3::launch(bf16 ? attn_softmax_kernel<true> : attn_softmax_kernel<false>, dim3((nr + SW - 1) / SW),
+                             dim3(SW * 32), 0, s, work, lse, nr, bq, t0, t1, T);
+        for (int b = 0; b < B && !e; b++) /* P: the fp32 scores, or the bf16 rows written in place */
+            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, V0 + (size_t)b * T * ldv * el, ldv, dv,
+                           (const char *)(work + (size_t)b * nh * ss), ldp, sp, 0.0f, out + ((size_t)b * T + t0) * ldv,
+                           ldv, dv, nh, ab);
     }
     return e;
 }

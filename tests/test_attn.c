@@ -243,7 +243,8 @@ static void test_attention(void **state) {
     c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
     c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
     ops_arena a;
-    assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_F32)), 0);
+    assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_F32)),
+                     0);
     c.a = &a;
     att_loss(&c);
     assert_int_equal(a.peak, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_F32));
@@ -339,7 +340,8 @@ static void test_attention_bf16(void **state) {
                 for (int e = 0; e < c.dv; e++) {
                     double o = 0, allow = 1e-5;
                     for (int j = 0; j <= t; j++) {
-                        const double p = exp(s[j] - mx) / sum, vj = rb(c.v[((size_t)(b * c.T + j) * c.nh + h) * c.dv + e]);
+                        const double p = exp(s[j] - mx) / sum;
+                        const double vj = rb(c.v[((size_t)(b * c.T + j) * c.nh + h) * c.dv + e]);
                         const float lo = rb((float)(p * (1 - 1e-5))), hi = rb((float)(p * (1 + 1e-5)));
                         o += rb((float)p) * vj;
                         if (lo != hi) allow += (hi - lo) * fabs(vj); /* near a boundary: either neighbour */
@@ -763,7 +765,8 @@ static void test_mla_causal(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),        cmocka_unit_test(test_yarn_671b),
-        cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_bf16), cmocka_unit_test(test_embedding),   cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_bf16), cmocka_unit_test(test_embedding),
+        cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_mla_qlora),     cmocka_unit_test(test_mla_plain_q), cmocka_unit_test(test_mla_lora),
         cmocka_unit_test(test_mla_causal),    cmocka_unit_test(test_mla_lora_all), cmocka_unit_test(test_argmax),
         cmocka_unit_test(test_mla_bf16_scratch),

@@ -249,7 +249,8 @@ static void attention_at(int B, int T, int nh, int dqk, int dv, int rows, int bf
             if (m[i] > 0) lo = fmin(lo, e[i]), hi = fmax(hi, e[i]); /* T = 1: dq = dk = 0 in both modes */
         /* at least 2^-14 (the rounding happened: fp32 mode's own error is ~1e-7) and at most 2^-5 */
         twin_report(lo >= 0x1p-14 && hi <= 0x1p-5, "ops_attention_backward",
-                    twin_fmt("bf16 vs fp32 mode %s: out %.2e dq %.2e dk %.2e dv %.2e", what + 5, e[0], e[1], e[2], e[3]),
+                    twin_fmt("bf16 vs fp32 mode %s: out %.2e dq %.2e dk %.2e dv %.2e", what + 5, e[0], e[1], e[2],
+                             e[3]),
                     hi);
         free(f32->out), free(f32->gq), free(f32->gk), free(f32->gv);
         free(gq0), free(gk0), free(gv0);
@@ -293,7 +294,8 @@ static void attention_rule(void) {
                     ops_attention_chunk_rows(2, 8192, 64) == 64,
                 "ops_attention_forward", "chunk rule: [1, T], 128 rows, 2^26 floats", 0);
     float *d1 = twin_alloc(64 * 4);
-    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, 0, d1, 64, twin_s) == cudaErrorInvalidValue &&
+    twin_report(cu_attention_forward(d1, d1, d1, d1, d1, 1, 2, 1, 4, 4, 1.0f, 0, 0, d1, 64, twin_s) ==
+                        cudaErrorInvalidValue &&
                     cu_attention_forward(d1, d1, d1, d1, d1, 1, 9, 1, 4, 4, 1.0f, 0, 8, d1, 64, twin_s) ==
                         cudaErrorInvalidValue,
                 "ops_attention_forward", "rows=0, work 64 < 80 floats refused", 0);
