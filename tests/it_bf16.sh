@@ -31,20 +31,9 @@ A=(input/tiny.cfg run.steps=10 schedule.warmup_steps=2 checkpoint.every=0 run.lo
 fails=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-run() { # label np bin args...
-    local label=$1 np=$2 bin=$3
-    shift 3
-    timeout 300 mpirun -np "$np" "$bin" "${A[@]}" run.output_dir="$OUT/$label" "$@" >"$OUT/$label.log" 2>&1 ||
-        { tail -n 5 "$OUT/$label.log"; bad "run $label exited non-zero"; return 1; }
-    grep -q "every category equal to the plan on $np of $np ranks" "$OUT/$label.log" ||
-        { grep 'dsv3: memory' "$OUT/$label.log"; bad "$label: allocation differs from the plan"; }
-}
-relmax() { # max relative difference of the loss columns 2-5 of two metrics files; "max rows"
-    awk -F, 'NR==FNR { if (FNR>1) for (k=2;k<=5;k++) b[$1,k]=$k; next }
-             FNR>1 && ($1,2) in b { for (k=2;k<=5;k++) { if ($k != $k + 0) { m = "nan"; break }; d=$k-b[$1,k]; if (d<0) d=-d
-                 s=b[$1,k]<0?-b[$1,k]:b[$1,k]; r=s>0?d/s:d; if (m != "nan" && r>m) m=r }; n++ }
-             END { printf "%s %d", m == "nan" ? "nan" : sprintf("%.3e", m), n }' "$1" "$2"
-}
+RUN_ARGS=("${A[@]}")
+run() { run_planned "$@"; }
+relmax() { loss_relmax "$@"; }
 within() { # label ref run tol: step 1's loss within STEP1_TOL, the loss columns within tol
     local r n s1
     read -r r n <<<"$(relmax "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")"
@@ -54,14 +43,7 @@ within() { # label ref run tol: step 1's loss within STEP1_TOL, the loss columns
         ok "$1: step 1 loss rel diff $s1 (bound $STEP1_TOL), loss columns max $r over $n steps (bound $4)" ||
         bad "$1: step 1 rel diff $s1 (bound $STEP1_TOL), max $r over $n rows (bound $4)"
 }
-near() { # label ref run tol: the loss columns within tol, not identical
-    local r n
-    read -r r n <<<"$(relmax "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")"
-    awk -v r="$r" -v n="$n" -v t="$4" 'BEGIN { exit !(n == 10 && r == r + 0 && r <= t) }' &&
-        ok "$1: loss columns max rel diff $r over $n steps (bound $4)" || bad "$1: max rel diff $r over $n rows (bound $4)"
-    cmp -s <(cut -d, -f2-5 "$OUT/$2/metrics.csv") <(cut -d, -f2-5 "$OUT/$3/metrics.csv") &&
-        bad "$1: the curve is identical to $2's: nothing rounded?"
-}
+near() { loss_near "$@"; }
 regress() { regress_csv tolerance "$2" "$3" && ok "$1" || bad "$1"; }
 
 echo "== 1. CPU np 1: fp32, bf16 (gemm fp32 on the copies), bf16 with gemm bf16"

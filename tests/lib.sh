@@ -78,3 +78,35 @@ regress_csv() {
 
 # mem_lines LOG: a run's per-rank memory lines as "rank planned-MiB allocated-MiB" (no RSS)
 mem_lines() { sed -n 's/^dsv3: memory rank *\([0-9]*\): planned *\([0-9.]*\) MiB *allocated *\([0-9.]*\) MiB.*/\1 \2 \3/p' "$1"; }
+
+# run_planned LABEL NP BIN ARGS...: mpirun -np NP BIN "${RUN_ARGS[@]}" ARGS... into $OUT/LABEL (log
+# $OUT/LABEL.log); the run must exit 0 and allocate what the plan says, per category on every rank.
+# The caller defines RUN_ARGS (the deck and its common overrides) and bad (counts a failure).
+run_planned() {
+    local label=$1 np=$2 bin=$3
+    shift 3
+    timeout 300 mpirun -np "$np" "$bin" "${RUN_ARGS[@]}" run.output_dir="$OUT/$label" "$@" >"$OUT/$label.log" 2>&1 ||
+        { tail -n 5 "$OUT/$label.log"; bad "run $label exited non-zero"; return 1; }
+    grep -q "every category equal to the plan on $np of $np ranks" "$OUT/$label.log" ||
+        { grep 'dsv3: memory' "$OUT/$label.log"; bad "$label: allocation differs from the plan"; }
+}
+
+# loss_relmax A.csv B.csv: the largest relative difference of the loss columns 2-5 over the steps both
+# hold, and how many: "max rows" ("nan" when a value is not a number)
+loss_relmax() {
+    awk -F, 'NR==FNR { if (FNR>1) for (k=2;k<=5;k++) b[$1,k]=$k; next }
+             FNR>1 && ($1,2) in b { for (k=2;k<=5;k++) { if ($k != $k + 0) { m = "nan"; break }; d=$k-b[$1,k]; if (d<0) d=-d
+                 s=b[$1,k]<0?-b[$1,k]:b[$1,k]; r=s>0?d/s:d; if (m != "nan" && r>m) m=r }; n++ }
+             END { printf "%s %d", m == "nan" ? "nan" : sprintf("%.3e", m), n }' "$1" "$2"
+}
+
+# loss_near LABEL REF RUN TOL [STEPS]: RUN's loss columns within TOL relative of REF's over STEPS
+# (default 10) steps, and not identical to them (the rounding under test happened); ok / bad.
+loss_near() {
+    local r n
+    read -r r n <<<"$(loss_relmax "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")"
+    awk -v r="$r" -v n="$n" -v t="$4" -v want="${5:-10}" 'BEGIN { exit !(n == want && r == r + 0 && r <= t) }' &&
+        ok "$1: loss columns max rel diff $r over $n steps (bound $4)" || bad "$1: max rel diff $r over $n rows (bound $4)"
+    cmp -s <(cut -d, -f2-5 "$OUT/$2/metrics.csv") <(cut -d, -f2-5 "$OUT/$3/metrics.csv") &&
+        bad "$1: the curve is identical to $2's: nothing rounded?"
+}

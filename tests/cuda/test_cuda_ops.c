@@ -92,51 +92,46 @@ static void cols(int rows, int ss, int off, int n, int ds) {
     free(src), free(d0), free(d), free(w0), free(w);
 }
 
-/* ops_round_bf16 / ops_widen_bf16: random values and the cases rounding gets wrong first — ties to even
- * both ways, the carry into the exponent, overflow to inf, subnormals, ±0, ±inf, NaNs (quiet and
- * signalling, whose low bits are cut) — bitwise against the CPU, both outputs */
+/* the device buffer d (bytes) against the host reference: bitwise */
+static void same_back(const char *op, const char *what, const void *d, const void *ref, size_t bytes) {
+    void *got = twin_back(d, bytes);
+    twin_same(op, what, got, ref, bytes);
+    free(got);
+}
+
+/* ops_to_bf16 / ops_round_bf16 / ops_widen_bf16: random values and the cases rounding gets wrong first — ties
+ * to even both ways, the carry into the exponent, overflow to inf, subnormals, ±0, ±inf, NaNs (quiet and
+ * signalling, whose low bits are cut) — bitwise against the CPU, every output */
 static void bf16_storage(size_t n) {
     char what[64];
     snprintf(what, sizeof what, "n=%zu", n);
     static const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x3fffffffu, 0x7f7fffffu, 0x7f7f8000u,
                                        0x00000001u, 0x80008000u, 0x00018000u, 0x00000000u, 0x80000000u, 0x7f800000u,
                                        0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffa12345u, 0xc0490fdbu};
-    float *x = twin_host(n, 3, -300, 300), *y = malloc(n * 4 + 4);
+    float *x = twin_host(n, 3, -300, 300), *y = malloc(n * 4 + 4), *w = malloc(n * 4 + 4);
     for (size_t i = 0; i < n; i++)
         if (i % 5 == 1) memcpy(&x[i], &special[(i / 5) % (sizeof special / sizeof special[0])], 4);
-    uint16_t *b = malloc(n * 2 + 2), *b2 = malloc(n * 2 + 2);
+    uint16_t *b = malloc(n * 2 + 2), *b2 = malloc(n * 2 + 2), *db;
     float *dx = twin_dev(x, n * 4), *dw;
-    uint16_t *db;
-    /* ops_to_bf16 first (x unchanged), into db; then ops_round_bf16 overwrites db */
-    CK(cudaMalloc((void **)&db, n * 2 + 2));
-    ops_to_bf16(b2, x, n);
-    CK(cu_to_bf16(db, dx, n, twin_s));
-    uint16_t *gb2 = twin_back(db, n * 2);
-    twin_same("ops_to_bf16", what, gb2, b2, n * 2);
-    free(gb2);
-    float *gx = twin_back(dx, n * 4);
-    twin_same("ops_to_bf16", "x unchanged", gx, x, n * 4);
-    free(gx);
-    CK(cudaFree(db));
     CK(cudaMalloc((void **)&db, n * 2 + 2));
     CK(cudaMalloc((void **)&dw, n * 4 + 4));
+    /* ops_to_bf16: the bits, x unchanged */
+    ops_to_bf16(b2, x, n);
+    CK(cu_to_bf16(db, dx, n, twin_s));
+    same_back("ops_to_bf16", what, db, b2, n * 2);
+    same_back("ops_to_bf16", "x unchanged", dx, x, n * 4);
+    /* ops_round_bf16: x rounded in place, the same bits stored */
     memcpy(y, x, n * 4);
     ops_round_bf16(y, b, n);
     CK(cu_round_bf16(dx, db, n, twin_s));
-    float *got = twin_back(dx, n * 4);
-    twin_same("ops_round_bf16", what, got, y, n * 4);
-    free(got);
-    uint16_t *gb = twin_back(db, n * 2);
-    twin_same("ops_round_bf16", "bits", gb, b, n * 2);
+    same_back("ops_round_bf16", what, dx, y, n * 4);
+    same_back("ops_round_bf16", "bits", db, b, n * 2);
     twin_same("ops_round_bf16", "bits == ops_to_bf16's (CPU)", b, b2, n * 2);
-    free(gb);
-    float *w = malloc(n * 4 + 4);
+    /* ops_widen_bf16: the rounded values back */
     ops_widen_bf16(w, b, n);
     twin_same("ops_widen_bf16", "== the rounded x (CPU)", w, y, n * 4);
     CK(cu_widen_bf16(dw, db, n, twin_s));
-    got = twin_back(dw, n * 4);
-    twin_same("ops_widen_bf16", what, got, w, n * 4);
-    free(got);
+    same_back("ops_widen_bf16", what, dw, w, n * 4);
     CK(cudaFree(dx));
     CK(cudaFree(db));
     CK(cudaFree(dw));
