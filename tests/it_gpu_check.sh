@@ -5,7 +5,7 @@
 #     comm pass (gemm: the bench's TFLOP/s, W8A8 path and attention TFLOP/s parsed); the trainer steps pass or say
 #     that bin-emu/ is not built yet; exit 0;
 #  2. with bin/ (the CPU trainer) in place of the backend's binaries: refcheck, curve, perf,
-#     memory and perf8 run and pass (their parsing: loss table, tokens/s, memory line);
+#     memory, perf8 and perf16 run and pass (their parsing: loss table, tokens/s, memory line);
 #  3. with a planted bad backend (dsv3-refcheck fails, dsv3 trains another curve): those steps
 #     FAIL, the steps after them still run, the script exits non-zero;
 #  4. with a spent budget: every step is skipped "out of time".
@@ -26,15 +26,17 @@ grep -qE '^gemm .*N x K [0-9]+x[0-9]+: [0-9.e-]+/[0-9.e-]+/[0-9.e-]+;.*\(W8A8 on
     bad "gemm: no TFLOP/s triple or W8A8 not on cuBLASLt"
 grep -qE '^gemm .*; attention B=1 T=[0-9]+ nh=[0-9]+ fwd/bwd TFLOP/s fp32 [0-9.e-]+/[0-9.e-]+, bf16 [0-9.e-]+/[0-9.e-]+$' "$OUT/as-is/report.txt" ||
     bad "gemm: no attention TFLOP/s pairs (fp32, bf16)"
-for s in refcheck curve perf perf8; do
+for s in refcheck curve perf perf8 perf16; do
     case "$(st "$OUT/as-is" $s)" in PASS) ;; SKIP) grep -q "^$s .*not built yet" "$OUT/as-is/report.txt" || bad "$s skipped for another reason" ;; *) bad "step $s: $(st "$OUT/as-is" $s)" ;; esac
 done
-[ "$(grep -cE '^(smi|build|warp|twins|gemm|comm|refcheck|curve|perf|memory|perf8) ' "$OUT/as-is/report.txt")" -eq 11 ] || bad "not every step reported"
+[ "$(grep -cE '^(smi|build|warp|twins|gemm|comm|refcheck|curve|perf|memory|perf8|perf16) ' "$OUT/as-is/report.txt")" -eq 12 ] ||
+    bad "not every step reported"
 
 GPU_CHECK_BINDIR=bin tools/gpu-check.sh --emu "$OUT/cpu" >"$OUT/cpu.out" 2>&1; rc=$?
 [ $rc -eq 0 ] || bad "run with bin/ exited $rc"
-for s in refcheck curve perf memory perf8; do [ "$(st "$OUT/cpu" $s)" = PASS ] || bad "bin/ step $s: $(st "$OUT/cpu" $s)"; done
-grep -E '^(curve|perf|memory|perf8) ' "$OUT/cpu/report.txt" | sed 's/^/    bin\/: /'
+for s in refcheck curve perf memory perf8 perf16; do [ "$(st "$OUT/cpu" $s)" = PASS ] || bad "bin/ step $s: $(st "$OUT/cpu" $s)"; done
+grep -E '^(curve|perf|memory|perf8|perf16) ' "$OUT/cpu/report.txt" | sed 's/^/    bin\/: /'
+grep -qE '^perf16 .*bf16 training: [0-9]+ tok/s.*allocation = plan' "$OUT/cpu/report.txt" || bad "perf16 gives no tok/s"
 grep -qE '^perf8 .*gemm bf16 [0-9]+ tok/s.*gemm fp8 [0-9]+ tok/s' "$OUT/cpu/report.txt" || bad "perf8 gives no tok/s pair"
 grep -qE '^perf .* [0-9]+ tok/s' "$OUT/cpu/report.txt" || bad "perf gives no tok/s"
 grep -qE '^memory .*planned [0-9.]+ MiB, allocated [0-9.]+ MiB' "$OUT/cpu/report.txt" || bad "memory line not parsed"
@@ -51,6 +53,6 @@ GPU_CHECK_BINDIR=$OUT/badbin tools/gpu-check.sh --emu "$OUT/bad" >"$OUT/bad.out"
 grep -E '^(refcheck|curve) ' "$OUT/bad/report.txt" | sed 's/^/    planted: /'
 
 GPU_CHECK_BUDGET=5 tools/gpu-check.sh --emu "$OUT/late" >"$OUT/late.out" 2>&1
-[ "$(grep -c 'SKIP .*out of time' "$OUT/late/report.txt")" -eq 11 ] || bad "a spent budget did not skip every step"
+[ "$(grep -c 'SKIP .*out of time' "$OUT/late/report.txt")" -eq 12 ] || bad "a spent budget did not skip every step"
 echo "it_gpu_check: $fails failure(s)"
 [ $fails -eq 0 ]

@@ -28,6 +28,8 @@
 #   perf8     the mid-size deck as LoRA on an fp8 base (dispatch wire fp8): tokens/s and MFU at
 #             gemm_dtype bf16 and fp8, and whether fp8 fell back
 #   memory    the perf run's device memory: its own count and plan, and nvidia-smi's peak
+#   perf16    the perf deck in bf16 training (train.dtype bf16, gemm_dtype bf16: the trainable
+#             linears through bf16 copies of fp32 masters, bf16 attention operands): tokens/s, MFU
 # A step whose binary is not built yet (bin-cuda/dsv3 comes with the trainer's CUDA link) says
 # so and is skipped.
 set -u
@@ -271,6 +273,27 @@ s_perf() {
         else printf "; MFU n/a (no peak for this device)"
         printf "\n" }'
 }
+s_perf16() {
+    local args flops tps name peak16
+    [ -x "$BINDIR/dsv3" ] || { echo "$BINDIR/dsv3 not built yet"; exit 77; }
+    if [ "$MODE" = emu ]; then args="run.steps=2 train.global_batch=2 $PERF_COMMON"; else args="$PERF_MID $PERF_COMMON"; fi
+    args="$args train.dtype=bf16 train.gemm_dtype=bf16"
+    # shellcheck disable=SC2086
+    flops=$(bin/dsv3 --dry-run "$PERF_DECK" $args 2>&1 | sed -n 's/.*model FLOPs per token (forward+backward): //p')
+    [ -n "$flops" ] || { echo "no FLOPs per token from --dry-run"; exit 1; }
+    # shellcheck disable=SC2086
+    "$BINDIR/dsv3" "$PERF_DECK" $args run.output_dir="$OUT/perf16-run" >"$OUT/perf16-run.log" 2>&1 ||
+        { echo "$MODE run failed (perf16-run.log)"; tail -n 3 "$OUT/perf16-run.log"; exit 1; }
+    grep -q 'every category equal to the plan on 1 of 1 ranks' "$OUT/perf16-run.log" ||
+        { echo "allocation differs from the plan: $(grep -m1 'dsv3: memory per rank' "$OUT/perf16-run.log")"; exit 1; }
+    tps=$(median_tps "$OUT/perf16-run/metrics.csv")
+    read -r peak16 _ _ name <<<"$(gpu_peaks)"
+    awk -v t="$tps" -v f="$flops" -v p16="$peak16" -v n="$name" 'BEGIN {
+        a = t * f / 1e12
+        printf "%s, bf16 training: %.0f tok/s, %.3f TFLOP/s achieved", n, t, a
+        if (p16 != "-") printf "; MFU %.2f%% of %s bf16 dense", 100 * a / p16, p16
+        printf "; allocation = plan\n" }'
+}
 s_memory() {
     local l peak
     [ -f "$OUT/perf-run.log" ] || { echo "no perf run to read"; exit 77; }
@@ -286,7 +309,7 @@ s_memory() {
     else echo "; no nvidia-smi peak ($MODE)"; fi
     echo "$l" | grep -qE 'ratio 1\.0000' || exit 1
 }
-export -f s_smi s_build s_warp s_twins s_gemm s_comm s_refcheck s_curve s_perf s_perf8 s_memory median_tps gpu_peaks
+export -f s_smi s_build s_warp s_twins s_gemm s_comm s_refcheck s_curve s_perf s_perf8 s_perf16 s_memory median_tps gpu_peaks
 
 step smi 20 s_smi
 step build 240 s_build
@@ -299,5 +322,6 @@ step curve 60 s_curve
 step perf 75 s_perf
 step memory 5 s_memory
 step perf8 70 s_perf8
+step perf16 45 s_perf16
 echo "gpu-check ($MODE): $nfail step(s) failed, $((SECONDS - T0))s of ${BUDGET}s" | tee -a "$REPORT"
 [ $nfail -eq 0 ]
