@@ -91,11 +91,14 @@ run_planned() {
         { grep 'dsv3: memory' "$OUT/$label.log"; bad "$label: allocation differs from the plan"; }
 }
 
-# loss_relmax A.csv B.csv: the largest relative difference of the loss columns 2-5 over the steps both
-# hold, and how many: "max rows" ("nan" when a value is not a number)
+# loss_relmax A.csv B.csv: the largest relative difference of the loss columns over the steps both
+# hold, and how many: "max rows" ("nan" when a value is not a number). The columns: LOSS_COLS="first
+# last" (default "2 5": loss, lm_loss, mtp_loss, aux_loss).
 loss_relmax() {
-    awk -F, 'NR==FNR { if (FNR>1) for (k=2;k<=5;k++) b[$1,k]=$k; next }
-             FNR>1 && ($1,2) in b { for (k=2;k<=5;k++) { if ($k != $k + 0) { m = "nan"; break }; d=$k-b[$1,k]; if (d<0) d=-d
+    local c0 c1
+    read -r c0 c1 <<<"${LOSS_COLS:-2 5}"
+    awk -F, -v c0="$c0" -v c1="$c1" 'NR==FNR { if (FNR>1) for (k=c0;k<=c1;k++) b[$1,k]=$k; next }
+             FNR>1 && ($1,c0) in b { for (k=c0;k<=c1;k++) { if ($k != $k + 0) { m = "nan"; break }; d=$k-b[$1,k]; if (d<0) d=-d
                  s=b[$1,k]<0?-b[$1,k]:b[$1,k]; r=s>0?d/s:d; if (m != "nan" && r>m) m=r }; n++ }
              END { printf "%s %d", m == "nan" ? "nan" : sprintf("%.3e", m), n }' "$1" "$2"
 }
@@ -107,6 +110,8 @@ loss_near() {
     read -r r n <<<"$(loss_relmax "$OUT/$2/metrics.csv" "$OUT/$3/metrics.csv")"
     awk -v r="$r" -v n="$n" -v t="$4" -v want="${5:-10}" 'BEGIN { exit !(n == want && r == r + 0 && r <= t) }' &&
         ok "$1: loss columns max rel diff $r over $n steps (bound $4)" || bad "$1: max rel diff $r over $n rows (bound $4)"
-    cmp -s <(cut -d, -f2-5 "$OUT/$2/metrics.csv") <(cut -d, -f2-5 "$OUT/$3/metrics.csv") &&
+    local c0 c1
+    read -r c0 c1 <<<"${LOSS_COLS:-2 5}"
+    cmp -s <(cut -d, -f"$c0-$c1" "$OUT/$2/metrics.csv") <(cut -d, -f"$c0-$c1" "$OUT/$3/metrics.csv") &&
         bad "$1: the curve is identical to $2's: nothing rounded?"
 }
