@@ -557,6 +557,23 @@ extern "C" size_t cu_attention_work_floats(int B, int T, int nh, int dqk, int dv
     }
     return n;
 }
+/* The k and v operands of a call: fp32 as given, or (bf16) their bf16 copies, converted here once per call;
+ * ab / el: the operands' cuBLAS type and element bytes */
+struct attn_kv {
+    const char *K0, *V0;
+    cudaDataType ab;
+    size_t el;
+};
+static cudaError_t attn_kv_at(attn_kv *o, const attn_bf16 &c, const float *k, const float *v, size_t nk, size_t nv,
+                              int bf16, cudaStream_t s) {
+    o->ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    o->el = bf16 ? 2 : 4;
+    o->K0 = bf16 ? (const char *)c.k : (const char *)k;
+    o->V0 = bf16 ? (const char *)c.v : (const char *)v;
+    if (!bf16) return cudaSuccess;
+    cudaError_t e = cu_to_bf16((uint16_t *)c.k, k, nk, s);
+    return e ? e : cu_to_bf16((uint16_t *)c.v, v, nv, s);
+}
 /* bf16 copy of rows [t0, t0 + bq) of every sequence of x [B·T, w] into dst [B, bq, w] */
 static cudaError_t chunk_bf16(__nv_bfloat16 *dst, const float *x, int B, int T, int w, int t0, int bq, cudaStream_t s) {
     cudaError_t e = cudaSuccess;
@@ -583,14 +600,11 @@ extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float 
         return cudaErrorInvalidValue;
     const int ldq = nh * dqk, ldv = nh * dv;
     const attn_bf16 c = attn_bf16_at(work + region, B, T, nh, dqk, dv, rows);
-    const cudaDataType ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    const size_t el = bf16 ? 2 : 4; /* operand element bytes */
-    cudaError_t e = cudaSuccess;
-    if (bf16) {
-        e = cu_to_bf16((uint16_t *)c.k, k, (size_t)B * T * ldq, s);
-        if (!e) e = cu_to_bf16((uint16_t *)c.v, v, (size_t)B * T * ldv, s);
-    }
-    const char *K0 = bf16 ? (const char *)c.k : (const char *)k, *V0 = bf16 ? (const char *)c.v : (const char *)v;
+    attn_kv o;
+    cudaError_t e = attn_kv_at(&o, c, k, v, (size_t)B * T * ldq, (size_t)B * T * ldv, bf16, s);
+    const char *K0 = o.K0, *V0 = o.V0;
+    const cudaDataType ab = o.ab;
+    const size_t el = o.el;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
         const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
         const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */
@@ -634,15 +648,12 @@ extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, co
     const int ldq = nh * dqk, ldv = nh * dvd;
     float *P = work, *G = work + region;
     const attn_bf16 c = attn_bf16_at(work + 2 * region, B, T, nh, dqk, dvd, rows);
-    const cudaDataType ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    const size_t el = bf16 ? 2 : 4; /* operand element bytes */
-    cudaError_t e = cudaSuccess;
-    if (bf16) {
-        e = cu_to_bf16((uint16_t *)c.k, k, (size_t)B * T * ldq, s);
-        if (!e) e = cu_to_bf16((uint16_t *)c.v, v, (size_t)B * T * ldv, s);
-    }
+    attn_kv o;
+    cudaError_t e = attn_kv_at(&o, c, k, v, (size_t)B * T * ldq, (size_t)B * T * ldv, bf16, s);
     /* the operands: fp32 as given, or the bf16 copies (q, dout: this chunk's rows of sequence b) */
-    const char *K0 = bf16 ? (const char *)c.k : (const char *)k, *V0 = bf16 ? (const char *)c.v : (const char *)v;
+    const char *K0 = o.K0, *V0 = o.V0;
+    const cudaDataType ab = o.ab;
+    const size_t el = o.el;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
         const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
         const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */

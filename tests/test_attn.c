@@ -235,6 +235,26 @@ static double att_loss(void *p) {
     return dot_fd(c->out, c->R, (size_t)c->B * c->T * c->nh * c->dv);
 }
 
+static float rb(float x) { return ops_bf16_to_f32(ops_f32_to_bf16(x)); } /* x rounded to bf16 */
+
+/* The double reference's scores of query row t of (b, h): s[j] = scale·q_t·k_j for the keys j <= t, the
+ * operands as stored (rnd 0) or rounded to bf16 (rnd 1); returns its max and the softmax sum in *sum. */
+static double ref_scores(const att_ctx *c, int b, int h, int t, int rnd, double *s, double *sum) {
+    double mx = -1e300;
+    for (int j = 0; j <= t; j++) {
+        double d = 0;
+        for (int e = 0; e < c->dqk; e++) {
+            float qe = c->q[((size_t)(b * c->T + t) * c->nh + h) * c->dqk + e], ke = c->k[((size_t)(b * c->T + j) * c->nh + h) * c->dqk + e];
+            d += rnd ? (double)rb(qe) * rb(ke) : (double)qe * ke;
+        }
+        s[j] = d * c->scale;
+        if (s[j] > mx) mx = s[j];
+    }
+    *sum = 0;
+    for (int j = 0; j <= t; j++) *sum += exp(s[j] - mx);
+    return mx;
+}
+
 static void test_attention(void **state) {
     (void)state;
     /* T = 70 crosses the 64-row query block */
@@ -253,16 +273,7 @@ static void test_attention(void **state) {
     for (int b = 0; b < c.B; b++)
         for (int h = 0; h < c.nh; h++)
             for (int t = 0; t < c.T; t++) {
-                double s[70], mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    double d = 0;
-                    for (int e = 0; e < c.dqk; e++)
-                        d += (double)c.q[((size_t)(b * c.T + t) * c.nh + h) * c.dqk + e] *
-                             c.k[((size_t)(b * c.T + j) * c.nh + h) * c.dqk + e];
-                    s[j] = d * c.scale;
-                    if (s[j] > mx) mx = s[j];
-                }
-                for (int j = 0; j <= t; j++) sum += exp(s[j] - mx);
+                double s[70], sum, mx = ref_scores(&c, b, h, t, 0, s, &sum);
                 assert_true(fabs(c.lse[(size_t)(b * c.nh + h) * c.T + t] - (mx + log(sum))) < 1e-5);
                 for (int e = 0; e < c.dv; e++) {
                     double o = 0;
@@ -283,7 +294,6 @@ static void test_attention(void **state) {
     free(dq), free(dk), free(dv), free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
 }
 
-static float rb(float x) { return ops_bf16_to_f32(ops_f32_to_bf16(x)); } /* x rounded to bf16 */
 /* max |a − b| / max |b| */
 static double rel_inf(const float *a, const float *b, size_t n) {
     double d = 0.0, m = 0.0;
@@ -326,16 +336,7 @@ static void test_attention_bf16(void **state) {
     for (int b = 0; b < c.B; b++)
         for (int h = 0; h < c.nh; h++)
             for (int t = 0; t < c.T; t++) {
-                double s[70], mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    double d = 0;
-                    for (int e = 0; e < c.dqk; e++)
-                        d += (double)rb(c.q[((size_t)(b * c.T + t) * c.nh + h) * c.dqk + e]) *
-                             rb(c.k[((size_t)(b * c.T + j) * c.nh + h) * c.dqk + e]);
-                    s[j] = d * c.scale;
-                    if (s[j] > mx) mx = s[j];
-                }
-                for (int j = 0; j <= t; j++) sum += exp(s[j] - mx);
+                double s[70], sum, mx = ref_scores(&c, b, h, t, 1, s, &sum);
                 maxl = fmax(maxl, fabs(c.lse[(size_t)(b * c.nh + h) * c.T + t] - (mx + log(sum))));
                 for (int e = 0; e < c.dv; e++) {
                     double o = 0, allow = 1e-5;
