@@ -574,6 +574,22 @@ static cudaError_t attn_kv_at(attn_kv *o, const attn_bf16 &c, const float *k, co
     cudaError_t e = cu_to_bf16((uint16_t *)c.k, k, nk, s);
     return e ? e : cu_to_bf16((uint16_t *)c.v, v, nv, s);
 }
+/* Chunk [t0, t1) of query rows, bq = t1 - t0: nr softmax rows (B·nh·bq), the score head stride ss
+ * (fp32 elements) and, as GEMM operands, sp / ldp (bf16 elements when the rows hold bf16 P / dS) */
+struct attn_chunk {
+    int bq, t1, nr, ldp;
+    long long ss, sp;
+};
+static attn_chunk attn_chunk_at(int B, int T, int nh, int rows, int t0, int bf16) {
+    attn_chunk k;
+    k.bq = T - t0 < rows ? T - t0 : rows;
+    k.t1 = t0 + k.bq;
+    k.nr = B * nh * k.bq;
+    k.ss = (long long)k.bq * k.t1;
+    k.sp = bf16 ? 2 * k.ss : k.ss;
+    k.ldp = bf16 ? 2 * k.t1 : k.t1;
+    return k;
+}
 /* bf16 copy of rows [t0, t0 + bq) of every sequence of x [B·T, w] into dst [B, bq, w] */
 static cudaError_t chunk_bf16(__nv_bfloat16 *dst, const float *x, int B, int T, int w, int t0, int bq, cudaStream_t s) {
     cudaError_t e = cudaSuccess;
@@ -602,27 +618,24 @@ extern "C" cudaError_t cu_attention_forward(float *out, float *lse, const float 
     const attn_bf16 c = attn_bf16_at(work + region, B, T, nh, dqk, dv, rows);
     attn_kv o;
     cudaError_t e = attn_kv_at(&o, c, k, v, (size_t)B * T * ldq, (size_t)B * T * ldv, bf16, s);
-    const char *K0 = o.K0, *V0 = o.V0;
-    const cudaDataType ab = o.ab;
-    const size_t el = o.el;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
-        const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
-        const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */
-        const int ldp = bf16 ? 2 * t1 : t1;
+        const attn_chunk h = attn_chunk_at(B, T, nh, rows, t0, bf16);
+        const int bq = h.bq, t1 = h.t1;
+        const long long ss = h.ss;
         if (bf16) e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
         for (int b = 0; b < B && !e; b++) {
             const void *Qc = bf16 ? (const void *)(c.qc + (size_t)b * bq * ldq)
                                   : (const void *)(q + ((size_t)b * T + t0) * ldq);
-            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K0 + (size_t)b * T * ldq * el, ldq, dqk, Qc,
-                           ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh, ab);
+            e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, o.K0 + (size_t)b * T * ldq * o.el, ldq, dqk,
+                           Qc, ldq, dqk, 0.0f, work + (size_t)b * nh * ss, t1, ss, nh, o.ab);
         }
         if (!e)
-            e = dsv3::launch(bf16 ? attn_softmax_kernel<true> : attn_softmax_kernel<false>, dim3((nr + SW - 1) / SW),
-                             dim3(SW * 32), 0, s, work, lse, nr, bq, t0, t1, T);
+            e = dsv3::launch(bf16 ? attn_softmax_kernel<true> : attn_softmax_kernel<false>, dim3((h.nr + SW - 1) / SW),
+                             dim3(SW * 32), 0, s, work, lse, h.nr, bq, t0, t1, T);
         for (int b = 0; b < B && !e; b++) /* P: the fp32 scores, or the bf16 rows written in place */
-            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, V0 + (size_t)b * T * ldv * el, ldv, dv,
-                           (const char *)(work + (size_t)b * nh * ss), ldp, sp, 0.0f, out + ((size_t)b * T + t0) * ldv,
-                           ldv, dv, nh, ab);
+            e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dv, bq, t1, 1.0f, o.V0 + (size_t)b * T * ldv * o.el, ldv, dv,
+                           (const char *)(work + (size_t)b * nh * ss), h.ldp, h.sp, 0.0f,
+                           out + ((size_t)b * T + t0) * ldv, ldv, dv, nh, o.ab);
     }
     return e;
 }
@@ -648,16 +661,14 @@ extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, co
     const int ldq = nh * dqk, ldv = nh * dvd;
     float *P = work, *G = work + region;
     const attn_bf16 c = attn_bf16_at(work + 2 * region, B, T, nh, dqk, dvd, rows);
+    /* the operands: fp32 as given, or the bf16 copies (q, dout: this chunk's rows of sequence b) */
     attn_kv o;
     cudaError_t e = attn_kv_at(&o, c, k, v, (size_t)B * T * ldq, (size_t)B * T * ldv, bf16, s);
-    /* the operands: fp32 as given, or the bf16 copies (q, dout: this chunk's rows of sequence b) */
-    const char *K0 = o.K0, *V0 = o.V0;
     const cudaDataType ab = o.ab;
-    const size_t el = o.el;
     for (int t0 = 0; t0 < T && !e; t0 += rows) {
-        const int bq = T - t0 < rows ? T - t0 : rows, t1 = t0 + bq, nr = B * nh * bq;
-        const long long ss = (long long)bq * t1, sp = bf16 ? 2 * ss : ss; /* score head stride in operand elements */
-        const int ldp = bf16 ? 2 * t1 : t1;
+        const attn_chunk h = attn_chunk_at(B, T, nh, rows, t0, bf16);
+        const int bq = h.bq, t1 = h.t1, ldp = h.ldp;
+        const long long ss = h.ss, sp = h.sp;
         if (bf16) {
             e = chunk_bf16(c.qc, q, B, T, ldq, t0, bq, s);
             if (!e) e = chunk_bf16(c.dc, dout, B, T, ldv, t0, bq, s);
@@ -670,7 +681,7 @@ extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, co
                         : (const void *)(dout + ((size_t)b * T + t0) * ldv);
         };
         for (int b = 0; b < B && !e; b++) {
-            const void *K = K0 + (size_t)b * T * ldq * el, *V = V0 + (size_t)b * T * ldv * el;
+            const void *K = o.K0 + (size_t)b * T * ldq * o.el, *V = o.V0 + (size_t)b * T * ldv * o.el;
             float *Pb = P + (size_t)b * nh * ss, *Gb = G + (size_t)b * nh * ss;
             e = gemm_batch(s, CUBLAS_OP_T, CUBLAS_OP_N, t1, bq, dqk, scale, K, ldq, dqk, Qc(b), ldq, dqk, 0.0f, Pb, t1,
                            ss, nh, ab);
@@ -680,10 +691,10 @@ extern "C" cudaError_t cu_attention_backward(float *dq, float *dk, float *dv, co
         }
         if (!e)
             e = dsv3::launch(bf16 ? attn_softmax_bwd_kernel<true> : attn_softmax_bwd_kernel<false>,
-                             dim3((nr + SW - 1) / SW), dim3(SW * 32), 0, s, P, G, lse, nr, bq, t0, t1, T, scale);
+                             dim3((h.nr + SW - 1) / SW), dim3(SW * 32), 0, s, P, G, lse, h.nr, bq, t0, t1, T, scale);
         for (int b = 0; b < B && !e; b++) {
             const size_t oq = (size_t)b * T * ldq, ov = (size_t)b * T * ldv;
-            const void *K = K0 + oq * el;
+            const void *K = o.K0 + oq * o.el;
             /* the scores of sequence b as GEMM operands: fp32, or the bf16 rows written in place */
             const void *Pb = (const char *)(P + (size_t)b * nh * ss), *Gb = (const char *)(G + (size_t)b * nh * ss);
             e = gemm_batch(s, CUBLAS_OP_N, CUBLAS_OP_N, dqk, bq, t1, 1.0f, K, ldq, dqk, Gb, ldp, sp, 1.0f,
