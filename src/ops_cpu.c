@@ -167,10 +167,7 @@ void ops_round_bf16(float *x, uint16_t *y, size_t n) {
     }
 }
 
-void ops_to_bf16(uint16_t *y, const float *x, size_t n) {
-#pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++) y[i] = ops_f32_to_bf16(x[i]);
-}
+void ops_to_bf16(uint16_t *y, const float *x, size_t n) { ops_f32_to_bf16_n(x, y, n); } /* host = device here */
 
 void ops_widen_bf16(float *x, const uint16_t *y, size_t n) {
 #pragma omp parallel for if (n > 65536)

@@ -472,19 +472,20 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
         model_free(m);
         return -1;
     }
-    size_t copy_head, copy_layer = o->act_bf16 ? params_copy_layout(&m->pt, NULL, &copy_head) : 0;
-    if (o->act_bf16 && copy_head + copy_layer > 0) { /* charged to the parameters, as the plan counts them */
-        int cat = ops_mem_category(OPS_MEM_PARAMS);
-        m->copy = ops_alloc((copy_head + copy_layer) * sizeof *m->copy);
-        ops_mem_category(cat);
-        m->copy_off = ops_host_alloc((size_t)m->pt.n * sizeof *m->copy_off);
-        if (!m->copy || !m->copy_off) {
+    if (o->act_bf16) { /* the bf16 compute copies (none without trainable linears), charged to the parameters */
+        m->copy_off = ops_host_alloc((size_t)(m->pt.n ? m->pt.n : 1) * sizeof *m->copy_off);
+        size_t layer = m->copy_off ? params_copy_layout(&m->pt, m->copy_off, &m->copy_head) : 0;
+        if (m->copy_head + layer > 0) {
+            int cat = ops_mem_category(OPS_MEM_PARAMS);
+            m->copy = ops_alloc((m->copy_head + layer) * sizeof *m->copy);
+            ops_mem_category(cat);
+        }
+        if (!m->copy_off || (m->copy_head + layer > 0 && !m->copy)) {
             snprintf(err, errlen, "out of memory for the bf16 compute copies (%.1f MiB)",
-                     (copy_head + copy_layer) * 2.0 / 1048576.0);
+                     (m->copy_head + layer) * 2.0 / 1048576.0);
             model_free(m);
             return -1;
         }
-        params_copy_layout(&m->pt, m->copy_off, &m->copy_head);
     }
     int G = m->pt.n_groups;
     int H = c->hidden_size;
