@@ -18,6 +18,7 @@ void comm_mpi_free(comm_t *c);
 int comm_mpi_sum_floats(float *x, size_t n, comm_t c);
 int comm_mpi_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine);
 int comm_mpi_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full);
+int comm_mpi_allgather_u16(const size_t *off, const size_t *cnt, comm_t c, const uint16_t *mine, uint16_t *full);
 int comm_mpi_alltoall_int(const int *send, int *recv, int n, comm_t c);
 int comm_mpi_alltoallv_rows(const void *send, const int *scnt, const int *soff, void *recv, const int *rcnt,
                             const int *roff, size_t row_bytes, comm_t c);

@@ -279,27 +279,39 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
     return 0;
 }
 
-int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
-    int r = route(mine, cnt[comm_rank(c)], full, total(cnt, comm_size(c)));
-    if (r != VIA_NCCL) return r == VIA_MPI ? comm_mpi_allgather(off, cnt, c, mine, full) : -1;
+/* All-gather of elements of `es` bytes (NCCL type t; nothing is computed on them). */
+static int allgather_es(const size_t *off, const size_t *cnt, comm_t c, const char *mine, char *full, size_t es,
+                        ncclDataType_t t) {
     int n = comm_size(c), me = comm_rank(c);
     cudaStream_t s = cu_stream();
     if (n == 1) {
-        if (cnt[0] && mine != full + off[0])
-            CUDA_OR_FAIL(cudaMemcpyAsync(full + off[0], mine, cnt[0] * sizeof *mine, cudaMemcpyDeviceToDevice, s));
+        if (cnt[0] && mine != full + off[0] * es)
+            CUDA_OR_FAIL(cudaMemcpyAsync(full + off[0] * es, mine, cnt[0] * es, cudaMemcpyDeviceToDevice, s));
         return 0;
     }
     ncclComm_t nc = twin_make(c);
     if (even(cnt, n)) {
-        if (cnt[0]) NCCL_OR_FAIL(ncclAllGather(mine, full, cnt[0], ncclFloat32, nc, s));
+        if (cnt[0]) NCCL_OR_FAIL(ncclAllGather(mine, full, cnt[0], t, nc, s));
         return 0;
     }
     NCCL_OR_FAIL(ncclGroupStart());
     for (int k = 0; k < n; k++)
         if (cnt[k])
-            NCCL_OR_FAIL(ncclBroadcast(k == me ? mine : full + off[k], full + off[k], cnt[k], ncclFloat32, k, nc, s));
+            NCCL_OR_FAIL(ncclBroadcast(k == me ? mine : full + off[k] * es, full + off[k] * es, cnt[k], t, k, nc, s));
     NCCL_OR_FAIL(ncclGroupEnd());
     return 0;
+}
+
+int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
+    int r = route(mine, cnt[comm_rank(c)], full, total(cnt, comm_size(c)));
+    if (r != VIA_NCCL) return r == VIA_MPI ? comm_mpi_allgather(off, cnt, c, mine, full) : -1;
+    return allgather_es(off, cnt, c, (const char *)mine, (char *)full, sizeof *full, ncclFloat32);
+}
+
+int comm_allgather_u16(const size_t *off, const size_t *cnt, comm_t c, const uint16_t *mine, uint16_t *full) {
+    int r = route(mine, cnt[comm_rank(c)], full, total(cnt, comm_size(c)));
+    if (r != VIA_NCCL) return r == VIA_MPI ? comm_mpi_allgather_u16(off, cnt, c, mine, full) : -1;
+    return allgather_es(off, cnt, c, (const char *)mine, (char *)full, sizeof *full, ncclBfloat16);
 }
 
 /* Grouped send/recv of each peer's block (bytes at byte offsets); the own

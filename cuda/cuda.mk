@@ -23,7 +23,7 @@ TWIN_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -fopenmp -I$(
 EMU_RT_OBJ := $(EMU_RT:%=$(EMU_DIR)/emu/%.o)
 GPU_DIR := build-cuda
 # comm.h over NCCL (cuda/comm_nccl.c): the CUDA binaries link these before the library
-COMM_MPI_RENAME := abort finalize dup split split_node free sum_floats reduce_scatter allgather alltoall_int \
+COMM_MPI_RENAME := abort finalize dup split split_node free sum_floats reduce_scatter allgather allgather_u16 alltoall_int \
                    alltoallv_rows alltoallv_rows_start wait test node_shared_available
 COMM_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I$(CUDA_HOME)/include -Icuda -Isrc $(SANFLAGS)
 EMU_COMM_OBJ := $(EMU_DIR)/src/comm_mpi.o $(EMU_DIR)/cuda/comm_nccl.o

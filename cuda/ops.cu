@@ -886,6 +886,10 @@ void ops_to_device(void *dst, const void *src, size_t bytes) {
     CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu_stream()));
     CU_CHECK(cudaStreamSynchronize(cu_stream()));
 }
+/* Queued on the stream like a kernel (no synchronisation: device data only). */
+void ops_copy_bytes(void *dst, const void *src, size_t bytes) {
+    if (bytes) CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu_stream()));
+}
 
 /* The arena: bookkeeping on the host over one device block. */
 int ops_arena_create(ops_arena *a, size_t floats) {

@@ -198,7 +198,11 @@ int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const fl
     return 0;
 }
 
-int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
+/* The all-gather of elements of `es` bytes (MPI type t): one MPI_Allgatherv, or
+ * above the chunk limit one broadcast per member and chunk (the own block copied
+ * into place first, device to device). */
+static int allgather_es(const size_t *off, const size_t *cnt, comm_t c, const void *mine, void *full, size_t es,
+                        MPI_Datatype t) {
     int n = comm_size(c), me = comm_rank(c);
     ops_sync();
     if (small_layout(cnt, n)) {
@@ -212,7 +216,7 @@ int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *
             rc[k] = (int)cnt[k];
             dis[k] = (int)off[k];
         }
-        int e = MPI_Allgatherv(mine, rc[me], MPI_FLOAT, full, rc, dis, MPI_FLOAT, c);
+        int e = MPI_Allgatherv(mine, rc[me], t, full, rc, dis, t, c);
         free(rc);
         free(dis);
         return e == MPI_SUCCESS ? 0 : -1;
@@ -220,14 +224,22 @@ int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *
     for (int k = 0; k < n; k++)
         for (size_t done = 0; done < cnt[k]; done += chunk_limit) {
             size_t len = cnt[k] - done < chunk_limit ? cnt[k] - done : chunk_limit;
-            float *dst = full + off[k] + done;
+            char *dst = (char *)full + (off[k] + done) * es;
             if (k == me) {
-                ops_copy(dst, mine + done, len); /* device to device */
+                ops_copy_bytes(dst, (const char *)mine + done * es, len * es);
                 ops_sync();
             }
-            if (MPI_Bcast(dst, (int)len, MPI_FLOAT, k, c) != MPI_SUCCESS) return -1;
+            if (MPI_Bcast(dst, (int)len, t, k, c) != MPI_SUCCESS) return -1;
         }
     return 0;
+}
+
+int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full) {
+    return allgather_es(off, cnt, c, mine, full, sizeof *full, MPI_FLOAT);
+}
+
+int comm_allgather_u16(const size_t *off, const size_t *cnt, comm_t c, const uint16_t *mine, uint16_t *full) {
+    return allgather_es(off, cnt, c, mine, full, sizeof *full, MPI_UINT16_T);
 }
 
 int comm_alltoall_int(const int *send, int *recv, int n, comm_t c) {

@@ -70,6 +70,8 @@ int comm_sum_floats(float *x, size_t n, comm_t c);
 int comm_reduce_scatter(const size_t *off, const size_t *cnt, comm_t c, const float *full, float *mine);
 /* Rebuilds `full` on every member from the members' ranges (MPI_Allgatherv; broadcasts above the limit). */
 int comm_allgather(const size_t *off, const size_t *cnt, comm_t c, const float *mine, float *full);
+/* The same for 2-byte elements (bf16 weights): offsets and counts in elements. */
+int comm_allgather_u16(const size_t *off, const size_t *cnt, comm_t c, const uint16_t *mine, uint16_t *full);
 /* MoE dispatch/combine: n ints to and from every member. */
 int comm_alltoall_int(const int *send, int *recv, int n, comm_t c);
 /* Rows of `row_bytes` bytes (fp32, or a packed wire dtype) to and from every

@@ -866,12 +866,12 @@ static int check_layout(const ctx *c, deck *d, int world)
      * The model sees the choice through deck_lora (model/config.h). */
     snprintf(d->lora.base_dtype, sizeof d->lora.base_dtype, "%s", base_set ? d->train.base_dtype : "fp32");
     /* train.gemm_dtype: the precision of the GEMMs with those narrow weights (ops.h ops_gemm) */
-    /* ... or of the trainable linears' bf16 compute copies (train.dtype = "bf16" without LoRA: model.c) */
+    /* ... or of the trainable linears' bf16 weights (train.dtype = "bf16" without LoRA: model.c, zero.h) */
     int copies = !strcmp(d->train.dtype, "bf16") && !d->lora.enabled;
     if (strcmp(d->train.gemm_dtype, "fp32") && !base_set && !copies)
         return fail(c, "train.gemm_dtype", NULL,
                     "train.gemm_dtype = \"%s\" sets the GEMM precision of weights held narrow: frozen ones (set "
-                    "train.base_dtype = \"bf16\" or \"fp8\" with lora.enabled = true) or the bf16 compute copies "
+                    "train.base_dtype = \"bf16\" or \"fp8\" with lora.enabled = true) or the bf16 weights "
                     "of trained ones (train.dtype = \"bf16\" without LoRA); or set gemm_dtype = \"fp32\"",
                     d->train.gemm_dtype);
     if (!strcmp(d->train.gemm_dtype, "fp8") && strcmp(d->train.base_dtype, "fp8"))

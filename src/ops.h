@@ -35,6 +35,7 @@ void ops_free(void *p); /* NULL is a no-op */
 void ops_memset0(void *p, size_t bytes);                         /* device bytes = 0 */
 void ops_to_host(void *dst, const void *src, size_t bytes);      /* device → host */
 void ops_to_device(void *dst, const void *src, size_t bytes);    /* host → device */
+void ops_copy_bytes(void *dst, const void *src, size_t bytes);   /* device → device, not overlapping */
 /* Waits until the backend's queued work is done (CPU: nothing to wait for):
  * before host code such as MPI reads or writes device memory in place. */
 void ops_sync(void);
@@ -181,7 +182,7 @@ void ops_matmul_w_backward_dx(float *dx, const float *dy, const ops_weight *w, i
 
 /* y[T,out] = x[T,in]·W[out,in]ᵀ  (beta=0: overwrite, beta=1: accumulate) */
 void ops_matmul(float *y, const float *x, const float *w, int T, int in, int out, float beta);
-/* dx[T,in] += dy[T,out]·W ; dW[out,in] += dyᵀ·x  (either output may be NULL) */
+/* dx[T,in] += dy[T,out]·W ; dW[out,in] += dyᵀ·x  (either output may be NULL; W only read for dx, x for dW) */
 void ops_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int T, int in,
                          int out);
 /* Strided copy of a column block: dst[r, 0:n] = src[r, off:off+n] (src row stride ss, dst row stride ds). */

@@ -70,6 +70,9 @@ void ops_to_host(void *dst, const void *src, size_t bytes) {
 void ops_to_device(void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
+void ops_copy_bytes(void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+}
 
 int ops_arena_create(ops_arena *a, size_t floats) {
     memset(a, 0, sizeof *a);

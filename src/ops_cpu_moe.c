@@ -422,7 +422,7 @@ void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const fl
     size_t r = 0;
     for (int g = 0; g < G; g++) {
         ops_matmul_backward(dx ? dx + r * in : NULL, dw ? dw + (size_t)g * out * in : NULL, dy + r * out,
-                            x + r * in, w + (size_t)g * out * in, cnt[g], in, out);
+                            x ? x + r * in : NULL, w ? w + (size_t)g * out * in : NULL, cnt[g], in, out);
         r += (size_t)cnt[g];
     }
 }

@@ -120,7 +120,7 @@ void ops_wire_unpack(float *rows /*packed in, [n,C] out*/, int n, int C, int wir
  * cnt[g] rows; block g is multiplied by w[g] ([out,in]): y = x·w[g]ᵀ. cnt is HOST memory. */
 void ops_grouped_matmul(float *y /*[R,out]*/, const float *x /*[R,in]*/, const float *w /*[G,out,in]*/,
                         const int *cnt /*[G]*/, int G, int in, int out);
-/* dx += dy·w[g] ; dw[g] += dyᵀ·x (dx or dw may be NULL). */
+/* dx += dy·w[g] ; dw[g] += dyᵀ·x (dx or dw may be NULL; w only read for dx, x only for dw). */
 void ops_grouped_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                                  const int *cnt, int G, int in, int out);
 

@@ -7,6 +7,7 @@
  * fail alike without talking to each other. */
 #include "plan.h"
 #include "deck.h"
+#include "error.h"
 #include "model/cost.h"
 #include "model/moe.h"
 #include "ops.h"
@@ -122,10 +123,85 @@ static size_t overlap(const param_spec *t, const param_segment *s, size_t lo, si
     return hi > lo ? hi - lo : 0;
 }
 
+/* ---- bf16 working weights (plan.h plan_w16) ---- */
+
+int plan_w16(const plan *p, int bf16) {
+    if (!bf16 || !p || p->zero_stage < 1 || p->state_compact) return 0;
+    for (int i = 0; i < p->params.n; i++)
+        if (params_copied(&p->params.t[i])) return 1;
+    return 0;
+}
+
+/* Elements of [t0, t1) inside [lo, hi). */
+static size_t w16_piece(size_t t0, size_t t1, size_t lo, size_t hi) {
+    size_t a = lo > t0 ? lo : t0, b = hi < t1 ? hi : t1;
+    return b > a ? b - a : 0;
+}
+static int w16_in_seg(const param_table *pt, int i, int s) {
+    const param_spec *t = &pt->t[i];
+    return t->group == pt->seg[s].group && t->kind == pt->seg[s].kind && !(t->flags & P_STORED);
+}
+int plan_seg_local(const plan *p, int s) { return p->shard[s].nmemb == 1; }
+int plan_seg_resident(const plan *p, int s) { return p->zero_stage < 3 && !plan_seg_local(p, s); }
+
+int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32, size_t *s16, size_t **cnt32,
+                      size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen) {
+    const param_table *pt = &p->params;
+    for (int g = 0; g < pt->n_groups; g++) w->r32[g] = w->r16[g] = w->t32[g] = w->t16[g] = 0;
+    w->ag_n = 0;
+    for (int s = 0; s < pt->nseg; s++) {
+        const param_segment *sg = &pt->seg[s];
+        const plan_shard *sh = &p->shard[s];
+        int g = sg->group, me = sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank, res = plan_seg_resident(p, s), local = plan_seg_local(p, s);
+        size_t *run32 = res ? &w->r32[g] : &w->t32[g], *run16 = res ? &w->r16[g] : &w->t16[g];
+        size_t b32 = *run32, b16 = *run16; /* the segment's start in each stream */
+        if (s32) s32[s] = b32, s16[s] = b16;
+        size_t next = 0;
+        for (int r = 0; r < sh->nmemb; r++) {
+            if (sh->off[r] != next) {
+                snprintf(err, errlen, "segment %d: member %d's shard starts at %zu, not %zu", s, r, sh->off[r], next);
+                return -1;
+            }
+            next += sh->cnt[r];
+        }
+        for (int i = 0; i < pt->n; i++) { /* a segment's tensors in layout order = table order */
+            if (!w16_in_seg(pt, i, s)) continue;
+            int c = params_copied(&pt->t[i]);
+            if (!c && local) continue; /* the master itself (zero.c) */
+            size_t *run = c ? run16 : run32;
+            if (woff) woff[i] = *run - (c ? b16 : b32); /* relative to the segment */
+            *run += (size_t)pt->t[i].numel_local;
+        }
+        if (local) continue; /* converted in place at open: no exchange */
+        for (int r = 0; r < sh->nmemb; r++) {
+            size_t c32 = 0, c16 = 0, lo = sh->off[r], hi = lo + sh->cnt[r];
+            for (int i = 0; i < pt->n; i++) {
+                if (!w16_in_seg(pt, i, s)) continue;
+                size_t t0 = pt->t[i].offset - sg->offset, n = w16_piece(t0, t0 + (size_t)pt->t[i].numel_local, lo, hi);
+                if (params_copied(&pt->t[i])) c16 += n; else c32 += n;
+            }
+            if (cnt32) {
+                off32[s][r] = r ? off32[s][r - 1] + cnt32[s][r - 1] : 0;
+                off16[s][r] = r ? off16[s][r - 1] + cnt16[s][r - 1] : 0;
+                cnt32[s][r] = c32, cnt16[s][r] = c16;
+            }
+            if (r == me && c32 + (c16 + 1) / 2 > w->ag_n) w->ag_n = c32 + (c16 + 1) / 2;
+        }
+    }
+    return 0;
+}
+
+int plan_w16_sizes(const plan *p, plan_w16_layout *w) {
+    char err[200];
+    return plan_w16_layout_build(p, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, err, sizeof err);
+}
+
 plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     plan_memory mem = {0};
     const param_table *pt = &p->params;
     int z = p->zero_stage;
+    model_opts o = deck_model_opts(d);
+    int w16 = plan_w16(p, o.act_bf16); /* bf16 working weights, fp32 masters in my shard (zero.h) */
     double state_local = 0; /* floats with gradient and AdamW slots when unsharded */
     for (int si = 0; si < pt->nseg; si++) {
         const param_segment *s = &pt->seg[si];
@@ -135,18 +211,36 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
             const param_spec *t = &pt->t[i];
             if (t->group != s->group || t->kind != s->kind) continue;
             int tr = plan_param_trainable(t);
-            double n = z >= 3 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
+            double n = z >= 3 || w16 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
             mem.params += n * 4.0;
             if (p->state_compact ? tr : 1) state_local += (double)t->numel_local;
         }
     }
-    if (z >= 3) mem.params += (double)p->gather_floats * 4.0;
+    if (w16) {
+        /* the working weights' streams (zero.h): the resident banks, and the opened ones of the embedding's
+         * and head's groups (open for the whole step) plus one layer's, as gather_floats; the packing buffer */
+        int G = pt->n_groups;
+        plan_w16_layout w = {calloc((size_t)G, sizeof(size_t)), calloc((size_t)G, sizeof(size_t)),
+                             calloc((size_t)G, sizeof(size_t)), calloc((size_t)G, sizeof(size_t)), 0};
+        DSV3_CHECK(w.r32 && w.r16 && w.t32 && w.t16 && plan_w16_sizes(p, &w) == 0,
+                   "cannot lay out the bf16 working weights");
+        double big = 0.0, opened = 0.0;
+        for (int g = 0; g < G; g++) {
+            double b = 4.0 * (double)w.t32[g] + 2.0 * (double)w.t16[g];
+            mem.params += 4.0 * (double)w.r32[g] + 2.0 * (double)w.r16[g];
+            if (g == 0 || g == G - 1) opened += b;
+            else if (b > big) big = b;
+        }
+        mem.params += 4.0 * (double)w.ag_n + opened + big;
+        free(w.r32), free(w.r16), free(w.t32), free(w.t16);
+    } else if (z >= 3) {
+        mem.params += (double)p->gather_floats * 4.0;
+    }
     /* the frozen store (train.base_dtype bf16/fp8, train.embed_dtype bf16), resident at any stage; its
      * node-shared part (lora.node_shared) one copy per node, of which this rank allocates its share */
     mem.params += (double)(pt->stored_bytes - pt->shared_bytes) +
                   (double)params_shared_share(pt, p->node_rank, p->node_size, NULL);
-    model_opts o = deck_model_opts(d);
-    if (o.act_bf16) { /* the bf16 compute copies of trainable linears: the head group's and one layer's (model.c) */
+    if (o.act_bf16 && !w16) { /* the bf16 compute copies of trainable linears: the head group's and one layer's (model.c) */
         size_t head, layer = params_copy_layout(pt, NULL, &head);
         mem.params += 2.0 * (double)(head + layer);
     }
@@ -475,13 +569,14 @@ void plan_print(const plan *p, const deck *d, FILE *out) {
     fprintf(out, "%5s  %-24s %5s %6s  %-12s %-14s %8.2f %8.2f %8.2f %8.2f %9.2f\n", "max", "", "", "", "", "",
             mx[0] / U, mx[1] / U, mx[2] / U, mx[3] / U, mx[4] / U);
     fprintf(out, "plan: memory estimate per rank (what this trainer allocates, CPU or GPU: fp32 activations but for "
-                 "the main blocks' bf16 inputs with train.dtype bf16, fp32 gradients and masters (and their bf16 "
-                 "copies with train.dtype bf16), the frozen store in train.base_dtype; a run prints its own count "
+                 "the main blocks' bf16 inputs with train.dtype bf16, fp32 gradients and masters (with train.dtype "
+                 "bf16 and trainable linears: bf16 working weights, the masters in the optimizer's shard from ZeRO 1), "
+                 "the frozen store in train.base_dtype; a run prints its own count "
                  "next to it at step 1): max %.2f %s = %.3g GB; all ranks %.2f %s\n",
             mx[4] / U, un, mx[4] / 1e9, sum / U, un);
     if (!strcmp(d->train.dtype, "bf16"))
         fprintf(out, "plan: train.dtype = \"bf16\": the trainer keeps the main blocks' inputs in bf16 (the residual "
-                     "stream rounded there), multiplies trainable linears through bf16 copies of their fp32 masters "
+                     "stream rounded there), stores and multiplies trainable linears in bf16 (fp32 masters for AdamW) "
                      "and sets the default wire; its other activations are fp32, so the table above, not the GPU "
                      "plan's layout below (every activation bf16), is what a run of this deck allocates\n");
     free(all);

@@ -110,13 +110,16 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
 
 /* Memory estimate per rank, bytes (design §4): what the trainer allocates, on
  * either backend, from the same numbers the run uses (plan fields above).
- * train.dtype does not change the weights' storage; the GPU plan (perf.h) is
- * the bf16 design layout. Categories:
+ * The GPU plan (perf.h) is the bf16 design layout. Categories:
  *  params  stage<3: every local tensor unsharded; stage 3: my shard of every
  *          segment + gather_floats, fp32; plus the frozen store (narrow base,
- *          train.base_dtype), its node-shared part counted by share; plus,
- *          with train.dtype bf16, the trainable linears' bf16 compute copies
- *          (params_copy_layout: the head group's and the largest layer's).
+ *          train.base_dtype), its node-shared part counted by share. With
+ *          train.dtype bf16 and trainable linears: at stage 0 plus their bf16
+ *          compute copies (params_copy_layout: the head group's and the
+ *          largest layer's); from stage 1 the masters are my shard and the
+ *          working weights the bf16/fp32 streams of zero.h (plan_w16_sizes:
+ *          the resident banks, the head's, embedding's and largest layer's
+ *          opened banks, the packing buffer).
  *  grads   fp32 state floats: with state_compact the trainable ones only,
  *          else every float (the full layout keeps the router biases' slots).
  *          stage<2 all local state floats; stage>=2 my state shard +
@@ -128,5 +131,27 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *          (ZeRO buffers are counted once, under params and grads.)
  *  total   the sum. */
 plan_memory plan_memory_estimate(const deck *d, const plan *p);
+
+/* ---- train.dtype "bf16" at ZeRO >= 1: bf16 working weights (zero.h keeps them) ----
+ * 1 when the deck's weights take that layout: bf16, stage >= 1, full training with trainable linears. */
+int plan_w16(const plan *p, int bf16);
+/* A segment no other rank shares (its comm has one member) is local: my shard is all of it. */
+int plan_seg_local(const plan *p, int s);
+/* The bank of segment s's streams: resident (stages 1-2, shared segments) or opened with its group. */
+int plan_seg_resident(const plan *p, int s);
+/* The sizes of each group's working-weight streams. Banks: resident (stages 1-2, shared segments:
+ * regathered after each update) and opened (every segment at stage 3, and the copied tensors of a
+ * local segment: filled at open, freed at close). */
+typedef struct {
+    size_t *r32, *r16, *t32, *t16; /* [n_groups] fp32 / bf16 elements of the resident / opened bank */
+    size_t ag_n;                    /* floats of the packing buffer */
+} plan_w16_layout;
+/* The layout for this rank: w's arrays (the caller's, [n_groups]), and optionally per tensor woff (its
+ * offset in its segment's stream), per segment s32/s16 (the segment's start in its group's stream of its
+ * bank) and the members' pieces of each shared segment (tables [nseg][nmemb]). 0, or -1 with err when a
+ * segment's shards are not consecutive ranges from 0 (the streams rely on it). */
+int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32, size_t *s16, size_t **cnt32,
+                          size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen);
+int plan_w16_sizes(const plan *p, plan_w16_layout *w); /* the sizes only */
 
 #endif

@@ -223,7 +223,7 @@ static double bias_update(trainer *t, double *imb, int apply) {
      * since diverged routing would silently break data parallelism. */
     float got[4096], want[4096]; /* one layer's biases on the host */
     DSV3_CHECK(E <= 4096, "more than 4096 routed experts");
-    if (t->p->zero_stage < 3 && t->p->world_size > 1) {
+    if (model_params_layout(m) == ZERO_FULL_LOCAL && t->p->world_size > 1) {
         uint64_t h = 1469598103934665603ULL, lo, hi;
         for (int i = 0; i < n; i++) {
             ops_to_host(got, model_router_bias(m, i), (size_t)E * sizeof *got);
@@ -311,9 +311,10 @@ static int save(trainer *t, char *err, int errlen) {
     /* Never from non-finite state: the weights are checked first (one pass). */
     float *w = model_param_buffer(t->m);
     const plan *p = t->p;
-    size_t n = p->zero_stage >= 3 ? p->shard_floats : p->params.total_local;
+    int sharded = model_params_layout(t->m) == ZERO_SHARD_PACKED;
+    size_t n = sharded ? p->shard_floats : p->params.total_local;
     double ss = ops_sumsq(w, n);
-    if (p->zero_stage >= 3) ss = comm_sum_double(ss, p->world);
+    if (sharded) ss = comm_sum_double(ss, p->world);
     if (!isfinite(ss)) {
         snprintf(err, errlen, "step %lld: the weights hold non-finite values: no checkpoint written (the last good "
                  "one stays)", (long long)t->step);
@@ -321,7 +322,7 @@ static int save(trainer *t, char *err, int errlen) {
     }
     ckpt_state st = {.step = t->step, .tokens_seen = t->tokens, .data_position = t->step, .optim_t = t->optim_t,
                      .frozen = model_zero(t->m)->frozen};
-    int rc = ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), zero_params_layout(t->p->zero_stage), t->mo, t->vo,
+    int rc = ckpt_save(t->p, t->d, t->d->run.output_dir, model_param_buffer(t->m), model_params_layout(t->m), t->mo, t->vo,
                      zero_state_optim_layout(model_zero(t->m)), &st, err, errlen);
     if (rc || !t->d->lora.enabled) return rc;
     /* LoRA: a PEFT directory beside every checkpoint (checkpoints/checkpoint-<step>), written
@@ -402,7 +403,7 @@ int train_run(const deck *d, plan *p) {
     model_init_weights(t.m, (uint64_t)d->run.seed);
     if ((!resume[0] || adapters_resume) && d->run.init_from[0]) { /* weights only (fine-tuning from a dsv3 checkpoint): step 0, fresh optimizer */
         ckpt_state st = {.frozen = model_zero(t.m)->frozen};
-        failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), zero_params_layout(p->zero_stage), NULL,
+        failed = ckpt_load(p, d, d->run.init_from, model_param_buffer(t.m), model_params_layout(t.m), NULL,
                            NULL, zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) goto out;
         if (rank == 0 && !eval) printf("dsv3: weights from %s (step %lld there), starting at step 0\n", d->run.init_from,
@@ -410,7 +411,7 @@ int train_run(const deck *d, plan *p) {
     }
     if (resume[0]) {
         ckpt_state st = {.frozen = model_zero(t.m)->frozen};
-        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), zero_params_layout(p->zero_stage), t.mo, t.vo,
+        failed = ckpt_load(p, d, resume, model_param_buffer(t.m), model_params_layout(t.m), t.mo, t.vo,
                            zero_state_optim_layout(model_zero(t.m)), &st, err, sizeof err) != 0;
         if (error_all(p->world, failed, err, sizeof err)) {
             goto out;
@@ -467,7 +468,7 @@ int train_run(const deck *d, plan *p) {
     int *layer_id = calloc((size_t)n_moe + 1, sizeof *layer_id);
     for (int i = 0; i < n_moe; i++) layer_id[i] = model_moe_layer_index(t.m, i);
     double mem_alloc = 0.0;
-    if (p->zero_stage >= 3 && p->world_size > 1 && n_moe > 0) { /* the shadow starts from the assembled biases */
+    if (model_params_layout(t.m) == ZERO_SHARD_PACKED && p->world_size > 1 && n_moe > 0) { /* the shadow starts from the assembled biases */
         int E = d->model.n_routed_experts;
         t.bias_shadow = ops_alloc((size_t)n_moe * E * sizeof *t.bias_shadow); /* updated by ops: device (untracked) */
         if (!t.bias_shadow) error_one("out of memory for the router-bias shadow");

@@ -111,9 +111,159 @@ float *zero_at(const zero_map *z, int i, float *buf, int lay, int64_t a) {
     return buf + z->pbase[s] + (t->offset - sg->offset + (size_t)a - sh->off[me]);
 }
 
+/* ------------------------------------------ bf16 working weights (w16) */
+
+/* Segment s's part of its group's streams (its bank's buffers for group g; NULL: not allocated). */
+static float *seg32(const zero_state *z, int s) {
+    int g = z->pt->seg[s].group;
+    float *b = plan_seg_resident(z->p, s) ? z->r32[g] : z->t32[g];
+    return b ? b + z->s32[s] : NULL;
+}
+static uint16_t *seg16(const zero_state *z, int s) {
+    int g = z->pt->seg[s].group;
+    uint16_t *b = plan_seg_resident(z->p, s) ? z->r16[g] : z->t16[g];
+    return b ? b + z->s16[s] : NULL;
+}
+
+/* Segment s's streams from the masters. Local: the copied tensors rounded in place. Shared: my pieces
+ * packed into ag (the copied ones rounded to bf16), then one all-gather per non-empty stream. */
+static void w16_fill(zero_state *z, int s) {
+    const plan *p = z->p;
+    const param_table *pt = z->pt;
+    float *d32 = seg32(z, s);
+    uint16_t *d16 = seg16(z, s);
+    if (plan_seg_local(p, s)) {
+        for (int i = 0; i < pt->n; i++)
+            if (z->map.seg_of[i] == s && params_copied(&pt->t[i]))
+                ops_to_bf16(d16 + z->woff[i], zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, 0),
+                            (size_t)pt->t[i].numel_local);
+        return;
+    }
+    int me = zero_seg_member(p, s), nm = p->shard[s].nmemb;
+    float *t32 = z->ag;
+    uint16_t *t16 = z->ag ? (uint16_t *)(void *)(z->ag + z->cnt32[s][me]) : NULL;
+    size_t k32 = 0, k16 = 0;
+    for (int i = 0; i < pt->n; i++) {
+        int64_t a, b;
+        if (z->map.seg_of[i] != s) continue;
+        zero_my_part(&z->map, i, &a, &b);
+        if (b <= a) continue;
+        const float *src = zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, a);
+        if (params_copied(&pt->t[i])) {
+            ops_to_bf16(t16 + k16, src, (size_t)(b - a));
+            k16 += (size_t)(b - a);
+        } else {
+            ops_copy(t32 + k32, src, (size_t)(b - a));
+            k32 += (size_t)(b - a);
+        }
+    }
+    comm_t c = zero_seg_comm(p, s);
+    int rc = 0;
+    if (z->off32[s][nm - 1] + z->cnt32[s][nm - 1] > 0) rc |= comm_allgather(z->off32[s], z->cnt32[s], c, t32, d32);
+    if (z->off16[s][nm - 1] + z->cnt16[s][nm - 1] > 0) rc |= comm_allgather_u16(z->off16[s], z->cnt16[s], c, t16, d16);
+    DSV3_CHECK(rc == 0, "all-gather of the bf16 working weights of segment %d failed", s);
+}
+
+static size_t **member_table(const plan *p) {
+    int ns = p->params.nseg;
+    size_t **t = calloc((size_t)(ns ? ns : 1), sizeof *t);
+    for (int s = 0; t && s < ns; s++) t[s] = calloc((size_t)p->shard[s].nmemb, sizeof **t); /* the caller checks */
+    return t;
+}
+static void member_table_free(size_t **t, int nseg) {
+    for (int s = 0; t && s < nseg; s++) free(t[s]);
+    free(t);
+}
+
+static int w16_create(zero_state *z, char *err, int errlen) {
+    const param_table *pt = z->pt;
+    size_t G = (size_t)pt->n_groups + 1, ns = (size_t)pt->nseg + 1;
+    plan_w16_layout *w = &z->wl;
+    w->r32 = calloc(G, sizeof(size_t)), w->r16 = calloc(G, sizeof(size_t));
+    w->t32 = calloc(G, sizeof(size_t)), w->t16 = calloc(G, sizeof(size_t));
+    z->woff = calloc((size_t)(pt->n ? pt->n : 1), sizeof *z->woff);
+    z->s32 = calloc(ns, sizeof *z->s32), z->s16 = calloc(ns, sizeof *z->s16);
+    z->cnt32 = member_table(z->p), z->off32 = member_table(z->p);
+    z->cnt16 = member_table(z->p), z->off16 = member_table(z->p);
+    z->r32 = calloc(G, sizeof *z->r32), z->t32 = calloc(G, sizeof *z->t32);
+    z->r16 = calloc(G, sizeof *z->r16), z->t16 = calloc(G, sizeof *z->t16);
+    z->stale = calloc(G, 1), z->open = calloc(G, 1);
+    int bad = !w->r32 || !w->r16 || !w->t32 || !w->t16 || !z->woff || !z->s32 || !z->s16 || !z->cnt32 || !z->off32 ||
+              !z->cnt16 || !z->off16 || !z->r32 || !z->t32 || !z->r16 || !z->t16 || !z->stale || !z->open;
+    for (int s = 0; !bad && s < pt->nseg; s++) bad = !z->cnt32[s] || !z->off32[s] || !z->cnt16[s] || !z->off16[s];
+    if (bad) {
+        snprintf(err, errlen, "out of memory for the bf16 working-weight tables");
+        return -1;
+    }
+    if (plan_w16_layout_build(z->p, w, z->woff, z->s32, z->s16, z->cnt32, z->off32, z->cnt16, z->off16, err, errlen)) return -1;
+    size_t a32 = 0, a16 = 0;
+    for (int g = 0; g < pt->n_groups; g++) a32 += w->r32[g], a16 += w->r16[g];
+    int cat = ops_mem_category(OPS_MEM_PARAMS);
+    int fail = w->ag_n && !(z->ag = ops_alloc(w->ag_n * sizeof *z->ag));
+    fail |= a32 && !(z->res32 = ops_alloc(a32 * sizeof *z->res32)); /* stages 1-2: the shared segments' streams */
+    fail |= a16 && !(z->res16 = ops_alloc(a16 * sizeof *z->res16));
+    ops_mem_category(cat);
+    if (fail) {
+        snprintf(err, errlen, "out of memory for the bf16 working weights (%.1f MiB)",
+                 (a32 * 4.0 + a16 * 2.0 + w->ag_n * 4.0) / 1048576.0);
+        return -1;
+    }
+    a32 = a16 = 0;
+    for (int g = 0; g < pt->n_groups; g++) {
+        z->r32[g] = w->r32[g] ? z->res32 + a32 : NULL;
+        z->r16[g] = w->r16[g] ? z->res16 + a16 : NULL;
+        a32 += w->r32[g], a16 += w->r16[g];
+        z->stale[g] = 1;
+    }
+    return 0;
+}
+
+static int w16_close(zero_state *z, int g) {
+    if (!z->open[g]) return 0;
+    ops_free(z->t32[g]), ops_free(z->t16[g]);
+    z->t32[g] = NULL, z->t16[g] = NULL, z->open[g] = 0;
+    return 1;
+}
+
+static void w16_destroy(zero_state *z) {
+    const param_table *pt = z->pt;
+    for (int g = 0; z->open && g < pt->n_groups; g++) w16_close(z, g);
+    ops_free(z->ag), ops_free(z->res32), ops_free(z->res16);
+    free(z->wl.r32), free(z->wl.r16), free(z->wl.t32), free(z->wl.t16);
+    free(z->woff), free(z->s32), free(z->s16), free(z->r32), free(z->t32), free(z->r16), free(z->t16);
+    free(z->stale), free(z->open);
+    member_table_free(z->cnt32, pt->nseg), member_table_free(z->off32, pt->nseg);
+    member_table_free(z->cnt16, pt->nseg), member_table_free(z->off16, pt->nseg);
+}
+
+/* Opens group g: the banks opened with it allocated and filled (every open: the masters may have moved),
+ * the resident ones regathered when stale. 1 when a stream moved (rebind). */
+static int w16_open(zero_state *z, int g) {
+    const param_table *pt = z->pt;
+    const plan_w16_layout *w = &z->wl;
+    int moved = 0;
+    if (!z->open[g]) {
+        int cat = ops_mem_category(OPS_MEM_PARAMS);
+        z->t32[g] = w->t32[g] ? ops_alloc(w->t32[g] * sizeof(float)) : NULL;
+        z->t16[g] = w->t16[g] ? ops_alloc(w->t16[g] * sizeof(uint16_t)) : NULL;
+        ops_mem_category(cat);
+        if ((w->t32[g] && !z->t32[g]) || (w->t16[g] && !z->t16[g]))
+            error_one("out of memory opening parameter group %d (%zu fp32 + %zu bf16 values)", g, w->t32[g], w->t16[g]);
+        for (int s = 0; s < pt->nseg; s++)
+            if (pt->seg[s].group == g && !plan_seg_resident(z->p, s)) w16_fill(z, s);
+        z->open[g] = 1;
+        moved = 1;
+    }
+    if (z->stale[g])
+        for (int s = 0; s < pt->nseg; s++)
+            if (pt->seg[s].group == g && plan_seg_resident(z->p, s)) w16_fill(z, s);
+    z->stale[g] = 0;
+    return moved;
+}
+
 /* ------------------------------------------------- model buffers, groups */
 
-int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, int errlen) {
+int zero_create(zero_state *z, const param_table *pt, const plan *p, int bf16, char *err, int errlen) {
     memset(z, 0, sizeof *z);
     z->p = p;
     z->pt = pt;
@@ -153,8 +303,10 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, 
         if (z->gtoff[g] == (size_t)-1) z->gtoff[g] = 0;
     }
     size_t packed = p ? p->shard_floats : 0;
+    z->w16 = plan_w16(p, bf16); /* pt: the model's copy of p->params, the same table */
+    if (z->w16 && w16_create(z, err, errlen)) return -1;
     int fail = 0, cat = ops_mem_category(OPS_MEM_PARAMS);
-    if (z->stage >= 3)
+    if (z->stage >= 3 || z->w16) /* the masters: my shard */
         fail |= !(z->pshard = ops_alloc(packed * sizeof *z->pshard));
     else
         fail |= !(z->params = ops_alloc(pt->total_local * sizeof *z->params));
@@ -202,6 +354,7 @@ size_t zero_optim_floats(const zero_state *z) {
 }
 
 void zero_destroy(zero_state *z) {
+    if (z->w16) w16_destroy(z);
     if (z->gp && z->stage >= 3)
         for (int g = 0; g < z->pt->n_groups; g++) ops_free(z->gp[g]);
     if (z->gg && z->stage >= 2)
@@ -219,6 +372,7 @@ void zero_destroy(zero_state *z) {
 }
 
 int zero_open_params(zero_state *z, int g) {
+    if (z->w16) return w16_open(z, g);
     if (z->stage < 3 || z->gp[g]) return 0;
     int cat = ops_mem_category(OPS_MEM_PARAMS);
     z->gp[g] = ops_alloc(z->glen[g] * sizeof(float));
@@ -235,6 +389,7 @@ int zero_open_params(zero_state *z, int g) {
 }
 
 int zero_close_params(zero_state *z, int g) {
+    if (z->w16) return w16_close(z, g);
     if (z->stage < 3 || !z->gp[g]) return 0;
     ops_free(z->gp[g]);
     z->gp[g] = NULL;
@@ -275,14 +430,35 @@ int zero_flush_grads(zero_state *z, int g) {
     return 1;
 }
 
-float *zero_param_buffer(zero_state *z) { return z->stage >= 3 ? z->pshard : z->params; }
+int zero_state_params_layout(const zero_state *z) { return z->w16 ? ZERO_SHARD_PACKED : zero_params_layout(z->stage); }
+float *zero_param_buffer(zero_state *z) { return z->stage >= 3 || z->w16 ? z->pshard : z->params; }
+
+void zero_params_changed(zero_state *z) {
+    if (z->w16 && z->stage < 3) memset(z->stale, 1, (size_t)z->pt->n_groups);
+}
+
+float *zero_param_f32(const zero_state *z, int i) {
+    const param_spec *t = &z->pt->t[i];
+    if (!z->w16) return z->gp[t->group] ? z->gp[t->group] + (t->offset - z->goff[t->group]) : NULL;
+    int s = z->map.seg_of[i];
+    if (params_copied(t)) return NULL;
+    if (plan_seg_local(z->p, s)) return zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, 0); /* the master itself */
+    float *b = seg32(z, s);
+    return b ? b + z->woff[i] : NULL;
+}
+
+uint16_t *zero_param_bf16(const zero_state *z, int i) {
+    if (!z->w16 || !params_copied(&z->pt->t[i])) return NULL;
+    uint16_t *b = seg16(z, z->map.seg_of[i]);
+    return b ? b + z->woff[i] : NULL;
+}
+
 float *zero_grad_buffer(zero_state *z) { return z->stage >= 2 ? z->gshard : z->grads; }
 
 void zero_zero_grad(zero_state *z) {
     if (z->grads) ops_zero(z->grads, z->compact ? z->tlocal : z->pt->total_local);
     if (z->gshard) ops_zero(z->gshard, z->compact ? z->p->shard_trainable : z->p->shard_floats);
 }
-
 
 /* ------------------------------------------------------ optimizer step */
 
@@ -357,12 +533,13 @@ void zero_update(zero_state *z, const deck *d, float *m, float *v, int64_t step_
         const param_segment *sg = &pt->seg[s];
         int me = zero_seg_member(p, s);
         size_t packed = z->map.pbase[s], lo = sg->offset + p->shard[s].off[me], n = p->shard[s].cnt[me];
-        float *wp = z->stage >= 3 ? w + packed : w + lo;
+        float *wp = z->stage >= 3 || z->w16 ? w + packed : w + lo;
         const float *gp = z->stage >= 2 ? g + packed : g + lo;
         optim_step(d, pt, wp, gp, m + packed, v + packed, lo, lo + n, step_t, lr, scale);
-        if (z->stage < 3) {
+        if (z->stage < 3 && !z->w16) {
             int rc = zero_seg_allgather(p, s, 0, w + lo, w + sg->offset);
             DSV3_CHECK(rc == 0, "all-gather of updated parameter segment %d failed", s);
         }
     }
+    zero_params_changed(z); /* w16: the working weights are regathered from the new masters at their next open */
 }

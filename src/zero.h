@@ -96,10 +96,35 @@ typedef struct {
     size_t *goff, *glen;
     size_t *gtoff, *gtlen; /* compact: group g's trainable floats [gtoff[g], +gtlen[g]) of ZERO_FULL_TRAINABLE */
     float **gp, **gg;
+    /* w16 (plan_w16): bf16 working weights; pshard holds the fp32 masters (params is NULL). */
+    int w16;
+    plan_w16_layout wl;         /* plan.h: the banks' sizes */
+    size_t *woff;               /* [pt->n] tensor i's offset in its segment's stream (s32/s16 of its bank) */
+    size_t *s32, *s16;          /* [nseg] the segment's first element in its group's fp32 / bf16 stream */
+    size_t **cnt32, **off32;    /* [nseg][members] a shared segment's members' pieces of its fp32 stream */
+    size_t **cnt16, **off16;    /* the same, bf16 stream */
+    float *ag;                  /* [wl.ag_n] packing buffer: my fp32 pieces of a segment, then my bf16 pieces */
+    float *res32;               /* the resident banks of every group, one allocation each */
+    uint16_t *res16;
+    float **r32, **t32;         /* [G] group g's fp32 stream: resident bank / opened bank (NULL: closed) */
+    uint16_t **r16, **t16;      /* [G] the same, bf16 */
+    unsigned char *stale, *open; /* [G] resident bank to regather / opened bank allocated */
 } zero_state;
 
-/* p == NULL: one rank (every group always open). pt: the local layout. */
-int zero_create(zero_state *z, const param_table *pt, const plan *p, char *err, int errlen);
+/* ---- train.dtype "bf16" at ZeRO >= 1: bf16 working weights, fp32 masters in my shard ----
+ * As DeepSpeed's bf16 ZeRO and Megatron's distributed optimizer: the trainable linear weights
+ * (params_copied) are stored and gathered in bf16; their fp32 masters exist only in my shard, beside the
+ * AdamW moments; the other tensors (embedding, norms, router) stay fp32. Each group's working values are
+ * two streams, fp32 and bf16, each a segment after another in layout order. Shards are contiguous ranges
+ * in member order, so the members' pieces of a shared segment, concatenated, are the segment's tensors of
+ * one kind in layout order: each stream is one all-gather per segment, straight into place. A segment no
+ * other rank shares (local: one member, e.g. the routed experts when EP = world) has nothing to gather:
+ * its fp32 tensors are the masters themselves and its copied ones are rounded at each open, so it costs
+ * one open group's bf16, not a resident copy. The layout: plan.h (plan_w16, plan_w16_layout_build). */
+
+/* p == NULL: one rank (every group always open). pt: the local layout. bf16: train.dtype "bf16"
+ * (bf16 working weights when plan_w16 says so). */
+int zero_create(zero_state *z, const param_table *pt, const plan *p, int bf16, char *err, int errlen);
 void zero_destroy(zero_state *z);
 /* Offset of tensor i's gradient within its group's gradient workspace gg[group]. */
 size_t zero_grad_offset(const zero_state *z, int i);
@@ -114,7 +139,13 @@ int zero_close_params(zero_state *z, int g);
  * into my shard and frees it (collective). Return 1 when gg[g] changed. */
 int zero_open_grads(zero_state *z, int g);
 int zero_flush_grads(zero_state *z, int g);
-/* The buffers the optimizer and checkpoints see (stage-dependent layouts). */
+/* Tensor i's fp32 values in its open group (NULL: closed, or bf16 under w16) / its bf16 values (w16). */
+float *zero_param_f32(const zero_state *z, int i);
+uint16_t *zero_param_bf16(const zero_state *z, int i);
+/* The masters changed outside zero_update (a load, an init, a bias update): w16 regathers. */
+void zero_params_changed(zero_state *z);
+/* The buffers the optimizer and checkpoints see (layouts: zero_state_params_layout, zero_optim_layout). */
+int zero_state_params_layout(const zero_state *z);
 float *zero_param_buffer(zero_state *z);
 float *zero_grad_buffer(zero_state *z);
 void zero_zero_grad(zero_state *z);

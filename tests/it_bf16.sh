@@ -1,22 +1,28 @@
 #!/bin/bash
 # it_bf16.sh — train.dtype = "bf16" in the trainer (full training of the tiny deck): the trainable
-# linears multiplied through bf16 compute copies of their fp32 masters (AdamW updates the masters),
-# the main blocks' inputs kept in bf16 (model.c):
+# linears multiplied in bf16, from compute copies of the fp32 masters at ZeRO 0 and from bf16 working
+# weights with the fp32 masters only in the optimizer's shard at ZeRO 1-3 (zero.h; AdamW updates the
+# masters), the main blocks' inputs kept in bf16 (model.c):
 #  1. CPU, np 1, 10 steps: every run finite and its allocation = the plan per category (the copies
 #     and the bf16 inputs are in it); the bf16 curve's loss, lm_loss and mtp_loss within BF16_TOL
 #     relative of the fp32 one and not identical to it (the rounding happened), its balance loss
 #     within AUX_TOL; gemm_dtype bf16 on the copies (bf16 operands, fp32 accumulation) likewise
 #     against gemm fp32 on them. The balance loss (aux_loss) has its own bound: it counts the
 #     router's discrete choices, and a rounding that flips one moves it by a whole token's share
-#  2. np 2 (EP 2, ZeRO 3: the copies made from the gathered masters) and np 2 (ZeRO 1, checkpointing)
+#  2. np 2 (EP 2, ZeRO 3: bf16 working weights gathered) and np 2 (ZeRO 1, checkpointing)
 #     against np 1: step 1's loss within STEP1_TOL relative (the same weights, only the summation
 #     order differs), loss, lm_loss and mtp_loss of 10 steps within LAYOUT_TOL, aux_loss within
 #     AUX_TOL. Not the fp32 regression tier:
 #     where a layout's summation order moves a value by an ulp a bf16 rounding flips, training
 #     carries it on and the router's discrete choices follow (measured: max_imbalance off by 0.39
 #     at step 10, its tolerance 0.25)
-#  3. exact resume (np 1): a run saved at step 5 and resumed there equals the uninterrupted run's
-#     steps 6..10 bitwise (the copies are derived from the masters, never saved)
+#     The working weights are the masters' bf16 roundings whatever the stage and bank: np 2 EP 1 (the
+#     experts shared, so gathered), ZeRO 1 (resident bank) equals ZeRO 0 (copies of the full masters)
+#     bitwise, and ZeRO 2 (resident) equals ZeRO 3 (gathered at each open) bitwise; np 2 EP 2 ZeRO 1
+#     (the experts local: rounded at each open) equals ZeRO 0 bitwise. Every allocation = the plan
+#  3. exact resume (np 1, and np 2 ZeRO 2 where the masters are sharded and the working weights
+#     regathered from the loaded shards): a run saved at step 5 and resumed there equals the
+#     uninterrupted run's steps 6..10 bitwise (copies and working weights are never saved)
 #  4. CUDA=emu np 1 with gemm_dtype bf16 (cublasGemmEx on the copies, the attention on bf16
 #     operands) against the CPU's same mode: regression tolerances (measured 0.094 of them; 0.016
 #     before the attention ran bf16), allocation = plan
@@ -72,11 +78,29 @@ run b16z3 2 "$BIN/dsv3" train.dtype=bf16 parallel.expert_parallel=2 parallel.zer
 run b16z1 2 "$BIN/dsv3" train.dtype=bf16 parallel.zero_stage=1 parallel.activation_checkpointing=true &&
     within "bf16 np 2 ZeRO 1 with checkpointing vs np 1" b16 b16z1 $LAYOUT_TOL
 
+same() { # label a b: the two runs' curves bitwise equal
+    regress_csv exact "$2" "$3" >/dev/null && ok "$1: bitwise equal over 10 steps" || bad "$1: curves differ"
+}
+# without router-bias updates (which mark the working weights stale too) the resident bank is regathered
+# only because the optimizer step said so: a missing regather fails the first pair (checked)
+for z in 0 1 2 3; do
+    run e1z$z 2 "$BIN/dsv3" train.dtype=bf16 parallel.expert_parallel=1 parallel.zero_stage=$z model.bias_update_rate=0.0
+done
+same "bf16 np 2 EP 1: ZeRO 1 (resident working weights) vs ZeRO 0 (copies)" e1z0 e1z1
+same "bf16 np 2 EP 1: ZeRO 3 (gathered at each open) vs ZeRO 2 (resident)" e1z2 e1z3
+for z in 0 1; do run e2z$z 2 "$BIN/dsv3" train.dtype=bf16 parallel.expert_parallel=2 parallel.zero_stage=$z; done
+same "bf16 np 2 EP 2: ZeRO 1 (local experts rounded at each open) vs ZeRO 0" e2z0 e2z1
+
 echo "== 3. exact resume"
 run b16s 1 "$BIN/dsv3" train.dtype=bf16 checkpoint.every=5
 run b16r 1 "$BIN/dsv3" train.dtype=bf16 run.resume="$OUT/b16s/checkpoints/step_00000005.h5" &&
     { regress_csv exact b16s b16r 6 && ok "resumed at step 5: steps 6..10 bitwise the uninterrupted run's" ||
         bad "bf16 resume is not exact"; }
+Z2=(train.dtype=bf16 parallel.expert_parallel=1 parallel.zero_stage=2)
+run b16z2s 2 "$BIN/dsv3" "${Z2[@]}" checkpoint.every=5
+run b16z2r 2 "$BIN/dsv3" "${Z2[@]}" run.resume="$OUT/b16z2s/checkpoints/step_00000005.h5" &&
+    { regress_csv exact b16z2s b16z2r 6 && ok "np 2 ZeRO 2: resumed at step 5, steps 6..10 bitwise" ||
+        bad "bf16 np 2 ZeRO 2 resume is not exact"; }
 
 echo "== 4. CUDA=emu np 1, gemm bf16 on the copies, against the CPU's same mode"
 run b16g3 1 "$BIN/dsv3" train.dtype=bf16 train.gemm_dtype=bf16 run.steps=3

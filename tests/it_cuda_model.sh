@@ -8,7 +8,8 @@
 #  2. the regression deck's loss curve (3 steps of 4 sequences, validation at steps 0 and 3)
 #     against the CPU backend's, regression tolerances (regression/compare.awk), at np 1 and
 #     at np 2 (EP 2, ZeRO 3: comm over the NCCL shim, CUDAEMU_THREADS=1);
-#     and at np 1 with train.dtype bf16 and checkpointing (the main blocks' inputs kept in bf16);
+#     and at np 1 with train.dtype bf16 and checkpointing (the main blocks' inputs kept in bf16), and
+#     at np 2 ZeRO 3 with train.dtype bf16 (bf16 working weights gathered, comm_allgather_u16);
 #  3. memory: at np 1 the run's allocation equals the plan per category to the byte; at np 2
 #     every rank allocates what the CPU backend allocates for the same run;
 #  4. checkpoints through the device: the np 2 run saves at step 2, a second run resumes
@@ -67,6 +68,11 @@ CUDAEMU_THREADS=1 run emu2 2 "$EB/dsv3" "${Z[@]}" checkpoint.every=2
 compare tolerance cpu2 emu2
 [ -n "$(mem emu2)" ] && [ "$(mem emu2)" = "$(mem cpu2)" ] || bad "np 2: allocation differs from the CPU backend's: $(mem emu2 | tr '\n' ';') vs $(mem cpu2 | tr '\n' ';')"
 mem emu2 | awk '{ printf "  emu2: rank %s planned %s MiB, allocated %s MiB (the CPU backend: the same)\n", $1, $2, $3 }'
+# bf16 working weights gathered at ZeRO 3 (comm_allgather_u16 over the NCCL shim, zero.h)
+run cpu2b 2 "$BIN/dsv3" "${Z[@]}" train.dtype=bf16
+CUDAEMU_THREADS=1 run emu2b 2 "$EB/dsv3" "${Z[@]}" train.dtype=bf16
+compare tolerance cpu2b emu2b
+[ -n "$(mem emu2b)" ] && [ "$(mem emu2b)" = "$(mem cpu2b)" ] || bad "np 2 bf16: allocation differs from the CPU backend's"
 CUDAEMU_THREADS=1 run emu2r 2 "$EB/dsv3" "${Z[@]}" run.resume="$OUT/emu2/checkpoints/step_00000002.h5"
 grep -q 'resumed from .* at step 2' "$OUT/emu2r.log" || bad "emu2r did not resume at step 2"
 [ "$(awk -F, 'NR == 2 { print $1 }' "$OUT/emu2r/metrics.csv" 2>/dev/null)" = 3 ] || bad "emu2r does not start at step 3"

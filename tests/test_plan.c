@@ -300,8 +300,12 @@ static void test_memory(void **state) {
     assert_true(m[3].params < m[2].params / 2 && m[3].grads == m[2].grads);
     /* train.dtype bf16 is the GPU plan's layout, not the trainer's: the trainer's table (what a run allocates)
      * is fp32's but for the main blocks' inputs, kept in bf16 (61 of [N,H] at 2 bytes, not 4) and widened into
-     * one shared fp32 [N,H], and for the trainable linears' bf16 compute copies: lm_head's (V x H) and the
-     * largest layer's (the MTP layer: MLA, shared expert, this rank's 32 routed experts, eh_proj [H, 2H]) */
+     * one shared fp32 [N,H], and for the trainable linears in bf16. ZeRO 0: their compute copies, lm_head's
+     * (V x H) and the largest layer's (the MTP layer: MLA, shared expert, this rank's 32 routed experts,
+     * eh_proj [H, 2H]). ZeRO 1-2 (EP 8 of 24: every segment shared): the masters are my shard and the working
+     * weights resident, 2 bytes per copied weight and 4 per other, plus the packing buffer (at most a shard).
+     * ZeRO 3: the gathered groups hold the copied weights in bf16 and nothing else in their place, so the
+     * fp32 gather's 4 bytes and the copies' 2 become 2: the same embedding, head and MTP layer open */
     snprintf(d.train.dtype, DECK_STR, "bf16");
     const double NH = 4096.0 * 7168;
     for (int z = 0; z < 4; z++) {
@@ -311,8 +315,23 @@ static void test_memory(void **state) {
         size_t head, layer = params_copy_layout(&pb.params, NULL, &head);
         double mla = 7168.0 * 1536 + 1536.0 * 128 * 192 + 7168.0 * 576 + 512.0 * 128 * 256 + 128.0 * 128 * 7168;
         assert_true(head == 129280u * 7168u && layer == (size_t)(mla + 3.0 * 2048 * 7168 * (1 + 32) + 7168.0 * 14336));
-        assert_true(pb.mem.params == m[z].params + 2.0 * (double)(head + layer) && pb.mem.grads == m[z].grads &&
-                    pb.mem.optim == m[z].optim);
+        plan_w16_layout w = {calloc(200, sizeof(size_t)), calloc(200, sizeof(size_t)), calloc(200, sizeof(size_t)),
+                             calloc(200, sizeof(size_t)), 0};
+        assert_true(pb.params.n_groups <= 200 && plan_w16(&pb, 1) == (z >= 1) && plan_w16_sizes(&pb, &w) == 0);
+        size_t copied = 0, maxshard = 0;
+        for (int i = 0; i < pb.params.n; i++) copied += params_copied(&pb.params.t[i]) ? (size_t)pb.params.t[i].numel_local : 0;
+        for (int s = 0; s < pb.params.nseg; s++) {
+            size_t c = pb.shard[s].cnt[pb.params.seg[s].kind == SEG_EXPERT ? pb.dp_index : pb.world_rank];
+            maxshard = c > maxshard ? c : maxshard;
+        }
+        double ag = 4.0 * (double)w.ag_n, want = z == 0 ? m[0].params + 2.0 * (double)(head + layer)
+                                           : z < 3  ? 4.0 * (double)pb.shard_floats + 2.0 * (double)copied +
+                                                          4.0 * (double)(pb.params.total_local - copied) + ag
+                                                    : m[3].params - 2.0 * (double)(head + layer) + ag;
+        assert_true(z == 0 || (w.ag_n > 0 && w.ag_n <= maxshard));
+        assert_true(pb.mem.params == want && pb.mem.grads == m[z].grads && pb.mem.optim == m[z].optim);
+        assert_true(z == 0 || pb.mem.params < m[z].params); /* less than the fp32 working weights */
+        free(w.r32), free(w.r16), free(w.t32), free(w.t16);
         /* the scratch arena adds the copies' GEMM tile (ops_matmul_w_scratch_floats: 2^24 floats for lm_head) */
         model_opts ob = deck_model_opts(&d);
         assert_true(cost_tile_floats(&ob) == (size_t)1 << 24);

@@ -13,8 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <math.h>
+
 #include "../src/comm.h"
 #include "../src/deck.h"
+#include "../src/ops.h"
 #include "../src/zero.h"
 #include "../src/plan.h"
 
@@ -229,6 +232,92 @@ static void check_collectives(const plan *p) {
     CHECK(s == p->world_size * (p->world_size + 1) / 2.0, "allreduce %g", s);
 }
 
+/* train.dtype bf16 at ZeRO >= 1 (zero.h w16): every group's working weights, gathered from the fp32 master
+ * shards, are exactly the masters (fp32 tensors) and their bf16 roundings (params_copied), at stages 1 and 3,
+ * through MPI_Allgatherv and the chunked broadcasts; stage 1 keeps them until the masters change. */
+static float master_value(int i, size_t k, float bump) { return bump + 1.2345f * sinf(0.37f * (float)k + 131.0f * (float)i); }
+static void fill_masters(zero_state *z, float bump) {
+    for (int i = 0; i < z->pt->n; i++) {
+        int64_t a, b;
+        if (z->map.seg_of[i] < 0) continue;
+        zero_my_part(&z->map, i, &a, &b);
+        for (int64_t k = a; k < b; k++) *zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, k) = master_value(i, (size_t)k, bump);
+    }
+}
+/* Tensors of group g that differ from the masters (bump; a shared segment's at stage 1-2: bump_res). */
+static int w16_wrong(zero_state *z, int g, float bump, float bump_res) {
+    int bad = 0;
+    for (int i = 0; i < z->pt->n; i++) {
+        const param_spec *t = &z->pt->t[i];
+        if (t->group != g || (t->flags & P_STORED)) continue;
+        const float *w = zero_param_f32(z, i);
+        const uint16_t *h = zero_param_bf16(z, i);
+        float bi = z->stage < 3 && z->p->shard[z->map.seg_of[i]].nmemb > 1 ? bump_res : bump;
+        int wrong = params_copied(t) ? (w != NULL || h == NULL) : (w == NULL || h != NULL);
+        for (size_t k = 0; k < (size_t)t->numel_local && !wrong; k++) {
+            float v = master_value(i, k, bi);
+            uint16_t r;
+            ops_f32_to_bf16_n(&v, &r, 1);
+            wrong = h ? h[k] != r : w[k] != v;
+        }
+        bad += wrong;
+    }
+    return bad;
+}
+static void check_w16(int ep, int size) {
+    char err[512];
+    for (int stage = 1; stage <= 3; stage += 2) {
+        deck d;
+        deck_tiny(&d, ep, size);
+        d.lora.enabled = false;
+        d.parallel.zero_stage = stage;
+        snprintf(d.train.dtype, DECK_STR, "bf16");
+        plan p;
+        int rc = plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err);
+        CHECK(rc == 0 && plan_w16(&p, 1) && !plan_w16(&p, 0), "w16 plan EP %d stage %d: %s", ep, stage, rc ? err : "");
+        if (rc) continue;
+        zero_state z;
+        rc = zero_create(&z, &p.params, &p, 1, err, sizeof err);
+        CHECK(rc == 0 && z.w16, "zero_create w16: %s", err);
+        if (rc) {
+            plan_free(&p);
+            continue;
+        }
+        size_t copied = 0, n16 = 0, n32 = 0, floats = 0;
+        for (int i = 0; i < p.params.n; i++) copied += params_copied(&p.params.t[i]) ? (size_t)p.params.t[i].numel_local : 0;
+        for (int g = 0; g < p.params.n_groups; g++)
+            n16 += z.wl.r16[g] + z.wl.t16[g], n32 += z.wl.r32[g] + z.wl.t32[g], floats += z.glen[g];
+        CHECK(n16 == copied && n16 > 0 && n16 + n32 <= floats, "w16 streams: %zu bf16 (%zu copied) + %zu fp32 of %zu", n16,
+              copied, n32, floats);
+        for (int limit = 0; limit < 2; limit++) {
+            size_t old = comm_set_chunk_limit(limit ? 5 : 0);
+            float bump = (float)limit;
+            fill_masters(&z, bump);
+            zero_params_changed(&z);
+            int bad = 0;
+            for (int g = 0; g < p.params.n_groups; g++) {
+                zero_open_params(&z, g);
+                bad += w16_wrong(&z, g, bump, bump);
+                zero_close_params(&z, g);
+            }
+            CHECK(bad == 0, "w16 EP %d stage %d chunk limit %d: %d tensors differ from their masters", ep, stage, limit, bad);
+            if (stage == 1) { /* shared segments resident: unchanged until told, then regathered; local ones fresh */
+                fill_masters(&z, bump + 0.5f);
+                zero_open_params(&z, 1);
+                int stale = w16_wrong(&z, 1, bump + 0.5f, bump);
+                zero_params_changed(&z);
+                zero_open_params(&z, 1);
+                CHECK(stale == 0 && w16_wrong(&z, 1, bump + 0.5f, bump + 0.5f) == 0,
+                      "w16 stage 1: %d tensors not as their masters were / are", stale);
+                zero_close_params(&z, 1);
+            }
+            comm_set_chunk_limit(old);
+        }
+        zero_destroy(&z);
+        plan_free(&p);
+    }
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     int size;
@@ -249,6 +338,7 @@ int main(int argc, char **argv) {
         check_experts(&p, d.model.n_routed_experts);
         check_shards(&p);
         check_collectives(&p);
+        check_w16(eps[e], size);
         CHECK(p.mem.total == p.mem.params + p.mem.grads + p.mem.optim + p.mem.acts, "memory sum");
         if (wrank == 0) printf("test_plan_mpi: np=%d EP=%d: %d expert groups, %d experts per rank\n", size, eps[e],
                                p.dp, p.experts_per_rank);

@@ -449,7 +449,7 @@ int main(int argc, char **argv) {
     model *m;
     if (model_create(&m, &mo, &p, err, sizeof err)) tool_die("%s", err);
     ckpt_state st = {.frozen = model_zero(m)->frozen};
-    int layout = zero_params_layout(p.zero_stage), olayout = zero_state_optim_layout(model_zero(m));
+    int layout = model_params_layout(m), olayout = zero_state_optim_layout(model_zero(m));
     if (ckpt_is_adapters_only(ckpt)) {
         if (!base && d.run.init_from[0]) base = d.run.init_from;
         if (!base) tool_die("%s holds adapters only and its deck has no run.init_from: give the base with --base", ckpt);

@@ -137,7 +137,7 @@ size_t cost_scratch_floats(const model_opts *o, int B, int T) {
  * component peak plus the largest tile (ops_matmul_w_scratch_floats: the
  * dequantisation tile, and with train.gemm_dtype bf16/fp8 the activation chunk) over the
  * weights held narrow — the frozen store's tensors (params.h P_STORED, one
- * expert's matrix for the stacked experts) and the bf16 compute copies of
+ * expert's matrix for the stacked experts) and the bf16 weights of
  * trainable linears (act_bf16, params_copied). 0 with neither. */
 size_t cost_tile_floats(const model_opts *o) {
     param_table pt;

@@ -41,10 +41,9 @@ void linear_forward(const linear *l, float *y, const float *x, float *cache, int
 void linear_backward(const linear *l, float *dx, const float *dy, const float *x, const float *cache, int T,
                      ops_arena *scratch) {
     if (l->W.dtype != OPS_F32) { /* a narrow frozen base, or the bf16 compute copy of a trainable weight */
-        DSV3_CHECK(l->g == NULL || (l->W.dtype == OPS_BF16 && l->w), "linear_backward: a %s weight without an "
-                   "fp32 master must be frozen", l->W.dtype == OPS_BF16 ? "bf16" : "fp8");
+        DSV3_CHECK(l->g == NULL || l->W.dtype == OPS_BF16, "linear_backward: an fp8 weight must be frozen");
         if (dx) ops_matmul_w_backward_dx(dx, dy, &l->W, T, scratch);
-        if (l->g) ops_matmul_backward(NULL, l->g, dy, x, l->w, T, l->in, l->out); /* dW += dyᵀ·x, fp32 */
+        if (l->g) ops_matmul_backward(NULL, l->g, dy, x, NULL, T, l->in, l->out); /* dW += dyᵀ·x, fp32 */
     } else {
         ops_matmul_backward(dx, l->g, dy, x, l->w, T, l->in, l->out);
     }

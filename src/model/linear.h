@@ -6,9 +6,10 @@
  * Storage of the base weight: W (ops.h ops_weight). OPS_F32 (the default, a
  * zeroed W included) multiplies by w with ops_matmul exactly as before; a
  * frozen bf16 or FP8 base weight sets W.dtype/data/scale (w, g unused) and
- * the model code stays the same. A trainable weight with a bf16 compute copy
- * (train.dtype = "bf16") has W over the copy and w, g over its fp32 master:
- * y and dx multiply the copy, dW (fp32) accumulates into g.
+ * the model code stays the same. A trainable weight in bf16 (train.dtype =
+ * "bf16": the ZeRO-0 compute copy, or the working weight of zero.h, whose w
+ * is NULL) has W over the bf16 values: y and dx multiply them, dW (fp32)
+ * accumulates into g.
  */
 #ifndef DSV3_LINEAR_H
 #define DSV3_LINEAR_H

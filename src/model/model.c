@@ -122,9 +122,10 @@ struct model {
     ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
     lora_dropout_ctx drop;            /* the micro-batch's LoRA dropout stream (every adapter points here) */
     int lora_merged;                  /* model_merge_lora ran: the linears carry no adapters any more */
-    /* bf16 compute copies of the trainable linear weights (act_bf16, full training: params_copied), made from
-     * the fp32 masters when their group opens: [copy_head] for the head group, then one region for the open
-     * decoder/MTP layer; copy_off[i] = tensor i's place in its region. NULL: none. */
+    /* ZeRO 0 (from stage 1 zero.c's bf16 working weights serve instead): bf16 compute copies of the trainable
+     * linear weights (act_bf16, full training: params_copied), made from the fp32 masters when their group
+     * opens: [copy_head] for the head group, then one region for the open decoder/MTP layer; copy_off[i] =
+     * tensor i's place in its region. NULL: none. */
     uint16_t *copy;
     size_t *copy_off, copy_head;
 };
@@ -151,9 +152,8 @@ static float *bind(model *m, const char *name, float **g, int required) {
         if (g) *g = NULL;
         return NULL;
     }
-    size_t o = s->offset - m->z.goff[s->group];
     if (g) *g = (s->flags & (P_FROZEN | P_NOGRAD)) || !m->z.gg[s->group] ? NULL : m->z.gg[s->group] + zero_grad_offset(&m->z, i);
-    return m->z.gp[s->group] ? m->z.gp[s->group] + o : NULL;
+    return zero_param_f32(&m->z, i); /* NULL for a bf16 working weight (w16): stored_weight() */
 }
 
 /* The storage of tensor i: a P_STORED tensor's view of the frozen store
@@ -165,6 +165,7 @@ static uint16_t *copy_region(const model *m, int g) {
 static ops_weight stored_weight(const model *m, int i, float *w) {
     const param_spec *s = &m->pt.t[i];
     int out = (int)s->shape[s->ndim - 2], in = (int)s->shape[s->ndim - 1];
+    if (m->z.w16 && params_copied(s)) return (ops_weight){OPS_BF16, zero_param_bf16(&m->z, i), NULL, out, in};
     if (m->copy && params_copied(s)) return (ops_weight){OPS_BF16, copy_region(m, s->group) + m->copy_off[i], NULL, out, in};
     if (!(s->flags & P_STORED)) return (ops_weight){OPS_F32, w, NULL, out, in};
     uint8_t *base = m->z.frozen + s->soff;
@@ -468,11 +469,12 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
     m->ep_comm = p ? p->expert : COMM_SELF;
     m->checkpointing = o->checkpointing;
     m->p = p;
-    if (zero_create(&m->z, &m->pt, p, err, errlen)) {
+    if (zero_create(&m->z, &m->pt, p, o->act_bf16, err, errlen)) {
         model_free(m);
         return -1;
     }
-    if (o->act_bf16) { /* the bf16 compute copies (none without trainable linears), charged to the parameters */
+    if (o->act_bf16 && !m->z.w16) { /* the bf16 compute copies (none without trainable linears; w16: zero.c's
+                                     * working weights instead), charged to the parameters */
         m->copy_off = ops_host_alloc((size_t)(m->pt.n ? m->pt.n : 1) * sizeof *m->copy_off);
         size_t layer = m->copy_off ? params_copy_layout(&m->pt, m->copy_off, &m->copy_head) : 0;
         if (m->copy_head + layer > 0) {
@@ -895,13 +897,19 @@ int model_merge_lora(model *m, char *err, int errlen) {
 /* ---------- accessors ---------- */
 
 const param_table *model_params(const model *m) { return &m->pt; }
-float *model_param_buffer(model *m) { return zero_param_buffer(&m->z); }
+float *model_param_buffer(model *m) { /* callers may write the masters: w16 regathers what it derives */
+    zero_params_changed(&m->z);
+    return zero_param_buffer(&m->z);
+}
+int model_params_layout(const model *m) { return zero_state_params_layout(&m->z); }
 float *model_grad_buffer(model *m) { return zero_grad_buffer(&m->z); }
 zero_state *model_zero(model *m) { return &m->z; }
 const float *model_logits(const model *m) { return m->logits; }
 int model_n_moe(const model *m) { return m->n_moe; }
 int64_t *model_expert_counts(model *m, int i) { return m->counts + (size_t)i * m->cfg->n_routed_experts; }
-float *model_router_bias(model *m, int i) { return m->blk[m->moe_block[i]].moe.bias; }
+float *model_router_bias(model *m, int i) {
+    return model_params_layout(m) == ZERO_SHARD_PACKED ? NULL : m->blk[m->moe_block[i]].moe.bias;
+}
 int model_moe_layer_index(const model *m, int i) { return m->blk[m->moe_block[i]].layer; }
 void model_reset_counts(model *m) {
     for (int i = 0; i < m->nblocks; i++) m->blk[i].ec.comm_seconds = m->blk[i].ec.wire_bytes = 0.0;
@@ -989,6 +997,7 @@ void model_init_weights(model *m, uint64_t seed) {
         zero_my_part(&m->z.map, i, &a, &b);
         if (b > a) init_range(m, s, zero_at(&m->z.map, i, m->z.pshard, ZERO_SHARD_PACKED, a), (size_t)a, (size_t)b, seed);
     }
+    zero_params_changed(&m->z);
 }
 
 /* Router bias update of MoE slot i from global counts: every rank applies it
@@ -1010,6 +1019,7 @@ void model_bias_update(model *m, int i, const int64_t *counts, float gamma) {
     int64_t a, b;
     zero_my_part(&m->z.map, t, &a, &b);
     if (b > a) ops_add(zero_at(&m->z.map, t, m->z.pshard, ZERO_SHARD_PACKED, a), full + a, (size_t)(b - a));
+    zero_params_changed(&m->z);
 }
 
 void model_router_bias_gather(model *m, int i, float *full) {

@@ -58,7 +58,8 @@ const param_table *model_params(const model *m);
 /* Parameters: the flat local layout, or under ZeRO-3 this rank's packed shard
  * (plan.h). Gradients: the flat local layout, or under ZeRO-2/3 the packed
  * shard, already reduced over the data/world communicators by model_step. */
-float *model_param_buffer(model *m);
+float *model_param_buffer(model *m);  /* the masters (may be written: w16 regathers at the next open) */
+int model_params_layout(const model *m); /* its layout (zero.h): packed shard at ZeRO 3, or ZeRO >= 1 with bf16 */
 float *model_grad_buffer(model *m);
 /* The parameter/gradient buffers and their ZeRO stage (the optimizer step, zero.h). */
 zero_state *model_zero(model *m);
@@ -90,7 +91,7 @@ const float *model_logits(const model *m);
  * (local tokens, all experts [E]); n_moe layers including MTP blocks. */
 int model_n_moe(const model *m);
 int64_t *model_expert_counts(model *m, int i);
-float *model_router_bias(model *m, int i); /* NULL under ZeRO-3 */
+float *model_router_bias(model *m, int i); /* NULL when the masters are sharded (model_params_layout) */
 /* The full router bias [E] of MoE slot i assembled from the ZeRO-3 shards,
  * into HOST memory `full` (collective over world; any stage). */
 void model_router_bias_gather(model *m, int i, float *full);

@@ -379,10 +379,9 @@ static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw,
     const ops_weight *w = &l->eW[j];
     int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
     if (w->dtype != OPS_F32) { /* a narrow frozen base, or the bf16 compute copy of trainable experts */
-        DSV3_CHECK(dw == NULL || (w->dtype == OPS_BF16 && expert_f32(l, j)),
-                   "moe: a bf16/fp8 routed-expert weight without an fp32 master must be frozen");
+        DSV3_CHECK(dw == NULL || w->dtype == OPS_BF16, "moe: an fp8 routed-expert weight must be frozen");
         ops_grouped_matmul_w_backward_dx(dx, dy, w, c->lcnt, c->e_local, scratch);
-        if (dw) ops_grouped_matmul_backward(NULL, dw, dy, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
+        if (dw) ops_grouped_matmul_backward(NULL, dw, dy, x, NULL, c->lcnt, c->e_local, in, out); /* fp32 dW */
     } else {
         ops_grouped_matmul_backward(dx, dw, dy, x, expert_f32(l, j), c->lcnt, c->e_local, in, out);
     }

@@ -95,9 +95,10 @@ int params_find(const param_table *pt, const char *name);
 /* Layer group helpers */
 static inline int params_group_of_layer(int layer) { return layer + 1; }
 
-/* bf16 compute copies (train.dtype = "bf16", model.c): a trainable linear weight — what a GEMM multiplies:
- * the attention, dense-MLP and expert projections, eh_proj, lm_head; not the embedding, the norms or the
- * router — is multiplied through a bf16 copy of its fp32 master, made whenever its group opens. */
+/* bf16 weights (train.dtype = "bf16"): a trainable linear weight — what a GEMM multiplies: the attention,
+ * dense-MLP and expert projections, eh_proj, lm_head; not the embedding, the norms or the router — is
+ * multiplied in bf16: at ZeRO 0 through a copy of its fp32 master made whenever its group opens (model.c),
+ * from stage 1 as a bf16 working weight (zero.h). */
 int params_copied(const param_spec *t);
 #define PARAMS_COPY_ALIGN 8 /* elements (16 bytes) between copies */
 /* The copies' layout: off[i] (off may be NULL) = tensor i's first element in its group's copy region (local

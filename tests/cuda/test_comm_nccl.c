@@ -150,6 +150,32 @@ static void t_allgather(comm_t c, const char *cname, const int *extra, size_t ba
     free(mine), free(ref), free(poison), free(got);
 }
 
+/* The 2-byte all-gather (bf16 weights, zero.c): odd counts, against the MPI body bit for bit. */
+static void t_allgather_u16(comm_t c, const char *cname, const int *extra, size_t base, uint64_t key) {
+    int p = comm_size(c), me = comm_rank(c);
+    size_t off[64], cnt[64], n = layout(p, extra, base, off, cnt), m = cnt[me];
+    float *h = host_vals(m / 2 + 1, key + (uint64_t)wrank), *hp = host_vals(n / 2 + 1, 998);
+    uint16_t *mine = malloc((m + 2) * sizeof *mine), *ref = malloc((n + 1) * sizeof *ref), *got = malloc((n + 1) * 2);
+    memcpy(mine, h, m * sizeof *mine);
+    int e1 = comm_mpi_allgather_u16(off, cnt, c, mine, ref);
+    uint16_t *dmine, *dfull;
+    CK(cudaMalloc((void **)&dmine, (m + 1) * sizeof *dmine));
+    CK(cudaMalloc((void **)&dfull, (n + 1) * sizeof *dfull));
+    CK(cudaMemcpy(dmine, mine, m * sizeof *mine, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dfull, hp, n * sizeof *dfull, cudaMemcpyHostToDevice)); /* poison */
+    int e2 = comm_allgather_u16(off, cnt, c, dmine, dfull);
+    CK(cudaStreamSynchronize(cu_stream()));
+    CK(cudaMemcpy(got, dfull, n * sizeof *got, cudaMemcpyDeviceToHost));
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += got[i] != ref[i];
+    char what[96];
+    snprintf(what, sizeof what, "%s p=%d %s n=%zu", cname, p, extra[1] != extra[0] ? "uneven" : "even", n);
+    report(!e1 && !e2 && diff == 0, "comm_allgather_u16", what, (double)diff);
+    CK(cudaFree(dmine));
+    CK(cudaFree(dfull));
+    free(h), free(hp), free(mine), free(ref), free(got);
+}
+
 static void t_alltoall_int(comm_t c, const char *cname, int n) {
     int p = comm_size(c);
     size_t tot = (size_t)p * n;
@@ -350,6 +376,8 @@ int main(int argc, char **argv) {
         t_allgather(cs[i].c, cs[i].name, even, 1792, 0, 30);
         t_allgather(cs[i].c, cs[i].name, uneven, 5, 0, 31);
         t_allgather(cs[i].c, cs[i].name, uneven, 0, 1, 32); /* member 1 holds 0 */
+        t_allgather_u16(cs[i].c, cs[i].name, even, 1792, 34);
+        t_allgather_u16(cs[i].c, cs[i].name, uneven, 5, 35);
         t_alltoall_int(cs[i].c, cs[i].name, 3);
     }
     t_reduce_scatter(COMM_SELF, "self", uneven, 5, 22);

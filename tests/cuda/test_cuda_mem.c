@@ -60,6 +60,15 @@ static void allocations(void) {
     ops_memset0(a, 0); /* 0 bytes: a no-op */
     ops_to_host(back, a, 1000 * sizeof *back);
     twin_same("ops_memset0", "0 bytes: nothing changes", back, src, 1000 * sizeof *src);
+    /* device to device bytes at odd offsets (bf16 pieces of a ZeRO gather start anywhere) */
+    ops_to_device(a, src, 1000 * sizeof *src);
+    ops_copy_bytes((char *)a + 2001, (const char *)a + 3, 1001);
+    ops_to_host(back, a, 1000 * sizeof *back);
+    memcpy((char *)src + 2001, (const char *)src + 3, 1001);
+    twin_same("ops_copy_bytes", "1001 bytes, odd offsets", back, src, 1000 * sizeof *src);
+    ops_copy_bytes(a, a + 500, 0); /* 0 bytes: a no-op */
+    ops_to_host(back, a, 1000 * sizeof *back);
+    twin_same("ops_copy_bytes", "0 bytes: nothing changes", back, src, 1000 * sizeof *src);
 
     double peak_before = s.peak[OPS_MEM_PARAMS];
     ops_free(a);
