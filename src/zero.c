@@ -227,7 +227,7 @@ static int w16_close(zero_state *z, int g) {
 
 static void w16_destroy(zero_state *z) {
     const param_table *pt = z->pt;
-    for (int g = 0; z->open && g < pt->n_groups; g++) w16_close(z, g);
+    for (int g = 0; z->open && z->t32 && z->t16 && g < pt->n_groups; g++) w16_close(z, g); /* (a failed create) */
     ops_free(z->ag), ops_free(z->res32), ops_free(z->res16);
     free(z->wl.r32), free(z->wl.r16), free(z->wl.t32), free(z->wl.t16);
     free(z->woff), free(z->s32), free(z->s16), free(z->r32), free(z->t32), free(z->r16), free(z->t16);
@@ -252,7 +252,7 @@ static int w16_open(zero_state *z, int g) {
         for (int s = 0; s < pt->nseg; s++)
             if (pt->seg[s].group == g && !plan_seg_resident(z->p, s)) w16_fill(z, s);
         z->open[g] = 1;
-        moved = 1;
+        moved = w->t32[g] || w->t16[g]; /* the resident banks and the masters never move */
     }
     if (z->stale[g])
         for (int s = 0; s < pt->nseg; s++)
