@@ -61,7 +61,7 @@ typedef struct {
     int64_t optim_t;     /* AdamW updates applied (steps minus skipped steps) */
     int64_t skipped;     /* steps skipped for a non-finite loss or gradient norm, in all */
     int consecutive;     /* ... in a row, up to this step */
-    float *bias_shadow;  /* [n_moe, E] device, ZeRO-3: the biases as the global counts say they must be */
+    float *bias_shadow;  /* [n_moe, E] device, sharded masters: the biases as the global counts say they must be */
 } trainer;
 
 /* This rank's samples of step s: global indices [r*G/W, (r+1)*G/W). */
@@ -234,15 +234,15 @@ static double bias_update(trainer *t, double *imb, int apply) {
         if (lo != hi) error_one("router biases differ across ranks after step %lld", (long long)t->step + 1);
         t->bias_checks++;
     }
-    /* ZeRO-3: each bias is spread over the ranks' shards; assembled, it must
-     * equal the replicated shadow that every rank updates from the same counts. */
+    /* Sharded masters (ZeRO-3, or bf16 working weights): each bias is spread over the ranks' shards;
+     * assembled, it must equal the replicated shadow that every rank updates from the same counts. */
     if (t->bias_shadow) {
         for (int i = 0; i < n; i++) {
             model_router_bias_gather(m, i, got);
             ops_to_host(want, t->bias_shadow + (size_t)i * E, (size_t)E * sizeof *want);
             if (t->p->world_rank == 0 && memcmp(got, want, (size_t)E * sizeof *got))
                 error_one("router bias of MoE layer %d differs from the update its global counts give after step %lld "
-                          "(ZeRO-3 shards)", model_moe_layer_index(m, i), (long long)t->step + 1);
+                          "(sharded masters)", model_moe_layer_index(m, i), (long long)t->step + 1);
         }
         t->bias_checks++;
     }
