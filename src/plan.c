@@ -145,14 +145,15 @@ int plan_seg_local(const plan *p, int s) { return p->shard[s].nmemb == 1; }
 int plan_seg_resident(const plan *p, int s) { return p->zero_stage < 3 && !plan_seg_local(p, s); }
 
 int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32, size_t *s16, size_t **cnt32,
-                      size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen) {
+                          size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen) {
     const param_table *pt = &p->params;
     for (int g = 0; g < pt->n_groups; g++) w->r32[g] = w->r16[g] = w->t32[g] = w->t16[g] = 0;
     w->ag_n = 0;
     for (int s = 0; s < pt->nseg; s++) {
         const param_segment *sg = &pt->seg[s];
         const plan_shard *sh = &p->shard[s];
-        int g = sg->group, me = sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank, res = plan_seg_resident(p, s), local = plan_seg_local(p, s);
+        int g = sg->group, me = sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank;
+        int res = plan_seg_resident(p, s), local = plan_seg_local(p, s);
         size_t *run32 = res ? &w->r32[g] : &w->t32[g], *run16 = res ? &w->r16[g] : &w->t16[g];
         size_t b32 = *run32, b16 = *run16; /* the segment's start in each stream */
         if (s32) s32[s] = b32, s16[s] = b16;

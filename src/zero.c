@@ -195,7 +195,8 @@ static int w16_create(zero_state *z, char *err, int errlen) {
         snprintf(err, errlen, "out of memory for the bf16 working-weight tables");
         return -1;
     }
-    if (plan_w16_layout_build(z->p, w, z->woff, z->s32, z->s16, z->cnt32, z->off32, z->cnt16, z->off16, err, errlen)) return -1;
+    if (plan_w16_layout_build(z->p, w, z->woff, z->s32, z->s16, z->cnt32, z->off32, z->cnt16, z->off16, err, errlen))
+        return -1;
     size_t a32 = 0, a16 = 0;
     for (int g = 0; g < pt->n_groups; g++) a32 += w->r32[g], a16 += w->r16[g];
     int cat = ops_mem_category(OPS_MEM_PARAMS);
