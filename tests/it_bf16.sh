@@ -27,9 +27,8 @@
 #     operands) against the CPU's same mode: regression tolerances (measured 0.094 of them; 0.016
 #     before the attention ran bf16), allocation = plan
 . "$(dirname "$0")/lib.sh"
-EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
-[ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
-[ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
+need_bins "$BIN" dsv3
+need_bins "$EB" dsv3
 scratch_dir
 # measured over 10 steps (loss, lm_loss, mtp_loss / aux_loss): bf16 vs fp32 5.3e-4 / 4.2e-3; gemm bf16
 # vs gemm fp32 on the copies 4.1e-4 / 9.7e-3 (gemm bf16 makes the attention's GEMMs bf16 too, ops_attn.h);

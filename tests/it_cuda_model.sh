@@ -17,11 +17,8 @@
 #  5. generation (the latent-cache decode): dsv3-generate --reference, transformers' greedy
 #     tokens and logits of the YaRN tiny model (tests/fixtures/hf).
 . "$(dirname "$0")/lib.sh"
-EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)} # make SAN=1 test: bin-emu-san
-for b in dsv3 dsv3-refcheck dsv3-generate; do
-    [ -x "$EB/$b" ] || { echo "FAIL: $EB/$b not built (make CUDA=emu cuda-emu-model)"; exit 1; }
-done
-for b in dsv3 dsv3-import; do [ -x "$BIN/$b" ] || { echo "FAIL: $BIN/$b not built"; exit 1; }; done
+need_bins "$EB" dsv3 dsv3-refcheck dsv3-generate
+need_bins "$BIN" dsv3 dsv3-import
 scratch_dir
 export CUDAEMU_PROTECT=1
 fails=0

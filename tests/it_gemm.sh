@@ -27,9 +27,8 @@
 #  4. refusals, one line on every rank and non-zero exit: gemm fp8 on a bf16 base; gemm bf16
 #     with an fp32 base
 . "$(dirname "$0")/lib.sh"
-EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
-[ -x "$BIN/dsv3" ] || { echo "FAIL: $BIN/dsv3 not built"; exit 1; }
-[ -x "$EB/dsv3" ] || { echo "FAIL: $EB/dsv3 not built (make CUDA=emu cuda-emu-model)"; exit 1; }
+need_bins "$BIN" dsv3
+need_bins "$EB" dsv3
 scratch_dir
 # measured over 10 steps, loss columns: 6.9e-5 (bf16), 2.1e-4 (fp8); bf16 base 6.9e-5 (before the attention
 # ran bf16: 2.0e-5, 2.4e-4 (SAN build 1.9e-4), 6.0e-5)

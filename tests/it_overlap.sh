@@ -95,7 +95,6 @@ if run full 2 2 0 parallel.moe_overlap=true checkpoint.every=3 checkpoint.keep=0
 fi
 
 echo "== 4. CUDA backend (emulated) with overlap against the CPU's overlap curve"
-EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
 if [ -x "$EB/dsv3" ]; then
     RD=(regression/decks/tiny.cfg run.steps=3 run.log_every=1 train.global_batch=4 validation.every=3 schedule.warmup_steps=1
         parallel.expert_parallel=2 parallel.zero_stage=3 parallel.moe_overlap=true)

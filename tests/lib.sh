@@ -3,6 +3,16 @@
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=${BIN:-bin}
+# $EB: the emulated CUDA build's binaries matching $BIN (make SAN=1 test: bin-emu-san; BIN_EMU elsewhere).
+EB=${BIN_EMU:-bin-emu$(case "$BIN" in *-san) echo -san ;; esac)}
+
+# need_bins DIR NAME...: every NAME built in DIR, or the test fails.
+need_bins() {
+    local d=$1 b hint=""
+    shift
+    [ "$d" = "$EB" ] && hint=" (make CUDA=emu cuda-emu-model)"
+    for b in "$@"; do [ -x "$d/$b" ] || { echo "FAIL: $d/$b not built$hint"; exit 1; }; done
+}
 
 # $OUT: a scratch directory removed on exit.
 scratch_dir() {

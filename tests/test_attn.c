@@ -235,6 +235,16 @@ static double att_loss(void *p) {
     return dot_fd(c->out, c->R, (size_t)c->B * c->T * c->nh * c->dv);
 }
 
+/* The attention tests' case: T = 70 crosses the 64-row query block; random q, k, v and the loss weights R. */
+static att_ctx att_make(void) {
+    att_ctx c = {.B = 2, .T = 70, .nh = 3, .dqk = 6, .dv = 5, .scale = 0.45f};
+    size_t nq = (size_t)c.B * c.T * c.nh * c.dqk, nv = (size_t)c.B * c.T * c.nh * c.dv;
+    c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
+    c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
+    return c;
+}
+static void att_free(att_ctx *c) { free(c->q), free(c->k), free(c->v), free(c->out), free(c->lse), free(c->R); }
+
 static float rb(float x) { return ops_bf16_to_f32(ops_f32_to_bf16(x)); } /* x rounded to bf16 */
 
 /* The double reference's scores of query row t of (b, h): s[j] = scale·q_t·k_j for the keys j <= t, the
@@ -257,11 +267,8 @@ static double ref_scores(const att_ctx *c, int b, int h, int t, int rnd, double 
 
 static void test_attention(void **state) {
     (void)state;
-    /* T = 70 crosses the 64-row query block */
-    att_ctx c = {.B = 2, .T = 70, .nh = 3, .dqk = 6, .dv = 5, .scale = 0.45f};
+    att_ctx c = att_make();
     size_t nq = (size_t)c.B * c.T * c.nh * c.dqk, nv = (size_t)c.B * c.T * c.nh * c.dv;
-    c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
-    c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
     ops_arena a;
     assert_int_equal(ops_arena_create(&a, ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_F32)),
                      0);
@@ -291,7 +298,8 @@ static void test_attention(void **state) {
     fd_check("attention dk", c.k, dk, nq, att_loss, &c, 150, 1e-2, 5e-3);
     fd_check("attention dv", c.v, dv, nv, att_loss, &c, 150, 1e-2, 5e-3);
     ops_arena_destroy(&a);
-    free(dq), free(dk), free(dv), free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
+    free(dq), free(dk), free(dv);
+    att_free(&c);
 }
 
 /* max |a − b| / max |b| */
@@ -312,10 +320,8 @@ static double rel_inf(const float *a, const float *b, size_t n) {
  * the same layout). */
 static void test_attention_bf16(void **state) {
     (void)state;
-    att_ctx c = {.B = 2, .T = 70, .nh = 3, .dqk = 6, .dv = 5, .scale = 0.45f};
+    att_ctx c = att_make();
     size_t nq = (size_t)c.B * c.T * c.nh * c.dqk, nv = (size_t)c.B * c.T * c.nh * c.dv;
-    c.q = frand(nq, -1.5f, 1.5f), c.k = frand(nq, -1.5f, 1.5f), c.v = frand(nv, -1, 1);
-    c.out = fzeros(nv), c.lse = fzeros(ops_attention_cache_floats(c.B, c.T, c.nh)), c.R = frand(nv, -1, 1);
     const size_t fwd = ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_BF16),
                  bwd = ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 1, OPS_GEMM_BF16);
     assert_true(fwd > ops_attention_scratch_floats(c.B, c.T, c.nh, c.dqk, c.dv, 0, OPS_GEMM_F32));
@@ -368,7 +374,7 @@ static void test_attention_bf16(void **state) {
     ops_gemm_set(OPS_GEMM_F32);
     ops_arena_destroy(&a);
     for (int i = 0; i < 3; i++) free(gf[i]), free(gb[i]);
-    free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.R);
+    att_free(&c);
 }
 
 /* ---------------------------------------------------------------- embedding */
