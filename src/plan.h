@@ -141,7 +141,8 @@ int plan_seg_local(const plan *p, int s);
 int plan_seg_resident(const plan *p, int s);
 /* The sizes of each group's working-weight streams. Banks: resident (stages 1-2, shared segments:
  * regathered after each update) and opened (every segment at stage 3, and the copied tensors of a
- * local segment: filled at open, freed at close). */
+ * local segment: filled at each open, in one of three slots allocated once: the embedding's group's, the
+ * head's, and one shared by the layers, which open one at a time). */
 typedef struct {
     size_t *r32, *r16, *t32, *t16; /* [n_groups] fp32 / bf16 elements of the resident / opened bank */
     size_t ag_n;                    /* floats of the packing buffer */

@@ -175,19 +175,21 @@ static void member_table_free(size_t **t, int nseg) {
     free(t);
 }
 
+static size_t opened_bytes(const plan_w16_layout *w, int g) { return w->t32[g] * sizeof(float) + w->t16[g] * 2; }
+
 static int w16_create(zero_state *z, char *err, int errlen) {
     const param_table *pt = z->pt;
-    size_t G = (size_t)pt->n_groups + 1, ns = (size_t)pt->nseg + 1;
+    size_t ng = (size_t)pt->n_groups + 1, ns = (size_t)pt->nseg + 1;
     plan_w16_layout *w = &z->wl;
-    w->r32 = calloc(G, sizeof(size_t)), w->r16 = calloc(G, sizeof(size_t));
-    w->t32 = calloc(G, sizeof(size_t)), w->t16 = calloc(G, sizeof(size_t));
+    w->r32 = calloc(ng, sizeof(size_t)), w->r16 = calloc(ng, sizeof(size_t));
+    w->t32 = calloc(ng, sizeof(size_t)), w->t16 = calloc(ng, sizeof(size_t));
     z->woff = calloc((size_t)(pt->n ? pt->n : 1), sizeof *z->woff);
     z->s32 = calloc(ns, sizeof *z->s32), z->s16 = calloc(ns, sizeof *z->s16);
     z->cnt32 = member_table(z->p), z->off32 = member_table(z->p);
     z->cnt16 = member_table(z->p), z->off16 = member_table(z->p);
-    z->r32 = calloc(G, sizeof *z->r32), z->t32 = calloc(G, sizeof *z->t32);
-    z->r16 = calloc(G, sizeof *z->r16), z->t16 = calloc(G, sizeof *z->t16);
-    z->stale = calloc(G, 1), z->open = calloc(G, 1);
+    z->r32 = calloc(ng, sizeof *z->r32), z->t32 = calloc(ng, sizeof *z->t32);
+    z->r16 = calloc(ng, sizeof *z->r16), z->t16 = calloc(ng, sizeof *z->t16);
+    z->stale = calloc(ng, 1), z->open = calloc(ng, 1);
     int bad = !w->r32 || !w->r16 || !w->t32 || !w->t16 || !z->woff || !z->s32 || !z->s16 || !z->cnt32 || !z->off32 ||
               !z->cnt16 || !z->off16 || !z->r32 || !z->t32 || !z->r16 || !z->t16 || !z->stale || !z->open;
     for (int s = 0; !bad && s < pt->nseg; s++) bad = !z->cnt32[s] || !z->off32[s] || !z->cnt16[s] || !z->off16[s];
@@ -199,37 +201,45 @@ static int w16_create(zero_state *z, char *err, int errlen) {
         return -1;
     size_t a32 = 0, a16 = 0;
     for (int g = 0; g < pt->n_groups; g++) a32 += w->r32[g], a16 += w->r16[g];
+    /* the opened banks' three slots, allocated once (never on the step path): the embedding's group, the
+     * head's group, and one for the decoder/MTP layer open at the time (the largest layer's bytes) */
+    int G = pt->n_groups;
+    size_t slot[3] = {opened_bytes(w, 0), opened_bytes(w, G - 1), 0};
+    for (int g = 1; g < G - 1; g++) slot[2] = opened_bytes(w, g) > slot[2] ? opened_bytes(w, g) : slot[2];
     int cat = ops_mem_category(OPS_MEM_PARAMS);
     int fail = w->ag_n && !(z->ag = ops_alloc(w->ag_n * sizeof *z->ag));
     fail |= a32 && !(z->res32 = ops_alloc(a32 * sizeof *z->res32)); /* stages 1-2: the shared segments' streams */
     fail |= a16 && !(z->res16 = ops_alloc(a16 * sizeof *z->res16));
+    for (int k = 0; k < 3; k++) fail |= slot[k] && !(z->slot[k] = ops_alloc(slot[k]));
     ops_mem_category(cat);
     if (fail) {
         snprintf(err, errlen, "out of memory for the bf16 working weights (%.1f MiB)",
-                 (a32 * 4.0 + a16 * 2.0 + w->ag_n * 4.0) / 1048576.0);
+                 (a32 * 4.0 + a16 * 2.0 + w->ag_n * 4.0 + slot[0] + slot[1] + slot[2]) / 1048576.0);
         return -1;
     }
     a32 = a16 = 0;
-    for (int g = 0; g < pt->n_groups; g++) {
+    for (int g = 0; g < G; g++) {
         z->r32[g] = w->r32[g] ? z->res32 + a32 : NULL;
         z->r16[g] = w->r16[g] ? z->res16 + a16 : NULL;
         a32 += w->r32[g], a16 += w->r16[g];
+        unsigned char *b = z->slot[g == 0 ? 0 : g == G - 1 ? 1 : 2]; /* the opened bank: fp32, then bf16 */
+        z->t32[g] = w->t32[g] ? (float *)(void *)b : NULL;
+        z->t16[g] = w->t16[g] ? (uint16_t *)(void *)(b + w->t32[g] * sizeof(float)) : NULL;
         z->stale[g] = 1;
     }
+    z->open_layer = -1;
     return 0;
 }
 
-static int w16_close(zero_state *z, int g) {
-    if (!z->open[g]) return 0;
-    ops_free(z->t32[g]), ops_free(z->t16[g]);
-    z->t32[g] = NULL, z->t16[g] = NULL, z->open[g] = 0;
-    return 1;
+static void w16_close(zero_state *z, int g) {
+    if (z->open_layer == g) z->open_layer = -1;
+    z->open[g] = 0;
 }
 
 static void w16_destroy(zero_state *z) {
     const param_table *pt = z->pt;
-    for (int g = 0; z->open && z->t32 && z->t16 && g < pt->n_groups; g++) w16_close(z, g); /* (a failed create) */
     ops_free(z->ag), ops_free(z->res32), ops_free(z->res16);
+    for (int k = 0; k < 3; k++) ops_free(z->slot[k]);
     free(z->wl.r32), free(z->wl.r16), free(z->wl.t32), free(z->wl.t16);
     free(z->woff), free(z->s32), free(z->s16), free(z->r32), free(z->t32), free(z->r16), free(z->t16);
     free(z->stale), free(z->open);
@@ -237,29 +247,23 @@ static void w16_destroy(zero_state *z) {
     member_table_free(z->cnt16, pt->nseg), member_table_free(z->off16, pt->nseg);
 }
 
-/* Opens group g: the banks opened with it allocated and filled (every open: the masters may have moved),
- * the resident ones regathered when stale. 1 when a stream moved (rebind). */
-static int w16_open(zero_state *z, int g) {
+/* Opens group g: the banks opened with it filled (every open: the masters may have moved), the resident
+ * ones regathered when stale. Its pointers never move. */
+static void w16_open(zero_state *z, int g) {
     const param_table *pt = z->pt;
-    const plan_w16_layout *w = &z->wl;
-    int moved = 0;
     if (!z->open[g]) {
-        int cat = ops_mem_category(OPS_MEM_PARAMS);
-        z->t32[g] = w->t32[g] ? ops_alloc(w->t32[g] * sizeof(float)) : NULL;
-        z->t16[g] = w->t16[g] ? ops_alloc(w->t16[g] * sizeof(uint16_t)) : NULL;
-        ops_mem_category(cat);
-        if ((w->t32[g] && !z->t32[g]) || (w->t16[g] && !z->t16[g]))
-            error_one("out of memory opening parameter group %d (%zu fp32 + %zu bf16 values)", g, w->t32[g], w->t16[g]);
+        if (g > 0 && g < pt->n_groups - 1) { /* the layers share one slot */
+            DSV3_CHECK(z->open_layer < 0, "internal error: layer groups %d and %d open at once", z->open_layer, g);
+            z->open_layer = g;
+        }
         for (int s = 0; s < pt->nseg; s++)
             if (pt->seg[s].group == g && !plan_seg_resident(z->p, s)) w16_fill(z, s);
         z->open[g] = 1;
-        moved = w->t32[g] || w->t16[g]; /* the resident banks and the masters never move */
     }
     if (z->stale[g])
         for (int s = 0; s < pt->nseg; s++)
             if (pt->seg[s].group == g && plan_seg_resident(z->p, s)) w16_fill(z, s);
     z->stale[g] = 0;
-    return moved;
 }
 
 /* ------------------------------------------------- model buffers, groups */
@@ -373,7 +377,10 @@ void zero_destroy(zero_state *z) {
 }
 
 int zero_open_params(zero_state *z, int g) {
-    if (z->w16) return w16_open(z, g);
+    if (z->w16) {
+        w16_open(z, g);
+        return 0;
+    }
     if (z->stage < 3 || z->gp[g]) return 0;
     int cat = ops_mem_category(OPS_MEM_PARAMS);
     z->gp[g] = ops_alloc(z->glen[g] * sizeof(float));
@@ -390,7 +397,10 @@ int zero_open_params(zero_state *z, int g) {
 }
 
 int zero_close_params(zero_state *z, int g) {
-    if (z->w16) return w16_close(z, g);
+    if (z->w16) {
+        w16_close(z, g);
+        return 0;
+    }
     if (z->stage < 3 || !z->gp[g]) return 0;
     ops_free(z->gp[g]);
     z->gp[g] = NULL;

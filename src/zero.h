@@ -106,9 +106,11 @@ typedef struct {
     float *ag;                  /* [wl.ag_n] packing buffer: my fp32 pieces of a segment, then my bf16 pieces */
     float *res32;               /* the resident banks of every group, one allocation each */
     uint16_t *res16;
-    float **r32, **t32;         /* [G] group g's fp32 stream: resident bank / opened bank (NULL: closed) */
+    unsigned char *slot[3];     /* the opened banks: the embedding's group, the head's, the open layer's */
+    float **r32, **t32;         /* [G] group g's fp32 stream: resident bank / opened bank (in its slot) */
     uint16_t **r16, **t16;      /* [G] the same, bf16 */
-    unsigned char *stale, *open; /* [G] resident bank to regather / opened bank allocated */
+    unsigned char *stale, *open; /* [G] resident bank to regather / opened bank filled */
+    int open_layer;             /* the layer group in the shared slot (-1: none) */
 } zero_state;
 
 /* ---- train.dtype "bf16" at ZeRO >= 1: bf16 working weights, fp32 masters in my shard ----
