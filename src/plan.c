@@ -125,10 +125,10 @@ static size_t overlap(const param_spec *t, const param_segment *s, size_t lo, si
 
 /* ---- bf16 working weights (plan.h plan_w16) ---- */
 
-int plan_w16(const plan *p, int bf16) {
-    if (!bf16 || !p || p->zero_stage < 1 || p->state_compact) return 0;
-    for (int i = 0; i < p->params.n; i++)
-        if (params_copied(&p->params.t[i])) return 1;
+int plan_w16(const param_table *pt, const plan *p, int bf16) {
+    if (!bf16 || (p && p->state_compact)) return 0;
+    for (int i = 0; i < pt->n; i++)
+        if (params_copied(&pt->t[i])) return 1;
     return 0;
 }
 
@@ -141,30 +141,20 @@ static int w16_in_seg(const param_table *pt, int i, int s) {
     const param_spec *t = &pt->t[i];
     return t->group == pt->seg[s].group && t->kind == pt->seg[s].kind && !(t->flags & P_STORED);
 }
-int plan_seg_local(const plan *p, int s) { return p->shard[s].nmemb == 1; }
-int plan_seg_resident(const plan *p, int s) { return p->zero_stage < 3 && !plan_seg_local(p, s); }
+int plan_seg_local(const plan *p, int s) { return !p || p->zero_stage == 0 || p->shard[s].nmemb == 1; }
+int plan_seg_resident(const plan *p, int s) { return p && p->zero_stage < 3 && !plan_seg_local(p, s); }
 
-int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32, size_t *s16, size_t **cnt32,
-                          size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen) {
-    const param_table *pt = &p->params;
+int plan_w16_layout_build(const param_table *pt, const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32,
+                          size_t *s16, size_t **cnt32, size_t **off32, size_t **cnt16, size_t **off16, char *err,
+                          int errlen) {
     for (int g = 0; g < pt->n_groups; g++) w->r32[g] = w->r16[g] = w->t32[g] = w->t16[g] = 0;
     w->ag_n = 0;
     for (int s = 0; s < pt->nseg; s++) {
         const param_segment *sg = &pt->seg[s];
-        const plan_shard *sh = &p->shard[s];
-        int g = sg->group, me = sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank;
-        int res = plan_seg_resident(p, s), local = plan_seg_local(p, s);
+        int g = sg->group, res = plan_seg_resident(p, s), local = plan_seg_local(p, s);
         size_t *run32 = res ? &w->r32[g] : &w->t32[g], *run16 = res ? &w->r16[g] : &w->t16[g];
         size_t b32 = *run32, b16 = *run16; /* the segment's start in each stream */
         if (s32) s32[s] = b32, s16[s] = b16;
-        size_t next = 0;
-        for (int r = 0; r < sh->nmemb; r++) {
-            if (sh->off[r] != next) {
-                snprintf(err, errlen, "segment %d: member %d's shard starts at %zu, not %zu", s, r, sh->off[r], next);
-                return -1;
-            }
-            next += sh->cnt[r];
-        }
         for (int i = 0; i < pt->n; i++) { /* a segment's tensors in layout order = table order */
             if (!w16_in_seg(pt, i, s)) continue;
             int c = params_copied(&pt->t[i]);
@@ -174,6 +164,13 @@ int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_
             *run += (size_t)pt->t[i].numel_local;
         }
         if (local) continue; /* converted in place at open: no exchange */
+        const plan_shard *sh = &p->shard[s];
+        int me = sg->kind == SEG_EXPERT ? p->dp_index : p->world_rank;
+        for (int r = 0; r < sh->nmemb; r++)
+            if (sh->off[r] != (r ? sh->off[r - 1] + sh->cnt[r - 1] : 0)) {
+                snprintf(err, errlen, "segment %d: member %d's shard does not start where the previous one ends", s, r);
+                return -1;
+            }
         for (int r = 0; r < sh->nmemb; r++) {
             size_t c32 = 0, c16 = 0, lo = sh->off[r], hi = lo + sh->cnt[r];
             for (int i = 0; i < pt->n; i++) {
@@ -194,7 +191,7 @@ int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_
 
 int plan_w16_sizes(const plan *p, plan_w16_layout *w) {
     char err[200];
-    return plan_w16_layout_build(p, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, err, sizeof err);
+    return plan_w16_layout_build(&p->params, p, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, err, sizeof err);
 }
 
 plan_memory plan_memory_estimate(const deck *d, const plan *p) {
@@ -202,7 +199,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
     const param_table *pt = &p->params;
     int z = p->zero_stage;
     model_opts o = deck_model_opts(d);
-    int w16 = plan_w16(p, o.act_bf16); /* bf16 working weights, fp32 masters in my shard (zero.h) */
+    int w16 = plan_w16(pt, p, o.act_bf16); /* bf16 working weights (zero.h); from ZeRO 1 the masters are my shard */
     double state_local = 0; /* floats with gradient and AdamW slots when unsharded */
     for (int si = 0; si < pt->nseg; si++) {
         const param_segment *s = &pt->seg[si];
@@ -212,7 +209,7 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
             const param_spec *t = &pt->t[i];
             if (t->group != s->group || t->kind != s->kind) continue;
             int tr = plan_param_trainable(t);
-            double n = z >= 3 || w16 ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
+            double n = z >= 3 || (w16 && z >= 1) ? (double)overlap(t, s, lo, hi) : (double)t->numel_local;
             mem.params += n * 4.0;
             if (p->state_compact ? tr : 1) state_local += (double)t->numel_local;
         }
@@ -241,10 +238,6 @@ plan_memory plan_memory_estimate(const deck *d, const plan *p) {
      * node-shared part (lora.node_shared) one copy per node, of which this rank allocates its share */
     mem.params += (double)(pt->stored_bytes - pt->shared_bytes) +
                   (double)params_shared_share(pt, p->node_rank, p->node_size, NULL);
-    if (o.act_bf16 && !w16) { /* the bf16 compute copies of trainable linears: the head group's and one layer's (model.c) */
-        size_t head, layer = params_copy_layout(pt, NULL, &head);
-        mem.params += 2.0 * (double)(head + layer);
-    }
     double state_shard = (double)(p->state_compact ? p->shard_trainable : p->shard_floats);
     mem.grads = 4.0 * (z >= 2 ? state_shard + (double)p->reduce_floats : state_local);
     mem.optim = 8.0 * (z >= 1 ? state_shard : state_local);

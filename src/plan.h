@@ -114,12 +114,10 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *  params  stage<3: every local tensor unsharded; stage 3: my shard of every
  *          segment + gather_floats, fp32; plus the frozen store (narrow base,
  *          train.base_dtype), its node-shared part counted by share. With
- *          train.dtype bf16 and trainable linears: at stage 0 plus their bf16
- *          compute copies (params_copy_layout: the head group's and the
- *          largest layer's); from stage 1 the masters are my shard and the
- *          working weights the bf16/fp32 streams of zero.h (plan_w16_sizes:
- *          the resident banks, the head's, embedding's and largest layer's
- *          opened banks, the packing buffer).
+ *          train.dtype bf16 and trainable linears the working weights of
+ *          zero.h (plan_w16_sizes: the resident banks, the embedding's,
+ *          head's and largest layer's opened banks, the packing buffer), and
+ *          from stage 1 the masters are my shard.
  *  grads   fp32 state floats: with state_compact the trainable ones only,
  *          else every float (the full layout keeps the router biases' slots).
  *          stage<2 all local state floats; stage>=2 my state shard +
@@ -132,17 +130,19 @@ static inline int plan_param_trainable(const param_spec *t) { return !(t->flags 
  *  total   the sum. */
 plan_memory plan_memory_estimate(const deck *d, const plan *p);
 
-/* ---- train.dtype "bf16" at ZeRO >= 1: bf16 working weights (zero.h keeps them) ----
- * 1 when the deck's weights take that layout: bf16, stage >= 1, full training with trainable linears. */
-int plan_w16(const plan *p, int bf16);
-/* A segment no other rank shares (its comm has one member) is local: my shard is all of it. */
+/* ---- train.dtype "bf16": bf16 working weights of the trainable linears (zero.h keeps them) ----
+ * 1 when table pt takes that layout: bf16, full training with trainable linears (p: its plan, NULL for one
+ * rank without one). */
+int plan_w16(const param_table *pt, const plan *p, int bf16);
+/* Segment s is local when my masters hold all of it: no plan, ZeRO 0, or a comm of one member. */
 int plan_seg_local(const plan *p, int s);
 /* The bank of segment s's streams: resident (stages 1-2, shared segments) or opened with its group. */
 int plan_seg_resident(const plan *p, int s);
 /* The sizes of each group's working-weight streams. Banks: resident (stages 1-2, shared segments:
- * regathered after each update) and opened (every segment at stage 3, and the copied tensors of a
+ * regathered after each update) and opened (every shared segment at stage 3, and the copied tensors of a
  * local segment: filled at each open, in one of three slots allocated once: the embedding's group's, the
- * head's, and one shared by the layers, which open one at a time). */
+ * head's, and one shared by the layers, which open one at a time). A local segment's fp32 tensors are
+ * their masters: no stream. */
 typedef struct {
     size_t *r32, *r16, *t32, *t16; /* [n_groups] fp32 / bf16 elements of the resident / opened bank */
     size_t ag_n;                    /* floats of the packing buffer */
@@ -151,8 +151,9 @@ typedef struct {
  * offset in its segment's stream), per segment s32/s16 (the segment's start in its group's stream of its
  * bank) and the members' pieces of each shared segment (tables [nseg][nmemb]). 0, or -1 with err when a
  * segment's shards are not consecutive ranges from 0 (the streams rely on it). */
-int plan_w16_layout_build(const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32, size_t *s16, size_t **cnt32,
-                          size_t **off32, size_t **cnt16, size_t **off16, char *err, int errlen);
+int plan_w16_layout_build(const param_table *pt, const plan *p, plan_w16_layout *w, size_t *woff, size_t *s32,
+                          size_t *s16, size_t **cnt32, size_t **off32, size_t **cnt16, size_t **off16, char *err,
+                          int errlen);
 int plan_w16_sizes(const plan *p, plan_w16_layout *w); /* the sizes only */
 
 #endif

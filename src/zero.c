@@ -113,6 +113,13 @@ float *zero_at(const zero_map *z, int i, float *buf, int lay, int64_t a) {
 
 /* ------------------------------------------ bf16 working weights (w16) */
 
+/* Where the masters are: my packed shard from ZeRO 1 with w16 (and at ZeRO 3), else the flat layout. */
+static int masters_packed(const zero_state *z) { return z->stage >= 3 || (z->w16 && z->stage >= 1); }
+/* Tensor i's first master element in a local segment (all of it is mine). */
+static float *master_at(const zero_state *z, int i) {
+    return masters_packed(z) ? zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, 0) : z->params + z->pt->t[i].offset;
+}
+
 /* Segment s's part of its group's streams (its bank's buffers for group g; NULL: not allocated). */
 static float *seg32(const zero_state *z, int s) {
     int g = z->pt->seg[s].group;
@@ -134,9 +141,8 @@ static void w16_fill(zero_state *z, int s) {
     uint16_t *d16 = seg16(z, s);
     if (plan_seg_local(p, s)) {
         for (int i = 0; i < pt->n; i++)
-            if (z->map.seg_of[i] == s && params_copied(&pt->t[i]))
-                ops_to_bf16(d16 + z->woff[i], zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, 0),
-                            (size_t)pt->t[i].numel_local);
+            if (z->wseg[i] == s && params_copied(&pt->t[i]))
+                ops_to_bf16(d16 + z->woff[i], master_at(z, i), (size_t)pt->t[i].numel_local);
         return;
     }
     int me = zero_seg_member(p, s), nm = p->shard[s].nmemb;
@@ -145,7 +151,7 @@ static void w16_fill(zero_state *z, int s) {
     size_t k32 = 0, k16 = 0;
     for (int i = 0; i < pt->n; i++) {
         int64_t a, b;
-        if (z->map.seg_of[i] != s) continue;
+        if (z->wseg[i] != s) continue;
         zero_my_part(&z->map, i, &a, &b);
         if (b <= a) continue;
         const float *src = zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, a);
@@ -164,10 +170,10 @@ static void w16_fill(zero_state *z, int s) {
     DSV3_CHECK(rc == 0, "all-gather of the bf16 working weights of segment %d failed", s);
 }
 
-static size_t **member_table(const plan *p) {
-    int ns = p->params.nseg;
+static size_t **member_table(const param_table *pt, const plan *p) { /* rows [nmemb]; one rank: [1] */
+    int ns = pt->nseg;
     size_t **t = calloc((size_t)(ns ? ns : 1), sizeof *t);
-    for (int s = 0; t && s < ns; s++) t[s] = calloc((size_t)p->shard[s].nmemb, sizeof **t); /* the caller checks */
+    for (int s = 0; t && s < ns; s++) t[s] = calloc(p ? (size_t)p->shard[s].nmemb : 1, sizeof **t); /* caller checks */
     return t;
 }
 static void member_table_free(size_t **t, int nseg) {
@@ -185,19 +191,26 @@ static int w16_create(zero_state *z, char *err, int errlen) {
     w->t32 = calloc(ng, sizeof(size_t)), w->t16 = calloc(ng, sizeof(size_t));
     z->woff = calloc((size_t)(pt->n ? pt->n : 1), sizeof *z->woff);
     z->s32 = calloc(ns, sizeof *z->s32), z->s16 = calloc(ns, sizeof *z->s16);
-    z->cnt32 = member_table(z->p), z->off32 = member_table(z->p);
-    z->cnt16 = member_table(z->p), z->off16 = member_table(z->p);
+    z->cnt32 = member_table(pt, z->p), z->off32 = member_table(pt, z->p);
+    z->cnt16 = member_table(pt, z->p), z->off16 = member_table(pt, z->p);
     z->r32 = calloc(ng, sizeof *z->r32), z->t32 = calloc(ng, sizeof *z->t32);
     z->r16 = calloc(ng, sizeof *z->r16), z->t16 = calloc(ng, sizeof *z->t16);
     z->stale = calloc(ng, 1), z->open = calloc(ng, 1);
+    z->wseg = malloc((size_t)(pt->n ? pt->n : 1) * sizeof *z->wseg);
     int bad = !w->r32 || !w->r16 || !w->t32 || !w->t16 || !z->woff || !z->s32 || !z->s16 || !z->cnt32 || !z->off32 ||
-              !z->cnt16 || !z->off16 || !z->r32 || !z->t32 || !z->r16 || !z->t16 || !z->stale || !z->open;
+              !z->cnt16 || !z->off16 || !z->r32 || !z->t32 || !z->r16 || !z->t16 || !z->stale || !z->open || !z->wseg;
     for (int s = 0; !bad && s < pt->nseg; s++) bad = !z->cnt32[s] || !z->off32[s] || !z->cnt16[s] || !z->off16[s];
     if (bad) {
         snprintf(err, errlen, "out of memory for the bf16 working-weight tables");
         return -1;
     }
-    if (plan_w16_layout_build(z->p, w, z->woff, z->s32, z->s16, z->cnt32, z->off32, z->cnt16, z->off16, err, errlen))
+    for (int i = 0; i < pt->n; i++) { /* the segment of each tensor (-1: the frozen store) */
+        z->wseg[i] = -1;
+        for (int sg = 0; sg < pt->nseg; sg++)
+            if (pt->seg[sg].group == pt->t[i].group && pt->seg[sg].kind == pt->t[i].kind && !(pt->t[i].flags & P_STORED))
+                z->wseg[i] = sg;
+    }
+    if (plan_w16_layout_build(pt, z->p, w, z->woff, z->s32, z->s16, z->cnt32, z->off32, z->cnt16, z->off16, err, errlen))
         return -1;
     size_t a32 = 0, a16 = 0;
     for (int g = 0; g < pt->n_groups; g++) a32 += w->r32[g], a16 += w->r16[g];
@@ -242,7 +255,7 @@ static void w16_destroy(zero_state *z) {
     for (int k = 0; k < 3; k++) ops_free(z->slot[k]);
     free(z->wl.r32), free(z->wl.r16), free(z->wl.t32), free(z->wl.t16);
     free(z->woff), free(z->s32), free(z->s16), free(z->r32), free(z->t32), free(z->r16), free(z->t16);
-    free(z->stale), free(z->open);
+    free(z->stale), free(z->open), free(z->wseg);
     member_table_free(z->cnt32, pt->nseg), member_table_free(z->off32, pt->nseg);
     member_table_free(z->cnt16, pt->nseg), member_table_free(z->off16, pt->nseg);
 }
@@ -308,10 +321,10 @@ int zero_create(zero_state *z, const param_table *pt, const plan *p, int bf16, c
         if (z->gtoff[g] == (size_t)-1) z->gtoff[g] = 0;
     }
     size_t packed = p ? p->shard_floats : 0;
-    z->w16 = plan_w16(p, bf16); /* pt: the model's copy of p->params, the same table */
+    z->w16 = plan_w16(pt, p, bf16); /* pt: p->params or the model's copy of it, the same table */
     if (z->w16 && w16_create(z, err, errlen)) return -1;
     int fail = 0, cat = ops_mem_category(OPS_MEM_PARAMS);
-    if (z->stage >= 3 || z->w16) /* the masters: my shard */
+    if (masters_packed(z)) /* the masters: my shard */
         fail |= !(z->pshard = ops_alloc(packed * sizeof *z->pshard));
     else
         fail |= !(z->params = ops_alloc(pt->total_local * sizeof *z->params));
@@ -441,8 +454,8 @@ int zero_flush_grads(zero_state *z, int g) {
     return 1;
 }
 
-int zero_state_params_layout(const zero_state *z) { return z->w16 ? ZERO_SHARD_PACKED : zero_params_layout(z->stage); }
-float *zero_param_buffer(zero_state *z) { return z->stage >= 3 || z->w16 ? z->pshard : z->params; }
+int zero_state_params_layout(const zero_state *z) { return masters_packed(z) ? ZERO_SHARD_PACKED : ZERO_FULL_LOCAL; }
+float *zero_param_buffer(zero_state *z) { return masters_packed(z) ? z->pshard : z->params; }
 
 void zero_params_changed(zero_state *z) {
     if (z->w16 && z->stage < 3) memset(z->stale, 1, (size_t)z->pt->n_groups);
@@ -451,16 +464,16 @@ void zero_params_changed(zero_state *z) {
 float *zero_param_f32(const zero_state *z, int i) {
     const param_spec *t = &z->pt->t[i];
     if (!z->w16) return z->gp[t->group] ? z->gp[t->group] + (t->offset - z->goff[t->group]) : NULL;
-    int s = z->map.seg_of[i];
+    int s = z->wseg[i];
     if (params_copied(t)) return NULL;
-    if (plan_seg_local(z->p, s)) return zero_at(&z->map, i, z->pshard, ZERO_SHARD_PACKED, 0); /* the master itself */
+    if (plan_seg_local(z->p, s)) return master_at(z, i); /* the master itself */
     float *b = seg32(z, s);
     return b ? b + z->woff[i] : NULL;
 }
 
 uint16_t *zero_param_bf16(const zero_state *z, int i) {
     if (!z->w16 || !params_copied(&z->pt->t[i])) return NULL;
-    uint16_t *b = seg16(z, z->map.seg_of[i]);
+    uint16_t *b = seg16(z, z->wseg[i]);
     return b ? b + z->woff[i] : NULL;
 }
 
@@ -544,7 +557,7 @@ void zero_update(zero_state *z, const deck *d, float *m, float *v, int64_t step_
         const param_segment *sg = &pt->seg[s];
         int me = zero_seg_member(p, s);
         size_t packed = z->map.pbase[s], lo = sg->offset + p->shard[s].off[me], n = p->shard[s].cnt[me];
-        float *wp = z->stage >= 3 || z->w16 ? w + packed : w + lo;
+        float *wp = masters_packed(z) ? w + packed : w + lo;
         const float *gp = z->stage >= 2 ? g + packed : g + lo;
         optim_step(d, pt, wp, gp, m + packed, v + packed, lo, lo + n, step_t, lr, scale);
         if (z->stage < 3 && !z->w16) {

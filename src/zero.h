@@ -96,8 +96,9 @@ typedef struct {
     size_t *goff, *glen;
     size_t *gtoff, *gtlen; /* compact: group g's trainable floats [gtoff[g], +gtlen[g]) of ZERO_FULL_TRAINABLE */
     float **gp, **gg;
-    /* w16 (plan_w16): bf16 working weights; pshard holds the fp32 masters (params is NULL). */
+    /* w16 (plan_w16): bf16 working weights; from ZeRO 1 pshard holds the fp32 masters (params is NULL). */
     int w16;
+    int *wseg;                  /* [pt->n] tensor i's segment (-1: the frozen store) */
     plan_w16_layout wl;         /* plan.h: the banks' sizes */
     size_t *woff;               /* [pt->n] tensor i's offset in its segment's stream (s32/s16 of its bank) */
     size_t *s32, *s16;          /* [nseg] the segment's first element in its group's fp32 / bf16 stream */
@@ -113,14 +114,15 @@ typedef struct {
     int open_layer;             /* the layer group in the shared slot (-1: none) */
 } zero_state;
 
-/* ---- train.dtype "bf16" at ZeRO >= 1: bf16 working weights, fp32 masters in my shard ----
+/* ---- train.dtype "bf16": bf16 working weights, fp32 masters (from ZeRO 1 only in my shard) ----
  * As DeepSpeed's bf16 ZeRO and Megatron's distributed optimizer: the trainable linear weights
- * (params_copied) are stored and gathered in bf16; their fp32 masters exist only in my shard, beside the
- * AdamW moments; the other tensors (embedding, norms, router) stay fp32. Each group's working values are
+ * (params_copied) are stored and gathered in bf16; from ZeRO 1 their fp32 masters exist only in my shard,
+ * beside the AdamW moments; the other tensors (embedding, norms, router) stay fp32. Each group's working values are
  * two streams, fp32 and bf16, each a segment after another in layout order. Shards are contiguous ranges
  * in member order, so the members' pieces of a shared segment, concatenated, are the segment's tensors of
  * one kind in layout order: each stream is one all-gather per segment, straight into place. A segment no
- * other rank shares (local: one member, e.g. the routed experts when EP = world) has nothing to gather:
+ * other rank shares (local: one member, e.g. the routed experts when EP = world; every segment at ZeRO 0
+ * or on one rank without a plan) has nothing to gather:
  * its fp32 tensors are the masters themselves and its copied ones are rounded at each open, so it costs
  * one open group's bf16, not a resident copy. The layout: plan.h (plan_w16, plan_w16_layout_build). */
 

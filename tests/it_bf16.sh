@@ -1,12 +1,12 @@
 #!/bin/bash
 # it_bf16.sh — train.dtype = "bf16" in the trainer (full training of the tiny deck): the trainable
-# linears multiplied in bf16, from compute copies of the fp32 masters at ZeRO 0 and from bf16 working
-# weights with the fp32 masters only in the optimizer's shard at ZeRO 1-3 (zero.h; AdamW updates the
-# masters), the main blocks' inputs kept in bf16 (model.c):
-#  1. CPU, np 1, 10 steps: every run finite and its allocation = the plan per category (the copies
+# linears stored and multiplied as bf16 working weights of fp32 masters, which from ZeRO 1 exist only in
+# the optimizer's shard (zero.h; AdamW updates the masters), the main blocks' inputs kept in bf16
+# (model.c):
+#  1. CPU, np 1, 10 steps: every run finite and its allocation = the plan per category (the working weights
 #     and the bf16 inputs are in it); the bf16 curve's loss, lm_loss and mtp_loss within BF16_TOL
 #     relative of the fp32 one and not identical to it (the rounding happened), its balance loss
-#     within AUX_TOL; gemm_dtype bf16 on the copies (bf16 operands, fp32 accumulation) likewise
+#     within AUX_TOL; gemm_dtype bf16 on the bf16 weights (bf16 operands, fp32 accumulation) likewise
 #     against gemm fp32 on them. The balance loss (aux_loss) has its own bound: it counts the
 #     router's discrete choices, and a rounding that flips one moves it by a whole token's share
 #  2. np 2 (EP 2, ZeRO 3: bf16 working weights gathered) and np 2 (ZeRO 1, checkpointing)
@@ -17,13 +17,13 @@
 #     carries it on and the router's discrete choices follow (measured: max_imbalance off by 0.39
 #     at step 10, its tolerance 0.25)
 #     The working weights are the masters' bf16 roundings whatever the stage and bank: np 2 EP 1 (the
-#     experts shared, so gathered), ZeRO 1 (resident bank) equals ZeRO 0 (copies of the full masters)
+#     experts shared, so gathered), ZeRO 1 (resident bank) equals ZeRO 0 (the full masters rounded at each open)
 #     bitwise, and ZeRO 2 (resident) equals ZeRO 3 (gathered at each open) bitwise; np 2 EP 2 ZeRO 1
 #     (the experts local: rounded at each open) equals ZeRO 0 bitwise. Every allocation = the plan
 #  3. exact resume (np 1, and np 2 ZeRO 2 where the masters are sharded and the working weights
 #     regathered from the loaded shards): a run saved at step 5 and resumed there equals the
-#     uninterrupted run's steps 6..10 bitwise (copies and working weights are never saved)
-#  4. CUDA=emu np 1 with gemm_dtype bf16 (cublasGemmEx on the copies, the attention on bf16
+#     uninterrupted run's steps 6..10 bitwise (the working weights are never saved)
+#  4. CUDA=emu np 1 with gemm_dtype bf16 (cublasGemmEx on the bf16 weights, the attention on bf16
 #     operands) against the CPU's same mode: regression tolerances (measured 0.094 of them; 0.016
 #     before the attention ran bf16), allocation = plan
 . "$(dirname "$0")/lib.sh"
@@ -31,7 +31,7 @@ need_bins "$BIN" dsv3
 need_bins "$EB" dsv3
 scratch_dir
 # measured over 10 steps (loss, lm_loss, mtp_loss / aux_loss): bf16 vs fp32 5.3e-4 / 4.2e-3; gemm bf16
-# vs gemm fp32 on the copies 4.1e-4 / 9.7e-3 (gemm bf16 makes the attention's GEMMs bf16 too, ops_attn.h);
+# vs gemm fp32 on the bf16 weights 4.1e-4 / 9.7e-3 (gemm bf16 makes the attention's GEMMs bf16 too, ops_attn.h);
 # layouts: see the ok lines
 BF16_TOL=5e-3
 LAYOUT_TOL=5e-3
@@ -63,12 +63,12 @@ within() { # label ref run tol: step 1's loss within STEP1_TOL, loss/lm/mtp with
 near() { LOSS_COLS="2 4" loss_near "$@"; aux "$1" "$2" "$3"; }
 regress() { regress_csv tolerance "$2" "$3" && ok "$1" || bad "$1"; }
 
-echo "== 1. CPU np 1: fp32, bf16 (gemm fp32 on the copies), bf16 with gemm bf16"
+echo "== 1. CPU np 1: fp32, bf16 (gemm fp32 on the bf16 weights), bf16 with gemm bf16"
 run f32 1 "$BIN/dsv3"
 run b16 1 "$BIN/dsv3" train.dtype=bf16
 run b16g 1 "$BIN/dsv3" train.dtype=bf16 train.gemm_dtype=bf16
 near "train.dtype bf16 vs fp32" f32 b16 $BF16_TOL
-near "bf16: gemm_dtype bf16 vs fp32 on the copies" b16 b16g $BF16_TOL
+near "bf16: gemm_dtype bf16 vs fp32 on the bf16 weights" b16 b16g $BF16_TOL
 grep -m1 'dsv3: memory per rank' "$OUT/b16.log" | sed 's/^dsv3: /  b16: /'
 
 echo "== 2. layouts: np 2 EP 2 ZeRO 3, np 2 ZeRO 1 with checkpointing, against np 1"
@@ -85,7 +85,7 @@ same() { # label a b: the two runs' curves bitwise equal
 for z in 0 1 2 3; do
     run e1z$z 2 "$BIN/dsv3" train.dtype=bf16 parallel.expert_parallel=1 parallel.zero_stage=$z model.bias_update_rate=0.0
 done
-same "bf16 np 2 EP 1: ZeRO 1 (resident working weights) vs ZeRO 0 (copies)" e1z0 e1z1
+same "bf16 np 2 EP 1: ZeRO 1 (resident working weights) vs ZeRO 0 (rounded at each open)" e1z0 e1z1
 same "bf16 np 2 EP 1: ZeRO 3 (gathered at each open) vs ZeRO 2 (resident)" e1z2 e1z3
 for z in 0 1; do run e2z$z 2 "$BIN/dsv3" train.dtype=bf16 parallel.expert_parallel=2 parallel.zero_stage=$z; done
 same "bf16 np 2 EP 2: ZeRO 1 (local experts rounded at each open) vs ZeRO 0" e2z0 e2z1
@@ -101,7 +101,7 @@ run b16z2r 2 "$BIN/dsv3" "${Z2[@]}" run.resume="$OUT/b16z2s/checkpoints/step_000
     { regress_csv exact b16z2s b16z2r 6 && ok "np 2 ZeRO 2: resumed at step 5, steps 6..10 bitwise" ||
         bad "bf16 np 2 ZeRO 2 resume is not exact"; }
 
-echo "== 4. CUDA=emu np 1, gemm bf16 on the copies, against the CPU's same mode"
+echo "== 4. CUDA=emu np 1, gemm bf16 on the bf16 weights, against the CPU's same mode"
 run b16g3 1 "$BIN/dsv3" train.dtype=bf16 train.gemm_dtype=bf16 run.steps=3
 CUDAEMU_PROTECT=1 CUDAEMU_THREADS=2 run eb16g 1 "$EB/dsv3" train.dtype=bf16 train.gemm_dtype=bf16 run.steps=3 &&
     regress "CUDA=emu bf16 + gemm bf16 = the CPU's within the regression tolerances" b16g3 eb16g

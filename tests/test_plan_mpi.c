@@ -274,7 +274,7 @@ static void check_w16(int ep, int size) {
         snprintf(d.train.dtype, DECK_STR, "bf16");
         plan p;
         int rc = plan_build(&p, &d, MPI_COMM_WORLD, err, sizeof err);
-        CHECK(rc == 0 && plan_w16(&p, 1) && !plan_w16(&p, 0), "w16 plan EP %d stage %d: %s", ep, stage, rc ? err : "");
+        CHECK(rc == 0 && plan_w16(&p.params, &p, 1) && !plan_w16(&p.params, &p, 0), "w16 plan EP %d stage %d: %s", ep, stage, rc ? err : "");
         if (rc) continue;
         zero_state z;
         rc = zero_create(&z, &p.params, &p, 1, err, sizeof err);

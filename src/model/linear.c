@@ -40,7 +40,7 @@ void linear_forward(const linear *l, float *y, const float *x, float *cache, int
 
 void linear_backward(const linear *l, float *dx, const float *dy, const float *x, const float *cache, int T,
                      ops_arena *scratch) {
-    if (l->W.dtype != OPS_F32) { /* a narrow frozen base, or the bf16 compute copy of a trainable weight */
+    if (l->W.dtype != OPS_F32) { /* a narrow frozen base, or the bf16 working weight of a trainable one */
         DSV3_CHECK(l->g == NULL || l->W.dtype == OPS_BF16, "linear_backward: an fp8 weight must be frozen");
         if (dx) ops_matmul_w_backward_dx(dx, dy, &l->W, T, scratch);
         if (l->g) ops_matmul_backward(NULL, l->g, dy, x, NULL, T, l->in, l->out); /* dW += dyᵀ·x, fp32 */

@@ -7,9 +7,8 @@
  * zeroed W included) multiplies by w with ops_matmul exactly as before; a
  * frozen bf16 or FP8 base weight sets W.dtype/data/scale (w, g unused) and
  * the model code stays the same. A trainable weight in bf16 (train.dtype =
- * "bf16": the ZeRO-0 compute copy, or the working weight of zero.h, whose w
- * is NULL) has W over the bf16 values: y and dx multiply them, dW (fp32)
- * accumulates into g.
+ * "bf16": the working weight of zero.h, w NULL) has W over the bf16 values:
+ * y and dx multiply them, dW (fp32) accumulates into g.
  */
 #ifndef DSV3_LINEAR_H
 #define DSV3_LINEAR_H

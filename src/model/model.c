@@ -122,12 +122,6 @@ struct model {
     ops_arena scratch;                /* components' temporaries: the buffer's first cost_scratch_floats floats */
     lora_dropout_ctx drop;            /* the micro-batch's LoRA dropout stream (every adapter points here) */
     int lora_merged;                  /* model_merge_lora ran: the linears carry no adapters any more */
-    /* ZeRO 0 (from stage 1 zero.c's bf16 working weights serve instead): bf16 compute copies of the trainable
-     * linear weights (act_bf16, full training: params_copied), made from the fp32 masters when their group
-     * opens: [copy_head] for the head group, then one region for the open decoder/MTP layer; copy_off[i] =
-     * tensor i's place in its region. NULL: none. */
-    uint16_t *copy;
-    size_t *copy_off, copy_head;
 };
 
 /* The latent KV cache of generation (model_kv_create, mla_decode.h). */
@@ -159,14 +153,10 @@ static float *bind(model *m, const char *name, float **g, int required) {
 /* The storage of tensor i: a P_STORED tensor's view of the frozen store
  * (stacked experts: expert 0's [out, in], ops_weight_expert for the others),
  * else F32 over `w`. */
-static uint16_t *copy_region(const model *m, int g) {
-    return g == m->pt.n_groups - 1 ? m->copy : m->copy + m->copy_head;
-}
 static ops_weight stored_weight(const model *m, int i, float *w) {
     const param_spec *s = &m->pt.t[i];
     int out = (int)s->shape[s->ndim - 2], in = (int)s->shape[s->ndim - 1];
     if (m->z.w16 && params_copied(s)) return (ops_weight){OPS_BF16, zero_param_bf16(&m->z, i), NULL, out, in};
-    if (m->copy && params_copied(s)) return (ops_weight){OPS_BF16, copy_region(m, s->group) + m->copy_off[i], NULL, out, in};
     if (!(s->flags & P_STORED)) return (ops_weight){OPS_F32, w, NULL, out, in};
     uint8_t *base = m->z.frozen + s->soff;
     return (ops_weight){(ops_dtype)s->dtype, base, s->dtype == OPS_FP8_E4M3 ? (const float *)(void *)(base + s->sscale) : NULL,
@@ -290,20 +280,8 @@ static void rebind(model *m, int g) {
 
 /* ---------- ZeRO-3 gathers and ZeRO-2/3 flushes (zero.c), then rebinding ---------- */
 
-/* The bf16 compute copies of group g's trainable linears from their fp32 masters (open in gp[g]): at every
- * open, since the layers share one region and the masters change at every update. */
-static void make_copies(model *m, int g) {
-    const param_table *pt = &m->pt;
-    for (int i = 0; i < pt->n; i++) {
-        const param_spec *s = &pt->t[i];
-        if (s->group != g || !params_copied(s)) continue;
-        ops_to_bf16(copy_region(m, g) + m->copy_off[i], m->z.gp[g] + (s->offset - m->z.goff[g]), (size_t)s->numel_local);
-    }
-}
-
 static void open_params(model *m, int g) {
     if (zero_open_params(&m->z, g)) rebind(m, g);
-    if (m->copy) make_copies(m, g);
 }
 static void close_params(model *m, int g) { zero_close_params(&m->z, g); }
 static void open_grads(model *m, int g) {
@@ -473,22 +451,6 @@ int model_create(model **out, const model_opts *o, const struct plan *p, char *e
         model_free(m);
         return -1;
     }
-    if (o->act_bf16 && !m->z.w16) { /* the bf16 compute copies (none without trainable linears; w16: zero.c's
-                                     * working weights instead), charged to the parameters */
-        m->copy_off = ops_host_alloc((size_t)(m->pt.n ? m->pt.n : 1) * sizeof *m->copy_off);
-        size_t layer = m->copy_off ? params_copy_layout(&m->pt, m->copy_off, &m->copy_head) : 0;
-        if (m->copy_head + layer > 0) {
-            int cat = ops_mem_category(OPS_MEM_PARAMS);
-            m->copy = ops_alloc((m->copy_head + layer) * sizeof *m->copy);
-            ops_mem_category(cat);
-        }
-        if (!m->copy_off || (m->copy_head + layer > 0 && !m->copy)) {
-            snprintf(err, errlen, "out of memory for the bf16 compute copies (%.1f MiB)",
-                     (m->copy_head + layer) * 2.0 / 1048576.0);
-            model_free(m);
-            return -1;
-        }
-    }
     int G = m->pt.n_groups;
     int H = c->hidden_size;
     memset(&m->lm_head, 0, sizeof m->lm_head);
@@ -539,7 +501,6 @@ void model_free(model *m) {
     ops_host_free(m->moe_block);
     ops_host_free(m->counts), ops_host_free(m->count_scratch), ops_free(m->e_scratch);
     zero_destroy(&m->z);
-    ops_free(m->copy), ops_host_free(m->copy_off);
     params_free(&m->pt);
     ops_host_free(m);
 }

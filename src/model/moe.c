@@ -378,7 +378,7 @@ static void experts_mm_backward(const moe_layer *l, int j, float *dx, float *dw,
                                 const moe_cache *c, ops_arena *scratch) {
     const ops_weight *w = &l->eW[j];
     int in = j < 2 ? c->H : c->I_, out = j < 2 ? c->I_ : c->H;
-    if (w->dtype != OPS_F32) { /* a narrow frozen base, or the bf16 compute copy of trainable experts */
+    if (w->dtype != OPS_F32) { /* a narrow frozen base, or the bf16 working weights of trainable experts */
         DSV3_CHECK(dw == NULL || w->dtype == OPS_BF16, "moe: an fp8 routed-expert weight must be frozen");
         ops_grouped_matmul_w_backward_dx(dx, dy, w, c->lcnt, c->e_local, scratch);
         if (dw) ops_grouped_matmul_backward(NULL, dw, dy, x, NULL, c->lcnt, c->e_local, in, out); /* fp32 dW */

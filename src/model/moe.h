@@ -43,8 +43,8 @@ typedef struct {
     float *geg, *geu, *ged;      /* their gradients (NULL when frozen) */
     ops_weight eW[3];            /* storage of gate, up, down (expert 0's [out,in] view, ops_moe.h): F32 over
                                     eg/eu/ed, a frozen base in bf16/fp8 (train.base_dtype; eg.. NULL), or the
-                                    bf16 compute copies of trainable experts (train.dtype bf16; eg.. their
-                                    fp32 masters, which the weight gradients need no more than as pointers) */
+                                    bf16 working weights of trainable experts (train.dtype bf16, zero.h;
+                                    eg.. NULL: the weight gradients need no fp32 weight) */
     int e_first, e_local;
     int wire;                    /* dispatch/combine wire dtype, OPS_WIRE_* (ops_moe.h) */
     int overlap;                 /* parallel.moe_overlap: the two-half schedule (moe_experts_forward) */

@@ -47,7 +47,7 @@ int params_base_dtype(const deck_lora *lora) {
     return !strcmp(lora->base_dtype, "bf16") ? OPS_BF16 : !strcmp(lora->base_dtype, "fp8") ? OPS_FP8_E4M3 : OPS_F32;
 }
 
-int params_gemm_dtype(const deck_lora *lora) { /* a narrow base's GEMMs, or (no LoRA) the bf16 copies' */
+int params_gemm_dtype(const deck_lora *lora) { /* a narrow base's GEMMs, or (no LoRA) the bf16 working weights' */
     if (!lora) return OPS_GEMM_F32;
     return !strcmp(lora->gemm_dtype, "bf16") ? OPS_GEMM_BF16 : !strcmp(lora->gemm_dtype, "fp8") ? OPS_GEMM_FP8 : OPS_GEMM_F32;
 }
@@ -55,24 +55,6 @@ int params_gemm_dtype(const deck_lora *lora) { /* a narrow base's GEMMs, or (no 
 int params_copied(const param_spec *t) {
     return !(t->flags & (P_FROZEN | P_NOGRAD | P_STORED | P_LORA)) && t->ndim >= 2 && !strstr(t->name, "embed_tokens") &&
            !strstr(t->name, "mlp.gate.weight");
-}
-
-size_t params_copy_layout(const param_table *pt, size_t *off, size_t *head) {
-    size_t layer = 0, *run = calloc((size_t)pt->n_groups + 1, sizeof *run);
-    DSV3_CHECK(run != NULL, "out of memory for the bf16 copy layout");
-    for (int i = 0; i < pt->n; i++) {
-        const param_spec *t = &pt->t[i];
-        if (!params_copied(t)) continue;
-        size_t *r = &run[t->group];
-        if (off) off[i] = *r;
-        *r += ((size_t)t->numel_local + PARAMS_COPY_ALIGN - 1) / PARAMS_COPY_ALIGN * PARAMS_COPY_ALIGN;
-    }
-    int G = pt->n_groups - 1;
-    for (int g = 0; g < G; g++)
-        if (run[g] > layer) layer = run[g];
-    *head = run[G];
-    free(run);
-    return layer;
 }
 
 int params_embed_stored(const deck_lora *lora) {

@@ -97,14 +97,8 @@ static inline int params_group_of_layer(int layer) { return layer + 1; }
 
 /* bf16 weights (train.dtype = "bf16"): a trainable linear weight — what a GEMM multiplies: the attention,
  * dense-MLP and expert projections, eh_proj, lm_head; not the embedding, the norms or the router — is
- * multiplied in bf16: at ZeRO 0 through a copy of its fp32 master made whenever its group opens (model.c),
- * from stage 1 as a bf16 working weight (zero.h). */
+ * stored and multiplied in bf16 as a working weight of its fp32 master (zero.h). */
 int params_copied(const param_spec *t);
-#define PARAMS_COPY_ALIGN 8 /* elements (16 bytes) between copies */
-/* The copies' layout: off[i] (off may be NULL) = tensor i's first element in its group's copy region (local
- * layout, starts aligned to PARAMS_COPY_ALIGN); *head = the last group's (final norm, lm_head) region,
- * returned: the largest region of the other groups (one decoder or MTP layer at a time). Elements. */
-size_t params_copy_layout(const param_table *pt, size_t *off, size_t *head);
 
 /* 1 when the embedding and lm_head are frozen and stored in bf16 (train.embed_dtype = "bf16"). */
 int params_embed_stored(const deck_lora *lora);
